@@ -1,0 +1,274 @@
+//! Harness for the integration tests: run the real tracer binary (which loads real
+//! eBPF), cause incidents with the `incident` helper, and clean everything up in guards
+//! that also run when a test fails.
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
+    sync::{Mutex, MutexGuard, mpsc},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The tracer binary: TRACER_BIN (set by `cargo xtask test`) or target/release/tracer.
+pub fn tracer_bin() -> PathBuf {
+    let p = std::env::var_os("TRACER_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/tracer")
+    });
+    assert!(p.exists(), "tracer binary {} not found: run the tests with `cargo xtask test`", p.display());
+    p
+}
+
+/// These tests load eBPF and change system state: they need root, and fail loudly
+/// without it (this project's CI runs as root, so a skip would hide a broken tracer).
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "integration tests must run as root (cargo xtask test does)");
+}
+
+/// Serializes the tests of one test binary that load programs or touch global state,
+/// so checks like "no program left loaded" see only their own tracer.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Output of a finished tracer run.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Every JSON report (one per line).
+    pub fn reports(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+            .collect()
+    }
+
+    /// The last report, checked to be the final one.
+    pub fn final_report(&self) -> Value {
+        let r = self.reports().pop().unwrap_or_else(|| panic!("no JSON report; stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr));
+        assert_eq!(r["final"], true, "last report is not final: {r}");
+        r
+    }
+}
+
+/// A running tracer; killed (and waited for) on drop if the test did not finish it.
+pub struct Tracer {
+    child: Option<Child>,
+    stderr_rx: mpsc::Receiver<String>,
+    stderr: String,
+}
+
+impl Tracer {
+    /// Starts `tracer ARGS` and waits until it says it is tracing (hooks attached).
+    pub fn start(args: &[&str]) -> Tracer {
+        let mut child = Command::new(tracer_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the tracer");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut t = Tracer { child: Some(child), stderr_rx: rx, stderr: String::new() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match t.stderr_rx.recv_timeout(left) {
+                Ok(line) => {
+                    t.stderr.push_str(&line);
+                    t.stderr.push('\n');
+                    if line.starts_with("Tracing ") {
+                        return t;
+                    }
+                }
+                Err(_) => {
+                    let out = t.finish_inner(false);
+                    panic!("tracer {args:?} did not start tracing; status {:?}\nstderr:\n{}", out.status, out.stderr);
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Sends SIGINT (Ctrl-C) and collects the output.
+    pub fn interrupt(mut self) -> Finished {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGINT) };
+        self.finish_inner(true)
+    }
+
+    /// Waits for the tracer to stop by itself (--duration).
+    pub fn wait(mut self) -> Finished {
+        self.finish_inner(true)
+    }
+
+    fn finish_inner(&mut self, graceful: bool) -> Finished {
+        let mut child = self.child.take().expect("tracer already finished");
+        if !graceful {
+            let _ = child.kill();
+        }
+        let mut stdout = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            let _ = o.read_to_string(&mut stdout);
+        }
+        let status = child.wait().expect("waiting for the tracer");
+        while let Ok(line) = self.stderr_rx.recv_timeout(Duration::from_millis(200)) {
+            self.stderr.push_str(&line);
+            self.stderr.push('\n');
+        }
+        Finished { status, stdout, stderr: std::mem::take(&mut self.stderr) }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the tracer to completion (for bad-input and --duration checks).
+pub fn run_tracer(args: &[&str]) -> Finished {
+    let out = Command::new(tracer_bin()).args(args).stdin(Stdio::null()).output().expect("running the tracer");
+    Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs the tracer with every capability dropped, as an unprivileged user would.
+pub fn run_tracer_unprivileged(args: &[&str]) -> Finished {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"])
+        .arg(tracer_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running setpriv (util-linux)");
+    Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Names of the BPF programs loaded in the kernel now.
+pub fn loaded_program_names() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .collect()
+}
+
+/// Asserts that no program whose name starts with `prefix` is loaded any more.
+pub fn assert_none_loaded(prefix: &str) {
+    let left: Vec<_> = loaded_program_names().into_iter().filter(|n| n.starts_with(prefix)).collect();
+    assert!(left.is_empty(), "programs left loaded after the tracer exited: {left:?}");
+}
+
+/// A process of the `incident` helper. It prints `ready PID` when the incident is in
+/// place; dropping it closes its stdin, on which it reaps its children and exits, and
+/// then it is waited for, so no zombie outlives the test (killed if it hangs).
+pub struct Incident {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    pub pid: u32,
+}
+
+impl Incident {
+    pub fn start(args: &[&str]) -> Incident {
+        let mut child = Command::new(incident_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the incident helper");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let pid = child.id();
+        let mut inc = Incident { child, stdin, stdout, pid };
+        inc.expect_line("ready");
+        inc
+    }
+
+    /// Reads the helper's next line and checks it starts with `word`.
+    pub fn expect_line(&mut self, word: &str) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("reading the incident helper");
+        assert!(line.starts_with(word), "incident helper said {line:?}, expected {word:?}");
+        line
+    }
+
+    /// Sends one command line to the helper.
+    pub fn send(&mut self, cmd: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{cmd}").expect("writing to the incident helper");
+        stdin.flush().expect("flush");
+    }
+}
+
+impl Drop for Incident {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `incident` helper, built by cargo beside the test binaries (target/*/incident).
+pub fn incident_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join("incident");
+    assert!(p.exists(), "{} not found: run the tests through cargo", p.display());
+    p
+}
+
+/// Pids of the current zombie children of `ppid`, from /proc.
+pub fn zombie_children(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let mut f = rest.split(' ');
+        let state = f.next().unwrap_or("");
+        let pp: u32 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        if state == "Z" && pp == ppid {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,117 @@
+//! Types shared by the kernel programs (`tracer-ebpf`) and the loader (`tracer`).
+//!
+//! Rules for every type here: `#[repr(C)]`, `Copy`, padding spelled out as fields, no
+//! `bool`, and a compile-time size assertion. Every ring-buffer record starts with an
+//! [`EventHeader`] whose `kind` is one of the fixed [`EventKind`] ids, so the loader can
+//! decode a record with a length check instead of a blind pointer cast.
+#![no_std]
+
+pub mod zombies;
+
+/// Length of `task->comm`, as the kernel defines TASK_COMM_LEN.
+pub const COMM_LEN: usize = 16;
+
+/// Fixed ids of the records that the kernel programs put on the ring buffer.
+/// Ids never change meaning; new kinds get new numbers.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// zombies: a whole process exited (sched_process_exit with group_dead).
+    ProcessExit = 1,
+    /// zombies: an exited process was reaped (wait4 returned it, or it was freed).
+    ProcessReap = 2,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::ProcessExit,
+            2 => Self::ProcessReap,
+            _ => return None,
+        })
+    }
+}
+
+/// First field of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`] id.
+    pub kind: u32,
+    /// tgid of the task that was current when the event fired.
+    pub tgid: u32,
+    /// bpf_ktime_get_ns(): CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
+
+/// Capacity of the ring buffer shared by the programs of one run, in bytes (a power of
+/// two and a multiple of the page size). The loader may raise it per detector.
+pub const RING_BYTES: u32 = 1 << 20;
+
+/// Marker for types that may be read from a ring-buffer record.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]`, contain no padding bytes the kernel leaves
+/// uninitialised and be valid for any bit pattern.
+pub unsafe trait Plain: Copy + 'static {}
+
+/// Reads a `T` from the front of `bytes` after checking the length: never a blind cast.
+pub fn decode<T: Plain>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < core::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length was checked above and `T: Plain` is valid for any bit pattern;
+    // read_unaligned copes with the ring buffer's 8-byte alignment.
+    Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// The bytes of a `T`, for tests and for the kernel side's copies.
+pub fn as_bytes<T: Plain>(v: &T) -> &[u8] {
+    // SAFETY: `T: Plain` has no uninitialised padding.
+    unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), core::mem::size_of::<T>()) }
+}
+
+/// Turns a NUL-padded `comm` into a str (lossy at the first invalid byte).
+pub fn comm_str(comm: &[u8]) -> &str {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    match core::str::from_utf8(&comm[..end]) {
+        Ok(s) => s,
+        Err(e) => core::str::from_utf8(&comm[..e.valid_up_to()]).unwrap_or(""),
+    }
+}
+
+/// Implements [`Plain`] and, on the user side, `aya::Pod` for shared types.
+#[macro_export]
+macro_rules! plain {
+    ($($t:ty),* $(,)?) => {$(
+        unsafe impl $crate::Plain for $t {}
+        #[cfg(feature = "user")]
+        unsafe impl aya::Pod for $t {}
+    )*};
+}
+
+plain!(EventHeader);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip_and_short_input() {
+        let h = EventHeader { kind: EventKind::ProcessExit as u32, tgid: 42, ts_ns: 7 };
+        let bytes = as_bytes(&h);
+        assert_eq!(decode::<EventHeader>(bytes), Some(h));
+        assert_eq!(decode::<EventHeader>(&bytes[..15]), None);
+        assert_eq!(EventKind::from_u32(h.kind), Some(EventKind::ProcessExit));
+        assert_eq!(EventKind::from_u32(0), None);
+    }
+
+    #[test]
+    fn comm_is_cut_at_nul() {
+        let mut c = [0u8; COMM_LEN];
+        c[..4].copy_from_slice(b"bash");
+        assert_eq!(comm_str(&c), "bash");
+        assert_eq!(comm_str(b"0123456789abcdef"), "0123456789abcdef");
+    }
+}

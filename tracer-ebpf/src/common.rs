@@ -1,0 +1,72 @@
+//! What every detector's programs share: the ring buffer of the run, the lost-event
+//! counter, and small helpers for counters in maps.
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use tracer_common::RING_BYTES;
+
+/// The run's ring buffer. Only one detector's programs are attached per run, so this is
+/// that detector's ring buffer; the loader sizes it per detector.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Records that did not fit in EVENTS (failed reserve), per CPU. The loader sums it and
+/// every report shows it as `lost_events`.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Copies `ev` to the ring buffer, or counts it as lost.
+#[inline(always)]
+pub fn emit<T: Copy + 'static>(ev: &T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(*ev);
+            entry.submit(0);
+        }
+        None => add(&LOST, 0, 1),
+    }
+}
+
+/// Adds `n` to slot `idx` of a per-CPU counter array (no atomics needed per CPU).
+#[inline(always)]
+pub fn add(arr: &PerCpuArray<u64>, idx: u32, n: u64) {
+    if let Some(p) = arr.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, preemption is disabled while a tracing program runs.
+        unsafe { *p += n };
+    }
+}
+
+/// Returns a pointer to the value for `key`, inserting `init` first when absent.
+#[inline(always)]
+pub fn get_or_insert<K, V>(map: &LruHashMap<K, V>, key: &K, init: &V) -> Option<*mut V> {
+    if let Some(p) = map.get_ptr_mut(key) {
+        return Some(p);
+    }
+    // BPF_NOEXIST: another CPU may have inserted it meanwhile; either way look it up again.
+    let _ = map.insert(key, init, 1);
+    map.get_ptr_mut(key)
+}
+
+/// Reads a tracepoint field at an offset the loader took from the tracepoint's
+/// `format` file (passed in as a global). A failed read yields `None`.
+#[inline(always)]
+pub fn field<T>(ctx: &TracePointContext, off: &Global<u32>) -> Option<T> {
+    // SAFETY: read_at goes through bpf_probe_read_kernel, which checks the address.
+    unsafe { ctx.read_at::<T>(off.load() as usize).ok() }
+}
+
+/// tgid (process id) of the current task.
+#[inline(always)]
+pub fn current_tgid() -> u32 {
+    (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// CLOCK_MONOTONIC nanoseconds.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: plain helper call without arguments.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}

@@ -1,0 +1,16 @@
+//! The registry of detectors, for `tracer doctor` (and anything else that lists them).
+use crate::{bpf::Spec, zombies};
+
+pub struct Detector {
+    pub spec: &'static Spec,
+    /// How the detector copes when an optional hook is missing.
+    pub fallback: &'static str,
+    /// Which kernel path it uses here (tracepoints; fentry where it has a fast path).
+    pub path: &'static str,
+}
+
+pub const ALL: &[Detector] = &[Detector {
+    spec: &zombies::SPEC,
+    fallback: "release time from sched_process_free, /proc for parents",
+    path: "tracepoints",
+}];

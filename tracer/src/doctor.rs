@@ -1,0 +1,111 @@
+//! `tracer doctor`: what this kernel allows and what each detector will use.
+use anyhow::Result;
+use serde_json::json;
+
+use crate::{
+    bpf::{self, HookState},
+    detectors,
+    output::Table,
+    tracefs::Tracefs,
+};
+
+/// Check what this kernel allows: BTF, tracefs, privileges, kprobes, fentry, and for
+/// every detector whether its hooks exist (exit 0 when every detector can run).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let missing_caps = bpf::missing_caps();
+    let tracefs = match Tracefs::find() {
+        Some(t) => Ok(t),
+        None if missing_caps.is_empty() => Tracefs::open().map_err(|e| format!("{e:#}")),
+        None => Err("not mounted (and mounting it needs root)".to_string()),
+    };
+    let kprobes = bpf::kprobes_available(tracefs.as_ref().ok());
+    let fentry = if missing_caps.is_empty() {
+        bpf::fentry_available("do_exit")
+    } else {
+        Err("not probed: needs root".to_string())
+    };
+
+    let mut all_ok = missing_caps.is_empty() && tracefs.is_ok();
+    let mut det_json = Vec::new();
+    let mut table = Table::new(&["DETECTOR", "HOOK", "STATE", "REQUIRED", "USED FOR"]);
+    for d in detectors::ALL {
+        let statuses = match &tracefs {
+            Ok(t) => bpf::probe_hooks(d.spec, t),
+            Err(_) => Vec::new(),
+        };
+        let runnable = tracefs.is_ok()
+            && missing_caps.is_empty()
+            && statuses.iter().all(|s| !s.required || s.state != HookState::Missing);
+        all_ok &= runnable;
+        for s in &statuses {
+            let state = match s.state {
+                HookState::Found | HookState::Attached => "found".to_string(),
+                HookState::Missing if s.required => "MISSING".into(),
+                HookState::Missing => format!("missing (fallback: {})", d.fallback),
+            };
+            table.row(vec![d.spec.detector.into(), s.hook.clone(), state, if s.required { "yes" } else { "no" }.into(), s.purpose.into()]);
+        }
+        det_json.push(json!({
+            "detector": d.spec.detector,
+            "runnable": runnable,
+            "hooks": statuses,
+            "path": d.path,
+        }));
+    }
+
+    let release = bpf::kernel_release();
+    let btf = bpf::has_btf();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "command": "doctor",
+                "final": true,
+                "kernel": release,
+                "btf": btf,
+                "tracefs": tracefs.as_ref().map(|t| t.root().display().to_string()).map_err(|e| e.clone()),
+                "privileges": { "ok": missing_caps.is_empty(), "missing": missing_caps },
+                "kprobes": kprobes,
+                "fentry": { "available": fentry.is_ok(), "reason": fentry.as_ref().err() },
+                "detectors": det_json,
+                "all_runnable": all_ok,
+            })
+        );
+    } else {
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        println!("kernel      {release}");
+        println!("BTF         {}", if btf { "yes (/sys/kernel/btf/vmlinux)" } else { "no" });
+        match &tracefs {
+            Ok(t) => println!("tracefs     {}", t.root().display()),
+            Err(e) => println!("tracefs     MISSING: {e}"),
+        }
+        if missing_caps.is_empty() {
+            println!("privileges  ok");
+        } else {
+            println!("privileges  MISSING {} (run as root: sudo tracer ...)", missing_caps.join(", "));
+        }
+        println!("kprobes     {}", yes_no(kprobes));
+        match &fentry {
+            Ok(()) => println!("fentry      yes"),
+            Err(e) => println!("fentry      no ({e})"),
+        }
+        println!();
+        print!("{}", table.render());
+        println!();
+        for d in &det_json {
+            println!(
+                "{:<13} {}",
+                d["detector"].as_str().unwrap_or(""),
+                if d["runnable"].as_bool() == Some(true) { "can run" } else { "CANNOT RUN" }
+            );
+        }
+    }
+    Ok(if all_ok { 0 } else { 1 })
+}

@@ -1,0 +1,68 @@
+//! tracer: eBPF tracer that finds the causes of Linux production incidents.
+//! main only parses the command line and dispatches to a detector.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bpf;
+mod detectors;
+mod doctor;
+mod output;
+mod procinfo;
+mod run;
+mod tracefs;
+mod zombies;
+
+/// Find the causes of Linux production incidents with eBPF.
+///
+/// Each command answers one question during an incident and prints a report when it
+/// stops (Ctrl-C, or -d/--duration). Add --json for one JSON object per report.
+/// Start with `tracer doctor` to see what this kernel allows.
+#[derive(Parser, Debug)]
+#[command(name = "tracer", version, verbatim_doc_comment)]
+struct Cli {
+    /// More detail on stderr (-v: debug, -vv: trace, including kernel-side logs).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// What this kernel allows and which hooks each detector will use.
+    Doctor(doctor::Args),
+    /// Parents that leave zombie children unreaped, and PID headroom (Uber incident).
+    Zombies(zombies::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new().filter_level(level).format_target(false).init();
+
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(anyhow::anyhow!("starting the async runtime: {e}")),
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Doctor(a) => doctor::run(a),
+            Command::Zombies(a) => zombies::run(a).await.map(|()| 0),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => fail(e),
+    }
+}
+
+/// One sentence on stderr, exit 1 (clap uses 2 for usage errors).
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("tracer: {e:#}");
+    ExitCode::from(1)
+}

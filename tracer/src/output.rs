@@ -1,0 +1,222 @@
+//! Rendering shared by every detector: aligned tables, bcc-style log2 histograms,
+//! latency summaries from hdrhistogram, and human durations.
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// An aligned text table; columns whose cells are all numeric are right-aligned.
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<S: AsRef<str>>(headers: &[S]) -> Self {
+        Self { headers: headers.iter().map(|h| h.as_ref().to_string()).collect(), rows: Vec::new() }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        let n = self.headers.len();
+        let mut width: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        let mut numeric = vec![true; n];
+        for r in &self.rows {
+            for (i, c) in r.iter().enumerate().take(n) {
+                width[i] = width[i].max(c.chars().count());
+                if !is_numeric(c) {
+                    numeric[i] = false;
+                }
+            }
+        }
+        let mut out = String::new();
+        let line = |out: &mut String, cells: &[String], header: bool| {
+            let mut l = String::new();
+            for i in 0..n {
+                let c = cells.get(i).map(String::as_str).unwrap_or("");
+                let pad = width[i] - c.chars().count();
+                let last = i + 1 == n;
+                if numeric[i] && !header || numeric[i] && header && !self.rows.is_empty() {
+                    l.push_str(&" ".repeat(pad));
+                    l.push_str(c);
+                } else {
+                    l.push_str(c);
+                    if !last {
+                        l.push_str(&" ".repeat(pad));
+                    }
+                }
+                if !last {
+                    l.push_str("  ");
+                }
+            }
+            out.push_str(l.trim_end());
+            out.push('\n');
+        };
+        line(&mut out, &self.headers, true);
+        for r in &self.rows {
+            line(&mut out, r, false);
+        }
+        out
+    }
+}
+
+fn is_numeric(s: &str) -> bool {
+    let s = s.trim_start_matches(['>', '<', '=', '~']);
+    !s.is_empty()
+        && s.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '-')
+        && s.chars().all(|c| c.is_ascii_digit() || ".-%smhdµuk".contains(c))
+}
+
+/// count/p50/p90/p99/max of a histogram (all 0 when empty), in the histogram's unit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Summary {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            count: h.len(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        }
+    }
+}
+
+/// A histogram with 3 significant digits over 1..=2^40, enough for ns to hours.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 1 << 40, 3).expect("static histogram bounds are valid")
+}
+
+/// Records `v`, clamped into the histogram's range (no value is dropped).
+pub fn record(h: &mut Histogram<u64>, v: u64) {
+    let v = v.clamp(h.low(), h.high());
+    // Cannot fail after the clamp.
+    let _ = h.record(v);
+}
+
+/// bcc-style log2 histogram (`usecs : count distribution`), then p50/p90/p99/max.
+pub fn log2_histogram(h: &Histogram<u64>, unit: &str) -> String {
+    let mut out = String::new();
+    if h.is_empty() {
+        let _ = writeln!(out, "     (no samples)");
+        return out;
+    }
+    let mut buckets = [0u64; 64];
+    for v in h.iter_recorded() {
+        let value = h.lowest_equivalent(v.value_iterated_to());
+        let slot = if value == 0 { 0 } else { 64 - value.leading_zeros() as usize };
+        buckets[slot.min(63)] += v.count_at_value();
+    }
+    let first = buckets.iter().position(|&c| c > 0).unwrap_or(0);
+    let last = buckets.iter().rposition(|&c| c > 0).unwrap_or(0);
+    let max = buckets.iter().copied().max().unwrap_or(1).max(1);
+    let _ = writeln!(out, "{:>24} : count    distribution", unit);
+    for (slot, &count) in buckets.iter().enumerate().take(last + 1).skip(first) {
+        let (lo, hi) = if slot == 0 { (0, 0) } else { (1u64 << (slot - 1), (1u64 << slot) - 1) };
+        let stars = ((count as u128 * 40).div_ceil(max as u128)) as usize;
+        let stars = if count == 0 { 0 } else { stars.max(1) };
+        let _ = writeln!(
+            out,
+            "{:>10} -> {:<10} : {:<8} |{:<40}|",
+            lo,
+            hi,
+            count,
+            "*".repeat(stars)
+        );
+    }
+    let s = Summary::of(h);
+    let _ = writeln!(
+        out,
+        "     count {}  p50 {}  p90 {}  p99 {}  max {} ({unit})",
+        s.count, s.p50, s.p90, s.p99, s.max
+    );
+    out
+}
+
+/// 1.5s, 3m12s, 2h05m, 3d04h; sub-second as ms.
+pub fn human_duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "-".into();
+    }
+    if secs < 1.0 {
+        return format!("{:.0}ms", secs * 1e3);
+    }
+    if secs < 60.0 {
+        return format!("{secs:.1}s");
+    }
+    let s = secs as u64;
+    match s {
+        0..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// Rounds to 3 decimals for JSON (no 0.30000000000000004 in reports).
+pub fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_numbers_right() {
+        let mut t = Table::new(&["PID", "COMM"]);
+        t.row(vec!["7".into(), "init".into()]);
+        t.row(vec!["1234".into(), "a".into()]);
+        assert_eq!(t.render(), " PID  COMM\n   7  init\n1234  a\n");
+    }
+
+    #[test]
+    fn log2_buckets_and_summary() {
+        let mut h = new_histogram();
+        for v in [1, 2, 3, 5, 6, 7, 100] {
+            record(&mut h, v);
+        }
+        let text = log2_histogram(&h, "usecs");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("usecs : count"));
+        assert!(lines[1].trim_start().starts_with("1 -> 1") && lines[1].contains(": 1 "));
+        assert!(lines[2].trim_start().starts_with("2 -> 3") && lines[2].contains(": 2 "));
+        assert!(lines[3].trim_start().starts_with("4 -> 7") && lines[3].contains(": 3 "));
+        assert!(lines[3].contains(&format!("|{}|", "*".repeat(40))));
+        assert!(text.contains("64 -> 127") && text.contains("max 100"));
+        assert_eq!(Summary::of(&h).count, 7);
+        assert_eq!(log2_histogram(&new_histogram(), "usecs").trim(), "(no samples)");
+    }
+
+    #[test]
+    fn records_are_clamped_not_dropped() {
+        let mut h = new_histogram();
+        record(&mut h, 0);
+        record(&mut h, u64::MAX);
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(0.25), "250ms");
+        assert_eq!(human_duration(5.0), "5.0s");
+        assert_eq!(human_duration(192.0), "3m12s");
+        assert_eq!(human_duration(7500.0), "2h05m");
+    }
+}

@@ -1,0 +1,251 @@
+//! Run control shared by every detector: Ctrl-C/SIGTERM, `--duration`, `--interval`,
+//! the ring-buffer reader, lost-event accounting and report printing (text or JSON).
+use std::{
+    future::pending,
+    io::Write as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{Interval, MissedTickBehavior, interval_at},
+};
+
+use crate::bpf::LostCounter;
+
+/// Options every tracing command takes.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct RunOpts {
+    /// Stop after this long and print the final report (e.g. 10s, 2m). Default: run
+    /// until Ctrl-C or SIGTERM.
+    #[arg(short = 'd', long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+    /// Also print a report every INTERVAL (e.g. 5s) while running.
+    #[arg(short = 'i', long, value_parser = parse_duration, value_name = "INTERVAL")]
+    pub interval: Option<Duration>,
+    /// Print each report as one JSON object on its own line; the last has "final": true.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// humantime durations ("500ms", "10s", "1m30s"); a bare number means seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("`{s}` is not a duration")),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("`{s}` is not a duration like 500ms, 10s or 2m ({e})"))?,
+    };
+    if d.is_zero() {
+        return Err("the duration must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// A duration that may be zero (`--min-age 0s`).
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    if s.trim_start_matches('0').trim_end_matches(['s', 'm', 'h']).is_empty() && !s.is_empty() {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
+}
+
+/// One report: the JSON object (the driver adds command, final, elapsed_s and
+/// lost_events) and the text for people (the driver adds the lost-events footer).
+pub struct Report {
+    pub json: serde_json::Value,
+    pub text: String,
+}
+
+pub struct ReportCtx {
+    pub final_: bool,
+    /// Time since the hooks were attached.
+    pub elapsed: Duration,
+    pub lost_events: u64,
+}
+
+/// What a tracing command implements; `drive` does the rest.
+pub trait Detector {
+    /// Name in reports (`"command"` in JSON).
+    fn command(&self) -> &'static str;
+    /// One ring-buffer record (already copied out of the ring).
+    fn on_event(&mut self, data: &[u8]);
+    /// Periodic sampling of /proc or /sys state, if the detector wants it.
+    fn sample_every(&self) -> Option<Duration> {
+        None
+    }
+    fn sample(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn report(&mut self, ctx: &ReportCtx) -> Result<Report>;
+}
+
+/// The run's ring buffer, readable through tokio.
+pub struct Ring {
+    fd: AsyncFd<RingBuf<MapData>>,
+}
+
+impl Ring {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let map = ebpf.take_map("EVENTS").context("map EVENTS is missing from the eBPF object")?;
+        let rb = RingBuf::try_from(map)?;
+        Ok(Self { fd: register(rb).context("registering the ring buffer with tokio")? })
+    }
+
+    /// Hands every record available now to `f`.
+    fn drain(&mut self, f: &mut impl FnMut(&[u8])) -> usize {
+        let rb = self.fd.get_mut();
+        let mut n = 0;
+        while let Some(item) = rb.next() {
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Registers an fd-owning map or logger with tokio.
+fn register<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: `inner` owns its fd and moves into the AsyncFd, which deregisters it on
+    // drop before `inner` closes it, so the fd stays valid while registered.
+    unsafe { AsyncFd::register(inner) }.map_err(|e| e.into_parts().1)
+}
+
+async fn tick(i: &mut Option<Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => pending().await,
+    }
+}
+
+fn every(d: Option<Duration>) -> Option<Interval> {
+    d.map(|d| {
+        let mut i = interval_at(tokio::time::Instant::now() + d, d);
+        i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        i
+    })
+}
+
+/// Runs `det` until a signal or the duration ends, printing interval reports and the
+/// final report. `ebpf` must still hold the EVENTS and LOST maps; the detector keeps
+/// its own handle to everything else it reads.
+pub async fn drive(opts: &RunOpts, ebpf: &mut Ebpf, what: &str, det: &mut dyn Detector) -> Result<()> {
+    let mut ring = Ring::take(ebpf)?;
+    let lost = LostCounter::take(ebpf)?;
+    let mut logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => register(l).ok(),
+        Err(e) => {
+            log::debug!("kernel-side logging unavailable: {e}");
+            None
+        }
+    };
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let start = Instant::now();
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut report_every = every(opts.interval);
+    let mut sample_every = every(det.sample_every());
+
+    let until = match opts.duration {
+        Some(d) => format!("for {}", humantime::format_duration(d)),
+        None => "until Ctrl-C".into(),
+    };
+    eprintln!("Tracing {what} {until}...");
+
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = async { match deadline { Some(t) => tokio::time::sleep_until(t).await, None => pending().await } } => break,
+            _ = tick(&mut report_every) => {
+                ring.drain(&mut |d| det.on_event(d));
+                print_report(opts, det, start, &lost, false)?;
+            }
+            _ = tick(&mut sample_every) => {
+                if let Err(e) = det.sample() {
+                    log::warn!("sampling failed: {e:#}");
+                }
+            }
+            guard = ring.fd.readable_mut() => {
+                let mut guard = guard.context("waiting for the ring buffer")?;
+                // Clear readiness before draining so a record that lands after the
+                // drain wakes us again.
+                guard.clear_ready();
+                drop(guard);
+                ring.drain(&mut |d| det.on_event(d));
+            }
+            guard = async { match logger.as_mut() { Some(l) => l.readable_mut().await, None => pending().await } } => {
+                if let Ok(mut g) = guard {
+                    g.get_inner_mut().flush();
+                    g.clear_ready();
+                }
+            }
+        }
+    }
+    // What arrived between the last wakeup and the stop belongs to the final report.
+    ring.drain(&mut |d| det.on_event(d));
+    print_report(opts, det, start, &lost, true)
+}
+
+fn print_report(opts: &RunOpts, det: &mut dyn Detector, start: Instant, lost: &LostCounter, final_: bool) -> Result<()> {
+    let ctx = ReportCtx { final_, elapsed: start.elapsed(), lost_events: lost.get() };
+    let report = det.report(&ctx)?;
+    emit(opts, det.command(), report, &ctx)
+}
+
+/// Prints a report with the fields every report carries.
+pub fn emit(opts: &RunOpts, command: &str, report: Report, ctx: &ReportCtx) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    if opts.json {
+        let mut obj = serde_json::Map::new();
+        obj.insert("command".into(), command.into());
+        obj.insert("final".into(), ctx.final_.into());
+        obj.insert("elapsed_s".into(), crate::output::round3(ctx.elapsed.as_secs_f64()).into());
+        obj.insert("lost_events".into(), ctx.lost_events.into());
+        if let serde_json::Value::Object(m) = report.json {
+            obj.extend(m);
+        }
+        writeln!(stdout, "{}", serde_json::Value::Object(obj))?;
+    } else {
+        let when = if ctx.final_ { "final report" } else { "report" };
+        writeln!(stdout, "=== tracer {command}: {when} after {:.1}s ===", ctx.elapsed.as_secs_f64())?;
+        write!(stdout, "{}", report.text)?;
+        if ctx.lost_events > 0 {
+            writeln!(
+                stdout,
+                "lost events: {} (the ring buffer was full; the counts above are low by at least this much)",
+                ctx.lost_events
+            )?;
+        } else {
+            writeln!(stdout, "lost events: 0")?;
+        }
+        writeln!(stdout)?;
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_reject() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten").unwrap_err().contains("not a duration"));
+        assert_eq!(parse_age("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_age("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_age("2m").unwrap(), Duration::from_secs(120));
+    }
+}

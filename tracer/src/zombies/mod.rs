@@ -1,0 +1,314 @@
+//! `tracer zombies`: which parents leave children unreaped, how many, for how long,
+//! and how close the host is to PID exhaustion (the Uber incident).
+//!
+//! The kernel side sends one record per whole-process exit and one per reap; forks,
+//! wait calls and SIGCHLDs are counted in kernel maps read once per report. Zombies are
+//! confirmed against /proc (state Z, same start time) when a report is built, so a
+//! lost reap record or a reused pid can never invent a zombie.
+mod state;
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use aya::maps::{HashMap as BpfHashMap, PerCpuArray};
+use serde_json::json;
+use tracer_common::zombies::{COUNT_EXITS, COUNT_FORKS, ParentCounters};
+
+use crate::{
+    bpf::{self, Hook, Offset, Session, Spec},
+    output::{self, Table, human_duration, round3},
+    procinfo,
+    run::{self, Detector, Report, ReportCtx, RunOpts},
+};
+use state::{Snapshot, Tracker};
+
+pub const SPEC: Spec = Spec {
+    detector: "zombies",
+    hooks: &[
+        Hook { program: "zombies_fork", category: "sched", name: "sched_process_fork", required: true, purpose: "learn each child's parent and the fork rate" },
+        Hook { program: "zombies_exit", category: "sched", name: "sched_process_exit", required: true, purpose: "see processes exit (become zombies)" },
+        Hook { program: "zombies_free", category: "sched", name: "sched_process_free", required: true, purpose: "see exited processes released" },
+        Hook { program: "zombies_wait4_exit", category: "syscalls", name: "sys_exit_wait4", required: false, purpose: "time reaps exactly and name the reaper (else release time is used)" },
+        Hook { program: "zombies_wait", category: "sched", name: "sched_process_wait", required: false, purpose: "count wait calls per parent" },
+        Hook { program: "zombies_signal", category: "signal", name: "signal_generate", required: false, purpose: "count SIGCHLDs sent to parents" },
+    ],
+    offsets: &[
+        Offset { global: "ZOMBIES_FORK_CHILD_PID", category: "sched", event: "sched_process_fork", field: "child_pid" },
+        Offset { global: "ZOMBIES_EXIT_GROUP_DEAD", category: "sched", event: "sched_process_exit", field: "group_dead" },
+        Offset { global: "ZOMBIES_FREE_PID", category: "sched", event: "sched_process_free", field: "pid" },
+        Offset { global: "ZOMBIES_WAIT4_RET", category: "syscalls", event: "sys_exit_wait4", field: "ret" },
+        Offset { global: "ZOMBIES_SIGNAL_SIG", category: "signal", event: "signal_generate", field: "sig" },
+        Offset { global: "ZOMBIES_SIGNAL_PID", category: "signal", event: "signal_generate", field: "pid" },
+    ],
+    ring_bytes: 1 << 20,
+};
+
+/// Find parents that never reap their children, and how close PID exhaustion is.
+///
+/// Watches process exits and reaps in the kernel, counts wait() calls and SIGCHLDs per
+/// parent, and confirms zombies in /proc. Zombies that existed before the start are
+/// included; their age is then only a lower bound (shown as ">=").
+///
+/// Examples:
+///   tracer zombies --parent            # who leaves zombies behind (until Ctrl-C)
+///   tracer zombies -d 10s --json       # one JSON report after 10 seconds
+///   tracer zombies -p 1234 --min-age 1s
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Group the report by parent process (the non-reaping parents and what to do).
+    #[arg(long)]
+    pub parent: bool,
+    /// Only children of this parent pid.
+    #[arg(short = 'p', long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Hide zombies younger than this (e.g. 1s, 500ms).
+    #[arg(long, value_parser = run::parse_age, default_value = "0s", value_name = "AGE")]
+    pub min_age: Duration,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    if let Some(pid) = args.pid {
+        if pid == 0 || !procinfo::exists(pid) {
+            bail!("no process with pid {pid} exists; pass the pid of a running parent to -p/--pid");
+        }
+    }
+    let mut session = bpf::start(&SPEC, &[("ZOMBIES_TARGET_PPID", args.pid.unwrap_or(0))])?;
+    let counters = BpfHashMap::try_from(take(&mut session, "ZOMBIES_COUNTERS")?)?;
+    let counts = PerCpuArray::try_from(take(&mut session, "ZOMBIES_COUNTS")?)?;
+    let caveats = session
+        .missing()
+        .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
+        .collect();
+    // Scan /proc only after the hooks are attached: a zombie made in between is then
+    // seen twice (event and scan), never zero times.
+    let mut tracker = Tracker::new(args.pid, procinfo::ticks_per_second(), boot_offset_ns());
+    tracker.seed(procinfo::all_stats(), procinfo::monotonic_ns());
+    let mut det = Zombies { args, tracker, counters, counts, caveats, first: None };
+    let what = match det.args.pid {
+        Some(p) => format!("exits and reaps of children of pid {p}"),
+        None => "process exits and reaps".into(),
+    };
+    let run_opts = det.args.run.clone();
+    run::drive(&run_opts, &mut session.ebpf, &what, &mut det).await
+}
+
+fn take(session: &mut Session, name: &str) -> Result<aya::maps::Map> {
+    session.ebpf.take_map(name).ok_or_else(|| anyhow::anyhow!("map {name} is missing from the eBPF object"))
+}
+
+/// CLOCK_BOOTTIME - CLOCK_MONOTONIC: converts kernel timestamps to /proc start times.
+fn boot_offset_ns() -> i64 {
+    procinfo::boottime_ns() as i64 - procinfo::monotonic_ns() as i64
+}
+
+struct Zombies {
+    args: Args,
+    tracker: Tracker,
+    counters: BpfHashMap<aya::maps::MapData, u32, ParentCounters>,
+    counts: PerCpuArray<aya::maps::MapData, u64>,
+    caveats: Vec<String>,
+    /// (time, zombie count) of the first report, for the growth rate.
+    first: Option<(f64, usize)>,
+}
+
+impl Zombies {
+    fn count(&self, slot: u32) -> u64 {
+        self.counts.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    fn parent_counters(&self, pid: u32) -> ParentCounters {
+        self.counters.get(&pid, 0).unwrap_or_default()
+    }
+}
+
+impl Detector for Zombies {
+    fn command(&self) -> &'static str {
+        "zombies"
+    }
+
+    fn on_event(&mut self, data: &[u8]) {
+        self.tracker.on_event(data);
+        self.tracker.prune_if_large(procinfo::stat_of);
+    }
+
+    fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
+        let now = procinfo::monotonic_ns();
+        let snap: Snapshot = self.tracker.snapshot(now, self.args.min_age, procinfo::stat_of);
+        let elapsed = ctx.elapsed.as_secs_f64().max(1e-3);
+        let forks = self.count(COUNT_FORKS);
+        let exits = self.count(COUNT_EXITS);
+
+        // Growth of the zombie count since the first look (the /proc seed at start).
+        let t = ctx.elapsed.as_secs_f64();
+        let (t0, n0) = *self.first.get_or_insert((0.0, self.tracker.seeded()));
+        let growth = if t - t0 > 0.5 { (snap.zombies.len() as f64 - n0 as f64) / (t - t0) } else { 0.0 };
+
+        let in_use = procinfo::tasks_in_use();
+        let pid_max = procinfo::read_u64("/proc/sys/kernel/pid_max");
+        let threads_max = procinfo::read_u64("/proc/sys/kernel/threads-max");
+        let limit = match (pid_max, threads_max) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let eta_s = match (in_use, limit) {
+            (Some(u), Some(l)) if growth > 0.0 && l > u => Some((l - u) as f64 / growth),
+            _ => None,
+        };
+
+        let mut parents_json = Vec::new();
+        let mut ptable = Table::new(&["PID", "COMM", "ZOMBIES", "OLDEST", "REAPED", "WAITS", "SIGCHLD", "DISPOSITION", "PIDS", "CGROUP", "CMDLINE"]);
+        let mut hints = Vec::new();
+        for p in &snap.parents {
+            let c = self.parent_counters(p.pid);
+            let comm = procinfo::comm_of(p.pid).unwrap_or_else(|| "?".into());
+            let cmdline = procinfo::cmdline_of(p.pid);
+            let cgroup = procinfo::cgroup_of(p.pid);
+            let disp = procinfo::sigchld_disposition(p.pid);
+            let reaped = self.tracker.reaped_by(p.pid);
+            let pids = pids_cgroup(p.pid);
+            let oldest = fmt_age(p.oldest_age_s, p.oldest_exact);
+            ptable.row(vec![
+                p.pid.to_string(),
+                comm.clone(),
+                p.zombies.to_string(),
+                oldest.clone(),
+                reaped.to_string(),
+                c.wait_calls.to_string(),
+                c.sigchld.to_string(),
+                disp.into(),
+                pids.as_ref().map(|(cur, max)| format!("{cur}/{max}")).unwrap_or_else(|| "-".into()),
+                cgroup.clone(),
+                truncate(&cmdline, 60),
+            ]);
+            hints.push(hint(p.pid, &comm, p.zombies, c, disp, reaped));
+            parents_json.push(json!({
+                "pid": p.pid, "comm": comm, "cmdline": cmdline, "cgroup": cgroup,
+                "zombies": p.zombies, "oldest_zombie_age_s": round3(p.oldest_age_s),
+                "oldest_zombie_age_exact": p.oldest_exact,
+                "reaped": reaped, "wait_calls": c.wait_calls, "sigchld_received": c.sigchld,
+                "sigchld": disp,
+                "pids_cgroup": pids.map(|(cur, max)| json!({"current": cur, "max": max})),
+            }));
+        }
+
+        let zombies_json: Vec<_> = snap
+            .zombies
+            .iter()
+            .map(|z| json!({"pid": z.pid, "ppid": z.ppid, "comm": z.comm, "age_s": round3(z.age_s), "age_exact": z.exact}))
+            .collect();
+        let reap = output::Summary::of(self.tracker.reap_hist());
+        let reapers: Vec<_> = self
+            .tracker
+            .top_reapers(5)
+            .into_iter()
+            .map(|(pid, n)| json!({"pid": pid, "comm": procinfo::comm_of(pid), "reaped": n, "sigchld": procinfo::sigchld_disposition(pid)}))
+            .collect();
+
+        let json = json!({
+            "filter_ppid": self.args.pid,
+            "parents": parents_json,
+            "zombies": zombies_json,
+            "zombies_total": snap.zombies.len(),
+            "zombie_growth_per_s": round3(growth),
+            "reap_latency_us": reap,
+            "reapers": reapers,
+            "pids": {
+                "in_use": in_use, "pid_max": pid_max, "threads_max": threads_max,
+                "exhaustion_eta_s": eta_s.map(round3),
+            },
+            "forks": forks, "forks_per_s": round3(forks as f64 / elapsed),
+            "exits": exits, "exits_per_s": round3(exits as f64 / elapsed),
+            "caveats": self.caveats,
+        });
+
+        let mut text = String::new();
+        let oldest = snap.zombies.first().map(|z| fmt_age(z.age_s, z.exact)).unwrap_or_else(|| "-".into());
+        text += &format!(
+            "zombies now: {} under {} parent(s), oldest {}; reaped in window: {}; forks {:.1}/s, exits {:.1}/s\n",
+            snap.zombies.len(), snap.parents.len(), oldest, self.tracker.reaped_total(),
+            forks as f64 / elapsed, exits as f64 / elapsed
+        );
+        text += &format!(
+            "pid headroom: {} tasks in use; pid_max {}, threads-max {}; zombies {}",
+            opt(in_use), opt(pid_max), opt(threads_max),
+            if growth > 0.0 { format!("growing {growth:.2}/s") } else { "not growing".into() }
+        );
+        if let Some(eta) = eta_s {
+            text += &format!(", PID space exhausted in ~{}", human_duration(eta));
+        }
+        text += "\n";
+        for c in &self.caveats {
+            text += &format!("note: {c}\n");
+        }
+        text += "\nNON-REAPING PARENTS\n";
+        if ptable.is_empty() {
+            text += "  none: every exited child was reaped\n";
+        } else {
+            text += &ptable.render();
+            text += "\n";
+            for h in &hints {
+                text += &format!("hint: {h}\n");
+            }
+        }
+        if !self.args.parent {
+            text += "\nZOMBIES (oldest first)\n";
+            let mut zt = Table::new(&["PID", "PPID", "COMM", "AGE"]);
+            for z in snap.zombies.iter().take(20) {
+                zt.row(vec![z.pid.to_string(), z.ppid.to_string(), z.comm.clone(), fmt_age(z.age_s, z.exact)]);
+            }
+            if zt.is_empty() {
+                text += "  none\n";
+            } else {
+                text += &zt.render();
+                if snap.zombies.len() > 20 {
+                    text += &format!("  ... and {} more (--json lists all)\n", snap.zombies.len() - 20);
+                }
+            }
+        }
+        text += "\nREAP LATENCY (exit -> reaped by wait4 or released)\n";
+        text += &output::log2_histogram(self.tracker.reap_hist(), "usecs");
+        Ok(Report { json, text })
+    }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+}
+
+fn fmt_age(age_s: f64, exact: bool) -> String {
+    if exact { human_duration(age_s) } else { format!(">={}", human_duration(age_s)) }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.to_string() } else { format!("{}...", s.chars().take(n - 3).collect::<String>()) }
+}
+
+/// pids.current / pids.max of the process's pids cgroup ("max" means unlimited).
+fn pids_cgroup(pid: u32) -> Option<(u64, String)> {
+    let dir = procinfo::controller_dir(pid, "pids")?;
+    let cur = std::fs::read_to_string(dir.join("pids.current")).ok()?.trim().parse().ok()?;
+    let max = std::fs::read_to_string(dir.join("pids.max")).ok()?.trim().to_string();
+    Some((cur, max))
+}
+
+/// One line per culprit: what the numbers say and what to do about it.
+fn hint(pid: u32, comm: &str, zombies: usize, c: ParentCounters, disp: &str, reaped: u64) -> String {
+    let why = if c.wait_calls == 0 && reaped == 0 {
+        format!("got {} SIGCHLD and never called wait(): it does not reap", c.sigchld)
+    } else {
+        format!("called wait() {} times and reaped {}, but not fast enough or not all children", c.wait_calls, reaped)
+    };
+    let disp_hint = match disp {
+        "default" => "install a SIGCHLD handler that loops on waitpid(-1, WNOHANG), or set SIGCHLD to SIG_IGN if exit codes are not needed",
+        "handler" => "its SIGCHLD handler must loop on waitpid(-1, WNOHANG) until it returns 0 (signals coalesce)",
+        _ => "reap children with waitpid()",
+    };
+    format!(
+        "{pid} ({comm}) holds {zombies} zombie(s); it {why}. Fix: {disp_hint}. Killing {pid} hands its zombies to \
+         init, which reaps them; in containers run a real init (tini, dumb-init, --init) as PID 1, and cap the \
+         damage with the pids cgroup (pids.max)."
+    )
+}

@@ -1,0 +1,336 @@
+//! The zombies detector's bookkeeping, free of I/O so that it can be tested: exits and
+//! reaps from the kernel, zombies seeded from /proc at start, and the confirmation of
+//! candidates against /proc (passed in as a lookup function).
+use std::{collections::HashMap, time::Duration};
+
+use hdrhistogram::Histogram;
+use tracer_common::{
+    EventHeader, EventKind, comm_str, decode,
+    zombies::{EXITED_CAPACITY, ProcEvent, ReapVia},
+};
+
+use crate::{output, procinfo::ProcStat};
+
+/// A process whose exit we saw and whose reap we have not seen.
+struct Exited {
+    ppid: u32,
+    comm: String,
+    exit_ns: u64,
+    /// Learned from /proc the first time we look; pid + start time is the identity.
+    start_ticks: Option<u64>,
+}
+
+/// A zombie found in /proc at start: its exit time is unknown.
+struct Seeded {
+    start_ticks: u64,
+    first_seen_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ZombieRow {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub age_s: f64,
+    /// false: a zombie from before the start, whose age is at least `age_s`.
+    pub exact: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParentRow {
+    pub pid: u32,
+    pub zombies: usize,
+    pub oldest_age_s: f64,
+    pub oldest_exact: bool,
+}
+
+pub struct Snapshot {
+    /// Oldest first.
+    pub zombies: Vec<ZombieRow>,
+    /// Most zombies first.
+    pub parents: Vec<ParentRow>,
+}
+
+pub struct Tracker {
+    target: Option<u32>,
+    hz: u64,
+    boot_offset_ns: i64,
+    pending: HashMap<u32, Exited>,
+    seeded: HashMap<u32, Seeded>,
+    seeded_count: usize,
+    reaped: HashMap<u32, u64>,
+    reaped_total: u64,
+    hist: Histogram<u64>,
+}
+
+impl Tracker {
+    /// `target`: only children of this parent. `boot_offset_ns`: CLOCK_BOOTTIME minus
+    /// CLOCK_MONOTONIC, to compare kernel timestamps with /proc start times.
+    pub fn new(target: Option<u32>, hz: u64, boot_offset_ns: i64) -> Self {
+        Self {
+            target,
+            hz: hz.max(1),
+            boot_offset_ns,
+            pending: HashMap::new(),
+            seeded: HashMap::new(),
+            seeded_count: 0,
+            reaped: HashMap::new(),
+            reaped_total: 0,
+            hist: output::new_histogram(),
+        }
+    }
+
+    fn wanted(&self, ppid: u32) -> bool {
+        self.target.is_none_or(|t| ppid == t)
+    }
+
+    /// Zombies that exist at start (from a /proc scan taken after attaching).
+    pub fn seed(&mut self, stats: Vec<ProcStat>, now_ns: u64) {
+        for st in stats {
+            if st.state == 'Z' && self.wanted(st.ppid) && !self.pending.contains_key(&st.pid) {
+                self.seeded.insert(st.pid, Seeded { start_ticks: st.start_ticks, first_seen_ns: now_ns });
+            }
+        }
+        self.seeded_count = self.seeded.len();
+    }
+
+    pub fn seeded(&self) -> usize {
+        self.seeded_count
+    }
+
+    pub fn on_event(&mut self, data: &[u8]) {
+        let Some(h) = decode::<EventHeader>(data) else { return };
+        let Some(ev) = decode::<ProcEvent>(data) else { return };
+        match EventKind::from_u32(h.kind) {
+            Some(EventKind::ProcessExit) => {
+                if ev.ppid != 0 && !self.wanted(ev.ppid) {
+                    return;
+                }
+                // A zombie cannot exit again: a seeded entry with this pid is gone and
+                // the pid belongs to a new process now.
+                self.seeded.remove(&ev.pid);
+                self.pending.insert(
+                    ev.pid,
+                    Exited { ppid: ev.ppid, comm: comm_str(&ev.comm).to_string(), exit_ns: ev.exit_ns, start_ticks: None },
+                );
+            }
+            Some(EventKind::ProcessReap) => {
+                let known = self.pending.remove(&ev.pid);
+                let parent = if ev.via == ReapVia::Wait4 as u32 && ev.reaper != 0 {
+                    ev.reaper
+                } else if ev.ppid != 0 {
+                    ev.ppid
+                } else {
+                    known.as_ref().map(|e| e.ppid).unwrap_or(0)
+                };
+                if parent != 0 && !self.wanted(parent) || parent == 0 && self.target.is_some() {
+                    return;
+                }
+                if ev.exit_ns > 0 && h.ts_ns >= ev.exit_ns {
+                    output::record(&mut self.hist, (h.ts_ns - ev.exit_ns) / 1_000);
+                }
+                *self.reaped.entry(parent).or_default() += 1;
+                self.reaped_total += 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// Keeps memory bounded when reports are rare and reap records get lost: drop the
+    /// candidates that /proc no longer has.
+    pub fn prune_if_large(&mut self, lookup: impl Fn(u32) -> Option<ProcStat>) {
+        if self.pending.len() > EXITED_CAPACITY as usize {
+            self.pending.retain(|pid, _| lookup(*pid).is_some());
+        }
+    }
+
+    /// Current zombies, confirmed in /proc: state Z and the same process (pid + start
+    /// time) as the one we saw exit or seeded.
+    pub fn snapshot(&mut self, now_ns: u64, min_age: Duration, lookup: impl Fn(u32) -> Option<ProcStat>) -> Snapshot {
+        let mut rows = Vec::new();
+        let (hz, offset) = (self.hz, self.boot_offset_ns);
+        self.pending.retain(|&pid, e| {
+            let Some(st) = lookup(pid) else { return false };
+            // A process that started after this exit is another one that got the pid.
+            let start_boot_ns = (st.start_ticks as u128 * 1_000_000_000 / hz as u128) as i128;
+            let exit_boot_ns = e.exit_ns as i128 + offset as i128;
+            let tick_ns = (1_000_000_000 / hz) as i128;
+            if start_boot_ns > exit_boot_ns + tick_ns {
+                return false;
+            }
+            if *e.start_ticks.get_or_insert(st.start_ticks) != st.start_ticks {
+                return false;
+            }
+            if e.ppid == 0 {
+                e.ppid = st.ppid;
+            }
+            if st.state == 'Z' {
+                let comm = if e.comm.is_empty() { st.comm.clone() } else { e.comm.clone() };
+                rows.push(ZombieRow { pid, ppid: st.ppid, comm, age_s: now_ns.saturating_sub(e.exit_ns) as f64 / 1e9, exact: true });
+            }
+            true
+        });
+        self.seeded.retain(|&pid, s| match lookup(pid) {
+            Some(st) if st.state == 'Z' && st.start_ticks == s.start_ticks => {
+                rows.push(ZombieRow {
+                    pid,
+                    ppid: st.ppid,
+                    comm: st.comm,
+                    age_s: now_ns.saturating_sub(s.first_seen_ns) as f64 / 1e9,
+                    exact: false,
+                });
+                true
+            }
+            _ => false,
+        });
+        rows.retain(|z| self.target.is_none_or(|t| z.ppid == t) && z.age_s >= min_age.as_secs_f64());
+        rows.sort_by(|a, b| b.age_s.total_cmp(&a.age_s).then(a.pid.cmp(&b.pid)));
+
+        let mut parents: Vec<ParentRow> = Vec::new();
+        for z in &rows {
+            match parents.iter_mut().find(|p| p.pid == z.ppid) {
+                Some(p) => p.zombies += 1,
+                // Rows are oldest first, so the first one per parent is its oldest.
+                None => parents.push(ParentRow { pid: z.ppid, zombies: 1, oldest_age_s: z.age_s, oldest_exact: z.exact }),
+            }
+        }
+        parents.sort_by(|a, b| b.zombies.cmp(&a.zombies).then(b.oldest_age_s.total_cmp(&a.oldest_age_s)));
+        Snapshot { zombies: rows, parents }
+    }
+
+    pub fn reap_hist(&self) -> &Histogram<u64> {
+        &self.hist
+    }
+
+    pub fn reaped_by(&self, pid: u32) -> u64 {
+        self.reaped.get(&pid).copied().unwrap_or(0)
+    }
+
+    pub fn reaped_total(&self) -> u64 {
+        self.reaped_total
+    }
+
+    pub fn top_reapers(&self, n: usize) -> Vec<(u32, u64)> {
+        let mut v: Vec<_> = self.reaped.iter().filter(|(p, _)| **p != 0).map(|(p, c)| (*p, *c)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::{COMM_LEN, as_bytes};
+
+    const HZ: u64 = 100;
+    const S: u64 = 1_000_000_000;
+
+    fn exit(pid: u32, ppid: u32, at: u64) -> Vec<u8> {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..5].copy_from_slice(b"child");
+        as_bytes(&ProcEvent {
+            header: EventHeader { kind: EventKind::ProcessExit as u32, tgid: pid, ts_ns: at },
+            pid,
+            ppid,
+            reaper: 0,
+            via: 0,
+            exit_ns: at,
+            comm,
+        })
+        .to_vec()
+    }
+
+    fn reap(pid: u32, ppid: u32, exit_at: u64, at: u64, via: ReapVia) -> Vec<u8> {
+        as_bytes(&ProcEvent {
+            header: EventHeader { kind: EventKind::ProcessReap as u32, tgid: ppid, ts_ns: at },
+            pid,
+            ppid,
+            reaper: if via == ReapVia::Wait4 { ppid } else { 0 },
+            via: via as u32,
+            exit_ns: exit_at,
+            comm: [0; COMM_LEN],
+        })
+        .to_vec()
+    }
+
+    fn zombie(pid: u32, ppid: u32, start_s: u64) -> ProcStat {
+        ProcStat { pid, ppid, comm: "child".into(), state: 'Z', start_ticks: start_s * HZ, }
+    }
+
+    #[test]
+    fn reaped_child_is_not_a_zombie_and_its_latency_is_recorded() {
+        let mut t = Tracker::new(None, HZ, 0);
+        t.on_event(&exit(100, 10, 5 * S));
+        t.on_event(&reap(100, 10, 5 * S, 5 * S + 2_000_000, ReapVia::Wait4));
+        let snap = t.snapshot(6 * S, Duration::ZERO, |_| None);
+        assert!(snap.zombies.is_empty());
+        assert_eq!(t.reap_hist().len(), 1);
+        assert_eq!(t.reap_hist().max(), t.reap_hist().highest_equivalent(2_000));
+        assert_eq!(t.reaped_by(10), 1);
+    }
+
+    #[test]
+    fn unreaped_child_is_a_zombie_with_exact_age() {
+        let mut t = Tracker::new(None, HZ, 0);
+        t.on_event(&exit(100, 10, 5 * S));
+        let snap = t.snapshot(8 * S, Duration::ZERO, |pid| Some(zombie(pid, 10, 4)));
+        assert_eq!(snap.zombies, vec![ZombieRow { pid: 100, ppid: 10, comm: "child".into(), age_s: 3.0, exact: true }]);
+        assert_eq!(snap.parents, vec![ParentRow { pid: 10, zombies: 1, oldest_age_s: 3.0, oldest_exact: true }]);
+        // --min-age hides younger ones.
+        assert!(t.snapshot(8 * S, Duration::from_secs(4), |pid| Some(zombie(pid, 10, 4))).zombies.is_empty());
+    }
+
+    #[test]
+    fn pid_reuse_never_merges_two_processes() {
+        let mut t = Tracker::new(None, HZ, 0);
+        // pid 100 exits at 5 s; its reap record was lost. Later the pid belongs to a
+        // process that started at 7 s and is itself a zombie now.
+        t.on_event(&exit(100, 10, 5 * S));
+        let reused = |pid| Some(zombie(pid, 20, 7));
+        let snap = t.snapshot(9 * S, Duration::ZERO, reused);
+        assert!(snap.zombies.is_empty(), "the new process must not inherit the old exit");
+
+        // Seeded zombie pid 200 (start 1 s); later pid 200 is a different zombie (start 3 s).
+        let mut t = Tracker::new(None, HZ, 0);
+        t.seed(vec![zombie(200, 30, 1)], 2 * S);
+        assert_eq!(t.snapshot(3 * S, Duration::ZERO, |pid| Some(zombie(pid, 30, 1))).zombies.len(), 1);
+        assert!(t.snapshot(4 * S, Duration::ZERO, |pid| Some(zombie(pid, 31, 3))).zombies.is_empty());
+        // And the same pid + start time stays one process across looks.
+        let mut t = Tracker::new(None, HZ, 0);
+        t.on_event(&exit(300, 10, 5 * S));
+        for now in [6, 7, 8] {
+            assert_eq!(t.snapshot(now * S, Duration::ZERO, |pid| Some(zombie(pid, 10, 4))).zombies.len(), 1);
+        }
+    }
+
+    #[test]
+    fn seeded_zombies_have_lower_bound_ages() {
+        let mut t = Tracker::new(None, HZ, 0);
+        t.seed(vec![zombie(50, 1, 1), ProcStat { state: 'S', ..zombie(51, 1, 1) }], 10 * S);
+        assert_eq!(t.seeded(), 1);
+        let snap = t.snapshot(12 * S, Duration::ZERO, |pid| Some(zombie(pid, 1, 1)));
+        assert_eq!(snap.zombies.len(), 1);
+        assert!(!snap.zombies[0].exact);
+        assert_eq!(snap.zombies[0].age_s, 2.0);
+    }
+
+    #[test]
+    fn target_filters_other_parents() {
+        let mut t = Tracker::new(Some(10), HZ, 0);
+        t.on_event(&exit(100, 10, 5 * S));
+        t.on_event(&exit(101, 11, 5 * S));
+        t.on_event(&reap(102, 11, 5 * S, 6 * S, ReapVia::Wait4));
+        let snap = t.snapshot(8 * S, Duration::ZERO, |pid| Some(zombie(pid, if pid == 100 { 10 } else { 11 }, 4)));
+        assert_eq!(snap.zombies.iter().map(|z| z.pid).collect::<Vec<_>>(), vec![100]);
+        assert_eq!(t.reap_hist().len(), 0);
+    }
+
+    #[test]
+    fn vanished_candidates_are_dropped() {
+        let mut t = Tracker::new(None, HZ, 0);
+        t.on_event(&exit(100, 10, 5 * S));
+        assert!(t.snapshot(6 * S, Duration::ZERO, |_| None).zombies.is_empty());
+        assert!(t.snapshot(7 * S, Duration::ZERO, |pid| Some(zombie(pid, 10, 4))).zombies.is_empty());
+    }
+}
