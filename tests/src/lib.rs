@@ -13,10 +13,16 @@ use serde_json::Value;
 
 /// The tracer binary: TRACER_BIN (set by `cargo xtask test`) or target/release/tracer.
 pub fn tracer_bin() -> PathBuf {
-    let p = std::env::var_os("TRACER_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/tracer")
-    });
-    assert!(p.exists(), "tracer binary {} not found: run the tests with `cargo xtask test`", p.display());
+    let p = std::env::var_os("TRACER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/tracer")
+        });
+    assert!(
+        p.exists(),
+        "tracer binary {} not found: run the tests with `cargo xtask test`",
+        p.display()
+    );
     p
 }
 
@@ -24,7 +30,11 @@ pub fn tracer_bin() -> PathBuf {
 /// without it (this project's CI runs as root, so a skip would hide a broken tracer).
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "integration tests must run as root (cargo xtask test does)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "integration tests must run as root (cargo xtask test does)"
+    );
 }
 
 /// Serializes the tests of one test binary that load programs or touch global state,
@@ -53,7 +63,12 @@ impl Finished {
 
     /// The last report, checked to be the final one.
     pub fn final_report(&self) -> Value {
-        let r = self.reports().pop().unwrap_or_else(|| panic!("no JSON report; stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr));
+        let r = self.reports().pop().unwrap_or_else(|| {
+            panic!(
+                "no JSON report; stdout:\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        });
         assert_eq!(r["final"], true, "last report is not final: {r}");
         r
     }
@@ -85,7 +100,11 @@ impl Tracer {
                 }
             }
         });
-        let mut t = Tracer { child: Some(child), stderr_rx: rx, stderr: String::new() };
+        let mut t = Tracer {
+            child: Some(child),
+            stderr_rx: rx,
+            stderr: String::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -99,7 +118,10 @@ impl Tracer {
                 }
                 Err(_) => {
                     let out = t.finish_inner(false);
-                    panic!("tracer {args:?} did not start tracing; status {:?}\nstderr:\n{}", out.status, out.stderr);
+                    panic!(
+                        "tracer {args:?} did not start tracing; status {:?}\nstderr:\n{}",
+                        out.status, out.stderr
+                    );
                 }
             }
         }
@@ -135,7 +157,11 @@ impl Tracer {
             self.stderr.push_str(&line);
             self.stderr.push('\n');
         }
-        Finished { status, stdout, stderr: std::mem::take(&mut self.stderr) }
+        Finished {
+            status,
+            stdout,
+            stderr: std::mem::take(&mut self.stderr),
+        }
     }
 }
 
@@ -150,7 +176,11 @@ impl Drop for Tracer {
 
 /// Runs the tracer to completion (for bad-input and --duration checks).
 pub fn run_tracer(args: &[&str]) -> Finished {
-    let out = Command::new(tracer_bin()).args(args).stdin(Stdio::null()).output().expect("running the tracer");
+    let out = Command::new(tracer_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the tracer");
     Finished {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -161,7 +191,14 @@ pub fn run_tracer(args: &[&str]) -> Finished {
 /// Runs the tracer with every capability dropped, as an unprivileged user would.
 pub fn run_tracer_unprivileged(args: &[&str]) -> Finished {
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
         .arg(tracer_bin())
         .args(args)
         .stdin(Stdio::null())
@@ -184,8 +221,14 @@ pub fn loaded_program_names() -> Vec<String> {
 
 /// Asserts that no program whose name starts with `prefix` is loaded any more.
 pub fn assert_none_loaded(prefix: &str) {
-    let left: Vec<_> = loaded_program_names().into_iter().filter(|n| n.starts_with(prefix)).collect();
-    assert!(left.is_empty(), "programs left loaded after the tracer exited: {left:?}");
+    let left: Vec<_> = loaded_program_names()
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "programs left loaded after the tracer exited: {left:?}"
+    );
 }
 
 /// A process of the `incident` helper. It prints `ready PID` when the incident is in
@@ -210,7 +253,12 @@ impl Incident {
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let pid = child.id();
-        let mut inc = Incident { child, stdin, stdout, pid };
+        let mut inc = Incident {
+            child,
+            stdin,
+            stdout,
+            pid,
+        };
         inc.expect_line("ready");
         inc
     }
@@ -218,8 +266,13 @@ impl Incident {
     /// Reads the helper's next line and checks it starts with `word`.
     pub fn expect_line(&mut self, word: &str) -> String {
         let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("reading the incident helper");
-        assert!(line.starts_with(word), "incident helper said {line:?}, expected {word:?}");
+        self.stdout
+            .read_line(&mut line)
+            .expect("reading the incident helper");
+        assert!(
+            line.starts_with(word),
+            "incident helper said {line:?}, expected {word:?}"
+        );
         line
     }
 
@@ -251,7 +304,11 @@ pub fn incident_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let p = dir.join("incident");
-    assert!(p.exists(), "{} not found: run the tests through cargo", p.display());
+    assert!(
+        p.exists(),
+        "{} not found: run the tests through cargo",
+        p.display()
+    );
     p
 }
 
@@ -259,9 +316,15 @@ pub fn incident_bin() -> PathBuf {
 pub fn zombie_children(ppid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
         let mut f = rest.split(' ');
         let state = f.next().unwrap_or("");
         let pp: u32 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);

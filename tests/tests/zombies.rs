@@ -2,10 +2,17 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tracer_tests::{Incident, Tracer, assert_none_loaded, require_root, run_tracer, run_tracer_unprivileged, serial, zombie_children};
+use tracer_tests::{
+    Incident, Tracer, assert_none_loaded, require_root, run_tracer, run_tracer_unprivileged,
+    serial, zombie_children,
+};
 
 fn parent<'a>(report: &'a Value, pid: u32) -> Option<&'a Value> {
-    report["parents"].as_array().expect("parents").iter().find(|p| p["pid"] == pid)
+    report["parents"]
+        .as_array()
+        .expect("parents")
+        .iter()
+        .find(|p| p["pid"] == pid)
 }
 
 fn zombies_of(report: &Value, ppid: u32) -> Vec<u64> {
@@ -26,11 +33,18 @@ fn non_reaping_parent_is_named_with_exact_zombie_count() {
     let _s = serial();
     let tracer = Tracer::start(&["zombies", "--parent", "--json"]);
     let inc = Incident::start(&["zombies", "7"]);
-    let expected: Vec<u64> = zombie_children(inc.pid).into_iter().map(u64::from).collect();
+    let expected: Vec<u64> = zombie_children(inc.pid)
+        .into_iter()
+        .map(u64::from)
+        .collect();
     assert_eq!(expected.len(), 7, "the helper made 7 zombies");
     std::thread::sleep(Duration::from_millis(300));
     let out = tracer.interrupt();
-    assert!(out.status.success(), "tracer failed after SIGINT: {}", out.stderr);
+    assert!(
+        out.status.success(),
+        "tracer failed after SIGINT: {}",
+        out.stderr
+    );
     let r = out.final_report();
     assert_eq!(r["command"], "zombies");
     assert_eq!(r["lost_events"], 0);
@@ -39,12 +53,24 @@ fn non_reaping_parent_is_named_with_exact_zombie_count() {
     assert_eq!(p["comm"], "incident");
     assert_eq!(p["sigchld"], "default");
     assert_eq!(p["reaped"], 0);
-    assert_eq!(p["wait_calls"], 0, "the helper never waits while it holds zombies");
+    assert_eq!(
+        p["wait_calls"], 0,
+        "the helper never waits while it holds zombies"
+    );
     assert_eq!(p["sigchld_received"], 7, "one SIGCHLD per exited child");
     assert!(p["cgroup"].as_str().unwrap().starts_with('/'));
-    assert!(p["cmdline"].as_str().unwrap().contains("incident zombies 7"));
+    assert!(
+        p["cmdline"]
+            .as_str()
+            .unwrap()
+            .contains("incident zombies 7")
+    );
     assert!(p["oldest_zombie_age_exact"].as_bool().unwrap());
-    assert_eq!(zombies_of(&r, inc.pid), expected, "each zombie's ppid is the parent");
+    assert_eq!(
+        zombies_of(&r, inc.pid),
+        expected,
+        "each zombie's ppid is the parent"
+    );
     assert!(r["pids"]["in_use"].as_u64().unwrap() > 0);
     assert!(r["pids"]["pid_max"].as_u64().unwrap() > 0);
     // The programs went away with the tracer.
@@ -64,9 +90,15 @@ fn prompt_reaper_is_not_flagged_and_its_reaps_are_timed() {
     inc.expect_line("done");
     std::thread::sleep(Duration::from_millis(200));
     let r = tracer.interrupt().final_report();
-    assert!(parent(&r, inc.pid).is_none(), "a parent that reaps must not be flagged: {r}");
+    assert!(
+        parent(&r, inc.pid).is_none(),
+        "a parent that reaps must not be flagged: {r}"
+    );
     assert!(zombies_of(&r, inc.pid).is_empty());
-    assert_eq!(r["reap_latency_us"]["count"], 25, "one reap latency per child: {r}");
+    assert_eq!(
+        r["reap_latency_us"]["count"], 25,
+        "one reap latency per child: {r}"
+    );
     assert!(r["reap_latency_us"]["max"].as_u64().unwrap() > 0);
     let reaper = &r["reapers"][0];
     assert_eq!(reaper["pid"], inc.pid);
@@ -82,7 +114,8 @@ fn zombies_from_before_the_start_are_reported() {
     let out = Tracer::start(&["zombies", "-d", "1s", "--json"]).wait();
     assert!(out.status.success(), "{}", out.stderr);
     let r = out.final_report();
-    let p = parent(&r, inc.pid).unwrap_or_else(|| panic!("pre-existing zombies' parent missing: {r}"));
+    let p =
+        parent(&r, inc.pid).unwrap_or_else(|| panic!("pre-existing zombies' parent missing: {r}"));
     assert_eq!(p["zombies"], 4);
     // Their exit was not seen: the age is a lower bound and says so.
     assert_eq!(p["oldest_zombie_age_exact"], false);
@@ -101,7 +134,12 @@ fn ignored_sigchld_leaves_no_zombies_and_shows_ignore() {
     let r = tracer.interrupt().final_report();
     assert!(parent(&r, inc.pid).is_none(), "{r}");
     assert!(zombies_of(&r, inc.pid).is_empty());
-    let reaper = r["reapers"].as_array().unwrap().iter().find(|x| x["pid"] == inc.pid).unwrap_or_else(|| panic!("autoreaped children not counted: {r}"));
+    let reaper = r["reapers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["pid"] == inc.pid)
+        .unwrap_or_else(|| panic!("autoreaped children not counted: {r}"));
     assert_eq!(reaper["reaped"], 6);
     assert_eq!(reaper["sigchld"], "ignore");
 }
@@ -113,14 +151,26 @@ fn duration_expiry_exits_zero_and_detaches() {
     let out = run_tracer(&["zombies", "-d", "1s", "--json", "-i", "300ms"]);
     assert!(out.status.success(), "{}", out.stderr);
     let reports = out.reports();
-    assert!(reports.len() >= 3, "interval reports plus the final one: {}", out.stdout);
-    assert!(reports[..reports.len() - 1].iter().all(|r| r["final"] == false));
+    assert!(
+        reports.len() >= 3,
+        "interval reports plus the final one: {}",
+        out.stdout
+    );
+    assert!(
+        reports[..reports.len() - 1]
+            .iter()
+            .all(|r| r["final"] == false)
+    );
     assert_eq!(reports.last().unwrap()["final"], true);
     assert_none_loaded("zombies_");
     // Text mode prints the final report with the lost-event line.
     let out = run_tracer(&["zombies", "-d", "500ms", "--parent"]);
     assert!(out.status.success());
-    assert!(out.stdout.contains("NON-REAPING PARENTS") && out.stdout.contains("lost events: 0"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("NON-REAPING PARENTS") && out.stdout.contains("lost events: 0"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -129,8 +179,17 @@ fn bad_input_gets_one_clear_sentence_and_nonzero_exit() {
     let _s = serial();
     let out = run_tracer(&["zombies", "-p", "4194304"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(out.stderr.contains("no process with pid 4194304"), "{}", out.stderr);
-    assert_eq!(out.stderr.trim().lines().count(), 1, "one sentence: {}", out.stderr);
+    assert!(
+        out.stderr.contains("no process with pid 4194304"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.trim().lines().count(),
+        1,
+        "one sentence: {}",
+        out.stderr
+    );
 
     let out = run_tracer(&["zombies", "-d", "ten"]);
     assert_eq!(out.status.code(), Some(2));
@@ -142,7 +201,11 @@ fn bad_input_gets_one_clear_sentence_and_nonzero_exit() {
 
     let out = run_tracer_unprivileged(&["zombies", "-d", "1s"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
-    assert!(out.stderr.contains("needs root") && out.stderr.contains("CAP_BPF"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("needs root") && out.stderr.contains("CAP_BPF"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
 }
 
@@ -150,7 +213,12 @@ fn bad_input_gets_one_clear_sentence_and_nonzero_exit() {
 fn doctor_reports_every_detector_runnable_and_no_kprobes_or_fentry() {
     require_root();
     let out = run_tracer(&["doctor", "--json"]);
-    assert!(out.status.success(), "doctor: {}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.status.success(),
+        "doctor: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
     let r: Value = serde_json::from_str(out.stdout.trim()).expect("doctor JSON");
     assert_eq!(r["all_runnable"], true, "{r}");
     assert_eq!(r["kprobes"], false);
@@ -160,5 +228,9 @@ fn doctor_reports_every_detector_runnable_and_no_kprobes_or_fentry() {
         assert_eq!(d["runnable"], true, "{d}");
     }
     let text = run_tracer(&["doctor"]);
-    assert!(text.stdout.contains("kprobes     no") && text.stdout.contains("fentry      no"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("kprobes     no") && text.stdout.contains("fentry      no"),
+        "{}",
+        text.stdout
+    );
 }

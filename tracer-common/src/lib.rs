@@ -99,7 +99,11 @@ mod tests {
 
     #[test]
     fn header_round_trip_and_short_input() {
-        let h = EventHeader { kind: EventKind::ProcessExit as u32, tgid: 42, ts_ns: 7 };
+        let h = EventHeader {
+            kind: EventKind::ProcessExit as u32,
+            tgid: 42,
+            ts_ns: 7,
+        };
         let bytes = as_bytes(&h);
         assert_eq!(decode::<EventHeader>(bytes), Some(h));
         assert_eq!(decode::<EventHeader>(&bytes[..15]), None);

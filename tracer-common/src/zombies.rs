@@ -67,7 +67,11 @@ mod tests {
     #[test]
     fn proc_event_round_trip() {
         let mut ev = ProcEvent {
-            header: EventHeader { kind: EventKind::ProcessReap as u32, tgid: 9, ts_ns: 100 },
+            header: EventHeader {
+                kind: EventKind::ProcessReap as u32,
+                tgid: 9,
+                ts_ns: 100,
+            },
             pid: 10,
             ppid: 9,
             reaper: 9,

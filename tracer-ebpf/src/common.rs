@@ -18,13 +18,29 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Bytes waiting in EVENTS above which a record wakes the reader at once; below it
+/// records are submitted without a wakeup and the reader drains them on its timer
+/// (every 100 ms). One wakeup per record would cost the reader more CPU than the
+/// records themselves. Set by the loader (a quarter of the ring).
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: Global<u64> = Global::new(0);
+
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
 /// Copies `ev` to the ring buffer, or counts it as lost.
 #[inline(always)]
 pub fn emit<T: Copy + 'static>(ev: &T) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(*ev);
-            entry.submit(0);
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags);
         }
         None => add(&LOST, 0, 1),
     }

@@ -12,8 +12,8 @@ use aya_ebpf::{
 use tracer_common::{
     EventHeader, EventKind,
     zombies::{
-        COUNT_EXITS, COUNT_FORKS, COUNT_SLOTS, COUNTER_CAPACITY, EXITED_CAPACITY,
-        PARENT_CAPACITY, ParentCounters, ProcEvent, ReapVia,
+        COUNT_EXITS, COUNT_FORKS, COUNT_SLOTS, COUNTER_CAPACITY, EXITED_CAPACITY, PARENT_CAPACITY,
+        ParentCounters, ProcEvent, ReapVia,
     },
 };
 
@@ -104,7 +104,11 @@ fn try_exit(ctx: &TracePointContext) -> Option<u32> {
     let ts = now_ns();
     let _ = ZOMBIES_EXITED.insert(&tgid, &ts, 0);
     emit(&ProcEvent {
-        header: EventHeader { kind: EventKind::ProcessExit as u32, tgid, ts_ns: ts },
+        header: EventHeader {
+            kind: EventKind::ProcessExit as u32,
+            tgid,
+            ts_ns: ts,
+        },
         pid: tgid,
         ppid,
         reaper: 0,
@@ -133,7 +137,10 @@ fn try_wait4_exit(ctx: &TracePointContext) -> Option<u32> {
     // SAFETY: plain map lookups of Copy values.
     let ppid = unsafe { ZOMBIES_PARENT.get(&pid) }.copied()?;
     if ppid != reaper {
-        debug!(ctx, "wait4 by {} returned pid {} whose parent is {}", reaper, pid, ppid);
+        debug!(
+            ctx,
+            "wait4 by {} returned pid {} whose parent is {}", reaper, pid, ppid
+        );
         return Some(0);
     }
     let exit_ns = unsafe { ZOMBIES_EXITED.get(&pid) }.copied()?;
@@ -164,7 +171,11 @@ fn reap(pid: u32, ppid: u32, reaper: u32, via: ReapVia, exit_ns: u64) {
     let _ = ZOMBIES_EXITED.remove(&pid);
     let _ = ZOMBIES_PARENT.remove(&pid);
     emit(&ProcEvent {
-        header: EventHeader { kind: EventKind::ProcessReap as u32, tgid: current_tgid(), ts_ns: now_ns() },
+        header: EventHeader {
+            kind: EventKind::ProcessReap as u32,
+            tgid: current_tgid(),
+            ts_ns: now_ns(),
+        },
         pid,
         ppid,
         reaper,

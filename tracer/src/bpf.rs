@@ -5,7 +5,7 @@ use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader, Btf,
+    Btf, Ebpf, EbpfLoader,
     maps::PerCpuArray,
     programs::{FEntry, TracePoint},
 };
@@ -69,7 +69,10 @@ pub struct HookStatus {
 pub struct Session {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
-    #[allow(dead_code, reason = "kept for detectors that read more format files after start")]
+    #[allow(
+        dead_code,
+        reason = "kept for detectors that read more format files after start"
+    )]
     pub tracefs: Tracefs,
 }
 
@@ -128,7 +131,16 @@ fn effective_caps() -> u64 {
 pub fn probe_hooks(spec: &Spec, tracefs: &Tracefs) -> Vec<HookStatus> {
     spec.hooks
         .iter()
-        .map(|h| status(h, if tracefs.has_tracepoint(h.category, h.name) { HookState::Found } else { HookState::Missing }))
+        .map(|h| {
+            status(
+                h,
+                if tracefs.has_tracepoint(h.category, h.name) {
+                    HookState::Found
+                } else {
+                    HookState::Missing
+                },
+            )
+        })
         .collect()
 }
 
@@ -177,10 +189,12 @@ pub fn start(spec: &Spec, extra: &[(&'static str, u32)]) -> Result<Session> {
     }
     let extra: Vec<(&'static str, u32)> = extra.to_vec();
     let log_level = log::max_level() as u8;
+    let wakeup_bytes = u64::from(spec.ring_bytes / 4);
 
     let mut loader = EbpfLoader::new();
     loader.map_max_entries("EVENTS", spec.ring_bytes);
     loader.override_global("AYA_LOG_LEVEL", &log_level, false);
+    loader.override_global("WAKEUP_BYTES", &wakeup_bytes, true);
     for (name, off) in &offsets {
         loader.override_global(name, off, true);
     }
@@ -194,7 +208,12 @@ pub fn start(spec: &Spec, extra: &[(&'static str, u32)]) -> Result<Session> {
     let mut hooks = Vec::new();
     for h in spec.hooks {
         if !tracefs.has_tracepoint(h.category, h.name) {
-            log::warn!("tracepoint {}:{} is missing; {} will not be seen", h.category, h.name, h.purpose);
+            log::warn!(
+                "tracepoint {}:{} is missing; {} will not be seen",
+                h.category,
+                h.name,
+                h.purpose
+            );
             hooks.push(status(h, HookState::Missing));
             continue;
         }
@@ -202,7 +221,11 @@ pub fn start(spec: &Spec, extra: &[(&'static str, u32)]) -> Result<Session> {
         hooks.push(status(h, HookState::Attached));
     }
     log::debug!("{}: {} hooks attached", spec.detector, hooks.len());
-    Ok(Session { ebpf, hooks, tracefs })
+    Ok(Session {
+        ebpf,
+        hooks,
+        tracefs,
+    })
 }
 
 pub fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<()> {
@@ -211,8 +234,12 @@ pub fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &
         .with_context(|| format!("program {program} is not in the eBPF object"))?
         .try_into()
         .with_context(|| format!("program {program} is not a tracepoint program"))?;
-    prog.load()
-        .map_err(|e| anyhow!("loading {program} for {category}:{name}: {}", verifier_summary(&e)))?;
+    prog.load().map_err(|e| {
+        anyhow!(
+            "loading {program} for {category}:{name}: {}",
+            verifier_summary(&e)
+        )
+    })?;
     prog.attach(category, name)
         .map_err(|e| anyhow!("attaching {category}:{name}: {e}"))?;
     Ok(())
@@ -236,8 +263,12 @@ pub struct LostCounter {
 
 impl LostCounter {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let map = ebpf.take_map("LOST").context("map LOST is missing from the eBPF object")?;
-        Ok(Self { map: PerCpuArray::try_from(map)? })
+        let map = ebpf
+            .take_map("LOST")
+            .context("map LOST is missing from the eBPF object")?;
+        Ok(Self {
+            map: PerCpuArray::try_from(map)?,
+        })
     }
 
     pub fn get(&self) -> u64 {

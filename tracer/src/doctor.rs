@@ -42,7 +42,9 @@ pub fn run(args: Args) -> Result<i32> {
         };
         let runnable = tracefs.is_ok()
             && missing_caps.is_empty()
-            && statuses.iter().all(|s| !s.required || s.state != HookState::Missing);
+            && statuses
+                .iter()
+                .all(|s| !s.required || s.state != HookState::Missing);
         all_ok &= runnable;
         for s in &statuses {
             let state = match s.state {
@@ -50,7 +52,13 @@ pub fn run(args: Args) -> Result<i32> {
                 HookState::Missing if s.required => "MISSING".into(),
                 HookState::Missing => format!("missing (fallback: {})", d.fallback),
             };
-            table.row(vec![d.spec.detector.into(), s.hook.clone(), state, if s.required { "yes" } else { "no" }.into(), s.purpose.into()]);
+            table.row(vec![
+                d.spec.detector.into(),
+                s.hook.clone(),
+                state,
+                if s.required { "yes" } else { "no" }.into(),
+                s.purpose.into(),
+            ]);
         }
         det_json.push(json!({
             "detector": d.spec.detector,
@@ -81,7 +89,14 @@ pub fn run(args: Args) -> Result<i32> {
     } else {
         let yes_no = |b: bool| if b { "yes" } else { "no" };
         println!("kernel      {release}");
-        println!("BTF         {}", if btf { "yes (/sys/kernel/btf/vmlinux)" } else { "no" });
+        println!(
+            "BTF         {}",
+            if btf {
+                "yes (/sys/kernel/btf/vmlinux)"
+            } else {
+                "no"
+            }
+        );
         match &tracefs {
             Ok(t) => println!("tracefs     {}", t.root().display()),
             Err(e) => println!("tracefs     MISSING: {e}"),
@@ -89,7 +104,10 @@ pub fn run(args: Args) -> Result<i32> {
         if missing_caps.is_empty() {
             println!("privileges  ok");
         } else {
-            println!("privileges  MISSING {} (run as root: sudo tracer ...)", missing_caps.join(", "));
+            println!(
+                "privileges  MISSING {} (run as root: sudo tracer ...)",
+                missing_caps.join(", ")
+            );
         }
         println!("kprobes     {}", yes_no(kprobes));
         match &fentry {
@@ -103,7 +121,11 @@ pub fn run(args: Args) -> Result<i32> {
             println!(
                 "{:<13} {}",
                 d["detector"].as_str().unwrap_or(""),
-                if d["runnable"].as_bool() == Some(true) { "can run" } else { "CANNOT RUN" }
+                if d["runnable"].as_bool() == Some(true) {
+                    "can run"
+                } else {
+                    "CANNOT RUN"
+                }
             );
         }
     }

@@ -13,7 +13,10 @@ pub struct Table {
 
 impl Table {
     pub fn new<S: AsRef<str>>(headers: &[S]) -> Self {
-        Self { headers: headers.iter().map(|h| h.as_ref().to_string()).collect(), rows: Vec::new() }
+        Self {
+            headers: headers.iter().map(|h| h.as_ref().to_string()).collect(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -70,8 +73,11 @@ impl Table {
 fn is_numeric(s: &str) -> bool {
     let s = s.trim_start_matches(['>', '<', '=', '~']);
     !s.is_empty()
-        && s.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '-')
-        && s.chars().all(|c| c.is_ascii_digit() || ".-%smhdµuk".contains(c))
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || ".-%smhdµuk".contains(c))
 }
 
 /// count/p50/p90/p99/max of a histogram (all 0 when empty), in the histogram's unit.
@@ -121,7 +127,11 @@ pub fn log2_histogram(h: &Histogram<u64>, unit: &str) -> String {
     let mut buckets = [0u64; 64];
     for v in h.iter_recorded() {
         let value = h.lowest_equivalent(v.value_iterated_to());
-        let slot = if value == 0 { 0 } else { 64 - value.leading_zeros() as usize };
+        let slot = if value == 0 {
+            0
+        } else {
+            64 - value.leading_zeros() as usize
+        };
         buckets[slot.min(63)] += v.count_at_value();
     }
     let first = buckets.iter().position(|&c| c > 0).unwrap_or(0);
@@ -129,7 +139,11 @@ pub fn log2_histogram(h: &Histogram<u64>, unit: &str) -> String {
     let max = buckets.iter().copied().max().unwrap_or(1).max(1);
     let _ = writeln!(out, "{:>24} : count    distribution", unit);
     for (slot, &count) in buckets.iter().enumerate().take(last + 1).skip(first) {
-        let (lo, hi) = if slot == 0 { (0, 0) } else { (1u64 << (slot - 1), (1u64 << slot) - 1) };
+        let (lo, hi) = if slot == 0 {
+            (0, 0)
+        } else {
+            (1u64 << (slot - 1), (1u64 << slot) - 1)
+        };
         let stars = ((count as u128 * 40).div_ceil(max as u128)) as usize;
         let stars = if count == 0 { 0 } else { stars.max(1) };
         let _ = writeln!(
@@ -201,7 +215,10 @@ mod tests {
         assert!(lines[3].contains(&format!("|{}|", "*".repeat(40))));
         assert!(text.contains("64 -> 127") && text.contains("max 100"));
         assert_eq!(Summary::of(&h).count, 7);
-        assert_eq!(log2_histogram(&new_histogram(), "usecs").trim(), "(no samples)");
+        assert_eq!(
+            log2_histogram(&new_histogram(), "usecs").trim(),
+            "(no samples)"
+        );
     }
 
     #[test]

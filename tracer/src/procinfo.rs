@@ -13,7 +13,11 @@ pub fn cgroup_of(pid: u32) -> String {
     groups
         .iter()
         .find(|g| g.hierarchy == 0)
-        .or_else(|| groups.iter().find(|g| g.controllers.iter().any(|c| c == "name=systemd")))
+        .or_else(|| {
+            groups
+                .iter()
+                .find(|g| g.controllers.iter().any(|c| c == "name=systemd"))
+        })
         .or_else(|| groups.first())
         .map(|g| g.pathname.clone())
         .unwrap_or_else(|| "-".into())
@@ -28,11 +32,15 @@ pub fn controller_dir(pid: u32, controller: &str) -> Option<PathBuf> {
         let v2 = g.hierarchy == 0;
         for line in mounts.lines() {
             // mountinfo: ... mount_point ... - fstype source super_options
-            let Some((pre, post)) = line.split_once(" - ") else { continue };
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
             let mut post = post.split(' ');
             let fstype = post.next().unwrap_or("");
             let opts = post.nth(1).unwrap_or("");
-            let Some(mount_point) = pre.split(' ').nth(4) else { continue };
+            let Some(mount_point) = pre.split(' ').nth(4) else {
+                continue;
+            };
             let matches = if v2 {
                 fstype == "cgroup2"
             } else {
@@ -44,7 +52,9 @@ pub fn controller_dir(pid: u32, controller: &str) -> Option<PathBuf> {
                 continue;
             }
             let dir = PathBuf::from(mount_point).join(g.pathname.trim_start_matches('/'));
-            if dir.join(format!("{controller}.current")).exists() || dir.join(format!("{controller}.max")).exists() {
+            if dir.join(format!("{controller}.current")).exists()
+                || dir.join(format!("{controller}.max")).exists()
+            {
                 return Some(dir);
             }
         }
@@ -60,7 +70,9 @@ pub fn comm_of(pid: u32) -> Option<String> {
 pub fn cmdline_of(pid: u32) -> String {
     match Process::new(pid as i32).and_then(|p| p.cmdline()) {
         Ok(c) if !c.is_empty() => c.join(" "),
-        Ok(_) => comm_of(pid).map(|c| format!("[{c}]")).unwrap_or_else(|| "-".into()),
+        Ok(_) => comm_of(pid)
+            .map(|c| format!("[{c}]"))
+            .unwrap_or_else(|| "-".into()),
         Err(_) => "-".into(),
     }
 }
@@ -82,16 +94,30 @@ pub struct ProcStat {
 
 pub fn stat_of(pid: u32) -> Option<ProcStat> {
     let s = Process::new(pid as i32).ok()?.stat().ok()?;
-    Some(ProcStat { pid, ppid: s.ppid as u32, comm: s.comm, state: s.state, start_ticks: s.starttime })
+    Some(ProcStat {
+        pid,
+        ppid: s.ppid as u32,
+        comm: s.comm,
+        state: s.state,
+        start_ticks: s.starttime,
+    })
 }
 
 /// Every process in /proc (threads excluded).
 pub fn all_stats() -> Vec<ProcStat> {
-    let Ok(all) = procfs::process::all_processes() else { return Vec::new() };
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
     all.filter_map(|p| p.ok())
         .filter_map(|p| {
             let s = p.stat().ok()?;
-            Some(ProcStat { pid: s.pid as u32, ppid: s.ppid as u32, comm: s.comm, state: s.state, start_ticks: s.starttime })
+            Some(ProcStat {
+                pid: s.pid as u32,
+                ppid: s.ppid as u32,
+                comm: s.comm,
+                state: s.state,
+                start_ticks: s.starttime,
+            })
         })
         .collect()
 }
@@ -150,6 +176,8 @@ mod tests {
         assert!(cgroup_of(me).starts_with('/'));
         assert!(["default", "handler", "ignore"].contains(&sigchld_disposition(me)));
         assert!(tasks_in_use().unwrap() >= 1);
-        assert!(boottime_ns() >= monotonic_ns());
+        // Read monotonic first: BOOTTIME = MONOTONIC + time suspended, read later.
+        let mono = monotonic_ns();
+        assert!(boottime_ns() >= mono);
     }
 }

@@ -19,6 +19,9 @@ use tokio::{
 
 use crate::bpf::LostCounter;
 
+/// How often the reader collects records that did not wake it.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(100);
+
 /// Options every tracing command takes.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct RunOpts {
@@ -50,7 +53,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// A duration that may be zero (`--min-age 0s`).
 pub fn parse_age(s: &str) -> Result<Duration, String> {
-    if s.trim_start_matches('0').trim_end_matches(['s', 'm', 'h']).is_empty() && !s.is_empty() {
+    if s.trim_start_matches('0')
+        .trim_end_matches(['s', 'm', 'h'])
+        .is_empty()
+        && !s.is_empty()
+    {
         return Ok(Duration::ZERO);
     }
     parse_duration(s)
@@ -93,9 +100,13 @@ pub struct Ring {
 
 impl Ring {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let map = ebpf.take_map("EVENTS").context("map EVENTS is missing from the eBPF object")?;
+        let map = ebpf
+            .take_map("EVENTS")
+            .context("map EVENTS is missing from the eBPF object")?;
         let rb = RingBuf::try_from(map)?;
-        Ok(Self { fd: register(rb).context("registering the ring buffer with tokio")? })
+        Ok(Self {
+            fd: register(rb).context("registering the ring buffer with tokio")?,
+        })
     }
 
     /// Hands every record available now to `f`.
@@ -137,7 +148,12 @@ fn every(d: Option<Duration>) -> Option<Interval> {
 /// Runs `det` until a signal or the duration ends, printing interval reports and the
 /// final report. `ebpf` must still hold the EVENTS and LOST maps; the detector keeps
 /// its own handle to everything else it reads.
-pub async fn drive(opts: &RunOpts, ebpf: &mut Ebpf, what: &str, det: &mut dyn Detector) -> Result<()> {
+pub async fn drive(
+    opts: &RunOpts,
+    ebpf: &mut Ebpf,
+    what: &str,
+    det: &mut dyn Detector,
+) -> Result<()> {
     let mut ring = Ring::take(ebpf)?;
     let lost = LostCounter::take(ebpf)?;
     let mut logger = match aya_log::EbpfLogger::init(ebpf) {
@@ -153,6 +169,9 @@ pub async fn drive(opts: &RunOpts, ebpf: &mut Ebpf, what: &str, det: &mut dyn De
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut report_every = every(opts.interval);
     let mut sample_every = every(det.sample_every());
+    // Records below the kernel's wakeup threshold are submitted without a wakeup
+    // (see WAKEUP_BYTES in tracer-ebpf/src/common.rs): collect them on this timer.
+    let mut drain_every = every(Some(DRAIN_EVERY));
 
     let until = match opts.duration {
         Some(d) => format!("for {}", humantime::format_duration(d)),
@@ -168,6 +187,9 @@ pub async fn drive(opts: &RunOpts, ebpf: &mut Ebpf, what: &str, det: &mut dyn De
             _ = tick(&mut report_every) => {
                 ring.drain(&mut |d| det.on_event(d));
                 print_report(opts, det, start, &lost, false)?;
+            }
+            _ = tick(&mut drain_every) => {
+                ring.drain(&mut |d| det.on_event(d));
             }
             _ = tick(&mut sample_every) => {
                 if let Err(e) = det.sample() {
@@ -195,8 +217,18 @@ pub async fn drive(opts: &RunOpts, ebpf: &mut Ebpf, what: &str, det: &mut dyn De
     print_report(opts, det, start, &lost, true)
 }
 
-fn print_report(opts: &RunOpts, det: &mut dyn Detector, start: Instant, lost: &LostCounter, final_: bool) -> Result<()> {
-    let ctx = ReportCtx { final_, elapsed: start.elapsed(), lost_events: lost.get() };
+fn print_report(
+    opts: &RunOpts,
+    det: &mut dyn Detector,
+    start: Instant,
+    lost: &LostCounter,
+    final_: bool,
+) -> Result<()> {
+    let ctx = ReportCtx {
+        final_,
+        elapsed: start.elapsed(),
+        lost_events: lost.get(),
+    };
     let report = det.report(&ctx)?;
     emit(opts, det.command(), report, &ctx)
 }
@@ -208,7 +240,10 @@ pub fn emit(opts: &RunOpts, command: &str, report: Report, ctx: &ReportCtx) -> R
         let mut obj = serde_json::Map::new();
         obj.insert("command".into(), command.into());
         obj.insert("final".into(), ctx.final_.into());
-        obj.insert("elapsed_s".into(), crate::output::round3(ctx.elapsed.as_secs_f64()).into());
+        obj.insert(
+            "elapsed_s".into(),
+            crate::output::round3(ctx.elapsed.as_secs_f64()).into(),
+        );
         obj.insert("lost_events".into(), ctx.lost_events.into());
         if let serde_json::Value::Object(m) = report.json {
             obj.extend(m);
@@ -216,7 +251,11 @@ pub fn emit(opts: &RunOpts, command: &str, report: Report, ctx: &ReportCtx) -> R
         writeln!(stdout, "{}", serde_json::Value::Object(obj))?;
     } else {
         let when = if ctx.final_ { "final report" } else { "report" };
-        writeln!(stdout, "=== tracer {command}: {when} after {:.1}s ===", ctx.elapsed.as_secs_f64())?;
+        writeln!(
+            stdout,
+            "=== tracer {command}: {when} after {:.1}s ===",
+            ctx.elapsed.as_secs_f64()
+        )?;
         write!(stdout, "{}", report.text)?;
         if ctx.lost_events > 0 {
             writeln!(
@@ -243,7 +282,11 @@ mod tests {
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("ten").unwrap_err().contains("not a duration"));
+        assert!(
+            parse_duration("ten")
+                .unwrap_err()
+                .contains("not a duration")
+        );
         assert_eq!(parse_age("0s").unwrap(), Duration::ZERO);
         assert_eq!(parse_age("0").unwrap(), Duration::ZERO);
         assert_eq!(parse_age("2m").unwrap(), Duration::from_secs(120));

@@ -41,13 +41,17 @@ impl Tracefs {
     /// tracefs if it is mounted already (TRACER_TRACEFS overrides, for tests).
     pub fn find() -> Option<Self> {
         if let Some(p) = std::env::var_os("TRACER_TRACEFS") {
-            return Some(Self { root: PathBuf::from(p) });
+            return Some(Self {
+                root: PathBuf::from(p),
+            });
         }
         [TRACEFS, DEBUGFS_TRACING]
             .iter()
             .map(Path::new)
             .find(|p| p.join("events").is_dir())
-            .map(|p| Self { root: p.to_path_buf() })
+            .map(|p| Self {
+                root: p.to_path_buf(),
+            })
     }
 
     pub fn root(&self) -> &Path {
@@ -55,12 +59,22 @@ impl Tracefs {
     }
 
     pub fn has_tracepoint(&self, category: &str, name: &str) -> bool {
-        self.root.join("events").join(category).join(name).join("format").is_file()
+        self.root
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format")
+            .is_file()
     }
 
     /// Parsed `events/<category>/<name>/format`.
     pub fn format(&self, category: &str, name: &str) -> Result<Format> {
-        let path = self.root.join("events").join(category).join(name).join("format");
+        let path = self
+            .root
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
         let text = fs::read_to_string(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 anyhow::anyhow!("tracepoint {category}:{name} does not exist on this kernel")
@@ -96,7 +110,9 @@ impl Format {
                 fmt.print_fmt = rest.trim().to_string();
                 continue;
             }
-            let Some(rest) = line.strip_prefix("field:") else { continue };
+            let Some(rest) = line.strip_prefix("field:") else {
+                continue;
+            };
             let mut decl = "";
             let (mut offset, mut size, mut signed) = (None, None, false);
             for part in rest.split(';').map(str::trim).filter(|p| !p.is_empty()) {
@@ -117,7 +133,13 @@ impl Format {
             let (Some(offset), Some(size)) = (offset, size) else {
                 bail!("malformed field line: {line}");
             };
-            fmt.fields.push(Field { name, ctype, offset, size, signed });
+            fmt.fields.push(Field {
+                name,
+                ctype,
+                offset,
+                size,
+                signed,
+            });
         }
         if fmt.fields.is_empty() {
             bail!("no fields");
@@ -141,18 +163,24 @@ impl Format {
     #[allow(dead_code, reason = "used by tcp-pressure for drop reasons")]
     pub fn symbolic(&self, field: &str) -> Vec<(u64, String)> {
         let needle = format!("__print_symbolic(REC->{field},");
-        let Some(start) = self.print_fmt.find(&needle) else { return Vec::new() };
+        let Some(start) = self.print_fmt.find(&needle) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         let mut rest = &self.print_fmt[start + needle.len()..];
         // Entries look like `{ 2, "NOT_SPECIFIED" }`; the table ends at the first `)`
         // that is not inside an entry.
         loop {
             let rest_trim = rest.trim_start_matches([' ', ',']);
-            let Some(body) = rest_trim.strip_prefix('{') else { break };
+            let Some(body) = rest_trim.strip_prefix('{') else {
+                break;
+            };
             let Some(end) = body.find('}') else { break };
             let entry = &body[..end];
             rest = &body[end + 1..];
-            let Some((num, name)) = entry.split_once(',') else { continue };
+            let Some((num, name)) = entry.split_once(',') else {
+                continue;
+            };
             let num = num.trim();
             let parsed = match num.strip_prefix("0x") {
                 Some(hex) => u64::from_str_radix(hex, 16).ok(),
@@ -184,7 +212,10 @@ print fmt: \"comm=%s pid=%d group_dead=%s\", REC->comm, REC->pid, REC->group_dea
         assert_eq!(f.offset("pid").unwrap(), 24);
         assert_eq!(f.offset("group_dead").unwrap(), 32);
         let comm = f.field("comm").unwrap();
-        assert_eq!((comm.offset, comm.size, comm.ctype.as_str()), (8, 16, "char"));
+        assert_eq!(
+            (comm.offset, comm.size, comm.ctype.as_str()),
+            (8, 16, "char")
+        );
         assert!(f.field("pid").unwrap().signed);
         assert!(f.offset("nope").unwrap_err().to_string().contains("`nope`"));
         assert!(f.print_fmt.starts_with("\"comm=%s"));

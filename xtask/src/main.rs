@@ -1,7 +1,7 @@
 //! `cargo xtask`: setup, build, run, test and bench for the tracer workspace. Every
 //! task runs `setup` first, so a fresh machine needs nothing installed by hand.
 mod bench;
-mod setup;
+pub mod setup;
 
 use std::{
     path::{Path, PathBuf},
@@ -55,7 +55,10 @@ fn main() {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// `cargo` with bpf-linker on PATH (it may live in ~/.cargo/bin only).
@@ -100,18 +103,29 @@ pub fn root_command(bin: &Path) -> Result<Command> {
 
 fn run(args: &[String]) -> Result<()> {
     let bin = build()?;
-    let st = root_command(&bin)?.args(args).status().context("starting the tracer")?;
+    let st = root_command(&bin)?
+        .args(args)
+        .status()
+        .context("starting the tracer")?;
     std::process::exit(st.code().unwrap_or(1));
 }
 
 fn test(args: &[String]) -> Result<()> {
     if !is_root() {
-        bail!("the integration tests load eBPF programs and create cgroups and loop mounts: run `cargo xtask test` as root");
+        bail!(
+            "the integration tests load eBPF programs and create cgroups and loop mounts: run `cargo xtask test` as root"
+        );
     }
     let bin = build()?;
     status(
         cargo()
-            .args(["test", "--workspace", "--exclude", "tracer-ebpf", "--release"])
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "tracer-ebpf",
+                "--release",
+            ])
             .args(args)
             .env("TRACER_BIN", &bin),
     )

@@ -49,14 +49,23 @@ pub fn path_with_cargo_bin() -> OsString {
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn rust_src() -> Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
-        .context("the nightly toolchain is needed to build the eBPF programs")?;
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("the nightly toolchain is needed to build the eBPF programs")?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
@@ -82,7 +91,10 @@ fn bpf_linker() -> Result<()> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with("libLLVM-") && n.contains("-rust-") && n.ends_with(".so"))
         .with_context(|| format!("no libLLVM-*-rust-*.so in {}", libdir.display()))?;
-    let so = so.trim_start_matches("lib").trim_end_matches(".so").to_string();
+    let so = so
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_string();
     let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
     let major = vv
         .lines()
@@ -94,26 +106,52 @@ fn bpf_linker() -> Result<()> {
     let libdir = libdir.display();
     status(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+            ])
             .arg(format!("llvm-{major},no-llvm-linking"))
-            .env("RUSTFLAGS", format!("-L {libdir} -l dylib={so} -C link-arg=-Wl,-rpath,{libdir}")),
+            .env(
+                "RUSTFLAGS",
+                format!("-L {libdir} -l dylib={so} -C link-arg=-Wl,-rpath,{libdir}"),
+            ),
     )
 }
 
 fn have(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd} >/dev/null 2>&1")).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd} >/dev/null 2>&1"))
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// apt-get installs the packages whose commands are missing (one update, one install).
 pub fn apt_tools(tools: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> = tools.iter().filter(|(c, _)| !have(c)).map(|(_, p)| *p).collect();
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(c, _)| !have(c))
+        .map(|(_, p)| *p)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !crate::is_root() {
-        bail!("missing tools ({}); install them with apt-get as root", missing.join(" "));
+        bail!(
+            "missing tools ({}); install them with apt-get as root",
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: apt-get install {}", missing.join(" "));
     status(Command::new("apt-get").args(["update", "-q"]))?;
-    status(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }

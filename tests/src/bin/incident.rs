@@ -23,7 +23,10 @@ use nix::{
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = "usage: incident zombies|reaper|sigign N";
-    let (Some(what), Some(n)) = (args.get(1), args.get(2).and_then(|n| n.parse::<usize>().ok())) else {
+    let (Some(what), Some(n)) = (
+        args.get(1),
+        args.get(2).and_then(|n| n.parse::<usize>().ok()),
+    ) else {
         eprintln!("{usage}");
         std::process::exit(2);
     };
@@ -52,7 +55,11 @@ fn main() {
             let kids = spawn(n);
             // Children are autoreaped: wait until /proc no longer has them.
             let deadline = Instant::now() + Duration::from_secs(5);
-            while kids.iter().any(|k| std::path::Path::new(&format!("/proc/{k}")).exists()) && Instant::now() < deadline {
+            while kids
+                .iter()
+                .any(|k| std::path::Path::new(&format!("/proc/{k}")).exists())
+                && Instant::now() < deadline
+            {
                 std::thread::sleep(Duration::from_millis(10));
             }
             say("done");

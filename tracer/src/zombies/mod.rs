@@ -25,20 +25,86 @@ use state::{Snapshot, Tracker};
 pub const SPEC: Spec = Spec {
     detector: "zombies",
     hooks: &[
-        Hook { program: "zombies_fork", category: "sched", name: "sched_process_fork", required: true, purpose: "learn each child's parent and the fork rate" },
-        Hook { program: "zombies_exit", category: "sched", name: "sched_process_exit", required: true, purpose: "see processes exit (become zombies)" },
-        Hook { program: "zombies_free", category: "sched", name: "sched_process_free", required: true, purpose: "see exited processes released" },
-        Hook { program: "zombies_wait4_exit", category: "syscalls", name: "sys_exit_wait4", required: false, purpose: "time reaps exactly and name the reaper (else release time is used)" },
-        Hook { program: "zombies_wait", category: "sched", name: "sched_process_wait", required: false, purpose: "count wait calls per parent" },
-        Hook { program: "zombies_signal", category: "signal", name: "signal_generate", required: false, purpose: "count SIGCHLDs sent to parents" },
+        Hook {
+            program: "zombies_fork",
+            category: "sched",
+            name: "sched_process_fork",
+            required: true,
+            purpose: "learn each child's parent and the fork rate",
+        },
+        Hook {
+            program: "zombies_exit",
+            category: "sched",
+            name: "sched_process_exit",
+            required: true,
+            purpose: "see processes exit (become zombies)",
+        },
+        Hook {
+            program: "zombies_free",
+            category: "sched",
+            name: "sched_process_free",
+            required: true,
+            purpose: "see exited processes released",
+        },
+        Hook {
+            program: "zombies_wait4_exit",
+            category: "syscalls",
+            name: "sys_exit_wait4",
+            required: false,
+            purpose: "time reaps exactly and name the reaper (else release time is used)",
+        },
+        Hook {
+            program: "zombies_wait",
+            category: "sched",
+            name: "sched_process_wait",
+            required: false,
+            purpose: "count wait calls per parent",
+        },
+        Hook {
+            program: "zombies_signal",
+            category: "signal",
+            name: "signal_generate",
+            required: false,
+            purpose: "count SIGCHLDs sent to parents",
+        },
     ],
     offsets: &[
-        Offset { global: "ZOMBIES_FORK_CHILD_PID", category: "sched", event: "sched_process_fork", field: "child_pid" },
-        Offset { global: "ZOMBIES_EXIT_GROUP_DEAD", category: "sched", event: "sched_process_exit", field: "group_dead" },
-        Offset { global: "ZOMBIES_FREE_PID", category: "sched", event: "sched_process_free", field: "pid" },
-        Offset { global: "ZOMBIES_WAIT4_RET", category: "syscalls", event: "sys_exit_wait4", field: "ret" },
-        Offset { global: "ZOMBIES_SIGNAL_SIG", category: "signal", event: "signal_generate", field: "sig" },
-        Offset { global: "ZOMBIES_SIGNAL_PID", category: "signal", event: "signal_generate", field: "pid" },
+        Offset {
+            global: "ZOMBIES_FORK_CHILD_PID",
+            category: "sched",
+            event: "sched_process_fork",
+            field: "child_pid",
+        },
+        Offset {
+            global: "ZOMBIES_EXIT_GROUP_DEAD",
+            category: "sched",
+            event: "sched_process_exit",
+            field: "group_dead",
+        },
+        Offset {
+            global: "ZOMBIES_FREE_PID",
+            category: "sched",
+            event: "sched_process_free",
+            field: "pid",
+        },
+        Offset {
+            global: "ZOMBIES_WAIT4_RET",
+            category: "syscalls",
+            event: "sys_exit_wait4",
+            field: "ret",
+        },
+        Offset {
+            global: "ZOMBIES_SIGNAL_SIG",
+            category: "signal",
+            event: "signal_generate",
+            field: "sig",
+        },
+        Offset {
+            global: "ZOMBIES_SIGNAL_PID",
+            category: "signal",
+            event: "signal_generate",
+            field: "pid",
+        },
     ],
     ring_bytes: 1 << 20,
 };
@@ -86,7 +152,14 @@ pub async fn run(args: Args) -> Result<()> {
     // seen twice (event and scan), never zero times.
     let mut tracker = Tracker::new(args.pid, procinfo::ticks_per_second(), boot_offset_ns());
     tracker.seed(procinfo::all_stats(), procinfo::monotonic_ns());
-    let mut det = Zombies { args, tracker, counters, counts, caveats, first: None };
+    let mut det = Zombies {
+        args,
+        tracker,
+        counters,
+        counts,
+        caveats,
+        first: None,
+    };
     let what = match det.args.pid {
         Some(p) => format!("exits and reaps of children of pid {p}"),
         None => "process exits and reaps".into(),
@@ -96,7 +169,10 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 fn take(session: &mut Session, name: &str) -> Result<aya::maps::Map> {
-    session.ebpf.take_map(name).ok_or_else(|| anyhow::anyhow!("map {name} is missing from the eBPF object"))
+    session
+        .ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow::anyhow!("map {name} is missing from the eBPF object"))
 }
 
 /// CLOCK_BOOTTIME - CLOCK_MONOTONIC: converts kernel timestamps to /proc start times.
@@ -116,7 +192,10 @@ struct Zombies {
 
 impl Zombies {
     fn count(&self, slot: u32) -> u64 {
-        self.counts.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        self.counts
+            .get(&slot, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 
     fn parent_counters(&self, pid: u32) -> ParentCounters {
@@ -136,7 +215,9 @@ impl Detector for Zombies {
 
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
         let now = procinfo::monotonic_ns();
-        let snap: Snapshot = self.tracker.snapshot(now, self.args.min_age, procinfo::stat_of);
+        let snap: Snapshot = self
+            .tracker
+            .snapshot(now, self.args.min_age, procinfo::stat_of);
         let elapsed = ctx.elapsed.as_secs_f64().max(1e-3);
         let forks = self.count(COUNT_FORKS);
         let exits = self.count(COUNT_EXITS);
@@ -144,7 +225,11 @@ impl Detector for Zombies {
         // Growth of the zombie count since the first look (the /proc seed at start).
         let t = ctx.elapsed.as_secs_f64();
         let (t0, n0) = *self.first.get_or_insert((0.0, self.tracker.seeded()));
-        let growth = if t - t0 > 0.5 { (snap.zombies.len() as f64 - n0 as f64) / (t - t0) } else { 0.0 };
+        let growth = if t - t0 > 0.5 {
+            (snap.zombies.len() as f64 - n0 as f64) / (t - t0)
+        } else {
+            0.0
+        };
 
         let in_use = procinfo::tasks_in_use();
         let pid_max = procinfo::read_u64("/proc/sys/kernel/pid_max");
@@ -159,7 +244,19 @@ impl Detector for Zombies {
         };
 
         let mut parents_json = Vec::new();
-        let mut ptable = Table::new(&["PID", "COMM", "ZOMBIES", "OLDEST", "REAPED", "WAITS", "SIGCHLD", "DISPOSITION", "PIDS", "CGROUP", "CMDLINE"]);
+        let mut ptable = Table::new(&[
+            "PID",
+            "COMM",
+            "ZOMBIES",
+            "OLDEST",
+            "REAPED",
+            "WAITS",
+            "SIGCHLD",
+            "DISPOSITION",
+            "PIDS",
+            "CGROUP",
+            "CMDLINE",
+        ]);
         let mut hints = Vec::new();
         for p in &snap.parents {
             let c = self.parent_counters(p.pid);
@@ -179,7 +276,9 @@ impl Detector for Zombies {
                 c.wait_calls.to_string(),
                 c.sigchld.to_string(),
                 disp.into(),
-                pids.as_ref().map(|(cur, max)| format!("{cur}/{max}")).unwrap_or_else(|| "-".into()),
+                pids.as_ref()
+                    .map(|(cur, max)| format!("{cur}/{max}"))
+                    .unwrap_or_else(|| "-".into()),
                 cgroup.clone(),
                 truncate(&cmdline, 60),
             ]);
@@ -225,16 +324,30 @@ impl Detector for Zombies {
         });
 
         let mut text = String::new();
-        let oldest = snap.zombies.first().map(|z| fmt_age(z.age_s, z.exact)).unwrap_or_else(|| "-".into());
+        let oldest = snap
+            .zombies
+            .first()
+            .map(|z| fmt_age(z.age_s, z.exact))
+            .unwrap_or_else(|| "-".into());
         text += &format!(
             "zombies now: {} under {} parent(s), oldest {}; reaped in window: {}; forks {:.1}/s, exits {:.1}/s\n",
-            snap.zombies.len(), snap.parents.len(), oldest, self.tracker.reaped_total(),
-            forks as f64 / elapsed, exits as f64 / elapsed
+            snap.zombies.len(),
+            snap.parents.len(),
+            oldest,
+            self.tracker.reaped_total(),
+            forks as f64 / elapsed,
+            exits as f64 / elapsed
         );
         text += &format!(
             "pid headroom: {} tasks in use; pid_max {}, threads-max {}; zombies {}",
-            opt(in_use), opt(pid_max), opt(threads_max),
-            if growth > 0.0 { format!("growing {growth:.2}/s") } else { "not growing".into() }
+            opt(in_use),
+            opt(pid_max),
+            opt(threads_max),
+            if growth > 0.0 {
+                format!("growing {growth:.2}/s")
+            } else {
+                "not growing".into()
+            }
         );
         if let Some(eta) = eta_s {
             text += &format!(", PID space exhausted in ~{}", human_duration(eta));
@@ -257,14 +370,22 @@ impl Detector for Zombies {
             text += "\nZOMBIES (oldest first)\n";
             let mut zt = Table::new(&["PID", "PPID", "COMM", "AGE"]);
             for z in snap.zombies.iter().take(20) {
-                zt.row(vec![z.pid.to_string(), z.ppid.to_string(), z.comm.clone(), fmt_age(z.age_s, z.exact)]);
+                zt.row(vec![
+                    z.pid.to_string(),
+                    z.ppid.to_string(),
+                    z.comm.clone(),
+                    fmt_age(z.age_s, z.exact),
+                ]);
             }
             if zt.is_empty() {
                 text += "  none\n";
             } else {
                 text += &zt.render();
                 if snap.zombies.len() > 20 {
-                    text += &format!("  ... and {} more (--json lists all)\n", snap.zombies.len() - 20);
+                    text += &format!(
+                        "  ... and {} more (--json lists all)\n",
+                        snap.zombies.len() - 20
+                    );
                 }
             }
         }
@@ -279,31 +400,63 @@ fn opt(v: Option<u64>) -> String {
 }
 
 fn fmt_age(age_s: f64, exact: bool) -> String {
-    if exact { human_duration(age_s) } else { format!(">={}", human_duration(age_s)) }
+    if exact {
+        human_duration(age_s)
+    } else {
+        format!(">={}", human_duration(age_s))
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_string() } else { format!("{}...", s.chars().take(n - 3).collect::<String>()) }
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(n - 3).collect::<String>())
+    }
 }
 
 /// pids.current / pids.max of the process's pids cgroup ("max" means unlimited).
 fn pids_cgroup(pid: u32) -> Option<(u64, String)> {
     let dir = procinfo::controller_dir(pid, "pids")?;
-    let cur = std::fs::read_to_string(dir.join("pids.current")).ok()?.trim().parse().ok()?;
-    let max = std::fs::read_to_string(dir.join("pids.max")).ok()?.trim().to_string();
+    let cur = std::fs::read_to_string(dir.join("pids.current"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let max = std::fs::read_to_string(dir.join("pids.max"))
+        .ok()?
+        .trim()
+        .to_string();
     Some((cur, max))
 }
 
 /// One line per culprit: what the numbers say and what to do about it.
-fn hint(pid: u32, comm: &str, zombies: usize, c: ParentCounters, disp: &str, reaped: u64) -> String {
+fn hint(
+    pid: u32,
+    comm: &str,
+    zombies: usize,
+    c: ParentCounters,
+    disp: &str,
+    reaped: u64,
+) -> String {
     let why = if c.wait_calls == 0 && reaped == 0 {
-        format!("got {} SIGCHLD and never called wait(): it does not reap", c.sigchld)
+        format!(
+            "got {} SIGCHLD and never called wait(): it does not reap",
+            c.sigchld
+        )
     } else {
-        format!("called wait() {} times and reaped {}, but not fast enough or not all children", c.wait_calls, reaped)
+        format!(
+            "called wait() {} times and reaped {}, but not fast enough or not all children",
+            c.wait_calls, reaped
+        )
     };
     let disp_hint = match disp {
-        "default" => "install a SIGCHLD handler that loops on waitpid(-1, WNOHANG), or set SIGCHLD to SIG_IGN if exit codes are not needed",
-        "handler" => "its SIGCHLD handler must loop on waitpid(-1, WNOHANG) until it returns 0 (signals coalesce)",
+        "default" => {
+            "install a SIGCHLD handler that loops on waitpid(-1, WNOHANG), or set SIGCHLD to SIG_IGN if exit codes are not needed"
+        }
+        "handler" => {
+            "its SIGCHLD handler must loop on waitpid(-1, WNOHANG) until it returns 0 (signals coalesce)"
+        }
         _ => "reap children with waitpid()",
     };
     format!(

@@ -88,7 +88,13 @@ impl Tracker {
     pub fn seed(&mut self, stats: Vec<ProcStat>, now_ns: u64) {
         for st in stats {
             if st.state == 'Z' && self.wanted(st.ppid) && !self.pending.contains_key(&st.pid) {
-                self.seeded.insert(st.pid, Seeded { start_ticks: st.start_ticks, first_seen_ns: now_ns });
+                self.seeded.insert(
+                    st.pid,
+                    Seeded {
+                        start_ticks: st.start_ticks,
+                        first_seen_ns: now_ns,
+                    },
+                );
             }
         }
         self.seeded_count = self.seeded.len();
@@ -99,8 +105,12 @@ impl Tracker {
     }
 
     pub fn on_event(&mut self, data: &[u8]) {
-        let Some(h) = decode::<EventHeader>(data) else { return };
-        let Some(ev) = decode::<ProcEvent>(data) else { return };
+        let Some(h) = decode::<EventHeader>(data) else {
+            return;
+        };
+        let Some(ev) = decode::<ProcEvent>(data) else {
+            return;
+        };
         match EventKind::from_u32(h.kind) {
             Some(EventKind::ProcessExit) => {
                 if ev.ppid != 0 && !self.wanted(ev.ppid) {
@@ -111,7 +121,12 @@ impl Tracker {
                 self.seeded.remove(&ev.pid);
                 self.pending.insert(
                     ev.pid,
-                    Exited { ppid: ev.ppid, comm: comm_str(&ev.comm).to_string(), exit_ns: ev.exit_ns, start_ticks: None },
+                    Exited {
+                        ppid: ev.ppid,
+                        comm: comm_str(&ev.comm).to_string(),
+                        exit_ns: ev.exit_ns,
+                        start_ticks: None,
+                    },
                 );
             }
             Some(EventKind::ProcessReap) => {
@@ -146,7 +161,12 @@ impl Tracker {
 
     /// Current zombies, confirmed in /proc: state Z and the same process (pid + start
     /// time) as the one we saw exit or seeded.
-    pub fn snapshot(&mut self, now_ns: u64, min_age: Duration, lookup: impl Fn(u32) -> Option<ProcStat>) -> Snapshot {
+    pub fn snapshot(
+        &mut self,
+        now_ns: u64,
+        min_age: Duration,
+        lookup: impl Fn(u32) -> Option<ProcStat>,
+    ) -> Snapshot {
         let mut rows = Vec::new();
         let (hz, offset) = (self.hz, self.boot_offset_ns);
         self.pending.retain(|&pid, e| {
@@ -165,8 +185,18 @@ impl Tracker {
                 e.ppid = st.ppid;
             }
             if st.state == 'Z' {
-                let comm = if e.comm.is_empty() { st.comm.clone() } else { e.comm.clone() };
-                rows.push(ZombieRow { pid, ppid: st.ppid, comm, age_s: now_ns.saturating_sub(e.exit_ns) as f64 / 1e9, exact: true });
+                let comm = if e.comm.is_empty() {
+                    st.comm.clone()
+                } else {
+                    e.comm.clone()
+                };
+                rows.push(ZombieRow {
+                    pid,
+                    ppid: st.ppid,
+                    comm,
+                    age_s: now_ns.saturating_sub(e.exit_ns) as f64 / 1e9,
+                    exact: true,
+                });
             }
             true
         });
@@ -183,7 +213,9 @@ impl Tracker {
             }
             _ => false,
         });
-        rows.retain(|z| self.target.is_none_or(|t| z.ppid == t) && z.age_s >= min_age.as_secs_f64());
+        rows.retain(|z| {
+            self.target.is_none_or(|t| z.ppid == t) && z.age_s >= min_age.as_secs_f64()
+        });
         rows.sort_by(|a, b| b.age_s.total_cmp(&a.age_s).then(a.pid.cmp(&b.pid)));
 
         let mut parents: Vec<ParentRow> = Vec::new();
@@ -191,11 +223,23 @@ impl Tracker {
             match parents.iter_mut().find(|p| p.pid == z.ppid) {
                 Some(p) => p.zombies += 1,
                 // Rows are oldest first, so the first one per parent is its oldest.
-                None => parents.push(ParentRow { pid: z.ppid, zombies: 1, oldest_age_s: z.age_s, oldest_exact: z.exact }),
+                None => parents.push(ParentRow {
+                    pid: z.ppid,
+                    zombies: 1,
+                    oldest_age_s: z.age_s,
+                    oldest_exact: z.exact,
+                }),
             }
         }
-        parents.sort_by(|a, b| b.zombies.cmp(&a.zombies).then(b.oldest_age_s.total_cmp(&a.oldest_age_s)));
-        Snapshot { zombies: rows, parents }
+        parents.sort_by(|a, b| {
+            b.zombies
+                .cmp(&a.zombies)
+                .then(b.oldest_age_s.total_cmp(&a.oldest_age_s))
+        });
+        Snapshot {
+            zombies: rows,
+            parents,
+        }
     }
 
     pub fn reap_hist(&self) -> &Histogram<u64> {
@@ -211,7 +255,12 @@ impl Tracker {
     }
 
     pub fn top_reapers(&self, n: usize) -> Vec<(u32, u64)> {
-        let mut v: Vec<_> = self.reaped.iter().filter(|(p, _)| **p != 0).map(|(p, c)| (*p, *c)).collect();
+        let mut v: Vec<_> = self
+            .reaped
+            .iter()
+            .filter(|(p, _)| **p != 0)
+            .map(|(p, c)| (*p, *c))
+            .collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(n);
         v
@@ -230,7 +279,11 @@ mod tests {
         let mut comm = [0u8; COMM_LEN];
         comm[..5].copy_from_slice(b"child");
         as_bytes(&ProcEvent {
-            header: EventHeader { kind: EventKind::ProcessExit as u32, tgid: pid, ts_ns: at },
+            header: EventHeader {
+                kind: EventKind::ProcessExit as u32,
+                tgid: pid,
+                ts_ns: at,
+            },
             pid,
             ppid,
             reaper: 0,
@@ -243,7 +296,11 @@ mod tests {
 
     fn reap(pid: u32, ppid: u32, exit_at: u64, at: u64, via: ReapVia) -> Vec<u8> {
         as_bytes(&ProcEvent {
-            header: EventHeader { kind: EventKind::ProcessReap as u32, tgid: ppid, ts_ns: at },
+            header: EventHeader {
+                kind: EventKind::ProcessReap as u32,
+                tgid: ppid,
+                ts_ns: at,
+            },
             pid,
             ppid,
             reaper: if via == ReapVia::Wait4 { ppid } else { 0 },
@@ -255,7 +312,13 @@ mod tests {
     }
 
     fn zombie(pid: u32, ppid: u32, start_s: u64) -> ProcStat {
-        ProcStat { pid, ppid, comm: "child".into(), state: 'Z', start_ticks: start_s * HZ, }
+        ProcStat {
+            pid,
+            ppid,
+            comm: "child".into(),
+            state: 'Z',
+            start_ticks: start_s * HZ,
+        }
     }
 
     #[test]
@@ -275,10 +338,33 @@ mod tests {
         let mut t = Tracker::new(None, HZ, 0);
         t.on_event(&exit(100, 10, 5 * S));
         let snap = t.snapshot(8 * S, Duration::ZERO, |pid| Some(zombie(pid, 10, 4)));
-        assert_eq!(snap.zombies, vec![ZombieRow { pid: 100, ppid: 10, comm: "child".into(), age_s: 3.0, exact: true }]);
-        assert_eq!(snap.parents, vec![ParentRow { pid: 10, zombies: 1, oldest_age_s: 3.0, oldest_exact: true }]);
+        assert_eq!(
+            snap.zombies,
+            vec![ZombieRow {
+                pid: 100,
+                ppid: 10,
+                comm: "child".into(),
+                age_s: 3.0,
+                exact: true
+            }]
+        );
+        assert_eq!(
+            snap.parents,
+            vec![ParentRow {
+                pid: 10,
+                zombies: 1,
+                oldest_age_s: 3.0,
+                oldest_exact: true
+            }]
+        );
         // --min-age hides younger ones.
-        assert!(t.snapshot(8 * S, Duration::from_secs(4), |pid| Some(zombie(pid, 10, 4))).zombies.is_empty());
+        assert!(
+            t.snapshot(8 * S, Duration::from_secs(4), |pid| Some(zombie(
+                pid, 10, 4
+            )))
+            .zombies
+            .is_empty()
+        );
     }
 
     #[test]
@@ -289,25 +375,51 @@ mod tests {
         t.on_event(&exit(100, 10, 5 * S));
         let reused = |pid| Some(zombie(pid, 20, 7));
         let snap = t.snapshot(9 * S, Duration::ZERO, reused);
-        assert!(snap.zombies.is_empty(), "the new process must not inherit the old exit");
+        assert!(
+            snap.zombies.is_empty(),
+            "the new process must not inherit the old exit"
+        );
 
         // Seeded zombie pid 200 (start 1 s); later pid 200 is a different zombie (start 3 s).
         let mut t = Tracker::new(None, HZ, 0);
         t.seed(vec![zombie(200, 30, 1)], 2 * S);
-        assert_eq!(t.snapshot(3 * S, Duration::ZERO, |pid| Some(zombie(pid, 30, 1))).zombies.len(), 1);
-        assert!(t.snapshot(4 * S, Duration::ZERO, |pid| Some(zombie(pid, 31, 3))).zombies.is_empty());
+        assert_eq!(
+            t.snapshot(3 * S, Duration::ZERO, |pid| Some(zombie(pid, 30, 1)))
+                .zombies
+                .len(),
+            1
+        );
+        assert!(
+            t.snapshot(4 * S, Duration::ZERO, |pid| Some(zombie(pid, 31, 3)))
+                .zombies
+                .is_empty()
+        );
         // And the same pid + start time stays one process across looks.
         let mut t = Tracker::new(None, HZ, 0);
         t.on_event(&exit(300, 10, 5 * S));
         for now in [6, 7, 8] {
-            assert_eq!(t.snapshot(now * S, Duration::ZERO, |pid| Some(zombie(pid, 10, 4))).zombies.len(), 1);
+            assert_eq!(
+                t.snapshot(now * S, Duration::ZERO, |pid| Some(zombie(pid, 10, 4)))
+                    .zombies
+                    .len(),
+                1
+            );
         }
     }
 
     #[test]
     fn seeded_zombies_have_lower_bound_ages() {
         let mut t = Tracker::new(None, HZ, 0);
-        t.seed(vec![zombie(50, 1, 1), ProcStat { state: 'S', ..zombie(51, 1, 1) }], 10 * S);
+        t.seed(
+            vec![
+                zombie(50, 1, 1),
+                ProcStat {
+                    state: 'S',
+                    ..zombie(51, 1, 1)
+                },
+            ],
+            10 * S,
+        );
         assert_eq!(t.seeded(), 1);
         let snap = t.snapshot(12 * S, Duration::ZERO, |pid| Some(zombie(pid, 1, 1)));
         assert_eq!(snap.zombies.len(), 1);
@@ -321,8 +433,13 @@ mod tests {
         t.on_event(&exit(100, 10, 5 * S));
         t.on_event(&exit(101, 11, 5 * S));
         t.on_event(&reap(102, 11, 5 * S, 6 * S, ReapVia::Wait4));
-        let snap = t.snapshot(8 * S, Duration::ZERO, |pid| Some(zombie(pid, if pid == 100 { 10 } else { 11 }, 4)));
-        assert_eq!(snap.zombies.iter().map(|z| z.pid).collect::<Vec<_>>(), vec![100]);
+        let snap = t.snapshot(8 * S, Duration::ZERO, |pid| {
+            Some(zombie(pid, if pid == 100 { 10 } else { 11 }, 4))
+        });
+        assert_eq!(
+            snap.zombies.iter().map(|z| z.pid).collect::<Vec<_>>(),
+            vec![100]
+        );
         assert_eq!(t.reap_hist().len(), 0);
     }
 
@@ -330,7 +447,15 @@ mod tests {
     fn vanished_candidates_are_dropped() {
         let mut t = Tracker::new(None, HZ, 0);
         t.on_event(&exit(100, 10, 5 * S));
-        assert!(t.snapshot(6 * S, Duration::ZERO, |_| None).zombies.is_empty());
-        assert!(t.snapshot(7 * S, Duration::ZERO, |pid| Some(zombie(pid, 10, 4))).zombies.is_empty());
+        assert!(
+            t.snapshot(6 * S, Duration::ZERO, |_| None)
+                .zombies
+                .is_empty()
+        );
+        assert!(
+            t.snapshot(7 * S, Duration::ZERO, |pid| Some(zombie(pid, 10, 4)))
+                .zombies
+                .is_empty()
+        );
     }
 }

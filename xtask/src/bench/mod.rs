@@ -18,6 +18,8 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     match a.name.as_str() {
         "zombies" => zombies::run(&a),
-        other => bail!("no benchmark named `{other}`; try zombies, tcp-pressure, cgroups, inodes or triage"),
+        other => bail!(
+            "no benchmark named `{other}`; try zombies, tcp-pressure, cgroups, inodes or triage"
+        ),
     }
 }
