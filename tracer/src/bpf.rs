@@ -298,7 +298,13 @@ pub fn fentry_available(func: &str) -> Result<(), String> {
         .map_err(|e| format!("{e}"))?;
     prog.load(func, &btf).map_err(|e| {
         let s = e.to_string();
-        s.lines().next().unwrap_or(&s).to_string()
+        let first = s.lines().next().unwrap_or(&s);
+        // An empty verifier log adds nothing: "...(os error 1). Verifier output: ".
+        first
+            .split(". Verifier output:")
+            .next()
+            .unwrap_or(first)
+            .to_string()
     })
 }
 
