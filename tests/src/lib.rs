@@ -176,8 +176,14 @@ impl Drop for Tracer {
 
 /// Runs the tracer to completion (for bad-input and --duration checks).
 pub fn run_tracer(args: &[&str]) -> Finished {
+    run_tracer_env(args, &[])
+}
+
+/// Runs the tracer to completion with extra environment variables.
+pub fn run_tracer_env(args: &[&str], env: &[(&str, &str)]) -> Finished {
     let out = Command::new(tracer_bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("running the tracer");
