@@ -31,7 +31,14 @@ fn zombies_of(report: &Value, ppid: u32) -> Vec<u64> {
 fn non_reaping_parent_is_named_with_exact_zombie_count() {
     require_root();
     let _s = serial();
-    let tracer = Tracer::start(&["zombies", "--parent", "--json"]);
+    let prom = std::env::temp_dir().join(format!("tracer-test-{}.prom", std::process::id()));
+    let tracer = Tracer::start(&[
+        "zombies",
+        "--parent",
+        "--json",
+        "--prom-file",
+        prom.to_str().unwrap(),
+    ]);
     let inc = Incident::start(&["zombies", "7"]);
     let expected: Vec<u64> = zombie_children(inc.pid)
         .into_iter()
@@ -73,6 +80,19 @@ fn non_reaping_parent_is_named_with_exact_zombie_count() {
     );
     assert!(r["pids"]["in_use"].as_u64().unwrap() > 0);
     assert!(r["pids"]["pid_max"].as_u64().unwrap() > 0);
+    // The same finding, as node_exporter textfile metrics.
+    let metrics = std::fs::read_to_string(&prom).expect("--prom-file written");
+    let _ = std::fs::remove_file(&prom);
+    let series = format!("pid=\"{}\"", inc.pid);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tracer_zombies_parents_zombies{")
+                && l.contains(&series)
+                && l.ends_with(" 7")),
+        "{metrics}"
+    );
+    assert!(metrics.lines().any(|l| l == "tracer_zombies_final 1"));
     // The programs went away with the tracer.
     assert_none_loaded("zombies_");
     drop(inc);

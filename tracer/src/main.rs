@@ -9,6 +9,7 @@ mod detectors;
 mod doctor;
 mod output;
 mod procinfo;
+mod prom;
 mod run;
 mod tracefs;
 mod zombies;

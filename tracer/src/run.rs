@@ -35,6 +35,10 @@ pub struct RunOpts {
     /// Print each report as one JSON object on its own line; the last has "final": true.
     #[arg(long)]
     pub json: bool,
+    /// Also write each report to FILE as Prometheus metrics, for node_exporter's
+    /// textfile collector (e.g. /var/lib/node_exporter/textfile/tracer.prom).
+    #[arg(long, value_name = "FILE")]
+    pub prom_file: Option<std::path::PathBuf>,
 }
 
 /// humantime durations ("500ms", "10s", "1m30s"); a bare number means seconds.
@@ -236,19 +240,23 @@ fn print_report(
 /// Prints a report with the fields every report carries.
 pub fn emit(opts: &RunOpts, command: &str, report: Report, ctx: &ReportCtx) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
+    let mut obj = serde_json::Map::new();
+    obj.insert("command".into(), command.into());
+    obj.insert("final".into(), ctx.final_.into());
+    obj.insert(
+        "elapsed_s".into(),
+        crate::output::round3(ctx.elapsed.as_secs_f64()).into(),
+    );
+    obj.insert("lost_events".into(), ctx.lost_events.into());
+    if let serde_json::Value::Object(m) = report.json {
+        obj.extend(m);
+    }
+    let json = serde_json::Value::Object(obj);
+    if let Some(path) = &opts.prom_file {
+        crate::prom::write(path, command, &json)?;
+    }
     if opts.json {
-        let mut obj = serde_json::Map::new();
-        obj.insert("command".into(), command.into());
-        obj.insert("final".into(), ctx.final_.into());
-        obj.insert(
-            "elapsed_s".into(),
-            crate::output::round3(ctx.elapsed.as_secs_f64()).into(),
-        );
-        obj.insert("lost_events".into(), ctx.lost_events.into());
-        if let serde_json::Value::Object(m) = report.json {
-            obj.extend(m);
-        }
-        writeln!(stdout, "{}", serde_json::Value::Object(obj))?;
+        writeln!(stdout, "{json}")?;
     } else {
         let when = if ctx.final_ { "final report" } else { "report" };
         writeln!(
