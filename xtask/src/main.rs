@@ -117,16 +117,51 @@ fn test(args: &[String]) -> Result<()> {
         );
     }
     let bin = build()?;
-    status(
-        cargo()
-            .args([
-                "test",
-                "--workspace",
-                "--exclude",
-                "tracer-ebpf",
-                "--release",
-            ])
-            .args(args)
-            .env("TRACER_BIN", &bin),
-    )
+    // Doc tests are left out (there are none; their empty runs would close the log).
+    let mut child = cargo()
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "tracer-ebpf",
+            "--release",
+            "--lib",
+            "--bins",
+            "--tests",
+        ])
+        .args(args)
+        .env("TRACER_BIN", &bin)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    // Pass the output through and add up cargo's "test result:" lines.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split(';')
+                    .find_map(|p| {
+                        p.trim().strip_suffix(word).map(|n| {
+                            n.trim()
+                                .trim_start_matches("ok.")
+                                .trim_start_matches("FAILED.")
+                                .trim()
+                                .parse::<u64>()
+                                .unwrap_or(0)
+                        })
+                    })
+                    .unwrap_or(0)
+            };
+            passed += num(" passed");
+            failed += num(" failed");
+        }
+    }
+    let st = child.wait().context("waiting for cargo test")?;
+    println!("{passed} passed, {failed} failed");
+    if !st.success() {
+        bail!("tests failed ({st})");
+    }
+    Ok(())
 }
