@@ -58,6 +58,8 @@ pub struct Tracker {
     pending: HashMap<u32, Exited>,
     seeded: HashMap<u32, Seeded>,
     seeded_count: usize,
+    /// pending size above which prune_if_large looks in /proc.
+    prune_at: usize,
     reaped: HashMap<u32, u64>,
     reaped_total: u64,
     hist: Histogram<u64>,
@@ -74,6 +76,7 @@ impl Tracker {
             pending: HashMap::new(),
             seeded: HashMap::new(),
             seeded_count: 0,
+            prune_at: EXITED_CAPACITY as usize,
             reaped: HashMap::new(),
             reaped_total: 0,
             hist: output::new_histogram(),
@@ -152,10 +155,12 @@ impl Tracker {
     }
 
     /// Keeps memory bounded when reports are rare and reap records get lost: drop the
-    /// candidates that /proc no longer has.
+    /// candidates that /proc no longer has. The threshold doubles with what survives,
+    /// so a host with millions of real zombies is scanned O(log n) times, not per event.
     pub fn prune_if_large(&mut self, lookup: impl Fn(u32) -> Option<ProcStat>) {
-        if self.pending.len() > EXITED_CAPACITY as usize {
+        if self.pending.len() > self.prune_at {
             self.pending.retain(|pid, _| lookup(*pid).is_some());
+            self.prune_at = (2 * self.pending.len()).max(EXITED_CAPACITY as usize);
         }
     }
 
@@ -441,6 +446,26 @@ mod tests {
             vec![100]
         );
         assert_eq!(t.reap_hist().len(), 0);
+    }
+
+    #[test]
+    fn pruning_is_amortized() {
+        let mut t = Tracker::new(None, HZ, 0);
+        let n = EXITED_CAPACITY + 10;
+        for pid in 1..=n {
+            t.on_event(&exit(pid, 10, S));
+        }
+        let calls = std::cell::Cell::new(0u32);
+        // Every candidate is still a zombie: nothing can be dropped.
+        let lookup = |pid| {
+            calls.set(calls.get() + 1);
+            Some(zombie(pid, 10, 0))
+        };
+        t.prune_if_large(lookup);
+        assert_eq!(calls.get(), n, "one scan when the threshold is crossed");
+        t.on_event(&exit(n + 1, 10, S));
+        t.prune_if_large(lookup);
+        assert_eq!(calls.get(), n, "no rescan on the next event");
     }
 
     #[test]
