@@ -217,8 +217,16 @@ pub fn start(spec: &Spec, extra: &[(&'static str, u32)]) -> Result<Session> {
             hooks.push(status(h, HookState::Missing));
             continue;
         }
-        attach_tracepoint(&mut ebpf, h.program, h.category, h.name)?;
-        hooks.push(status(h, HookState::Attached));
+        match attach_tracepoint(&mut ebpf, h.program, h.category, h.name) {
+            Ok(()) => hooks.push(status(h, HookState::Attached)),
+            Err(e) if h.required => return Err(e),
+            // An optional hook that exists but does not load here narrows what the
+            // detector sees; the report lists it as missing.
+            Err(e) => {
+                log::warn!("{e:#}; {} will not be seen", h.purpose);
+                hooks.push(status(h, HookState::Missing));
+            }
+        }
     }
     log::debug!("{}: {} hooks attached", spec.detector, hooks.len());
     Ok(Session {

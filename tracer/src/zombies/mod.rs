@@ -296,14 +296,17 @@ impl Detector for Zombies {
         let zombies_json: Vec<_> = snap
             .zombies
             .iter()
-            .map(|z| json!({"pid": z.pid, "ppid": z.ppid, "comm": z.comm, "age_s": round3(z.age_s), "age_exact": z.exact}))
+            .map(|z| {
+                json!({"pid": z.pid, "ppid": z.ppid, "comm": z.comm, "cgroup": procinfo::cgroup_of(z.pid),
+                       "age_s": round3(z.age_s), "age_exact": z.exact})
+            })
             .collect();
         let reap = output::Summary::of(self.tracker.reap_hist());
         let reapers: Vec<_> = self
             .tracker
             .top_reapers(5)
             .into_iter()
-            .map(|(pid, n)| json!({"pid": pid, "comm": procinfo::comm_of(pid), "reaped": n, "sigchld": procinfo::sigchld_disposition(pid)}))
+            .map(|(pid, n)| json!({"pid": pid, "comm": procinfo::comm_of(pid), "cgroup": procinfo::cgroup_of(pid), "reaped": n, "sigchld": procinfo::sigchld_disposition(pid)}))
             .collect();
 
         let json = json!({
