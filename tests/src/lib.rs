@@ -249,7 +249,12 @@ pub struct Incident {
 
 impl Incident {
     pub fn start(args: &[&str]) -> Incident {
-        let mut child = Command::new(incident_bin())
+        Self::start_bin("incident", args)
+    }
+
+    /// Starts another helper binary of this crate (`src/bin/NAME.rs`) the same way.
+    pub fn start_bin(name: &str, args: &[&str]) -> Incident {
+        let mut child = Command::new(helper_bin(name))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -307,9 +312,14 @@ impl Drop for Incident {
 
 /// The `incident` helper, built by cargo beside the test binaries (target/*/incident).
 pub fn incident_bin() -> PathBuf {
+    helper_bin("incident")
+}
+
+/// A helper binary of this crate, built by cargo beside the test binaries.
+pub fn helper_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join("incident");
+    let p = dir.join(name);
     assert!(
         p.exists(),
         "{} not found: run the tests through cargo",

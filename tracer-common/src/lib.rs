@@ -6,6 +6,7 @@
 //! decode a record with a length check instead of a blind pointer cast.
 #![no_std]
 
+pub mod tcp;
 pub mod zombies;
 
 /// Length of `task->comm`, as the kernel defines TASK_COMM_LEN.
@@ -20,6 +21,8 @@ pub enum EventKind {
     ProcessExit = 1,
     /// zombies: an exited process was reaped (wait4 returned it, or it was freed).
     ProcessReap = 2,
+    /// tcp-pressure: a TCP socket-memory allocation was refused (sock_exceed_buf_limit).
+    TcpBufLimit = 10,
 }
 
 impl EventKind {
@@ -27,6 +30,7 @@ impl EventKind {
         Some(match v {
             1 => Self::ProcessExit,
             2 => Self::ProcessReap,
+            10 => Self::TcpBufLimit,
             _ => return None,
         })
     }

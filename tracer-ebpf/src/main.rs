@@ -6,6 +6,7 @@
 
 mod common;
 mod probe;
+mod tcp;
 mod zombies;
 
 #[cfg(not(test))]

@@ -13,6 +13,7 @@ mod prom;
 mod run;
 #[allow(dead_code)] // until the detectors that read them land
 mod snapshot;
+mod tcp;
 mod tracefs;
 mod zombies;
 
@@ -37,6 +38,8 @@ enum Command {
     Doctor(doctor::Args),
     /// Parents that leave zombie children unreaped, and PID headroom (Uber incident).
     Zombies(zombies::Args),
+    /// TCP memory pressure episodes, who causes them, what to set (Cloudflare incident).
+    TcpPressure(tcp::Args),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Doctor(a) => doctor::run(a),
             Command::Zombies(a) => zombies::run(a).await.map(|()| 0),
+            Command::TcpPressure(a) => tcp::run(a).await.map(|()| 0),
         }
     });
     match result {

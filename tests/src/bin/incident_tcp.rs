@@ -1,0 +1,94 @@
+//! TCP memory pressure on demand, for the tcp-pressure tests and bench.
+//!
+//!   incident_tcp push N     N loopback connections whose receivers never read; after
+//!                           "go" on stdin, one thread pushes 64 KiB writes into every
+//!                           connection in turn (each write gives up after 200 ms,
+//!                           SO_SNDTIMEO) until stdin closes.
+//!   incident_tcp chat N     N request/response round trips of 1 KiB on one loopback
+//!                           connection whose peer reads everything (normal sends).
+//!
+//! It prints `ready PID` once the connections exist, `pushing` after "go", and exits
+//! when stdin closes, which frees every socket.
+use std::{
+    io::{BufRead as _, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
+    let port = l.local_addr().expect("local addr").port();
+    let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let (s, _) = l.accept().expect("accept");
+    (c, s)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: incident_tcp push N | chat N";
+    let n: usize = args
+        .get(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{usage}"));
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let stdout = std::io::stdout();
+    match args[1].as_str() {
+        "push" => {
+            let conns: Vec<(TcpStream, TcpStream)> = (0..n).map(|_| pair(&l)).collect();
+            for (c, _) in &conns {
+                c.set_write_timeout(Some(Duration::from_millis(200)))
+                    .expect("SO_SNDTIMEO");
+            }
+            writeln!(stdout.lock(), "ready {}", std::process::id()).unwrap();
+            let mut line = String::new();
+            let stdin = std::io::stdin();
+            stdin.lock().read_line(&mut line).expect("stdin");
+            if line.trim() != "go" {
+                return;
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let stop2 = stop.clone();
+            std::thread::spawn(move || {
+                // EOF on stdin (the test dropped its end): stop pushing.
+                let _ = std::io::stdin().read_to_end(&mut Vec::new());
+                stop2.store(true, Ordering::SeqCst);
+            });
+            writeln!(stdout.lock(), "pushing").unwrap();
+            let chunk = vec![0x5au8; 64 * 1024];
+            while !stop.load(Ordering::SeqCst) {
+                for (c, _) in &conns {
+                    // Refused or timed out under pressure: that is the point.
+                    let _ = (&*c).write(&chunk);
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                }
+            }
+        }
+        "chat" => {
+            let (mut c, mut s) = pair(&l);
+            writeln!(stdout.lock(), "ready {}", std::process::id()).unwrap();
+            let echo = std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while s.read_exact(&mut buf).is_ok() {
+                    if s.write_all(&buf).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut buf = [7u8; 1024];
+            for _ in 0..n {
+                c.write_all(&buf).expect("send");
+                c.read_exact(&mut buf).expect("receive");
+            }
+            drop(c);
+            let _ = echo.join();
+            writeln!(stdout.lock(), "done {n}").unwrap();
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        }
+        _ => panic!("{usage}"),
+    }
+}

@@ -1,0 +1,266 @@
+//! `tracer tcp-pressure` against real TCP memory pressure: net.ipv4.tcp_mem lowered
+//! (and restored by a guard, also on panic), loopback connections whose receivers
+//! never read, pushed by the `incident_tcp` helper.
+use std::time::Duration;
+
+use serde_json::Value;
+use tracer_tests::{
+    Incident, Tracer, assert_none_loaded, require_root, run_tracer, run_tracer_env,
+    run_tracer_unprivileged, serial,
+};
+
+const TCP_MEM: &str = "/proc/sys/net/ipv4/tcp_mem";
+
+fn read_tcp_mem() -> String {
+    std::fs::read_to_string(TCP_MEM)
+        .expect("reading tcp_mem")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Sets net.ipv4.tcp_mem and puts the saved value back when dropped (a failed
+/// assertion unwinds through it too).
+struct TcpMemGuard {
+    saved: String,
+}
+
+impl TcpMemGuard {
+    fn set(value: &str) -> TcpMemGuard {
+        let saved = read_tcp_mem();
+        std::fs::write(TCP_MEM, value).expect("writing tcp_mem");
+        TcpMemGuard { saved }
+    }
+}
+
+impl Drop for TcpMemGuard {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(TCP_MEM, &self.saved) {
+            eprintln!("restoring tcp_mem to {} failed: {e}", self.saved);
+        }
+    }
+}
+
+fn find<'a>(list: &'a Value, pid: u32) -> Option<&'a Value> {
+    list.as_array()?.iter().find(|c| c["pid"] == pid)
+}
+
+#[test]
+fn pressure_episode_names_the_pushing_process_and_its_latency() {
+    require_root();
+    let _s = serial();
+    let normal = read_tcp_mem();
+    let tracer = Tracer::start(&["tcp-pressure", "--json", "-i", "500ms"]);
+    let mut inc = Incident::start_bin("incident_tcp", &["push", "40"]);
+    let helper = inc.pid;
+    let report;
+    let during;
+    {
+        let _mem = TcpMemGuard::set("64 128 256");
+        inc.send("go");
+        inc.expect_line("pushing");
+        std::thread::sleep(Duration::from_millis(2500));
+        // Stop pushing and free the sockets, then let the tracer see the end.
+        drop(inc);
+        std::thread::sleep(Duration::from_millis(300));
+        let out = tracer.interrupt();
+        assert!(out.status.success(), "tracer failed: {}", out.stderr);
+        during = out.reports();
+        report = out.final_report();
+    }
+    // The guard put tcp_mem back.
+    assert_eq!(read_tcp_mem(), normal, "tcp_mem was not restored");
+    assert_none_loaded("tcp_");
+
+    let r = &report;
+    assert_eq!(r["command"], "tcp-pressure");
+    assert_eq!(r["lost_events"], 0, "{r}");
+    // The triple the test set, as the reports saw it while it was in force.
+    let set = serde_json::json!({"low": 64, "pressure": 128, "high": 256});
+    assert_eq!(r["tcp_mem"], set, "{r}");
+    assert!(
+        during
+            .iter()
+            .any(|x| x["final"] == false && x["tcp_mem"] == set),
+        "no interval report saw the lowered tcp_mem"
+    );
+    // At least one episode, with the lowered limits crossed.
+    let eps = r["episodes"].as_array().expect("episodes");
+    assert!(!eps.is_empty(), "no episode: {r}");
+    assert!(
+        eps.iter().any(|e| e["peak_pages"].as_u64().unwrap() > 128),
+        "{eps:?}"
+    );
+    assert!(r["mem_pages"]["peak"].as_u64().unwrap() > 128);
+    // The pushing helper is the top culprit, refused on the send side.
+    let top = &r["culprits"][0];
+    assert_eq!(top["pid"], helper, "top culprit is not the helper: {r}");
+    assert!(top["refusals"].as_u64().unwrap() > 0, "{top}");
+    assert_eq!(top["comm"], "incident_tcp");
+    assert!(top["kind"].as_str().unwrap().contains("send"), "{top}");
+    assert!(top["cgroup"].as_str().unwrap().starts_with('/'));
+    assert!(r["refusals"].as_u64().unwrap() >= top["refusals"].as_u64().unwrap());
+    // Its sockets held the memory when the tracer looked during the episode.
+    let holder = find(&r["holders"], helper)
+        .unwrap_or_else(|| panic!("helper not among the holders: {}", r["holders"]));
+    assert!(holder["sockets"].as_u64().unwrap() >= 40, "{holder}");
+    assert_eq!(r["top_sockets"]["source"], "sock_diag");
+    assert_ne!(r["top_sockets"]["when"], "now");
+    // Send latency was measured during pressure, with real percentiles.
+    let p = &r["send_latency_us"]["pressure"];
+    assert!(p["count"].as_u64().unwrap() > 0, "{p}");
+    assert!(p["max"].as_f64().unwrap() >= p["p99"].as_f64().unwrap());
+    assert!(p["p99"].as_f64().unwrap() >= p["p50"].as_f64().unwrap());
+    assert!(p["p50"].as_f64().unwrap() > 0.0);
+    // Drops are counted by name (the table comes from the kernel's format file).
+    assert!(r["drops"].get("PROTO_MEM").is_some(), "{}", r["drops"]);
+    // Advice is computed from the measured peak, not applied.
+    let adv = &r["advice"];
+    assert!(
+        adv["sysctl"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("sysctl -w net.ipv4.tcp_mem="),
+        "{adv}"
+    );
+    assert!(
+        r["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("tracepoints + 10 Hz sampling")
+    );
+}
+
+#[test]
+fn idle_system_has_no_episode_and_no_culprit_but_timed_sends() {
+    require_root();
+    let _s = serial();
+    let tracer = Tracer::start(&["tcp-pressure", "--json"]);
+    // 200 request/response round trips on loopback: sends outside pressure.
+    let mut inc = Incident::start_bin("incident_tcp", &["chat", "200"]);
+    inc.expect_line("done");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = tracer.interrupt().final_report();
+    drop(inc);
+    assert_eq!(r["lost_events"], 0);
+    assert_eq!(r["episodes"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["culprits"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["refusals"], 0);
+    assert_eq!(r["pressure_now"], false);
+    assert_eq!(r["warning"], Value::Null);
+    // The tcp_mem the kernel has now, and pages well under it.
+    let now: Vec<u64> = read_tcp_mem()
+        .split(' ')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(r["tcp_mem"]["low"], now[0]);
+    assert_eq!(r["tcp_mem"]["pressure"], now[1]);
+    assert_eq!(r["tcp_mem"]["high"], now[2]);
+    // Both ends' sends were timed, all outside pressure.
+    let n = &r["send_latency_us"]["normal"];
+    assert!(n["count"].as_u64().unwrap() >= 200, "{n}");
+    assert!(n["max"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["send_latency_us"]["pressure"]["count"], 0);
+    assert_eq!(r["retransmits"]["pressure"], 0);
+    assert!(
+        r["advice"]["notes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("no change needed"),
+        "{}",
+        r["advice"]
+    );
+}
+
+#[test]
+fn duration_expiry_exits_zero_and_detaches() {
+    require_root();
+    let _s = serial();
+    let out = run_tracer(&["tcp-pressure", "-d", "1s", "-i", "300ms", "--json"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let reports = out.reports();
+    assert!(
+        reports.len() >= 3,
+        "interval reports and the final one: {}",
+        out.stdout
+    );
+    assert_eq!(reports.last().unwrap()["final"], true);
+    assert_none_loaded("tcp_");
+    let out = run_tracer(&["tcp-pressure", "-d", "500ms"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    for section in [
+        "EPISODES",
+        "CULPRITS",
+        "SEND LATENCY during pressure",
+        "ADVICE",
+        "lost events: 0",
+    ] {
+        assert!(
+            out.stdout.contains(section),
+            "{section} missing:\n{}",
+            out.stdout
+        );
+    }
+    assert_none_loaded("tcp_");
+}
+
+#[test]
+fn bad_input_gets_one_clear_sentence_and_nonzero_exit() {
+    require_root();
+    let _s = serial();
+    let out = run_tracer(&["tcp-pressure", "-d", "ten"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stderr.contains("not a duration"), "{}", out.stderr);
+    let out = run_tracer(&["tcp-pressure", "--top", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"));
+
+    let out = run_tracer_unprivileged(&["tcp-pressure", "-d", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("needs root") && out.stderr.contains("CAP_BPF"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+
+    // A kernel without the refusal tracepoint: named in one sentence.
+    let dir = std::env::temp_dir().join(format!("tracer-test-tcp-tracefs-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("events")).unwrap();
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(dir.clone());
+    let out = run_tracer_env(
+        &["tcp-pressure", "-d", "1s"],
+        &[("TRACER_TRACEFS", dir.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("tracepoint sock:sock_exceed_buf_limit is missing"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert_none_loaded("tcp_");
+}
+
+#[test]
+fn interrupt_prints_the_final_report_and_detaches() {
+    require_root();
+    let _s = serial();
+    let tracer = Tracer::start(&["tcp-pressure"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("=== tracer tcp-pressure: final report"),
+        "{}",
+        out.stdout
+    );
+    assert_none_loaded("tcp_");
+}

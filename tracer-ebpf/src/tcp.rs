@@ -1,0 +1,247 @@
+//! tcp-pressure: TCP socket-memory refusals, memory-related drops, retransmits and
+//! the latency of send-type syscalls on TCP sockets, split by "under pressure".
+//!
+//! Only refusals (sock_exceed_buf_limit, rare and refused under pressure only) are
+//! copied to userspace, one record each. Drops (kfree_skb fires per dropped packet)
+//! are filtered to the memory-related reasons in the kernel and counted per CPU;
+//! retransmits and receive-queue overflows are counted; send latencies go into an
+//! in-kernel log-linear histogram, so a bulk sender costs no ring-buffer traffic.
+use aya_ebpf::{
+    Global,
+    helpers::bpf_get_current_comm,
+    macros::{map, tracepoint},
+    maps::{Array, LruHashMap, PerCpuArray},
+    programs::TracePointContext,
+};
+use tracer_common::{
+    EventHeader, EventKind,
+    tcp::{
+        BufLimitEvent, COUNT_DROP_BASE, COUNT_RCVQ_FULL, COUNT_REFUSALS, COUNT_RETRANS_NORMAL,
+        COUNT_RETRANS_PRESSURE, COUNT_SLOTS, DROP_REASON_CAPACITY, DROP_SLOTS, FLAG_PRESSURE,
+        FLAG_SLOTS, LAT_BUCKETS, LAT_SLOTS, SEND_START_CAPACITY, lat_bucket,
+    },
+};
+
+use crate::common::{add, current_tgid, emit, field, now_ns};
+
+/// Field offsets from tracefs `format` files, set by the loader.
+#[unsafe(no_mangle)]
+static TCP_LIMIT_NAME: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TCP_LIMIT_SYSCTL_MEM: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TCP_LIMIT_ALLOCATED: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TCP_LIMIT_SYSCTL_RMEM: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TCP_LIMIT_RMEM_ALLOC: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TCP_LIMIT_SYSCTL_WMEM: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TCP_LIMIT_WMEM_ALLOC: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TCP_LIMIT_WMEM_QUEUED: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TCP_LIMIT_KIND: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TCP_DROP_REASON: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TCP_SEND_FAMILY: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static TCP_SEND_PROTOCOL: Global<u32> = Global::new(0);
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+
+/// Drop reason number -> 1 + counter slot (0: not memory-related, not counted).
+/// Userspace fills it from the names in skb:kfree_skb's format file, because the
+/// numbers differ between kernels.
+#[map]
+static TCP_DROP_SLOT: Array<u32> = Array::with_max_entries(DROP_REASON_CAPACITY, 0);
+
+/// Global counters per CPU (retransmits split by pressure, rcvqueue_full, refusals,
+/// then one slot per counted drop reason).
+#[map]
+static TCP_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNT_SLOTS, 0);
+
+/// [FLAG_PRESSURE]: 1 while TCP memory pressure is on (see tracer_common::tcp).
+#[map]
+static TCP_FLAGS: Array<u32> = Array::with_max_entries(FLAG_SLOTS, 0);
+
+/// Thread id -> entry time of its current send-type syscall.
+#[map]
+static TCP_SEND_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(SEND_START_CAPACITY, 0);
+
+/// Send latency histogram per CPU: LAT_BUCKETS normal buckets, then LAT_BUCKETS
+/// pressure buckets (log-linear over ns, see tracer_common::tcp::lat_bucket).
+#[map]
+static TCP_SEND_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LAT_SLOTS, 0);
+
+/// Largest send latency per CPU: [normal, pressure] (exact ns).
+#[map]
+static TCP_SEND_MAX: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+#[inline(always)]
+fn pressure() -> u32 {
+    match TCP_FLAGS.get(FLAG_PRESSURE) {
+        Some(&f) if f != 0 => 1,
+        _ => 0,
+    }
+}
+
+/// sock:sock_exceed_buf_limit: the kernel refused a socket-memory allocation.
+/// `name` is the protocol ("TCP", "TCPv6", "UDP", ...), `allocated` the pages the
+/// protocol holds, `sysctl_mem` its limits (tcp_mem), `kind` SK_MEM_SEND/RECV, and
+/// the rmem/wmem fields the socket's own buffer figures.
+#[tracepoint]
+pub fn tcp_buf_limit(ctx: TracePointContext) -> u32 {
+    try_buf_limit(&ctx).unwrap_or(0)
+}
+
+fn try_buf_limit(ctx: &TracePointContext) -> Option<u32> {
+    let name: [u8; 8] = field(ctx, &TCP_LIMIT_NAME)?;
+    // "TCP\0" or "TCPv6\0"; MPTCP and UDP are not TCP memory.
+    let ipv6 = match name {
+        [b'T', b'C', b'P', 0, ..] => 0,
+        [b'T', b'C', b'P', b'v', b'6', 0, ..] => 1,
+        _ => return Some(0),
+    };
+    // A TCP refusal happens only under pressure or above the hard limit (which
+    // enters pressure first): from here on sends count as "during pressure".
+    if let Some(f) = TCP_FLAGS.get_ptr_mut(FLAG_PRESSURE) {
+        // SAFETY: pointer from an array lookup; a plain store of 1 is idempotent.
+        unsafe { *f = 1 };
+    }
+    add(&TCP_COUNTS, COUNT_REFUSALS, 1);
+    let mem: [i64; 3] = field(ctx, &TCP_LIMIT_SYSCTL_MEM)?;
+    let allocated: i64 = field(ctx, &TCP_LIMIT_ALLOCATED)?;
+    let kind: i32 = field(ctx, &TCP_LIMIT_KIND)?;
+    emit(&BufLimitEvent {
+        header: EventHeader {
+            kind: EventKind::TcpBufLimit as u32,
+            tgid: current_tgid(),
+            ts_ns: now_ns(),
+        },
+        kind: kind as u32,
+        ipv6,
+        allocated: allocated as u64,
+        sysctl_mem: [mem[0] as u64, mem[1] as u64, mem[2] as u64],
+        sysctl_rmem: field(ctx, &TCP_LIMIT_SYSCTL_RMEM).unwrap_or(0),
+        rmem_alloc: field(ctx, &TCP_LIMIT_RMEM_ALLOC).unwrap_or(0),
+        sysctl_wmem: field(ctx, &TCP_LIMIT_SYSCTL_WMEM).unwrap_or(0),
+        wmem_alloc: field(ctx, &TCP_LIMIT_WMEM_ALLOC).unwrap_or(0),
+        wmem_queued: field(ctx, &TCP_LIMIT_WMEM_QUEUED).unwrap_or(0),
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    Some(0)
+}
+
+/// sock:sock_rcvqueue_full: a packet did not fit the socket's receive buffer
+/// (`rmem_alloc` + `truesize` > `sk_rcvbuf`). Counted only: it fires in softirq
+/// context, where the current task is not the socket's owner.
+#[tracepoint]
+pub fn tcp_rcvq_full(_ctx: TracePointContext) -> u32 {
+    add(&TCP_COUNTS, COUNT_RCVQ_FULL, 1);
+    0
+}
+
+/// skb:kfree_skb: a packet was dropped; `reason` is an enum skb_drop_reason. Only the
+/// memory-related reasons userspace put in TCP_DROP_SLOT are counted.
+#[tracepoint]
+pub fn tcp_drop(ctx: TracePointContext) -> u32 {
+    try_drop(&ctx).unwrap_or(0)
+}
+
+fn try_drop(ctx: &TracePointContext) -> Option<u32> {
+    let reason: u32 = field(ctx, &TCP_DROP_REASON)?;
+    if reason >= DROP_REASON_CAPACITY {
+        return Some(0);
+    }
+    let slot = *TCP_DROP_SLOT.get(reason)?;
+    if slot == 0 || slot > DROP_SLOTS {
+        return Some(0);
+    }
+    add(&TCP_COUNTS, COUNT_DROP_BASE + slot - 1, 1);
+    Some(0)
+}
+
+/// tcp:tcp_retransmit_skb: a TCP segment was retransmitted; counted apart during
+/// pressure.
+#[tracepoint]
+pub fn tcp_retransmit(_ctx: TracePointContext) -> u32 {
+    let slot = if pressure() != 0 {
+        COUNT_RETRANS_PRESSURE
+    } else {
+        COUNT_RETRANS_NORMAL
+    };
+    add(&TCP_COUNTS, slot, 1);
+    0
+}
+
+/// Entry of a send-type syscall (sendto, sendmsg, write, writev): remember when this
+/// thread started it. Most writes are not to TCP sockets; their entries are
+/// overwritten by the thread's next syscall or evicted (LRU).
+#[inline(always)]
+fn send_enter() -> u32 {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    let _ = TCP_SEND_START.insert(&tid, &now_ns(), 0);
+    0
+}
+
+/// syscalls:sys_enter_sendto
+#[tracepoint]
+pub fn tcp_enter_sendto(_ctx: TracePointContext) -> u32 {
+    send_enter()
+}
+
+/// syscalls:sys_enter_sendmsg
+#[tracepoint]
+pub fn tcp_enter_sendmsg(_ctx: TracePointContext) -> u32 {
+    send_enter()
+}
+
+/// syscalls:sys_enter_write
+#[tracepoint]
+pub fn tcp_enter_write(_ctx: TracePointContext) -> u32 {
+    send_enter()
+}
+
+/// syscalls:sys_enter_writev
+#[tracepoint]
+pub fn tcp_enter_writev(_ctx: TracePointContext) -> u32 {
+    send_enter()
+}
+
+/// sock:sock_send_length: sock_sendmsg() returned (`ret` bytes or -errno) on a socket
+/// of `family`/`protocol`. For TCP this closes the send started at syscall entry,
+/// including any time spent waiting for socket memory.
+#[tracepoint]
+pub fn tcp_send_length(ctx: TracePointContext) -> u32 {
+    try_send_length(&ctx).unwrap_or(0)
+}
+
+fn try_send_length(ctx: &TracePointContext) -> Option<u32> {
+    let family: u16 = field(ctx, &TCP_SEND_FAMILY)?;
+    let protocol: u16 = field(ctx, &TCP_SEND_PROTOCOL)?;
+    if (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP {
+        return Some(0);
+    }
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    // SAFETY: plain map lookup of a u64 value.
+    let start = unsafe { TCP_SEND_START.get(&tid) }.copied()?;
+    let _ = TCP_SEND_START.remove(&tid);
+    let ns = now_ns().saturating_sub(start);
+    let p = pressure();
+    add(&TCP_SEND_HIST, p * LAT_BUCKETS + lat_bucket(ns), 1);
+    if let Some(m) = TCP_SEND_MAX.get_ptr_mut(p) {
+        // SAFETY: per-CPU slot, preemption is disabled while a tracing program runs.
+        unsafe {
+            if ns > *m {
+                *m = ns;
+            }
+        }
+    }
+    Some(0)
+}

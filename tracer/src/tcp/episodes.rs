@@ -1,0 +1,372 @@
+//! Pressure episodes, from the 10 Hz samples of /proc (pages vs tcp_mem, the TcpExt
+//! counters) and the kernel's refusal records, and the culprits of those refusals.
+//!
+//! The kernel enters TCP memory pressure when the pages TCP holds exceed tcp_mem's
+//! "pressure" (counting TcpExt TCPMemoryPressures) and leaves it only once they fall
+//! below "low" (adding the time spent to TCPMemoryPressuresChrono). An episode here
+//! starts at the first of: a refusal record (exact kernel time), a sample above
+//! "pressure", or a sample where TCPMemoryPressures grew; it ends at the sample where
+//! Chrono grew or pages fell below "low" (so up to one sample period late).
+use std::collections::HashMap;
+
+use tracer_common::tcp::{SK_MEM_RECV, SK_MEM_SEND};
+
+use crate::snapshot::tcpmem::TcpMem;
+
+/// One look at /proc.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    /// CLOCK_MONOTONIC ns, the clock of the kernel's records.
+    pub t_ns: u64,
+    pub pages: u64,
+    pub tcp_mem: TcpMem,
+    /// TcpExt TCPMemoryPressures and TCPMemoryPressuresChrono (ms), when the kernel has them.
+    pub pressures: Option<u64>,
+    pub chrono_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A refused allocation: the kernel's own timestamp.
+    Refusal,
+    /// A sample saw pages above tcp_mem pressure.
+    Pages,
+    /// A sample saw TCPMemoryPressures grow.
+    Counter,
+    /// Pressure was on when the tracer started: the real start is earlier.
+    Before,
+}
+
+impl Start {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Start::Refusal => "refusal",
+            Start::Pages => "pages above pressure",
+            Start::Counter => "TCPMemoryPressures",
+            Start::Before => "already on at start",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Episode {
+    pub start_ns: u64,
+    pub started_by: Start,
+    pub end_ns: Option<u64>,
+    pub peak_pages: u64,
+    pub refusals: u64,
+    /// Counters when the episode started (the sample before it) and when it ended.
+    chrono_at_start: Option<u64>,
+    pressures_at_start: Option<u64>,
+    /// TCPMemoryPressuresChrono growth over the episode: the kernel's own time under
+    /// pressure (ms, jiffies resolution).
+    pub kernel_ms: Option<u64>,
+    /// Times the kernel entered pressure during the episode (TCPMemoryPressures growth).
+    pub kernel_entries: Option<u64>,
+}
+
+impl Episode {
+    /// Duration in ms (None while open).
+    pub fn duration_ms(&self) -> Option<u64> {
+        self.end_ns
+            .map(|e| e.saturating_sub(self.start_ns) / 1_000_000)
+    }
+}
+
+/// What a sample or record changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Edges {
+    pub closed: bool,
+    pub opened: bool,
+}
+
+#[derive(Default)]
+pub struct Episodes {
+    pub list: Vec<Episode>,
+    last: Option<Sample>,
+    pub peak_pages: u64,
+    last_end_ns: u64,
+}
+
+impl Episodes {
+    pub fn open(&self) -> Option<&Episode> {
+        self.list.last().filter(|e| e.end_ns.is_none())
+    }
+
+    fn open_mut(&mut self) -> Option<&mut Episode> {
+        self.list.last_mut().filter(|e| e.end_ns.is_none())
+    }
+
+    fn start(&mut self, start_ns: u64, by: Start, peak: u64) {
+        let prev = self.last.as_ref();
+        self.list.push(Episode {
+            start_ns,
+            started_by: by,
+            end_ns: None,
+            peak_pages: peak,
+            refusals: 0,
+            chrono_at_start: prev.and_then(|s| s.chrono_ms),
+            pressures_at_start: prev.and_then(|s| s.pressures),
+            kernel_ms: None,
+            kernel_entries: None,
+        });
+    }
+
+    /// A refusal record (kernel time `ts_ns`, `allocated` pages). Returns whether it
+    /// opened an episode.
+    pub fn on_refusal(&mut self, ts_ns: u64, allocated: u64) -> Edges {
+        self.peak_pages = self.peak_pages.max(allocated);
+        if let Some(e) = self.open_mut() {
+            e.refusals += 1;
+            e.peak_pages = e.peak_pages.max(allocated);
+            return Edges::default();
+        }
+        if ts_ns <= self.last_end_ns {
+            // Read after the sample that closed its episode.
+            if let Some(e) = self.list.last_mut() {
+                e.refusals += 1;
+            }
+            return Edges::default();
+        }
+        self.start(ts_ns, Start::Refusal, allocated);
+        if let Some(e) = self.list.last_mut() {
+            e.refusals = 1;
+        }
+        Edges {
+            closed: false,
+            opened: true,
+        }
+    }
+
+    pub fn on_sample(&mut self, s: Sample) -> Edges {
+        let mut edges = Edges::default();
+        let first = self.last.is_none();
+        let delta = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => 0,
+        };
+        let prev_t = self.last.as_ref().map(|p| p.t_ns);
+        let d_press = delta(self.last.as_ref().and_then(|p| p.pressures), s.pressures);
+        let d_chrono = delta(self.last.as_ref().and_then(|p| p.chrono_ms), s.chrono_ms);
+        self.peak_pages = self.peak_pages.max(s.pages);
+
+        if let Some(e) = self.open_mut() {
+            e.peak_pages = e.peak_pages.max(s.pages);
+            if d_chrono > 0 || s.pages < s.tcp_mem.low {
+                e.end_ns = Some(s.t_ns);
+                e.kernel_ms = s
+                    .chrono_ms
+                    .zip(e.chrono_at_start)
+                    .map(|(a, b)| a.saturating_sub(b));
+                e.kernel_entries = s
+                    .pressures
+                    .zip(e.pressures_at_start)
+                    .map(|(a, b)| a.saturating_sub(b));
+                self.last_end_ns = s.t_ns;
+                edges.closed = true;
+            }
+        }
+        if self.open().is_none() {
+            if s.pages > s.tcp_mem.pressure {
+                let by = if first {
+                    Start::Before
+                } else if d_press > 0 {
+                    Start::Counter
+                } else {
+                    Start::Pages
+                };
+                self.start(s.t_ns, by, s.pages);
+                edges.opened = true;
+            } else if d_press > 0 && !edges.closed {
+                if d_chrono > 0 {
+                    // Entered and left between two samples: the kernel timed it.
+                    let start = s
+                        .t_ns
+                        .saturating_sub(d_chrono * 1_000_000)
+                        .max(prev_t.unwrap_or(0));
+                    self.start(start, Start::Counter, s.pages);
+                    if let Some(e) = self.list.last_mut() {
+                        e.end_ns = Some(start + d_chrono * 1_000_000);
+                        e.kernel_ms = Some(d_chrono);
+                        e.kernel_entries = Some(d_press);
+                    }
+                    self.last_end_ns = s.t_ns;
+                } else {
+                    // Entered and still on (pages between low and pressure).
+                    self.start(s.t_ns, Start::Counter, s.pages);
+                    edges.opened = true;
+                }
+            }
+        }
+        self.last = Some(s);
+        edges
+    }
+}
+
+/// Refused allocations of one process.
+#[derive(Clone, Debug, Default)]
+pub struct Culprit {
+    pub comm: String,
+    pub cgroup: String,
+    pub send: u64,
+    pub recv: u64,
+    /// Largest per-socket figures seen in its refusals (bytes).
+    pub max_wmem_queued: i64,
+    pub max_rmem_alloc: i64,
+    pub sndbuf: i64,
+    pub rcvbuf: i64,
+}
+
+impl Culprit {
+    pub fn refusals(&self) -> u64 {
+        self.send + self.recv
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match (self.send > 0, self.recv > 0) {
+            (true, true) => "send+recv",
+            (false, true) => "recv",
+            _ => "send",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Culprits {
+    pub by_pid: HashMap<u32, Culprit>,
+}
+
+impl Culprits {
+    /// Counts one refusal; `lookup` gives comm and cgroup of a pid seen for the first
+    /// time (read while the process is still there).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        pid: u32,
+        comm: &str,
+        kind: u32,
+        wmem_queued: i32,
+        rmem_alloc: i32,
+        sndbuf: i32,
+        rcvbuf: i32,
+        cgroup: impl FnOnce() -> String,
+    ) {
+        let c = self.by_pid.entry(pid).or_insert_with(|| Culprit {
+            comm: comm.to_string(),
+            cgroup: cgroup(),
+            ..Default::default()
+        });
+        match kind {
+            SK_MEM_SEND => c.send += 1,
+            SK_MEM_RECV => c.recv += 1,
+            _ => {}
+        }
+        c.max_wmem_queued = c.max_wmem_queued.max(i64::from(wmem_queued));
+        c.max_rmem_alloc = c.max_rmem_alloc.max(i64::from(rmem_alloc));
+        c.sndbuf = c.sndbuf.max(i64::from(sndbuf));
+        c.rcvbuf = c.rcvbuf.max(i64::from(rcvbuf));
+    }
+
+    /// Most refusals first (ties: lower pid).
+    pub fn ranked(&self) -> Vec<(u32, &Culprit)> {
+        let mut v: Vec<_> = self.by_pid.iter().map(|(p, c)| (*p, c)).collect();
+        v.sort_by(|a, b| b.1.refusals().cmp(&a.1.refusals()).then(a.0.cmp(&b.0)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MEM: TcpMem = TcpMem {
+        low: 64,
+        pressure: 128,
+        high: 256,
+    };
+
+    fn s(t_ms: u64, pages: u64, pressures: u64, chrono: u64) -> Sample {
+        Sample {
+            t_ns: t_ms * 1_000_000,
+            pages,
+            tcp_mem: MEM,
+            pressures: Some(pressures),
+            chrono_ms: Some(chrono),
+        }
+    }
+
+    #[test]
+    fn refusal_opens_and_chrono_closes_with_kernel_time() {
+        let mut e = Episodes::default();
+        assert_eq!(e.on_sample(s(0, 10, 5, 1000)), Edges::default());
+        let edges = e.on_refusal(150_000_000, 300);
+        assert!(edges.opened);
+        e.on_refusal(160_000_000, 310);
+        assert_eq!(e.on_sample(s(200, 200, 6, 1000)), Edges::default());
+        // Pages between low and pressure: the kernel is still under pressure.
+        assert_eq!(e.on_sample(s(300, 100, 6, 1000)), Edges::default());
+        assert!(e.open().is_some());
+        let edges = e.on_sample(s(400, 30, 6, 1240));
+        assert!(edges.closed && !edges.opened);
+        let ep = &e.list[0];
+        assert_eq!(ep.started_by, Start::Refusal);
+        assert_eq!(ep.start_ns, 150_000_000);
+        assert_eq!(ep.duration_ms(), Some(250));
+        assert_eq!(ep.peak_pages, 310);
+        assert_eq!(ep.refusals, 2);
+        assert_eq!(ep.kernel_ms, Some(240));
+        assert_eq!(ep.kernel_entries, Some(1));
+        assert_eq!(e.peak_pages, 310);
+        // A late record of the closed episode does not open a new one.
+        assert_eq!(e.on_refusal(390_000_000, 250), Edges::default());
+        assert_eq!(e.list.len(), 1);
+        assert_eq!(e.list[0].refusals, 3);
+    }
+
+    #[test]
+    fn pages_above_pressure_and_short_episodes_between_samples() {
+        let mut e = Episodes::default();
+        // Already on when the tracer starts.
+        assert!(e.on_sample(s(0, 200, 5, 0)).opened);
+        assert_eq!(e.list[0].started_by, Start::Before);
+        assert!(e.on_sample(s(100, 50, 5, 80)).closed);
+        // Entered and left within one period: timed by Chrono.
+        assert_eq!(e.on_sample(s(200, 40, 6, 110)), Edges::default());
+        assert_eq!(e.list.len(), 2);
+        assert_eq!(e.list[1].kernel_ms, Some(30));
+        assert_eq!(e.list[1].duration_ms(), Some(30));
+        assert_eq!(e.list[1].started_by, Start::Counter);
+        // Entered and still on with pages between low and pressure.
+        assert!(e.on_sample(s(300, 100, 7, 110)).opened);
+        assert!(e.on_sample(s(400, 129, 7, 110)) == Edges::default());
+        assert!(e.on_sample(s(500, 10, 7, 150)).closed);
+        assert_eq!(e.list.len(), 3);
+        assert_eq!(e.list[2].duration_ms(), Some(200));
+    }
+
+    #[test]
+    fn idle_samples_make_no_episode() {
+        let mut e = Episodes::default();
+        for t in 0..20 {
+            assert_eq!(e.on_sample(s(t * 100, 100 + t % 3, 5, 7)), Edges::default());
+        }
+        assert!(e.list.is_empty());
+        assert_eq!(e.peak_pages, 102);
+    }
+
+    #[test]
+    fn culprits_rank_by_refusals() {
+        let mut c = Culprits::default();
+        for _ in 0..3 {
+            c.add(10, "push", SK_MEM_SEND, 1, 0, 2, 3, || "/a".into());
+        }
+        c.add(11, "other", SK_MEM_RECV, 0, 5, 0, 0, || "/b".into());
+        c.add(10, "push", SK_MEM_RECV, 0, 9, 0, 0, || unreachable!());
+        let r = c.ranked();
+        assert_eq!(r[0].0, 10);
+        assert_eq!(r[0].1.refusals(), 4);
+        assert_eq!(r[0].1.kind(), "send+recv");
+        assert_eq!(r[0].1.cgroup, "/a");
+        assert_eq!(r[1].1.kind(), "recv");
+    }
+}

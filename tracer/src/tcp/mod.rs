@@ -1,0 +1,914 @@
+//! `tracer tcp-pressure`: is this latency TCP memory pressure, since when, who causes
+//! it, and what to set (the Cloudflare incident).
+//!
+//! Kernel side (tracer-ebpf/src/tcp.rs): refused TCP allocations come one record each;
+//! memory-related drops, retransmits and receive-queue overflows are counted per CPU;
+//! the latency of send-type syscalls on TCP sockets goes into an in-kernel histogram
+//! split by a pressure flag. User side: /proc is sampled at 10 Hz (sockstat pages vs
+//! tcp_mem, TcpExt counters) to find episodes; sock_diag names the sockets and
+//! processes holding the memory when an episode starts.
+mod advice;
+mod episodes;
+mod sockets;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, MapData, PerCpuArray};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tracer_common::{
+    EventHeader, EventKind, comm_str, decode,
+    tcp::{
+        BufLimitEvent, COUNT_DROP_BASE, COUNT_RCVQ_FULL, COUNT_REFUSALS, COUNT_RETRANS_NORMAL,
+        COUNT_RETRANS_PRESSURE, DROP_REASON_CAPACITY, DROP_SLOTS, FLAG_PRESSURE, LAT_BUCKETS,
+        lat_bucket, lat_range,
+    },
+};
+
+use crate::{
+    bpf::{self, Hook, Offset, Session, Spec},
+    output::{self, Table, human_duration, round3},
+    procinfo,
+    run::{self, Detector, Report, ReportCtx, RunOpts},
+    snapshot::tcpmem::{self, TcpMem},
+};
+use episodes::{Culprits, Episodes, Sample};
+use sockets::{Sock, Source};
+
+pub const SPEC: Spec = Spec {
+    detector: "tcp-pressure",
+    hooks: &[
+        Hook {
+            program: "tcp_buf_limit",
+            category: "sock",
+            name: "sock_exceed_buf_limit",
+            required: true,
+            purpose: "see refused TCP socket-memory allocations and who made them",
+        },
+        Hook {
+            program: "tcp_drop",
+            category: "skb",
+            name: "kfree_skb",
+            required: false,
+            purpose: "count packets dropped for memory reasons (PROTO_MEM, prunes)",
+        },
+        Hook {
+            program: "tcp_rcvq_full",
+            category: "sock",
+            name: "sock_rcvqueue_full",
+            required: false,
+            purpose: "count packets refused by full receive queues",
+        },
+        Hook {
+            program: "tcp_retransmit",
+            category: "tcp",
+            name: "tcp_retransmit_skb",
+            required: false,
+            purpose: "count retransmits during and outside pressure",
+        },
+        Hook {
+            program: "tcp_enter_sendto",
+            category: "syscalls",
+            name: "sys_enter_sendto",
+            required: false,
+            purpose: "time sendto() on TCP sockets",
+        },
+        Hook {
+            program: "tcp_enter_sendmsg",
+            category: "syscalls",
+            name: "sys_enter_sendmsg",
+            required: false,
+            purpose: "time sendmsg() on TCP sockets",
+        },
+        Hook {
+            program: "tcp_enter_write",
+            category: "syscalls",
+            name: "sys_enter_write",
+            required: false,
+            purpose: "time write() on TCP sockets",
+        },
+        Hook {
+            program: "tcp_enter_writev",
+            category: "syscalls",
+            name: "sys_enter_writev",
+            required: false,
+            purpose: "time writev() on TCP sockets",
+        },
+        Hook {
+            program: "tcp_send_length",
+            category: "sock",
+            name: "sock_send_length",
+            required: false,
+            purpose: "end the timing of sends on TCP sockets (send latency)",
+        },
+    ],
+    offsets: &[
+        off("TCP_LIMIT_NAME", "sock", "sock_exceed_buf_limit", "name"),
+        off(
+            "TCP_LIMIT_SYSCTL_MEM",
+            "sock",
+            "sock_exceed_buf_limit",
+            "sysctl_mem",
+        ),
+        off(
+            "TCP_LIMIT_ALLOCATED",
+            "sock",
+            "sock_exceed_buf_limit",
+            "allocated",
+        ),
+        off(
+            "TCP_LIMIT_SYSCTL_RMEM",
+            "sock",
+            "sock_exceed_buf_limit",
+            "sysctl_rmem",
+        ),
+        off(
+            "TCP_LIMIT_RMEM_ALLOC",
+            "sock",
+            "sock_exceed_buf_limit",
+            "rmem_alloc",
+        ),
+        off(
+            "TCP_LIMIT_SYSCTL_WMEM",
+            "sock",
+            "sock_exceed_buf_limit",
+            "sysctl_wmem",
+        ),
+        off(
+            "TCP_LIMIT_WMEM_ALLOC",
+            "sock",
+            "sock_exceed_buf_limit",
+            "wmem_alloc",
+        ),
+        off(
+            "TCP_LIMIT_WMEM_QUEUED",
+            "sock",
+            "sock_exceed_buf_limit",
+            "wmem_queued",
+        ),
+        off("TCP_LIMIT_KIND", "sock", "sock_exceed_buf_limit", "kind"),
+        off("TCP_DROP_REASON", "skb", "kfree_skb", "reason"),
+        off("TCP_SEND_FAMILY", "sock", "sock_send_length", "family"),
+        off("TCP_SEND_PROTOCOL", "sock", "sock_send_length", "protocol"),
+    ],
+    ring_bytes: 1 << 20,
+};
+
+const fn off(
+    global: &'static str,
+    category: &'static str,
+    event: &'static str,
+    field: &'static str,
+) -> Offset {
+    Offset {
+        global,
+        category,
+        event,
+        field,
+    }
+}
+
+/// skb:kfree_skb reasons counted as memory-related (names from the kernel's enum
+/// skb_drop_reason; numbers are looked up in the format file on each kernel).
+const MEMORY_DROP_REASONS: &[(&str, &str)] = &[
+    ("PROTO_MEM", "protocol memory limit (tcp_mem) reached"),
+    ("SOCKET_RCVBUFF", "socket receive buffer full"),
+    ("SOCKET_BACKLOG", "socket backlog full"),
+    ("TCP_OFO_QUEUE_PRUNE", "pruned from the out-of-order queue"),
+    (
+        "TCP_ZEROWINDOW",
+        "receive window zero (receiver not reading)",
+    ),
+    ("NOMEM", "allocation failed"),
+    ("PFMEMALLOC", "emergency memory reserve"),
+];
+
+/// How often /proc is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// At most one socket snapshot per this long (episodes can flap).
+const SOCKET_SNAPSHOT_GAP_NS: u64 = 1_000_000_000;
+/// Early warning below the pressure threshold.
+const WARN_PCT: f64 = 80.0;
+
+/// Find TCP socket-memory pressure episodes, who causes them, and what to set.
+///
+/// Samples TCP memory (pages vs net.ipv4.tcp_mem) 10 times a second, records every
+/// refused TCP socket-memory allocation with its process, counts memory-related
+/// drops and retransmits, and times send()/write() on TCP sockets during and outside
+/// pressure. Advice lines are computed from the measured peak and printed, never
+/// applied.
+///
+/// Examples:
+///   tracer tcp-pressure                 # until Ctrl-C, then the report
+///   tracer tcp-pressure -d 30s -i 5s    # a report every 5 s for 30 s
+///   tracer tcp-pressure -d 10s --json
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Rows in the culprit, holder and socket tables.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000), value_name = "N")]
+    pub top: u64,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    // Readable /proc first: without it there is nothing to compare refusals with.
+    let first = tcpmem::Snapshot::read()?;
+    let mut session = bpf::start(&SPEC, &[])?;
+    let path = match bpf::fentry_available("tcp_enter_memory_pressure") {
+        Ok(()) => "tracepoints + 10 Hz sampling (fentry is allowed here, but episode edges still come from sampling)".to_string(),
+        Err(e) => format!(
+            "tracepoints + 10 Hz sampling (fentry on tcp_enter_memory_pressure not allowed: {e})"
+        ),
+    };
+    let drop_names = fill_drop_reasons(&mut session)?;
+    let flags = Array::try_from(take(&mut session, "TCP_FLAGS")?)?;
+    let counts = PerCpuArray::try_from(take(&mut session, "TCP_COUNTS")?)?;
+    let hist = PerCpuArray::try_from(take(&mut session, "TCP_SEND_HIST")?)?;
+    let max = PerCpuArray::try_from(take(&mut session, "TCP_SEND_MAX")?)?;
+    let mut caveats: Vec<String> = session
+        .missing()
+        .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
+        .collect();
+    if drop_names.is_empty() && session.missing().all(|h| h.program != "tcp_drop") {
+        caveats.push(
+            "skb:kfree_skb names none of the memory-related drop reasons on this kernel: drops are not counted"
+                .into(),
+        );
+    }
+    let mut det = TcpPressure {
+        top: args.top as usize,
+        t0: procinfo::monotonic_ns(),
+        first,
+        latest: None,
+        episodes: Episodes::default(),
+        culprits: Culprits::default(),
+        flags,
+        counts,
+        hist,
+        max,
+        drop_names,
+        caveats,
+        path,
+        episode_socks: None,
+        last_sock_snapshot_ns: 0,
+        refusal_records: 0,
+        bad_records: 0,
+    };
+    det.sample()?;
+    let run_opts = args.run.clone();
+    run::drive(
+        &run_opts,
+        &mut session.ebpf,
+        "TCP memory, refused allocations and send latency",
+        &mut det,
+    )
+    .await
+}
+
+fn take(session: &mut Session, name: &str) -> Result<aya::maps::Map> {
+    session
+        .ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow::anyhow!("map {name} is missing from the eBPF object"))
+}
+
+/// Writes reason number -> slot into TCP_DROP_SLOT from kfree_skb's `__print_symbolic`
+/// table; returns the counted names by slot.
+fn fill_drop_reasons(session: &mut Session) -> Result<Vec<&'static str>> {
+    if !session.tracefs.has_tracepoint("skb", "kfree_skb") {
+        return Ok(Vec::new());
+    }
+    let table = session
+        .tracefs
+        .format("skb", "kfree_skb")?
+        .symbolic("reason");
+    let mut slots: Array<&mut MapData, u32> = Array::try_from(
+        session
+            .ebpf
+            .map_mut("TCP_DROP_SLOT")
+            .context("map TCP_DROP_SLOT is missing from the eBPF object")?,
+    )?;
+    let mut names = Vec::new();
+    for (name, _) in MEMORY_DROP_REASONS {
+        let Some((num, _)) = table.iter().find(|(_, n)| n == name) else {
+            continue;
+        };
+        if *num >= u64::from(DROP_REASON_CAPACITY) || names.len() >= DROP_SLOTS as usize {
+            continue;
+        }
+        names.push(*name);
+        slots
+            .set(*num as u32, names.len() as u32, 0)
+            .with_context(|| format!("writing drop reason {name}"))?;
+    }
+    Ok(names)
+}
+
+/// The sockets at the start of the episode where they held the most, or now.
+struct SockSnap {
+    t_ns: u64,
+    socks: Vec<Sock>,
+    source: Source,
+}
+
+impl SockSnap {
+    fn take(t_ns: u64) -> SockSnap {
+        let (socks, source) = sockets::snapshot();
+        SockSnap {
+            t_ns,
+            socks,
+            source,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.socks.iter().map(Sock::total).sum()
+    }
+}
+
+struct TcpPressure {
+    top: usize,
+    t0: u64,
+    first: tcpmem::Snapshot,
+    latest: Option<tcpmem::Snapshot>,
+    episodes: Episodes,
+    culprits: Culprits,
+    flags: Array<MapData, u32>,
+    counts: PerCpuArray<MapData, u64>,
+    hist: PerCpuArray<MapData, u64>,
+    max: PerCpuArray<MapData, u64>,
+    drop_names: Vec<&'static str>,
+    caveats: Vec<String>,
+    path: String,
+    episode_socks: Option<SockSnap>,
+    last_sock_snapshot_ns: u64,
+    refusal_records: u64,
+    bad_records: u64,
+}
+
+impl TcpPressure {
+    fn count(&self, slot: u32) -> u64 {
+        self.counts
+            .get(&slot, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    fn set_flag(&mut self, on: bool) {
+        if let Err(e) = self.flags.set(FLAG_PRESSURE, u32::from(on), 0) {
+            log::warn!("setting the pressure flag: {e}");
+        }
+    }
+
+    /// Opening edge: flag on, and the sockets holding memory right now.
+    fn on_open(&mut self, t_ns: u64) {
+        self.set_flag(true);
+        if self.last_sock_snapshot_ns != 0
+            && t_ns.saturating_sub(self.last_sock_snapshot_ns) < SOCKET_SNAPSHOT_GAP_NS
+        {
+            return;
+        }
+        self.last_sock_snapshot_ns = t_ns.max(1);
+        let snap = SockSnap::take(t_ns);
+        if self
+            .episode_socks
+            .as_ref()
+            .is_none_or(|old| snap.total() > old.total())
+        {
+            self.episode_socks = Some(snap);
+        }
+    }
+
+    fn rel_s(&self, t_ns: u64) -> f64 {
+        t_ns.saturating_sub(self.t0) as f64 / 1e9
+    }
+
+    /// Send latency histograms (ns) from the kernel's buckets: (normal, pressure).
+    fn latency(&self) -> [Histogram<u64>; 2] {
+        let mut out = [output::new_histogram(), output::new_histogram()];
+        for (half, h) in out.iter_mut().enumerate() {
+            let max: u64 = self
+                .max
+                .get(&(half as u32), 0)
+                .map(|v| v.iter().copied().max().unwrap_or(0))
+                .unwrap_or(0);
+            let base = half as u32 * LAT_BUCKETS;
+            let max_bucket = lat_bucket(max);
+            for b in 0..LAT_BUCKETS {
+                let n: u64 = self
+                    .hist
+                    .get(&(base + b), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                if n == 0 {
+                    continue;
+                }
+                let (lo, hi) = lat_range(b);
+                let mid = (lo + (hi - lo) / 2).clamp(h.low(), h.high());
+                if b == max_bucket {
+                    // One sample of the top bucket is the exact maximum.
+                    let _ = h.record_n(mid.min(max), n - 1);
+                    let _ = h.record(max.clamp(h.low(), h.high()));
+                } else {
+                    let _ = h.record_n(mid, n);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn latency_json(h: &Histogram<u64>, exact_max: u64) -> Value {
+    // Quantiles at the bottom of hdrhistogram's equivalence range (its own rounding
+    // is far finer than the kernel's 1/16 buckets), never above the exact maximum.
+    let q = |q: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            let v = h.lowest_equivalent(h.value_at_quantile(q)).min(exact_max);
+            round3(v as f64 / 1e3)
+        }
+    };
+    json!({
+        "count": h.len(),
+        "p50": q(0.50),
+        "p90": q(0.90),
+        "p99": q(0.99),
+        "max": round3(exact_max as f64 / 1e3),
+    })
+}
+
+fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b < 1024.0 {
+        format!("{b:.0} B")
+    } else if b < 1024.0 * 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else if b < 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / 1048576.0)
+    } else {
+        format!("{:.2} GiB", b / 1073741824.0)
+    }
+}
+
+fn read_triple(path: &str) -> Option<[u64; 3]> {
+    advice::triple(&std::fs::read_to_string(path).ok()?)
+}
+
+fn mem_total_bytes() -> Option<u64> {
+    use procfs::Current as _;
+    procfs::Meminfo::current().ok().map(|m| m.mem_total)
+}
+
+impl Detector for TcpPressure {
+    fn command(&self) -> &'static str {
+        "tcp-pressure"
+    }
+
+    fn sample_every(&self) -> Option<Duration> {
+        Some(SAMPLE_EVERY)
+    }
+
+    fn sample(&mut self) -> Result<()> {
+        let snap = tcpmem::Snapshot::read()?;
+        let t_ns = procinfo::monotonic_ns();
+        let edges = self.episodes.on_sample(Sample {
+            t_ns,
+            pages: snap.mem_pages,
+            tcp_mem: snap.tcp_mem,
+            pressures: snap.counters.get("TCPMemoryPressures").copied(),
+            chrono_ms: snap.counters.get("TCPMemoryPressuresChrono").copied(),
+        });
+        if edges.opened {
+            self.on_open(t_ns);
+        } else if edges.closed {
+            self.set_flag(false);
+        } else if self.episodes.open().is_none() && snap.mem_pages < snap.tcp_mem.low {
+            // A refusal set the kernel-side flag while no episode was open here (its
+            // record not read yet, or lost): the kernel is out of pressure now.
+            if self.flags.get(&FLAG_PRESSURE, 0).unwrap_or(0) != 0
+                && self.count(COUNT_REFUSALS) <= self.refusal_records
+            {
+                self.set_flag(false);
+            }
+        }
+        self.latest = Some(snap);
+        Ok(())
+    }
+
+    fn on_event(&mut self, data: &[u8]) {
+        let Some(h) = decode::<EventHeader>(data) else {
+            self.bad_records += 1;
+            return;
+        };
+        if EventKind::from_u32(h.kind) != Some(EventKind::TcpBufLimit) {
+            self.bad_records += 1;
+            return;
+        }
+        let Some(ev) = decode::<BufLimitEvent>(data) else {
+            self.bad_records += 1;
+            return;
+        };
+        self.refusal_records += 1;
+        let pid = ev.header.tgid;
+        self.culprits.add(
+            pid,
+            comm_str(&ev.comm),
+            ev.kind,
+            ev.wmem_queued,
+            ev.rmem_alloc,
+            ev.sysctl_wmem,
+            ev.sysctl_rmem,
+            || procinfo::cgroup_of(pid),
+        );
+        let edges = self.episodes.on_refusal(ev.header.ts_ns, ev.allocated);
+        if edges.opened {
+            self.on_open(ev.header.ts_ns);
+        }
+    }
+
+    fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
+        let snap = match &self.latest {
+            Some(s) => s.clone(),
+            None => self.first.clone(),
+        };
+        let tm: TcpMem = snap.tcp_mem;
+        let ps = snap.page_size;
+        let pages = snap.mem_pages;
+        let peak = self.episodes.peak_pages.max(pages);
+        let pct = snap.pressure_pct();
+        let open = self.episodes.open().is_some();
+        let warning = if open {
+            Some(format!(
+                "TCP memory pressure NOW: {pages} pages, {pct:.0}% of the pressure threshold"
+            ))
+        } else if pct >= WARN_PCT {
+            Some(format!(
+                "TCP memory at {pct:.0}% of the pressure threshold ({pages} of {} pages): an episode is near",
+                tm.pressure
+            ))
+        } else {
+            None
+        };
+
+        // Episodes.
+        let mut ep_json = Vec::new();
+        let mut ep_table = Table::new(&[
+            "#",
+            "START",
+            "DURATION",
+            "PEAK PAGES",
+            "PEAK",
+            "REFUSALS",
+            "KERNEL MS",
+            "STARTED BY",
+        ]);
+        let mut dur_hist = output::new_histogram();
+        for (i, e) in self.episodes.list.iter().enumerate() {
+            let d = e.duration_ms();
+            if let Some(d) = d {
+                output::record(&mut dur_hist, d);
+            }
+            ep_table.row(vec![
+                (i + 1).to_string(),
+                format!("+{:.1}s", self.rel_s(e.start_ns)),
+                d.map(|d| human_duration(d as f64 / 1e3))
+                    .unwrap_or_else(|| "open".into()),
+                e.peak_pages.to_string(),
+                human_bytes(e.peak_pages * ps),
+                e.refusals.to_string(),
+                e.kernel_ms
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                e.started_by.as_str().into(),
+            ]);
+            ep_json.push(json!({
+                "start_s": round3(self.rel_s(e.start_ns)),
+                "duration_ms": d,
+                "peak_pages": e.peak_pages,
+                "refusals": e.refusals,
+                "started_by": e.started_by.as_str(),
+                "kernel_ms": e.kernel_ms,
+                "kernel_entries": e.kernel_entries,
+            }));
+        }
+
+        // Culprits by refused allocations.
+        let ranked = self.culprits.ranked();
+        let mut cul_json = Vec::new();
+        let mut cul_table = Table::new(&[
+            "PID", "COMM", "REFUSALS", "SEND", "RECV", "KIND", "SNDBUF", "RCVBUF", "CGROUP",
+        ]);
+        for (pid, c) in ranked.iter().take(self.top) {
+            cul_table.row(vec![
+                pid.to_string(),
+                c.comm.clone(),
+                c.refusals().to_string(),
+                c.send.to_string(),
+                c.recv.to_string(),
+                c.kind().into(),
+                human_bytes(c.sndbuf.max(0) as u64),
+                human_bytes(c.rcvbuf.max(0) as u64),
+                c.cgroup.clone(),
+            ]);
+            cul_json.push(json!({
+                "pid": pid, "comm": c.comm, "cgroup": c.cgroup, "refusals": c.refusals(),
+                "send": c.send, "recv": c.recv, "kind": c.kind(),
+                "max_wmem_queued": c.max_wmem_queued, "max_rmem_alloc": c.max_rmem_alloc,
+                "sndbuf": c.sndbuf, "rcvbuf": c.rcvbuf,
+            }));
+        }
+
+        // Sockets: at the episode start where they held most, else now.
+        let now_snap;
+        let (sock_snap, when) = match &self.episode_socks {
+            Some(s) => (s, "episode start"),
+            None => {
+                now_snap = SockSnap::take(procinfo::monotonic_ns());
+                (&now_snap, "now")
+            }
+        };
+        let all_bytes = sock_snap.total();
+        let mut holders: BTreeMap<u32, (usize, u64, u64, u64)> = BTreeMap::new();
+        for s in &sock_snap.socks {
+            if let Some(pid) = s.pid {
+                let h = holders.entry(pid).or_default();
+                h.0 += 1;
+                h.1 += s.rmem;
+                h.2 += s.wmem;
+                h.3 += s.total();
+            }
+        }
+        let mut holders: Vec<_> = holders.into_iter().filter(|h| h.1.3 > 0).collect();
+        holders.sort_by(|a, b| b.1.3.cmp(&a.1.3).then(a.0.cmp(&b.0)));
+        let mut hold_json = Vec::new();
+        let mut hold_table = Table::new(&[
+            "PID", "COMM", "SOCKETS", "RECV Q", "SEND Q", "HELD", "CGROUP",
+        ]);
+        for (pid, (n, r, w, t)) in holders.iter().take(self.top) {
+            let comm = procinfo::comm_of(*pid).unwrap_or_else(|| "?".into());
+            let cgroup = procinfo::cgroup_of(*pid);
+            hold_table.row(vec![
+                pid.to_string(),
+                comm.clone(),
+                n.to_string(),
+                human_bytes(*r),
+                human_bytes(*w),
+                human_bytes(*t),
+                cgroup.clone(),
+            ]);
+            hold_json.push(
+                json!({"pid": pid, "comm": comm, "cgroup": cgroup, "sockets": n,
+                                  "rmem_bytes": r, "wmem_bytes": w, "held_bytes": t}),
+            );
+        }
+        let top_socks: Vec<&Sock> = sock_snap
+            .socks
+            .iter()
+            .filter(|s| s.total() > 0)
+            .take(self.top)
+            .collect();
+        let mut sock_table = Table::new(&[
+            "LOCAL", "PEER", "STATE", "RECV Q", "RCVBUF", "SEND Q", "SNDBUF", "HELD", "PID", "COMM",
+        ]);
+        let mut sock_json = Vec::new();
+        for s in &top_socks {
+            let comm = s.pid.and_then(procinfo::comm_of);
+            let opt = |v: Option<u64>| v.map(human_bytes).unwrap_or_else(|| "-".into());
+            sock_table.row(vec![
+                s.local.clone(),
+                s.peer.clone(),
+                s.state.into(),
+                human_bytes(s.rmem),
+                opt(s.rcvbuf),
+                human_bytes(s.wmem),
+                opt(s.sndbuf),
+                human_bytes(s.total()),
+                s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                comm.clone().unwrap_or_else(|| "-".into()),
+            ]);
+            let mut v = serde_json::to_value(s)?;
+            v["comm"] = json!(comm);
+            v["held_bytes"] = json!(s.total());
+            sock_json.push(v);
+        }
+        let top_bytes: u64 = top_socks.iter().map(|s| s.total()).sum();
+        let top_recv: u64 = top_socks.iter().map(|s| s.rmem).sum();
+        let top_share = (all_bytes > 0 && !top_socks.is_empty()).then(|| {
+            (
+                top_bytes as f64 / all_bytes as f64,
+                top_socks.len(),
+                top_recv * 2 >= top_bytes,
+            )
+        });
+
+        // Effects.
+        let mut drops = serde_json::Map::new();
+        let mut drop_text = Vec::new();
+        for (i, name) in self.drop_names.iter().enumerate() {
+            let n = self.count(COUNT_DROP_BASE + i as u32);
+            drops.insert((*name).into(), n.into());
+            if n > 0 {
+                drop_text.push(format!("{name} {n}"));
+            }
+        }
+        let retrans_p = self.count(COUNT_RETRANS_PRESSURE);
+        let retrans_n = self.count(COUNT_RETRANS_NORMAL);
+        let rcvq_full = self.count(COUNT_RCVQ_FULL);
+        let refusals = self.count(COUNT_REFUSALS);
+        let mut ext = serde_json::Map::new();
+        let mut ext_text = Vec::new();
+        for name in tcpmem::PRESSURE_COUNTERS {
+            let (Some(a), Some(b)) = (self.first.counters.get(*name), snap.counters.get(*name))
+            else {
+                continue;
+            };
+            let d = b.saturating_sub(*a);
+            ext.insert((*name).into(), d.into());
+            ext_text.push(format!("{name} +{d}"));
+        }
+        let lat = self.latency();
+        let max_of = |half: u32| {
+            self.max
+                .get(&half, 0)
+                .map(|v| v.iter().copied().max().unwrap_or(0))
+                .unwrap_or(0)
+        };
+        let (max_n, max_p) = (max_of(0), max_of(1));
+
+        let adv = advice::compute(&advice::Inputs {
+            tcp_mem: tm,
+            page_size: ps,
+            peak_pages: peak,
+            episodes: self.episodes.list.len(),
+            mem_total_bytes: mem_total_bytes(),
+            top_share,
+            rmem: read_triple("/proc/sys/net/ipv4/tcp_rmem"),
+            wmem: read_triple("/proc/sys/net/ipv4/tcp_wmem"),
+        });
+
+        let mut caveats = self.caveats.clone();
+        if ctx.lost_events > 0 {
+            caveats.push(format!(
+                "{} refusal records were lost (ring buffer full): culprit counts are low; the kernel counted {refusals} refusals in all",
+                ctx.lost_events
+            ));
+        }
+        if self.bad_records > 0 {
+            caveats.push(format!(
+                "{} records of an unknown kind were ignored",
+                self.bad_records
+            ));
+        }
+
+        let json = json!({
+            "tcp_mem": tm,
+            "page_size": ps,
+            "mem_pages": {"current": pages, "peak": peak, "pct_of_pressure": round3(pct)},
+            "mem_bytes": {"current": pages * ps, "peak": peak * ps},
+            "pressure_now": open,
+            "warning": warning,
+            "episodes": ep_json,
+            "episode_duration_ms": output::Summary::of(&dur_hist),
+            "refusals": refusals,
+            "culprits": cul_json,
+            "holders": hold_json,
+            "top_sockets": {
+                "when": when,
+                "at_s": round3(self.rel_s(sock_snap.t_ns)),
+                "source": sock_snap.source,
+                "total_bytes": all_bytes,
+                "sockets": sock_json,
+            },
+            "drops": drops,
+            "rcvqueue_full": rcvq_full,
+            "retransmits": {"pressure": retrans_p, "normal": retrans_n},
+            "tcpext": ext,
+            "send_latency_us": {
+                "pressure": latency_json(&lat[1], max_p),
+                "normal": latency_json(&lat[0], max_n),
+            },
+            "advice": adv,
+            "path": self.path,
+            "caveats": caveats,
+        });
+
+        // Text.
+        let mut t = String::new();
+        t += &format!(
+            "TCP memory now: {pages} pages ({}) = {pct:.0}% of pressure; peak {peak} pages ({})\n",
+            human_bytes(pages * ps),
+            human_bytes(peak * ps)
+        );
+        t += &format!(
+            "tcp_mem: low {} ({}), pressure {} ({}), high {} ({}) pages\n",
+            tm.low,
+            human_bytes(tm.low * ps),
+            tm.pressure,
+            human_bytes(tm.pressure * ps),
+            tm.high,
+            human_bytes(tm.high * ps)
+        );
+        if let Some(w) = &warning {
+            t += &format!("WARNING: {w}\n");
+        }
+        t += &format!("path: {}\n", self.path);
+        for c in &caveats {
+            t += &format!("note: {c}\n");
+        }
+        t += "\nEPISODES (TCP memory pressure)\n";
+        if ep_table.is_empty() {
+            t += "  none: TCP memory stayed out of pressure\n";
+        } else {
+            t += &ep_table.render();
+            if !dur_hist.is_empty() {
+                t += "episode durations\n";
+                t += &output::log2_histogram(&dur_hist, "msecs");
+            }
+        }
+        t += &format!("\nCULPRITS (refused TCP allocations: {refusals} in all)\n");
+        if cul_table.is_empty() {
+            t += "  none: no TCP allocation was refused\n";
+        } else {
+            t += &cul_table.render();
+        }
+        t += &format!(
+            "\nHOLDERS (socket memory at {when}, {} in all; {})\n",
+            human_bytes(all_bytes),
+            sock_snap.source.as_str()
+        );
+        if hold_table.is_empty() {
+            t += "  none\n";
+        } else {
+            t += &hold_table.render();
+            t += "\nTOP SOCKETS\n";
+            t += &sock_table.render();
+        }
+        t += "\nEFFECTS\n";
+        t += &format!(
+            "  memory-related drops: {}\n",
+            if drop_text.is_empty() {
+                "none".into()
+            } else {
+                drop_text.join(", ")
+            }
+        );
+        t += &format!(
+            "  retransmits: {retrans_p} during pressure, {retrans_n} outside; receive queue full: {rcvq_full}\n"
+        );
+        t += &format!("  TcpExt since start: {}\n", ext_text.join(", "));
+        t += "\nSEND LATENCY during pressure (syscall entry -> sock_send_length, TCP only)\n";
+        t += &latency_text(&lat[1]);
+        t += "\nSEND LATENCY outside pressure\n";
+        t += &latency_text(&lat[0]);
+        t += "\nADVICE (computed from the measured numbers above; printed, never applied)\n";
+        for n in &adv.notes {
+            t += &format!("  {n}\n");
+        }
+        for l in &adv.sysctl {
+            t += &format!("  {l}\n");
+        }
+        if !adv.sysctl.is_empty() {
+            t += "  to persist, put the same settings (`net.ipv4.tcp_mem = ...`) in /etc/sysctl.d/90-tcp-memory.conf and run `sysctl --system`\n";
+        }
+        Ok(Report { json, text: t })
+    }
+}
+
+/// bcc-style histogram in usecs of a ns histogram.
+fn latency_text(ns: &Histogram<u64>) -> String {
+    let mut us = output::new_histogram();
+    for v in ns.iter_recorded() {
+        let _ = us.record_n(
+            (v.value_iterated_to() / 1000).clamp(us.low(), us.high()),
+            v.count_at_value(),
+        );
+    }
+    output::log2_histogram(&us, "usecs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_json_is_in_usecs_and_max_is_exact() {
+        let mut h = output::new_histogram();
+        h.record_n(10_000, 99).unwrap();
+        h.record(250_000_000).unwrap();
+        let j = latency_json(&h, 250_000_123);
+        assert_eq!(j["count"], 100);
+        assert_eq!(j["p50"], 10.0);
+        assert_eq!(j["max"], 250_000.123);
+    }
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(4096), "4.0 KiB");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+}
