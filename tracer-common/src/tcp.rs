@@ -30,8 +30,11 @@ pub struct BufLimitEvent {
     pub wmem_queued: i32,
     pub _pad: u32,
     pub comm: [u8; COMM_LEN],
+    /// Socket cookie of the refused socket (the cookie sock_diag shows), from the
+    /// BTF tracepoint; 0 from the classic tracepoint, which has no socket.
+    pub cookie: u64,
 }
-const _: () = assert!(core::mem::size_of::<BufLimitEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<BufLimitEvent>() == 104);
 
 plain!(BufLimitEvent);
 
@@ -61,7 +64,10 @@ pub const COUNT_SLOTS: u32 = COUNT_DROP_BASE + DROP_SLOTS;
 /// The kernel sets it on a TCP refusal (which only happens under pressure or above
 /// the hard limit); userspace sets and clears it at episode edges.
 pub const FLAG_PRESSURE: u32 = 0;
-pub const FLAG_SLOTS: u32 = 1;
+/// Slot set to 1 by userspace once the BTF tracepoint program (with socket cookies)
+/// is attached: the classic tracepoint program then leaves refusals to it.
+pub const FLAG_BTF: u32 = 1;
+pub const FLAG_SLOTS: u32 = 2;
 
 /// Send latency histogram: log-linear buckets over nanoseconds, 16 per power of two
 /// (each bucket at most 1/16 = 6.25% wide), values below 16 ns exact, capped at
@@ -146,11 +152,12 @@ mod tests {
             allocated: 300,
             sysctl_mem: [64, 128, 256],
             wmem_queued: 4096,
+            cookie: 1 << 40,
             ..Default::default()
         };
         ev.comm[..4].copy_from_slice(b"push");
         assert_eq!(decode::<BufLimitEvent>(as_bytes(&ev)), Some(ev));
-        assert_eq!(decode::<BufLimitEvent>(&as_bytes(&ev)[..95]), None);
+        assert_eq!(decode::<BufLimitEvent>(&as_bytes(&ev)[..103]), None);
     }
 
     #[test]

@@ -6,19 +6,24 @@
 //! are filtered to the memory-related reasons in the kernel and counted per CPU;
 //! retransmits and receive-queue overflows are counted; send latencies go into an
 //! in-kernel log-linear histogram, so a bulk sender costs no ring-buffer traffic.
+use core::ffi::c_void;
+
 use aya_ebpf::{
     Global,
-    helpers::bpf_get_current_comm,
-    macros::{map, tracepoint},
+    helpers::{
+        bpf_get_current_comm,
+        generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
+    },
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
     EventHeader, EventKind,
     tcp::{
         BufLimitEvent, COUNT_DROP_BASE, COUNT_RCVQ_FULL, COUNT_REFUSALS, COUNT_RETRANS_NORMAL,
-        COUNT_RETRANS_PRESSURE, COUNT_SLOTS, DROP_REASON_CAPACITY, DROP_SLOTS, FLAG_PRESSURE,
-        FLAG_SLOTS, LAT_BUCKETS, LAT_SLOTS, SEND_START_CAPACITY, lat_bucket,
+        COUNT_RETRANS_PRESSURE, COUNT_SLOTS, DROP_REASON_CAPACITY, DROP_SLOTS, FLAG_BTF,
+        FLAG_PRESSURE, FLAG_SLOTS, LAT_BUCKETS, LAT_SLOTS, SEND_START_CAPACITY, lat_bucket,
     },
 };
 
@@ -83,11 +88,60 @@ static TCP_SEND_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LAT_SLOTS
 static TCP_SEND_MAX: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 #[inline(always)]
-fn pressure() -> u32 {
-    match TCP_FLAGS.get(FLAG_PRESSURE) {
+fn flag(slot: u32) -> u32 {
+    match TCP_FLAGS.get(slot) {
         Some(&f) if f != 0 => 1,
         _ => 0,
     }
+}
+
+#[inline(always)]
+fn pressure() -> u32 {
+    flag(FLAG_PRESSURE)
+}
+
+/// A TCP refusal happens only under pressure or above the hard limit (which enters
+/// pressure first): from here on sends count as "during pressure".
+#[inline(always)]
+fn refused() {
+    if let Some(f) = TCP_FLAGS.get_ptr_mut(FLAG_PRESSURE) {
+        // SAFETY: pointer from an array lookup; a plain store of 1 is idempotent.
+        unsafe { *f = 1 };
+    }
+    add(&TCP_COUNTS, COUNT_REFUSALS, 1);
+}
+
+/// tp_btf/sock_exceed_buf_limit(struct sock *sk, struct proto *prot, long allocated,
+/// int kind): the same event with the socket itself, so the record carries the
+/// socket's cookie and userspace can name the socket and its owner (a receive-side
+/// refusal runs in softirq context, where the current task is a bystander).
+/// bpf_skc_to_tcp_sock() is NULL for anything but a TCP socket: the kernel's own
+/// type check, no struct offsets needed.
+#[btf_tracepoint(function = "sock_exceed_buf_limit")]
+pub fn tcp_buf_limit_sk(ctx: BtfTracePointContext) -> i32 {
+    let sk: *mut c_void = ctx.arg(0);
+    // SAFETY: sk is the tracepoint's trusted struct sock pointer (PTR_TO_BTF_ID); both
+    // helpers take exactly that.
+    if unsafe { bpf_skc_to_tcp_sock(sk) }.is_null() {
+        return 0;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let allocated: i64 = ctx.arg(2);
+    let kind: i32 = ctx.arg(3);
+    refused();
+    emit(&BufLimitEvent {
+        header: EventHeader {
+            kind: EventKind::TcpBufLimit as u32,
+            tgid: current_tgid(),
+            ts_ns: now_ns(),
+        },
+        kind: kind as u32,
+        allocated: allocated as u64,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        cookie,
+        ..BufLimitEvent::default()
+    });
+    0
 }
 
 /// sock:sock_exceed_buf_limit: the kernel refused a socket-memory allocation.
@@ -107,13 +161,11 @@ fn try_buf_limit(ctx: &TracePointContext) -> Option<u32> {
         [b'T', b'C', b'P', b'v', b'6', 0, ..] => 1,
         _ => return Some(0),
     };
-    // A TCP refusal happens only under pressure or above the hard limit (which
-    // enters pressure first): from here on sends count as "during pressure".
-    if let Some(f) = TCP_FLAGS.get_ptr_mut(FLAG_PRESSURE) {
-        // SAFETY: pointer from an array lookup; a plain store of 1 is idempotent.
-        unsafe { *f = 1 };
+    if flag(FLAG_BTF) != 0 {
+        // tcp_buf_limit_sk has this refusal, with its socket.
+        return Some(0);
     }
-    add(&TCP_COUNTS, COUNT_REFUSALS, 1);
+    refused();
     let mem: [i64; 3] = field(ctx, &TCP_LIMIT_SYSCTL_MEM)?;
     let allocated: i64 = field(ctx, &TCP_LIMIT_ALLOCATED)?;
     let kind: i32 = field(ctx, &TCP_LIMIT_KIND)?;
@@ -134,6 +186,7 @@ fn try_buf_limit(ctx: &TracePointContext) -> Option<u32> {
         wmem_queued: field(ctx, &TCP_LIMIT_WMEM_QUEUED).unwrap_or(0),
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        cookie: 0,
     });
     Some(0)
 }

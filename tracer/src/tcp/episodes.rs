@@ -7,7 +7,7 @@
 //! starts at the first of: a refusal record (exact kernel time), a sample above
 //! "pressure", or a sample where TCPMemoryPressures grew; it ends at the sample where
 //! Chrono grew or pages fell below "low" (so up to one sample period late).
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tracer_common::tcp::{SK_MEM_RECV, SK_MEM_SEND};
 
@@ -203,6 +203,23 @@ impl Episodes {
     }
 }
 
+/// One refused allocation, attributed to a process.
+#[derive(Clone, Debug, Default)]
+pub struct Refusal {
+    pub pid: u32,
+    pub comm: String,
+    /// SK_MEM_SEND or SK_MEM_RECV.
+    pub kind: u32,
+    /// The refused socket's cookie (0: unknown).
+    pub cookie: u64,
+    /// The socket's queued bytes (receive, send) when it was seen.
+    pub rmem: u64,
+    pub wmem: u64,
+    /// Attributed to the socket's owner (true) or to the task that was current when
+    /// the kernel refused (false: the socket was already gone, or no socket cookie).
+    pub by_owner: bool,
+}
+
 /// Refused allocations of one process.
 #[derive(Clone, Debug, Default)]
 pub struct Culprit {
@@ -210,11 +227,13 @@ pub struct Culprit {
     pub cgroup: String,
     pub send: u64,
     pub recv: u64,
-    /// Largest per-socket figures seen in its refusals (bytes).
-    pub max_wmem_queued: i64,
-    pub max_rmem_alloc: i64,
-    pub sndbuf: i64,
-    pub rcvbuf: i64,
+    /// Distinct refused sockets (by cookie).
+    pub sockets: HashSet<u64>,
+    /// Refusals attributed to the current task rather than the socket owner.
+    pub by_context: u64,
+    /// Largest queues seen on its refused sockets (bytes).
+    pub max_rmem: u64,
+    pub max_wmem: u64,
 }
 
 impl Culprit {
@@ -237,34 +256,26 @@ pub struct Culprits {
 }
 
 impl Culprits {
-    /// Counts one refusal; `lookup` gives comm and cgroup of a pid seen for the first
-    /// time (read while the process is still there).
-    #[allow(clippy::too_many_arguments)]
-    pub fn add(
-        &mut self,
-        pid: u32,
-        comm: &str,
-        kind: u32,
-        wmem_queued: i32,
-        rmem_alloc: i32,
-        sndbuf: i32,
-        rcvbuf: i32,
-        cgroup: impl FnOnce() -> String,
-    ) {
-        let c = self.by_pid.entry(pid).or_insert_with(|| Culprit {
-            comm: comm.to_string(),
+    /// Counts one refusal; `cgroup` is read for a pid seen for the first time.
+    pub fn add(&mut self, r: &Refusal, cgroup: impl FnOnce() -> String) {
+        let c = self.by_pid.entry(r.pid).or_insert_with(|| Culprit {
+            comm: r.comm.clone(),
             cgroup: cgroup(),
             ..Default::default()
         });
-        match kind {
+        match r.kind {
             SK_MEM_SEND => c.send += 1,
             SK_MEM_RECV => c.recv += 1,
             _ => {}
         }
-        c.max_wmem_queued = c.max_wmem_queued.max(i64::from(wmem_queued));
-        c.max_rmem_alloc = c.max_rmem_alloc.max(i64::from(rmem_alloc));
-        c.sndbuf = c.sndbuf.max(i64::from(sndbuf));
-        c.rcvbuf = c.rcvbuf.max(i64::from(rcvbuf));
+        if r.cookie != 0 {
+            c.sockets.insert(r.cookie);
+        }
+        if !r.by_owner {
+            c.by_context += 1;
+        }
+        c.max_rmem = c.max_rmem.max(r.rmem);
+        c.max_wmem = c.max_wmem.max(r.wmem);
     }
 
     /// Most refusals first (ties: lower pid).
@@ -357,16 +368,29 @@ mod tests {
     #[test]
     fn culprits_rank_by_refusals() {
         let mut c = Culprits::default();
+        let r = |pid, kind, cookie, by_owner| Refusal {
+            pid,
+            comm: format!("p{pid}"),
+            kind,
+            cookie,
+            rmem: 10,
+            wmem: 20,
+            by_owner,
+        };
         for _ in 0..3 {
-            c.add(10, "push", SK_MEM_SEND, 1, 0, 2, 3, || "/a".into());
+            c.add(&r(10, SK_MEM_SEND, 5, true), || "/a".into());
         }
-        c.add(11, "other", SK_MEM_RECV, 0, 5, 0, 0, || "/b".into());
-        c.add(10, "push", SK_MEM_RECV, 0, 9, 0, 0, || unreachable!());
-        let r = c.ranked();
-        assert_eq!(r[0].0, 10);
-        assert_eq!(r[0].1.refusals(), 4);
-        assert_eq!(r[0].1.kind(), "send+recv");
-        assert_eq!(r[0].1.cgroup, "/a");
-        assert_eq!(r[1].1.kind(), "recv");
+        c.add(&r(11, SK_MEM_RECV, 0, false), || "/b".into());
+        c.add(&r(10, SK_MEM_RECV, 6, true), || unreachable!());
+        let ranked = c.ranked();
+        assert_eq!(ranked[0].0, 10);
+        let top = ranked[0].1;
+        assert_eq!(top.refusals(), 4);
+        assert_eq!(top.kind(), "send+recv");
+        assert_eq!(top.cgroup, "/a");
+        assert_eq!(top.sockets.len(), 2);
+        assert_eq!(top.by_context, 0);
+        assert_eq!(ranked[1].1.kind(), "recv");
+        assert_eq!(ranked[1].1.by_context, 1);
     }
 }

@@ -11,7 +11,10 @@ mod advice;
 mod episodes;
 mod sockets;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray};
@@ -21,8 +24,8 @@ use tracer_common::{
     EventHeader, EventKind, comm_str, decode,
     tcp::{
         BufLimitEvent, COUNT_DROP_BASE, COUNT_RCVQ_FULL, COUNT_REFUSALS, COUNT_RETRANS_NORMAL,
-        COUNT_RETRANS_PRESSURE, DROP_REASON_CAPACITY, DROP_SLOTS, FLAG_PRESSURE, LAT_BUCKETS,
-        lat_bucket, lat_range,
+        COUNT_RETRANS_PRESSURE, DROP_REASON_CAPACITY, DROP_SLOTS, FLAG_BTF, FLAG_PRESSURE,
+        LAT_BUCKETS, lat_bucket, lat_range,
     },
 };
 
@@ -33,7 +36,7 @@ use crate::{
     run::{self, Detector, Report, ReportCtx, RunOpts},
     snapshot::tcpmem::{self, TcpMem},
 };
-use episodes::{Culprits, Episodes, Sample};
+use episodes::{Culprits, Episodes, Refusal, Sample};
 use sockets::{Sock, Source};
 
 pub const SPEC: Spec = Spec {
@@ -188,6 +191,9 @@ const MEMORY_DROP_REASONS: &[(&str, &str)] = &[
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// At most one socket snapshot per this long (episodes can flap).
 const SOCKET_SNAPSHOT_GAP_NS: u64 = 1_000_000_000;
+/// Owners of refused sockets are looked up at most this often (one sock_diag dump
+/// and /proc fd scan for all refusals since the last).
+const RESOLVE_EVERY_NS: u64 = 500_000_000;
 /// Early warning below the pressure threshold.
 const WARN_PCT: f64 = 80.0;
 
@@ -224,7 +230,22 @@ pub async fn run(args: Args) -> Result<()> {
         ),
     };
     let drop_names = fill_drop_reasons(&mut session)?;
-    let flags = Array::try_from(take(&mut session, "TCP_FLAGS")?)?;
+    let mut flags = Array::try_from(take(&mut session, "TCP_FLAGS")?)?;
+    let refusal_hook = match attach_btf(&mut session) {
+        Ok(()) => {
+            flags
+                .set(FLAG_BTF, 1, 0)
+                .context("enabling the socket-cookie refusal program")?;
+            "tp_btf/sock_exceed_buf_limit (with socket cookies: refusals go to the socket's owner)"
+                .to_string()
+        }
+        Err(e) => {
+            log::warn!("{e:#}; refusals are attributed to the current task");
+            format!(
+                "sock:sock_exceed_buf_limit (no socket: refusals go to the current task; tp_btf failed: {e:#})"
+            )
+        }
+    };
     let counts = PerCpuArray::try_from(take(&mut session, "TCP_COUNTS")?)?;
     let hist = PerCpuArray::try_from(take(&mut session, "TCP_SEND_HIST")?)?;
     let max = PerCpuArray::try_from(take(&mut session, "TCP_SEND_MAX")?)?;
@@ -251,7 +272,10 @@ pub async fn run(args: Args) -> Result<()> {
         max,
         drop_names,
         caveats,
-        path,
+        path: format!("{path}; refusals from {refusal_hook}"),
+        pending: Vec::new(),
+        last_resolve_ns: 0,
+        unresolved: 0,
         episode_socks: None,
         last_sock_snapshot_ns: 0,
         refusal_records: 0,
@@ -266,6 +290,22 @@ pub async fn run(args: Args) -> Result<()> {
         &mut det,
     )
     .await
+}
+
+/// The refusal program with the socket (BTF tracepoint), attached after the classic
+/// hooks; the classic program leaves refusals to it once FLAG_BTF is set.
+fn attach_btf(session: &mut Session) -> Result<()> {
+    let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+    let prog: &mut aya::programs::BtfTracePoint = session
+        .ebpf
+        .program_mut("tcp_buf_limit_sk")
+        .context("program tcp_buf_limit_sk is not in the eBPF object")?
+        .try_into()?;
+    prog.load("sock_exceed_buf_limit", &btf)
+        .context("loading tp_btf/sock_exceed_buf_limit")?;
+    prog.attach()
+        .context("attaching tp_btf/sock_exceed_buf_limit")?;
+    Ok(())
 }
 
 fn take(session: &mut Session, name: &str) -> Result<aya::maps::Map> {
@@ -315,8 +355,8 @@ struct SockSnap {
 }
 
 impl SockSnap {
-    fn take(t_ns: u64) -> SockSnap {
-        let (socks, source) = sockets::snapshot();
+    fn take(t_ns: u64, cookies: &HashSet<u64>) -> SockSnap {
+        let (socks, source) = sockets::snapshot(cookies);
         SockSnap {
             t_ns,
             socks,
@@ -343,6 +383,11 @@ struct TcpPressure {
     drop_names: Vec<&'static str>,
     caveats: Vec<String>,
     path: String,
+    /// Refusals with a socket cookie, waiting for their owner to be looked up.
+    pending: Vec<Refusal>,
+    last_resolve_ns: u64,
+    /// Refusals whose socket was gone before its owner was looked up.
+    unresolved: u64,
     episode_socks: Option<SockSnap>,
     last_sock_snapshot_ns: u64,
     refusal_records: u64,
@@ -372,13 +417,60 @@ impl TcpPressure {
             return;
         }
         self.last_sock_snapshot_ns = t_ns.max(1);
-        let snap = SockSnap::take(t_ns);
+        let snap = SockSnap::take(t_ns, &HashSet::new());
+        self.keep_if_larger(snap);
+    }
+
+    /// Keeps the socket snapshot of an episode where the sockets held the most.
+    fn keep_if_larger(&mut self, snap: SockSnap) {
         if self
             .episode_socks
             .as_ref()
             .is_none_or(|old| snap.total() > old.total())
         {
             self.episode_socks = Some(snap);
+        }
+    }
+
+    /// Names the owners of refused sockets (by cookie, from one sock_diag dump) and
+    /// counts the refusals for them; at most every RESOLVE_EVERY_NS unless `force`.
+    fn resolve(&mut self, force: bool) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let now = procinfo::monotonic_ns();
+        if !force && now.saturating_sub(self.last_resolve_ns) < RESOLVE_EVERY_NS {
+            return;
+        }
+        self.last_resolve_ns = now;
+        let cookies: HashSet<u64> = self.pending.iter().map(|r| r.cookie).collect();
+        let snap = SockSnap::take(now, &cookies);
+        let by_cookie: HashMap<u64, &Sock> = snap
+            .socks
+            .iter()
+            .filter(|s| cookies.contains(&s.cookie))
+            .map(|s| (s.cookie, s))
+            .collect();
+        for mut r in std::mem::take(&mut self.pending) {
+            if let Some(sock) = by_cookie.get(&r.cookie) {
+                r.rmem = sock.rmem;
+                r.wmem = sock.wmem;
+                if let Some(owner) = sock.pid {
+                    if owner != r.pid {
+                        r.comm = procinfo::comm_of(owner).unwrap_or_else(|| "?".into());
+                        r.pid = owner;
+                    }
+                    r.by_owner = true;
+                }
+            }
+            if !r.by_owner {
+                self.unresolved += 1;
+            }
+            let pid = r.pid;
+            self.culprits.add(&r, || procinfo::cgroup_of(pid));
+        }
+        if self.episodes.open().is_some() {
+            self.keep_if_larger(snap);
         }
     }
 
@@ -496,6 +588,7 @@ impl Detector for TcpPressure {
             }
         }
         self.latest = Some(snap);
+        self.resolve(false);
         Ok(())
     }
 
@@ -513,17 +606,21 @@ impl Detector for TcpPressure {
             return;
         };
         self.refusal_records += 1;
-        let pid = ev.header.tgid;
-        self.culprits.add(
-            pid,
-            comm_str(&ev.comm),
-            ev.kind,
-            ev.wmem_queued,
-            ev.rmem_alloc,
-            ev.sysctl_wmem,
-            ev.sysctl_rmem,
-            || procinfo::cgroup_of(pid),
-        );
+        let r = Refusal {
+            pid: ev.header.tgid,
+            comm: comm_str(&ev.comm).to_string(),
+            kind: ev.kind,
+            cookie: ev.cookie,
+            rmem: ev.rmem_alloc.max(0) as u64,
+            wmem: ev.wmem_queued.max(0) as u64,
+            by_owner: false,
+        };
+        if r.cookie != 0 {
+            self.pending.push(r);
+        } else {
+            let pid = r.pid;
+            self.culprits.add(&r, || procinfo::cgroup_of(pid));
+        }
         let edges = self.episodes.on_refusal(ev.header.ts_ns, ev.allocated);
         if edges.opened {
             self.on_open(ev.header.ts_ns);
@@ -531,6 +628,7 @@ impl Detector for TcpPressure {
     }
 
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
+        self.resolve(true);
         let snap = match &self.latest {
             Some(s) => s.clone(),
             None => self.first.clone(),
@@ -600,7 +698,16 @@ impl Detector for TcpPressure {
         let ranked = self.culprits.ranked();
         let mut cul_json = Vec::new();
         let mut cul_table = Table::new(&[
-            "PID", "COMM", "REFUSALS", "SEND", "RECV", "KIND", "SNDBUF", "RCVBUF", "CGROUP",
+            "PID",
+            "COMM",
+            "REFUSALS",
+            "SEND",
+            "RECV",
+            "KIND",
+            "SOCKETS",
+            "MAX RECV Q",
+            "MAX SEND Q",
+            "CGROUP",
         ]);
         for (pid, c) in ranked.iter().take(self.top) {
             cul_table.row(vec![
@@ -610,15 +717,16 @@ impl Detector for TcpPressure {
                 c.send.to_string(),
                 c.recv.to_string(),
                 c.kind().into(),
-                human_bytes(c.sndbuf.max(0) as u64),
-                human_bytes(c.rcvbuf.max(0) as u64),
+                c.sockets.len().to_string(),
+                human_bytes(c.max_rmem),
+                human_bytes(c.max_wmem),
                 c.cgroup.clone(),
             ]);
             cul_json.push(json!({
                 "pid": pid, "comm": c.comm, "cgroup": c.cgroup, "refusals": c.refusals(),
-                "send": c.send, "recv": c.recv, "kind": c.kind(),
-                "max_wmem_queued": c.max_wmem_queued, "max_rmem_alloc": c.max_rmem_alloc,
-                "sndbuf": c.sndbuf, "rcvbuf": c.rcvbuf,
+                "send": c.send, "recv": c.recv, "kind": c.kind(), "sockets": c.sockets.len(),
+                "by_current_task": c.by_context,
+                "max_rmem_bytes": c.max_rmem, "max_wmem_bytes": c.max_wmem,
             }));
         }
 
@@ -627,7 +735,7 @@ impl Detector for TcpPressure {
         let (sock_snap, when) = match &self.episode_socks {
             Some(s) => (s, "episode start"),
             None => {
-                now_snap = SockSnap::take(procinfo::monotonic_ns());
+                now_snap = SockSnap::take(procinfo::monotonic_ns(), &HashSet::new());
                 (&now_snap, "now")
             }
         };
@@ -755,6 +863,12 @@ impl Detector for TcpPressure {
             caveats.push(format!(
                 "{} refusal records were lost (ring buffer full): culprit counts are low; the kernel counted {refusals} refusals in all",
                 ctx.lost_events
+            ));
+        }
+        if self.unresolved > 0 {
+            caveats.push(format!(
+                "{} refusals are counted for the task that was current (their socket closed before its owner was looked up)",
+                self.unresolved
             ));
         }
         if self.bad_records > 0 {

@@ -19,6 +19,8 @@ pub struct Sock {
     pub peer: String,
     pub state: &'static str,
     pub inode: u64,
+    /// Socket cookie (sock_diag only; 0 otherwise), as bpf_get_socket_cookie() gives it.
+    pub cookie: u64,
     /// Bytes in the receive queue (sock_diag: rmem_alloc, charged memory incl. overhead).
     pub rmem: u64,
     pub rcvbuf: Option<u64>,
@@ -57,8 +59,9 @@ impl Source {
     }
 }
 
-/// Every TCP socket, largest holders first, with the owners of those holding memory.
-pub fn snapshot() -> (Vec<Sock>, Source) {
+/// Every TCP socket, largest holders first, with the owners of those holding memory
+/// and of those whose cookie is in `cookies`.
+pub fn snapshot(cookies: &HashSet<u64>) -> (Vec<Sock>, Source) {
     let (mut socks, source) = match sock_diag() {
         Ok(s) => (s, Source::SockDiag),
         Err(e) => {
@@ -69,7 +72,7 @@ pub fn snapshot() -> (Vec<Sock>, Source) {
     socks.sort_by(|a, b| b.total().cmp(&a.total()).then(a.inode.cmp(&b.inode)));
     let wanted: HashSet<u64> = socks
         .iter()
-        .filter(|s| s.total() > 0 && s.inode != 0)
+        .filter(|s| (s.total() > 0 || cookies.contains(&s.cookie)) && s.inode != 0)
         .map(|s| s.inode)
         .collect();
     let owners = owners(&wanted);
@@ -275,12 +278,14 @@ fn parse_diag(m: &[u8], family: u8) -> Option<Sock> {
     let peer = SocketAddr::new(addr(&id[20..36], family), dport);
     let rqueue = u32_at(m, 56);
     let wqueue = u32_at(m, 60);
+    let cookie = u64::from(u32_at(id, 40)) | u64::from(u32_at(id, 44)) << 32;
     let inode = u32_at(m, 68);
     let mut sock = Sock {
         local: local.to_string(),
         peer: peer.to_string(),
         state: state_name(state),
         inode: u64::from(inode),
+        cookie,
         rmem: u64::from(rqueue),
         rcvbuf: None,
         wmem: u64::from(wqueue),
@@ -322,6 +327,7 @@ fn proc_net_tcp() -> Vec<Sock> {
             peer: e.remote_address.to_string(),
             state: tcp_state(&e.state),
             inode: e.inode,
+            cookie: 0,
             rmem: u64::from(e.rx_queue),
             rcvbuf: None,
             wmem: u64::from(e.tx_queue),
@@ -363,7 +369,7 @@ mod tests {
         let (_srv, _) = l.accept().unwrap();
         std::io::Write::write_all(&mut c, &[7u8; 10_000]).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let (socks, _) = snapshot();
+        let (socks, _) = snapshot(&HashSet::new());
         let me = std::process::id();
         let srv = socks
             .iter()
@@ -372,6 +378,7 @@ mod tests {
         // Nobody read: the 10,000 bytes sit in its receive queue.
         assert!(srv.rmem >= 10_000, "{srv:?}");
         assert_eq!(srv.pid, Some(me));
+        assert_ne!(srv.cookie, 0);
     }
 
     #[test]
