@@ -55,9 +55,15 @@ pub struct Episode {
     pub end_ns: Option<u64>,
     pub peak_pages: u64,
     pub refusals: u64,
-    /// Counters when the episode started (the sample before it) and when it ended.
+    /// net.ipv4.tcp_mem when the episode started (operators change it mid-incident).
+    pub tcp_mem: Option<TcpMem>,
+    /// TCPMemoryPressures in the sample before the start, and Chrono in the first
+    /// sample that saw the episode open (an earlier episode's leave may add to Chrono
+    /// in the window where this one starts).
     chrono_at_start: Option<u64>,
     pressures_at_start: Option<u64>,
+    /// A sample has seen this episode open.
+    sampled: bool,
     /// TCPMemoryPressuresChrono growth over the episode: the kernel's own time under
     /// pressure (ms, jiffies resolution).
     pub kernel_ms: Option<u64>,
@@ -97,7 +103,7 @@ impl Episodes {
         self.list.last_mut().filter(|e| e.end_ns.is_none())
     }
 
-    fn start(&mut self, start_ns: u64, by: Start, peak: u64) {
+    fn start(&mut self, start_ns: u64, by: Start, peak: u64, tcp_mem: Option<TcpMem>) {
         let prev = self.last.as_ref();
         self.list.push(Episode {
             start_ns,
@@ -105,8 +111,10 @@ impl Episodes {
             end_ns: None,
             peak_pages: peak,
             refusals: 0,
-            chrono_at_start: prev.and_then(|s| s.chrono_ms),
+            tcp_mem,
+            chrono_at_start: None,
             pressures_at_start: prev.and_then(|s| s.pressures),
+            sampled: false,
             kernel_ms: None,
             kernel_entries: None,
         });
@@ -128,7 +136,7 @@ impl Episodes {
             }
             return Edges::default();
         }
-        self.start(ts_ns, Start::Refusal, allocated);
+        self.start(ts_ns, Start::Refusal, allocated, None);
         if let Some(e) = self.list.last_mut() {
             e.refusals = 1;
         }
@@ -136,6 +144,19 @@ impl Episodes {
             closed: false,
             opened: true,
         }
+    }
+
+    /// The episode just opened by sample `s` has been seen by it.
+    fn mark_sampled(&mut self, s: &Sample) {
+        if let Some(e) = self.list.last_mut() {
+            e.sampled = true;
+            e.chrono_at_start = s.chrono_ms;
+        }
+    }
+
+    /// The episode with the highest peak (its tcp_mem is what the advice is about).
+    pub fn worst(&self) -> Option<&Episode> {
+        self.list.iter().max_by_key(|e| e.peak_pages)
     }
 
     pub fn on_sample(&mut self, s: Sample) -> Edges {
@@ -152,18 +173,31 @@ impl Episodes {
 
         if let Some(e) = self.open_mut() {
             e.peak_pages = e.peak_pages.max(s.pages);
-            if d_chrono > 0 || s.pages < s.tcp_mem.low {
+            // Chrono growth ends the episode only if a sample saw it open before: in
+            // the window where it started, the growth may be an earlier leave.
+            let left = (e.sampled && d_chrono > 0) || s.pages < s.tcp_mem.low;
+            if left {
                 e.end_ns = Some(s.t_ns);
-                e.kernel_ms = s
-                    .chrono_ms
-                    .zip(e.chrono_at_start)
-                    .map(|(a, b)| a.saturating_sub(b));
+                // No growth: the kernel has not left pressure yet (it does so on the
+                // next socket-memory change), so it has no figure for this episode.
+                e.kernel_ms = match (s.chrono_ms, e.chrono_at_start) {
+                    (Some(a), Some(b)) => Some(a.saturating_sub(b)),
+                    (Some(_), None) => Some(d_chrono),
+                    _ => None,
+                }
+                .filter(|&ms| ms > 0);
+                e.tcp_mem.get_or_insert(s.tcp_mem);
                 e.kernel_entries = s
                     .pressures
                     .zip(e.pressures_at_start)
                     .map(|(a, b)| a.saturating_sub(b));
                 self.last_end_ns = s.t_ns;
                 edges.closed = true;
+            } else if !e.sampled {
+                e.sampled = true;
+                e.chrono_at_start = s.chrono_ms;
+                // A refusal opened it between samples: the limits are those now.
+                e.tcp_mem.get_or_insert(s.tcp_mem);
             }
         }
         if self.open().is_none() {
@@ -175,7 +209,8 @@ impl Episodes {
                 } else {
                     Start::Pages
                 };
-                self.start(s.t_ns, by, s.pages);
+                self.start(s.t_ns, by, s.pages, Some(s.tcp_mem));
+                self.mark_sampled(&s);
                 edges.opened = true;
             } else if d_press > 0 && !edges.closed {
                 if d_chrono > 0 {
@@ -184,7 +219,7 @@ impl Episodes {
                         .t_ns
                         .saturating_sub(d_chrono * 1_000_000)
                         .max(prev_t.unwrap_or(0));
-                    self.start(start, Start::Counter, s.pages);
+                    self.start(start, Start::Counter, s.pages, Some(s.tcp_mem));
                     if let Some(e) = self.list.last_mut() {
                         e.end_ns = Some(start + d_chrono * 1_000_000);
                         e.kernel_ms = Some(d_chrono);
@@ -193,7 +228,8 @@ impl Episodes {
                     self.last_end_ns = s.t_ns;
                 } else {
                     // Entered and still on (pages between low and pressure).
-                    self.start(s.t_ns, Start::Counter, s.pages);
+                    self.start(s.t_ns, Start::Counter, s.pages, Some(s.tcp_mem));
+                    self.mark_sampled(&s);
                     edges.opened = true;
                 }
             }
@@ -353,6 +389,21 @@ mod tests {
         assert!(e.on_sample(s(500, 10, 7, 150)).closed);
         assert_eq!(e.list.len(), 3);
         assert_eq!(e.list[2].duration_ms(), Some(200));
+    }
+
+    #[test]
+    fn an_earlier_leave_in_the_start_window_does_not_end_the_episode() {
+        let mut e = Episodes::default();
+        e.on_sample(s(0, 10, 5, 1000));
+        // The kernel left a stale episode (Chrono +17520) just before this one began.
+        assert!(e.on_refusal(50_000_000, 300).opened);
+        assert_eq!(e.on_sample(s(100, 300, 6, 18_520)), Edges::default());
+        assert_eq!(e.on_sample(s(200, 300, 6, 18_520)), Edges::default());
+        assert!(e.on_sample(s(300, 20, 6, 18_700)).closed);
+        assert_eq!(e.list.len(), 1);
+        assert_eq!(e.list[0].kernel_ms, Some(180));
+        assert_eq!(e.list[0].tcp_mem, Some(MEM));
+        assert_eq!(e.worst().unwrap().peak_pages, 300);
     }
 
     #[test]

@@ -193,7 +193,9 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const SOCKET_SNAPSHOT_GAP_NS: u64 = 1_000_000_000;
 /// Owners of refused sockets are looked up at most this often (one sock_diag dump
 /// and /proc fd scan for all refusals since the last).
-const RESOLVE_EVERY_NS: u64 = 500_000_000;
+const RESOLVE_EVERY_NS: u64 = 200_000_000;
+/// Owners remembered by socket cookie (cleared when full).
+const OWNER_CACHE_CAPACITY: usize = 100_000;
 /// Early warning below the pressure threshold.
 const WARN_PCT: f64 = 80.0;
 
@@ -275,6 +277,7 @@ pub async fn run(args: Args) -> Result<()> {
         path: format!("{path}; refusals from {refusal_hook}"),
         pending: Vec::new(),
         last_resolve_ns: 0,
+        owner_of: HashMap::new(),
         unresolved: 0,
         episode_socks: None,
         last_sock_snapshot_ns: 0,
@@ -352,22 +355,46 @@ struct SockSnap {
     t_ns: u64,
     socks: Vec<Sock>,
     source: Source,
+    /// comm and cgroup of each owner, read when the snapshot was taken (an owner
+    /// may be gone by the time the report is printed).
+    owners: HashMap<u32, (String, String)>,
 }
 
 impl SockSnap {
     fn take(t_ns: u64, cookies: &HashSet<u64>) -> SockSnap {
         let (socks, source) = sockets::snapshot(cookies);
+        let owners = socks
+            .iter()
+            .filter_map(|s| s.pid)
+            .collect::<HashSet<u32>>()
+            .into_iter()
+            .map(|p| {
+                let comm = procinfo::comm_of(p).unwrap_or_else(|| "?".into());
+                (p, (comm, procinfo::cgroup_of(p)))
+            })
+            .collect();
         SockSnap {
             t_ns,
             socks,
             source,
+            owners,
         }
+    }
+
+    fn owner(&self, pid: u32) -> (String, String) {
+        self.owners
+            .get(&pid)
+            .cloned()
+            .unwrap_or_else(|| ("?".into(), "-".into()))
     }
 
     fn total(&self) -> u64 {
         self.socks.iter().map(Sock::total).sum()
     }
 }
+
+/// (owner pid, comm, cgroup, receive and send queue bytes) of a refused socket.
+type Owner = Option<(u32, String, String, u64, u64)>;
 
 struct TcpPressure {
     top: usize,
@@ -386,6 +413,8 @@ struct TcpPressure {
     /// Refusals with a socket cookie, waiting for their owner to be looked up.
     pending: Vec<Refusal>,
     last_resolve_ns: u64,
+    /// Socket cookie -> its owner, or None when no process held it at the lookup.
+    owner_of: HashMap<u64, Owner>,
     /// Refusals whose socket was gone before its owner was looked up.
     unresolved: u64,
     episode_socks: Option<SockSnap>,
@@ -439,39 +468,73 @@ impl TcpPressure {
             return;
         }
         let now = procinfo::monotonic_ns();
-        if !force && now.saturating_sub(self.last_resolve_ns) < RESOLVE_EVERY_NS {
+        let unknown: HashSet<u64> = self
+            .pending
+            .iter()
+            .map(|r| r.cookie)
+            .filter(|c| !self.owner_of.contains_key(c))
+            .collect();
+        if !unknown.is_empty()
+            && (force || now.saturating_sub(self.last_resolve_ns) >= RESOLVE_EVERY_NS)
+        {
+            self.last_resolve_ns = now;
+            let snap = SockSnap::take(now, &unknown);
+            if self.owner_of.len() > OWNER_CACHE_CAPACITY {
+                self.owner_of.clear();
+            }
+            let mut owners: HashMap<u64, Owner> = snap
+                .socks
+                .iter()
+                .filter(|s| unknown.contains(&s.cookie))
+                .filter_map(|sock| {
+                    let pid = sock.pid?;
+                    let (comm, cgroup) = snap.owner(pid);
+                    Some((sock.cookie, Some((pid, comm, cgroup, sock.rmem, sock.wmem))))
+                })
+                .collect();
+            // Sockets gone or held by no process (closed, orphaned): looked up once.
+            for c in &unknown {
+                owners.entry(*c).or_insert(None);
+            }
+            self.owner_of.extend(owners);
+            log::debug!(
+                "resolve: {} unknown cookies, {} sockets, {} owners known",
+                unknown.len(),
+                snap.socks.len(),
+                self.owner_of.len()
+            );
+            if self.episodes.open().is_some() {
+                self.keep_if_larger(snap);
+            }
+        } else if !force {
             return;
         }
-        self.last_resolve_ns = now;
-        let cookies: HashSet<u64> = self.pending.iter().map(|r| r.cookie).collect();
-        let snap = SockSnap::take(now, &cookies);
-        let by_cookie: HashMap<u64, &Sock> = snap
-            .socks
-            .iter()
-            .filter(|s| cookies.contains(&s.cookie))
-            .map(|s| (s.cookie, s))
-            .collect();
+        let mut keep = Vec::new();
         for mut r in std::mem::take(&mut self.pending) {
-            if let Some(sock) = by_cookie.get(&r.cookie) {
-                r.rmem = sock.rmem;
-                r.wmem = sock.wmem;
-                if let Some(owner) = sock.pid {
-                    if owner != r.pid {
-                        r.comm = procinfo::comm_of(owner).unwrap_or_else(|| "?".into());
-                        r.pid = owner;
-                    }
+            let cgroup = match self.owner_of.get(&r.cookie) {
+                Some(Some((pid, comm, cgroup, rmem, wmem))) => {
+                    r.pid = *pid;
+                    r.comm = comm.clone();
+                    r.rmem = r.rmem.max(*rmem);
+                    r.wmem = r.wmem.max(*wmem);
                     r.by_owner = true;
+                    Some(cgroup.clone())
                 }
-            }
-            if !r.by_owner {
-                self.unresolved += 1;
-            }
+                None if !force => {
+                    // Not looked up yet (rate limit): try again next time.
+                    keep.push(r);
+                    continue;
+                }
+                _ => {
+                    self.unresolved += 1;
+                    None
+                }
+            };
             let pid = r.pid;
-            self.culprits.add(&r, || procinfo::cgroup_of(pid));
+            self.culprits
+                .add(&r, || cgroup.unwrap_or_else(|| procinfo::cgroup_of(pid)));
         }
-        if self.episodes.open().is_some() {
-            self.keep_if_larger(snap);
-        }
+        self.pending = keep;
     }
 
     fn rel_s(&self, t_ns: u64) -> f64 {
@@ -689,6 +752,7 @@ impl Detector for TcpPressure {
                 "peak_pages": e.peak_pages,
                 "refusals": e.refusals,
                 "started_by": e.started_by.as_str(),
+                "tcp_mem": e.tcp_mem,
                 "kernel_ms": e.kernel_ms,
                 "kernel_entries": e.kernel_entries,
             }));
@@ -757,8 +821,7 @@ impl Detector for TcpPressure {
             "PID", "COMM", "SOCKETS", "RECV Q", "SEND Q", "HELD", "CGROUP",
         ]);
         for (pid, (n, r, w, t)) in holders.iter().take(self.top) {
-            let comm = procinfo::comm_of(*pid).unwrap_or_else(|| "?".into());
-            let cgroup = procinfo::cgroup_of(*pid);
+            let (comm, cgroup) = sock_snap.owner(*pid);
             hold_table.row(vec![
                 pid.to_string(),
                 comm.clone(),
@@ -784,7 +847,7 @@ impl Detector for TcpPressure {
         ]);
         let mut sock_json = Vec::new();
         for s in &top_socks {
-            let comm = s.pid.and_then(procinfo::comm_of);
+            let comm = s.pid.map(|p| sock_snap.owner(p).0);
             let opt = |v: Option<u64>| v.map(human_bytes).unwrap_or_else(|| "-".into());
             sock_table.row(vec![
                 s.local.clone(),
@@ -847,8 +910,10 @@ impl Detector for TcpPressure {
         };
         let (max_n, max_p) = (max_of(0), max_of(1));
 
-        let adv = advice::compute(&advice::Inputs {
-            tcp_mem: tm,
+        // Advice is about the limits in force when it hurt most.
+        let adv_mem = self.episodes.worst().and_then(|e| e.tcp_mem).unwrap_or(tm);
+        let mut adv = advice::compute(&advice::Inputs {
+            tcp_mem: adv_mem,
             page_size: ps,
             peak_pages: peak,
             episodes: self.episodes.list.len(),
@@ -858,6 +923,15 @@ impl Detector for TcpPressure {
             wmem: read_triple("/proc/sys/net/ipv4/tcp_wmem"),
         });
 
+        if adv_mem != tm {
+            adv.notes.insert(
+                1,
+                format!(
+                    "tcp_mem was {} {} {} during the worst episode and is {} {} {} now; the advice is about the former",
+                    adv_mem.low, adv_mem.pressure, adv_mem.high, tm.low, tm.pressure, tm.high
+                ),
+            );
+        }
         let mut caveats = self.caveats.clone();
         if ctx.lost_events > 0 {
             caveats.push(format!(
@@ -867,7 +941,7 @@ impl Detector for TcpPressure {
         }
         if self.unresolved > 0 {
             caveats.push(format!(
-                "{} refusals are counted for the task that was current (their socket closed before its owner was looked up)",
+                "{} refusals hit sockets that no process held when looked up (closed or orphaned): counted for the task that was current",
                 self.unresolved
             ));
         }
