@@ -6,7 +6,8 @@
 //! the latency of send-type syscalls on TCP sockets goes into an in-kernel histogram
 //! split by a pressure flag. User side: /proc is sampled at 10 Hz (sockstat pages vs
 //! tcp_mem, TcpExt counters) to find episodes; sock_diag names the sockets and
-//! processes holding the memory when an episode starts.
+//! processes holding the memory during an episode (at its start and when refused
+//! sockets are looked up; the fullest look is kept).
 mod advice;
 mod episodes;
 mod sockets;
@@ -797,7 +798,7 @@ impl Detector for TcpPressure {
         // Sockets: at the episode start where they held most, else now.
         let now_snap;
         let (sock_snap, when) = match &self.episode_socks {
-            Some(s) => (s, "episode start"),
+            Some(s) => (s, "episode"),
             None => {
                 now_snap = SockSnap::take(procinfo::monotonic_ns(), &HashSet::new());
                 (&now_snap, "now")
@@ -1023,8 +1024,16 @@ impl Detector for TcpPressure {
         } else {
             t += &cul_table.render();
         }
+        let at = if when == "now" {
+            "now".to_string()
+        } else {
+            format!(
+                "+{:.1}s, the fullest look during an episode",
+                self.rel_s(sock_snap.t_ns)
+            )
+        };
         t += &format!(
-            "\nHOLDERS (socket memory at {when}, {} in all; {})\n",
+            "\nHOLDERS (socket memory at {at}: {} in all; {})\n",
             human_bytes(all_bytes),
             sock_snap.source.as_str()
         );
