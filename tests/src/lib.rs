@@ -194,6 +194,28 @@ pub fn run_tracer_env(args: &[&str], env: &[(&str, &str)]) -> Finished {
     }
 }
 
+/// Runs the tracer against an empty tracefs (TRACER_TRACEFS), as on a kernel without
+/// any of the tracepoints; the directory is removed afterwards.
+pub fn run_tracer_without_tracepoints(args: &[&str]) -> Finished {
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "tracer-test-tracefs-{}-{}",
+        std::process::id(),
+        args.first().copied().unwrap_or("")
+    ));
+    std::fs::create_dir_all(dir.join("events")).expect("creating an empty tracefs");
+    let _rm = Rm(dir.clone());
+    run_tracer_env(
+        args,
+        &[("TRACER_TRACEFS", dir.to_str().expect("UTF-8 temp dir"))],
+    )
+}
+
 /// Runs the tracer with every capability dropped, as an unprivileged user would.
 pub fn run_tracer_unprivileged(args: &[&str]) -> Finished {
     let out = Command::new("setpriv")

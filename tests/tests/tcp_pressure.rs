@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tracer_tests::{
     Incident, Tracer, assert_none_loaded, loaded_program_names, require_root, run_tracer,
-    run_tracer_env, run_tracer_unprivileged, serial,
+    run_tracer_unprivileged, run_tracer_without_tracepoints, serial,
 };
 
 const TCP_MEM: &str = "/proc/sys/net/ipv4/tcp_mem";
@@ -239,19 +239,7 @@ fn bad_input_gets_one_clear_sentence_and_nonzero_exit() {
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
 
     // A kernel without the refusal tracepoint: named in one sentence.
-    let dir = std::env::temp_dir().join(format!("tracer-test-tcp-tracefs-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("events")).unwrap();
-    struct Rm(std::path::PathBuf);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _rm = Rm(dir.clone());
-    let out = run_tracer_env(
-        &["tcp-pressure", "-d", "1s"],
-        &[("TRACER_TRACEFS", dir.to_str().unwrap())],
-    );
+    let out = run_tracer_without_tracepoints(&["tcp-pressure", "-d", "1s"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(
         out.stderr

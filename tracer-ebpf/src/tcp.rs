@@ -111,6 +111,22 @@ fn refused() {
     add(&TCP_COUNTS, COUNT_REFUSALS, 1);
 }
 
+/// The record of a refusal by the current task, without the per-path fields.
+#[inline(always)]
+fn refusal(kind: i32, allocated: i64) -> BufLimitEvent {
+    BufLimitEvent {
+        header: EventHeader {
+            kind: EventKind::TcpBufLimit as u32,
+            tgid: current_tgid(),
+            ts_ns: now_ns(),
+        },
+        kind: kind as u32,
+        allocated: allocated as u64,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        ..BufLimitEvent::default()
+    }
+}
+
 /// tp_btf/sock_exceed_buf_limit(struct sock *sk, struct proto *prot, long allocated,
 /// int kind): the same event with the socket itself, so the record carries the
 /// socket's cookie and userspace can name the socket and its owner (a receive-side
@@ -130,16 +146,8 @@ pub fn tcp_buf_limit_sk(ctx: BtfTracePointContext) -> i32 {
     let kind: i32 = ctx.arg(3);
     refused();
     emit(&BufLimitEvent {
-        header: EventHeader {
-            kind: EventKind::TcpBufLimit as u32,
-            tgid: current_tgid(),
-            ts_ns: now_ns(),
-        },
-        kind: kind as u32,
-        allocated: allocated as u64,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
         cookie,
-        ..BufLimitEvent::default()
+        ..refusal(kind, allocated)
     });
     0
 }
@@ -170,23 +178,14 @@ fn try_buf_limit(ctx: &TracePointContext) -> Option<u32> {
     let allocated: i64 = field(ctx, &TCP_LIMIT_ALLOCATED)?;
     let kind: i32 = field(ctx, &TCP_LIMIT_KIND)?;
     emit(&BufLimitEvent {
-        header: EventHeader {
-            kind: EventKind::TcpBufLimit as u32,
-            tgid: current_tgid(),
-            ts_ns: now_ns(),
-        },
-        kind: kind as u32,
         ipv6,
-        allocated: allocated as u64,
         sysctl_mem: [mem[0] as u64, mem[1] as u64, mem[2] as u64],
         sysctl_rmem: field(ctx, &TCP_LIMIT_SYSCTL_RMEM).unwrap_or(0),
         rmem_alloc: field(ctx, &TCP_LIMIT_RMEM_ALLOC).unwrap_or(0),
         sysctl_wmem: field(ctx, &TCP_LIMIT_SYSCTL_WMEM).unwrap_or(0),
         wmem_alloc: field(ctx, &TCP_LIMIT_WMEM_ALLOC).unwrap_or(0),
         wmem_queued: field(ctx, &TCP_LIMIT_WMEM_QUEUED).unwrap_or(0),
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        cookie: 0,
+        ..refusal(kind, allocated)
     });
     Some(0)
 }

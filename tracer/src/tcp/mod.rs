@@ -703,18 +703,7 @@ impl Detector for TcpPressure {
         let peak = self.episodes.peak_pages.max(pages);
         let pct = snap.pressure_pct();
         let open = self.episodes.open().is_some();
-        let warning = if open {
-            Some(format!(
-                "TCP memory pressure NOW: {pages} pages, {pct:.0}% of the pressure threshold"
-            ))
-        } else if pct >= WARN_PCT {
-            Some(format!(
-                "TCP memory at {pct:.0}% of the pressure threshold ({pages} of {} pages): an episode is near",
-                tm.pressure
-            ))
-        } else {
-            None
-        };
+        let warning = warning(open, pages, tm.pressure);
 
         // Episodes.
         let mut ep_json = Vec::new();
@@ -1075,6 +1064,23 @@ impl Detector for TcpPressure {
     }
 }
 
+/// The line that tops the report: pressure now, or TCP memory at WARN_PCT of the
+/// pressure threshold (early warning), else nothing.
+fn warning(open: bool, pages: u64, pressure: u64) -> Option<String> {
+    let pct = crate::snapshot::pct(pages, pressure);
+    if open {
+        Some(format!(
+            "TCP memory pressure NOW: {pages} pages, {pct:.0}% of the pressure threshold"
+        ))
+    } else if pct >= WARN_PCT {
+        Some(format!(
+            "TCP memory at {pct:.0}% of the pressure threshold ({pages} of {pressure} pages): an episode is near"
+        ))
+    } else {
+        None
+    }
+}
+
 /// bcc-style histogram in usecs of a ns histogram.
 fn latency_text(ns: &Histogram<u64>) -> String {
     let mut us = output::new_histogram();
@@ -1100,6 +1106,21 @@ mod tests {
         assert_eq!(j["count"], 100);
         assert_eq!(j["p50"], 10.0);
         assert_eq!(j["max"], 250_000.123);
+    }
+
+    #[test]
+    fn warning_at_80_percent_and_during_pressure() {
+        assert_eq!(warning(false, 79, 100), None);
+        assert!(
+            warning(false, 80, 100)
+                .unwrap()
+                .contains("80% of the pressure threshold")
+        );
+        assert!(
+            warning(true, 10, 100)
+                .unwrap()
+                .starts_with("TCP memory pressure NOW")
+        );
     }
 
     #[test]
