@@ -53,38 +53,63 @@ fn assert_detached() {
     assert_none_loaded("tcp_");
 }
 
-#[test]
-fn pressure_episode_names_the_pushing_process_and_its_latency() {
-    require_root();
-    let _s = serial();
+/// What the tracer reported while `incident_tcp push 40` ran under tcp_mem `64 128
+/// 256`: every report (interval and final) and the helper's pid. tcp_mem is restored
+/// (and checked) and the programs are gone when this returns.
+struct Pushed {
+    during: Vec<Value>,
+    report: Value,
+    helper: u32,
+}
+
+const LOWERED: &str = "64 128 256";
+
+fn push_under_low_tcp_mem(extra: &[&str]) -> Pushed {
     let normal = read_tcp_mem();
-    let tracer = Tracer::start(&["tcp-pressure", "--json", "-i", "500ms"]);
+    let mut args = vec!["tcp-pressure", "--json", "-i", "500ms"];
+    args.extend_from_slice(extra);
+    let tracer = Tracer::start(&args);
     let mut inc = Incident::start_bin("incident_tcp", &["push", "40"]);
     let helper = inc.pid;
-    let report;
-    let during;
-    {
-        let _mem = TcpMemGuard::set("64 128 256");
+    let out = {
+        let _mem = TcpMemGuard::set(LOWERED);
         inc.send("go");
         inc.expect_line("pushing");
         std::thread::sleep(Duration::from_millis(2500));
         // Stop pushing and free the sockets, then let the tracer see the end.
         drop(inc);
         std::thread::sleep(Duration::from_millis(300));
-        let out = tracer.interrupt();
-        assert!(out.status.success(), "tracer failed: {}", out.stderr);
-        during = out.reports();
-        report = out.final_report();
-    }
+        tracer.interrupt()
+    };
     // The guard put tcp_mem back.
     assert_eq!(read_tcp_mem(), normal, "tcp_mem was not restored");
     assert_detached();
+    assert!(out.status.success(), "tracer failed: {}", out.stderr);
+    Pushed {
+        during: out.reports(),
+        report: out.final_report(),
+        helper,
+    }
+}
 
+fn lowered() -> Value {
+    serde_json::json!({"low": 64, "pressure": 128, "high": 256})
+}
+
+#[test]
+fn pressure_episode_names_the_pushing_process_and_its_latency() {
+    require_root();
+    let _s = serial();
+    let Pushed {
+        during,
+        report,
+        helper,
+    } = push_under_low_tcp_mem(&[]);
     let r = &report;
     assert_eq!(r["command"], "tcp-pressure");
     assert_eq!(r["lost_events"], 0, "{r}");
     // The triple the test set, as the reports saw it while it was in force.
-    let set = serde_json::json!({"low": 64, "pressure": 128, "high": 256});
+    let set = lowered();
     assert_eq!(r["tcp_mem"], set, "{r}");
     assert!(
         during
@@ -143,6 +168,43 @@ fn pressure_episode_names_the_pushing_process_and_its_latency() {
             .unwrap()
             .starts_with("tracepoints + 10 Hz sampling")
     );
+}
+
+#[test]
+fn classic_tracepoint_fallback_counts_every_refusal() {
+    require_root();
+    let _s = serial();
+    let Pushed { report: r, .. } =
+        push_under_low_tcp_mem(&["--no-socket-cookies", "--top", "1000"]);
+    assert_eq!(r["lost_events"], 0, "{r}");
+    assert!(
+        r["path"]
+            .as_str()
+            .unwrap()
+            .contains("refusals from sock:sock_exceed_buf_limit (no socket"),
+        "{}",
+        r["path"]
+    );
+    let refusals = r["refusals"].as_u64().unwrap();
+    assert!(refusals > 0, "{r}");
+    // Without socket cookies every refusal is the current task's, and every one the
+    // kernel counted reached a culprit row.
+    let culprits = r["culprits"].as_array().unwrap();
+    let sum: u64 = culprits
+        .iter()
+        .map(|c| c["refusals"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, refusals, "{r}");
+    assert!(
+        culprits
+            .iter()
+            .all(|c| c["by_current_task"] == c["refusals"] && c["sockets"] == 0),
+        "{r}"
+    );
+    // The limits in the kernel's records are the ones the test set.
+    let eps = r["episodes"].as_array().unwrap();
+    assert!(!eps.is_empty(), "{r}");
+    assert!(eps.iter().all(|e| e["tcp_mem"] == lowered()), "{eps:?}");
 }
 
 #[test]

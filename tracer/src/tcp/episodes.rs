@@ -120,9 +120,9 @@ impl Episodes {
         });
     }
 
-    /// A refusal record (kernel time `ts_ns`, `allocated` pages). Returns whether it
-    /// opened an episode.
-    pub fn on_refusal(&mut self, ts_ns: u64, allocated: u64) -> Edges {
+    /// A refusal record (kernel time `ts_ns`, `allocated` pages, the limits the
+    /// kernel applied when the record has them). Returns whether it opened an episode.
+    pub fn on_refusal(&mut self, ts_ns: u64, allocated: u64, limits: Option<TcpMem>) -> Edges {
         self.peak_pages = self.peak_pages.max(allocated);
         if let Some(e) = self.open_mut() {
             e.refusals += 1;
@@ -136,7 +136,7 @@ impl Episodes {
             }
             return Edges::default();
         }
-        self.start(ts_ns, Start::Refusal, allocated, None);
+        self.start(ts_ns, Start::Refusal, allocated, limits);
         if let Some(e) = self.list.last_mut() {
             e.refusals = 1;
         }
@@ -346,9 +346,9 @@ mod tests {
     fn refusal_opens_and_chrono_closes_with_kernel_time() {
         let mut e = Episodes::default();
         assert_eq!(e.on_sample(s(0, 10, 5, 1000)), Edges::default());
-        let edges = e.on_refusal(150_000_000, 300);
+        let edges = e.on_refusal(150_000_000, 300, None);
         assert!(edges.opened);
-        e.on_refusal(160_000_000, 310);
+        e.on_refusal(160_000_000, 310, None);
         assert_eq!(e.on_sample(s(200, 200, 6, 1000)), Edges::default());
         // Pages between low and pressure: the kernel is still under pressure.
         assert_eq!(e.on_sample(s(300, 100, 6, 1000)), Edges::default());
@@ -365,7 +365,7 @@ mod tests {
         assert_eq!(ep.kernel_entries, Some(1));
         assert_eq!(e.peak_pages, 310);
         // A late record of the closed episode does not open a new one.
-        assert_eq!(e.on_refusal(390_000_000, 250), Edges::default());
+        assert_eq!(e.on_refusal(390_000_000, 250, None), Edges::default());
         assert_eq!(e.list.len(), 1);
         assert_eq!(e.list[0].refusals, 3);
     }
@@ -396,7 +396,7 @@ mod tests {
         let mut e = Episodes::default();
         e.on_sample(s(0, 10, 5, 1000));
         // The kernel left a stale episode (Chrono +17520) just before this one began.
-        assert!(e.on_refusal(50_000_000, 300).opened);
+        assert!(e.on_refusal(50_000_000, 300, None).opened);
         assert_eq!(e.on_sample(s(100, 300, 6, 18_520)), Edges::default());
         assert_eq!(e.on_sample(s(200, 300, 6, 18_520)), Edges::default());
         assert!(e.on_sample(s(300, 20, 6, 18_700)).closed);

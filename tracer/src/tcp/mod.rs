@@ -218,6 +218,11 @@ pub struct Args {
     /// Rows in the culprit, holder and socket tables.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000), value_name = "N")]
     pub top: u64,
+    /// Take refusals from the classic sock:sock_exceed_buf_limit tracepoint only: no
+    /// socket cookies, so refusals go to the task that was current (in softirq, a
+    /// bystander). Chosen by itself where BTF tracepoints do not load.
+    #[arg(long)]
+    pub no_socket_cookies: bool,
     #[command(flatten)]
     pub run: RunOpts,
 }
@@ -234,7 +239,12 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let drop_names = fill_drop_reasons(&mut session)?;
     let mut flags = Array::try_from(take(&mut session, "TCP_FLAGS")?)?;
-    let refusal_hook = match attach_btf(&mut session) {
+    let btf = if args.no_socket_cookies {
+        Err(anyhow::anyhow!("--no-socket-cookies"))
+    } else {
+        attach_btf(&mut session)
+    };
+    let refusal_hook = match btf {
         Ok(()) => {
             flags
                 .set(FLAG_BTF, 1, 0)
@@ -243,9 +253,11 @@ pub async fn run(args: Args) -> Result<()> {
                 .to_string()
         }
         Err(e) => {
-            log::warn!("{e:#}; refusals are attributed to the current task");
+            if !args.no_socket_cookies {
+                log::warn!("{e:#}; refusals are attributed to the current task");
+            }
             format!(
-                "sock:sock_exceed_buf_limit (no socket: refusals go to the current task; tp_btf failed: {e:#})"
+                "sock:sock_exceed_buf_limit (no socket: refusals go to the current task; tp_btf not used: {e:#})"
             )
         }
     };
@@ -685,7 +697,15 @@ impl Detector for TcpPressure {
             let pid = r.pid;
             self.culprits.add(&r, || procinfo::cgroup_of(pid));
         }
-        let edges = self.episodes.on_refusal(ev.header.ts_ns, ev.allocated);
+        // The classic tracepoint carries the limits the kernel applied.
+        let limits = (ev.sysctl_mem[1] != 0).then(|| TcpMem {
+            low: ev.sysctl_mem[0],
+            pressure: ev.sysctl_mem[1],
+            high: ev.sysctl_mem[2],
+        });
+        let edges = self
+            .episodes
+            .on_refusal(ev.header.ts_ns, ev.allocated, limits);
         if edges.opened {
             self.on_open(ev.header.ts_ns);
         }
