@@ -101,32 +101,32 @@ pub fn compute(i: &Inputs) -> Advice {
             mib(high)
         ));
     }
-    if let Some((share, n, recv)) = i.top_share {
-        if share >= 0.5 {
-            let (name, cur) = if recv {
-                ("tcp_rmem", i.rmem)
-            } else {
-                ("tcp_wmem", i.wmem)
-            };
-            // The top sockets may together hold at most half of the pressure
-            // threshold: each gets pressure/(2n), rounded down to 64 KiB, at least 128 KiB.
-            let bytes = pressure * i.page_size / (2 * n.max(1) as u64);
-            let max = (bytes / 65_536 * 65_536).max(131_072);
-            a.notes.push(format!(
+    if let Some((share, n, recv)) = i.top_share
+        && share >= 0.5
+    {
+        let (name, cur) = if recv {
+            ("tcp_rmem", i.rmem)
+        } else {
+            ("tcp_wmem", i.wmem)
+        };
+        // The top sockets may together hold at most half of the pressure
+        // threshold: each gets pressure/(2n), rounded down to 64 KiB, at least 128 KiB.
+        let bytes = pressure * i.page_size / (2 * n.max(1) as u64);
+        let max = (bytes / 65_536 * 65_536).max(131_072);
+        a.notes.push(format!(
                 "{n} socket(s) held {:.0}% of TCP memory, mostly in their {} queues: per-socket buffers dominate",
                 share * 100.0,
                 if recv { "receive" } else { "send" }
             ));
-            if let Some([min, def, cur_max]) = cur {
-                if max < cur_max {
-                    a.sysctl.push(format!(
-                        "sysctl -w net.ipv4.{name}=\"{min} {} {max}\"   # cap one socket at {} KiB (now {} KiB)",
-                        def.min(max),
-                        max / 1024,
-                        cur_max / 1024
-                    ));
-                }
-            }
+        if let Some([min, def, cur_max]) = cur
+            && max < cur_max
+        {
+            a.sysctl.push(format!(
+                    "sysctl -w net.ipv4.{name}=\"{min} {} {max}\"   # cap one socket at {} KiB (now {} KiB)",
+                    def.min(max),
+                    max / 1024,
+                    cur_max / 1024
+                ));
         }
     }
     a

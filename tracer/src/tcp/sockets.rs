@@ -94,10 +94,10 @@ fn owners(wanted: &HashSet<u64>) -> HashMap<u64, u32> {
     for p in all.filter_map(|p| p.ok()) {
         let Ok(fds) = p.fd() else { continue };
         for fd in fds.filter_map(|f| f.ok()) {
-            if let procfs::process::FDTarget::Socket(ino) = fd.target {
-                if wanted.contains(&ino) {
-                    out.entry(ino).or_insert(p.pid as u32);
-                }
+            if let procfs::process::FDTarget::Socket(ino) = fd.target
+                && wanted.contains(&ino)
+            {
+                out.entry(ino).or_insert(p.pid as u32);
             }
         }
         if out.len() == wanted.len() {
