@@ -207,6 +207,55 @@ fn classic_tracepoint_fallback_counts_every_refusal() {
     assert!(eps.iter().all(|e| e["tcp_mem"] == lowered()), "{eps:?}");
 }
 
+fn sockstat_pages() -> u64 {
+    let s = std::fs::read_to_string("/proc/net/sockstat").expect("sockstat");
+    let line = s.lines().find(|l| l.starts_with("TCP:")).expect("TCP line");
+    let mut w = line.split_whitespace();
+    while let Some(x) = w.next() {
+        if x == "mem" {
+            return w.next().unwrap().parse().unwrap();
+        }
+    }
+    panic!("no mem in {line}");
+}
+
+#[test]
+fn early_warning_at_80_percent_of_the_pressure_threshold() {
+    require_root();
+    let _s = serial();
+    let normal = read_tcp_mem();
+    // 2 MiB that nobody reads keeps TCP memory in use at a level the test knows.
+    let inc = Incident::start_bin("incident_tcp", &["hold", "2048"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let pages = sockstat_pages();
+    assert!(
+        pages >= 256,
+        "the held data should show in sockstat: {pages} pages"
+    );
+    // Pressure threshold such that the held pages are 88% of it; no episode.
+    let pressure = pages * 100 / 88;
+    let r = {
+        let _mem = TcpMemGuard::set(&format!("{} {pressure} {}", pages / 2, pressure * 4));
+        let out = run_tracer(&["tcp-pressure", "-d", "700ms", "--json"]);
+        assert!(out.status.success(), "{}", out.stderr);
+        out.final_report()
+    };
+    drop(inc);
+    assert_eq!(read_tcp_mem(), normal, "tcp_mem was not restored");
+    assert_eq!(r["tcp_mem"]["pressure"], pressure, "{r}");
+    let pct = r["mem_pages"]["pct_of_pressure"].as_f64().unwrap();
+    assert!((80.0..100.0).contains(&pct), "{pct}% ({r})");
+    let w = r["warning"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no warning: {r}"));
+    assert!(
+        w.contains("of the pressure threshold") && w.contains("an episode is near"),
+        "{w}"
+    );
+    assert_eq!(r["pressure_now"], false);
+    assert_eq!(r["episodes"].as_array().unwrap().len(), 0, "{r}");
+}
+
 #[test]
 fn idle_system_has_no_episode_and_no_culprit_but_timed_sends() {
     require_root();

@@ -6,6 +6,8 @@
 //!                           SO_SNDTIMEO) until stdin closes.
 //!   incident_tcp chat N     N request/response round trips of 1 KiB on one loopback
 //!                           connection whose peer reads everything (normal sends).
+//!   incident_tcp hold N     N KiB written into one loopback connection whose receiver
+//!                           never reads, then held (TCP memory that stays in use).
 //!
 //! It prints `ready PID` once the connections exist, `pushing` after "go", and exits
 //! when stdin closes, which frees every socket.
@@ -28,7 +30,7 @@ fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: incident_tcp push N | chat N";
+    let usage = "usage: incident_tcp push N | chat N | hold N";
     let n: usize = args
         .get(2)
         .and_then(|v| v.parse().ok())
@@ -87,6 +89,12 @@ fn main() {
             drop(c);
             let _ = echo.join();
             writeln!(stdout.lock(), "done {n}").unwrap();
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        }
+        "hold" => {
+            let (mut c, _s) = pair(&l);
+            c.write_all(&vec![0x5au8; n * 1024]).expect("send");
+            writeln!(stdout.lock(), "ready {}", std::process::id()).unwrap();
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
         }
         _ => panic!("{usage}"),
