@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bpf;
+mod cgroups;
 mod detectors;
 mod doctor;
 mod output;
@@ -35,6 +36,8 @@ enum Command {
     Doctor(doctor::Args),
     /// Parents that leave zombie children unreaped, and PID headroom (Uber incident).
     Zombies(zombies::Args),
+    /// Leaked and dying cgroups and who creates them (LinkedIn incident).
+    Cgroups(cgroups::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Doctor(a) => doctor::run(a),
             Command::Zombies(a) => zombies::run(a).await.map(|()| 0),
+            Command::Cgroups(a) => cgroups::run(a).await.map(|()| 0),
         }
     });
     match result {
