@@ -385,9 +385,9 @@ impl Detector for Cgroups {
                     "id": d.id, "path": d.path, "hierarchy": self.name(d.root),
                     "age_s": round3(age_of(now, d.rmdir_ns)),
                     "creator_pid": d.creator.as_ref().map(|a| a.pid),
-                    "creator_comm": d.creator.as_ref().map(|a| a.comm.clone()),
+                    "creator_comm": d.creator.as_ref().map(|a| a.comm().to_string()),
                     "creator_cgroup": d.creator.as_ref().map(|a| self.actor_cgroup(a.pid)),
-                    "remover_pid": d.remover.pid, "remover_comm": d.remover.comm,
+                    "remover_pid": d.remover.pid, "remover_comm": d.remover.comm(),
                     "remover_cgroup": self.actor_cgroup(d.remover.pid),
                 })
             })
@@ -458,7 +458,7 @@ impl Detector for Cgroups {
             "released_recent": released_json,
             "churn": {
                 "processes": procs.iter().map(|(pid, c)| json!({
-                    "pid": pid, "comm": c.comm, "cgroup": self.actor_cgroup(*pid),
+                    "pid": pid, "comm": c.comm(), "cgroup": self.actor_cgroup(*pid),
                     "mkdirs": c.mkdirs, "rmdirs": c.rmdirs,
                     "mkdirs_per_min": round3(c.mkdirs as f64 / minutes),
                 })).collect::<Vec<_>>(),
@@ -522,9 +522,9 @@ impl Detector for Cgroups {
                     d.path.clone(),
                     d.creator
                         .as_ref()
-                        .map(|a| format!("{} ({})", a.pid, a.comm))
+                        .map(|a| format!("{} ({})", a.pid, a.comm()))
                         .unwrap_or_else(|| "before start".into()),
-                    format!("{} ({})", d.remover.pid, d.remover.comm),
+                    format!("{} ({})", d.remover.pid, d.remover.comm()),
                 ]);
             }
             text += &t.render();
@@ -558,7 +558,7 @@ impl Detector for Cgroups {
             for (pid, c) in procs.iter().take(top) {
                 t.row(vec![
                     pid.to_string(),
-                    c.comm.clone(),
+                    c.comm().to_string(),
                     c.mkdirs.to_string(),
                     c.rmdirs.to_string(),
                     format!("{:.1}", c.mkdirs as f64 / minutes),
@@ -638,7 +638,9 @@ impl Detector for Cgroups {
         if let Some((pid, c)) = procs.first().filter(|(_, c)| c.mkdirs > c.rmdirs + 10) {
             hints.push(format!(
                 "{pid} ({}) created {} cgroups and removed {}: it leaves cgroups behind.",
-                c.comm, c.mkdirs, c.rmdirs
+                c.comm(),
+                c.mkdirs,
+                c.rmdirs
             ));
         }
         if !empty.is_empty() {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use hdrhistogram::Histogram;
-use tracer_common::{EventHeader, EventKind, cgroups::CgroupEvent, comm_str, decode};
+use tracer_common::{COMM_LEN, EventHeader, EventKind, cgroups::CgroupEvent, comm_str, decode};
 
 use crate::output;
 
@@ -20,18 +20,24 @@ pub const RECENT_CAPACITY: usize = 256;
 /// Creating processes and parent paths counted for churn.
 pub const CHURN_CAPACITY: usize = 4_096;
 
-/// A process that made or removed a cgroup.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A process that made or removed a cgroup (comm kept as the kernel's bytes: no
+/// allocation per event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Actor {
     pub pid: u32,
-    pub comm: String,
+    pub comm_bytes: [u8; COMM_LEN],
+}
+
+impl Actor {
+    pub fn comm(&self) -> &str {
+        comm_str(&self.comm_bytes)
+    }
 }
 
 type Key = (i32, u64);
 
 #[derive(Clone, Debug)]
 struct Live {
-    path: String,
     creator: Actor,
     ts_ns: u64,
 }
@@ -61,9 +67,15 @@ pub struct Released {
 /// Churn of one creating process.
 #[derive(Clone, Debug, Default)]
 pub struct Churn {
-    pub comm: String,
+    pub comm_bytes: [u8; COMM_LEN],
     pub mkdirs: u64,
     pub rmdirs: u64,
+}
+
+impl Churn {
+    pub fn comm(&self) -> &str {
+        comm_str(&self.comm_bytes)
+    }
 }
 
 #[derive(Default)]
@@ -73,7 +85,8 @@ pub struct Tracker {
     recent: VecDeque<Released>,
     hist: BTreeMap<i32, Histogram<u64>>,
     by_process: HashMap<u32, Churn>,
-    by_parent: HashMap<(i32, String), u64>,
+    /// hierarchy -> parent path -> mkdirs (nested so a hit needs no allocation).
+    by_parent: HashMap<i32, HashMap<String, u64>>,
     /// Releases of cgroups whose rmdir was not seen (dying before the start).
     pub released_unseen: BTreeMap<i32, u64>,
     /// Dying cgroups dropped from tracking because DYING_CAPACITY was reached.
@@ -108,29 +121,32 @@ impl Tracker {
             return;
         };
         let key = (ev.root, ev.id);
-        let path = String::from_utf8_lossy(ev.path_bytes()).into_owned();
-        let actor = || Actor {
+        let path = || String::from_utf8_lossy(ev.path_bytes()).into_owned();
+        let actor = Actor {
             pid: h.tgid,
-            comm: comm_str(&ev.comm).to_string(),
+            comm_bytes: ev.comm,
         };
         match EventKind::from_u32(h.kind) {
             Some(EventKind::CgroupMkdir) => {
                 self.live.insert(
                     key,
                     Live {
-                        path: path.clone(),
-                        creator: actor(),
+                        creator: actor,
                         ts_ns: h.ts_ns,
                     },
                 );
                 bound(&mut self.live, LIVE_CAPACITY, |l| l.ts_ns);
                 let c = self.by_process.entry(h.tgid).or_default();
-                c.comm = comm_str(&ev.comm).to_string();
+                c.comm_bytes = ev.comm;
                 c.mkdirs += 1;
-                *self
-                    .by_parent
-                    .entry((ev.root, parent_of(&path).to_string()))
-                    .or_default() += 1;
+                let parent = parent_of(comm_str(ev.path_bytes()));
+                let parents = self.by_parent.entry(ev.root).or_default();
+                match parents.get_mut(parent) {
+                    Some(n) => *n += 1,
+                    None => {
+                        parents.insert(parent.to_string(), 1);
+                    }
+                }
                 self.bound_churn();
             }
             Some(EventKind::CgroupRmdir) => {
@@ -140,16 +156,16 @@ impl Tracker {
                     Dying {
                         root: ev.root,
                         id: ev.id,
-                        path,
+                        path: path(),
                         rmdir_ns: h.ts_ns,
                         creator,
-                        remover: actor(),
+                        remover: actor,
                     },
                 );
                 self.dying_evicted += bound(&mut self.dying, DYING_CAPACITY, |d| d.rmdir_ns) as u64;
                 let c = self.by_process.entry(h.tgid).or_default();
-                if c.comm.is_empty() {
-                    c.comm = comm_str(&ev.comm).to_string();
+                if c.comm_bytes[0] == 0 {
+                    c.comm_bytes = ev.comm;
                 }
                 c.rmdirs += 1;
                 self.bound_churn();
@@ -167,7 +183,7 @@ impl Tracker {
                         Released {
                             root: ev.root,
                             id: ev.id,
-                            path: if path.is_empty() { d.path } else { path },
+                            path: d.path,
                             latency_us: Some(us),
                             creator: d.creator,
                             remover: Some(d.remover),
@@ -181,7 +197,7 @@ impl Tracker {
                         Released {
                             root: ev.root,
                             id: ev.id,
-                            path,
+                            path: path(),
                             latency_us: None,
                             creator: None,
                             remover: None,
@@ -209,28 +225,26 @@ impl Tracker {
             let cut = *v.select_nth_unstable(mid).1;
             self.by_process.retain(|_, c| c.mkdirs + c.rmdirs > cut);
         }
-        if self.by_parent.len() > CHURN_CAPACITY {
-            let mut v: Vec<u64> = self.by_parent.values().copied().collect();
-            let mid = v.len() / 2;
-            let cut = *v.select_nth_unstable(mid).1;
-            self.by_parent.retain(|_, n| *n > cut);
+        for parents in self.by_parent.values_mut() {
+            if parents.len() > CHURN_CAPACITY {
+                let mut v: Vec<u64> = parents.values().copied().collect();
+                let mid = v.len() / 2;
+                let cut = *v.select_nth_unstable(mid).1;
+                parents.retain(|_, n| *n > cut);
+            }
         }
     }
 
-    /// The path of a cgroup seen in an event (created, dying or recently released).
+    /// The path of a removed cgroup seen in an event (dying or recently released).
     pub fn path_of(&self, root: i32, id: u64) -> Option<&str> {
         let key = (root, id);
-        self.live
-            .get(&key)
-            .map(|l| l.path.as_str())
-            .or_else(|| self.dying.get(&key).map(|d| d.path.as_str()))
-            .or_else(|| {
-                self.recent
-                    .iter()
-                    .rev()
-                    .find(|r| (r.root, r.id) == key)
-                    .map(|r| r.path.as_str())
-            })
+        self.dying.get(&key).map(|d| d.path.as_str()).or_else(|| {
+            self.recent
+                .iter()
+                .rev()
+                .find(|r| (r.root, r.id) == key)
+                .map(|r| r.path.as_str())
+        })
     }
 
     /// Dying cgroups, oldest rmdir first.
@@ -304,7 +318,7 @@ impl Tracker {
         let mut v: Vec<_> = self
             .by_parent
             .iter()
-            .map(|(k, c)| (k.clone(), *c))
+            .flat_map(|(root, m)| m.iter().map(|(p, c)| ((*root, p.clone()), *c)))
             .collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(n);
