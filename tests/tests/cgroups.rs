@@ -446,8 +446,9 @@ fn bad_input_gets_one_clear_sentence_and_nonzero_exit() {
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(
         out.stderr
-            .contains("no mounted cgroup hierarchy is named `nosuch`; mounted: cgroup2")
-            && out.stderr.contains("memory"),
+            .contains("no mounted cgroup hierarchy is named `nosuch`; mounted: ")
+            && out.stderr.contains("memory")
+            && out.stderr.contains("cgroup2"),
         "{}",
         out.stderr
     );

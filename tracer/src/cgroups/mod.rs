@@ -7,7 +7,6 @@
 //! yet) with their rmdir time, and walks the mounted hierarchies at every report for
 //! cgroup and dying counts (which include dying cgroups from before the start) and
 //! empty leftovers.
-pub mod fs;
 mod state;
 
 use std::{collections::HashMap, time::Duration};
@@ -26,9 +25,9 @@ use crate::{
     output::{self, Table, human_duration, round3},
     procinfo,
     run::{self, Detector, Report, ReportCtx, RunOpts},
+    snapshot::cgroups::{self as snap, Hierarchy, StatRead},
     tracefs::Tracefs,
 };
-use fs::{Hierarchy, StatProbe};
 use state::Tracker;
 
 pub const SPEC: Spec = Spec {
@@ -137,7 +136,8 @@ pub struct Args {
 const JSON_ROWS: usize = 1_000;
 
 pub async fn run(args: Args) -> Result<()> {
-    let mut hierarchies = fs::hierarchies()?;
+    let all = snap::hierarchies()?;
+    let mut hierarchies = all.clone();
     if hierarchies.is_empty() {
         bail!(
             "no cgroup filesystem is mounted (none in /proc/self/mountinfo); mount one, e.g. \
@@ -156,7 +156,7 @@ pub async fn run(args: Args) -> Result<()> {
                     .join(", ")
             );
         };
-        filter = h.id as u32 + 1;
+        filter = h.id + 1;
         let id = h.id;
         hierarchies.retain(|h| h.id == id);
     }
@@ -170,11 +170,10 @@ pub async fn run(args: Args) -> Result<()> {
         .collect();
     // The first look after attaching: a cgroup removed in between is then counted as
     // dying by both the walk and the events, never by neither.
-    let stat_start = fs::memory_stat_probe(&fs::hierarchies().unwrap_or_default());
-    let num = fs::proc_cgroups();
-    let start: HashMap<i32, Option<u64>> = hierarchies
-        .iter()
-        .map(|h| (h.id, fs::counts(h, &fs::walk(h), &num).dying))
+    let stat_start = snap::time_memory_stat(&all);
+    let start: HashMap<u32, Option<u64>> = snap::hierarchies()?
+        .into_iter()
+        .map(|h| (h.id, h.dying))
         .collect();
     let mut det = Cgroups {
         args,
@@ -230,8 +229,8 @@ struct Cgroups {
     counts: PerCpuArray<MapData, u64>,
     attach: BpfHashMap<MapData, AttachKey, u64>,
     caveats: Vec<String>,
-    dying_at_start: HashMap<i32, Option<u64>>,
-    stat_start: Option<StatProbe>,
+    dying_at_start: HashMap<u32, Option<u64>>,
+    stat_start: Option<StatRead>,
     /// pid -> its own cgroup, looked up when it first makes or removes a cgroup.
     actor_cgroups: HashMap<u32, String>,
 }
@@ -247,7 +246,7 @@ impl Cgroups {
     fn name(&self, root: i32) -> String {
         self.hierarchies
             .iter()
-            .find(|h| h.id == root)
+            .find(|h| h.id as i32 == root)
             .map(|h| h.name.clone())
             .unwrap_or_else(|| format!("hierarchy {root}"))
     }
@@ -289,7 +288,6 @@ impl Detector for Cgroups {
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
         let now = procinfo::monotonic_ns();
         let minutes = ctx.elapsed.as_secs_f64().max(1e-3) / 60.0;
-        let num = fs::proc_cgroups();
         let top = self.args.top;
 
         // Per hierarchy: a walk for counts, empty leftovers and id -> path.
@@ -311,66 +309,64 @@ impl Detector for Cgroups {
         let mut dying_total = 0u64;
         let mut dying_before = 0u64;
         let mut memory_dying = 0u64;
-        for h in &self.hierarchies {
-            let w = fs::walk(h);
-            let c = fs::counts(h, &w, &num);
+        let wanted: Vec<u32> = self.hierarchies.iter().map(|h| h.id).collect();
+        let survey = snap::survey()?;
+        for s in survey.iter().filter(|s| wanted.contains(&s.hierarchy.id)) {
+            let h = &s.hierarchy;
+            let root = h.id as i32;
             let (mk, rm, rel, at) = (
-                self.count(h.id, COUNT_MKDIR),
-                self.count(h.id, COUNT_RMDIR),
-                self.count(h.id, COUNT_RELEASE),
-                self.count(h.id, COUNT_ATTACH),
+                self.count(root, COUNT_MKDIR),
+                self.count(root, COUNT_RMDIR),
+                self.count(root, COUNT_RELEASE),
+                self.count(root, COUNT_ATTACH),
             );
             created += mk;
             removed += rm;
             released += rel;
             moved += at;
-            let tracked = self.tracker.dying_in(h.id) as u64;
+            let tracked = self.tracker.dying_in(root) as u64;
             // The walk counts every dying cgroup; tracking can only add ones the walk
             // missed (a race between the two), so the larger is the better count.
-            let dying = c.dying.map(|d| d.max(tracked));
+            let dying = h.dying.map(|d| d.max(tracked));
             dying_total += dying.unwrap_or(tracked);
             let at_start = self.dying_at_start.get(&h.id).copied().flatten();
             dying_before += at_start.unwrap_or(0);
-            if h.controllers.iter().any(|c| c == "memory") {
+            if h.has_memory() {
                 memory_dying += dying.unwrap_or(tracked);
             }
             let net = (mk as f64 - rel as f64) / minutes;
             htable.row(vec![
                 h.name.clone(),
-                c.cgroups.to_string(),
+                h.cgroups.to_string(),
                 dying.map(|d| d.to_string()).unwrap_or_else(|| "?".into()),
                 mk.to_string(),
                 rm.to_string(),
                 rel.to_string(),
                 format!("{net:+.1}"),
-                c.dying_how.clone(),
+                h.dying_source.clone(),
             ]);
             let lat = self
                 .tracker
-                .hist(h.id)
+                .hist(root)
                 .map(output::Summary::of)
                 .unwrap_or_default();
             hjson.push(json!({
-                "name": h.name, "id": h.id, "mount": h.mount, "version": if h.v2 { 2 } else { 1 },
-                "cgroups": c.cgroups, "cgroups_how": c.cgroups_how,
-                "dying": dying, "dying_how": c.dying_how,
+                "name": h.name, "id": h.id, "mount": h.mount, "version": h.version,
+                "cgroups": h.cgroups, "cgroups_how": format!("directories under {}", h.mount.display()),
+                "dying": dying, "dying_how": h.dying_source,
                 "dying_at_start": at_start, "dying_tracked": tracked,
                 "created": mk, "removed": rm, "released": rel, "tasks_moved": at,
                 "net_growth_per_min": round3(net),
                 "release_latency_us": lat,
             }));
-            for d in &w.dirs {
-                paths.insert((h.id, d.id), d.path.clone());
-                let age = d.age.map(|a| a.as_secs_f64()).unwrap_or(0.0);
-                if d.path != "/"
-                    && d.children == 0
-                    && d.procs == Some(0)
-                    && d.age.is_some_and(|a| a >= self.args.min_age)
-                {
-                    empty.push((h.name.clone(), d.path.clone(), d.id, age));
-                }
+            for d in &s.dirs {
+                paths.insert((root, d.id), d.path.clone());
             }
-            for (p, n) in fs::dying_parents(&w) {
+            for d in snap::empty(&s.dirs, self.args.min_age) {
+                let age = d.age.map(|a| a.as_secs_f64()).unwrap_or(0.0);
+                empty.push((h.name.clone(), d.path.clone(), d.id, age));
+            }
+            for (p, n) in snap::dying_levels(&s.dirs) {
                 levels.push((h.name.clone(), p, n));
             }
         }
@@ -422,8 +418,9 @@ impl Detector for Cgroups {
                 .unwrap_or_else(|| format!("(id {id}, removed)"))
         };
         let all = self.tracker.hist_all();
-        let stat_now = fs::memory_stat_probe(&fs::hierarchies().unwrap_or_default());
-        let ms = |p: &Option<StatProbe>| p.as_ref().map(|p| round3(p.read.as_secs_f64() * 1e3));
+        let mounted: Vec<Hierarchy> = survey.into_iter().map(|s| s.hierarchy).collect();
+        let stat_now = snap::time_memory_stat(&mounted);
+        let ms = |p: &Option<StatRead>| p.as_ref().map(|p| round3(p.took.as_secs_f64() * 1e3));
         let mut caveats = self.caveats.clone();
         if self.tracker.dying_evicted > 0 {
             caveats.push(format!(
@@ -497,8 +494,8 @@ impl Detector for Cgroups {
                 text += &format!(
                     "memory.stat read ({}): {:.2}ms at start, {:.2}ms now\n",
                     b.path.display(),
-                    a.read.as_secs_f64() * 1e3,
-                    b.read.as_secs_f64() * 1e3
+                    a.took.as_secs_f64() * 1e3,
+                    b.took.as_secs_f64() * 1e3
                 )
             }
             _ => text += "memory.stat read: no memory controller mounted\n",

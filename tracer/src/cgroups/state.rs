@@ -9,7 +9,7 @@ use tracer_common::{COMM_LEN, EventHeader, EventKind, cgroups::CgroupEvent, comm
 
 use crate::output;
 
-use super::fs::parent_of;
+use crate::snapshot::cgroups::parent_of;
 
 /// Cgroups remembered from their mkdir (for the creator of a later dying one).
 pub const LIVE_CAPACITY: usize = 65_536;
