@@ -135,6 +135,45 @@ fn hierarchy<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("hierarchy {name} missing: {report}"))
 }
 
+/// Starts `tracer cgroups` on one hierarchy with JSON reports every 200 ms and a
+/// --prom-file in `files` that the test polls while the tracer runs.
+fn start_live(hierarchy: &str, files: &TempDir) -> (Tracer, PathBuf) {
+    let prom = files.0.join("report.prom");
+    let tracer = Tracer::start(&[
+        "cgroups",
+        "--hierarchy",
+        hierarchy,
+        "--json",
+        "-i",
+        "200ms",
+        "--prom-file",
+        prom.to_str().unwrap(),
+    ]);
+    (tracer, prom)
+}
+
+/// Churn: this process made the parent and its K children and removed the K (the
+/// parent goes after the tracer stopped); K mkdirs under the parent.
+fn assert_churn(r: &Value, hierarchy: &str, rel_parent: &str, k: usize) {
+    let me = std::process::id();
+    let p = r["churn"]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == me)
+        .unwrap_or_else(|| panic!("test process not in churn: {r}"));
+    assert_eq!(p["mkdirs"], k + 1, "{p}");
+    assert_eq!(p["rmdirs"], k, "{p}");
+    let pp = r["churn"]["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["path"] == rel_parent)
+        .unwrap_or_else(|| panic!("parent path not in churn: {r}"));
+    assert_eq!(pp["mkdirs"], k, "{pp}");
+    assert_eq!(pp["hierarchy"], hierarchy);
+}
+
 #[test]
 fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     require_root();
@@ -143,17 +182,7 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     let me = std::process::id();
     let comm = my_comm();
     let files = TempDir::new("cgroups-cache");
-    let prom = files.0.join("report.prom");
-    let tracer = Tracer::start(&[
-        "cgroups",
-        "--hierarchy",
-        "memory",
-        "--json",
-        "-i",
-        "200ms",
-        "--prom-file",
-        prom.to_str().unwrap(),
-    ]);
+    let (tracer, prom) = start_live("memory", &files);
     let rel_parent = format!("/tracer-test-{me}");
     let mut parent = Cgroup::create(format!("{MEMORY}{rel_parent}"));
     let mut children: Vec<Cgroup> = (0..K)
@@ -269,23 +298,7 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     assert!(r["created"].as_u64().unwrap() > K as u64);
     assert!(r["removed"].as_u64().unwrap() >= K as u64);
     assert!(r["released"].as_u64().unwrap() >= K as u64);
-    // Churn: this process made the parent and K children, removed K; K under the parent.
-    let p = r["churn"]["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == me)
-        .unwrap_or_else(|| panic!("test process not in churn: {r}"));
-    assert_eq!(p["mkdirs"], K + 1);
-    assert_eq!(p["rmdirs"], K);
-    let pp = r["churn"]["parents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["path"] == rel_parent.as_str())
-        .unwrap_or_else(|| panic!("parent path not in churn: {r}"));
-    assert_eq!(pp["mkdirs"], K);
-    assert_eq!(pp["hierarchy"], "memory");
+    assert_churn(&r, "memory", &rel_parent, K);
     // Each cache writer was moved into its cgroup once (cgroup_attach_task).
     for (i, p) in paths.iter().enumerate() {
         let m = r["moves"]
@@ -299,6 +312,7 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
             })
             .unwrap_or_else(|| panic!("move into c{i} not counted: {r}"));
         assert_eq!(m["tasks"], 1, "{m}");
+        assert_eq!(m["comm"], "sh", "the writer moved itself: {m}");
     }
     assert!(r["memory_stat_read_ms"]["start"].as_f64().is_some());
     assert!(r["memory_stat_read_ms"]["now"].as_f64().is_some());
@@ -313,17 +327,7 @@ fn cgroup2_cgroups_are_released_at_once_and_never_dying() {
     const K: usize = 5;
     let me = std::process::id();
     let files = TempDir::new("cgroups-v2");
-    let prom = files.0.join("report.prom");
-    let tracer = Tracer::start(&[
-        "cgroups",
-        "--hierarchy",
-        "cgroup2",
-        "--json",
-        "-i",
-        "200ms",
-        "--prom-file",
-        prom.to_str().unwrap(),
-    ]);
+    let (tracer, prom) = start_live("cgroup2", &files);
     let rel_parent = format!("/tracer-test-{me}-v2");
     let mut parent = Cgroup::create(format!("{UNIFIED}{rel_parent}"));
     let paths: Vec<String> = (0..K).map(|i| format!("{rel_parent}/c{i}")).collect();
@@ -369,21 +373,7 @@ fn cgroup2_cgroups_are_released_at_once_and_never_dying() {
     assert!(h["removed"].as_u64().unwrap() >= K as u64, "{h}");
     assert!(h["released"].as_u64().unwrap() >= K as u64, "{h}");
     assert!(h["release_latency_us"]["count"].as_u64().unwrap() >= K as u64);
-    let pp = r["churn"]["parents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["path"] == rel_parent.as_str())
-        .unwrap_or_else(|| panic!("parent path not in churn: {r}"));
-    assert_eq!(pp["mkdirs"], K);
-    let p = r["churn"]["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == me)
-        .unwrap();
-    assert_eq!(p["mkdirs"], K + 1);
-    assert_eq!(p["rmdirs"], K);
+    assert_churn(&r, "cgroup2", &rel_parent, K);
     parent.remove();
 }
 

@@ -49,7 +49,19 @@ pub struct AttachKey {
 }
 const _: () = assert!(core::mem::size_of::<AttachKey>() == 16);
 
-plain!(CgroupEvent, AttachKey);
+/// Value of the attach counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttachCount {
+    /// Tasks moved.
+    pub tasks: u64,
+    /// comm of the mover when first seen (movers such as runc are often gone by the
+    /// time a report is built).
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<AttachCount>() == 24);
+
+plain!(CgroupEvent, AttachKey, AttachCount);
 
 /// Capacity of the attach counters (LRU: the least recently moved-into go first).
 pub const ATTACH_CAPACITY: u32 = 16_384;

@@ -16,8 +16,8 @@ use aya_ebpf::{
 use tracer_common::{
     EventHeader, EventKind,
     cgroups::{
-        ATTACH_CAPACITY, AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE, COUNT_RMDIR,
-        COUNT_SLOTS, CgroupEvent, PATH_LEN, count_slot,
+        ATTACH_CAPACITY, AttachCount, AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE,
+        COUNT_RMDIR, COUNT_SLOTS, CgroupEvent, PATH_LEN, count_slot,
     },
 };
 
@@ -53,9 +53,9 @@ fn wanted(root: i32) -> bool {
 #[map]
 static CGROUPS_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNT_SLOTS, 0);
 
-/// (destination cgroup, mover tgid) -> tasks moved there.
+/// (destination cgroup, mover tgid) -> tasks moved there, mover's comm.
 #[map]
-static CGROUPS_ATTACH: LruHashMap<AttachKey, u64> =
+static CGROUPS_ATTACH: LruHashMap<AttachKey, AttachCount> =
     LruHashMap::with_max_entries(ATTACH_CAPACITY, 0);
 
 /// cgroup:cgroup_mkdir: the current task created cgroup `id` (`path`, at depth
@@ -144,14 +144,15 @@ fn try_attach(ctx: &TracePointContext) -> Option<u32> {
         root,
         tgid: current_tgid(),
     };
-    // The initial zero must live on the stack: with a `&0` (a promoted constant in
-    // .rodata) the first value seen here was 262144, i.e. WAKEUP_BYTES, the start of
-    // .rodata after loading. write_volatile keeps the zero a stack store.
-    let mut zero = 1u64;
-    // SAFETY: writing a local.
-    unsafe { core::ptr::write_volatile(&mut zero, 0) };
-    let c = get_or_insert(&CGROUPS_ATTACH, &key, &zero)?;
+    // The initial value is built on the stack from runtime values. (A `&0` here, a
+    // promoted constant in .rodata, was read back as 262144, i.e. WAKEUP_BYTES at the
+    // start of .rodata, after loading.)
+    let init = AttachCount {
+        tasks: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    let c = get_or_insert(&CGROUPS_ATTACH, &key, &init)?;
     // SAFETY: pointer from a map lookup; a rare race between CPUs undercounts by one.
-    unsafe { *c += 1 };
+    unsafe { (*c).tasks += 1 };
     Some(0)
 }

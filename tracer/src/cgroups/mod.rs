@@ -16,8 +16,10 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 use serde_json::{Value, json};
 use tracer_common::{
     EventHeader, EventKind,
-    cgroups::{AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE, COUNT_RMDIR, count_slot},
-    decode,
+    cgroups::{
+        AttachCount, AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE, COUNT_RMDIR, count_slot,
+    },
+    comm_str, decode,
 };
 
 use crate::{
@@ -227,7 +229,7 @@ struct Cgroups {
     hierarchies: Vec<Hierarchy>,
     tracker: Tracker,
     counts: PerCpuArray<MapData, u64>,
-    attach: BpfHashMap<MapData, AttachKey, u64>,
+    attach: BpfHashMap<MapData, AttachKey, AttachCount>,
     caveats: Vec<String>,
     dying_at_start: HashMap<u32, Option<u64>>,
     stat_start: Option<StatRead>,
@@ -338,7 +340,7 @@ impl Detector for Cgroups {
             htable.row(vec![
                 h.name.clone(),
                 h.cgroups.to_string(),
-                dying.map(|d| d.to_string()).unwrap_or_else(|| "?".into()),
+                dying.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
                 mk.to_string(),
                 rm.to_string(),
                 rel.to_string(),
@@ -403,8 +405,9 @@ impl Detector for Cgroups {
             .collect();
         let procs = self.tracker.top_processes(JSON_ROWS.min(100));
         let parents = self.tracker.top_parents(JSON_ROWS.min(100));
-        let mut moves: Vec<(AttachKey, u64)> = self.attach.iter().filter_map(|r| r.ok()).collect();
-        moves.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.id.cmp(&b.0.id)));
+        let mut moves: Vec<(AttachKey, AttachCount)> =
+            self.attach.iter().filter_map(|r| r.ok()).collect();
+        moves.sort_by(|a, b| b.1.tasks.cmp(&a.1.tasks).then(a.0.id.cmp(&b.0.id)));
         moves.truncate(100);
         let path_of = |root: i32, id: u64| {
             paths
@@ -466,7 +469,7 @@ impl Detector for Cgroups {
             },
             "moves": moves.iter().map(|(k, n)| json!({
                 "hierarchy": self.name(k.root), "id": k.id, "path": path_of(k.root, k.id),
-                "pid": k.tgid, "comm": procinfo::comm_of(k.tgid), "tasks": n,
+                "pid": k.tgid, "comm": comm_str(&n.comm), "tasks": n.tasks,
             })).collect::<Vec<_>>(),
             "empty": empty.iter().take(JSON_ROWS).map(|(h, p, id, age)| json!({
                 "path": p, "hierarchy": h, "id": id, "age_s": round3(*age),
@@ -582,8 +585,8 @@ impl Detector for Cgroups {
                     self.name(k.root),
                     path_of(k.root, k.id),
                     k.tgid.to_string(),
-                    procinfo::comm_of(k.tgid).unwrap_or_else(|| "?".into()),
-                    n.to_string(),
+                    comm_str(&n.comm).to_string(),
+                    n.tasks.to_string(),
                 ]);
             }
             text += &t.render();
