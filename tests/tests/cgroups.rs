@@ -274,10 +274,10 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
         .unwrap_or_else(|| panic!("parent not grouped: {dying_report}"));
     assert_eq!(by_parent["dying"], K);
     // The walk counts them too (memory: /proc/cgroups minus visible directories).
-    assert!(
-        hierarchy(dying_report, "memory")["dying"].as_u64().unwrap() >= K as u64,
-        "{dying_report}"
-    );
+    let mem = hierarchy(dying_report, "memory");
+    assert!(mem["dying"].as_u64().unwrap() >= K as u64, "{mem}");
+    assert!(mem["dying_tracked"].as_u64().unwrap() >= K as u64, "{mem}");
+    assert!(mem["dying_growth_per_min"].is_number(), "{mem}");
 
     let r = out.final_report();
     assert_eq!(r["command"], "cgroups");

@@ -311,6 +311,7 @@ impl Detector for Cgroups {
         let mut dying_total = 0u64;
         let mut dying_before = 0u64;
         let mut memory_dying = 0u64;
+        let mut growing: Vec<String> = Vec::new();
         let wanted: Vec<u32> = self.hierarchies.iter().map(|h| h.id).collect();
         let survey = snap::survey()?;
         for s in survey.iter().filter(|s| wanted.contains(&s.hierarchy.id)) {
@@ -337,6 +338,14 @@ impl Detector for Cgroups {
                 memory_dying += dying.unwrap_or(tracked);
             }
             let net = (mk as f64 - rel as f64) / minutes;
+            // Dying count now against the first look: is the pile growing?
+            let dying_growth = match (dying, at_start) {
+                (Some(now), Some(then)) => Some((now as f64 - then as f64) / minutes),
+                _ => None,
+            };
+            if let Some(g) = dying_growth.filter(|g| *g > 0.0) {
+                growing.push(format!("{} {:+.1}/min", h.name, g));
+            }
             htable.row(vec![
                 h.name.clone(),
                 h.cgroups.to_string(),
@@ -359,6 +368,7 @@ impl Detector for Cgroups {
                 "dying_at_start": at_start, "dying_tracked": tracked,
                 "created": mk, "removed": rm, "released": rel, "tasks_moved": at,
                 "net_growth_per_min": round3(net),
+                "dying_growth_per_min": dying_growth.map(round3),
                 "release_latency_us": lat,
             }));
             for d in &s.dirs {
@@ -505,6 +515,12 @@ impl Detector for Cgroups {
         }
         for c in &caveats {
             text += &format!("note: {c}\n");
+        }
+        if !growing.is_empty() {
+            text += &format!(
+                "dying count growing since the start: {}\n",
+                growing.join(", ")
+            );
         }
         text += "\nHIERARCHIES\n";
         text += &htable.render();
