@@ -378,6 +378,61 @@ fn cgroup2_cgroups_are_released_at_once_and_never_dying() {
 }
 
 #[test]
+fn short_lived_creator_is_named_with_its_own_cgroup() {
+    require_root();
+    let _s = serial();
+    let me = std::process::id();
+    let files = TempDir::new("cgroups-creator");
+    let rel_home = format!("/tracer-test-{me}-home");
+    let home = Cgroup::create(format!("{UNIFIED}{rel_home}"));
+    let (tracer, prom) = start_live("cgroup2", &files);
+    // A shell moves itself into `home`, and mkdir(1)/rmdir(1), its children, make and
+    // remove a cgroup there; all of them have exited before any report is built.
+    let made = format!("{rel_home}/made");
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {0}/cgroup.procs && mkdir {0}/made && rmdir {0}/made",
+            home.path.display()
+        ))
+        .status()
+        .expect("running sh");
+    assert!(st.success());
+    wait_prom(
+        &prom,
+        "release of the child-made cgroup",
+        Duration::from_secs(10),
+        |t| series_with_path(t, "tracer_cgroups_released_recent_latency_us", &made) == 1,
+    );
+    let r = tracer.interrupt().final_report();
+    let rel = rows_under(&r, "released_recent", &made);
+    assert_eq!(rel.len(), 1, "{r}");
+    let creator = rel[0]["creator_pid"].as_u64().unwrap();
+    let remover = rel[0]["remover_pid"].as_u64().unwrap();
+    assert!(creator != u64::from(me) && remover != creator, "{r}");
+    let procs = r["churn"]["processes"].as_array().unwrap();
+    let row = |pid: u64| {
+        procs
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("pid {pid} not in churn: {r}"))
+    };
+    let (c, d) = (row(creator), row(remover));
+    assert_eq!(
+        (c["comm"].as_str(), c["mkdirs"].as_u64()),
+        (Some("mkdir"), Some(1))
+    );
+    assert_eq!(
+        (d["comm"].as_str(), d["rmdirs"].as_u64()),
+        (Some("rmdir"), Some(1))
+    );
+    // Gone before their records were read: their cgroup comes from the kernel's
+    // cgroup2 id of the caller, named through the walk.
+    assert_eq!(c["cgroup"], rel_home.as_str(), "{c}");
+    assert_eq!(d["cgroup"], rel_home.as_str(), "{d}");
+}
+
+#[test]
 fn empty_cgroups_are_listed_as_leftovers_past_min_age() {
     require_root();
     let _s = serial();

@@ -15,6 +15,9 @@ pub struct CgroupEvent {
     pub header: EventHeader,
     /// Cgroup id (the kernfs node id: the inode number of the cgroup's directory).
     pub id: u64,
+    /// cgroup2 id of the calling process (mkdir, rmdir), so a short-lived creator's
+    /// own cgroup can still be named; 0 for release.
+    pub caller_cgroup2: u64,
     /// Hierarchy id: 0 for cgroup2, the `hierarchy` column of /proc/cgroups for v1.
     pub root: i32,
     /// Depth below the hierarchy root (root = 0).
@@ -27,7 +30,7 @@ pub struct CgroupEvent {
     /// Path relative to the hierarchy's mount point, e.g. `/kubepods/pod1/abc`.
     pub path: [u8; PATH_LEN],
 }
-const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 312);
+const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 320);
 
 impl CgroupEvent {
     /// The path bytes, bounded by both `path_len` and the buffer.
@@ -100,6 +103,7 @@ mod tests {
                 ts_ns: 100,
             },
             id: 4242,
+            caller_cgroup2: 1,
             root: 4,
             level: 2,
             path_len: 6,
@@ -109,7 +113,7 @@ mod tests {
         };
         ev.path[..6].copy_from_slice(b"/a/b/c");
         assert_eq!(decode::<CgroupEvent>(as_bytes(&ev)), Some(ev));
-        assert_eq!(decode::<CgroupEvent>(&as_bytes(&ev)[..311]), None);
+        assert_eq!(decode::<CgroupEvent>(&as_bytes(&ev)[..319]), None);
         assert_eq!(ev.path_bytes(), b"/a/b/c");
         ev.path_len = 9999;
         assert_eq!(ev.path_bytes().len(), PATH_LEN);

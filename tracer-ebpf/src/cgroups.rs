@@ -8,7 +8,9 @@
 //! (destination cgroup, mover) in an LRU map.
 use aya_ebpf::{
     EbpfContext as _, Global,
-    helpers::{bpf_get_current_comm, generated::bpf_probe_read_kernel_str},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, generated::bpf_probe_read_kernel_str,
+    },
     macros::{map, tracepoint},
     maps::{LruHashMap, PerCpuArray},
     programs::TracePointContext,
@@ -93,10 +95,14 @@ fn record(ctx: &TracePointContext, kind: EventKind, count: u32) -> Option<u32> {
     // __data_loc: the low 16 bits are the string's offset in the record, the high 16
     // its length (NUL included).
     let loc: u32 = field(ctx, &CGROUPS_PATH)?;
-    let comm = if kind == EventKind::CgroupRelease {
-        [0u8; 16]
+    // Release runs in a kernel worker: its caller means nothing.
+    let (comm, caller_cgroup2) = if kind == EventKind::CgroupRelease {
+        ([0u8; 16], 0)
     } else {
-        bpf_get_current_comm().unwrap_or([0; 16])
+        // SAFETY: helper without arguments.
+        (bpf_get_current_comm().unwrap_or([0; 16]), unsafe {
+            bpf_get_current_cgroup_id()
+        })
     };
     let mut entry = reserve::<CgroupEvent>()?;
     let ev = entry.as_mut_ptr();
@@ -110,6 +116,7 @@ fn record(ctx: &TracePointContext, kind: EventKind, count: u32) -> Option<u32> {
             ts_ns: now_ns(),
         };
         (*ev).id = id;
+        (*ev).caller_cgroup2 = caller_cgroup2;
         (*ev).root = root;
         (*ev).level = level;
         (*ev)._pad = 0;

@@ -15,9 +15,10 @@ use anyhow::{Result, bail};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 use serde_json::{Value, json};
 use tracer_common::{
-    EventHeader, EventKind,
+    EventKind,
     cgroups::{
-        AttachCount, AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE, COUNT_RMDIR, count_slot,
+        AttachCount, AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE, COUNT_RMDIR, CgroupEvent,
+        count_slot,
     },
     comm_str, decode,
 };
@@ -224,6 +225,12 @@ fn take(session: &mut Session, name: &str) -> Result<aya::maps::Map> {
 /// Actor cgroups cached at most (one /proc read per new creating process).
 const ACTOR_CACHE: usize = 4_096;
 
+enum ActorCgroup {
+    Path(String),
+    /// The process was gone when its record arrived: its cgroup2 id from the kernel.
+    Cgroup2(u64),
+}
+
 struct Cgroups {
     args: Args,
     hierarchies: Vec<Hierarchy>,
@@ -234,7 +241,7 @@ struct Cgroups {
     dying_at_start: HashMap<u32, Option<u64>>,
     stat_start: Option<StatRead>,
     /// pid -> its own cgroup, looked up when it first makes or removes a cgroup.
-    actor_cgroups: HashMap<u32, String>,
+    actor_cgroups: HashMap<u32, ActorCgroup>,
 }
 
 impl Cgroups {
@@ -253,11 +260,17 @@ impl Cgroups {
             .unwrap_or_else(|| format!("hierarchy {root}"))
     }
 
-    fn actor_cgroup(&self, pid: u32) -> String {
-        self.actor_cgroups
-            .get(&pid)
-            .cloned()
-            .unwrap_or_else(|| procinfo::cgroup_of(pid))
+    /// The cgroup of a process that made or removed cgroups: from /proc when its first
+    /// record arrived, else (it was gone already) its cgroup2 id from the kernel,
+    /// named through `paths` (the last walk).
+    fn actor_cgroup(&self, pid: u32, paths: &HashMap<(i32, u64), String>) -> String {
+        match self.actor_cgroups.get(&pid) {
+            Some(ActorCgroup::Path(p)) => p.clone(),
+            Some(ActorCgroup::Cgroup2(id)) => {
+                paths.get(&(0, *id)).cloned().unwrap_or_else(|| "-".into())
+            }
+            None => procinfo::cgroup_of(pid),
+        }
     }
 }
 
@@ -271,17 +284,21 @@ impl Detector for Cgroups {
     }
 
     fn on_event(&mut self, data: &[u8]) {
-        if let Some(h) = decode::<EventHeader>(data) {
+        if let Some(ev) = decode::<CgroupEvent>(data) {
+            let pid = ev.header.tgid;
             let actor = matches!(
-                EventKind::from_u32(h.kind),
+                EventKind::from_u32(ev.header.kind),
                 Some(EventKind::CgroupMkdir | EventKind::CgroupRmdir)
             );
-            if actor && !self.actor_cgroups.contains_key(&h.tgid) {
+            if actor && !self.actor_cgroups.contains_key(&pid) {
                 if self.actor_cgroups.len() >= ACTOR_CACHE {
                     self.actor_cgroups.clear();
                 }
-                self.actor_cgroups
-                    .insert(h.tgid, procinfo::cgroup_of(h.tgid));
+                let c = match procinfo::cgroup_of(pid) {
+                    p if p != "-" => ActorCgroup::Path(p),
+                    _ => ActorCgroup::Cgroup2(ev.caller_cgroup2),
+                };
+                self.actor_cgroups.insert(pid, c);
             }
         }
         self.tracker.on_event(data);
@@ -394,9 +411,9 @@ impl Detector for Cgroups {
                     "age_s": round3(age_of(now, d.rmdir_ns)),
                     "creator_pid": d.creator.as_ref().map(|a| a.pid),
                     "creator_comm": d.creator.as_ref().map(|a| a.comm().to_string()),
-                    "creator_cgroup": d.creator.as_ref().map(|a| self.actor_cgroup(a.pid)),
+                    "creator_cgroup": d.creator.as_ref().map(|a| self.actor_cgroup(a.pid, &paths)),
                     "remover_pid": d.remover.pid, "remover_comm": d.remover.comm(),
-                    "remover_cgroup": self.actor_cgroup(d.remover.pid),
+                    "remover_cgroup": self.actor_cgroup(d.remover.pid, &paths),
                 })
             })
             .collect();
@@ -468,7 +485,7 @@ impl Detector for Cgroups {
             "released_recent": released_json,
             "churn": {
                 "processes": procs.iter().map(|(pid, c)| json!({
-                    "pid": pid, "comm": c.comm(), "cgroup": self.actor_cgroup(*pid),
+                    "pid": pid, "comm": c.comm(), "cgroup": self.actor_cgroup(*pid, &paths),
                     "mkdirs": c.mkdirs, "rmdirs": c.rmdirs,
                     "mkdirs_per_min": round3(c.mkdirs as f64 / minutes),
                 })).collect::<Vec<_>>(),
@@ -578,7 +595,7 @@ impl Detector for Cgroups {
                     c.mkdirs.to_string(),
                     c.rmdirs.to_string(),
                     format!("{:.1}", c.mkdirs as f64 / minutes),
-                    self.actor_cgroup(*pid),
+                    self.actor_cgroup(*pid, &paths),
                 ]);
             }
             text += &t.render();

@@ -339,6 +339,7 @@ mod tests {
                 ts_ns: ts,
             },
             id,
+            caller_cgroup2: 0,
             root,
             level: path.matches('/').count() as i32,
             path_len: path.len() as u32,
