@@ -135,6 +135,9 @@ pub struct Args {
     pub run: RunOpts,
 }
 
+/// A memory.stat read this slow gets a hint (healthy hosts take well under 1 ms).
+const SLOW_STAT: Duration = Duration::from_millis(10);
+
 /// Rows of the JSON lists at most (dying, empty, released).
 const JSON_ROWS: usize = 1_000;
 
@@ -655,6 +658,14 @@ impl Detector for Cgroups {
         }
 
         let mut hints = Vec::new();
+        if let Some(now) = stat_now.as_ref().filter(|s| s.took >= SLOW_STAT) {
+            hints.push(format!(
+                "reading {} took {:.1}ms: it (like reclaim and OOM handling) covers every memory cgroup \
+                 below it, dying ones included; fewer dying cgroups make it fast again.",
+                now.path.display(),
+                now.took.as_secs_f64() * 1e3
+            ));
+        }
         if memory_dying > 0 {
             hints.push(format!(
                 "{memory_dying} memory cgroup(s) are dying: removed, but still pinned, typically by page cache \
