@@ -181,6 +181,12 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     const K: usize = 3;
     let me = std::process::id();
     let comm = my_comm();
+    // The test process's cgroup2 cgroup, as the report names a process's own cgroup.
+    let own_cgroup = fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .expect("a cgroup2 entry in /proc/self/cgroup");
     let files = TempDir::new("cgroups-cache");
     let (tracer, prom) = start_live("memory", &files);
     let rel_parent = format!("/tracer-test-{me}");
@@ -263,6 +269,7 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
         assert_eq!(d["remover_pid"], me, "{d}");
         assert_eq!(d["creator_comm"], comm.as_str(), "{d}");
         assert_eq!(d["remover_comm"], comm.as_str(), "{d}");
+        assert_eq!(d["creator_cgroup"], own_cgroup.as_str(), "{d}");
         assert!(d["id"].as_u64().unwrap() > 0);
         assert!(d["age_s"].as_f64().unwrap() >= 0.0);
     }

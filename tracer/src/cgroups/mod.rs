@@ -334,6 +334,13 @@ impl Detector for Cgroups {
         let mut growing: Vec<String> = Vec::new();
         let wanted: Vec<u32> = self.hierarchies.iter().map(|h| h.id).collect();
         let survey = snap::survey()?;
+        // id -> path in every hierarchy: cgroup2 names the cgroup of callers that are
+        // gone even when --hierarchy picks another one.
+        for s in &survey {
+            for d in &s.dirs {
+                paths.insert((s.hierarchy.id as i32, d.id), d.path.clone());
+            }
+        }
         for s in survey.iter().filter(|s| wanted.contains(&s.hierarchy.id)) {
             let h = &s.hierarchy;
             let root = h.id as i32;
@@ -391,9 +398,6 @@ impl Detector for Cgroups {
                 "dying_growth_per_min": dying_growth.map(round3),
                 "release_latency_us": lat,
             }));
-            for d in &s.dirs {
-                paths.insert((root, d.id), d.path.clone());
-            }
             for d in snap::empty(&s.dirs, self.args.min_age) {
                 let age = d.age.map(|a| a.as_secs_f64()).unwrap_or(0.0);
                 empty.push((h.name.clone(), d.path.clone(), d.id, age));
