@@ -25,6 +25,11 @@ tracepoint:cgroup:cgroup_attach_task { @moves[args->dst_root, args->dst_id, pid]
 END { clear(@path); clear(@rmdir_ns); }
 "#;
 
+/// The floor: the same tracepoints with empty probes. Enabling the cgroup tracepoints
+/// costs by itself (the kernel formats the cgroup's path under a global lock for every
+/// mkdir, rmdir and release while any of them is enabled), whatever the program does.
+const BPFTRACE_EMPTY: &str = "tracepoint:cgroup:cgroup_mkdir { } tracepoint:cgroup:cgroup_rmdir { } tracepoint:cgroup:cgroup_release { }";
+
 /// The bench's parent cgroup, removed on drop (also when the bench fails).
 struct Parent(PathBuf);
 
@@ -89,7 +94,7 @@ pub fn run(a: &super::Args) -> Result<()> {
         })
         .collect();
     println!("tracer saw created per run: {seen:?} (each run made {CYCLES})");
-    common::report(
+    let (alone, tracer, _) = common::report(
         "cgroups",
         "cycles/s",
         &all,
@@ -98,6 +103,27 @@ pub fn run(a: &super::Args) -> Result<()> {
             common::cpu_vs_bpftrace(1.0),
             common::lost_events(),
         ],
+    );
+    // What the tracepoints cost with a program that does nothing, measured the same
+    // way, so the tracer's own share can be told from the kernel's.
+    eprintln!("floor: alone vs empty bpftrace probes on the same tracepoints");
+    let floor = common::interleave(
+        a.rounds,
+        &[Observer::Alone, Observer::Bpftrace(BPFTRACE_EMPTY.into())],
+        || workload(&parent.0),
+    )?;
+    let floor_ratio =
+        common::summarize(&floor, "bpftrace").rate / common::summarize(&floor, "alone").rate;
+    let own = tracer.rate / alone.rate / floor_ratio;
+    println!(
+        "{:<48} {:>9.3}  (the tracepoints' own cost, for reference)",
+        "throughput with empty probes / alone", floor_ratio
+    );
+    println!(
+        "{:<48} {:>9.3}  (target >= 0.99)  {}",
+        "throughput with tracer / with empty probes",
+        own,
+        if own >= 0.99 { "ok" } else { "MISSED" }
     );
     Ok(())
 }
