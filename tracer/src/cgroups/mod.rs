@@ -287,24 +287,26 @@ impl Detector for Cgroups {
     }
 
     fn on_event(&mut self, data: &[u8]) {
-        if let Some(ev) = decode::<CgroupEvent>(data) {
-            let pid = ev.header.tgid;
-            let actor = matches!(
-                EventKind::from_u32(ev.header.kind),
-                Some(EventKind::CgroupMkdir | EventKind::CgroupRmdir)
-            );
-            if actor && !self.actor_cgroups.contains_key(&pid) {
-                if self.actor_cgroups.len() >= ACTOR_CACHE {
-                    self.actor_cgroups.clear();
-                }
-                let c = match procinfo::cgroup_of(pid) {
-                    p if p != "-" => ActorCgroup::Path(p),
-                    _ => ActorCgroup::Cgroup2(ev.caller_cgroup2),
-                };
-                self.actor_cgroups.insert(pid, c);
+        let Some(ev) = decode::<CgroupEvent>(data) else {
+            self.tracker.on_event(data);
+            return;
+        };
+        let pid = ev.header.tgid;
+        let actor = matches!(
+            EventKind::from_u32(ev.header.kind),
+            Some(EventKind::CgroupMkdir | EventKind::CgroupRmdir)
+        );
+        if actor && !self.actor_cgroups.contains_key(&pid) {
+            if self.actor_cgroups.len() >= ACTOR_CACHE {
+                self.actor_cgroups.clear();
             }
+            let c = match procinfo::cgroup_of(pid) {
+                p if p != "-" => ActorCgroup::Path(p),
+                _ => ActorCgroup::Cgroup2(ev.caller_cgroup2),
+            };
+            self.actor_cgroups.insert(pid, c);
         }
-        self.tracker.on_event(data);
+        self.tracker.on_record(&ev);
     }
 
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use hdrhistogram::Histogram;
-use tracer_common::{COMM_LEN, EventHeader, EventKind, cgroups::CgroupEvent, comm_str, decode};
+use tracer_common::{COMM_LEN, EventKind, cgroups::CgroupEvent, comm_str, decode};
 
 use crate::output;
 
@@ -116,10 +116,15 @@ impl Tracker {
     }
 
     pub fn on_event(&mut self, data: &[u8]) {
-        let (Some(h), Some(ev)) = (decode::<EventHeader>(data), decode::<CgroupEvent>(data)) else {
-            self.bad_records += 1;
-            return;
-        };
+        match decode::<CgroupEvent>(data) {
+            Some(ev) => self.on_record(&ev),
+            None => self.bad_records += 1,
+        }
+    }
+
+    /// One decoded record.
+    pub fn on_record(&mut self, ev: &CgroupEvent) {
+        let h = ev.header;
         let key = (ev.root, ev.id);
         let path = || String::from_utf8_lossy(ev.path_bytes()).into_owned();
         let actor = Actor {
@@ -329,7 +334,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::{COMM_LEN, as_bytes, cgroups::PATH_LEN};
+    use tracer_common::{EventHeader, as_bytes, cgroups::PATH_LEN};
 
     fn ev(kind: EventKind, tgid: u32, ts: u64, root: i32, id: u64, path: &str) -> Vec<u8> {
         let mut e = CgroupEvent {
