@@ -27,7 +27,9 @@ pub struct CgroupEvent {
     pub _pad: u32,
     /// comm of the calling process (mkdir, rmdir); zero for release.
     pub comm: [u8; COMM_LEN],
-    /// Path relative to the hierarchy's mount point, e.g. `/kubepods/pod1/abc`.
+    /// Path relative to the hierarchy's mount point, e.g. `/kubepods/pod1/abc`. Only
+    /// the first `path_len` bytes are meaningful: the kernel does not clear the rest
+    /// (it holds bytes of earlier records); read it through [`CgroupEvent::path_bytes`].
     pub path: [u8; PATH_LEN],
 }
 const _: () = assert!(core::mem::size_of::<CgroupEvent>() == 320);
