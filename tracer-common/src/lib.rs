@@ -6,6 +6,7 @@
 //! decode a record with a length check instead of a blind pointer cast.
 #![no_std]
 
+pub mod cgroups;
 pub mod tcp;
 pub mod zombies;
 
@@ -23,6 +24,12 @@ pub enum EventKind {
     ProcessReap = 2,
     /// tcp-pressure: a TCP socket-memory allocation was refused (sock_exceed_buf_limit).
     TcpBufLimit = 10,
+    /// cgroups: a cgroup was created (cgroup:cgroup_mkdir).
+    CgroupMkdir = 20,
+    /// cgroups: a cgroup was removed (cgroup:cgroup_rmdir); it is dying until released.
+    CgroupRmdir = 21,
+    /// cgroups: a removed cgroup was freed (cgroup:cgroup_release).
+    CgroupRelease = 22,
 }
 
 impl EventKind {
@@ -31,6 +38,9 @@ impl EventKind {
             1 => Self::ProcessExit,
             2 => Self::ProcessReap,
             10 => Self::TcpBufLimit,
+            20 => Self::CgroupMkdir,
+            21 => Self::CgroupRmdir,
+            22 => Self::CgroupRelease,
             _ => return None,
         })
     }

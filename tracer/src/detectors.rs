@@ -1,5 +1,5 @@
 //! The registry of detectors, for `tracer doctor` (and anything else that lists them).
-use crate::{bpf::Spec, tcp, zombies};
+use crate::{bpf::Spec, cgroups, tcp, zombies};
 
 pub struct Detector {
     pub spec: &'static Spec,
@@ -19,5 +19,10 @@ pub const ALL: &[Detector] = &[
         spec: &tcp::SPEC,
         fallback: "episodes and TcpExt counters from /proc sampling still work",
         path: "tracepoints + 10 Hz sampling",
+    },
+    Detector {
+        spec: &cgroups::SPEC,
+        fallback: "no per-mover task counts",
+        path: "tracepoints",
     },
 ];
