@@ -13,7 +13,7 @@ mod episodes;
 mod sockets;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     time::Duration,
 };
 
@@ -363,22 +363,61 @@ fn fill_drop_reasons(session: &mut Session) -> Result<Vec<&'static str>> {
     Ok(names)
 }
 
-/// The sockets at the start of the episode where they held the most, or now.
+/// One look at the TCP sockets (during an episode, or now): the largest holders
+/// and per-process totals, bounded whatever the number of sockets.
 struct SockSnap {
     t_ns: u64,
-    socks: Vec<Sock>,
     source: Source,
+    /// Memory charged to all sockets, bytes.
+    total: u64,
+    /// The KEEP_SOCKETS sockets holding the most.
+    socks: Vec<Sock>,
+    /// Per owner: (pid, sockets, receive queue, send queue, charged), most first.
+    holders: Vec<(u32, usize, u64, u64, u64)>,
     /// comm and cgroup of each owner, read when the snapshot was taken (an owner
     /// may be gone by the time the report is printed).
     owners: HashMap<u32, (String, String)>,
 }
 
+/// Sockets kept per snapshot (the report shows at most --top of them).
+const KEEP_SOCKETS: usize = 1000;
+
 impl SockSnap {
-    fn take(t_ns: u64, cookies: &HashSet<u64>) -> SockSnap {
-        let (socks, source) = sockets::snapshot(cookies);
+    /// Takes a snapshot; also returns (owner pid, receive and send queue bytes) of
+    /// the sockets whose cookie is in `cookies` and that a process holds.
+    fn take(t_ns: u64, cookies: &HashSet<u64>) -> (SockSnap, HashMap<u64, (u32, u64, u64)>) {
+        let (mut socks, source) = sockets::snapshot(cookies);
+        let found: HashMap<u64, (u32, u64, u64)> = socks
+            .iter()
+            .filter(|s| cookies.contains(&s.cookie))
+            .filter_map(|s| Some((s.cookie, (s.pid?, s.rmem, s.wmem))))
+            .collect();
+        let total = socks.iter().map(Sock::total).sum();
+        let mut per_pid: HashMap<u32, (usize, u64, u64, u64)> = HashMap::new();
+        for s in &socks {
+            if let Some(pid) = s.pid {
+                let h = per_pid.entry(pid).or_default();
+                h.0 += 1;
+                h.1 += s.rmem;
+                h.2 += s.wmem;
+                h.3 += s.total();
+            }
+        }
+        let mut holders: Vec<_> = per_pid
+            .into_iter()
+            .filter(|(_, h)| h.3 > 0)
+            .map(|(p, (n, r, w, t))| (p, n, r, w, t))
+            .collect();
+        holders.sort_by(|a, b| b.4.cmp(&a.4).then(a.0.cmp(&b.0)));
+        holders.truncate(KEEP_SOCKETS);
+        // sockets::snapshot sorted them, largest first.
+        socks.retain(|s| s.total() > 0);
+        socks.truncate(KEEP_SOCKETS);
         let owners = socks
             .iter()
             .filter_map(|s| s.pid)
+            .chain(holders.iter().map(|h| h.0))
+            .chain(found.values().map(|v| v.0))
             .collect::<HashSet<u32>>()
             .into_iter()
             .map(|p| {
@@ -386,12 +425,15 @@ impl SockSnap {
                 (p, (comm, procinfo::cgroup_of(p)))
             })
             .collect();
-        SockSnap {
+        let snap = SockSnap {
             t_ns,
-            socks,
             source,
+            total,
+            socks,
+            holders,
             owners,
-        }
+        };
+        (snap, found)
     }
 
     fn owner(&self, pid: u32) -> (String, String) {
@@ -399,10 +441,6 @@ impl SockSnap {
             .get(&pid)
             .cloned()
             .unwrap_or_else(|| ("?".into(), "-".into()))
-    }
-
-    fn total(&self) -> u64 {
-        self.socks.iter().map(Sock::total).sum()
     }
 }
 
@@ -459,7 +497,7 @@ impl TcpPressure {
             return;
         }
         self.last_sock_snapshot_ns = t_ns.max(1);
-        let snap = SockSnap::take(t_ns, &HashSet::new());
+        let (snap, _) = SockSnap::take(t_ns, &HashSet::new());
         self.keep_if_larger(snap);
     }
 
@@ -468,7 +506,7 @@ impl TcpPressure {
         if self
             .episode_socks
             .as_ref()
-            .is_none_or(|old| snap.total() > old.total())
+            .is_none_or(|old| snap.total > old.total)
         {
             self.episode_socks = Some(snap);
         }
@@ -491,18 +529,15 @@ impl TcpPressure {
             && (force || now.saturating_sub(self.last_resolve_ns) >= RESOLVE_EVERY_NS)
         {
             self.last_resolve_ns = now;
-            let snap = SockSnap::take(now, &unknown);
+            let (snap, found) = SockSnap::take(now, &unknown);
             if self.owner_of.len() > OWNER_CACHE_CAPACITY {
                 self.owner_of.clear();
             }
-            let mut owners: HashMap<u64, Owner> = snap
-                .socks
+            let mut owners: HashMap<u64, Owner> = found
                 .iter()
-                .filter(|s| unknown.contains(&s.cookie))
-                .filter_map(|sock| {
-                    let pid = sock.pid?;
+                .map(|(cookie, &(pid, rmem, wmem))| {
                     let (comm, cgroup) = snap.owner(pid);
-                    Some((sock.cookie, Some((pid, comm, cgroup, sock.rmem, sock.wmem))))
+                    (*cookie, Some((pid, comm, cgroup, rmem, wmem)))
                 })
                 .collect();
             // Sockets gone or held by no process (closed, orphaned): looked up once.
@@ -511,9 +546,9 @@ impl TcpPressure {
             }
             self.owner_of.extend(owners);
             log::debug!(
-                "resolve: {} unknown cookies, {} sockets, {} owners known",
+                "resolve: {} unknown cookies, {} found, {} owners known",
                 unknown.len(),
-                snap.socks.len(),
+                found.len(),
                 self.owner_of.len()
             );
             if self.episodes.open().is_some() {
@@ -809,28 +844,16 @@ impl Detector for TcpPressure {
         let (sock_snap, when) = match &self.episode_socks {
             Some(s) => (s, "episode"),
             None => {
-                now_snap = SockSnap::take(procinfo::monotonic_ns(), &HashSet::new());
+                now_snap = SockSnap::take(procinfo::monotonic_ns(), &HashSet::new()).0;
                 (&now_snap, "now")
             }
         };
-        let all_bytes = sock_snap.total();
-        let mut holders: BTreeMap<u32, (usize, u64, u64, u64)> = BTreeMap::new();
-        for s in &sock_snap.socks {
-            if let Some(pid) = s.pid {
-                let h = holders.entry(pid).or_default();
-                h.0 += 1;
-                h.1 += s.rmem;
-                h.2 += s.wmem;
-                h.3 += s.total();
-            }
-        }
-        let mut holders: Vec<_> = holders.into_iter().filter(|h| h.1.3 > 0).collect();
-        holders.sort_by(|a, b| b.1.3.cmp(&a.1.3).then(a.0.cmp(&b.0)));
+        let all_bytes = sock_snap.total;
         let mut hold_json = Vec::new();
         let mut hold_table = Table::new(&[
             "PID", "COMM", "SOCKETS", "RECV Q", "SEND Q", "HELD", "CGROUP",
         ]);
-        for (pid, (n, r, w, t)) in holders.iter().take(self.top) {
+        for (pid, n, r, w, t) in sock_snap.holders.iter().take(self.top) {
             let (comm, cgroup) = sock_snap.owner(*pid);
             hold_table.row(vec![
                 pid.to_string(),
@@ -846,12 +869,7 @@ impl Detector for TcpPressure {
                                   "rmem_bytes": r, "wmem_bytes": w, "held_bytes": t}),
             );
         }
-        let top_socks: Vec<&Sock> = sock_snap
-            .socks
-            .iter()
-            .filter(|s| s.total() > 0)
-            .take(self.top)
-            .collect();
+        let top_socks: Vec<&Sock> = sock_snap.socks.iter().take(self.top).collect();
         let mut sock_table = Table::new(&[
             "LOCAL", "PEER", "STATE", "RECV Q", "RCVBUF", "SEND Q", "SNDBUF", "HELD", "PID", "COMM",
         ]);
@@ -860,8 +878,8 @@ impl Detector for TcpPressure {
             let comm = s.pid.map(|p| sock_snap.owner(p).0);
             let opt = |v: Option<u64>| v.map(human_bytes).unwrap_or_else(|| "-".into());
             sock_table.row(vec![
-                s.local.clone(),
-                s.peer.clone(),
+                s.local.to_string(),
+                s.peer.to_string(),
                 s.state.into(),
                 human_bytes(s.rmem),
                 opt(s.rcvbuf),

@@ -15,8 +15,8 @@ use serde::Serialize;
 /// One TCP socket and the memory it holds.
 #[derive(Clone, Debug, Serialize)]
 pub struct Sock {
-    pub local: String,
-    pub peer: String,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
     pub state: &'static str,
     pub inode: u64,
     /// Socket cookie (sock_diag only; 0 otherwise), as bpf_get_socket_cookie() gives it.
@@ -281,8 +281,8 @@ fn parse_diag(m: &[u8], family: u8) -> Option<Sock> {
     let cookie = u64::from(u32_at(id, 40)) | u64::from(u32_at(id, 44)) << 32;
     let inode = u32_at(m, 68);
     let mut sock = Sock {
-        local: local.to_string(),
-        peer: peer.to_string(),
+        local,
+        peer,
         state: state_name(state),
         inode: u64::from(inode),
         cookie,
@@ -323,8 +323,8 @@ fn proc_net_tcp() -> Vec<Sock> {
     all.extend(procfs::net::tcp6().unwrap_or_default());
     all.into_iter()
         .map(|e| Sock {
-            local: e.local_address.to_string(),
-            peer: e.remote_address.to_string(),
+            local: e.local_address,
+            peer: e.remote_address,
             state: tcp_state(&e.state),
             inode: e.inode,
             cookie: 0,
@@ -373,7 +373,7 @@ mod tests {
         let me = std::process::id();
         let srv = socks
             .iter()
-            .find(|s| s.local == format!("127.0.0.1:{port}") && s.state == "ESTAB")
+            .find(|s| s.local.to_string() == format!("127.0.0.1:{port}") && s.state == "ESTAB")
             .unwrap_or_else(|| panic!("accepted socket not listed: {socks:?}"));
         // Nobody read: the 10,000 bytes sit in its receive queue.
         assert!(srv.rmem >= 10_000, "{srv:?}");
