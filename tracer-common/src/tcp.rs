@@ -41,6 +41,9 @@ plain!(BufLimitEvent);
 /// Send-start timestamps per thread (LRU: a thread that never reached a TCP send
 /// leaves an entry that the next syscall entry overwrites or the LRU evicts).
 pub const SEND_START_CAPACITY: u32 = 16_384;
+/// Threads seen sending on a TCP socket (LRU). write()/writev() entries are timed only
+/// for them, so writes to files and pipes cost a lookup, not a map update.
+pub const TCP_SENDERS_CAPACITY: u32 = 16_384;
 
 /// Drop reasons that can be counted: reason numbers at or above this are ignored.
 pub const DROP_REASON_CAPACITY: u32 = 512;

@@ -23,7 +23,8 @@ use tracer_common::{
     tcp::{
         BufLimitEvent, COUNT_DROP_BASE, COUNT_RCVQ_FULL, COUNT_REFUSALS, COUNT_RETRANS_NORMAL,
         COUNT_RETRANS_PRESSURE, COUNT_SLOTS, DROP_REASON_CAPACITY, DROP_SLOTS, FLAG_BTF,
-        FLAG_PRESSURE, FLAG_SLOTS, LAT_BUCKETS, LAT_SLOTS, SEND_START_CAPACITY, lat_bucket,
+        FLAG_PRESSURE, FLAG_SLOTS, LAT_BUCKETS, LAT_SLOTS, SEND_START_CAPACITY,
+        TCP_SENDERS_CAPACITY, lat_bucket,
     },
 };
 
@@ -77,6 +78,11 @@ static TCP_FLAGS: Array<u32> = Array::with_max_entries(FLAG_SLOTS, 0);
 /// Thread id -> entry time of its current send-type syscall.
 #[map]
 static TCP_SEND_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(SEND_START_CAPACITY, 0);
+
+/// Threads that sent on a TCP socket (value unused): their write()/writev() calls are
+/// timed, everybody else's cost one lookup.
+#[map]
+static TCP_SENDERS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(TCP_SENDERS_CAPACITY, 0);
 
 /// Send latency histogram per CPU: LAT_BUCKETS normal buckets, then LAT_BUCKETS
 /// pressure buckets (log-linear over ns, see tracer_common::tcp::lat_bucket).
@@ -232,12 +238,18 @@ pub fn tcp_retransmit(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Entry of a send-type syscall (sendto, sendmsg, write, writev): remember when this
-/// thread started it. Most writes are not to TCP sockets; their entries are
-/// overwritten by the thread's next syscall or evicted (LRU).
+/// Entry of a send-type syscall: remember when this thread started it. sendto and
+/// sendmsg are socket calls and always timed; write and writev go to files and pipes
+/// too, so they are timed only for threads known to send on TCP sockets (the first
+/// write of a thread to a TCP socket makes it known and is not timed). Entries that
+/// never reach a TCP send are overwritten by the thread's next one or evicted (LRU).
 #[inline(always)]
-fn send_enter() -> u32 {
+fn send_enter(socket_call: bool) -> u32 {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    // SAFETY: plain map lookup; only presence matters.
+    if !socket_call && unsafe { TCP_SENDERS.get(&tid) }.is_none() {
+        return 0;
+    }
     let _ = TCP_SEND_START.insert(&tid, &now_ns(), 0);
     0
 }
@@ -245,25 +257,25 @@ fn send_enter() -> u32 {
 /// syscalls:sys_enter_sendto
 #[tracepoint]
 pub fn tcp_enter_sendto(_ctx: TracePointContext) -> u32 {
-    send_enter()
+    send_enter(true)
 }
 
 /// syscalls:sys_enter_sendmsg
 #[tracepoint]
 pub fn tcp_enter_sendmsg(_ctx: TracePointContext) -> u32 {
-    send_enter()
+    send_enter(true)
 }
 
 /// syscalls:sys_enter_write
 #[tracepoint]
 pub fn tcp_enter_write(_ctx: TracePointContext) -> u32 {
-    send_enter()
+    send_enter(false)
 }
 
 /// syscalls:sys_enter_writev
 #[tracepoint]
 pub fn tcp_enter_writev(_ctx: TracePointContext) -> u32 {
-    send_enter()
+    send_enter(false)
 }
 
 /// sock:sock_send_length: sock_sendmsg() returned (`ret` bytes or -errno) on a socket
@@ -282,7 +294,13 @@ fn try_send_length(ctx: &TracePointContext) -> Option<u32> {
     }
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     // SAFETY: plain map lookup of a u64 value.
-    let start = unsafe { TCP_SEND_START.get(&tid) }.copied()?;
+    let Some(start) = (unsafe { TCP_SEND_START.get(&tid) }.copied()) else {
+        // Not timed (a thread's first write to a TCP socket): time the next ones.
+        if unsafe { TCP_SENDERS.get(&tid) }.is_none() {
+            let _ = TCP_SENDERS.insert(&tid, &0, 0);
+        }
+        return Some(0);
+    };
     let _ = TCP_SEND_START.remove(&tid);
     let ns = now_ns().saturating_sub(start);
     let p = pressure();
