@@ -108,6 +108,26 @@ fn workload() -> Result<WorkResult> {
     Ok(WorkResult { ops: WRITES, secs })
 }
 
+/// 1-byte writes to /dev/null per run of the second phase: what every write() on the
+/// host pays while the send-latency hooks are attached (the syscall tracepoint itself
+/// plus the program), the worst case for a tracer that hooks write().
+const SMALL_WRITES: u64 = 2_000_000;
+
+fn small_writes() -> Result<WorkResult> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .context("opening /dev/null")?;
+    let t0 = Instant::now();
+    for _ in 0..SMALL_WRITES {
+        f.write_all(&[0u8]).context("write")?;
+    }
+    Ok(WorkResult {
+        ops: SMALL_WRITES,
+        secs: t0.elapsed().as_secs_f64(),
+    })
+}
+
 pub fn run(a: &super::Args) -> Result<()> {
     let observers = [
         Observer::Alone,
@@ -148,6 +168,26 @@ pub fn run(a: &super::Args) -> Result<()> {
         "\nthroughput: alone {:.2} GiB/s, with tracer {:.2} GiB/s",
         gib(alone.rate),
         gib(tracer.rate)
+    );
+
+    println!(
+        "\nphase 2: {SMALL_WRITES} 1-byte writes to /dev/null per run (not TCP: the cost every write() pays)"
+    );
+    let all = common::interleave(a.rounds, &observers, small_writes)?;
+    let (alone, tracer, bpf) = common::report(
+        "tcp-pressure small writes",
+        "writes/s",
+        &all,
+        &[common::lost_events()],
+    );
+    let ns = |rate: f64| 1e9 / rate;
+    println!(
+        "\nns per write: alone {:.0}, tracer {:.0} (+{:.0}), bpftrace {}",
+        ns(alone.rate),
+        ns(tracer.rate),
+        ns(tracer.rate) - ns(alone.rate),
+        bpf.map(|b| format!("{:.0} (+{:.0})", ns(b.rate), ns(b.rate) - ns(alone.rate)))
+            .unwrap_or_else(|| "-".into())
     );
     Ok(())
 }
