@@ -238,8 +238,8 @@ pub fn tcp_retransmit(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Entry of a send-type syscall: remember when this thread started it. sendto and
-/// sendmsg are socket calls and always timed; write and writev go to files and pipes
+/// Entry of a send-type syscall: remember when this thread started it. sendto,
+/// sendmsg and sendmmsg are socket calls and always timed; write and writev go to files and pipes
 /// too, so they are timed only for threads known to send on TCP sockets (the first
 /// write of a thread to a TCP socket makes it known and is not timed). Entries that
 /// never reach a TCP send are overwritten by the thread's next one or evicted (LRU).
@@ -263,6 +263,13 @@ pub fn tcp_enter_sendto(_ctx: TracePointContext) -> u32 {
 /// syscalls:sys_enter_sendmsg
 #[tracepoint]
 pub fn tcp_enter_sendmsg(_ctx: TracePointContext) -> u32 {
+    send_enter(true)
+}
+
+/// syscalls:sys_enter_sendmmsg (one start for the batch: the first message's latency
+/// is timed, the others are not)
+#[tracepoint]
+pub fn tcp_enter_sendmmsg(_ctx: TracePointContext) -> u32 {
     send_enter(true)
 }
 

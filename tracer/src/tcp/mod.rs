@@ -86,6 +86,13 @@ pub const SPEC: Spec = Spec {
             purpose: "time sendmsg() on TCP sockets",
         },
         Hook {
+            program: "tcp_enter_sendmmsg",
+            category: "syscalls",
+            name: "sys_enter_sendmmsg",
+            required: false,
+            purpose: "time sendmmsg() on TCP sockets (first message of each call)",
+        },
+        Hook {
             program: "tcp_enter_write",
             category: "syscalls",
             name: "sys_enter_write",

@@ -65,6 +65,7 @@ tracepoint:skb:kfree_skb /{cond}/ {{ @drops[args->reason] = count(); }}
 tracepoint:sock:sock_rcvqueue_full {{ @rcvq_full = count(); }}
 tracepoint:tcp:tcp_retransmit_skb {{ @retrans = count(); }}
 tracepoint:syscalls:sys_enter_sendto, tracepoint:syscalls:sys_enter_sendmsg,
+tracepoint:syscalls:sys_enter_sendmmsg,
 tracepoint:syscalls:sys_enter_write, tracepoint:syscalls:sys_enter_writev {{ @start[tid] = nsecs; }}
 tracepoint:sock:sock_send_length /@start[tid] && (args->family == 2 || args->family == 10) && args->protocol == 6/ {{
   @send_us = hist((nsecs - @start[tid]) / 1000); delete(@start[tid]); }}
