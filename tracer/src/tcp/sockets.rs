@@ -382,6 +382,40 @@ mod tests {
     }
 
     #[test]
+    fn parses_an_inet_diag_message_with_skmeminfo() {
+        // struct inet_diag_msg for 127.0.0.1:8080 -> 127.0.0.1:40000, ESTABLISHED,
+        // cookie 0x0000_0002_0000_0001, inode 777, then INET_DIAG_SKMEMINFO.
+        let mut m = vec![0u8; DIAG_MSG];
+        m[0] = libc::AF_INET as u8;
+        m[1] = 1;
+        m[4..6].copy_from_slice(&8080u16.to_be_bytes());
+        m[6..8].copy_from_slice(&40000u16.to_be_bytes());
+        m[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        m[24..28].copy_from_slice(&[127, 0, 0, 1]);
+        m[44..48].copy_from_slice(&1u32.to_ne_bytes());
+        m[48..52].copy_from_slice(&2u32.to_ne_bytes());
+        m[68..72].copy_from_slice(&777u32.to_ne_bytes());
+        let mem: [u32; 9] = [5000, 131072, 0, 16384, 1200, 3000, 0, 0, 4];
+        m.extend_from_slice(&(4u16 + 36).to_ne_bytes());
+        m.extend_from_slice(&INET_DIAG_SKMEMINFO.to_ne_bytes());
+        for v in mem {
+            m.extend_from_slice(&v.to_ne_bytes());
+        }
+        let s = parse_diag(&m, libc::AF_INET as u8).expect("parsed");
+        assert_eq!(s.local.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.peer.to_string(), "127.0.0.1:40000");
+        assert_eq!(s.state, "ESTAB");
+        assert_eq!(s.cookie, (2 << 32) | 1);
+        assert_eq!(s.inode, 777);
+        assert_eq!((s.rmem, s.wmem, s.fwd_alloc), (5000, 3000, 1200));
+        assert_eq!(
+            (s.rcvbuf, s.sndbuf, s.drops),
+            (Some(131072), Some(16384), Some(4))
+        );
+        assert_eq!(s.total(), 9200);
+    }
+
+    #[test]
     fn rejects_truncated_messages() {
         let mut out = Vec::new();
         assert!(parse_messages(&[20, 0, 0, 0, 0, 0], 2, &mut out).is_ok());
