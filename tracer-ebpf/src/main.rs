@@ -6,6 +6,7 @@
 
 mod common;
 mod probe;
+mod triage;
 mod zombies;
 
 #[cfg(not(test))]

@@ -14,6 +14,7 @@ mod run;
 #[allow(dead_code)] // until the detectors that read them land
 mod snapshot;
 mod tracefs;
+mod triage;
 mod zombies;
 
 /// Find the causes of Linux production incidents with eBPF.
@@ -35,6 +36,9 @@ struct Cli {
 enum Command {
     /// What this kernel allows and which hooks each detector will use.
     Doctor(doctor::Args),
+    /// The first-60-seconds USE check: CPU, memory, disk, network, kernel log, leaks.
+    /// Exit 0 all ok, 3 worst is warn, 4 any crit (see `tracer triage --help`).
+    Triage(triage::Args),
     /// Parents that leave zombie children unreaped, and PID headroom (Uber incident).
     Zombies(zombies::Args),
 }
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Doctor(a) => doctor::run(a),
+            Command::Triage(a) => triage::run(a).await.map(i32::from),
             Command::Zombies(a) => zombies::run(a).await.map(|()| 0),
         }
     });
