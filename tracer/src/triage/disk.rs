@@ -7,17 +7,19 @@ use std::path::Path;
 use procfs::{Current as _, DiskStat, IoPressure};
 use serde_json::json;
 
-use super::{Finding, Part, Skipped, Window, cpu::round1, judge};
+use super::{Finding, Part, Window, cpu::round1, judge};
 use crate::snapshot::Level;
 
 pub struct Before {
     disks: Vec<DiskStat>,
+    psi: Option<u64>,
 }
 
 impl Before {
     pub fn read() -> Before {
         Before {
             disks: procfs::diskstats().unwrap_or_default(),
+            psi: IoPressure::current().ok().map(|p| p.some.total),
         }
     }
 }
@@ -97,24 +99,14 @@ pub fn findings(before: Before, w: Window) -> Part {
         ));
     }
     part.json.insert("disks".into(), json!(devices));
-    match IoPressure::current() {
-        Ok(p) => part.findings.push(
-            Finding::new(
-                "disk",
-                "pressure (PSI)",
-                format!(
-                    "some avg10 {:.1}%, full avg10 {:.1}%",
-                    p.some.avg10, p.full.avg10
-                ),
-                "some >= 10% warn, >= 40% crit",
-                judge(p.some.avg10 as f64, 10.0, 40.0),
-            )
-            .next("cat /proc/pressure/io; iostat -xz 1; per cgroup: io.pressure"),
-        ),
-        Err(e) => part.skipped.push(Skipped {
-            part: "io pressure (PSI)",
-            reason: format!("/proc/pressure/io: {e}"),
-        }),
-    }
+    super::psi(
+        &mut part,
+        "disk",
+        "/proc/pressure/io",
+        before.psi,
+        IoPressure::current().map(|p| p.some),
+        w,
+        "cat /proc/pressure/io; iostat -xz 1; per cgroup: io.pressure",
+    );
     part
 }

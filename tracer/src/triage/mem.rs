@@ -11,12 +11,14 @@ use crate::snapshot::{Level, pct};
 /// /proc/vmstat counters at the start of the window.
 pub struct Before {
     vmstat: HashMap<String, i64>,
+    psi: Option<u64>,
 }
 
 impl Before {
     pub fn read() -> Before {
         Before {
             vmstat: procfs::vmstat().unwrap_or_default(),
+            psi: MemoryPressure::current().ok().map(|p| p.some.total),
         }
     }
 }
@@ -115,24 +117,14 @@ pub fn findings(before: Before, w: Window) -> Part {
         );
     }
 
-    match MemoryPressure::current() {
-        Ok(p) => f.push(
-            Finding::new(
-                "memory",
-                "pressure (PSI)",
-                format!(
-                    "some avg10 {:.1}%, full avg10 {:.1}%",
-                    p.some.avg10, p.full.avg10
-                ),
-                "some >= 10% warn, >= 40% crit",
-                judge(p.some.avg10 as f64, 10.0, 40.0),
-            )
-            .next("cat /proc/pressure/memory; per cgroup: memory.pressure; vmstat 1"),
-        ),
-        Err(e) => part.skipped.push(Skipped {
-            part: "memory pressure (PSI)",
-            reason: format!("/proc/pressure/memory: {e}"),
-        }),
-    }
+    super::psi(
+        &mut part,
+        "memory",
+        "/proc/pressure/memory",
+        before.psi,
+        MemoryPressure::current().map(|p| p.some),
+        w,
+        "cat /proc/pressure/memory; per cgroup: memory.pressure; vmstat 1",
+    );
     part
 }

@@ -34,30 +34,33 @@ pub use runq::SPEC;
 /// How often the run-queue length is sampled during the window.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
-/// The first-60-seconds check of a slow host: USE (utilization, saturation, errors) for
-/// CPU, memory, disk, network, the kernel log and the leaks the other commands chase.
-///
-/// Prints one table, a row per resource and check with the measured value, the
-/// threshold it was judged by and a verdict (ok / warn / crit), in the order of
-/// Netflix's checklist (uptime, dmesg, vmstat, mpstat, pidstat, iostat, free, sar),
-/// then the command to run next for every row that is not ok. Rates are measured over
-/// the window (-d, default 5s). As root it also measures run-queue latency with eBPF;
-/// without root that part is skipped (and says why) and the rest still runs.
-///
-/// Exit status:
-///   0  every row is ok
-///   3  the worst row is warn
-///   4  at least one row is crit
-///   1  the check could not run; 2  usage error
-/// `--fail-on crit` exits 0 on warn rows; `--fail-on never` always exits 0 after the
-/// report (for scripts that only want the report).
-///
-/// Examples:
-///   tracer triage                    # 5-second check, table and next steps
-///   tracer triage -d 1s --json       # one JSON object, exit 0/3/4
-///   tracer triage --since 1h         # look back an hour in the kernel log
+/// What `tracer triage --help` shows after the options (the subcommand's one-line
+/// description comes from main.rs).
+const AFTER_HELP: &str = "\
+Prints one table, a row per resource and check with the measured value, the threshold
+it was judged by and a verdict (ok / warn / crit), in the order of Netflix's checklist
+(uptime, dmesg, vmstat, mpstat, pidstat, iostat, free, sar), then the command to run
+next for every row that is not ok. Rates are measured over the window (-d, default 5s).
+As root it also measures run-queue latency with eBPF; without root that part is skipped
+(and says why) and the rest still runs.
+
+Exit status:
+  0  every row is ok
+  3  the worst row is warn
+  4  at least one row is crit
+  1  the check could not run;  2  usage error
+  --fail-on crit exits 0 on warn rows; --fail-on never always exits 0 after the report.
+
+Examples:
+  tracer triage                    # 5-second check, table and next steps
+  tracer triage -d 1s --json       # one JSON object, exit 0/3/4
+  tracer triage --since 1h         # look back an hour in the kernel log";
+
+/// The first-60-seconds check of a slow host: USE (utilization, saturation, errors)
+/// for CPU, memory, disk, network, the kernel log and the leaks the other commands
+/// chase.
 #[derive(clap::Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = AFTER_HELP)]
 pub struct Args {
     /// Measure rates over this window (e.g. 5s, 1s, 30s).
     #[arg(short = 'd', long, value_parser = run::parse_duration, value_name = "DURATION", default_value = "5s")]
@@ -136,6 +139,45 @@ pub fn judge(v: f64, warn: f64, crit: f64) -> Level {
     Level::of_pct(v, warn, crit)
 }
 
+/// PSI "some": the share of the window in which at least one task stalled on the
+/// resource, from the kernel's cumulative stall time (`total`, usecs) read at both
+/// ends of the window. (avg10 would still carry the 10 s before the run.)
+pub fn psi(
+    part: &mut Part,
+    resource: &'static str,
+    file: &str,
+    before: Option<u64>,
+    after: procfs::ProcResult<procfs::PressureRecord>,
+    w: Window,
+    next: &str,
+) {
+    match (before, after) {
+        (Some(b), Ok(a)) => {
+            let pct = (a.total.saturating_sub(b) as f64 / (w.secs * 1e6) * 100.0).min(100.0);
+            part.findings.push(
+                Finding::new(
+                    resource,
+                    "pressure (PSI)",
+                    format!("some {pct:.1}% of the window (avg10 {:.1}%)", a.avg10),
+                    "some >= 10% warn, >= 40% crit",
+                    judge(pct, 10.0, 40.0),
+                )
+                .next(next),
+            );
+            part.json
+                .insert(format!("{resource}_psi_some_pct"), cpu::round1(pct).into());
+        }
+        (_, Err(e)) => part.skipped.push(Skipped {
+            part: "pressure stall information (PSI)",
+            reason: format!("{file}: {e}"),
+        }),
+        (None, Ok(_)) => part.skipped.push(Skipped {
+            part: "pressure stall information (PSI)",
+            reason: format!("{file} was not readable at the start of the window"),
+        }),
+    }
+}
+
 /// A part of the check that could not run, and why.
 #[derive(Clone, Debug, Serialize)]
 pub struct Skipped {
@@ -170,6 +212,19 @@ pub struct Window {
 }
 
 pub async fn run(args: Args) -> Result<u8> {
+    // Bad input fails before the window, not after it.
+    if let Some(p) = &args.prom_file {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "the directory of --prom-file {} does not exist; create it or pass another path",
+                p.display()
+            );
+        }
+    }
     // Attach first, so the run-queue histogram covers the whole window.
     let mut runq = runq::Runq::start();
     let before_cpu = cpu::Before::read()?;
