@@ -182,9 +182,12 @@ fn ext4_out_of_inodes_is_crit_for_that_mount() {
     let value = row["value"].as_str().unwrap();
     assert!(value.starts_with("100% of inodes used"), "{row}");
     assert!(value.contains("inodes full, blocks free"), "{row}");
-    assert_eq!(
-        row["next"],
-        format!("tracer inodes --fs {mount} (who creates the files, where); df -i {mount}")
+    assert!(
+        row["next"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("tracer inodes --fs {mount} ")),
+        "{row}"
     );
     let listed = r["filesystems"]
         .as_array()

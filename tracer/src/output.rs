@@ -191,6 +191,15 @@ pub fn human_duration(secs: f64) -> String {
     }
 }
 
+/// The first `n` characters of `s`, with "..." when it was longer.
+pub fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(n - 3).collect::<String>())
+    }
+}
+
 /// Rounds to 3 decimals for JSON (no 0.30000000000000004 in reports).
 pub fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0

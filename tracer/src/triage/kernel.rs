@@ -177,9 +177,9 @@ pub fn findings(since: Duration) -> Part {
                 "kernel",
                 p.check,
                 format!(
-                    "{n} in the last {since_s}; latest {} ago: {}",
+                    "{n} in {since_s}; latest {} ago: {}",
                     human_duration(age),
-                    last.msg
+                    crate::output::truncate(&last.msg, 120)
                 ),
                 format!("any line in the last {since_s}"),
                 p.level,

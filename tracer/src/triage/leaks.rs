@@ -123,7 +123,7 @@ fn dying_cgroups(part: &mut Part) {
             Finding::new(
                 "cgroups",
                 "dying cgroups",
-                format!("{dying} dying, {} live ({})", h.cgroups, h.dying_source),
+                format!("{dying} dying, {} live", h.cgroups),
                 threshold.clone(),
                 judge(dying as f64, DYING_WARN, DYING_CRIT),
             )
@@ -189,7 +189,7 @@ fn inode_usage(part: &mut Part) {
                     fs.inodes_total,
                     fs.blocks_used_pct(),
                     if fs.inodes_full_blocks_free() {
-                        ": inodes full, blocks free (many small files; creates fail with ENOSPC while df -h looks fine)"
+                        ": inodes full, blocks free"
                     } else {
                         ""
                     }
@@ -198,7 +198,14 @@ fn inode_usage(part: &mut Part) {
                 fs.level(),
             )
             .subject(&mount)
-            .next(format!("tracer inodes --fs {mount} (who creates the files, where); df -i {mount}")),
+            .next(format!(
+                "tracer inodes --fs {mount} (who creates the files, where); df -i {mount}{}",
+                if fs.inodes_full_blocks_free() {
+                    " (many small files: creates fail with ENOSPC while df -h looks fine)"
+                } else {
+                    ""
+                }
+            )),
         );
         shown += 1;
     }
@@ -265,7 +272,7 @@ fn tcp_mem(part: &mut Part, before: Before, w: Window) {
             "tcp_mem",
             "tcp memory",
             format!(
-                "{} pages ({:.0}% of the pressure threshold; tcp_mem {} {} {}); in the window: {} pressure entries, {} aborts on memory",
+                "{} pages, {:.0}% of pressure (tcp_mem {} {} {}); window: {} pressure entries, {} aborts on memory",
                 now.mem_pages,
                 now.pressure_pct(),
                 t.low,

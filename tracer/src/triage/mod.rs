@@ -100,6 +100,8 @@ pub struct Finding {
     pub level: Level,
     /// The command to run next (only for rows that are not ok).
     pub next: Option<String>,
+    /// 0 ok, 1 warn, 2 crit: the level as a number, for --prom-file gauges.
+    pub severity: u8,
 }
 
 impl Finding {
@@ -118,6 +120,7 @@ impl Finding {
             threshold: threshold.into(),
             level,
             next: None,
+            severity: level as u8,
         }
     }
 
