@@ -393,7 +393,7 @@ fn text_report_has_the_table_next_steps_and_histogram() {
     let code = out.status.code().unwrap();
     assert!(code == 3 || code == 4, "a warn row exits 3 or 4: {code}");
     let s = &out.stdout;
-    assert!(s.contains("RESOURCE  CHECK"), "{s}");
+    assert!(s.contains("LEVEL  RESOURCE  CHECK"), "{s}");
     assert!(s.contains("NEXT STEPS"), "{s}");
     assert!(
         s.contains(&format!(

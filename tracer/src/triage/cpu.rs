@@ -179,7 +179,7 @@ pub fn findings(
                     ),
                     // A 1-minute average (with tasks in D state) carries the minute
                     // before the run; the window's own rows decide crit.
-                    "1-min load/CPU >= 1 warn (never crit: the rows below judge the window)",
+                    "1-min load/CPU >= 1 warn (never crit)",
                     if l.one as f64 / cpus >= 1.0 {
                         Level::Warn
                     } else {
@@ -225,7 +225,7 @@ pub fn findings(
                 all.steal,
                 all.idle
             ),
-            "busy >= 80% warn, >= 95% crit",
+            "busy >= 80% warn, 95% crit",
             judge(all.busy(), 80.0, 95.0),
         )
         .next("mpstat -P ALL 1; pidstat 1 (who burns it); perf top"),
@@ -236,7 +236,7 @@ pub fn findings(
                 "cpu",
                 "iowait",
                 format!("{:.0}% of CPU time idle waiting for I/O", all.iowait),
-                ">= 10% warn, >= 30% crit",
+                ">= 10% warn, 30% crit",
                 judge(all.iowait, 10.0, 30.0),
             )
             .next("iostat -xz 1 (which device, how slow)"),
@@ -248,7 +248,7 @@ pub fn findings(
                 "cpu",
                 "steal",
                 format!("{:.1}% taken by the hypervisor", all.steal),
-                ">= 10% warn, >= 30% crit",
+                ">= 10% warn, 30% crit",
                 judge(all.steal, 10.0, 30.0),
             )
             .next("the host is oversubscribed: ask the cloud/hypervisor side; mpstat -P ALL 1"),
@@ -282,7 +282,7 @@ pub fn findings(
                     "hottest cpu{hot} {hot_busy:.0}% busy, average {:.0}%",
                     all.busy()
                 ),
-                "one CPU >= 90% while the average < 50% warn",
+                "one CPU >= 90% with average < 50% warn",
                 level,
             )
             .next("a single-threaded hot spot or IRQ affinity: mpstat -P ALL 1; pidstat -t 1"),
@@ -308,7 +308,7 @@ pub fn findings(
                     mean / cpus,
                     runnable.max
                 ),
-                "runnable/CPU >= 1 warn, >= 2 crit",
+                "runnable/CPU >= 1 warn, 2 crit",
                 judge(mean / cpus, 1.0, 2.0),
             )
             .next("more runnable tasks than CPUs: pidstat 1 / top for who, `tracer triage` run-queue latency for how long they wait"),
@@ -325,7 +325,7 @@ pub fn findings(
                 "cpu",
                 "run-queue latency",
                 format!("p99 <= {} us, max {} us ({} wakeups)", p99, s.max, s.count()),
-                "p99 >= 10 ms warn, >= 100 ms crit",
+                "p99 >= 10 ms warn, 100 ms crit",
                 judge(p99 as f64, 10_000.0, 100_000.0),
             )
             .next("tasks wait for a CPU: runqlat / perf sched; check cpu cgroup throttling (cpu.stat nr_throttled)"),

@@ -76,9 +76,9 @@ pub fn findings(before: Before, w: Window) -> Part {
                     if rot { "" } else { " (SSD/NVMe: %util misleads)" }
                 ),
                 if rot {
-                    "await >= 20 ms warn, >= 100 ms crit; %util >= 60 warn, >= 90 crit"
+                    "await >= 20 ms warn, 100 crit; %util >= 60 warn, 90 crit"
                 } else {
-                    "await >= 20 ms warn, >= 100 ms crit; %util >= 90 warn"
+                    "await >= 20 ms warn, 100 crit; %util >= 90 warn"
                 },
                 await_level.max(util_level),
             )
@@ -94,7 +94,7 @@ pub fn findings(before: Before, w: Window) -> Part {
             "disk",
             "io",
             "no disk I/O in the window",
-            "await >= 20 ms warn, >= 100 ms crit",
+            "await >= 20 ms warn, 100 crit",
             Level::Ok,
         ));
     }

@@ -181,7 +181,7 @@ pub fn findings(since: Duration) -> Part {
                     human_duration(age),
                     crate::output::truncate(&last.msg, 120)
                 ),
-                format!("any line in the last {since_s}"),
+                format!("any line in {since_s}"),
                 p.level,
             )
             .next(p.next),
@@ -192,8 +192,11 @@ pub fn findings(since: Duration) -> Part {
         part.findings.push(Finding::new(
             "kernel",
             "log",
-            format!("no OOM, I/O, filesystem, TCP memory, hung task or fork errors in the last {since_s} ({} records read)", records.len()),
-            format!("any such line in the last {since_s}"),
+            format!(
+                "no OOM, I/O, fs, TCP memory, hung task or fork errors ({} records)",
+                records.len()
+            ),
+            format!("any such line in {since_s}"),
             Level::Ok,
         ));
     }

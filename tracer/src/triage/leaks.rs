@@ -57,8 +57,11 @@ fn pids(part: &mut Part) {
             Finding::new(
                 "pids",
                 "pid usage",
-                format!("{u} tasks of {l} ({:.1}%)", pct(u, l)),
-                ">= 50% warn, >= 80% crit of min(pid_max, threads-max)",
+                format!(
+                    "{u} tasks of {l} = min(pid_max, threads-max) ({:.1}%)",
+                    pct(u, l)
+                ),
+                ">= 50% warn, 80% crit of the limit",
                 judge(pct(u, l), 50.0, 80.0),
             )
             .next("tracer zombies --parent (who leaks them); ps -eLf | wc -l"),
@@ -81,7 +84,7 @@ fn pids(part: &mut Part) {
                 "pids",
                 "zombies",
                 format!("{n} zombie(s) under {ppid} ({comm})"),
-                format!("per parent >= {ZOMBIES_WARN} warn, >= {ZOMBIES_CRIT} crit"),
+                format!("per parent >= {ZOMBIES_WARN} warn, {ZOMBIES_CRIT} crit"),
                 judge(n as f64, ZOMBIES_WARN, ZOMBIES_CRIT),
             )
             .subject(ppid.to_string())
@@ -94,7 +97,7 @@ fn pids(part: &mut Part) {
             "pids",
             "zombies",
             "none",
-            format!("per parent >= {ZOMBIES_WARN} warn, >= {ZOMBIES_CRIT} crit"),
+            format!("per parent >= {ZOMBIES_WARN} warn, {ZOMBIES_CRIT} crit"),
             Level::Ok,
         ));
     }
@@ -115,7 +118,7 @@ fn dying_cgroups(part: &mut Part) {
             return;
         }
     };
-    let threshold = format!("dying per hierarchy >= {DYING_WARN} warn, >= {DYING_CRIT} crit");
+    let threshold = format!("per hierarchy >= {DYING_WARN} warn, {DYING_CRIT} crit");
     let mut shown = 0;
     for h in hs.iter().filter(|h| h.dying.unwrap_or(0) > 0) {
         let dying = h.dying.unwrap_or(0);
@@ -281,7 +284,7 @@ fn tcp_mem(part: &mut Part, before: Before, w: Window) {
                 pressures.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
                 aborts.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
             ),
-            ">= pressure or a pressure entry warn; >= high or an abort on memory crit",
+            ">= pressure or an entry warn; >= high or an abort crit",
             level.max(events_level),
         )
         .next("tracer tcp-pressure (who holds TCP memory, since when, what to set)"),

@@ -49,7 +49,7 @@ pub fn findings(before: Before, w: Window) -> Part {
                         avail >> 20,
                         total >> 20
                     ),
-                    "available <= 10% warn, <= 5% crit",
+                    "available <= 10% warn, 5% crit",
                     judge(100.0 - avail_pct, 90.0, 95.0),
                 )
                 .next("free -m; top -o RES (who holds it); slabtop; check memory cgroup limits"),
@@ -95,7 +95,7 @@ pub fn findings(before: Before, w: Window) -> Part {
                 "memory",
                 "major faults",
                 format!("{majflt:.1}/s (pages read from disk on access)"),
-                ">= 100/s warn, >= 1000/s crit",
+                ">= 100/s warn, 1000/s crit",
                 judge(majflt, 100.0, 1000.0),
             )
             .next("sar -B 1; pidstat -r 1 (majflt/s per process): the working set does not fit"),

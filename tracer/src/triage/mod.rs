@@ -162,7 +162,7 @@ pub fn psi(
                     resource,
                     "pressure (PSI)",
                     format!("some {pct:.1}% of the window (avg10 {:.1}%)", a.avg10),
-                    "some >= 10% warn, >= 40% crit",
+                    "some >= 10% warn, 40% crit",
                     judge(pct, 10.0, 40.0),
                 )
                 .next(next),
@@ -380,21 +380,21 @@ fn render(
         w.cpus
     );
     let mut t = Table::new(&[
+        "LEVEL",
         "RESOURCE",
         "CHECK",
         "SUBJECT",
         "VALUE",
         "THRESHOLD",
-        "LEVEL",
     ]);
     for f in &all.findings {
         t.row(vec![
+            f.level.as_str().into(),
             f.resource.into(),
             f.check.clone(),
             f.subject.clone().unwrap_or_else(|| "-".into()),
             f.value.clone(),
             f.threshold.clone(),
-            f.level.as_str().into(),
         ]);
     }
     text += &t.render();

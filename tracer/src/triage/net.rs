@@ -66,7 +66,7 @@ pub fn findings(before: Before, w: Window) -> Part {
                     util.map(|u| format!(" ({u:.0}% of {} Mbit/s)", speed.unwrap_or(0)))
                         .unwrap_or_default()
                 ),
-                "errors+drops >= 1/s warn, >= 100/s crit; link use >= 70% warn, >= 90% crit",
+                "errors+drops >= 1/s warn, 100/s crit; link >= 70% warn, 90% crit",
                 err_level.max(util_level),
             )
             .subject(name.as_str())
@@ -85,7 +85,7 @@ pub fn findings(before: Before, w: Window) -> Part {
             "network",
             "interface",
             "no traffic on any interface but lo",
-            "errors+drops >= 1/s warn, >= 100/s crit",
+            "errors+drops >= 1/s warn, 100/s crit",
             Level::Ok,
         ));
     }
@@ -124,7 +124,7 @@ pub fn findings(before: Before, w: Window) -> Part {
                         "{:.1}/s, {ratio:.2}% of {out} segments sent",
                         retrans as f64 / w.secs
                     ),
-                    "ratio >= 1% warn, >= 5% crit (from 100 segments)",
+                    "ratio >= 1% warn, 5% crit (>= 100 segments)",
                     level,
                 )
                 .next("sar -n TCP,ETCP 1; tcpretrans (which connections); ss -ti"),
