@@ -6,6 +6,7 @@
 //! decode a record with a length check instead of a blind pointer cast.
 #![no_std]
 
+pub mod cgroups;
 pub mod triage;
 pub mod zombies;
 
@@ -21,6 +22,12 @@ pub enum EventKind {
     ProcessExit = 1,
     /// zombies: an exited process was reaped (wait4 returned it, or it was freed).
     ProcessReap = 2,
+    /// cgroups: a cgroup was created (cgroup:cgroup_mkdir).
+    CgroupMkdir = 20,
+    /// cgroups: a cgroup was removed (cgroup:cgroup_rmdir); it is dying until released.
+    CgroupRmdir = 21,
+    /// cgroups: a removed cgroup was freed (cgroup:cgroup_release).
+    CgroupRelease = 22,
 }
 
 impl EventKind {
@@ -28,6 +35,9 @@ impl EventKind {
         Some(match v {
             1 => Self::ProcessExit,
             2 => Self::ProcessReap,
+            20 => Self::CgroupMkdir,
+            21 => Self::CgroupRmdir,
+            22 => Self::CgroupRelease,
             _ => return None,
         })
     }

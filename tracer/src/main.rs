@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bpf;
+mod cgroups;
 mod detectors;
 mod doctor;
 mod output;
@@ -41,6 +42,8 @@ enum Command {
     Triage(triage::Args),
     /// Parents that leave zombie children unreaped, and PID headroom (Uber incident).
     Zombies(zombies::Args),
+    /// Leaked and dying cgroups and who creates them (LinkedIn incident).
+    Cgroups(cgroups::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
             Command::Doctor(a) => doctor::run(a),
             Command::Triage(a) => triage::run(a).await.map(i32::from),
             Command::Zombies(a) => zombies::run(a).await.map(|()| 0),
+            Command::Cgroups(a) => cgroups::run(a).await.map(|()| 0),
         }
     });
     match result {
