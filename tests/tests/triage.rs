@@ -71,7 +71,8 @@ fn parent_holding_zombies_is_named_in_the_pids_row() {
     require_root();
     let _s = serial();
     let inc = Incident::start(&["zombies", "8"]);
-    let (out, r) = triage(&["-d", "1s"]);
+    let prom = PromFile::new();
+    let (out, r) = triage(&["-d", "1s", "--prom-file", prom.0.to_str().unwrap()]);
     let pid = inc.pid.to_string();
     let row = rows(&r, "pids", "zombies", Some(&pid));
     assert_eq!(row.len(), 1, "no zombies row for parent {pid}: {r}");
@@ -98,6 +99,32 @@ fn parent_holding_zombies_is_named_in_the_pids_row() {
     assert_eq!(parent["zombies"], 8);
     assert!(exit_matches_report(&out, &r) >= 3);
     assert!(out.stdout.lines().count() == 1, "one JSON object");
+    // The same row as a Prometheus gauge: severity 1 (warn), labelled by parent.
+    let text = fs::read_to_string(&prom.0).expect("the --prom-file was written");
+    let series = text
+        .lines()
+        .find(|l| {
+            l.starts_with("tracer_triage_findings_severity{")
+                && l.contains("resource=\"pids\"")
+                && l.contains(&format!("subject=\"{pid}\""))
+        })
+        .unwrap_or_else(|| panic!("no severity series for parent {pid}:\n{text}"));
+    assert!(series.ends_with(" 1"), "{series}");
+}
+
+/// A --prom-file path in the temp dir, removed on drop.
+struct PromFile(PathBuf);
+
+impl PromFile {
+    fn new() -> PromFile {
+        PromFile(std::env::temp_dir().join(format!("tracer-triage-{}.prom", std::process::id())))
+    }
+}
+
+impl Drop for PromFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
 }
 
 /// A loop-mounted ext4 with 128 inodes, filled until ENOSPC; unmounted (which frees
@@ -210,18 +237,33 @@ struct Burners(Vec<Child>);
 impl Burners {
     fn per_core() -> Burners {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Burners(
-            (0..n)
-                .map(|_| {
-                    Command::new("sh")
-                        .args(["-c", "while :; do :; done"])
-                        .stdin(Stdio::null())
-                        .spawn()
-                        .expect("spawning a CPU burner")
-                })
-                .collect(),
-        )
+        Burners((0..n).map(|_| burner(None)).collect())
     }
+
+    /// `n` burners that may only run on `cpu` (sched_setaffinity in the child).
+    fn pinned(n: usize, cpu: usize) -> Burners {
+        Burners((0..n).map(|_| burner(Some(cpu))).collect())
+    }
+}
+
+fn burner(cpu: Option<usize>) -> Child {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "while :; do :; done"]).stdin(Stdio::null());
+    if let Some(cpu) = cpu {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd.spawn().expect("spawning a CPU burner")
 }
 
 impl Drop for Burners {
@@ -273,6 +315,34 @@ fn a_cpu_burner_per_core_makes_cpu_saturation_at_least_warn() {
     }
     // The run-queue histogram saw the burners wait for each other.
     assert!(r["runqueue_latency_us"]["count"].as_u64().unwrap() > 0);
+    exit_matches_report(&out, &r);
+}
+
+#[test]
+fn two_burners_sharing_one_cpu_wait_for_each_other_in_the_runqueue_histogram() {
+    require_root();
+    let _s = serial();
+    // Two CPU-bound tasks on one CPU take turns: each waits on the run queue for the
+    // other's whole time slice (milliseconds), after every preemption.
+    let burners = Burners::pinned(2, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, r) = triage(&["-d", "1s"]);
+    drop(burners);
+    let rq = &r["runqueue_latency_us"];
+    assert!(rq["count"].as_u64().unwrap() > 0, "{rq}");
+    assert!(
+        rq["max"].as_u64().unwrap() >= 1000,
+        "a task preempted by an equal CPU hog waits at least a slice: {rq}"
+    );
+    assert!(rq["p50"].as_u64().unwrap() <= rq["p99"].as_u64().unwrap());
+    assert!(rq["p99"].as_u64().unwrap() <= rq["max"].as_u64().unwrap());
+    assert_eq!(rq["resolution"], "log2 bucket upper bound");
+    assert_eq!(
+        rows(&r, "cpu", "run-queue latency", None).len(),
+        1,
+        "a run-queue latency row: {r}"
+    );
+    assert_eq!(r["lost_events"], 0);
     exit_matches_report(&out, &r);
 }
 
