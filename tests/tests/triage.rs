@@ -365,7 +365,7 @@ fn an_oom_line_in_the_kernel_log_makes_the_kernel_row_crit() {
         .write(true)
         .open("/dev/kmsg")
         .expect("opening /dev/kmsg");
-    write!(kmsg, "<3>{line}\n").expect("writing to /dev/kmsg");
+    writeln!(kmsg, "<3>{line}").expect("writing to /dev/kmsg");
     drop(kmsg);
     let (out, r) = triage(&["-d", "1s", "--since", "1m"]);
     let row = rows(&r, "kernel", "OOM kills", None);

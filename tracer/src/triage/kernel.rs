@@ -126,11 +126,11 @@ fn read_kmsg() -> std::io::Result<Vec<Record>> {
 }
 
 /// Count and latest record per pattern, among records younger than `since`.
-pub fn classify<'a>(
-    records: &'a [Record],
+pub fn classify(
+    records: &[Record],
     now_usec: u64,
     since: Duration,
-) -> Vec<(&'static Pattern, usize, &'a Record)> {
+) -> Vec<(&'static Pattern, usize, &Record)> {
     let from = now_usec.saturating_sub(since.as_micros() as u64);
     let mut out = Vec::new();
     for p in PATTERNS {

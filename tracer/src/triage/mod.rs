@@ -289,7 +289,7 @@ pub async fn run(args: Args) -> Result<u8> {
     }
     // Checklist order: load and kernel log first, then cpu, memory, disk, network and
     // the leak checks (a stable sort keeps each module's own order).
-    all.findings.sort_by_key(|f| order(f));
+    all.findings.sort_by_key(order);
 
     let worst = all
         .findings
