@@ -311,7 +311,7 @@ pub fn findings(
                 "runnable/CPU >= 1 warn, 2 crit",
                 judge(mean / cpus, 1.0, 2.0),
             )
-            .next("more runnable tasks than CPUs: pidstat 1 / top for who, `tracer triage` run-queue latency for how long they wait"),
+            .next("pidstat 1 / top (who is runnable); the run-queue latency row and histogram (as root) say how long tasks wait"),
         );
         part.json.insert(
             "runnable".into(),
