@@ -13,8 +13,8 @@ use std::{
 
 use serde_json::Value;
 use tracer_tests::{
-    Finished, Incident, assert_none_loaded, require_root, run_tracer, run_tracer_unprivileged,
-    serial,
+    Finished, Incident, Tracer, assert_none_loaded, require_root, run_tracer,
+    run_tracer_unprivileged, serial,
 };
 
 fn findings(r: &Value) -> &Vec<Value> {
@@ -450,6 +450,26 @@ fn quiet_machine_has_no_crit_rows_and_reports_within_the_window() {
         "{}",
         r["skipped"]
     );
+    exit_matches_report(&out, &r);
+    assert_none_loaded("triage_");
+}
+
+#[test]
+fn ctrl_c_ends_the_window_early_with_a_full_report() {
+    require_root();
+    let _s = serial();
+    let tracer = Tracer::start(&["triage", "-d", "60s", "--json"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = tracer.interrupt();
+    let r = out.final_report();
+    let measured = r["measured_s"].as_f64().unwrap();
+    assert!(
+        (1.0..30.0).contains(&measured),
+        "the window ends at Ctrl-C: measured {measured}s"
+    );
+    assert_eq!(r["window_s"], 60.0);
+    assert!(r["runqueue_latency_us"]["count"].as_u64().unwrap() > 0);
+    assert!(!rows(&r, "cpu", "utilization", None).is_empty(), "{r}");
     exit_matches_report(&out, &r);
     assert_none_loaded("triage_");
 }
