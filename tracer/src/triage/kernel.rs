@@ -46,6 +46,24 @@ pub const PATTERNS: &[Pattern] = &[
         next: "tracer tcp-pressure; ss -s; cat /proc/net/sockstat",
     },
     Pattern {
+        check: "allocation failures",
+        needles: &["page allocation failure"],
+        level: Level::Warn,
+        next: "dmesg -T | grep -A30 'page allocation failure' (order and gfp flags: fragmentation or real shortage); cat /proc/buddyinfo",
+    },
+    Pattern {
+        check: "CPU lockups and stalls",
+        needles: &[
+            "soft lockup",
+            "hard LOCKUP",
+            "self-detected stall",
+            "rcu_sched detected stalls",
+            "rcu_preempt detected stalls",
+        ],
+        level: Level::Crit,
+        next: "dmesg -T | grep -iE 'lockup|stall' (the stack shows the looping code); check steal and IRQ load",
+    },
+    Pattern {
         check: "hung tasks",
         needles: &["blocked for more than", "hung_task"],
         level: Level::Warn,
@@ -193,7 +211,7 @@ pub fn findings(since: Duration) -> Part {
             "kernel",
             "log",
             format!(
-                "no OOM, I/O, fs, TCP memory, hung task or fork errors ({} records)",
+                "no OOM, I/O, fs, TCP memory, lockup, hung task or fork errors ({} records)",
                 records.len()
             ),
             format!("any such line in {since_s}"),
@@ -220,10 +238,19 @@ mod tests {
             r,
             parse_record("6,1,9000000,-;EXT4-fs (loop0): mounted filesystem").unwrap(),
             parse_record("3,2,9500000,-;TCP: out of memory -- consider tuning tcp_mem").unwrap(),
+            parse_record("0,3,7000000,-;watchdog: BUG: soft lockup - CPU#1 stuck for 22s!")
+                .unwrap(),
         ];
         let hits = classify(&recs, 10_000_000, Duration::from_secs(10));
         let checks: Vec<_> = hits.iter().map(|(p, n, _)| (p.check, *n)).collect();
-        assert_eq!(checks, vec![("OOM kills", 1), ("TCP out of memory", 1)]);
+        assert_eq!(
+            checks,
+            vec![
+                ("OOM kills", 1),
+                ("TCP out of memory", 1),
+                ("CPU lockups and stalls", 1)
+            ]
+        );
         // The OOM line is 5 s old: a 2 s lookback leaves only the TCP line.
         let hits = classify(&recs, 10_000_000, Duration::from_secs(2));
         assert_eq!(hits.len(), 1);
