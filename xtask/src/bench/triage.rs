@@ -91,8 +91,28 @@ fn measure(cmd: &mut Command) -> Result<Run> {
     })
 }
 
+const TRIAGE_ARGS: &[&str] = &["triage", "-d", "1s", "--json", "--fail-on", "never"];
+
 fn tracer_run(tracer: &Path) -> Result<Run> {
-    measure(Command::new(tracer).args(["triage", "-d", "1s", "--json", "--fail-on", "never"]))
+    measure(Command::new(tracer).args(TRIAGE_ARGS))
+}
+
+/// The same run without privileges (setpriv execs the tracer in place, so wait4
+/// measures the tracer): the /proc checks alone, no eBPF.
+fn unprivileged_run(tracer: &Path) -> Result<Run> {
+    measure(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--",
+            ])
+            .arg(tracer)
+            .args(TRIAGE_ARGS),
+    )
 }
 
 /// The ten commands one after the other; per-command figures too.
@@ -115,6 +135,7 @@ fn checklist_run() -> Result<(Run, Vec<Run>)> {
 
 pub fn run(a: &super::Args) -> Result<()> {
     crate::setup::apt_tools(&[
+        ("setpriv", "util-linux"),
         ("mpstat", "sysstat"),
         ("vmstat", "procps"),
         ("dmesg", "util-linux"),
@@ -128,11 +149,22 @@ pub fn run(a: &super::Args) -> Result<()> {
     tracer_run(&tracer)?;
     checklist_run()?;
     let (mut tr, mut cl, mut per) = (Vec::new(), Vec::new(), vec![Vec::new(); CHECKLIST.len()]);
+    let mut unpriv = Vec::new();
     for round in 0..a.rounds {
-        // Alternate who goes first so slow drifts of the machine hit both alike.
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        // Rotate who goes first so slow drifts of the machine hit all alike.
+        let order = [[0, 1, 2], [1, 2, 0], [2, 0, 1]][round % 3];
         for who in order {
-            if who == 0 {
+            if who == 2 {
+                let r = unprivileged_run(&tracer)?;
+                eprintln!(
+                    "  round {}/{} no root    wall {:.3}s cpu {:.3}s",
+                    round + 1,
+                    a.rounds,
+                    r.wall_s,
+                    r.cpu_s
+                );
+                unpriv.push(r);
+            } else if who == 0 {
                 let r = tracer_run(&tracer)?;
                 eprintln!(
                     "  round {}/{} tracer     wall {:.3}s cpu {:.3}s",
@@ -179,6 +211,7 @@ pub fn run(a: &super::Args) -> Result<()> {
         "run", "commands", "to report s", "wall s", "cpu s", "peak rss MiB"
     );
     row("tracer triage -d 1s", "1".into(), &tr);
+    row("  the same without root (no eBPF)", "1".into(), &unpriv);
     row(
         "checklist, one after the other",
         CHECKLIST.len().to_string(),
