@@ -8,6 +8,7 @@ mod cgroups;
 mod common;
 mod probe;
 mod tcp;
+mod triage;
 mod zombies;
 
 #[cfg(not(test))]

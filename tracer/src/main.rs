@@ -16,6 +16,7 @@ mod run;
 mod snapshot;
 mod tcp;
 mod tracefs;
+mod triage;
 mod zombies;
 
 /// Find the causes of Linux production incidents with eBPF.
@@ -37,6 +38,9 @@ struct Cli {
 enum Command {
     /// What this kernel allows and which hooks each detector will use.
     Doctor(doctor::Args),
+    /// The first-60-seconds USE check: CPU, memory, disk, network, kernel log, leaks.
+    /// Exit 0 all ok, 3 worst is warn, 4 any crit (see `tracer triage --help`).
+    Triage(triage::Args),
     /// Parents that leave zombie children unreaped, and PID headroom (Uber incident).
     Zombies(zombies::Args),
     /// TCP memory pressure episodes, who causes them, what to set (Cloudflare incident).
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Doctor(a) => doctor::run(a),
+            Command::Triage(a) => triage::run(a).await.map(i32::from),
             Command::Zombies(a) => zombies::run(a).await.map(|()| 0),
             Command::TcpPressure(a) => tcp::run(a).await.map(|()| 0),
             Command::Cgroups(a) => cgroups::run(a).await.map(|()| 0),
