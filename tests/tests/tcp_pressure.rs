@@ -125,6 +125,18 @@ fn pressure_episode_names_the_pushing_process_and_its_latency() {
         "{eps:?}"
     );
     assert!(eps.iter().all(|e| e["tcp_mem"] == set), "{eps:?}");
+    // While it was on, interval reports said so, with the episode still open.
+    assert!(
+        during.iter().any(|x| x["final"] == false
+            && x["pressure_now"] == true
+            && x["warning"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("TCP memory pressure NOW"))
+            && x["episodes"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["duration_ms"].is_null()))),
+        "no interval report saw the episode open"
+    );
     assert!(r["mem_pages"]["peak"].as_u64().unwrap() > 128);
     // The helper is the top culprit. On loopback the kernel force-charges the sends
     // and refuses the receiving sockets (the helper's, which never read): the
