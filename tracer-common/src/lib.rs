@@ -6,6 +6,7 @@
 //! decode a record with a length check instead of a blind pointer cast.
 #![no_std]
 
+pub mod inodes;
 pub mod zombies;
 
 /// Length of `task->comm`, as the kernel defines TASK_COMM_LEN.

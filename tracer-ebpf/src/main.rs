@@ -5,6 +5,7 @@
 #![no_main]
 
 mod common;
+mod inodes;
 mod probe;
 mod zombies;
 

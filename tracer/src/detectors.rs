@@ -1,5 +1,5 @@
 //! The registry of detectors, for `tracer doctor` (and anything else that lists them).
-use crate::{bpf::Spec, zombies};
+use crate::{bpf::Spec, inodes, zombies};
 
 pub struct Detector {
     pub spec: &'static Spec,
@@ -9,8 +9,15 @@ pub struct Detector {
     pub path: &'static str,
 }
 
-pub const ALL: &[Detector] = &[Detector {
-    spec: &zombies::SPEC,
-    fallback: "release time from sched_process_free, /proc for parents",
-    path: "tracepoints",
-}];
+pub const ALL: &[Detector] = &[
+    Detector {
+        spec: &zombies::SPEC,
+        fallback: "release time from sched_process_free, /proc for parents",
+        path: "tracepoints",
+    },
+    Detector {
+        spec: &inodes::SPEC,
+        fallback: "without syscall hooks: directories by inode walk, no ENOSPC counts",
+        path: "tracepoints",
+    },
+];

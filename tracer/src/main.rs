@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bpf;
 mod detectors;
 mod doctor;
+mod inodes;
 mod output;
 mod procinfo;
 mod prom;
@@ -33,6 +34,8 @@ struct Cli {
 enum Command {
     /// What this kernel allows and which hooks each detector will use.
     Doctor(doctor::Args),
+    /// Which filesystem runs out of inodes, who creates the files, where (Sentry incident).
+    Inodes(inodes::Args),
     /// Parents that leave zombie children unreaped, and PID headroom (Uber incident).
     Zombies(zombies::Args),
 }
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Doctor(a) => doctor::run(a),
+            Command::Inodes(a) => inodes::run(a).await.map(|()| 0),
             Command::Zombies(a) => zombies::run(a).await.map(|()| 0),
         }
     });

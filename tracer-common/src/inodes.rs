@@ -1,0 +1,152 @@
+//! inodes: keys and values of the in-kernel counters of inode allocations, frees and
+//! failed creates. Nothing goes through the ring buffer: a burst of millions of files
+//! only bumps counters, and userspace reads the maps once per report. Counters live in
+//! per-CPU maps (no atomics; userspace sums the CPUs), paths in plain maps beside them.
+use crate::{COMM_LEN, plain};
+
+/// Bytes of a create's path kept per directory / per failing process (the kernel's
+/// PATH_MAX is 4096; a longer path is cut and then resolved by the inode walk).
+pub const PATH_LEN: usize = 256;
+
+/// Capacity of the per (device, process) allocation/free counters (LRU).
+pub const PROC_CAPACITY: u32 = 16_384;
+/// Capacity of the per (device, parent directory inode) counters (LRU).
+pub const DIR_CAPACITY: u32 = 8_192;
+/// Capacity of the per-device totals (LRU; one entry per ext4 filesystem).
+pub const DEV_CAPACITY: u32 = 256;
+/// Capacity of the per (device, process) ENOSPC counters and first failures (LRU).
+pub const ENOSPC_CAPACITY: u32 = 4_096;
+/// Capacity of the per-thread in-flight create syscalls (LRU).
+pub const PENDING_CAPACITY: u32 = 16_384;
+
+/// `dfd` value of a path relative to the current directory.
+pub const AT_FDCWD: i32 = -100;
+
+/// Key of the per-process counters: kernel dev_t (major << 20 | minor) and tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DevTgid {
+    pub dev: u32,
+    pub tgid: u32,
+}
+const _: () = assert!(core::mem::size_of::<DevTgid>() == 8);
+
+/// Inodes one process allocated and freed on one filesystem.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcCounts {
+    pub allocated: u64,
+    pub freed: u64,
+    /// comm of the process when it was first seen.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ProcCounts>() == 32);
+
+/// Key of the per-directory counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DirKey {
+    pub dev: u32,
+    pub _pad: u32,
+    /// Inode number of the parent directory of the new inodes.
+    pub ino: u64,
+}
+const _: () = assert!(core::mem::size_of::<DirKey>() == 16);
+
+/// The path argument of a create syscall, as the process passed it (maybe relative to
+/// `dfd`, which belongs to `tgid`). Empty when no create syscall was in flight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathArg {
+    pub tgid: u32,
+    pub dfd: i32,
+    /// NUL-terminated (cut at PATH_LEN - 1 bytes).
+    pub path: [u8; PATH_LEN],
+}
+const _: () = assert!(core::mem::size_of::<PathArg>() == 8 + PATH_LEN);
+
+impl Default for PathArg {
+    fn default() -> Self {
+        Self {
+            tgid: 0,
+            dfd: 0,
+            path: [0; PATH_LEN],
+        }
+    }
+}
+
+/// The first failed create of one process on one filesystem (dev 0: the filesystem
+/// did not say, e.g. not ext4); the count is in a per-CPU map beside it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnospcFirst {
+    pub comm: [u8; COMM_LEN],
+    pub first: PathArg,
+}
+const _: () = assert!(core::mem::size_of::<EnospcFirst>() == COMM_LEN + 8 + PATH_LEN);
+
+/// Totals per filesystem (key: kernel dev_t).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevCounts {
+    pub allocated: u64,
+    pub freed: u64,
+    /// ext4_request_inode: creates that asked for an inode (succeeded or not).
+    pub requested: u64,
+}
+const _: () = assert!(core::mem::size_of::<DevCounts>() == 24);
+
+/// A create-type syscall in flight on one thread (key: thread id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// User address of the path argument.
+    pub path_ptr: u64,
+    pub dfd: i32,
+    /// dev of the ext4 filesystem that was asked for an inode (0: none yet).
+    pub dev: u32,
+}
+const _: () = assert!(core::mem::size_of::<Pending>() == 16);
+
+plain!(
+    DevTgid,
+    ProcCounts,
+    DirKey,
+    PathArg,
+    EnospcFirst,
+    DevCounts,
+    Pending
+);
+
+/// Kernel dev_t (as tracepoints print it) from major/minor.
+pub const fn kernel_dev(major: u32, minor: u32) -> u32 {
+    (major << 20) | (minor & 0xf_ffff)
+}
+
+/// (major, minor) of a kernel dev_t.
+pub const fn dev_parts(dev: u32) -> (u32, u32) {
+    (dev >> 20, dev & 0xf_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{as_bytes, decode};
+
+    #[test]
+    fn enospc_first_round_trip_and_dev_encoding() {
+        let mut d = EnospcFirst {
+            comm: [0; COMM_LEN],
+            first: PathArg {
+                tgid: 42,
+                dfd: AT_FDCWD,
+                ..Default::default()
+            },
+        };
+        d.first.path[..6].copy_from_slice(b"/a/b/c");
+        assert_eq!(decode::<EnospcFirst>(as_bytes(&d)), Some(d));
+        assert_eq!(decode::<EnospcFirst>(&as_bytes(&d)[..20]), None);
+        assert_eq!(kernel_dev(7, 3), 7 << 20 | 3);
+        assert_eq!(dev_parts(kernel_dev(259, 65_537)), (259, 65_537 & 0xf_ffff));
+    }
+}
