@@ -193,6 +193,21 @@ pub fn start(spec: &Spec, extra: &[(&'static str, u32)]) -> Result<Session> {
 
     let mut loader = EbpfLoader::new();
     loader.map_max_entries("EVENTS", spec.ring_bytes);
+    // The object holds every detector's maps; the ones this detector's programs never
+    // touch are created with one entry, so a load costs only what it uses.
+    let prefixes: Vec<&str> = spec
+        .hooks
+        .iter()
+        .map(|h| h.program.split('_').next().unwrap_or(h.program))
+        .collect();
+    let unused = unused_maps(OBJECT, &prefixes);
+    for name in &unused {
+        loader.map_max_entries(name, 1);
+    }
+    log::debug!(
+        "{} maps of other detectors shrunk to one entry",
+        unused.len()
+    );
     loader.override_global("AYA_LOG_LEVEL", &log_level, false);
     loader.override_global("WAKEUP_BYTES", &wakeup_bytes, true);
     for (name, off) in &offsets {
@@ -234,6 +249,77 @@ pub fn start(spec: &Spec, extra: &[(&'static str, u32)]) -> Result<Session> {
         hooks,
         tracefs,
     })
+}
+
+/// Map types whose size is only memory: safe to create with one entry when no loaded
+/// program uses them (ring buffers and the like keep their size).
+const SHRINKABLE: &[u32] = &[
+    1,  // BPF_MAP_TYPE_HASH
+    2,  // BPF_MAP_TYPE_ARRAY
+    5,  // BPF_MAP_TYPE_PERCPU_HASH
+    6,  // BPF_MAP_TYPE_PERCPU_ARRAY
+    9,  // BPF_MAP_TYPE_LRU_HASH
+    10, // BPF_MAP_TYPE_LRU_PERCPU_HASH
+];
+
+/// The maps in the `maps` section of `object` that no program named `<prefix>_*` (for
+/// a prefix in `prefixes`) and no shared function references, from the programs'
+/// relocations. Unparseable input yields no names (nothing is shrunk).
+fn unused_maps(object: &[u8], prefixes: &[&str]) -> Vec<String> {
+    use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget, SectionKind};
+    let Ok(file) = object::File::parse(object) else {
+        return Vec::new();
+    };
+    let Some(maps) = file.section_by_name("maps") else {
+        return Vec::new();
+    };
+    let maps_data = maps.data().unwrap_or(&[]);
+    let ours = |name: &str| {
+        prefixes
+            .iter()
+            .any(|p| name.strip_prefix(p).is_some_and(|r| r.starts_with('_')))
+    };
+    let mut used = std::collections::BTreeSet::new();
+    for section in file.sections().filter(|s| s.kind() == SectionKind::Text) {
+        // Program symbols of this section: (start, end, ours). Shared functions (in
+        // .text) count as ours: any program may call them.
+        let shared = section.name().is_ok_and(|n| n.starts_with(".text"));
+        let progs: Vec<(u64, u64, bool)> = file
+            .symbols()
+            .filter(|s| s.section_index() == Some(section.index()) && s.size() > 0)
+            .map(|s| {
+                let name = s.name().unwrap_or("");
+                (s.address(), s.address() + s.size(), shared || ours(name))
+            })
+            .collect();
+        for (offset, reloc) in section.relocations() {
+            let RelocationTarget::Symbol(idx) = reloc.target() else {
+                continue;
+            };
+            let Ok(sym) = file.symbol_by_index(idx) else {
+                continue;
+            };
+            if sym.section_index() != Some(maps.index()) {
+                continue;
+            }
+            let keep = shared
+                || progs
+                    .iter()
+                    .any(|&(a, b, ours)| ours && (a..b).contains(&offset));
+            if keep {
+                used.insert(sym.name().unwrap_or("").to_string());
+            }
+        }
+    }
+    file.symbols()
+        .filter(|s| s.section_index() == Some(maps.index()))
+        .filter_map(|s| {
+            let name = s.name().ok()?;
+            let at = usize::try_from(s.address()).ok()?;
+            let ty = u32::from_le_bytes(maps_data.get(at..at + 4)?.try_into().ok()?);
+            (!used.contains(name) && SHRINKABLE.contains(&ty)).then(|| name.to_string())
+        })
+        .collect()
 }
 
 pub fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<()> {
@@ -325,4 +411,30 @@ pub fn kernel_release() -> String {
 
 pub fn has_btf() -> bool {
     Path::new("/sys/kernel/btf/vmlinux").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_of_other_detectors_are_found_unused() {
+        let theirs = unused_maps(OBJECT, &["nobody"]);
+        assert!(theirs.iter().any(|m| m == "ZOMBIES_PARENT"), "{theirs:?}");
+        // Ring buffers keep their size whatever uses them.
+        assert!(!theirs.iter().any(|m| m == "EVENTS"), "{theirs:?}");
+        let ours = unused_maps(OBJECT, &["zombies"]);
+        for m in [
+            "ZOMBIES_PARENT",
+            "ZOMBIES_EXITED",
+            "ZOMBIES_COUNTERS",
+            "ZOMBIES_COUNTS",
+            "LOST",
+        ] {
+            assert!(
+                !ours.iter().any(|u| u == m),
+                "{m} is used by zombies: {ours:?}"
+            );
+        }
+    }
 }

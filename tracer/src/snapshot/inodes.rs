@@ -1,0 +1,178 @@
+//! Inode and block usage of the mounted filesystems that have a fixed number of
+//! inodes (ext2/3/4, xfs, f2fs, tmpfs), as `df -i` and `df` would show them.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::sys::statvfs::statvfs;
+use procfs::process::Process;
+
+use super::{Level, pct};
+
+/// Filesystem types whose inodes can run out (btrfs allocates them dynamically and
+/// reports no total).
+pub const FSTYPES: &[&str] = &["ext2", "ext3", "ext4", "xfs", "f2fs", "tmpfs"];
+
+/// node_exporter-style thresholds on inodes used.
+pub const WARN_PCT: f64 = 80.0;
+pub const CRIT_PCT: f64 = 90.0;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FsUsage {
+    pub mount: PathBuf,
+    /// The mount source (e.g. /dev/loop0, tmpfs).
+    pub device: String,
+    pub fstype: String,
+    /// The device number as the kernel's tracepoints print it (MAJOR << 20 | MINOR).
+    pub dev: u32,
+    pub major: u32,
+    pub minor: u32,
+    pub inodes_total: u64,
+    pub inodes_used: u64,
+    pub blocks_total: u64,
+    pub blocks_used: u64,
+    pub block_size: u64,
+}
+
+impl FsUsage {
+    pub fn inodes_used_pct(&self) -> f64 {
+        pct(self.inodes_used, self.inodes_total)
+    }
+
+    pub fn blocks_used_pct(&self) -> f64 {
+        pct(self.blocks_used, self.blocks_total)
+    }
+
+    pub fn level(&self) -> Level {
+        Level::of_pct(self.inodes_used_pct(), WARN_PCT, CRIT_PCT)
+    }
+
+    /// The Sentry signature: inodes (nearly) gone while most blocks are free, so
+    /// `df -h` looks fine and every create fails with ENOSPC.
+    pub fn inodes_full_blocks_free(&self) -> bool {
+        self.inodes_used_pct() >= 95.0 && self.blocks_used_pct() < 50.0
+    }
+}
+
+/// The kernel's internal dev_t encoding (include/linux/kdev_t.h), used by the ext4
+/// tracepoints' `dev` field.
+pub fn kernel_dev(major: u32, minor: u32) -> u32 {
+    (major << 20) | (minor & 0xfffff)
+}
+
+/// statvfs of one path.
+pub fn usage_of(path: &Path) -> Result<(u64, u64, u64, u64, u64)> {
+    let s = statvfs(path).with_context(|| format!("statvfs {}", path.display()))?;
+    let files = s.files() as u64;
+    let ffree = s.files_free() as u64;
+    let blocks = s.blocks() as u64;
+    let bfree = s.blocks_free() as u64;
+    Ok((
+        files,
+        files.saturating_sub(ffree),
+        blocks,
+        blocks.saturating_sub(bfree),
+        s.fragment_size() as u64,
+    ))
+}
+
+/// Every mounted filesystem of FSTYPES with a fixed inode count, one row per device
+/// (the first mount point of a device wins, as in `df`).
+pub fn filesystems() -> Result<Vec<FsUsage>> {
+    let infos = Process::myself()
+        .and_then(|p| p.mountinfo())
+        .context("reading /proc/self/mountinfo")?;
+    let mut out: Vec<FsUsage> = Vec::new();
+    for m in infos {
+        if !FSTYPES.contains(&m.fs_type.as_str()) {
+            continue;
+        }
+        let (major, minor) = m
+            .majmin
+            .split_once(':')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .unwrap_or((0, 0));
+        if out.iter().any(|f| f.major == major && f.minor == minor) {
+            continue;
+        }
+        let Ok((inodes_total, inodes_used, blocks_total, blocks_used, block_size)) =
+            usage_of(&m.mount_point)
+        else {
+            continue; // unmounted meanwhile, or not ours to stat
+        };
+        if inodes_total == 0 {
+            continue;
+        }
+        out.push(FsUsage {
+            mount: m.mount_point,
+            device: m.mount_source.unwrap_or_else(|| "-".into()),
+            fstype: m.fs_type,
+            dev: kernel_dev(major, minor),
+            major,
+            minor,
+            inodes_total,
+            inodes_used,
+            blocks_total,
+            blocks_used,
+            block_size,
+        });
+    }
+    Ok(out)
+}
+
+/// The filesystem mounted exactly at `mount`, or an error that says it is not a
+/// mount point (or not one with a fixed inode count).
+pub fn filesystem_at(mount: &Path) -> Result<FsUsage> {
+    let canon = mount
+        .canonicalize()
+        .with_context(|| format!("{} does not exist", mount.display()))?;
+    filesystems()?
+        .into_iter()
+        .find(|f| f.mount == canon)
+        .with_context(|| {
+            format!(
+                "{} is not the mount point of a filesystem with a fixed inode count ({})",
+                mount.display(),
+                FSTYPES.join(", ")
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_and_signature() {
+        let mut f = FsUsage {
+            mount: "/x".into(),
+            device: "/dev/loop0".into(),
+            fstype: "ext4".into(),
+            dev: kernel_dev(7, 0),
+            major: 7,
+            minor: 0,
+            inodes_total: 128,
+            inodes_used: 128,
+            blocks_total: 1000,
+            blocks_used: 100,
+            block_size: 4096,
+        };
+        assert_eq!(f.level(), Level::Crit);
+        assert!(f.inodes_full_blocks_free());
+        f.inodes_used = 105; // 82%
+        assert_eq!(f.level(), Level::Warn);
+        assert!(!f.inodes_full_blocks_free());
+        f.inodes_used = 10;
+        assert_eq!(f.level(), Level::Ok);
+        assert_eq!(kernel_dev(7, 3), 7 << 20 | 3);
+    }
+
+    #[test]
+    fn root_filesystem_of_this_machine_is_listed() {
+        let all = filesystems().unwrap();
+        assert!(
+            all.iter()
+                .all(|f| f.inodes_total > 0 && f.inodes_used <= f.inodes_total)
+        );
+        assert!(filesystem_at(Path::new("/proc")).is_err());
+    }
+}
