@@ -249,7 +249,12 @@ pub struct Incident {
 
 impl Incident {
     pub fn start(args: &[&str]) -> Incident {
-        let mut child = Command::new(incident_bin())
+        Self::start_bin(&incident_bin(), args)
+    }
+
+    /// Starts another helper binary that speaks the same protocol (e.g. incident_inodes).
+    pub fn start_bin(bin: &std::path::Path, args: &[&str]) -> Incident {
+        let mut child = Command::new(bin)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -118,23 +118,13 @@ plain!(
     Pending
 );
 
-/// Kernel dev_t (as tracepoints print it) from major/minor.
-pub const fn kernel_dev(major: u32, minor: u32) -> u32 {
-    (major << 20) | (minor & 0xf_ffff)
-}
-
-/// (major, minor) of a kernel dev_t.
-pub const fn dev_parts(dev: u32) -> (u32, u32) {
-    (dev >> 20, dev & 0xf_ffff)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{as_bytes, decode};
 
     #[test]
-    fn enospc_first_round_trip_and_dev_encoding() {
+    fn enospc_first_round_trip() {
         let mut d = EnospcFirst {
             comm: [0; COMM_LEN],
             first: PathArg {
@@ -146,7 +136,5 @@ mod tests {
         d.first.path[..6].copy_from_slice(b"/a/b/c");
         assert_eq!(decode::<EnospcFirst>(as_bytes(&d)), Some(d));
         assert_eq!(decode::<EnospcFirst>(&as_bytes(&d)[..20]), None);
-        assert_eq!(kernel_dev(7, 3), 7 << 20 | 3);
-        assert_eq!(dev_parts(kernel_dev(259, 65_537)), (259, 65_537 & 0xf_ffff));
     }
 }

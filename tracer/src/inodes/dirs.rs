@@ -17,7 +17,7 @@ use tracer_common::{
     inodes::{AT_FDCWD, PathArg},
 };
 
-use super::fs::kernel_dev_of;
+use crate::snapshot::inodes::kernel_dev_of;
 
 /// Directory entries one walk (of one filesystem, for every unresolved directory on it) may read.
 pub const WALK_BUDGET: usize = 200_000;

@@ -7,11 +7,10 @@
 //! process), in maps read once per report: no per-file copy to userspace. Usage and
 //! levels come from statvfs of every inode-limited filesystem.
 mod dirs;
-mod fs;
 
 use std::{collections::HashMap, path::PathBuf};
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
 use serde_json::json;
 use tracer_common::{
@@ -27,9 +26,12 @@ use crate::{
     output::{Table, human_duration, round3},
     procinfo,
     run::{self, Detector, Report, ReportCtx, RunOpts},
+    snapshot::{
+        Level,
+        inodes::{self as snap, FsUsage, Mount},
+    },
 };
 use dirs::{Resolver, Source};
-use fs::{Mount, Usage};
 
 /// One enter and one exit hook per create-type syscall, all optional.
 macro_rules! syscall_hooks {
@@ -132,13 +134,6 @@ pub const SPEC: Spec = Spec {
     ring_bytes: 1 << 12,
 };
 
-/// node_exporter-style thresholds on inodes used.
-pub const WARN_PCT: f64 = 80.0;
-pub const CRIT_PCT: f64 = 90.0;
-/// The signature of the incident: inodes (nearly) gone while blocks are plenty.
-pub const SIGNATURE_INODES_PCT: f64 = 95.0;
-pub const SIGNATURE_BLOCKS_PCT: f64 = 50.0;
-
 /// Find which filesystem runs out of inodes, who creates the files, and where.
 ///
 /// Counts ext4 inode allocations and frees per process and per directory in the
@@ -163,28 +158,29 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let mounts = fs::all_mounts()?;
     let target = match &args.fs {
-        Some(p) => Some(fs::mount_at(p, &mounts)?),
+        Some(p) => Some(snap::filesystem_at(p).map_err(|e| {
+            anyhow!(
+                "{e:#}; --fs takes the directory a filesystem is mounted on (`findmnt` lists them)"
+            )
+        })?),
         None => None,
     };
     let mut session = bpf::start(
         &SPEC,
-        &[("INODES_TARGET_DEV", target.as_ref().map_or(0, |m| m.dev))],
+        &[("INODES_TARGET_DEV", target.as_ref().map_or(0, |t| t.dev))],
     )?;
     let mut caveats: Vec<String> = session
         .missing()
         .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
         .collect();
-    if let Some(t) = &target {
-        if !t.fstype.starts_with("ext") {
-            caveats.push(format!(
-                "{} is {}, not ext4: usage and ENOSPC failures are shown, but allocations are \
-                 only traced per process and directory on ext4",
-                t.mount.display(),
-                t.fstype
-            ));
-        }
+    if let Some(t) = target.as_ref().filter(|t| !t.fstype.starts_with("ext")) {
+        caveats.push(format!(
+            "{} is {}, not ext4: usage and ENOSPC failures are shown, but allocations are \
+             only traced per process and directory on ext4",
+            t.mount.display(),
+            t.fstype
+        ));
     }
     let mut det = Inodes {
         procs: PerCpuHashMap::try_from(take(&mut session, "INODES_PROCS")?)?,
@@ -200,10 +196,8 @@ pub async fn run(args: Args) -> Result<()> {
         top: args.top.max(1),
     };
     // Usage at the start, for the rate of filesystems whose allocations are not traced.
-    for m in det.filesystems(&mounts) {
-        if let Ok(u) = Usage::of(&m.mount) {
-            det.start_usage.insert(m.dev, u.inodes_used());
-        }
+    for f in det.filesystems(&snap::mounts()?) {
+        det.start_usage.insert(f.dev, f.inodes_used);
     }
     let what = match &det.target {
         Some(t) => format!(
@@ -233,28 +227,13 @@ struct Inodes {
     start_usage: HashMap<u32, u64>,
     resolver: Resolver,
     caveats: Vec<String>,
-    target: Option<Mount>,
+    target: Option<FsUsage>,
     top: usize,
-}
-
-/// A level on inode usage.
-pub fn level(pct: f64) -> &'static str {
-    if pct >= CRIT_PCT {
-        "crit"
-    } else if pct >= WARN_PCT {
-        "warn"
-    } else {
-        "ok"
-    }
 }
 
 /// Seconds until no inode is left at `net_per_s` (None when not growing).
 pub fn eta_s(free: u64, net_per_s: f64) -> Option<f64> {
     (net_per_s > 0.0).then(|| free as f64 / net_per_s)
-}
-
-pub fn signature(inodes_pct: f64, blocks_pct: f64) -> bool {
-    inodes_pct >= SIGNATURE_INODES_PCT && blocks_pct < SIGNATURE_BLOCKS_PCT
 }
 
 /// Values that per-CPU maps hold once per CPU, and how to add them up.
@@ -316,21 +295,18 @@ fn entries<K: aya::Pod, V: aya::Pod + Sum>(
 }
 
 impl Inodes {
-    fn filesystems(&self, mounts: &[Mount]) -> Vec<Mount> {
-        let all = fs::inode_filesystems(mounts);
-        match &self.target {
-            Some(t) => all.into_iter().filter(|m| m.dev == t.dev).collect(),
-            None => all,
+    fn filesystems(&self, mounts: &[Mount]) -> Vec<FsUsage> {
+        let mut all = snap::filesystems_of(mounts);
+        if let Some(t) = &self.target {
+            all.retain(|f| f.dev == t.dev);
         }
+        all
     }
 
     fn mount_name(dev: u32, mounts: &[Mount]) -> String {
         match mounts.iter().find(|m| m.dev == dev) {
             Some(m) => m.mount.display().to_string(),
-            None => {
-                let (ma, mi) = tracer_common::inodes::dev_parts(dev);
-                format!("dev {ma}:{mi}")
-            }
+            None => format!("dev {}:{}", dev >> 20, dev & 0xfffff),
         }
     }
 }
@@ -352,44 +328,55 @@ impl Detector for Inodes {
 
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
         let elapsed = ctx.elapsed.as_secs_f64().max(1e-3);
-        let mounts = fs::all_mounts()?;
+        let mounts = snap::mounts()?;
         let mut caveats = self.caveats.clone();
         let devs: HashMap<u32, DevCounts> =
             entries(&self.devs, "per-filesystem", DEV_CAPACITY, &mut caveats)
                 .into_iter()
                 .collect();
 
-        // Filesystems.
-        let mut fs_rows = Vec::new();
-        for m in self.filesystems(&mounts) {
-            let Ok(u) = Usage::of(&m.mount) else { continue };
-            if u.inodes_total == 0 {
-                continue;
-            }
-            let (net, source, alloc, freed) = match devs.get(&m.dev) {
-                Some(d) => (
-                    d.allocated as f64 - d.freed as f64,
-                    "ebpf",
-                    Some(d.allocated),
-                    Some(d.freed),
-                ),
-                None if m.fstype.starts_with("ext") => (0.0, "ebpf", Some(0), Some(0)),
+        // Filesystems: net rate from the kernel's counts on ext4, else from statvfs.
+        let mut fs_rows: Vec<FsRow> = Vec::new();
+        for u in self.filesystems(&mounts) {
+            let row = match devs.get(&u.dev) {
+                Some(d) => FsRow {
+                    net: d.allocated as f64 - d.freed as f64,
+                    source: "ebpf",
+                    allocated: Some(d.allocated),
+                    freed: Some(d.freed),
+                    u,
+                },
+                None if u.fstype.starts_with("ext") => FsRow {
+                    net: 0.0,
+                    source: "ebpf",
+                    allocated: Some(0),
+                    freed: Some(0),
+                    u,
+                },
                 None => {
                     let start = self
                         .start_usage
-                        .get(&m.dev)
+                        .get(&u.dev)
                         .copied()
-                        .unwrap_or(u.inodes_used());
-                    (u.inodes_used() as f64 - start as f64, "statvfs", None, None)
+                        .unwrap_or(u.inodes_used);
+                    FsRow {
+                        net: u.inodes_used as f64 - start as f64,
+                        source: "statvfs",
+                        allocated: None,
+                        freed: None,
+                        u,
+                    }
                 }
             };
-            let rate = net / elapsed;
-            fs_rows.push((m, u, rate, source, alloc, freed));
+            fs_rows.push(FsRow {
+                net: row.net / elapsed,
+                ..row
+            });
         }
         fs_rows.sort_by(|a, b| {
-            b.1.inodes_used_pct()
-                .total_cmp(&a.1.inodes_used_pct())
-                .then(b.2.total_cmp(&a.2))
+            b.u.inodes_used_pct()
+                .total_cmp(&a.u.inodes_used_pct())
+                .then(b.net.total_cmp(&a.net))
         });
 
         // Processes: most net inodes first.
@@ -423,7 +410,7 @@ impl Detector for Inodes {
                         // Not an ext4 inode request: the mount that holds the path.
                         dirs::absolute(&v.first)
                             .and_then(|p| {
-                                fs::mount_of_path(&p, &mounts)
+                                snap::mount_of_path(&p, &mounts)
                                     .map(|m| m.mount.display().to_string())
                             })
                             .unwrap_or_else(|| "?".into())
@@ -453,39 +440,41 @@ impl Detector for Inodes {
             "LEVEL",
         ]);
         let mut flags = Vec::new();
-        for (m, u, rate, source, alloc, freed) in &fs_rows {
+        for r in &fs_rows {
+            let u = &r.u;
             let ipct = u.inodes_used_pct();
             let bpct = u.blocks_used_pct();
-            let lvl = level(ipct);
-            let eta = eta_s(u.inodes_free, *rate);
-            let sig = signature(ipct, bpct);
+            let lvl = u.level().as_str();
+            let eta = eta_s(u.inodes_total.saturating_sub(u.inodes_used), r.net);
+            let sig = u.inodes_full_blocks_free();
             if sig {
                 flags.push(format!(
                     "!!! {}: {:.0}% of inodes used while only {:.0}% of blocks are: `df -h` shows \
                      space but creates fail with \"No space left on device\"",
-                    m.mount.display(),
+                    u.mount.display(),
                     ipct,
                     bpct
                 ));
             }
             ft.row(vec![
-                m.mount.display().to_string(),
-                m.device.clone(),
-                m.fstype.clone(),
-                format!("{}/{}", u.inodes_used(), u.inodes_total),
+                u.mount.display().to_string(),
+                u.device.clone(),
+                u.fstype.clone(),
+                format!("{}/{}", u.inodes_used, u.inodes_total),
                 format!("{ipct:.1}%"),
                 format!("{bpct:.1}%"),
-                format!("{rate:+.1}"),
+                format!("{:+.1}", r.net),
                 eta.map(human_duration).unwrap_or_else(|| "-".into()),
                 lvl.to_uppercase(),
             ]);
             fs_json.push(json!({
-                "mount": m.mount, "device": m.device, "fstype": m.fstype,
-                "dev": format!("{}:{}", tracer_common::inodes::dev_parts(m.dev).0, tracer_common::inodes::dev_parts(m.dev).1),
-                "inodes_total": u.inodes_total, "inodes_used": u.inodes_used(), "inodes_free": u.inodes_free,
+                "mount": u.mount, "device": u.device, "fstype": u.fstype,
+                "dev": format!("{}:{}", u.major, u.minor),
+                "inodes_total": u.inodes_total, "inodes_used": u.inodes_used,
+                "inodes_free": u.inodes_total.saturating_sub(u.inodes_used),
                 "inodes_used_pct": round3(ipct), "blocks_used_pct": round3(bpct),
-                "allocated": alloc, "freed": freed,
-                "net_inodes_per_s": round3(*rate), "rate_source": source,
+                "allocated": r.allocated, "freed": r.freed,
+                "net_inodes_per_s": round3(r.net), "rate_source": r.source,
                 "exhaustion_eta_s": eta.map(round3), "level": lvl,
                 "inodes_full_blocks_free": sig,
             }));
@@ -629,13 +618,21 @@ impl Detector for Inodes {
     }
 }
 
-type FsRow = (Mount, Usage, f64, &'static str, Option<u64>, Option<u64>);
+/// A filesystem in the report; `net` is inodes per second (allocated - freed).
+struct FsRow {
+    u: FsUsage,
+    net: f64,
+    /// "ebpf": counted by the ext4 hooks; "statvfs": change of inodes used.
+    source: &'static str,
+    allocated: Option<u64>,
+    freed: Option<u64>,
+}
 
 fn hints(fs_rows: &[FsRow], top_dir: Option<&(String, String)>, failing: bool) -> Vec<String> {
     let mut out = Vec::new();
     let hot: Vec<&FsRow> = fs_rows
         .iter()
-        .filter(|r| r.1.inodes_used_pct() >= WARN_PCT || (failing && r.1.inodes_free == 0))
+        .filter(|r| r.u.level() != Level::Ok || (failing && r.u.inodes_used >= r.u.inodes_total))
         .collect();
     if hot.is_empty() && !failing {
         return out;
@@ -649,7 +646,7 @@ fn hints(fs_rows: &[FsRow], top_dir: Option<&(String, String)>, failing: bool) -
         "keep it from coming back: have the writer clean up, or add a logrotate rule or a \
          systemd-tmpfiles `e {dir} - - - 1d` line for that directory"
     ));
-    if hot.iter().any(|r| r.0.fstype.starts_with("ext")) {
+    if hot.iter().any(|r| r.u.fstype.starts_with("ext")) {
         out.push(
             "for good: recreate the ext4 filesystem with more inodes (`mkfs.ext4 -i 4096` or \
              `-N COUNT`; the count is fixed at mkfs time) or use XFS, which allocates inodes \
@@ -670,15 +667,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn levels_eta_and_signature() {
-        assert_eq!(level(79.9), "ok");
-        assert_eq!(level(80.0), "warn");
-        assert_eq!(level(90.0), "crit");
+    fn eta_only_when_growing() {
         assert_eq!(eta_s(1000, 10.0), Some(100.0));
         assert_eq!(eta_s(1000, 0.0), None);
         assert_eq!(eta_s(1000, -3.0), None);
-        assert!(signature(100.0, 3.0));
-        assert!(!signature(100.0, 60.0));
-        assert!(!signature(94.0, 3.0));
     }
 }

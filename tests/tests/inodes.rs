@@ -1,0 +1,330 @@
+//! `tracer inodes` against real inode exhaustion: a tiny ext4 image, loop-mounted, that
+//! a child process fills with files until creates fail with ENOSPC.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tracer_tests::{
+    Incident, Tracer, assert_none_loaded, require_root, run_tracer, run_tracer_unprivileged, serial,
+};
+
+fn helper() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_incident_inodes"))
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd} (install it with `cargo xtask setup`): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An ext4 image file, attached to a loop device and mounted in a temp dir. Drop
+/// unmounts it, detaches the loop device and deletes the image, also when the test
+/// failed half-way (each step is undone only if it was done).
+struct LoopFs {
+    dir: PathBuf,
+    mnt: PathBuf,
+    loop_dev: Option<String>,
+    mounted: bool,
+}
+
+impl LoopFs {
+    fn new(size_mib: u64, inodes: u32) -> LoopFs {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tracer-inodes-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut fs = LoopFs {
+            mnt: dir.join("mnt"),
+            dir,
+            loop_dev: None,
+            mounted: false,
+        };
+        std::fs::create_dir_all(&fs.mnt).expect("creating the temp dir");
+        let img = fs.dir.join("ext4.img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(size_mib << 20))
+            .expect("creating the image (truncate)");
+        let img = img.to_str().unwrap();
+        sh("mkfs.ext4", &["-q", "-F", "-N", &inodes.to_string(), img]);
+        fs.loop_dev = Some(sh("losetup", &["--find", "--show", img]));
+        sh(
+            "mount",
+            &[fs.loop_dev.as_deref().unwrap(), fs.mnt.to_str().unwrap()],
+        );
+        fs.mounted = true;
+        fs
+    }
+
+    fn mnt(&self) -> &str {
+        self.mnt.to_str().unwrap()
+    }
+
+    fn inodes_used(&self) -> u64 {
+        let s = nix::sys::statvfs::statvfs(&self.mnt).expect("statvfs");
+        s.files() - s.files_free()
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let ok = Command::new("umount")
+                .arg(&self.mnt)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                // Something still holds it (a helper killed late): detach it lazily.
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
+        }
+        if let Some(dev) = &self.loop_dev {
+            let _ = Command::new("losetup").args(["-d", dev]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rows<'a>(r: &'a Value, key: &str) -> &'a Vec<Value> {
+    r[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} array: {r}"))
+}
+
+fn filesystem<'a>(r: &'a Value, mnt: &str) -> &'a Value {
+    rows(r, "filesystems")
+        .iter()
+        .find(|f| f["mount"] == mnt)
+        .unwrap_or_else(|| panic!("{mnt} not among the filesystems: {r}"))
+}
+
+fn process<'a>(r: &'a Value, pid: u32) -> Option<&'a Value> {
+    rows(r, "top_processes").iter().find(|p| p["pid"] == pid)
+}
+
+#[test]
+fn child_filling_ext4_is_named_with_exact_counts_dir_and_enospc() {
+    require_root();
+    let _s = serial();
+    let fs = LoopFs::new(64, 128);
+    let nested = fs.mnt.join("cache/entries/2026");
+    std::fs::create_dir_all(&nested).unwrap();
+    let tracer = Tracer::start(&["inodes", "--fs", fs.mnt(), "--json", "-i", "300ms"]);
+    let mut inc = Incident::start_bin(helper(), &["fill", nested.to_str().unwrap(), "3"]);
+    inc.send("go");
+    let full = inc.expect_line("full");
+    let mut words = full.split_whitespace().skip(1);
+    let created: u64 = words.next().unwrap().parse().unwrap();
+    let failed: u64 = words.next().unwrap().parse().unwrap();
+    assert_eq!(failed, 4, "one ENOSPC and 3 retries");
+    assert!(
+        created > 50,
+        "a 128-inode image holds ~117 files: {created}"
+    );
+    let used_full = fs.inodes_used();
+    // At least one interval report sees the full filesystem before the delete.
+    std::thread::sleep(Duration::from_millis(800));
+    inc.send("delete 40");
+    inc.expect_line("deleted 40");
+    let used_after = fs.inodes_used();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    let reports = out.reports();
+
+    // While full: 100% of inodes, blocks mostly free, crit and the signature flag.
+    let at_full = reports
+        .iter()
+        .find(|r| process(r, inc.pid).is_some_and(|p| p["freed"] == 0 && p["allocated"] == created))
+        .unwrap_or_else(|| panic!("no report while the filesystem was full: {}", out.stdout));
+    let f = filesystem(at_full, fs.mnt());
+    assert_eq!(f["inodes_used"], f["inodes_total"], "{f}");
+    assert_eq!(f["inodes_used"], used_full);
+    assert_eq!(f["inodes_used_pct"], 100.0);
+    assert!(f["blocks_used_pct"].as_f64().unwrap() < 50.0, "{f}");
+    assert_eq!(f["level"], "crit");
+    assert_eq!(f["inodes_full_blocks_free"], true);
+    assert_eq!(f["fstype"], "ext4");
+    assert!(
+        f["device"].as_str().unwrap().starts_with("/dev/loop"),
+        "{f}"
+    );
+    let p = &rows(at_full, "top_processes")[0];
+    assert_eq!(p["pid"], inc.pid, "the child is the top process: {at_full}");
+    assert_eq!(p["comm"], "incident_inodes");
+    assert!(p["cgroup"].as_str().unwrap().starts_with('/'), "{p}");
+
+    // The final report, after 40 deletes by the child.
+    let r = out.final_report();
+    assert_eq!(r["command"], "inodes");
+    assert_eq!(r["lost_events"], 0);
+    assert_eq!(r["filter_fs"], fs.mnt());
+    assert_eq!(
+        rows(&r, "filesystems").len(),
+        1,
+        "--fs shows one filesystem"
+    );
+    let f = filesystem(&r, fs.mnt());
+    assert_eq!(f["allocated"], created, "every file, and nothing else");
+    assert_eq!(f["freed"], 40);
+    assert_eq!(f["inodes_used"], used_after);
+    assert_eq!(used_full - used_after, 40);
+    assert!(f["net_inodes_per_s"].as_f64().unwrap() > 0.0, "{f}");
+    let p = process(&r, inc.pid).unwrap_or_else(|| panic!("child missing: {r}"));
+    assert_eq!(p["allocated"], created);
+    assert_eq!(
+        p["freed"], 40,
+        "frees are counted for the process that unlinked"
+    );
+    assert_eq!(p["net"], created as i64 - 40, "net goes down");
+    let d = &rows(&r, "top_directories")[0];
+    assert_eq!(d["path"], nested.to_str().unwrap(), "{r}");
+    assert_eq!(d["path_source"], "syscall");
+    assert_eq!(d["allocated"], created);
+    assert_eq!(d["share_pct"], 100.0);
+    assert_eq!(d["mount"], fs.mnt());
+    let e = rows(&r, "enospc")
+        .iter()
+        .find(|e| e["pid"] == inc.pid)
+        .unwrap_or_else(|| panic!("no ENOSPC row for the child: {r}"));
+    assert_eq!(e["count"], failed);
+    assert_eq!(e["mount"], fs.mnt());
+    assert_eq!(e["comm"], "incident_inodes");
+    assert!(
+        e["first_path"]
+            .as_str()
+            .unwrap()
+            .starts_with(nested.to_str().unwrap()),
+        "{e}"
+    );
+    assert!(!rows(&r, "hints").is_empty());
+    drop(inc);
+    assert_none_loaded("inodes_");
+}
+
+#[test]
+fn text_report_flags_the_full_filesystem_and_names_the_directory() {
+    require_root();
+    let _s = serial();
+    let fs = LoopFs::new(64, 128);
+    let nested = fs.mnt.join("spool/tmp");
+    std::fs::create_dir_all(&nested).unwrap();
+    let tracer = Tracer::start(&["inodes", "--fs", fs.mnt()]);
+    let mut inc = Incident::start_bin(helper(), &["fill", nested.to_str().unwrap(), "0"]);
+    inc.send("go");
+    inc.expect_line("full");
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    let t = &out.stdout;
+    assert!(t.contains("=== tracer inodes: final report"), "{t}");
+    assert!(
+        t.contains(&format!("!!! {}: 100% of inodes used", fs.mnt())),
+        "{t}"
+    );
+    assert!(t.contains("CRIT"), "{t}");
+    assert!(t.contains(nested.to_str().unwrap()), "{t}");
+    assert!(
+        t.contains(&format!("find {} -xdev", nested.display())),
+        "{t}"
+    );
+    assert!(t.contains("mkfs.ext4 -i"), "{t}");
+    assert!(t.contains("lost events: 0"), "{t}");
+}
+
+#[test]
+fn steady_growth_gives_a_finite_eta_in_the_right_range() {
+    require_root();
+    let _s = serial();
+    let fs = LoopFs::new(64, 4096);
+    let dir = fs.mnt.join("logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    const PER_S: f64 = 200.0;
+    let mut inc = Incident::start_bin(helper(), &["rate", dir.to_str().unwrap(), "200"]);
+    inc.send("go");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Tracer::start(&["inodes", "--fs", fs.mnt(), "-d", "3s", "--json"]).wait();
+    assert!(out.status.success(), "{}", out.stderr);
+    drop(inc);
+    let r = out.final_report();
+    let f = filesystem(&r, fs.mnt());
+    let rate = f["net_inodes_per_s"].as_f64().unwrap();
+    assert!(
+        (0.6 * PER_S..=1.3 * PER_S).contains(&rate),
+        "the child creates {PER_S}/s: {f}"
+    );
+    let free = f["inodes_free"].as_f64().unwrap();
+    let eta = f["exhaustion_eta_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no ETA while growing: {f}"));
+    let expected = free / PER_S;
+    assert!(
+        (0.75 * expected..=1.7 * expected).contains(&eta),
+        "ETA {eta} s, expected about {expected} s: {f}"
+    );
+    assert_eq!(f["level"], "ok");
+    assert_eq!(f["inodes_full_blocks_free"], false);
+}
+
+#[test]
+fn fs_that_is_not_a_mount_point_gets_one_clear_sentence() {
+    require_root();
+    let _s = serial();
+    let fs = LoopFs::new(16, 64);
+    let sub = fs.mnt.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let out = run_tracer(&["inodes", "--fs", sub.to_str().unwrap(), "-d", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with(&format!(
+            "tracer: {} is not a mount point (it is on the filesystem mounted at {})",
+            sub.display(),
+            fs.mnt()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+
+    let out = run_tracer(&["inodes", "--fs", "/no/such/dir", "-d", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("/no/such/dir does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+
+    let out = run_tracer(&["inodes", "--fs", "/proc", "-d", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("no fixed inode count"),
+        "{}",
+        out.stderr
+    );
+
+    let out = run_tracer(&["inodes", "--top", "many"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+
+    let out = run_tracer_unprivileged(&["inodes", "-d", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`tracer inodes` needs root"),
+        "{}",
+        out.stderr
+    );
+    assert_none_loaded("inodes_");
+}
