@@ -1,8 +1,8 @@
 //! inodes: keys and values of the in-kernel counters of inode allocations, frees and
-//! failed creates. Nothing goes through the ring buffer: a burst of millions of files
-//! only bumps counters, and userspace reads the maps once per report. Counters live in
-//! per-CPU maps (no atomics; userspace sums the CPUs), paths in plain maps beside them.
-use crate::{COMM_LEN, plain};
+//! failed creates. A burst of millions of files only bumps counters in per-CPU maps (no
+//! atomics; userspace sums the CPUs) that userspace reads once per report; only the
+//! first inode of a directory and the first failure of a process send a record.
+use crate::{COMM_LEN, EventHeader, plain};
 
 /// Bytes of a create's path kept per directory / per failing process (the kernel's
 /// PATH_MAX is 4096; a longer path is cut and then resolved by the inode walk).
@@ -14,7 +14,7 @@ pub const PROC_CAPACITY: u32 = 16_384;
 pub const DIR_CAPACITY: u32 = 8_192;
 /// Capacity of the per-device totals (LRU; one entry per ext4 filesystem).
 pub const DEV_CAPACITY: u32 = 256;
-/// Capacity of the per (device, process) ENOSPC counters and first failures (LRU).
+/// Capacity of the per (device, process) ENOSPC counters (LRU).
 pub const ENOSPC_CAPACITY: u32 = 4_096;
 /// Capacity of the per-thread in-flight create syscalls (LRU).
 pub const PENDING_CAPACITY: u32 = 16_384;
@@ -75,15 +75,22 @@ impl Default for PathArg {
     }
 }
 
-/// The first failed create of one process on one filesystem (dev 0: the filesystem
-/// did not say, e.g. not ext4); the count is in a per-CPU map beside it.
+/// Ring-buffer record, rare by construction: the first inode allocated in a directory
+/// (kind InodesNewDir; `ino` is the directory) or the first create of a process on a
+/// filesystem that failed with ENOSPC (kind InodesEnospc; `ino` is 0, `dev` 0 when the
+/// filesystem did not say, e.g. not ext4). Userspace resolves the path at once, while
+/// the process still runs and its cwd can be read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EnospcFirst {
+pub struct PathEvent {
+    pub header: EventHeader,
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
     pub comm: [u8; COMM_LEN],
     pub first: PathArg,
 }
-const _: () = assert!(core::mem::size_of::<EnospcFirst>() == COMM_LEN + 8 + PATH_LEN);
+const _: () = assert!(core::mem::size_of::<PathEvent>() == 16 + 16 + COMM_LEN + 8 + PATH_LEN);
 
 /// Totals per filesystem (key: kernel dev_t).
 #[repr(C)]
@@ -109,13 +116,7 @@ pub struct Pending {
 const _: () = assert!(core::mem::size_of::<Pending>() == 16);
 
 plain!(
-    DevTgid,
-    ProcCounts,
-    DirKey,
-    PathArg,
-    EnospcFirst,
-    DevCounts,
-    Pending
+    DevTgid, ProcCounts, DirKey, PathArg, PathEvent, DevCounts, Pending
 );
 
 #[cfg(test)]
@@ -124,17 +125,24 @@ mod tests {
     use crate::{as_bytes, decode};
 
     #[test]
-    fn enospc_first_round_trip() {
-        let mut d = EnospcFirst {
-            comm: [0; COMM_LEN],
+    fn path_event_round_trip() {
+        let mut d = PathEvent {
+            header: EventHeader {
+                kind: crate::EventKind::InodesNewDir as u32,
+                tgid: 42,
+                ts_ns: 1,
+            },
+            dev: 7 << 20,
+            ino: 12,
             first: PathArg {
                 tgid: 42,
                 dfd: AT_FDCWD,
                 ..Default::default()
             },
+            ..Default::default()
         };
         d.first.path[..6].copy_from_slice(b"/a/b/c");
-        assert_eq!(decode::<EnospcFirst>(as_bytes(&d)), Some(d));
-        assert_eq!(decode::<EnospcFirst>(&as_bytes(&d)[..20]), None);
+        assert_eq!(decode::<PathEvent>(as_bytes(&d)), Some(d));
+        assert_eq!(decode::<PathEvent>(&as_bytes(&d)[..311]), None);
     }
 }

@@ -21,6 +21,10 @@ pub enum EventKind {
     ProcessExit = 1,
     /// zombies: an exited process was reaped (wait4 returned it, or it was freed).
     ProcessReap = 2,
+    /// inodes: the first inode allocated in a directory (with the create's path).
+    InodesNewDir = 30,
+    /// inodes: a process's first create on a filesystem that failed with ENOSPC.
+    InodesEnospc = 31,
 }
 
 impl EventKind {
@@ -28,6 +32,8 @@ impl EventKind {
         Some(match v {
             1 => Self::ProcessExit,
             2 => Self::ProcessReap,
+            30 => Self::InodesNewDir,
+            31 => Self::InodesEnospc,
             _ => return None,
         })
     }

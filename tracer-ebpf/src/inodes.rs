@@ -3,8 +3,8 @@
 //!
 //! Everything is counted in kernel maps that userspace reads once per report: a burst
 //! of millions of files costs a few map updates per file and no copy to userspace. The
-//! path of a create is read from user memory only the first time a directory (or a
-//! failing process) is seen.
+//! path of a create is read from user memory and sent on the ring buffer only the first
+//! time a directory (or a failing process) is seen.
 use aya_ebpf::{
     Global,
     helpers::{
@@ -15,12 +15,15 @@ use aya_ebpf::{
     maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::TracePointContext,
 };
-use tracer_common::inodes::{
-    AT_FDCWD, DEV_CAPACITY, DIR_CAPACITY, DevCounts, DevTgid, DirKey, ENOSPC_CAPACITY, EnospcFirst,
-    PENDING_CAPACITY, PROC_CAPACITY, PathArg, Pending, ProcCounts,
+use tracer_common::{
+    EventHeader, EventKind,
+    inodes::{
+        AT_FDCWD, DEV_CAPACITY, DIR_CAPACITY, DevCounts, DevTgid, DirKey, ENOSPC_CAPACITY,
+        PENDING_CAPACITY, PROC_CAPACITY, PathArg, PathEvent, Pending, ProcCounts,
+    },
 };
 
-use crate::common::{current_tgid, field};
+use crate::common::{current_tgid, emit, field, now_ns};
 
 /// Field offsets from tracefs `format` files, set by the loader.
 #[unsafe(no_mangle)]
@@ -65,11 +68,6 @@ static INODES_PROCS: LruPerCpuHashMap<DevTgid, ProcCounts> =
 static INODES_DIRS: LruPerCpuHashMap<DirKey, u64> =
     LruPerCpuHashMap::with_max_entries(DIR_CAPACITY, 0);
 
-/// (dev, parent dir ino) -> path of the first create seen there.
-#[map]
-static INODES_DIR_PATHS: LruHashMap<DirKey, PathArg> =
-    LruHashMap::with_max_entries(DIR_CAPACITY, 0);
-
 /// dev -> totals.
 #[map]
 static INODES_DEVS: LruPerCpuHashMap<u32, DevCounts> =
@@ -80,18 +78,13 @@ static INODES_DEVS: LruPerCpuHashMap<u32, DevCounts> =
 static INODES_ENOSPC: LruPerCpuHashMap<DevTgid, u64> =
     LruPerCpuHashMap::with_max_entries(ENOSPC_CAPACITY, 0);
 
-/// (dev, tgid) -> comm and path of the first failed create.
-#[map]
-static INODES_ENOSPC_FIRST: LruHashMap<DevTgid, EnospcFirst> =
-    LruHashMap::with_max_entries(ENOSPC_CAPACITY, 0);
-
 /// thread id -> the create syscall it is in.
 #[map]
 static INODES_PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(PENDING_CAPACITY, 0);
 
 /// Scratch space to build the path records (the BPF stack is 512 bytes).
 #[map]
-static INODES_PATH_SCRATCH: PerCpuArray<EnospcFirst> = PerCpuArray::with_max_entries(1, 0);
+static INODES_PATH_SCRATCH: PerCpuArray<PathEvent> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn wanted(dev: u32) -> bool {
@@ -139,14 +132,25 @@ fn proc_counts(dev: u32) -> Option<*mut ProcCounts> {
     Some(per_cpu(&INODES_PROCS, &key, init)?.0)
 }
 
-/// The per-CPU scratch record, with this thread's create path filled in.
+/// Sends the path of this thread's create (a rare record: see PathEvent).
 #[inline(always)]
-fn scratch_with_path() -> Option<&'static mut EnospcFirst> {
+fn send_path(kind: EventKind, dev: u32, ino: u64) -> Option<()> {
     let s = INODES_PATH_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch slot; preemption is off while the program runs.
     let s = unsafe { &mut *s };
+    let tgid = current_tgid();
+    s.header = EventHeader {
+        kind: kind as u32,
+        tgid,
+        ts_ns: now_ns(),
+    };
+    s.dev = dev;
+    s._pad = 0;
+    s.ino = ino;
+    s.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     fill_path(&mut s.first);
-    Some(s)
+    emit(s);
+    Some(())
 }
 
 /// Copies the path argument of this thread's create syscall into `out`.
@@ -194,9 +198,8 @@ fn try_alloc(ctx: &TracePointContext) -> Option<u32> {
     let (c, new) = per_cpu(&INODES_DIRS, &key, || 0)?;
     unsafe { *c += 1 };
     if new {
-        // First inode in this directory: remember the path the process used.
-        let s = scratch_with_path()?;
-        let _ = INODES_DIR_PATHS.insert(&key, &s.first, BPF_NOEXIST);
+        // First inode in this directory: tell userspace the path the process used.
+        send_path(EventKind::InodesNewDir, dev, dir)?;
     }
     Some(0)
 }
@@ -303,10 +306,7 @@ fn try_exit(ctx: &TracePointContext) -> Option<u32> {
     // SAFETY: pointer into this CPU's map value.
     unsafe { *c += 1 };
     if new {
-        if let Some(s) = scratch_with_path() {
-            s.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-            let _ = INODES_ENOSPC_FIRST.insert(&key, s, BPF_NOEXIST);
-        }
+        let _ = send_path(EventKind::InodesEnospc, p.dev, 0);
     }
     let _ = INODES_PENDING.remove(&tid);
     Some(0)

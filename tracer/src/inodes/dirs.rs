@@ -19,8 +19,11 @@ use tracer_common::{
 
 use crate::snapshot::inodes::kernel_dev_of;
 
+/// Directories remembered (path or unresolved).
+pub const CACHE_CAPACITY: usize = 65_536;
+
 /// Directory entries one walk (of one filesystem, for every unresolved directory on it) may read.
-pub const WALK_BUDGET: usize = 200_000;
+pub const WALK_BUDGET: usize = 50_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -133,26 +136,37 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// Resolves (dev, ino, path argument of the first create there, mount point) each.
-    pub fn resolve_all(&mut self, items: &[(u32, u64, PathArg, Option<PathBuf>)]) -> Vec<Resolved> {
+    /// Tries the path argument of the first create in a directory (no walk): called when
+    /// the kernel reports it, while the creating process still runs.
+    pub fn try_syscall(&mut self, dev: u32, ino: u64, first: &PathArg) {
+        if self.cache.len() >= CACHE_CAPACITY {
+            // Forget them all rather than grow without bound; the walk finds hot ones again.
+            self.cache.clear();
+        }
+        if self
+            .cache
+            .get(&(dev, ino))
+            .is_some_and(|r| r.source != Source::Unresolved)
+        {
+            return;
+        }
+        if let Some(p) = from_syscall(first, dev, ino) {
+            self.cache.insert(
+                (dev, ino),
+                Resolved {
+                    path: Some(p),
+                    source: Source::Syscall,
+                },
+            );
+        }
+    }
+
+    /// Resolves (dev, ino, mount point) each: from the cache (filled by try_syscall),
+    /// else by one walk per filesystem for all its unresolved directories (once).
+    pub fn resolve_all(&mut self, items: &[(u32, u64, Option<PathBuf>)]) -> Vec<Resolved> {
         let mut walks: HashMap<(u32, PathBuf), HashSet<u64>> = HashMap::new();
-        for (dev, ino, first, mount) in items {
-            let cached = self.cache.get(&(*dev, *ino));
-            if cached.is_some_and(|r| r.source != Source::Unresolved) {
-                continue;
-            }
-            // The (cheap) syscall path is tried again while it is unresolved.
-            if let Some(p) = from_syscall(first, *dev, *ino) {
-                self.cache.insert(
-                    (*dev, *ino),
-                    Resolved {
-                        path: Some(p),
-                        source: Source::Syscall,
-                    },
-                );
-                continue;
-            }
-            if cached.is_none() {
+        for (dev, ino, mount) in items {
+            if !self.cache.contains_key(&(*dev, *ino)) {
                 if let Some(m) = mount {
                     walks.entry((*dev, m.clone())).or_default().insert(*ino);
                 }
@@ -181,7 +195,7 @@ impl Resolver {
         }
         items
             .iter()
-            .map(|(dev, ino, _, _)| self.cache[&(*dev, *ino)].clone())
+            .map(|(dev, ino, _)| self.cache[&(*dev, *ino)].clone())
             .collect()
     }
 }
@@ -230,17 +244,18 @@ mod tests {
         );
         let mut r = Resolver::default();
         let got = r.resolve_all(&[
-            (dev, ino, PathArg::default(), Some(base.clone())),
-            (
-                dev,
-                ino + 1_000_000_000,
-                PathArg::default(),
-                Some(base.clone()),
-            ),
+            (dev, ino, Some(base.clone())),
+            (dev, ino + 1_000_000_000, Some(base.clone())),
         ]);
         assert_eq!(got[0].source, Source::Walk);
         assert_eq!(got[0].path.as_ref(), Some(&nested));
         assert_eq!(got[1].source, Source::Unresolved);
+        // The kernel's path resolves a directory without a walk.
+        let mut r = Resolver::default();
+        r.try_syscall(dev, ino, &arg(file.to_str().unwrap(), AT_FDCWD));
+        let got = r.resolve_all(&[(dev, ino, None)]);
+        assert_eq!(got[0].source, Source::Syscall);
+        assert_eq!(got[0].path.as_ref(), Some(&nested));
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

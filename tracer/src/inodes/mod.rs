@@ -11,13 +11,13 @@ mod dirs;
 use std::{collections::HashMap, path::PathBuf};
 
 use anyhow::{Result, anyhow};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
+use aya::maps::{MapData, PerCpuHashMap};
 use serde_json::json;
 use tracer_common::{
-    comm_str,
+    EventKind, comm_str, decode,
     inodes::{
-        DEV_CAPACITY, DIR_CAPACITY, DevCounts, DevTgid, DirKey, ENOSPC_CAPACITY, EnospcFirst,
-        PROC_CAPACITY, PathArg, ProcCounts,
+        DEV_CAPACITY, DIR_CAPACITY, DevCounts, DevTgid, DirKey, ENOSPC_CAPACITY, PROC_CAPACITY,
+        PathEvent, ProcCounts,
     },
 };
 
@@ -130,8 +130,9 @@ pub const SPEC: Spec = Spec {
             field: "ret",
         },
     ],
-    // Nothing is sent per event; the ring only has to exist.
-    ring_bytes: 1 << 12,
+    // Only the first inode of each directory and the first ENOSPC of each process
+    // send a record (312 bytes): room for ~3,000 new directories between drains.
+    ring_bytes: 1 << 20,
 };
 
 /// Find which filesystem runs out of inodes, who creates the files, and where.
@@ -185,10 +186,9 @@ pub async fn run(args: Args) -> Result<()> {
     let mut det = Inodes {
         procs: PerCpuHashMap::try_from(take(&mut session, "INODES_PROCS")?)?,
         dirs: PerCpuHashMap::try_from(take(&mut session, "INODES_DIRS")?)?,
-        dir_paths: BpfHashMap::try_from(take(&mut session, "INODES_DIR_PATHS")?)?,
         devs: PerCpuHashMap::try_from(take(&mut session, "INODES_DEVS")?)?,
         enospc: PerCpuHashMap::try_from(take(&mut session, "INODES_ENOSPC")?)?,
-        enospc_first: BpfHashMap::try_from(take(&mut session, "INODES_ENOSPC_FIRST")?)?,
+        enospc_first: HashMap::new(),
         start_usage: HashMap::new(),
         resolver: Resolver::default(),
         caveats,
@@ -219,10 +219,11 @@ fn take(session: &mut Session, name: &str) -> Result<aya::maps::Map> {
 struct Inodes {
     procs: PerCpuHashMap<MapData, DevTgid, ProcCounts>,
     dirs: PerCpuHashMap<MapData, DirKey, u64>,
-    dir_paths: BpfHashMap<MapData, DirKey, PathArg>,
     devs: PerCpuHashMap<MapData, u32, DevCounts>,
     enospc: PerCpuHashMap<MapData, DevTgid, u64>,
-    enospc_first: BpfHashMap<MapData, DevTgid, EnospcFirst>,
+    /// (dev, tgid) -> comm and path (absolute when it could be made so) of the first
+    /// failed create, from the kernel's record.
+    enospc_first: HashMap<DevTgid, (String, String)>,
     /// dev -> inodes used at the start.
     start_usage: HashMap<u32, u64>,
     resolver: Resolver,
@@ -324,7 +325,31 @@ impl Detector for Inodes {
         "inodes"
     }
 
-    fn on_event(&mut self, _data: &[u8]) {}
+    fn on_event(&mut self, data: &[u8]) {
+        let Some(ev) = decode::<PathEvent>(data) else {
+            return;
+        };
+        match EventKind::from_u32(ev.header.kind) {
+            // Resolve now: a relative path needs the process's cwd, which goes with it.
+            Some(EventKind::InodesNewDir) => self.resolver.try_syscall(ev.dev, ev.ino, &ev.first),
+            Some(EventKind::InodesEnospc) => {
+                if self.enospc_first.len() >= ENOSPC_CAPACITY as usize {
+                    return;
+                }
+                let path = dirs::absolute(&ev.first)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| comm_str(&ev.first.path).to_string());
+                let key = DevTgid {
+                    dev: ev.dev,
+                    tgid: ev.header.tgid,
+                };
+                self.enospc_first
+                    .entry(key)
+                    .or_insert_with(|| (comm_str(&ev.comm).to_string(), path));
+            }
+            _ => {}
+        }
+    }
 
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
         let elapsed = ctx.elapsed.as_secs_f64().max(1e-3);
@@ -399,28 +424,29 @@ impl Detector for Inodes {
         dirs.truncate(self.top);
 
         // Failed creates.
-        let mut enospc: Vec<(DevTgid, u64, EnospcFirst, String)> =
+        let mut enospc: Vec<(DevTgid, u64, String, String, String)> =
             entries(&self.enospc, "ENOSPC", ENOSPC_CAPACITY, &mut caveats)
                 .into_iter()
                 .map(|(k, n)| {
-                    let v = self.enospc_first.get(&k, 0).unwrap_or_default();
+                    let (comm, path) = self.enospc_first.get(&k).cloned().unwrap_or_else(|| {
+                        let comm = procinfo::comm_of(k.tgid).unwrap_or_else(|| "?".into());
+                        (comm, String::new())
+                    });
                     let mount = if k.dev != 0 {
                         Self::mount_name(k.dev, &mounts)
                     } else {
                         // Not an ext4 inode request: the mount that holds the path.
-                        dirs::absolute(&v.first)
-                            .and_then(|p| {
-                                snap::mount_of_path(&p, &mounts)
-                                    .map(|m| m.mount.display().to_string())
-                            })
+                        snap::mount_of_path(std::path::Path::new(&path), &mounts)
+                            .filter(|_| path.starts_with('/'))
+                            .map(|m| m.mount.display().to_string())
                             .unwrap_or_else(|| "?".into())
                     };
-                    (k, n, v, mount)
+                    (k, n, comm, path, mount)
                 })
                 .collect();
         if let Some(t) = &self.target {
             let tm = t.mount.display().to_string();
-            enospc.retain(|(k, _, _, mount)| k.dev == t.dev || *mount == tm);
+            enospc.retain(|(k, _, _, _, mount)| k.dev == t.dev || *mount == tm);
         }
         enospc.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.tgid.cmp(&b.0.tgid)));
         enospc.truncate(self.top);
@@ -531,12 +557,11 @@ impl Detector for Inodes {
         let wanted: Vec<_> = dirs
             .iter()
             .map(|(k, _)| {
-                let first = self.dir_paths.get(k, 0).unwrap_or_default();
                 let mount = mounts
                     .iter()
                     .find(|m| m.dev == k.dev)
                     .map(|m| m.mount.clone());
-                (k.dev, k.ino, first, mount)
+                (k.dev, k.ino, mount)
             })
             .collect();
         let resolved = self.resolver.resolve_all(&wanted);
@@ -571,9 +596,7 @@ impl Detector for Inodes {
 
         let mut et = Table::new(&["PID", "COMM", "MOUNT", "ENOSPC", "FIRST FAILED PATH"]);
         let mut enospc_json = Vec::new();
-        for (k, n, v, mount) in &enospc {
-            let comm = comm_str(&v.comm).to_string();
-            let path = comm_str(&v.first.path).to_string();
+        for (k, n, comm, path, mount) in &enospc {
             et.row(vec![
                 k.tgid.to_string(),
                 comm.clone(),

@@ -2,6 +2,7 @@
 //! equivalent bpftrace script, interleaved several times; medians and ratios printed
 //! side by side from one run (never timed assertions in tests: machines are noisy).
 pub mod common;
+mod inodes;
 mod zombies;
 
 use anyhow::{Result, bail};
@@ -18,6 +19,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     match a.name.as_str() {
         "zombies" => zombies::run(&a),
+        "inodes" => inodes::run(&a),
         other => bail!(
             "no benchmark named `{other}`; try zombies, tcp-pressure, cgroups, inodes or triage"
         ),
