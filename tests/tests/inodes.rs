@@ -223,7 +223,11 @@ fn text_report_flags_the_full_filesystem_and_names_the_directory() {
     let nested = fs.mnt.join("spool/tmp");
     std::fs::create_dir_all(&nested).unwrap();
     let tracer = Tracer::start(&["inodes", "--fs", fs.mnt()]);
-    let mut inc = Incident::start_bin(helper(), &["fill", nested.to_str().unwrap(), "0"]);
+    // Relative paths (from inside the directory): resolved through the child's cwd.
+    let mut inc = Incident::start_bin(
+        helper(),
+        &["fill", nested.to_str().unwrap(), "0", "relative"],
+    );
     inc.send("go");
     inc.expect_line("full");
     let out = tracer.interrupt();
@@ -235,7 +239,11 @@ fn text_report_flags_the_full_filesystem_and_names_the_directory() {
         "{t}"
     );
     assert!(t.contains("CRIT"), "{t}");
-    assert!(t.contains(nested.to_str().unwrap()), "{t}");
+    let dir_line = t
+        .lines()
+        .find(|l| l.contains(&format!(" {} ", nested.display())))
+        .unwrap_or_else(|| panic!("no row for {}: {t}", nested.display()));
+    assert!(dir_line.contains(" syscall "), "{dir_line}");
     assert!(
         t.contains(&format!("find {} -xdev", nested.display())),
         "{t}"

@@ -1,9 +1,11 @@
 //! Incident helper for `tracer inodes`: a process that eats inodes.
 //!
-//!   incident_inodes fill DIR RETRIES   on "go": create DIR/f0, f1, ... until a create
+//!   incident_inodes fill DIR RETRIES [relative]
+//!                                      on "go": create DIR/f0, f1, ... until a create
 //!                                      fails with ENOSPC, try RETRIES more times, print
 //!                                      "full CREATED FAILED"; then "delete K" removes
-//!                                      f0..f(K-1) and prints "deleted K"
+//!                                      f0..f(K-1) and prints "deleted K"; with
+//!                                      `relative`, from inside DIR as f0, f1, ...
 //!   incident_inodes rate DIR PER_S     on "go": create PER_S files a second in DIR
 //!                                      until stdin closes; prints "created N" at the end
 //!
@@ -36,7 +38,11 @@ fn create(dir: &Path, i: u64) -> std::io::Result<()> {
     std::fs::write(dir.join(format!("f{i}")), b"x")
 }
 
-fn fill(dir: PathBuf, retries: u32) {
+fn fill(mut dir: PathBuf, retries: u32, relative: bool) {
+    if relative {
+        std::env::set_current_dir(&dir).unwrap_or_else(|e| die(format!("chdir: {e}")));
+        dir = PathBuf::new();
+    }
     let mut lines = std::io::stdin().lock().lines();
     match lines.next() {
         Some(Ok(l)) if l == "go" => {}
@@ -115,7 +121,7 @@ fn main() {
         .unwrap_or_else(|_| die(format!("not a number: {}", arg(2))));
     say(&format!("ready {}", std::process::id()));
     match arg(0) {
-        "fill" => fill(dir, n as u32),
+        "fill" => fill(dir, n as u32, args.get(3).is_some_and(|a| a == "relative")),
         "rate" => rate(dir, n.max(1)),
         other => die(format!("unknown mode {other}")),
     }
