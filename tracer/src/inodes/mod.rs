@@ -490,7 +490,11 @@ impl Detector for Inodes {
                 format!("{ipct:.1}%"),
                 format!("{bpct:.1}%"),
                 format!("{:+.1}", r.net),
-                eta.map(human_duration).unwrap_or_else(|| "-".into()),
+                match eta {
+                    Some(e) if e <= 0.0 => "now (full)".into(),
+                    Some(e) => human_duration(e),
+                    None => "-".into(),
+                },
                 lvl.to_uppercase(),
             ]);
             fs_json.push(json!({
