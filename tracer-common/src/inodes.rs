@@ -98,10 +98,8 @@ const _: () = assert!(core::mem::size_of::<PathEvent>() == 16 + 16 + COMM_LEN + 
 pub struct DevCounts {
     pub allocated: u64,
     pub freed: u64,
-    /// ext4_request_inode: creates that asked for an inode (succeeded or not).
-    pub requested: u64,
 }
-const _: () = assert!(core::mem::size_of::<DevCounts>() == 24);
+const _: () = assert!(core::mem::size_of::<DevCounts>() == 16);
 
 /// A create-type syscall in flight on one thread (key: thread id).
 #[repr(C)]

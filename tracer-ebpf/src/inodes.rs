@@ -234,15 +234,9 @@ pub fn inodes_request(ctx: TracePointContext) -> u32 {
 
 fn try_request(ctx: &TracePointContext) -> Option<u32> {
     let dev: u32 = field(ctx, &INODES_REQUEST_DEV)?;
-    if let Some(p) = INODES_PENDING.get_ptr_mut(&current_tid()) {
-        // SAFETY: pointer into a map value.
-        unsafe { (*p).dev = dev };
-    }
-    if wanted(dev) {
-        let d = dev_counts(dev)?;
-        // SAFETY: pointer into this CPU's map value.
-        unsafe { (*d).requested += 1 };
-    }
+    let p = INODES_PENDING.get_ptr_mut(&current_tid())?;
+    // SAFETY: pointer into a map value.
+    unsafe { (*p).dev = dev };
     Some(0)
 }
 
@@ -283,19 +277,34 @@ fn try_enter(ctx: &TracePointContext, dfd: Option<u32>, path: u32, c: Creates) -
         dfd,
         dev: 0,
     };
-    let _ = INODES_PENDING.insert(&current_tid(), &p, 0);
+    let tid = current_tid();
+    // Overwrite the thread's entry in place when it has one: cheaper than an LRU
+    // insert, which allocates a new element.
+    match INODES_PENDING.get_ptr_mut(&tid) {
+        // SAFETY: pointer into a map value.
+        Some(e) => unsafe { *e = p },
+        None => {
+            let _ = INODES_PENDING.insert(&tid, &p, 0);
+        }
+    }
     Some(0)
 }
 
 /// syscalls:sys_exit_<create syscall>: `ret` -28 is a create that failed with ENOSPC.
 #[inline(always)]
 fn try_exit(ctx: &TracePointContext) -> Option<u32> {
+    // The common case costs one field read: the thread's pending entry is left in
+    // place (the next create overwrites it), so no map operation runs per syscall.
+    // A stale entry can only lend a wrong path to an inode allocated outside a create
+    // syscall, and userspace accepts a path only when stat() gives that directory.
+    let ret: i64 = field(ctx, &INODES_SYSCALL_RET)?;
+    if ret != -ENOSPC {
+        return Some(0);
+    }
     let tid = current_tid();
     // SAFETY: plain map lookup of a Copy value.
     let p = unsafe { INODES_PENDING.get(&tid) }.copied()?;
-    let ret: i64 = field(ctx, &INODES_SYSCALL_RET)?;
-    if ret != -ENOSPC || !(p.dev == 0 || wanted(p.dev)) {
-        let _ = INODES_PENDING.remove(&tid);
+    if !(p.dev == 0 || wanted(p.dev)) {
         return Some(0);
     }
     let key = DevTgid {
@@ -308,6 +317,7 @@ fn try_exit(ctx: &TracePointContext) -> Option<u32> {
     if new {
         let _ = send_path(EventKind::InodesEnospc, p.dev, 0);
     }
+    // Used: a later failure without a create enter is not put on this path.
     let _ = INODES_PENDING.remove(&tid);
     Some(0)
 }

@@ -252,7 +252,6 @@ impl Sum for DevCounts {
     fn add(&mut self, o: &DevCounts) {
         self.allocated += o.allocated;
         self.freed += o.freed;
-        self.requested += o.requested;
     }
 }
 
