@@ -556,7 +556,8 @@ impl Detector for Inodes {
 
         let mut dt = Table::new(&["MOUNT", "DIRECTORY", "FROM", "ALLOCATED", "SHARE"]);
         let mut dirs_json = Vec::new();
-        let mut top_dir: Option<(String, String)> = None;
+        // Resolved directories, most inodes first: (mount, path).
+        let mut top_dirs: Vec<(String, String)> = Vec::new();
         let wanted: Vec<_> = dirs
             .iter()
             .map(|(k, _)| {
@@ -575,8 +576,8 @@ impl Detector for Inodes {
                 None => format!("inode {}", k.ino),
             };
             let share = 100.0 * *n as f64 / dirs_total.max(1) as f64;
-            if top_dir.is_none() && r.source != Source::Unresolved {
-                top_dir = Some((shown.clone(), mount.clone()));
+            if r.source != Source::Unresolved {
+                top_dirs.push((mount.clone(), shown.clone()));
             }
             dt.row(vec![
                 mount.clone(),
@@ -623,7 +624,7 @@ impl Detector for Inodes {
             text += &et.render();
         }
 
-        let hints = hints(&fs_rows, top_dir.as_ref(), !enospc.is_empty());
+        let hints = hints(&fs_rows, &top_dirs, !enospc.is_empty());
         for h in &hints {
             text += &format!("hint: {h}\n");
         }
@@ -654,7 +655,8 @@ struct FsRow {
     freed: Option<u64>,
 }
 
-fn hints(fs_rows: &[FsRow], top_dir: Option<&(String, String)>, failing: bool) -> Vec<String> {
+/// What to do, for the fullest filesystem in trouble and its top directory.
+fn hints(fs_rows: &[FsRow], top_dirs: &[(String, String)], failing: bool) -> Vec<String> {
     let mut out = Vec::new();
     let hot: Vec<&FsRow> = fs_rows
         .iter()
@@ -663,7 +665,18 @@ fn hints(fs_rows: &[FsRow], top_dir: Option<&(String, String)>, failing: bool) -
     if hot.is_empty() && !failing {
         return out;
     }
-    let dir = top_dir.map(|(d, _)| d.as_str()).unwrap_or("DIR");
+    // The top directory on the fullest filesystem in trouble (rows are fullest first).
+    let dir = hot
+        .iter()
+        .find_map(|r| {
+            let m = r.u.mount.display().to_string();
+            top_dirs
+                .iter()
+                .find(|(dm, _)| *dm == m)
+                .map(|(_, d)| d.clone())
+        })
+        .or_else(|| top_dirs.first().map(|(_, d)| d.clone()))
+        .unwrap_or_else(|| "DIR".into());
     out.push(format!(
         "free inodes now: delete old small files in the top directory, gently and in batches: \
          `ionice -c3 find {dir} -xdev -type f -mmin +60 -delete` (check with -print first)"
@@ -697,5 +710,41 @@ mod tests {
         assert_eq!(eta_s(1000, 10.0), Some(100.0));
         assert_eq!(eta_s(1000, 0.0), None);
         assert_eq!(eta_s(1000, -3.0), None);
+    }
+
+    fn row(mount: &str, used: u64) -> FsRow {
+        FsRow {
+            u: FsUsage {
+                mount: mount.into(),
+                device: "/dev/x".into(),
+                fstype: "ext4".into(),
+                dev: 1,
+                major: 0,
+                minor: 1,
+                inodes_total: 100,
+                inodes_used: used,
+                blocks_total: 100,
+                blocks_used: 1,
+                block_size: 4096,
+            },
+            net: 0.0,
+            source: "ebpf",
+            allocated: None,
+            freed: None,
+        }
+    }
+
+    #[test]
+    fn hints_name_the_top_directory_of_the_full_filesystem() {
+        let rows = [row("/data", 100), row("/", 10)];
+        let dirs = [
+            ("/".to_string(), "/var/busy".to_string()),
+            ("/data".to_string(), "/data/cache".to_string()),
+        ];
+        let h = hints(&rows, &dirs, true);
+        assert!(h[0].contains("find /data/cache -xdev"), "{h:?}");
+        assert!(h.iter().any(|l| l.contains("mkfs.ext4 -i")));
+        // Nothing in trouble and no failures: no advice.
+        assert!(hints(&[row("/", 10)], &dirs, false).is_empty());
     }
 }
