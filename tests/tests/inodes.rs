@@ -252,6 +252,100 @@ fn text_report_flags_the_full_filesystem_and_names_the_directory() {
     assert!(t.contains("lost events: 0"), "{t}");
 }
 
+/// A tmpfs with a tiny inode limit, unmounted and removed on drop.
+struct Tmpfs {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl Tmpfs {
+    fn new(nr_inodes: u32) -> Tmpfs {
+        let dir = std::env::temp_dir().join(format!("tracer-inodes-tmpfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating the mount point");
+        let mut t = Tmpfs {
+            dir,
+            mounted: false,
+        };
+        sh(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size=16m,nr_inodes={nr_inodes}"),
+                "tmpfs",
+                t.dir.to_str().unwrap(),
+            ],
+        );
+        t.mounted = true;
+        t
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let ok = Command::new("umount")
+                .arg(&self.dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn tmpfs_exhaustion_is_seen_through_statvfs_and_the_failing_path() {
+    require_root();
+    let _s = serial();
+    let fs = Tmpfs::new(32);
+    let mnt = fs.dir.to_str().unwrap().to_string();
+    let dir = fs.dir.join("q");
+    std::fs::create_dir(&dir).unwrap();
+    let tracer = Tracer::start(&["inodes", "--fs", &mnt, "--json"]);
+    let mut inc = Incident::start_bin(helper(), &["fill", dir.to_str().unwrap(), "1"]);
+    inc.send("go");
+    let full = inc.expect_line("full");
+    let created: u64 = full.split_whitespace().nth(1).unwrap().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    let r = out.final_report();
+    let f = filesystem(&r, &mnt);
+    assert_eq!(f["fstype"], "tmpfs");
+    assert_eq!(f["inodes_total"], 32);
+    assert_eq!(f["inodes_used"], 32);
+    assert_eq!(f["level"], "crit");
+    assert_eq!(f["rate_source"], "statvfs", "no ext4 hooks on tmpfs: {f}");
+    assert!(f["net_inodes_per_s"].as_f64().unwrap() > 0.0, "{f}");
+    assert_eq!(f["exhaustion_eta_s"], 0.0);
+    assert!(created > 20, "{created}");
+    assert!(
+        rows(&r, "top_processes").is_empty(),
+        "allocations are traced on ext4 only: {r}"
+    );
+    // The failure has no ext4 device: its mount comes from the failing path.
+    let e = rows(&r, "enospc")
+        .iter()
+        .find(|e| e["pid"] == inc.pid)
+        .unwrap_or_else(|| panic!("no ENOSPC row for the child: {r}"));
+    assert_eq!(e["count"], 2);
+    assert_eq!(e["mount"], mnt.as_str());
+    assert_eq!(
+        e["first_path"],
+        dir.join(format!("f{created}")).to_str().unwrap()
+    );
+    assert!(
+        rows(&r, "caveats")
+            .iter()
+            .any(|c| c.as_str().unwrap().contains("is tmpfs, not ext4")),
+        "{r}"
+    );
+}
+
 #[test]
 fn steady_growth_gives_a_finite_eta_in_the_right_range() {
     require_root();
