@@ -6,6 +6,7 @@
 //! decode a record with a length check instead of a blind pointer cast.
 #![no_std]
 
+pub mod cgroups;
 pub mod inodes;
 pub mod zombies;
 
@@ -21,6 +22,12 @@ pub enum EventKind {
     ProcessExit = 1,
     /// zombies: an exited process was reaped (wait4 returned it, or it was freed).
     ProcessReap = 2,
+    /// cgroups: a cgroup was created (cgroup:cgroup_mkdir).
+    CgroupMkdir = 20,
+    /// cgroups: a cgroup was removed (cgroup:cgroup_rmdir); it is dying until released.
+    CgroupRmdir = 21,
+    /// cgroups: a removed cgroup was freed (cgroup:cgroup_release).
+    CgroupRelease = 22,
     /// inodes: the first inode allocated in a directory (with the create's path).
     InodesNewDir = 30,
     /// inodes: a process's first create on a filesystem that failed with ENOSPC.
@@ -32,6 +39,9 @@ impl EventKind {
         Some(match v {
             1 => Self::ProcessExit,
             2 => Self::ProcessReap,
+            20 => Self::CgroupMkdir,
+            21 => Self::CgroupRmdir,
+            22 => Self::CgroupRelease,
             30 => Self::InodesNewDir,
             31 => Self::InodesEnospc,
             _ => return None,

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::TracePointContext,
 };
 use tracer_common::RING_BYTES;
@@ -32,18 +32,32 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// Copies `ev` to the ring buffer, or counts it as lost.
 #[inline(always)]
 pub fn emit<T: Copy + 'static>(ev: &T) {
-    match EVENTS.reserve::<T>(0) {
-        Some(mut entry) => {
-            entry.write(*ev);
-            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            entry.submit(flags);
-        }
-        None => add(&LOST, 0, 1),
+    if let Some(mut entry) = reserve::<T>() {
+        entry.write(*ev);
+        submit(entry);
     }
+}
+
+/// Reserves room for a `T` on the ring buffer, to be filled in place and handed to
+/// [`submit`] (for records too large for the 512-byte BPF stack), or counts it as lost.
+#[inline(always)]
+pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        add(&LOST, 0, 1);
+    }
+    entry
+}
+
+/// Submits a reserved record, waking the reader only when the ring is filling up.
+#[inline(always)]
+pub fn submit<T: 'static>(entry: RingBufEntry<T>) {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
 }
 
 /// Adds `n` to slot `idx` of a per-CPU counter array (no atomics needed per CPU).

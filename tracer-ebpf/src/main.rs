@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod cgroups;
 mod common;
 mod inodes;
 mod probe;

@@ -1,5 +1,5 @@
 //! The registry of detectors, for `tracer doctor` (and anything else that lists them).
-use crate::{bpf::Spec, inodes, zombies};
+use crate::{bpf::Spec, cgroups, inodes, zombies};
 
 pub struct Detector {
     pub spec: &'static Spec,
@@ -13,6 +13,11 @@ pub const ALL: &[Detector] = &[
     Detector {
         spec: &zombies::SPEC,
         fallback: "release time from sched_process_free, /proc for parents",
+        path: "tracepoints",
+    },
+    Detector {
+        spec: &cgroups::SPEC,
+        fallback: "no per-mover task counts",
         path: "tracepoints",
     },
     Detector {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bpf;
+mod cgroups;
 mod detectors;
 mod doctor;
 mod inodes;
@@ -40,6 +41,8 @@ enum Command {
     Inodes(inodes::Args),
     /// Parents that leave zombie children unreaped, and PID headroom (Uber incident).
     Zombies(zombies::Args),
+    /// Leaked and dying cgroups and who creates them (LinkedIn incident).
+    Cgroups(cgroups::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
             Command::Doctor(a) => doctor::run(a),
             Command::Inodes(a) => inodes::run(a).await.map(|()| 0),
             Command::Zombies(a) => zombies::run(a).await.map(|()| 0),
+            Command::Cgroups(a) => cgroups::run(a).await.map(|()| 0),
         }
     });
     match result {

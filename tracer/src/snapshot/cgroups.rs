@@ -7,9 +7,11 @@
 //! - cgroup v1: `/proc/cgroups` `num_cgroups` (which still counts dying cgroups) minus
 //!   the directories visible under the hierarchy's mount.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result};
@@ -34,6 +36,13 @@ pub struct Hierarchy {
     pub dying: Option<u64>,
     /// How `dying` was obtained, for the report.
     pub dying_source: String,
+}
+
+impl Hierarchy {
+    /// Whether the v1 memory controller is bound to it.
+    pub fn has_memory(&self) -> bool {
+        self.name.split(',').any(|c| c == "memory")
+    }
 }
 
 /// One mounted cgroup hierarchy from mountinfo (the first mount of each).
@@ -175,59 +184,239 @@ pub fn cgroup_stat(dir: &Path) -> Option<BTreeMap<String, u64>> {
 pub fn hierarchies() -> Result<Vec<Hierarchy>> {
     let procs = proc_cgroups()?;
     let named = named_ids();
-    let mut out = Vec::new();
-    for m in mounts()? {
-        let cgroups = walk(&m.point).len() as u64;
-        let sub_tree = m.root != "/";
-        let (name, id, dying, dying_source) = if m.version == 2 {
-            let stat = cgroup_stat(&m.point);
-            let dying = stat
-                .as_ref()
-                .and_then(|s| s.get("nr_dying_descendants").copied());
-            let source = match dying {
-                Some(_) => format!("{}/cgroup.stat nr_dying_descendants", m.point.display()),
-                None => "unknown: no cgroup.stat".to_string(),
-            };
-            ("cgroup2".to_string(), 0, dying, source)
-        } else {
-            let name = m.controllers.join(",");
-            let known = m.controllers.iter().find_map(|c| procs.get(c).copied());
-            let id = known
-                .map(|(id, _)| id)
-                .or_else(|| m.controllers.iter().find_map(|c| named.get(c).copied()))
-                .unwrap_or(0);
-            match known {
-                Some((_, num)) if !sub_tree => (
-                    name,
-                    id,
-                    Some(num.saturating_sub(cgroups)),
-                    format!("/proc/cgroups num_cgroups {num} minus {cgroups} visible directories"),
-                ),
-                Some(_) => (
-                    name,
-                    id,
-                    None,
-                    format!("unknown: only the sub-tree {} is mounted here", m.root),
-                ),
-                None => (
-                    name,
-                    id,
-                    None,
-                    "unknown: named hierarchy, not in /proc/cgroups".to_string(),
-                ),
-            }
+    Ok(mounts()?
+        .into_iter()
+        .map(|m| {
+            let cgroups = walk(&m.point).len() as u64;
+            describe(m, cgroups, &procs, &named)
+        })
+        .collect())
+}
+
+/// A hierarchy with every directory of it, for detectors that look at each cgroup.
+#[derive(Clone, Debug)]
+pub struct Survey {
+    pub hierarchy: Hierarchy,
+    pub dirs: Vec<Dir>,
+}
+
+/// Like [`hierarchies`], with one detailed walk per hierarchy (see [`Dir`]).
+pub fn survey() -> Result<Vec<Survey>> {
+    let procs = proc_cgroups()?;
+    let named = named_ids();
+    Ok(mounts()?
+        .into_iter()
+        .map(|m| {
+            let dirs = walk_dirs(&m.point, m.version == 2);
+            let hierarchy = describe(m, dirs.len() as u64, &procs, &named);
+            Survey { hierarchy, dirs }
+        })
+        .collect())
+}
+
+fn describe(
+    m: Mount,
+    cgroups: u64,
+    procs: &BTreeMap<String, (u32, u64)>,
+    named: &BTreeMap<String, u32>,
+) -> Hierarchy {
+    let sub_tree = m.root != "/";
+    let (name, id, dying, dying_source) = if m.version == 2 {
+        let stat = cgroup_stat(&m.point);
+        let dying = stat
+            .as_ref()
+            .and_then(|s| s.get("nr_dying_descendants").copied());
+        let source = match dying {
+            Some(_) => format!("{}/cgroup.stat nr_dying_descendants", m.point.display()),
+            None => "unknown: no cgroup.stat".to_string(),
         };
-        out.push(Hierarchy {
-            name,
-            id,
-            version: m.version,
-            mount: m.point,
-            cgroups,
-            dying,
-            dying_source,
+        ("cgroup2".to_string(), 0, dying, source)
+    } else {
+        let name = m.controllers.join(",");
+        let known = m.controllers.iter().find_map(|c| procs.get(c).copied());
+        let id = known
+            .map(|(id, _)| id)
+            .or_else(|| m.controllers.iter().find_map(|c| named.get(c).copied()))
+            .unwrap_or(0);
+        match known {
+            Some((_, num)) if !sub_tree => (
+                name,
+                id,
+                Some(num.saturating_sub(cgroups)),
+                format!("/proc/cgroups num_cgroups {num} minus {cgroups} visible directories"),
+            ),
+            Some(_) => (
+                name,
+                id,
+                None,
+                format!("unknown: only the sub-tree {} is mounted here", m.root),
+            ),
+            None => (
+                name,
+                id,
+                None,
+                "unknown: named hierarchy, not in /proc/cgroups".to_string(),
+            ),
+        }
+    };
+    Hierarchy {
+        name,
+        id,
+        version: m.version,
+        mount: m.point,
+        cgroups,
+        dying,
+        dying_source,
+    }
+}
+
+/// One cgroup directory as a detailed walk sees it.
+#[derive(Clone, Debug)]
+pub struct Dir {
+    /// Path relative to the mount point, "/" for the root, as the tracepoints print it.
+    pub path: String,
+    /// The cgroup id (the directory's inode number, = kernfs node id).
+    pub id: u64,
+    /// Child cgroups.
+    pub children: usize,
+    /// Tasks in it (cgroup.procs lines), read for leaves only (None otherwise).
+    pub procs: Option<usize>,
+    /// Time since the directory's ctime (its creation, for a cgroup).
+    pub age: Option<Duration>,
+    /// cgroup2: this level's `nr_dying_descendants`.
+    pub dying_descendants: Option<u64>,
+}
+
+/// Every directory under `root` with its id, children, tasks (leaves), age and, on
+/// cgroup2, dying descendants; at most MAX_WALK.
+pub fn walk_dirs(root: &Path, v2: bool) -> Vec<Dir> {
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), "/".to_string())];
+    let now = SystemTime::now();
+    while let Some((abs, rel)) = stack.pop() {
+        if out.len() >= MAX_WALK {
+            break;
+        }
+        let Ok(meta) = fs::metadata(&abs) else {
+            continue;
+        };
+        let mut children = 0;
+        if let Ok(rd) = fs::read_dir(&abs) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    children += 1;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let child = if rel == "/" {
+                        format!("/{name}")
+                    } else {
+                        format!("{rel}/{name}")
+                    };
+                    stack.push((e.path(), child));
+                }
+            }
+        }
+        let ctime = SystemTime::UNIX_EPOCH
+            + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().max(0) as u32);
+        // Only leaves can be leftovers, so only their task lists are read.
+        let procs = (children == 0)
+            .then(|| fs::read_to_string(abs.join("cgroup.procs")).ok())
+            .flatten()
+            .map(|s| s.lines().count());
+        let dying_descendants = v2
+            .then(|| cgroup_stat(&abs))
+            .flatten()
+            .and_then(|s| s.get("nr_dying_descendants").copied());
+        out.push(Dir {
+            path: rel,
+            id: meta.ino(),
+            children,
+            procs,
+            age: now.duration_since(ctime).ok(),
+            dying_descendants,
         });
     }
-    Ok(out)
+    out
+}
+
+/// Empty cgroups (no tasks, no children, not the root) at least `min_age` old.
+pub fn empty(dirs: &[Dir], min_age: Duration) -> impl Iterator<Item = &Dir> {
+    dirs.iter().filter(move |d| {
+        d.path != "/"
+            && d.children == 0
+            && d.procs == Some(0)
+            && d.age.is_some_and(|a| a >= min_age)
+    })
+}
+
+/// cgroup2 levels that hold dying cgroups directly (their own nr_dying_descendants
+/// minus their children's), most first: where dying cgroups sit, including ones from
+/// before a tracer started.
+pub fn dying_levels(dirs: &[Dir]) -> Vec<(String, u64)> {
+    let by_path: HashMap<&str, u64> = dirs
+        .iter()
+        .filter_map(|d| Some((d.path.as_str(), d.dying_descendants?)))
+        .collect();
+    let mut below: HashMap<&str, u64> = HashMap::new();
+    for d in dirs.iter().filter(|d| d.path != "/") {
+        if let Some(&n) = by_path.get(d.path.as_str()) {
+            *below.entry(parent_of(&d.path)).or_default() += n;
+        }
+    }
+    let mut out: Vec<(String, u64)> = by_path
+        .iter()
+        .filter_map(|(p, &n)| {
+            let own = n.saturating_sub(below.get(p).copied().unwrap_or(0));
+            (own > 0).then(|| (p.to_string(), own))
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// "/a/b" -> "/a", "/a" -> "/".
+pub fn parent_of(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+/// One timed read of memory.stat (the LinkedIn symptom: with thousands of dying
+/// memory cgroups it takes long, because the kernel sums over all of them).
+#[derive(Clone, Debug)]
+pub struct StatRead {
+    pub path: PathBuf,
+    pub took: Duration,
+}
+
+/// Times a read of the memory.stat that covers the most cgroups: the v1 memory root,
+/// else the cgroup2 root's or its first top-level child's. None without a memory
+/// controller.
+pub fn time_memory_stat(hs: &[Hierarchy]) -> Option<StatRead> {
+    let mut candidates: Vec<PathBuf> = hs
+        .iter()
+        .filter(|h| h.has_memory())
+        .map(|h| h.mount.join("memory.stat"))
+        .collect();
+    if let Some(v2) = hs.iter().find(|h| h.version == 2) {
+        candidates.push(v2.mount.join("memory.stat"));
+        if let Ok(rd) = fs::read_dir(&v2.mount) {
+            let mut tops: Vec<PathBuf> = rd
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path().join("memory.stat"))
+                .collect();
+            tops.sort();
+            candidates.extend(tops);
+        }
+    }
+    let path = candidates.into_iter().find(|p| p.exists())?;
+    let t0 = Instant::now();
+    fs::read(&path).ok()?;
+    Some(StatRead {
+        took: t0.elapsed(),
+        path,
+    })
 }
 
 #[cfg(test)]
@@ -243,12 +432,59 @@ mod tests {
         assert_eq!(m.len(), 3);
     }
 
+    fn dir(path: &str, dying: Option<u64>) -> Dir {
+        Dir {
+            path: path.into(),
+            id: 1,
+            children: 0,
+            procs: Some(0),
+            age: Some(Duration::from_secs(5)),
+            dying_descendants: dying,
+        }
+    }
+
+    #[test]
+    fn dying_is_attributed_to_the_deepest_level() {
+        let dirs = vec![
+            dir("/", Some(5)),
+            dir("/a", Some(4)),
+            dir("/a/b", Some(3)),
+            dir("/c", Some(0)),
+        ];
+        assert_eq!(
+            dying_levels(&dirs),
+            vec![("/a/b".into(), 3), ("/".into(), 1), ("/a".into(), 1)]
+        );
+        assert_eq!(parent_of("/a/b"), "/a");
+        assert_eq!(parent_of("/a"), "/");
+    }
+
+    #[test]
+    fn empty_leaves_past_min_age() {
+        let mut busy = dir("/busy", None);
+        busy.procs = Some(2);
+        let mut parent = dir("/p", None);
+        parent.children = 1;
+        parent.procs = None;
+        let dirs = vec![dir("/", None), busy, parent, dir("/p/leaf", None)];
+        let got: Vec<&str> = empty(&dirs, Duration::from_secs(1))
+            .map(|d| d.path.as_str())
+            .collect();
+        assert_eq!(got, vec!["/p/leaf"]);
+        assert_eq!(empty(&dirs, Duration::from_secs(60)).count(), 0);
+    }
+
     #[test]
     fn snapshot_of_this_machine_is_consistent() {
         // Every hierarchy has at least its root, and the cgroup2 one (if mounted)
         // reports its dying count from cgroup.stat.
         for h in hierarchies().unwrap() {
             assert!(h.cgroups >= 1, "{h:?}");
+            assert!(
+                walk_dirs(&h.mount, h.version == 2)
+                    .iter()
+                    .any(|d| d.path == "/")
+            );
             if h.version == 2 {
                 assert_eq!(h.id, 0);
                 assert!(h.dying.is_some(), "{h:?}");

@@ -1,6 +1,7 @@
 //! `cargo xtask bench NAME`: a workload run alone, with the tracer and with an
 //! equivalent bpftrace script, interleaved several times; medians and ratios printed
 //! side by side from one run (never timed assertions in tests: machines are noisy).
+mod cgroups;
 pub mod common;
 mod inodes;
 mod zombies;
@@ -19,6 +20,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     match a.name.as_str() {
         "zombies" => zombies::run(&a),
+        "cgroups" => cgroups::run(&a),
         "inodes" => inodes::run(&a),
         other => bail!(
             "no benchmark named `{other}`; try zombies, tcp-pressure, cgroups, inodes or triage"

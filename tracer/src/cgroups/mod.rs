@@ -1,0 +1,712 @@
+//! `tracer cgroups`: leaked and dying ("zombie") cgroups and who creates them (the
+//! LinkedIn incident).
+//!
+//! The kernel sends one record per cgroup mkdir, rmdir and release (with the path and
+//! the calling process) and counts them per hierarchy; task moves are only counted
+//! per (destination, mover). Userspace keeps the dying ones (rmdir seen, release not
+//! yet) with their rmdir time, and walks the mounted hierarchies at every report for
+//! cgroup and dying counts (which include dying cgroups from before the start) and
+//! empty leftovers.
+mod state;
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Result, bail};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use serde_json::{Value, json};
+use tracer_common::{
+    EventKind,
+    cgroups::{
+        AttachCount, AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE, COUNT_RMDIR, CgroupEvent,
+        count_slot,
+    },
+    comm_str, decode,
+};
+
+use crate::{
+    bpf::{self, Hook, Offset, Session, Spec},
+    output::{self, Table, human_duration, round3},
+    procinfo,
+    run::{self, Detector, Report, ReportCtx, RunOpts},
+    snapshot::cgroups::{self as snap, Hierarchy, StatRead},
+    tracefs::Tracefs,
+};
+use state::Tracker;
+
+pub const SPEC: Spec = Spec {
+    detector: "cgroups",
+    hooks: &[
+        Hook {
+            program: "cgroups_mkdir",
+            category: "cgroup",
+            name: "cgroup_mkdir",
+            required: true,
+            purpose: "see cgroups created and by whom",
+        },
+        Hook {
+            program: "cgroups_rmdir",
+            category: "cgroup",
+            name: "cgroup_rmdir",
+            required: true,
+            purpose: "see cgroups removed (dying from then on) and by whom",
+        },
+        Hook {
+            program: "cgroups_release",
+            category: "cgroup",
+            name: "cgroup_release",
+            required: true,
+            purpose: "see removed cgroups freed, and time removal-to-free",
+        },
+        Hook {
+            program: "cgroups_attach",
+            category: "cgroup",
+            name: "cgroup_attach_task",
+            required: false,
+            purpose: "count who moves tasks into which cgroup",
+        },
+    ],
+    offsets: &[
+        Offset {
+            global: "CGROUPS_ROOT",
+            category: "cgroup",
+            event: "cgroup_mkdir",
+            field: "root",
+        },
+        Offset {
+            global: "CGROUPS_LEVEL",
+            category: "cgroup",
+            event: "cgroup_mkdir",
+            field: "level",
+        },
+        Offset {
+            global: "CGROUPS_ID",
+            category: "cgroup",
+            event: "cgroup_mkdir",
+            field: "id",
+        },
+        Offset {
+            global: "CGROUPS_PATH",
+            category: "cgroup",
+            event: "cgroup_mkdir",
+            field: "path",
+        },
+        Offset {
+            global: "CGROUPS_ATTACH_ROOT",
+            category: "cgroup",
+            event: "cgroup_attach_task",
+            field: "dst_root",
+        },
+        Offset {
+            global: "CGROUPS_ATTACH_ID",
+            category: "cgroup",
+            event: "cgroup_attach_task",
+            field: "dst_id",
+        },
+    ],
+    ring_bytes: 1 << 20,
+};
+
+/// Find leaked (empty) and dying cgroups, who creates and removes them, and how long
+/// removal-to-free takes.
+///
+/// Dying cgroups were removed (rmdir) but the kernel cannot free them yet, typically
+/// because page cache is still charged to a memory cgroup; thousands of them slow down
+/// cgroup creation, memory.stat reads and OOM handling. Counts per hierarchy include
+/// dying cgroups from before the start (their individual age is unknown).
+///
+/// Examples:
+///   tracer cgroups -d 30s                 # counts, churn, dying cgroups after 30 s
+///   tracer cgroups --hierarchy memory -i 10s
+///   tracer cgroups -d 1s --min-age 0s --json
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Only this hierarchy: a v1 controller list as in /proc/self/cgroup ("memory",
+    /// "name=systemd") or "cgroup2".
+    #[arg(long, value_name = "NAME")]
+    pub hierarchy: Option<String>,
+    /// Empty cgroups (no tasks, no children) older than this are listed as leftovers.
+    #[arg(long, value_parser = run::parse_age, default_value = "10m", value_name = "AGE")]
+    pub min_age: Duration,
+    /// Rows per table in the text report (JSON lists more).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+/// A memory.stat read this slow gets a hint (healthy hosts take well under 1 ms).
+const SLOW_STAT: Duration = Duration::from_millis(10);
+
+/// Rows of the JSON lists at most (dying, empty, released).
+const JSON_ROWS: usize = 1_000;
+
+pub async fn run(args: Args) -> Result<()> {
+    let all = snap::hierarchies()?;
+    let mut hierarchies = all.clone();
+    if hierarchies.is_empty() {
+        bail!(
+            "no cgroup filesystem is mounted (none in /proc/self/mountinfo); mount one, e.g. \
+             `mount -t cgroup2 none /sys/fs/cgroup`"
+        );
+    }
+    let mut filter = 0;
+    if let Some(name) = &args.hierarchy {
+        let Some(h) = hierarchies.iter().find(|h| &h.name == name) else {
+            bail!(
+                "no mounted cgroup hierarchy is named `{name}`; mounted: {}",
+                hierarchies
+                    .iter()
+                    .map(|h| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        filter = h.id + 1;
+        let id = h.id;
+        hierarchies.retain(|h| h.id == id);
+    }
+    let mut session = bpf::start(&SPEC, &[("CGROUPS_ROOT_FILTER", filter)])?;
+    same_layout(&session.tracefs)?;
+    let counts = PerCpuArray::try_from(take(&mut session, "CGROUPS_COUNTS")?)?;
+    let attach = BpfHashMap::try_from(take(&mut session, "CGROUPS_ATTACH")?)?;
+    let caveats = session
+        .missing()
+        .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
+        .collect();
+    // The first look after attaching: a cgroup removed in between is then counted as
+    // dying by both the walk and the events, never by neither.
+    let stat_start = snap::time_memory_stat(&all);
+    let start: HashMap<u32, Option<u64>> = snap::hierarchies()?
+        .into_iter()
+        .map(|h| (h.id, h.dying))
+        .collect();
+    let mut det = Cgroups {
+        args,
+        hierarchies,
+        tracker: Tracker::new(),
+        counts,
+        attach,
+        caveats,
+        dying_at_start: start,
+        stat_start,
+        actor_cgroups: HashMap::new(),
+    };
+    let what = match &det.args.hierarchy {
+        Some(h) => format!("cgroup mkdir/rmdir/release in hierarchy {h}"),
+        None => "cgroup mkdir/rmdir/release in every hierarchy".into(),
+    };
+    let run_opts = det.args.run.clone();
+    run::drive(&run_opts, &mut session.ebpf, &what, &mut det).await
+}
+
+/// The kernel programs read cgroup_rmdir and cgroup_release at cgroup_mkdir's offsets
+/// (one event class in the kernel); refuse to run if a kernel ever splits them.
+fn same_layout(t: &Tracefs) -> Result<()> {
+    let mkdir = t.format("cgroup", "cgroup_mkdir")?;
+    for ev in ["cgroup_rmdir", "cgroup_release"] {
+        let f = t.format("cgroup", ev)?;
+        for field in ["root", "level", "id", "path"] {
+            if f.offset(field)? != mkdir.offset(field)? {
+                bail!(
+                    "tracepoint cgroup:{ev} has field `{field}` at another offset than cgroup:cgroup_mkdir; \
+                     this kernel's cgroup tracepoints are not supported"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn take(session: &mut Session, name: &str) -> Result<aya::maps::Map> {
+    session
+        .ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow::anyhow!("map {name} is missing from the eBPF object"))
+}
+
+/// Actor cgroups cached at most (one /proc read per new creating process).
+const ACTOR_CACHE: usize = 4_096;
+
+enum ActorCgroup {
+    Path(String),
+    /// The process was gone when its record arrived: its cgroup2 id from the kernel.
+    Cgroup2(u64),
+}
+
+struct Cgroups {
+    args: Args,
+    hierarchies: Vec<Hierarchy>,
+    tracker: Tracker,
+    counts: PerCpuArray<MapData, u64>,
+    attach: BpfHashMap<MapData, AttachKey, AttachCount>,
+    caveats: Vec<String>,
+    dying_at_start: HashMap<u32, Option<u64>>,
+    stat_start: Option<StatRead>,
+    /// pid -> its own cgroup, looked up when it first makes or removes a cgroup.
+    actor_cgroups: HashMap<u32, ActorCgroup>,
+}
+
+impl Cgroups {
+    fn count(&self, root: i32, kind: u32) -> u64 {
+        self.counts
+            .get(&count_slot(root, kind), 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    fn name(&self, root: i32) -> String {
+        self.hierarchies
+            .iter()
+            .find(|h| h.id as i32 == root)
+            .map(|h| h.name.clone())
+            .unwrap_or_else(|| format!("hierarchy {root}"))
+    }
+
+    /// The cgroup of a process that made or removed cgroups: from /proc when its first
+    /// record arrived, else (it was gone already) its cgroup2 id from the kernel,
+    /// named through `paths` (the last walk).
+    fn actor_cgroup(&self, pid: u32, paths: &HashMap<(i32, u64), String>) -> String {
+        match self.actor_cgroups.get(&pid) {
+            Some(ActorCgroup::Path(p)) => p.clone(),
+            Some(ActorCgroup::Cgroup2(id)) => {
+                paths.get(&(0, *id)).cloned().unwrap_or_else(|| "-".into())
+            }
+            None => procinfo::cgroup_of(pid),
+        }
+    }
+}
+
+fn age_of(now_ns: u64, ts_ns: u64) -> f64 {
+    now_ns.saturating_sub(ts_ns) as f64 / 1e9
+}
+
+impl Detector for Cgroups {
+    fn command(&self) -> &'static str {
+        "cgroups"
+    }
+
+    fn on_event(&mut self, data: &[u8]) {
+        let Some(ev) = decode::<CgroupEvent>(data) else {
+            self.tracker.on_event(data);
+            return;
+        };
+        let pid = ev.header.tgid;
+        let actor = matches!(
+            EventKind::from_u32(ev.header.kind),
+            Some(EventKind::CgroupMkdir | EventKind::CgroupRmdir)
+        );
+        if actor && !self.actor_cgroups.contains_key(&pid) {
+            if self.actor_cgroups.len() >= ACTOR_CACHE {
+                self.actor_cgroups.clear();
+            }
+            let c = match procinfo::cgroup_of(pid) {
+                p if p != "-" => ActorCgroup::Path(p),
+                _ => ActorCgroup::Cgroup2(ev.caller_cgroup2),
+            };
+            self.actor_cgroups.insert(pid, c);
+        }
+        self.tracker.on_record(&ev);
+    }
+
+    fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
+        let now = procinfo::monotonic_ns();
+        let minutes = ctx.elapsed.as_secs_f64().max(1e-3) / 60.0;
+        let top = self.args.top;
+
+        // Per hierarchy: a walk for counts, empty leftovers and id -> path.
+        let mut hjson = Vec::new();
+        let mut htable = Table::new(&[
+            "HIERARCHY",
+            "CGROUPS",
+            "DYING",
+            "CREATED",
+            "REMOVED",
+            "RELEASED",
+            "NET/MIN",
+            "DYING FROM",
+        ]);
+        let mut empty: Vec<(String, String, u64, f64)> = Vec::new();
+        let mut paths: HashMap<(i32, u64), String> = HashMap::new();
+        let mut levels: Vec<(String, String, u64)> = Vec::new();
+        let (mut created, mut removed, mut released, mut moved) = (0, 0, 0, 0);
+        let mut dying_total = 0u64;
+        let mut dying_before = 0u64;
+        let mut memory_dying = 0u64;
+        let mut growing: Vec<String> = Vec::new();
+        let wanted: Vec<u32> = self.hierarchies.iter().map(|h| h.id).collect();
+        let survey = snap::survey()?;
+        // id -> path in every hierarchy: cgroup2 names the cgroup of callers that are
+        // gone even when --hierarchy picks another one.
+        for s in &survey {
+            for d in &s.dirs {
+                paths.insert((s.hierarchy.id as i32, d.id), d.path.clone());
+            }
+        }
+        for s in survey.iter().filter(|s| wanted.contains(&s.hierarchy.id)) {
+            let h = &s.hierarchy;
+            let root = h.id as i32;
+            let (mk, rm, rel, at) = (
+                self.count(root, COUNT_MKDIR),
+                self.count(root, COUNT_RMDIR),
+                self.count(root, COUNT_RELEASE),
+                self.count(root, COUNT_ATTACH),
+            );
+            created += mk;
+            removed += rm;
+            released += rel;
+            moved += at;
+            let tracked = self.tracker.dying_in(root) as u64;
+            // The walk counts every dying cgroup; tracking can only add ones the walk
+            // missed (a race between the two), so the larger is the better count.
+            let dying = h.dying.map(|d| d.max(tracked));
+            dying_total += dying.unwrap_or(tracked);
+            let at_start = self.dying_at_start.get(&h.id).copied().flatten();
+            dying_before += at_start.unwrap_or(0);
+            if h.has_memory() {
+                memory_dying += dying.unwrap_or(tracked);
+            }
+            let net = (mk as f64 - rel as f64) / minutes;
+            // Dying count now against the first look: is the pile growing?
+            let dying_growth = match (dying, at_start) {
+                (Some(now), Some(then)) => Some((now as f64 - then as f64) / minutes),
+                _ => None,
+            };
+            if let Some(g) = dying_growth.filter(|g| *g > 0.0) {
+                growing.push(format!("{} {:+.1}/min", h.name, g));
+            }
+            htable.row(vec![
+                h.name.clone(),
+                h.cgroups.to_string(),
+                dying.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+                mk.to_string(),
+                rm.to_string(),
+                rel.to_string(),
+                format!("{net:+.1}"),
+                h.dying_source.clone(),
+            ]);
+            let lat = self
+                .tracker
+                .hist(root)
+                .map(output::Summary::of)
+                .unwrap_or_default();
+            hjson.push(json!({
+                "name": h.name, "id": h.id, "mount": h.mount, "version": h.version,
+                "cgroups": h.cgroups, "cgroups_how": format!("directories under {}", h.mount.display()),
+                "dying": dying, "dying_how": h.dying_source,
+                "dying_at_start": at_start, "dying_tracked": tracked,
+                "created": mk, "removed": rm, "released": rel, "tasks_moved": at,
+                "net_growth_per_min": round3(net),
+                "dying_growth_per_min": dying_growth.map(round3),
+                "release_latency_us": lat,
+            }));
+            for d in snap::empty(&s.dirs, self.args.min_age) {
+                let age = d.age.map(|a| a.as_secs_f64()).unwrap_or(0.0);
+                empty.push((h.name.clone(), d.path.clone(), d.id, age));
+            }
+            for (p, n) in snap::dying_levels(&s.dirs) {
+                levels.push((h.name.clone(), p, n));
+            }
+        }
+        empty.sort_by(|a, b| b.3.total_cmp(&a.3).then(a.1.cmp(&b.1)));
+
+        let dying = self.tracker.dying();
+        let dying_json: Vec<Value> = dying
+            .iter()
+            .take(JSON_ROWS)
+            .map(|d| {
+                json!({
+                    "id": d.id, "path": d.path, "hierarchy": self.name(d.root),
+                    "age_s": round3(age_of(now, d.rmdir_ns)),
+                    "creator_pid": d.creator.as_ref().map(|a| a.pid),
+                    "creator_comm": d.creator.as_ref().map(|a| a.comm().to_string()),
+                    "creator_cgroup": d.creator.as_ref().map(|a| self.actor_cgroup(a.pid, &paths)),
+                    "remover_pid": d.remover.pid, "remover_comm": d.remover.comm(),
+                    "remover_cgroup": self.actor_cgroup(d.remover.pid, &paths),
+                })
+            })
+            .collect();
+        let by_parent = self.tracker.dying_by_parent();
+        let released_json: Vec<Value> = self
+            .tracker
+            .recent()
+            .map(|r| {
+                json!({
+                    "id": r.id, "path": r.path, "hierarchy": self.name(r.root),
+                    "latency_us": r.latency_us,
+                    "creator_pid": r.creator.as_ref().map(|a| a.pid),
+                    "remover_pid": r.remover.as_ref().map(|a| a.pid),
+                })
+            })
+            .collect();
+        let procs = self.tracker.top_processes(JSON_ROWS.min(100));
+        let parents = self.tracker.top_parents(JSON_ROWS.min(100));
+        let mut moves: Vec<(AttachKey, AttachCount)> =
+            self.attach.iter().filter_map(|r| r.ok()).collect();
+        moves.sort_by(|a, b| b.1.tasks.cmp(&a.1.tasks).then(a.0.id.cmp(&b.0.id)));
+        moves.truncate(100);
+        let path_of = |root: i32, id: u64| {
+            paths
+                .get(&(root, id))
+                .cloned()
+                .or_else(|| {
+                    self.tracker
+                        .path_of(root, id)
+                        .map(|p| format!("{p} (removed)"))
+                })
+                .unwrap_or_else(|| format!("(id {id}, removed)"))
+        };
+        let all = self.tracker.hist_all();
+        let mounted: Vec<Hierarchy> = survey.into_iter().map(|s| s.hierarchy).collect();
+        let stat_now = snap::time_memory_stat(&mounted);
+        let ms = |p: &Option<StatRead>| p.as_ref().map(|p| round3(p.took.as_secs_f64() * 1e3));
+        let mut caveats = self.caveats.clone();
+        if self.tracker.dying_evicted > 0 {
+            caveats.push(format!(
+                "{} dying cgroups were dropped from tracking (more than {} at once); they are still in the counts",
+                self.tracker.dying_evicted,
+                state::DYING_CAPACITY
+            ));
+        }
+        if dying_before > 0 {
+            caveats.push(format!(
+                "{dying_before} cgroups were already dying at the start: they are in the DYING counts, but their \
+                 age, creator and remover are unknown"
+            ));
+        }
+
+        let json = json!({
+            "hierarchy_filter": self.args.hierarchy,
+            "hierarchies": hjson,
+            "created": created, "removed": removed, "released": released, "tasks_moved": moved,
+            "released_unseen_rmdir": self.tracker.released_unseen.values().sum::<u64>(),
+            "dying": dying_json,
+            "dying_tracked": dying.len(),
+            "dying_total": dying_total,
+            "dying_at_start": dying_before,
+            "dying_by_parent": by_parent.iter().take(100).map(|((root, p), n, t)| json!({
+                "hierarchy": self.name(*root), "parent": p, "dying": n, "oldest_age_s": round3(age_of(now, *t)),
+            })).collect::<Vec<_>>(),
+            "dying_levels": levels.iter().take(100).map(|(h, p, n)| json!({
+                "hierarchy": h, "path": p, "dying": n,
+            })).collect::<Vec<_>>(),
+            "release_latency_us": output::Summary::of(&all),
+            "released_recent": released_json,
+            "churn": {
+                "processes": procs.iter().map(|(pid, c)| json!({
+                    "pid": pid, "comm": c.comm(), "cgroup": self.actor_cgroup(*pid, &paths),
+                    "mkdirs": c.mkdirs, "rmdirs": c.rmdirs,
+                    "mkdirs_per_min": round3(c.mkdirs as f64 / minutes),
+                })).collect::<Vec<_>>(),
+                "parents": parents.iter().map(|((root, p), n)| json!({
+                    "hierarchy": self.name(*root), "path": p, "mkdirs": n,
+                    "mkdirs_per_min": round3(*n as f64 / minutes),
+                })).collect::<Vec<_>>(),
+            },
+            "moves": moves.iter().map(|(k, n)| json!({
+                "hierarchy": self.name(k.root), "id": k.id, "path": path_of(k.root, k.id),
+                "pid": k.tgid, "comm": comm_str(&n.comm), "tasks": n.tasks,
+            })).collect::<Vec<_>>(),
+            "empty": empty.iter().take(JSON_ROWS).map(|(h, p, id, age)| json!({
+                "path": p, "hierarchy": h, "id": id, "age_s": round3(*age),
+            })).collect::<Vec<_>>(),
+            "empty_total": empty.len(),
+            "min_age_s": self.args.min_age.as_secs_f64(),
+            "memory_stat_read_ms": {
+                "path": stat_now.as_ref().or(self.stat_start.as_ref()).map(|p| p.path.clone()),
+                "start": ms(&self.stat_start), "now": ms(&stat_now),
+            },
+            "bad_records": self.tracker.bad_records,
+            "caveats": caveats,
+        });
+
+        // Text for people.
+        let mut text = String::new();
+        text += &format!(
+            "cgroups: created {created}, removed {removed}, released {released} in {}; dying now {dying_total} \
+             ({} removed while tracing, {dying_before} already dying at the start)\n",
+            human_duration(ctx.elapsed.as_secs_f64()),
+            dying.len()
+        );
+        match (&self.stat_start, &stat_now) {
+            (Some(a), Some(b)) => {
+                text += &format!(
+                    "memory.stat read ({}): {:.2}ms at start, {:.2}ms now\n",
+                    b.path.display(),
+                    a.took.as_secs_f64() * 1e3,
+                    b.took.as_secs_f64() * 1e3
+                )
+            }
+            _ => text += "memory.stat read: no memory controller mounted\n",
+        }
+        for c in &caveats {
+            text += &format!("note: {c}\n");
+        }
+        if !growing.is_empty() {
+            text += &format!(
+                "dying count growing since the start: {}\n",
+                growing.join(", ")
+            );
+        }
+        text += "\nHIERARCHIES\n";
+        text += &htable.render();
+
+        text += "\nDYING CGROUPS (rmdir seen, not released yet; oldest first)\n";
+        if dying.is_empty() {
+            text += "  none removed while tracing is still dying\n";
+        } else {
+            let mut t = Table::new(&["HIERARCHY", "ID", "AGE", "PATH", "CREATOR", "REMOVER"]);
+            for d in dying.iter().take(top) {
+                t.row(vec![
+                    self.name(d.root),
+                    d.id.to_string(),
+                    human_duration(age_of(now, d.rmdir_ns)),
+                    d.path.clone(),
+                    d.creator
+                        .as_ref()
+                        .map(|a| format!("{} ({})", a.pid, a.comm()))
+                        .unwrap_or_else(|| "before start".into()),
+                    format!("{} ({})", d.remover.pid, d.remover.comm()),
+                ]);
+            }
+            text += &t.render();
+            if dying.len() > top {
+                text += &format!("  ... and {} more (--json lists them)\n", dying.len() - top);
+            }
+            text += "  by parent:\n";
+            let mut t = Table::new(&["  HIERARCHY", "PARENT", "DYING", "OLDEST"]);
+            for ((root, p), n, ts) in by_parent.iter().take(top) {
+                t.row(vec![
+                    format!("  {}", self.name(*root)),
+                    p.clone(),
+                    n.to_string(),
+                    human_duration(age_of(now, *ts)),
+                ]);
+            }
+            text += &t.render();
+        }
+        if !levels.is_empty() {
+            text += "  cgroup2 levels holding dying cgroups (cgroup.stat, includes ones from before the start):\n";
+            for (h, p, n) in levels.iter().take(top) {
+                text += &format!("    {h} {p}: {n}\n");
+            }
+        }
+
+        text += "\nCHURN (who creates cgroups, where)\n";
+        if procs.is_empty() {
+            text += "  no cgroup was created or removed\n";
+        } else {
+            let mut t = Table::new(&["PID", "COMM", "MKDIRS", "RMDIRS", "MKDIR/MIN", "CGROUP"]);
+            for (pid, c) in procs.iter().take(top) {
+                t.row(vec![
+                    pid.to_string(),
+                    c.comm().to_string(),
+                    c.mkdirs.to_string(),
+                    c.rmdirs.to_string(),
+                    format!("{:.1}", c.mkdirs as f64 / minutes),
+                    self.actor_cgroup(*pid, &paths),
+                ]);
+            }
+            text += &t.render();
+            let mut t = Table::new(&["HIERARCHY", "PARENT", "MKDIRS", "MKDIR/MIN"]);
+            for ((root, p), n) in parents.iter().take(top) {
+                t.row(vec![
+                    self.name(*root),
+                    p.clone(),
+                    n.to_string(),
+                    format!("{:.1}", *n as f64 / minutes),
+                ]);
+            }
+            text += &t.render();
+        }
+        if !moves.is_empty() {
+            text += "\nTASK MOVES (cgroup_attach_task: who moves tasks where)\n";
+            let mut t = Table::new(&["HIERARCHY", "CGROUP", "PID", "COMM", "TASKS"]);
+            for (k, n) in moves.iter().take(top) {
+                t.row(vec![
+                    self.name(k.root),
+                    path_of(k.root, k.id),
+                    k.tgid.to_string(),
+                    comm_str(&n.comm).to_string(),
+                    n.tasks.to_string(),
+                ]);
+            }
+            text += &t.render();
+        }
+
+        text += "\nRMDIR -> RELEASE LATENCY\n";
+        let roots: Vec<i32> = self.tracker.roots_with_releases().collect();
+        if roots.is_empty() {
+            text += "     (no cgroup removed while tracing was released yet)\n";
+        }
+        for root in roots {
+            if let Some(h) = self.tracker.hist(root) {
+                text += &format!("  {}:\n", self.name(root));
+                text += &output::log2_histogram(h, "usecs");
+            }
+        }
+
+        text += &format!(
+            "\nEMPTY LEFTOVERS (no tasks, no children, older than {})\n",
+            human_duration(self.args.min_age.as_secs_f64())
+        );
+        if empty.is_empty() {
+            text += "  none\n";
+        } else {
+            let mut t = Table::new(&["HIERARCHY", "AGE", "PATH"]);
+            for (h, p, _, age) in empty.iter().take(top) {
+                t.row(vec![h.clone(), human_duration(*age), p.clone()]);
+            }
+            text += &t.render();
+            if empty.len() > top {
+                text += &format!("  ... and {} more (--json lists them)\n", empty.len() - top);
+            }
+        }
+
+        let mut hints = Vec::new();
+        if let Some(now) = stat_now.as_ref().filter(|s| s.took >= SLOW_STAT) {
+            hints.push(format!(
+                "reading {} took {:.1}ms: it (like reclaim and OOM handling) covers every memory cgroup \
+                 below it, dying ones included; fewer dying cgroups make it fast again.",
+                now.path.display(),
+                now.took.as_secs_f64() * 1e3
+            ));
+        }
+        if memory_dying > 0 {
+            hints.push(format!(
+                "{memory_dying} memory cgroup(s) are dying: removed, but still pinned, typically by page cache \
+                 charged to them. Before rmdir, write 0 to memory.force_empty (v1) or reclaim with \
+                 memory.reclaim (v2); moving to cgroup v2 frees them sooner; alert on nr_dying_descendants \
+                 (cgroup.stat) or on /proc/cgroups num_cgroups growing."
+            ));
+        } else if dying_total > 0 {
+            hints.push(format!(
+                "{dying_total} cgroup(s) are dying (removed, not yet freed); watch whether the count grows and \
+                 alert on nr_dying_descendants (cgroup.stat)."
+            ));
+        }
+        if let Some((pid, c)) = procs.first().filter(|(_, c)| c.mkdirs > c.rmdirs + 10) {
+            hints.push(format!(
+                "{pid} ({}) created {} cgroups and removed {}: it leaves cgroups behind.",
+                c.comm(),
+                c.mkdirs,
+                c.rmdirs
+            ));
+        }
+        if !empty.is_empty() {
+            hints.push(format!(
+                "{} empty cgroup(s) older than {} are leak candidates: remove them with rmdir, and fix the \
+                 manager that creates them without cleaning up.",
+                empty.len(),
+                human_duration(self.args.min_age.as_secs_f64())
+            ));
+        }
+        if !hints.is_empty() {
+            text += "\n";
+            for h in hints {
+                text += &format!("hint: {h}\n");
+            }
+        }
+        Ok(Report { json, text })
+    }
+}
