@@ -375,3 +375,34 @@ pub fn lost_events() -> Target {
         value: |_, t, _| t.lost.unwrap_or(0) as f64,
     }
 }
+
+/// The tracepoints' own cost: `workload` alone vs under bpftrace with empty probes on
+/// the same tracepoints (`empty`), interleaved; prints that floor and the tracer's
+/// throughput relative to it (`tracer_vs_alone` from the main run) against `target`.
+pub fn floor(
+    rounds: usize,
+    empty: &str,
+    tracer_vs_alone: f64,
+    target: f64,
+    workload: impl FnMut() -> Result<WorkResult>,
+) -> Result<()> {
+    eprintln!("floor: alone vs empty bpftrace probes on the same tracepoints");
+    let all = interleave(
+        rounds,
+        &[Observer::Alone, Observer::Bpftrace(empty.into())],
+        workload,
+    )?;
+    let floor = summarize(&all, "bpftrace").rate / summarize(&all, "alone").rate;
+    let own = tracer_vs_alone / floor;
+    println!(
+        "{:<48} {:>9.3}  (the tracepoints' own cost, for reference)",
+        "throughput with empty probes / alone", floor
+    );
+    println!(
+        "{:<48} {:>9.3}  (target >= {target})  {}",
+        "throughput with tracer / with empty probes",
+        own,
+        if own >= target { "ok" } else { "MISSED" }
+    );
+    Ok(())
+}

@@ -32,6 +32,11 @@ tracepoint:syscalls:sys_exit_openat, tracepoint:syscalls:sys_exit_mkdir /@pendin
 END { clear(@pending); clear(@dev); }
 "#;
 
+/// The same tracepoints with nothing in them: what attaching costs by itself.
+const BPFTRACE_EMPTY: &str = "tracepoint:ext4:ext4_allocate_inode { } tracepoint:ext4:ext4_free_inode { } \
+    tracepoint:ext4:ext4_request_inode { } tracepoint:syscalls:sys_enter_openat { } \
+    tracepoint:syscalls:sys_exit_openat { }";
+
 /// A loop-mounted ext4 image in a temp dir; unmounted, detached and deleted on drop.
 struct Image {
     dir: PathBuf,
@@ -126,7 +131,26 @@ pub fn run(a: &super::Args) -> Result<()> {
         a.rounds
     );
     let all = common::interleave(a.rounds, &observers, || workload(&dir))?;
-    common::report(
+    // Every file is counted: the bench filesystem's allocations in each final report.
+    let mnt = img.mnt.display().to_string();
+    let seen: Vec<u64> = all
+        .iter()
+        .filter(|m| m.label == "tracer")
+        .filter_map(|m| {
+            let last = m
+                .stdout
+                .lines()
+                .rev()
+                .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())?;
+            last["filesystems"]
+                .as_array()?
+                .iter()
+                .find(|f| f["mount"] == mnt.as_str())?["allocated"]
+                .as_u64()
+        })
+        .collect();
+    println!("tracer saw allocated per run: {seen:?} (each run created {FILES})");
+    let (alone, tracer, _) = common::report(
         "inodes",
         "files/s",
         &all,
@@ -136,6 +160,13 @@ pub fn run(a: &super::Args) -> Result<()> {
             common::lost_events(),
         ],
     );
+    common::floor(
+        a.rounds,
+        BPFTRACE_EMPTY,
+        tracer.rate / alone.rate,
+        0.98,
+        || workload(&dir),
+    )?;
     drop(img);
     Ok(())
 }
