@@ -125,6 +125,7 @@ pub fn run(a: &super::Args) -> Result<()> {
         Observer::Alone,
         Observer::Tracer(vec!["inodes".into()]),
         Observer::Bpftrace(BPFTRACE.into()),
+        Observer::EmptyProbes(BPFTRACE_EMPTY.into()),
     ];
     println!(
         "bench inodes: {FILES} one-byte files created and deleted per run (batches of {BATCH}) on a loop-mounted ext4, {} rounds",
@@ -150,7 +151,7 @@ pub fn run(a: &super::Args) -> Result<()> {
         })
         .collect();
     println!("tracer saw allocated per run: {seen:?} (each run created {FILES})");
-    let (alone, tracer, _) = common::report(
+    common::report(
         "inodes",
         "files/s",
         &all,
@@ -160,13 +161,7 @@ pub fn run(a: &super::Args) -> Result<()> {
             common::lost_events(),
         ],
     );
-    common::floor(
-        a.rounds,
-        BPFTRACE_EMPTY,
-        tracer.rate / alone.rate,
-        0.98,
-        || workload(&dir),
-    )?;
+    common::floor(&all, 0.98);
     drop(img);
     Ok(())
 }
