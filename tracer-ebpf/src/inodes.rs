@@ -78,7 +78,9 @@ static INODES_DEVS: LruPerCpuHashMap<u32, DevCounts> =
 static INODES_ENOSPC: LruPerCpuHashMap<DevTgid, u64> =
     LruPerCpuHashMap::with_max_entries(ENOSPC_CAPACITY, 0);
 
-/// thread id -> the create syscall it is in.
+/// thread id -> the last create syscall it entered (path argument, and the ext4 device
+/// that was asked for an inode). Overwritten by the thread's next create, not deleted
+/// at syscall exit (see try_exit).
 #[map]
 static INODES_PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(PENDING_CAPACITY, 0);
 
