@@ -266,8 +266,8 @@ impl Sum for ProcCounts {
     }
 }
 
-/// Entries of a per-CPU kernel map summed over the CPUs, and a caveat when it is full
-/// (LRU eviction drops the least recently updated keys: their counts are missing).
+/// Entries of a per-CPU kernel map summed over the CPUs, and a caveat when it is (nearly)
+/// full (LRU eviction drops the least recently updated keys: their counts are missing).
 fn entries<K: aya::Pod, V: aya::Pod + Sum>(
     map: &PerCpuHashMap<MapData, K, V>,
     name: &str,
@@ -285,10 +285,12 @@ fn entries<K: aya::Pod, V: aya::Pod + Sum>(
             (k, total)
         })
         .collect();
-    if v.len() >= capacity as usize {
+    // LRU maps start evicting a little before they are full (per-CPU free lists).
+    if v.len() as u64 * 10 >= capacity as u64 * 9 {
         caveats.push(format!(
-            "the {name} map is full ({capacity} entries): the least recently active were \
-             evicted and are missing here"
+            "the {name} map holds {} of its {capacity} entries: LRU eviction may have \
+             dropped the least recently active, whose counts are then missing here",
+            v.len()
         ));
     }
     v
