@@ -111,7 +111,7 @@ fn filesystem<'a>(r: &'a Value, mnt: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{mnt} not among the filesystems: {r}"))
 }
 
-fn process<'a>(r: &'a Value, pid: u32) -> Option<&'a Value> {
+fn process(r: &Value, pid: u32) -> Option<&Value> {
     rows(r, "top_processes").iter().find(|p| p["pid"] == pid)
 }
 

@@ -166,17 +166,14 @@ impl Resolver {
     pub fn resolve_all(&mut self, items: &[(u32, u64, Option<PathBuf>)]) -> Vec<Resolved> {
         let mut walks: HashMap<(u32, PathBuf), HashSet<u64>> = HashMap::new();
         for (dev, ino, mount) in items {
-            if !self.cache.contains_key(&(*dev, *ino)) {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.cache.entry((*dev, *ino)) {
                 if let Some(m) = mount {
                     walks.entry((*dev, m.clone())).or_default().insert(*ino);
                 }
-                self.cache.insert(
-                    (*dev, *ino),
-                    Resolved {
-                        path: None,
-                        source: Source::Unresolved,
-                    },
-                );
+                e.insert(Resolved {
+                    path: None,
+                    source: Source::Unresolved,
+                });
             }
         }
         for ((dev, mount), want) in walks {
