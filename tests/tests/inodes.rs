@@ -346,6 +346,55 @@ fn tmpfs_exhaustion_is_seen_through_statvfs_and_the_failing_path() {
     );
 }
 
+/// A cgroup2 directory for the child; removed on drop (after the child left it).
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn creator_in_a_cgroup_is_named_by_it_and_exited_when_gone() {
+    require_root();
+    let _s = serial();
+    let fs = LoopFs::new(16, 64);
+    let dir = fs.mnt.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    let name = format!("tracer-inodes-test-{}", std::process::id());
+    let cg = Cgroup(Path::new("/sys/fs/cgroup/unified").join(&name));
+    std::fs::create_dir(&cg.0).expect("creating a cgroup2 directory");
+    let tracer = Tracer::start(&["inodes", "--fs", fs.mnt(), "--json", "-i", "300ms"]);
+    let mut inc = Incident::start_bin(helper(), &["fill", dir.to_str().unwrap(), "0"]);
+    std::fs::write(cg.0.join("cgroup.procs"), inc.pid.to_string()).expect("moving the child");
+    inc.send("go");
+    inc.expect_line("full");
+    std::thread::sleep(Duration::from_millis(700));
+    let pid = inc.pid;
+    drop(inc); // exits and is reaped
+    std::thread::sleep(Duration::from_millis(400));
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    let reports = out.reports();
+    let while_running = reports
+        .iter()
+        .filter_map(|r| process(r, pid))
+        .find(|p| p["allocated"].as_u64() > Some(0))
+        .unwrap_or_else(|| panic!("no report while the child ran: {}", out.stdout));
+    assert_eq!(while_running["cgroup"], format!("/{name}"));
+    let last = out.final_report();
+    let p = process(&last, pid).unwrap_or_else(|| panic!("child missing: {last}"));
+    assert_eq!(p["cgroup"], "exited", "{p}");
+    assert_eq!(p["comm"], "incident_inodes", "comm was taken in the kernel");
+    let e = rows(&last, "enospc")
+        .iter()
+        .find(|e| e["pid"] == pid)
+        .unwrap_or_else(|| panic!("{last}"));
+    assert_eq!(e["comm"], "incident_inodes");
+    assert_eq!(e["cgroup"], "exited");
+}
+
 #[test]
 fn steady_growth_gives_a_finite_eta_in_the_right_range() {
     require_root();
