@@ -9,7 +9,8 @@ use std::{
 
 use serde_json::Value;
 use tracer_tests::{
-    Incident, Tracer, assert_none_loaded, require_root, run_tracer, run_tracer_unprivileged, serial,
+    Incident, Tracer, assert_none_loaded, require_root, run_tracer, run_tracer_env,
+    run_tracer_unprivileged, serial,
 };
 
 fn helper() -> &'static Path {
@@ -430,7 +431,7 @@ fn steady_growth_gives_a_finite_eta_in_the_right_range() {
 }
 
 #[test]
-fn fs_that_is_not_a_mount_point_gets_one_clear_sentence() {
+fn bad_fs_flag_missing_ext4_hooks_and_no_privileges_get_one_sentence() {
     require_root();
     let _s = serial();
     let fs = LoopFs::new(16, 64);
@@ -469,6 +470,23 @@ fn fs_that_is_not_a_mount_point_gets_one_clear_sentence() {
     let out = run_tracer(&["inodes", "--top", "many"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+
+    // A kernel without the ext4 tracepoints (a tracefs that lacks them).
+    let empty = std::env::temp_dir().join(format!("tracer-inodes-tracefs-{}", std::process::id()));
+    std::fs::create_dir_all(empty.join("events")).unwrap();
+    let out = run_tracer_env(
+        &["inodes", "-d", "1s"],
+        &[("TRACER_TRACEFS", empty.to_str().unwrap())],
+    );
+    let _ = std::fs::remove_dir_all(&empty);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("tracepoint ext4:ext4_allocate_inode is missing"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
 
     let out = run_tracer_unprivileged(&["inodes", "-d", "1s"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
