@@ -7,6 +7,7 @@
 //! process), in maps read once per report: no per-file copy to userspace. Usage and
 //! levels come from statvfs of every inode-limited filesystem.
 mod dirs;
+mod report;
 
 use std::{collections::HashMap, path::PathBuf};
 
@@ -15,23 +16,16 @@ use aya::maps::{MapData, PerCpuHashMap};
 use serde_json::json;
 use tracer_common::{
     EventKind, comm_str, decode,
-    inodes::{
-        DEV_CAPACITY, DIR_CAPACITY, DevCounts, DevTgid, DirKey, ENOSPC_CAPACITY, PROC_CAPACITY,
-        PathEvent, ProcCounts,
-    },
+    inodes::{DevCounts, DevTgid, DirKey, ENOSPC_CAPACITY, PathEvent, ProcCounts},
 };
 
 use crate::{
     bpf::{self, Hook, Offset, Session, Spec},
-    output::{Table, human_duration, round3},
     procinfo,
     run::{self, Detector, Report, ReportCtx, RunOpts},
-    snapshot::{
-        Level,
-        inodes::{self as snap, FsUsage, Mount},
-    },
+    snapshot::inodes::{self as snap, FsUsage, Mount},
 };
-use dirs::{Resolver, Source};
+use dirs::Resolver;
 
 /// One enter and one exit hook per create-type syscall, all optional.
 macro_rules! syscall_hooks {
@@ -356,290 +350,29 @@ impl Detector for Inodes {
         let elapsed = ctx.elapsed.as_secs_f64().max(1e-3);
         let mounts = snap::mounts()?;
         let mut caveats = self.caveats.clone();
-        let devs: HashMap<u32, DevCounts> =
-            entries(&self.devs, "per-filesystem", DEV_CAPACITY, &mut caveats)
-                .into_iter()
-                .collect();
+        let rows = self.fs_rows(&mounts, elapsed, &mut caveats);
+        let filesystems = report::filesystems(&rows);
+        let processes = self.processes(&mounts, &mut caveats);
+        let (directories, top_dirs) = self.directories(&mounts, &mut caveats);
+        let failures = self.failures(&mounts, &mut caveats);
+        let hints = report::hints(&rows, &top_dirs, !failures.json.is_empty());
 
-        // Filesystems: net rate from the kernel's counts on ext4, else from statvfs.
-        let mut fs_rows: Vec<FsRow> = Vec::new();
-        for u in self.filesystems(&mounts) {
-            let row = match devs.get(&u.dev) {
-                Some(d) => FsRow {
-                    net: d.allocated as f64 - d.freed as f64,
-                    source: "ebpf",
-                    allocated: Some(d.allocated),
-                    freed: Some(d.freed),
-                    u,
-                },
-                None if u.fstype.starts_with("ext") => FsRow {
-                    net: 0.0,
-                    source: "ebpf",
-                    allocated: Some(0),
-                    freed: Some(0),
-                    u,
-                },
-                None => {
-                    let start = self
-                        .start_usage
-                        .get(&u.dev)
-                        .copied()
-                        .unwrap_or(u.inodes_used);
-                    FsRow {
-                        net: u.inodes_used as f64 - start as f64,
-                        source: "statvfs",
-                        allocated: None,
-                        freed: None,
-                        u,
-                    }
-                }
-            };
-            fs_rows.push(FsRow {
-                net: row.net / elapsed,
-                ..row
-            });
-        }
-        fs_rows.sort_by(|a, b| {
-            b.u.inodes_used_pct()
-                .total_cmp(&a.u.inodes_used_pct())
-                .then(b.net.total_cmp(&a.net))
-        });
-
-        // Processes: most net inodes first.
-        let mut procs = entries(&self.procs, "per-process", PROC_CAPACITY, &mut caveats);
-        procs.retain(|(k, _)| self.target.as_ref().is_none_or(|t| t.dev == k.dev));
-        procs.sort_by(|a, b| {
-            let net = |v: &ProcCounts| v.allocated as i64 - v.freed as i64;
-            net(&b.1)
-                .cmp(&net(&a.1))
-                .then(b.1.allocated.cmp(&a.1.allocated))
-                .then(a.0.tgid.cmp(&b.0.tgid))
-        });
-        procs.truncate(self.top);
-
-        // Directories: most inodes created first.
-        let mut dirs = entries(&self.dirs, "per-directory", DIR_CAPACITY, &mut caveats);
-        dirs.retain(|(k, _)| self.target.as_ref().is_none_or(|t| t.dev == k.dev));
-        let dirs_total: u64 = dirs.iter().map(|(_, v)| v).sum();
-        dirs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.ino.cmp(&b.0.ino)));
-        dirs.truncate(self.top);
-
-        // Failed creates.
-        let mut enospc: Vec<(DevTgid, u64, String, String, String)> =
-            entries(&self.enospc, "ENOSPC", ENOSPC_CAPACITY, &mut caveats)
-                .into_iter()
-                .map(|(k, n)| {
-                    let (comm, path) = self.enospc_first.get(&k).cloned().unwrap_or_else(|| {
-                        let comm = procinfo::comm_of(k.tgid).unwrap_or_else(|| "?".into());
-                        (comm, String::new())
-                    });
-                    let mount = if k.dev != 0 {
-                        Self::mount_name(k.dev, &mounts)
-                    } else {
-                        // Not an ext4 inode request: the mount that holds the path.
-                        snap::mount_of_path(std::path::Path::new(&path), &mounts)
-                            .filter(|_| path.starts_with('/'))
-                            .map(|m| m.mount.display().to_string())
-                            .unwrap_or_else(|| "?".into())
-                    };
-                    (k, n, comm, path, mount)
-                })
-                .collect();
-        if let Some(t) = &self.target {
-            let tm = t.mount.display().to_string();
-            enospc.retain(|(k, _, _, _, mount)| k.dev == t.dev || *mount == tm);
-        }
-        enospc.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.tgid.cmp(&b.0.tgid)));
-        enospc.truncate(self.top);
-
-        // JSON and text together.
-        let mut text = String::new();
-        let mut fs_json = Vec::new();
-        let mut ft = Table::new(&[
-            "MOUNT",
-            "DEVICE",
-            "FSTYPE",
-            "INODES",
-            "IUSE%",
-            "BLOCKS%",
-            "NET/S",
-            "EXHAUSTED IN",
-            "LEVEL",
-        ]);
-        let mut flags = Vec::new();
-        for r in &fs_rows {
-            let u = &r.u;
-            let ipct = u.inodes_used_pct();
-            let bpct = u.blocks_used_pct();
-            let lvl = u.level().as_str();
-            let eta = eta_s(u.inodes_total.saturating_sub(u.inodes_used), r.net);
-            let sig = u.inodes_full_blocks_free();
-            if sig {
-                flags.push(format!(
-                    "!!! {}: {:.0}% of inodes used while only {:.0}% of blocks are: `df -h` shows \
-                     space but creates fail with \"No space left on device\"",
-                    u.mount.display(),
-                    ipct,
-                    bpct
-                ));
-            }
-            ft.row(vec![
-                u.mount.display().to_string(),
-                u.device.clone(),
-                u.fstype.clone(),
-                format!("{}/{}", u.inodes_used, u.inodes_total),
-                format!("{ipct:.1}%"),
-                format!("{bpct:.1}%"),
-                format!("{:+.1}", r.net),
-                match eta {
-                    Some(e) if e <= 0.0 => "now (full)".into(),
-                    Some(e) => human_duration(e),
-                    None => "-".into(),
-                },
-                lvl.to_uppercase(),
-            ]);
-            fs_json.push(json!({
-                "mount": u.mount, "device": u.device, "fstype": u.fstype,
-                "dev": format!("{}:{}", u.major, u.minor),
-                "inodes_total": u.inodes_total, "inodes_used": u.inodes_used,
-                "inodes_free": u.inodes_total.saturating_sub(u.inodes_used),
-                "inodes_used_pct": round3(ipct), "blocks_used_pct": round3(bpct),
-                "allocated": r.allocated, "freed": r.freed,
-                "net_inodes_per_s": round3(r.net), "rate_source": r.source,
-                "exhaustion_eta_s": eta.map(round3), "level": lvl,
-                "inodes_full_blocks_free": sig,
-            }));
-        }
-        text += "FILESYSTEMS (inodes; WARN >= 80% used, CRIT >= 90%; NET/S = allocated - freed per second)\n";
-        if ft.is_empty() {
-            text += "  none with a fixed inode count\n";
-        } else {
-            text += &ft.render();
-        }
-        for f in &flags {
-            text += &format!("{f}\n");
-        }
-
-        let mut pt = Table::new(&[
-            "PID",
-            "COMM",
-            "MOUNT",
-            "ALLOCATED",
-            "FREED",
-            "NET",
-            "CGROUP",
-        ]);
-        let mut procs_json = Vec::new();
-        for (k, v) in &procs {
-            let comm = comm_str(&v.comm).to_string();
-            let cg = cgroup(k.tgid);
-            let mount = Self::mount_name(k.dev, &mounts);
-            let net = v.allocated as i64 - v.freed as i64;
-            pt.row(vec![
-                k.tgid.to_string(),
-                comm.clone(),
-                mount.clone(),
-                v.allocated.to_string(),
-                v.freed.to_string(),
-                format!("{net:+}"),
-                cg.clone(),
-            ]);
-            procs_json.push(json!({
-                "pid": k.tgid, "comm": comm, "cgroup": cg, "mount": mount,
-                "allocated": v.allocated, "freed": v.freed, "net": net,
-            }));
-        }
-        text += "\nTOP PROCESSES (ext4 inodes, most net created first; frees count for the process that dropped the last link)\n";
-        if pt.is_empty() {
-            text += "  none: no ext4 inode was allocated or freed\n";
-        } else {
-            text += &pt.render();
-        }
-
-        let mut dt = Table::new(&["MOUNT", "DIRECTORY", "FROM", "ALLOCATED", "SHARE"]);
-        let mut dirs_json = Vec::new();
-        // Resolved directories, most inodes first: (mount, path).
-        let mut top_dirs: Vec<(String, String)> = Vec::new();
-        let wanted: Vec<_> = dirs
-            .iter()
-            .map(|(k, _)| {
-                let mount = mounts
-                    .iter()
-                    .find(|m| m.dev == k.dev)
-                    .map(|m| m.mount.clone());
-                (k.dev, k.ino, mount)
-            })
-            .collect();
-        let resolved = self.resolver.resolve_all(&wanted);
-        for ((k, n), r) in dirs.iter().zip(resolved) {
-            let mount = Self::mount_name(k.dev, &mounts);
-            let shown = match &r.path {
-                Some(p) => p.display().to_string(),
-                None => format!("inode {}", k.ino),
-            };
-            let share = 100.0 * *n as f64 / dirs_total.max(1) as f64;
-            if r.source != Source::Unresolved {
-                top_dirs.push((mount.clone(), shown.clone()));
-            }
-            dt.row(vec![
-                mount.clone(),
-                shown,
-                r.source.as_str().into(),
-                n.to_string(),
-                format!("{share:.1}%"),
-            ]);
-            dirs_json.push(json!({
-                "mount": mount, "path": r.path, "path_source": r.source, "ino": k.ino,
-                "allocated": n, "share_pct": round3(share),
-            }));
-        }
-        text += "\nTOP DIRECTORIES (where new inodes were created; FROM: syscall = path given to the create and checked by stat, walk = found under the mount, unresolved = inode number)\n";
-        if dt.is_empty() {
-            text += "  none\n";
-        } else {
-            text += &dt.render();
-        }
-
-        let mut et = Table::new(&["PID", "COMM", "MOUNT", "ENOSPC", "FIRST FAILED PATH"]);
-        let mut enospc_json = Vec::new();
-        for (k, n, comm, path, mount) in &enospc {
-            et.row(vec![
-                k.tgid.to_string(),
-                comm.clone(),
-                mount.clone(),
-                n.to_string(),
-                if path.is_empty() {
-                    "-".into()
-                } else {
-                    path.clone()
-                },
-            ]);
-            enospc_json.push(json!({
-                "pid": k.tgid, "comm": comm, "mount": mount, "count": n,
-                "first_path": path, "cgroup": cgroup(k.tgid),
-            }));
-        }
-        text += "\nCREATES FAILED WITH ENOSPC (No space left on device)\n";
-        if et.is_empty() {
-            text += "  none\n";
-        } else {
-            text += &et.render();
-        }
-
-        let hints = hints(&fs_rows, &top_dirs, !enospc.is_empty());
+        let mut text = filesystems.text;
+        text += &processes.text;
+        text += &directories.text;
+        text += &failures.text;
         for h in &hints {
             text += &format!("hint: {h}\n");
         }
         for c in &caveats {
             text += &format!("note: {c}\n");
         }
-
         let json = json!({
             "filter_fs": self.target.as_ref().map(|t| &t.mount),
-            "filesystems": fs_json,
-            "top_processes": procs_json,
-            "top_directories": dirs_json,
-            "enospc": enospc_json,
+            "filesystems": filesystems.json,
+            "top_processes": processes.json,
+            "top_directories": directories.json,
+            "enospc": failures.json,
             "hints": hints,
             "caveats": caveats,
         });
@@ -647,65 +380,10 @@ impl Detector for Inodes {
     }
 }
 
-/// A filesystem in the report; `net` is inodes per second (allocated - freed).
-struct FsRow {
-    u: FsUsage,
-    net: f64,
-    /// "ebpf": counted by the ext4 hooks; "statvfs": change of inodes used.
-    source: &'static str,
-    allocated: Option<u64>,
-    freed: Option<u64>,
-}
-
-/// What to do, for the fullest filesystem in trouble and its top directory.
-fn hints(fs_rows: &[FsRow], top_dirs: &[(String, String)], failing: bool) -> Vec<String> {
-    let mut out = Vec::new();
-    let hot: Vec<&FsRow> = fs_rows
-        .iter()
-        .filter(|r| r.u.level() != Level::Ok || (failing && r.u.inodes_used >= r.u.inodes_total))
-        .collect();
-    if hot.is_empty() && !failing {
-        return out;
-    }
-    // The top directory on the fullest filesystem in trouble (rows are fullest first).
-    let dir = hot
-        .iter()
-        .find_map(|r| {
-            let m = r.u.mount.display().to_string();
-            top_dirs
-                .iter()
-                .find(|(dm, _)| *dm == m)
-                .map(|(_, d)| d.clone())
-        })
-        .or_else(|| top_dirs.first().map(|(_, d)| d.clone()))
-        .unwrap_or_else(|| "DIR".into());
-    out.push(format!(
-        "free inodes now: delete old small files in the top directory, gently and in batches: \
-         `ionice -c3 find {dir} -xdev -type f -mmin +60 -delete` (check with -print first)"
-    ));
-    out.push(format!(
-        "keep it from coming back: have the writer clean up, or add a logrotate rule or a \
-         systemd-tmpfiles `e {dir} - - - 1d` line for that directory"
-    ));
-    if hot.iter().any(|r| r.u.fstype.starts_with("ext")) {
-        out.push(
-            "for good: recreate the ext4 filesystem with more inodes (`mkfs.ext4 -i 4096` or \
-             `-N COUNT`; the count is fixed at mkfs time) or use XFS, which allocates inodes \
-             dynamically"
-                .into(),
-        );
-    }
-    out.push(
-        "on Kubernetes nodes the kubelet evicts pods on `nodefs.inodesFree` \
-         (e.g. --eviction-hard=nodefs.inodesFree<5%): alert before that"
-            .into(),
-    );
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use report::{FsRow, hints};
 
     #[test]
     fn eta_only_when_growing() {
