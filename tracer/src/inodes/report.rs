@@ -71,8 +71,9 @@ pub(super) fn hints(
         .or_else(|| top_dirs.first().map(|(_, d)| d.clone()))
         .unwrap_or_else(|| "DIR".into());
     out.push(format!(
-        "free inodes now: delete old small files in the top directory, gently and in batches: \
-         `ionice -c3 find {dir} -xdev -type f -mmin +60 -delete` (check with -print first)"
+        "free inodes now: delete old files in the top directory at idle I/O priority, 1000 per \
+         rm: `ionice -c3 find {dir} -xdev -type f -mmin +60 -print0 | xargs -0 -n 1000 rm -f` \
+         (look at `find {dir} -xdev -type f -mmin +60 | head` first)"
     ));
     out.push(format!(
         "keep it from coming back: have the writer clean up, or add a logrotate rule or a \
