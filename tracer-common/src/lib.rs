@@ -8,6 +8,7 @@
 
 pub mod cgroups;
 pub mod inodes;
+pub mod triage;
 pub mod zombies;
 
 /// Length of `task->comm`, as the kernel defines TASK_COMM_LEN.

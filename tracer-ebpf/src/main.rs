@@ -8,6 +8,7 @@ mod cgroups;
 mod common;
 mod inodes;
 mod probe;
+mod triage;
 mod zombies;
 
 #[cfg(not(test))]

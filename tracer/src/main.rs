@@ -16,6 +16,7 @@ mod run;
 #[allow(dead_code)] // until the detectors that read them land
 mod snapshot;
 mod tracefs;
+mod triage;
 mod zombies;
 
 /// Find the causes of Linux production incidents with eBPF.
@@ -39,6 +40,9 @@ enum Command {
     Doctor(doctor::Args),
     /// Which filesystem runs out of inodes, who creates the files, where (Sentry incident).
     Inodes(inodes::Args),
+    /// The first-60-seconds USE check: CPU, memory, disk, network, kernel log, leaks.
+    /// Exit 0 all ok, 3 worst is warn, 4 any crit (see `tracer triage --help`).
+    Triage(triage::Args),
     /// Parents that leave zombie children unreaped, and PID headroom (Uber incident).
     Zombies(zombies::Args),
     /// Leaked and dying cgroups and who creates them (LinkedIn incident).
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Doctor(a) => doctor::run(a),
             Command::Inodes(a) => inodes::run(a).await.map(|()| 0),
+            Command::Triage(a) => triage::run(a).await.map(i32::from),
             Command::Zombies(a) => zombies::run(a).await.map(|()| 0),
             Command::Cgroups(a) => cgroups::run(a).await.map(|()| 0),
         }

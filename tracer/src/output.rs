@@ -134,6 +134,20 @@ pub fn log2_histogram(h: &Histogram<u64>, unit: &str) -> String {
         };
         buckets[slot.min(63)] += v.count_at_value();
     }
+    out += &log2_rows(&buckets, unit);
+    let s = Summary::of(h);
+    let _ = writeln!(
+        out,
+        "     count {}  p50 {}  p90 {}  p99 {}  max {} ({unit})",
+        s.count, s.p50, s.p90, s.p99, s.max
+    );
+    out
+}
+
+/// The bucket lines of a bcc-style log2 histogram: slot 0 holds 0, slot k >= 1 holds
+/// [2^(k-1), 2^k - 1] (for histograms aggregated in the kernel as well).
+pub fn log2_rows(buckets: &[u64], unit: &str) -> String {
+    let mut out = String::new();
     let first = buckets.iter().position(|&c| c > 0).unwrap_or(0);
     let last = buckets.iter().rposition(|&c| c > 0).unwrap_or(0);
     let max = buckets.iter().copied().max().unwrap_or(1).max(1);
@@ -155,12 +169,6 @@ pub fn log2_histogram(h: &Histogram<u64>, unit: &str) -> String {
             "*".repeat(stars)
         );
     }
-    let s = Summary::of(h);
-    let _ = writeln!(
-        out,
-        "     count {}  p50 {}  p90 {}  p99 {}  max {} ({unit})",
-        s.count, s.p50, s.p90, s.p99, s.max
-    );
     out
 }
 
@@ -180,6 +188,15 @@ pub fn human_duration(secs: f64) -> String {
         0..3600 => format!("{}m{:02}s", s / 60, s % 60),
         3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
         _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// The first `n` characters of `s`, with "..." when it was longer.
+pub fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(n - 3).collect::<String>())
     }
 }
 

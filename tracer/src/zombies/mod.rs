@@ -280,7 +280,7 @@ impl Detector for Zombies {
                     .map(|(cur, max)| format!("{cur}/{max}"))
                     .unwrap_or_else(|| "-".into()),
                 cgroup.clone(),
-                truncate(&cmdline, 60),
+                output::truncate(&cmdline, 60),
             ]);
             hints.push(hint(p.pid, &comm, p.zombies, c, disp, reaped));
             parents_json.push(json!({
@@ -407,14 +407,6 @@ fn fmt_age(age_s: f64, exact: bool) -> String {
         human_duration(age_s)
     } else {
         format!(">={}", human_duration(age_s))
-    }
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        format!("{}...", s.chars().take(n - 3).collect::<String>())
     }
 }
 

@@ -4,6 +4,7 @@
 mod cgroups;
 pub mod common;
 mod inodes;
+mod triage;
 mod zombies;
 
 use anyhow::{Result, bail};
@@ -22,6 +23,7 @@ pub fn run(a: Args) -> Result<()> {
         "zombies" => zombies::run(&a),
         "cgroups" => cgroups::run(&a),
         "inodes" => inodes::run(&a),
+        "triage" => triage::run(&a),
         other => bail!(
             "no benchmark named `{other}`; try zombies, tcp-pressure, cgroups, inodes or triage"
         ),

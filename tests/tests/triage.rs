@@ -1,0 +1,574 @@
+//! `tracer triage` against conditions the tests cause for real: a parent holding
+//! zombies, a loop-mounted ext4 out of inodes, a CPU burner per core, an OOM-like
+//! kernel log line; plus a quiet run and an unprivileged one. Other tests may run on
+//! the machine at the same time, so each asserts on the rows its own incident made
+//! (its parent pid, its mount point, its tagged log line).
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tracer_tests::{
+    Finished, Incident, Tracer, assert_none_loaded, require_root, run_tracer,
+    run_tracer_unprivileged, serial,
+};
+
+fn findings(r: &Value) -> &Vec<Value> {
+    r["findings"].as_array().expect("findings array")
+}
+
+/// The rows of `resource`/`check`, optionally about `subject`.
+fn rows<'a>(r: &'a Value, resource: &str, check: &str, subject: Option<&str>) -> Vec<&'a Value> {
+    findings(r)
+        .iter()
+        .filter(|f| f["resource"] == resource && f["check"] == check)
+        .filter(|f| subject.is_none_or(|s| f["subject"] == s))
+        .collect()
+}
+
+fn level_rank(l: &Value) -> u8 {
+    match l.as_str() {
+        Some("ok") => 0,
+        Some("warn") => 1,
+        Some("crit") => 2,
+        other => panic!("bad level {other:?}"),
+    }
+}
+
+/// Checks the exit status against the report's worst row (0 ok, 3 warn, 4 crit).
+fn exit_matches_report(out: &Finished, r: &Value) -> i32 {
+    let worst = findings(r)
+        .iter()
+        .map(|f| level_rank(&f["level"]))
+        .max()
+        .unwrap_or(0);
+    let expected = [0, 3, 4][worst as usize];
+    let code = out.status.code().expect("exit code");
+    assert_eq!(
+        code, expected,
+        "exit status vs worst row; stderr: {}",
+        out.stderr
+    );
+    assert_eq!(r["exit_code"], expected);
+    code
+}
+
+fn triage(args: &[&str]) -> (Finished, Value) {
+    let mut all = vec!["triage", "--json"];
+    all.extend_from_slice(args);
+    let out = run_tracer(&all);
+    let r = out.final_report();
+    assert_eq!(r["command"], "triage");
+    (out, r)
+}
+
+#[test]
+fn parent_holding_zombies_is_named_in_the_pids_row() {
+    require_root();
+    let _s = serial();
+    let inc = Incident::start(&["zombies", "8"]);
+    let prom = PromFile::new();
+    let (out, r) = triage(&["-d", "1s", "--prom-file", prom.0.to_str().unwrap()]);
+    let pid = inc.pid.to_string();
+    let row = rows(&r, "pids", "zombies", Some(&pid));
+    assert_eq!(row.len(), 1, "no zombies row for parent {pid}: {r}");
+    let row = row[0];
+    assert_eq!(row["level"], "warn", "{row}");
+    assert!(
+        row["value"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("8 zombie(s) under {pid} (incident)")),
+        "{row}"
+    );
+    assert_eq!(
+        row["next"],
+        format!("tracer zombies --parent -p {pid}"),
+        "{row}"
+    );
+    let parent = r["pids"]["zombie_parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["ppid"] == inc.pid)
+        .unwrap_or_else(|| panic!("parent missing from pids.zombie_parents: {r}"));
+    assert_eq!(parent["zombies"], 8);
+    assert!(exit_matches_report(&out, &r) >= 3);
+    assert!(out.stdout.lines().count() == 1, "one JSON object");
+    // The same row as a Prometheus gauge: severity 1 (warn), labelled by parent.
+    let text = fs::read_to_string(&prom.0).expect("the --prom-file was written");
+    let series = text
+        .lines()
+        .find(|l| {
+            l.starts_with("tracer_triage_findings_severity{")
+                && l.contains("resource=\"pids\"")
+                && l.contains(&format!("subject=\"{pid}\""))
+        })
+        .unwrap_or_else(|| panic!("no severity series for parent {pid}:\n{text}"));
+    assert!(series.ends_with(" 1"), "{series}");
+}
+
+/// A --prom-file path in the temp dir, removed on drop.
+struct PromFile(PathBuf);
+
+impl PromFile {
+    fn new() -> PromFile {
+        PromFile(std::env::temp_dir().join(format!("tracer-triage-{}.prom", std::process::id())))
+    }
+}
+
+impl Drop for PromFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// A loop-mounted ext4 with 128 inodes, filled until ENOSPC; unmounted (which frees
+/// the loop device: mount -o loop sets autoclear) and removed on drop.
+struct FullExt4 {
+    dir: PathBuf,
+    img: PathBuf,
+    mounted: bool,
+}
+
+impl FullExt4 {
+    fn new() -> FullExt4 {
+        let base = std::env::temp_dir().join(format!("tracer-triage-{}", std::process::id()));
+        let mut fs = FullExt4 {
+            dir: base.join("mnt"),
+            img: base.join("img"),
+            mounted: false,
+        };
+        fs::create_dir_all(&fs.dir).unwrap();
+        run("truncate", &["-s", "64M", fs.img.to_str().unwrap()]);
+        run(
+            "mkfs.ext4",
+            &["-q", "-F", "-N", "128", fs.img.to_str().unwrap()],
+        );
+        run(
+            "mount",
+            &[
+                "-o",
+                "loop",
+                fs.img.to_str().unwrap(),
+                fs.dir.to_str().unwrap(),
+            ],
+        );
+        fs.mounted = true;
+        let mut made = 0;
+        loop {
+            match fs::File::create(fs.dir.join(format!("f{made}"))) {
+                Ok(_) => made += 1,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("creating file {made}: {e}"),
+            }
+            assert!(made < 10_000, "the filesystem never ran out of inodes");
+        }
+        fs
+    }
+}
+
+impl Drop for FullExt4 {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.dir).status();
+        }
+        if let Some(base) = self.img.parent() {
+            let _ = fs::remove_dir_all(base);
+        }
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn ext4_out_of_inodes_is_crit_for_that_mount() {
+    require_root();
+    let _s = serial();
+    let fs = FullExt4::new();
+    let mount = fs.dir.to_str().unwrap().to_string();
+    let (out, r) = triage(&["-d", "1s"]);
+    let row = rows(&r, "inodes", "inode usage", Some(&mount));
+    assert_eq!(row.len(), 1, "no inodes row for {mount}: {r}");
+    let row = row[0];
+    assert_eq!(row["level"], "crit", "{row}");
+    let value = row["value"].as_str().unwrap();
+    assert!(value.starts_with("100% of inodes used"), "{row}");
+    assert!(value.contains("inodes full, blocks free"), "{row}");
+    assert!(
+        row["next"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("tracer inodes --fs {mount} ")),
+        "{row}"
+    );
+    let listed = r["filesystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["mount"] == mount.as_str())
+        .unwrap_or_else(|| panic!("{mount} missing from filesystems: {r}"));
+    assert_eq!(listed["inodes_full_blocks_free"], true);
+    assert_eq!(exit_matches_report(&out, &r), 4);
+    drop(fs);
+    assert!(
+        !Path::new(&mount).exists(),
+        "the test mount point is cleaned up"
+    );
+}
+
+/// Busy-looping children, killed and reaped on drop (only the pids spawned here).
+struct Burners(Vec<Child>);
+
+impl Burners {
+    fn per_core() -> Burners {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Burners((0..n).map(|_| burner(None)).collect())
+    }
+
+    /// `n` burners that may only run on `cpu` (sched_setaffinity in the child).
+    fn pinned(n: usize, cpu: usize) -> Burners {
+        Burners((0..n).map(|_| burner(Some(cpu))).collect())
+    }
+}
+
+fn burner(cpu: Option<usize>) -> Child {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "while :; do :; done"]).stdin(Stdio::null());
+    if let Some(cpu) = cpu {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd.spawn().expect("spawning a CPU burner")
+}
+
+impl Drop for Burners {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn a_cpu_burner_per_core_makes_cpu_saturation_at_least_warn() {
+    require_root();
+    let _s = serial();
+    let burners = Burners::per_core();
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, r) = triage(&["-d", "2s"]);
+    let pids: Vec<u32> = burners.0.iter().map(|c| c.id()).collect();
+    drop(burners);
+    let sat = rows(&r, "cpu", "saturation", None);
+    assert_eq!(sat.len(), 1, "{r}");
+    assert!(
+        level_rank(&sat[0]["level"]) >= 1,
+        "a burner per core must saturate the CPUs: {}",
+        sat[0]
+    );
+    assert!(sat[0]["next"].is_string());
+    assert!(
+        r["runnable"]["per_cpu"].as_f64().unwrap() >= 1.0,
+        "{}",
+        r["runnable"]
+    );
+    let util = rows(&r, "cpu", "utilization", None);
+    assert!(level_rank(&util[0]["level"]) >= 1, "{}", util[0]);
+    // The burners are the top CPU users, each near one full CPU.
+    let top = r["top_processes"].as_array().unwrap();
+    let burning: Vec<&Value> = top
+        .iter()
+        .filter(|p| pids.contains(&(p["pid"].as_u64().unwrap() as u32)))
+        .collect();
+    assert_eq!(
+        burning.len(),
+        pids.len(),
+        "burners in top_processes: {top:?}"
+    );
+    for p in burning {
+        assert!(p["cpu_pct"].as_f64().unwrap() >= 30.0, "{p}");
+    }
+    // The run-queue histogram saw the burners wait for each other.
+    assert!(r["runqueue_latency_us"]["count"].as_u64().unwrap() > 0);
+    exit_matches_report(&out, &r);
+}
+
+#[test]
+fn two_burners_sharing_one_cpu_wait_for_each_other_in_the_runqueue_histogram() {
+    require_root();
+    let _s = serial();
+    // Two CPU-bound tasks on one CPU take turns: each waits on the run queue for the
+    // other's whole time slice (milliseconds), after every preemption.
+    let burners = Burners::pinned(2, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let (out, r) = triage(&["-d", "1s"]);
+    drop(burners);
+    let rq = &r["runqueue_latency_us"];
+    assert!(rq["count"].as_u64().unwrap() > 0, "{rq}");
+    assert!(
+        rq["max"].as_u64().unwrap() >= 1000,
+        "a task preempted by an equal CPU hog waits at least a slice: {rq}"
+    );
+    assert!(rq["p50"].as_u64().unwrap() <= rq["p99"].as_u64().unwrap());
+    assert!(rq["p99"].as_u64().unwrap() <= rq["max"].as_u64().unwrap());
+    assert_eq!(rq["resolution"], "log2 bucket upper bound");
+    assert_eq!(
+        rows(&r, "cpu", "run-queue latency", None).len(),
+        1,
+        "a run-queue latency row: {r}"
+    );
+    assert_eq!(r["lost_events"], 0);
+    exit_matches_report(&out, &r);
+}
+
+#[test]
+fn an_oom_line_in_the_kernel_log_makes_the_kernel_row_crit() {
+    require_root();
+    let _s = serial();
+    // A tag no other line can carry; the line stays in the kernel log after the test
+    // (which is why the quiet test only looks at lines from its own window).
+    let tag = format!(
+        "tracer-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let line = format!("Out of memory: Killed process 4194304 ({tag}) by the triage test");
+    let mut kmsg = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .expect("opening /dev/kmsg");
+    writeln!(kmsg, "<3>{line}").expect("writing to /dev/kmsg");
+    drop(kmsg);
+    let (out, r) = triage(&["-d", "1s", "--since", "1m"]);
+    let row = rows(&r, "kernel", "OOM kills", None);
+    assert_eq!(row.len(), 1, "{r}");
+    let row = row[0];
+    assert_eq!(row["level"], "crit", "{row}");
+    assert!(
+        row["value"].as_str().unwrap().contains(&line),
+        "latest line: {row}"
+    );
+    let entry = r["kernel_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["check"] == "OOM kills")
+        .unwrap();
+    assert_eq!(entry["latest"], line.as_str());
+    assert!(entry["count"].as_u64().unwrap() >= 1);
+    assert!(entry["latest_age_s"].as_f64().unwrap() < 60.0);
+    assert_eq!(exit_matches_report(&out, &r), 4);
+}
+
+#[test]
+fn quiet_machine_has_no_crit_rows_and_reports_within_the_window() {
+    require_root();
+    let _s = serial();
+    let window = 2.0;
+    let t0 = Instant::now();
+    // Kernel log lines from before this run (e.g. the OOM test's) are not this
+    // machine's present state: look back only over the window.
+    let (out, r) = triage(&["-d", "2s", "--since", "2s"]);
+    let wall = t0.elapsed().as_secs_f64();
+    let crit: Vec<&Value> = findings(&r)
+        .iter()
+        .filter(|f| f["level"] == "crit")
+        .collect();
+    assert!(crit.is_empty(), "crit rows on a quiet machine: {crit:?}");
+    // Loading, one sampling window, the report and detaching: a small margin only.
+    assert!(
+        wall < window + 2.0,
+        "triage -d 2s took {wall:.2}s from start to exit"
+    );
+    assert_eq!(r["window_s"], window);
+    assert_eq!(r["lost_events"], 0);
+    assert_eq!(r["final"], true);
+    // Every resource of the checklist has a row, in the checklist's order.
+    let order = [
+        "cpu", "kernel", "cpu", "memory", "disk", "network", "pids", "cgroups", "inodes", "tcp_mem",
+    ];
+    let resources: Vec<&str> = findings(&r)
+        .iter()
+        .map(|f| f["resource"].as_str().unwrap())
+        .collect();
+    assert_eq!(findings(&r)[0]["check"], "load average");
+    let mut at = 0;
+    for res in resources.iter() {
+        while at < order.len() && order[at] != *res {
+            at += 1;
+        }
+        assert!(
+            at < order.len(),
+            "row {res} out of checklist order: {resources:?}"
+        );
+    }
+    for want in [
+        "cpu", "kernel", "memory", "disk", "network", "pids", "cgroups", "inodes", "tcp_mem",
+    ] {
+        assert!(resources.contains(&want), "no {want} row: {resources:?}");
+    }
+    for f in findings(&r) {
+        for field in ["check", "value", "threshold", "level"] {
+            assert!(f[field].is_string(), "{field} missing in {f}");
+        }
+        assert_eq!(f["next"].is_string(), f["level"] != "ok", "{f}");
+    }
+    let rq = &r["runqueue_latency_us"];
+    assert!(rq["count"].as_u64().unwrap() > 0, "{rq}");
+    assert!(rq["p50"].as_u64().unwrap() <= rq["p99"].as_u64().unwrap());
+    assert!(rq["p99"].as_u64().unwrap() <= rq["max"].as_u64().unwrap());
+    assert!(
+        r["skipped"].as_array().unwrap().is_empty(),
+        "{}",
+        r["skipped"]
+    );
+    exit_matches_report(&out, &r);
+    assert_none_loaded("triage_");
+}
+
+#[test]
+fn ctrl_c_ends_the_window_early_with_a_full_report() {
+    require_root();
+    let _s = serial();
+    let tracer = Tracer::start(&["triage", "-d", "60s", "--json"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = tracer.interrupt();
+    let r = out.final_report();
+    let measured = r["measured_s"].as_f64().unwrap();
+    assert!(
+        (1.0..30.0).contains(&measured),
+        "the window ends at Ctrl-C: measured {measured}s"
+    );
+    assert_eq!(r["window_s"], 60.0);
+    assert!(r["runqueue_latency_us"]["count"].as_u64().unwrap() > 0);
+    assert!(!rows(&r, "cpu", "utilization", None).is_empty(), "{r}");
+    exit_matches_report(&out, &r);
+    assert_none_loaded("triage_");
+}
+
+#[test]
+fn text_report_has_the_table_next_steps_and_histogram() {
+    require_root();
+    let _s = serial();
+    let inc = Incident::start(&["zombies", "6"]);
+    let out = run_tracer(&["triage", "-d", "1s"]);
+    let code = out.status.code().unwrap();
+    assert!(code == 3 || code == 4, "a warn row exits 3 or 4: {code}");
+    let s = &out.stdout;
+    assert!(s.contains("LEVEL  RESOURCE  CHECK"), "{s}");
+    assert!(s.contains("NEXT STEPS"), "{s}");
+    assert!(
+        s.contains(&format!(
+            "pids zombies ({}): tracer zombies --parent -p {}",
+            inc.pid, inc.pid
+        )),
+        "{s}"
+    );
+    assert!(s.contains("RUN-QUEUE LATENCY"), "{s}");
+    assert!(s.contains("usecs : count"), "{s}");
+    assert!(s.contains("lost events: 0"), "{s}");
+    // --fail-on never: same report, exit 0.
+    let out = run_tracer(&["triage", "-d", "1s", "--fail-on", "never"]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains(&format!("6 zombie(s) under {}", inc.pid))
+    );
+}
+
+#[test]
+fn unprivileged_run_gives_the_proc_rows_and_skips_ebpf() {
+    require_root();
+    let _s = serial();
+    let out = run_tracer_unprivileged(&["triage", "-d", "1s", "--json", "--fail-on", "never"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
+    let r = out.final_report();
+    for want in [
+        "cpu", "memory", "disk", "network", "pids", "inodes", "tcp_mem",
+    ] {
+        assert!(
+            findings(&r).iter().any(|f| f["resource"] == want),
+            "no {want} row without root: {r}"
+        );
+    }
+    assert!(r["runqueue_latency_us"].is_null());
+    assert!(rows(&r, "cpu", "run-queue latency", None).is_empty());
+    let skipped = r["skipped"].as_array().unwrap();
+    let ebpf = skipped
+        .iter()
+        .find(|s| s["part"] == "run-queue latency (eBPF)")
+        .unwrap_or_else(|| panic!("eBPF part not marked skipped: {skipped:?}"));
+    assert!(
+        ebpf["reason"].as_str().unwrap().contains("CAP_BPF"),
+        "{ebpf}"
+    );
+    assert!(
+        out.stderr.contains("run-queue latency: skipped"),
+        "{}",
+        out.stderr
+    );
+    // Without --fail-on the status is the verdict (0/3/4), never an error.
+    let out = run_tracer_unprivileged(&["triage", "-d", "1s", "--json"]);
+    let r = out.final_report();
+    exit_matches_report(&out, &r);
+    assert!(!out.stderr.contains("tracer:"), "{}", out.stderr);
+}
+
+#[test]
+fn bad_input_is_one_sentence_and_a_usage_error() {
+    for args in [
+        &["triage", "--fail-on", "sometimes"][..],
+        &["triage", "-d", "soon"],
+        &["triage", "--since", "0s"],
+    ] {
+        let out = run_tracer(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
+        assert!(out.stdout.is_empty());
+    }
+    let out = run_tracer(&[
+        "triage",
+        "-d",
+        "1s",
+        "--prom-file",
+        "/nonexistent-dir/triage.prom",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with("tracer: the directory of --prom-file"),
+        "fails before the window, in one sentence: {}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    let help = run_tracer(&["triage", "--help"]);
+    assert!(help.stdout.contains("Exit status:"), "{}", help.stdout);
+    assert!(help.stdout.contains("4  at least one row is crit"));
+}

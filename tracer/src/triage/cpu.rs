@@ -1,0 +1,408 @@
+//! CPU: load averages (uptime), utilization split and per-CPU imbalance (vmstat,
+//! mpstat), run-queue length vs cores and run-queue latency (saturation), PSI cpu, and
+//! the top processes by CPU over the window (pidstat, top).
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result};
+use procfs::{CpuPressure, CpuTime, Current as _, CurrentSI as _, KernelStats, LoadAverage};
+use serde_json::json;
+
+use super::{Finding, Part, Skipped, Window, judge, runq};
+use crate::{output::Table, snapshot::Level};
+
+/// Per-process CPU ticks at the start of the window, keyed by pid and start time (a
+/// reused pid is a different process).
+pub struct Before {
+    stat: KernelStats,
+    procs: HashMap<(i32, u64), u64>,
+    psi: Option<u64>,
+}
+
+impl Before {
+    pub fn read() -> Result<Before> {
+        Ok(Before {
+            stat: KernelStats::current().context("reading /proc/stat")?,
+            procs: proc_ticks()
+                .into_iter()
+                .map(|p| ((p.pid, p.start), p.ticks))
+                .collect(),
+            psi: CpuPressure::current().ok().map(|p| p.some.total),
+        })
+    }
+
+    pub fn cpus(&self) -> usize {
+        self.stat.cpu_time.len().max(1)
+    }
+}
+
+struct ProcTicks {
+    pid: i32,
+    start: u64,
+    ticks: u64,
+    comm: String,
+}
+
+fn proc_ticks() -> Vec<ProcTicks> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    all.filter_map(|p| p.ok()?.stat().ok())
+        .map(|s| ProcTicks {
+            pid: s.pid,
+            start: s.starttime,
+            ticks: s.utime + s.stime,
+            comm: s.comm,
+        })
+        .collect()
+}
+
+/// Runnable tasks (procs_running in /proc/stat, ourselves excluded) sampled during
+/// the window: vmstat's `r`.
+#[derive(Default)]
+pub struct RunnableSampler {
+    sum: u64,
+    n: u64,
+    max: u64,
+}
+
+impl RunnableSampler {
+    pub fn sample(&mut self) {
+        if let Some(r) = KernelStats::current().ok().and_then(|s| s.procs_running) {
+            // The reader itself is running while it reads.
+            let r = u64::from(r).saturating_sub(1);
+            self.sum += r;
+            self.n += 1;
+            self.max = self.max.max(r);
+        }
+    }
+
+    fn mean(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum as f64 / self.n as f64)
+    }
+}
+
+/// Busy and per-state shares of one CPU (or all) between two readings, in percent.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Split {
+    pub user: f64,
+    pub system: f64,
+    pub iowait: f64,
+    pub steal: f64,
+    pub idle: f64,
+}
+
+impl Split {
+    pub fn busy(&self) -> f64 {
+        (100.0 - self.idle - self.iowait).max(0.0)
+    }
+}
+
+/// The /proc/stat columns a split needs, in ticks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ticks {
+    pub user: u64,
+    pub system: u64,
+    pub iowait: u64,
+    pub steal: u64,
+    pub idle: u64,
+}
+
+impl From<&CpuTime> for Ticks {
+    fn from(c: &CpuTime) -> Self {
+        let o = |v: Option<u64>| v.unwrap_or(0);
+        Ticks {
+            // user includes guest time; nice is user time at a lower priority.
+            user: c.user + c.nice,
+            system: c.system + o(c.irq) + o(c.softirq),
+            iowait: o(c.iowait),
+            steal: o(c.steal),
+            idle: c.idle,
+        }
+    }
+}
+
+pub fn split(a: Ticks, b: Ticks) -> Split {
+    let d = |x: u64, y: u64| y.saturating_sub(x) as f64;
+    let user = d(a.user, b.user);
+    let system = d(a.system, b.system);
+    let iowait = d(a.iowait, b.iowait);
+    let steal = d(a.steal, b.steal);
+    let idle = d(a.idle, b.idle);
+    let total = user + system + iowait + steal + idle;
+    if total <= 0.0 {
+        return Split {
+            idle: 100.0,
+            ..Split::default()
+        };
+    }
+    let p = |v: f64| v * 100.0 / total;
+    Split {
+        user: p(user),
+        system: p(system),
+        iowait: p(iowait),
+        steal: p(steal),
+        idle: p(idle),
+    }
+}
+
+pub fn findings(
+    before: &Before,
+    runnable: &RunnableSampler,
+    runq: Option<&runq::Summary>,
+    w: Window,
+) -> Part {
+    let mut part = Part::default();
+    let cpus = w.cpus as f64;
+    let f = &mut part.findings;
+
+    // Load averages (uptime): include tasks in uninterruptible sleep, so a high load
+    // with idle CPUs points at I/O.
+    match LoadAverage::current() {
+        Ok(l) => {
+            let trend = if l.one > l.fifteen * 1.2 {
+                "rising"
+            } else if l.one < l.fifteen * 0.8 {
+                "falling"
+            } else {
+                "steady"
+            };
+            f.push(
+                Finding::new(
+                    "cpu",
+                    "load average",
+                    format!(
+                        "{:.2} {:.2} {:.2} (1/5/15 min), {:.2}/CPU, {trend}",
+                        l.one,
+                        l.five,
+                        l.fifteen,
+                        l.one as f64 / cpus
+                    ),
+                    // A 1-minute average (with tasks in D state) carries the minute
+                    // before the run; the window's own rows decide crit.
+                    "1-min load/CPU >= 1 warn (never crit)",
+                    if l.one as f64 / cpus >= 1.0 {
+                        Level::Warn
+                    } else {
+                        Level::Ok
+                    },
+                )
+                .next("vmstat 1 (r: runnable, b: blocked on I/O); high load with idle CPUs means tasks blocked in D state"),
+            );
+            part.json.insert(
+                "load".into(),
+                json!({"one": l.one, "five": l.five, "fifteen": l.fifteen, "trend": trend}),
+            );
+        }
+        Err(e) => part.skipped.push(Skipped {
+            part: "load average",
+            reason: format!("reading /proc/loadavg: {e}"),
+        }),
+    }
+
+    let after = match KernelStats::current() {
+        Ok(s) => s,
+        Err(e) => {
+            part.skipped.push(Skipped {
+                part: "cpu utilization",
+                reason: format!("reading /proc/stat: {e}"),
+            });
+            return part;
+        }
+    };
+
+    // Utilization split (vmstat us/sy/wa/st/id).
+    let all = split((&before.stat.total).into(), (&after.total).into());
+    f.push(
+        Finding::new(
+            "cpu",
+            "utilization",
+            format!(
+                "busy {:.0}% (usr {:.0} sys {:.0} iowait {:.0} steal {:.0} idle {:.0})",
+                all.busy(),
+                all.user,
+                all.system,
+                all.iowait,
+                all.steal,
+                all.idle
+            ),
+            "busy >= 80% warn, 95% crit",
+            judge(all.busy(), 80.0, 95.0),
+        )
+        .next("mpstat -P ALL 1; pidstat 1 (who burns it); perf top"),
+    );
+    if all.iowait >= 10.0 {
+        f.push(
+            Finding::new(
+                "cpu",
+                "iowait",
+                format!("{:.0}% of CPU time idle waiting for I/O", all.iowait),
+                ">= 10% warn, 30% crit",
+                judge(all.iowait, 10.0, 30.0),
+            )
+            .next("iostat -xz 1 (which device, how slow)"),
+        );
+    }
+    if all.steal > 0.0 {
+        f.push(
+            Finding::new(
+                "cpu",
+                "steal",
+                format!("{:.1}% taken by the hypervisor", all.steal),
+                ">= 10% warn, 30% crit",
+                judge(all.steal, 10.0, 30.0),
+            )
+            .next("the host is oversubscribed: ask the cloud/hypervisor side; mpstat -P ALL 1"),
+        );
+    }
+
+    // Per-CPU imbalance (mpstat -P ALL): one hot CPU hides in the average.
+    let per: Vec<Split> = before
+        .stat
+        .cpu_time
+        .iter()
+        .zip(&after.cpu_time)
+        .map(|(a, b)| split(a.into(), b.into()))
+        .collect();
+    if per.len() > 1 {
+        let (hot, hot_busy) = per
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.busy()))
+            .fold((0, 0.0), |acc, x| if x.1 > acc.1 { x } else { acc });
+        let level = if hot_busy >= 90.0 && all.busy() < 50.0 {
+            Level::Warn
+        } else {
+            Level::Ok
+        };
+        f.push(
+            Finding::new(
+                "cpu",
+                "imbalance",
+                format!(
+                    "hottest cpu{hot} {hot_busy:.0}% busy, average {:.0}%",
+                    all.busy()
+                ),
+                "one CPU >= 90% with average < 50% warn",
+                level,
+            )
+            .next("a single-threaded hot spot or IRQ affinity: mpstat -P ALL 1; pidstat -t 1"),
+        );
+    }
+    part.json.insert(
+        "cpu".into(),
+        json!({
+            "busy_pct": round1(all.busy()), "user_pct": round1(all.user), "system_pct": round1(all.system),
+            "iowait_pct": round1(all.iowait), "steal_pct": round1(all.steal), "idle_pct": round1(all.idle),
+            "per_cpu_busy_pct": per.iter().map(|s| round1(s.busy())).collect::<Vec<_>>(),
+        }),
+    );
+
+    // Saturation: runnable tasks per CPU (vmstat r > CPU count: tasks wait for a turn).
+    if let Some(mean) = runnable.mean() {
+        f.push(
+            Finding::new(
+                "cpu",
+                "saturation",
+                format!(
+                    "{mean:.1} runnable tasks on average ({:.2}/CPU), max {}",
+                    mean / cpus,
+                    runnable.max
+                ),
+                "runnable/CPU >= 1 warn, 2 crit",
+                judge(mean / cpus, 1.0, 2.0),
+            )
+            .next("pidstat 1 / top (who is runnable); the run-queue latency row and histogram (as root) say how long tasks wait"),
+        );
+        part.json.insert(
+            "runnable".into(),
+            json!({"mean": round1(mean), "per_cpu": round1(mean / cpus), "max": runnable.max, "samples": runnable.n}),
+        );
+    }
+    if let Some(s) = runq.filter(|s| s.count() > 0) {
+        let p99 = s.quantile(0.99);
+        f.push(
+            Finding::new(
+                "cpu",
+                "run-queue latency",
+                format!("p99 <= {} us, max {} us ({} wakeups)", p99, s.max, s.count()),
+                "p99 >= 10 ms warn, 100 ms crit",
+                judge(p99 as f64, 10_000.0, 100_000.0),
+            )
+            .next("tasks wait for a CPU: runqlat / perf sched; check cpu cgroup throttling (cpu.stat nr_throttled)"),
+        );
+    }
+
+    // PSI: share of the window in which some task waited for a CPU.
+    super::psi(
+        &mut part,
+        "cpu",
+        "/proc/pressure/cpu",
+        before.psi,
+        CpuPressure::current().map(|p| p.some),
+        w,
+        "cat /proc/pressure/cpu; per cgroup: cpu.pressure (which cgroup waits)",
+    );
+
+    // Top processes by CPU over the window (pidstat 1, top).
+    let tps = procfs::ticks_per_second().max(1) as f64;
+    let mut top: Vec<(ProcTicks, f64)> = proc_ticks()
+        .into_iter()
+        .map(|p| {
+            let was = before.procs.get(&(p.pid, p.start)).copied().unwrap_or(0);
+            let pct = p.ticks.saturating_sub(was) as f64 / tps / w.secs * 100.0;
+            (p, pct)
+        })
+        .filter(|(_, pct)| *pct > 0.0)
+        .collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    top.truncate(5);
+    let mut t = Table::new(&["PID", "COMM", "CPU%"]);
+    for (p, pct) in &top {
+        t.row(vec![p.pid.to_string(), p.comm.clone(), format!("{pct:.1}")]);
+    }
+    part.text += "\nTOP PROCESSES BY CPU (over the window; 100% = one CPU)\n";
+    if t.is_empty() {
+        part.text += "  none used CPU\n";
+    } else {
+        part.text += &t.render();
+    }
+    part.json.insert(
+        "top_processes".into(),
+        json!(
+            top.iter()
+                .map(|(p, pct)| json!({"pid": p.pid, "comm": p.comm, "cpu_pct": round1(*pct)}))
+                .collect::<Vec<_>>()
+        ),
+    );
+    part
+}
+
+pub fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(user: u64, system: u64, idle: u64, iowait: u64, steal: u64) -> Ticks {
+        Ticks {
+            user,
+            system,
+            idle,
+            iowait,
+            steal,
+        }
+    }
+
+    #[test]
+    fn split_of_two_readings() {
+        let s = split(t(100, 50, 800, 10, 0), t(160, 70, 810, 10, 10));
+        assert_eq!(s.user, 60.0);
+        assert_eq!(s.system, 20.0);
+        assert_eq!(s.idle, 10.0);
+        assert_eq!(s.steal, 10.0);
+        assert_eq!(s.busy(), 90.0);
+        assert_eq!(split(t(1, 1, 1, 1, 1), t(1, 1, 1, 1, 1)).busy(), 0.0);
+    }
+}

@@ -1,0 +1,130 @@
+//! Memory: available (not free) vs total (free -m), swap in/out and major faults per
+//! second (vmstat si/so, sar -B), OOM kills in the window, PSI memory.
+use std::collections::HashMap;
+
+use procfs::{Current as _, Meminfo, MemoryPressure};
+use serde_json::json;
+
+use super::{Finding, Part, Skipped, Window, cpu::round1, judge};
+use crate::snapshot::{Level, pct};
+
+/// /proc/vmstat counters at the start of the window.
+pub struct Before {
+    vmstat: HashMap<String, i64>,
+    psi: Option<u64>,
+}
+
+impl Before {
+    pub fn read() -> Before {
+        Before {
+            vmstat: procfs::vmstat().unwrap_or_default(),
+            psi: MemoryPressure::current().ok().map(|p| p.some.total),
+        }
+    }
+}
+
+/// Per-second rate of a /proc/vmstat counter over the window (None when missing).
+fn rate(a: &HashMap<String, i64>, b: &HashMap<String, i64>, key: &str, secs: f64) -> Option<f64> {
+    Some((b.get(key)? - a.get(key)?).max(0) as f64 / secs)
+}
+
+pub fn findings(before: Before, w: Window) -> Part {
+    let mut part = Part::default();
+    let after = procfs::vmstat().unwrap_or_default();
+    let f = &mut part.findings;
+
+    match Meminfo::current() {
+        Ok(m) => {
+            let total = m.mem_total;
+            // MemAvailable: what can be allocated without swapping (free + reclaimable
+            // cache); MemFree alone looks alarming on every healthy Linux host.
+            let avail = m.mem_available.unwrap_or(m.mem_free + m.cached);
+            let avail_pct = pct(avail, total);
+            f.push(
+                Finding::new(
+                    "memory",
+                    "available",
+                    format!(
+                        "{} MiB of {} MiB available ({avail_pct:.0}%)",
+                        avail >> 20,
+                        total >> 20
+                    ),
+                    "available <= 10% warn, 5% crit",
+                    judge(100.0 - avail_pct, 90.0, 95.0),
+                )
+                .next("free -m; top -o RES (who holds it); slabtop; check memory cgroup limits"),
+            );
+            let swap_used = m.swap_total.saturating_sub(m.swap_free);
+            part.json.insert(
+                "memory".into(),
+                json!({"total_bytes": total, "available_bytes": avail, "available_pct": round1(avail_pct),
+                       "swap_total_bytes": m.swap_total, "swap_used_bytes": swap_used}),
+            );
+        }
+        Err(e) => part.skipped.push(Skipped {
+            part: "memory available",
+            reason: format!("reading /proc/meminfo: {e}"),
+        }),
+    }
+
+    let a = &before.vmstat;
+    if let (Some(si), Some(so)) = (
+        rate(a, &after, "pswpin", w.secs),
+        rate(a, &after, "pswpout", w.secs),
+    ) {
+        f.push(
+            Finding::new(
+                "memory",
+                "swapping",
+                format!("in {si:.1} pages/s, out {so:.1} pages/s"),
+                "> 0 warn, >= 1000 pages/s crit",
+                if si + so >= 1000.0 {
+                    Level::Crit
+                } else if si + so > 0.0 {
+                    Level::Warn
+                } else {
+                    Level::Ok
+                },
+            )
+            .next("vmstat 1 (si/so); memory is short: see memory available and who holds it"),
+        );
+    }
+    if let Some(majflt) = rate(a, &after, "pgmajfault", w.secs) {
+        f.push(
+            Finding::new(
+                "memory",
+                "major faults",
+                format!("{majflt:.1}/s (pages read from disk on access)"),
+                ">= 100/s warn, 1000/s crit",
+                judge(majflt, 100.0, 1000.0),
+            )
+            .next("sar -B 1; pidstat -r 1 (majflt/s per process): the working set does not fit"),
+        );
+    }
+    if let (Some(x), Some(y)) = (a.get("oom_kill"), after.get("oom_kill")) {
+        let n = (y - x).max(0);
+        f.push(
+            Finding::new(
+                "memory",
+                "OOM kills in window",
+                n.to_string(),
+                "> 0 crit",
+                if n > 0 { Level::Crit } else { Level::Ok },
+            )
+            .next(
+                "dmesg -T | grep -i 'killed process' (who was killed, which cgroup hit its limit)",
+            ),
+        );
+    }
+
+    super::psi(
+        &mut part,
+        "memory",
+        "/proc/pressure/memory",
+        before.psi,
+        MemoryPressure::current().map(|p| p.some),
+        w,
+        "cat /proc/pressure/memory; per cgroup: memory.pressure; vmstat 1",
+    );
+    part
+}

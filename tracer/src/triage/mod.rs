@@ -1,0 +1,454 @@
+//! `tracer triage`: the first-60-seconds USE check in one command (Netflix's checklist
+//! of uptime, dmesg, vmstat, mpstat, pidstat, iostat, free, sar -n DEV, sar -n TCP,ETCP
+//! and top). Each resource gets rows for utilization, saturation and errors, judged
+//! against a stated threshold, in the checklist's order, and every non-ok row says what
+//! to run next.
+//!
+//! Everything /proc and /sys can tell is read twice, at the start and the end of the
+//! window (rates are deltas over it); the run-queue length is sampled every 100 ms in
+//! between. As root, sched_wakeup/sched_switch programs measure run-queue latency into
+//! an in-kernel log2 histogram; without root that part is skipped and says why.
+mod cpu;
+mod disk;
+mod kernel;
+mod leaks;
+mod mem;
+mod net;
+mod runq;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use serde_json::json;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    output::Table,
+    run::{self, Report, ReportCtx, RunOpts},
+    snapshot::Level,
+};
+
+pub use runq::SPEC;
+
+/// How often the run-queue length is sampled during the window.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// What `tracer triage --help` shows after the options (the subcommand's one-line
+/// description comes from main.rs).
+const AFTER_HELP: &str = "\
+Prints one table, a row per resource and check with the measured value, the threshold
+it was judged by and a verdict (ok / warn / crit), in the order of Netflix's checklist
+(uptime, dmesg, vmstat, mpstat, pidstat, iostat, free, sar), then the command to run
+next for every row that is not ok. Rates are measured over the window (-d, default 5s).
+As root it also measures run-queue latency with eBPF; without root that part is skipped
+(and says why) and the rest still runs.
+
+Exit status:
+  0  every row is ok
+  3  the worst row is warn
+  4  at least one row is crit
+  1  the check could not run;  2  usage error
+  --fail-on crit exits 0 on warn rows; --fail-on never always exits 0 after the report.
+
+Examples:
+  tracer triage                    # 5-second check, table and next steps
+  tracer triage -d 1s --json       # one JSON object, exit 0/3/4
+  tracer triage --since 1h         # look back an hour in the kernel log";
+
+/// The first-60-seconds check of a slow host: USE (utilization, saturation, errors)
+/// for CPU, memory, disk, network, the kernel log and the leaks the other commands
+/// chase.
+#[derive(clap::Args, Debug)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// Measure rates over this window (e.g. 5s, 1s, 30s).
+    #[arg(short = 'd', long, value_parser = run::parse_duration, value_name = "DURATION", default_value = "5s")]
+    pub duration: Duration,
+    /// Kernel log lines older than this are not counted (e.g. 10m, 1h, 30s).
+    #[arg(long, value_parser = run::parse_duration, value_name = "AGE", default_value = "10m")]
+    pub since: Duration,
+    /// Which verdicts make the exit status non-zero: warn (3 or 4), crit (4 only), never.
+    #[arg(long, value_enum, default_value = "warn", value_name = "LEVEL")]
+    pub fail_on: FailOn,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the report to FILE as Prometheus metrics (node_exporter textfile).
+    #[arg(long, value_name = "FILE")]
+    pub prom_file: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailOn {
+    Warn,
+    Crit,
+    Never,
+}
+
+/// One row of the USE table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    /// cpu, memory, disk, network, kernel, pids, cgroups, inodes, tcp_mem.
+    pub resource: &'static str,
+    pub check: String,
+    /// What the row is about when a resource has several (device, interface, mount
+    /// point, parent pid, hierarchy).
+    pub subject: Option<String>,
+    pub value: String,
+    pub threshold: String,
+    pub level: Level,
+    /// The command to run next (only for rows that are not ok).
+    pub next: Option<String>,
+    /// 0 ok, 1 warn, 2 crit: the level as a number, for --prom-file gauges.
+    pub severity: u8,
+}
+
+impl Finding {
+    pub fn new(
+        resource: &'static str,
+        check: &str,
+        value: impl Into<String>,
+        threshold: impl Into<String>,
+        level: Level,
+    ) -> Self {
+        Self {
+            resource,
+            check: check.into(),
+            subject: None,
+            value: value.into(),
+            threshold: threshold.into(),
+            level,
+            next: None,
+            severity: level as u8,
+        }
+    }
+
+    pub fn subject(mut self, s: impl Into<String>) -> Self {
+        self.subject = Some(s.into());
+        self
+    }
+
+    pub fn next(mut self, cmd: impl Into<String>) -> Self {
+        if self.level != Level::Ok {
+            self.next = Some(cmd.into());
+        }
+        self
+    }
+}
+
+/// Rising thresholds: warn at `warn`, crit at `crit`.
+pub fn judge(v: f64, warn: f64, crit: f64) -> Level {
+    Level::of_pct(v, warn, crit)
+}
+
+/// PSI "some": the share of the window in which at least one task stalled on the
+/// resource, from the kernel's cumulative stall time (`total`, usecs) read at both
+/// ends of the window. (avg10 would still carry the 10 s before the run.)
+pub fn psi(
+    part: &mut Part,
+    resource: &'static str,
+    file: &str,
+    before: Option<u64>,
+    after: procfs::ProcResult<procfs::PressureRecord>,
+    w: Window,
+    next: &str,
+) {
+    match (before, after) {
+        (Some(b), Ok(a)) => {
+            let pct = (a.total.saturating_sub(b) as f64 / (w.secs * 1e6) * 100.0).min(100.0);
+            part.findings.push(
+                Finding::new(
+                    resource,
+                    "pressure (PSI)",
+                    format!("some {pct:.1}% of the window (avg10 {:.1}%)", a.avg10),
+                    "some >= 10% warn, 40% crit",
+                    judge(pct, 10.0, 40.0),
+                )
+                .next(next),
+            );
+            part.json
+                .insert(format!("{resource}_psi_some_pct"), cpu::round1(pct).into());
+        }
+        (_, Err(e)) => part.skipped.push(Skipped {
+            part: "pressure stall information (PSI)",
+            reason: format!("{file}: {e}"),
+        }),
+        (None, Ok(_)) => part.skipped.push(Skipped {
+            part: "pressure stall information (PSI)",
+            reason: format!("{file} was not readable at the start of the window"),
+        }),
+    }
+}
+
+/// A part of the check that could not run, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Skipped {
+    pub part: &'static str,
+    pub reason: String,
+}
+
+/// What a module adds to the report: rows, its own JSON section and text, and parts
+/// it had to skip.
+#[derive(Default)]
+pub struct Part {
+    pub findings: Vec<Finding>,
+    pub json: serde_json::Map<String, serde_json::Value>,
+    pub text: String,
+    pub skipped: Vec<Skipped>,
+}
+
+impl Part {
+    fn merge(&mut self, other: Part) {
+        self.findings.extend(other.findings);
+        self.json.extend(other.json);
+        self.text += &other.text;
+        self.skipped.extend(other.skipped);
+    }
+}
+
+/// Length of the window actually measured and the CPU count.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    pub secs: f64,
+    pub cpus: usize,
+}
+
+pub async fn run(args: Args) -> Result<u8> {
+    // Bad input fails before the window, not after it.
+    if let Some(p) = &args.prom_file {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "the directory of --prom-file {} does not exist; create it or pass another path",
+                p.display()
+            );
+        }
+    }
+    // Attach first, so the run-queue histogram covers the whole window.
+    let mut runq = runq::Runq::start();
+    let before_cpu = cpu::Before::read()?;
+    let before_mem = mem::Before::read();
+    let before_disk = disk::Before::read();
+    let before_net = net::Before::read();
+    let before_leaks = leaks::Before::read();
+    let mut runnable = cpu::RunnableSampler::default();
+    runnable.sample();
+
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + args.duration;
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    eprintln!(
+        "Tracing the USE checklist for {} (run-queue latency: {})...",
+        humantime::format_duration(args.duration),
+        match &runq {
+            Ok(_) => "eBPF on sched_wakeup/sched_switch".to_string(),
+            Err(why) => format!("skipped, {why}"),
+        }
+    );
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = every.tick() => runnable.sample(),
+        }
+    }
+    let elapsed = start.elapsed();
+    let w = Window {
+        secs: elapsed.as_secs_f64().max(1e-3),
+        cpus: before_cpu.cpus(),
+    };
+
+    // The report is built and printed while the programs are still attached; detaching
+    // (about 70 ms per tracepoint) happens after, so the report lands on time.
+    let runq_summary = runq.as_mut().ok().map(|r| r.read());
+    let mut all = Part::default();
+    all.merge(cpu::findings(
+        &before_cpu,
+        &runnable,
+        runq_summary.as_ref(),
+        w,
+    ));
+    all.merge(kernel::findings(args.since));
+    all.merge(mem::findings(before_mem, w));
+    all.merge(disk::findings(before_disk, w));
+    all.merge(net::findings(before_net, w));
+    all.merge(leaks::findings(before_leaks, w));
+    if let Err(why) = &runq {
+        all.skipped.push(Skipped {
+            part: "run-queue latency (eBPF)",
+            reason: why.clone(),
+        });
+    }
+    // Checklist order: load and kernel log first, then cpu, memory, disk, network and
+    // the leak checks (a stable sort keeps each module's own order).
+    all.findings.sort_by_key(order);
+
+    let worst = all
+        .findings
+        .iter()
+        .map(|f| f.level)
+        .max()
+        .unwrap_or(Level::Ok);
+    let code = exit_code(worst, args.fail_on);
+    let lost = runq.as_ref().ok().map(|r| r.lost()).unwrap_or(0);
+    let report = render(&args, all, worst, code, w, runq_summary.as_ref());
+    let opts = RunOpts {
+        json: args.json,
+        prom_file: args.prom_file.clone(),
+        ..RunOpts::default()
+    };
+    let ctx = ReportCtx {
+        final_: true,
+        elapsed,
+        lost_events: lost,
+    };
+    run::emit(&opts, "triage", report, &ctx)?;
+    drop(runq);
+    Ok(code)
+}
+
+/// Where a row goes in the checklist's order.
+fn order(f: &Finding) -> u8 {
+    match (f.resource, f.check.as_str()) {
+        ("cpu", "load average") => 0,
+        ("kernel", _) => 1,
+        ("cpu", _) => 2,
+        ("memory", _) => 3,
+        ("disk", _) => 4,
+        ("network", _) => 5,
+        ("pids", _) => 6,
+        ("cgroups", _) => 7,
+        ("inodes", _) => 8,
+        ("tcp_mem", _) => 9,
+        _ => 10,
+    }
+}
+
+pub fn exit_code(worst: Level, fail_on: FailOn) -> u8 {
+    match (fail_on, worst) {
+        (FailOn::Never, _) | (_, Level::Ok) => 0,
+        (FailOn::Crit, Level::Warn) => 0,
+        (_, Level::Warn) => 3,
+        (_, Level::Crit) => 4,
+    }
+}
+
+fn render(
+    args: &Args,
+    all: Part,
+    worst: Level,
+    code: u8,
+    w: Window,
+    runq: Option<&runq::Summary>,
+) -> Report {
+    let mut json = serde_json::Map::new();
+    json.insert(
+        "window_s".into(),
+        crate::output::round3(args.duration.as_secs_f64()).into(),
+    );
+    json.insert("measured_s".into(), crate::output::round3(w.secs).into());
+    json.insert("cpus".into(), w.cpus.into());
+    json.insert("worst".into(), worst.as_str().into());
+    json.insert("exit_code".into(), code.into());
+    json.insert("kernel_log_since_s".into(), args.since.as_secs_f64().into());
+    json.insert("findings".into(), json!(all.findings));
+    json.insert(
+        "runqueue_latency_us".into(),
+        runq.map(|s| json!(s.json()))
+            .unwrap_or(serde_json::Value::Null),
+    );
+    json.insert("skipped".into(), json!(all.skipped));
+    json.extend(all.json);
+
+    let mut text = String::new();
+    let counts = |l: Level| all.findings.iter().filter(|f| f.level == l).count();
+    text += &format!(
+        "verdict: {} ({} crit, {} warn, {} ok) over {:.1}s on {} CPUs\n\n",
+        worst.as_str().to_uppercase(),
+        counts(Level::Crit),
+        counts(Level::Warn),
+        counts(Level::Ok),
+        w.secs,
+        w.cpus
+    );
+    let mut t = Table::new(&[
+        "LEVEL",
+        "RESOURCE",
+        "CHECK",
+        "SUBJECT",
+        "VALUE",
+        "THRESHOLD",
+    ]);
+    for f in &all.findings {
+        t.row(vec![
+            f.level.as_str().into(),
+            f.resource.into(),
+            f.check.clone(),
+            f.subject.clone().unwrap_or_else(|| "-".into()),
+            f.value.clone(),
+            f.threshold.clone(),
+        ]);
+    }
+    text += &t.render();
+    text += "\nNEXT STEPS\n";
+    let next: Vec<&Finding> = all.findings.iter().filter(|f| f.next.is_some()).collect();
+    if next.is_empty() {
+        text += "  none: every row is ok\n";
+    }
+    for f in next {
+        text += &format!(
+            "  {} {}{}: {}\n",
+            f.resource,
+            f.check,
+            f.subject
+                .as_ref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default(),
+            f.next.as_deref().unwrap_or("")
+        );
+    }
+    text += &all.text;
+    text += "\nRUN-QUEUE LATENCY (runnable -> running, all CPUs)\n";
+    match runq {
+        Some(s) => text += &s.text(),
+        None => text += "     skipped (see below)\n",
+    }
+    for s in &all.skipped {
+        text += &format!("skipped: {}: {}\n", s.part, s.reason);
+    }
+    Report {
+        json: serde_json::Value::Object(json),
+        text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_worst_row() {
+        assert_eq!(exit_code(Level::Ok, FailOn::Warn), 0);
+        assert_eq!(exit_code(Level::Warn, FailOn::Warn), 3);
+        assert_eq!(exit_code(Level::Crit, FailOn::Warn), 4);
+        assert_eq!(exit_code(Level::Warn, FailOn::Crit), 0);
+        assert_eq!(exit_code(Level::Crit, FailOn::Crit), 4);
+        assert_eq!(exit_code(Level::Crit, FailOn::Never), 0);
+    }
+
+    #[test]
+    fn next_is_only_kept_for_rows_that_are_not_ok() {
+        let ok = Finding::new("cpu", "utilization", "1%", ">= 80%", Level::Ok).next("mpstat");
+        assert!(ok.next.is_none());
+        let warn = Finding::new("cpu", "utilization", "90%", ">= 80%", Level::Warn).next("mpstat");
+        assert_eq!(warn.next.as_deref(), Some("mpstat"));
+    }
+}

@@ -1,0 +1,150 @@
+//! Network: per interface throughput, errors and drops (sar -n DEV, sar -n EDEV), and
+//! TCP opens and retransmits (sar -n TCP,ETCP), as rates over the window.
+use std::collections::HashMap;
+
+use procfs::net::{DeviceStatus, Snmp};
+use serde_json::json;
+
+use super::{Finding, Part, Skipped, Window, cpu::round1, judge};
+use crate::snapshot::{Level, pct};
+
+pub struct Before {
+    dev: HashMap<String, DeviceStatus>,
+    snmp: Option<Snmp>,
+}
+
+impl Before {
+    pub fn read() -> Before {
+        Before {
+            dev: procfs::net::dev_status().unwrap_or_default(),
+            snmp: procfs::net::snmp().ok(),
+        }
+    }
+}
+
+/// Link speed in Mbit/s when the driver reports one (virtual links report -1 or none).
+fn speed_mbit(iface: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/sys/class/net/{iface}/speed")).ok()?;
+    s.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|&v| v > 0)
+        .map(|v| v as u64)
+}
+
+pub fn findings(before: Before, w: Window) -> Part {
+    let mut part = Part::default();
+    let after = procfs::net::dev_status().unwrap_or_default();
+    let mut names: Vec<&String> = after.keys().filter(|n| n.as_str() != "lo").collect();
+    names.sort();
+    let mut ifaces = Vec::new();
+    for name in names {
+        let (Some(a), Some(b)) = (before.dev.get(name), after.get(name)) else {
+            continue;
+        };
+        let d = |x: u64, y: u64| y.saturating_sub(x) as f64 / w.secs;
+        let rx = d(a.recv_bytes, b.recv_bytes);
+        let tx = d(a.sent_bytes, b.sent_bytes);
+        let pkts = d(a.recv_packets, b.recv_packets) + d(a.sent_packets, b.sent_packets);
+        let errs = d(a.recv_errs, b.recv_errs) + d(a.sent_errs, b.sent_errs);
+        let drops = d(a.recv_drop, b.recv_drop) + d(a.sent_drop, b.sent_drop);
+        if pkts == 0.0 && errs == 0.0 && drops == 0.0 {
+            continue; // sar shows idle interfaces; the table does not need them
+        }
+        let speed = speed_mbit(name);
+        let util = speed.map(|s| (rx.max(tx) * 8.0 / (s as f64 * 1e6)) * 100.0);
+        let err_level = judge(errs + drops, 1.0, 100.0);
+        let util_level = util.map(|u| judge(u, 70.0, 90.0)).unwrap_or(Level::Ok);
+        part.findings.push(
+            Finding::new(
+                "network",
+                "interface",
+                format!(
+                    "rx {:.2} MB/s, tx {:.2} MB/s{}, errors {errs:.1}/s, drops {drops:.1}/s",
+                    rx / 1e6,
+                    tx / 1e6,
+                    util.map(|u| format!(" ({u:.0}% of {} Mbit/s)", speed.unwrap_or(0)))
+                        .unwrap_or_default()
+                ),
+                "errors+drops >= 1/s warn, 100/s crit; link >= 70% warn, 90% crit",
+                err_level.max(util_level),
+            )
+            .subject(name.as_str())
+            .next(format!(
+                "sar -n DEV,EDEV 1; ip -s link show {name}; ethtool -S {name}"
+            )),
+        );
+        ifaces.push(
+            json!({"interface": name, "rx_bytes_per_s": round1(rx), "tx_bytes_per_s": round1(tx),
+            "errors_per_s": round1(errs), "drops_per_s": round1(drops), "speed_mbit": speed,
+            "util_pct": util.map(round1)}),
+        );
+    }
+    if ifaces.is_empty() {
+        part.findings.push(Finding::new(
+            "network",
+            "interface",
+            "no traffic on any interface but lo",
+            "errors+drops >= 1/s warn, 100/s crit",
+            Level::Ok,
+        ));
+    }
+    part.json.insert("interfaces".into(), json!(ifaces));
+
+    match (before.snmp, procfs::net::snmp()) {
+        (Some(a), Ok(b)) => {
+            let d = |x: u64, y: u64| y.saturating_sub(x);
+            let active = d(a.tcp_active_opens, b.tcp_active_opens) as f64 / w.secs;
+            let passive = d(a.tcp_passive_opens, b.tcp_passive_opens) as f64 / w.secs;
+            let out = d(a.tcp_out_segs, b.tcp_out_segs);
+            let retrans = d(a.tcp_retrans_segs, b.tcp_retrans_segs);
+            let ratio = pct(retrans, out);
+            let resets = d(a.tcp_estab_resets, b.tcp_estab_resets) as f64 / w.secs;
+            part.findings.push(Finding::new(
+                "network",
+                "tcp connections",
+                format!(
+                    "active opens {active:.1}/s, passive opens {passive:.1}/s, {} established, resets {resets:.1}/s",
+                    b.tcp_curr_estab
+                ),
+                "load indicator, not judged",
+                Level::Ok,
+            ));
+            // A ratio over a handful of segments says nothing: judge from 100 up.
+            let level = if out >= 100 {
+                judge(ratio, 1.0, 5.0)
+            } else {
+                Level::Ok
+            };
+            part.findings.push(
+                Finding::new(
+                    "network",
+                    "tcp retransmits",
+                    format!(
+                        "{:.1}/s, {ratio:.2}% of {out} segments sent",
+                        retrans as f64 / w.secs
+                    ),
+                    "ratio >= 1% warn, 5% crit (>= 100 segments)",
+                    level,
+                )
+                .next("sar -n TCP,ETCP 1; tcpretrans (which connections); ss -ti"),
+            );
+            part.json.insert(
+                "tcp".into(),
+                json!({"active_opens_per_s": round1(active), "passive_opens_per_s": round1(passive),
+                       "established": b.tcp_curr_estab, "retrans_per_s": round1(retrans as f64 / w.secs),
+                       "retrans_pct": (ratio * 100.0).round() / 100.0, "out_segs": out,
+                       "estab_resets_per_s": round1(resets)}),
+            );
+        }
+        (_, Err(e)) => part.skipped.push(Skipped {
+            part: "tcp counters",
+            reason: format!("reading /proc/net/snmp: {e}"),
+        }),
+        (None, Ok(_)) => part.skipped.push(Skipped {
+            part: "tcp counters",
+            reason: "/proc/net/snmp was not readable at the start of the window".into(),
+        }),
+    }
+    part
+}

@@ -1,0 +1,254 @@
+//! Run-queue latency over the window: the kernel programs in tracer-ebpf/src/triage.rs
+//! fill a log2 histogram (usecs) per CPU; it is read once, for the report.
+use aya::{
+    maps::{MapData, PerCpuArray},
+    programs::TracePoint,
+};
+use serde::Serialize;
+use tracer_common::triage::RUNQ_SLOTS;
+
+use crate::{
+    bpf::{self, Hook, LostCounter, Offset, Session, Spec},
+    output,
+};
+
+pub const SPEC: Spec = Spec {
+    detector: "triage",
+    hooks: &[
+        Hook {
+            program: "triage_wakeup",
+            category: "sched",
+            name: "sched_wakeup",
+            required: true,
+            purpose: "see tasks woken up (put on a run queue)",
+        },
+        Hook {
+            program: "triage_wakeup_new",
+            category: "sched",
+            name: "sched_wakeup_new",
+            required: false,
+            purpose: "see new tasks' first wait on a run queue",
+        },
+        Hook {
+            program: "triage_switch",
+            category: "sched",
+            name: "sched_switch",
+            required: true,
+            purpose: "see tasks start running (and preempted tasks queued again)",
+        },
+    ],
+    offsets: &[
+        Offset {
+            global: "TRIAGE_WAKEUP_PID",
+            category: "sched",
+            event: "sched_wakeup",
+            field: "pid",
+        },
+        Offset {
+            global: "TRIAGE_WAKEUP_NEW_PID",
+            category: "sched",
+            event: "sched_wakeup_new",
+            field: "pid",
+        },
+        Offset {
+            global: "TRIAGE_SWITCH_PREV_PID",
+            category: "sched",
+            event: "sched_switch",
+            field: "prev_pid",
+        },
+        Offset {
+            global: "TRIAGE_SWITCH_PREV_STATE",
+            category: "sched",
+            event: "sched_switch",
+            field: "prev_state",
+        },
+        Offset {
+            global: "TRIAGE_SWITCH_NEXT_PID",
+            category: "sched",
+            event: "sched_switch",
+            field: "next_pid",
+        },
+    ],
+    // Nothing is sent per event; the smallest ring the loader accepts.
+    ring_bytes: 4096,
+};
+
+/// The attached programs and their maps; drop detaches them.
+pub struct Runq {
+    hist: PerCpuArray<MapData, u64>,
+    max: PerCpuArray<MapData, u64>,
+    lost: LostCounter,
+    session: Session,
+}
+
+impl Drop for Runq {
+    /// Detaching a tracepoint program waits for the kernel to let go of it (about 70 ms
+    /// each here, mostly an RCU grace period, not CPU): the three detach in parallel,
+    /// so the run ends about 70 ms after its report instead of 210.
+    fn drop(&mut self) {
+        std::thread::scope(|s| {
+            for (name, prog) in self.session.ebpf.programs_mut() {
+                if !SPEC.hooks.iter().any(|h| h.program == name) {
+                    continue; // other detectors' programs, never loaded
+                }
+                if let Ok(tp) = <&mut TracePoint>::try_from(prog) {
+                    s.spawn(move || {
+                        if let Err(e) = tp.unload() {
+                            log::debug!("detaching {name}: {e}");
+                        }
+                    });
+                }
+            }
+        });
+    }
+}
+
+impl Runq {
+    /// Loads and attaches, or says why the eBPF part is skipped (no privileges, a
+    /// missing tracepoint, a kernel that refuses the programs).
+    pub fn start() -> Result<Runq, String> {
+        let missing = bpf::missing_caps();
+        if !missing.is_empty() {
+            return Err(format!(
+                "needs root (or CAP_BPF and CAP_PERFMON) and this process lacks {}",
+                missing.join(" and ")
+            ));
+        }
+        let attach = || -> anyhow::Result<Runq> {
+            let mut session = bpf::start(&SPEC, &[])?;
+            let mut take = |name: &str| {
+                session
+                    .ebpf
+                    .take_map(name)
+                    .ok_or_else(|| anyhow::anyhow!("map {name} is missing from the eBPF object"))
+            };
+            let hist = PerCpuArray::try_from(take("TRIAGE_RUNQ")?)?;
+            let max = PerCpuArray::try_from(take("TRIAGE_RUNQ_MAX")?)?;
+            let lost = LostCounter::take(&mut session.ebpf)?;
+            Ok(Runq {
+                hist,
+                max,
+                lost,
+                session,
+            })
+        };
+        attach().map_err(|e| {
+            log::warn!("run-queue latency is skipped: {e:#}");
+            format!("{e:#}")
+        })
+    }
+
+    pub fn read(&mut self) -> Summary {
+        let mut buckets = vec![0u64; RUNQ_SLOTS as usize];
+        for (slot, b) in buckets.iter_mut().enumerate() {
+            *b = self
+                .hist
+                .get(&(slot as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+        }
+        let max = self
+            .max
+            .get(&0, 0)
+            .map(|v| v.iter().copied().max().unwrap_or(0))
+            .unwrap_or(0);
+        Summary { buckets, max }
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.lost.get()
+    }
+}
+
+/// The histogram read from the kernel.
+pub struct Summary {
+    pub buckets: Vec<u64>,
+    /// Exact largest latency (usecs).
+    pub max: u64,
+}
+
+#[derive(Serialize)]
+pub struct Quantiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+    /// p50/p90/p99 are upper bounds of the log2 bucket the quantile falls in
+    /// (capped at the exact max), as the kernel keeps only the buckets.
+    pub resolution: &'static str,
+}
+
+impl Summary {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Upper bound of the bucket holding quantile `q` (capped at the exact max).
+    pub fn quantile(&self, q: f64) -> u64 {
+        let n = self.count();
+        if n == 0 {
+            return 0;
+        }
+        let rank = ((q * n as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (slot, &c) in self.buckets.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                let hi = if slot == 0 { 0 } else { (1u64 << slot) - 1 };
+                return hi.min(self.max);
+            }
+        }
+        self.max
+    }
+
+    pub fn json(&self) -> Quantiles {
+        Quantiles {
+            count: self.count(),
+            p50: self.quantile(0.50),
+            p90: self.quantile(0.90),
+            p99: self.quantile(0.99),
+            max: self.max,
+            resolution: "log2 bucket upper bound",
+        }
+    }
+
+    pub fn text(&self) -> String {
+        if self.count() == 0 {
+            return "     (no samples)\n".into();
+        }
+        let q = self.json();
+        format!(
+            "{}     count {}  p50 <={}  p90 <={}  p99 <={}  max {} (usecs)\n",
+            output::log2_rows(&self.buckets, "usecs"),
+            q.count,
+            q.p50,
+            q.p90,
+            q.p99,
+            q.max
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_bucket_upper_bounds_capped_at_max() {
+        let mut buckets = vec![0u64; 64];
+        buckets[3] = 98; // 4..7 us
+        buckets[11] = 2; // 1024..2047 us
+        let s = Summary { buckets, max: 1500 };
+        assert_eq!(s.count(), 100);
+        assert_eq!(s.quantile(0.5), 7);
+        assert_eq!(s.quantile(0.98), 7);
+        assert_eq!(s.quantile(0.99), 1500);
+        assert!(s.text().contains("1024 -> 2047"));
+        let empty = Summary {
+            buckets: vec![0; 64],
+            max: 0,
+        };
+        assert_eq!(empty.quantile(0.99), 0);
+    }
+}
