@@ -421,6 +421,9 @@ fn steady_growth_gives_a_finite_eta_in_the_right_range() {
     let eta = f["exhaustion_eta_s"]
         .as_f64()
         .unwrap_or_else(|| panic!("no ETA while growing: {f}"));
+    // The projection is the free inodes at the measured net rate...
+    assert!((eta - free / rate).abs() <= 0.01 * eta + 0.01, "{f}");
+    // ...and the measured rate is the child's: the ETA is where it really is.
     let expected = free / PER_S;
     assert!(
         (0.75 * expected..=1.7 * expected).contains(&eta),
