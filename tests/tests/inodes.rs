@@ -168,6 +168,20 @@ fn child_filling_ext4_is_named_with_exact_counts_dir_and_enospc() {
     assert_eq!(p["comm"], "incident_inodes");
     assert!(p["cgroup"].as_str().unwrap().starts_with('/'), "{p}");
 
+    // The interval in which the child deleted shows the count going down.
+    let recent: Vec<f64> = reports
+        .iter()
+        .filter_map(|r| filesystem(r, fs.mnt())["net_inodes_per_s_last_interval"].as_f64())
+        .collect();
+    assert!(
+        recent.iter().any(|v| *v < 0.0),
+        "the interval of the deletes shrank: {recent:?}"
+    );
+    assert!(
+        filesystem(&reports[0], fs.mnt())["net_inodes_per_s_last_interval"].is_null(),
+        "the first report has no previous one"
+    );
+
     // The final report, after 40 deletes by the child.
     let r = out.final_report();
     assert_eq!(r["command"], "inodes");

@@ -184,6 +184,7 @@ pub async fn run(args: Args) -> Result<()> {
         enospc: PerCpuHashMap::try_from(take(&mut session, "INODES_ENOSPC")?)?,
         enospc_first: HashMap::new(),
         start_usage: HashMap::new(),
+        previous: HashMap::new(),
         resolver: Resolver::default(),
         caveats,
         target,
@@ -220,6 +221,8 @@ struct Inodes {
     enospc_first: HashMap<DevTgid, (String, String)>,
     /// dev -> inodes used at the start.
     start_usage: HashMap<u32, u64>,
+    /// dev -> (report time, net inodes since the start) of the previous report.
+    previous: HashMap<u32, (f64, f64)>,
     resolver: Resolver,
     caveats: Vec<String>,
     target: Option<FsUsage>,
@@ -408,6 +411,7 @@ mod tests {
                 block_size: 4096,
             },
             net: 0.0,
+            recent: None,
             source: "ebpf",
             allocated: None,
             freed: None,

@@ -38,6 +38,8 @@ fn titled(title: &str, table: &Table, none: &str) -> String {
 pub(super) struct FsRow {
     pub u: FsUsage,
     pub net: f64,
+    /// Inodes per second since the previous report (interval reports only).
+    pub recent: Option<f64>,
     /// "ebpf": counted by the ext4 hooks; "statvfs": change of inodes used.
     pub source: &'static str,
     pub allocated: Option<u64>,
@@ -106,6 +108,7 @@ pub(super) fn filesystems(rows: &[FsRow]) -> Section {
         "IUSE%",
         "BLOCKS%",
         "NET/S",
+        "NOW/S",
         "EXHAUSTED IN",
         "LEVEL",
     ]);
@@ -134,6 +137,9 @@ pub(super) fn filesystems(rows: &[FsRow]) -> Section {
             format!("{ipct:.1}%"),
             format!("{bpct:.1}%"),
             format!("{:+.1}", r.net),
+            r.recent
+                .map(|v| format!("{v:+.1}"))
+                .unwrap_or_else(|| "-".into()),
             match eta {
                 Some(e) if e <= 0.0 => "now (full)".into(),
                 Some(e) => human_duration(e),
@@ -149,12 +155,13 @@ pub(super) fn filesystems(rows: &[FsRow]) -> Section {
             "inodes_used_pct": round3(ipct), "blocks_used_pct": round3(bpct),
             "allocated": r.allocated, "freed": r.freed,
             "net_inodes_per_s": round3(r.net), "rate_source": r.source,
+            "net_inodes_per_s_last_interval": r.recent.map(round3),
             "exhaustion_eta_s": eta.map(round3), "level": lvl,
             "inodes_full_blocks_free": sig,
         }));
     }
     let text = titled(
-        "FILESYSTEMS (inodes; WARN >= 80% used, CRIT >= 90%; NET/S = allocated - freed per second)",
+        "FILESYSTEMS (inodes; WARN >= 80% used, CRIT >= 90%; NET/S = allocated - freed per second since the start, NOW/S since the last report)",
         &t,
         "none with a fixed inode count",
     ) + &flags;
@@ -165,7 +172,7 @@ impl Inodes {
     /// Usage of each filesystem with its net rate: from the kernel's counts on ext4,
     /// else from the change of statvfs's inodes used since the start. Fullest first.
     pub(super) fn fs_rows(
-        &self,
+        &mut self,
         mounts: &[Mount],
         elapsed: f64,
         caveats: &mut Vec<String>,
@@ -174,40 +181,40 @@ impl Inodes {
             entries(&self.devs, "per-filesystem", DEV_CAPACITY, caveats)
                 .into_iter()
                 .collect();
-        let mut rows: Vec<FsRow> = self
-            .filesystems(mounts)
-            .into_iter()
-            .map(|u| match devs.get(&u.dev) {
-                Some(d) => FsRow {
-                    net: (d.allocated as f64 - d.freed as f64) / elapsed,
-                    source: "ebpf",
-                    allocated: Some(d.allocated),
-                    freed: Some(d.freed),
-                    u,
-                },
-                None if u.fstype.starts_with("ext") => FsRow {
-                    net: 0.0,
-                    source: "ebpf",
-                    allocated: Some(0),
-                    freed: Some(0),
-                    u,
-                },
+        let mut rows = Vec::new();
+        for u in self.filesystems(mounts) {
+            // Net inodes since the start, and where they come from.
+            let (count, source, allocated, freed) = match devs.get(&u.dev) {
+                Some(d) => (
+                    d.allocated as f64 - d.freed as f64,
+                    "ebpf",
+                    Some(d.allocated),
+                    Some(d.freed),
+                ),
+                None if u.fstype.starts_with("ext") => (0.0, "ebpf", Some(0), Some(0)),
                 None => {
                     let start = self
                         .start_usage
                         .get(&u.dev)
                         .copied()
                         .unwrap_or(u.inodes_used);
-                    FsRow {
-                        net: (u.inodes_used as f64 - start as f64) / elapsed,
-                        source: "statvfs",
-                        allocated: None,
-                        freed: None,
-                        u,
-                    }
+                    (u.inodes_used as f64 - start as f64, "statvfs", None, None)
                 }
-            })
-            .collect();
+            };
+            let recent = self
+                .previous
+                .insert(u.dev, (elapsed, count))
+                .filter(|(t, _)| elapsed - t > 0.1)
+                .map(|(t, c)| (count - c) / (elapsed - t));
+            rows.push(FsRow {
+                net: count / elapsed,
+                recent,
+                source,
+                allocated,
+                freed,
+                u,
+            });
+        }
         rows.sort_by(|a, b| {
             b.u.inodes_used_pct()
                 .total_cmp(&a.u.inodes_used_pct())
