@@ -192,7 +192,12 @@ impl Resolver {
         }
         items
             .iter()
-            .map(|(dev, ino, _)| self.cache[&(*dev, *ino)].clone())
+            .map(|(dev, ino, _)| {
+                self.cache.get(&(*dev, *ino)).cloned().unwrap_or(Resolved {
+                    path: None,
+                    source: Source::Unresolved,
+                })
+            })
             .collect()
     }
 }
