@@ -13,7 +13,6 @@ mod output;
 mod procinfo;
 mod prom;
 mod run;
-#[allow(dead_code)] // until the detectors that read them land
 mod snapshot;
 mod tracefs;
 mod triage;
