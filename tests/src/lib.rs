@@ -271,12 +271,12 @@ pub struct Incident {
 
 impl Incident {
     pub fn start(args: &[&str]) -> Incident {
-        Self::start_bin("incident", args)
+        Self::start_bin(&incident_bin(), args)
     }
 
-    /// Starts another helper binary of this crate (`src/bin/NAME.rs`) the same way.
-    pub fn start_bin(name: &str, args: &[&str]) -> Incident {
-        let mut child = Command::new(helper_bin(name))
+    /// Starts another helper binary that speaks the same protocol (e.g. incident_inodes).
+    pub fn start_bin(bin: &std::path::Path, args: &[&str]) -> Incident {
+        let mut child = Command::new(bin)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

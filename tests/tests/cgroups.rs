@@ -72,7 +72,11 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("tracer-test-{tag}-{}", std::process::id()));
+        TempDir::under(&std::env::temp_dir(), tag)
+    }
+
+    fn under(base: &Path, tag: &str) -> TempDir {
+        let p = base.join(format!("tracer-test-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -187,7 +191,10 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
         .lines()
         .find_map(|l| l.strip_prefix("0::").map(str::to_string))
         .expect("a cgroup2 entry in /proc/self/cgroup");
-    let files = TempDir::new("cgroups-cache");
+    // The cache files live on tmpfs: their pages are charged to the cgroup that wrote
+    // them and freed with the files, and no filesystem metadata block (a directory or
+    // bitmap block first touched from inside a test cgroup) can pin one afterwards.
+    let files = TempDir::under(Path::new("/dev/shm"), "cgroups-cache");
     let (tracer, prom) = start_live("memory", &files);
     let rel_parent = format!("/tracer-test-{me}");
     let mut parent = Cgroup::create(format!("{MEMORY}{rel_parent}"));
@@ -195,6 +202,15 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
         .map(|i| Cgroup::create(parent.path.join(format!("c{i}"))))
         .collect();
     let paths: Vec<String> = (0..K).map(|i| format!("{rel_parent}/c{i}")).collect();
+    // Page in sh and head (and their libraries) from here first: pages are charged to
+    // the cgroup that reads them first, and a binary first read from inside c0 would
+    // pin c0 after the test deletes its files.
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg("head -c 4096 /dev/zero > /dev/null")
+        .status()
+        .expect("running sh");
+    assert!(st.success());
     // In each cgroup a child process writes 8 MiB of page cache to a file of ours,
     // charged to that memory cgroup, and exits (so the cgroup has no task left).
     for (i, cg) in children.iter().enumerate() {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tracer_tests::{
-    Incident, Tracer, assert_none_loaded, loaded_program_names, require_root, run_tracer,
-    run_tracer_unprivileged, run_tracer_without_tracepoints, serial,
+    Incident, Tracer, assert_none_loaded, helper_bin, loaded_program_names, require_root,
+    run_tracer, run_tracer_unprivileged, run_tracer_without_tracepoints, serial,
 };
 
 const TCP_MEM: &str = "/proc/sys/net/ipv4/tcp_mem";
@@ -69,7 +69,7 @@ fn push_under_low_tcp_mem(extra: &[&str]) -> Pushed {
     let mut args = vec!["tcp-pressure", "--json", "-i", "500ms"];
     args.extend_from_slice(extra);
     let tracer = Tracer::start(&args);
-    let mut inc = Incident::start_bin("incident_tcp", &["push", "40"]);
+    let mut inc = Incident::start_bin(&helper_bin("incident_tcp"), &["push", "40"]);
     let helper = inc.pid;
     let out = {
         let _mem = TcpMemGuard::set(LOWERED);
@@ -237,7 +237,7 @@ fn early_warning_at_80_percent_of_the_pressure_threshold() {
     let _s = serial();
     let normal = read_tcp_mem();
     // 2 MiB that nobody reads keeps TCP memory in use at a level the test knows.
-    let inc = Incident::start_bin("incident_tcp", &["hold", "2048"]);
+    let inc = Incident::start_bin(&helper_bin("incident_tcp"), &["hold", "2048"]);
     std::thread::sleep(Duration::from_millis(200));
     let pages = sockstat_pages();
     assert!(
@@ -274,7 +274,7 @@ fn idle_system_has_no_episode_and_no_culprit_but_timed_sends() {
     let _s = serial();
     let tracer = Tracer::start(&["tcp-pressure", "--json"]);
     // 200 request/response round trips on loopback: sends outside pressure.
-    let mut inc = Incident::start_bin("incident_tcp", &["chat", "200"]);
+    let mut inc = Incident::start_bin(&helper_bin("incident_tcp"), &["chat", "200"]);
     inc.expect_line("done");
     std::thread::sleep(Duration::from_millis(300));
     let r = tracer.interrupt().final_report();

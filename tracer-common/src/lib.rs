@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod cgroups;
+pub mod inodes;
 pub mod tcp;
 pub mod triage;
 pub mod zombies;
@@ -31,6 +32,10 @@ pub enum EventKind {
     CgroupRmdir = 21,
     /// cgroups: a removed cgroup was freed (cgroup:cgroup_release).
     CgroupRelease = 22,
+    /// inodes: the first inode allocated in a directory (with the create's path).
+    InodesNewDir = 30,
+    /// inodes: a process's first create on a filesystem that failed with ENOSPC.
+    InodesEnospc = 31,
 }
 
 impl EventKind {
@@ -42,6 +47,8 @@ impl EventKind {
             20 => Self::CgroupMkdir,
             21 => Self::CgroupRmdir,
             22 => Self::CgroupRelease,
+            30 => Self::InodesNewDir,
+            31 => Self::InodesEnospc,
             _ => return None,
         })
     }

@@ -6,6 +6,7 @@
 
 mod cgroups;
 mod common;
+mod inodes;
 mod probe;
 mod tcp;
 mod triage;

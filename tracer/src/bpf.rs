@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::PerCpuArray,
-    programs::{FEntry, TracePoint},
+    programs::{FEntry, Program, TracePoint},
 };
 
 use crate::tracefs::Tracefs;
@@ -74,6 +74,33 @@ pub struct Session {
         reason = "kept for detectors that read more format files after start"
     )]
     pub tracefs: Tracefs,
+}
+
+impl Drop for Session {
+    /// Detaching a tracepoint program waits for the kernel to let go of it (about
+    /// 70 ms here, mostly an RCU grace period, not CPU). All programs detach in
+    /// parallel, so a detector with 20 hooks exits in ~0.1 s instead of ~1.5 s.
+    fn drop(&mut self) {
+        std::thread::scope(|s| {
+            for (name, prog) in self.ebpf.programs_mut() {
+                if prog.fd().is_err() {
+                    continue; // another detector's program, never loaded
+                }
+                s.spawn(move || {
+                    let r = match prog {
+                        Program::TracePoint(p) => p.unload(),
+                        Program::BtfTracePoint(p) => p.unload(),
+                        Program::RawTracePoint(p) => p.unload(),
+                        Program::FEntry(p) => p.unload(),
+                        _ => Ok(()), // dropped with the object
+                    };
+                    if let Err(e) = r {
+                        log::debug!("detaching {name}: {e}");
+                    }
+                });
+            }
+        });
+    }
 }
 
 impl Session {

@@ -1,5 +1,5 @@
 //! The registry of detectors, for `tracer doctor` (and anything else that lists them).
-use crate::{bpf::Spec, cgroups, tcp, triage, zombies};
+use crate::{bpf::Spec, cgroups, inodes, tcp, triage, zombies};
 
 pub struct Detector {
     pub spec: &'static Spec,
@@ -23,6 +23,11 @@ pub const ALL: &[Detector] = &[
     Detector {
         spec: &cgroups::SPEC,
         fallback: "no per-mover task counts",
+        path: "tracepoints",
+    },
+    Detector {
+        spec: &inodes::SPEC,
+        fallback: "without syscall hooks: directories by inode walk, no ENOSPC counts",
         path: "tracepoints",
     },
     Detector {

@@ -8,11 +8,11 @@ mod bpf;
 mod cgroups;
 mod detectors;
 mod doctor;
+mod inodes;
 mod output;
 mod procinfo;
 mod prom;
 mod run;
-#[allow(dead_code)] // until the detectors that read them land
 mod snapshot;
 mod tcp;
 mod tracefs;
@@ -38,6 +38,8 @@ struct Cli {
 enum Command {
     /// What this kernel allows and which hooks each detector will use.
     Doctor(doctor::Args),
+    /// Which filesystem runs out of inodes, who creates the files, where (Sentry incident).
+    Inodes(inodes::Args),
     /// The first-60-seconds USE check: CPU, memory, disk, network, kernel log, leaks.
     /// Exit 0 all ok, 3 worst is warn, 4 any crit (see `tracer triage --help`).
     Triage(triage::Args),
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Doctor(a) => doctor::run(a),
+            Command::Inodes(a) => inodes::run(a).await.map(|()| 0),
             Command::Triage(a) => triage::run(a).await.map(i32::from),
             Command::Zombies(a) => zombies::run(a).await.map(|()| 0),
             Command::TcpPressure(a) => tcp::run(a).await.map(|()| 0),

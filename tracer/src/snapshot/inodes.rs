@@ -1,8 +1,11 @@
 //! Inode and block usage of the mounted filesystems that have a fixed number of
 //! inodes (ext2/3/4, xfs, f2fs, tmpfs), as `df -i` and `df` would show them.
-use std::path::{Path, PathBuf};
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use nix::sys::statvfs::statvfs;
 use procfs::process::Process;
 
@@ -75,66 +78,138 @@ pub fn usage_of(path: &Path) -> Result<(u64, u64, u64, u64, u64)> {
     ))
 }
 
-/// Every mounted filesystem of FSTYPES with a fixed inode count, one row per device
-/// (the first mount point of a device wins, as in `df`).
-pub fn filesystems() -> Result<Vec<FsUsage>> {
+/// One entry of /proc/self/mountinfo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub mount: PathBuf,
+    /// The mount source (e.g. /dev/loop0, tmpfs).
+    pub device: String,
+    pub fstype: String,
+    /// As the tracepoints print it (MAJOR << 20 | MINOR).
+    pub dev: u32,
+}
+
+impl Mount {
+    pub fn major(&self) -> u32 {
+        self.dev >> 20
+    }
+
+    pub fn minor(&self) -> u32 {
+        self.dev & 0xfffff
+    }
+}
+
+/// Every mount of this mount namespace, in mountinfo order (later mounts on the same
+/// point hide earlier ones).
+pub fn mounts() -> Result<Vec<Mount>> {
     let infos = Process::myself()
         .and_then(|p| p.mountinfo())
         .context("reading /proc/self/mountinfo")?;
+    Ok(infos
+        .into_iter()
+        .map(|m| {
+            let (major, minor) = m
+                .majmin
+                .split_once(':')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .unwrap_or((0, 0));
+            Mount {
+                mount: m.mount_point,
+                device: m.mount_source.unwrap_or_else(|| "-".into()),
+                fstype: m.fs_type,
+                dev: kernel_dev(major, minor),
+            }
+        })
+        .collect())
+}
+
+/// The mount that holds `path` (longest mount point that is a prefix; the last such
+/// mount wins).
+pub fn mount_of_path<'a>(path: &Path, mounts: &'a [Mount]) -> Option<&'a Mount> {
+    mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| path.starts_with(&m.mount))
+        .max_by_key(|(i, m)| (m.mount.components().count(), *i))
+        .map(|(_, m)| m)
+}
+
+/// The kernel dev_t of the filesystem a file is on (st_dev uses another encoding).
+pub fn kernel_dev_of(md: &std::fs::Metadata) -> u32 {
+    let d = md.dev();
+    kernel_dev(libc::major(d), libc::minor(d))
+}
+
+/// Usage of the filesystem mounted as `m`; None when statvfs fails or it has no
+/// inode limit.
+pub fn usage(m: &Mount) -> Option<FsUsage> {
+    // Unmounted meanwhile, or not ours to stat.
+    let (inodes_total, inodes_used, blocks_total, blocks_used, block_size) =
+        usage_of(&m.mount).ok()?;
+    (inodes_total > 0).then(|| FsUsage {
+        mount: m.mount.clone(),
+        device: m.device.clone(),
+        fstype: m.fstype.clone(),
+        dev: m.dev,
+        major: m.major(),
+        minor: m.minor(),
+        inodes_total,
+        inodes_used,
+        blocks_total,
+        blocks_used,
+        block_size,
+    })
+}
+
+/// Every mounted filesystem of FSTYPES with a fixed inode count, one row per device
+/// (the first mount point of a device wins, as in `df`).
+pub fn filesystems() -> Result<Vec<FsUsage>> {
+    Ok(filesystems_of(&mounts()?))
+}
+
+pub fn filesystems_of(mounts: &[Mount]) -> Vec<FsUsage> {
     let mut out: Vec<FsUsage> = Vec::new();
-    for m in infos {
-        if !FSTYPES.contains(&m.fs_type.as_str()) {
+    for m in mounts {
+        if !FSTYPES.contains(&m.fstype.as_str()) || out.iter().any(|f| f.dev == m.dev) {
             continue;
         }
-        let (major, minor) = m
-            .majmin
-            .split_once(':')
-            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-            .unwrap_or((0, 0));
-        if out.iter().any(|f| f.major == major && f.minor == minor) {
-            continue;
-        }
-        let Ok((inodes_total, inodes_used, blocks_total, blocks_used, block_size)) =
-            usage_of(&m.mount_point)
-        else {
-            continue; // unmounted meanwhile, or not ours to stat
-        };
-        if inodes_total == 0 {
-            continue;
-        }
-        out.push(FsUsage {
-            mount: m.mount_point,
-            device: m.mount_source.unwrap_or_else(|| "-".into()),
-            fstype: m.fs_type,
-            dev: kernel_dev(major, minor),
-            major,
-            minor,
-            inodes_total,
-            inodes_used,
-            blocks_total,
-            blocks_used,
-            block_size,
-        });
+        out.extend(usage(m));
     }
-    Ok(out)
+    out
 }
 
 /// The filesystem mounted exactly at `mount`, or an error that says it is not a
-/// mount point (or not one with a fixed inode count).
+/// mount point (and where it is), or not one with a fixed inode count.
 pub fn filesystem_at(mount: &Path) -> Result<FsUsage> {
     let canon = mount
         .canonicalize()
         .with_context(|| format!("{} does not exist", mount.display()))?;
-    filesystems()?
-        .into_iter()
-        .find(|f| f.mount == canon)
-        .with_context(|| {
-            format!(
-                "{} is not the mount point of a filesystem with a fixed inode count ({})",
-                mount.display(),
-                FSTYPES.join(", ")
-            )
-        })
+    let all = mounts()?;
+    let Some(m) = all.iter().rev().find(|m| m.mount == canon) else {
+        let on = mount_of_path(&canon, &all)
+            .map(|m| {
+                format!(
+                    " (it is on the filesystem mounted at {})",
+                    m.mount.display()
+                )
+            })
+            .unwrap_or_default();
+        bail!("{} is not a mount point{on}", mount.display());
+    };
+    if !FSTYPES.contains(&m.fstype.as_str()) {
+        bail!(
+            "{} is a {} mount, which has no fixed inode count (these do: {})",
+            mount.display(),
+            m.fstype,
+            FSTYPES.join(", ")
+        );
+    }
+    usage(m).with_context(|| {
+        format!(
+            "{} has no inode limit (statvfs shows none)",
+            mount.display()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -167,12 +242,42 @@ mod tests {
     }
 
     #[test]
+    fn longest_mount_prefix_wins() {
+        let m = |p: &str, dev| Mount {
+            mount: p.into(),
+            device: "-".into(),
+            fstype: "ext4".into(),
+            dev,
+        };
+        let all = vec![m("/", 1), m("/mnt", 2), m("/mnt/a", 3), m("/mnt", 4)];
+        assert_eq!(mount_of_path(Path::new("/mnt/a/b"), &all).unwrap().dev, 3);
+        assert_eq!(mount_of_path(Path::new("/mnt/ab"), &all).unwrap().dev, 4);
+        assert_eq!(mount_of_path(Path::new("/etc"), &all).unwrap().dev, 1);
+        assert_eq!((all[2].major(), all[2].minor()), (0, 3));
+    }
+
+    #[test]
     fn root_filesystem_of_this_machine_is_listed() {
         let all = filesystems().unwrap();
         assert!(
             all.iter()
                 .all(|f| f.inodes_total > 0 && f.inodes_used <= f.inodes_total)
         );
-        assert!(filesystem_at(Path::new("/proc")).is_err());
+        let e = filesystem_at(Path::new("/proc")).unwrap_err().to_string();
+        assert!(
+            e.contains("proc mount, which has no fixed inode count"),
+            "{e}"
+        );
+        let e = filesystem_at(Path::new("/proc/self"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is not a mount point (it is on the filesystem mounted at /proc)"),
+            "{e}"
+        );
+        let root = filesystem_at(Path::new("/")).unwrap();
+        assert_eq!(root.mount, Path::new("/"));
+        let md = std::fs::metadata("/").unwrap();
+        assert_eq!(kernel_dev_of(&md), root.dev);
     }
 }

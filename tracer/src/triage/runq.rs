@@ -1,9 +1,6 @@
 //! Run-queue latency over the window: the kernel programs in tracer-ebpf/src/triage.rs
 //! fill a log2 histogram (usecs) per CPU; it is read once, for the report.
-use aya::{
-    maps::{MapData, PerCpuArray},
-    programs::TracePoint,
-};
+use aya::maps::{MapData, PerCpuArray};
 use serde::Serialize;
 use tracer_common::triage::RUNQ_SLOTS;
 
@@ -73,34 +70,13 @@ pub const SPEC: Spec = Spec {
     ring_bytes: 4096,
 };
 
-/// The attached programs and their maps; drop detaches them.
+/// The attached programs and their maps; drop detaches them (in parallel: see
+/// `bpf::Session`'s Drop).
 pub struct Runq {
     hist: PerCpuArray<MapData, u64>,
     max: PerCpuArray<MapData, u64>,
     lost: LostCounter,
-    session: Session,
-}
-
-impl Drop for Runq {
-    /// Detaching a tracepoint program waits for the kernel to let go of it (about 70 ms
-    /// each here, mostly an RCU grace period, not CPU): the three detach in parallel,
-    /// so the run ends about 70 ms after its report instead of 210.
-    fn drop(&mut self) {
-        std::thread::scope(|s| {
-            for (name, prog) in self.session.ebpf.programs_mut() {
-                if !SPEC.hooks.iter().any(|h| h.program == name) {
-                    continue; // other detectors' programs, never loaded
-                }
-                if let Ok(tp) = <&mut TracePoint>::try_from(prog) {
-                    s.spawn(move || {
-                        if let Err(e) = tp.unload() {
-                            log::debug!("detaching {name}: {e}");
-                        }
-                    });
-                }
-            }
-        });
-    }
+    _session: Session,
 }
 
 impl Runq {
@@ -129,7 +105,7 @@ impl Runq {
                 hist,
                 max,
                 lost,
-                session,
+                _session: session,
             })
         };
         attach().map_err(|e| {

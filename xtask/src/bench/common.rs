@@ -20,6 +20,9 @@ pub enum Observer {
     Tracer(Vec<String>),
     /// A bpftrace program (`bpftrace -e`).
     Bpftrace(String),
+    /// A bpftrace program with empty probes on the tracer's tracepoints: what the
+    /// tracepoints cost by themselves (the floor any tool pays).
+    EmptyProbes(String),
 }
 
 impl Observer {
@@ -28,6 +31,7 @@ impl Observer {
             Observer::Alone => "alone",
             Observer::Tracer(_) => "tracer",
             Observer::Bpftrace(_) => "bpftrace",
+            Observer::EmptyProbes(_) => "empty",
         }
     }
 }
@@ -87,7 +91,7 @@ pub fn start(obs: &Observer, tracer: &Path) -> Result<Option<Running>> {
             c.args(args).arg("--json");
             (c, "Tracing ", false)
         }
-        Observer::Bpftrace(prog) => {
+        Observer::Bpftrace(prog) | Observer::EmptyProbes(prog) => {
             let mut c = Command::new("bpftrace");
             c.arg("-e").arg(prog);
             // bpftrace prints "Attaching N probes..." on stdout once its probes are set up.
@@ -205,7 +209,10 @@ pub fn interleave(
     mut workload: impl FnMut() -> Result<WorkResult>,
 ) -> Result<Vec<Measured>> {
     let tracer = tracer_bin()?;
-    if observers.iter().any(|o| matches!(o, Observer::Bpftrace(_))) {
+    if observers
+        .iter()
+        .any(|o| matches!(o, Observer::Bpftrace(_) | Observer::EmptyProbes(_)))
+    {
         bpftrace_bin()?;
     }
     // One warm-up run so page cache and the fork path are hot for everyone.
@@ -374,4 +381,27 @@ pub fn lost_events() -> Target {
         target: 0.0,
         value: |_, t, _| t.lost.unwrap_or(0) as f64,
     }
+}
+
+/// With an EmptyProbes observer in the same rounds: prints the tracepoints' own cost
+/// (empty probes / alone) and the tracer's throughput relative to that floor.
+pub fn floor(all: &[Measured], target: f64) {
+    let alone = summarize(all, "alone").rate;
+    let floor = summarize(all, "empty").rate / alone;
+    let own = summarize(all, "tracer").rate / alone / floor;
+    println!(
+        "{:<48} {:>9.0}",
+        "empty probes, median ops/s",
+        summarize(all, "empty").rate
+    );
+    println!(
+        "{:<48} {:>9.3}  (the tracepoints' own cost, for reference)",
+        "throughput with empty probes / alone", floor
+    );
+    println!(
+        "{:<48} {:>9.3}  (target >= {target})  {}",
+        "throughput with tracer / with empty probes",
+        own,
+        if own >= target { "ok" } else { "MISSED" }
+    );
 }

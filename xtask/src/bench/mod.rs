@@ -3,6 +3,7 @@
 //! side by side from one run (never timed assertions in tests: machines are noisy).
 mod cgroups;
 pub mod common;
+mod inodes;
 mod tcp;
 mod triage;
 mod zombies;
@@ -23,6 +24,7 @@ pub fn run(a: Args) -> Result<()> {
         "zombies" => zombies::run(&a),
         "tcp-pressure" => tcp::run(&a),
         "cgroups" => cgroups::run(&a),
+        "inodes" => inodes::run(&a),
         "triage" => triage::run(&a),
         other => bail!(
             "no benchmark named `{other}`; try zombies, tcp-pressure, cgroups, inodes or triage"

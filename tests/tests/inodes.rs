@@ -1,0 +1,516 @@
+//! `tracer inodes` against real inode exhaustion: a tiny ext4 image, loop-mounted, that
+//! a child process fills with files until creates fail with ENOSPC.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tracer_tests::{
+    Incident, Tracer, assert_none_loaded, require_root, run_tracer, run_tracer_env,
+    run_tracer_unprivileged, serial,
+};
+
+fn helper() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_incident_inodes"))
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd} (install it with `cargo xtask setup`): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An ext4 image file, attached to a loop device and mounted in a temp dir. Drop
+/// unmounts it, detaches the loop device and deletes the image, also when the test
+/// failed half-way (each step is undone only if it was done).
+struct LoopFs {
+    dir: PathBuf,
+    mnt: PathBuf,
+    loop_dev: Option<String>,
+    mounted: bool,
+}
+
+impl LoopFs {
+    fn new(size_mib: u64, inodes: u32) -> LoopFs {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tracer-inodes-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut fs = LoopFs {
+            mnt: dir.join("mnt"),
+            dir,
+            loop_dev: None,
+            mounted: false,
+        };
+        std::fs::create_dir_all(&fs.mnt).expect("creating the temp dir");
+        let img = fs.dir.join("ext4.img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(size_mib << 20))
+            .expect("creating the image (truncate)");
+        let img = img.to_str().unwrap();
+        sh("mkfs.ext4", &["-q", "-F", "-N", &inodes.to_string(), img]);
+        fs.loop_dev = Some(sh("losetup", &["--find", "--show", img]));
+        sh(
+            "mount",
+            &[fs.loop_dev.as_deref().unwrap(), fs.mnt.to_str().unwrap()],
+        );
+        fs.mounted = true;
+        fs
+    }
+
+    fn mnt(&self) -> &str {
+        self.mnt.to_str().unwrap()
+    }
+
+    fn inodes_used(&self) -> u64 {
+        let s = nix::sys::statvfs::statvfs(&self.mnt).expect("statvfs");
+        s.files() - s.files_free()
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let ok = Command::new("umount")
+                .arg(&self.mnt)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                // Something still holds it (a helper killed late): detach it lazily.
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
+        }
+        if let Some(dev) = &self.loop_dev {
+            let _ = Command::new("losetup").args(["-d", dev]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rows<'a>(r: &'a Value, key: &str) -> &'a Vec<Value> {
+    r[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} array: {r}"))
+}
+
+fn filesystem<'a>(r: &'a Value, mnt: &str) -> &'a Value {
+    rows(r, "filesystems")
+        .iter()
+        .find(|f| f["mount"] == mnt)
+        .unwrap_or_else(|| panic!("{mnt} not among the filesystems: {r}"))
+}
+
+fn process(r: &Value, pid: u32) -> Option<&Value> {
+    rows(r, "top_processes").iter().find(|p| p["pid"] == pid)
+}
+
+#[test]
+fn child_filling_ext4_is_named_with_exact_counts_dir_and_enospc() {
+    require_root();
+    let _s = serial();
+    let fs = LoopFs::new(64, 128);
+    let nested = fs.mnt.join("cache/entries/2026");
+    std::fs::create_dir_all(&nested).unwrap();
+    let tracer = Tracer::start(&["inodes", "--fs", fs.mnt(), "--json", "-i", "300ms"]);
+    let mut inc = Incident::start_bin(helper(), &["fill", nested.to_str().unwrap(), "3"]);
+    inc.send("go");
+    let full = inc.expect_line("full");
+    let mut words = full.split_whitespace().skip(1);
+    let created: u64 = words.next().unwrap().parse().unwrap();
+    let failed: u64 = words.next().unwrap().parse().unwrap();
+    assert_eq!(failed, 4, "one ENOSPC and 3 retries");
+    assert!(
+        created > 50,
+        "a 128-inode image holds ~117 files: {created}"
+    );
+    let used_full = fs.inodes_used();
+    // At least one interval report sees the full filesystem before the delete.
+    std::thread::sleep(Duration::from_millis(800));
+    inc.send("delete 40");
+    inc.expect_line("deleted 40");
+    let used_after = fs.inodes_used();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    let reports = out.reports();
+
+    // While full: 100% of inodes, blocks mostly free, crit and the signature flag.
+    let at_full = reports
+        .iter()
+        .find(|r| process(r, inc.pid).is_some_and(|p| p["freed"] == 0 && p["allocated"] == created))
+        .unwrap_or_else(|| panic!("no report while the filesystem was full: {}", out.stdout));
+    let f = filesystem(at_full, fs.mnt());
+    assert_eq!(f["inodes_used"], f["inodes_total"], "{f}");
+    assert_eq!(f["inodes_used"], used_full);
+    assert_eq!(f["inodes_used_pct"], 100.0);
+    assert!(f["blocks_used_pct"].as_f64().unwrap() < 50.0, "{f}");
+    assert_eq!(f["level"], "crit");
+    assert_eq!(f["inodes_full_blocks_free"], true);
+    assert_eq!(f["fstype"], "ext4");
+    assert!(
+        f["device"].as_str().unwrap().starts_with("/dev/loop"),
+        "{f}"
+    );
+    let p = &rows(at_full, "top_processes")[0];
+    assert_eq!(p["pid"], inc.pid, "the child is the top process: {at_full}");
+    assert_eq!(p["comm"], "incident_inodes");
+    assert!(p["cgroup"].as_str().unwrap().starts_with('/'), "{p}");
+
+    // The interval in which the child deleted shows the count going down.
+    let recent: Vec<f64> = reports
+        .iter()
+        .filter_map(|r| filesystem(r, fs.mnt())["net_inodes_per_s_last_interval"].as_f64())
+        .collect();
+    assert!(
+        recent.iter().any(|v| *v < 0.0),
+        "the interval of the deletes shrank: {recent:?}"
+    );
+    assert!(
+        filesystem(&reports[0], fs.mnt())["net_inodes_per_s_last_interval"].is_null(),
+        "the first report has no previous one"
+    );
+
+    // The final report, after 40 deletes by the child.
+    let r = out.final_report();
+    assert_eq!(r["command"], "inodes");
+    assert_eq!(r["lost_events"], 0);
+    assert_eq!(r["filter_fs"], fs.mnt());
+    assert_eq!(
+        rows(&r, "filesystems").len(),
+        1,
+        "--fs shows one filesystem"
+    );
+    let f = filesystem(&r, fs.mnt());
+    assert_eq!(f["allocated"], created, "every file, and nothing else");
+    assert_eq!(f["freed"], 40);
+    assert_eq!(f["inodes_used"], used_after);
+    assert_eq!(used_full - used_after, 40);
+    assert!(f["net_inodes_per_s"].as_f64().unwrap() > 0.0, "{f}");
+    let p = process(&r, inc.pid).unwrap_or_else(|| panic!("child missing: {r}"));
+    assert_eq!(p["allocated"], created);
+    assert_eq!(
+        p["freed"], 40,
+        "frees are counted for the process that unlinked"
+    );
+    assert_eq!(p["net"], created as i64 - 40, "net goes down");
+    let d = &rows(&r, "top_directories")[0];
+    assert_eq!(d["path"], nested.to_str().unwrap(), "{r}");
+    assert_eq!(d["path_source"], "syscall");
+    assert_eq!(d["allocated"], created);
+    assert_eq!(d["share_pct"], 100.0);
+    assert_eq!(d["mount"], fs.mnt());
+    let e = rows(&r, "enospc")
+        .iter()
+        .find(|e| e["pid"] == inc.pid)
+        .unwrap_or_else(|| panic!("no ENOSPC row for the child: {r}"));
+    assert_eq!(e["count"], failed);
+    assert_eq!(e["mount"], fs.mnt());
+    assert_eq!(e["comm"], "incident_inodes");
+    assert!(
+        e["first_path"]
+            .as_str()
+            .unwrap()
+            .starts_with(nested.to_str().unwrap()),
+        "{e}"
+    );
+    assert!(!rows(&r, "hints").is_empty());
+    drop(inc);
+    assert_none_loaded("inodes_");
+}
+
+#[test]
+fn text_report_flags_the_full_filesystem_and_names_the_directory() {
+    require_root();
+    let _s = serial();
+    let fs = LoopFs::new(64, 128);
+    let nested = fs.mnt.join("spool/tmp");
+    std::fs::create_dir_all(&nested).unwrap();
+    let tracer = Tracer::start(&["inodes", "--fs", fs.mnt()]);
+    // Relative paths (from inside the directory): resolved through the child's cwd.
+    let mut inc = Incident::start_bin(
+        helper(),
+        &["fill", nested.to_str().unwrap(), "0", "relative"],
+    );
+    inc.send("go");
+    inc.expect_line("full");
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    let t = &out.stdout;
+    assert!(t.contains("=== tracer inodes: final report"), "{t}");
+    assert!(
+        t.contains(&format!("!!! {}: 100% of inodes used", fs.mnt())),
+        "{t}"
+    );
+    assert!(t.contains("CRIT"), "{t}");
+    let dir_line = t
+        .lines()
+        .find(|l| l.contains(&format!(" {} ", nested.display())))
+        .unwrap_or_else(|| panic!("no row for {}: {t}", nested.display()));
+    assert!(dir_line.contains(" syscall "), "{dir_line}");
+    assert!(
+        t.contains(&format!("find {} -xdev", nested.display())),
+        "{t}"
+    );
+    assert!(t.contains("mkfs.ext4 -i"), "{t}");
+    assert!(t.contains("lost events: 0"), "{t}");
+}
+
+/// A tmpfs with a tiny inode limit, unmounted and removed on drop.
+struct Tmpfs {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl Tmpfs {
+    fn new(nr_inodes: u32) -> Tmpfs {
+        let dir = std::env::temp_dir().join(format!("tracer-inodes-tmpfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating the mount point");
+        let mut t = Tmpfs {
+            dir,
+            mounted: false,
+        };
+        sh(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size=16m,nr_inodes={nr_inodes}"),
+                "tmpfs",
+                t.dir.to_str().unwrap(),
+            ],
+        );
+        t.mounted = true;
+        t
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let ok = Command::new("umount")
+                .arg(&self.dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn tmpfs_exhaustion_is_seen_through_statvfs_and_the_failing_path() {
+    require_root();
+    let _s = serial();
+    let fs = Tmpfs::new(32);
+    let mnt = fs.dir.to_str().unwrap().to_string();
+    let dir = fs.dir.join("q");
+    std::fs::create_dir(&dir).unwrap();
+    let tracer = Tracer::start(&["inodes", "--fs", &mnt, "--json"]);
+    let mut inc = Incident::start_bin(helper(), &["fill", dir.to_str().unwrap(), "1"]);
+    inc.send("go");
+    let full = inc.expect_line("full");
+    let created: u64 = full.split_whitespace().nth(1).unwrap().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    let r = out.final_report();
+    let f = filesystem(&r, &mnt);
+    assert_eq!(f["fstype"], "tmpfs");
+    assert_eq!(f["inodes_total"], 32);
+    assert_eq!(f["inodes_used"], 32);
+    assert_eq!(f["level"], "crit");
+    assert_eq!(f["rate_source"], "statvfs", "no ext4 hooks on tmpfs: {f}");
+    assert!(f["net_inodes_per_s"].as_f64().unwrap() > 0.0, "{f}");
+    assert_eq!(f["exhaustion_eta_s"], 0.0);
+    assert!(created > 20, "{created}");
+    assert!(
+        rows(&r, "top_processes").is_empty(),
+        "allocations are traced on ext4 only: {r}"
+    );
+    // The failure has no ext4 device: its mount comes from the failing path.
+    let e = rows(&r, "enospc")
+        .iter()
+        .find(|e| e["pid"] == inc.pid)
+        .unwrap_or_else(|| panic!("no ENOSPC row for the child: {r}"));
+    assert_eq!(e["count"], 2);
+    assert_eq!(e["mount"], mnt.as_str());
+    assert_eq!(
+        e["first_path"],
+        dir.join(format!("f{created}")).to_str().unwrap()
+    );
+    assert!(
+        rows(&r, "caveats")
+            .iter()
+            .any(|c| c.as_str().unwrap().contains("is tmpfs, not ext4")),
+        "{r}"
+    );
+}
+
+/// A cgroup2 directory for the child; removed on drop (after the child left it).
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn creator_in_a_cgroup_is_named_by_it_and_exited_when_gone() {
+    require_root();
+    let _s = serial();
+    let fs = LoopFs::new(16, 64);
+    let dir = fs.mnt.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    let name = format!("tracer-inodes-test-{}", std::process::id());
+    let cg = Cgroup(Path::new("/sys/fs/cgroup/unified").join(&name));
+    std::fs::create_dir(&cg.0).expect("creating a cgroup2 directory");
+    let tracer = Tracer::start(&["inodes", "--fs", fs.mnt(), "--json", "-i", "300ms"]);
+    let mut inc = Incident::start_bin(helper(), &["fill", dir.to_str().unwrap(), "0"]);
+    std::fs::write(cg.0.join("cgroup.procs"), inc.pid.to_string()).expect("moving the child");
+    inc.send("go");
+    inc.expect_line("full");
+    std::thread::sleep(Duration::from_millis(700));
+    let pid = inc.pid;
+    drop(inc); // exits and is reaped
+    std::thread::sleep(Duration::from_millis(400));
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    let reports = out.reports();
+    let while_running = reports
+        .iter()
+        .filter_map(|r| process(r, pid))
+        .find(|p| p["allocated"].as_u64() > Some(0))
+        .unwrap_or_else(|| panic!("no report while the child ran: {}", out.stdout));
+    assert_eq!(while_running["cgroup"], format!("/{name}"));
+    let last = out.final_report();
+    let p = process(&last, pid).unwrap_or_else(|| panic!("child missing: {last}"));
+    assert_eq!(p["cgroup"], "exited", "{p}");
+    assert_eq!(p["comm"], "incident_inodes", "comm was taken in the kernel");
+    let e = rows(&last, "enospc")
+        .iter()
+        .find(|e| e["pid"] == pid)
+        .unwrap_or_else(|| panic!("{last}"));
+    assert_eq!(e["comm"], "incident_inodes");
+    assert_eq!(e["cgroup"], "exited");
+}
+
+#[test]
+fn steady_growth_gives_a_finite_eta_in_the_right_range() {
+    require_root();
+    let _s = serial();
+    let fs = LoopFs::new(64, 4096);
+    let dir = fs.mnt.join("logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    const PER_S: f64 = 200.0;
+    let mut inc = Incident::start_bin(helper(), &["rate", dir.to_str().unwrap(), "200"]);
+    inc.send("go");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Tracer::start(&["inodes", "--fs", fs.mnt(), "-d", "3s", "--json"]).wait();
+    assert!(out.status.success(), "{}", out.stderr);
+    drop(inc);
+    let r = out.final_report();
+    let f = filesystem(&r, fs.mnt());
+    let rate = f["net_inodes_per_s"].as_f64().unwrap();
+    assert!(
+        (0.6 * PER_S..=1.3 * PER_S).contains(&rate),
+        "the child creates {PER_S}/s: {f}"
+    );
+    let free = f["inodes_free"].as_f64().unwrap();
+    let eta = f["exhaustion_eta_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no ETA while growing: {f}"));
+    // The projection is the free inodes at the measured net rate...
+    assert!((eta - free / rate).abs() <= 0.01 * eta + 0.01, "{f}");
+    // ...and the measured rate is the child's: the ETA is where it really is.
+    let expected = free / PER_S;
+    assert!(
+        (0.75 * expected..=1.7 * expected).contains(&eta),
+        "ETA {eta} s, expected about {expected} s: {f}"
+    );
+    assert_eq!(f["level"], "ok");
+    assert_eq!(f["inodes_full_blocks_free"], false);
+}
+
+#[test]
+fn bad_fs_flag_missing_ext4_hooks_and_no_privileges_get_one_sentence() {
+    require_root();
+    let _s = serial();
+    let fs = LoopFs::new(16, 64);
+    let sub = fs.mnt.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let out = run_tracer(&["inodes", "--fs", sub.to_str().unwrap(), "-d", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with(&format!(
+            "tracer: {} is not a mount point (it is on the filesystem mounted at {})",
+            sub.display(),
+            fs.mnt()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+
+    let out = run_tracer(&["inodes", "--fs", "/no/such/dir", "-d", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("/no/such/dir does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+
+    let out = run_tracer(&["inodes", "--fs", "/proc", "-d", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("no fixed inode count"),
+        "{}",
+        out.stderr
+    );
+
+    let out = run_tracer(&["inodes", "--top", "many"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+
+    // A kernel without the ext4 tracepoints (a tracefs that lacks them).
+    let empty = std::env::temp_dir().join(format!("tracer-inodes-tracefs-{}", std::process::id()));
+    std::fs::create_dir_all(empty.join("events")).unwrap();
+    let out = run_tracer_env(
+        &["inodes", "-d", "1s"],
+        &[("TRACER_TRACEFS", empty.to_str().unwrap())],
+    );
+    let _ = std::fs::remove_dir_all(&empty);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("tracepoint ext4:ext4_allocate_inode is missing"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+
+    let out = run_tracer_unprivileged(&["inodes", "-d", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("`tracer inodes` needs root"),
+        "{}",
+        out.stderr
+    );
+    assert_none_loaded("inodes_");
+}

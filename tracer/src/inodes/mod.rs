@@ -1,0 +1,434 @@
+//! `tracer inodes`: which filesystems run out of inodes and how fast, which processes
+//! (and containers) create the inodes, in which directories, and which creates already
+//! fail with ENOSPC (the Sentry incident: `df -h` shows space, every create fails).
+//!
+//! The kernel side counts ext4 inode allocations and frees per (filesystem, process)
+//! and per (filesystem, parent directory), and failed creates per (filesystem,
+//! process), in maps read once per report: no per-file copy to userspace. Usage and
+//! levels come from statvfs of every inode-limited filesystem.
+mod dirs;
+mod report;
+
+use std::{collections::HashMap, path::PathBuf};
+
+use anyhow::{Result, anyhow};
+use aya::maps::{MapData, PerCpuHashMap};
+use serde_json::json;
+use tracer_common::{
+    EventKind, comm_str, decode,
+    inodes::{DevCounts, DevTgid, DirKey, ENOSPC_CAPACITY, PathEvent, ProcCounts},
+};
+
+use crate::{
+    bpf::{self, Hook, Offset, Session, Spec},
+    procinfo,
+    run::{self, Detector, Report, ReportCtx, RunOpts},
+    snapshot::inodes::{self as snap, FsUsage, Mount},
+};
+use dirs::Resolver;
+
+/// One enter and one exit hook per create-type syscall, all optional.
+macro_rules! syscall_hooks {
+    ($($name:literal),* $(,)?) => {
+        &[
+            Hook {
+                program: "inodes_alloc",
+                category: "ext4",
+                name: "ext4_allocate_inode",
+                required: true,
+                purpose: "count inodes allocated per process and directory",
+            },
+            Hook {
+                program: "inodes_free",
+                category: "ext4",
+                name: "ext4_free_inode",
+                required: true,
+                purpose: "count inodes freed per process",
+            },
+            Hook {
+                program: "inodes_request",
+                category: "ext4",
+                name: "ext4_request_inode",
+                required: false,
+                purpose: "tell which ext4 filesystem a failed create was on",
+            },
+            $(
+                Hook {
+                    program: concat!("inodes_enter_", $name),
+                    category: "syscalls",
+                    name: concat!("sys_enter_", $name),
+                    required: false,
+                    purpose: concat!("name directories by the path given to ", $name, "()"),
+                },
+                Hook {
+                    program: concat!("inodes_exit_", $name),
+                    category: "syscalls",
+                    name: concat!("sys_exit_", $name),
+                    required: false,
+                    purpose: concat!("count ", $name, "() calls that fail with ENOSPC"),
+                },
+            )*
+        ]
+    };
+}
+
+pub const SPEC: Spec = Spec {
+    detector: "inodes",
+    hooks: syscall_hooks!(
+        "openat",
+        "open",
+        "creat",
+        "openat2",
+        "mkdirat",
+        "mkdir",
+        "mknodat",
+        "mknod",
+        "symlinkat",
+        "symlink",
+    ),
+    offsets: &[
+        Offset {
+            global: "INODES_ALLOC_DEV",
+            category: "ext4",
+            event: "ext4_allocate_inode",
+            field: "dev",
+        },
+        Offset {
+            global: "INODES_ALLOC_DIR",
+            category: "ext4",
+            event: "ext4_allocate_inode",
+            field: "dir",
+        },
+        Offset {
+            global: "INODES_FREE_DEV",
+            category: "ext4",
+            event: "ext4_free_inode",
+            field: "dev",
+        },
+        Offset {
+            global: "INODES_REQUEST_DEV",
+            category: "ext4",
+            event: "ext4_request_inode",
+            field: "dev",
+        },
+        Offset {
+            global: "INODES_SYSCALL_ARG0",
+            category: "syscalls",
+            event: "sys_enter_openat",
+            field: "dfd",
+        },
+        Offset {
+            global: "INODES_SYSCALL_RET",
+            category: "syscalls",
+            event: "sys_exit_openat",
+            field: "ret",
+        },
+    ],
+    // Only the first inode of each directory and the first ENOSPC of each process
+    // send a record (312 bytes): room for ~3,000 new directories between drains.
+    ring_bytes: 1 << 20,
+};
+
+/// Find which filesystem runs out of inodes, who creates the files, and where.
+///
+/// Counts ext4 inode allocations and frees per process and per directory in the
+/// kernel, creates that fail with ENOSPC, and inode/block usage of every mounted
+/// inode-limited filesystem (ext2/3/4, xfs, tmpfs, ...) with a time-to-exhaustion.
+///
+/// Examples:
+///   tracer inodes                      # until Ctrl-C
+///   tracer inodes -d 30s --fs /var     # one filesystem
+///   tracer inodes -i 10s --json        # a JSON report every 10 seconds
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Only this filesystem (its mount point).
+    #[arg(long = "fs", value_name = "MOUNTPOINT")]
+    pub fs: Option<PathBuf>,
+    /// Rows per table (processes, directories, failures).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let target = match &args.fs {
+        Some(p) => Some(snap::filesystem_at(p).map_err(|e| {
+            anyhow!(
+                "{e:#}; --fs takes the directory a filesystem is mounted on (`findmnt` lists them)"
+            )
+        })?),
+        None => None,
+    };
+    let mut session = bpf::start(
+        &SPEC,
+        &[("INODES_TARGET_DEV", target.as_ref().map_or(0, |t| t.dev))],
+    )?;
+    let mut caveats: Vec<String> = session
+        .missing()
+        .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
+        .collect();
+    if let Some(t) = target.as_ref().filter(|t| !t.fstype.starts_with("ext")) {
+        caveats.push(format!(
+            "{} is {}, not ext4: usage and ENOSPC failures are shown, but allocations are \
+             only traced per process and directory on ext4",
+            t.mount.display(),
+            t.fstype
+        ));
+    }
+    let mut det = Inodes {
+        procs: PerCpuHashMap::try_from(take(&mut session, "INODES_PROCS")?)?,
+        dirs: PerCpuHashMap::try_from(take(&mut session, "INODES_DIRS")?)?,
+        devs: PerCpuHashMap::try_from(take(&mut session, "INODES_DEVS")?)?,
+        enospc: PerCpuHashMap::try_from(take(&mut session, "INODES_ENOSPC")?)?,
+        enospc_first: HashMap::new(),
+        start_usage: HashMap::new(),
+        previous: HashMap::new(),
+        resolver: Resolver::default(),
+        caveats,
+        target,
+        top: args.top.max(1),
+    };
+    // Usage at the start, for the rate of filesystems whose allocations are not traced.
+    for f in det.filesystems(&snap::mounts()?) {
+        det.start_usage.insert(f.dev, f.inodes_used);
+    }
+    let what = match &det.target {
+        Some(t) => format!(
+            "inode allocations, frees and ENOSPC on {}",
+            t.mount.display()
+        ),
+        None => "inode allocations, frees and ENOSPC".into(),
+    };
+    run::drive(&args.run, &mut session.ebpf, &what, &mut det).await
+}
+
+fn take(session: &mut Session, name: &str) -> Result<aya::maps::Map> {
+    session
+        .ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow::anyhow!("map {name} is missing from the eBPF object"))
+}
+
+struct Inodes {
+    procs: PerCpuHashMap<MapData, DevTgid, ProcCounts>,
+    dirs: PerCpuHashMap<MapData, DirKey, u64>,
+    devs: PerCpuHashMap<MapData, u32, DevCounts>,
+    enospc: PerCpuHashMap<MapData, DevTgid, u64>,
+    /// (dev, tgid) -> comm and path (absolute when it could be made so) of the first
+    /// failed create, from the kernel's record.
+    enospc_first: HashMap<DevTgid, (String, String)>,
+    /// dev -> inodes used at the start.
+    start_usage: HashMap<u32, u64>,
+    /// dev -> (report time, net inodes since the start) of the previous report.
+    previous: HashMap<u32, (f64, f64)>,
+    resolver: Resolver,
+    caveats: Vec<String>,
+    target: Option<FsUsage>,
+    top: usize,
+}
+
+/// Seconds until no inode is left at `net_per_s` (None when not growing).
+pub fn eta_s(free: u64, net_per_s: f64) -> Option<f64> {
+    (net_per_s > 0.0).then(|| free as f64 / net_per_s)
+}
+
+/// Values that per-CPU maps hold once per CPU, and how to add them up.
+trait Sum: Copy + Default {
+    fn add(&mut self, other: &Self);
+}
+
+impl Sum for u64 {
+    fn add(&mut self, o: &u64) {
+        *self += o;
+    }
+}
+
+impl Sum for DevCounts {
+    fn add(&mut self, o: &DevCounts) {
+        self.allocated += o.allocated;
+        self.freed += o.freed;
+    }
+}
+
+impl Sum for ProcCounts {
+    fn add(&mut self, o: &ProcCounts) {
+        self.allocated += o.allocated;
+        self.freed += o.freed;
+        // The comm is set on the CPU that first saw the process.
+        if self.comm[0] == 0 {
+            self.comm = o.comm;
+        }
+    }
+}
+
+/// Entries of a per-CPU kernel map summed over the CPUs, and a caveat when it is (nearly)
+/// full (LRU eviction drops the least recently updated keys: their counts are missing).
+fn entries<K: aya::Pod, V: aya::Pod + Sum>(
+    map: &PerCpuHashMap<MapData, K, V>,
+    name: &str,
+    capacity: u32,
+    caveats: &mut Vec<String>,
+) -> Vec<(K, V)> {
+    let v: Vec<(K, V)> = map
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(k, per_cpu)| {
+            let mut total = V::default();
+            for v in per_cpu.iter() {
+                total.add(v);
+            }
+            (k, total)
+        })
+        .collect();
+    // LRU maps start evicting a little before they are full (per-CPU free lists).
+    if v.len() as u64 * 10 >= capacity as u64 * 9 {
+        caveats.push(format!(
+            "the {name} map holds {} of its {capacity} entries: LRU eviction may have \
+             dropped the least recently active, whose counts are then missing here",
+            v.len()
+        ));
+    }
+    v
+}
+
+impl Inodes {
+    fn filesystems(&self, mounts: &[Mount]) -> Vec<FsUsage> {
+        let mut all = snap::filesystems_of(mounts);
+        if let Some(t) = &self.target {
+            all.retain(|f| f.dev == t.dev);
+        }
+        all
+    }
+
+    fn mount_name(dev: u32, mounts: &[Mount]) -> String {
+        match mounts.iter().find(|m| m.dev == dev) {
+            Some(m) => m.mount.display().to_string(),
+            None => format!("dev {}:{}", dev >> 20, dev & 0xfffff),
+        }
+    }
+}
+
+fn cgroup(pid: u32) -> String {
+    if procinfo::exists(pid) {
+        procinfo::cgroup_of(pid)
+    } else {
+        "exited".into()
+    }
+}
+
+impl Detector for Inodes {
+    fn command(&self) -> &'static str {
+        "inodes"
+    }
+
+    fn on_event(&mut self, data: &[u8]) {
+        let Some(ev) = decode::<PathEvent>(data) else {
+            return;
+        };
+        match EventKind::from_u32(ev.header.kind) {
+            // Resolve now: a relative path needs the process's cwd, which goes with it.
+            Some(EventKind::InodesNewDir) => self.resolver.try_syscall(ev.dev, ev.ino, &ev.first),
+            Some(EventKind::InodesEnospc) => {
+                if self.enospc_first.len() >= ENOSPC_CAPACITY as usize {
+                    return;
+                }
+                let path = dirs::absolute(&ev.first)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| comm_str(&ev.first.path).to_string());
+                let key = DevTgid {
+                    dev: ev.dev,
+                    tgid: ev.header.tgid,
+                };
+                self.enospc_first
+                    .entry(key)
+                    .or_insert_with(|| (comm_str(&ev.comm).to_string(), path));
+            }
+            _ => {}
+        }
+    }
+
+    fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
+        let elapsed = ctx.elapsed.as_secs_f64().max(1e-3);
+        let mounts = snap::mounts()?;
+        let mut caveats = self.caveats.clone();
+        let rows = self.fs_rows(&mounts, elapsed, &mut caveats);
+        let filesystems = report::filesystems(&rows);
+        let processes = self.processes(&mounts, &mut caveats);
+        let (directories, top_dirs) = self.directories(&mounts, &mut caveats);
+        let failures = self.failures(&mounts, &mut caveats);
+        let hints = report::hints(&rows, &top_dirs, !failures.json.is_empty());
+
+        let mut text = filesystems.text;
+        text += &processes.text;
+        text += &directories.text;
+        text += &failures.text;
+        for h in &hints {
+            text += &format!("hint: {h}\n");
+        }
+        for c in &caveats {
+            text += &format!("note: {c}\n");
+        }
+        let json = json!({
+            "filter_fs": self.target.as_ref().map(|t| &t.mount),
+            "filesystems": filesystems.json,
+            "top_processes": processes.json,
+            "top_directories": directories.json,
+            "enospc": failures.json,
+            "hints": hints,
+            "caveats": caveats,
+        });
+        Ok(Report { json, text })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use report::{FsRow, hints};
+
+    #[test]
+    fn eta_only_when_growing() {
+        assert_eq!(eta_s(1000, 10.0), Some(100.0));
+        assert_eq!(eta_s(1000, 0.0), None);
+        assert_eq!(eta_s(1000, -3.0), None);
+    }
+
+    fn row(mount: &str, used: u64) -> FsRow {
+        FsRow {
+            u: FsUsage {
+                mount: mount.into(),
+                device: "/dev/x".into(),
+                fstype: "ext4".into(),
+                dev: 1,
+                major: 0,
+                minor: 1,
+                inodes_total: 100,
+                inodes_used: used,
+                blocks_total: 100,
+                blocks_used: 1,
+                block_size: 4096,
+            },
+            net: 0.0,
+            recent: None,
+            source: "ebpf",
+            allocated: None,
+            freed: None,
+        }
+    }
+
+    #[test]
+    fn hints_name_the_top_directory_of_the_full_filesystem() {
+        let rows = [row("/data", 100), row("/", 10)];
+        let dirs = [
+            ("/".to_string(), "/var/busy".to_string()),
+            ("/data".to_string(), "/data/cache".to_string()),
+        ];
+        let h = hints(&rows, &dirs, true);
+        assert!(h[0].contains("find /data/cache -xdev"), "{h:?}");
+        assert!(h.iter().any(|l| l.contains("mkfs.ext4 -i")));
+        // Nothing in trouble and no failures: no advice.
+        assert!(hints(&[row("/", 10)], &dirs, false).is_empty());
+    }
+}

@@ -1,0 +1,381 @@
+//! The `tracer inodes` report, one section at a time: each returns its JSON rows and
+//! its text, from the kernel's maps, statvfs and the directory resolver.
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+use tracer_common::{
+    comm_str,
+    inodes::{DEV_CAPACITY, DIR_CAPACITY, DevCounts, ENOSPC_CAPACITY, PROC_CAPACITY, ProcCounts},
+};
+
+use super::{Inodes, cgroup, dirs::Source, entries, eta_s};
+use crate::{
+    output::{Table, human_duration, round3},
+    procinfo,
+    snapshot::{
+        Level,
+        inodes::{self as snap, FsUsage, Mount},
+    },
+};
+
+/// One section of the report.
+pub(super) struct Section {
+    pub json: Vec<Value>,
+    pub text: String,
+}
+
+/// A titled table, or a line saying there is nothing.
+fn titled(title: &str, table: &Table, none: &str) -> String {
+    let body = if table.is_empty() {
+        format!("  {none}\n")
+    } else {
+        table.render()
+    };
+    format!("{title}\n{body}")
+}
+
+/// A filesystem in the report; `net` is inodes per second (allocated - freed).
+pub(super) struct FsRow {
+    pub u: FsUsage,
+    pub net: f64,
+    /// Inodes per second since the previous report (interval reports only).
+    pub recent: Option<f64>,
+    /// "ebpf": counted by the ext4 hooks; "statvfs": change of inodes used.
+    pub source: &'static str,
+    pub allocated: Option<u64>,
+    pub freed: Option<u64>,
+}
+
+/// What to do, for the fullest filesystem in trouble and its top directory.
+pub(super) fn hints(
+    fs_rows: &[FsRow],
+    top_dirs: &[(String, String)],
+    failing: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let hot: Vec<&FsRow> = fs_rows
+        .iter()
+        .filter(|r| r.u.level() != Level::Ok || (failing && r.u.inodes_used >= r.u.inodes_total))
+        .collect();
+    if hot.is_empty() && !failing {
+        return out;
+    }
+    // The top directory on the fullest filesystem in trouble (rows are fullest first).
+    let dir = hot
+        .iter()
+        .find_map(|r| {
+            let m = r.u.mount.display().to_string();
+            top_dirs
+                .iter()
+                .find(|(dm, _)| *dm == m)
+                .map(|(_, d)| d.clone())
+        })
+        .or_else(|| top_dirs.first().map(|(_, d)| d.clone()))
+        .unwrap_or_else(|| "DIR".into());
+    out.push(format!(
+        "free inodes now: delete old files in the top directory at idle I/O priority, 1000 per \
+         rm: `ionice -c3 find {dir} -xdev -type f -mmin +60 -print0 | xargs -0 -n 1000 rm -f` \
+         (look at `find {dir} -xdev -type f -mmin +60 | head` first)"
+    ));
+    out.push(format!(
+        "keep it from coming back: have the writer clean up, or add a logrotate rule or a \
+         systemd-tmpfiles `e {dir} - - - 1d` line for that directory"
+    ));
+    if hot.iter().any(|r| r.u.fstype.starts_with("ext")) {
+        out.push(
+            "for good: recreate the ext4 filesystem with more inodes (`mkfs.ext4 -i 4096` or \
+             `-N COUNT`; the count is fixed at mkfs time) or use XFS, which allocates inodes \
+             dynamically"
+                .into(),
+        );
+    }
+    out.push(
+        "on Kubernetes nodes the kubelet evicts pods on `nodefs.inodesFree` \
+         (e.g. --eviction-hard=nodefs.inodesFree<5%): alert before that"
+            .into(),
+    );
+    out
+}
+
+/// The filesystems table, the signature flags and their JSON.
+pub(super) fn filesystems(rows: &[FsRow]) -> Section {
+    let mut json = Vec::new();
+    let mut t = Table::new(&[
+        "MOUNT",
+        "DEVICE",
+        "FSTYPE",
+        "INODES",
+        "IUSE%",
+        "BLOCKS%",
+        "NET/S",
+        "NOW/S",
+        "EXHAUSTED IN",
+        "LEVEL",
+    ]);
+    let mut flags = String::new();
+    for r in rows {
+        let u = &r.u;
+        let ipct = u.inodes_used_pct();
+        let bpct = u.blocks_used_pct();
+        let lvl = u.level().as_str();
+        let eta = eta_s(u.inodes_total.saturating_sub(u.inodes_used), r.net);
+        let sig = u.inodes_full_blocks_free();
+        if sig {
+            flags += &format!(
+                "!!! {}: {:.0}% of inodes used while only {:.0}% of blocks are: `df -h` shows \
+                 space but creates fail with \"No space left on device\"\n",
+                u.mount.display(),
+                ipct,
+                bpct
+            );
+        }
+        t.row(vec![
+            u.mount.display().to_string(),
+            u.device.clone(),
+            u.fstype.clone(),
+            format!("{}/{}", u.inodes_used, u.inodes_total),
+            format!("{ipct:.1}%"),
+            format!("{bpct:.1}%"),
+            format!("{:+.1}", r.net),
+            r.recent
+                .map(|v| format!("{v:+.1}"))
+                .unwrap_or_else(|| "-".into()),
+            match eta {
+                Some(e) if e <= 0.0 => "now (full)".into(),
+                Some(e) => human_duration(e),
+                None => "-".into(),
+            },
+            lvl.to_uppercase(),
+        ]);
+        json.push(json!({
+            "mount": u.mount, "device": u.device, "fstype": u.fstype,
+            "dev": format!("{}:{}", u.major, u.minor),
+            "inodes_total": u.inodes_total, "inodes_used": u.inodes_used,
+            "inodes_free": u.inodes_total.saturating_sub(u.inodes_used),
+            "inodes_used_pct": round3(ipct), "blocks_used_pct": round3(bpct),
+            "allocated": r.allocated, "freed": r.freed,
+            "net_inodes_per_s": round3(r.net), "rate_source": r.source,
+            "net_inodes_per_s_last_interval": r.recent.map(round3),
+            "exhaustion_eta_s": eta.map(round3), "level": lvl,
+            "inodes_full_blocks_free": sig,
+        }));
+    }
+    let text = titled(
+        "FILESYSTEMS (inodes; WARN >= 80% used, CRIT >= 90%; NET/S = allocated - freed per second since the start, NOW/S since the last report)",
+        &t,
+        "none with a fixed inode count",
+    ) + &flags;
+    Section { json, text }
+}
+
+impl Inodes {
+    /// Usage of each filesystem with its net rate: from the kernel's counts on ext4,
+    /// else from the change of statvfs's inodes used since the start. Fullest first.
+    pub(super) fn fs_rows(
+        &mut self,
+        mounts: &[Mount],
+        elapsed: f64,
+        caveats: &mut Vec<String>,
+    ) -> Vec<FsRow> {
+        let devs: HashMap<u32, DevCounts> =
+            entries(&self.devs, "per-filesystem", DEV_CAPACITY, caveats)
+                .into_iter()
+                .collect();
+        let mut rows = Vec::new();
+        for u in self.filesystems(mounts) {
+            // Net inodes since the start, and where they come from.
+            let (count, source, allocated, freed) = match devs.get(&u.dev) {
+                Some(d) => (
+                    d.allocated as f64 - d.freed as f64,
+                    "ebpf",
+                    Some(d.allocated),
+                    Some(d.freed),
+                ),
+                None if u.fstype.starts_with("ext") => (0.0, "ebpf", Some(0), Some(0)),
+                None => {
+                    let start = self
+                        .start_usage
+                        .get(&u.dev)
+                        .copied()
+                        .unwrap_or(u.inodes_used);
+                    (u.inodes_used as f64 - start as f64, "statvfs", None, None)
+                }
+            };
+            let recent = self
+                .previous
+                .insert(u.dev, (elapsed, count))
+                .filter(|(t, _)| elapsed - t > 0.1)
+                .map(|(t, c)| (count - c) / (elapsed - t));
+            rows.push(FsRow {
+                net: count / elapsed,
+                recent,
+                source,
+                allocated,
+                freed,
+                u,
+            });
+        }
+        rows.sort_by(|a, b| {
+            b.u.inodes_used_pct()
+                .total_cmp(&a.u.inodes_used_pct())
+                .then(b.net.total_cmp(&a.net))
+        });
+        rows
+    }
+
+    /// Processes with the most net inodes created.
+    pub(super) fn processes(&self, mounts: &[Mount], caveats: &mut Vec<String>) -> Section {
+        let mut procs = entries(&self.procs, "per-process", PROC_CAPACITY, caveats);
+        procs.retain(|(k, _)| self.target.as_ref().is_none_or(|t| t.dev == k.dev));
+        let net = |v: &ProcCounts| v.allocated as i64 - v.freed as i64;
+        procs.sort_by(|a, b| {
+            net(&b.1)
+                .cmp(&net(&a.1))
+                .then(b.1.allocated.cmp(&a.1.allocated))
+                .then(a.0.tgid.cmp(&b.0.tgid))
+        });
+        procs.truncate(self.top);
+        let mut t = Table::new(&[
+            "PID",
+            "COMM",
+            "MOUNT",
+            "ALLOCATED",
+            "FREED",
+            "NET",
+            "CGROUP",
+        ]);
+        let mut json = Vec::new();
+        for (k, v) in &procs {
+            let comm = comm_str(&v.comm).to_string();
+            let cg = cgroup(k.tgid);
+            let mount = Self::mount_name(k.dev, mounts);
+            let net = net(v);
+            t.row(vec![
+                k.tgid.to_string(),
+                comm.clone(),
+                mount.clone(),
+                v.allocated.to_string(),
+                v.freed.to_string(),
+                format!("{net:+}"),
+                cg.clone(),
+            ]);
+            json.push(json!({
+                "pid": k.tgid, "comm": comm, "cgroup": cg, "mount": mount,
+                "allocated": v.allocated, "freed": v.freed, "net": net,
+            }));
+        }
+        let text = titled(
+            "\nTOP PROCESSES (ext4 inodes, most net created first; frees count for the process that dropped the last link)",
+            &t,
+            "none: no ext4 inode was allocated or freed",
+        );
+        Section { json, text }
+    }
+
+    /// Directories with the most inodes created, resolved to paths; also returns the
+    /// resolved ones as (mount, path), most inodes first, for the hints.
+    pub(super) fn directories(
+        &mut self,
+        mounts: &[Mount],
+        caveats: &mut Vec<String>,
+    ) -> (Section, Vec<(String, String)>) {
+        let mut dirs = entries(&self.dirs, "per-directory", DIR_CAPACITY, caveats);
+        dirs.retain(|(k, _)| self.target.as_ref().is_none_or(|t| t.dev == k.dev));
+        let total: u64 = dirs.iter().map(|(_, v)| v).sum();
+        dirs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.ino.cmp(&b.0.ino)));
+        dirs.truncate(self.top);
+        let wanted: Vec<_> = dirs
+            .iter()
+            .map(|(k, _)| {
+                let mount = mounts
+                    .iter()
+                    .find(|m| m.dev == k.dev)
+                    .map(|m| m.mount.clone());
+                (k.dev, k.ino, mount)
+            })
+            .collect();
+        let resolved = self.resolver.resolve_all(&wanted);
+        let mut t = Table::new(&["MOUNT", "DIRECTORY", "FROM", "ALLOCATED", "SHARE"]);
+        let mut json = Vec::new();
+        let mut top = Vec::new();
+        for ((k, n), r) in dirs.iter().zip(resolved) {
+            let mount = Self::mount_name(k.dev, mounts);
+            let shown = match &r.path {
+                Some(p) => p.display().to_string(),
+                None => format!("inode {}", k.ino),
+            };
+            let share = 100.0 * *n as f64 / total.max(1) as f64;
+            if r.source != Source::Unresolved {
+                top.push((mount.clone(), shown.clone()));
+            }
+            t.row(vec![
+                mount.clone(),
+                shown,
+                r.source.as_str().into(),
+                n.to_string(),
+                format!("{share:.1}%"),
+            ]);
+            json.push(json!({
+                "mount": mount, "path": r.path, "path_source": r.source, "ino": k.ino,
+                "allocated": n, "share_pct": round3(share),
+            }));
+        }
+        let text = titled(
+            "\nTOP DIRECTORIES (where new inodes were created; FROM: syscall = path given to the create and checked by stat, walk = found under the mount, unresolved = inode number)",
+            &t,
+            "none",
+        );
+        (Section { json, text }, top)
+    }
+
+    /// Creates that failed with ENOSPC, per process and filesystem.
+    pub(super) fn failures(&self, mounts: &[Mount], caveats: &mut Vec<String>) -> Section {
+        let mut rows: Vec<_> = entries(&self.enospc, "ENOSPC", ENOSPC_CAPACITY, caveats)
+            .into_iter()
+            .map(|(k, n)| {
+                let (comm, path) = self.enospc_first.get(&k).cloned().unwrap_or_else(|| {
+                    let comm = procinfo::comm_of(k.tgid).unwrap_or_else(|| "?".into());
+                    (comm, String::new())
+                });
+                let mount = if k.dev != 0 {
+                    Self::mount_name(k.dev, mounts)
+                } else {
+                    // Not an ext4 inode request: the mount that holds the path.
+                    snap::mount_of_path(std::path::Path::new(&path), mounts)
+                        .filter(|_| path.starts_with('/'))
+                        .map(|m| m.mount.display().to_string())
+                        .unwrap_or_else(|| "?".into())
+                };
+                (k, n, comm, path, mount)
+            })
+            .collect();
+        if let Some(t) = &self.target {
+            let tm = t.mount.display().to_string();
+            rows.retain(|(k, _, _, _, mount)| k.dev == t.dev || *mount == tm);
+        }
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.tgid.cmp(&b.0.tgid)));
+        rows.truncate(self.top);
+        let mut t = Table::new(&["PID", "COMM", "MOUNT", "ENOSPC", "FIRST FAILED PATH"]);
+        let mut json = Vec::new();
+        for (k, n, comm, path, mount) in &rows {
+            let shown = if path.is_empty() { "-" } else { path };
+            t.row(vec![
+                k.tgid.to_string(),
+                comm.clone(),
+                mount.clone(),
+                n.to_string(),
+                shown.into(),
+            ]);
+            json.push(json!({
+                "pid": k.tgid, "comm": comm, "mount": mount, "count": n,
+                "first_path": path, "cgroup": cgroup(k.tgid),
+            }));
+        }
+        let text = titled(
+            "\nCREATES FAILED WITH ENOSPC (No space left on device)",
+            &t,
+            "none",
+        );
+        Section { json, text }
+    }
+}
