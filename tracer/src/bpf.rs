@@ -108,6 +108,13 @@ impl Session {
     pub fn missing(&self) -> impl Iterator<Item = &HookStatus> {
         self.hooks.iter().filter(|h| h.state == HookState::Missing)
     }
+
+    /// Takes a map out of the object for the detector to own, or says it is missing.
+    pub fn take_map(&mut self, name: &str) -> Result<aya::maps::Map> {
+        self.ebpf
+            .take_map(name)
+            .ok_or_else(|| anyhow!("map {name} is missing from the eBPF object"))
+    }
 }
 
 /// Fails with one sentence when the process cannot load tracing programs.

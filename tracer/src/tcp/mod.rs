@@ -245,7 +245,7 @@ pub async fn run(args: Args) -> Result<()> {
         ),
     };
     let drop_names = fill_drop_reasons(&mut session)?;
-    let mut flags = Array::try_from(take(&mut session, "TCP_FLAGS")?)?;
+    let mut flags = Array::try_from(session.take_map("TCP_FLAGS")?)?;
     let btf = if args.no_socket_cookies {
         Err(anyhow::anyhow!("--no-socket-cookies"))
     } else {
@@ -268,9 +268,9 @@ pub async fn run(args: Args) -> Result<()> {
             )
         }
     };
-    let counts = PerCpuArray::try_from(take(&mut session, "TCP_COUNTS")?)?;
-    let hist = PerCpuArray::try_from(take(&mut session, "TCP_SEND_HIST")?)?;
-    let max = PerCpuArray::try_from(take(&mut session, "TCP_SEND_MAX")?)?;
+    let counts = PerCpuArray::try_from(session.take_map("TCP_COUNTS")?)?;
+    let hist = PerCpuArray::try_from(session.take_map("TCP_SEND_HIST")?)?;
+    let max = PerCpuArray::try_from(session.take_map("TCP_SEND_MAX")?)?;
     let mut caveats: Vec<String> = session
         .missing()
         .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
@@ -329,13 +329,6 @@ fn attach_btf(session: &mut Session) -> Result<()> {
     prog.attach()
         .context("attaching tp_btf/sock_exceed_buf_limit")?;
     Ok(())
-}
-
-fn take(session: &mut Session, name: &str) -> Result<aya::maps::Map> {
-    session
-        .ebpf
-        .take_map(name)
-        .ok_or_else(|| anyhow::anyhow!("map {name} is missing from the eBPF object"))
 }
 
 /// Writes reason number -> slot into TCP_DROP_SLOT from kfree_skb's `__print_symbolic`
