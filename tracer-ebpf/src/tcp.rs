@@ -301,7 +301,7 @@ fn try_send_length(ctx: &TracePointContext) -> Option<u32> {
     }
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     // SAFETY: plain map lookup of a u64 value.
-    let Some(start) = (unsafe { TCP_SEND_START.get(&tid) }.copied()) else {
+    let Some(start) = unsafe { TCP_SEND_START.get(&tid) }.copied() else {
         // Not timed (a thread's first write to a TCP socket): time the next ones.
         if unsafe { TCP_SENDERS.get(&tid) }.is_none() {
             let _ = TCP_SENDERS.insert(&tid, &0, 0);

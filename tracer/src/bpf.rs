@@ -69,10 +69,6 @@ pub struct HookStatus {
 pub struct Session {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
-    #[allow(
-        dead_code,
-        reason = "kept for detectors that read more format files after start"
-    )]
     pub tracefs: Tracefs,
 }
 

@@ -46,7 +46,7 @@ impl Table {
                 let c = cells.get(i).map(String::as_str).unwrap_or("");
                 let pad = width[i] - c.chars().count();
                 let last = i + 1 == n;
-                if numeric[i] && !header || numeric[i] && header && !self.rows.is_empty() {
+                if numeric[i] && (!header || !self.rows.is_empty()) {
                     l.push_str(&" ".repeat(pad));
                     l.push_str(c);
                 } else {

@@ -160,7 +160,6 @@ impl Format {
 
     /// The `__print_symbolic(REC->field, { 1, "NAME" }, ...)` table for `field`: value
     /// to name (e.g. skb:kfree_skb drop reasons, whose numbers differ between kernels).
-    #[allow(dead_code, reason = "used by tcp-pressure for drop reasons")]
     pub fn symbolic(&self, field: &str) -> Vec<(u64, String)> {
         let needle = format!("__print_symbolic(REC->{field},");
         let Some(start) = self.print_fmt.find(&needle) else {

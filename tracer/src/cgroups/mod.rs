@@ -24,7 +24,7 @@ use tracer_common::{
 };
 
 use crate::{
-    bpf::{self, Hook, Offset, Session, Spec},
+    bpf::{self, Hook, Offset, Spec},
     output::{self, Table, human_duration, round3},
     procinfo,
     run::{self, Detector, Report, ReportCtx, RunOpts},
@@ -168,8 +168,8 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let mut session = bpf::start(&SPEC, &[("CGROUPS_ROOT_FILTER", filter)])?;
     same_layout(&session.tracefs)?;
-    let counts = PerCpuArray::try_from(take(&mut session, "CGROUPS_COUNTS")?)?;
-    let attach = BpfHashMap::try_from(take(&mut session, "CGROUPS_ATTACH")?)?;
+    let counts = PerCpuArray::try_from(session.take_map("CGROUPS_COUNTS")?)?;
+    let attach = BpfHashMap::try_from(session.take_map("CGROUPS_ATTACH")?)?;
     let caveats = session
         .missing()
         .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
@@ -216,13 +216,6 @@ fn same_layout(t: &Tracefs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn take(session: &mut Session, name: &str) -> Result<aya::maps::Map> {
-    session
-        .ebpf
-        .take_map(name)
-        .ok_or_else(|| anyhow::anyhow!("map {name} is missing from the eBPF object"))
 }
 
 /// Actor cgroups cached at most (one /proc read per new creating process).

@@ -20,7 +20,7 @@ use tracer_common::{
 };
 
 use crate::{
-    bpf::{self, Hook, Offset, Session, Spec},
+    bpf::{self, Hook, Offset, Spec},
     procinfo,
     run::{self, Detector, Report, ReportCtx, RunOpts},
     snapshot::inodes::{self as snap, FsUsage, Mount},
@@ -178,10 +178,10 @@ pub async fn run(args: Args) -> Result<()> {
         ));
     }
     let mut det = Inodes {
-        procs: PerCpuHashMap::try_from(take(&mut session, "INODES_PROCS")?)?,
-        dirs: PerCpuHashMap::try_from(take(&mut session, "INODES_DIRS")?)?,
-        devs: PerCpuHashMap::try_from(take(&mut session, "INODES_DEVS")?)?,
-        enospc: PerCpuHashMap::try_from(take(&mut session, "INODES_ENOSPC")?)?,
+        procs: PerCpuHashMap::try_from(session.take_map("INODES_PROCS")?)?,
+        dirs: PerCpuHashMap::try_from(session.take_map("INODES_DIRS")?)?,
+        devs: PerCpuHashMap::try_from(session.take_map("INODES_DEVS")?)?,
+        enospc: PerCpuHashMap::try_from(session.take_map("INODES_ENOSPC")?)?,
         enospc_first: HashMap::new(),
         start_usage: HashMap::new(),
         previous: HashMap::new(),
@@ -202,13 +202,6 @@ pub async fn run(args: Args) -> Result<()> {
         None => "inode allocations, frees and ENOSPC".into(),
     };
     run::drive(&args.run, &mut session.ebpf, &what, &mut det).await
-}
-
-fn take(session: &mut Session, name: &str) -> Result<aya::maps::Map> {
-    session
-        .ebpf
-        .take_map(name)
-        .ok_or_else(|| anyhow::anyhow!("map {name} is missing from the eBPF object"))
 }
 
 struct Inodes {

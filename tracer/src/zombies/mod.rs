@@ -15,7 +15,7 @@ use serde_json::json;
 use tracer_common::zombies::{COUNT_EXITS, COUNT_FORKS, ParentCounters};
 
 use crate::{
-    bpf::{self, Hook, Offset, Session, Spec},
+    bpf::{self, Hook, Offset, Spec},
     output::{self, Table, human_duration, round3},
     procinfo,
     run::{self, Detector, Report, ReportCtx, RunOpts},
@@ -136,14 +136,14 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    if let Some(pid) = args.pid {
-        if pid == 0 || !procinfo::exists(pid) {
-            bail!("no process with pid {pid} exists; pass the pid of a running parent to -p/--pid");
-        }
+    if let Some(pid) = args.pid
+        && (pid == 0 || !procinfo::exists(pid))
+    {
+        bail!("no process with pid {pid} exists; pass the pid of a running parent to -p/--pid");
     }
     let mut session = bpf::start(&SPEC, &[("ZOMBIES_TARGET_PPID", args.pid.unwrap_or(0))])?;
-    let counters = BpfHashMap::try_from(take(&mut session, "ZOMBIES_COUNTERS")?)?;
-    let counts = PerCpuArray::try_from(take(&mut session, "ZOMBIES_COUNTS")?)?;
+    let counters = BpfHashMap::try_from(session.take_map("ZOMBIES_COUNTERS")?)?;
+    let counts = PerCpuArray::try_from(session.take_map("ZOMBIES_COUNTS")?)?;
     let caveats = session
         .missing()
         .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
@@ -166,13 +166,6 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let run_opts = det.args.run.clone();
     run::drive(&run_opts, &mut session.ebpf, &what, &mut det).await
-}
-
-fn take(session: &mut Session, name: &str) -> Result<aya::maps::Map> {
-    session
-        .ebpf
-        .take_map(name)
-        .ok_or_else(|| anyhow::anyhow!("map {name} is missing from the eBPF object"))
 }
 
 /// CLOCK_BOOTTIME - CLOCK_MONOTONIC: converts kernel timestamps to /proc start times.
