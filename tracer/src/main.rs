@@ -38,17 +38,17 @@ struct Cli {
 enum Command {
     /// What this kernel allows and which hooks each detector will use.
     Doctor(doctor::Args),
-    /// Which filesystem runs out of inodes, who creates the files, where (Sentry incident).
-    Inodes(inodes::Args),
-    /// The first-60-seconds USE check: CPU, memory, disk, network, kernel log, leaks.
-    /// Exit 0 all ok, 3 worst is warn, 4 any crit (see `tracer triage --help`).
+    /// Where to look first: the first-60-seconds USE check of CPU, memory, disk,
+    /// network, kernel log and leaks (Netflix). Exit 0 ok, 3 warn, 4 crit.
     Triage(triage::Args),
-    /// Parents that leave zombie children unreaped, and PID headroom (Uber incident).
-    Zombies(zombies::Args),
     /// TCP memory pressure episodes, who causes them, what to set (Cloudflare incident).
     TcpPressure(tcp::Args),
     /// Leaked and dying cgroups and who creates them (LinkedIn incident).
     Cgroups(cgroups::Args),
+    /// Which filesystem runs out of inodes, who creates the files, where (Sentry incident).
+    Inodes(inodes::Args),
+    /// Parents that leave zombie children unreaped, and PID headroom (Uber incident).
+    Zombies(zombies::Args),
 }
 
 fn main() -> ExitCode {
