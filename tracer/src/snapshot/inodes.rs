@@ -169,8 +169,11 @@ pub fn filesystems() -> Result<Vec<FsUsage>> {
 
 pub fn filesystems_of(mounts: &[Mount]) -> Vec<FsUsage> {
     let mut out: Vec<FsUsage> = Vec::new();
-    for m in mounts {
-        if !FSTYPES.contains(&m.fstype.as_str()) || out.iter().any(|f| f.dev == m.dev) {
+    for (i, m) in mounts.iter().enumerate() {
+        // A later mount on the same mount point hides this one (statvfs would report
+        // the later one under this row's name), as `df` shows.
+        let shadowed = mounts[i + 1..].iter().any(|l| l.mount == m.mount);
+        if shadowed || !FSTYPES.contains(&m.fstype.as_str()) || out.iter().any(|f| f.dev == m.dev) {
             continue;
         }
         out.extend(usage(m));
@@ -215,6 +218,19 @@ pub fn filesystem_at(mount: &Path) -> Result<FsUsage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mount_hidden_by_a_later_one_on_the_same_point_is_left_out() {
+        let m = |device: &str, dev: u32| Mount {
+            mount: "/dev/shm".into(),
+            device: device.into(),
+            fstype: "tmpfs".into(),
+            dev,
+        };
+        let rows = filesystems_of(&[m("hidden", 1), m("visible", 2)]);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].device, "visible");
+    }
 
     #[test]
     fn levels_and_signature() {
