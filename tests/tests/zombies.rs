@@ -3,8 +3,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tracer_tests::{
-    Incident, Tracer, assert_none_loaded, require_root, run_tracer, run_tracer_env,
-    run_tracer_unprivileged, serial, zombie_children,
+    Incident, Tracer, assert_none_loaded, require_root, run_tracer, run_tracer_unprivileged,
+    run_tracer_without_tracepoints, serial, zombie_children,
 };
 
 fn parent<'a>(report: &'a Value, pid: u32) -> Option<&'a Value> {
@@ -258,20 +258,8 @@ fn doctor_reports_every_detector_runnable_and_no_kprobes_or_fentry() {
 #[test]
 fn missing_tracepoint_is_named_in_one_sentence() {
     require_root();
-    // A tracefs without the sched tracepoints, as on a kernel that lacks them.
-    let dir = std::env::temp_dir().join(format!("tracer-test-tracefs-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("events")).unwrap();
-    struct Rm(std::path::PathBuf);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _rm = Rm(dir.clone());
-    let out = run_tracer_env(
-        &["zombies", "-d", "1s"],
-        &[("TRACER_TRACEFS", dir.to_str().unwrap())],
-    );
+    // An empty tracefs, as on a kernel that lacks the sched tracepoints.
+    let out = run_tracer_without_tracepoints(&["zombies", "-d", "1s"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(
         out.stderr
@@ -286,7 +274,7 @@ fn missing_tracepoint_is_named_in_one_sentence() {
     );
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     // doctor says the detector cannot run, and exits non-zero.
-    let out = run_tracer_env(&["doctor"], &[("TRACER_TRACEFS", dir.to_str().unwrap())]);
+    let out = run_tracer_without_tracepoints(&["doctor"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         out.stdout.contains("MISSING") && out.stdout.contains("CANNOT RUN"),

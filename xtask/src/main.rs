@@ -31,7 +31,8 @@ enum Task {
     },
     /// Run every test: unit tests and the integration tests that load real eBPF.
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Extra arguments for `cargo test`: a test name filter, or `--test zombies` for one
+        /// integration test file.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -118,6 +119,12 @@ fn test(args: &[String]) -> Result<()> {
     }
     let bin = build()?;
     // Doc tests are left out (there are none; their empty runs would close the log).
+    // `--test NAME` picks one integration test file; `--tests` would add all the others.
+    let targets: &[&str] = if args.iter().any(|a| a == "--test") {
+        &[]
+    } else {
+        &["--lib", "--bins", "--tests"]
+    };
     let mut child = cargo()
         .args([
             "test",
@@ -125,10 +132,8 @@ fn test(args: &[String]) -> Result<()> {
             "--exclude",
             "tracer-ebpf",
             "--release",
-            "--lib",
-            "--bins",
-            "--tests",
         ])
+        .args(targets)
         .args(args)
         .env("TRACER_BIN", &bin)
         .stdout(std::process::Stdio::piped())
