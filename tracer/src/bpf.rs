@@ -264,7 +264,13 @@ pub fn start(spec: &Spec, extra: &[(&'static str, u32)]) -> Result<Session> {
         }
         match attach_tracepoint(&mut ebpf, h.program, h.category, h.name) {
             Ok(()) => hooks.push(status(h, HookState::Attached)),
-            Err(e) if h.required => return Err(e),
+            Err(e) if h.required => {
+                bail!(
+                    "{e:#}; `tracer {}` cannot run without it; `tracer doctor` shows what this \
+                     kernel allows",
+                    spec.detector
+                )
+            }
             // An optional hook that exists but does not load here narrows what the
             // detector sees; the report lists it as missing.
             Err(e) => {
