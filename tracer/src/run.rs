@@ -37,7 +37,7 @@ pub struct RunOpts {
     pub json: bool,
     /// Also write each report to FILE as Prometheus metrics, for node_exporter's
     /// textfile collector (e.g. /var/lib/node_exporter/textfile/tracer.prom).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = crate::prom::parse_path)]
     pub prom_file: Option<std::path::PathBuf>,
 }
 
