@@ -68,7 +68,12 @@ static INODES_PROCS: LruPerCpuHashMap<DevTgid, ProcCounts> =
 static INODES_DIRS: LruPerCpuHashMap<DirKey, u64> =
     LruPerCpuHashMap::with_max_entries(DIR_CAPACITY, 0);
 
-/// dev -> totals.
+/// dev -> totals. Not derivable by summing INODES_PROCS in userspace: that map keeps one
+/// entry per (fs, process) and never deletes one when its process exits, so a long run
+/// (a build, a cron job forking a process per file) fills it and LRU eviction drops the
+/// least recently active processes with their counts; the sum would then undercount and
+/// the NET/S rate and exhaustion ETA would be wrong. This map has one entry per ext4
+/// filesystem and is not evicted in practice; it costs one lookup per alloc and free.
 #[map]
 static INODES_DEVS: LruPerCpuHashMap<u32, DevCounts> =
     LruPerCpuHashMap::with_max_entries(DEV_CAPACITY, 0);
