@@ -281,7 +281,7 @@ impl Detector for Cgroups {
 
     fn on_event(&mut self, data: &[u8]) {
         let Some(ev) = decode::<CgroupEvent>(data) else {
-            self.tracker.on_event(data);
+            self.tracker.bad_records += 1;
             return;
         };
         let pid = ev.header.tgid;

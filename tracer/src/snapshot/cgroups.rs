@@ -147,22 +147,32 @@ fn named_ids() -> BTreeMap<String, u32> {
         .collect()
 }
 
-/// Every directory under `root` (root included), depth first, at most MAX_WALK.
-pub fn walk(root: &Path) -> Vec<PathBuf> {
+/// Every directory under `root` (root included), depth first, at most MAX_WALK: its
+/// absolute path, its path relative to `root` ("/" for the root, as the tracepoints
+/// print it) and how many child directories it has.
+fn walk(root: &Path) -> Vec<(PathBuf, String, usize)> {
     let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
+    let mut stack = vec![(root.to_path_buf(), "/".to_string())];
+    while let Some((abs, rel)) = stack.pop() {
         if out.len() >= MAX_WALK {
             break;
         }
-        if let Ok(rd) = fs::read_dir(&dir) {
+        let mut children = 0;
+        if let Ok(rd) = fs::read_dir(&abs) {
             for e in rd.flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    stack.push(e.path());
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    children += 1;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let child = if rel == "/" {
+                        format!("/{name}")
+                    } else {
+                        format!("{rel}/{name}")
+                    };
+                    stack.push((e.path(), child));
                 }
             }
         }
-        out.push(dir);
+        out.push((abs, rel, children));
     }
     out
 }
@@ -290,52 +300,32 @@ pub struct Dir {
 /// Every directory under `root` with its id, children, tasks (leaves), age and, on
 /// cgroup2, dying descendants; at most MAX_WALK.
 pub fn walk_dirs(root: &Path, v2: bool) -> Vec<Dir> {
-    let mut out = Vec::new();
-    let mut stack = vec![(root.to_path_buf(), "/".to_string())];
     let now = SystemTime::now();
-    while let Some((abs, rel)) = stack.pop() {
-        if out.len() >= MAX_WALK {
-            break;
-        }
-        let Ok(meta) = fs::metadata(&abs) else {
-            continue;
-        };
-        let mut children = 0;
-        if let Ok(rd) = fs::read_dir(&abs) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    children += 1;
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let child = if rel == "/" {
-                        format!("/{name}")
-                    } else {
-                        format!("{rel}/{name}")
-                    };
-                    stack.push((e.path(), child));
-                }
-            }
-        }
-        let ctime = SystemTime::UNIX_EPOCH
-            + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().max(0) as u32);
-        // Only leaves can be leftovers, so only their task lists are read.
-        let procs = (children == 0)
-            .then(|| fs::read_to_string(abs.join("cgroup.procs")).ok())
-            .flatten()
-            .map(|s| s.lines().count());
-        let dying_descendants = v2
-            .then(|| cgroup_stat(&abs))
-            .flatten()
-            .and_then(|s| s.get("nr_dying_descendants").copied());
-        out.push(Dir {
-            path: rel,
-            id: meta.ino(),
-            children,
-            procs,
-            age: now.duration_since(ctime).ok(),
-            dying_descendants,
-        });
-    }
-    out
+    walk(root)
+        .into_iter()
+        .filter_map(|(abs, rel, children)| {
+            let meta = fs::metadata(&abs).ok()?;
+            let ctime = SystemTime::UNIX_EPOCH
+                + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().max(0) as u32);
+            // Only leaves can be leftovers, so only their task lists are read.
+            let procs = (children == 0)
+                .then(|| fs::read_to_string(abs.join("cgroup.procs")).ok())
+                .flatten()
+                .map(|s| s.lines().count());
+            let dying_descendants = v2
+                .then(|| cgroup_stat(&abs))
+                .flatten()
+                .and_then(|s| s.get("nr_dying_descendants").copied());
+            Some(Dir {
+                path: rel,
+                id: meta.ino(),
+                children,
+                procs,
+                age: now.duration_since(ctime).ok(),
+                dying_descendants,
+            })
+        })
+        .collect()
 }
 
 /// Empty cgroups (no tasks, no children, not the root) at least `min_age` old.

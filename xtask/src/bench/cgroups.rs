@@ -74,6 +74,7 @@ pub fn run(a: &super::Args) -> Result<()> {
         Observer::Alone,
         Observer::Tracer(vec!["cgroups".into()]),
         Observer::Bpftrace(BPFTRACE.into()),
+        Observer::EmptyProbes(BPFTRACE_EMPTY.into()),
     ];
     println!(
         "bench cgroups: {CYCLES} mkdir+rmdir of cgroups under {} per run, {} rounds",
@@ -94,7 +95,7 @@ pub fn run(a: &super::Args) -> Result<()> {
         })
         .collect();
     println!("tracer saw created per run: {seen:?} (each run made {CYCLES})");
-    let (alone, tracer, _) = common::report(
+    common::report(
         "cgroups",
         "cycles/s",
         &all,
@@ -104,26 +105,8 @@ pub fn run(a: &super::Args) -> Result<()> {
             common::lost_events(),
         ],
     );
-    // What the tracepoints cost with a program that does nothing, measured the same
-    // way, so the tracer's own share can be told from the kernel's.
-    eprintln!("floor: alone vs empty bpftrace probes on the same tracepoints");
-    let floor = common::interleave(
-        a.rounds,
-        &[Observer::Alone, Observer::Bpftrace(BPFTRACE_EMPTY.into())],
-        || workload(&parent.0),
-    )?;
-    let floor_ratio =
-        common::summarize(&floor, "bpftrace").rate / common::summarize(&floor, "alone").rate;
-    let own = tracer.rate / alone.rate / floor_ratio;
-    println!(
-        "{:<48} {:>9.3}  (the tracepoints' own cost, for reference)",
-        "throughput with empty probes / alone", floor_ratio
-    );
-    println!(
-        "{:<48} {:>9.3}  (target >= 0.99)  {}",
-        "throughput with tracer / with empty probes",
-        own,
-        if own >= 0.99 { "ok" } else { "MISSED" }
-    );
+    // What the tracepoints cost with a program that does nothing, measured in the same
+    // rounds, so the tracer's own share can be told from the kernel's.
+    common::floor(&all, 0.99);
     Ok(())
 }
