@@ -9,30 +9,14 @@ pub const RUNQ_SLOTS: u32 = 64;
 /// Capacity of the task -> enqueue-time map (LRU: tasks that never ran again go first).
 pub const RUNQ_ENQUEUED_CAPACITY: u32 = 16_384;
 
-/// Index of the log2 slot for `v`: its bit length, clamped to the last slot. Written
-/// with shifts (no `leading_zeros`) so the kernel side compiles to a few plain
-/// instructions on every BPF target.
+/// Index of the log2 slot for `v`: its bit length (`tcp::log2`, which the kernel side
+/// can run, plus one), clamped to the last slot.
 #[inline(always)]
 pub fn log2_slot(v: u64) -> u32 {
     if v == 0 {
         return 0;
     }
-    let mut v = v;
-    let mut r = 0u32;
-    let mut shift = 32u32;
-    while shift > 0 {
-        if v >= 1u64 << shift {
-            v >>= shift;
-            r += shift;
-        }
-        shift /= 2;
-    }
-    let bits = r + 1;
-    if bits >= RUNQ_SLOTS {
-        RUNQ_SLOTS - 1
-    } else {
-        bits
-    }
+    (crate::tcp::log2(v) + 1).min(RUNQ_SLOTS - 1)
 }
 
 /// Bit 0..6 of sched_switch's `prev_state` are the sleep states (S, D, T, t, X, Z,

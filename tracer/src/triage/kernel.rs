@@ -170,7 +170,7 @@ pub fn findings(since: Duration) -> Part {
         Ok(r) => r,
         Err(e) => {
             let why = if e.kind() == ErrorKind::PermissionDenied {
-                "reading /dev/kmsg is not permitted (kernel.dmesg_restrict=1 allows it to root only)"
+                "reading /dev/kmsg is not permitted (kernel.dmesg_restrict=1 allows it to root only): run as root, or with CAP_SYSLOG"
                     .to_string()
             } else {
                 format!("reading /dev/kmsg: {e}")

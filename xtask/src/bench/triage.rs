@@ -148,48 +148,36 @@ pub fn run(a: &super::Args) -> Result<()> {
     // Warm-up: page cache and binaries hot for both.
     tracer_run(&tracer)?;
     checklist_run()?;
-    let (mut tr, mut cl, mut per) = (Vec::new(), Vec::new(), vec![Vec::new(); CHECKLIST.len()]);
-    let mut unpriv = Vec::new();
+    let mut per = vec![Vec::new(); CHECKLIST.len()];
+    // Runs of the tracer, the checklist and the tracer without root, in that order.
+    let mut runs: [Vec<Run>; 3] = Default::default();
     for round in 0..a.rounds {
         // Rotate who goes first so slow drifts of the machine hit all alike.
-        let order = [[0, 1, 2], [1, 2, 0], [2, 0, 1]][round % 3];
-        for who in order {
-            if who == 2 {
-                let r = unprivileged_run(&tracer)?;
-                eprintln!(
-                    "  round {}/{} no root    wall {:.3}s cpu {:.3}s",
-                    round + 1,
-                    a.rounds,
-                    r.wall_s,
-                    r.cpu_s
-                );
-                unpriv.push(r);
-            } else if who == 0 {
-                let r = tracer_run(&tracer)?;
-                eprintln!(
-                    "  round {}/{} tracer     wall {:.3}s cpu {:.3}s",
-                    round + 1,
-                    a.rounds,
-                    r.wall_s,
-                    r.cpu_s
-                );
-                tr.push(r);
-            } else {
-                let (r, each) = checklist_run()?;
-                eprintln!(
-                    "  round {}/{} checklist  wall {:.3}s cpu {:.3}s",
-                    round + 1,
-                    a.rounds,
-                    r.wall_s,
-                    r.cpu_s
-                );
-                cl.push(r);
-                for (i, e) in each.into_iter().enumerate() {
-                    per[i].push(e);
+        for i in 0..runs.len() {
+            let who = (i + round) % runs.len();
+            let r = match who {
+                0 => tracer_run(&tracer)?,
+                1 => {
+                    let (r, each) = checklist_run()?;
+                    for (p, e) in per.iter_mut().zip(each) {
+                        p.push(e);
+                    }
+                    r
                 }
-            }
+                _ => unprivileged_run(&tracer)?,
+            };
+            eprintln!(
+                "  round {}/{} {:<10} wall {:.3}s cpu {:.3}s",
+                round + 1,
+                a.rounds,
+                ["tracer", "checklist", "no root"][who],
+                r.wall_s,
+                r.cpu_s
+            );
+            runs[who].push(r);
         }
     }
+    let [tr, cl, unpriv] = runs;
     let med = |v: &[Run], f: fn(&Run) -> f64| common::median(v.iter().map(f).collect());
     let row = |name: &str, n: String, v: &[Run]| {
         println!(
