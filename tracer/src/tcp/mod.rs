@@ -589,15 +589,19 @@ impl TcpPressure {
         t_ns.saturating_sub(self.t0) as f64 / 1e9
     }
 
+    /// The exact largest send latency (ns) of half 0 (normal) or 1 (pressure).
+    fn send_max(&self, half: u32) -> u64 {
+        self.max
+            .get(&half, 0)
+            .map(|v| v.iter().copied().max().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
     /// Send latency histograms (ns) from the kernel's buckets: (normal, pressure).
     fn latency(&self) -> [Histogram<u64>; 2] {
         let mut out = [output::new_histogram(), output::new_histogram()];
         for (half, h) in out.iter_mut().enumerate() {
-            let max: u64 = self
-                .max
-                .get(&(half as u32), 0)
-                .map(|v| v.iter().copied().max().unwrap_or(0))
-                .unwrap_or(0);
+            let max = self.send_max(half as u32);
             let base = half as u32 * LAT_BUCKETS;
             let max_bucket = lat_bucket(max);
             for b in 0..LAT_BUCKETS {
@@ -930,13 +934,6 @@ impl Detector for TcpPressure {
             ext_text.push(format!("{name} +{d}"));
         }
         let lat = self.latency();
-        let max_of = |half: u32| {
-            self.max
-                .get(&half, 0)
-                .map(|v| v.iter().copied().max().unwrap_or(0))
-                .unwrap_or(0)
-        };
-        let (max_n, max_p) = (max_of(0), max_of(1));
 
         // Advice is about the limits in force when it hurt most.
         let adv_mem = self.episodes.worst().and_then(|e| e.tcp_mem).unwrap_or(tm);
@@ -1004,8 +1001,8 @@ impl Detector for TcpPressure {
             "retransmits": {"pressure": retrans_p, "normal": retrans_n},
             "tcpext": ext,
             "send_latency_us": {
-                "pressure": latency_json(&lat[1], max_p),
-                "normal": latency_json(&lat[0], max_n),
+                "pressure": latency_json(&lat[1], self.send_max(1)),
+                "normal": latency_json(&lat[0], self.send_max(0)),
             },
             "advice": adv,
             "path": self.path,
