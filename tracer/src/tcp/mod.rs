@@ -662,7 +662,7 @@ fn human_bytes(b: u64) -> String {
 }
 
 fn read_triple(path: &str) -> Option<[u64; 3]> {
-    advice::triple(&std::fs::read_to_string(path).ok()?)
+    tcpmem::triple(&std::fs::read_to_string(path).ok()?)
 }
 
 fn mem_total_bytes() -> Option<u64> {
