@@ -1052,12 +1052,12 @@ impl Detector for TcpPressure {
             "now".to_string()
         } else {
             format!(
-                "+{:.1}s, the fullest look during an episode",
+                "at +{:.1}s, the fullest look during an episode",
                 self.rel_s(sock_snap.t_ns)
             )
         };
         t += &format!(
-            "\nHOLDERS (socket memory at {at}: {} in all; {})\n",
+            "\nHOLDERS (socket memory {at}: {} in all; {})\n",
             human_bytes(all_bytes),
             sock_snap.source.as_str()
         );
