@@ -284,8 +284,8 @@ pub async fn run(args: Args) -> Result<()> {
     let mut det = TcpPressure {
         top: args.top as usize,
         t0: procinfo::monotonic_ns(),
+        latest: first.clone(),
         first,
-        latest: None,
         episodes: Episodes::default(),
         culprits: Culprits::default(),
         flags,
@@ -451,7 +451,8 @@ struct TcpPressure {
     top: usize,
     t0: u64,
     first: tcpmem::Snapshot,
-    latest: Option<tcpmem::Snapshot>,
+    /// The last sample (the first one until the first sample).
+    latest: tcpmem::Snapshot,
     episodes: Episodes,
     culprits: Culprits,
     flags: Array<MapData, u32>,
@@ -702,7 +703,7 @@ impl Detector for TcpPressure {
                 self.set_flag(false);
             }
         }
-        self.latest = Some(snap);
+        self.latest = snap;
         self.resolve(false);
         Ok(())
     }
@@ -752,10 +753,7 @@ impl Detector for TcpPressure {
 
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
         self.resolve(true);
-        let snap = match &self.latest {
-            Some(s) => s.clone(),
-            None => self.first.clone(),
-        };
+        let snap = &self.latest;
         let tm: TcpMem = snap.tcp_mem;
         let ps = snap.page_size;
         let pages = snap.mem_pages;
