@@ -305,9 +305,8 @@ pub async fn run(args: Args) -> Result<()> {
         bad_records: 0,
     };
     det.sample()?;
-    let run_opts = args.run.clone();
     run::drive(
-        &run_opts,
+        &args.run,
         &mut session.ebpf,
         "TCP memory, refused allocations and send latency",
         &mut det,
