@@ -22,7 +22,7 @@ use aya::maps::{Array, MapData, PerCpuArray};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tracer_common::{
-    EventHeader, EventKind, comm_str, decode,
+    EventKind, comm_str, decode,
     tcp::{
         BufLimitEvent, COUNT_DROP_BASE, COUNT_RCVQ_FULL, COUNT_REFUSALS, COUNT_RETRANS_NORMAL,
         COUNT_RETRANS_PRESSURE, DROP_REASON_CAPACITY, DROP_SLOTS, FLAG_BTF, FLAG_PRESSURE,
@@ -708,15 +708,10 @@ impl Detector for TcpPressure {
     }
 
     fn on_event(&mut self, data: &[u8]) {
-        let Some(h) = decode::<EventHeader>(data) else {
-            self.bad_records += 1;
-            return;
-        };
-        if EventKind::from_u32(h.kind) != Some(EventKind::TcpBufLimit) {
-            self.bad_records += 1;
-            return;
-        }
-        let Some(ev) = decode::<BufLimitEvent>(data) else {
+        // The ring carries refusal records only; anything else is counted as bad.
+        let Some(ev) = decode::<BufLimitEvent>(data)
+            .filter(|ev| EventKind::from_u32(ev.header.kind) == Some(EventKind::TcpBufLimit))
+        else {
             self.bad_records += 1;
             return;
         };
