@@ -36,13 +36,19 @@ impl TcpMem {
     }
 
     pub fn parse(s: &str) -> Option<TcpMem> {
-        let mut it = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+        let [low, pressure, high] = triple(s)?;
         Some(TcpMem {
-            low: it.next()??,
-            pressure: it.next()??,
-            high: it.next()??,
+            low,
+            pressure,
+            high,
         })
     }
+}
+
+/// Parses the three numbers of a triple sysctl (tcp_mem, tcp_rmem, tcp_wmem).
+pub fn triple(s: &str) -> Option<[u64; 3]> {
+    let mut it = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
 }
 
 /// Pages all TCP sockets hold now: the `mem` field of the TCP line of sockstat.

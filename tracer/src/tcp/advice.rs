@@ -132,12 +132,6 @@ pub fn compute(i: &Inputs) -> Advice {
     a
 }
 
-/// Parses a "min default max" triple (tcp_rmem, tcp_wmem).
-pub fn triple(s: &str) -> Option<[u64; 3]> {
-    let mut it = s.split_whitespace().map(|v| v.parse::<u64>().ok());
-    Some([it.next()??, it.next()??, it.next()??])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

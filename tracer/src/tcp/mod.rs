@@ -22,7 +22,7 @@ use aya::maps::{Array, MapData, PerCpuArray};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tracer_common::{
-    EventHeader, EventKind, comm_str, decode,
+    EventKind, comm_str, decode,
     tcp::{
         BufLimitEvent, COUNT_DROP_BASE, COUNT_RCVQ_FULL, COUNT_REFUSALS, COUNT_RETRANS_NORMAL,
         COUNT_RETRANS_PRESSURE, DROP_REASON_CAPACITY, DROP_SLOTS, FLAG_BTF, FLAG_PRESSURE,
@@ -284,8 +284,8 @@ pub async fn run(args: Args) -> Result<()> {
     let mut det = TcpPressure {
         top: args.top as usize,
         t0: procinfo::monotonic_ns(),
+        latest: first.clone(),
         first,
-        latest: None,
         episodes: Episodes::default(),
         culprits: Culprits::default(),
         flags,
@@ -305,9 +305,8 @@ pub async fn run(args: Args) -> Result<()> {
         bad_records: 0,
     };
     det.sample()?;
-    let run_opts = args.run.clone();
     run::drive(
-        &run_opts,
+        &args.run,
         &mut session.ebpf,
         "TCP memory, refused allocations and send latency",
         &mut det,
@@ -451,7 +450,8 @@ struct TcpPressure {
     top: usize,
     t0: u64,
     first: tcpmem::Snapshot,
-    latest: Option<tcpmem::Snapshot>,
+    /// The last sample (the first one until the first sample).
+    latest: tcpmem::Snapshot,
     episodes: Episodes,
     culprits: Culprits,
     flags: Array<MapData, u32>,
@@ -589,15 +589,19 @@ impl TcpPressure {
         t_ns.saturating_sub(self.t0) as f64 / 1e9
     }
 
+    /// The exact largest send latency (ns) of half 0 (normal) or 1 (pressure).
+    fn send_max(&self, half: u32) -> u64 {
+        self.max
+            .get(&half, 0)
+            .map(|v| v.iter().copied().max().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
     /// Send latency histograms (ns) from the kernel's buckets: (normal, pressure).
     fn latency(&self) -> [Histogram<u64>; 2] {
         let mut out = [output::new_histogram(), output::new_histogram()];
         for (half, h) in out.iter_mut().enumerate() {
-            let max: u64 = self
-                .max
-                .get(&(half as u32), 0)
-                .map(|v| v.iter().copied().max().unwrap_or(0))
-                .unwrap_or(0);
+            let max = self.send_max(half as u32);
             let base = half as u32 * LAT_BUCKETS;
             let max_bucket = lat_bucket(max);
             for b in 0..LAT_BUCKETS {
@@ -658,7 +662,7 @@ fn human_bytes(b: u64) -> String {
 }
 
 fn read_triple(path: &str) -> Option<[u64; 3]> {
-    advice::triple(&std::fs::read_to_string(path).ok()?)
+    tcpmem::triple(&std::fs::read_to_string(path).ok()?)
 }
 
 fn mem_total_bytes() -> Option<u64> {
@@ -698,21 +702,16 @@ impl Detector for TcpPressure {
                 self.set_flag(false);
             }
         }
-        self.latest = Some(snap);
+        self.latest = snap;
         self.resolve(false);
         Ok(())
     }
 
     fn on_event(&mut self, data: &[u8]) {
-        let Some(h) = decode::<EventHeader>(data) else {
-            self.bad_records += 1;
-            return;
-        };
-        if EventKind::from_u32(h.kind) != Some(EventKind::TcpBufLimit) {
-            self.bad_records += 1;
-            return;
-        }
-        let Some(ev) = decode::<BufLimitEvent>(data) else {
+        // The ring carries refusal records only; anything else is counted as bad.
+        let Some(ev) = decode::<BufLimitEvent>(data)
+            .filter(|ev| EventKind::from_u32(ev.header.kind) == Some(EventKind::TcpBufLimit))
+        else {
             self.bad_records += 1;
             return;
         };
@@ -748,10 +747,7 @@ impl Detector for TcpPressure {
 
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
         self.resolve(true);
-        let snap = match &self.latest {
-            Some(s) => s.clone(),
-            None => self.first.clone(),
-        };
+        let snap = &self.latest;
         let tm: TcpMem = snap.tcp_mem;
         let ps = snap.page_size;
         let pages = snap.mem_pages;
@@ -930,13 +926,6 @@ impl Detector for TcpPressure {
             ext_text.push(format!("{name} +{d}"));
         }
         let lat = self.latency();
-        let max_of = |half: u32| {
-            self.max
-                .get(&half, 0)
-                .map(|v| v.iter().copied().max().unwrap_or(0))
-                .unwrap_or(0)
-        };
-        let (max_n, max_p) = (max_of(0), max_of(1));
 
         // Advice is about the limits in force when it hurt most.
         let adv_mem = self.episodes.worst().and_then(|e| e.tcp_mem).unwrap_or(tm);
@@ -1004,8 +993,8 @@ impl Detector for TcpPressure {
             "retransmits": {"pressure": retrans_p, "normal": retrans_n},
             "tcpext": ext,
             "send_latency_us": {
-                "pressure": latency_json(&lat[1], max_p),
-                "normal": latency_json(&lat[0], max_n),
+                "pressure": latency_json(&lat[1], self.send_max(1)),
+                "normal": latency_json(&lat[0], self.send_max(0)),
             },
             "advice": adv,
             "path": self.path,
@@ -1055,12 +1044,12 @@ impl Detector for TcpPressure {
             "now".to_string()
         } else {
             format!(
-                "+{:.1}s, the fullest look during an episode",
+                "at +{:.1}s, the fullest look during an episode",
                 self.rel_s(sock_snap.t_ns)
             )
         };
         t += &format!(
-            "\nHOLDERS (socket memory at {at}: {} in all; {})\n",
+            "\nHOLDERS (socket memory {at}: {} in all; {})\n",
             human_bytes(all_bytes),
             sock_snap.source.as_str()
         );

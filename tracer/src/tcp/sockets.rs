@@ -325,7 +325,7 @@ fn proc_net_tcp() -> Vec<Sock> {
         .map(|e| Sock {
             local: e.local_address,
             peer: e.remote_address,
-            state: tcp_state(&e.state),
+            state: state_name(e.state.to_u8()),
             inode: e.inode,
             cookie: 0,
             rmem: u64::from(e.rx_queue),
@@ -337,24 +337,6 @@ fn proc_net_tcp() -> Vec<Sock> {
             pid: None,
         })
         .collect()
-}
-
-fn tcp_state(s: &procfs::net::TcpState) -> &'static str {
-    use procfs::net::TcpState as T;
-    match s {
-        T::Established => "ESTAB",
-        T::SynSent => "SYN-SENT",
-        T::SynRecv => "SYN-RECV",
-        T::FinWait1 => "FIN-WAIT-1",
-        T::FinWait2 => "FIN-WAIT-2",
-        T::TimeWait => "TIME-WAIT",
-        T::Close => "CLOSE",
-        T::CloseWait => "CLOSE-WAIT",
-        T::LastAck => "LAST-ACK",
-        T::Listen => "LISTEN",
-        T::Closing => "CLOSING",
-        T::NewSynRecv => "NEW-SYN-RECV",
-    }
 }
 
 #[cfg(test)]
