@@ -92,14 +92,8 @@ impl Runq {
         }
         let attach = || -> anyhow::Result<Runq> {
             let mut session = bpf::start(&SPEC, &[])?;
-            let mut take = |name: &str| {
-                session
-                    .ebpf
-                    .take_map(name)
-                    .ok_or_else(|| anyhow::anyhow!("map {name} is missing from the eBPF object"))
-            };
-            let hist = PerCpuArray::try_from(take("TRIAGE_RUNQ")?)?;
-            let max = PerCpuArray::try_from(take("TRIAGE_RUNQ_MAX")?)?;
+            let hist = PerCpuArray::try_from(session.take_map("TRIAGE_RUNQ")?)?;
+            let max = PerCpuArray::try_from(session.take_map("TRIAGE_RUNQ_MAX")?)?;
             let lost = LostCounter::take(&mut session.ebpf)?;
             Ok(Runq {
                 hist,
