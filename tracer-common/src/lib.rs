@@ -12,6 +12,37 @@ pub mod tcp;
 pub mod triage;
 pub mod zombies;
 
+/// floor(log2(v)) for v > 0 (0 for 0), without a count-leading-zeros instruction
+/// (the BPF instruction set has none).
+#[inline(always)]
+pub fn log2(mut v: u64) -> u32 {
+    let mut r = 0;
+    if v >> 32 != 0 {
+        v >>= 32;
+        r += 32;
+    }
+    if v >> 16 != 0 {
+        v >>= 16;
+        r += 16;
+    }
+    if v >> 8 != 0 {
+        v >>= 8;
+        r += 8;
+    }
+    if v >> 4 != 0 {
+        v >>= 4;
+        r += 4;
+    }
+    if v >> 2 != 0 {
+        v >>= 2;
+        r += 2;
+    }
+    if v >> 1 != 0 {
+        r += 1;
+    }
+    r
+}
+
 /// Length of `task->comm`, as the kernel defines TASK_COMM_LEN.
 pub const COMM_LEN: usize = 16;
 
@@ -118,6 +149,13 @@ plain!(EventHeader);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log2_matches_leading_zeros() {
+        for v in [1u64, 2, 3, 15, 16, 17, 1 << 20, (1 << 33) + 5, u64::MAX] {
+            assert_eq!(log2(v), 63 - v.leading_zeros(), "{v}");
+        }
+    }
 
     #[test]
     fn header_round_trip_and_short_input() {

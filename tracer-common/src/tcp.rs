@@ -1,6 +1,6 @@
 //! tcp-pressure: refused socket-memory allocations (ring-buffer records), and the
 //! in-kernel counters and send-latency histogram (per-CPU maps read per report).
-use crate::{COMM_LEN, EventHeader, plain};
+use crate::{COMM_LEN, EventHeader, log2, plain};
 
 /// sock:sock_exceed_buf_limit `kind` values (the kernel's SK_MEM_SEND / SK_MEM_RECV).
 pub const SK_MEM_SEND: u32 = 0;
@@ -82,37 +82,6 @@ pub const LAT_BUCKETS: u32 = (LAT_MAX_EXP - LAT_SUB_BITS + 2) * LAT_SUB as u32;
 /// Slots of `TCP_SEND_HIST`: normal buckets, then pressure buckets.
 pub const LAT_SLOTS: u32 = 2 * LAT_BUCKETS;
 
-/// floor(log2(v)) for v > 0 (0 for 0), without a count-leading-zeros instruction
-/// (the BPF instruction set has none).
-#[inline(always)]
-pub fn log2(mut v: u64) -> u32 {
-    let mut r = 0;
-    if v >> 32 != 0 {
-        v >>= 32;
-        r += 32;
-    }
-    if v >> 16 != 0 {
-        v >>= 16;
-        r += 16;
-    }
-    if v >> 8 != 0 {
-        v >>= 8;
-        r += 8;
-    }
-    if v >> 4 != 0 {
-        v >>= 4;
-        r += 4;
-    }
-    if v >> 2 != 0 {
-        v >>= 2;
-        r += 2;
-    }
-    if v >> 1 != 0 {
-        r += 1;
-    }
-    r
-}
-
 /// Bucket of a latency in ns (always < LAT_BUCKETS).
 #[inline(always)]
 pub fn lat_bucket(ns: u64) -> u32 {
@@ -161,13 +130,6 @@ mod tests {
         ev.comm[..4].copy_from_slice(b"push");
         assert_eq!(decode::<BufLimitEvent>(as_bytes(&ev)), Some(ev));
         assert_eq!(decode::<BufLimitEvent>(&as_bytes(&ev)[..103]), None);
-    }
-
-    #[test]
-    fn log2_matches_leading_zeros() {
-        for v in [1u64, 2, 3, 15, 16, 17, 1 << 20, (1 << 33) + 5, u64::MAX] {
-            assert_eq!(log2(v), 63 - v.leading_zeros(), "{v}");
-        }
     }
 
     #[test]

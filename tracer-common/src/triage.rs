@@ -16,7 +16,7 @@ pub fn log2_slot(v: u64) -> u32 {
     if v == 0 {
         return 0;
     }
-    (crate::tcp::log2(v) + 1).min(RUNQ_SLOTS - 1)
+    (crate::log2(v) + 1).min(RUNQ_SLOTS - 1)
 }
 
 /// Bit 0..6 of sched_switch's `prev_state` are the sleep states (S, D, T, t, X, Z,
