@@ -90,6 +90,8 @@ pub struct ProcStat {
     pub state: char,
     /// Start time in clock ticks since boot: with the pid, the process's identity.
     pub start_ticks: u64,
+    /// CPU time used so far (user + system), in clock ticks.
+    pub cpu_ticks: u64,
 }
 
 pub fn stat_of(pid: u32) -> Option<ProcStat> {
@@ -100,6 +102,7 @@ pub fn stat_of(pid: u32) -> Option<ProcStat> {
         comm: s.comm,
         state: s.state,
         start_ticks: s.starttime,
+        cpu_ticks: s.utime + s.stime,
     })
 }
 
@@ -117,12 +120,25 @@ pub fn all_stats() -> Vec<ProcStat> {
                 comm: s.comm,
                 state: s.state,
                 start_ticks: s.starttime,
+                cpu_ticks: s.utime + s.stime,
             })
         })
         .collect()
 }
 
 /// What the process does with SIGCHLD, from SigIgn/SigCgt in /proc/PID/status.
+/// The PID limit fork() hits first: min(kernel.pid_max, kernel.threads-max), since
+/// every task (thread) takes a PID.
+pub fn pid_limit() -> Option<u64> {
+    match (
+        read_u64("/proc/sys/kernel/pid_max"),
+        read_u64("/proc/sys/kernel/threads-max"),
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 pub fn sigchld_disposition(pid: u32) -> &'static str {
     const SIGCHLD_BIT: u64 = 1 << (17 - 1);
     match Process::new(pid as i32).and_then(|p| p.status()) {

@@ -6,34 +6,28 @@
 //! `tracer_<command>_<path>`; arrays of objects become one labelled series per element
 //! and numeric field, with the element's strings (and pid-like integers) as labels. The
 //! file is replaced atomically (written beside it, then renamed).
-use std::{
-    fmt::Write as _,
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{fmt::Write as _, fs, path::Path};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 /// Integer fields that identify an element rather than measure it: labels, not values.
 const ID_FIELDS: &[&str] = &["pid", "ppid", "id", "ino", "tgid", "dev"];
 
-/// `--prom-file` as given, checked when the command line is parsed: a directory that
-/// does not exist would otherwise only fail at the first report, after the window.
-pub fn parse_path(s: &str) -> Result<PathBuf, String> {
-    let p = PathBuf::from(s);
-    let dir = p
+/// Fails in one sentence when `--prom-file`'s directory does not exist: checked when a
+/// run starts, since a write would otherwise fail only at the first report.
+pub fn check_dir(path: &Path) -> Result<()> {
+    let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    if dir.is_dir() {
-        Ok(p)
-    } else {
-        Err(format!(
-            "the directory {} does not exist; create it or pass another path",
-            dir.display()
-        ))
+    if !dir.is_dir() {
+        bail!(
+            "the directory of --prom-file {} does not exist; create it or pass another path",
+            path.display()
+        );
     }
+    Ok(())
 }
 
 pub fn write(path: &Path, command: &str, report: &Value) -> Result<()> {

@@ -37,7 +37,7 @@ pub struct RunOpts {
     pub json: bool,
     /// Also write each report to FILE as Prometheus metrics, for node_exporter's
     /// textfile collector (e.g. /var/lib/node_exporter/textfile/tracer.prom).
-    #[arg(long, value_name = "FILE", value_parser = crate::prom::parse_path)]
+    #[arg(long, value_name = "FILE")]
     pub prom_file: Option<std::path::PathBuf>,
 }
 
@@ -158,6 +158,9 @@ pub async fn drive(
     what: &str,
     det: &mut dyn Detector,
 ) -> Result<()> {
+    if let Some(p) = &opts.prom_file {
+        crate::prom::check_dir(p)?;
+    }
     let mut ring = Ring::take(ebpf)?;
     let lost = LostCounter::take(ebpf)?;
     let mut logger = match aya_log::EbpfLogger::init(ebpf) {

@@ -8,13 +8,13 @@ use procfs::{CpuPressure, CpuTime, Current as _, CurrentSI as _, KernelStats, Lo
 use serde_json::json;
 
 use super::{Finding, Part, Skipped, Window, judge, runq};
-use crate::{output::Table, snapshot::Level};
+use crate::{output::Table, procinfo, snapshot::Level};
 
 /// Per-process CPU ticks at the start of the window, keyed by pid and start time (a
 /// reused pid is a different process).
 pub struct Before {
     stat: KernelStats,
-    procs: HashMap<(i32, u64), u64>,
+    procs: HashMap<(u32, u64), u64>,
     psi: Option<u64>,
 }
 
@@ -22,9 +22,9 @@ impl Before {
     pub fn read() -> Result<Before> {
         Ok(Before {
             stat: KernelStats::current().context("reading /proc/stat")?,
-            procs: proc_ticks()
+            procs: procinfo::all_stats()
                 .into_iter()
-                .map(|p| ((p.pid, p.start), p.ticks))
+                .map(|p| ((p.pid, p.start_ticks), p.cpu_ticks))
                 .collect(),
             psi: CpuPressure::current().ok().map(|p| p.some.total),
         })
@@ -33,27 +33,6 @@ impl Before {
     pub fn cpus(&self) -> usize {
         self.stat.cpu_time.len().max(1)
     }
-}
-
-struct ProcTicks {
-    pid: i32,
-    start: u64,
-    ticks: u64,
-    comm: String,
-}
-
-fn proc_ticks() -> Vec<ProcTicks> {
-    let Ok(all) = procfs::process::all_processes() else {
-        return Vec::new();
-    };
-    all.filter_map(|p| p.ok()?.stat().ok())
-        .map(|s| ProcTicks {
-            pid: s.pid,
-            start: s.starttime,
-            ticks: s.utime + s.stime,
-            comm: s.comm,
-        })
-        .collect()
 }
 
 /// Runnable tasks (procs_running in /proc/stat, ourselves excluded) sampled during
@@ -345,11 +324,15 @@ pub fn findings(
 
     // Top processes by CPU over the window (pidstat 1, top).
     let tps = procfs::ticks_per_second().max(1) as f64;
-    let mut top: Vec<(ProcTicks, f64)> = proc_ticks()
+    let mut top: Vec<(procinfo::ProcStat, f64)> = procinfo::all_stats()
         .into_iter()
         .map(|p| {
-            let was = before.procs.get(&(p.pid, p.start)).copied().unwrap_or(0);
-            let pct = p.ticks.saturating_sub(was) as f64 / tps / w.secs * 100.0;
+            let was = before
+                .procs
+                .get(&(p.pid, p.start_ticks))
+                .copied()
+                .unwrap_or(0);
+            let pct = p.cpu_ticks.saturating_sub(was) as f64 / tps / w.secs * 100.0;
             (p, pct)
         })
         .filter(|(_, pct)| *pct > 0.0)

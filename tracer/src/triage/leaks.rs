@@ -45,13 +45,7 @@ pub fn findings(before: Before, w: Window) -> Part {
 fn pids(part: &mut Part) {
     // PID usage: every task (thread) takes a PID; fork fails at min(pid_max, threads-max).
     let in_use = procinfo::tasks_in_use();
-    let limit = match (
-        procinfo::read_u64("/proc/sys/kernel/pid_max"),
-        procinfo::read_u64("/proc/sys/kernel/threads-max"),
-    ) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let limit = procinfo::pid_limit();
     if let (Some(u), Some(l)) = (in_use, limit) {
         part.findings.push(
             Finding::new(

@@ -75,7 +75,7 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// Also write the report to FILE as Prometheus metrics (node_exporter textfile).
-    #[arg(long, value_name = "FILE", value_parser = crate::prom::parse_path)]
+    #[arg(long, value_name = "FILE")]
     pub prom_file: Option<std::path::PathBuf>,
 }
 
@@ -215,6 +215,10 @@ pub struct Window {
 }
 
 pub async fn run(args: Args) -> Result<u8> {
+    // Bad input fails before the window, not after it.
+    if let Some(p) = &args.prom_file {
+        crate::prom::check_dir(p)?;
+    }
     // Attach first, so the run-queue histogram covers the whole window.
     let mut runq = runq::Runq::start();
     let before_cpu = cpu::Before::read()?;

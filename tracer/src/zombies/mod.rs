@@ -227,10 +227,7 @@ impl Detector for Zombies {
         let in_use = procinfo::tasks_in_use();
         let pid_max = procinfo::read_u64("/proc/sys/kernel/pid_max");
         let threads_max = procinfo::read_u64("/proc/sys/kernel/threads-max");
-        let limit = match (pid_max, threads_max) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let limit = procinfo::pid_limit();
         let eta_s = match (in_use, limit) {
             (Some(u), Some(l)) if growth > 0.0 && l > u => Some((l - u) as f64 / growth),
             _ => None,
