@@ -5,7 +5,11 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     path::PathBuf,
     process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
-    sync::{Mutex, MutexGuard, mpsc},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -372,4 +376,88 @@ pub fn zombie_children(ppid: u32) -> Vec<u32> {
     }
     out.sort();
     out
+}
+
+/// Runs a setup command, panicking with its stderr when it fails.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd} (install it with `cargo xtask setup`): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An ext4 image file, attached to a loop device and mounted in a temp dir. Drop
+/// unmounts it, detaches the loop device and deletes the image, also when the test
+/// failed half-way (each step is undone only if it was done).
+pub struct LoopExt4 {
+    dir: PathBuf,
+    pub mnt: PathBuf,
+    loop_dev: Option<String>,
+    mounted: bool,
+}
+
+impl LoopExt4 {
+    /// `size_mib` MiB with `inodes` inodes (mkfs.ext4 -N), mounted at `self.mnt`.
+    pub fn new(size_mib: u64, inodes: u32) -> LoopExt4 {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tracer-test-ext4-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut fs = LoopExt4 {
+            mnt: dir.join("mnt"),
+            dir,
+            loop_dev: None,
+            mounted: false,
+        };
+        std::fs::create_dir_all(&fs.mnt).expect("creating the temp dir");
+        let img = fs.dir.join("ext4.img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(size_mib << 20))
+            .expect("creating the image (truncate)");
+        let img = img.to_str().unwrap();
+        sh("mkfs.ext4", &["-q", "-F", "-N", &inodes.to_string(), img]);
+        fs.loop_dev = Some(sh("losetup", &["--find", "--show", img]));
+        sh(
+            "mount",
+            &[fs.loop_dev.as_deref().unwrap(), fs.mnt.to_str().unwrap()],
+        );
+        fs.mounted = true;
+        fs
+    }
+
+    pub fn mnt(&self) -> &str {
+        self.mnt.to_str().unwrap()
+    }
+
+    pub fn inodes_used(&self) -> u64 {
+        let s = nix::sys::statvfs::statvfs(&self.mnt).expect("statvfs");
+        s.files() - s.files_free()
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        if self.mounted {
+            let ok = Command::new("umount")
+                .arg(&self.mnt)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                // Something still holds it (a helper killed late): detach it lazily.
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
+        }
+        if let Some(dev) = &self.loop_dev {
+            let _ = Command::new("losetup").args(["-d", dev]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -10,8 +10,8 @@ use std::{
 
 use serde_json::Value;
 use tracer_tests::{
-    Tracer, assert_none_loaded, require_root, run_tracer, run_tracer_env, run_tracer_unprivileged,
-    serial,
+    Tracer, assert_none_loaded, require_root, run_tracer, run_tracer_unprivileged,
+    run_tracer_without_tracepoints, serial,
 };
 
 const MEMORY: &str = "/sys/fs/cgroup/memory";
@@ -537,12 +537,7 @@ fn bad_input_gets_one_clear_sentence_and_nonzero_exit() {
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
 
     // A tracefs without the cgroup tracepoints, as on a kernel that lacks them.
-    let dir = TempDir::new("cgroups-tracefs");
-    fs::create_dir_all(dir.0.join("events")).unwrap();
-    let out = run_tracer_env(
-        &["cgroups", "-d", "1s"],
-        &[("TRACER_TRACEFS", dir.0.to_str().unwrap())],
-    );
+    let out = run_tracer_without_tracepoints(&["cgroups", "-d", "1s"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(
         out.stderr

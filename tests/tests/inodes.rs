@@ -3,100 +3,17 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
 use serde_json::Value;
 use tracer_tests::{
-    Incident, Tracer, assert_none_loaded, require_root, run_tracer, run_tracer_env,
-    run_tracer_unprivileged, serial,
+    Incident, LoopExt4, Tracer, assert_none_loaded, require_root, run_tracer,
+    run_tracer_unprivileged, run_tracer_without_tracepoints, serial, sh,
 };
 
 fn helper() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_incident_inodes"))
-}
-
-fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd} (install it with `cargo xtask setup`): {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// An ext4 image file, attached to a loop device and mounted in a temp dir. Drop
-/// unmounts it, detaches the loop device and deletes the image, also when the test
-/// failed half-way (each step is undone only if it was done).
-struct LoopFs {
-    dir: PathBuf,
-    mnt: PathBuf,
-    loop_dev: Option<String>,
-    mounted: bool,
-}
-
-impl LoopFs {
-    fn new(size_mib: u64, inodes: u32) -> LoopFs {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tracer-inodes-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut fs = LoopFs {
-            mnt: dir.join("mnt"),
-            dir,
-            loop_dev: None,
-            mounted: false,
-        };
-        std::fs::create_dir_all(&fs.mnt).expect("creating the temp dir");
-        let img = fs.dir.join("ext4.img");
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(size_mib << 20))
-            .expect("creating the image (truncate)");
-        let img = img.to_str().unwrap();
-        sh("mkfs.ext4", &["-q", "-F", "-N", &inodes.to_string(), img]);
-        fs.loop_dev = Some(sh("losetup", &["--find", "--show", img]));
-        sh(
-            "mount",
-            &[fs.loop_dev.as_deref().unwrap(), fs.mnt.to_str().unwrap()],
-        );
-        fs.mounted = true;
-        fs
-    }
-
-    fn mnt(&self) -> &str {
-        self.mnt.to_str().unwrap()
-    }
-
-    fn inodes_used(&self) -> u64 {
-        let s = nix::sys::statvfs::statvfs(&self.mnt).expect("statvfs");
-        s.files() - s.files_free()
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        if self.mounted {
-            let ok = Command::new("umount")
-                .arg(&self.mnt)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                // Something still holds it (a helper killed late): detach it lazily.
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-            }
-        }
-        if let Some(dev) = &self.loop_dev {
-            let _ = Command::new("losetup").args(["-d", dev]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn rows<'a>(r: &'a Value, key: &str) -> &'a Vec<Value> {
@@ -120,7 +37,7 @@ fn process(r: &Value, pid: u32) -> Option<&Value> {
 fn child_filling_ext4_is_named_with_exact_counts_dir_and_enospc() {
     require_root();
     let _s = serial();
-    let fs = LoopFs::new(64, 128);
+    let fs = LoopExt4::new(64, 128);
     let nested = fs.mnt.join("cache/entries/2026");
     std::fs::create_dir_all(&nested).unwrap();
     let tracer = Tracer::start(&["inodes", "--fs", fs.mnt(), "--json", "-i", "300ms"]);
@@ -234,7 +151,7 @@ fn child_filling_ext4_is_named_with_exact_counts_dir_and_enospc() {
 fn text_report_flags_the_full_filesystem_and_names_the_directory() {
     require_root();
     let _s = serial();
-    let fs = LoopFs::new(64, 128);
+    let fs = LoopExt4::new(64, 128);
     let nested = fs.mnt.join("spool/tmp");
     std::fs::create_dir_all(&nested).unwrap();
     let tracer = Tracer::start(&["inodes", "--fs", fs.mnt()]);
@@ -374,7 +291,7 @@ impl Drop for Cgroup {
 fn creator_in_a_cgroup_is_named_by_it_and_exited_when_gone() {
     require_root();
     let _s = serial();
-    let fs = LoopFs::new(16, 64);
+    let fs = LoopExt4::new(16, 64);
     let dir = fs.mnt.join("d");
     std::fs::create_dir(&dir).unwrap();
     let name = format!("tracer-inodes-test-{}", std::process::id());
@@ -414,7 +331,7 @@ fn creator_in_a_cgroup_is_named_by_it_and_exited_when_gone() {
 fn steady_growth_gives_a_finite_eta_in_the_right_range() {
     require_root();
     let _s = serial();
-    let fs = LoopFs::new(64, 4096);
+    let fs = LoopExt4::new(64, 4096);
     let dir = fs.mnt.join("logs");
     std::fs::create_dir_all(&dir).unwrap();
     const PER_S: f64 = 200.0;
@@ -451,7 +368,7 @@ fn steady_growth_gives_a_finite_eta_in_the_right_range() {
 fn bad_fs_flag_missing_ext4_hooks_and_no_privileges_get_one_sentence() {
     require_root();
     let _s = serial();
-    let fs = LoopFs::new(16, 64);
+    let fs = LoopExt4::new(16, 64);
     let sub = fs.mnt.join("sub");
     std::fs::create_dir_all(&sub).unwrap();
     let out = run_tracer(&["inodes", "--fs", sub.to_str().unwrap(), "-d", "1s"]);
@@ -489,13 +406,7 @@ fn bad_fs_flag_missing_ext4_hooks_and_no_privileges_get_one_sentence() {
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 
     // A kernel without the ext4 tracepoints (a tracefs that lacks them).
-    let empty = std::env::temp_dir().join(format!("tracer-inodes-tracefs-{}", std::process::id()));
-    std::fs::create_dir_all(empty.join("events")).unwrap();
-    let out = run_tracer_env(
-        &["inodes", "-d", "1s"],
-        &[("TRACER_TRACEFS", empty.to_str().unwrap())],
-    );
-    let _ = std::fs::remove_dir_all(&empty);
+    let out = run_tracer_without_tracepoints(&["inodes", "-d", "1s"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(
         out.stderr

@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 use tracer_tests::{
-    Finished, Incident, Tracer, assert_none_loaded, require_root, run_tracer,
+    Finished, Incident, LoopExt4, Tracer, assert_none_loaded, require_root, run_tracer,
     run_tracer_unprivileged, serial,
 };
 
@@ -127,80 +127,28 @@ impl Drop for PromFile {
     }
 }
 
-/// A loop-mounted ext4 with 128 inodes, filled until ENOSPC; unmounted (which frees
-/// the loop device: mount -o loop sets autoclear) and removed on drop.
-struct FullExt4 {
-    dir: PathBuf,
-    img: PathBuf,
-    mounted: bool,
-}
-
-impl FullExt4 {
-    fn new() -> FullExt4 {
-        let base = std::env::temp_dir().join(format!("tracer-triage-{}", std::process::id()));
-        let mut fs = FullExt4 {
-            dir: base.join("mnt"),
-            img: base.join("img"),
-            mounted: false,
-        };
-        fs::create_dir_all(&fs.dir).unwrap();
-        run("truncate", &["-s", "64M", fs.img.to_str().unwrap()]);
-        run(
-            "mkfs.ext4",
-            &["-q", "-F", "-N", "128", fs.img.to_str().unwrap()],
-        );
-        run(
-            "mount",
-            &[
-                "-o",
-                "loop",
-                fs.img.to_str().unwrap(),
-                fs.dir.to_str().unwrap(),
-            ],
-        );
-        fs.mounted = true;
-        let mut made = 0;
-        loop {
-            match fs::File::create(fs.dir.join(format!("f{made}"))) {
-                Ok(_) => made += 1,
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                Err(e) => panic!("creating file {made}: {e}"),
-            }
-            assert!(made < 10_000, "the filesystem never ran out of inodes");
+/// A loop-mounted ext4 with 128 inodes, filled until ENOSPC; unmounted and removed
+/// on drop.
+fn full_ext4() -> LoopExt4 {
+    let fs = LoopExt4::new(64, 128);
+    let mut made = 0;
+    loop {
+        match fs::File::create(fs.mnt.join(format!("f{made}"))) {
+            Ok(_) => made += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("creating file {made}: {e}"),
         }
-        fs
+        assert!(made < 10_000, "the filesystem never ran out of inodes");
     }
-}
-
-impl Drop for FullExt4 {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = Command::new("umount").arg(&self.dir).status();
-        }
-        if let Some(base) = self.img.parent() {
-            let _ = fs::remove_dir_all(base);
-        }
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fs
 }
 
 #[test]
 fn ext4_out_of_inodes_is_crit_for_that_mount() {
     require_root();
     let _s = serial();
-    let fs = FullExt4::new();
-    let mount = fs.dir.to_str().unwrap().to_string();
+    let fs = full_ext4();
+    let mount = fs.mnt().to_string();
     let (out, r) = triage(&["-d", "1s"]);
     let row = rows(&r, "inodes", "inode usage", Some(&mount));
     assert_eq!(row.len(), 1, "no inodes row for {mount}: {r}");
