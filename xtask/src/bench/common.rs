@@ -175,16 +175,8 @@ pub fn stop(run: Option<Running>, label: &'static str, work: WorkResult) -> Resu
     } else if let Some(mut o) = run.child.stdout.take() {
         let _ = o.read_to_string(&mut stdout);
     }
-    let mut status = 0;
-    // SAFETY: zeroed rusage is a valid out-parameter.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // wait4 instead of Child::wait: it also returns the child's rusage.
-    // SAFETY: pid is our child; the pointers are valid for the call.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    if r != pid {
-        bail!("wait4 for {label} failed");
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let (_, cpu_s, peak_rss_kib) =
+        wait_rusage(pid).with_context(|| format!("waiting for {label}"))?;
     let lost = stdout
         .lines()
         .rev()
@@ -193,8 +185,8 @@ pub fn stop(run: Option<Running>, label: &'static str, work: WorkResult) -> Resu
     Ok(Measured {
         label,
         work,
-        cpu_s: tv(ru.ru_utime) + tv(ru.ru_stime),
-        peak_rss_kib: ru.ru_maxrss as u64,
+        cpu_s,
+        peak_rss_kib,
         attach_s: run.attach_s,
         lost,
         stdout,
@@ -404,4 +396,23 @@ pub fn floor(all: &[Measured], target: f64) {
         own,
         if own >= target { "ok" } else { "MISSED" }
     );
+}
+
+/// Waits for child `pid` with wait4 (Child::wait does not return the rusage): its
+/// wait status, CPU seconds (user + system) and peak RSS in KiB.
+pub fn wait_rusage(pid: libc::pid_t) -> Result<(libc::c_int, f64, u64)> {
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child; the pointers are valid for the call.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    if r != pid {
+        bail!("wait4({pid}) failed: {}", std::io::Error::last_os_error());
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok((
+        status,
+        tv(ru.ru_utime) + tv(ru.ru_stime),
+        ru.ru_maxrss as u64,
+    ))
 }

@@ -63,31 +63,24 @@ fn measure(cmd: &mut Command) -> Result<Run> {
         }
         last
     });
-    let mut status = 0;
-    // SAFETY: zeroed rusage is a valid out-parameter.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our child; the pointers are valid for the call.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let waited = common::wait_rusage(pid);
     let wall_s = t0.elapsed().as_secs_f64();
     let report_s = reader
         .join()
         .ok()
         .flatten()
         .map_or(wall_s, |t| t.duration_since(t0).as_secs_f64());
-    if r != pid {
-        bail!("wait4 for {cmd:?} failed");
-    }
+    let (status, cpu_s, rss_kib) = waited.with_context(|| format!("waiting for {cmd:?}"))?;
     // triage exits 3/4 when it finds something: that is a verdict, not a failure.
     let code = libc::WEXITSTATUS(status);
     if !libc::WIFEXITED(status) || ![0, 3, 4].contains(&code) {
         bail!("{cmd:?} failed (status {status:#x})");
     }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Ok(Run {
         report_s,
         wall_s,
-        cpu_s: tv(ru.ru_utime) + tv(ru.ru_stime),
-        rss_kib: ru.ru_maxrss as u64,
+        cpu_s,
+        rss_kib,
     })
 }
 
