@@ -56,6 +56,20 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// The tracer failed as a user should see it: exit `code`, and stderr is one line
+    /// that contains every piece of `says`.
+    pub fn assert_one_sentence(&self, code: i32, says: &[&str]) {
+        assert_eq!(self.status.code(), Some(code), "{}", self.stderr);
+        for s in says {
+            assert!(
+                self.stderr.contains(s),
+                "expected {s:?} in: {}",
+                self.stderr
+            );
+        }
+        assert_eq!(self.stderr.trim().lines().count(), 1, "{}", self.stderr);
+    }
+
     /// Every JSON report (one per line).
     pub fn reports(&self) -> Vec<Value> {
         self.stdout

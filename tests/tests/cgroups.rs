@@ -511,16 +511,14 @@ fn bad_input_gets_one_clear_sentence_and_nonzero_exit() {
     require_root();
     let _s = serial();
     let out = run_tracer(&["cgroups", "--hierarchy", "nosuch", "-d", "1s"]);
-    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("no mounted cgroup hierarchy is named `nosuch`; mounted: ")
-            && out.stderr.contains("memory")
-            && out.stderr.contains("cgroup2"),
-        "{}",
-        out.stderr
+    out.assert_one_sentence(
+        1,
+        &[
+            "no mounted cgroup hierarchy is named `nosuch`; mounted: ",
+            "memory",
+            "cgroup2",
+        ],
     );
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
 
     let out = run_tracer(&["cgroups", "--min-age", "ten"]);
     assert_eq!(out.status.code(), Some(2));
@@ -528,24 +526,13 @@ fn bad_input_gets_one_clear_sentence_and_nonzero_exit() {
     assert!(!out.stderr.contains("panicked"));
 
     let out = run_tracer_unprivileged(&["cgroups", "-d", "1s"]);
-    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
-    assert!(
-        out.stderr.contains("`tracer cgroups` needs root") && out.stderr.contains("CAP_BPF"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    out.assert_one_sentence(1, &["`tracer cgroups` needs root", "CAP_BPF"]);
 
     // A tracefs without the cgroup tracepoints, as on a kernel that lacks them.
     let out = run_tracer_without_tracepoints(&["cgroups", "-d", "1s"]);
-    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("tracepoint cgroup:cgroup_mkdir is missing")
-            && out.stderr.contains("tracer doctor"),
-        "{}",
-        out.stderr
+    out.assert_one_sentence(
+        1,
+        &["tracepoint cgroup:cgroup_mkdir is missing", "tracer doctor"],
     );
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     assert_none_loaded("cgroups_");
 }

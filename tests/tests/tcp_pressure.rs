@@ -353,24 +353,11 @@ fn bad_input_gets_one_clear_sentence_and_nonzero_exit() {
     assert!(!out.stderr.contains("panicked"));
 
     let out = run_tracer_unprivileged(&["tcp-pressure", "-d", "1s"]);
-    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
-    assert!(
-        out.stderr.contains("needs root") && out.stderr.contains("CAP_BPF"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    out.assert_one_sentence(1, &["needs root", "CAP_BPF"]);
 
     // A kernel without the refusal tracepoint: named in one sentence.
     let out = run_tracer_without_tracepoints(&["tcp-pressure", "-d", "1s"]);
-    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("tracepoint sock:sock_exceed_buf_limit is missing"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    out.assert_one_sentence(1, &["tracepoint sock:sock_exceed_buf_limit is missing"]);
     assert_detached();
 }
 

@@ -220,13 +220,7 @@ fn bad_input_gets_one_clear_sentence_and_nonzero_exit() {
     assert_eq!(out.status.code(), Some(2));
 
     let out = run_tracer_unprivileged(&["zombies", "-d", "1s"]);
-    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
-    assert!(
-        out.stderr.contains("needs root") && out.stderr.contains("CAP_BPF"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    out.assert_one_sentence(1, &["needs root", "CAP_BPF"]);
 }
 
 #[test]
