@@ -95,8 +95,11 @@ fn walk(out: &mut String, name: &str, v: &Value, labels: &[(String, String)]) {
 fn sample(out: &mut String, name: &str, labels: &[(String, String)], v: f64) {
     out.push_str(name);
     if !labels.is_empty() {
+        // Sorted by name, as Prometheus prints them, whatever the report's key order.
+        let mut sorted: Vec<&(String, String)> = labels.iter().collect();
+        sorted.sort();
         out.push('{');
-        for (i, (k, val)) in labels.iter().enumerate() {
+        for (i, (k, val)) in sorted.into_iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }

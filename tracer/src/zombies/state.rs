@@ -323,6 +323,7 @@ mod tests {
             comm: "child".into(),
             state: 'Z',
             start_ticks: start_s * HZ,
+            cpu_ticks: 0,
         }
     }
 
