@@ -2,7 +2,7 @@
 //! eBPF), cause incidents with the `incident` helper, and clean everything up in guards
 //! that also run when a test fails.
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
     path::PathBuf,
     process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
     sync::{
@@ -39,6 +39,20 @@ pub fn require_root() {
         0,
         "integration tests must run as root (cargo xtask test does)"
     );
+}
+
+/// The kernel of the test matrix this run is on: `host` (this machine's 6.18,
+/// tracepoints only), `6.1` or `6.12` (Debian's stock kernels in a VM, with kprobes and
+/// fentry). `cargo xtask test` sets TRACER_MATRIX_KERNEL; tests assert the hook path the
+/// tracer must take on each kernel, the fast path where it exists, the fallback where not.
+pub fn matrix_kernel() -> String {
+    let k = std::env::var("TRACER_MATRIX_KERNEL")
+        .expect("TRACER_MATRIX_KERNEL is unset: run the tests with `cargo xtask test`");
+    assert!(
+        ["host", "6.1", "6.12"].contains(&k.as_str()),
+        "TRACER_MATRIX_KERNEL={k} is not a kernel of the matrix (host, 6.1, 6.12)"
+    );
+    k
 }
 
 /// Serializes the tests of one test binary that load programs or touch global state,
@@ -97,6 +111,22 @@ pub struct Tracer {
     child: Option<Child>,
     stderr_rx: mpsc::Receiver<String>,
     stderr: String,
+    stdout_rx: mpsc::Receiver<String>,
+    /// stdout lines read so far (by `report_where`), kept for the finished output.
+    stdout: String,
+}
+
+/// Sends each line of `r` to a channel, from a thread, until EOF.
+fn line_channel(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 impl Tracer {
@@ -109,19 +139,14 @@ impl Tracer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting the tracer");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let stderr_rx = line_channel(child.stderr.take().expect("stderr"));
+        let stdout_rx = line_channel(child.stdout.take().expect("stdout"));
         let mut t = Tracer {
             child: Some(child),
-            stderr_rx: rx,
+            stderr_rx,
             stderr: String::new(),
+            stdout_rx,
+            stdout: String::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -149,6 +174,30 @@ impl Tracer {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
+    /// Waits for a JSON report (interval reports need `-i` and `--json`) for which
+    /// `pred` holds, and returns it; panics with the last report after `timeout`. For
+    /// what the kernel does in its own time (an RCU grace period before a free).
+    pub fn report_where(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.stdout_rx.recv_timeout(left) else {
+                panic!("no report matched within {timeout:?}; last report: {last}");
+            };
+            self.stdout.push_str(&line);
+            self.stdout.push('\n');
+            if line.starts_with('{') {
+                let r: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("bad JSON line {line}: {e}"));
+                if pred(&r) {
+                    return r;
+                }
+                last = line;
+            }
+        }
+    }
+
     /// Sends SIGINT (Ctrl-C) and collects the output.
     pub fn interrupt(mut self) -> Finished {
         // SAFETY: signalling our own child.
@@ -166,11 +215,13 @@ impl Tracer {
         if !graceful {
             let _ = child.kill();
         }
-        let mut stdout = String::new();
-        if let Some(mut o) = child.stdout.take() {
-            let _ = o.read_to_string(&mut stdout);
-        }
         let status = child.wait().expect("waiting for the tracer");
+        // The pipe closed with the tracer: the reader thread sends the rest, then ends.
+        let mut stdout = std::mem::take(&mut self.stdout);
+        for line in self.stdout_rx.iter() {
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
         while let Ok(line) = self.stderr_rx.recv_timeout(Duration::from_millis(200)) {
             self.stderr.push_str(&line);
             self.stderr.push('\n');

@@ -57,7 +57,20 @@ plain!(ParentCounters);
 /// Index of global counters in the `ZOMBIES_COUNTS` per-CPU array.
 pub const COUNT_FORKS: u32 = 0;
 pub const COUNT_EXITS: u32 = 1;
-pub const COUNT_SLOTS: u32 = 2;
+/// sched_process_exit records whose `current->signal->live` could not be read: those
+/// exits are not seen, and the report says how many.
+pub const COUNT_EXIT_READ_FAILED: u32 = 2;
+pub const COUNT_SLOTS: u32 = 3;
+
+/// `ZOMBIES_EXIT_MODE`: the tracepoint's `group_dead` field marks the last thread.
+pub const EXIT_BY_FIELD: u32 = 1;
+/// `ZOMBIES_EXIT_MODE`: `current->signal->live == 0` (offsets from kernel BTF) marks it,
+/// on kernels whose sched_process_exit has no `group_dead` (6.1 and 6.12 among them).
+pub const EXIT_BY_SIGNAL_LIVE: u32 = 2;
+
+/// Exit time stored in the exited map for a process that `-p` filters out: its reap
+/// sends no record.
+pub const FILTERED: u64 = u64::MAX;
 
 #[cfg(test)]
 mod tests {

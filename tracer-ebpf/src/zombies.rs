@@ -4,7 +4,7 @@
 //! forks, wait calls and SIGCHLDs are counted in maps that userspace reads per report.
 use aya_ebpf::{
     Global,
-    helpers::bpf_get_current_comm,
+    helpers::{bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel},
     macros::{map, tracepoint},
     maps::{LruHashMap, PerCpuArray},
     programs::TracePointContext,
@@ -12,8 +12,9 @@ use aya_ebpf::{
 use tracer_common::{
     EventHeader, EventKind,
     zombies::{
-        COUNT_EXITS, COUNT_FORKS, COUNT_SLOTS, COUNTER_CAPACITY, EXITED_CAPACITY, PARENT_CAPACITY,
-        ParentCounters, ProcEvent, ReapVia,
+        COUNT_EXIT_READ_FAILED, COUNT_EXITS, COUNT_FORKS, COUNT_SLOTS, COUNTER_CAPACITY,
+        EXIT_BY_FIELD, EXITED_CAPACITY, FILTERED, PARENT_CAPACITY, ParentCounters, ProcEvent,
+        ReapVia,
     },
 };
 
@@ -26,6 +27,16 @@ use crate::common::{add, current_tgid, emit, field, get_or_insert, now_ns};
 static ZOMBIES_FORK_CHILD_PID: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static ZOMBIES_EXIT_GROUP_DEAD: Global<u32> = Global::new(0);
+/// How a whole-process exit is recognised ([`EXIT_BY_FIELD`] or
+/// [`EXIT_BY_SIGNAL_LIVE`]), chosen by the loader from what this kernel offers.
+#[unsafe(no_mangle)]
+static ZOMBIES_EXIT_MODE: Global<u32> = Global::new(0);
+/// Byte offsets of `task_struct.signal` and `signal_struct.live` from the kernel's BTF,
+/// for [`EXIT_BY_SIGNAL_LIVE`] (kernels whose sched_process_exit has no `group_dead`).
+#[unsafe(no_mangle)]
+static ZOMBIES_TASK_SIGNAL: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static ZOMBIES_SIGNAL_LIVE: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static ZOMBIES_FREE_PID: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
@@ -80,29 +91,66 @@ fn try_fork(ctx: &TracePointContext) -> Option<u32> {
     Some(0)
 }
 
-/// sched:sched_process_exit: `group_dead` is 1 when the last thread of the process
-/// exits, i.e. the process becomes a zombie (or is autoreaped).
+/// sched:sched_process_exit: fires for every exiting thread, with the exiting task as
+/// current. The process becomes a zombie (or is autoreaped) when its last thread
+/// exits: the `group_dead` field says so where the tracepoint has it (6.18 here; not
+/// Debian's 6.1 or 6.12);
+/// elsewhere `current->signal->live` has dropped to 0, read at BTF offsets.
 #[tracepoint]
 pub fn zombies_exit(ctx: TracePointContext) -> u32 {
     try_exit(&ctx).unwrap_or(0)
 }
 
+/// Whether the exiting thread leaves its process dead, or None when the kernel read
+/// failed (counted: the report shows it).
+#[inline(always)]
+fn group_dead(ctx: &TracePointContext) -> Option<bool> {
+    if ZOMBIES_EXIT_MODE.load() == EXIT_BY_FIELD {
+        let v: u8 = field(ctx, &ZOMBIES_EXIT_GROUP_DEAD)?;
+        return Some(v != 0);
+    }
+    // The exiting thread decremented signal->live before the tracepoint (do_exit), so
+    // 0 means every thread of the process has passed that point.
+    // SAFETY: bpf_probe_read_kernel checks both addresses; a bad one is an error.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let signal: u64 =
+            bpf_probe_read_kernel(task.add(ZOMBIES_TASK_SIGNAL.load() as usize).cast()).ok()?;
+        let live: i32 = bpf_probe_read_kernel(
+            (signal as *const u8)
+                .add(ZOMBIES_SIGNAL_LIVE.load() as usize)
+                .cast(),
+        )
+        .ok()?;
+        Some(live == 0)
+    }
+}
+
 fn try_exit(ctx: &TracePointContext) -> Option<u32> {
-    let group_dead: u8 = field(ctx, &ZOMBIES_EXIT_GROUP_DEAD)?;
-    if group_dead == 0 {
+    let Some(dead) = group_dead(ctx) else {
+        add(&ZOMBIES_COUNTS, COUNT_EXIT_READ_FAILED, 1);
+        return Some(0);
+    };
+    if !dead {
+        return Some(0);
+    }
+    let tgid = current_tgid();
+    let ts = now_ns();
+    // SAFETY: plain map lookup of a u32 value.
+    let ppid = unsafe { ZOMBIES_PARENT.get(&tgid) }.copied().unwrap_or(0);
+    let keep = wanted(ppid);
+    // One record per process: with signal->live, threads exiting at the same time (an
+    // exit_group) can all read 0. The first to insert the tgid wins (BPF_NOEXIST); the
+    // entry stays until the process is reaped, and its tgid cannot be reused before.
+    // Processes filtered out by -p are kept as FILTERED so their reap sends nothing.
+    let exit_ns = if keep { ts } else { FILTERED };
+    if ZOMBIES_EXITED.insert(&tgid, &exit_ns, 1).is_err() {
         return Some(0);
     }
     add(&ZOMBIES_COUNTS, COUNT_EXITS, 1);
-    let tgid = current_tgid();
-    // SAFETY: plain map lookup of a u32 value.
-    let ppid = unsafe { ZOMBIES_PARENT.get(&tgid) }.copied().unwrap_or(0);
-    if !wanted(ppid) {
-        // Filtered in the kernel: no record now, and no reap record later.
-        let _ = ZOMBIES_PARENT.remove(&tgid);
+    if !keep {
         return Some(0);
     }
-    let ts = now_ns();
-    let _ = ZOMBIES_EXITED.insert(&tgid, &ts, 0);
     emit(&ProcEvent {
         header: EventHeader {
             kind: EventKind::ProcessExit as u32,
@@ -170,6 +218,9 @@ fn try_free(ctx: &TracePointContext) -> Option<u32> {
 fn reap(pid: u32, ppid: u32, reaper: u32, via: ReapVia, exit_ns: u64) {
     let _ = ZOMBIES_EXITED.remove(&pid);
     let _ = ZOMBIES_PARENT.remove(&pid);
+    if exit_ns == FILTERED {
+        return;
+    }
     emit(&ProcEvent {
         header: EventHeader {
             kind: EventKind::ProcessReap as u32,

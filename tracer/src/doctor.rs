@@ -40,8 +40,14 @@ pub fn run(args: Args) -> Result<i32> {
             Ok(t) => bpf::probe_hooks(d.spec, t),
             Err(_) => Vec::new(),
         };
+        // The path this kernel gives the detector, or why it has none.
+        let path = match (&tracefs, d.probe_path) {
+            (Ok(t), Some(probe)) => probe(t).map_err(|e| format!("{e:#}")),
+            _ => Ok(d.path),
+        };
         let runnable = tracefs.is_ok()
             && missing_caps.is_empty()
+            && path.is_ok()
             && statuses
                 .iter()
                 .all(|s| !s.required || s.state != HookState::Missing);
@@ -64,7 +70,8 @@ pub fn run(args: Args) -> Result<i32> {
             "detector": d.spec.detector,
             "runnable": runnable,
             "hooks": statuses,
-            "path": d.path,
+            "path": path.as_ref().ok(),
+            "reason": path.as_ref().err(),
         }));
     }
 
@@ -118,15 +125,15 @@ pub fn run(args: Args) -> Result<i32> {
         print!("{}", table.render());
         println!();
         for d in &det_json {
-            println!(
-                "{:<13} {}",
-                d["detector"].as_str().unwrap_or(""),
-                if d["runnable"].as_bool() == Some(true) {
-                    "can run"
-                } else {
-                    "CANNOT RUN"
-                }
-            );
+            let name = d["detector"].as_str().unwrap_or("");
+            match (d["runnable"].as_bool() == Some(true), d["path"].as_str()) {
+                (true, Some(path)) => println!("{name:<13} can run ({path})"),
+                (true, None) => println!("{name:<13} can run"),
+                (false, _) => match d["reason"].as_str() {
+                    Some(why) => println!("{name:<13} CANNOT RUN: {why}"),
+                    None => println!("{name:<13} CANNOT RUN"),
+                },
+            }
         }
     }
     Ok(if all_ok { 0 } else { 1 })

@@ -9,6 +9,7 @@ mod cgroups;
 mod detectors;
 mod doctor;
 mod inodes;
+mod kbtf;
 mod output;
 mod procinfo;
 mod prom;

@@ -3,6 +3,9 @@
 //! incident zombies N    fork N children that exit at once; never wait for them
 //! incident reaper N     on "go": fork N children that exit, wait for each at once
 //! incident sigign N     SIGCHLD = SIG_IGN; on "go": fork N children that exit
+//! incident threaded N   on "go": fork N children with 4 threads each, never wait:
+//!                       odd children exit_group() with every thread running, even
+//!                       ones end their main thread first and their last thread later
 //!
 //! Each prints `ready PID` when the incident is in place (after "go" where there is
 //! one: `ready` first, then `done`). On EOF on stdin it reaps every child left and
@@ -22,7 +25,7 @@ use nix::{
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: incident zombies|reaper|sigign N";
+    let usage = "usage: incident zombies|reaper|sigign|threaded N";
     let (Some(what), Some(n)) = (
         args.get(1),
         args.get(2).and_then(|n| n.parse::<usize>().ok()),
@@ -38,6 +41,13 @@ fn main() {
             let kids = spawn(n);
             wait_zombies(&kids);
             say(&format!("ready {me}"));
+        }
+        "threaded" => {
+            say(&format!("ready {me}"));
+            let _ = lines.next();
+            let kids: Vec<Pid> = (0..n).map(|i| spawn_threaded(i % 2 == 1)).collect();
+            wait_zombies(&kids);
+            say("done");
         }
         "reaper" => {
             say(&format!("ready {me}"));
@@ -98,15 +108,53 @@ fn spawn(n: usize) -> Vec<Pid> {
         .collect()
 }
 
-/// Waits until every child is a zombie (state Z in /proc).
+/// Forks a child with 4 threads besides its main thread. With `exit_group` the main
+/// thread calls _exit() while the others run, so all five exit at once; without, the
+/// main thread exits alone and the others end after it, the last making the zombie.
+fn spawn_threaded(exit_group: bool) -> Pid {
+    // SAFETY: this helper is single-threaded, so the child may start threads.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Parent { child } => child,
+        ForkResult::Child => {
+            let started = std::sync::Arc::new(std::sync::Barrier::new(5));
+            for i in 0..4u64 {
+                let started = started.clone();
+                std::thread::spawn(move || {
+                    started.wait();
+                    if exit_group {
+                        loop {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20 + 10 * i));
+                    // SAFETY: ends this thread only (SYS_exit, not exit_group).
+                    unsafe { libc::syscall(libc::SYS_exit, 0) };
+                });
+            }
+            started.wait();
+            // SAFETY: _exit ends the whole process; SYS_exit ends the main thread only.
+            unsafe {
+                if exit_group {
+                    libc::_exit(0);
+                }
+                libc::syscall(libc::SYS_exit, 0);
+            }
+            unreachable!("the main thread has exited")
+        }
+    }
+}
+
+/// Waits until every child is a zombie: state Z in /proc, and no thread left (a main
+/// thread that ended before its other threads shows Z while they still run).
 fn wait_zombies(kids: &[Pid]) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let all = kids.iter().all(|k| {
-            std::fs::read_to_string(format!("/proc/{k}/stat"))
+            let z = std::fs::read_to_string(format!("/proc/{k}/stat"))
                 .ok()
                 .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
-                .unwrap_or(false)
+                .unwrap_or(false);
+            z && std::fs::read_dir(format!("/proc/{k}/task")).is_ok_and(|d| d.count() == 1)
         });
         if all {
             return;

@@ -12,13 +12,18 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use aya::maps::{HashMap as BpfHashMap, PerCpuArray};
 use serde_json::json;
-use tracer_common::zombies::{COUNT_EXITS, COUNT_FORKS, ParentCounters};
+use tracer_common::zombies::{
+    COUNT_EXIT_READ_FAILED, COUNT_EXITS, COUNT_FORKS, EXIT_BY_FIELD, EXIT_BY_SIGNAL_LIVE,
+    ParentCounters,
+};
 
 use crate::{
     bpf::{self, Hook, Offset, Spec},
+    kbtf::KernelBtf,
     output::{self, Table, human_duration, round3},
     procinfo,
     run::{self, Detector, Report, ReportCtx, RunOpts},
+    tracefs::Tracefs,
 };
 use state::{Snapshot, Tracker};
 
@@ -74,12 +79,6 @@ pub const SPEC: Spec = Spec {
             category: "sched",
             event: "sched_process_fork",
             field: "child_pid",
-        },
-        Offset {
-            global: "ZOMBIES_EXIT_GROUP_DEAD",
-            category: "sched",
-            event: "sched_process_exit",
-            field: "group_dead",
         },
         Offset {
             global: "ZOMBIES_FREE_PID",
@@ -141,7 +140,11 @@ pub async fn run(args: Args) -> Result<()> {
     {
         bail!("no process with pid {pid} exists; pass the pid of a running parent to -p/--pid");
     }
-    let mut session = bpf::start(&SPEC, &[("ZOMBIES_TARGET_PPID", args.pid.unwrap_or(0))])?;
+    bpf::require_privileges(SPEC.detector)?;
+    let exit = ExitPath::probe(&Tracefs::open()?)?;
+    let mut globals = exit.globals();
+    globals.push(("ZOMBIES_TARGET_PPID", args.pid.unwrap_or(0)));
+    let mut session = bpf::start(&SPEC, &globals)?;
     let counters = BpfHashMap::try_from(session.take_map("ZOMBIES_COUNTERS")?)?;
     let counts = PerCpuArray::try_from(session.take_map("ZOMBIES_COUNTS")?)?;
     let caveats = session
@@ -158,6 +161,7 @@ pub async fn run(args: Args) -> Result<()> {
         counters,
         counts,
         caveats,
+        exit,
         first: None,
     };
     let what = match det.args.pid {
@@ -166,6 +170,65 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let run_opts = det.args.run.clone();
     run::drive(&run_opts, &mut session.ebpf, &what, &mut det).await
+}
+
+/// How this kernel shows that a process (its last thread) exited.
+#[derive(Clone, Copy, Debug)]
+pub enum ExitPath {
+    /// sched_process_exit's `group_dead` field, at this offset.
+    GroupDeadField(u32),
+    /// `current->signal->live == 0` at sched_process_exit, at these BTF offsets of
+    /// `task_struct.signal` and `signal_struct.live` (kernels without `group_dead`).
+    SignalLive { signal: u32, live: u32 },
+}
+
+impl ExitPath {
+    /// The exact way this kernel allows: the tracepoint field, else the task's signal
+    /// struct read at offsets from kernel BTF; without either, one sentence.
+    pub fn probe(tracefs: &Tracefs) -> Result<Self> {
+        if let Ok(off) = tracefs
+            .format("sched", "sched_process_exit")
+            .and_then(|f| f.offset("group_dead"))
+        {
+            return Ok(Self::GroupDeadField(off));
+        }
+        let btf = KernelBtf::from_sys_fs().and_then(|b| {
+            Ok(Self::SignalLive {
+                signal: b.member_offset("task_struct", "signal")?,
+                live: b.member_offset("signal_struct", "live")?,
+            })
+        });
+        btf.map_err(|e| {
+            anyhow::anyhow!(
+                "sched:sched_process_exit has no group_dead field on this kernel and the \
+                 fallback (task->signal->live from kernel BTF) is unavailable: {e:#}"
+            )
+        })
+    }
+
+    fn globals(self) -> Vec<(&'static str, u32)> {
+        match self {
+            Self::GroupDeadField(off) => vec![
+                ("ZOMBIES_EXIT_MODE", EXIT_BY_FIELD),
+                ("ZOMBIES_EXIT_GROUP_DEAD", off),
+            ],
+            Self::SignalLive { signal, live } => vec![
+                ("ZOMBIES_EXIT_MODE", EXIT_BY_SIGNAL_LIVE),
+                ("ZOMBIES_TASK_SIGNAL", signal),
+                ("ZOMBIES_SIGNAL_LIVE", live),
+            ],
+        }
+    }
+
+    /// What reports and doctor say about the path taken.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::GroupDeadField(_) => "sched_process_exit group_dead field",
+            Self::SignalLive { .. } => {
+                "sched_process_exit + task->signal->live (kernel BTF; no group_dead field here)"
+            }
+        }
+    }
 }
 
 /// CLOCK_BOOTTIME - CLOCK_MONOTONIC: converts kernel timestamps to /proc start times.
@@ -179,6 +242,7 @@ struct Zombies {
     counters: BpfHashMap<aya::maps::MapData, u32, ParentCounters>,
     counts: PerCpuArray<aya::maps::MapData, u64>,
     caveats: Vec<String>,
+    exit: ExitPath,
     /// (time, zombie count) of the first report, for the growth rate.
     first: Option<(f64, usize)>,
 }
@@ -214,6 +278,13 @@ impl Detector for Zombies {
         let elapsed = ctx.elapsed.as_secs_f64().max(1e-3);
         let forks = self.count(COUNT_FORKS);
         let exits = self.count(COUNT_EXITS);
+        let mut caveats = self.caveats.clone();
+        let unread = self.count(COUNT_EXIT_READ_FAILED);
+        if unread > 0 {
+            caveats.push(format!(
+                "{unread} thread exits could not be classified (reading task->signal failed): those exits are not counted"
+            ));
+        }
 
         // Growth of the zombie count since the first look (the /proc seed at start).
         let t = ctx.elapsed.as_secs_f64();
@@ -313,7 +384,8 @@ impl Detector for Zombies {
             },
             "forks": forks, "forks_per_s": round3(forks as f64 / elapsed),
             "exits": exits, "exits_per_s": round3(exits as f64 / elapsed),
-            "caveats": self.caveats,
+            "path": self.exit.describe(),
+            "caveats": caveats,
         });
 
         let mut text = String::new();
@@ -346,7 +418,8 @@ impl Detector for Zombies {
             text += &format!(", PID space exhausted in ~{}", human_duration(eta));
         }
         text += "\n";
-        for c in &self.caveats {
+        text += &format!("exits seen by: {}\n", self.exit.describe());
+        for c in &caveats {
             text += &format!("note: {c}\n");
         }
         text += "\nNON-REAPING PARENTS\n";
