@@ -192,6 +192,29 @@ impl Burners {
     fn pinned(n: usize, cpu: usize) -> Burners {
         Burners((0..n).map(|_| burner(Some(cpu))).collect())
     }
+
+    /// Waits until every burner has run its loop for at least a clock tick (user time
+    /// in /proc), so the window that follows sees them all burning.
+    fn running(self) -> Burners {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let utime = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = &s[s.rfind(')')? + 2..];
+                    rest.split(' ').nth(11)?.parse::<u64>().ok()
+                })
+                .unwrap_or(0)
+        };
+        while !self.0.iter().all(|c| utime(c.id()) > 0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the CPU burners did not start running within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self
+    }
 }
 
 fn burner(cpu: Option<usize>) -> Child {
@@ -227,8 +250,7 @@ impl Drop for Burners {
 fn a_cpu_burner_per_core_makes_cpu_saturation_at_least_warn() {
     require_root();
     let _s = serial();
-    let burners = Burners::per_core();
-    std::thread::sleep(Duration::from_millis(300));
+    let burners = Burners::per_core().running();
     let (out, r) = triage(&["-d", "2s"]);
     let pids: Vec<u32> = burners.0.iter().map(|c| c.id()).collect();
     drop(burners);
@@ -272,8 +294,7 @@ fn two_burners_sharing_one_cpu_wait_for_each_other_in_the_runqueue_histogram() {
     let _s = serial();
     // Two CPU-bound tasks on one CPU take turns: each waits on the run queue for the
     // other's whole time slice (milliseconds), after every preemption.
-    let burners = Burners::pinned(2, 0);
-    std::thread::sleep(Duration::from_millis(300));
+    let burners = Burners::pinned(2, 0).running();
     let (out, r) = triage(&["-d", "1s"]);
     drop(burners);
     let rq = &r["runqueue_latency_us"];
