@@ -21,11 +21,16 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::kernels::{self, Kernel, Series};
 
-/// Guest size: 2 vCPUs (qemu's multi-threaded TCG runs each on its own host thread, so
-/// the tracer and the workload it watches run side by side, as on the host) and 4 GiB
-/// (the tests' loop images and /tmp live in guest memory).
+/// Guest size: 2 vCPUs by default (TRACER_VM_CPUS overrides; qemu's multi-threaded TCG
+/// runs each vCPU on its own host thread, so the tracer and the workload it watches run
+/// side by side, as on the host) and 4 GiB (the tests' loop images and /tmp live in guest
+/// memory).
 const CPUS: &str = "2";
 const MEMORY: &str = "4G";
+
+fn cpus() -> String {
+    std::env::var("TRACER_VM_CPUS").unwrap_or_else(|_| CPUS.to_string())
+}
 
 /// Default bound on one guest's whole run: the full suite takes a few minutes under TCG.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -173,7 +178,7 @@ pub fn run(
     let mut child = Command::new("vng")
         .arg("--verbose")
         .arg("--disable-kvm")
-        .args(["-p", CPUS, "-m", MEMORY])
+        .args(["-p", &cpus(), "-m", MEMORY])
         .arg("--rwdir")
         .arg(out)
         // The kernel's modules: the guest's /lib/modules/RELEASE links into this tree.
