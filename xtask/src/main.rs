@@ -1,7 +1,10 @@
 //! `cargo xtask`: setup, build, run, test and bench for the tracer workspace. Every
 //! task runs `setup` first, so a fresh machine needs nothing installed by hand.
 mod bench;
+mod kernels;
 pub mod setup;
+mod test;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -20,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what a fresh machine lacks: nightly rust-src, bpf-linker, test tools.
+    /// Install what a fresh machine lacks: nightly rust-src, bpf-linker, test tools, and
+    /// for the VM matrix qemu, virtme-ng and the stock kernels.
     Setup,
     /// Build the tracer (release) with its embedded eBPF object.
     Build,
@@ -29,13 +33,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test: unit tests and the integration tests that load real eBPF.
-    Test {
-        /// Extra arguments for `cargo test`: a test name filter, or `--test zombies` for one
-        /// integration test file.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// Run every test on the host, then inside VMs on the stock 6.1 and 6.12 kernels:
+    /// `cargo xtask test [--kernel host|6.1|6.12]... [--no-vm] [-- --test zombies]`.
+    Test(test::Args),
+    /// Boot a stock kernel and run one command in it as root:
+    /// `cargo xtask vm --kernel 6.1 -- target/release/tracer doctor`.
+    Vm(vm::Args),
     /// Side-by-side benchmarks: workload alone, with tracer, with bpftrace.
     Bench(bench::Args),
 }
@@ -43,10 +46,11 @@ enum Task {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Setup => setup::run(),
+        Task::Setup => setup::all(),
         Task::Build => setup::run().and_then(|()| build()).map(|_| ()),
         Task::Run { args } => setup::run().and_then(|()| run(&args)),
-        Task::Test { args } => setup::run().and_then(|()| test(&args)),
+        Task::Test(a) => setup::run().and_then(|()| test::run(a)),
+        Task::Vm(a) => setup::run().and_then(|()| vm::task(a)),
         Task::Bench(a) => setup::run().and_then(|()| bench::run(a)),
     };
     if let Err(e) = result {
@@ -109,64 +113,4 @@ fn run(args: &[String]) -> Result<()> {
         .status()
         .context("starting the tracer")?;
     std::process::exit(st.code().unwrap_or(1));
-}
-
-fn test(args: &[String]) -> Result<()> {
-    if !is_root() {
-        bail!(
-            "the integration tests load eBPF programs and create cgroups and loop mounts: run `cargo xtask test` as root"
-        );
-    }
-    let bin = build()?;
-    // Doc tests are left out (there are none; their empty runs would close the log).
-    // `--test NAME` picks one integration test file; `--tests` would add all the others.
-    let targets: &[&str] = if args.iter().any(|a| a == "--test") {
-        &[]
-    } else {
-        &["--lib", "--bins", "--tests"]
-    };
-    let mut child = cargo()
-        .args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "tracer-ebpf",
-            "--release",
-        ])
-        .args(targets)
-        .args(args)
-        .env("TRACER_BIN", &bin)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("running cargo test")?;
-    // Pass the output through and add up cargo's "test result:" lines.
-    let (mut passed, mut failed) = (0u64, 0u64);
-    let stdout = child.stdout.take().context("cargo test stdout")?;
-    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
-        println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let num = |word: &str| {
-                rest.split(';')
-                    .find_map(|p| {
-                        p.trim().strip_suffix(word).map(|n| {
-                            n.trim()
-                                .trim_start_matches("ok.")
-                                .trim_start_matches("FAILED.")
-                                .trim()
-                                .parse::<u64>()
-                                .unwrap_or(0)
-                        })
-                    })
-                    .unwrap_or(0)
-            };
-            passed += num(" passed");
-            failed += num(" failed");
-        }
-    }
-    let st = child.wait().context("waiting for cargo test")?;
-    println!("{passed} passed, {failed} failed");
-    if !st.success() {
-        bail!("tests failed ({st})");
-    }
-    Ok(())
 }

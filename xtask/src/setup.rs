@@ -23,10 +23,59 @@ const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
 ];
 
+/// What the VM matrix needs: qemu (TCG), depmod for the unpacked kernels' modules,
+/// a static busybox for virtme-ng's initramfs (Debian kernels build 9p and virtio as
+/// modules, so the guest needs one), and virtme-ng itself.
+const VM_TOOLS: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("depmod", "kmod"),
+    ("busybox", "busybox-static"),
+];
+
+/// virtme-ng version the VM runner was written against (console on stderr with
+/// `--verbose`, `--rwdir`/`--rodir`, `--exec`).
+const VIRTME_NG: &str = "virtme-ng==1.42";
+
 pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     apt_tools(TOOLS)
+}
+
+/// `cargo xtask setup`: everything, the VM matrix's tools and kernels included.
+pub fn all() -> Result<()> {
+    run()?;
+    vm_tools()?;
+    crate::kernels::ensure(&crate::kernels::Series::ALL).map(|_| ())
+}
+
+/// Tools that boot the matrix kernels: Debian packages, then virtme-ng from PyPI.
+pub fn vm_tools() -> Result<()> {
+    apt_tools(VM_TOOLS).context("installing the VM matrix's tools")?;
+    if have("vng") {
+        return Ok(());
+    }
+    eprintln!("xtask: pip install {VIRTME_NG} (boots the matrix kernels)");
+    let pip = |extra: &[&str]| {
+        Command::new("python3")
+            .args(["-m", "pip", "install", "-q"])
+            .args(extra)
+            .arg(VIRTME_NG)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // A Debian system Python refuses pip installs (PEP 668) unless told otherwise.
+    if !pip(&[]) && !pip(&["--break-system-packages"]) {
+        bail!(
+            "virtme-ng is missing and `python3 -m pip install {VIRTME_NG}` failed: install it with pip"
+        );
+    }
+    if !have("vng") {
+        bail!(
+            "pip installed virtme-ng but `vng` is not on PATH: add pip's script directory (e.g. ~/.local/bin) to PATH"
+        );
+    }
+    Ok(())
 }
 
 pub fn cargo_bin() -> PathBuf {
