@@ -27,7 +27,10 @@ pub const ALL: &[Detector] = &[
     },
     Detector {
         spec: &inodes::SPEC,
-        fallback: "without syscall hooks: directories by inode walk, no ENOSPC counts",
+        fallback: "without ext4 hooks (they exist only while the ext4 module is loaded): usage, \
+                   NET/S and ETA from statvfs and ENOSPC from the syscall hooks for every \
+                   filesystem, ext4 attribution per process and directory marked unavailable; \
+                   without syscall hooks: directories by inode walk, no ENOSPC counts",
         path: "tracepoints",
     },
     Detector {

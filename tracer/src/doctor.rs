@@ -60,9 +60,17 @@ pub fn run(args: Args) -> Result<i32> {
                 s.purpose.into(),
             ]);
         }
+        // Optional hooks that are missing: the detector runs on its fallback.
+        let degraded: Vec<&str> = statuses
+            .iter()
+            .filter(|s| !s.required && s.state == HookState::Missing)
+            .map(|s| s.hook.as_str())
+            .collect();
         det_json.push(json!({
             "detector": d.spec.detector,
             "runnable": runnable,
+            "missing_optional": degraded,
+            "fallback": (!degraded.is_empty()).then_some(d.fallback),
             "hooks": statuses,
             "path": d.path,
         }));
@@ -118,13 +126,21 @@ pub fn run(args: Args) -> Result<i32> {
         print!("{}", table.render());
         println!();
         for d in &det_json {
+            let missing: Vec<&str> = d["missing_optional"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|h| h.as_str()).collect())
+                .unwrap_or_default();
             println!(
                 "{:<13} {}",
                 d["detector"].as_str().unwrap_or(""),
-                if d["runnable"].as_bool() == Some(true) {
-                    "can run"
-                } else {
-                    "CANNOT RUN"
+                match (d["runnable"].as_bool() == Some(true), missing.is_empty()) {
+                    (false, _) => "CANNOT RUN".to_string(),
+                    (true, true) => "can run".to_string(),
+                    (true, false) => format!(
+                        "can run, without {} (fallback: {})",
+                        missing.join(", "),
+                        d["fallback"].as_str().unwrap_or("")
+                    ),
                 }
             );
         }
