@@ -753,3 +753,26 @@ impl Drop for Tmpfs {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
+
+/// Waits until a running tracer has rewritten its --prom-file `n` times (every report
+/// rewrites it), so the reports after this call were made after what the test just
+/// did: the wait the tests use instead of a sleep. Fails after 10 s.
+pub fn wait_reports(prom: &std::path::Path, n: usize) {
+    let mtime = || std::fs::metadata(prom).and_then(|m| m.modified()).ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = mtime();
+    let mut seen = 0;
+    while seen < n {
+        assert!(
+            Instant::now() < deadline,
+            "the tracer stopped rewriting {} ({seen} of {n} reports seen in 10 s)",
+            prom.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let now = mtime();
+        if now != last {
+            seen += 1;
+            last = now;
+        }
+    }
+}

@@ -14,7 +14,7 @@ use std::{
 use serde_json::Value;
 use tracer_tests::{
     CgroupLayout, MemoryHierarchy, SubtreeControl, Tmpfs, Tracer, assert_none_loaded, require_root,
-    run_tracer, run_tracer_unprivileged, run_tracer_without_tracepoints, serial,
+    run_tracer, run_tracer_unprivileged, run_tracer_without_tracepoints, serial, wait_reports,
 };
 
 /// A cgroup directory the test made; removed (children first) on drop.
@@ -245,28 +245,6 @@ fn charged(mem: &MemoryHierarchy, parent: &Path) -> String {
             String::new()
         }
     )
-}
-
-/// Waits until the tracer has rewritten its --prom-file `n` times (each interval report
-/// rewrites it), so a later check sees reports made after what the test just did.
-fn wait_reports(prom: &Path, n: usize) {
-    let mtime = || fs::metadata(prom).and_then(|m| m.modified()).ok();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = mtime();
-    let mut seen = 0;
-    while seen < n {
-        assert!(
-            Instant::now() < deadline,
-            "the tracer stopped writing {}",
-            prom.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-        let now = mtime();
-        if now != last {
-            seen += 1;
-            last = now;
-        }
-    }
 }
 
 #[test]

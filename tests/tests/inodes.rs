@@ -9,6 +9,7 @@ use serde_json::Value;
 use tracer_tests::{
     CgroupLayout, Incident, LoopExt4, Tmpfs, TracefsWithout, Tracer, assert_none_loaded,
     require_root, run_tracer, run_tracer_unprivileged, run_tracer_without_tracepoints, serial,
+    wait_reports,
 };
 
 fn helper() -> &'static Path {
@@ -39,7 +40,17 @@ fn child_filling_ext4_is_named_with_exact_counts_dir_and_enospc() {
     let fs = LoopExt4::new(64, 128);
     let nested = fs.mnt.join("cache/entries/2026");
     std::fs::create_dir_all(&nested).unwrap();
-    let tracer = Tracer::start(&["inodes", "--fs", fs.mnt(), "--json", "-i", "300ms"]);
+    let prom = fs.mnt.with_file_name("report.prom");
+    let tracer = Tracer::start(&[
+        "inodes",
+        "--fs",
+        fs.mnt(),
+        "--json",
+        "-i",
+        "300ms",
+        "--prom-file",
+        prom.to_str().unwrap(),
+    ]);
     let mut inc = Incident::start_bin(helper(), &["fill", nested.to_str().unwrap(), "3"]);
     inc.send("go");
     let full = inc.expect_line("full");
@@ -52,12 +63,14 @@ fn child_filling_ext4_is_named_with_exact_counts_dir_and_enospc() {
         "a 128-inode image holds ~117 files: {created}"
     );
     let used_full = fs.inodes_used();
-    // At least one interval report sees the full filesystem before the delete.
-    std::thread::sleep(Duration::from_millis(800));
+    // At least one interval report sees the full filesystem before the delete (two
+    // rewrites: the second report was collected after the child said "full").
+    wait_reports(&prom, 2);
     inc.send("delete 40");
     inc.expect_line("deleted 40");
     let used_after = fs.inodes_used();
-    std::thread::sleep(Duration::from_millis(200));
+    // An interval report covers the deletes (its NOW/S goes down).
+    wait_reports(&prom, 2);
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
     let reports = out.reports();
@@ -196,7 +209,7 @@ fn tmpfs_exhaustion_is_seen_through_statvfs_and_the_failing_path() {
     inc.send("go");
     let full = inc.expect_line("full");
     let created: u64 = full.split_whitespace().nth(1).unwrap().parse().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // The final report drains the ring buffer (the failing path) and reads the maps.
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
     let r = out.final_report();
@@ -252,15 +265,25 @@ fn creator_in_a_cgroup_is_named_by_it_and_exited_when_gone() {
     // cgroup2 wherever this host mounts it (/sys/fs/cgroup or /sys/fs/cgroup/unified).
     let cg = Cgroup(CgroupLayout::read().unified().join(&name));
     std::fs::create_dir(&cg.0).expect("creating a cgroup2 directory");
-    let tracer = Tracer::start(&["inodes", "--fs", fs.mnt(), "--json", "-i", "300ms"]);
+    let prom = fs.mnt.with_file_name("report.prom");
+    let tracer = Tracer::start(&[
+        "inodes",
+        "--fs",
+        fs.mnt(),
+        "--json",
+        "-i",
+        "300ms",
+        "--prom-file",
+        prom.to_str().unwrap(),
+    ]);
     let mut inc = Incident::start_bin(helper(), &["fill", dir.to_str().unwrap(), "0"]);
     std::fs::write(cg.0.join("cgroup.procs"), inc.pid.to_string()).expect("moving the child");
     inc.send("go");
     inc.expect_line("full");
-    std::thread::sleep(Duration::from_millis(700));
+    // A report made while the child still runs (in its cgroup).
+    wait_reports(&prom, 2);
     let pid = inc.pid;
-    drop(inc); // exits and is reaped
-    std::thread::sleep(Duration::from_millis(400));
+    drop(inc); // exits and is reaped (the drop waits for it)
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
     let reports = out.reports();
@@ -292,7 +315,15 @@ fn steady_growth_gives_a_finite_eta_in_the_right_range() {
     const PER_S: f64 = 200.0;
     let mut inc = Incident::start_bin(helper(), &["rate", dir.to_str().unwrap(), "200"]);
     inc.send("go");
-    std::thread::sleep(Duration::from_millis(300));
+    // The child is creating (at its steady pace) before the tracer starts measuring.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&dir).unwrap().count() < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child created no files"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let out = Tracer::start(&["inodes", "--fs", fs.mnt(), "-d", "3s", "--json"]).wait();
     assert!(out.status.success(), "{}", out.stderr);
     drop(inc);
