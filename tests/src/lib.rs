@@ -284,6 +284,15 @@ impl TracefsWithout {
         t
     }
 
+    /// Makes a hidden category appear, as a module loaded while the tracer runs.
+    pub fn reveal(&self, category: &str) {
+        let real = std::fs::read_link(self.dir.join("events/syscalls"))
+            .expect("the view links the syscalls category")
+            .with_file_name(category);
+        std::os::unix::fs::symlink(real, self.dir.join("events").join(category))
+            .expect("linking a tracefs category");
+    }
+
     pub fn env(&self) -> [(&'static str, &str); 1] {
         [("TRACER_TRACEFS", self.dir.to_str().expect("UTF-8 temp dir"))]
     }

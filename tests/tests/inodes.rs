@@ -2,7 +2,7 @@
 //! a child process fills with files until creates fail with ENOSPC.
 use std::{
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -312,27 +312,30 @@ fn steady_growth_gives_a_finite_eta_in_the_right_range() {
     let fs = LoopExt4::new(64, 4096);
     let dir = fs.mnt.join("logs");
     std::fs::create_dir_all(&dir).unwrap();
-    const PER_S: f64 = 200.0;
     let mut inc = Incident::start_bin(helper(), &["rate", dir.to_str().unwrap(), "200"]);
     inc.send("go");
-    // The child is creating (at its steady pace) before the tracer starts measuring.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // The child is creating before the tracer starts measuring.
+    let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::read_dir(&dir).unwrap().count() < 20 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the child created no files"
-        );
+        assert!(Instant::now() < deadline, "the child created no files");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let out = Tracer::start(&["inodes", "--fs", fs.mnt(), "-d", "3s", "--json"]).wait();
+    // The rate the child really had while the tracer ran, from statvfs around the
+    // tracer's window (it aims at 200/s, and catches up after stalls: on a loaded or
+    // emulated machine the nominal rate is not what happened).
+    let tracer = Tracer::start(&["inodes", "--fs", fs.mnt(), "-d", "3s", "--json"]);
+    let (t0, used0) = (Instant::now(), fs.inodes_used());
+    let out = tracer.wait();
+    let (t1, used1) = (Instant::now(), fs.inodes_used());
     assert!(out.status.success(), "{}", out.stderr);
     drop(inc);
+    let real = (used1 - used0) as f64 / (t1 - t0).as_secs_f64();
     let r = out.final_report();
     let f = filesystem(&r, fs.mnt());
     let rate = f["net_inodes_per_s"].as_f64().unwrap();
     assert!(
-        (0.6 * PER_S..=1.3 * PER_S).contains(&rate),
-        "the child creates {PER_S}/s: {f}"
+        (0.7 * real..=1.3 * real).contains(&rate),
+        "the child created {real:.1}/s while the tracer ran: {f}"
     );
     let free = f["inodes_free"].as_f64().unwrap();
     let eta = f["exhaustion_eta_s"]
@@ -341,9 +344,9 @@ fn steady_growth_gives_a_finite_eta_in_the_right_range() {
     // The projection is the free inodes at the measured net rate...
     assert!((eta - free / rate).abs() <= 0.01 * eta + 0.01, "{f}");
     // ...and the measured rate is the child's: the ETA is where it really is.
-    let expected = free / PER_S;
+    let expected = free / real;
     assert!(
-        (0.75 * expected..=1.7 * expected).contains(&eta),
+        (0.75 * expected..=1.4 * expected).contains(&eta),
         "ETA {eta} s, expected about {expected} s: {f}"
     );
     assert_eq!(f["level"], "ok");
@@ -512,6 +515,38 @@ fn without_ext4_tracepoints_usage_eta_and_enospc_still_come_from_statvfs_and_sys
         "{}",
         out.stdout
     );
+    // ext4 loaded while the tracer runs (its tracepoints appear): the hooks were not
+    // attached, and the report says so rather than showing zero allocations.
+    let prom = fs.mnt.with_file_name("report.prom");
+    let tracer = Tracer::start_env(
+        &[
+            "inodes",
+            "--fs",
+            fs.mnt(),
+            "--json",
+            "-i",
+            "200ms",
+            "--prom-file",
+            prom.to_str().unwrap(),
+        ],
+        &view.env(),
+    );
+    view.reveal("ext4");
+    wait_reports(&prom, 2);
+    let r = tracer.interrupt().final_report();
+    let a = &r["ext4_attribution"];
+    assert_eq!(a["available"], false, "{r}");
+    assert!(
+        a["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the ext4 module was loaded during the run"),
+        "{a}"
+    );
+    let f = filesystem(&r, fs.mnt());
+    assert_eq!(f["rate_source"], "statvfs", "{f}");
+    assert!(f["allocated"].is_null(), "not counted, not zero: {f}");
+    assert!(rows(&r, "top_processes").is_empty(), "{r}");
     drop(inc);
     assert_none_loaded("inodes_");
 }

@@ -27,10 +27,9 @@ pub const ALL: &[Detector] = &[
     },
     Detector {
         spec: &inodes::SPEC,
-        fallback: "without ext4 hooks (they exist only while the ext4 module is loaded): usage, \
-                   NET/S and ETA from statvfs and ENOSPC from the syscall hooks for every \
-                   filesystem, ext4 attribution per process and directory marked unavailable; \
-                   without syscall hooks: directories by inode walk, no ENOSPC counts",
+        fallback: "without ext4 hooks (ext4 module not loaded): usage, ETA from statvfs and \
+                   ENOSPC from syscalls, no per-process/directory counts; without syscall hooks: \
+                   no ENOSPC counts",
         path: "tracepoints",
     },
     Detector {
