@@ -18,7 +18,7 @@ use aya::maps::{MapData, PerCpuHashMap};
 use serde_json::json;
 use tracer_common::{
     EventKind, comm_str, decode,
-    inodes::{DevCounts, DevTgid, DirKey, ENOSPC_CAPACITY, PathEvent, ProcCounts},
+    inodes::{DEV_CAPACITY, DevCounts, DevTgid, DirKey, ENOSPC_CAPACITY, PathEvent, ProcCounts},
 };
 
 use crate::{
@@ -196,6 +196,7 @@ pub async fn run(args: Args) -> Result<()> {
         devs: PerCpuHashMap::try_from(session.take_map("INODES_DEVS")?)?,
         enospc: PerCpuHashMap::try_from(session.take_map("INODES_ENOSPC")?)?,
         enospc_first: HashMap::new(),
+        dev_base: HashMap::new(),
         start_usage: HashMap::new(),
         previous: HashMap::new(),
         resolver: Resolver::default(),
@@ -205,6 +206,13 @@ pub async fn run(args: Args) -> Result<()> {
         target,
         top: args.top.max(1),
     };
+    // The kernel counts from the first attach, and attaching the other hooks takes a
+    // while (seconds on a slow or emulated machine): the rates count from here, where
+    // the report's clock starts, so they are per second of the same window.
+    let mut none = Vec::new();
+    det.dev_base = entries(&det.devs, "per-filesystem", DEV_CAPACITY, &mut none)
+        .into_iter()
+        .collect();
     // Usage at the start, for the rate of filesystems whose allocations are not traced.
     for f in det.filesystems(&snap::mounts()?) {
         det.start_usage.insert(f.dev, (0.0, f.inodes_used));
@@ -227,6 +235,8 @@ struct Inodes {
     /// (dev, tgid) -> comm and path (absolute when it could be made so) of the first
     /// failed create, from the kernel's record.
     enospc_first: HashMap<DevTgid, (String, String)>,
+    /// dev -> the kernel's per-filesystem counts when the report clock started.
+    dev_base: HashMap<u32, DevCounts>,
     /// dev -> (seconds since the start when first seen, inodes used then): the start,
     /// or the first report after it was mounted.
     start_usage: HashMap<u32, (f64, u64)>,

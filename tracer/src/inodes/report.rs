@@ -190,7 +190,12 @@ impl Inodes {
             let traced = self.ext4_missing.is_none();
             let (count, source, allocated, freed, since) = match devs.get(&u.dev) {
                 Some(d) if traced => (
-                    d.allocated as f64 - d.freed as f64,
+                    {
+                        // Net since the report clock started (see dev_base).
+                        let b = self.dev_base.get(&u.dev).copied().unwrap_or_default();
+                        d.allocated.saturating_sub(b.allocated) as f64
+                            - d.freed.saturating_sub(b.freed) as f64
+                    },
                     "ebpf",
                     Some(d.allocated),
                     Some(d.freed),
