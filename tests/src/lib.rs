@@ -132,8 +132,14 @@ fn line_channel(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String
 impl Tracer {
     /// Starts `tracer ARGS` and waits until it says it is tracing (hooks attached).
     pub fn start(args: &[&str]) -> Tracer {
+        Self::start_env(args, &[])
+    }
+
+    /// Like `start`, with extra environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Tracer {
         let mut child = Command::new(tracer_bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -283,6 +289,70 @@ pub fn run_tracer_without_tracepoints(args: &[&str]) -> Finished {
         args,
         &[("TRACER_TRACEFS", dir.to_str().expect("UTF-8 temp dir"))],
     )
+}
+
+/// A tracefs view that lacks some event categories, as on a kernel where they do not
+/// exist (e.g. "ext4" while the ext4 module is not loaded): a temp dir whose events/
+/// links every category of the real tracefs but those. Pass `env()` to the tracer
+/// (TRACER_TRACEFS); attaching still goes through the real tracefs. Removed on drop.
+pub struct TracefsWithout {
+    dir: PathBuf,
+}
+
+impl TracefsWithout {
+    pub fn new(hidden: &[&str]) -> TracefsWithout {
+        let real = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("events").is_dir())
+            .unwrap_or_else(|| {
+                sh(
+                    "mount",
+                    &["-t", "tracefs", "tracefs", "/sys/kernel/tracing"],
+                );
+                PathBuf::from("/sys/kernel/tracing")
+            });
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tracer-test-tracefs-without-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("events")).expect("creating the tracefs view");
+        let t = TracefsWithout { dir };
+        for e in std::fs::read_dir(real.join("events"))
+            .expect("reading tracefs events/")
+            .flatten()
+        {
+            let name = e.file_name();
+            if hidden.iter().any(|h| name == std::ffi::OsStr::new(h)) {
+                continue;
+            }
+            std::os::unix::fs::symlink(e.path(), t.dir.join("events").join(&name))
+                .expect("linking a tracefs category");
+        }
+        t
+    }
+
+    /// Makes a hidden category appear, as a module loaded while the tracer runs.
+    pub fn reveal(&self, category: &str) {
+        let real = std::fs::read_link(self.dir.join("events/syscalls"))
+            .expect("the view links the syscalls category")
+            .with_file_name(category);
+        std::os::unix::fs::symlink(real, self.dir.join("events").join(category))
+            .expect("linking a tracefs category");
+    }
+
+    pub fn env(&self) -> [(&'static str, &str); 1] {
+        [("TRACER_TRACEFS", self.dir.to_str().expect("UTF-8 temp dir"))]
+    }
+}
+
+impl Drop for TracefsWithout {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Runs the tracer with every capability dropped, as an unprivileged user would.
@@ -524,5 +594,245 @@ impl Drop for LoopExt4 {
             let _ = Command::new("losetup").args(["-d", dev]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The cgroup hierarchies this host has mounted, read from /proc/self/mountinfo (never
+/// assumed): cgroup2 is at /sys/fs/cgroup on a pure cgroup2 host (every current
+/// distribution) and at /sys/fs/cgroup/unified on a hybrid one (this project's CI
+/// machine), and v1 hierarchies hold the controllers bound to them.
+#[derive(Debug)]
+pub struct CgroupLayout {
+    /// The cgroup2 mount, if any.
+    pub unified: Option<PathBuf>,
+    /// v1 mounts: (controllers from the super options, mount point).
+    pub v1: Vec<(Vec<String>, PathBuf)>,
+}
+
+/// Where the memory controller is, and how `tracer cgroups` names its hierarchy.
+#[derive(Debug, Clone)]
+pub struct MemoryHierarchy {
+    /// The mount whose directories are memory cgroups.
+    pub mount: PathBuf,
+    /// true: cgroup2 (memory enabled through cgroup.subtree_control); false: the v1
+    /// memory hierarchy.
+    pub v2: bool,
+    /// The tracer's name for it (`--hierarchy`, the `hierarchy` fields).
+    pub name: String,
+}
+
+impl MemoryHierarchy {
+    /// For assertion messages: which path the test took.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} memory controller at {}",
+            if self.v2 { "cgroup2" } else { "cgroup v1" },
+            self.mount.display()
+        )
+    }
+}
+
+impl CgroupLayout {
+    pub fn read() -> CgroupLayout {
+        let info =
+            std::fs::read_to_string("/proc/self/mountinfo").expect("reading /proc/self/mountinfo");
+        let mut layout = CgroupLayout {
+            unified: None,
+            v1: Vec::new(),
+        };
+        for line in info.lines() {
+            // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS"
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let Some(point) = left.split(' ').nth(4) else {
+                continue;
+            };
+            let point = PathBuf::from(point.replace("\\040", " "));
+            let mut r = right.split(' ');
+            match r.next() {
+                Some("cgroup2") if layout.unified.is_none() => layout.unified = Some(point),
+                Some("cgroup") => {
+                    let ctrls: Vec<String> = r
+                        .nth(1)
+                        .unwrap_or("")
+                        .split(',')
+                        .filter(|o| {
+                            !matches!(*o, "rw" | "ro" | "noprefix" | "clone_children" | "xattr")
+                                && !o.contains('=')
+                                || o.starts_with("name=")
+                        })
+                        .map(str::to_string)
+                        .collect();
+                    if !layout.v1.iter().any(|(c, _)| *c == ctrls) {
+                        layout.v1.push((ctrls, point));
+                    }
+                }
+                _ => {}
+            }
+        }
+        layout
+    }
+
+    /// The cgroup2 mount; fails the test with a sentence when there is none.
+    pub fn unified(&self) -> &std::path::Path {
+        self.unified.as_deref().unwrap_or_else(|| {
+            panic!(
+                "no cgroup2 file system is mounted (none in /proc/self/mountinfo): mount one, e.g. \
+                 `mount -t cgroup2 none /sys/fs/cgroup`"
+            )
+        })
+    }
+
+    /// Controllers the cgroup2 root offers (cgroup.controllers).
+    pub fn unified_controllers(&self) -> Vec<String> {
+        self.unified
+            .as_ref()
+            .and_then(|u| std::fs::read_to_string(u.join("cgroup.controllers")).ok())
+            .map(|s| s.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// Where the memory controller is: the v1 memory hierarchy when memory is bound to
+    /// v1 (then cgroup2 cannot have it), else cgroup2 when its root offers memory.
+    /// Fails the test with a sentence when neither has it.
+    pub fn memory(&self) -> MemoryHierarchy {
+        if let Some((ctrls, mount)) = self
+            .v1
+            .iter()
+            .find(|(c, _)| c.iter().any(|c| c == "memory"))
+        {
+            return MemoryHierarchy {
+                mount: mount.clone(),
+                v2: false,
+                name: ctrls.join(","),
+            };
+        }
+        if self.unified_controllers().iter().any(|c| c == "memory") {
+            return MemoryHierarchy {
+                mount: self.unified().to_path_buf(),
+                v2: true,
+                name: "cgroup2".into(),
+            };
+        }
+        panic!(
+            "no memory controller: no v1 hierarchy has it and cgroup2's cgroup.controllers ({:?}) \
+             lacks it; boot with the memory cgroup enabled",
+            self.unified_controllers()
+        )
+    }
+}
+
+/// A controller enabled in a cgroup2 directory's cgroup.subtree_control by a test, and
+/// disabled again on drop (only if the test enabled it: a controller the host had on
+/// stays on).
+pub struct SubtreeControl {
+    dir: PathBuf,
+    controller: String,
+    enabled_here: bool,
+}
+
+impl SubtreeControl {
+    /// Makes sure `controller` is on for the children of `dir`. cgroup2's "no internal
+    /// processes" rule: `dir` must hold no process itself (the root is exempt).
+    pub fn enable(dir: &std::path::Path, controller: &str) -> SubtreeControl {
+        let file = dir.join("cgroup.subtree_control");
+        let on = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()))
+            .split_whitespace()
+            .any(|c| c == controller);
+        if !on {
+            std::fs::write(&file, format!("+{controller}"))
+                .unwrap_or_else(|e| panic!("enabling {controller} in {}: {e}", file.display()));
+        }
+        SubtreeControl {
+            dir: dir.to_path_buf(),
+            controller: controller.into(),
+            enabled_here: !on,
+        }
+    }
+}
+
+impl Drop for SubtreeControl {
+    fn drop(&mut self) {
+        if self.enabled_here && self.dir.exists() {
+            let file = self.dir.join("cgroup.subtree_control");
+            if let Err(e) = std::fs::write(&file, format!("-{}", self.controller)) {
+                eprintln!(
+                    "could not disable {} in {}: {e}",
+                    self.controller,
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+/// A tmpfs mounted on a fresh temp dir with `options` (e.g. "size=16m,nr_inodes=32");
+/// unmounted and its directory removed on drop, also when the test failed.
+pub struct Tmpfs {
+    pub dir: PathBuf,
+    mounted: bool,
+}
+
+impl Tmpfs {
+    pub fn new(tag: &str, options: &str) -> Tmpfs {
+        let dir = std::env::temp_dir().join(format!("tracer-tmpfs-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating the mount point");
+        let mut t = Tmpfs {
+            dir,
+            mounted: false,
+        };
+        sh(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                options,
+                "tmpfs",
+                t.dir.to_str().unwrap(),
+            ],
+        );
+        t.mounted = true;
+        t
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let ok = Command::new("umount")
+                .arg(&self.dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Waits until a running tracer has rewritten its --prom-file `n` times (every report
+/// rewrites it), so the reports after this call were made after what the test just
+/// did: the wait the tests use instead of a sleep. Fails after 10 s.
+pub fn wait_reports(prom: &std::path::Path, n: usize) {
+    let mtime = || std::fs::metadata(prom).and_then(|m| m.modified()).ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = mtime();
+    let mut seen = 0;
+    while seen < n {
+        assert!(
+            Instant::now() < deadline,
+            "the tracer stopped rewriting {} ({seen} of {n} reports seen in 10 s)",
+            prom.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let now = mtime();
+        if now != last {
+            seen += 1;
+            last = now;
+        }
     }
 }

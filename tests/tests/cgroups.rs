@@ -1,6 +1,9 @@
 //! `tracer cgroups` against cgroups the tests create and remove for real: memory
-//! cgroups kept dying by page cache (v1), cgroup2 cgroups that are freed at once, and
-//! empty leftovers. Every cgroup and file is removed by guards, also on failure.
+//! cgroups kept dying by page cache (on cgroup2 where the memory controller is there,
+//! on the v1 memory hierarchy where the host binds it to v1), cgroup2 cgroups that are
+//! freed at once, and empty leftovers. The hierarchies come from /proc/self/mountinfo
+//! (`CgroupLayout`), never from assumed paths. Every cgroup, mount and file is removed
+//! by guards, also on failure.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -10,12 +13,9 @@ use std::{
 
 use serde_json::Value;
 use tracer_tests::{
-    Tracer, assert_none_loaded, require_root, run_tracer, run_tracer_unprivileged,
-    run_tracer_without_tracepoints, serial,
+    CgroupLayout, MemoryHierarchy, SubtreeControl, Tmpfs, Tracer, assert_none_loaded, require_root,
+    run_tracer, run_tracer_unprivileged, run_tracer_without_tracepoints, serial, wait_reports,
 };
-
-const MEMORY: &str = "/sys/fs/cgroup/memory";
-const UNIFIED: &str = "/sys/fs/cgroup/unified";
 
 /// A cgroup directory the test made; removed (children first) on drop.
 struct Cgroup {
@@ -72,11 +72,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> TempDir {
-        TempDir::under(&std::env::temp_dir(), tag)
-    }
-
-    fn under(base: &Path, tag: &str) -> TempDir {
-        let p = base.join(format!("tracer-test-{tag}-{}", std::process::id()));
+        let p = std::env::temp_dir().join(format!("tracer-test-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -178,6 +174,79 @@ fn assert_churn(r: &Value, hierarchy: &str, rel_parent: &str, k: usize) {
     assert_eq!(pp["hierarchy"], hierarchy);
 }
 
+/// Writes `value` to a memory controller file of the test's parent cgroup; the error,
+/// if any, for the failure messages (e.g. memory.reclaim's EAGAIN when nothing is left
+/// to reclaim, which is expected).
+fn poke(dir: &Path, file: &str, value: &str) -> String {
+    match fs::write(dir.join(file), value) {
+        Ok(()) => format!("{file} <- {value}: ok"),
+        Err(e) => format!("{file} <- {value}: {e}"),
+    }
+}
+
+/// Empties the per-CPU caches that can keep a dying memcg referenced after its pages
+/// are gone, for the test's parent cgroup only (nothing else on the host is touched):
+///
+/// - Folios sit in per-CPU LRU-add batches (up to 15 per CPU) until that CPU drains
+///   them; a folio truncated from the page cache while still in another CPU's batch
+///   keeps its reference, hence its memcg charge, and the memcg stays dying until that
+///   CPU adds more folios or drains. On an idle 2-core machine that can take minutes:
+///   the one-in-three flake of this test, where one cgroup stayed dying after its files
+///   were deleted.
+/// - The per-CPU charge stock keeps a css reference on the last memcg that charged on
+///   that CPU; offlining drains it with a trylock that gives up when another drain runs.
+///
+/// v1: memory.force_empty runs lru_add_drain_all() and drain_all_stock() for this
+/// subtree, then reclaims what is reclaimable. cgroup2 has no force_empty:
+/// memory.reclaim drains the LRU batches of every CPU on its last retry (it returns
+/// EAGAIN when nothing was reclaimable). Neither frees tmpfs pages while their files
+/// exist (no swap here; with swap the swapped-out entries pin the memcg just the same),
+/// so this cannot release a cgroup that page cache still pins.
+fn drain_per_cpu_caches(mem: &MemoryHierarchy, parent: &Path) -> String {
+    if mem.v2 {
+        poke(parent, "memory.reclaim", "64M")
+    } else {
+        poke(parent, "memory.force_empty", "0")
+    }
+}
+
+/// What is still charged under `parent`, for failure messages.
+fn charged(mem: &MemoryHierarchy, parent: &Path) -> String {
+    let read = |f: &str| fs::read_to_string(parent.join(f)).unwrap_or_else(|e| format!("{f}: {e}"));
+    let keys: &[&str] = if mem.v2 {
+        &["anon", "file", "shmem", "kernel", "slab", "sock", "percpu"]
+    } else {
+        &[
+            "total_cache",
+            "total_rss",
+            "total_shmem",
+            "total_mapped_file",
+            "total_unevictable",
+        ]
+    };
+    let stat: Vec<String> = read("memory.stat")
+        .lines()
+        .filter(|l| keys.iter().any(|k| l.split(' ').next() == Some(*k)))
+        .map(str::to_string)
+        .collect();
+    let usage = if mem.v2 {
+        "memory.current"
+    } else {
+        "memory.usage_in_bytes"
+    };
+    format!(
+        "{usage} {} of {}; memory.stat: {}{}",
+        read(usage).trim(),
+        parent.display(),
+        stat.join(", "),
+        if mem.v2 {
+            format!("; cgroup.stat: {}", read("cgroup.stat").replace('\n', " "))
+        } else {
+            String::new()
+        }
+    )
+}
+
 #[test]
 fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     require_root();
@@ -185,22 +254,45 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     const K: usize = 3;
     let me = std::process::id();
     let comm = my_comm();
+    // The hierarchy that has the memory controller on this host: cgroup2 (the VM
+    // kernels, every current distribution) or v1 (this project's hybrid CI machine).
+    let mem = CgroupLayout::read().memory();
+    let how = mem.describe();
     // The test process's cgroup2 cgroup, as the report names a process's own cgroup.
     let own_cgroup = fs::read_to_string("/proc/self/cgroup")
         .unwrap()
         .lines()
         .find_map(|l| l.strip_prefix("0::").map(str::to_string))
         .expect("a cgroup2 entry in /proc/self/cgroup");
-    // The cache files live on tmpfs: their pages are charged to the cgroup that wrote
-    // them and freed with the files, and no filesystem metadata block (a directory or
-    // bitmap block first touched from inside a test cgroup) can pin one afterwards.
-    let files = TempDir::under(Path::new("/dev/shm"), "cgroups-cache");
-    let (tracer, prom) = start_live("memory", &files);
+    let files = TempDir::new("cgroups-cache");
+    // The cache files live on a tmpfs of the test's own: their pages are charged to the
+    // cgroup that wrote them and freed with the files, no filesystem metadata block (a
+    // directory or bitmap block first touched from inside a test cgroup) and no cgroup
+    // writeback structure (cgroup2 ext4) can pin one afterwards.
+    let cache = Tmpfs::new("cgroups-cache", "size=64m");
+    let (tracer, prom) = start_live(&mem.name, &files);
     let rel_parent = format!("/tracer-test-{me}");
-    let mut parent = Cgroup::create(format!("{MEMORY}{rel_parent}"));
+    // cgroup2: the memory controller must be on in the root's subtree_control (the root
+    // may hold processes) and in the parent's, which holds none ("no internal
+    // processes": only leaves have tasks). Guards turn off what the test turned on.
+    let _root_ctl = mem.v2.then(|| SubtreeControl::enable(&mem.mount, "memory"));
+    let mut parent = Cgroup::create(mem.mount.join(&rel_parent[1..]));
+    let _parent_ctl = mem
+        .v2
+        .then(|| SubtreeControl::enable(&parent.path, "memory"));
     let mut children: Vec<Cgroup> = (0..K)
         .map(|i| Cgroup::create(parent.path.join(format!("c{i}"))))
         .collect();
+    if mem.v2 {
+        for c in &children {
+            let ctl = fs::read_to_string(c.path.join("cgroup.controllers")).unwrap();
+            assert!(
+                ctl.split_whitespace().any(|c| c == "memory"),
+                "{how}: {} has no memory controller: {ctl}",
+                c.path.display()
+            );
+        }
+    }
     let paths: Vec<String> = (0..K).map(|i| format!("{rel_parent}/c{i}")).collect();
     // Page in sh and head (and their libraries) from here first: pages are charged to
     // the cgroup that reads them first, and a binary first read from inside c0 would
@@ -214,7 +306,7 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     // In each cgroup a child process writes 8 MiB of page cache to a file of ours,
     // charged to that memory cgroup, and exits (so the cgroup has no task left).
     for (i, cg) in children.iter().enumerate() {
-        let file = files.0.join(format!("cache{i}"));
+        let file = cache.dir.join(format!("cache{i}"));
         let st = Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -226,7 +318,7 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
             .expect("running sh");
         assert!(
             st.success(),
-            "the cache writer failed in {}",
+            "{how}: the cache writer failed in {}",
             cg.path.display()
         );
     }
@@ -237,7 +329,7 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     // by this process.
     wait_prom(
         &prom,
-        "the K cgroups listed as dying",
+        &format!("the K cgroups listed as dying ({how})"),
         Duration::from_secs(10),
         |t| {
             paths
@@ -245,21 +337,50 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
                 .all(|p| series_with_path(t, "tracer_cgroups_dying_age_s", p) == 1)
         },
     );
-    // Freeing the cache (deleting the files) lets the kernel release them.
-    for i in 0..K {
-        fs::remove_file(files.0.join(format!("cache{i}"))).unwrap();
+    // Per-CPU caches emptied: the page cache alone still pins them (two reports later).
+    let drained = drain_per_cpu_caches(&mem, &parent.path);
+    wait_reports(&prom, 2);
+    let t = fs::read_to_string(&prom).unwrap();
+    for p in &paths {
+        assert_eq!(
+            series_with_path(&t, "tracer_cgroups_dying_age_s", p),
+            1,
+            "{how}: {p} was released while its page cache existed ({drained}); {}\n{t}",
+            charged(&mem, &parent.path)
+        );
     }
-    wait_prom(
-        &prom,
-        "release of the K cgroups",
-        Duration::from_secs(20),
-        |t| {
-            paths.iter().all(|p| {
-                series_with_path(t, "tracer_cgroups_released_recent_latency_us", p) == 1
-                    && series_with_path(t, "tracer_cgroups_dying_age_s", p) == 0
-            })
-        },
-    );
+    // Freeing the cache (deleting the files) lets the kernel release them, once no
+    // per-CPU cache holds a reference any more: drain those again (a targeted action on
+    // the test's parent, see drain_per_cpu_caches) while waiting, bounded.
+    for i in 0..K {
+        fs::remove_file(cache.dir.join(format!("cache{i}"))).unwrap();
+    }
+    let released = |t: &str| {
+        paths.iter().all(|p| {
+            series_with_path(t, "tracer_cgroups_released_recent_latency_us", p) == 1
+                && series_with_path(t, "tracer_cgroups_dying_age_s", p) == 0
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut drains = vec![drain_per_cpu_caches(&mem, &parent.path)];
+    let mut next_drain = Instant::now() + Duration::from_secs(1);
+    loop {
+        let t = fs::read_to_string(&prom).unwrap_or_default();
+        if released(&t) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{how}: the K cgroups were not released within 20 s of deleting their files; \
+             per-CPU drains: {drains:?}; still charged: {}; last --prom-file:\n{t}",
+            charged(&mem, &parent.path)
+        );
+        if Instant::now() >= next_drain {
+            drains.push(drain_per_cpu_caches(&mem, &parent.path));
+            next_drain = Instant::now() + Duration::from_secs(1);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
     let reports = out.reports();
@@ -268,7 +389,12 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     let dying_report = reports
         .iter()
         .find(|r| rows_under(r, "dying", &rel_parent).len() == K)
-        .unwrap_or_else(|| panic!("no report listed the {K} dying cgroups:\n{}", out.stdout));
+        .unwrap_or_else(|| {
+            panic!(
+                "{how}: no report listed the {K} dying cgroups:\n{}",
+                out.stdout
+            )
+        });
     let mut dying: Vec<&Value> = rows_under(dying_report, "dying", &format!("{rel_parent}/"));
     dying.sort_by_key(|d| d["path"].as_str().unwrap().to_string());
     assert_eq!(
@@ -277,15 +403,16 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
             .map(|d| d["path"].as_str().unwrap())
             .collect::<Vec<_>>(),
         paths,
-        "exactly the test's cgroups are dying"
+        "{how}: exactly the test's cgroups are dying"
     );
     for d in &dying {
-        assert_eq!(d["hierarchy"], "memory", "{d}");
-        assert_eq!(d["creator_pid"], me, "{d}");
-        assert_eq!(d["remover_pid"], me, "{d}");
-        assert_eq!(d["creator_comm"], comm.as_str(), "{d}");
-        assert_eq!(d["remover_comm"], comm.as_str(), "{d}");
-        assert_eq!(d["creator_cgroup"], own_cgroup.as_str(), "{d}");
+        assert_eq!(d["hierarchy"], mem.name.as_str(), "{how}: {d}");
+        assert_eq!(d["creator_pid"], me, "{how}: {d}");
+        assert_eq!(d["remover_pid"], me, "{how}: {d}");
+        assert_eq!(d["creator_comm"], comm.as_str(), "{how}: {d}");
+        assert_eq!(d["remover_comm"], comm.as_str(), "{how}: {d}");
+        assert_eq!(d["creator_cgroup"], own_cgroup.as_str(), "{how}: {d}");
+        assert_eq!(d["remover_cgroup"], own_cgroup.as_str(), "{how}: {d}");
         assert!(d["id"].as_u64().unwrap() > 0);
         assert!(d["age_s"].as_f64().unwrap() >= 0.0);
     }
@@ -294,34 +421,60 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
         .unwrap()
         .iter()
         .find(|p| p["parent"] == rel_parent.as_str())
-        .unwrap_or_else(|| panic!("parent not grouped: {dying_report}"));
-    assert_eq!(by_parent["dying"], K);
-    // The walk counts them too (memory: /proc/cgroups minus visible directories).
-    let mem = hierarchy(dying_report, "memory");
-    assert!(mem["dying"].as_u64().unwrap() >= K as u64, "{mem}");
-    assert!(mem["dying_tracked"].as_u64().unwrap() >= K as u64, "{mem}");
-    assert!(mem["dying_growth_per_min"].is_number(), "{mem}");
+        .unwrap_or_else(|| panic!("{how}: parent not grouped: {dying_report}"));
+    assert_eq!(by_parent["dying"], K, "{how}");
+    // The walk counts them too (v1: /proc/cgroups minus visible directories; cgroup2:
+    // nr_dying_descendants), and the hierarchy is the one with the memory controller.
+    let h = hierarchy(dying_report, &mem.name);
+    assert!(h["dying"].as_u64().unwrap() >= K as u64, "{how}: {h}");
+    assert!(
+        h["dying_tracked"].as_u64().unwrap() >= K as u64,
+        "{how}: {h}"
+    );
+    assert!(h["dying_growth_per_min"].is_number(), "{how}: {h}");
+    assert!(
+        h["controllers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "memory"),
+        "{how}: {h}"
+    );
+    if mem.v2 {
+        // cgroup.stat of the parent level holds them.
+        assert!(
+            dying_report["dying_levels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["path"] == rel_parent.as_str() && l["dying"] == K),
+            "{how}: {dying_report}"
+        );
+    }
 
     let r = out.final_report();
     assert_eq!(r["command"], "cgroups");
     assert_eq!(r["lost_events"], 0);
-    assert!(rows_under(&r, "dying", &rel_parent).is_empty(), "{r}");
+    assert!(
+        rows_under(&r, "dying", &rel_parent).is_empty(),
+        "{how}: {r}"
+    );
     let released = rows_under(&r, "released_recent", &format!("{rel_parent}/"));
-    assert_eq!(released.len(), K, "{r}");
+    assert_eq!(released.len(), K, "{how}: {r}");
     for rel in &released {
         assert!(rel["latency_us"].as_u64().unwrap() > 0, "{rel}");
         assert_eq!(rel["creator_pid"], me);
         assert_eq!(rel["remover_pid"], me);
     }
     assert!(r["release_latency_us"]["count"].as_u64().unwrap() >= K as u64);
-    let mem = hierarchy(&r, "memory");
-    assert!(mem["release_latency_us"]["count"].as_u64().unwrap() >= K as u64);
-    assert!(mem["created"].as_u64().unwrap() > K as u64);
-    assert!(mem["removed"].as_u64().unwrap() >= K as u64);
+    let h = hierarchy(&r, &mem.name);
+    assert!(h["release_latency_us"]["count"].as_u64().unwrap() >= K as u64);
+    assert!(h["created"].as_u64().unwrap() > K as u64);
+    assert!(h["removed"].as_u64().unwrap() >= K as u64);
     assert!(r["created"].as_u64().unwrap() > K as u64);
     assert!(r["removed"].as_u64().unwrap() >= K as u64);
     assert!(r["released"].as_u64().unwrap() >= K as u64);
-    assert_churn(&r, "memory", &rel_parent, K);
+    assert_churn(&r, &mem.name, &rel_parent, K);
     // Each cache writer was moved into its cgroup once (cgroup_attach_task).
     for (i, p) in paths.iter().enumerate() {
         let m = r["moves"]
@@ -333,12 +486,18 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
                     .as_str()
                     .is_some_and(|x| x.starts_with(p.as_str()))
             })
-            .unwrap_or_else(|| panic!("move into c{i} not counted: {r}"));
+            .unwrap_or_else(|| panic!("{how}: move into c{i} not counted: {r}"));
         assert_eq!(m["tasks"], 1, "{m}");
         assert_eq!(m["comm"], "sh", "the writer moved itself: {m}");
     }
-    assert!(r["memory_stat_read_ms"]["start"].as_f64().is_some());
-    assert!(r["memory_stat_read_ms"]["now"].as_f64().is_some());
+    assert!(
+        r["memory_stat_read_ms"]["start"].as_f64().is_some(),
+        "{how}: {r}"
+    );
+    assert!(
+        r["memory_stat_read_ms"]["now"].as_f64().is_some(),
+        "{how}: {r}"
+    );
     parent.remove();
     assert_none_loaded("cgroups_");
 }
@@ -352,7 +511,8 @@ fn cgroup2_cgroups_are_released_at_once_and_never_dying() {
     let files = TempDir::new("cgroups-v2");
     let (tracer, prom) = start_live("cgroup2", &files);
     let rel_parent = format!("/tracer-test-{me}-v2");
-    let mut parent = Cgroup::create(format!("{UNIFIED}{rel_parent}"));
+    let layout = CgroupLayout::read();
+    let mut parent = Cgroup::create(layout.unified().join(&rel_parent[1..]));
     let paths: Vec<String> = (0..K).map(|i| format!("{rel_parent}/c{i}")).collect();
     for i in 0..K {
         let mut cg = Cgroup::create(parent.path.join(format!("c{i}")));
@@ -407,7 +567,7 @@ fn short_lived_creator_is_named_with_its_own_cgroup() {
     let me = std::process::id();
     let files = TempDir::new("cgroups-creator");
     let rel_home = format!("/tracer-test-{me}-home");
-    let home = Cgroup::create(format!("{UNIFIED}{rel_home}"));
+    let home = Cgroup::create(CgroupLayout::read().unified().join(&rel_home[1..]));
     let (tracer, prom) = start_live("cgroup2", &files);
     // A shell moves itself into `home`, and mkdir(1)/rmdir(1), its children, make and
     // remove a cgroup there; all of them have exited before any report is built.
@@ -461,7 +621,7 @@ fn empty_cgroups_are_listed_as_leftovers_past_min_age() {
     let _s = serial();
     let me = std::process::id();
     let rel_parent = format!("/tracer-test-{me}-empty");
-    let parent = Cgroup::create(format!("{UNIFIED}{rel_parent}"));
+    let parent = Cgroup::create(CgroupLayout::read().unified().join(&rel_parent[1..]));
     let _e0 = Cgroup::create(parent.path.join("e0"));
     let _e1 = Cgroup::create(parent.path.join("e1"));
 
@@ -510,15 +670,27 @@ fn empty_cgroups_are_listed_as_leftovers_past_min_age() {
 fn bad_input_gets_one_clear_sentence_and_nonzero_exit() {
     require_root();
     let _s = serial();
+    let mem = CgroupLayout::read().memory();
     let out = run_tracer(&["cgroups", "--hierarchy", "nosuch", "-d", "1s"]);
     out.assert_one_sentence(
         1,
         &[
             "no mounted cgroup hierarchy is named `nosuch`; mounted: ",
-            "memory",
+            &mem.name,
             "cgroup2",
         ],
     );
+    if mem.v2 {
+        // A v1 name on a cgroup2 host: the sentence says where memory is.
+        let out = run_tracer(&["cgroups", "--hierarchy", "memory", "-d", "1s"]);
+        out.assert_one_sentence(
+            1,
+            &[
+                "no mounted cgroup hierarchy is named `memory`: the memory controller is on cgroup2 here",
+                "use `--hierarchy cgroup2`",
+            ],
+        );
+    }
 
     let out = run_tracer(&["cgroups", "--min-age", "ten"]);
     assert_eq!(out.status.code(), Some(2));

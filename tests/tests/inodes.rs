@@ -2,14 +2,14 @@
 //! a child process fills with files until creates fail with ENOSPC.
 use std::{
     path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use tracer_tests::{
-    Incident, LoopExt4, Tracer, assert_none_loaded, require_root, run_tracer,
-    run_tracer_unprivileged, run_tracer_without_tracepoints, serial, sh,
+    CgroupLayout, Incident, LoopExt4, Tmpfs, TracefsWithout, Tracer, assert_none_loaded,
+    require_root, run_tracer, run_tracer_unprivileged, run_tracer_without_tracepoints, serial,
+    wait_reports,
 };
 
 fn helper() -> &'static Path {
@@ -40,7 +40,17 @@ fn child_filling_ext4_is_named_with_exact_counts_dir_and_enospc() {
     let fs = LoopExt4::new(64, 128);
     let nested = fs.mnt.join("cache/entries/2026");
     std::fs::create_dir_all(&nested).unwrap();
-    let tracer = Tracer::start(&["inodes", "--fs", fs.mnt(), "--json", "-i", "300ms"]);
+    let prom = fs.mnt.with_file_name("report.prom");
+    let tracer = Tracer::start(&[
+        "inodes",
+        "--fs",
+        fs.mnt(),
+        "--json",
+        "-i",
+        "300ms",
+        "--prom-file",
+        prom.to_str().unwrap(),
+    ]);
     let mut inc = Incident::start_bin(helper(), &["fill", nested.to_str().unwrap(), "3"]);
     inc.send("go");
     let full = inc.expect_line("full");
@@ -53,12 +63,14 @@ fn child_filling_ext4_is_named_with_exact_counts_dir_and_enospc() {
         "a 128-inode image holds ~117 files: {created}"
     );
     let used_full = fs.inodes_used();
-    // At least one interval report sees the full filesystem before the delete.
-    std::thread::sleep(Duration::from_millis(800));
+    // At least one interval report sees the full filesystem before the delete (two
+    // rewrites: the second report was collected after the child said "full").
+    wait_reports(&prom, 2);
     inc.send("delete 40");
     inc.expect_line("deleted 40");
     let used_after = fs.inodes_used();
-    std::thread::sleep(Duration::from_millis(200));
+    // An interval report covers the deletes (its NOW/S goes down).
+    wait_reports(&prom, 2);
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
     let reports = out.reports();
@@ -184,56 +196,11 @@ fn text_report_flags_the_full_filesystem_and_names_the_directory() {
     assert!(t.contains("lost events: 0"), "{t}");
 }
 
-/// A tmpfs with a tiny inode limit, unmounted and removed on drop.
-struct Tmpfs {
-    dir: PathBuf,
-    mounted: bool,
-}
-
-impl Tmpfs {
-    fn new(nr_inodes: u32) -> Tmpfs {
-        let dir = std::env::temp_dir().join(format!("tracer-inodes-tmpfs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("creating the mount point");
-        let mut t = Tmpfs {
-            dir,
-            mounted: false,
-        };
-        sh(
-            "mount",
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size=16m,nr_inodes={nr_inodes}"),
-                "tmpfs",
-                t.dir.to_str().unwrap(),
-            ],
-        );
-        t.mounted = true;
-        t
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if self.mounted {
-            let ok = Command::new("umount")
-                .arg(&self.dir)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-            }
-        }
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 #[test]
 fn tmpfs_exhaustion_is_seen_through_statvfs_and_the_failing_path() {
     require_root();
     let _s = serial();
-    let fs = Tmpfs::new(32);
+    let fs = Tmpfs::new("inodes", "size=16m,nr_inodes=32");
     let mnt = fs.dir.to_str().unwrap().to_string();
     let dir = fs.dir.join("q");
     std::fs::create_dir(&dir).unwrap();
@@ -242,7 +209,7 @@ fn tmpfs_exhaustion_is_seen_through_statvfs_and_the_failing_path() {
     inc.send("go");
     let full = inc.expect_line("full");
     let created: u64 = full.split_whitespace().nth(1).unwrap().parse().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // The final report drains the ring buffer (the failing path) and reads the maps.
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
     let r = out.final_report();
@@ -295,17 +262,28 @@ fn creator_in_a_cgroup_is_named_by_it_and_exited_when_gone() {
     let dir = fs.mnt.join("d");
     std::fs::create_dir(&dir).unwrap();
     let name = format!("tracer-inodes-test-{}", std::process::id());
-    let cg = Cgroup(Path::new("/sys/fs/cgroup/unified").join(&name));
+    // cgroup2 wherever this host mounts it (/sys/fs/cgroup or /sys/fs/cgroup/unified).
+    let cg = Cgroup(CgroupLayout::read().unified().join(&name));
     std::fs::create_dir(&cg.0).expect("creating a cgroup2 directory");
-    let tracer = Tracer::start(&["inodes", "--fs", fs.mnt(), "--json", "-i", "300ms"]);
+    let prom = fs.mnt.with_file_name("report.prom");
+    let tracer = Tracer::start(&[
+        "inodes",
+        "--fs",
+        fs.mnt(),
+        "--json",
+        "-i",
+        "300ms",
+        "--prom-file",
+        prom.to_str().unwrap(),
+    ]);
     let mut inc = Incident::start_bin(helper(), &["fill", dir.to_str().unwrap(), "0"]);
     std::fs::write(cg.0.join("cgroup.procs"), inc.pid.to_string()).expect("moving the child");
     inc.send("go");
     inc.expect_line("full");
-    std::thread::sleep(Duration::from_millis(700));
+    // A report made while the child still runs (in its cgroup).
+    wait_reports(&prom, 2);
     let pid = inc.pid;
-    drop(inc); // exits and is reaped
-    std::thread::sleep(Duration::from_millis(400));
+    drop(inc); // exits and is reaped (the drop waits for it)
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
     let reports = out.reports();
@@ -334,19 +312,30 @@ fn steady_growth_gives_a_finite_eta_in_the_right_range() {
     let fs = LoopExt4::new(64, 4096);
     let dir = fs.mnt.join("logs");
     std::fs::create_dir_all(&dir).unwrap();
-    const PER_S: f64 = 200.0;
     let mut inc = Incident::start_bin(helper(), &["rate", dir.to_str().unwrap(), "200"]);
     inc.send("go");
-    std::thread::sleep(Duration::from_millis(300));
-    let out = Tracer::start(&["inodes", "--fs", fs.mnt(), "-d", "3s", "--json"]).wait();
+    // The child is creating before the tracer starts measuring.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&dir).unwrap().count() < 20 {
+        assert!(Instant::now() < deadline, "the child created no files");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The rate the child really had while the tracer ran, from statvfs around the
+    // tracer's window (it aims at 200/s, and catches up after stalls: on a loaded or
+    // emulated machine the nominal rate is not what happened).
+    let tracer = Tracer::start(&["inodes", "--fs", fs.mnt(), "-d", "3s", "--json"]);
+    let (t0, used0) = (Instant::now(), fs.inodes_used());
+    let out = tracer.wait();
+    let (t1, used1) = (Instant::now(), fs.inodes_used());
     assert!(out.status.success(), "{}", out.stderr);
     drop(inc);
+    let real = (used1 - used0) as f64 / (t1 - t0).as_secs_f64();
     let r = out.final_report();
     let f = filesystem(&r, fs.mnt());
     let rate = f["net_inodes_per_s"].as_f64().unwrap();
     assert!(
-        (0.6 * PER_S..=1.3 * PER_S).contains(&rate),
-        "the child creates {PER_S}/s: {f}"
+        (0.7 * real..=1.3 * real).contains(&rate),
+        "the child created {real:.1}/s while the tracer ran: {f}"
     );
     let free = f["inodes_free"].as_f64().unwrap();
     let eta = f["exhaustion_eta_s"]
@@ -355,9 +344,9 @@ fn steady_growth_gives_a_finite_eta_in_the_right_range() {
     // The projection is the free inodes at the measured net rate...
     assert!((eta - free / rate).abs() <= 0.01 * eta + 0.01, "{f}");
     // ...and the measured rate is the child's: the ETA is where it really is.
-    let expected = free / PER_S;
+    let expected = free / real;
     assert!(
-        (0.75 * expected..=1.7 * expected).contains(&eta),
+        (0.75 * expected..=1.4 * expected).contains(&eta),
         "ETA {eta} s, expected about {expected} s: {f}"
     );
     assert_eq!(f["level"], "ok");
@@ -365,7 +354,7 @@ fn steady_growth_gives_a_finite_eta_in_the_right_range() {
 }
 
 #[test]
-fn bad_fs_flag_missing_ext4_hooks_and_no_privileges_get_one_sentence() {
+fn bad_fs_flag_no_tracepoints_and_no_privileges_get_one_sentence_or_the_fallback() {
     require_root();
     let _s = serial();
     let fs = LoopExt4::new(16, 64);
@@ -399,9 +388,30 @@ fn bad_fs_flag_missing_ext4_hooks_and_no_privileges_get_one_sentence() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 
-    // A kernel without the ext4 tracepoints (a tracefs that lacks them).
-    let out = run_tracer_without_tracepoints(&["inodes", "-d", "1s"]);
-    out.assert_one_sentence(1, &["tracepoint ext4:ext4_allocate_inode is missing"]);
+    // A kernel without any tracepoint: still runs, on statvfs alone, and says what it
+    // cannot see (ext4 attribution, and ENOSPC without the syscall hooks).
+    let out = run_tracer_without_tracepoints(&["inodes", "-d", "1s", "--json"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let r = out.final_report();
+    assert_eq!(r["ext4_attribution"]["available"], false, "{r}");
+    assert!(
+        r["ext4_attribution"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("ext4 tracepoints missing: "),
+        "{r}"
+    );
+    assert!(
+        rows(&r, "caveats").iter().any(|c| c
+            .as_str()
+            .unwrap()
+            .starts_with("syscalls:sys_exit_openat is missing: cannot count openat() calls that fail with ENOSPC")),
+        "{r}"
+    );
+    assert!(
+        !rows(&r, "filesystems").is_empty(),
+        "statvfs still works: {r}"
+    );
 
     let out = run_tracer_unprivileged(&["inodes", "-d", "1s"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
@@ -410,5 +420,133 @@ fn bad_fs_flag_missing_ext4_hooks_and_no_privileges_get_one_sentence() {
         "{}",
         out.stderr
     );
+    assert_none_loaded("inodes_");
+}
+
+/// ext4 loaded (this filesystem), or not, at the test's start: from /proc/filesystems
+/// and tracefs, never from the kernel's name.
+fn ext4_tracepoints_exist() -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|t| {
+            Path::new(t)
+                .join("events/ext4/ext4_allocate_inode/format")
+                .is_file()
+        })
+}
+
+#[test]
+fn without_ext4_tracepoints_usage_eta_and_enospc_still_come_from_statvfs_and_syscalls() {
+    require_root();
+    let _s = serial();
+    // A Debian kernel with no ext4 file system mounted has no ext4:* tracepoints (ext4
+    // is a module). The tracer sees the same here through a tracefs view without the
+    // ext4 category; the image below is ext4 all the same, and it is filled for real.
+    let fs = LoopExt4::new(16, 64);
+    assert!(
+        ext4_tracepoints_exist(),
+        "mounting ext4 loads the ext4 tracepoints"
+    );
+    let dir = fs.mnt.join("q");
+    std::fs::create_dir(&dir).unwrap();
+    let view = TracefsWithout::new(&["ext4"]);
+    let used_start = fs.inodes_used();
+    let tracer = Tracer::start_env(
+        &["inodes", "--fs", fs.mnt(), "--json", "-i", "300ms"],
+        &view.env(),
+    );
+    let mut inc = Incident::start_bin(helper(), &["fill", dir.to_str().unwrap(), "2"]);
+    inc.send("go");
+    let full = inc.expect_line("full");
+    let mut words = full.split_whitespace().skip(1);
+    let created: u64 = words.next().unwrap().parse().unwrap();
+    let failed: u64 = words.next().unwrap().parse().unwrap();
+    assert_eq!(failed, 3, "one ENOSPC and 2 retries");
+    let used_full = fs.inodes_used();
+    assert_eq!(used_full - used_start, created);
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    let r = out.final_report();
+    // Attribution is marked unavailable, with the reason and the fallback named.
+    let a = &r["ext4_attribution"];
+    assert_eq!(a["available"], false, "{r}");
+    assert!(
+        a["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("ext4 tracepoints missing: "),
+        "{a}"
+    );
+    assert!(a["fallback"].as_str().unwrap().contains("statvfs"), "{a}");
+    assert!(rows(&r, "top_processes").is_empty(), "{r}");
+    assert!(rows(&r, "top_directories").is_empty(), "{r}");
+    // Usage and the rate from statvfs: the ext4 filesystem is full, no zeros.
+    let f = filesystem(&r, fs.mnt());
+    assert_eq!(f["fstype"], "ext4");
+    assert_eq!(f["rate_source"], "statvfs", "{f}");
+    assert!(f["allocated"].is_null(), "not counted, not zero: {f}");
+    assert_eq!(f["inodes_used"], used_full);
+    assert_eq!(f["inodes_used"], f["inodes_total"], "{f}");
+    assert_eq!(f["level"], "crit");
+    assert_eq!(f["exhaustion_eta_s"], 0.0, "{f}");
+    assert!(f["net_inodes_per_s"].as_f64().unwrap() > 0.0, "{f}");
+    // ENOSPC from the syscall hooks, its mount from the failing path.
+    let e = rows(&r, "enospc")
+        .iter()
+        .find(|e| e["pid"] == inc.pid)
+        .unwrap_or_else(|| panic!("no ENOSPC row for the child: {r}"));
+    assert_eq!(e["count"], failed);
+    assert_eq!(e["mount"], fs.mnt());
+    assert_eq!(
+        e["first_path"],
+        dir.join(format!("f{created}")).to_str().unwrap()
+    );
+    // The text names the fallback too.
+    let tracer = Tracer::start_env(&["inodes", "--fs", fs.mnt()], &view.env());
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("ext4 attribution unavailable (ext4 tracepoints missing: ")
+            && out
+                .stdout
+                .contains("usage, NET/S and ETA from statvfs, ENOSPC from the create syscalls")
+            && out.stdout.contains("unavailable: ext4 tracepoints missing"),
+        "{}",
+        out.stdout
+    );
+    // ext4 loaded while the tracer runs (its tracepoints appear): the hooks were not
+    // attached, and the report says so rather than showing zero allocations.
+    let prom = fs.mnt.with_file_name("report.prom");
+    let tracer = Tracer::start_env(
+        &[
+            "inodes",
+            "--fs",
+            fs.mnt(),
+            "--json",
+            "-i",
+            "200ms",
+            "--prom-file",
+            prom.to_str().unwrap(),
+        ],
+        &view.env(),
+    );
+    view.reveal("ext4");
+    wait_reports(&prom, 2);
+    let r = tracer.interrupt().final_report();
+    let a = &r["ext4_attribution"];
+    assert_eq!(a["available"], false, "{r}");
+    assert!(
+        a["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the ext4 module was loaded during the run"),
+        "{a}"
+    );
+    let f = filesystem(&r, fs.mnt());
+    assert_eq!(f["rate_source"], "statvfs", "{f}");
+    assert!(f["allocated"].is_null(), "not counted, not zero: {f}");
+    assert!(rows(&r, "top_processes").is_empty(), "{r}");
+    drop(inc);
     assert_none_loaded("inodes_");
 }

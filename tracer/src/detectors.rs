@@ -33,7 +33,9 @@ pub const ALL: &[Detector] = &[
     },
     Detector {
         spec: &inodes::SPEC,
-        fallback: "without syscall hooks: directories by inode walk, no ENOSPC counts",
+        fallback: "without ext4 hooks (ext4 module not loaded): usage, ETA from statvfs and \
+                   ENOSPC from syscalls, no per-process/directory counts; without syscall hooks: \
+                   no ENOSPC counts",
         path: "tracepoints",
         probe_path: None,
     },

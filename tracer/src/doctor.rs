@@ -66,9 +66,17 @@ pub fn run(args: Args) -> Result<i32> {
                 s.purpose.into(),
             ]);
         }
+        // Optional hooks that are missing: the detector runs on its fallback.
+        let degraded: Vec<&str> = statuses
+            .iter()
+            .filter(|s| !s.required && s.state == HookState::Missing)
+            .map(|s| s.hook.as_str())
+            .collect();
         det_json.push(json!({
             "detector": d.spec.detector,
             "runnable": runnable,
+            "missing_optional": degraded,
+            "fallback": (!degraded.is_empty()).then_some(d.fallback),
             "hooks": statuses,
             "path": path.as_ref().ok(),
             "reason": path.as_ref().err(),
@@ -126,9 +134,22 @@ pub fn run(args: Args) -> Result<i32> {
         println!();
         for d in &det_json {
             let name = d["detector"].as_str().unwrap_or("");
+            let missing: Vec<&str> = d["missing_optional"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|h| h.as_str()).collect())
+                .unwrap_or_default();
+            let without = if missing.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", without {} (fallback: {})",
+                    missing.join(", "),
+                    d["fallback"].as_str().unwrap_or("")
+                )
+            };
             match (d["runnable"].as_bool() == Some(true), d["path"].as_str()) {
-                (true, Some(path)) => println!("{name:<13} can run ({path})"),
-                (true, None) => println!("{name:<13} can run"),
+                (true, Some(path)) => println!("{name:<13} can run ({path}){without}"),
+                (true, None) => println!("{name:<13} can run{without}"),
                 (false, _) => match d["reason"].as_str() {
                     Some(why) => println!("{name:<13} CANNOT RUN: {why}"),
                     None => println!("{name:<13} CANNOT RUN"),

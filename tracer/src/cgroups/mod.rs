@@ -122,7 +122,8 @@ pub const SPEC: Spec = Spec {
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// Only this hierarchy: a v1 controller list as in /proc/self/cgroup ("memory",
-    /// "name=systemd") or "cgroup2".
+    /// "name=systemd") or "cgroup2" (which holds every controller not bound to v1: on
+    /// a pure cgroup2 host, memory is there).
     #[arg(long, value_name = "NAME")]
     pub hierarchy: Option<String>,
     /// Empty cgroups (no tasks, no children) older than this are listed as leftovers.
@@ -153,6 +154,17 @@ pub async fn run(args: Args) -> Result<()> {
     let mut filter = 0;
     if let Some(name) = &args.hierarchy {
         let Some(h) = hierarchies.iter().find(|h| &h.name == name) else {
+            // A v1 controller name on a host where that controller is on cgroup2.
+            if let Some(v2) = hierarchies
+                .iter()
+                .find(|h| h.version == 2 && h.controllers.contains(name))
+            {
+                bail!(
+                    "no mounted cgroup hierarchy is named `{name}`: the {name} controller is on \
+                     cgroup2 here ({}); use `--hierarchy cgroup2`",
+                    v2.mount.display()
+                );
+            }
             bail!(
                 "no mounted cgroup hierarchy is named `{name}`; mounted: {}",
                 hierarchies
@@ -385,6 +397,7 @@ impl Detector for Cgroups {
                 .unwrap_or_default();
             hjson.push(json!({
                 "name": h.name, "id": h.id, "mount": h.mount, "version": h.version,
+                "controllers": h.controllers,
                 "cgroups": h.cgroups, "cgroups_how": format!("directories under {}", h.mount.display()),
                 "dying": dying, "dying_how": h.dying_source,
                 "dying_at_start": at_start, "dying_tracked": tracked,

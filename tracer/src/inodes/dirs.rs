@@ -143,10 +143,13 @@ impl Resolver {
             // Forget them all rather than grow without bound; the walk finds hot ones again.
             self.cache.clear();
         }
+        // A walk may have named it first: a report can read the kernel's directory
+        // counts between the program's map update and its ring-buffer record. The
+        // syscall's path is the exact one (stat-checked), so it replaces a walk's.
         if self
             .cache
             .get(&(dev, ino))
-            .is_some_and(|r| r.source != Source::Unresolved)
+            .is_some_and(|r| r.source == Source::Syscall)
         {
             return;
         }

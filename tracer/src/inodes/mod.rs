@@ -5,7 +5,9 @@
 //! The kernel side counts ext4 inode allocations and frees per (filesystem, process)
 //! and per (filesystem, parent directory), and failed creates per (filesystem,
 //! process), in maps read once per report: no per-file copy to userspace. Usage and
-//! levels come from statvfs of every inode-limited filesystem.
+//! levels come from statvfs of every inode-limited filesystem. Without the ext4
+//! tracepoints (ext4 not loaded) usage, rates, ETA and ENOSPC still work, and the
+//! per-process and per-directory counts are marked unavailable with the reason.
 mod dirs;
 mod report;
 
@@ -16,7 +18,7 @@ use aya::maps::{MapData, PerCpuHashMap};
 use serde_json::json;
 use tracer_common::{
     EventKind, comm_str, decode,
-    inodes::{DevCounts, DevTgid, DirKey, ENOSPC_CAPACITY, PathEvent, ProcCounts},
+    inodes::{DEV_CAPACITY, DevCounts, DevTgid, DirKey, ENOSPC_CAPACITY, PathEvent, ProcCounts},
 };
 
 use crate::{
@@ -24,10 +26,15 @@ use crate::{
     procinfo,
     run::{self, Detector, Report, ReportCtx, RunOpts},
     snapshot::inodes::{self as snap, FsUsage, Mount},
+    tracefs::Tracefs,
 };
 use dirs::Resolver;
 
-/// One enter and one exit hook per create-type syscall, all optional.
+/// The ext4 hooks, then one enter and one exit hook per create-type syscall; all
+/// optional. The ext4:* tracepoints exist only while the ext4 code is in the kernel
+/// (a module on most distributions: loaded by the first ext4 mount); without them the
+/// detector still reports usage, rate and ETA from statvfs and ENOSPC from the syscall
+/// hooks, for every filesystem, and marks ext4 attribution unavailable with the reason.
 macro_rules! syscall_hooks {
     ($($name:literal),* $(,)?) => {
         &[
@@ -35,14 +42,14 @@ macro_rules! syscall_hooks {
                 program: "inodes_alloc",
                 category: "ext4",
                 name: "ext4_allocate_inode",
-                required: true,
+                required: false,
                 purpose: "count inodes allocated per process and directory",
             },
             Hook {
                 program: "inodes_free",
                 category: "ext4",
                 name: "ext4_free_inode",
-                required: true,
+                required: false,
                 purpose: "count inodes freed per process",
             },
             Hook {
@@ -165,8 +172,14 @@ pub async fn run(args: Args) -> Result<()> {
         &SPEC,
         &[("INODES_TARGET_DEV", target.as_ref().map_or(0, |t| t.dev))],
     )?;
+    let ext4_attached = session
+        .hooks
+        .iter()
+        .any(|h| h.program == "inodes_alloc" && h.state == bpf::HookState::Attached);
+    let ext4_missing = (!ext4_attached).then(|| ext4_missing_reason(&session.tracefs));
     let mut caveats: Vec<String> = session
         .missing()
+        .filter(|h| !h.hook.starts_with("ext4:"))
         .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
         .collect();
     if let Some(t) = target.as_ref().filter(|t| !t.fstype.starts_with("ext")) {
@@ -183,16 +196,26 @@ pub async fn run(args: Args) -> Result<()> {
         devs: PerCpuHashMap::try_from(session.take_map("INODES_DEVS")?)?,
         enospc: PerCpuHashMap::try_from(session.take_map("INODES_ENOSPC")?)?,
         enospc_first: HashMap::new(),
+        dev_base: HashMap::new(),
         start_usage: HashMap::new(),
         previous: HashMap::new(),
         resolver: Resolver::default(),
+        ext4_missing,
+        tracefs: session.tracefs.clone(),
         caveats,
         target,
         top: args.top.max(1),
     };
+    // The kernel counts from the first attach, and attaching the other hooks takes a
+    // while (seconds on a slow or emulated machine): the rates count from here, where
+    // the report's clock starts, so they are per second of the same window.
+    let mut none = Vec::new();
+    det.dev_base = entries(&det.devs, "per-filesystem", DEV_CAPACITY, &mut none)
+        .into_iter()
+        .collect();
     // Usage at the start, for the rate of filesystems whose allocations are not traced.
     for f in det.filesystems(&snap::mounts()?) {
-        det.start_usage.insert(f.dev, f.inodes_used);
+        det.start_usage.insert(f.dev, (0.0, f.inodes_used));
     }
     let what = match &det.target {
         Some(t) => format!(
@@ -212,8 +235,14 @@ struct Inodes {
     /// (dev, tgid) -> comm and path (absolute when it could be made so) of the first
     /// failed create, from the kernel's record.
     enospc_first: HashMap<DevTgid, (String, String)>,
-    /// dev -> inodes used at the start.
-    start_usage: HashMap<u32, u64>,
+    /// dev -> the kernel's per-filesystem counts when the report clock started.
+    dev_base: HashMap<u32, DevCounts>,
+    /// dev -> (seconds since the start when first seen, inodes used then): the start,
+    /// or the first report after it was mounted.
+    start_usage: HashMap<u32, (f64, u64)>,
+    /// Why the ext4 hooks are not attached (None: they are).
+    ext4_missing: Option<String>,
+    tracefs: Tracefs,
     /// dev -> (report time, net inodes since the start) of the previous report.
     previous: HashMap<u32, (f64, f64)>,
     resolver: Resolver,
@@ -221,6 +250,30 @@ struct Inodes {
     target: Option<FsUsage>,
     top: usize,
 }
+
+/// Why the ext4 tracepoints are missing, in one sentence: the module is not loaded (no
+/// ext4 in /proc/filesystems), or this tracefs has no ext4 events.
+fn ext4_missing_reason(tracefs: &Tracefs) -> String {
+    let loaded = std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.split_whitespace().last() == Some("ext4"))
+    });
+    if loaded {
+        format!(
+            "ext4 tracepoints missing: ext4 is in the kernel (/proc/filesystems) but {} has no \
+             events/ext4",
+            tracefs.root().display()
+        )
+    } else {
+        "ext4 tracepoints missing: the ext4 module is not loaded (no ext4 in /proc/filesystems; \
+         an ext4 mount or `modprobe ext4` loads it, then restart `tracer inodes`)"
+            .into()
+    }
+}
+
+/// What the report says about per-process and per-directory ext4 attribution.
+pub(crate) const EXT4_FALLBACK: &str = "usage, NET/S and ETA from statvfs, ENOSPC from the \
+     create syscalls' return values, for every filesystem";
 
 /// Seconds until no inode is left at `net_per_s` (None when not growing).
 pub fn eta_s(free: u64, net_per_s: f64) -> Option<f64> {
@@ -346,6 +399,24 @@ impl Detector for Inodes {
         let elapsed = ctx.elapsed.as_secs_f64().max(1e-3);
         let mounts = snap::mounts()?;
         let mut caveats = self.caveats.clone();
+        // ext4 loaded after the start (an ext4 mount during the run): its tracepoints
+        // exist now, but the programs were not attached; the counts of this run stay
+        // from statvfs, and the report says so instead of showing zeros.
+        if self.ext4_missing.is_some() && self.tracefs.has_tracepoint("ext4", "ext4_allocate_inode")
+        {
+            self.ext4_missing = Some(
+                "ext4 tracepoints missing at the start: the ext4 module was loaded during the run \
+                 (an ext4 mount), after the hooks were attached; restart `tracer inodes` to \
+                 attribute ext4 allocations"
+                    .into(),
+            );
+        }
+        let ext4 = match &self.ext4_missing {
+            None => json!({"available": true}),
+            Some(reason) => json!({
+                "available": false, "reason": reason, "fallback": EXT4_FALLBACK,
+            }),
+        };
         let rows = self.fs_rows(&mounts, elapsed, &mut caveats);
         let filesystems = report::filesystems(&rows);
         let processes = self.processes(&mounts, &mut caveats);
@@ -353,7 +424,14 @@ impl Detector for Inodes {
         let failures = self.failures(&mounts, &mut caveats);
         let hints = report::hints(&rows, &top_dirs, !failures.json.is_empty());
 
-        let mut text = filesystems.text;
+        let mut text = match &self.ext4_missing {
+            Some(reason) => format!(
+                "ext4 attribution unavailable ({reason}): per-process and per-directory counts \
+                 are not collected; {EXT4_FALLBACK}\n"
+            ),
+            None => String::new(),
+        };
+        text += &filesystems.text;
         text += &processes.text;
         text += &directories.text;
         text += &failures.text;
@@ -365,6 +443,7 @@ impl Detector for Inodes {
         }
         let json = json!({
             "filter_fs": self.target.as_ref().map(|t| &t.mount),
+            "ext4_attribution": ext4,
             "filesystems": filesystems.json,
             "top_processes": processes.json,
             "top_directories": directories.json,

@@ -184,21 +184,34 @@ impl Inodes {
         let mut rows = Vec::new();
         for u in self.filesystems(mounts) {
             // Net inodes since the start, and where they come from.
-            let (count, source, allocated, freed) = match devs.get(&u.dev) {
-                Some(d) => (
-                    d.allocated as f64 - d.freed as f64,
+            // Counted by the ext4 hooks only when they are attached: without them an
+            // ext4 filesystem's rate comes from statvfs like any other (never zeros
+            // that would look like nothing was allocated).
+            let traced = self.ext4_missing.is_none();
+            let (count, source, allocated, freed, since) = match devs.get(&u.dev) {
+                Some(d) if traced => (
+                    {
+                        // Net since the report clock started (see dev_base).
+                        let b = self.dev_base.get(&u.dev).copied().unwrap_or_default();
+                        d.allocated.saturating_sub(b.allocated) as f64
+                            - d.freed.saturating_sub(b.freed) as f64
+                    },
                     "ebpf",
                     Some(d.allocated),
                     Some(d.freed),
+                    0.0,
                 ),
-                None if u.fstype.starts_with("ext") => (0.0, "ebpf", Some(0), Some(0)),
-                None => {
-                    let start = self
+                None if traced && u.fstype.starts_with("ext") => {
+                    (0.0, "ebpf", Some(0), Some(0), 0.0)
+                }
+                _ => {
+                    // First seen now when mounted after the start.
+                    let (since, start) = *self
                         .start_usage
-                        .get(&u.dev)
-                        .copied()
-                        .unwrap_or(u.inodes_used);
-                    (u.inodes_used as f64 - start as f64, "statvfs", None, None)
+                        .entry(u.dev)
+                        .or_insert((elapsed, u.inodes_used));
+                    let used = u.inodes_used as f64 - start as f64;
+                    (used, "statvfs", None, None, since)
                 }
             };
             let recent = self
@@ -207,7 +220,7 @@ impl Inodes {
                 .filter(|(t, _)| elapsed - t > 0.1)
                 .map(|(t, c)| (count - c) / (elapsed - t));
             rows.push(FsRow {
-                net: count / elapsed,
+                net: count / (elapsed - since).max(1e-3),
                 recent,
                 source,
                 allocated,
@@ -264,10 +277,14 @@ impl Inodes {
                 "allocated": v.allocated, "freed": v.freed, "net": net,
             }));
         }
+        let none = match &self.ext4_missing {
+            Some(reason) => format!("unavailable: {reason}"),
+            None => "none: no ext4 inode was allocated or freed".into(),
+        };
         let text = titled(
             "\nTOP PROCESSES (ext4 inodes, most net created first; frees count for the process that dropped the last link)",
             &t,
-            "none: no ext4 inode was allocated or freed",
+            &none,
         );
         Section { json, text }
     }
@@ -323,7 +340,10 @@ impl Inodes {
         let text = titled(
             "\nTOP DIRECTORIES (where new inodes were created; FROM: syscall = path given to the create and checked by stat, walk = found under the mount, unresolved = inode number)",
             &t,
-            "none",
+            &match &self.ext4_missing {
+                Some(reason) => format!("unavailable: {reason}"),
+                None => "none".into(),
+            },
         );
         (Section { json, text }, top)
     }

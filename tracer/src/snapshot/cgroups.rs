@@ -29,6 +29,9 @@ pub struct Hierarchy {
     pub id: u32,
     pub version: u8,
     pub mount: PathBuf,
+    /// Controllers bound to it: v1 from the mount options, cgroup2 from the root's
+    /// `cgroup.controllers` (what a v1 mount holds is not available on cgroup2).
+    pub controllers: Vec<String>,
     /// Live cgroups: the directories under the mount, the root included.
     pub cgroups: u64,
     /// Dying cgroups, when the kernel tells (None for named v1 hierarchies, which
@@ -39,9 +42,10 @@ pub struct Hierarchy {
 }
 
 impl Hierarchy {
-    /// Whether the v1 memory controller is bound to it.
+    /// Whether the memory controller is bound to it (v1 memory hierarchy, or cgroup2
+    /// when no v1 hierarchy holds memory).
     pub fn has_memory(&self) -> bool {
-        self.name.split(',').any(|c| c == "memory")
+        self.controllers.iter().any(|c| c == "memory")
     }
 }
 
@@ -269,10 +273,18 @@ fn describe(
             ),
         }
     };
+    let controllers = if m.version == 2 {
+        fs::read_to_string(m.point.join("cgroup.controllers"))
+            .map(|s| s.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default()
+    } else {
+        m.controllers
+    };
     Hierarchy {
         name,
         id,
         version: m.version,
+        controllers,
         mount: m.point,
         cgroups,
         dying,
@@ -480,5 +492,8 @@ mod tests {
                 assert!(h.dying.is_some(), "{h:?}");
             }
         }
+        // A controller is bound to one hierarchy: memory is on v1 or on cgroup2.
+        let hs = hierarchies().unwrap();
+        assert!(hs.iter().filter(|h| h.has_memory()).count() <= 1, "{hs:?}");
     }
 }
