@@ -30,6 +30,23 @@ pub fn tracer_bin() -> PathBuf {
     p
 }
 
+/// The kernel of the test matrix this test process runs on: "host" (this machine),
+/// "6.1" or "6.12" (stock Debian kernels in a VM), from TRACER_MATRIX_KERNEL, which
+/// `cargo xtask test` sets for every test process. Tests use it to assert the path
+/// the tracer must take there (fast path where the kernel allows it, else the named
+/// fallback).
+pub fn matrix_kernel() -> &'static str {
+    match std::env::var("TRACER_MATRIX_KERNEL").as_deref() {
+        Ok("host") => "host",
+        Ok("6.1") => "6.1",
+        Ok("6.12") => "6.12",
+        Ok(other) => {
+            panic!("TRACER_MATRIX_KERNEL={other} is not a kernel of the matrix (host, 6.1, 6.12)")
+        }
+        Err(_) => panic!("TRACER_MATRIX_KERNEL is not set: run the tests with cargo xtask test"),
+    }
+}
+
 /// These tests load eBPF and change system state: they need root, and fail loudly
 /// without it (this project's CI runs as root, so a skip would hide a broken tracer).
 pub fn require_root() {

@@ -26,19 +26,30 @@ pub fn run(args: Args) -> Result<i32> {
         None => Err("not mounted (and mounting it needs root)".to_string()),
     };
     let kprobes = bpf::kprobes_available(tracefs.as_ref().ok());
-    let fentry = if missing_caps.is_empty() {
-        bpf::fentry_available("do_exit")
-    } else {
-        Err("not probed: needs root".to_string())
+    // One small copy of the object (maps of one entry) for every load probe.
+    let mut prober = bpf::Prober::default();
+    let fentry = match (&tracefs, missing_caps.is_empty()) {
+        (Ok(t), true) => bpf::fentry_available(&mut prober, t, "do_exit"),
+        (Err(_), true) => Err("not probed: no tracefs".to_string()),
+        _ => Err("not probed: needs root".to_string()),
     };
 
     let mut all_ok = missing_caps.is_empty() && tracefs.is_ok();
     let mut det_json = Vec::new();
     let mut table = Table::new(&["DETECTOR", "HOOK", "STATE", "REQUIRED", "USED FOR"]);
+    // For alternatives the REQUIRED column names the choice and its path instead.
     for d in detectors::ALL {
         let statuses = match &tracefs {
-            Ok(t) => bpf::probe_hooks(d.spec, t),
+            Ok(t) => bpf::probe_hooks(d.spec, t, &mut prober),
             Err(_) => Vec::new(),
+        };
+        let chosen: Vec<bpf::Chosen> = match (&tracefs, missing_caps.is_empty()) {
+            (Ok(t), true) => d
+                .choices
+                .iter()
+                .map(|c| bpf::probe_choice(c, t, &mut prober))
+                .collect(),
+            _ => Vec::new(),
         };
         let runnable = tracefs.is_ok()
             && missing_caps.is_empty()
@@ -60,11 +71,46 @@ pub fn run(args: Args) -> Result<i32> {
                 s.purpose.into(),
             ]);
         }
+        // Alternatives: the winner's hooks are "found (taken)", the paths before it
+        // say why they were refused, the ones after it are not needed.
+        for (c, ch) in d.choices.iter().zip(&chosen) {
+            let mut past = false;
+            for path in c.paths {
+                let refused = ch.refused.iter().find(|(p, _)| *p == path.name);
+                for h in path.hooks {
+                    let state = if let Some((_, why)) = refused {
+                        format!("refused ({why})")
+                    } else if ch.path == Some(path.name) && !past {
+                        "found (taken)".to_string()
+                    } else {
+                        "not needed".to_string()
+                    };
+                    table.row(vec![
+                        d.spec.detector.into(),
+                        h.label(),
+                        state,
+                        format!("{}: {}", c.name, path.name),
+                        h.purpose.into(),
+                    ]);
+                }
+                past |= ch.path == Some(path.name);
+            }
+        }
+        let path = if chosen.is_empty() {
+            d.path.to_string()
+        } else {
+            let parts: Vec<String> = chosen
+                .iter()
+                .map(|c| format!("{}: {}", c.choice, c.path.unwrap_or(c.otherwise)))
+                .collect();
+            format!("{}; {}", d.path, parts.join("; "))
+        };
         det_json.push(json!({
             "detector": d.spec.detector,
             "runnable": runnable,
             "hooks": statuses,
-            "path": d.path,
+            "choices": chosen,
+            "path": path,
         }));
     }
 
@@ -119,13 +165,14 @@ pub fn run(args: Args) -> Result<i32> {
         println!();
         for d in &det_json {
             println!(
-                "{:<13} {}",
+                "{:<13} {} (path: {})",
                 d["detector"].as_str().unwrap_or(""),
                 if d["runnable"].as_bool() == Some(true) {
                     "can run"
                 } else {
                     "CANNOT RUN"
-                }
+                },
+                d["path"].as_str().unwrap_or("")
             );
         }
     }

@@ -136,6 +136,8 @@ fn test(args: &[String]) -> Result<()> {
         .args(targets)
         .args(args)
         .env("TRACER_BIN", &bin)
+        // Tests assert the kernel path the tracer takes on each kernel of the matrix.
+        .env("TRACER_MATRIX_KERNEL", "host")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("running cargo test")?;
