@@ -119,8 +119,14 @@ pub struct Tracer {
 impl Tracer {
     /// Starts `tracer ARGS` and waits until it says it is tracing (hooks attached).
     pub fn start(args: &[&str]) -> Tracer {
+        Tracer::start_env(args, &[])
+    }
+
+    /// [`Tracer::start`] with extra environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Tracer {
         let mut child = Command::new(tracer_bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

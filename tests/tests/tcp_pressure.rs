@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tracer_tests::{
     Incident, Tracer, assert_none_loaded, helper_bin, loaded_program_names, matrix_kernel,
-    require_root, run_tracer, run_tracer_unprivileged, run_tracer_without_tracepoints, serial,
+    require_root, run_tracer, run_tracer_env, run_tracer_unprivileged,
+    run_tracer_without_tracepoints, serial,
 };
 
 /// Polls `what` every 20 ms until it returns Some, or panics with `waiting_for` after
@@ -138,10 +139,14 @@ struct Pushed {
 const LOWERED: &str = "64 128 256";
 
 fn push_under_low_tcp_mem(extra: &[&str]) -> Pushed {
+    push_under_low_tcp_mem_env(extra, &[])
+}
+
+fn push_under_low_tcp_mem_env(extra: &[&str], env: &[(&str, &str)]) -> Pushed {
     let normal = read_tcp_mem();
     let mut args = vec!["tcp-pressure", "--json", "-i", "500ms"];
     args.extend_from_slice(extra);
-    let tracer = Tracer::start(&args);
+    let tracer = Tracer::start_env(&args, env);
     let mut inc = Incident::start_bin(&helper_bin("incident_tcp"), &["push", "40"]);
     let helper = inc.pid;
     let out = {
@@ -336,6 +341,116 @@ fn classic_tracepoint_fallback_counts_every_refusal() {
     let eps = r["episodes"].as_array().unwrap();
     assert!(!eps.is_empty(), "{r}");
     assert!(eps.iter().all(|e| e["tcp_mem"] == lowered()), "{eps:?}");
+}
+
+#[test]
+fn without_fentry_the_kprobe_or_tracepoint_fallback_is_named_and_works() {
+    require_root();
+    let _s = serial();
+    let Pushed {
+        report: r, helper, ..
+    } = push_under_low_tcp_mem_env(&[], &[("TRACER_AVOID_PATHS", "fentry")]);
+    assert_eq!(r["lost_events"], 0, "{r}");
+    let eps = r["episodes"].as_array().expect("episodes");
+    assert!(!eps.is_empty(), "no episode: {r}");
+    let edges = &r["paths"]["pressure_edges"];
+    assert!(
+        edges["detail"]
+            .as_str()
+            .unwrap()
+            .contains("fentry: avoided (TRACER_AVOID_PATHS)"),
+        "{edges}"
+    );
+    // Send latency during the episode, whatever path timed it.
+    assert!(
+        r["send_latency_us"]["pressure"]["count"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    assert_eq!(r["culprits"][0]["pid"], helper, "{r}");
+    if matrix_kernel() == "host" {
+        // No kprobes here: the tracepoint path, named.
+        assert_eq!(edges["path"], "sampling", "{edges}");
+        assert_eq!(r["paths"]["send_latency"]["path"], "tracepoints");
+        assert!(
+            edges["detail"]
+                .as_str()
+                .unwrap()
+                .contains("kprobe: this kernel has no kprobes"),
+            "{edges}"
+        );
+    } else {
+        // kprobes on the stock kernels: exact edges, the entering task but no socket.
+        assert_eq!(edges["path"], "kprobe", "{edges}");
+        assert_eq!(r["paths"]["send_latency"]["path"], "kprobe");
+        let path = r["path"].as_str().unwrap();
+        assert!(
+            path.starts_with("kprobe on tcp_enter/leave_memory_pressure"),
+            "{path}"
+        );
+        assert!(
+            path.contains("send latency from kprobe/kretprobe tcp_sendmsg"),
+            "{path}"
+        );
+        let ep = eps
+            .iter()
+            .find(|e| e["started_by"] == "tcp_enter_memory_pressure")
+            .unwrap_or_else(|| panic!("no episode from the kernel's entry edge: {eps:?}"));
+        assert_eq!(ep["end_exact"], true, "{ep}");
+        assert_eq!(ep["entered_by"]["cookie"], 0, "{ep}");
+        assert!(ep["entered_by"]["pid"].as_u64().unwrap() > 0, "{ep}");
+    }
+}
+
+#[test]
+fn where_nothing_can_time_sends_the_report_says_so() {
+    require_root();
+    let _s = serial();
+    // Only the tracepoint path left: it needs sock:sock_send_length, which 6.1 lacks.
+    let out = run_tracer_env(
+        &["tcp-pressure", "-d", "500ms", "--json"],
+        &[("TRACER_AVOID_PATHS", "fentry,kprobe")],
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    let r = out.final_report();
+    let lat = &r["send_latency_us"];
+    if matrix_kernel() == "6.1" {
+        assert_eq!(lat["measured"], false, "{r}");
+        assert!(lat.get("normal").is_none(), "no made-up histogram: {lat}");
+        let why = lat["why"].as_str().unwrap();
+        assert!(
+            why.starts_with("send latency cannot be measured on this kernel")
+                && why.contains("tracepoint sock:sock_send_length is missing"),
+            "{why}"
+        );
+        assert!(
+            r["path"]
+                .as_str()
+                .unwrap()
+                .contains("send latency from nothing (not measured)")
+        );
+    } else {
+        assert_eq!(lat["measured"], true, "{r}");
+        assert_eq!(r["paths"]["send_latency"]["path"], "tracepoints", "{r}");
+    }
+    // With every path avoided, on any kernel: said in the text report too.
+    let out = run_tracer_env(
+        &["tcp-pressure", "-d", "500ms"],
+        &[("TRACER_AVOID_PATHS", "fentry,kprobe,tracepoints")],
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("note: send latency cannot be measured on this kernel: none, send latency is not measured"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("SEND LATENCY during pressure: NOT MEASURED"),
+        "{}",
+        out.stdout
+    );
+    assert_detached();
 }
 
 fn sockstat_pages() -> u64 {

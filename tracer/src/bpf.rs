@@ -371,10 +371,31 @@ pub fn probe_hooks(spec: &Spec, tracefs: &Tracefs, probe: &mut Prober) -> Vec<Ho
         .collect()
 }
 
+/// Paths of every [`Choice`] not to take (comma-separated names, e.g. `fentry` or
+/// `fentry,kprobe`): to run a fallback on a kernel that has the fast path (tests of
+/// the fallbacks, or a kernel whose trampolines misbehave). Reports name them.
+pub const AVOID_ENV: &str = "TRACER_AVOID_PATHS";
+
+fn avoided() -> Vec<String> {
+    std::env::var(AVOID_ENV)
+        .map(|v| {
+            v.split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Which path of `choice` would win here (doctor), probed as [`probe_hooks`] does.
 pub fn probe_choice(choice: &Choice, tracefs: &Tracefs, probe: &mut Prober) -> Chosen {
     let mut refused = Vec::new();
+    let avoid = avoided();
     for path in choice.paths {
+        if avoid.iter().any(|a| a == path.name) {
+            refused.push((path.name, format!("avoided ({AVOID_ENV})")));
+            continue;
+        }
         match path.hooks.iter().try_for_each(|h| probe.check(h, tracefs)) {
             Ok(()) => {
                 return Chosen {
@@ -610,7 +631,12 @@ fn take_choice(
     btf: &mut Option<Result<Btf, String>>,
 ) -> Chosen {
     let mut refused = Vec::new();
+    let avoid = avoided();
     'paths: for path in choice.paths {
+        if avoid.iter().any(|a| a == path.name) {
+            refused.push((path.name, format!("avoided ({AVOID_ENV})")));
+            continue;
+        }
         // Cheap existence checks first (no load for a tracepoint or kprobe that is not there).
         for h in path.hooks {
             let missing = match h.kind() {

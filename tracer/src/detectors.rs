@@ -26,7 +26,7 @@ pub const ALL: &[Detector] = &[
         spec: &tcp::SPEC,
         choices: tcp::CHOICES,
         fallback: "episodes and TcpExt counters from /proc sampling still work",
-        path: "tracepoints + 10 Hz sampling",
+        path: "tracepoints + /proc sampling",
     },
     Detector {
         spec: &cgroups::SPEC,

@@ -67,6 +67,11 @@ pub struct Episode {
     pressures_at_start: Option<u64>,
     /// A sample has seen this episode open.
     sampled: bool,
+    /// `tcp_mem` came from a refusal record: the limits the kernel applied.
+    limits_exact: bool,
+    /// tcp_mem of the last sample before a kernel entry edge, for an episode that no
+    /// sample saw open (a starved reader reads both edges late).
+    tcp_mem_before: Option<TcpMem>,
     /// TCPMemoryPressuresChrono growth over the episode: the kernel's own time under
     /// pressure (ms, jiffies resolution).
     pub kernel_ms: Option<u64>,
@@ -148,6 +153,8 @@ impl Episodes {
             chrono_at_start: None,
             pressures_at_start: prev.and_then(|s| s.pressures),
             sampled: false,
+            limits_exact: false,
+            tcp_mem_before: prev.map(|s| s.tcp_mem),
             kernel_ms: None,
             kernel_entries: None,
             end_exact: false,
@@ -200,6 +207,11 @@ impl Episodes {
         if let Some(e) = self.open_mut() {
             e.refusals += 1;
             e.peak_pages = e.peak_pages.max(allocated);
+            // The kernel's own limits beat a sample's (read when the reader got to it).
+            if let (Some(l), false) = (limits, e.limits_exact) {
+                e.tcp_mem = Some(l);
+                e.limits_exact = true;
+            }
             return Edges::default();
         }
         if ts_ns <= self.last_end_ns {
@@ -212,6 +224,7 @@ impl Episodes {
         self.start(ts_ns, Start::Refusal, allocated, limits);
         if let Some(e) = self.list.last_mut() {
             e.refusals = 1;
+            e.limits_exact = limits.is_some();
         }
         Edges {
             closed: false,
@@ -333,7 +346,8 @@ impl Episodes {
                     .pressures
                     .zip(e.pressures_at_start)
                     .map(|(a, b)| a.saturating_sub(b));
-                e.tcp_mem.get_or_insert(s.tcp_mem);
+                // No sample saw it open: the limits before its start, not after its end.
+                e.tcp_mem = e.tcp_mem.or(e.tcp_mem_before).or(Some(s.tcp_mem));
             }
         }
         if let Some(e) = self.open_mut() {
@@ -554,6 +568,28 @@ mod tests {
         assert_eq!(e.on_edge(350_000_000, false, who(0)), Edges::default());
         assert_eq!(e.on_refusal(340_000_000, 250, None), Edges::default());
         assert_eq!(e.list.len(), 1);
+    }
+
+    #[test]
+    fn edges_read_late_keep_the_limits_in_force_before_the_start() {
+        let mut e = Episodes::with_kernel_edges(true);
+        e.on_sample(s(0, 10, 5, 1000));
+        // Both edges read after tcp_mem was changed back (reader starved).
+        assert!(e.on_edge(100_000_000, true, who(1)).opened);
+        assert!(e.on_edge(900_000_000, false, who(1)).closed);
+        let mut later = s(1000, 10, 6, 1800);
+        later.tcp_mem.pressure = 999;
+        e.on_sample(later);
+        assert_eq!(e.list[0].tcp_mem, Some(MEM));
+        // A refusal record's limits (the kernel's) win over a sample's.
+        let mut e = Episodes::with_kernel_edges(true);
+        e.on_sample(s(0, 10, 5, 1000));
+        e.on_edge(100_000_000, true, who(1));
+        let mut wrong = s(100, 300, 6, 1000);
+        wrong.tcp_mem.low = 1;
+        e.on_sample(wrong);
+        e.on_refusal(150_000_000, 300, Some(MEM));
+        assert_eq!(e.list[0].tcp_mem, Some(MEM));
     }
 
     #[test]

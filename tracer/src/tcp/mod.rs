@@ -956,7 +956,16 @@ impl Detector for TcpPressure {
                 e.kernel_ms
                     .map(|m| m.to_string())
                     .unwrap_or_else(|| "-".into()),
-                e.started_by.as_str().into(),
+                match &e.entered_by {
+                    // Whose socket crossed the limit (fentry), else the task that ran.
+                    Some(w) => match (w.socket_owner_pid, &w.socket_owner_comm) {
+                        (Some(p), Some(c)) => {
+                            format!("{} (socket of {p} {c})", e.started_by.as_str())
+                        }
+                        _ => format!("{} (task {} {})", e.started_by.as_str(), w.pid, w.comm),
+                    },
+                    None => e.started_by.as_str().into(),
+                },
             ]);
             ep_json.push(json!({
                 "start_s": round3(self.rel_s(e.start_ns)),
