@@ -30,6 +30,23 @@ pub fn tracer_bin() -> PathBuf {
     p
 }
 
+/// The kernel of the test matrix this test process runs on: "host" (this machine),
+/// "6.1" or "6.12" (stock Debian kernels in a VM), from TRACER_MATRIX_KERNEL, which
+/// `cargo xtask test` sets for every test process. Tests use it to assert the path
+/// the tracer must take there (fast path where the kernel allows it, else the named
+/// fallback).
+pub fn matrix_kernel() -> &'static str {
+    match std::env::var("TRACER_MATRIX_KERNEL").as_deref() {
+        Ok("host") => "host",
+        Ok("6.1") => "6.1",
+        Ok("6.12") => "6.12",
+        Ok(other) => {
+            panic!("TRACER_MATRIX_KERNEL={other} is not a kernel of the matrix (host, 6.1, 6.12)")
+        }
+        Err(_) => panic!("TRACER_MATRIX_KERNEL is not set: run the tests with cargo xtask test"),
+    }
+}
+
 /// These tests load eBPF and change system state: they need root, and fail loudly
 /// without it (this project's CI runs as root, so a skip would hide a broken tracer).
 pub fn require_root() {
@@ -39,20 +56,6 @@ pub fn require_root() {
         0,
         "integration tests must run as root (cargo xtask test does)"
     );
-}
-
-/// The kernel of the test matrix this run is on: `host` (this machine's 6.18,
-/// tracepoints only), `6.1` or `6.12` (Debian's stock kernels in a VM, with kprobes and
-/// fentry). `cargo xtask test` sets TRACER_MATRIX_KERNEL; tests assert the hook path the
-/// tracer must take on each kernel, the fast path where it exists, the fallback where not.
-pub fn matrix_kernel() -> String {
-    let k = std::env::var("TRACER_MATRIX_KERNEL")
-        .expect("TRACER_MATRIX_KERNEL is unset: run the tests with `cargo xtask test`");
-    assert!(
-        ["host", "6.1", "6.12"].contains(&k.as_str()),
-        "TRACER_MATRIX_KERNEL={k} is not a kernel of the matrix (host, 6.1, 6.12)"
-    );
-    k
 }
 
 /// Serializes the tests of one test binary that load programs or touch global state,
@@ -132,10 +135,10 @@ fn line_channel(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String
 impl Tracer {
     /// Starts `tracer ARGS` and waits until it says it is tracing (hooks attached).
     pub fn start(args: &[&str]) -> Tracer {
-        Self::start_env(args, &[])
+        Tracer::start_env(args, &[])
     }
 
-    /// Like `start`, with extra environment variables.
+    /// [`Tracer::start`] with extra environment variables.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Tracer {
         let mut child = Command::new(tracer_bin())
             .args(args)

@@ -1,13 +1,87 @@
 //! `tracer tcp-pressure` against real TCP memory pressure: net.ipv4.tcp_mem lowered
 //! (and restored by a guard, also on panic), loopback connections whose receivers
 //! never read, pushed by the `incident_tcp` helper.
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tracer_tests::{
-    Incident, Tracer, assert_none_loaded, helper_bin, loaded_program_names, require_root,
-    run_tracer, run_tracer_unprivileged, run_tracer_without_tracepoints, serial,
+    Incident, Tracer, assert_none_loaded, helper_bin, loaded_program_names, matrix_kernel,
+    require_root, run_tracer, run_tracer_env, run_tracer_unprivileged,
+    run_tracer_without_tracepoints, serial,
 };
+
+/// Polls `what` every 20 ms until it returns Some, or panics with `waiting_for` after
+/// `secs` seconds (TCG guests are slow: deadlines are generous, the wait is not).
+fn wait_for<T>(secs: u64, waiting_for: &str, mut what: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = what() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {waiting_for}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A TcpExt counter of /proc/net/netstat.
+fn tcpext(name: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/net/netstat").expect("/proc/net/netstat");
+    let mut lines = s.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (
+        lines.next().expect("TcpExt names"),
+        lines.next().expect("TcpExt values"),
+    );
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no TcpExt {name}"))
+}
+
+/// /proc/net/protocols' "press" column for TCP: whether the kernel is under TCP
+/// memory pressure now (tcp_memory_pressure).
+fn tcp_under_pressure() -> bool {
+    let s = std::fs::read_to_string("/proc/net/protocols").expect("/proc/net/protocols");
+    let mut lines = s.lines();
+    let head: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+    let col = head
+        .iter()
+        .position(|h| *h == "press")
+        .expect("press column");
+    let tcp: Vec<&str> = lines
+        .find(|l| l.starts_with("TCP "))
+        .expect("TCP line")
+        .split_whitespace()
+        .collect();
+    tcp[col] == "yes"
+}
+
+/// 64 KiB over a fresh loopback connection, read and closed: TCP memory charged and
+/// released (the kernel checks whether to leave pressure on a release).
+fn loopback_exchange() {
+    use std::io::{Read as _, Write as _};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut c = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let (mut s, _) = l.accept().expect("accept");
+    let data = vec![1u8; 64 * 1024];
+    let t = std::thread::spawn(move || c.write_all(&data));
+    let mut buf = vec![0u8; 64 * 1024];
+    s.read_exact(&mut buf).expect("read");
+    t.join().expect("writer").expect("write");
+}
+
+/// The kernel path the tracer must take for pressure edges and send latency here:
+/// this machine refuses fentry and has no kprobes; the stock kernels allow fentry.
+fn expected_paths() -> (&'static str, &'static str) {
+    match matrix_kernel() {
+        "host" => ("sampling", "tracepoints"),
+        _ => ("fentry", "fentry"),
+    }
+}
 
 const TCP_MEM: &str = "/proc/sys/net/ipv4/tcp_mem";
 
@@ -65,19 +139,38 @@ struct Pushed {
 const LOWERED: &str = "64 128 256";
 
 fn push_under_low_tcp_mem(extra: &[&str]) -> Pushed {
+    push_under_low_tcp_mem_env(extra, &[])
+}
+
+fn push_under_low_tcp_mem_env(extra: &[&str], env: &[(&str, &str)]) -> Pushed {
     let normal = read_tcp_mem();
     let mut args = vec!["tcp-pressure", "--json", "-i", "500ms"];
     args.extend_from_slice(extra);
-    let tracer = Tracer::start(&args);
+    let tracer = Tracer::start_env(&args, env);
     let mut inc = Incident::start_bin(&helper_bin("incident_tcp"), &["push", "40"]);
     let helper = inc.pid;
     let out = {
-        let _mem = TcpMemGuard::set(LOWERED);
+        let mem = TcpMemGuard::set(LOWERED);
+        let entered = tcpext("TCPMemoryPressures");
         inc.send("go");
         inc.expect_line("pushing");
-        std::thread::sleep(Duration::from_millis(2500));
-        // Stop pushing and free the sockets, then let the tracer see the end.
+        // Pressure as the kernel counts it, then a second of pushing under it (sends
+        // refused and timed during the episode, interval reports saying so).
+        wait_for(30, "TCPMemoryPressures to grow", || {
+            (tcpext("TCPMemoryPressures") > entered).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        // Stop pushing, free the sockets and restore tcp_mem: the kernel leaves
+        // pressure at the next socket-memory release under "low" (per-CPU caching
+        // of TCP memory may keep the count above the lowered "low" for good, so the
+        // test makes releases under the restored one until it has left).
         drop(inc);
+        drop(mem);
+        wait_for(30, "the kernel to leave TCP memory pressure", || {
+            loopback_exchange();
+            (!tcp_under_pressure()).then_some(())
+        });
+        // Two samples after the end.
         std::thread::sleep(Duration::from_millis(300));
         tracer.interrupt()
     };
@@ -110,7 +203,6 @@ fn pressure_episode_names_the_pushing_process_and_its_latency() {
     assert_eq!(r["lost_events"], 0, "{r}");
     // The triple the test set, as the reports saw it while it was in force.
     let set = lowered();
-    assert_eq!(r["tcp_mem"], set, "{r}");
     assert!(
         during
             .iter()
@@ -174,12 +266,44 @@ fn pressure_episode_names_the_pushing_process_and_its_latency() {
             .starts_with("sysctl -w net.ipv4.tcp_mem="),
         "{adv}"
     );
-    assert!(
-        r["path"]
-            .as_str()
-            .unwrap()
-            .starts_with("tracepoints + 10 Hz sampling")
+    // The kernel path taken on this kernel of the matrix, in `paths` and in `path`.
+    let (edges, send) = expected_paths();
+    assert_eq!(
+        r["paths"]["pressure_edges"]["path"], edges,
+        "{}",
+        r["paths"]
     );
+    assert_eq!(r["paths"]["send_latency"]["path"], send, "{}", r["paths"]);
+    assert_eq!(r["send_latency_us"]["measured"], true);
+    let path = r["path"].as_str().unwrap();
+    if edges == "sampling" {
+        assert!(path.starts_with("tracepoints + 10 Hz sampling"), "{path}");
+        assert!(
+            path.contains("send latency from syscall entry -> sock:sock_send_length"),
+            "{path}"
+        );
+    } else {
+        assert!(
+            path.starts_with("fentry on tcp_enter/leave_memory_pressure"),
+            "{path}"
+        );
+        assert!(
+            path.contains("send latency from fentry/fexit tcp_sendmsg"),
+            "{path}"
+        );
+        // Episodes start and end at the kernel's own edges, and the entry names the
+        // socket whose allocation crossed the limit: the helper's.
+        let ep = eps
+            .iter()
+            .find(|e| e["started_by"] == "tcp_enter_memory_pressure")
+            .unwrap_or_else(|| panic!("no episode from the kernel's entry edge: {eps:?}"));
+        assert_eq!(ep["end_exact"], true, "{ep}");
+        assert!(ep["duration_ms"].as_u64().is_some(), "{ep}");
+        let who = &ep["entered_by"];
+        assert!(who["cookie"].as_u64().unwrap() != 0, "{ep}");
+        assert_eq!(who["socket_owner_pid"], helper, "{ep}");
+        assert_eq!(who["socket_owner_comm"], "incident_tcp", "{ep}");
+    }
 }
 
 #[test]
@@ -219,6 +343,116 @@ fn classic_tracepoint_fallback_counts_every_refusal() {
     assert!(eps.iter().all(|e| e["tcp_mem"] == lowered()), "{eps:?}");
 }
 
+#[test]
+fn without_fentry_the_kprobe_or_tracepoint_fallback_is_named_and_works() {
+    require_root();
+    let _s = serial();
+    let Pushed {
+        report: r, helper, ..
+    } = push_under_low_tcp_mem_env(&[], &[("TRACER_AVOID_PATHS", "fentry")]);
+    assert_eq!(r["lost_events"], 0, "{r}");
+    let eps = r["episodes"].as_array().expect("episodes");
+    assert!(!eps.is_empty(), "no episode: {r}");
+    let edges = &r["paths"]["pressure_edges"];
+    assert!(
+        edges["detail"]
+            .as_str()
+            .unwrap()
+            .contains("fentry: avoided (TRACER_AVOID_PATHS)"),
+        "{edges}"
+    );
+    // Send latency during the episode, whatever path timed it.
+    assert!(
+        r["send_latency_us"]["pressure"]["count"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    assert_eq!(r["culprits"][0]["pid"], helper, "{r}");
+    if matrix_kernel() == "host" {
+        // No kprobes here: the tracepoint path, named.
+        assert_eq!(edges["path"], "sampling", "{edges}");
+        assert_eq!(r["paths"]["send_latency"]["path"], "tracepoints");
+        assert!(
+            edges["detail"]
+                .as_str()
+                .unwrap()
+                .contains("kprobe: this kernel has no kprobes"),
+            "{edges}"
+        );
+    } else {
+        // kprobes on the stock kernels: exact edges, the entering task but no socket.
+        assert_eq!(edges["path"], "kprobe", "{edges}");
+        assert_eq!(r["paths"]["send_latency"]["path"], "kprobe");
+        let path = r["path"].as_str().unwrap();
+        assert!(
+            path.starts_with("kprobe on tcp_enter/leave_memory_pressure"),
+            "{path}"
+        );
+        assert!(
+            path.contains("send latency from kprobe/kretprobe tcp_sendmsg"),
+            "{path}"
+        );
+        let ep = eps
+            .iter()
+            .find(|e| e["started_by"] == "tcp_enter_memory_pressure")
+            .unwrap_or_else(|| panic!("no episode from the kernel's entry edge: {eps:?}"));
+        assert_eq!(ep["end_exact"], true, "{ep}");
+        assert_eq!(ep["entered_by"]["cookie"], 0, "{ep}");
+        assert!(ep["entered_by"]["pid"].as_u64().unwrap() > 0, "{ep}");
+    }
+}
+
+#[test]
+fn where_nothing_can_time_sends_the_report_says_so() {
+    require_root();
+    let _s = serial();
+    // Only the tracepoint path left: it needs sock:sock_send_length, which 6.1 lacks.
+    let out = run_tracer_env(
+        &["tcp-pressure", "-d", "500ms", "--json"],
+        &[("TRACER_AVOID_PATHS", "fentry,kprobe")],
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    let r = out.final_report();
+    let lat = &r["send_latency_us"];
+    if matrix_kernel() == "6.1" {
+        assert_eq!(lat["measured"], false, "{r}");
+        assert!(lat.get("normal").is_none(), "no made-up histogram: {lat}");
+        let why = lat["why"].as_str().unwrap();
+        assert!(
+            why.starts_with("send latency cannot be measured on this kernel")
+                && why.contains("tracepoint sock:sock_send_length is missing"),
+            "{why}"
+        );
+        assert!(
+            r["path"]
+                .as_str()
+                .unwrap()
+                .contains("send latency from nothing (not measured)")
+        );
+    } else {
+        assert_eq!(lat["measured"], true, "{r}");
+        assert_eq!(r["paths"]["send_latency"]["path"], "tracepoints", "{r}");
+    }
+    // With every path avoided, on any kernel: said in the text report too.
+    let out = run_tracer_env(
+        &["tcp-pressure", "-d", "500ms"],
+        &[("TRACER_AVOID_PATHS", "fentry,kprobe,tracepoints")],
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("note: send latency cannot be measured on this kernel: none, send latency is not measured"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("SEND LATENCY during pressure: NOT MEASURED"),
+        "{}",
+        out.stdout
+    );
+    assert_detached();
+}
+
 fn sockstat_pages() -> u64 {
     let s = std::fs::read_to_string("/proc/net/sockstat").expect("sockstat");
     let line = s.lines().find(|l| l.starts_with("TCP:")).expect("TCP line");
@@ -236,14 +470,20 @@ fn early_warning_at_80_percent_of_the_pressure_threshold() {
     require_root();
     let _s = serial();
     let normal = read_tcp_mem();
-    // 2 MiB that nobody reads keeps TCP memory in use at a level the test knows.
+    // 2 MiB that nobody reads keeps TCP memory in use. How many pages the kernel
+    // charges for it differs (241 to 256 pages seen here, 255 on 6.1): wait until the
+    // held data shows and stops moving, and derive the thresholds from that.
+    let before = sockstat_pages();
     let inc = Incident::start_bin(&helper_bin("incident_tcp"), &["hold", "2048"]);
-    std::thread::sleep(Duration::from_millis(200));
-    let pages = sockstat_pages();
-    assert!(
-        pages >= 256,
-        "the held data should show in sockstat: {pages} pages"
-    );
+    let mut last = (0, Instant::now());
+    let pages = wait_for(20, "the held data to show in sockstat and settle", || {
+        let now = sockstat_pages();
+        if now != last.0 {
+            last = (now, Instant::now());
+            return None;
+        }
+        (now >= before + 128 && last.1.elapsed() >= Duration::from_millis(300)).then_some(now)
+    });
     // Pressure threshold such that the held pages are 88% of it; no episode.
     let pressure = pages * 100 / 88;
     let r = {
@@ -296,6 +536,12 @@ fn idle_system_has_no_episode_and_no_culprit_but_timed_sends() {
     // Both ends' sends were timed, all outside pressure.
     let n = &r["send_latency_us"]["normal"];
     assert!(n["count"].as_u64().unwrap() >= 200, "{n}");
+    assert_eq!(
+        r["paths"]["send_latency"]["path"],
+        expected_paths().1,
+        "{}",
+        r["paths"]
+    );
     assert!(n["max"].as_f64().unwrap() > 0.0);
     assert_eq!(r["send_latency_us"]["pressure"]["count"], 0);
     assert_eq!(r["retransmits"]["pressure"], 0);
@@ -315,13 +561,30 @@ fn duration_expiry_exits_zero_and_detaches() {
     let _s = serial();
     let out = run_tracer(&["tcp-pressure", "-d", "1s", "-i", "300ms", "--json"]);
     assert!(out.status.success(), "{}", out.stderr);
+    // At least one interval report, then exactly one final report, last. How many
+    // 300 ms ticks fit in the second depends on the scheduler (a TCG guest gave 1).
     let reports = out.reports();
     assert!(
-        reports.len() >= 3,
+        reports.len() >= 2,
         "interval reports and the final one: {}",
         out.stdout
     );
-    assert_eq!(reports.last().unwrap()["final"], true);
+    let (last, interval) = reports.split_last().unwrap();
+    assert_eq!(last["final"], true);
+    assert!(
+        interval.iter().all(|r| r["final"] == false),
+        "{}",
+        out.stdout
+    );
+    let done = last["elapsed_s"].as_f64().unwrap();
+    assert!(done >= 1.0, "final report before the duration: {done}");
+    assert!(
+        interval
+            .iter()
+            .all(|r| r["elapsed_s"].as_f64().unwrap() < done),
+        "{}",
+        out.stdout
+    );
     assert_detached();
     let out = run_tracer(&["tcp-pressure", "-d", "500ms"]);
     assert!(out.status.success(), "{}", out.stderr);

@@ -57,6 +57,8 @@ pub enum EventKind {
     ProcessReap = 2,
     /// tcp-pressure: a TCP socket-memory allocation was refused (sock_exceed_buf_limit).
     TcpBufLimit = 10,
+    /// tcp-pressure: TCP entered or left memory pressure (fentry/kprobe edges).
+    TcpPressureEdge = 11,
     /// cgroups: a cgroup was created (cgroup:cgroup_mkdir).
     CgroupMkdir = 20,
     /// cgroups: a cgroup was removed (cgroup:cgroup_rmdir); it is dying until released.
@@ -75,6 +77,7 @@ impl EventKind {
             1 => Self::ProcessExit,
             2 => Self::ProcessReap,
             10 => Self::TcpBufLimit,
+            11 => Self::TcpPressureEdge,
             20 => Self::CgroupMkdir,
             21 => Self::CgroupRmdir,
             22 => Self::CgroupRelease,

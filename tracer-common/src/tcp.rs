@@ -70,7 +70,39 @@ pub const FLAG_PRESSURE: u32 = 0;
 /// Slot set to 1 by userspace once the BTF tracepoint program (with socket cookies)
 /// is attached: the classic tracepoint program then leaves refusals to it.
 pub const FLAG_BTF: u32 = 1;
-pub const FLAG_SLOTS: u32 = 2;
+/// Slot the kernel's pressure-edge programs (fentry/kprobe on tcp_enter/leave_
+/// memory_pressure) keep at 1 between an entry they reported and the next leave, so
+/// only the first of the many tcp_enter_memory_pressure() calls is reported.
+pub const FLAG_EDGE: u32 = 2;
+pub const FLAG_SLOTS: u32 = 3;
+
+/// [`PressureEdgeEvent::edge`] values.
+pub const EDGE_LEAVE: u32 = 0;
+pub const EDGE_ENTER: u32 = 1;
+/// [`PressureEdgeEvent::via`] values: the hook kind that saw the edge.
+pub const VIA_FENTRY: u32 = 1;
+pub const VIA_KPROBE: u32 = 2;
+
+/// TCP memory pressure began or ended, at the kernel's own moment (fentry or kprobe
+/// on tcp_enter_memory_pressure / tcp_leave_memory_pressure).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PressureEdgeEvent {
+    /// `header.tgid`/`comm`: the current task (a bystander when the kernel ran the
+    /// allocation in softirq context).
+    pub header: EventHeader,
+    /// [`EDGE_ENTER`] or [`EDGE_LEAVE`].
+    pub edge: u32,
+    /// [`VIA_FENTRY`] or [`VIA_KPROBE`].
+    pub via: u32,
+    /// Cookie of the socket whose allocation crossed the limit (fentry only; 0 when
+    /// unknown).
+    pub cookie: u64,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<PressureEdgeEvent>() == 48);
+
+plain!(PressureEdgeEvent);
 
 /// Send latency histogram: log-linear buckets over nanoseconds, 16 per power of two
 /// (each bucket at most 1/16 = 6.25% wide), values below 16 ns exact, capped at
@@ -130,6 +162,23 @@ mod tests {
         ev.comm[..4].copy_from_slice(b"push");
         assert_eq!(decode::<BufLimitEvent>(as_bytes(&ev)), Some(ev));
         assert_eq!(decode::<BufLimitEvent>(&as_bytes(&ev)[..103]), None);
+    }
+
+    #[test]
+    fn pressure_edge_round_trip() {
+        let ev = PressureEdgeEvent {
+            header: EventHeader {
+                kind: EventKind::TcpPressureEdge as u32,
+                tgid: 9,
+                ts_ns: 12,
+            },
+            edge: EDGE_ENTER,
+            via: VIA_FENTRY,
+            cookie: 77,
+            comm: *b"incident_tcp\0\0\0\0",
+        };
+        assert_eq!(decode::<PressureEdgeEvent>(as_bytes(&ev)), Some(ev));
+        assert_eq!(decode::<PressureEdgeEvent>(&as_bytes(&ev)[..47]), None);
     }
 
     #[test]

@@ -14,17 +14,21 @@ use aya_ebpf::{
         bpf_get_current_comm,
         generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
     },
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
+        TracePointContext,
+    },
 };
 use tracer_common::{
     EventHeader, EventKind,
     tcp::{
         BufLimitEvent, COUNT_DROP_BASE, COUNT_RCVQ_FULL, COUNT_REFUSALS, COUNT_RETRANS_NORMAL,
-        COUNT_RETRANS_PRESSURE, COUNT_SLOTS, DROP_REASON_CAPACITY, DROP_SLOTS, FLAG_BTF,
-        FLAG_PRESSURE, FLAG_SLOTS, LAT_BUCKETS, LAT_SLOTS, SEND_START_CAPACITY,
-        TCP_SENDERS_CAPACITY, lat_bucket,
+        COUNT_RETRANS_PRESSURE, COUNT_SLOTS, DROP_REASON_CAPACITY, DROP_SLOTS, EDGE_ENTER,
+        EDGE_LEAVE, FLAG_BTF, FLAG_EDGE, FLAG_PRESSURE, FLAG_SLOTS, LAT_BUCKETS, LAT_SLOTS,
+        PressureEdgeEvent, SEND_START_CAPACITY, TCP_SENDERS_CAPACITY, VIA_FENTRY, VIA_KPROBE,
+        lat_bucket,
     },
 };
 
@@ -309,6 +313,14 @@ fn try_send_length(ctx: &TracePointContext) -> Option<u32> {
         return Some(0);
     };
     let _ = TCP_SEND_START.remove(&tid);
+    record_send(start);
+    Some(0)
+}
+
+/// Times a send that started at `start` (ns) and ended now, into the normal or the
+/// pressure half of the histogram.
+#[inline(always)]
+fn record_send(start: u64) {
     let ns = now_ns().saturating_sub(start);
     let p = pressure();
     add(&TCP_SEND_HIST, p * LAT_BUCKETS + lat_bucket(ns), 1);
@@ -320,5 +332,148 @@ fn try_send_length(ctx: &TracePointContext) -> Option<u32> {
             }
         }
     }
-    Some(0)
+}
+
+/// Start of a tcp_sendmsg() call of this thread (fast paths: fentry or kprobe).
+#[inline(always)]
+fn sendmsg_start() -> u32 {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    let _ = TCP_SEND_START.insert(&tid, &now_ns(), 0);
+    0
+}
+
+/// End of this thread's tcp_sendmsg() call: its latency, including any wait for
+/// socket memory (sk_stream_wait_memory) under pressure.
+#[inline(always)]
+fn sendmsg_end() -> u32 {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    // SAFETY: plain map lookup of a u64 value.
+    let Some(start) = (unsafe { TCP_SEND_START.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = TCP_SEND_START.remove(&tid);
+    record_send(start);
+    0
+}
+
+/// fentry/tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size): every send
+/// on a TCP socket (send, sendto, sendmsg, write, writev) enters here.
+#[fentry(function = "tcp_sendmsg")]
+pub fn tcp_sendmsg_fentry(_ctx: FEntryContext) -> u32 {
+    sendmsg_start()
+}
+
+/// fexit/tcp_sendmsg: the send returned (bytes or -errno).
+#[fexit(function = "tcp_sendmsg")]
+pub fn tcp_sendmsg_fexit(_ctx: FExitContext) -> u32 {
+    sendmsg_end()
+}
+
+/// kprobe/tcp_sendmsg: as tcp_sendmsg_fentry where BPF trampolines are refused.
+#[kprobe]
+pub fn tcp_sendmsg_kprobe(_ctx: ProbeContext) -> u32 {
+    sendmsg_start()
+}
+
+/// kretprobe/tcp_sendmsg: as tcp_sendmsg_fexit.
+#[kretprobe]
+pub fn tcp_sendmsg_kretprobe(_ctx: RetProbeContext) -> u32 {
+    sendmsg_end()
+}
+
+/// TCP entered memory pressure (or tried to: tcp_enter_memory_pressure() runs on
+/// every allocation above tcp_mem's "pressure" and returns at once when pressure is
+/// already on). Only the first call after a leave is an edge: it sets the pressure
+/// flag (send latency is split at the kernel's own moment) and is copied out with
+/// the socket whose allocation caused it (`cookie`, 0 from kprobes) and the current
+/// task, which in softirq is a bystander.
+#[inline(always)]
+fn pressure_enter(cookie: u64, via: u32) -> u32 {
+    let Some(edge) = TCP_FLAGS.get_ptr_mut(FLAG_EDGE) else {
+        return 0;
+    };
+    // SAFETY: pointer from an array lookup. Two CPUs may both see 0 and both report
+    // an entry: userspace keeps the first.
+    unsafe {
+        if *edge != 0 {
+            return 0;
+        }
+        *edge = 1;
+    }
+    if let Some(f) = TCP_FLAGS.get_ptr_mut(FLAG_PRESSURE) {
+        // SAFETY: as above.
+        unsafe { *f = 1 };
+    }
+    emit(&edge_event(EDGE_ENTER, cookie, via));
+    0
+}
+
+/// TCP left memory pressure: tcp_leave_memory_pressure() is called only while
+/// pressure is on and TCP memory fell below tcp_mem's "low", so every call is an edge.
+#[inline(always)]
+fn pressure_leave(cookie: u64, via: u32) -> u32 {
+    for slot in [FLAG_EDGE, FLAG_PRESSURE] {
+        if let Some(f) = TCP_FLAGS.get_ptr_mut(slot) {
+            // SAFETY: pointer from an array lookup.
+            unsafe { *f = 0 };
+        }
+    }
+    emit(&edge_event(EDGE_LEAVE, cookie, via));
+    0
+}
+
+#[inline(always)]
+fn edge_event(edge: u32, cookie: u64, via: u32) -> PressureEdgeEvent {
+    PressureEdgeEvent {
+        header: EventHeader {
+            kind: EventKind::TcpPressureEdge as u32,
+            tgid: current_tgid(),
+            ts_ns: now_ns(),
+        },
+        edge,
+        via,
+        cookie,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// Cookie of the socket a tracing program got as a trusted struct sock pointer.
+#[inline(always)]
+fn cookie_of(sk: *mut c_void) -> u64 {
+    // SAFETY: sk is the traced function's struct sock argument (PTR_TO_BTF_ID), which
+    // bpf_get_socket_cookie takes in tracing programs (5.12+).
+    unsafe { bpf_get_socket_cookie(sk) }
+}
+
+/// fentry/tcp_enter_memory_pressure(struct sock *sk)
+#[fentry(function = "tcp_enter_memory_pressure")]
+pub fn tcp_enter_pressure_fentry(ctx: FEntryContext) -> u32 {
+    let sk: *mut c_void = ctx.arg(0);
+    if sk.is_null() {
+        return pressure_enter(0, VIA_FENTRY);
+    }
+    pressure_enter(cookie_of(sk), VIA_FENTRY)
+}
+
+/// fentry/tcp_leave_memory_pressure(struct sock *sk)
+#[fentry(function = "tcp_leave_memory_pressure")]
+pub fn tcp_leave_pressure_fentry(ctx: FEntryContext) -> u32 {
+    let sk: *mut c_void = ctx.arg(0);
+    if sk.is_null() {
+        return pressure_leave(0, VIA_FENTRY);
+    }
+    pressure_leave(cookie_of(sk), VIA_FENTRY)
+}
+
+/// kprobe/tcp_enter_memory_pressure: the socket is a plain number here (no cookie
+/// helper for kprobes), so the entry carries the current task only.
+#[kprobe]
+pub fn tcp_enter_pressure_kprobe(_ctx: ProbeContext) -> u32 {
+    pressure_enter(0, VIA_KPROBE)
+}
+
+/// kprobe/tcp_leave_memory_pressure
+#[kprobe]
+pub fn tcp_leave_pressure_kprobe(_ctx: ProbeContext) -> u32 {
+    pressure_leave(0, VIA_KPROBE)
 }

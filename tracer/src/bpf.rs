@@ -1,13 +1,15 @@
 //! Loading the embedded eBPF object and attaching a detector's hooks: privilege check,
-//! tracefs, field offsets from format files passed in as globals, hook probing with
-//! fallbacks, and the lost-event counter.
-use std::{fs, path::Path};
+//! tracefs, field offsets from format files passed in as globals, hook kinds (classic
+//! and BTF tracepoints, fentry/fexit, kprobe/kretprobe), probing with fallbacks
+//! ([`Choice`]: the first of several hook sets that loads wins), and the lost-event
+//! counter.
+use std::fs;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::PerCpuArray,
-    programs::{FEntry, Program, TracePoint},
+    programs::{KProbe, Program, TracePoint},
 };
 
 use crate::tracefs::Tracefs;
@@ -15,18 +17,195 @@ use crate::tracefs::Tracefs;
 /// The kernel programs, built by build.rs and embedded: nothing to install beside the binary.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-/// A tracepoint a detector attaches one of its programs to.
+/// A kernel hook a detector attaches one of its programs to.
+///
+/// `category` names the hook kind the way libbpf's section prefixes do: a tracefs
+/// category ("sock", "sched", ...) is a classic tracepoint; the reserved words
+/// `tp_btf`, `fentry`, `fexit`, `kprobe` and `kretprobe` make `name` the BTF
+/// tracepoint or the kernel function. The const constructors below spell them.
 #[derive(Clone, Copy, Debug)]
 pub struct Hook {
     /// Program name in the object (`<detector>_<hook>`).
     pub program: &'static str,
+    /// tracefs category of a classic tracepoint, or the hook kind (see above).
     pub category: &'static str,
+    /// Tracepoint or kernel function name.
     pub name: &'static str,
     /// Without a required hook the detector cannot run; an optional one only narrows
     /// what it sees, and the report says so.
     pub required: bool,
     /// What the detector loses without it (shown by doctor and on errors).
     pub purpose: &'static str,
+}
+
+/// How a program hooks the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookKind {
+    /// `#[tracepoint]`: fields at offsets from tracefs format files.
+    TracePoint,
+    /// `#[btf_tracepoint]` (tp_btf): the tracepoint's typed arguments.
+    BtfTracePoint,
+    /// `#[fentry]` / `#[fexit]`: BPF trampolines on a kernel function (BTF, 5.5+).
+    FEntry,
+    FExit,
+    /// `#[kprobe]` / `#[kretprobe]`: CONFIG_KPROBES.
+    KProbe,
+    KRetProbe,
+}
+
+impl HookKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::TracePoint => "tracepoint",
+            HookKind::BtfTracePoint => "tp_btf",
+            HookKind::FEntry => "fentry",
+            HookKind::FExit => "fexit",
+            HookKind::KProbe => "kprobe",
+            HookKind::KRetProbe => "kretprobe",
+        }
+    }
+}
+
+impl Hook {
+    pub fn kind(&self) -> HookKind {
+        match self.category {
+            "tp_btf" => HookKind::BtfTracePoint,
+            "fentry" => HookKind::FEntry,
+            "fexit" => HookKind::FExit,
+            "kprobe" => HookKind::KProbe,
+            "kretprobe" => HookKind::KRetProbe,
+            _ => HookKind::TracePoint,
+        }
+    }
+
+    /// `sock:sock_send_length`, `fentry/tcp_sendmsg`, `tp_btf/sock_exceed_buf_limit`.
+    pub fn label(&self) -> String {
+        match self.kind() {
+            HookKind::TracePoint => format!("{}:{}", self.category, self.name),
+            k => format!("{}/{}", k.as_str(), self.name),
+        }
+    }
+
+    const fn of(
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+        purpose: &'static str,
+    ) -> Hook {
+        Hook {
+            program,
+            category,
+            name,
+            required: false,
+            purpose,
+        }
+    }
+
+    /// Optional classic tracepoint `category:name`.
+    pub const fn tracepoint(
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+        purpose: &'static str,
+    ) -> Hook {
+        Hook::of(program, category, name, purpose)
+    }
+
+    /// BTF tracepoint (tp_btf) `name`.
+    pub const fn btf_tracepoint(
+        program: &'static str,
+        name: &'static str,
+        purpose: &'static str,
+    ) -> Hook {
+        Hook::of(program, "tp_btf", name, purpose)
+    }
+
+    /// fentry on kernel function `function`.
+    pub const fn fentry(
+        program: &'static str,
+        function: &'static str,
+        purpose: &'static str,
+    ) -> Hook {
+        Hook::of(program, "fentry", function, purpose)
+    }
+
+    /// fexit on kernel function `function`.
+    pub const fn fexit(
+        program: &'static str,
+        function: &'static str,
+        purpose: &'static str,
+    ) -> Hook {
+        Hook::of(program, "fexit", function, purpose)
+    }
+
+    /// kprobe on kernel function `function`.
+    pub const fn kprobe(
+        program: &'static str,
+        function: &'static str,
+        purpose: &'static str,
+    ) -> Hook {
+        Hook::of(program, "kprobe", function, purpose)
+    }
+
+    /// kretprobe on kernel function `function`.
+    pub const fn kretprobe(
+        program: &'static str,
+        function: &'static str,
+        purpose: &'static str,
+    ) -> Hook {
+        Hook::of(program, "kretprobe", function, purpose)
+    }
+}
+
+/// One way to serve a [`Choice`]: hooks that must all load and attach.
+#[derive(Clone, Copy, Debug)]
+pub struct Path {
+    /// Short name reports and doctor show ("fentry", "kprobe", "tracepoints").
+    pub name: &'static str,
+    pub hooks: &'static [Hook],
+}
+
+/// Alternatives for one purpose, tried in order: the first path whose hooks all
+/// exist, load and attach wins; the others are never loaded. `Session::took` says
+/// which one won, `tracer doctor` probes them the same way.
+#[derive(Clone, Copy, Debug)]
+pub struct Choice {
+    /// Key and label ("pressure edges").
+    pub name: &'static str,
+    pub purpose: &'static str,
+    pub paths: &'static [Path],
+    /// What the detector does when no path works (the report says it).
+    pub otherwise: &'static str,
+}
+
+/// Which path of a [`Choice`] won, and why the ones before it did not.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Chosen {
+    pub choice: &'static str,
+    pub purpose: &'static str,
+    /// None: no path worked; the detector falls back to `otherwise`.
+    pub path: Option<&'static str>,
+    /// (path, why not) for every path tried before the winner.
+    pub refused: Vec<(&'static str, String)>,
+    pub otherwise: &'static str,
+}
+
+impl Chosen {
+    /// "fentry", or "kprobe (fentry: EPERM ...)", or "none (fentry: ...; kprobe: ...)".
+    pub fn describe(&self) -> String {
+        let why = self
+            .refused
+            .iter()
+            .map(|(p, e)| format!("{p}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        match (self.path, why.is_empty()) {
+            (Some(p), true) => p.to_string(),
+            (Some(p), false) => format!("{p} ({why})"),
+            (None, _) => format!("none, {} ({why})", self.otherwise),
+        }
+    }
 }
 
 /// A tracepoint field whose offset a program reads from the global `global`.
@@ -59,16 +238,22 @@ pub enum HookState {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct HookStatus {
     pub hook: String,
+    pub kind: HookKind,
     pub program: &'static str,
     pub required: bool,
     pub state: HookState,
     pub purpose: &'static str,
+    /// Why it is missing (doctor's probes), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// A loaded detector: drop it and every program is detached and unloaded.
 pub struct Session {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
+    /// The path each [`Choice`] took, in the order given to [`start_with`].
+    pub chosen: Vec<Chosen>,
     pub tracefs: Tracefs,
 }
 
@@ -88,6 +273,8 @@ impl Drop for Session {
                         Program::BtfTracePoint(p) => p.unload(),
                         Program::RawTracePoint(p) => p.unload(),
                         Program::FEntry(p) => p.unload(),
+                        Program::FExit(p) => p.unload(),
+                        Program::KProbe(p) => p.unload(),
                         _ => Ok(()), // dropped with the object
                     };
                     if let Err(e) = r {
@@ -103,6 +290,18 @@ impl Session {
     /// Hooks that were optional and are missing, for the report's caveats.
     pub fn missing(&self) -> impl Iterator<Item = &HookStatus> {
         self.hooks.iter().filter(|h| h.state == HookState::Missing)
+    }
+
+    /// The path that won `choice` (None: no path worked, or it was not asked for).
+    pub fn took(&self, choice: &str) -> Option<&'static str> {
+        self.chosen
+            .iter()
+            .find(|c| c.choice == choice)
+            .and_then(|c| c.path)
+    }
+
+    pub fn chosen(&self, choice: &str) -> Option<&Chosen> {
+        self.chosen.iter().find(|c| c.choice == choice)
     }
 
     /// Takes a map out of the object for the detector to own, or says it is missing.
@@ -157,36 +356,356 @@ fn effective_caps() -> u64 {
         .unwrap_or(0)
 }
 
-/// Checks which of `spec`'s hooks exist, without loading anything (doctor).
-pub fn probe_hooks(spec: &Spec, tracefs: &Tracefs) -> Vec<HookStatus> {
+/// Checks which of `spec`'s hooks exist (doctor). Tracepoints are looked up in
+/// tracefs; other kinds are loaded alone into `probe` (see [`Prober`]).
+pub fn probe_hooks(spec: &Spec, tracefs: &Tracefs, probe: &mut Prober) -> Vec<HookStatus> {
     spec.hooks
         .iter()
-        .map(|h| {
-            status(
-                h,
-                if tracefs.has_tracepoint(h.category, h.name) {
-                    HookState::Found
-                } else {
-                    HookState::Missing
-                },
-            )
+        .map(|h| match probe.check(h, tracefs) {
+            Ok(()) => status(h, HookState::Found),
+            Err(why) => HookStatus {
+                why: Some(why),
+                ..status(h, HookState::Missing)
+            },
         })
         .collect()
 }
 
+/// Paths of every [`Choice`] not to take (comma-separated names, e.g. `fentry` or
+/// `fentry,kprobe`): to run a fallback on a kernel that has the fast path (tests of
+/// the fallbacks, or a kernel whose trampolines misbehave). Reports name them.
+pub const AVOID_ENV: &str = "TRACER_AVOID_PATHS";
+
+fn avoided() -> Vec<String> {
+    std::env::var(AVOID_ENV)
+        .map(|v| {
+            v.split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Which path of `choice` would win here (doctor), probed as [`probe_hooks`] does.
+pub fn probe_choice(choice: &Choice, tracefs: &Tracefs, probe: &mut Prober) -> Chosen {
+    let mut refused = Vec::new();
+    let avoid = avoided();
+    for path in choice.paths {
+        if avoid.iter().any(|a| a == path.name) {
+            refused.push((path.name, format!("avoided ({AVOID_ENV})")));
+            continue;
+        }
+        match path.hooks.iter().try_for_each(|h| probe.check(h, tracefs)) {
+            Ok(()) => {
+                return Chosen {
+                    choice: choice.name,
+                    purpose: choice.purpose,
+                    path: Some(path.name),
+                    refused,
+                    otherwise: choice.otherwise,
+                };
+            }
+            Err(why) => refused.push((path.name, why)),
+        }
+    }
+    Chosen {
+        choice: choice.name,
+        purpose: choice.purpose,
+        path: None,
+        refused,
+        otherwise: choice.otherwise,
+    }
+}
+
 fn status(h: &Hook, state: HookState) -> HookStatus {
     HookStatus {
-        hook: format!("{}:{}", h.category, h.name),
+        hook: h.label(),
+        kind: h.kind(),
         program: h.program,
         required: h.required,
         state,
         purpose: h.purpose,
+        why: None,
+    }
+}
+
+/// Cheap checks whether a hook can be used here: tracefs for classic tracepoints;
+/// the kprobe PMU and the function's symbol for kprobes; kernel BTF plus loading the
+/// one program (never attached) for fentry, fexit and tp_btf, in a copy of the
+/// object whose maps all have one entry (a few KiB, not the detectors' full maps).
+#[derive(Default)]
+pub struct Prober {
+    small: Option<Result<Ebpf, String>>,
+    btf: Option<Result<Btf, String>>,
+}
+
+impl Prober {
+    fn btf(&mut self) -> Result<&Btf, String> {
+        self.btf
+            .get_or_insert_with(|| Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}")))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn small(&mut self) -> Result<&mut Ebpf, String> {
+        if self.small.is_none() {
+            // Before self.btf is parsed: the loader's own copy is freed on return.
+            self.small = Some(load_small());
+        }
+        match &mut self.small {
+            Some(Ok(e)) => Ok(e),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("the probe object was not loaded".into()),
+        }
+    }
+
+    /// Ok when `h` exists and (for BTF-based kinds) its program loads here.
+    pub fn check(&mut self, h: &Hook, tracefs: &Tracefs) -> Result<(), String> {
+        match h.kind() {
+            HookKind::TracePoint => {
+                if tracefs.has_tracepoint(h.category, h.name) {
+                    Ok(())
+                } else {
+                    Err(format!("tracepoint {} is missing", h.label()))
+                }
+            }
+            HookKind::KProbe | HookKind::KRetProbe => {
+                if !kprobes_available(Some(tracefs)) {
+                    return Err("this kernel has no kprobes (CONFIG_KPROBES)".into());
+                }
+                if !kernel_function_exists(h.name) {
+                    return Err(format!("no kernel function {}", h.name));
+                }
+                let ebpf = self.small()?;
+                let p: &mut KProbe = program(ebpf, h.program).map_err(|e| format!("{e:#}"))?;
+                let r = p.load().map_err(|e| short_error(&e));
+                let _ = p.unload();
+                r
+            }
+            HookKind::FEntry | HookKind::FExit | HookKind::BtfTracePoint => {
+                self.small()?;
+                self.btf()?;
+                let (Some(Ok(btf)), Some(Ok(ebpf))) = (&self.btf, &mut self.small) else {
+                    return Err("no kernel BTF".into());
+                };
+                let r = load_btf_program(ebpf, h, btf).map_err(|e| short_error(&e));
+                if let Some(p) = ebpf.program_mut(h.program) {
+                    let _ = unload(p);
+                }
+                r
+            }
+        }
+    }
+}
+
+/// Whether `name` is a kernel function kprobes can hook: available_filter_functions
+/// where it is readable, else /proc/kallsyms (text symbols).
+fn kernel_function_exists(name: &str) -> bool {
+    let has = |text: &str, field: usize| {
+        text.lines()
+            .any(|l| l.split_whitespace().nth(field).is_some_and(|f| f == name))
+    };
+    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if let Ok(t) = fs::read_to_string(format!("{dir}/available_filter_functions")) {
+            return has(&t, 0);
+        }
+    }
+    fs::read_to_string("/proc/kallsyms").is_ok_and(|t| {
+        t.lines().any(|l| {
+            let mut w = l.split_whitespace().skip(1);
+            matches!(w.next(), Some("t" | "T")) && w.next() == Some(name)
+        })
+    })
+}
+
+/// The object with every map at one entry (ring buffers at one page): what probing
+/// a program's load needs, at a fraction of a detector's memory.
+fn load_small() -> Result<Ebpf, String> {
+    let mut loader = EbpfLoader::new();
+    let names = object_maps(OBJECT);
+    for (name, ty) in &names {
+        loader.map_max_entries(name, if *ty == RINGBUF { 4096 } else { 1 });
+    }
+    loader
+        .load(OBJECT)
+        .map_err(|e| format!("loading the eBPF object: {e}"))
+}
+
+const RINGBUF: u32 = 27; // BPF_MAP_TYPE_RINGBUF
+
+/// Loads a fentry, fexit or tp_btf program against its BTF target.
+fn load_btf_program(
+    ebpf: &mut Ebpf,
+    h: &Hook,
+    btf: &Btf,
+) -> Result<(), aya::programs::ProgramError> {
+    let Some(p) = ebpf.program_mut(h.program) else {
+        return Err(aya::programs::ProgramError::UnexpectedProgramType);
+    };
+    match (h.kind(), p) {
+        (HookKind::FEntry, Program::FEntry(p)) => p.load(h.name, btf),
+        (HookKind::FExit, Program::FExit(p)) => p.load(h.name, btf),
+        (HookKind::BtfTracePoint, Program::BtfTracePoint(p)) => p.load(h.name, btf),
+        _ => Err(aya::programs::ProgramError::UnexpectedProgramType),
+    }
+}
+
+fn unload(p: &mut Program) -> Result<(), aya::programs::ProgramError> {
+    match p {
+        Program::TracePoint(p) => p.unload(),
+        Program::BtfTracePoint(p) => p.unload(),
+        Program::FEntry(p) => p.unload(),
+        Program::FExit(p) => p.unload(),
+        Program::KProbe(p) => p.unload(),
+        _ => Ok(()),
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut Program>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} is not in the eBPF object"))?;
+    p.try_into()
+        .map_err(|_| anyhow!("program {name} is not of the kind its hook says"))
+}
+
+/// First line of a load error, without aya's empty "Verifier output:" tail.
+fn short_error(e: &aya::programs::ProgramError) -> String {
+    let s = e.to_string();
+    let first = s.lines().next().unwrap_or(&s);
+    first
+        .split(". Verifier output:")
+        .next()
+        .unwrap_or(first)
+        .to_string()
+}
+
+/// Loads and attaches hook `h` (any kind) in `ebpf`.
+fn attach(ebpf: &mut Ebpf, h: &Hook, btf: &mut Option<Result<Btf, String>>) -> Result<()> {
+    match h.kind() {
+        HookKind::TracePoint => attach_tracepoint(ebpf, h.program, h.category, h.name),
+        HookKind::KProbe | HookKind::KRetProbe => {
+            let p: &mut KProbe = program(ebpf, h.program)?;
+            p.load()
+                .map_err(|e| anyhow!("loading {}: {}", h.program, verifier_summary(&e)))?;
+            p.attach(h.name, 0)
+                .map_err(|e| anyhow!("attaching {}: {e}", h.label()))?;
+            Ok(())
+        }
+        HookKind::FEntry | HookKind::FExit | HookKind::BtfTracePoint => {
+            let btf = btf
+                .get_or_insert_with(|| {
+                    Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))
+                })
+                .as_ref()
+                .map_err(|e| anyhow!("{e}"))?;
+            load_btf_program(ebpf, h, btf).map_err(|e| {
+                anyhow!(
+                    "loading {} for {}: {}",
+                    h.program,
+                    h.label(),
+                    short_error(&e)
+                )
+            })?;
+            let r = match ebpf.program_mut(h.program) {
+                Some(Program::FEntry(p)) => p.attach().map(drop),
+                Some(Program::FExit(p)) => p.attach().map(drop),
+                Some(Program::BtfTracePoint(p)) => p.attach().map(drop),
+                _ => Ok(()),
+            };
+            r.map_err(|e| anyhow!("attaching {}: {e}", h.label()))
+        }
+    }
+}
+
+/// Tries `choice`'s paths in order in the loaded object; keeps the first whose hooks
+/// all exist, load and attach, and unloads what a failed path had attached.
+fn take_choice(
+    ebpf: &mut Ebpf,
+    choice: &Choice,
+    tracefs: &Tracefs,
+    btf: &mut Option<Result<Btf, String>>,
+) -> Chosen {
+    let mut refused = Vec::new();
+    let avoid = avoided();
+    'paths: for path in choice.paths {
+        if avoid.iter().any(|a| a == path.name) {
+            refused.push((path.name, format!("avoided ({AVOID_ENV})")));
+            continue;
+        }
+        // Cheap existence checks first (no load for a tracepoint or kprobe that is not there).
+        for h in path.hooks {
+            let missing = match h.kind() {
+                HookKind::TracePoint => (!tracefs.has_tracepoint(h.category, h.name))
+                    .then(|| format!("tracepoint {} is missing", h.label())),
+                HookKind::KProbe | HookKind::KRetProbe => (!kprobes_available(Some(tracefs)))
+                    .then(|| "this kernel has no kprobes (CONFIG_KPROBES)".to_string()),
+                _ => None,
+            };
+            if let Some(why) = missing {
+                refused.push((path.name, why));
+                continue 'paths;
+            }
+        }
+        let mut done: Vec<&str> = Vec::new();
+        for h in path.hooks {
+            if let Err(e) = attach(ebpf, h, btf) {
+                for p in done.iter().chain([&h.program]) {
+                    if let Some(p) = ebpf.program_mut(p) {
+                        let _ = unload(p);
+                    }
+                }
+                log::debug!("{}: path {} refused: {e:#}", choice.name, path.name);
+                refused.push((path.name, format!("{e:#}")));
+                continue 'paths;
+            }
+            done.push(h.program);
+        }
+        log::debug!("{}: path {} attached", choice.name, path.name);
+        return Chosen {
+            choice: choice.name,
+            purpose: choice.purpose,
+            path: Some(path.name),
+            refused,
+            otherwise: choice.otherwise,
+        };
+    }
+    log::warn!(
+        "{}: no path works here ({}); {}",
+        choice.name,
+        refused
+            .iter()
+            .map(|(p, e)| format!("{p}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+        choice.otherwise
+    );
+    Chosen {
+        choice: choice.name,
+        purpose: choice.purpose,
+        path: None,
+        refused,
+        otherwise: choice.otherwise,
     }
 }
 
 /// Loads the object with `spec`'s offsets and attaches its hooks. `extra` sets
 /// detector-specific `Global<u32>`s (in-kernel filters and the like).
 pub fn start(spec: &Spec, extra: &[(&'static str, u32)]) -> Result<Session> {
+    start_with(spec, &[], extra)
+}
+
+/// [`start`], then each of `choices` takes the first of its paths that loads and
+/// attaches (`Session::took` names it), all in the one loaded object.
+pub fn start_with(
+    spec: &Spec,
+    choices: &[Choice],
+    extra: &[(&'static str, u32)],
+) -> Result<Session> {
     require_privileges(spec.detector)?;
     let tracefs = Tracefs::open()?;
 
@@ -221,6 +740,11 @@ pub fn start(spec: &Spec, extra: &[(&'static str, u32)]) -> Result<Session> {
     let log_level = log::max_level() as u8;
     let wakeup_bytes = u64::from(spec.ring_bytes / 4);
 
+    // EbpfLoader::new() parses the kernel's BTF (about 8 MiB of heap while it lives).
+    // The loader is dropped right after the load, so the fentry/tp_btf loads below
+    // parse their copy into the memory it freed: two copies alive at once (or a
+    // second full object loaded to probe fentry) raised the peak RSS from ~23 to
+    // ~44 MiB.
     let mut loader = EbpfLoader::new();
     loader.map_max_entries("EVENTS", spec.ring_bytes);
     // The object holds every detector's maps; the ones this detector's programs never
@@ -228,6 +752,11 @@ pub fn start(spec: &Spec, extra: &[(&'static str, u32)]) -> Result<Session> {
     let prefixes: Vec<&str> = spec
         .hooks
         .iter()
+        .chain(
+            choices
+                .iter()
+                .flat_map(|c| c.paths.iter().flat_map(|p| p.hooks)),
+        )
         .map(|h| h.program.split('_').next().unwrap_or(h.program))
         .collect();
     let unused = unused_maps(OBJECT, &prefixes);
@@ -249,10 +778,12 @@ pub fn start(spec: &Spec, extra: &[(&'static str, u32)]) -> Result<Session> {
     let mut ebpf = loader.load(OBJECT).map_err(|e| {
         anyhow!("loading the eBPF object failed: {e}; run `tracer doctor` to see what this kernel allows")
     })?;
+    drop(loader);
 
     let mut hooks = Vec::new();
+    let mut btf = None;
     for h in spec.hooks {
-        if !tracefs.has_tracepoint(h.category, h.name) {
+        if h.kind() == HookKind::TracePoint && !tracefs.has_tracepoint(h.category, h.name) {
             log::warn!(
                 "tracepoint {}:{} is missing; {} will not be seen",
                 h.category,
@@ -262,7 +793,7 @@ pub fn start(spec: &Spec, extra: &[(&'static str, u32)]) -> Result<Session> {
             hooks.push(status(h, HookState::Missing));
             continue;
         }
-        match attach_tracepoint(&mut ebpf, h.program, h.category, h.name) {
+        match attach(&mut ebpf, h, &mut btf) {
             Ok(()) => hooks.push(status(h, HookState::Attached)),
             Err(e) if h.required => {
                 bail!(
@@ -275,14 +806,22 @@ pub fn start(spec: &Spec, extra: &[(&'static str, u32)]) -> Result<Session> {
             // detector sees; the report lists it as missing.
             Err(e) => {
                 log::warn!("{e:#}; {} will not be seen", h.purpose);
-                hooks.push(status(h, HookState::Missing));
+                hooks.push(HookStatus {
+                    why: Some(format!("{e:#}")),
+                    ..status(h, HookState::Missing)
+                });
             }
         }
     }
+    let chosen = choices
+        .iter()
+        .map(|c| take_choice(&mut ebpf, c, &tracefs, &mut btf))
+        .collect();
     log::debug!("{}: {} hooks attached", spec.detector, hooks.len());
     Ok(Session {
         ebpf,
         hooks,
+        chosen,
         tracefs,
     })
 }
@@ -297,6 +836,26 @@ const SHRINKABLE: &[u32] = &[
     9,  // BPF_MAP_TYPE_LRU_HASH
     10, // BPF_MAP_TYPE_LRU_PERCPU_HASH
 ];
+
+/// Every map of the `maps` section of `object` with its BPF map type.
+fn object_maps(object: &[u8]) -> Vec<(String, u32)> {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let Ok(file) = object::File::parse(object) else {
+        return Vec::new();
+    };
+    let Some(maps) = file.section_by_name("maps") else {
+        return Vec::new();
+    };
+    let data = maps.data().unwrap_or(&[]);
+    file.symbols()
+        .filter(|s| s.section_index() == Some(maps.index()))
+        .filter_map(|s| {
+            let at = usize::try_from(s.address()).ok()?;
+            let ty = u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?);
+            Some((s.name().ok()?.to_string(), ty))
+        })
+        .collect()
+}
 
 /// The maps in the `maps` section of `object` that no program named `<prefix>_*` (for
 /// a prefix in `prefixes`) and no shared function references, from the programs'
@@ -409,33 +968,19 @@ impl LostCounter {
 /// Whether this kernel has kprobes: perf's kprobe PMU or tracefs kprobe_events exist
 /// only with CONFIG_KPROBES.
 pub fn kprobes_available(tracefs: Option<&Tracefs>) -> bool {
-    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
         || tracefs.is_some_and(|t| t.root().join("kprobe_events").exists())
 }
 
-/// Whether fentry programs load here: tries to load the probe program against `func`.
-/// Err carries the reason (e.g. EPERM under lockdown, no BTF).
-pub fn fentry_available(func: &str) -> Result<(), String> {
-    let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries("EVENTS", 4096)
-        .load(OBJECT)
-        .map_err(|e| format!("loading the object: {e}"))?;
-    let prog: &mut FEntry = ebpf
-        .program_mut("probe_fentry")
-        .ok_or("probe program missing")?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    prog.load(func, &btf).map_err(|e| {
-        let s = e.to_string();
-        let first = s.lines().next().unwrap_or(&s);
-        // An empty verifier log adds nothing: "...(os error 1). Verifier output: ".
-        first
-            .split(". Verifier output:")
-            .next()
-            .unwrap_or(first)
-            .to_string()
-    })
+/// Whether fentry programs load here: loads the probe program (alone, in the
+/// one-entry-maps object) against `func`. Err carries the reason (e.g. EPERM under
+/// lockdown, no BTF).
+pub fn fentry_available(
+    probe: &mut Prober,
+    tracefs: &Tracefs,
+    func: &'static str,
+) -> Result<(), String> {
+    probe.check(&Hook::fentry("probe_fentry", func, "probe"), tracefs)
 }
 
 /// Kernel release and whether BTF is there, for doctor and reports.
@@ -446,12 +991,97 @@ pub fn kernel_release() -> String {
 }
 
 pub fn has_btf() -> bool {
-    Path::new("/sys/kernel/btf/vmlinux").exists()
+    std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hook_kinds_and_labels() {
+        let tp = Hook::tracepoint("tcp_drop", "skb", "kfree_skb", "x");
+        assert_eq!(
+            (tp.kind(), tp.label()),
+            (HookKind::TracePoint, "skb:kfree_skb".into())
+        );
+        for (h, kind, label) in [
+            (
+                Hook::btf_tracepoint("p", "sock_exceed_buf_limit", "x"),
+                HookKind::BtfTracePoint,
+                "tp_btf/sock_exceed_buf_limit",
+            ),
+            (
+                Hook::fentry("p", "tcp_sendmsg", "x"),
+                HookKind::FEntry,
+                "fentry/tcp_sendmsg",
+            ),
+            (
+                Hook::fexit("p", "tcp_sendmsg", "x"),
+                HookKind::FExit,
+                "fexit/tcp_sendmsg",
+            ),
+            (
+                Hook::kprobe("p", "tcp_sendmsg", "x"),
+                HookKind::KProbe,
+                "kprobe/tcp_sendmsg",
+            ),
+            (
+                Hook::kretprobe("p", "tcp_sendmsg", "x"),
+                HookKind::KRetProbe,
+                "kretprobe/tcp_sendmsg",
+            ),
+        ] {
+            assert_eq!(h.kind(), kind);
+            assert_eq!(h.label(), label);
+            assert!(!h.required);
+        }
+    }
+
+    #[test]
+    fn chosen_names_the_path_and_why_the_others_were_refused() {
+        let c = Chosen {
+            choice: "send latency",
+            purpose: "p",
+            path: Some("tracepoints"),
+            refused: vec![("fentry", "EPERM".into()), ("kprobe", "no kprobes".into())],
+            otherwise: "not measured",
+        };
+        assert_eq!(
+            c.describe(),
+            "tracepoints (fentry: EPERM; kprobe: no kprobes)"
+        );
+        let none = Chosen { path: None, ..c };
+        assert!(
+            none.describe()
+                .starts_with("none, not measured (fentry: EPERM")
+        );
+    }
+
+    #[test]
+    fn every_program_of_a_spec_or_choice_is_in_the_object() {
+        let names: Vec<String> = object_programs();
+        for h in crate::tcp::SPEC.hooks.iter().chain(
+            crate::tcp::CHOICES
+                .iter()
+                .flat_map(|c| c.paths.iter().flat_map(|p| p.hooks)),
+        ) {
+            assert!(
+                names.iter().any(|n| n == h.program),
+                "{} missing: {names:?}",
+                h.program
+            );
+        }
+    }
+
+    fn object_programs() -> Vec<String> {
+        use object::{Object, ObjectSymbol, SymbolKind};
+        let file = object::File::parse(OBJECT).expect("object");
+        file.symbols()
+            .filter(|s| s.kind() == SymbolKind::Text)
+            .filter_map(|s| s.name().ok().map(String::from))
+            .collect()
+    }
 
     #[test]
     fn maps_of_other_detectors_are_found_unused() {

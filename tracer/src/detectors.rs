@@ -1,11 +1,19 @@
 //! The registry of detectors, for `tracer doctor` (and anything else that lists them).
-use crate::{bpf::Spec, cgroups, inodes, tcp, tracefs::Tracefs, triage, zombies};
+use crate::{
+    bpf::{Choice, Spec},
+    cgroups, inodes, tcp,
+    tracefs::Tracefs,
+    triage, zombies,
+};
 
 pub struct Detector {
     pub spec: &'static Spec,
+    /// Hooks with alternatives (fast path first, fallbacks after): doctor probes
+    /// them in order and names the path each would take.
+    pub choices: &'static [Choice],
     /// How the detector copes when an optional hook is missing.
     pub fallback: &'static str,
-    /// Which kernel path it uses here (tracepoints; fentry where it has a fast path).
+    /// Its kernel path apart from `choices` (doctor adds what each choice takes).
     pub path: &'static str,
     /// For a detector whose path depends on the kernel: which one it would take here,
     /// or why it cannot run (then `path` is not used).
@@ -15,24 +23,28 @@ pub struct Detector {
 pub const ALL: &[Detector] = &[
     Detector {
         spec: &zombies::SPEC,
+        choices: &[],
         fallback: "release time from sched_process_free, /proc for parents",
         path: "tracepoints",
         probe_path: Some(|t| zombies::ExitPath::probe(t).map(zombies::ExitPath::describe)),
     },
     Detector {
         spec: &tcp::SPEC,
+        choices: tcp::CHOICES,
         fallback: "episodes and TcpExt counters from /proc sampling still work",
-        path: "tracepoints + 10 Hz sampling",
+        path: "tracepoints + /proc sampling",
         probe_path: None,
     },
     Detector {
         spec: &cgroups::SPEC,
+        choices: &[],
         fallback: "no per-mover task counts",
         path: "tracepoints",
         probe_path: None,
     },
     Detector {
         spec: &inodes::SPEC,
+        choices: &[],
         fallback: "without ext4 hooks (ext4 module not loaded): usage, ETA from statvfs and \
                    ENOSPC from syscalls, no per-process/directory counts; without syscall hooks: \
                    no ENOSPC counts",
@@ -41,6 +53,7 @@ pub const ALL: &[Detector] = &[
     },
     Detector {
         spec: &triage::SPEC,
+        choices: &[],
         fallback: "the /proc and /sys checks run without it; run-queue latency is marked skipped",
         path: "tracepoints",
         probe_path: None,

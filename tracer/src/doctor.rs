@@ -26,28 +26,39 @@ pub fn run(args: Args) -> Result<i32> {
         None => Err("not mounted (and mounting it needs root)".to_string()),
     };
     let kprobes = bpf::kprobes_available(tracefs.as_ref().ok());
-    let fentry = if missing_caps.is_empty() {
-        bpf::fentry_available("do_exit")
-    } else {
-        Err("not probed: needs root".to_string())
+    // One small copy of the object (maps of one entry) for every load probe.
+    let mut prober = bpf::Prober::default();
+    let fentry = match (&tracefs, missing_caps.is_empty()) {
+        (Ok(t), true) => bpf::fentry_available(&mut prober, t, "do_exit"),
+        (Err(_), true) => Err("not probed: no tracefs".to_string()),
+        _ => Err("not probed: needs root".to_string()),
     };
 
     let mut all_ok = missing_caps.is_empty() && tracefs.is_ok();
     let mut det_json = Vec::new();
     let mut table = Table::new(&["DETECTOR", "HOOK", "STATE", "REQUIRED", "USED FOR"]);
+    // For alternatives the REQUIRED column names the choice and its path instead.
     for d in detectors::ALL {
         let statuses = match &tracefs {
-            Ok(t) => bpf::probe_hooks(d.spec, t),
+            Ok(t) => bpf::probe_hooks(d.spec, t, &mut prober),
             Err(_) => Vec::new(),
         };
         // The path this kernel gives the detector, or why it has none.
-        let path = match (&tracefs, d.probe_path) {
+        let base = match (&tracefs, d.probe_path) {
             (Ok(t), Some(probe)) => probe(t).map_err(|e| format!("{e:#}")),
             _ => Ok(d.path),
         };
+        let chosen: Vec<bpf::Chosen> = match (&tracefs, missing_caps.is_empty()) {
+            (Ok(t), true) => d
+                .choices
+                .iter()
+                .map(|c| bpf::probe_choice(c, t, &mut prober))
+                .collect(),
+            _ => Vec::new(),
+        };
         let runnable = tracefs.is_ok()
             && missing_caps.is_empty()
-            && path.is_ok()
+            && base.is_ok()
             && statuses
                 .iter()
                 .all(|s| !s.required || s.state != HookState::Missing);
@@ -72,14 +83,48 @@ pub fn run(args: Args) -> Result<i32> {
             .filter(|s| !s.required && s.state == HookState::Missing)
             .map(|s| s.hook.as_str())
             .collect();
+        // Alternatives: the winner's hooks are "found (taken)", the paths before it
+        // say why they were refused, the ones after it are not needed.
+        for (c, ch) in d.choices.iter().zip(&chosen) {
+            let mut past = false;
+            for path in c.paths {
+                let refused = ch.refused.iter().find(|(p, _)| *p == path.name);
+                for h in path.hooks {
+                    let state = if let Some((_, why)) = refused {
+                        format!("refused ({why})")
+                    } else if ch.path == Some(path.name) && !past {
+                        "found (taken)".to_string()
+                    } else {
+                        "not needed".to_string()
+                    };
+                    table.row(vec![
+                        d.spec.detector.into(),
+                        h.label(),
+                        state,
+                        format!("{}: {}", c.name, path.name),
+                        h.purpose.into(),
+                    ]);
+                }
+                past |= ch.path == Some(path.name);
+            }
+        }
+        let path = base.as_ref().ok().map(|base| {
+            let parts = chosen
+                .iter()
+                .map(|c| format!("; {}: {}", c.choice, c.path.unwrap_or(c.otherwise)));
+            std::iter::once(base.to_string())
+                .chain(parts)
+                .collect::<String>()
+        });
         det_json.push(json!({
             "detector": d.spec.detector,
             "runnable": runnable,
             "missing_optional": degraded,
             "fallback": (!degraded.is_empty()).then_some(d.fallback),
             "hooks": statuses,
-            "path": path.as_ref().ok(),
-            "reason": path.as_ref().err(),
+            "choices": chosen,
+            "path": path,
+            "reason": base.as_ref().err(),
         }));
     }
 
@@ -148,7 +193,7 @@ pub fn run(args: Args) -> Result<i32> {
                 )
             };
             match (d["runnable"].as_bool() == Some(true), d["path"].as_str()) {
-                (true, Some(path)) => println!("{name:<13} can run ({path}){without}"),
+                (true, Some(path)) => println!("{name:<13} can run (path: {path}){without}"),
                 (true, None) => println!("{name:<13} can run{without}"),
                 (false, _) => match d["reason"].as_str() {
                     Some(why) => println!("{name:<13} CANNOT RUN: {why}"),

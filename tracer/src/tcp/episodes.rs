@@ -35,6 +35,8 @@ pub enum Start {
     Counter,
     /// Pressure was on when the tracer started: the real start is earlier.
     Before,
+    /// The kernel's own entry (fentry/kprobe on tcp_enter_memory_pressure).
+    Edge,
 }
 
 impl Start {
@@ -44,6 +46,7 @@ impl Start {
             Start::Pages => "pages above pressure",
             Start::Counter => "TCPMemoryPressures",
             Start::Before => "already on at start",
+            Start::Edge => "tcp_enter_memory_pressure",
         }
     }
 }
@@ -64,11 +67,34 @@ pub struct Episode {
     pressures_at_start: Option<u64>,
     /// A sample has seen this episode open.
     sampled: bool,
+    /// `tcp_mem` came from a refusal record: the limits the kernel applied.
+    limits_exact: bool,
+    /// tcp_mem of the last sample before a kernel entry edge, for an episode that no
+    /// sample saw open (a starved reader reads both edges late).
+    tcp_mem_before: Option<TcpMem>,
     /// TCPMemoryPressuresChrono growth over the episode: the kernel's own time under
     /// pressure (ms, jiffies resolution).
     pub kernel_ms: Option<u64>,
     /// Times the kernel entered pressure during the episode (TCPMemoryPressures growth).
     pub kernel_entries: Option<u64>,
+    /// The episode's end came from the kernel's leave edge (exact), not a sample.
+    pub end_exact: bool,
+    /// The task current at the kernel's entry edge and the socket whose allocation
+    /// crossed the limit (fast paths only).
+    pub entered_by: Option<Entry>,
+}
+
+/// Who was running when the kernel entered pressure, and whose socket it was.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Entry {
+    /// The current task (a bystander when the allocation ran in softirq).
+    pub pid: u32,
+    pub comm: String,
+    /// Cookie of the socket (0: the kprobe path has none).
+    pub cookie: u64,
+    /// Owner of that socket when it was looked up (sock_diag + /proc fds).
+    pub socket_owner_pid: Option<u32>,
+    pub socket_owner_comm: Option<String>,
 }
 
 impl Episode {
@@ -92,9 +118,21 @@ pub struct Episodes {
     last: Option<Sample>,
     pub peak_pages: u64,
     last_end_ns: u64,
+    /// The kernel reports entry and leave (fast path): samples then only open an
+    /// episode that was on before the tracer started, and never close one.
+    pub kernel_edges: bool,
+    /// An episode closed by a leave edge waits for the next sample's TcpExt counters.
+    counters_pending: bool,
 }
 
 impl Episodes {
+    pub fn with_kernel_edges(kernel_edges: bool) -> Episodes {
+        Episodes {
+            kernel_edges,
+            ..Episodes::default()
+        }
+    }
+
     pub fn open(&self) -> Option<&Episode> {
         self.list.last().filter(|e| e.end_ns.is_none())
     }
@@ -115,9 +153,51 @@ impl Episodes {
             chrono_at_start: None,
             pressures_at_start: prev.and_then(|s| s.pressures),
             sampled: false,
+            limits_exact: false,
+            tcp_mem_before: prev.map(|s| s.tcp_mem),
             kernel_ms: None,
             kernel_entries: None,
+            end_exact: false,
+            entered_by: None,
         });
+    }
+
+    /// A kernel edge at `ts_ns`: entry (`enter`) or leave. Returns what it changed.
+    pub fn on_edge(&mut self, ts_ns: u64, enter: bool, who: Entry) -> Edges {
+        if enter {
+            if let Some(e) = self.open_mut() {
+                // Sampling or a refusal record saw it first: the kernel's moment is exact.
+                if ts_ns < e.start_ns && e.started_by != Start::Before {
+                    e.start_ns = ts_ns;
+                    e.started_by = Start::Edge;
+                }
+                e.entered_by.get_or_insert(who);
+                return Edges::default();
+            }
+            if ts_ns <= self.last_end_ns {
+                return Edges::default();
+            }
+            let pages = self.last.as_ref().map_or(0, |s| s.pages);
+            self.start(ts_ns, Start::Edge, pages, None);
+            if let Some(e) = self.list.last_mut() {
+                e.entered_by = Some(who);
+            }
+            return Edges {
+                closed: false,
+                opened: true,
+            };
+        }
+        let Some(e) = self.open_mut() else {
+            return Edges::default();
+        };
+        e.end_ns = Some(ts_ns.max(e.start_ns));
+        e.end_exact = true;
+        self.last_end_ns = ts_ns;
+        self.counters_pending = true;
+        Edges {
+            closed: true,
+            opened: false,
+        }
     }
 
     /// A refusal record (kernel time `ts_ns`, `allocated` pages, the limits the
@@ -127,6 +207,11 @@ impl Episodes {
         if let Some(e) = self.open_mut() {
             e.refusals += 1;
             e.peak_pages = e.peak_pages.max(allocated);
+            // The kernel's own limits beat a sample's (read when the reader got to it).
+            if let (Some(l), false) = (limits, e.limits_exact) {
+                e.tcp_mem = Some(l);
+                e.limits_exact = true;
+            }
             return Edges::default();
         }
         if ts_ns <= self.last_end_ns {
@@ -139,6 +224,7 @@ impl Episodes {
         self.start(ts_ns, Start::Refusal, allocated, limits);
         if let Some(e) = self.list.last_mut() {
             e.refusals = 1;
+            e.limits_exact = limits.is_some();
         }
         Edges {
             closed: false,
@@ -171,6 +257,9 @@ impl Episodes {
         let d_chrono = delta(self.last.as_ref().and_then(|p| p.chrono_ms), s.chrono_ms);
         self.peak_pages = self.peak_pages.max(s.pages);
 
+        if self.kernel_edges {
+            return self.on_sample_with_edges(s, first, d_chrono);
+        }
         if let Some(e) = self.open_mut() {
             e.peak_pages = e.peak_pages.max(s.pages);
             // Chrono growth ends the episode only if a sample saw it open before: in
@@ -233,6 +322,45 @@ impl Episodes {
                     edges.opened = true;
                 }
             }
+        }
+        self.last = Some(s);
+        edges
+    }
+}
+
+impl Episodes {
+    /// Samples when the kernel reports the edges: peaks, the limits, the kernel's own
+    /// figures for an episode a leave edge closed, and an episode already on at start.
+    fn on_sample_with_edges(&mut self, s: Sample, first: bool, d_chrono: u64) -> Edges {
+        let mut edges = Edges::default();
+        if self.counters_pending {
+            self.counters_pending = false;
+            if let Some(e) = self.list.last_mut() {
+                e.kernel_ms = match (s.chrono_ms, e.chrono_at_start) {
+                    (Some(a), Some(b)) => Some(a.saturating_sub(b)),
+                    (Some(_), None) => Some(d_chrono),
+                    _ => None,
+                }
+                .filter(|&ms| ms > 0);
+                e.kernel_entries = s
+                    .pressures
+                    .zip(e.pressures_at_start)
+                    .map(|(a, b)| a.saturating_sub(b));
+                // No sample saw it open: the limits before its start, not after its end.
+                e.tcp_mem = e.tcp_mem.or(e.tcp_mem_before).or(Some(s.tcp_mem));
+            }
+        }
+        if let Some(e) = self.open_mut() {
+            e.peak_pages = e.peak_pages.max(s.pages);
+            e.tcp_mem.get_or_insert(s.tcp_mem);
+            if !e.sampled {
+                e.sampled = true;
+                e.chrono_at_start = s.chrono_ms;
+            }
+        } else if first && s.pages > s.tcp_mem.pressure {
+            self.start(s.t_ns, Start::Before, s.pages, Some(s.tcp_mem));
+            self.mark_sampled(&s);
+            edges.opened = true;
         }
         self.last = Some(s);
         edges
@@ -404,6 +532,74 @@ mod tests {
         assert_eq!(e.list[0].kernel_ms, Some(180));
         assert_eq!(e.list[0].tcp_mem, Some(MEM));
         assert_eq!(e.worst().unwrap().peak_pages, 300);
+    }
+
+    fn who(pid: u32) -> Entry {
+        Entry {
+            pid,
+            comm: "x".into(),
+            ..Entry::default()
+        }
+    }
+
+    #[test]
+    fn kernel_edges_give_exact_start_and_end() {
+        let mut e = Episodes::with_kernel_edges(true);
+        assert_eq!(e.on_sample(s(0, 10, 5, 1000)), Edges::default());
+        assert!(e.on_edge(120_000_000, true, who(7)).opened);
+        // Samples neither close (pages under low) nor open anything while edges rule.
+        assert_eq!(e.on_sample(s(200, 300, 6, 1000)), Edges::default());
+        assert_eq!(e.on_sample(s(300, 20, 6, 1000)), Edges::default());
+        assert!(e.open().is_some());
+        assert!(e.on_edge(345_000_000, false, who(0)).closed);
+        // The next sample gives the kernel's Chrono figure for it.
+        assert_eq!(e.on_sample(s(400, 20, 6, 1225)), Edges::default());
+        let ep = &e.list[0];
+        assert_eq!(ep.started_by, Start::Edge);
+        assert_eq!(ep.duration_ms(), Some(225));
+        assert!(ep.end_exact);
+        assert_eq!(ep.kernel_ms, Some(225));
+        assert_eq!(ep.kernel_entries, Some(1));
+        assert_eq!(ep.peak_pages, 300);
+        assert_eq!(ep.entered_by.as_ref().unwrap().pid, 7);
+        assert_eq!(ep.tcp_mem, Some(MEM));
+        // A leave with nothing open changes nothing; a refusal record read after the
+        // leave does not open a new episode.
+        assert_eq!(e.on_edge(350_000_000, false, who(0)), Edges::default());
+        assert_eq!(e.on_refusal(340_000_000, 250, None), Edges::default());
+        assert_eq!(e.list.len(), 1);
+    }
+
+    #[test]
+    fn edges_read_late_keep_the_limits_in_force_before_the_start() {
+        let mut e = Episodes::with_kernel_edges(true);
+        e.on_sample(s(0, 10, 5, 1000));
+        // Both edges read after tcp_mem was changed back (reader starved).
+        assert!(e.on_edge(100_000_000, true, who(1)).opened);
+        assert!(e.on_edge(900_000_000, false, who(1)).closed);
+        let mut later = s(1000, 10, 6, 1800);
+        later.tcp_mem.pressure = 999;
+        e.on_sample(later);
+        assert_eq!(e.list[0].tcp_mem, Some(MEM));
+        // A refusal record's limits (the kernel's) win over a sample's.
+        let mut e = Episodes::with_kernel_edges(true);
+        e.on_sample(s(0, 10, 5, 1000));
+        e.on_edge(100_000_000, true, who(1));
+        let mut wrong = s(100, 300, 6, 1000);
+        wrong.tcp_mem.low = 1;
+        e.on_sample(wrong);
+        e.on_refusal(150_000_000, 300, Some(MEM));
+        assert_eq!(e.list[0].tcp_mem, Some(MEM));
+    }
+
+    #[test]
+    fn an_entry_edge_read_after_a_refusal_moves_the_start_back() {
+        let mut e = Episodes::with_kernel_edges(true);
+        e.on_sample(s(0, 10, 5, 1000));
+        assert!(e.on_refusal(150_000_000, 300, None).opened);
+        assert_eq!(e.on_edge(149_000_000, true, who(3)), Edges::default());
+        assert_eq!(e.list[0].start_ns, 149_000_000);
+        assert_eq!(e.list[0].started_by, Start::Edge);
     }
 
     #[test]

@@ -25,8 +25,8 @@ use tracer_common::{
     EventKind, comm_str, decode,
     tcp::{
         BufLimitEvent, COUNT_DROP_BASE, COUNT_RCVQ_FULL, COUNT_REFUSALS, COUNT_RETRANS_NORMAL,
-        COUNT_RETRANS_PRESSURE, DROP_REASON_CAPACITY, DROP_SLOTS, FLAG_BTF, FLAG_PRESSURE,
-        LAT_BUCKETS, lat_bucket, lat_range,
+        COUNT_RETRANS_PRESSURE, DROP_REASON_CAPACITY, DROP_SLOTS, EDGE_ENTER, FLAG_BTF,
+        FLAG_PRESSURE, LAT_BUCKETS, PressureEdgeEvent, lat_bucket, lat_range,
     },
 };
 
@@ -70,48 +70,6 @@ pub const SPEC: Spec = Spec {
             name: "tcp_retransmit_skb",
             required: false,
             purpose: "count retransmits during and outside pressure",
-        },
-        Hook {
-            program: "tcp_enter_sendto",
-            category: "syscalls",
-            name: "sys_enter_sendto",
-            required: false,
-            purpose: "time sendto() on TCP sockets",
-        },
-        Hook {
-            program: "tcp_enter_sendmsg",
-            category: "syscalls",
-            name: "sys_enter_sendmsg",
-            required: false,
-            purpose: "time sendmsg() on TCP sockets",
-        },
-        Hook {
-            program: "tcp_enter_sendmmsg",
-            category: "syscalls",
-            name: "sys_enter_sendmmsg",
-            required: false,
-            purpose: "time sendmmsg() on TCP sockets (first message of each call)",
-        },
-        Hook {
-            program: "tcp_enter_write",
-            category: "syscalls",
-            name: "sys_enter_write",
-            required: false,
-            purpose: "time write() on TCP sockets",
-        },
-        Hook {
-            program: "tcp_enter_writev",
-            category: "syscalls",
-            name: "sys_enter_writev",
-            required: false,
-            purpose: "time writev() on TCP sockets",
-        },
-        Hook {
-            program: "tcp_send_length",
-            category: "sock",
-            name: "sock_send_length",
-            required: false,
-            purpose: "end the timing of sends on TCP sockets (send latency)",
         },
     ],
     offsets: &[
@@ -165,6 +123,142 @@ pub const SPEC: Spec = Spec {
     ],
     ring_bytes: 1 << 20,
 };
+
+/// Syscall entries + sock:sock_send_length: the tracepoint path of send latency.
+const SEND_TRACEPOINTS: &[Hook] = &[
+    Hook::tracepoint(
+        "tcp_enter_sendto",
+        "syscalls",
+        "sys_enter_sendto",
+        "time sendto() on TCP sockets",
+    ),
+    Hook::tracepoint(
+        "tcp_enter_sendmsg",
+        "syscalls",
+        "sys_enter_sendmsg",
+        "time sendmsg() on TCP sockets",
+    ),
+    Hook::tracepoint(
+        "tcp_enter_sendmmsg",
+        "syscalls",
+        "sys_enter_sendmmsg",
+        "time sendmmsg() on TCP sockets (first message of each call)",
+    ),
+    Hook::tracepoint(
+        "tcp_enter_write",
+        "syscalls",
+        "sys_enter_write",
+        "time write() on TCP sockets",
+    ),
+    Hook::tracepoint(
+        "tcp_enter_writev",
+        "syscalls",
+        "sys_enter_writev",
+        "time writev() on TCP sockets",
+    ),
+    Hook::tracepoint(
+        "tcp_send_length",
+        "sock",
+        "sock_send_length",
+        "end the timing of sends on TCP sockets (send latency)",
+    ),
+];
+
+/// Choice names (keys of `Session::took`).
+const EDGES: &str = "pressure edges";
+const SEND: &str = "send latency";
+const SOCKETS: &str = "refusal sockets";
+
+/// Kernel paths tried in order; `tracer doctor` probes the same list.
+pub const CHOICES: &[bpf::Choice] = &[
+    bpf::Choice {
+        name: EDGES,
+        purpose: "exact start and end of pressure episodes, and the socket that started one",
+        paths: &[
+            bpf::Path {
+                name: "fentry",
+                hooks: &[
+                    Hook::fentry(
+                        "tcp_enter_pressure_fentry",
+                        "tcp_enter_memory_pressure",
+                        "the moment TCP enters memory pressure, with the socket",
+                    ),
+                    Hook::fentry(
+                        "tcp_leave_pressure_fentry",
+                        "tcp_leave_memory_pressure",
+                        "the moment TCP leaves memory pressure",
+                    ),
+                ],
+            },
+            bpf::Path {
+                name: "kprobe",
+                hooks: &[
+                    Hook::kprobe(
+                        "tcp_enter_pressure_kprobe",
+                        "tcp_enter_memory_pressure",
+                        "the moment TCP enters memory pressure (task only)",
+                    ),
+                    Hook::kprobe(
+                        "tcp_leave_pressure_kprobe",
+                        "tcp_leave_memory_pressure",
+                        "the moment TCP leaves memory pressure",
+                    ),
+                ],
+            },
+        ],
+        otherwise: "episode edges from 10 Hz sampling of /proc",
+    },
+    bpf::Choice {
+        name: SEND,
+        purpose: "latency of sends on TCP sockets, during and outside pressure",
+        paths: &[
+            bpf::Path {
+                name: "fentry",
+                hooks: &[
+                    Hook::fentry(
+                        "tcp_sendmsg_fentry",
+                        "tcp_sendmsg",
+                        "start of every TCP send",
+                    ),
+                    Hook::fexit("tcp_sendmsg_fexit", "tcp_sendmsg", "end of every TCP send"),
+                ],
+            },
+            bpf::Path {
+                name: "kprobe",
+                hooks: &[
+                    Hook::kprobe(
+                        "tcp_sendmsg_kprobe",
+                        "tcp_sendmsg",
+                        "start of every TCP send",
+                    ),
+                    Hook::kretprobe(
+                        "tcp_sendmsg_kretprobe",
+                        "tcp_sendmsg",
+                        "end of every TCP send",
+                    ),
+                ],
+            },
+            bpf::Path {
+                name: "tracepoints",
+                hooks: SEND_TRACEPOINTS,
+            },
+        ],
+        otherwise: "send latency is not measured",
+    },
+    bpf::Choice {
+        name: SOCKETS,
+        purpose: "refusals attributed to the refused socket's owner (by socket cookie)",
+        paths: &[bpf::Path {
+            name: "tp_btf",
+            hooks: &[Hook::btf_tracepoint(
+                "tcp_buf_limit_sk",
+                "sock_exceed_buf_limit",
+                "refused allocations with their socket",
+            )],
+        }],
+        otherwise: "refusals go to the task that was current (sock:sock_exceed_buf_limit)",
+    },
+];
 
 const fn off(
     global: &'static str,
@@ -237,44 +331,87 @@ pub struct Args {
 pub async fn run(args: Args) -> Result<()> {
     // Readable /proc first: without it there is nothing to compare refusals with.
     let first = tcpmem::Snapshot::read()?;
-    let mut session = bpf::start(&SPEC, &[])?;
-    let path = match bpf::fentry_available("tcp_enter_memory_pressure") {
-        Ok(()) => "tracepoints + 10 Hz sampling (fentry is allowed here, but episode edges still come from sampling)".to_string(),
-        Err(e) => format!(
-            "tracepoints + 10 Hz sampling (fentry on tcp_enter_memory_pressure not allowed: {e})"
-        ),
-    };
+    // --no-socket-cookies leaves the BTF tracepoint out of the choices.
+    let choices: Vec<bpf::Choice> = CHOICES
+        .iter()
+        .filter(|c| !(args.no_socket_cookies && c.name == SOCKETS))
+        .copied()
+        .collect();
+    let mut session = bpf::start_with(&SPEC, &choices, &[])?;
     let drop_names = fill_drop_reasons(&mut session)?;
     let mut flags = Array::try_from(session.take_map("TCP_FLAGS")?)?;
-    let btf = if args.no_socket_cookies {
-        Err(anyhow::anyhow!("--no-socket-cookies"))
-    } else {
-        attach_btf(&mut session)
-    };
-    let refusal_hook = match btf {
-        Ok(()) => {
+    let mut caveats: Vec<String> = Vec::new();
+    let refusal_hook = match session.chosen(SOCKETS) {
+        Some(c) if c.path.is_some() => {
             flags
                 .set(FLAG_BTF, 1, 0)
                 .context("enabling the socket-cookie refusal program")?;
             "tp_btf/sock_exceed_buf_limit (with socket cookies: refusals go to the socket's owner)"
                 .to_string()
         }
-        Err(e) => {
-            if !args.no_socket_cookies {
-                log::warn!("{e:#}; refusals are attributed to the current task");
-            }
-            format!(
-                "sock:sock_exceed_buf_limit (no socket: refusals go to the current task; tp_btf not used: {e:#})"
-            )
-        }
+        Some(c) => format!(
+            "sock:sock_exceed_buf_limit (no socket: refusals go to the current task; {})",
+            c.describe()
+        ),
+        None => "sock:sock_exceed_buf_limit (no socket: refusals go to the current task; tp_btf not used: --no-socket-cookies)".to_string(),
     };
+    let edges = session.chosen(EDGES).cloned();
+    let edge_path = match edges.as_ref().and_then(|c| c.path) {
+        Some(k) => format!(
+            "{k} on tcp_enter/leave_memory_pressure (exact episode edges{}) + 10 Hz sampling",
+            if k == "fentry" {
+                ", with the entering socket"
+            } else {
+                ", with the entering task"
+            }
+        ),
+        None => format!(
+            "tracepoints + 10 Hz sampling ({})",
+            edges
+                .as_ref()
+                .map(|c| c
+                    .refused
+                    .iter()
+                    .map(|(p, e)| format!("{p}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; "))
+                .unwrap_or_default()
+        ),
+    };
+    let send = session.chosen(SEND).cloned();
+    let send_path = match send.as_ref().and_then(|c| c.path) {
+        Some("fentry") => Some("fentry/fexit tcp_sendmsg"),
+        Some("kprobe") => Some("kprobe/kretprobe tcp_sendmsg"),
+        Some(_) => Some("syscall entry -> sock:sock_send_length"),
+        None => None,
+    };
+    if send_path.is_none() {
+        caveats.push(format!(
+            "send latency cannot be measured on this kernel: {}",
+            send.as_ref().map(|c| c.describe()).unwrap_or_default()
+        ));
+    }
+    let paths = json!({
+        "pressure_edges": {
+            "path": edges.as_ref().and_then(|c| c.path).unwrap_or("sampling"),
+            "detail": edges.as_ref().map(|c| c.describe()),
+        },
+        "send_latency": {
+            "path": send.as_ref().and_then(|c| c.path),
+            "detail": send.as_ref().map(|c| c.describe()),
+        },
+        "refusal_sockets": {
+            "path": session.took(SOCKETS).unwrap_or("tracepoint"),
+        },
+    });
     let counts = PerCpuArray::try_from(session.take_map("TCP_COUNTS")?)?;
     let hist = PerCpuArray::try_from(session.take_map("TCP_SEND_HIST")?)?;
     let max = PerCpuArray::try_from(session.take_map("TCP_SEND_MAX")?)?;
-    let mut caveats: Vec<String> = session
-        .missing()
-        .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
-        .collect();
+    caveats.extend(
+        session
+            .missing()
+            .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose)),
+    );
     if drop_names.is_empty() && session.missing().all(|h| h.program != "tcp_drop") {
         caveats.push(
             "skb:kfree_skb names none of the memory-related drop reasons on this kernel: drops are not counted"
@@ -286,7 +423,7 @@ pub async fn run(args: Args) -> Result<()> {
         t0: procinfo::monotonic_ns(),
         latest: first.clone(),
         first,
-        episodes: Episodes::default(),
+        episodes: Episodes::with_kernel_edges(edges.as_ref().is_some_and(|c| c.path.is_some())),
         culprits: Culprits::default(),
         flags,
         counts,
@@ -294,7 +431,12 @@ pub async fn run(args: Args) -> Result<()> {
         max,
         drop_names,
         caveats,
-        path: format!("{path}; refusals from {refusal_hook}"),
+        path: format!(
+            "{edge_path}; send latency from {}; refusals from {refusal_hook}",
+            send_path.unwrap_or("nothing (not measured)")
+        ),
+        paths,
+        send_path,
         pending: Vec::new(),
         last_resolve_ns: 0,
         owner_of: HashMap::new(),
@@ -312,22 +454,6 @@ pub async fn run(args: Args) -> Result<()> {
         &mut det,
     )
     .await
-}
-
-/// The refusal program with the socket (BTF tracepoint), attached after the classic
-/// hooks; the classic program leaves refusals to it once FLAG_BTF is set.
-fn attach_btf(session: &mut Session) -> Result<()> {
-    let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-    let prog: &mut aya::programs::BtfTracePoint = session
-        .ebpf
-        .program_mut("tcp_buf_limit_sk")
-        .context("program tcp_buf_limit_sk is not in the eBPF object")?
-        .try_into()?;
-    prog.load("sock_exceed_buf_limit", &btf)
-        .context("loading tp_btf/sock_exceed_buf_limit")?;
-    prog.attach()
-        .context("attaching tp_btf/sock_exceed_buf_limit")?;
-    Ok(())
 }
 
 /// Writes reason number -> slot into TCP_DROP_SLOT from kfree_skb's `__print_symbolic`
@@ -461,6 +587,10 @@ struct TcpPressure {
     drop_names: Vec<&'static str>,
     caveats: Vec<String>,
     path: String,
+    /// Per choice: the path taken (JSON `paths`).
+    paths: Value,
+    /// How sends are timed (None: they cannot be on this kernel).
+    send_path: Option<&'static str>,
     /// Refusals with a socket cookie, waiting for their owner to be looked up.
     pending: Vec<Refusal>,
     last_resolve_ns: u64,
@@ -585,6 +715,38 @@ impl TcpPressure {
         self.pending = keep;
     }
 
+    /// A kernel edge: an entry opens an episode at the kernel's moment, with the
+    /// socket that crossed the limit looked up at once (it may close soon); a leave
+    /// ends it exactly.
+    fn on_edge(&mut self, ev: &PressureEdgeEvent) {
+        let enter = ev.edge == EDGE_ENTER;
+        let mut who = episodes::Entry {
+            pid: ev.header.tgid,
+            comm: comm_str(&ev.comm).to_string(),
+            cookie: ev.cookie,
+            ..Default::default()
+        };
+        let edges = if enter && ev.cookie != 0 && self.episodes.open().is_none() {
+            let now = procinfo::monotonic_ns();
+            let (snap, found) = SockSnap::take(now, &HashSet::from([ev.cookie]));
+            if let Some(&(pid, _, _)) = found.get(&ev.cookie) {
+                who.socket_owner_pid = Some(pid);
+                who.socket_owner_comm = Some(snap.owner(pid).0);
+            }
+            let edges = self.episodes.on_edge(ev.header.ts_ns, true, who);
+            if edges.opened {
+                self.last_sock_snapshot_ns = now.max(1);
+                self.keep_if_larger(snap);
+            }
+            edges
+        } else {
+            self.episodes.on_edge(ev.header.ts_ns, enter, who)
+        };
+        if edges.opened {
+            self.on_open(ev.header.ts_ns);
+        }
+    }
+
     fn rel_s(&self, t_ns: u64) -> f64 {
         t_ns.saturating_sub(self.t0) as f64 / 1e9
     }
@@ -693,7 +855,10 @@ impl Detector for TcpPressure {
             self.on_open(t_ns);
         } else if edges.closed {
             self.set_flag(false);
-        } else if self.episodes.open().is_none() && snap.mem_pages < snap.tcp_mem.low {
+        } else if !self.episodes.kernel_edges
+            && self.episodes.open().is_none()
+            && snap.mem_pages < snap.tcp_mem.low
+        {
             // A refusal set the kernel-side flag while no episode was open here (its
             // record not read yet, or lost): the kernel is out of pressure now.
             if self.flags.get(&FLAG_PRESSURE, 0).unwrap_or(0) != 0
@@ -708,7 +873,13 @@ impl Detector for TcpPressure {
     }
 
     fn on_event(&mut self, data: &[u8]) {
-        // The ring carries refusal records only; anything else is counted as bad.
+        if let Some(ev) = decode::<PressureEdgeEvent>(data)
+            .filter(|ev| EventKind::from_u32(ev.header.kind) == Some(EventKind::TcpPressureEdge))
+        {
+            self.on_edge(&ev);
+            return;
+        }
+        // Otherwise the ring carries refusal records; anything else is counted as bad.
         let Some(ev) = decode::<BufLimitEvent>(data)
             .filter(|ev| EventKind::from_u32(ev.header.kind) == Some(EventKind::TcpBufLimit))
         else {
@@ -785,7 +956,16 @@ impl Detector for TcpPressure {
                 e.kernel_ms
                     .map(|m| m.to_string())
                     .unwrap_or_else(|| "-".into()),
-                e.started_by.as_str().into(),
+                match &e.entered_by {
+                    // Whose socket crossed the limit (fentry), else the task that ran.
+                    Some(w) => match (w.socket_owner_pid, &w.socket_owner_comm) {
+                        (Some(p), Some(c)) => {
+                            format!("{} (socket of {p} {c})", e.started_by.as_str())
+                        }
+                        _ => format!("{} (task {} {})", e.started_by.as_str(), w.pid, w.comm),
+                    },
+                    None => e.started_by.as_str().into(),
+                },
             ]);
             ep_json.push(json!({
                 "start_s": round3(self.rel_s(e.start_ns)),
@@ -796,6 +976,8 @@ impl Detector for TcpPressure {
                 "tcp_mem": e.tcp_mem,
                 "kernel_ms": e.kernel_ms,
                 "kernel_entries": e.kernel_entries,
+                "end_exact": e.end_exact,
+                "entered_by": e.entered_by,
             }));
         }
 
@@ -992,12 +1174,21 @@ impl Detector for TcpPressure {
             "rcvqueue_full": rcvq_full,
             "retransmits": {"pressure": retrans_p, "normal": retrans_n},
             "tcpext": ext,
-            "send_latency_us": {
-                "pressure": latency_json(&lat[1], self.send_max(1)),
-                "normal": latency_json(&lat[0], self.send_max(0)),
+            "send_latency_us": match self.send_path {
+                Some(via) => json!({
+                    "measured": true,
+                    "via": via,
+                    "pressure": latency_json(&lat[1], self.send_max(1)),
+                    "normal": latency_json(&lat[0], self.send_max(0)),
+                }),
+                None => json!({
+                    "measured": false,
+                    "why": caveats.iter().find(|c| c.starts_with("send latency")),
+                }),
             },
             "advice": adv,
             "path": self.path,
+            "paths": self.paths,
             "caveats": caveats,
         });
 
@@ -1073,10 +1264,17 @@ impl Detector for TcpPressure {
             "  retransmits: {retrans_p} during pressure, {retrans_n} outside; receive queue full: {rcvq_full}\n"
         );
         t += &format!("  TcpExt since start: {}\n", ext_text.join(", "));
-        t += "\nSEND LATENCY during pressure (syscall entry -> sock_send_length, TCP only)\n";
-        t += &latency_text(&lat[1]);
-        t += "\nSEND LATENCY outside pressure\n";
-        t += &latency_text(&lat[0]);
+        match self.send_path {
+            Some(via) => {
+                t += &format!("\nSEND LATENCY during pressure ({via}, TCP only)\n");
+                t += &latency_text(&lat[1]);
+                t += "\nSEND LATENCY outside pressure\n";
+                t += &latency_text(&lat[0]);
+            }
+            None => {
+                t += "\nSEND LATENCY during pressure: NOT MEASURED (no hook can time sends on this kernel; see the note above)\n";
+            }
+        }
         t += "\nADVICE (computed from the measured numbers above; printed, never applied)\n";
         for n in &adv.notes {
             t += &format!("  {n}\n");
