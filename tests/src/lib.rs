@@ -347,6 +347,51 @@ impl TracefsWithout {
             .expect("linking a tracefs category");
     }
 
+    /// Takes `field` out of `category:event`'s format, as on an older kernel whose
+    /// tracepoint lacks it (e.g. sched_process_exit's `group_dead` before 6.18): the
+    /// category becomes a directory of links to the real one, but for that event,
+    /// whose `format` is a copy without the field's line.
+    pub fn without_field(self, category: &str, event: &str, field: &str) -> TracefsWithout {
+        let link = self.dir.join("events").join(category);
+        let real = std::fs::read_link(&link).expect("the view links the category");
+        std::fs::remove_file(&link).expect("unlinking the category");
+        std::fs::create_dir(&link).expect("creating the category's copy");
+        for e in std::fs::read_dir(&real)
+            .expect("reading the category")
+            .flatten()
+        {
+            if e.file_name() != std::ffi::OsStr::new(event) {
+                std::os::unix::fs::symlink(e.path(), link.join(e.file_name()))
+                    .expect("linking an event");
+                continue;
+            }
+            let dir = link.join(event);
+            std::fs::create_dir(&dir).expect("creating the event's copy");
+            for f in std::fs::read_dir(e.path())
+                .expect("reading the event")
+                .flatten()
+            {
+                if f.file_name() != std::ffi::OsStr::new("format") {
+                    std::os::unix::fs::symlink(f.path(), dir.join(f.file_name()))
+                        .expect("linking an event file");
+                }
+            }
+            let format = std::fs::read_to_string(e.path().join("format")).expect("format");
+            let needle = format!(" {field};");
+            assert!(
+                format.contains(&needle),
+                "{category}:{event} has no field {field}"
+            );
+            let kept: String = format
+                .lines()
+                .filter(|l| !(l.trim_start().starts_with("field:") && l.contains(&needle)))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(dir.join("format"), kept).expect("writing the format copy");
+        }
+        self
+    }
+
     pub fn env(&self) -> [(&'static str, &str); 1] {
         [("TRACER_TRACEFS", self.dir.to_str().expect("UTF-8 temp dir"))]
     }

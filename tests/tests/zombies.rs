@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tracer_tests::{
-    Incident, Tracer, assert_none_loaded, matrix_kernel, require_root, run_tracer,
+    Incident, TracefsWithout, Tracer, assert_none_loaded, matrix_kernel, require_root, run_tracer,
     run_tracer_unprivileged, run_tracer_without_tracepoints, serial, zombie_children,
 };
 
@@ -146,6 +146,38 @@ fn multithreaded_children_make_one_zombie_each_however_their_threads_exit() {
         r["caveats"].as_array().unwrap().is_empty(),
         "no exit went unclassified: {r}"
     );
+}
+
+#[test]
+fn without_the_group_dead_field_the_btf_fallback_makes_the_same_count() {
+    require_root();
+    let _s = serial();
+    // This kernel's sched_process_exit has `group_dead`: hide it, as older kernels
+    // lack it. Debian's 6.1 and 6.12 lack it already.
+    let view = TracefsWithout::new(&[]);
+    let view = if matrix_kernel() == "host" {
+        view.without_field("sched", "sched_process_exit", "group_dead")
+    } else {
+        view
+    };
+    let mut inc = Incident::start(&["threaded", "6"]);
+    let pid = inc.pid.to_string();
+    let tracer = Tracer::start_env(&["zombies", "-p", &pid, "--json"], &view.env());
+    inc.send("go");
+    inc.expect_line("done");
+    let r = tracer.interrupt().final_report();
+    assert_eq!(
+        r["path"], "sched_process_exit + task->signal->live (kernel BTF; no group_dead field here)",
+        "{r}"
+    );
+    let p = parent(&r, inc.pid).unwrap_or_else(|| panic!("parent {} not reported: {r}", inc.pid));
+    assert_eq!(p["zombies"], 6, "{p}");
+    assert_eq!(
+        p["oldest_zombie_age_exact"], true,
+        "every exit was seen: {p}"
+    );
+    assert_eq!(zombies_of(&r, inc.pid).len(), 6);
+    assert!(r["caveats"].as_array().unwrap().is_empty(), "{r}");
 }
 
 #[test]

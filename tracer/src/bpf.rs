@@ -361,14 +361,52 @@ fn effective_caps() -> u64 {
 pub fn probe_hooks(spec: &Spec, tracefs: &Tracefs, probe: &mut Prober) -> Vec<HookStatus> {
     spec.hooks
         .iter()
-        .map(|h| match probe.check(h, tracefs) {
-            Ok(()) => status(h, HookState::Found),
-            Err(why) => HookStatus {
-                why: Some(why),
-                ..status(h, HookState::Missing)
-            },
+        .map(|h| {
+            match probe
+                .check(h, tracefs)
+                .and_then(|()| usable(spec.offsets, tracefs, h))
+            {
+                Ok(()) => status(h, HookState::Found),
+                Err(why) => HookStatus {
+                    why: Some(why),
+                    ..status(h, HookState::Missing)
+                },
+            }
         })
         .collect()
+}
+
+/// Why a tracepoint that exists cannot be used: a field one of `offsets` reads is not
+/// in its format on this kernel (e.g. skb:kfree_skb's `reason`, added in 5.17). Its
+/// programs would read the wrong bytes, so the hook counts as missing.
+pub fn lacking_field(
+    offsets: &[Offset],
+    tracefs: &Tracefs,
+    category: &str,
+    event: &str,
+) -> Option<String> {
+    let mut wanted = offsets
+        .iter()
+        .filter(|o| o.category == category && o.event == event)
+        .peekable();
+    wanted.peek()?;
+    let format = tracefs.format(category, event).ok()?;
+    wanted.find(|o| format.offset(o.field).is_err()).map(|o| {
+        format!(
+            "tracepoint {category}:{event} has no field `{}` on this kernel",
+            o.field
+        )
+    })
+}
+
+/// A tracepoint hook whose event lacks a field its program reads is not usable.
+fn usable(offsets: &[Offset], tracefs: &Tracefs, h: &Hook) -> Result<(), String> {
+    match h.kind() {
+        HookKind::TracePoint => {
+            lacking_field(offsets, tracefs, h.category, h.name).map_or(Ok(()), Err)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Paths of every [`Choice`] not to take (comma-separated names, e.g. `fentry` or
@@ -388,7 +426,12 @@ fn avoided() -> Vec<String> {
 }
 
 /// Which path of `choice` would win here (doctor), probed as [`probe_hooks`] does.
-pub fn probe_choice(choice: &Choice, tracefs: &Tracefs, probe: &mut Prober) -> Chosen {
+pub fn probe_choice(
+    choice: &Choice,
+    offsets: &[Offset],
+    tracefs: &Tracefs,
+    probe: &mut Prober,
+) -> Chosen {
     let mut refused = Vec::new();
     let avoid = avoided();
     for path in choice.paths {
@@ -396,7 +439,11 @@ pub fn probe_choice(choice: &Choice, tracefs: &Tracefs, probe: &mut Prober) -> C
             refused.push((path.name, format!("avoided ({AVOID_ENV})")));
             continue;
         }
-        match path.hooks.iter().try_for_each(|h| probe.check(h, tracefs)) {
+        match path.hooks.iter().try_for_each(|h| {
+            probe
+                .check(h, tracefs)
+                .and_then(|()| usable(offsets, tracefs, h))
+        }) {
             Ok(()) => {
                 return Chosen {
                     choice: choice.name,
@@ -627,6 +674,7 @@ fn attach(ebpf: &mut Ebpf, h: &Hook, btf: &mut Option<Result<Btf, String>>) -> R
 fn take_choice(
     ebpf: &mut Ebpf,
     choice: &Choice,
+    offsets: &[Offset],
     tracefs: &Tracefs,
     btf: &mut Option<Result<Btf, String>>,
 ) -> Chosen {
@@ -640,8 +688,10 @@ fn take_choice(
         // Cheap existence checks first (no load for a tracepoint or kprobe that is not there).
         for h in path.hooks {
             let missing = match h.kind() {
-                HookKind::TracePoint => (!tracefs.has_tracepoint(h.category, h.name))
-                    .then(|| format!("tracepoint {} is missing", h.label())),
+                HookKind::TracePoint if !tracefs.has_tracepoint(h.category, h.name) => {
+                    Some(format!("tracepoint {} is missing", h.label()))
+                }
+                HookKind::TracePoint => lacking_field(offsets, tracefs, h.category, h.name),
                 HookKind::KProbe | HookKind::KRetProbe => (!kprobes_available(Some(tracefs)))
                     .then(|| "this kernel has no kprobes (CONFIG_KPROBES)".to_string()),
                 _ => None,
@@ -721,19 +771,22 @@ pub fn start_with(
                 h.purpose
             );
         }
+        if let Some(why) = lacking_field(spec.offsets, &tracefs, h.category, h.name) {
+            bail!(
+                "{why}, and `tracer {}` needs it to {}; `tracer doctor` lists what this kernel has",
+                spec.detector,
+                h.purpose
+            );
+        }
     }
 
+    // Offsets of fields a kernel lacks stay 0: their (optional) hooks are not attached.
     let mut offsets = Vec::with_capacity(spec.offsets.len());
     for o in spec.offsets {
-        if !tracefs.has_tracepoint(o.category, o.event) {
-            // Belongs to an optional hook that is missing: its program is not loaded.
-            offsets.push((o.global, 0u32));
-            continue;
-        }
         let off = tracefs
-            .format(o.category, o.event)?
-            .offset(o.field)
-            .with_context(|| format!("tracepoint {}:{}", o.category, o.event))?;
+            .format(o.category, o.event)
+            .and_then(|f| f.offset(o.field))
+            .unwrap_or(0);
         offsets.push((o.global, off));
     }
     let extra: Vec<(&'static str, u32)> = extra.to_vec();
@@ -793,6 +846,14 @@ pub fn start_with(
             hooks.push(status(h, HookState::Missing));
             continue;
         }
+        if let Err(why) = usable(spec.offsets, &tracefs, h) {
+            log::warn!("{why}; {} will not be seen", h.purpose);
+            hooks.push(HookStatus {
+                why: Some(why),
+                ..status(h, HookState::Missing)
+            });
+            continue;
+        }
         match attach(&mut ebpf, h, &mut btf) {
             Ok(()) => hooks.push(status(h, HookState::Attached)),
             Err(e) if h.required => {
@@ -815,7 +876,7 @@ pub fn start_with(
     }
     let chosen = choices
         .iter()
-        .map(|c| take_choice(&mut ebpf, c, &tracefs, &mut btf))
+        .map(|c| take_choice(&mut ebpf, c, spec.offsets, &tracefs, &mut btf))
         .collect();
     log::debug!("{}: {} hooks attached", spec.detector, hooks.len());
     Ok(Session {

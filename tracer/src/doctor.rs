@@ -52,7 +52,7 @@ pub fn run(args: Args) -> Result<i32> {
             (Ok(t), true) => d
                 .choices
                 .iter()
-                .map(|c| bpf::probe_choice(c, t, &mut prober))
+                .map(|c| bpf::probe_choice(c, d.spec.offsets, t, &mut prober))
                 .collect(),
             _ => Vec::new(),
         };
