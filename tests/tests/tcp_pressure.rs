@@ -243,7 +243,7 @@ fn pressure_episode_names_the_pushing_process_and_its_latency() {
     assert!(r["refusals"].as_u64().unwrap() >= top["refusals"].as_u64().unwrap());
     // Its sockets held the most memory when the tracer looked during the episode.
     let holder = &r["holders"][0];
-    assert_eq!(holder["pid"], helper, "top holder: {}", r["holders"]);
+    assert_eq!(holder["pid"], helper, "top holder: {r}");
     assert!(holder["sockets"].as_u64().unwrap() >= 1, "{holder}");
     assert!(holder["held_bytes"].as_u64().unwrap() > 0, "{holder}");
     assert_eq!(holder["comm"], "incident_tcp");

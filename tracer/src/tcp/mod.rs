@@ -632,11 +632,15 @@ impl TcpPressure {
     }
 
     /// Keeps the socket snapshot of an episode where the sockets held the most.
+    /// "Larger" is memory held by sockets a process owns, then memory in all: a look
+    /// taken while the culprit exits (its sockets closing, owned by nobody) can hold
+    /// more in all and name no holder.
     fn keep_if_larger(&mut self, snap: SockSnap) {
+        let key = |s: &SockSnap| (s.holders.iter().map(|h| h.4).sum::<u64>(), s.total);
         if self
             .episode_socks
             .as_ref()
-            .is_none_or(|old| snap.total > old.total)
+            .is_none_or(|old| key(&snap) > key(old))
         {
             self.episode_socks = Some(snap);
         }
