@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tracer_tests::{
-    Incident, Tracer, assert_none_loaded, helper_bin, loaded_program_names, matrix_kernel,
-    require_root, run_tracer, run_tracer_env, run_tracer_unprivileged,
+    Incident, TracefsWithout, Tracer, assert_none_loaded, helper_bin, loaded_program_names,
+    matrix_kernel, require_root, run_tracer, run_tracer_env, run_tracer_unprivileged,
     run_tracer_without_tracepoints, serial,
 };
 
@@ -463,6 +463,45 @@ fn sockstat_pages() -> u64 {
         }
     }
     panic!("no mem in {line}");
+}
+
+#[test]
+fn a_kfree_skb_without_the_reason_field_is_named_and_drops_are_not_counted() {
+    require_root();
+    let _s = serial();
+    // Kernels before 5.17 have skb:kfree_skb without `reason`: the tracer must not read
+    // other bytes as a reason, and must say drops are not counted rather than "none".
+    let view = TracefsWithout::new(&[]).without_field("skb", "kfree_skb", "reason");
+    let out = run_tracer_env(&["tcp-pressure", "-d", "1s", "--json"], &view.env());
+    assert!(out.status.success(), "{}", out.stderr);
+    let r = out.final_report();
+    assert!(r["drops"].is_null(), "drops must be unknown, not zero: {r}");
+    let caveats = r["caveats"].to_string();
+    assert!(caveats.contains("skb:kfree_skb is missing"), "{caveats}");
+    assert!(
+        out.stderr
+            .contains("tracepoint skb:kfree_skb has no field `reason` on this kernel"),
+        "{}",
+        out.stderr
+    );
+    let text = run_tracer_env(&["tcp-pressure", "-d", "1s"], &view.env());
+    assert!(
+        text.stdout
+            .contains("memory-related drops: not counted (see the note above)"),
+        "{}",
+        text.stdout
+    );
+    let doctor = run_tracer_env(&["doctor"], &view.env());
+    assert_eq!(doctor.status.code(), Some(0), "{}", doctor.stdout);
+    assert!(
+        doctor
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("tcp-pressure  can run") && l.contains("without skb:kfree_skb")),
+        "{}",
+        doctor.stdout
+    );
+    assert_detached();
 }
 
 #[test]

@@ -412,6 +412,8 @@ pub async fn run(args: Args) -> Result<()> {
             .missing()
             .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose)),
     );
+    let drops_counted =
+        !drop_names.is_empty() && session.missing().all(|h| h.program != "tcp_drop");
     if drop_names.is_empty() && session.missing().all(|h| h.program != "tcp_drop") {
         caveats.push(
             "skb:kfree_skb names none of the memory-related drop reasons on this kernel: drops are not counted"
@@ -430,6 +432,7 @@ pub async fn run(args: Args) -> Result<()> {
         hist,
         max,
         drop_names,
+        drops_counted,
         caveats,
         path: format!(
             "{edge_path}; send latency from {}; refusals from {refusal_hook}",
@@ -585,6 +588,9 @@ struct TcpPressure {
     hist: PerCpuArray<MapData, u64>,
     max: PerCpuArray<MapData, u64>,
     drop_names: Vec<&'static str>,
+    /// kfree_skb is attached and names memory reasons: else drops are not known, and
+    /// the report says so rather than "none".
+    drops_counted: bool,
     caveats: Vec<String>,
     path: String,
     /// Per choice: the path taken (JSON `paths`).
@@ -1174,7 +1180,7 @@ impl Detector for TcpPressure {
                 "total_bytes": all_bytes,
                 "sockets": sock_json,
             },
-            "drops": drops,
+            "drops": self.drops_counted.then_some(drops),
             "rcvqueue_full": rcvq_full,
             "retransmits": {"pressure": retrans_p, "normal": retrans_n},
             "tcpext": ext,
@@ -1258,7 +1264,9 @@ impl Detector for TcpPressure {
         t += "\nEFFECTS\n";
         t += &format!(
             "  memory-related drops: {}\n",
-            if drop_text.is_empty() {
+            if !self.drops_counted {
+                "not counted (see the note above)".into()
+            } else if drop_text.is_empty() {
                 "none".into()
             } else {
                 drop_text.join(", ")
