@@ -7,7 +7,7 @@ use tracer_tests::{
     run_tracer_unprivileged, run_tracer_without_tracepoints, serial, zombie_children,
 };
 
-fn parent<'a>(report: &'a Value, pid: u32) -> Option<&'a Value> {
+fn parent(report: &Value, pid: u32) -> Option<&Value> {
     report["parents"]
         .as_array()
         .expect("parents")
