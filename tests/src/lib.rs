@@ -224,7 +224,7 @@ impl Tracer {
         if !graceful {
             let _ = child.kill();
         }
-        let status = child.wait().expect("waiting for the tracer");
+        let status = wait_bounded(&mut child, "the tracer");
         // The pipe closed with the tracer: the reader thread sends the rest, then ends.
         let mut stdout = std::mem::take(&mut self.stdout);
         for line in self.stdout_rx.iter() {
@@ -259,16 +259,72 @@ pub fn run_tracer(args: &[&str]) -> Finished {
 
 /// Runs the tracer to completion with extra environment variables.
 pub fn run_tracer_env(args: &[&str], env: &[(&str, &str)]) -> Finished {
-    let out = Command::new(tracer_bin())
-        .args(args)
-        .envs(env.iter().copied())
+    let mut cmd = Command::new(tracer_bin());
+    cmd.args(args).envs(env.iter().copied());
+    run_bounded(cmd)
+}
+
+/// How long a tracer run may take before a test calls it hung: far beyond any run the
+/// tests make (seconds, tens under TCG emulation), short of the VM runner's timeout.
+const HUNG_AFTER: Duration = Duration::from_secs(240);
+
+/// Runs `cmd` to completion with its output captured, like `Command::output`, but a
+/// run that has not ended after [`HUNG_AFTER`] fails the test with what its threads
+/// are waiting in (kernel stacks), instead of hanging the whole suite.
+fn run_bounded(mut cmd: Command) -> Finished {
+    let mut child = cmd
         .stdin(Stdio::null())
-        .output()
-        .expect("running the tracer");
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let drain = |r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let mut r = r;
+            let _ = std::io::Read::read_to_end(&mut r, &mut v);
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let status = wait_bounded(&mut child, &format!("{cmd:?}"));
     Finished {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// Waits for `child`; after [`HUNG_AFTER`] kills it and panics with the state and
+/// kernel stack of each of its threads (and of its children), for the diagnosis.
+fn wait_bounded(child: &mut Child, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + HUNG_AFTER;
+    loop {
+        if let Some(st) = child.try_wait().expect("waiting for a child") {
+            return st;
+        }
+        if Instant::now() >= deadline {
+            let pid = child.id();
+            let mut state = String::new();
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            for t in tasks {
+                let read = |f: &str| std::fs::read_to_string(t.join(f)).unwrap_or_default();
+                state += &format!(
+                    "{}: {} wchan={}\n{}\n",
+                    t.display(),
+                    read("stat").trim(),
+                    read("wchan"),
+                    read("stack")
+                );
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not end within {HUNG_AFTER:?}; killed. Its threads:\n{state}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -405,25 +461,18 @@ impl Drop for TracefsWithout {
 
 /// Runs the tracer with every capability dropped, as an unprivileged user would.
 pub fn run_tracer_unprivileged(args: &[&str]) -> Finished {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            "--",
-        ])
-        .arg(tracer_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running setpriv (util-linux)");
-    Finished {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ])
+    .arg(tracer_bin())
+    .args(args);
+    run_bounded(cmd)
 }
 
 /// Names of the BPF programs loaded in the kernel now.
