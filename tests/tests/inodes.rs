@@ -76,9 +76,14 @@ fn child_filling_ext4_is_named_with_exact_counts_dir_and_enospc() {
     let reports = out.reports();
 
     // While full: 100% of inodes, blocks mostly free, crit and the signature flag.
+    // A report reads statvfs before the kernel maps: one taken while the child was still
+    // creating can show its final count beside an older usage, so wait for both.
     let at_full = reports
         .iter()
-        .find(|r| process(r, inc.pid).is_some_and(|p| p["freed"] == 0 && p["allocated"] == created))
+        .find(|r| {
+            process(r, inc.pid).is_some_and(|p| p["freed"] == 0 && p["allocated"] == created)
+                && filesystem(r, fs.mnt())["inodes_used"] == used_full
+        })
         .unwrap_or_else(|| panic!("no report while the filesystem was full: {}", out.stdout));
     let f = filesystem(at_full, fs.mnt());
     assert_eq!(f["inodes_used"], f["inodes_total"], "{f}");
