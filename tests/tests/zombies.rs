@@ -16,6 +16,11 @@ fn parent(report: &Value, pid: u32) -> Option<&Value> {
         .find(|p| p["pid"] == pid)
 }
 
+/// Stuck zombies of `ppid` in a report's parents table (0 when not a finding).
+fn stuck_under(report: &Value, ppid: u32) -> u64 {
+    parent(report, ppid).map_or(0, |p| p["zombies"].as_u64().unwrap())
+}
+
 fn zombies_of(report: &Value, ppid: u32) -> Vec<u64> {
     let mut v: Vec<u64> = report["zombies"]
         .as_array()
@@ -33,10 +38,12 @@ fn non_reaping_parent_is_named_with_exact_zombie_count() {
     require_root();
     let _s = serial();
     let prom = std::env::temp_dir().join(format!("tracer-test-{}.prom", std::process::id()));
-    let tracer = Tracer::start(&[
+    let mut tracer = Tracer::start(&[
         "zombies",
         "--parent",
         "--json",
+        "-i",
+        "250ms",
         "--prom-file",
         prom.to_str().unwrap(),
     ]);
@@ -47,7 +54,10 @@ fn non_reaping_parent_is_named_with_exact_zombie_count() {
         .collect();
     assert_eq!(expected.len(), 7, "the helper made 7 zombies");
     // Each exit and SIGCHLD happened before /proc showed the zombie (the helper waits
-    // for that), and the tracer drains its ring buffer before the final report.
+    // for that). A zombie is a finding once older than the stated threshold (5 s for
+    // a parent never seen reaping): until then it is in flight.
+    let r = tracer.report_where(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 7);
+    assert!(r["stuck_rule"].as_str().unwrap().starts_with("older than 5s"), "{r}");
     let out = tracer.interrupt();
     assert!(
         out.status.success(),
@@ -59,6 +69,8 @@ fn non_reaping_parent_is_named_with_exact_zombie_count() {
     assert_eq!(r["lost_events"], 0);
     let p = parent(&r, inc.pid).unwrap_or_else(|| panic!("parent {} not reported: {r}", inc.pid));
     assert_eq!(p["zombies"], 7, "{p}");
+    assert_eq!(p["in_flight"], 0, "{p}");
+    assert_eq!(p["stuck_after_s"], 5.0, "{p}");
     assert_eq!(p["comm"], "incident");
     assert_eq!(p["sigchld"], "default");
     assert_eq!(p["reaped"], 0);
@@ -119,7 +131,7 @@ fn multithreaded_children_make_one_zombie_each_however_their_threads_exit() {
     // see the process dead at once), half end the main thread first.
     let mut inc = Incident::start(&["threaded", "8"]);
     let pid = inc.pid.to_string();
-    let tracer = Tracer::start(&["zombies", "-p", &pid, "--json"]);
+    let mut tracer = Tracer::start(&["zombies", "-p", &pid, "--json", "-i", "250ms"]);
     inc.send("go");
     inc.expect_line("done");
     let expected: Vec<u64> = zombie_children(inc.pid)
@@ -127,6 +139,7 @@ fn multithreaded_children_make_one_zombie_each_however_their_threads_exit() {
         .map(u64::from)
         .collect();
     assert_eq!(expected.len(), 8, "the helper made 8 zombies");
+    tracer.report_where(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 8);
     let r = tracer.interrupt().final_report();
     assert_eq!(r["path"], expected_exit_path(), "{r}");
     assert_eq!(r["lost_events"], 0);
@@ -163,9 +176,13 @@ fn without_the_group_dead_field_the_btf_fallback_makes_the_same_count() {
     };
     let mut inc = Incident::start(&["threaded", "6"]);
     let pid = inc.pid.to_string();
-    let tracer = Tracer::start_env(&["zombies", "-p", &pid, "--json"], &view.env());
+    let mut tracer = Tracer::start_env(
+        &["zombies", "-p", &pid, "--json", "-i", "250ms"],
+        &view.env(),
+    );
     inc.send("go");
     inc.expect_line("done");
+    tracer.report_where(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 6);
     let r = tracer.interrupt().final_report();
     assert_eq!(
         r["path"], "sched_process_exit + task->signal->live (kernel BTF; no group_dead field here)",
@@ -212,8 +229,12 @@ fn zombies_from_before_the_start_are_reported() {
     require_root();
     let _s = serial();
     let inc = Incident::start(&["zombies", "4"]);
-    let out = Tracer::start(&["zombies", "-d", "1s", "--json"]).wait();
+    let mut tracer = Tracer::start(&["zombies", "--json", "-i", "250ms"]);
+    // Their exit time is unknown: they count as stuck once seen for the threshold.
+    let r = tracer.report_where(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 4);
+    let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
+    assert!(r["elapsed_s"].as_f64().unwrap() >= 5.0, "{r}");
     let r = out.final_report();
     let p =
         parent(&r, inc.pid).unwrap_or_else(|| panic!("pre-existing zombies' parent missing: {r}"));
@@ -396,4 +417,206 @@ fn missing_tracepoint_is_named_in_one_sentence() {
         "{}",
         out.stdout
     );
+}
+
+/// Shell processes the test started; killed and reaped if the test fails.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn young_zombies_are_in_flight_not_findings_in_text_json_and_metrics() {
+    require_root();
+    let _s = serial();
+    let prom = std::env::temp_dir().join(format!("tracer-inflight-{}.prom", std::process::id()));
+    let mut tracer = Tracer::start(&[
+        "zombies",
+        "--json",
+        "-i",
+        "200ms",
+        "--stuck-after",
+        "10m",
+        "--prom-file",
+        prom.to_str().unwrap(),
+    ]);
+    let inc = Incident::start(&["zombies", "5"]);
+    let r = tracer.report_where(Duration::from_secs(60), |r| zombies_of(r, inc.pid).len() == 5);
+    assert!(parent(&r, inc.pid).is_none(), "younger than 10m: not a finding: {r}");
+    assert_eq!(r["stuck_rule"], "older than 10m (--stuck-after)");
+    let ours: Vec<&Value> = r["zombies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|z| z["ppid"] == inc.pid)
+        .collect();
+    assert!(ours.iter().all(|z| z["stuck"] == false), "{r}");
+    assert!(r["zombies_in_flight"].as_u64().unwrap() >= 5, "{r}");
+    assert!(
+        r["hints"].as_array().unwrap().iter().all(|h| !h.as_str().unwrap().contains(&format!("{} (", inc.pid))),
+        "{r}"
+    );
+    let out = tracer.interrupt();
+    let f = out.final_report();
+    // The prom file holds the final report: the same split.
+    let metrics = std::fs::read_to_string(&prom).expect("--prom-file written");
+    let _ = std::fs::remove_file(&prom);
+    for key in ["zombies_stuck", "zombies_in_flight"] {
+        let line = format!("tracer_zombies_{key} {}", f[key]);
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    let series = format!("pid=\"{}\"", inc.pid);
+    assert!(
+        !metrics.lines().any(|l| l.starts_with("tracer_zombies_parents_") && l.contains(&series)),
+        "{metrics}"
+    );
+
+    // Text: a short run sees them (from before its start, so in flight under the
+    // 5 s floor) and says none is stuck.
+    let pid = inc.pid.to_string();
+    let out = run_tracer(&["zombies", "-d", "1s", "-p", &pid]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("zombies now: 0 stuck under 0 parent(s), oldest -; 5 in flight")
+            && out.stdout.contains("none: no zombie outlived its parent's normal reap delay")
+            && out.stdout.contains("in flight")
+            && !out.stdout.contains("hint:"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn steady_leak_forecasts_pid_exhaustion_only_while_it_grows() {
+    require_root();
+    let _s = serial();
+    // 40 children, one every 150 ms: about 6 s of steady leaking.
+    let mut inc = Incident::start(&["leak", "40", "150"]);
+    let pid = inc.pid.to_string();
+    let mut tracer = Tracer::start(&[
+        "zombies", "-p", &pid, "--json", "-i", "250ms", "--trend-over", "3s", "--stuck-after",
+        "500ms",
+    ]);
+    // Before the leak, a full window with no growth: no forecast, and the reason.
+    let r = tracer.report_where(Duration::from_secs(60), |r| {
+        r["trend"]["span_s"].as_f64().unwrap() >= 3.0
+    });
+    assert_eq!(r["trend"]["sustained"], false, "{r}");
+    assert!(r["pids"]["exhaustion_eta_s"].is_null(), "{r}");
+    assert!(
+        r["trend"]["not_sustained_because"].as_str().unwrap().contains("changed by +0"),
+        "{r}"
+    );
+    inc.send("go");
+    let r = tracer.report_where(Duration::from_secs(60), |r| r["trend"]["sustained"] == true);
+    let growth = r["zombie_growth_per_s"].as_f64().unwrap();
+    // One zombie per 150 ms is 6.7/s; the fit over a 3 s window stays near it.
+    assert!((2.0..=12.0).contains(&growth), "{r}");
+    let eta = r["pids"]["exhaustion_eta_s"].as_f64().unwrap_or_else(|| panic!("no ETA: {r}"));
+    let p = &r["pids"];
+    let limit = p["pid_max"].as_f64().unwrap().min(p["threads_max"].as_f64().unwrap());
+    let headroom = limit - p["in_use"].as_f64().unwrap();
+    assert!((eta * growth - headroom).abs() <= headroom * 0.01 + 1.0, "{r}");
+    assert!(r["trend"]["samples"].as_u64().unwrap() >= 10, "{r}");
+    assert!(r["trend"]["net_growth"].as_i64().unwrap() >= 5, "{r}");
+    inc.expect_line("done");
+    // Once the leak stops, the count is flat: the forecast goes away.
+    let r = tracer.report_where(Duration::from_secs(60), |r| {
+        stuck_under(r, inc.pid) == 40 && r["trend"]["sustained"] == false
+    });
+    assert!(r["pids"]["exhaustion_eta_s"].is_null(), "{r}");
+    let f = tracer.interrupt().final_report();
+    assert_eq!(parent(&f, inc.pid).unwrap()["zombies"], 40, "{f}");
+}
+
+#[test]
+fn healthy_busy_shells_and_a_forking_service_are_not_findings() {
+    require_root();
+    let _s = serial();
+    let prom = std::env::temp_dir().join(format!("tracer-healthy-{}.prom", std::process::id()));
+    let mut tracer = Tracer::start(&[
+        "zombies",
+        "--parent",
+        "--json",
+        "-i",
+        "500ms",
+        "--trend-over",
+        "3s",
+        "--prom-file",
+        prom.to_str().unwrap(),
+    ]);
+    // Two shells running short commands, and a service forking and reaping workers.
+    const RUNS: u64 = 1500;
+    let script = format!("i=0; while [ $i -lt {RUNS} ]; do /bin/true; i=$((i+1)); done");
+    let mut shells = Children(
+        (0..2)
+            .map(|_| {
+                std::process::Command::new("sh")
+                    .args(["-c", &script])
+                    .spawn()
+                    .expect("sh")
+            })
+            .collect(),
+    );
+    let shell_pids: Vec<u32> = shells.0.iter().map(|c| c.id()).collect();
+    let mut svc = Incident::start(&["reaper", "300"]);
+    svc.send("go");
+    svc.expect_line("done");
+    for c in &mut shells.0 {
+        assert!(c.wait().expect("sh").success());
+    }
+    // Reports until a full trend window after the workload ended.
+    let end = tracer.report_where(Duration::from_secs(60), |_| true)["elapsed_s"]
+        .as_f64()
+        .unwrap();
+    tracer.report_where(Duration::from_secs(60), |r| {
+        r["elapsed_s"].as_f64().unwrap() >= end + 3.5
+    });
+    let out = tracer.interrupt();
+    let reports = out.reports();
+    let ours: Vec<u32> = shell_pids.iter().copied().chain([svc.pid]).collect();
+    for r in &reports {
+        for &p in &ours {
+            assert!(parent(r, p).is_none(), "{p} reaps: not a finding: {r}");
+            assert!(
+                r["zombies"].as_array().unwrap().iter().all(|z| z["ppid"] != p || z["stuck"] == false),
+                "{r}"
+            );
+        }
+        assert!(r["pids"]["exhaustion_eta_s"].is_null(), "no forecast: {r}");
+        assert_eq!(r["trend"]["sustained"], false, "{r}");
+    }
+    // The workload was there and seen: every command reaped by its shell, every worker
+    // by the service, and the window was evaluated.
+    let f = out.final_report();
+    assert!(f["trend"]["span_s"].as_f64().unwrap() >= 3.0, "{f}");
+    assert!(f["forks"].as_u64().unwrap() >= 2 * RUNS + 300, "{f}");
+    let reaped = |pid: u32| {
+        f["reapers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["pid"] == pid)
+            .map(|x| x["reaped"].as_u64().unwrap())
+    };
+    for &p in &shell_pids {
+        assert_eq!(reaped(p), Some(RUNS), "shell {p}: {f}");
+    }
+    assert_eq!(reaped(svc.pid), Some(300), "{f}");
+    let metrics = std::fs::read_to_string(&prom).expect("--prom-file written");
+    let _ = std::fs::remove_file(&prom);
+    assert!(!metrics.contains("exhaustion_eta_s"), "{metrics}");
+    for &p in &ours {
+        let series = format!("pid=\"{p}\"");
+        assert!(
+            !metrics.lines().any(|l| l.starts_with("tracer_zombies_parents_") && l.contains(&series)),
+            "{metrics}"
+        );
+    }
 }

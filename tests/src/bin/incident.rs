@@ -3,6 +3,8 @@
 //! incident zombies N    fork N children that exit at once; never wait for them
 //! incident reaper N     on "go": fork N children that exit, wait for each at once
 //! incident sigign N     SIGCHLD = SIG_IGN; on "go": fork N children that exit
+//! incident leak N MS    on "go": fork a child every MS ms, N in all, never wait (a
+//!                       steadily leaking parent, for the growth trend)
 //! incident threaded N   on "go": fork N children with 4 threads each, never wait:
 //!                       odd children exit_group() with every thread running, even
 //!                       ones end their main thread first and their last thread later
@@ -25,7 +27,7 @@ use nix::{
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: incident zombies|reaper|sigign|threaded N";
+    let usage = "usage: incident zombies|reaper|sigign|threaded N | leak N MS";
     let (Some(what), Some(n)) = (
         args.get(1),
         args.get(2).and_then(|n| n.parse::<usize>().ok()),
@@ -46,6 +48,29 @@ fn main() {
             say(&format!("ready {me}"));
             let _ = lines.next();
             let kids: Vec<Pid> = (0..n).map(|i| spawn_threaded(i % 2 == 1)).collect();
+            wait_zombies(&kids);
+            say("done");
+        }
+        "leak" => {
+            let every = args
+                .get(3)
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis)
+                .unwrap_or_else(|| {
+                    eprintln!("{usage}");
+                    std::process::exit(2)
+                });
+            say(&format!("ready {me}"));
+            let _ = lines.next();
+            let start = Instant::now();
+            let mut kids = Vec::new();
+            for i in 0..n {
+                // The pace of the leak itself (a rate, not a wait for an event).
+                if let Some(left) = (start + every * i as u32).checked_duration_since(Instant::now()) {
+                    std::thread::sleep(left);
+                }
+                kids.extend(spawn(1));
+            }
             wait_zombies(&kids);
             say("done");
         }

@@ -5,9 +5,10 @@
 //! wait calls and SIGCHLDs are counted in kernel maps read once per report. Zombies are
 //! confirmed against /proc (state Z, same start time) when a report is built, so a
 //! lost reap record or a reused pid can never invent a zombie.
+mod judge;
 mod state;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use aya::maps::{HashMap as BpfHashMap, PerCpuArray};
@@ -25,6 +26,7 @@ use crate::{
     run::{self, Detector, Report, ReportCtx, RunOpts},
     tracefs::Tracefs,
 };
+use judge::{Samples, StuckRule};
 use state::{Snapshot, Tracker};
 
 pub const SPEC: Spec = Spec {
@@ -114,10 +116,18 @@ pub const SPEC: Spec = Spec {
 /// parent, and confirms zombies in /proc. Zombies that existed before the start are
 /// included; their age is then only a lower bound (shown as ">=").
 ///
+/// Every child is a zombie until its parent reaps it, usually for microseconds. A
+/// zombie is "stuck" (evidence of a non-reaping parent) only when older than 5 s and
+/// than twice the slowest reap that parent was seen to make (at most 60 s); younger
+/// ones are "in flight". PID exhaustion is forecast only from stuck zombies growing
+/// steadily over --trend-over (default 30 s); otherwise the report says "no sustained
+/// growth".
+///
 /// Examples:
 ///   tracer zombies --parent            # who leaves zombies behind (until Ctrl-C)
 ///   tracer zombies -d 10s --json       # one JSON report after 10 seconds
 ///   tracer zombies -p 1234 --min-age 1s
+///   tracer zombies --stuck-after 10s   # a fixed age instead of the measured pace
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -130,6 +140,14 @@ pub struct Args {
     /// Hide zombies younger than this (e.g. 1s, 500ms).
     #[arg(long, value_parser = run::parse_age, default_value = "0s", value_name = "AGE")]
     pub min_age: Duration,
+    /// Call a zombie stuck (its parent not reaping) once older than AGE, for every
+    /// parent. Default: older than 5 s and than twice the parent's slowest observed
+    /// reap, at most 60 s.
+    #[arg(long, value_parser = run::parse_duration, value_name = "AGE")]
+    pub stuck_after: Option<Duration>,
+    /// Forecast PID exhaustion only when stuck zombies grew steadily over this long.
+    #[arg(long, value_parser = run::parse_duration, default_value = "30s", value_name = "DURATION")]
+    pub trend_over: Duration,
     #[command(flatten)]
     pub run: RunOpts,
 }
@@ -155,14 +173,17 @@ pub async fn run(args: Args) -> Result<()> {
     // seen twice (event and scan), never zero times.
     let mut tracker = Tracker::new(args.pid, procinfo::ticks_per_second(), boot_offset_ns());
     tracker.seed(procinfo::all_stats(), procinfo::monotonic_ns());
+    let rule = args.stuck_after.map_or(StuckRule::Auto, StuckRule::Fixed);
     let mut det = Zombies {
         args,
+        rule,
         tracker,
         counters,
         counts,
         caveats,
         exit,
-        first: None,
+        started: Instant::now(),
+        samples: Samples::default(),
     };
     let what = match det.args.pid {
         Some(p) => format!("exits and reaps of children of pid {p}"),
@@ -243,8 +264,10 @@ struct Zombies {
     counts: PerCpuArray<aya::maps::MapData, u64>,
     caveats: Vec<String>,
     exit: ExitPath,
-    /// (time, zombie count) of the first report, for the growth rate.
-    first: Option<(f64, usize)>,
+    rule: StuckRule,
+    started: Instant,
+    /// Stuck zombies over time, for the growth trend.
+    samples: Samples,
 }
 
 impl Zombies {
@@ -258,6 +281,10 @@ impl Zombies {
     fn parent_counters(&self, pid: u32) -> ParentCounters {
         self.counters.get(&pid, 0).unwrap_or_default()
     }
+
+    fn trend_over_s(&self) -> f64 {
+        self.args.trend_over.as_secs_f64()
+    }
 }
 
 impl Detector for Zombies {
@@ -270,11 +297,32 @@ impl Detector for Zombies {
         self.tracker.prune_if_large(procinfo::stat_of);
     }
 
+    /// Fifteen looks per trend window (every 2 s for the default 30 s): each confirms
+    /// the candidates in /proc, so the rate is bounded.
+    fn sample_every(&self) -> Option<Duration> {
+        Some(
+            (self.args.trend_over / 15).clamp(Duration::from_millis(100), Duration::from_secs(2)),
+        )
+    }
+
+    fn sample(&mut self) -> Result<()> {
+        let snap = self.tracker.snapshot(
+            procinfo::monotonic_ns(),
+            Duration::ZERO,
+            self.rule,
+            procinfo::stat_of,
+        );
+        let keep = self.trend_over_s() * 2.0;
+        self.samples
+            .push(self.started.elapsed().as_secs_f64(), snap.stuck as u64, keep);
+        Ok(())
+    }
+
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
         let now = procinfo::monotonic_ns();
-        let snap: Snapshot = self
-            .tracker
-            .snapshot(now, self.args.min_age, procinfo::stat_of);
+        let snap: Snapshot =
+            self.tracker
+                .snapshot(now, self.args.min_age, self.rule, procinfo::stat_of);
         let elapsed = ctx.elapsed.as_secs_f64().max(1e-3);
         let forks = self.count(COUNT_FORKS);
         let exits = self.count(COUNT_EXITS);
@@ -286,29 +334,18 @@ impl Detector for Zombies {
             ));
         }
 
-        // Growth of the zombie count since the first look (the /proc seed at start).
-        let t = ctx.elapsed.as_secs_f64();
-        let (t0, n0) = *self.first.get_or_insert((0.0, self.tracker.seeded()));
-        let growth = if t - t0 > 0.5 {
-            (snap.zombies.len() as f64 - n0 as f64) / (t - t0)
-        } else {
-            0.0
-        };
-
+        let trend = self.samples.trend(self.trend_over_s());
         let in_use = procinfo::tasks_in_use();
         let pid_max = procinfo::read_u64("/proc/sys/kernel/pid_max");
         let threads_max = procinfo::read_u64("/proc/sys/kernel/threads-max");
-        let limit = procinfo::pid_limit();
-        let eta_s = match (in_use, limit) {
-            (Some(u), Some(l)) if growth > 0.0 && l > u => Some((l - u) as f64 / growth),
-            _ => None,
-        };
+        let eta_s = judge::exhaustion_eta_s(&trend, in_use, procinfo::pid_limit());
 
         let mut parents_json = Vec::new();
         let mut ptable = Table::new(&[
             "PID",
             "COMM",
-            "ZOMBIES",
+            "STUCK",
+            "IN FLIGHT",
             "OLDEST",
             "REAPED",
             "WAITS",
@@ -332,6 +369,7 @@ impl Detector for Zombies {
                 p.pid.to_string(),
                 comm.clone(),
                 p.zombies.to_string(),
+                p.in_flight.to_string(),
                 oldest.clone(),
                 reaped.to_string(),
                 c.wait_calls.to_string(),
@@ -343,10 +381,12 @@ impl Detector for Zombies {
                 cgroup.clone(),
                 output::truncate(&cmdline, 60),
             ]);
-            hints.push(hint(p.pid, &comm, p.zombies, c, disp, reaped));
+            hints.push(judge::hint(p.pid, &comm, p.zombies, c, disp, reaped));
             parents_json.push(json!({
                 "pid": p.pid, "comm": comm, "cmdline": cmdline, "cgroup": cgroup,
-                "zombies": p.zombies, "oldest_zombie_age_s": round3(p.oldest_age_s),
+                "zombies": p.zombies, "in_flight": p.in_flight,
+                "stuck_after_s": round3(p.stuck_after_s),
+                "oldest_zombie_age_s": round3(p.oldest_age_s),
                 "oldest_zombie_age_exact": p.oldest_exact,
                 "reaped": reaped, "wait_calls": c.wait_calls, "sigchld_received": c.sigchld,
                 "sigchld": disp,
@@ -359,7 +399,7 @@ impl Detector for Zombies {
             .iter()
             .map(|z| {
                 json!({"pid": z.pid, "ppid": z.ppid, "comm": z.comm, "cgroup": procinfo::cgroup_of(z.pid),
-                       "age_s": round3(z.age_s), "age_exact": z.exact})
+                       "age_s": round3(z.age_s), "age_exact": z.exact, "stuck": z.stuck})
             })
             .collect();
         let reap = output::Summary::of(self.tracker.reap_hist());
@@ -372,10 +412,19 @@ impl Detector for Zombies {
 
         let json = json!({
             "filter_ppid": self.args.pid,
+            "stuck_rule": self.rule.describe(),
             "parents": parents_json,
             "zombies": zombies_json,
             "zombies_total": snap.zombies.len(),
-            "zombie_growth_per_s": round3(growth),
+            "zombies_stuck": snap.stuck,
+            "zombies_in_flight": snap.in_flight,
+            "zombie_growth_per_s": trend.growth_per_s.map(round3),
+            "trend": {
+                "window_s": round3(trend.window_s), "span_s": round3(trend.span_s),
+                "samples": trend.samples, "net_growth": trend.net_growth,
+                "sustained": trend.growth_per_s.is_some(),
+                "not_sustained_because": trend.not_sustained,
+            },
             "reap_latency_us": reap,
             "reapers": reapers,
             "pids": {
@@ -385,46 +434,65 @@ impl Detector for Zombies {
             "forks": forks, "forks_per_s": round3(forks as f64 / elapsed),
             "exits": exits, "exits_per_s": round3(exits as f64 / elapsed),
             "path": self.exit.describe(),
+            "hints": hints,
             "caveats": caveats,
         });
 
         let mut text = String::new();
         let oldest = snap
             .zombies
-            .first()
+            .iter()
+            .find(|z| z.stuck)
             .map(|z| fmt_age(z.age_s, z.exact))
             .unwrap_or_else(|| "-".into());
         text += &format!(
-            "zombies now: {} under {} parent(s), oldest {}; reaped in window: {}; forks {:.1}/s, exits {:.1}/s\n",
-            snap.zombies.len(),
+            "zombies now: {} stuck under {} parent(s), oldest {}; {} in flight (within the normal reap delay)\n",
+            snap.stuck,
             snap.parents.len(),
             oldest,
+            snap.in_flight,
+        );
+        text += &format!("stuck means: {}\n", self.rule.describe());
+        text += &format!(
+            "reaped in window: {}; forks {:.1}/s, exits {:.1}/s\n",
             self.tracker.reaped_total(),
             forks as f64 / elapsed,
             exits as f64 / elapsed
         );
         text += &format!(
-            "pid headroom: {} tasks in use; pid_max {}, threads-max {}; zombies {}",
+            "pid headroom: {} tasks in use; pid_max {}, threads-max {}; ",
             opt(in_use),
             opt(pid_max),
             opt(threads_max),
-            if growth > 0.0 {
-                format!("growing {growth:.2}/s")
-            } else {
-                "not growing".into()
-            }
         );
-        if let Some(eta) = eta_s {
-            text += &format!(", PID space exhausted in ~{}", human_duration(eta));
+        match (trend.growth_per_s, &trend.not_sustained) {
+            (Some(g), _) => {
+                text += &format!(
+                    "stuck zombies growing {g:.2}/s over {} ({} samples)",
+                    human_duration(trend.span_s),
+                    trend.samples
+                );
+                if let Some(eta) = eta_s {
+                    text += &format!(", PID space exhausted in ~{}", human_duration(eta));
+                }
+            }
+            (None, why) => {
+                text += &format!(
+                    "no sustained growth ({}; a forecast needs {} of samples growing by {}+ in both halves)",
+                    why.as_deref().unwrap_or("-"),
+                    human_duration(trend.window_s),
+                    judge::MIN_GROWTH
+                );
+            }
         }
         text += "\n";
         text += &format!("exits seen by: {}\n", self.exit.describe());
         for c in &caveats {
             text += &format!("note: {c}\n");
         }
-        text += "\nNON-REAPING PARENTS\n";
+        text += "\nNON-REAPING PARENTS (with stuck zombies)\n";
         if ptable.is_empty() {
-            text += "  none: every exited child was reaped\n";
+            text += "  none: no zombie outlived its parent's normal reap delay\n";
         } else {
             text += &ptable.render();
             text += "\n";
@@ -434,13 +502,14 @@ impl Detector for Zombies {
         }
         if !self.args.parent {
             text += "\nZOMBIES (oldest first)\n";
-            let mut zt = Table::new(&["PID", "PPID", "COMM", "AGE"]);
+            let mut zt = Table::new(&["PID", "PPID", "COMM", "AGE", "STATE"]);
             for z in snap.zombies.iter().take(20) {
                 zt.row(vec![
                     z.pid.to_string(),
                     z.ppid.to_string(),
                     z.comm.clone(),
                     fmt_age(z.age_s, z.exact),
+                    if z.stuck { "stuck" } else { "in flight" }.into(),
                 ]);
             }
             if zt.is_empty() {
@@ -486,40 +555,4 @@ fn pids_cgroup(pid: u32) -> Option<(u64, String)> {
         .trim()
         .to_string();
     Some((cur, max))
-}
-
-/// One line per culprit: what the numbers say and what to do about it.
-fn hint(
-    pid: u32,
-    comm: &str,
-    zombies: usize,
-    c: ParentCounters,
-    disp: &str,
-    reaped: u64,
-) -> String {
-    let why = if c.wait_calls == 0 && reaped == 0 {
-        format!(
-            "got {} SIGCHLD and never called wait(): it does not reap",
-            c.sigchld
-        )
-    } else {
-        format!(
-            "called wait() {} times and reaped {}, but not fast enough or not all children",
-            c.wait_calls, reaped
-        )
-    };
-    let disp_hint = match disp {
-        "default" => {
-            "install a SIGCHLD handler that loops on waitpid(-1, WNOHANG), or set SIGCHLD to SIG_IGN if exit codes are not needed"
-        }
-        "handler" => {
-            "its SIGCHLD handler must loop on waitpid(-1, WNOHANG) until it returns 0 (signals coalesce)"
-        }
-        _ => "reap children with waitpid()",
-    };
-    format!(
-        "{pid} ({comm}) holds {zombies} zombie(s); it {why}. Fix: {disp_hint}. Killing {pid} hands its zombies to \
-         init, which reaps them; in containers run a real init (tini, dumb-init, --init) as PID 1, and cap the \
-         damage with the pids cgroup (pids.max)."
-    )
 }

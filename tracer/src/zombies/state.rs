@@ -9,6 +9,7 @@ use tracer_common::{
     zombies::{EXITED_CAPACITY, ProcEvent, ReapVia},
 };
 
+use super::judge::StuckRule;
 use crate::{output, procinfo::ProcStat};
 
 /// A process whose exit we saw and whose reap we have not seen.
@@ -34,21 +35,39 @@ pub struct ZombieRow {
     pub age_s: f64,
     /// false: a zombie from before the start, whose age is at least `age_s`.
     pub exact: bool,
+    /// Older than its parent's reap threshold; else still in flight.
+    pub stuck: bool,
 }
 
+/// A parent with at least one stuck zombie: a non-reaping parent.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParentRow {
     pub pid: u32,
+    /// Stuck zombies.
     pub zombies: usize,
+    /// Zombies younger than the threshold.
+    pub in_flight: usize,
     pub oldest_age_s: f64,
     pub oldest_exact: bool,
+    /// The age above which this parent's zombies are stuck.
+    pub stuck_after_s: f64,
 }
 
 pub struct Snapshot {
-    /// Oldest first.
+    /// Every zombie, stuck or in flight, oldest first.
     pub zombies: Vec<ZombieRow>,
-    /// Most zombies first.
+    /// Parents with stuck zombies, most first.
     pub parents: Vec<ParentRow>,
+    pub stuck: usize,
+    pub in_flight: usize,
+}
+
+/// Reaps made by one parent.
+#[derive(Clone, Copy, Default)]
+struct Reaps {
+    count: u64,
+    /// The slowest exit-to-reap latency seen.
+    slowest_ns: u64,
 }
 
 pub struct Tracker {
@@ -60,7 +79,7 @@ pub struct Tracker {
     seeded_count: usize,
     /// pending size above which prune_if_large looks in /proc.
     prune_at: usize,
-    reaped: HashMap<u32, u64>,
+    reaped: HashMap<u32, Reaps>,
     reaped_total: u64,
     hist: Histogram<u64>,
 }
@@ -144,10 +163,13 @@ impl Tracker {
                 if parent != 0 && !self.wanted(parent) || parent == 0 && self.target.is_some() {
                     return;
                 }
+                let r = self.reaped.entry(parent).or_default();
                 if ev.exit_ns > 0 && h.ts_ns >= ev.exit_ns {
-                    output::record(&mut self.hist, (h.ts_ns - ev.exit_ns) / 1_000);
+                    let took = h.ts_ns - ev.exit_ns;
+                    output::record(&mut self.hist, took / 1_000);
+                    r.slowest_ns = r.slowest_ns.max(took);
                 }
-                *self.reaped.entry(parent).or_default() += 1;
+                r.count += 1;
                 self.reaped_total += 1;
             }
             _ => {}
@@ -165,11 +187,12 @@ impl Tracker {
     }
 
     /// Current zombies, confirmed in /proc: state Z and the same process (pid + start
-    /// time) as the one we saw exit or seeded.
+    /// time) as the one we saw exit or seeded; each judged stuck or in flight by `rule`.
     pub fn snapshot(
         &mut self,
         now_ns: u64,
         min_age: Duration,
+        rule: StuckRule,
         lookup: impl Fn(u32) -> Option<ProcStat>,
     ) -> Snapshot {
         let mut rows = Vec::new();
@@ -201,6 +224,7 @@ impl Tracker {
                     comm,
                     age_s: now_ns.saturating_sub(e.exit_ns) as f64 / 1e9,
                     exact: true,
+                    stuck: false,
                 });
             }
             true
@@ -213,6 +237,7 @@ impl Tracker {
                     comm: st.comm,
                     age_s: now_ns.saturating_sub(s.first_seen_ns) as f64 / 1e9,
                     exact: false,
+                    stuck: false,
                 });
                 true
             }
@@ -224,18 +249,34 @@ impl Tracker {
         rows.sort_by(|a, b| b.age_s.total_cmp(&a.age_s).then(a.pid.cmp(&b.pid)));
 
         let mut parents: Vec<ParentRow> = Vec::new();
-        for z in &rows {
-            match parents.iter_mut().find(|p| p.pid == z.ppid) {
-                Some(p) => p.zombies += 1,
-                // Rows are oldest first, so the first one per parent is its oldest.
-                None => parents.push(ParentRow {
-                    pid: z.ppid,
-                    zombies: 1,
-                    oldest_age_s: z.age_s,
-                    oldest_exact: z.exact,
-                }),
+        let (mut stuck, mut in_flight) = (0, 0);
+        for z in &mut rows {
+            let threshold = rule.threshold_s(self.slowest_reap_s(z.ppid));
+            z.stuck = z.age_s > threshold;
+            let p = match parents.iter_mut().position(|p| p.pid == z.ppid) {
+                Some(i) => &mut parents[i],
+                None => {
+                    parents.push(ParentRow {
+                        pid: z.ppid,
+                        zombies: 0,
+                        in_flight: 0,
+                        // Rows are oldest first, so the first one per parent is its oldest.
+                        oldest_age_s: z.age_s,
+                        oldest_exact: z.exact,
+                        stuck_after_s: threshold,
+                    });
+                    parents.last_mut().expect("just pushed")
+                }
+            };
+            if z.stuck {
+                p.zombies += 1;
+                stuck += 1;
+            } else {
+                p.in_flight += 1;
+                in_flight += 1;
             }
         }
+        parents.retain(|p| p.zombies > 0);
         parents.sort_by(|a, b| {
             b.zombies
                 .cmp(&a.zombies)
@@ -244,7 +285,17 @@ impl Tracker {
         Snapshot {
             zombies: rows,
             parents,
+            stuck,
+            in_flight,
         }
+    }
+
+    /// The slowest reap this parent was seen to make, in seconds.
+    pub fn slowest_reap_s(&self, parent: u32) -> Option<f64> {
+        self.reaped
+            .get(&parent)
+            .filter(|r| r.slowest_ns > 0)
+            .map(|r| r.slowest_ns as f64 / 1e9)
     }
 
     pub fn reap_hist(&self) -> &Histogram<u64> {
@@ -252,7 +303,7 @@ impl Tracker {
     }
 
     pub fn reaped_by(&self, pid: u32) -> u64 {
-        self.reaped.get(&pid).copied().unwrap_or(0)
+        self.reaped.get(&pid).map_or(0, |r| r.count)
     }
 
     pub fn reaped_total(&self) -> u64 {
@@ -264,7 +315,7 @@ impl Tracker {
             .reaped
             .iter()
             .filter(|(p, _)| **p != 0)
-            .map(|(p, c)| (*p, *c))
+            .map(|(p, r)| (*p, r.count))
             .collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(n);
@@ -278,6 +329,7 @@ mod tests {
     use tracer_common::{COMM_LEN, as_bytes};
 
     const HZ: u64 = 100;
+    const AUTO: StuckRule = StuckRule::Auto;
     const S: u64 = 1_000_000_000;
 
     fn exit(pid: u32, ppid: u32, at: u64) -> Vec<u8> {
@@ -332,7 +384,7 @@ mod tests {
         let mut t = Tracker::new(None, HZ, 0);
         t.on_event(&exit(100, 10, 5 * S));
         t.on_event(&reap(100, 10, 5 * S, 5 * S + 2_000_000, ReapVia::Wait4));
-        let snap = t.snapshot(6 * S, Duration::ZERO, |_| None);
+        let snap = t.snapshot(6 * S, Duration::ZERO, AUTO, |_| None);
         assert!(snap.zombies.is_empty());
         assert_eq!(t.reap_hist().len(), 1);
         assert_eq!(t.reap_hist().max(), t.reap_hist().highest_equivalent(2_000));
@@ -343,15 +395,16 @@ mod tests {
     fn unreaped_child_is_a_zombie_with_exact_age() {
         let mut t = Tracker::new(None, HZ, 0);
         t.on_event(&exit(100, 10, 5 * S));
-        let snap = t.snapshot(8 * S, Duration::ZERO, |pid| Some(zombie(pid, 10, 4)));
+        let snap = t.snapshot(11 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 10, 4)));
         assert_eq!(
             snap.zombies,
             vec![ZombieRow {
                 pid: 100,
                 ppid: 10,
                 comm: "child".into(),
-                age_s: 3.0,
-                exact: true
+                age_s: 6.0,
+                exact: true,
+                stuck: true,
             }]
         );
         assert_eq!(
@@ -359,13 +412,15 @@ mod tests {
             vec![ParentRow {
                 pid: 10,
                 zombies: 1,
-                oldest_age_s: 3.0,
-                oldest_exact: true
+                in_flight: 0,
+                oldest_age_s: 6.0,
+                oldest_exact: true,
+                stuck_after_s: 5.0,
             }]
         );
         // --min-age hides younger ones.
         assert!(
-            t.snapshot(8 * S, Duration::from_secs(4), |pid| Some(zombie(
+            t.snapshot(11 * S, Duration::from_secs(7), AUTO, |pid| Some(zombie(
                 pid, 10, 4
             )))
             .zombies
@@ -380,7 +435,7 @@ mod tests {
         // process that started at 7 s and is itself a zombie now.
         t.on_event(&exit(100, 10, 5 * S));
         let reused = |pid| Some(zombie(pid, 20, 7));
-        let snap = t.snapshot(9 * S, Duration::ZERO, reused);
+        let snap = t.snapshot(9 * S, Duration::ZERO, AUTO, reused);
         assert!(
             snap.zombies.is_empty(),
             "the new process must not inherit the old exit"
@@ -390,13 +445,13 @@ mod tests {
         let mut t = Tracker::new(None, HZ, 0);
         t.seed(vec![zombie(200, 30, 1)], 2 * S);
         assert_eq!(
-            t.snapshot(3 * S, Duration::ZERO, |pid| Some(zombie(pid, 30, 1)))
+            t.snapshot(3 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 30, 1)))
                 .zombies
                 .len(),
             1
         );
         assert!(
-            t.snapshot(4 * S, Duration::ZERO, |pid| Some(zombie(pid, 31, 3)))
+            t.snapshot(4 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 31, 3)))
                 .zombies
                 .is_empty()
         );
@@ -405,7 +460,7 @@ mod tests {
         t.on_event(&exit(300, 10, 5 * S));
         for now in [6, 7, 8] {
             assert_eq!(
-                t.snapshot(now * S, Duration::ZERO, |pid| Some(zombie(pid, 10, 4)))
+                t.snapshot(now * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 10, 4)))
                     .zombies
                     .len(),
                 1
@@ -427,7 +482,7 @@ mod tests {
             10 * S,
         );
         assert_eq!(t.seeded(), 1);
-        let snap = t.snapshot(12 * S, Duration::ZERO, |pid| Some(zombie(pid, 1, 1)));
+        let snap = t.snapshot(12 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 1, 1)));
         assert_eq!(snap.zombies.len(), 1);
         assert!(!snap.zombies[0].exact);
         assert_eq!(snap.zombies[0].age_s, 2.0);
@@ -439,7 +494,7 @@ mod tests {
         t.on_event(&exit(100, 10, 5 * S));
         t.on_event(&exit(101, 11, 5 * S));
         t.on_event(&reap(102, 11, 5 * S, 6 * S, ReapVia::Wait4));
-        let snap = t.snapshot(8 * S, Duration::ZERO, |pid| {
+        let snap = t.snapshot(8 * S, Duration::ZERO, AUTO, |pid| {
             Some(zombie(pid, if pid == 100 { 10 } else { 11 }, 4))
         });
         assert_eq!(
@@ -474,14 +529,42 @@ mod tests {
         let mut t = Tracker::new(None, HZ, 0);
         t.on_event(&exit(100, 10, 5 * S));
         assert!(
-            t.snapshot(6 * S, Duration::ZERO, |_| None)
+            t.snapshot(6 * S, Duration::ZERO, AUTO, |_| None)
                 .zombies
                 .is_empty()
         );
         assert!(
-            t.snapshot(7 * S, Duration::ZERO, |pid| Some(zombie(pid, 10, 4)))
+            t.snapshot(7 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 10, 4)))
                 .zombies
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn young_zombies_are_in_flight_and_a_batch_reaper_is_judged_by_its_pace() {
+        let mut t = Tracker::new(None, HZ, 0);
+        // Parent 10 once took 3.5 s to reap: its threshold is 7 s.
+        t.on_event(&exit(90, 10, S));
+        t.on_event(&reap(90, 10, S, S + 7 * S / 2, ReapVia::Free));
+        t.on_event(&exit(100, 10, 5 * S));
+        // Parent 20 never reaped: its threshold is the 5 s floor.
+        t.on_event(&exit(200, 20, 5 * S));
+        t.on_event(&exit(201, 20, 10 * S));
+        let lookup = |pid| Some(zombie(pid, if pid < 200 { 10 } else { 20 }, 4));
+        let snap = t.snapshot(11 * S, Duration::ZERO, AUTO, lookup);
+        assert_eq!(snap.zombies.len(), 3);
+        assert_eq!((snap.stuck, snap.in_flight), (1, 2));
+        assert_eq!(snap.parents.len(), 1, "only parent 20 has a stuck zombie");
+        let p = &snap.parents[0];
+        assert_eq!((p.pid, p.zombies, p.in_flight), (20, 1, 1));
+        assert_eq!(p.stuck_after_s, 5.0);
+        // Past parent 10's own pace its zombie is stuck too.
+        let snap = t.snapshot(15 * S + S / 10, Duration::ZERO, AUTO, lookup);
+        assert_eq!((snap.stuck, snap.in_flight), (3, 0));
+        assert_eq!(snap.parents[1].stuck_after_s, 7.0);
+        // A fixed rule judges every parent alike.
+        let fixed = StuckRule::Fixed(Duration::from_millis(50));
+        let snap = t.snapshot(11 * S, Duration::ZERO, fixed, lookup);
+        assert_eq!((snap.stuck, snap.in_flight), (3, 0));
     }
 }
