@@ -235,6 +235,16 @@ fn pressure_episode_names_the_pushing_process_and_its_latency() {
     // refusals are found by socket cookie and counted for the socket's owner.
     let top = &r["culprits"][0];
     assert_eq!(top["pid"], helper, "top culprit is not the helper: {r}");
+    // Softirq runs refusals on a kernel thread's stack (ksoftirqd) or whoever it
+    // interrupted: a kernel thread is a bystander, never a culprit.
+    for c in r["culprits"].as_array().unwrap() {
+        let pid = c["pid"].as_u64().unwrap();
+        let flags: u64 = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').and_then(|(_, t)| t.split_whitespace().nth(7)?.parse().ok()))
+            .unwrap_or(0);
+        assert_eq!(flags & 0x0020_0000, 0, "kernel thread named as a culprit: {c}");
+    }
     assert!(top["refusals"].as_u64().unwrap() > 0, "{top}");
     assert_eq!(top["comm"], "incident_tcp");
     assert!(top["kind"].as_str().unwrap().contains("recv"), "{top}");

@@ -106,6 +106,15 @@ pub fn stat_of(pid: u32) -> Option<ProcStat> {
     })
 }
 
+/// Whether `pid` is a kernel thread (PF_KTHREAD): ksoftirqd, kworkers and the like,
+/// which run softirq work on behalf of whatever socket needs it.
+pub fn is_kernel_thread(pid: u32) -> bool {
+    const PF_KTHREAD: u32 = 0x0020_0000;
+    Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| s.flags & PF_KTHREAD != 0)
+}
+
 /// Every process in /proc (threads excluded).
 pub fn all_stats() -> Vec<ProcStat> {
     let Ok(all) = procfs::process::all_processes() else {
@@ -192,6 +201,8 @@ mod tests {
         assert!(cgroup_of(me).starts_with('/'));
         assert!(["default", "handler", "ignore"].contains(&sigchld_disposition(me)));
         assert!(tasks_in_use().unwrap() >= 1);
+        assert!(!is_kernel_thread(me));
+        assert!(is_kernel_thread(2), "kthreadd");
         // Read monotonic first: BOOTTIME = MONOTONIC + time suspended, read later.
         let mono = monotonic_ns();
         assert!(boottime_ns() >= mono);

@@ -444,6 +444,7 @@ pub async fn run(args: Args) -> Result<()> {
         last_resolve_ns: 0,
         owner_of: HashMap::new(),
         unresolved: 0,
+        unattributed: 0,
         episode_socks: None,
         last_sock_snapshot_ns: 0,
         refusal_records: 0,
@@ -604,6 +605,8 @@ struct TcpPressure {
     owner_of: HashMap<u64, Owner>,
     /// Refusals whose socket was gone before its owner was looked up.
     unresolved: u64,
+    /// Of those, refused while a kernel thread was current: counted for nobody.
+    unattributed: u64,
     episode_socks: Option<SockSnap>,
     last_sock_snapshot_ns: u64,
     refusal_records: u64,
@@ -715,6 +718,13 @@ impl TcpPressure {
                 }
                 _ => {
                     self.unresolved += 1;
+                    // In softirq the current task is a bystander: a kernel thread
+                    // (ksoftirqd) or whoever was interrupted. A kernel thread is never
+                    // a culprit; leave the refusal unattributed (it stays in the total).
+                    if procinfo::is_kernel_thread(r.pid) {
+                        self.unattributed += 1;
+                        continue;
+                    }
                     None
                 }
             };
@@ -1150,8 +1160,10 @@ impl Detector for TcpPressure {
         }
         if self.unresolved > 0 {
             caveats.push(format!(
-                "{} refusals hit sockets that no process held when looked up (closed or orphaned): counted for the task that was current",
-                self.unresolved
+                "{} refusals hit sockets that no process held when looked up (closed or orphaned): {} counted for the task that was current, {} for nobody (a kernel thread was current: softirq work, not a culprit)",
+                self.unresolved,
+                self.unresolved - self.unattributed,
+                self.unattributed
             ));
         }
         if self.bad_records > 0 {
