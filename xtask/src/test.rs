@@ -46,6 +46,10 @@ pub struct Args {
     /// default 20m, or TRACER_VM_TIMEOUT); that kernel then counts as failed.
     #[arg(long, value_parser = vm::parse_timeout)]
     vm_timeout: Option<Duration>,
+    /// Run the selected tests N times in a row on each kernel (one VM boot per kernel),
+    /// e.g. `--repeat 10 -- healthy_busy` for the healthy-host tests; every run counts.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100), value_name = "N")]
+    repeat: u32,
     /// Extra arguments for `cargo test`, on every kernel: a test name filter, `--test
     /// zombies` for one integration test file, `-- --nocapture` for the test binaries.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -205,7 +209,13 @@ pub fn run(args: Args) -> Result<()> {
     for m in &matrix {
         let Some(s) = m.series() else {
             let start = std::time::Instant::now();
-            let c = host(&args.args, &cargs, &tracer)?;
+            let mut c = Counts::default();
+            for run in 1..=args.repeat {
+                if args.repeat > 1 {
+                    eprintln!("\nxtask: host run {run} of {}", args.repeat);
+                }
+                c += host(&args.args, &cargs, &tracer)?;
+            }
             rows.push(("host".into(), c, vm::seconds(start.elapsed())));
             continue;
         };
@@ -214,7 +224,8 @@ pub fn run(args: Args) -> Result<()> {
             .find(|k| k.series == s)
             .context("kernel prepared above")?;
         if jobs.is_none() {
-            jobs = Some(executables(&cargs)?);
+            let once = executables(&cargs)?;
+            jobs = Some((0..args.repeat).flat_map(|_| once.iter().cloned()).collect::<Vec<_>>());
         }
         let jobs = jobs.as_deref().context("test binaries listed above")?;
         let (c, note) = guest(kernel, jobs, &tracer, timeout)?;

@@ -52,6 +52,7 @@ const HIDDEN_IN_GUEST: &[&str] = &[
 ];
 
 /// One command to run in the guest.
+#[derive(Clone)]
 pub struct Job {
     pub label: String,
     pub cwd: PathBuf,
