@@ -609,7 +609,11 @@ fn healthy_busy_bulk_transfer_at_normal_tcp_mem_warns_of_nothing() {
         .map(|v| v.parse().unwrap())
         .collect();
     let (writes, bytes) = (nums[0], nums[1]);
-    assert_eq!(bytes, conns * mib << 20, "the readers got every byte: {done}");
+    assert_eq!(
+        bytes,
+        (conns * mib) << 20,
+        "the readers got every byte: {done}"
+    );
     // A report that timed at least every write of the transfer (all outside pressure).
     let seen = tracer.report_where(Duration::from_secs(120), |r| {
         r["send_latency_us"]["normal"]["count"]

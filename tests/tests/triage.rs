@@ -571,7 +571,10 @@ impl Busy {
         let file = std::env::temp_dir().join(format!("tracer-healthy-{}", std::process::id()));
         let mut threads = Vec::new();
         // Works, then rests three times as long as the work took.
-        fn paced(stop: Arc<AtomicBool>, mut work: impl FnMut() + Send + 'static) -> std::thread::JoinHandle<()> {
+        fn paced(
+            stop: Arc<AtomicBool>,
+            mut work: impl FnMut() + Send + 'static,
+        ) -> std::thread::JoinHandle<()> {
             std::thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let t = Instant::now();
@@ -656,7 +659,10 @@ impl Busy {
         let n = |v: &Vec<(Instant, Instant)>| {
             v.iter().filter(|(a, b)| *a >= from && *b <= to).count() as u64
         };
-        (n(&self.batches.lock().unwrap()), n(&self.chunks.lock().unwrap()))
+        (
+            n(&self.batches.lock().unwrap()),
+            n(&self.chunks.lock().unwrap()),
+        )
     }
 }
 
@@ -710,7 +716,10 @@ fn healthy_busy_host_has_no_finding() {
     // Kernel log lines from before this test (other tests' OOM and TCP lines) are not
     // this workload's: look back over this test only (the report comes after at least
     // the time so far plus the window).
-    let since = format!("{:.0}s", test_start.elapsed().as_secs_f64().floor() + window);
+    let since = format!(
+        "{:.0}s",
+        test_start.elapsed().as_secs_f64().floor() + window
+    );
     let spawned = Instant::now();
     let tracer = Tracer::start(&[
         "triage",

@@ -78,9 +78,7 @@ impl Near {
 
     pub fn state(&self, rule: &Rule) -> State {
         let hold_ns = rule.hold.as_nanos() as u64;
-        let held_ns = self
-            .since_ns
-            .map_or(0, |s| self.last_ns.saturating_sub(s));
+        let held_ns = self.since_ns.map_or(0, |s| self.last_ns.saturating_sub(s));
         State {
             active: self.since_ns.is_some() && held_ns >= hold_ns,
             threshold_pct: rule.pct,
@@ -192,7 +190,10 @@ mod tests {
         assert_eq!(s.held_samples, 31);
         let w = warning(false, 88, 100, &s).unwrap();
         assert!(w.contains("88% of the pressure threshold"), "{w}");
-        assert!(w.contains("for 3.0s (31 samples; the warning needs 3.0s)"), "{w}");
+        assert!(
+            w.contains("for 3.0s (31 samples; the warning needs 3.0s)"),
+            "{w}"
+        );
         assert!(w.ends_with("an episode is near"), "{w}");
         // Falling below ends it; the run is remembered as sustained for the advice.
         n.on_sample(&RULE, 3_100_000_000, 10, 100);

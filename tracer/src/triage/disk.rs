@@ -37,7 +37,8 @@ fn rotational(name: &str) -> bool {
 }
 
 /// The await part of the disk row's threshold, as the report states it.
-pub const AWAIT_THRESHOLD: &str = "read await, and write await when writes average < 256 KiB: >= 20 ms warn, 100 crit";
+pub const AWAIT_THRESHOLD: &str =
+    "read await, and write await when writes average < 256 KiB: >= 20 ms warn, 100 crit";
 
 /// Writes average at least this much (KiB) in a streaming (bulk) write.
 const STREAMING_WRITE_KIB: f64 = 256.0;

@@ -272,10 +272,22 @@ mod tests {
         );
         // Media-less floppy and CD-ROM drives probed at boot: benign.
         let io = PATTERNS.iter().find(|p| p.check == "I/O errors").unwrap();
-        assert!(!matches(io, "blk_update_request: I/O error, dev fd0, sector 0"));
-        assert!(!matches(io, "Buffer I/O error on dev sr0, logical block 0, async page read"));
-        assert!(matches(io, "I/O error, dev sda, sector 2048 op 0x1:(WRITE)"));
-        assert!(matches(io, "Buffer I/O error on dev vda1, logical block 12"));
+        assert!(!matches(
+            io,
+            "blk_update_request: I/O error, dev fd0, sector 0"
+        ));
+        assert!(!matches(
+            io,
+            "Buffer I/O error on dev sr0, logical block 0, async page read"
+        ));
+        assert!(matches(
+            io,
+            "I/O error, dev sda, sector 2048 op 0x1:(WRITE)"
+        ));
+        assert!(matches(
+            io,
+            "Buffer I/O error on dev vda1, logical block 12"
+        ));
         // The OOM line is 5 s old: a 2 s lookback leaves only the TCP line.
         let hits = classify(&recs, 10_000_000, Duration::from_secs(2));
         assert_eq!(hits.len(), 1);

@@ -33,8 +33,7 @@ fn speed_mbit(iface: &str) -> Option<u64> {
 }
 
 /// The interface row's threshold, as the report states it.
-pub const ERRORS_THRESHOLD: &str =
-    "errors >= 1/s warn, 100/s crit; drops >= 1% of packets warn, 5% crit (>= 10 drops/s); link >= 70% warn, 90% crit";
+pub const ERRORS_THRESHOLD: &str = "errors >= 1/s warn, 100/s crit; drops >= 1% of packets warn, 5% crit (>= 10 drops/s); link >= 70% warn, 90% crit";
 
 /// Errors (CRC, FIFO, carrier) are faults at any steady rate. Drops are not: healthy
 /// hosts count frames of protocols nothing listens to (LLDP, STP) as rx drops, a few a
@@ -50,7 +49,11 @@ pub fn errors_level(errs_per_s: f64, drops_per_s: f64, pkts_per_s: f64) -> Level
 }
 
 fn pct_f(part: f64, whole: f64) -> f64 {
-    if whole <= 0.0 { 0.0 } else { part * 100.0 / whole }
+    if whole <= 0.0 {
+        0.0
+    } else {
+        part * 100.0 / whole
+    }
 }
 
 pub fn findings(before: Before, w: Window) -> Part {
