@@ -533,28 +533,131 @@ fn early_warning_at_80_percent_of_the_pressure_threshold() {
         }
         (now >= before + 128 && last.1.elapsed() >= Duration::from_millis(300)).then_some(now)
     });
-    // Pressure threshold such that the held pages are 88% of it; no episode.
+    // Pressure threshold such that the held pages are 88% of it; no episode. The
+    // warning needs the level held for 3 s (--warn-after's default): the helper holds
+    // it, and the test waits for the first report that warns.
     let pressure = pages * 100 / 88;
-    let r = {
+    let (r, all) = {
         let _mem = TcpMemGuard::set(&format!("{} {pressure} {}", pages / 2, pressure * 4));
-        let out = run_tracer(&["tcp-pressure", "-d", "700ms", "--json"]);
+        let mut tracer = Tracer::start(&["tcp-pressure", "-i", "500ms", "--json"]);
+        let r = tracer.report_where(Duration::from_secs(60), |r| r["warning"].is_string());
+        let out = tracer.interrupt();
         assert!(out.status.success(), "{}", out.stderr);
-        out.final_report()
+        (r, out.reports())
     };
+    let last = all.last().expect("a final report");
     drop(inc);
     assert_eq!(read_tcp_mem(), normal, "tcp_mem was not restored");
     assert_eq!(r["tcp_mem"]["pressure"], pressure, "{r}");
     let pct = r["mem_pages"]["pct_of_pressure"].as_f64().unwrap();
     assert!((80.0..100.0).contains(&pct), "{pct}% ({r})");
-    let w = r["warning"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no warning: {r}"));
+    let w = r["warning"].as_str().unwrap();
     assert!(
         w.contains("of the pressure threshold") && w.contains("an episode is near"),
         "{w}"
     );
+    // The warning rests on the level held for the stated time, not on one sample.
+    let near = &r["early_warning"];
+    assert_eq!(near["active"], true, "{near}");
+    assert_eq!(near["threshold_pct"], 80.0, "{near}");
+    assert_eq!(near["hold_s"], 3.0, "{near}");
+    assert!(near["held_s"].as_f64().unwrap() >= 3.0, "{near}");
+    assert!(near["held_samples"].as_u64().unwrap() >= 2, "{near}");
+    assert!(w.contains("the warning needs 3.0s"), "{w}");
+    // The first interval report, with the level held for less, did not warn yet.
+    let first = &all[0];
+    assert_eq!(first["warning"], Value::Null, "{first}");
+    assert_eq!(first["early_warning"]["active"], false, "{first}");
+    assert!(
+        first["early_warning"]["held_s"].as_f64().unwrap() < 3.0,
+        "{first}"
+    );
     assert_eq!(r["pressure_now"], false);
     assert_eq!(r["episodes"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(last["episodes"].as_array().unwrap().len(), 0, "{last}");
+}
+
+/// Every report of a run: no warning, no episode, no culprit, no advice.
+fn assert_quiet(r: &Value) {
+    assert_eq!(r["warning"], Value::Null, "{r}");
+    assert_eq!(r["early_warning"]["active"], false, "{r}");
+    assert_eq!(r["early_warning"]["sustained"], false, "{r}");
+    assert_eq!(r["pressure_now"], false, "{r}");
+    assert_eq!(r["episodes"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["culprits"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["refusals"], 0, "{r}");
+    assert_eq!(r["send_latency_us"]["pressure"]["count"], 0, "{r}");
+    let adv = &r["advice"];
+    assert!(adv["sysctl"].as_array().unwrap().is_empty(), "{adv}");
+    assert!(
+        adv["notes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("no change needed"),
+        "{adv}"
+    );
+}
+
+#[test]
+fn healthy_busy_bulk_transfer_at_normal_tcp_mem_warns_of_nothing() {
+    require_root();
+    let _s = serial();
+    // The host's own tcp_mem, untouched: a healthy host.
+    let normal = read_tcp_mem();
+    let mut tracer = Tracer::start(&["tcp-pressure", "-i", "500ms", "--json"]);
+    // 4 connections, 128 MiB each at full speed, every byte read as it arrives.
+    let (conns, mib) = (4u64, 128u64);
+    let mut inc = Incident::start_bin(
+        &helper_bin("incident_tcp"),
+        &["bulk", &conns.to_string(), &mib.to_string()],
+    );
+    inc.send("go");
+    let done = inc.expect_line("done");
+    let nums: Vec<u64> = done
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let (writes, bytes) = (nums[0], nums[1]);
+    assert_eq!(
+        bytes,
+        (conns * mib) << 20,
+        "the readers got every byte: {done}"
+    );
+    // A report that timed at least every write of the transfer (all outside pressure).
+    let seen = tracer.report_where(Duration::from_secs(120), |r| {
+        r["send_latency_us"]["normal"]["count"]
+            .as_u64()
+            .is_some_and(|n| n >= writes)
+    });
+    drop(inc);
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    let reports = out.reports();
+    assert!(reports.len() >= 2, "{}", out.stdout);
+    assert_eq!(read_tcp_mem(), normal, "tcp_mem changed during the test");
+    assert_quiet(&seen);
+    for r in &reports {
+        assert_quiet(r);
+    }
+    let r = out.final_report();
+    assert_eq!(r["lost_events"], 0, "{r}");
+    // The transfer held TCP memory (it was seen), well under the threshold.
+    assert!(r["mem_pages"]["peak"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        r["send_latency_us"]["normal"]["count"].as_u64().unwrap() >= writes,
+        "{r}"
+    );
+    assert_eq!(r["early_warning"]["threshold_pct"], 80.0, "{r}");
+    assert_eq!(r["early_warning"]["hold_s"], 3.0, "{r}");
+    // The text report says so in words.
+    let text = run_tracer(&["tcp-pressure", "-d", "500ms"]);
+    assert!(
+        text.stdout.contains("early warning: none"),
+        "{}",
+        text.stdout
+    );
+    assert_detached();
 }
 
 #[test]

@@ -6,6 +6,10 @@
 //!                           SO_SNDTIMEO) until stdin closes.
 //!   incident_tcp chat N     N request/response round trips of 1 KiB on one loopback
 //!                           connection whose peer reads everything (normal sends).
+//!   incident_tcp bulk N M   N loopback connections; after "go", each pushes M MiB in
+//!                           64 KiB write()s at full speed while its reader reads
+//!                           everything (a healthy bulk transfer); then prints
+//!                           `done WRITES BYTES` (write() calls and bytes read).
 //!   incident_tcp hold N     N KiB written into one loopback connection whose receiver
 //!                           never reads, then held (TCP memory that stays in use).
 //!
@@ -30,7 +34,7 @@ fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: incident_tcp push N | chat N | hold N";
+    let usage = "usage: incident_tcp push N | chat N | bulk N MIB | hold N";
     let n: usize = args
         .get(2)
         .and_then(|v| v.parse().ok())
@@ -89,6 +93,50 @@ fn main() {
             drop(c);
             let _ = echo.join();
             writeln!(stdout.lock(), "done {n}").unwrap();
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        }
+        "bulk" => {
+            let mib: u64 = args
+                .get(3)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{usage}"));
+            let conns: Vec<(TcpStream, TcpStream)> = (0..n).map(|_| pair(&l)).collect();
+            writeln!(stdout.lock(), "ready {}", std::process::id()).unwrap();
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).expect("stdin");
+            if line.trim() != "go" {
+                return;
+            }
+            let mut threads = Vec::new();
+            for (mut c, mut s) in conns {
+                let reader = std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut got = 0u64;
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) => return got,
+                            Ok(k) => got += k as u64,
+                            Err(e) => panic!("reading: {e}"),
+                        }
+                    }
+                });
+                let writer = std::thread::spawn(move || {
+                    let chunk = vec![0x5au8; 64 * 1024];
+                    let mut writes = 0u64;
+                    for _ in 0..mib * 16 {
+                        c.write_all(&chunk).expect("send");
+                        writes += 1;
+                    }
+                    writes
+                });
+                threads.push((writer, reader));
+            }
+            let (mut writes, mut bytes) = (0, 0);
+            for (w, r) in threads {
+                writes += w.join().expect("writer");
+                bytes += r.join().expect("reader");
+            }
+            writeln!(stdout.lock(), "done {writes} {bytes}").unwrap();
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
         }
         "hold" => {

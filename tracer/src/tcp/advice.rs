@@ -11,6 +11,10 @@ pub struct Inputs {
     pub page_size: u64,
     pub peak_pages: u64,
     pub episodes: usize,
+    /// The early warning's rule held at some point (memory stayed near the threshold).
+    pub sustained_near: bool,
+    /// That rule, as the report states it.
+    pub near_rule: String,
     pub mem_total_bytes: Option<u64>,
     /// Share of TCP memory (0..1) the top sockets held, and whether receive queues
     /// (rather than send queues) made up most of it, at the socket snapshot.
@@ -50,11 +54,15 @@ pub fn compute(i: &Inputs) -> Advice {
             p / 4 * 3 * 2
         ));
     }
-    if i.episodes == 0 && peak_pct < TARGET_SHARE * 100.0 {
+    // Advice rests on an episode (the kernel's own pressure) or on memory that stayed
+    // near the threshold (the early warning's rule): a peak touched for a moment is a
+    // burst of a healthy transfer, not a reason to change limits.
+    if i.episodes == 0 && !i.sustained_near {
         a.notes.insert(
             0,
             format!(
-                "no change needed: the peak of {} pages ({:.1} MiB) stayed at {:.0}% of the pressure threshold ({} pages) and no episode happened",
+                "no change needed: no episode happened and TCP memory never stayed near the threshold (the early warning needs {}); the peak was {} pages ({:.1} MiB), {:.0}% of the pressure threshold ({} pages)",
+                i.near_rule,
                 i.peak_pages,
                 mib(i.peak_pages),
                 peak_pct,
@@ -146,6 +154,8 @@ mod tests {
             page_size: 4096,
             peak_pages: peak,
             episodes,
+            sustained_near: false,
+            near_rule: "80% of the pressure threshold held for 3.0s".into(),
             mem_total_bytes: Some(24 << 30),
             top_share: Some((0.9, 40, true)),
             rmem: Some([4096, 131_072, 6_291_456]),
@@ -181,6 +191,24 @@ mod tests {
         let a = compute(&inputs(50, 0));
         assert!(a.sysctl.is_empty());
         assert!(a.notes[0].starts_with("no change needed"));
+    }
+
+    #[test]
+    fn a_peak_touched_for_a_moment_needs_no_change_a_held_one_does() {
+        // 110 of 128 pages (86%) for one sample, no episode: a burst.
+        let a = compute(&inputs(110, 0));
+        assert!(a.sysctl.is_empty(), "{a:?}");
+        assert!(a.notes[0].starts_with("no change needed"), "{a:?}");
+        assert!(a.notes[0].contains("held for 3.0s"), "{a:?}");
+        // The same peak held (the early warning fired): advice from the peak.
+        let mut i = inputs(110, 0);
+        i.sustained_near = true;
+        let a = compute(&i);
+        assert!(
+            a.sysctl[0].contains("net.ipv4.tcp_mem=\"102 138 207\""),
+            "{a:?}"
+        );
+        assert!(a.notes[0].starts_with("measured: 0 episode(s)"), "{a:?}");
     }
 
     #[test]

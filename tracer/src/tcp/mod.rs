@@ -11,6 +11,7 @@
 mod advice;
 mod episodes;
 mod sockets;
+mod warn;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -298,8 +299,6 @@ const SOCKET_SNAPSHOT_GAP_NS: u64 = 1_000_000_000;
 const RESOLVE_EVERY_NS: u64 = 200_000_000;
 /// Owners remembered by socket cookie (cleared when full).
 const OWNER_CACHE_CAPACITY: usize = 100_000;
-/// Early warning below the pressure threshold.
-const WARN_PCT: f64 = 80.0;
 
 /// Find TCP socket-memory pressure episodes, who causes them, and what to set.
 ///
@@ -324,8 +323,24 @@ pub struct Args {
     /// bystander). Chosen by itself where BTF tracepoints do not load.
     #[arg(long)]
     pub no_socket_cookies: bool,
+    /// Early warning when TCP memory stays at or above this percentage of tcp_mem's
+    /// pressure threshold for --warn-after.
+    #[arg(long, default_value_t = warn::Rule::DEFAULT_PCT, value_parser = parse_pct, value_name = "PCT")]
+    pub warn_at: f64,
+    /// How long every 100 ms sample must stay at or above --warn-at before it is a
+    /// warning (one sample touching it is a burst, not evidence).
+    #[arg(long, default_value = "3s", value_parser = run::parse_duration, value_name = "DURATION")]
+    pub warn_after: Duration,
     #[command(flatten)]
     pub run: RunOpts,
+}
+
+/// A percentage in (0, 100].
+fn parse_pct(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 100.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a percentage between 0 and 100")),
+    }
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -422,6 +437,11 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let mut det = TcpPressure {
         top: args.top as usize,
+        rule: warn::Rule {
+            pct: args.warn_at,
+            hold: args.warn_after,
+        },
+        near: warn::Near::default(),
         t0: procinfo::monotonic_ns(),
         latest: first.clone(),
         first,
@@ -578,6 +598,9 @@ type Owner = Option<(u32, String, String, u64, u64)>;
 
 struct TcpPressure {
     top: usize,
+    /// The early warning's rule and how long memory has stayed near the threshold.
+    rule: warn::Rule,
+    near: warn::Near,
     t0: u64,
     first: tcpmem::Snapshot,
     /// The last sample (the first one until the first sample).
@@ -864,6 +887,8 @@ impl Detector for TcpPressure {
     fn sample(&mut self) -> Result<()> {
         let snap = tcpmem::Snapshot::read()?;
         let t_ns = procinfo::monotonic_ns();
+        self.near
+            .on_sample(&self.rule, t_ns, snap.mem_pages, snap.tcp_mem.pressure);
         let edges = self.episodes.on_sample(Sample {
             t_ns,
             pages: snap.mem_pages,
@@ -945,7 +970,8 @@ impl Detector for TcpPressure {
         let peak = self.episodes.peak_pages.max(pages);
         let pct = snap.pressure_pct();
         let open = self.episodes.open().is_some();
-        let warning = warning(open, pages, tm.pressure);
+        let near = self.near.state(&self.rule);
+        let warning = warn::warning(open, pages, tm.pressure, &near);
 
         // Episodes.
         let mut ep_json = Vec::new();
@@ -1136,6 +1162,8 @@ impl Detector for TcpPressure {
             page_size: ps,
             peak_pages: peak,
             episodes: self.episodes.list.len(),
+            sustained_near: near.sustained,
+            near_rule: self.rule.describe(),
             mem_total_bytes: mem_total_bytes(),
             top_share,
             rmem: read_triple("/proc/sys/net/ipv4/tcp_rmem"),
@@ -1180,6 +1208,7 @@ impl Detector for TcpPressure {
             "mem_bytes": {"current": pages * ps, "peak": peak * ps},
             "pressure_now": open,
             "warning": warning,
+            "early_warning": near,
             "episodes": ep_json,
             "episode_duration_ms": output::Summary::of(&dur_hist),
             "refusals": refusals,
@@ -1230,8 +1259,9 @@ impl Detector for TcpPressure {
             tm.high,
             human_bytes(tm.high * ps)
         );
-        if let Some(w) = &warning {
-            t += &format!("WARNING: {w}\n");
+        match &warning {
+            Some(w) => t += &format!("WARNING: {w}\n"),
+            None => t += &format!("{}\n", warn::no_warning_line(&near, &self.rule)),
         }
         t += &format!("path: {}\n", self.path);
         for c in &caveats {
@@ -1313,23 +1343,6 @@ impl Detector for TcpPressure {
     }
 }
 
-/// The line that tops the report: pressure now, or TCP memory at WARN_PCT of the
-/// pressure threshold (early warning), else nothing.
-fn warning(open: bool, pages: u64, pressure: u64) -> Option<String> {
-    let pct = crate::snapshot::pct(pages, pressure);
-    if open {
-        Some(format!(
-            "TCP memory pressure NOW: {pages} pages, {pct:.0}% of the pressure threshold"
-        ))
-    } else if pct >= WARN_PCT {
-        Some(format!(
-            "TCP memory at {pct:.0}% of the pressure threshold ({pages} of {pressure} pages): an episode is near"
-        ))
-    } else {
-        None
-    }
-}
-
 /// bcc-style histogram in usecs of a ns histogram.
 fn latency_text(ns: &Histogram<u64>) -> String {
     let mut us = output::new_histogram();
@@ -1355,21 +1368,6 @@ mod tests {
         assert_eq!(j["count"], 100);
         assert_eq!(j["p50"], 10.0);
         assert_eq!(j["max"], 250_000.123);
-    }
-
-    #[test]
-    fn warning_at_80_percent_and_during_pressure() {
-        assert_eq!(warning(false, 79, 100), None);
-        assert!(
-            warning(false, 80, 100)
-                .unwrap()
-                .contains("80% of the pressure threshold")
-        );
-        assert!(
-            warning(true, 10, 100)
-                .unwrap()
-                .starts_with("TCP memory pressure NOW")
-        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct Pattern {
     pub check: &'static str,
     /// Substrings, any of which marks a line (case-sensitive, as the kernel prints them).
     pub needles: &'static [&'static str],
+    /// Substrings that mark a matching line as benign (known noise of healthy hosts).
+    pub unless: &'static [&'static str],
     pub level: Level,
     pub next: &'static str,
 }
@@ -30,24 +32,28 @@ pub const PATTERNS: &[Pattern] = &[
             "invoked oom-killer",
             "Memory cgroup out of memory",
         ],
+        unless: &[],
         level: Level::Crit,
         next: "dmesg -T | grep -iE 'oom|killed process' (which cgroup hit its limit, what was killed)",
     },
     Pattern {
         check: "TCP out of memory",
         needles: &["TCP: out of memory"],
+        unless: &[],
         level: Level::Crit,
         next: "tracer tcp-pressure (who fills TCP memory, what to set net.ipv4.tcp_mem to)",
     },
     Pattern {
         check: "socket memory pressure",
         needles: &["too many orphaned sockets", "under memory pressure"],
+        unless: &[],
         level: Level::Warn,
         next: "tracer tcp-pressure; ss -s; cat /proc/net/sockstat",
     },
     Pattern {
         check: "allocation failures",
         needles: &["page allocation failure"],
+        unless: &[],
         level: Level::Warn,
         next: "dmesg -T | grep -A30 'page allocation failure' (order and gfp flags: fragmentation or real shortage); cat /proc/buddyinfo",
     },
@@ -60,18 +66,23 @@ pub const PATTERNS: &[Pattern] = &[
             "rcu_sched detected stalls",
             "rcu_preempt detected stalls",
         ],
+        unless: &[],
         level: Level::Crit,
         next: "dmesg -T | grep -iE 'lockup|stall' (the stack shows the looping code); check steal and IRQ load",
     },
     Pattern {
         check: "hung tasks",
         needles: &["blocked for more than", "hung_task"],
+        unless: &[],
         level: Level::Warn,
         next: "dmesg -T | grep -A20 'blocked for more than' (the stack shows what it waits on); cat /proc/PID/stack",
     },
     Pattern {
         check: "I/O errors",
         needles: &["I/O error", "critical medium error", "blk_update_request"],
+        // Floppy and CD-ROM drives without media (emulated by most hypervisors) log
+        // I/O errors when probed at boot: not a disk failing.
+        unless: &[" dev fd", " dev sr", "[sr"],
         level: Level::Crit,
         next: "dmesg -T | grep -i 'i/o error' (which device); smartctl -a DEV",
     },
@@ -84,18 +95,21 @@ pub const PATTERNS: &[Pattern] = &[
             "xfs_do_force_shutdown",
             "XFS: Internal error",
         ],
+        unless: &[],
         level: Level::Crit,
         next: "dmesg -T | grep -iE 'ext4|xfs' (which filesystem); plan an fsck",
     },
     Pattern {
         check: "no space left",
         needles: &["No space left on device"],
+        unless: &[],
         level: Level::Warn,
         next: "df -h; df -i (inodes can run out with blocks free); tracer inodes",
     },
     Pattern {
         check: "fork failures",
         needles: &["fork rejected by pids controller", "fork failed"],
+        unless: &[],
         level: Level::Warn,
         next: "tracer zombies --parent (PID headroom); cat pids.max / pids.current of the cgroup",
     },
@@ -143,6 +157,11 @@ fn read_kmsg() -> std::io::Result<Vec<Record>> {
     Ok(out)
 }
 
+/// Whether a line is of this kind and not one of its benign look-alikes.
+pub fn matches(p: &Pattern, msg: &str) -> bool {
+    p.needles.iter().any(|n| msg.contains(n)) && !p.unless.iter().any(|u| msg.contains(u))
+}
+
 /// Count and latest record per pattern, among records younger than `since`.
 pub fn classify(
     records: &[Record],
@@ -154,7 +173,7 @@ pub fn classify(
     for p in PATTERNS {
         let hits: Vec<&Record> = records
             .iter()
-            .filter(|r| r.usec >= from && p.needles.iter().any(|n| r.msg.contains(n)))
+            .filter(|r| r.usec >= from && matches(p, &r.msg))
             .collect();
         if let Some(last) = hits.last() {
             out.push((p, hits.len(), *last));
@@ -251,6 +270,24 @@ mod tests {
                 ("CPU lockups and stalls", 1)
             ]
         );
+        // Media-less floppy and CD-ROM drives probed at boot: benign.
+        let io = PATTERNS.iter().find(|p| p.check == "I/O errors").unwrap();
+        assert!(!matches(
+            io,
+            "blk_update_request: I/O error, dev fd0, sector 0"
+        ));
+        assert!(!matches(
+            io,
+            "Buffer I/O error on dev sr0, logical block 0, async page read"
+        ));
+        assert!(matches(
+            io,
+            "I/O error, dev sda, sector 2048 op 0x1:(WRITE)"
+        ));
+        assert!(matches(
+            io,
+            "Buffer I/O error on dev vda1, logical block 12"
+        ));
         // The OOM line is 5 s old: a 2 s lookback leaves only the TCP line.
         let hits = classify(&recs, 10_000_000, Duration::from_secs(2));
         assert_eq!(hits.len(), 1);

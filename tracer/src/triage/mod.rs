@@ -154,16 +154,34 @@ pub fn psi(
     w: Window,
     next: &str,
 ) {
+    psi_judged(part, resource, file, before, after, w, next, |pct| {
+        (judge(pct, 10.0, 40.0), "some >= 10% warn, 40% crit".into())
+    });
+}
+
+/// [`psi`] with the row's level and stated threshold from `level` (of the percentage).
+#[allow(clippy::too_many_arguments)]
+pub fn psi_judged(
+    part: &mut Part,
+    resource: &'static str,
+    file: &str,
+    before: Option<u64>,
+    after: procfs::ProcResult<procfs::PressureRecord>,
+    w: Window,
+    next: &str,
+    level: impl Fn(f64) -> (Level, String),
+) {
     match (before, after) {
         (Some(b), Ok(a)) => {
             let pct = (a.total.saturating_sub(b) as f64 / (w.secs * 1e6) * 100.0).min(100.0);
+            let (lvl, threshold) = level(pct);
             part.findings.push(
                 Finding::new(
                     resource,
                     "pressure (PSI)",
                     format!("some {pct:.1}% of the window (avg10 {:.1}%)", a.avg10),
-                    "some >= 10% warn, 40% crit",
-                    judge(pct, 10.0, 40.0),
+                    threshold,
+                    lvl,
                 )
                 .next(next),
             );
