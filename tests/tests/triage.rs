@@ -72,7 +72,8 @@ fn parent_holding_zombies_is_named_in_the_pids_row() {
     let _s = serial();
     let inc = Incident::start(&["zombies", "8"]);
     let prom = PromFile::new();
-    let (out, r) = triage(&["-d", "1s", "--prom-file", prom.0.to_str().unwrap()]);
+    // A zombie is stuck only when it outlives a window of at least 5 s.
+    let (out, r) = triage(&["-d", "5s", "--prom-file", prom.0.to_str().unwrap()]);
     let pid = inc.pid.to_string();
     let row = rows(&r, "pids", "zombies", Some(&pid));
     assert_eq!(row.len(), 1, "no zombies row for parent {pid}: {r}");
@@ -82,7 +83,7 @@ fn parent_holding_zombies_is_named_in_the_pids_row() {
         row["value"]
             .as_str()
             .unwrap()
-            .starts_with(&format!("8 zombie(s) under {pid} (incident)")),
+            .starts_with(&format!("8 zombie(s) under {pid} (incident) through the ")),
         "{row}"
     );
     assert_eq!(
@@ -97,7 +98,13 @@ fn parent_holding_zombies_is_named_in_the_pids_row() {
         .find(|p| p["ppid"] == inc.pid)
         .unwrap_or_else(|| panic!("parent missing from pids.zombie_parents: {r}"));
     assert_eq!(parent["zombies"], 8);
+    assert_eq!(parent["stuck"], 8);
     assert!(exit_matches_report(&out, &r) >= 3);
+    // Over a window shorter than the 5 s floor the same zombies are counted, not judged.
+    let (_, r) = triage(&["-d", "1s"]);
+    let row = rows(&r, "pids", "zombies", Some(&pid));
+    assert_eq!(row[0]["level"], "ok", "{row:?}");
+    assert!(row[0]["value"].as_str().unwrap().contains("not judged"), "{row:?}");
     assert!(out.stdout.lines().count() == 1, "one JSON object");
     // The same row as a Prometheus gauge: severity 1 (warn), labelled by parent.
     let text = fs::read_to_string(&prom.0).expect("the --prom-file was written");

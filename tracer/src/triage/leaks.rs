@@ -1,7 +1,7 @@
 //! The leak checks of the other commands, as instant snapshots: zombies per parent
 //! and PID usage (tracer zombies), dying cgroups per hierarchy (tracer cgroups), inode
 //! usage per filesystem (tracer inodes), TCP memory vs tcp_mem (tracer tcp-pressure).
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde_json::json;
 
@@ -11,9 +11,12 @@ use crate::{
     snapshot::{Level, cgroups, inodes, pct, tcpmem},
 };
 
-/// A parent holding this many zombies at once is not reaping (warn), this many is
-/// eating the PID space (crit).
+/// A parent holding this many stuck zombies is not reaping (warn), this many is eating
+/// the PID space (crit). A zombie is stuck when it was already one at the start of a
+/// window of at least STUCK_WINDOW_S and still is at its end: every child is a zombie
+/// for a moment, so a snapshot alone proves nothing (the rule of `tracer zombies`).
 pub const ZOMBIES_WARN: f64 = 5.0;
+pub const STUCK_WINDOW_S: f64 = crate::zombies::STUCK_FLOOR_S;
 pub const ZOMBIES_CRIT: f64 = 500.0;
 /// Dying cgroups in one hierarchy.
 pub const DYING_WARN: f64 = 100.0;
@@ -23,26 +26,62 @@ const MAX_ROWS: usize = 5;
 
 pub struct Before {
     tcp: Option<tcpmem::Snapshot>,
+    /// Zombies at the start of the window (pid, start time).
+    zombies: HashSet<(u32, u64)>,
 }
 
 impl Before {
     pub fn read() -> Before {
         Before {
             tcp: tcpmem::Snapshot::read().ok(),
+            zombies: zombie_ids(&procinfo::all_stats()),
         }
     }
 }
 
+fn zombie_ids(stats: &[procinfo::ProcStat]) -> HashSet<(u32, u64)> {
+    stats
+        .iter()
+        .filter(|s| s.state == 'Z')
+        .map(|s| (s.pid, s.start_ticks))
+        .collect()
+}
+
+/// Per parent: zombies present through the whole window (stuck), and the others.
+fn zombies_by_parent(
+    before: &HashSet<(u32, u64)>,
+    now: &[procinfo::ProcStat],
+) -> BTreeMap<u32, (usize, usize)> {
+    let mut by_parent: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
+    for s in now.iter().filter(|s| s.state == 'Z') {
+        let e = by_parent.entry(s.ppid).or_default();
+        if before.contains(&(s.pid, s.start_ticks)) {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
+    by_parent
+}
+
+/// The level of a parent's zombies row: only stuck zombies over a long enough window.
+fn zombies_level(stuck: usize, window_s: f64) -> Level {
+    if window_s + 1e-3 < STUCK_WINDOW_S {
+        return Level::Ok;
+    }
+    judge(stuck as f64, ZOMBIES_WARN, ZOMBIES_CRIT)
+}
+
 pub fn findings(before: Before, w: Window) -> Part {
     let mut part = Part::default();
-    pids(&mut part);
+    pids(&mut part, &before.zombies, w);
     dying_cgroups(&mut part);
     inode_usage(&mut part);
     tcp_mem(&mut part, before, w);
     part
 }
 
-fn pids(part: &mut Part) {
+fn pids(part: &mut Part, before: &HashSet<(u32, u64)>, w: Window) {
     // PID usage: every task (thread) takes a PID; fork fails at min(pid_max, threads-max).
     let in_use = procinfo::tasks_in_use();
     let limit = procinfo::pid_limit();
@@ -62,36 +101,44 @@ fn pids(part: &mut Part) {
         );
     }
 
-    // Zombies grouped by parent, from /proc (state Z).
-    let mut by_parent: BTreeMap<u32, usize> = BTreeMap::new();
-    for s in procinfo::all_stats().into_iter().filter(|s| s.state == 'Z') {
-        *by_parent.entry(s.ppid).or_default() += 1;
-    }
-    let total: usize = by_parent.values().sum();
-    let mut parents: Vec<(u32, usize)> = by_parent.into_iter().collect();
+    // Zombies grouped by parent, from /proc (state Z), split by whether they were
+    // already zombies when the window began.
+    let by_parent = zombies_by_parent(before, &procinfo::all_stats());
+    let total: usize = by_parent.values().map(|(a, b)| a + b).sum();
+    let mut parents: Vec<(u32, (usize, usize))> = by_parent.into_iter().collect();
     parents.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let threshold = format!(
+        "per parent >= {ZOMBIES_WARN} warn, {ZOMBIES_CRIT} crit, counting zombies present through a window of >= {STUCK_WINDOW_S}s"
+    );
     let mut rows = Vec::new();
-    for &(ppid, n) in parents.iter().take(MAX_ROWS) {
+    for &(ppid, (stuck, young)) in parents.iter().take(MAX_ROWS) {
         let comm = procinfo::comm_of(ppid).unwrap_or_else(|| "?".into());
+        let mut value = format!(
+            "{stuck} zombie(s) under {ppid} ({comm}) through the {:.1}s window, {young} younger",
+            w.secs
+        );
+        if w.secs + 1e-3 < STUCK_WINDOW_S {
+            value += &format!(" (not judged: the window is under {STUCK_WINDOW_S}s)");
+        }
         part.findings.push(
             Finding::new(
                 "pids",
                 "zombies",
-                format!("{n} zombie(s) under {ppid} ({comm})"),
-                format!("per parent >= {ZOMBIES_WARN} warn, {ZOMBIES_CRIT} crit"),
-                judge(n as f64, ZOMBIES_WARN, ZOMBIES_CRIT),
+                value,
+                threshold.clone(),
+                zombies_level(stuck, w.secs),
             )
             .subject(ppid.to_string())
             .next(format!("tracer zombies --parent -p {ppid}")),
         );
-        rows.push(json!({"ppid": ppid, "comm": comm, "zombies": n}));
+        rows.push(json!({"ppid": ppid, "comm": comm, "zombies": stuck + young, "stuck": stuck, "in_flight": young}));
     }
     if parents.is_empty() {
         part.findings.push(Finding::new(
             "pids",
             "zombies",
             "none",
-            format!("per parent >= {ZOMBIES_WARN} warn, {ZOMBIES_CRIT} crit"),
+            threshold,
             Level::Ok,
         ));
     }
@@ -289,4 +336,34 @@ fn tcp_mem(part: &mut Part, before: Before, w: Window) {
                "pressure_entries_in_window": pressures, "aborts_on_memory_in_window": aborts,
                "window_s": round1(w.secs)}),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn z(pid: u32, ppid: u32, start: u64) -> procinfo::ProcStat {
+        procinfo::ProcStat {
+            pid,
+            ppid,
+            comm: "c".into(),
+            state: 'Z',
+            start_ticks: start,
+            cpu_ticks: 0,
+        }
+    }
+
+    #[test]
+    fn only_zombies_present_through_a_long_enough_window_are_judged() {
+        let before = zombie_ids(&[z(10, 1, 5), z(11, 1, 5), z(12, 2, 7)]);
+        // 10 stays, 11 was reaped, 12's pid now belongs to a newer zombie, 13 is new.
+        let now = [z(10, 1, 5), z(12, 2, 9), z(13, 2, 9)];
+        let by = zombies_by_parent(&before, &now);
+        assert_eq!(by[&1], (1, 0));
+        assert_eq!(by[&2], (0, 2), "a reused pid is another process");
+        assert_eq!(zombies_level(5, 5.0), Level::Warn);
+        assert_eq!(zombies_level(4, 60.0), Level::Ok);
+        assert_eq!(zombies_level(500, 1.0), Level::Ok, "a 1 s window proves nothing");
+        assert_eq!(zombies_level(500, 5.0), Level::Crit);
+    }
 }

@@ -29,6 +29,9 @@ use crate::{
 use judge::{Samples, StuckRule};
 use state::{Snapshot, Tracker};
 
+/// The age below which no zombie is a finding (see judge::STUCK_FLOOR); triage uses it.
+pub const STUCK_FLOOR_S: f64 = judge::STUCK_FLOOR.as_secs_f64();
+
 pub const SPEC: Spec = Spec {
     detector: "zombies",
     hooks: &[
