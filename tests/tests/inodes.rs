@@ -422,11 +422,16 @@ fn healthy_busy_temp_file_churn_gets_no_level_flag_eta_or_hint() {
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
     let reports = out.reports();
-    // The workload happened, at a busy host's rate.
-    assert!(na >= 10 * BATCH && nb >= 10 * BATCH, "churned {na} and {nb}");
+    // The workload happened, at a busy host's rate: rounds up to 85% and back, at
+    // thousands of files a second here (hundreds under the VMs' emulation).
+    assert!(na >= 3 * BATCH && nb >= 3 * BATCH, "churned {na} and {nb}");
     assert!(
-        (na + nb) as f64 / secs >= 1000.0,
+        (na + nb) as f64 / secs >= 500.0,
         "{na} + {nb} temp files in {secs:.1} s"
+    );
+    eprintln!(
+        "churned {na} + {nb} temp files in {secs:.1} s ({:.0}/s)",
+        (na + nb) as f64 / secs
     );
     // No judgement on either filesystem, in any report.
     let mut no_growth = 0;
