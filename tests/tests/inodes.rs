@@ -371,9 +371,9 @@ fn steady_growth_gives_a_finite_eta_in_the_right_range() {
     assert_eq!(f["inodes_full_blocks_free"], false);
 }
 
-/// A healthy busy host: two services churn temp files (7,000 created and deleted again
+/// A healthy busy host: two services churn temp files (1,700 created and deleted again
 /// per round, thousands a second) on a loop-mounted ext4 (counted by the ext4 hooks)
-/// and on a tmpfs (statvfs only), each with 8,192 inodes, so a round takes usage to 85%
+/// and on a tmpfs (statvfs only), each with 2,048 inodes, so a round takes usage to 83%
 /// and back. Over 30 s and more of interval reports with the default thresholds, no
 /// filesystem gets a level, the flag, an ETA or a hint; each says "no sustained
 /// growth" once it has the samples, and the tracer saw every file come and go.
@@ -381,14 +381,14 @@ fn steady_growth_gives_a_finite_eta_in_the_right_range() {
 fn healthy_busy_temp_file_churn_gets_no_level_flag_eta_or_hint() {
     require_root();
     let _s = serial();
-    let ext = LoopExt4::new(64, 8192);
+    let ext = LoopExt4::new(64, 2048);
     let ext_dir = ext.mnt.join("tmp");
     std::fs::create_dir(&ext_dir).unwrap();
-    let tmp = Tmpfs::new("inodes-healthy", "size=64m,nr_inodes=8192");
+    let tmp = Tmpfs::new("inodes-healthy", "size=64m,nr_inodes=2048");
     let tmp_mnt = tmp.dir.to_str().unwrap().to_string();
     let tmp_dir = tmp.dir.join("tmp");
     std::fs::create_dir(&tmp_dir).unwrap();
-    const BATCH: u64 = 7000;
+    const BATCH: u64 = 1700;
     let mut a = Incident::start_bin(
         helper(),
         &["churn", ext_dir.to_str().unwrap(), &BATCH.to_string()],
@@ -422,7 +422,7 @@ fn healthy_busy_temp_file_churn_gets_no_level_flag_eta_or_hint() {
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
     let reports = out.reports();
-    // The workload happened, at a busy host's rate: rounds up to 85% and back, at
+    // The workload happened, at a busy host's rate: rounds up to 83% and back, at
     // thousands of files a second here (hundreds under the VMs' emulation).
     assert!(na >= 3 * BATCH && nb >= 3 * BATCH, "churned {na} and {nb}");
     assert!(
@@ -460,7 +460,7 @@ fn healthy_busy_temp_file_churn_gets_no_level_flag_eta_or_hint() {
     }
     assert!(no_growth >= 2, "the trend was judged on both: {}", out.stdout);
     assert!(
-        tmp_peak >= 1000,
+        tmp_peak >= 200,
         "statvfs saw the tmpfs churn (peak {tmp_peak} inodes used)"
     );
     // The tracer counted every temp file on ext4, created and deleted by the service.
