@@ -8,6 +8,7 @@ use std::{
 use serde_json::Value;
 use tracer_tests::{
     CgroupLayout, Incident, LoopExt4, Tmpfs, TracefsWithout, Tracer, assert_none_loaded,
+    matrix_kernel,
     require_root, run_tracer, run_tracer_unprivileged, run_tracer_without_tracepoints, serial,
     wait_reports,
 };
@@ -402,10 +403,14 @@ fn healthy_busy_temp_file_churn_gets_no_level_flag_eta_or_hint() {
     let started = Instant::now();
     a.send("go");
     b.send("go");
-    // Wait for the trend to be judged on both (>= 10 samples over >= 30 s).
+    // Wait for the trend to be judged on both (>= 10 samples over >= 30 s), and for at
+    // least 3 rounds on ext4 as the tracer counted them (a TCG guest creates ext4 files
+    // at under 100/s when the machine is loaded).
     let judged = |r: &Value, m: &str| filesystem(r, m)["trend"]["state"] != "too_few_samples";
-    tracer.report_where(Duration::from_secs(120), |r| {
-        judged(r, ext.mnt()) && judged(r, &tmp_mnt)
+    tracer.report_where(Duration::from_secs(220), |r| {
+        judged(r, ext.mnt())
+            && judged(r, &tmp_mnt)
+            && filesystem(r, ext.mnt())["freed"].as_u64() >= Some(3 * BATCH)
     });
     a.send("stop");
     b.send("stop");
@@ -423,10 +428,12 @@ fn healthy_busy_temp_file_churn_gets_no_level_flag_eta_or_hint() {
     assert!(out.status.success(), "{}", out.stderr);
     let reports = out.reports();
     // The workload happened, at a busy host's rate: rounds up to 83% and back, at
-    // thousands of files a second here (hundreds under the VMs' emulation).
+    // thousands of files a second on this machine (the VMs emulate every instruction:
+    // there, ext4 creates run at tens to hundreds a second).
     assert!(na >= 3 * BATCH && nb >= 3 * BATCH, "churned {na} and {nb}");
+    let floor = if matrix_kernel() == "host" { 1000.0 } else { 50.0 };
     assert!(
-        (na + nb) as f64 / secs >= 500.0,
+        (na + nb) as f64 / secs >= floor,
         "{na} + {nb} temp files in {secs:.1} s"
     );
     eprintln!(
