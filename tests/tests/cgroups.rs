@@ -13,8 +13,9 @@ use std::{
 
 use serde_json::Value;
 use tracer_tests::{
-    CgroupLayout, MemoryHierarchy, SubtreeControl, Tmpfs, Tracer, assert_none_loaded, matrix_kernel, require_root,
-    run_tracer, run_tracer_unprivileged, run_tracer_without_tracepoints, serial, wait_reports,
+    CgroupLayout, MemoryHierarchy, SubtreeControl, Tmpfs, Tracer, assert_none_loaded,
+    matrix_kernel, require_root, run_tracer, run_tracer_unprivileged,
+    run_tracer_without_tracepoints, serial, wait_reports,
 };
 
 /// A cgroup directory the test made; removed (children first) on drop.
@@ -439,10 +440,18 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     let past = reports
         .iter()
         .find(|r| {
-            r["findings"].as_array().unwrap().iter().filter(|f| {
-                f["kind"] == "dying_past_threshold"
-                    && f["path"].as_str().is_some_and(|p| p.starts_with(&format!("{rel_parent}/")))
-            }).count() == K
+            r["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| {
+                    f["kind"] == "dying_past_threshold"
+                        && f["path"]
+                            .as_str()
+                            .is_some_and(|p| p.starts_with(&format!("{rel_parent}/")))
+                })
+                .count()
+                == K
         })
         .unwrap_or_else(|| panic!("{how}: no report with the {K} findings:\n{}", out.stdout));
     assert_eq!(past["dying_age_s"], 3.0);
@@ -831,7 +840,9 @@ fn healthy_busy_scopes_created_used_and_removed_are_no_finding() {
             // directories, before any test): those are the host's, and may be findings.
             assert!(
                 findings.iter().all(|f| f["kind"] != "dying_past_threshold"
-                    || f["path"].as_str().is_some_and(|p| !p.starts_with("/tracer-test-"))),
+                    || f["path"]
+                        .as_str()
+                        .is_some_and(|p| !p.starts_with("/tracer-test-"))),
                 "{how}: {r}"
             );
         } else {
@@ -846,12 +857,19 @@ fn healthy_busy_scopes_created_used_and_removed_are_no_finding() {
         .iter()
         .filter(|r| hierarchy(r, &mem.name)["dying_trend"]["state"] == "no_sustained_growth")
         .count();
-    assert!(judged >= 1, "{how}: the trend was never judged:\n{}", out.stdout);
+    assert!(
+        judged >= 1,
+        "{how}: the trend was never judged:\n{}",
+        out.stdout
+    );
     // The workload happened and was seen: every scope made and removed by this process,
     // each released by the kernel or still in flight (younger than the threshold).
     assert!(n >= 20, "{how}: only {n} scopes in 40 s");
     // The report keeps the latest 256 releases: room for all of them.
-    assert!(n <= 200, "{how}: {n} scopes, more than the release list holds");
+    assert!(
+        n <= 200,
+        "{how}: {n} scopes, more than the release list holds"
+    );
     let r = out.final_report();
     let p = r["churn"]["processes"]
         .as_array()

@@ -8,9 +8,8 @@ use std::{
 use serde_json::Value;
 use tracer_tests::{
     CgroupLayout, Incident, LoopExt4, Tmpfs, TracefsWithout, Tracer, assert_none_loaded,
-    matrix_kernel,
-    require_root, run_tracer, run_tracer_unprivileged, run_tracer_without_tracepoints, serial,
-    wait_reports,
+    matrix_kernel, require_root, run_tracer, run_tracer_unprivileged,
+    run_tracer_without_tracepoints, serial, wait_reports,
 };
 
 fn helper() -> &'static Path {
@@ -350,7 +349,13 @@ fn steady_growth_gives_a_finite_eta_in_the_right_range() {
     assert_eq!(t["growing"], true, "{f}");
     assert!(t["samples"].as_u64().unwrap() >= 10, "{t}");
     assert!(t["span_s"].as_f64().unwrap() >= 30.0, "{t}");
-    assert!(t["rule"].as_str().unwrap().starts_with(">= 10 samples over >= 30.0s"), "{t}");
+    assert!(
+        t["rule"]
+            .as_str()
+            .unwrap()
+            .starts_with(">= 10 samples over >= 30.0s"),
+        "{t}"
+    );
     let trend_rate = t["rate_per_s"].as_f64().unwrap();
     assert!(
         (0.7 * real..=1.3 * real).contains(&trend_rate),
@@ -431,7 +436,11 @@ fn healthy_busy_temp_file_churn_gets_no_level_flag_eta_or_hint() {
     // thousands of files a second on this machine (the VMs emulate every instruction:
     // there, ext4 creates run at tens to hundreds a second).
     assert!(na >= 3 * BATCH && nb >= 3 * BATCH, "churned {na} and {nb}");
-    let floor = if matrix_kernel() == "host" { 1000.0 } else { 50.0 };
+    let floor = if matrix_kernel() == "host" {
+        1000.0
+    } else {
+        50.0
+    };
     assert!(
         (na + nb) as f64 / secs >= floor,
         "{na} + {nb} temp files in {secs:.1} s"
@@ -465,7 +474,11 @@ fn healthy_busy_temp_file_churn_gets_no_level_flag_eta_or_hint() {
             "{r}"
         );
     }
-    assert!(no_growth >= 2, "the trend was judged on both: {}", out.stdout);
+    assert!(
+        no_growth >= 2,
+        "the trend was judged on both: {}",
+        out.stdout
+    );
     assert!(
         tmp_peak >= 200,
         "statvfs saw the tmpfs churn (peak {tmp_peak} inodes used)"

@@ -225,7 +225,11 @@ mod tests {
                 rate_per_s: r
             }
         );
-        assert!(t.text(30.0).starts_with("growing +50.00/s"), "{}", t.text(30.0));
+        assert!(
+            t.text(30.0).starts_with("growing +50.00/s"),
+            "{}",
+            t.text(30.0)
+        );
     }
 
     #[test]
@@ -234,7 +238,11 @@ mod tests {
         let t = judge(&series(|t| 100.0 * t, 20), 30.0);
         assert_eq!(t.state(), "too_few_samples");
         assert!(t.rate().is_none());
-        assert!(t.text(30.0).contains("needs 10 over 30.0s"), "{}", t.text(30.0));
+        assert!(
+            t.text(30.0).contains("needs 10 over 30.0s"),
+            "{}",
+            t.text(30.0)
+        );
         // 3 samples over 40 s are too few.
         let mut s = Series::default();
         for t in [0.0, 20.0, 40.0] {
@@ -247,7 +255,10 @@ mod tests {
     fn bursts_deleted_again_are_not_growth() {
         // Thousands of temp files created and deleted in cycles: the count swings
         // between 0 and 2000 and comes back.
-        let t = judge(&series(|t| if (t as u64) % 3 == 0 { 0.0 } else { 2000.0 }, 60), 30.0);
+        let t = judge(
+            &series(|t| if (t as u64) % 3 == 0 { 0.0 } else { 2000.0 }, 60),
+            30.0,
+        );
         assert_eq!(t.state(), "no_sustained_growth", "{t:?}");
         // A burst that stays (one step up, then flat): the last stretch does not rise.
         let t = judge(&series(|t| if t < 25.0 { 0.0 } else { 500.0 }, 45), 30.0);
@@ -256,7 +267,10 @@ mod tests {
         let t = judge(&series(|t| (t.min(30.0)) * 10.0, 90), 30.0);
         assert_eq!(t.state(), "no_sustained_growth", "{t:?}");
         // Flat.
-        assert_eq!(judge(&series(|_| 7.0, 40), 30.0).state(), "no_sustained_growth");
+        assert_eq!(
+            judge(&series(|_| 7.0, 40), 30.0).state(),
+            "no_sustained_growth"
+        );
     }
 
     #[test]
@@ -264,7 +278,10 @@ mod tests {
         // 10/s of real growth under +-500 of churn: within 40 s the growth does not
         // clear the noise.
         let noisy = |t: f64| 10.0 * t + if (t as u64) % 2 == 0 { 500.0 } else { -500.0 };
-        assert_eq!(judge(&series(noisy, 40), 30.0).state(), "no_sustained_growth");
+        assert_eq!(
+            judge(&series(noisy, 40), 30.0).state(),
+            "no_sustained_growth"
+        );
         // 50/s under +-400: 2000 over the 40 s between the first and last stretch of
         // the 60 s window clears 800 of noise.
         let clear = |t: f64| 50.0 * t + if (t as u64) % 2 == 0 { 400.0 } else { -400.0 };

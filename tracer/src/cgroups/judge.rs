@@ -68,8 +68,11 @@ pub fn counts(h: &HierarchyDying, dying_age_s: f64, elapsed_s: f64) -> (usize, u
 pub fn findings(hs: &[HierarchyDying], dying_age_s: f64, elapsed_s: f64) -> Vec<Finding> {
     let mut out = Vec::new();
     for h in hs {
-        let mut stuck: Vec<&(&str, f64)> =
-            h.tracked.iter().filter(|(_, a)| *a >= dying_age_s).collect();
+        let mut stuck: Vec<&(&str, f64)> = h
+            .tracked
+            .iter()
+            .filter(|(_, a)| *a >= dying_age_s)
+            .collect();
         stuck.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
         for (path, age) in stuck {
             out.push(Finding::Stuck {
@@ -116,18 +119,24 @@ impl Finding {
                 path,
                 age_s,
                 ..
-            } => json!({"kind": "dying_past_threshold", "hierarchy": hierarchy, "path": path, "age_s": round3(*age_s)}),
+            } => {
+                json!({"kind": "dying_past_threshold", "hierarchy": hierarchy, "path": path, "age_s": round3(*age_s)})
+            }
             Finding::StuckBeforeStart {
                 hierarchy,
                 count,
                 min_age_s,
                 ..
-            } => json!({"kind": "dying_since_before_start", "hierarchy": hierarchy, "count": count, "min_age_s": round3(*min_age_s)}),
+            } => {
+                json!({"kind": "dying_since_before_start", "hierarchy": hierarchy, "count": count, "min_age_s": round3(*min_age_s)})
+            }
             Finding::Growing {
                 hierarchy,
                 rate_per_min,
                 ..
-            } => json!({"kind": "dying_count_growing", "hierarchy": hierarchy, "rate_per_min": round3(*rate_per_min)}),
+            } => {
+                json!({"kind": "dying_count_growing", "hierarchy": hierarchy, "rate_per_min": round3(*rate_per_min)})
+            }
         }
     }
 
@@ -199,7 +208,9 @@ pub fn dying_hint(findings: &[Finding]) -> Option<String> {
 /// machine.slice without VMs, system-getty.slice) as cgroups even when nothing runs in
 /// them: an empty slice is the manager's design, not a leak.
 pub fn managed_empty(path: &str) -> bool {
-    path.rsplit('/').next().is_some_and(|leaf| leaf.ends_with(".slice"))
+    path.rsplit('/')
+        .next()
+        .is_some_and(|leaf| leaf.ends_with(".slice"))
 }
 
 /// Creators whose own cgroups are now empty leftovers: (pid, comm, how many), most
@@ -227,7 +238,12 @@ pub fn stat_slow(reads_ms: &[f64], slow_ms: f64) -> Option<f64> {
 mod tests {
     use super::*;
 
-    fn h<'a>(tracked: Vec<(&'a str, f64)>, at_start: Option<u64>, unseen: u64, trend: Trend) -> HierarchyDying<'a> {
+    fn h<'a>(
+        tracked: Vec<(&'a str, f64)>,
+        at_start: Option<u64>,
+        unseen: u64,
+        trend: Trend,
+    ) -> HierarchyDying<'a> {
         HierarchyDying {
             name: "memory",
             memory: true,
@@ -247,7 +263,12 @@ mod tests {
 
     #[test]
     fn dying_for_a_moment_is_not_a_finding() {
-        let hs = [h(vec![("/system.slice/run-u1.scope", 0.2), ("/a", 29.9)], Some(0), 0, flat())];
+        let hs = [h(
+            vec![("/system.slice/run-u1.scope", 0.2), ("/a", 29.9)],
+            Some(0),
+            0,
+            flat(),
+        )];
         assert!(findings(&hs, 30.0, 60.0).is_empty());
         assert_eq!(counts(&hs[0], 30.0, 60.0), (0, 2, Some(0)));
         assert_eq!(dying_hint(&[]), None);
@@ -261,7 +282,11 @@ mod tests {
         assert_eq!(f[0].json()["kind"], "dying_past_threshold");
         assert_eq!(f[0].json()["path"], "/a");
         assert_eq!(f[1].json()["count"], 3, "5 at the start, 2 released since");
-        assert!(dying_hint(&f).unwrap().starts_with("4 cgroup(s) stay dying"));
+        assert!(
+            dying_hint(&f)
+                .unwrap()
+                .starts_with("4 cgroup(s) stay dying")
+        );
         // Before the tracer ran for the threshold, the old ones are not judged yet.
         assert_eq!(findings(&hs, 30.0, 10.0).len(), 1);
         let g = Trend::Growing {
@@ -281,7 +306,12 @@ mod tests {
         assert!(managed_empty("/system.slice/system-getty.slice"));
         assert!(!managed_empty("/system.slice/foo.service"));
         assert!(!managed_empty("/kubepods/pod1"));
-        let l = leaves_behind(&[Some((7, "mgr".into())), None, Some((7, "mgr".into())), Some((9, "x".into()))]);
+        let l = leaves_behind(&[
+            Some((7, "mgr".into())),
+            None,
+            Some((7, "mgr".into())),
+            Some((9, "x".into())),
+        ]);
         assert_eq!(l, vec![(7, "mgr".into(), 2), (9, "x".into(), 1)]);
     }
 

@@ -436,7 +436,12 @@ impl Detector for Cgroups {
                     .map(|d| (d.path.as_str(), age_of(now, d.rmdir_ns)))
                     .collect(),
                 at_start,
-                released_unseen: self.tracker.released_unseen.get(&root).copied().unwrap_or(0),
+                released_unseen: self
+                    .tracker
+                    .released_unseen
+                    .get(&root)
+                    .copied()
+                    .unwrap_or(0),
                 trend: self
                     .dying_series
                     .get(&h.id)
@@ -484,7 +489,9 @@ impl Detector for Cgroups {
                 "release_latency_us": lat,
             }));
             judged.push(hd);
-            for d in snap::empty(&s.dirs, self.args.min_age).filter(|d| !judge::managed_empty(&d.path)) {
+            for d in
+                snap::empty(&s.dirs, self.args.min_age).filter(|d| !judge::managed_empty(&d.path))
+            {
                 let age = d.age.map(|a| a.as_secs_f64()).unwrap_or(0.0);
                 empty.push((h.name.clone(), d.path.clone(), d.id, age));
                 leftover_creators.push(
@@ -554,7 +561,10 @@ impl Detector for Cgroups {
         let stat_reads: Vec<StatRead> = (0..STAT_READS)
             .filter_map(|_| snap::time_memory_stat(&mounted))
             .collect();
-        let stat_ms: Vec<f64> = stat_reads.iter().map(|r| r.took.as_secs_f64() * 1e3).collect();
+        let stat_ms: Vec<f64> = stat_reads
+            .iter()
+            .map(|r| r.took.as_secs_f64() * 1e3)
+            .collect();
         let stat_now = stat_reads.into_iter().min_by_key(|r| r.took);
         let stat_slow = judge::stat_slow(&stat_ms, SLOW_STAT.as_secs_f64() * 1e3);
         let ms = |p: &Option<StatRead>| p.as_ref().map(|p| round3(p.took.as_secs_f64() * 1e3));

@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 use crate::{
     output::round3,
     snapshot::{
-        Level, pct,
+        Level,
         inodes::{CRIT_PCT, FsUsage, WARN_PCT},
+        pct,
     },
     trend::{self, Series, Trend},
 };
@@ -64,7 +65,8 @@ pub fn judge(u: &FsUsage, used: &Series, rules: Rules) -> Judged {
     } else {
         Level::of_pct(floor_pct, WARN_PCT, CRIT_PCT)
     };
-    let full_blocks_free = (full || floor_pct >= FLAG_INODES_PCT) && u.blocks_used_pct() < FLAG_BLOCKS_PCT;
+    let full_blocks_free =
+        (full || floor_pct >= FLAG_INODES_PCT) && u.blocks_used_pct() < FLAG_BLOCKS_PCT;
     let trend = trend::judge(used, rules.span_s);
     let eta_s = if full {
         Some(0.0)
@@ -190,6 +192,11 @@ mod tests {
         let pts: Vec<(f64, u64)> = (0..=5).map(|t| (t as f64, 1000 + 20 * t)).collect();
         let j = judge(&fs(100_000, 1100), &series(&pts), RULES);
         assert_eq!(j.eta_s, None);
-        assert!(j.eta_text(RULES).starts_with("too few samples (6 over 5.0s"), "{}", j.eta_text(RULES));
+        assert!(
+            j.eta_text(RULES)
+                .starts_with("too few samples (6 over 5.0s"),
+            "{}",
+            j.eta_text(RULES)
+        );
     }
 }

@@ -306,7 +306,6 @@ fn ext4_missing_reason(tracefs: &Tracefs) -> String {
 pub(crate) const EXT4_FALLBACK: &str = "usage, NET/S and ETA from statvfs, ENOSPC from the \
      create syscalls' return values, for every filesystem";
 
-
 /// Values that per-CPU maps hold once per CPU, and how to add them up.
 trait Sum: Copy + Default {
     fn add(&mut self, other: &Self);
@@ -513,17 +512,17 @@ mod tests {
 
     fn row(mount: &str, used: u64) -> FsRow {
         let u = FsUsage {
-                mount: mount.into(),
-                device: "/dev/x".into(),
-                fstype: "ext4".into(),
-                dev: 1,
-                major: 0,
-                minor: 1,
-                inodes_total: 100,
-                inodes_used: used,
-                blocks_total: 100,
-                blocks_used: 1,
-                block_size: 4096,
+            mount: mount.into(),
+            device: "/dev/x".into(),
+            fstype: "ext4".into(),
+            dev: 1,
+            major: 0,
+            minor: 1,
+            inodes_total: 100,
+            inodes_used: used,
+            blocks_total: 100,
+            blocks_used: 1,
+            block_size: 4096,
         };
         let mut s = crate::trend::Series::default();
         s.push(0.0, used as f64, 60.0);
