@@ -466,7 +466,20 @@ fn healthy_busy_temp_file_churn_gets_no_level_flag_eta_or_hint() {
             }
         }
         tmp_peak = tmp_peak.max(filesystem(r, &tmp_mnt)["inodes_used"].as_u64().unwrap());
-        assert!(rows(r, "hints").is_empty(), "hints on a healthy host: {r}");
+        if matrix_kernel() == "host" {
+            // Other test suites on this machine fill tiny filesystems of their own
+            // meanwhile (a real, full filesystem: hints are right there); none may be
+            // about the churned ones.
+            assert!(
+                rows(r, "hints").iter().all(|h| {
+                    let h = h.as_str().unwrap();
+                    !h.contains(ext.mnt()) && !h.contains(tmp_mnt.as_str())
+                }),
+                "hints about a healthy filesystem: {r}"
+            );
+        } else {
+            assert!(rows(r, "hints").is_empty(), "hints on a healthy host: {r}");
+        }
         assert!(
             rows(r, "enospc")
                 .iter()
