@@ -13,8 +13,9 @@ use std::{
 
 use serde_json::Value;
 use tracer_tests::{
-    CgroupLayout, MemoryHierarchy, SubtreeControl, Tmpfs, Tracer, assert_none_loaded, require_root,
-    run_tracer, run_tracer_unprivileged, run_tracer_without_tracepoints, serial, wait_reports,
+    CgroupLayout, MemoryHierarchy, SubtreeControl, Tmpfs, Tracer, assert_none_loaded,
+    matrix_kernel, require_root, run_tracer, run_tracer_unprivileged,
+    run_tracer_without_tracepoints, serial, wait_reports,
 };
 
 /// A cgroup directory the test made; removed (children first) on drop.
@@ -138,8 +139,13 @@ fn hierarchy<'a>(report: &'a Value, name: &str) -> &'a Value {
 /// Starts `tracer cgroups` on one hierarchy with JSON reports every 200 ms and a
 /// --prom-file in `files` that the test polls while the tracer runs.
 fn start_live(hierarchy: &str, files: &TempDir) -> (Tracer, PathBuf) {
+    start_live_with(hierarchy, files, &[])
+}
+
+/// [`start_live`] with more options.
+fn start_live_with(hierarchy: &str, files: &TempDir, more: &[&str]) -> (Tracer, PathBuf) {
     let prom = files.0.join("report.prom");
-    let tracer = Tracer::start(&[
+    let mut args = vec![
         "cgroups",
         "--hierarchy",
         hierarchy,
@@ -148,7 +154,9 @@ fn start_live(hierarchy: &str, files: &TempDir) -> (Tracer, PathBuf) {
         "200ms",
         "--prom-file",
         prom.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(more);
+    let tracer = Tracer::start(&args);
     (tracer, prom)
 }
 
@@ -270,7 +278,8 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     // directory or bitmap block first touched from inside a test cgroup) and no cgroup
     // writeback structure (cgroup2 ext4) can pin one afterwards.
     let cache = Tmpfs::new("cgroups-cache", "size=64m");
-    let (tracer, prom) = start_live(&mem.name, &files);
+    // Dying past 3 s is a finding here (30 s by default), so the test need not wait long.
+    let (tracer, prom) = start_live_with(&mem.name, &files, &["--dying-age", "3s"]);
     let rel_parent = format!("/tracer-test-{me}");
     // cgroup2: the memory controller must be on in the root's subtree_control (the root
     // may hold processes) and in the parent's, which holds none ("no internal
@@ -337,9 +346,20 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
                 .all(|p| series_with_path(t, "tracer_cgroups_dying_age_s", p) == 1)
         },
     );
-    // Per-CPU caches emptied: the page cache alone still pins them (two reports later).
+    // Per-CPU caches emptied: the page cache alone still pins them (two reports later),
+    // and past the threshold each is a finding.
     let drained = drain_per_cpu_caches(&mem, &parent.path);
     wait_reports(&prom, 2);
+    wait_prom(
+        &prom,
+        &format!("the K cgroups as findings past 3 s ({how})"),
+        Duration::from_secs(15),
+        |t| {
+            paths
+                .iter()
+                .all(|p| series_with_path(t, "tracer_cgroups_findings_age_s", p) == 1)
+        },
+    );
     let t = fs::read_to_string(&prom).unwrap();
     for p in &paths {
         assert_eq!(
@@ -416,6 +436,32 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
         assert!(d["id"].as_u64().unwrap() > 0);
         assert!(d["age_s"].as_f64().unwrap() >= 0.0);
     }
+    // A report past the threshold names exactly these K as findings, with the hint.
+    let past = reports
+        .iter()
+        .find(|r| {
+            r["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| {
+                    f["kind"] == "dying_past_threshold"
+                        && f["path"]
+                            .as_str()
+                            .is_some_and(|p| p.starts_with(&format!("{rel_parent}/")))
+                })
+                .count()
+                == K
+        })
+        .unwrap_or_else(|| panic!("{how}: no report with the {K} findings:\n{}", out.stdout));
+    assert_eq!(past["dying_age_s"], 3.0);
+    assert!(
+        past["hints"].as_array().unwrap().iter().any(|h| h
+            .as_str()
+            .unwrap()
+            .contains("in the memory hierarchy: removed, but still pinned")),
+        "{how}: {past}"
+    );
     let by_parent = dying_report["dying_by_parent"]
         .as_array()
         .unwrap()
@@ -707,4 +753,142 @@ fn bad_input_gets_one_clear_sentence_and_nonzero_exit() {
         &["tracepoint cgroup:cgroup_mkdir is missing", "tracer doctor"],
     );
     assert_none_loaded("cgroups_");
+}
+
+/// A healthy busy host: scopes created, used and removed the way systemd and container
+/// runtimes do, one after another on the memory hierarchy. In each, a process moves
+/// itself in, writes and reads back 1 MiB of page cache (a tmpfs file, the container's
+/// writable layer), and exits; the file goes with the scope, and the scope is removed.
+/// The kernel frees each one within moments. The scopes keep coming while the tracer
+/// runs past the default thresholds (dying 30 s, growth over >= 30 s), so a cgroup
+/// that stayed dying or a growing pile would be found.
+#[test]
+fn healthy_busy_scopes_created_used_and_removed_are_no_finding() {
+    require_root();
+    let _s = serial();
+    let me = std::process::id();
+    let mem = CgroupLayout::read().memory();
+    let how = mem.describe();
+    let cache = Tmpfs::new("cgroups-healthy", "size=64m");
+    let mut tracer = Tracer::start(&["cgroups", "--hierarchy", &mem.name, "--json", "-i", "1s"]);
+    let rel_parent = format!("/tracer-test-{me}-healthy");
+    let _root_ctl = mem.v2.then(|| SubtreeControl::enable(&mem.mount, "memory"));
+    let parent = Cgroup::create(mem.mount.join(&rel_parent[1..]));
+    let _parent_ctl = mem
+        .v2
+        .then(|| SubtreeControl::enable(&parent.path, "memory"));
+    // sh, head and cat paged in from here, not charged to the first scope.
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg("head -c 4096 /dev/zero | cat > /dev/null")
+        .status()
+        .expect("running sh");
+    assert!(st.success());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        let parent = parent.path.clone();
+        let file = cache.dir.join("layer");
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut cg = Cgroup::create(parent.join(format!("run-u{n}.scope")));
+                let st = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!(
+                        "echo $$ > {}/cgroup.procs && head -c 1048576 /dev/zero > {f} && cat {f} > /dev/null",
+                        cg.path.display(),
+                        f = file.display()
+                    ))
+                    .status()
+                    .expect("running sh");
+                assert!(st.success(), "the scope's process failed");
+                fs::remove_file(&file).unwrap();
+                cg.remove();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            n
+        })
+    };
+    // Past both thresholds: the dying count's trend is judged.
+    tracer.report_where(Duration::from_secs(150), |r| {
+        r["elapsed_s"].as_f64().unwrap() >= 40.0
+            && hierarchy(r, &mem.name)["dying_trend"]["state"] != "too_few_samples"
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = worker.join().expect("the scope worker");
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    let reports = out.reports();
+    let mine = |p: &Value| p.as_str().is_some_and(|p| p.starts_with(&rel_parent));
+    for r in &reports {
+        let findings = r["findings"].as_array().unwrap();
+        // Nothing about the test's scopes, ever.
+        assert!(
+            findings.iter().all(|f| !mine(&f["path"])),
+            "{how}: a scope of the healthy workload is a finding: {r}"
+        );
+        assert_eq!(
+            hierarchy(r, &mem.name)["dying_trend"]["growing"],
+            false,
+            "{how}: {r}"
+        );
+        if matrix_kernel() == "host" {
+            // This machine's command runner leaves memcgs of its own dying under
+            // /process_api (v1: /proc/cgroups counts 5 more memory cgroups than there are
+            // directories, before any test): those are the host's, and may be findings.
+            assert!(
+                findings.iter().all(|f| f["kind"] != "dying_past_threshold"
+                    || f["path"]
+                        .as_str()
+                        .is_some_and(|p| !p.starts_with("/tracer-test-"))),
+                "{how}: {r}"
+            );
+        } else {
+            // The VM runs nothing else: no finding and no hint at all.
+            assert!(findings.is_empty(), "{how}: {r}");
+            assert!(r["hints"].as_array().unwrap().is_empty(), "{how}: {r}");
+        }
+        assert!(rows_under(r, "empty", &rel_parent).is_empty(), "{r}");
+        assert_eq!(r["memory_stat_read_ms"]["slow"], false, "{how}: {r}");
+    }
+    let judged = reports
+        .iter()
+        .filter(|r| hierarchy(r, &mem.name)["dying_trend"]["state"] == "no_sustained_growth")
+        .count();
+    assert!(
+        judged >= 1,
+        "{how}: the trend was never judged:\n{}",
+        out.stdout
+    );
+    // The workload happened and was seen: every scope made and removed by this process,
+    // each released by the kernel or still in flight (younger than the threshold).
+    assert!(n >= 20, "{how}: only {n} scopes in 40 s");
+    // The report keeps the latest 256 releases: room for all of them.
+    assert!(
+        n <= 200,
+        "{how}: {n} scopes, more than the release list holds"
+    );
+    let r = out.final_report();
+    let p = r["churn"]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == me)
+        .unwrap_or_else(|| panic!("test process not in churn: {r}"));
+    assert_eq!(p["mkdirs"], n + 1, "{how}: {p}");
+    assert_eq!(p["rmdirs"], n, "{how}: {p}");
+    let released = rows_under(&r, "released_recent", &format!("{rel_parent}/")).len();
+    let dying = rows_under(&r, "dying", &format!("{rel_parent}/"));
+    for d in &dying {
+        assert!(d["age_s"].as_f64().unwrap() < 30.0, "{how}: {d}");
+    }
+    assert_eq!(
+        released + dying.len(),
+        n,
+        "{how}: every scope released or in flight: {r}"
+    );
+    assert!(released >= n / 2, "{how}: {released} of {n} released: {r}");
+    drop(parent);
 }

@@ -17,6 +17,7 @@ mod run;
 mod snapshot;
 mod tcp;
 mod tracefs;
+mod trend;
 mod triage;
 mod zombies;
 

@@ -8,6 +8,10 @@
 //!                                      `relative`, from inside DIR as f0, f1, ...
 //!   incident_inodes rate DIR PER_S     on "go": create PER_S files a second in DIR
 //!                                      until stdin closes; prints "created N" at the end
+//!   incident_inodes churn DIR BATCH    on "go": create BATCH temp files in DIR and
+//!                                      delete them again, over and over (a healthy busy
+//!                                      host), until "stop"; prints "churned N" (created
+//!                                      and deleted again, each)
 //!
 //! It prints "ready PID" first and exits when its stdin closes.
 use std::{
@@ -108,6 +112,43 @@ fn rate(dir: PathBuf, per_s: u64) {
     say(&format!("created {created}"));
 }
 
+fn churn(dir: PathBuf, batch: u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            match line.as_str() {
+                "go" => {
+                    let _ = go_tx.send(());
+                }
+                "stop" => s.store(true, Ordering::Relaxed),
+                _ => {}
+            }
+        }
+        s.store(true, Ordering::Relaxed);
+    });
+    if go_rx.recv().is_err() {
+        return;
+    }
+    let mut churned = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        for i in 0..batch {
+            std::fs::write(dir.join(format!("tmp{i}")), b"x")
+                .unwrap_or_else(|e| die(format!("create: {e}")));
+        }
+        for i in 0..batch {
+            std::fs::remove_file(dir.join(format!("tmp{i}")))
+                .unwrap_or_else(|e| die(format!("delete: {e}")));
+        }
+        churned += batch;
+        // A breath between rounds, as a real service has: leaves CPU to the tracer on
+        // 2 cores.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    say(&format!("churned {churned}"));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| -> &str {
@@ -123,6 +164,7 @@ fn main() {
     match arg(0) {
         "fill" => fill(dir, n as u32, args.get(3).is_some_and(|a| a == "relative")),
         "rate" => rate(dir, n.max(1)),
+        "churn" => churn(dir, n.max(1)),
         other => die(format!("unknown mode {other}")),
     }
 }

@@ -7,9 +7,13 @@
 //! yet) with their rmdir time, and walks the mounted hierarchies at every report for
 //! cgroup and dying counts (which include dying cgroups from before the start) and
 //! empty leftovers.
+mod judge;
 mod state;
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, bail};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
@@ -30,7 +34,9 @@ use crate::{
     run::{self, Detector, Report, ReportCtx, RunOpts},
     snapshot::cgroups::{self as snap, Hierarchy, StatRead},
     tracefs::Tracefs,
+    trend::{self, Series},
 };
+use judge::{Finding, HierarchyDying};
 use state::Tracker;
 
 pub const SPEC: Spec = Spec {
@@ -126,9 +132,19 @@ pub struct Args {
     /// a pure cgroup2 host, memory is there).
     #[arg(long, value_name = "NAME")]
     pub hierarchy: Option<String>,
-    /// Empty cgroups (no tasks, no children) older than this are listed as leftovers.
+    /// Empty cgroups (no tasks, no children) older than this are listed as leftovers
+    /// (systemd slices excepted: the manager keeps them empty by design).
     #[arg(long, value_parser = run::parse_age, default_value = "10m", value_name = "AGE")]
     pub min_age: Duration,
+    /// A removed cgroup still dying after this long is a finding (the kernel frees a
+    /// healthy one within seconds); so are cgroups dying since before the start once the
+    /// tracer has run this long.
+    #[arg(long, value_parser = run::parse_age, default_value = "30s", value_name = "AGE")]
+    pub dying_age: Duration,
+    /// A growing dying count is a finding only when sustained over at least this long
+    /// (>= 10 samples, 1/s, rising in each third of the window).
+    #[arg(long, value_parser = run::parse_age, default_value = "30s", value_name = "AGE")]
+    pub trend_span: Duration,
     /// Rows per table in the text report (JSON lists more).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
@@ -136,8 +152,13 @@ pub struct Args {
     pub run: RunOpts,
 }
 
-/// A memory.stat read this slow gets a hint (healthy hosts take well under 1 ms).
+/// memory.stat reads this slow, every one of [`STAT_READS`] in a row, get a hint
+/// (healthy hosts take well under 1 ms).
 const SLOW_STAT: Duration = Duration::from_millis(10);
+const STAT_READS: usize = 3;
+
+/// How often the dying counts are sampled for their trend.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Rows of the JSON lists at most (dying, empty, released).
 const JSON_ROWS: usize = 1_000;
@@ -203,7 +224,10 @@ pub async fn run(args: Args) -> Result<()> {
         dying_at_start: start,
         stat_start,
         actor_cgroups: HashMap::new(),
+        dying_series: HashMap::new(),
+        clock: Instant::now(),
     };
+    det.sample()?;
     let what = match &det.args.hierarchy {
         Some(h) => format!("cgroup mkdir/rmdir/release in hierarchy {h}"),
         None => "cgroup mkdir/rmdir/release in every hierarchy".into(),
@@ -250,9 +274,23 @@ struct Cgroups {
     stat_start: Option<StatRead>,
     /// pid -> its own cgroup, looked up when it first makes or removes a cgroup.
     actor_cgroups: HashMap<u32, ActorCgroup>,
+    /// hierarchy id -> the kernel's dying count, sampled: the trend's evidence.
+    dying_series: HashMap<u32, Series>,
+    clock: Instant,
 }
 
 impl Cgroups {
+    fn record_dying(&mut self, id: u32, dying: Option<u64>) {
+        if let Some(d) = dying {
+            let t = self.clock.elapsed().as_secs_f64();
+            let keep = 2.0 * self.args.trend_span.as_secs_f64() + 1.0;
+            self.dying_series
+                .entry(id)
+                .or_default()
+                .push(t, d as f64, keep);
+        }
+    }
+
     fn count(&self, root: i32, kind: u32) -> u64 {
         self.counts
             .get(&count_slot(root, kind), 0)
@@ -289,6 +327,20 @@ fn age_of(now_ns: u64, ts_ns: u64) -> f64 {
 impl Detector for Cgroups {
     fn command(&self) -> &'static str {
         "cgroups"
+    }
+
+    fn sample_every(&self) -> Option<Duration> {
+        Some(SAMPLE_EVERY)
+    }
+
+    fn sample(&mut self) -> Result<()> {
+        let wanted: Vec<u32> = self.hierarchies.iter().map(|h| h.id).collect();
+        for h in snap::hierarchies()? {
+            if wanted.contains(&h.id) {
+                self.record_dying(h.id, h.dying);
+            }
+        }
+        Ok(())
     }
 
     fn on_event(&mut self, data: &[u8]) {
@@ -337,8 +389,11 @@ impl Detector for Cgroups {
         let (mut created, mut removed, mut released, mut moved) = (0, 0, 0, 0);
         let mut dying_total = 0u64;
         let mut dying_before = 0u64;
-        let mut memory_dying = 0u64;
-        let mut growing: Vec<String> = Vec::new();
+        let dying_age = self.args.dying_age.as_secs_f64();
+        let span = self.args.trend_span.as_secs_f64().max(1.0);
+        let elapsed = ctx.elapsed.as_secs_f64();
+        let mut judged: Vec<HierarchyDying> = Vec::new();
+        let mut leftover_creators: Vec<Option<(u32, String)>> = Vec::new();
         let wanted: Vec<u32> = self.hierarchies.iter().map(|h| h.id).collect();
         let survey = snap::survey()?;
         // id -> path in every hierarchy: cgroup2 names the cgroup of callers that are
@@ -348,6 +403,10 @@ impl Detector for Cgroups {
                 paths.insert((s.hierarchy.id as i32, d.id), d.path.clone());
             }
         }
+        for s in survey.iter().filter(|s| wanted.contains(&s.hierarchy.id)) {
+            self.record_dying(s.hierarchy.id, s.hierarchy.dying);
+        }
+        let all_dying = self.tracker.dying();
         for s in survey.iter().filter(|s| wanted.contains(&s.hierarchy.id)) {
             let h = &s.hierarchy;
             let root = h.id as i32;
@@ -368,18 +427,38 @@ impl Detector for Cgroups {
             dying_total += dying.unwrap_or(tracked);
             let at_start = self.dying_at_start.get(&h.id).copied().flatten();
             dying_before += at_start.unwrap_or(0);
-            if h.has_memory() {
-                memory_dying += dying.unwrap_or(tracked);
-            }
+            let hd = HierarchyDying {
+                name: &h.name,
+                memory: h.has_memory(),
+                tracked: all_dying
+                    .iter()
+                    .filter(|d| d.root == root)
+                    .map(|d| (d.path.as_str(), age_of(now, d.rmdir_ns)))
+                    .collect(),
+                at_start,
+                released_unseen: self
+                    .tracker
+                    .released_unseen
+                    .get(&root)
+                    .copied()
+                    .unwrap_or(0),
+                trend: self
+                    .dying_series
+                    .get(&h.id)
+                    .map(|s| trend::judge(s, span))
+                    .unwrap_or(trend::Trend::TooFewSamples {
+                        samples: 0,
+                        span_s: 0.0,
+                    }),
+            };
+            let (stuck, in_flight, before) = judge::counts(&hd, dying_age, elapsed);
             let net = (mk as f64 - rel as f64) / minutes;
-            // Dying count now against the first look: is the pile growing?
+            // Dying count now against the first look (a measurement; the judgement is
+            // the sustained trend below).
             let dying_growth = match (dying, at_start) {
                 (Some(now), Some(then)) => Some((now as f64 - then as f64) / minutes),
                 _ => None,
             };
-            if let Some(g) = dying_growth.filter(|g| *g > 0.0) {
-                growing.push(format!("{} {:+.1}/min", h.name, g));
-            }
             htable.row(vec![
                 h.name.clone(),
                 h.cgroups.to_string(),
@@ -404,17 +483,31 @@ impl Detector for Cgroups {
                 "created": mk, "removed": rm, "released": rel, "tasks_moved": at,
                 "net_growth_per_min": round3(net),
                 "dying_growth_per_min": dying_growth.map(round3),
+                "dying_past_threshold": stuck, "dying_in_flight": in_flight,
+                "dying_since_before_start_unreleased": before,
+                "dying_trend": hd.trend.json(span),
                 "release_latency_us": lat,
             }));
-            for d in snap::empty(&s.dirs, self.args.min_age) {
+            judged.push(hd);
+            for d in
+                snap::empty(&s.dirs, self.args.min_age).filter(|d| !judge::managed_empty(&d.path))
+            {
                 let age = d.age.map(|a| a.as_secs_f64()).unwrap_or(0.0);
                 empty.push((h.name.clone(), d.path.clone(), d.id, age));
+                leftover_creators.push(
+                    self.tracker
+                        .creator_of(root, d.id)
+                        .map(|a| (a.pid, a.comm().to_string())),
+                );
             }
             for (p, n) in snap::dying_levels(&s.dirs) {
                 levels.push((h.name.clone(), p, n));
             }
         }
         empty.sort_by(|a, b| b.3.total_cmp(&a.3).then(a.1.cmp(&b.1)));
+        let findings = judge::findings(&judged, dying_age, elapsed);
+        drop(judged);
+        let behind = judge::leaves_behind(&leftover_creators);
 
         let dying = self.tracker.dying();
         let dying_json: Vec<Value> = dying
@@ -464,7 +557,16 @@ impl Detector for Cgroups {
         };
         let all = self.tracker.hist_all();
         let mounted: Vec<Hierarchy> = survey.into_iter().map(|s| s.hierarchy).collect();
-        let stat_now = snap::time_memory_stat(&mounted);
+        // Several reads: one slow read is a hiccup, all slow is the kernel's walk.
+        let stat_reads: Vec<StatRead> = (0..STAT_READS)
+            .filter_map(|_| snap::time_memory_stat(&mounted))
+            .collect();
+        let stat_ms: Vec<f64> = stat_reads
+            .iter()
+            .map(|r| r.took.as_secs_f64() * 1e3)
+            .collect();
+        let stat_now = stat_reads.into_iter().min_by_key(|r| r.took);
+        let stat_slow = judge::stat_slow(&stat_ms, SLOW_STAT.as_secs_f64() * 1e3);
         let ms = |p: &Option<StatRead>| p.as_ref().map(|p| round3(p.took.as_secs_f64() * 1e3));
         let mut caveats = self.caveats.clone();
         if self.tracker.dying_evicted > 0 {
@@ -481,7 +583,7 @@ impl Detector for Cgroups {
             ));
         }
 
-        let json = json!({
+        let mut json = json!({
             "hierarchy_filter": self.args.hierarchy,
             "hierarchies": hjson,
             "created": created, "removed": removed, "released": released, "tasks_moved": moved,
@@ -518,9 +620,17 @@ impl Detector for Cgroups {
             })).collect::<Vec<_>>(),
             "empty_total": empty.len(),
             "min_age_s": self.args.min_age.as_secs_f64(),
+            "dying_age_s": dying_age,
+            "trend_span_s": span,
+            "findings": findings.iter().map(Finding::json).collect::<Vec<_>>(),
+            "leaves_behind": behind.iter().map(|(pid, comm, n)| json!({
+                "pid": pid, "comm": comm, "empty_leftovers": n,
+            })).collect::<Vec<_>>(),
             "memory_stat_read_ms": {
                 "path": stat_now.as_ref().or(self.stat_start.as_ref()).map(|p| p.path.clone()),
                 "start": ms(&self.stat_start), "now": ms(&stat_now),
+                "reads_now": stat_ms.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
+                "slow": stat_slow.is_some(),
             },
             "bad_records": self.tracker.bad_records,
             "caveats": caveats,
@@ -548,11 +658,20 @@ impl Detector for Cgroups {
         for c in &caveats {
             text += &format!("note: {c}\n");
         }
-        if !growing.is_empty() {
+        text += &format!(
+            "\nFINDINGS (a removed cgroup still dying after {}, cgroups dying since before the start \
+             not released within it, or a dying count growing: {})\n",
+            human_duration(dying_age),
+            trend::rule(span)
+        );
+        if findings.is_empty() {
             text += &format!(
-                "dying count growing since the start: {}\n",
-                growing.join(", ")
+                "  none: no cgroup stayed dying past {}, no sustained growth of the dying count\n",
+                human_duration(dying_age)
             );
+        }
+        for f in &findings {
+            text += &format!("  {}\n", f.text(dying_age));
         }
         text += "\nHIERARCHIES\n";
         text += &htable.render();
@@ -670,33 +789,18 @@ impl Detector for Cgroups {
         }
 
         let mut hints = Vec::new();
-        if let Some(now) = stat_now.as_ref().filter(|s| s.took >= SLOW_STAT) {
+        if let (Some(min), Some(now)) = (stat_slow, stat_now.as_ref()) {
             hints.push(format!(
-                "reading {} took {:.1}ms: it (like reclaim and OOM handling) covers every memory cgroup \
-                 below it, dying ones included; fewer dying cgroups make it fast again.",
+                "reading {} took at least {min:.1}ms in each of {STAT_READS} reads: it (like reclaim and \
+                 OOM handling) covers every memory cgroup below it, dying ones included; fewer dying \
+                 cgroups make it fast again.",
                 now.path.display(),
-                now.took.as_secs_f64() * 1e3
             ));
         }
-        if memory_dying > 0 {
+        hints.extend(judge::dying_hint(&findings));
+        if let Some((pid, comm, n)) = behind.first() {
             hints.push(format!(
-                "{memory_dying} memory cgroup(s) are dying: removed, but still pinned, typically by page cache \
-                 charged to them. Before rmdir, write 0 to memory.force_empty (v1) or reclaim with \
-                 memory.reclaim (v2); moving to cgroup v2 frees them sooner; alert on nr_dying_descendants \
-                 (cgroup.stat) or on /proc/cgroups num_cgroups growing."
-            ));
-        } else if dying_total > 0 {
-            hints.push(format!(
-                "{dying_total} cgroup(s) are dying (removed, not yet freed); watch whether the count grows and \
-                 alert on nr_dying_descendants (cgroup.stat)."
-            ));
-        }
-        if let Some((pid, c)) = procs.first().filter(|(_, c)| c.mkdirs > c.rmdirs + 10) {
-            hints.push(format!(
-                "{pid} ({}) created {} cgroups and removed {}: it leaves cgroups behind.",
-                c.comm(),
-                c.mkdirs,
-                c.rmdirs
+                "{pid} ({comm}) created {n} of the empty leftovers: it leaves cgroups behind."
             ));
         }
         if !empty.is_empty() {
@@ -709,10 +813,11 @@ impl Detector for Cgroups {
         }
         if !hints.is_empty() {
             text += "\n";
-            for h in hints {
+            for h in &hints {
                 text += &format!("hint: {h}\n");
             }
         }
+        json["hints"] = json!(hints);
         Ok(Report { json, text })
     }
 }

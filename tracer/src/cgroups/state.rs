@@ -242,6 +242,11 @@ impl Tracker {
         }
     }
 
+    /// Who made a live cgroup, when the tracer saw its mkdir.
+    pub fn creator_of(&self, root: i32, id: u64) -> Option<Actor> {
+        self.live.get(&(root, id)).map(|l| l.creator)
+    }
+
     /// The path of a removed cgroup seen in an event (dying or recently released).
     pub fn path_of(&self, root: i32, id: u64) -> Option<&str> {
         let key = (root, id);

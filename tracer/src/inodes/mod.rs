@@ -9,9 +9,14 @@
 //! tracepoints (ext4 not loaded) usage, rates, ETA and ENOSPC still work, and the
 //! per-process and per-directory counts are marked unavailable with the reason.
 mod dirs;
+mod judge;
 mod report;
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, anyhow};
 use aya::maps::{MapData, PerCpuHashMap};
@@ -27,6 +32,7 @@ use crate::{
     run::{self, Detector, Report, ReportCtx, RunOpts},
     snapshot::inodes::{self as snap, FsUsage, Mount},
     tracefs::Tracefs,
+    trend::Series,
 };
 use dirs::Resolver;
 
@@ -155,6 +161,14 @@ pub struct Args {
     /// Rows per table (processes, directories, failures).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
+    /// WARN/CRIT (and the inodes-full-blocks-free flag) need usage over the threshold in
+    /// every sample (1/s) of this long; a full filesystem is CRIT at once.
+    #[arg(long, value_parser = run::parse_age, default_value = "10s", value_name = "AGE")]
+    pub level_hold: Duration,
+    /// The exhaustion ETA needs sustained growth over at least this long (>= 10
+    /// samples, rising in each third of the window); else "no sustained growth".
+    #[arg(long, value_parser = run::parse_age, default_value = "30s", value_name = "AGE")]
+    pub trend_span: Duration,
     #[command(flatten)]
     pub run: RunOpts,
 }
@@ -205,6 +219,12 @@ pub async fn run(args: Args) -> Result<()> {
         caveats,
         target,
         top: args.top.max(1),
+        rules: judge::Rules {
+            hold_s: args.level_hold.as_secs_f64(),
+            span_s: args.trend_span.as_secs_f64().max(1.0),
+        },
+        used: HashMap::new(),
+        clock: Instant::now(),
     };
     // The kernel counts from the first attach, and attaching the other hooks takes a
     // while (seconds on a slow or emulated machine): the rates count from here, where
@@ -217,6 +237,8 @@ pub async fn run(args: Args) -> Result<()> {
     for f in det.filesystems(&snap::mounts()?) {
         det.start_usage.insert(f.dev, (0.0, f.inodes_used));
     }
+    det.clock = Instant::now();
+    det.sample()?;
     let what = match &det.target {
         Some(t) => format!(
             "inode allocations, frees and ENOSPC on {}",
@@ -249,7 +271,16 @@ struct Inodes {
     caveats: Vec<String>,
     target: Option<FsUsage>,
     top: usize,
+    rules: judge::Rules,
+    /// dev -> inodes used, sampled every SAMPLE_EVERY and at each report: the evidence
+    /// for levels and the ETA.
+    used: HashMap<u32, Series>,
+    /// The samples' clock.
+    clock: Instant,
 }
+
+/// How often usage is sampled for the trend and the level floor.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the ext4 tracepoints are missing, in one sentence: the module is not loaded (no
 /// ext4 in /proc/filesystems), or this tracefs has no ext4 events.
@@ -274,11 +305,6 @@ fn ext4_missing_reason(tracefs: &Tracefs) -> String {
 /// What the report says about per-process and per-directory ext4 attribution.
 pub(crate) const EXT4_FALLBACK: &str = "usage, NET/S and ETA from statvfs, ENOSPC from the \
      create syscalls' return values, for every filesystem";
-
-/// Seconds until no inode is left at `net_per_s` (None when not growing).
-pub fn eta_s(free: u64, net_per_s: f64) -> Option<f64> {
-    (net_per_s > 0.0).then(|| free as f64 / net_per_s)
-}
 
 /// Values that per-CPU maps hold once per CPU, and how to add them up.
 trait Sum: Copy + Default {
@@ -340,6 +366,20 @@ fn entries<K: aya::Pod, V: aya::Pod + Sum>(
 }
 
 impl Inodes {
+    /// Records the usage of `fss` now in their series (kept for twice the longest
+    /// window the judgements look at).
+    fn record(&mut self, fss: &[FsUsage]) {
+        let t = self.clock.elapsed().as_secs_f64();
+        let keep = 2.0 * self.rules.span_s.max(self.rules.hold_s) + 1.0;
+        for f in fss {
+            self.used
+                .entry(f.dev)
+                .or_default()
+                .push(t, f.inodes_used as f64, keep);
+        }
+        self.used.retain(|dev, _| fss.iter().any(|f| f.dev == *dev));
+    }
+
     fn filesystems(&self, mounts: &[Mount]) -> Vec<FsUsage> {
         let mut all = snap::filesystems_of(mounts);
         if let Some(t) = &self.target {
@@ -367,6 +407,16 @@ fn cgroup(pid: u32) -> String {
 impl Detector for Inodes {
     fn command(&self) -> &'static str {
         "inodes"
+    }
+
+    fn sample_every(&self) -> Option<Duration> {
+        Some(SAMPLE_EVERY)
+    }
+
+    fn sample(&mut self) -> Result<()> {
+        let fss = self.filesystems(&snap::mounts()?);
+        self.record(&fss);
+        Ok(())
     }
 
     fn on_event(&mut self, data: &[u8]) {
@@ -418,7 +468,7 @@ impl Detector for Inodes {
             }),
         };
         let rows = self.fs_rows(&mounts, elapsed, &mut caveats);
-        let filesystems = report::filesystems(&rows);
+        let filesystems = report::filesystems(&rows, self.rules);
         let processes = self.processes(&mounts, &mut caveats);
         let (directories, top_dirs) = self.directories(&mounts, &mut caveats);
         let failures = self.failures(&mounts, &mut caveats);
@@ -460,28 +510,29 @@ mod tests {
     use super::*;
     use report::{FsRow, hints};
 
-    #[test]
-    fn eta_only_when_growing() {
-        assert_eq!(eta_s(1000, 10.0), Some(100.0));
-        assert_eq!(eta_s(1000, 0.0), None);
-        assert_eq!(eta_s(1000, -3.0), None);
-    }
-
     fn row(mount: &str, used: u64) -> FsRow {
+        let u = FsUsage {
+            mount: mount.into(),
+            device: "/dev/x".into(),
+            fstype: "ext4".into(),
+            dev: 1,
+            major: 0,
+            minor: 1,
+            inodes_total: 100,
+            inodes_used: used,
+            blocks_total: 100,
+            blocks_used: 1,
+            block_size: 4096,
+        };
+        let mut s = crate::trend::Series::default();
+        s.push(0.0, used as f64, 60.0);
+        let rules = judge::Rules {
+            hold_s: 10.0,
+            span_s: 30.0,
+        };
         FsRow {
-            u: FsUsage {
-                mount: mount.into(),
-                device: "/dev/x".into(),
-                fstype: "ext4".into(),
-                dev: 1,
-                major: 0,
-                minor: 1,
-                inodes_total: 100,
-                inodes_used: used,
-                blocks_total: 100,
-                blocks_used: 1,
-                block_size: 4096,
-            },
+            judged: judge::judge(&u, &s, rules),
+            u,
             net: 0.0,
             recent: None,
             source: "ebpf",

@@ -8,7 +8,12 @@ use tracer_common::{
     inodes::{DEV_CAPACITY, DIR_CAPACITY, DevCounts, ENOSPC_CAPACITY, PROC_CAPACITY, ProcCounts},
 };
 
-use super::{Inodes, cgroup, dirs::Source, entries, eta_s};
+use super::{
+    Inodes, cgroup,
+    dirs::Source,
+    entries,
+    judge::{self, Judged, Rules},
+};
 use crate::{
     output::{Table, human_duration, round3},
     procinfo,
@@ -44,6 +49,8 @@ pub(super) struct FsRow {
     pub source: &'static str,
     pub allocated: Option<u64>,
     pub freed: Option<u64>,
+    /// Level, flag and ETA, judged from the samples.
+    pub judged: Judged,
 }
 
 /// What to do, for the fullest filesystem in trouble and its top directory.
@@ -55,7 +62,7 @@ pub(super) fn hints(
     let mut out = Vec::new();
     let hot: Vec<&FsRow> = fs_rows
         .iter()
-        .filter(|r| r.u.level() != Level::Ok || (failing && r.u.inodes_used >= r.u.inodes_total))
+        .filter(|r| r.judged.level != Level::Ok || (failing && r.u.inodes_used >= r.u.inodes_total))
         .collect();
     if hot.is_empty() && !failing {
         return out;
@@ -98,7 +105,7 @@ pub(super) fn hints(
 }
 
 /// The filesystems table, the signature flags and their JSON.
-pub(super) fn filesystems(rows: &[FsRow]) -> Section {
+pub(super) fn filesystems(rows: &[FsRow], rules: Rules) -> Section {
     let mut json = Vec::new();
     let mut t = Table::new(&[
         "MOUNT",
@@ -117,9 +124,10 @@ pub(super) fn filesystems(rows: &[FsRow]) -> Section {
         let u = &r.u;
         let ipct = u.inodes_used_pct();
         let bpct = u.blocks_used_pct();
-        let lvl = u.level().as_str();
-        let eta = eta_s(u.inodes_total.saturating_sub(u.inodes_used), r.net);
-        let sig = u.inodes_full_blocks_free();
+        let j = &r.judged;
+        let lvl = j.level.as_str();
+        let eta = j.eta_s;
+        let sig = j.full_blocks_free;
         if sig {
             flags += &format!(
                 "!!! {}: {:.0}% of inodes used while only {:.0}% of blocks are: `df -h` shows \
@@ -140,14 +148,10 @@ pub(super) fn filesystems(rows: &[FsRow]) -> Section {
             r.recent
                 .map(|v| format!("{v:+.1}"))
                 .unwrap_or_else(|| "-".into()),
-            match eta {
-                Some(e) if e <= 0.0 => "now (full)".into(),
-                Some(e) => human_duration(e),
-                None => "-".into(),
-            },
+            j.eta_text(rules),
             lvl.to_uppercase(),
         ]);
-        json.push(json!({
+        let mut row = json!({
             "mount": u.mount, "device": u.device, "fstype": u.fstype,
             "dev": format!("{}:{}", u.major, u.minor),
             "inodes_total": u.inodes_total, "inodes_used": u.inodes_used,
@@ -158,10 +162,20 @@ pub(super) fn filesystems(rows: &[FsRow]) -> Section {
             "net_inodes_per_s_last_interval": r.recent.map(round3),
             "exhaustion_eta_s": eta.map(round3), "level": lvl,
             "inodes_full_blocks_free": sig,
-        }));
+        });
+        if let (Some(o), Some(e)) = (row.as_object_mut(), j.json(rules).as_object()) {
+            o.extend(e.clone());
+        }
+        json.push(row);
     }
     let text = titled(
-        "FILESYSTEMS (inodes; WARN >= 80% used, CRIT >= 90%; NET/S = allocated - freed per second since the start, NOW/S since the last report)",
+        &format!(
+            "FILESYSTEMS (inodes; WARN >= 80% used, CRIT >= 90%, held in every sample of the last {} (full: CRIT at once); \
+             NET/S = allocated - freed per second since the start, NOW/S since the last report; \
+             EXHAUSTED IN only from sustained growth: {})",
+            human_duration(rules.hold_s),
+            crate::trend::rule(rules.span_s)
+        ),
         &t,
         "none with a fixed inode count",
     ) + &flags;
@@ -182,7 +196,9 @@ impl Inodes {
                 .into_iter()
                 .collect();
         let mut rows = Vec::new();
-        for u in self.filesystems(mounts) {
+        let fss = self.filesystems(mounts);
+        self.record(&fss);
+        for u in fss {
             // Net inodes since the start, and where they come from.
             // Counted by the ext4 hooks only when they are attached: without them an
             // ext4 filesystem's rate comes from statvfs like any other (never zeros
@@ -219,7 +235,12 @@ impl Inodes {
                 .insert(u.dev, (elapsed, count))
                 .filter(|(t, _)| elapsed - t > 0.1)
                 .map(|(t, c)| (count - c) / (elapsed - t));
+            let judged = match self.used.get(&u.dev) {
+                Some(series) => judge::judge(&u, series, self.rules),
+                None => judge::judge(&u, &Default::default(), self.rules),
+            };
             rows.push(FsRow {
+                judged,
                 net: count / (elapsed - since).max(1e-3),
                 recent,
                 source,
