@@ -241,9 +241,16 @@ fn pressure_episode_names_the_pushing_process_and_its_latency() {
         let pid = c["pid"].as_u64().unwrap();
         let flags: u64 = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
-            .and_then(|s| s.rsplit_once(')').and_then(|(_, t)| t.split_whitespace().nth(6)?.parse().ok()))
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, t)| t.split_whitespace().nth(6)?.parse().ok())
+            })
             .unwrap_or(0);
-        assert_eq!(flags & 0x0020_0000, 0, "kernel thread named as a culprit: {c}");
+        assert_eq!(
+            flags & 0x0020_0000,
+            0,
+            "kernel thread named as a culprit: {c}"
+        );
     }
     assert!(top["refusals"].as_u64().unwrap() > 0, "{top}");
     assert_eq!(top["comm"], "incident_tcp");

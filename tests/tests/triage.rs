@@ -104,7 +104,10 @@ fn parent_holding_zombies_is_named_in_the_pids_row() {
     let (_, r) = triage(&["-d", "1s"]);
     let row = rows(&r, "pids", "zombies", Some(&pid));
     assert_eq!(row[0]["level"], "ok", "{row:?}");
-    assert!(row[0]["value"].as_str().unwrap().contains("not judged"), "{row:?}");
+    assert!(
+        row[0]["value"].as_str().unwrap().contains("not judged"),
+        "{row:?}"
+    );
     assert!(out.stdout.lines().count() == 1, "one JSON object");
     // The same row as a Prometheus gauge: severity 1 (warn), labelled by parent.
     let text = fs::read_to_string(&prom.0).expect("the --prom-file was written");

@@ -57,7 +57,13 @@ fn non_reaping_parent_is_named_with_exact_zombie_count() {
     // for that). A zombie is a finding once older than the stated threshold (5 s for
     // a parent never seen reaping): until then it is in flight.
     let r = tracer.report_where(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 7);
-    assert!(r["stuck_rule"].as_str().unwrap().starts_with("older than 5s"), "{r}");
+    assert!(
+        r["stuck_rule"]
+            .as_str()
+            .unwrap()
+            .starts_with("older than 5s"),
+        "{r}"
+    );
     let out = tracer.interrupt();
     assert!(
         out.status.success(),
@@ -447,8 +453,13 @@ fn young_zombies_are_in_flight_not_findings_in_text_json_and_metrics() {
         prom.to_str().unwrap(),
     ]);
     let inc = Incident::start(&["zombies", "5"]);
-    let r = tracer.report_where(Duration::from_secs(60), |r| zombies_of(r, inc.pid).len() == 5);
-    assert!(parent(&r, inc.pid).is_none(), "younger than 10m: not a finding: {r}");
+    let r = tracer.report_where(Duration::from_secs(60), |r| {
+        zombies_of(r, inc.pid).len() == 5
+    });
+    assert!(
+        parent(&r, inc.pid).is_none(),
+        "younger than 10m: not a finding: {r}"
+    );
     assert_eq!(r["stuck_rule"], "older than 10m (--stuck-after)");
     let ours: Vec<&Value> = r["zombies"]
         .as_array()
@@ -459,7 +470,11 @@ fn young_zombies_are_in_flight_not_findings_in_text_json_and_metrics() {
     assert!(ours.iter().all(|z| z["stuck"] == false), "{r}");
     assert!(r["zombies_in_flight"].as_u64().unwrap() >= 5, "{r}");
     assert!(
-        r["hints"].as_array().unwrap().iter().all(|h| !h.as_str().unwrap().contains(&format!("{} (", inc.pid))),
+        r["hints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| !h.as_str().unwrap().contains(&format!("{} (", inc.pid))),
         "{r}"
     );
     let out = tracer.interrupt();
@@ -473,7 +488,9 @@ fn young_zombies_are_in_flight_not_findings_in_text_json_and_metrics() {
     }
     let series = format!("pid=\"{}\"", inc.pid);
     assert!(
-        !metrics.lines().any(|l| l.starts_with("tracer_zombies_parents_") && l.contains(&series)),
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("tracer_zombies_parents_") && l.contains(&series)),
         "{metrics}"
     );
 
@@ -483,8 +500,11 @@ fn young_zombies_are_in_flight_not_findings_in_text_json_and_metrics() {
     let out = run_tracer(&["zombies", "-d", "1s", "-p", &pid]);
     assert!(out.status.success(), "{}", out.stderr);
     assert!(
-        out.stdout.contains("zombies now: 0 stuck under 0 parent(s), oldest -; 5 in flight")
-            && out.stdout.contains("none: no zombie outlived its parent's normal reap delay")
+        out.stdout
+            .contains("zombies now: 0 stuck under 0 parent(s), oldest -; 5 in flight")
+            && out
+                .stdout
+                .contains("none: no zombie outlived its parent's normal reap delay")
             && out.stdout.contains("in flight")
             && !out.stdout.contains("hint:"),
         "{}",
@@ -500,7 +520,15 @@ fn steady_leak_forecasts_pid_exhaustion_only_while_it_grows() {
     let mut inc = Incident::start(&["leak", "40", "150"]);
     let pid = inc.pid.to_string();
     let mut tracer = Tracer::start(&[
-        "zombies", "-p", &pid, "--json", "-i", "250ms", "--trend-over", "3s", "--stuck-after",
+        "zombies",
+        "-p",
+        &pid,
+        "--json",
+        "-i",
+        "250ms",
+        "--trend-over",
+        "3s",
+        "--stuck-after",
         "500ms",
     ]);
     // Before the leak, a full window with no growth: no forecast, and the reason.
@@ -510,7 +538,10 @@ fn steady_leak_forecasts_pid_exhaustion_only_while_it_grows() {
     assert_eq!(r["trend"]["sustained"], false, "{r}");
     assert!(r["pids"]["exhaustion_eta_s"].is_null(), "{r}");
     assert!(
-        r["trend"]["not_sustained_because"].as_str().unwrap().contains("changed by +0"),
+        r["trend"]["not_sustained_because"]
+            .as_str()
+            .unwrap()
+            .contains("changed by +0"),
         "{r}"
     );
     inc.send("go");
@@ -518,11 +549,19 @@ fn steady_leak_forecasts_pid_exhaustion_only_while_it_grows() {
     let growth = r["zombie_growth_per_s"].as_f64().unwrap();
     // One zombie per 150 ms is 6.7/s; the fit over a 3 s window stays near it.
     assert!((2.0..=12.0).contains(&growth), "{r}");
-    let eta = r["pids"]["exhaustion_eta_s"].as_f64().unwrap_or_else(|| panic!("no ETA: {r}"));
+    let eta = r["pids"]["exhaustion_eta_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no ETA: {r}"));
     let p = &r["pids"];
-    let limit = p["pid_max"].as_f64().unwrap().min(p["threads_max"].as_f64().unwrap());
+    let limit = p["pid_max"]
+        .as_f64()
+        .unwrap()
+        .min(p["threads_max"].as_f64().unwrap());
     let headroom = limit - p["in_use"].as_f64().unwrap();
-    assert!((eta * growth - headroom).abs() <= headroom * 0.01 + 1.0, "{r}");
+    assert!(
+        (eta * growth - headroom).abs() <= headroom * 0.01 + 1.0,
+        "{r}"
+    );
     assert!(r["trend"]["samples"].as_u64().unwrap() >= 10, "{r}");
     assert!(r["trend"]["net_growth"].as_i64().unwrap() >= 5, "{r}");
     inc.expect_line("done");
@@ -589,7 +628,11 @@ fn healthy_busy_shells_and_a_forking_service_are_not_findings() {
         for &p in &ours {
             assert!(parent(r, p).is_none(), "{p} reaps: not a finding: {r}");
             assert!(
-                r["zombies"].as_array().unwrap().iter().all(|z| z["ppid"] != p || z["stuck"] == false),
+                r["zombies"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|z| z["ppid"] != p || z["stuck"] == false),
                 "{r}"
             );
         }
@@ -619,7 +662,9 @@ fn healthy_busy_shells_and_a_forking_service_are_not_findings() {
     for &p in &ours {
         let series = format!("pid=\"{p}\"");
         assert!(
-            !metrics.lines().any(|l| l.starts_with("tracer_zombies_parents_") && l.contains(&series)),
+            !metrics
+                .lines()
+                .any(|l| l.starts_with("tracer_zombies_parents_") && l.contains(&series)),
             "{metrics}"
         );
     }

@@ -225,7 +225,11 @@ pub fn run(args: Args) -> Result<()> {
             .context("kernel prepared above")?;
         if jobs.is_none() {
             let once = executables(&cargs)?;
-            jobs = Some((0..args.repeat).flat_map(|_| once.iter().cloned()).collect::<Vec<_>>());
+            jobs = Some(
+                (0..args.repeat)
+                    .flat_map(|_| once.iter().cloned())
+                    .collect::<Vec<_>>(),
+            );
         }
         let jobs = jobs.as_deref().context("test binaries listed above")?;
         let (c, note) = guest(kernel, jobs, &tracer, timeout)?;

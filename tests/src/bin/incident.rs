@@ -66,7 +66,9 @@ fn main() {
             let mut kids = Vec::new();
             for i in 0..n {
                 // The pace of the leak itself (a rate, not a wait for an event).
-                if let Some(left) = (start + every * i as u32).checked_duration_since(Instant::now()) {
+                if let Some(left) =
+                    (start + every * i as u32).checked_duration_since(Instant::now())
+                {
                     std::thread::sleep(left);
                 }
                 kids.extend(spawn(1));

@@ -363,7 +363,11 @@ mod tests {
         assert_eq!(by[&2], (0, 2), "a reused pid is another process");
         assert_eq!(zombies_level(5, 5.0), Level::Warn);
         assert_eq!(zombies_level(4, 60.0), Level::Ok);
-        assert_eq!(zombies_level(500, 1.0), Level::Ok, "a 1 s window proves nothing");
+        assert_eq!(
+            zombies_level(500, 1.0),
+            Level::Ok,
+            "a 1 s window proves nothing"
+        );
         assert_eq!(zombies_level(500, 5.0), Level::Crit);
     }
 }

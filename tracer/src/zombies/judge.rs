@@ -95,7 +95,11 @@ impl Samples {
         self.points.push((t_s, stuck));
         let cut = t_s - keep_s;
         // Keep one sample at or before the cut, so a full window stays measurable.
-        let first_kept = self.points.iter().rposition(|(t, _)| *t <= cut).unwrap_or(0);
+        let first_kept = self
+            .points
+            .iter()
+            .rposition(|(t, _)| *t <= cut)
+            .unwrap_or(0);
         self.points.drain(..first_kept);
     }
 
@@ -260,11 +264,16 @@ mod tests {
     #[test]
     fn transient_zombies_and_short_runs_give_no_eta() {
         // A busy healthy host: 0-2 stuck zombies now and then.
-        let noisy: Vec<_> = (0..=60).map(|i| (i as f64, [0, 0, 1, 0, 2][i % 5])).collect();
+        let noisy: Vec<_> = (0..=60)
+            .map(|i| (i as f64, [0, 0, 1, 0, 2][i % 5]))
+            .collect();
         let t = series(&noisy).trend(30.0);
         assert!(t.growth_per_s.is_none(), "{t:?}");
         assert!(t.not_sustained.unwrap().contains("growth of 5 needed"));
-        assert_eq!(exhaustion_eta_s(&series(&noisy).trend(30.0), Some(1), Some(9)), None);
+        assert_eq!(
+            exhaustion_eta_s(&series(&noisy).trend(30.0), Some(1), Some(9)),
+            None
+        );
         // Growing, but for 6 s only.
         let short: Vec<_> = (0..=6).map(|i| (i as f64, 3 * i as u64)).collect();
         let t = series(&short).trend(30.0);
@@ -290,7 +299,10 @@ mod tests {
             .map(|i| (i as f64, if i >= 20 { 10 } else { 0 }))
             .collect();
         let t = series(&mid).trend(30.0);
-        assert!(t.not_sustained.as_deref().unwrap().contains("step"), "{t:?}");
+        assert!(
+            t.not_sustained.as_deref().unwrap().contains("step"),
+            "{t:?}"
+        );
     }
 
     #[test]

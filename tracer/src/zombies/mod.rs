@@ -303,9 +303,7 @@ impl Detector for Zombies {
     /// Fifteen looks per trend window (every 2 s for the default 30 s): each confirms
     /// the candidates in /proc, so the rate is bounded.
     fn sample_every(&self) -> Option<Duration> {
-        Some(
-            (self.args.trend_over / 15).clamp(Duration::from_millis(100), Duration::from_secs(2)),
-        )
+        Some((self.args.trend_over / 15).clamp(Duration::from_millis(100), Duration::from_secs(2)))
     }
 
     fn sample(&mut self) -> Result<()> {
@@ -316,8 +314,11 @@ impl Detector for Zombies {
             procinfo::stat_of,
         );
         let keep = self.trend_over_s() * 2.0;
-        self.samples
-            .push(self.started.elapsed().as_secs_f64(), snap.stuck as u64, keep);
+        self.samples.push(
+            self.started.elapsed().as_secs_f64(),
+            snap.stuck as u64,
+            keep,
+        );
         Ok(())
     }
 

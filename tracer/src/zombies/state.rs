@@ -76,7 +76,6 @@ pub struct Tracker {
     boot_offset_ns: i64,
     pending: HashMap<u32, Exited>,
     seeded: HashMap<u32, Seeded>,
-    seeded_count: usize,
     /// pending size above which prune_if_large looks in /proc.
     prune_at: usize,
     reaped: HashMap<u32, Reaps>,
@@ -94,7 +93,6 @@ impl Tracker {
             boot_offset_ns,
             pending: HashMap::new(),
             seeded: HashMap::new(),
-            seeded_count: 0,
             prune_at: EXITED_CAPACITY as usize,
             reaped: HashMap::new(),
             reaped_total: 0,
@@ -119,11 +117,6 @@ impl Tracker {
                 );
             }
         }
-        self.seeded_count = self.seeded.len();
-    }
-
-    pub fn seeded(&self) -> usize {
-        self.seeded_count
     }
 
     pub fn on_event(&mut self, data: &[u8]) {
@@ -460,9 +453,11 @@ mod tests {
         t.on_event(&exit(300, 10, 5 * S));
         for now in [6, 7, 8] {
             assert_eq!(
-                t.snapshot(now * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 10, 4)))
-                    .zombies
-                    .len(),
+                t.snapshot(now * S, Duration::ZERO, AUTO, |pid| Some(zombie(
+                    pid, 10, 4
+                )))
+                .zombies
+                .len(),
                 1
             );
         }
@@ -481,7 +476,7 @@ mod tests {
             ],
             10 * S,
         );
-        assert_eq!(t.seeded(), 1);
+        assert_eq!(t.seeded.len(), 1);
         let snap = t.snapshot(12 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 1, 1)));
         assert_eq!(snap.zombies.len(), 1);
         assert!(!snap.zombies[0].exact);
