@@ -256,7 +256,16 @@ mod tests {
         // Thousands of temp files created and deleted in cycles: the count swings
         // between 0 and 2000 and comes back.
         let t = judge(
-            &series(|t| if (t as u64).is_multiple_of(3) { 0.0 } else { 2000.0 }, 60),
+            &series(
+                |t| {
+                    if (t as u64).is_multiple_of(3) {
+                        0.0
+                    } else {
+                        2000.0
+                    }
+                },
+                60,
+            ),
             30.0,
         );
         assert_eq!(t.state(), "no_sustained_growth", "{t:?}");
@@ -277,14 +286,28 @@ mod tests {
     fn growth_under_noise_counts_only_once_it_clears_the_noise() {
         // 10/s of real growth under +-500 of churn: within 40 s the growth does not
         // clear the noise.
-        let noisy = |t: f64| 10.0 * t + if (t as u64).is_multiple_of(2) { 500.0 } else { -500.0 };
+        let noisy = |t: f64| {
+            10.0 * t
+                + if (t as u64).is_multiple_of(2) {
+                    500.0
+                } else {
+                    -500.0
+                }
+        };
         assert_eq!(
             judge(&series(noisy, 40), 30.0).state(),
             "no_sustained_growth"
         );
         // 50/s under +-400: 2000 over the 40 s between the first and last stretch of
         // the 60 s window clears 800 of noise.
-        let clear = |t: f64| 50.0 * t + if (t as u64).is_multiple_of(2) { 400.0 } else { -400.0 };
+        let clear = |t: f64| {
+            50.0 * t
+                + if (t as u64).is_multiple_of(2) {
+                    400.0
+                } else {
+                    -400.0
+                }
+        };
         assert_eq!(judge(&series(clear, 600), 30.0).state(), "growing");
     }
 

@@ -25,8 +25,9 @@ use crate::{
     procinfo,
     run::{self, Detector, Report, ReportCtx, RunOpts},
     tracefs::Tracefs,
+    trend::{self, Series},
 };
-use judge::{Samples, StuckRule};
+use judge::StuckRule;
 use state::{Snapshot, Tracker};
 
 /// The age below which no zombie is a finding (see judge::STUCK_FLOOR); triage uses it.
@@ -123,8 +124,8 @@ pub const SPEC: Spec = Spec {
 /// zombie is "stuck" (evidence of a non-reaping parent) only when older than 5 s and
 /// than twice the slowest reap that parent was seen to make (at most 60 s); younger
 /// ones are "in flight". PID exhaustion is forecast only from stuck zombies growing
-/// steadily over --trend-over (default 30 s); otherwise the report says "no sustained
-/// growth".
+/// steadily over --trend-span (default 30 s: >= 10 samples, rising in each third of
+/// the window); otherwise the report says "no sustained growth".
 ///
 /// Examples:
 ///   tracer zombies --parent            # who leaves zombies behind (until Ctrl-C)
@@ -148,9 +149,10 @@ pub struct Args {
     /// reap, at most 60 s.
     #[arg(long, value_parser = run::parse_duration, value_name = "AGE")]
     pub stuck_after: Option<Duration>,
-    /// Forecast PID exhaustion only when stuck zombies grew steadily over this long.
+    /// Forecast PID exhaustion only when stuck zombies grew steadily over at least this
+    /// long (>= 10 samples, rising in each third of the window).
     #[arg(long, value_parser = run::parse_duration, default_value = "30s", value_name = "DURATION")]
-    pub trend_over: Duration,
+    pub trend_span: Duration,
     #[command(flatten)]
     pub run: RunOpts,
 }
@@ -186,7 +188,7 @@ pub async fn run(args: Args) -> Result<()> {
         caveats,
         exit,
         started: Instant::now(),
-        samples: Samples::default(),
+        samples: Series::default(),
     };
     let what = match det.args.pid {
         Some(p) => format!("exits and reaps of children of pid {p}"),
@@ -270,7 +272,7 @@ struct Zombies {
     rule: StuckRule,
     started: Instant,
     /// Stuck zombies over time, for the growth trend.
-    samples: Samples,
+    samples: Series,
 }
 
 impl Zombies {
@@ -285,8 +287,8 @@ impl Zombies {
         self.counters.get(&pid, 0).unwrap_or_default()
     }
 
-    fn trend_over_s(&self) -> f64 {
-        self.args.trend_over.as_secs_f64()
+    fn trend_span_s(&self) -> f64 {
+        self.args.trend_span.as_secs_f64()
     }
 }
 
@@ -303,7 +305,7 @@ impl Detector for Zombies {
     /// Fifteen looks per trend window (every 2 s for the default 30 s): each confirms
     /// the candidates in /proc, so the rate is bounded.
     fn sample_every(&self) -> Option<Duration> {
-        Some((self.args.trend_over / 15).clamp(Duration::from_millis(100), Duration::from_secs(2)))
+        Some((self.args.trend_span / 15).clamp(Duration::from_millis(100), Duration::from_secs(2)))
     }
 
     fn sample(&mut self) -> Result<()> {
@@ -313,10 +315,10 @@ impl Detector for Zombies {
             self.rule,
             procinfo::stat_of,
         );
-        let keep = self.trend_over_s() * 2.0;
+        let keep = self.trend_span_s() * 2.0 + 1.0;
         self.samples.push(
             self.started.elapsed().as_secs_f64(),
-            snap.stuck as u64,
+            snap.stuck as f64,
             keep,
         );
         Ok(())
@@ -338,7 +340,8 @@ impl Detector for Zombies {
             ));
         }
 
-        let trend = self.samples.trend(self.trend_over_s());
+        let span = self.trend_span_s();
+        let trend = trend::judge(&self.samples, span);
         let in_use = procinfo::tasks_in_use();
         let pid_max = procinfo::read_u64("/proc/sys/kernel/pid_max");
         let threads_max = procinfo::read_u64("/proc/sys/kernel/threads-max");
@@ -422,13 +425,8 @@ impl Detector for Zombies {
             "zombies_total": snap.zombies.len(),
             "zombies_stuck": snap.stuck,
             "zombies_in_flight": snap.in_flight,
-            "zombie_growth_per_s": trend.growth_per_s.map(round3),
-            "trend": {
-                "window_s": round3(trend.window_s), "span_s": round3(trend.span_s),
-                "samples": trend.samples, "net_growth": trend.net_growth,
-                "sustained": trend.growth_per_s.is_some(),
-                "not_sustained_because": trend.not_sustained,
-            },
+            "zombie_growth_per_s": trend.rate().map(round3),
+            "trend": trend.json(span),
             "reap_latency_us": reap,
             "reapers": reapers,
             "pids": {
@@ -469,25 +467,9 @@ impl Detector for Zombies {
             opt(pid_max),
             opt(threads_max),
         );
-        match (trend.growth_per_s, &trend.not_sustained) {
-            (Some(g), _) => {
-                text += &format!(
-                    "stuck zombies growing {g:.2}/s over {} ({} samples)",
-                    human_duration(trend.span_s),
-                    trend.samples
-                );
-                if let Some(eta) = eta_s {
-                    text += &format!(", PID space exhausted in ~{}", human_duration(eta));
-                }
-            }
-            (None, why) => {
-                text += &format!(
-                    "no sustained growth ({}; a forecast needs {} of samples growing by {}+ in both halves)",
-                    why.as_deref().unwrap_or("-"),
-                    human_duration(trend.window_s),
-                    judge::MIN_GROWTH
-                );
-            }
+        text += &format!("stuck zombies {}", trend.text(span));
+        if let Some(eta) = eta_s {
+            text += &format!(", PID space exhausted in ~{}", human_duration(eta));
         }
         text += "\n";
         text += &format!("exits seen by: {}\n", self.exit.describe());
