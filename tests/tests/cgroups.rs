@@ -160,16 +160,21 @@ fn start_live_with(hierarchy: &str, files: &TempDir, more: &[&str]) -> (Tracer, 
     (tracer, prom)
 }
 
-/// Churn: this process made the parent and its K children and removed the K (the
-/// parent goes after the tracer stopped); K mkdirs under the parent.
-fn assert_churn(r: &Value, hierarchy: &str, rel_parent: &str, k: usize) {
+/// This test process's row in the churn table.
+fn my_churn(r: &Value) -> &Value {
     let me = std::process::id();
-    let p = r["churn"]["processes"]
+    r["churn"]["processes"]
         .as_array()
         .unwrap()
         .iter()
         .find(|p| p["pid"] == me)
-        .unwrap_or_else(|| panic!("test process not in churn: {r}"));
+        .unwrap_or_else(|| panic!("test process not in churn: {r}"))
+}
+
+/// Churn: this process made the parent and its K children and removed the K (the
+/// parent goes after the tracer stopped); K mkdirs under the parent.
+fn assert_churn(r: &Value, hierarchy: &str, rel_parent: &str, k: usize) {
+    let p = my_churn(r);
     assert_eq!(p["mkdirs"], k + 1, "{p}");
     assert_eq!(p["rmdirs"], k, "{p}");
     let pp = r["churn"]["parents"]
@@ -871,12 +876,7 @@ fn healthy_busy_scopes_created_used_and_removed_are_no_finding() {
         "{how}: {n} scopes, more than the release list holds"
     );
     let r = out.final_report();
-    let p = r["churn"]["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == me)
-        .unwrap_or_else(|| panic!("test process not in churn: {r}"));
+    let p = my_churn(&r);
     assert_eq!(p["mkdirs"], n + 1, "{how}: {p}");
     assert_eq!(p["rmdirs"], n, "{how}: {p}");
     let released = rows_under(&r, "released_recent", &format!("{rel_parent}/")).len();
