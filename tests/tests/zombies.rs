@@ -532,8 +532,9 @@ fn steady_leak_forecasts_pid_exhaustion_only_while_it_grows() {
         "500ms",
     ]);
     // Before the leak, a full window with no growth: no forecast, and the reason.
+    // (The state, not span_s: that is rounded, and 2.9996 s shows as 3.0.)
     let r = tracer.report_where(Duration::from_secs(60), |r| {
-        r["trend"]["span_s"].as_f64().unwrap() >= 3.0
+        r["trend"]["state"] != "too_few_samples"
     });
     assert_eq!(r["trend"]["state"], "no_sustained_growth", "{r}");
     assert!(r["pids"]["exhaustion_eta_s"].is_null(), "{r}");

@@ -205,35 +205,56 @@ pub fn run(args: Args) -> Result<()> {
     let tracer = crate::build()?;
 
     let mut rows: Vec<(String, Counts, String)> = Vec::new();
-    let mut jobs = None;
-    for m in &matrix {
-        let Some(s) = m.series() else {
-            let start = std::time::Instant::now();
-            let mut c = Counts::default();
-            for run in 1..=args.repeat {
-                if args.repeat > 1 {
-                    eprintln!("\nxtask: host run {run} of {}", args.repeat);
-                }
-                c += host(&args.args, &cargs, &tracer)?;
+    if matrix.contains(&Matrix::Host) {
+        let start = std::time::Instant::now();
+        let mut c = Counts::default();
+        for run in 1..=args.repeat {
+            if args.repeat > 1 {
+                eprintln!("\nxtask: host run {run} of {}", args.repeat);
             }
-            rows.push(("host".into(), c, vm::seconds(start.elapsed())));
-            continue;
-        };
-        let kernel = stock
-            .iter()
-            .find(|k| k.series == s)
-            .context("kernel prepared above")?;
-        if jobs.is_none() {
-            let once = executables(&cargs)?;
-            jobs = Some(
-                (0..args.repeat)
-                    .flat_map(|_| once.iter().cloned())
-                    .collect::<Vec<_>>(),
-            );
+            c += host(&args.args, &cargs, &tracer)?;
         }
-        let jobs = jobs.as_deref().context("test binaries listed above")?;
-        let (c, note) = guest(kernel, jobs, &tracer, timeout)?;
-        rows.push((s.name().into(), c, note));
+        rows.push(("host".into(), c, vm::seconds(start.elapsed())));
+    }
+    let kernels: Vec<&kernels::Kernel> = matrix
+        .iter()
+        .filter_map(|m| m.series())
+        .map(|s| {
+            stock
+                .iter()
+                .find(|k| k.series == s)
+                .context("kernel prepared above")
+        })
+        .collect::<Result<_>>()?;
+    if !kernels.is_empty() {
+        let once = executables(&cargs)?;
+        let jobs: Vec<vm::Job> = (0..args.repeat)
+            .flat_map(|_| once.iter().cloned())
+            .collect();
+        // The guests run side by side: each is one host thread (single-threaded TCG,
+        // see vm.rs), so two of them use this machine's two cores, and the matrix takes
+        // as long as its slowest kernel rather than the sum.
+        let results: Vec<Result<(Counts, String)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = kernels
+                .iter()
+                .map(|k| {
+                    let jobs = &jobs;
+                    let tracer = &tracer;
+                    scope.spawn(move || guest(k, jobs, tracer, timeout))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a guest's thread panicked")))
+                })
+                .collect()
+        });
+        for (k, r) in kernels.iter().zip(results) {
+            let (c, note) = r?;
+            rows.push((k.series.name().into(), c, note));
+        }
     }
 
     let mut total = Counts::default();
@@ -356,6 +377,8 @@ fn guest(
     let mut counts = Counts::default();
     let boot = vm::run(kernel, &out, &env, jobs, timeout, |i, outcome| {
         let job = &jobs[i];
+        // One job's output in one piece, though another guest reports at the same time.
+        let _stdout = std::io::stdout().lock();
         println!("     Running [{name}] {}", job.label);
         let (output, code) = match outcome {
             vm::Outcome::Exited { code, output } => (output, Some(*code)),

@@ -21,10 +21,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::kernels::{self, Kernel, Series};
 
-/// Guest size: 2 vCPUs by default (TRACER_VM_CPUS overrides; qemu's multi-threaded TCG
-/// runs each vCPU on its own host thread, so the tracer and the workload it watches run
-/// side by side, as on the host) and 4 GiB (the tests' loop images and /tmp live in guest
-/// memory).
+/// Guest size: 2 vCPUs by default (TRACER_VM_CPUS overrides), so the tracer and the
+/// workload it watches are scheduled as on an SMP host, and 4 GiB (the tests' loop images
+/// and /tmp live in guest memory).
 const CPUS: &str = "2";
 const MEMORY: &str = "4G";
 
@@ -180,6 +179,12 @@ pub fn run(
         .arg("--verbose")
         .arg("--disable-kvm")
         .args(["-p", &cpus(), "-m", MEMORY])
+        // Single-threaded TCG: the vCPUs take turns on one host thread. Under qemu 7.2's
+        // multi-threaded TCG a vCPU can still run code another vCPU has just patched
+        // back (attaching and detaching tracepoints flips static keys with int3
+        // patching), and a 6.12 guest died with "Oops: int3" in ttwu_do_activate in one
+        // full run of the suite. Taking turns makes every patch visible at once.
+        .args(["--qemu-opt=-accel", "--qemu-opt=tcg,thread=single"])
         .arg("--rwdir")
         .arg(out)
         // The kernel's modules: the guest's /lib/modules/RELEASE links into this tree.
