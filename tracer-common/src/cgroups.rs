@@ -1,5 +1,5 @@
 //! cgroups: mkdir/rmdir/release records and the in-kernel counters' keys.
-use crate::{COMM_LEN, EventHeader, plain};
+use crate::{COMM_LEN, EventHeader, plain, record};
 
 /// Bytes of a cgroup path copied from the tracepoint, NUL included. Longer paths are
 /// cut (`path_len` is then PATH_LEN - 1); kubepods paths with a pod UID and a 64-hex
@@ -67,6 +67,7 @@ pub struct AttachCount {
 const _: () = assert!(core::mem::size_of::<AttachCount>() == 24);
 
 plain!(CgroupEvent, AttachKey, AttachCount);
+record!(CgroupEvent: CgroupMkdir, CgroupRmdir, CgroupRelease);
 
 /// Capacity of the attach counters (LRU: the least recently moved-into go first).
 pub const ATTACH_CAPACITY: u32 = 16_384;

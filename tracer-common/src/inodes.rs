@@ -2,7 +2,7 @@
 //! failed creates. A burst of millions of files only bumps counters in per-CPU maps (no
 //! atomics; userspace sums the CPUs) that userspace reads once per report; only the
 //! first inode of a directory and the first failure of a process send a record.
-use crate::{COMM_LEN, EventHeader, plain};
+use crate::{COMM_LEN, EventHeader, plain, record};
 
 /// Bytes of a create's path kept per directory / per failing process (the kernel's
 /// PATH_MAX is 4096; a longer path is cut and then resolved by the inode walk).
@@ -116,6 +116,7 @@ const _: () = assert!(core::mem::size_of::<Pending>() == 16);
 plain!(
     DevTgid, ProcCounts, DirKey, PathArg, PathEvent, DevCounts, Pending
 );
+record!(PathEvent: InodesNewDir, InodesEnospc);
 
 #[cfg(test)]
 mod tests {

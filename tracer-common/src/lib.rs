@@ -122,6 +122,32 @@ pub fn decode<T: Plain>(bytes: &[u8]) -> Option<T> {
     Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// A ring-buffer record type: it starts with an [`EventHeader`] whose kind is one of
+/// `KINDS`. The loader decodes every record through [`decode_record`].
+pub trait Record: Plain {
+    const KINDS: &'static [EventKind];
+}
+
+/// Implements [`Record`] for a record type and the kinds it carries.
+#[macro_export]
+macro_rules! record {
+    ($t:ty: $($k:ident),+ $(,)?) => {
+        impl $crate::Record for $t {
+            const KINDS: &'static [$crate::EventKind] = &[$($crate::EventKind::$k),+];
+        }
+    };
+}
+
+/// Decodes a record of type `T`: the header's kind must be one of `T`'s and the bytes
+/// long enough. `None` is a bad record, for the caller to count.
+pub fn decode_record<T: Record>(bytes: &[u8]) -> Option<(EventKind, T)> {
+    let kind = EventKind::from_u32(decode::<EventHeader>(bytes)?.kind)?;
+    if !T::KINDS.contains(&kind) {
+        return None;
+    }
+    Some((kind, decode::<T>(bytes)?))
+}
+
 /// The bytes of a `T`, for tests and for the kernel side's copies.
 pub fn as_bytes<T: Plain>(v: &T) -> &[u8] {
     // SAFETY: `T: Plain` has no uninitialised padding.
@@ -172,6 +198,29 @@ mod tests {
         assert_eq!(decode::<EventHeader>(&bytes[..15]), None);
         assert_eq!(EventKind::from_u32(h.kind), Some(EventKind::ProcessExit));
         assert_eq!(EventKind::from_u32(0), None);
+    }
+
+    #[test]
+    fn records_decode_only_with_their_own_kinds() {
+        let mut ev = zombies::ProcEvent {
+            header: EventHeader {
+                kind: EventKind::ProcessReap as u32,
+                tgid: 1,
+                ts_ns: 2,
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            decode_record::<zombies::ProcEvent>(as_bytes(&ev)),
+            Some((EventKind::ProcessReap, ev))
+        );
+        let n = core::mem::size_of::<zombies::ProcEvent>();
+        assert_eq!(decode_record::<zombies::ProcEvent>(&as_bytes(&ev)[..n - 1]), None);
+        ev.header.kind = EventKind::CgroupMkdir as u32;
+        assert_eq!(decode_record::<zombies::ProcEvent>(as_bytes(&ev)), None);
+        ev.header.kind = 999;
+        assert_eq!(decode_record::<zombies::ProcEvent>(as_bytes(&ev)), None);
+        assert_eq!(decode_record::<zombies::ProcEvent>(&[]), None);
     }
 
     #[test]

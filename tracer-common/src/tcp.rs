@@ -1,6 +1,6 @@
 //! tcp-pressure: refused socket-memory allocations (ring-buffer records), and the
 //! in-kernel counters and send-latency histogram (per-CPU maps read per report).
-use crate::{COMM_LEN, EventHeader, log2, plain};
+use crate::{COMM_LEN, EventHeader, log2, plain, record};
 
 /// sock:sock_exceed_buf_limit `kind` values (the kernel's SK_MEM_SEND / SK_MEM_RECV).
 pub const SK_MEM_SEND: u32 = 0;
@@ -37,6 +37,7 @@ pub struct BufLimitEvent {
 const _: () = assert!(core::mem::size_of::<BufLimitEvent>() == 104);
 
 plain!(BufLimitEvent);
+record!(BufLimitEvent: TcpBufLimit);
 
 /// Send-start timestamps per thread (LRU: a thread that never reached a TCP send
 /// leaves an entry that the next syscall entry overwrites or the LRU evicts).
@@ -103,6 +104,7 @@ pub struct PressureEdgeEvent {
 const _: () = assert!(core::mem::size_of::<PressureEdgeEvent>() == 48);
 
 plain!(PressureEdgeEvent);
+record!(PressureEdgeEvent: TcpPressureEdge);
 
 /// Send latency histogram: log-linear buckets over nanoseconds, 16 per power of two
 /// (each bucket at most 1/16 = 6.25% wide), values below 16 ns exact, capped at

@@ -1,5 +1,5 @@
 //! zombies: process exit/reap records and the in-kernel counters' key/value types.
-use crate::{COMM_LEN, EventHeader, plain};
+use crate::{COMM_LEN, EventHeader, plain, record};
 
 /// How a process left the zombie state.
 #[repr(u32)]
@@ -33,6 +33,7 @@ pub struct ProcEvent {
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 56);
 
 plain!(ProcEvent);
+record!(ProcEvent: ProcessExit, ProcessReap);
 
 /// Capacity of the fork-time child -> parent map (LRU: oldest entries go first).
 pub const PARENT_CAPACITY: u32 = 65_536;

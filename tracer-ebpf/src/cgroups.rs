@@ -23,7 +23,9 @@ use tracer_common::{
     },
 };
 
-use crate::common::{add, current_tgid, field, get_or_insert, now_ns, reserve, submit};
+use crate::common::{
+    READ_ERRORS, add, current_tgid, field, get_or_insert, now_ns, reserve, submit,
+};
 
 /// Field offsets from tracefs `format` files, set by the loader. cgroup_mkdir,
 /// cgroup_rmdir and cgroup_release share one event class (same layout); the loader
@@ -124,8 +126,11 @@ fn record(ctx: &TracePointContext, kind: EventKind, count: u32) -> Option<u32> {
         let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
         let n =
             bpf_probe_read_kernel_str((*ev).path.as_mut_ptr().cast(), PATH_LEN as u32, src.cast());
-        // n counts the NUL; a failed read (n < 0) leaves an empty path.
+        // n counts the NUL; a failed read (n < 0) leaves an empty path, counted.
         (*ev).path_len = if n > 0 { (n - 1) as u32 } else { 0 };
+        if n < 0 {
+            add(&READ_ERRORS, 0, 1);
+        }
     }
     submit(entry);
     Some(0)

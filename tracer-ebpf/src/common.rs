@@ -1,5 +1,5 @@
-//! What every detector's programs share: the ring buffer of the run, the lost-event
-//! counter, and small helpers for counters in maps.
+//! What every detector's programs share: the ring buffer of the run, the lost-event and
+//! read-error counters, and small helpers for counters in maps.
 use aya_ebpf::{
     Global,
     macros::map,
@@ -24,6 +24,27 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// records themselves. Set by the loader (a quarter of the ring).
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: Global<u64> = Global::new(0);
+
+/// Kernel reads that failed (a tracepoint field, a task_struct member, a string copied
+/// into a record), per CPU. A failed read never passes as a zero: the program counts it
+/// here and drops or marks what it was building; the loader sums it and every report
+/// shows it as `kernel_read_errors`. A read that fails means an offset the loader
+/// passed in does not fit this kernel. (Reads of user memory are not counted: a page
+/// that is not present makes them fail on a healthy host.)
+#[map]
+pub static READ_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The value of a kernel read, or `None` after counting the failure in [`READ_ERRORS`].
+#[inline(always)]
+pub fn counted<T, E>(r: Result<T, E>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(_) => {
+            add(&READ_ERRORS, 0, 1);
+            None
+        }
+    }
+}
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -81,11 +102,11 @@ pub fn get_or_insert<K, V>(map: &LruHashMap<K, V>, key: &K, init: &V) -> Option<
 }
 
 /// Reads a tracepoint field at an offset the loader took from the tracepoint's
-/// `format` file (passed in as a global). A failed read yields `None`.
+/// `format` file (passed in as a global). A failed read is counted and yields `None`.
 #[inline(always)]
 pub fn field<T>(ctx: &TracePointContext, off: &Global<u32>) -> Option<T> {
     // SAFETY: read_at goes through bpf_probe_read_kernel, which checks the address.
-    unsafe { ctx.read_at::<T>(off.load() as usize).ok() }
+    counted(unsafe { ctx.read_at::<T>(off.load() as usize) })
 }
 
 /// tgid (process id) of the current task.

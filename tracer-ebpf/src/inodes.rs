@@ -23,7 +23,7 @@ use tracer_common::{
     },
 };
 
-use crate::common::{current_tgid, emit, field, now_ns};
+use crate::common::{counted, current_tgid, emit, field, now_ns};
 
 /// Field offsets from tracefs `format` files, set by the loader.
 #[unsafe(no_mangle)]
@@ -250,7 +250,7 @@ fn try_request(ctx: &TracePointContext) -> Option<u32> {
 #[inline(always)]
 fn arg(ctx: &TracePointContext, i: u32) -> Option<u64> {
     // SAFETY: read_at goes through bpf_probe_read_kernel, which checks the address.
-    unsafe { ctx.read_at::<u64>((INODES_SYSCALL_ARG0.load() + 8 * i) as usize) }.ok()
+    counted(unsafe { ctx.read_at::<u64>((INODES_SYSCALL_ARG0.load() + 8 * i) as usize) })
 }
 
 /// Which calls of a syscall create an inode.

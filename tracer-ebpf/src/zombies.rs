@@ -20,7 +20,7 @@ use tracer_common::{
 
 use aya_log_ebpf::debug;
 
-use crate::common::{add, current_tgid, emit, field, get_or_insert, now_ns};
+use crate::common::{add, counted, current_tgid, emit, field, get_or_insert, now_ns};
 
 /// Field offsets from tracefs `format` files, set by the loader.
 #[unsafe(no_mangle)]
@@ -115,13 +115,12 @@ fn group_dead(ctx: &TracePointContext) -> Option<bool> {
     unsafe {
         let task = bpf_get_current_task() as *const u8;
         let signal: u64 =
-            bpf_probe_read_kernel(task.add(ZOMBIES_TASK_SIGNAL.load() as usize).cast()).ok()?;
-        let live: i32 = bpf_probe_read_kernel(
+            counted(bpf_probe_read_kernel(task.add(ZOMBIES_TASK_SIGNAL.load() as usize).cast()))?;
+        let live: i32 = counted(bpf_probe_read_kernel(
             (signal as *const u8)
                 .add(ZOMBIES_SIGNAL_LIVE.load() as usize)
                 .cast(),
-        )
-        .ok()?;
+        ))?;
         Some(live == 0)
     }
 }

@@ -1005,17 +1005,21 @@ fn verifier_summary(e: &aya::programs::ProgramError) -> String {
     format!("{} ... {}", lines[0], lines[lines.len() - 4..].join(" | "))
 }
 
-/// Sum of the per-CPU lost-event counters: records the kernel could not put on the
-/// ring buffer because it was full.
-pub struct LostCounter {
+/// A per-CPU counter of the shared kernel code, summed over the CPUs: `LOST` (records
+/// the kernel could not put on the full ring buffer) or `READ_ERRORS` (kernel reads
+/// that failed; see tracer-ebpf/src/common.rs).
+pub struct CpuSum {
     map: PerCpuArray<aya::maps::MapData, u64>,
 }
 
-impl LostCounter {
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+impl CpuSum {
+    pub const LOST: &str = "LOST";
+    pub const READ_ERRORS: &str = "READ_ERRORS";
+
+    pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<Self> {
         let map = ebpf
-            .take_map("LOST")
-            .context("map LOST is missing from the eBPF object")?;
+            .take_map(name)
+            .with_context(|| format!("map {name} is missing from the eBPF object"))?;
         Ok(Self {
             map: PerCpuArray::try_from(map)?,
         })

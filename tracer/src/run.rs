@@ -1,5 +1,6 @@
 //! Run control shared by every detector: Ctrl-C/SIGTERM, `--duration`, `--interval`,
-//! the ring-buffer reader, lost-event accounting and report printing (text or JSON).
+//! the ring-buffer reader, accounting of lost events, bad records and kernel read errors,
+//! and report printing (text or JSON).
 use std::{
     future::pending,
     io::Write as _,
@@ -17,7 +18,7 @@ use tokio::{
     time::{Interval, MissedTickBehavior, interval_at},
 };
 
-use crate::bpf::LostCounter;
+use crate::bpf::CpuSum;
 
 /// How often the reader collects records that did not wake it.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(100);
@@ -55,6 +56,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--top N`: rows per table, 1 to 1000 (every detector takes it the same way).
+pub fn parse_top(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a row count between 1 and 1000")),
+    }
+}
+
 /// A duration that may be zero (`--min-age 0s`).
 pub fn parse_age(s: &str) -> Result<Duration, String> {
     if s.trim_start_matches('0')
@@ -79,14 +88,31 @@ pub struct ReportCtx {
     /// Time since the hooks were attached.
     pub elapsed: Duration,
     pub lost_events: u64,
+    /// Records the detector could not decode (too short, or a kind it does not know).
+    pub bad_records: u64,
+    /// Kernel reads that failed in the programs (READ_ERRORS).
+    pub kernel_read_errors: u64,
+}
+
+/// A ring-buffer record the detector could not decode: the driver counts it and every
+/// report shows the count.
+#[derive(Debug)]
+pub struct BadRecord;
+
+/// Decodes a record of type `T` (length and kind checked), or says it is bad.
+pub fn decode<T: tracer_common::Record>(
+    data: &[u8],
+) -> Result<(tracer_common::EventKind, T), BadRecord> {
+    tracer_common::decode_record(data).ok_or(BadRecord)
 }
 
 /// What a tracing command implements; `drive` does the rest.
 pub trait Detector {
     /// Name in reports (`"command"` in JSON).
     fn command(&self) -> &'static str;
-    /// One ring-buffer record (already copied out of the ring).
-    fn on_event(&mut self, data: &[u8]);
+    /// One ring-buffer record (already copied out of the ring); decode it with
+    /// [`decode`] and return its error for a record that is not one of the detector's.
+    fn on_event(&mut self, data: &[u8]) -> Result<(), BadRecord>;
     /// Periodic sampling of /proc or /sys state, if the detector wants it.
     fn sample_every(&self) -> Option<Duration> {
         None
@@ -113,15 +139,14 @@ impl Ring {
         })
     }
 
-    /// Hands every record available now to `f`.
-    fn drain(&mut self, f: &mut impl FnMut(&[u8])) -> usize {
+    /// Hands every record available now to `det`, counting the bad ones.
+    fn drain(&mut self, det: &mut dyn Detector, bad_records: &mut u64) {
         let rb = self.fd.get_mut();
-        let mut n = 0;
         while let Some(item) = rb.next() {
-            f(&item);
-            n += 1;
+            if det.on_event(&item).is_err() {
+                *bad_records += 1;
+            }
         }
-        n
     }
 }
 
@@ -162,7 +187,11 @@ pub async fn drive(
         crate::prom::check_dir(p)?;
     }
     let mut ring = Ring::take(ebpf)?;
-    let lost = LostCounter::take(ebpf)?;
+    let mut counters = Counters {
+        lost: CpuSum::take(ebpf, CpuSum::LOST)?,
+        read_errors: CpuSum::take(ebpf, CpuSum::READ_ERRORS)?,
+        bad_records: 0,
+    };
     let mut logger = match aya_log::EbpfLogger::init(ebpf) {
         Ok(l) => register(l).ok(),
         Err(e) => {
@@ -192,11 +221,11 @@ pub async fn drive(
             _ = sigterm.recv() => break,
             _ = async { match deadline { Some(t) => tokio::time::sleep_until(t).await, None => pending().await } } => break,
             _ = tick(&mut report_every) => {
-                ring.drain(&mut |d| det.on_event(d));
-                print_report(opts, det, start, &lost, false)?;
+                ring.drain(det, &mut counters.bad_records);
+                print_report(opts, det, start, &counters, false)?;
             }
             _ = tick(&mut drain_every) => {
-                ring.drain(&mut |d| det.on_event(d));
+                ring.drain(det, &mut counters.bad_records);
             }
             _ = tick(&mut sample_every) => {
                 if let Err(e) = det.sample() {
@@ -209,7 +238,7 @@ pub async fn drive(
                 // drain wakes us again.
                 guard.clear_ready();
                 drop(guard);
-                ring.drain(&mut |d| det.on_event(d));
+                ring.drain(det, &mut counters.bad_records);
             }
             guard = async { match logger.as_mut() { Some(l) => l.readable_mut().await, None => pending().await } } => {
                 if let Ok(mut g) = guard {
@@ -220,21 +249,30 @@ pub async fn drive(
         }
     }
     // What arrived between the last wakeup and the stop belongs to the final report.
-    ring.drain(&mut |d| det.on_event(d));
-    print_report(opts, det, start, &lost, true)
+    ring.drain(det, &mut counters.bad_records);
+    print_report(opts, det, start, &counters, true)
+}
+
+/// What every report counts besides the detector's own findings.
+struct Counters {
+    lost: CpuSum,
+    read_errors: CpuSum,
+    bad_records: u64,
 }
 
 fn print_report(
     opts: &RunOpts,
     det: &mut dyn Detector,
     start: Instant,
-    lost: &LostCounter,
+    counters: &Counters,
     final_: bool,
 ) -> Result<()> {
     let ctx = ReportCtx {
         final_,
         elapsed: start.elapsed(),
-        lost_events: lost.get(),
+        lost_events: counters.lost.get(),
+        bad_records: counters.bad_records,
+        kernel_read_errors: counters.read_errors.get(),
     };
     let report = det.report(&ctx)?;
     emit(opts, det.command(), report, &ctx)
@@ -251,6 +289,8 @@ pub fn emit(opts: &RunOpts, command: &str, report: Report, ctx: &ReportCtx) -> R
         crate::output::round3(ctx.elapsed.as_secs_f64()).into(),
     );
     obj.insert("lost_events".into(), ctx.lost_events.into());
+    obj.insert("bad_records".into(), ctx.bad_records.into());
+    obj.insert("kernel_read_errors".into(), ctx.kernel_read_errors.into());
     if let serde_json::Value::Object(m) = report.json {
         obj.extend(m);
     }
@@ -277,6 +317,20 @@ pub fn emit(opts: &RunOpts, command: &str, report: Report, ctx: &ReportCtx) -> R
         } else {
             writeln!(stdout, "lost events: 0")?;
         }
+        if ctx.bad_records > 0 {
+            writeln!(
+                stdout,
+                "bad records: {} (too short or of a kind this detector does not know; ignored)",
+                ctx.bad_records
+            )?;
+        }
+        if ctx.kernel_read_errors > 0 {
+            writeln!(
+                stdout,
+                "kernel read errors: {} (the programs could not read a kernel field, so some events are missing or lack a detail; `tracer doctor` checks the hooks)",
+                ctx.kernel_read_errors
+            )?;
+        }
         writeln!(stdout)?;
     }
     stdout.flush()?;
@@ -301,5 +355,7 @@ mod tests {
         assert_eq!(parse_age("0s").unwrap(), Duration::ZERO);
         assert_eq!(parse_age("0").unwrap(), Duration::ZERO);
         assert_eq!(parse_age("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_top("10"), Ok(10));
+        assert!(parse_top("0").is_err() && parse_top("1001").is_err() && parse_top("x").is_err());
     }
 }

@@ -24,14 +24,14 @@ use tracer_common::{
         AttachCount, AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE, COUNT_RMDIR, CgroupEvent,
         count_slot,
     },
-    comm_str, decode,
+    comm_str,
 };
 
 use crate::{
     bpf::{self, Hook, Offset, Spec},
     output::{self, Table, human_duration, round3},
     procinfo,
-    run::{self, Detector, Report, ReportCtx, RunOpts},
+    run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
     snapshot::cgroups::{self as snap, Hierarchy, StatRead},
     tracefs::Tracefs,
     trend::{self, Series},
@@ -146,7 +146,7 @@ pub struct Args {
     #[arg(long, value_parser = run::parse_age, default_value = "30s", value_name = "AGE")]
     pub trend_span: Duration,
     /// Rows per table in the text report (JSON lists more).
-    #[arg(long, default_value_t = 10, value_name = "N")]
+    #[arg(long, default_value = "10", value_parser = run::parse_top, value_name = "N")]
     pub top: usize,
     #[command(flatten)]
     pub run: RunOpts,
@@ -343,16 +343,10 @@ impl Detector for Cgroups {
         Ok(())
     }
 
-    fn on_event(&mut self, data: &[u8]) {
-        let Some(ev) = decode::<CgroupEvent>(data) else {
-            self.tracker.bad_records += 1;
-            return;
-        };
+    fn on_event(&mut self, data: &[u8]) -> Result<(), BadRecord> {
+        let (kind, ev) = run::decode::<CgroupEvent>(data)?;
         let pid = ev.header.tgid;
-        let actor = matches!(
-            EventKind::from_u32(ev.header.kind),
-            Some(EventKind::CgroupMkdir | EventKind::CgroupRmdir)
-        );
+        let actor = matches!(kind, EventKind::CgroupMkdir | EventKind::CgroupRmdir);
         if actor && !self.actor_cgroups.contains_key(&pid) {
             if self.actor_cgroups.len() >= ACTOR_CACHE {
                 self.actor_cgroups.clear();
@@ -363,7 +357,8 @@ impl Detector for Cgroups {
             };
             self.actor_cgroups.insert(pid, c);
         }
-        self.tracker.on_record(&ev);
+        self.tracker.on_record(kind, &ev);
+        Ok(())
     }
 
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
@@ -632,7 +627,6 @@ impl Detector for Cgroups {
                 "reads_now": stat_ms.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
                 "slow": stat_slow.is_some(),
             },
-            "bad_records": self.tracker.bad_records,
             "caveats": caveats,
         });
 

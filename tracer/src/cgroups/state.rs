@@ -91,8 +91,6 @@ pub struct Tracker {
     pub released_unseen: BTreeMap<i32, u64>,
     /// Dying cgroups dropped from tracking because DYING_CAPACITY was reached.
     pub dying_evicted: u64,
-    /// Records that were too short or of an unknown kind.
-    pub bad_records: u64,
 }
 
 /// Keeps the newer half of `map` when it is over `cap` (amortized: one O(n) pass per
@@ -117,15 +115,14 @@ impl Tracker {
 
     /// A raw record (tests; the detector decodes once itself and calls on_record).
     #[cfg(test)]
-    pub fn on_event(&mut self, data: &[u8]) {
-        match tracer_common::decode::<CgroupEvent>(data) {
-            Some(ev) => self.on_record(&ev),
-            None => self.bad_records += 1,
-        }
+    pub fn on_event(&mut self, data: &[u8]) -> Result<(), crate::run::BadRecord> {
+        let (kind, ev) = crate::run::decode::<CgroupEvent>(data)?;
+        self.on_record(kind, &ev);
+        Ok(())
     }
 
-    /// One decoded record.
-    pub fn on_record(&mut self, ev: &CgroupEvent) {
+    /// One decoded record of kind `kind`.
+    pub fn on_record(&mut self, kind: EventKind, ev: &CgroupEvent) {
         let h = ev.header;
         let key = (ev.root, ev.id);
         let path = || String::from_utf8_lossy(ev.path_bytes()).into_owned();
@@ -133,8 +130,8 @@ impl Tracker {
             pid: h.tgid,
             comm_bytes: ev.comm,
         };
-        match EventKind::from_u32(h.kind) {
-            Some(EventKind::CgroupMkdir) => {
+        match kind {
+            EventKind::CgroupMkdir => {
                 self.live.insert(
                     key,
                     Live {
@@ -156,7 +153,7 @@ impl Tracker {
                 }
                 self.bound_churn();
             }
-            Some(EventKind::CgroupRmdir) => {
+            EventKind::CgroupRmdir => {
                 let creator = self.live.remove(&key).map(|l| l.creator);
                 self.dying.insert(
                     key,
@@ -177,7 +174,7 @@ impl Tracker {
                 c.rmdirs += 1;
                 self.bound_churn();
             }
-            Some(EventKind::CgroupRelease) => {
+            EventKind::CgroupRelease => {
                 let rel = match self.dying.remove(&key) {
                     Some(d) => {
                         let us = h.ts_ns.saturating_sub(d.rmdir_ns) / 1_000;
@@ -216,7 +213,8 @@ impl Tracker {
                 }
                 self.recent.push_back(rel);
             }
-            _ => self.bad_records += 1,
+            // Not a cgroups kind: decode_record refuses those.
+            _ => {}
         }
     }
 
@@ -367,17 +365,17 @@ mod tests {
     #[test]
     fn mkdir_rmdir_release_tracks_dying_and_latency() {
         let mut t = Tracker::new();
-        t.on_event(&ev(EventKind::CgroupMkdir, 10, 1_000, 4, 7, "/p/a"));
-        t.on_event(&ev(EventKind::CgroupMkdir, 10, 1_000, 4, 8, "/p/b"));
-        t.on_event(&ev(EventKind::CgroupRmdir, 11, 2_000_000, 4, 7, "/p/a"));
-        t.on_event(&ev(EventKind::CgroupRmdir, 11, 3_000_000, 4, 8, "/p/b"));
+        t.on_event(&ev(EventKind::CgroupMkdir, 10, 1_000, 4, 7, "/p/a")).unwrap();
+        t.on_event(&ev(EventKind::CgroupMkdir, 10, 1_000, 4, 8, "/p/b")).unwrap();
+        t.on_event(&ev(EventKind::CgroupRmdir, 11, 2_000_000, 4, 7, "/p/a")).unwrap();
+        t.on_event(&ev(EventKind::CgroupRmdir, 11, 3_000_000, 4, 8, "/p/b")).unwrap();
         let d = t.dying();
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].path, "/p/a");
         assert_eq!(d[0].creator.as_ref().unwrap().pid, 10);
         assert_eq!(d[0].remover.pid, 11);
         assert_eq!(t.dying_by_parent()[0].1, 2);
-        t.on_event(&ev(EventKind::CgroupRelease, 0, 5_000_000, 4, 7, "/p/a"));
+        t.on_event(&ev(EventKind::CgroupRelease, 0, 5_000_000, 4, 7, "/p/a")).unwrap();
         assert_eq!(t.dying_in(4), 1);
         let r: Vec<_> = t.recent().collect();
         assert_eq!(r[0].latency_us, Some(3_000));
@@ -389,19 +387,18 @@ mod tests {
     #[test]
     fn release_without_rmdir_is_counted_apart() {
         let mut t = Tracker::new();
-        t.on_event(&ev(EventKind::CgroupRelease, 0, 5, 0, 9, "/old"));
+        t.on_event(&ev(EventKind::CgroupRelease, 0, 5, 0, 9, "/old")).unwrap();
         assert_eq!(t.released_unseen.get(&0), Some(&1));
         assert!(t.hist(0).is_none());
         assert_eq!(t.recent().next().unwrap().latency_us, None);
-        t.on_event(&[1, 2, 3]);
-        assert_eq!(t.bad_records, 1);
+        assert!(t.on_event(&[1, 2, 3]).is_err());
     }
 
     #[test]
     fn dying_map_is_bounded() {
         let mut t = Tracker::new();
         for i in 0..(DYING_CAPACITY as u64 + 1) {
-            t.on_event(&ev(EventKind::CgroupRmdir, 1, i, 0, i, "/x"));
+            t.on_event(&ev(EventKind::CgroupRmdir, 1, i, 0, i, "/x")).unwrap();
         }
         assert!(t.dying().len() <= DYING_CAPACITY);
         assert!(t.dying_evicted > 0);

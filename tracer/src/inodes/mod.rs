@@ -22,14 +22,14 @@ use anyhow::{Result, anyhow};
 use aya::maps::{MapData, PerCpuHashMap};
 use serde_json::json;
 use tracer_common::{
-    EventKind, comm_str, decode,
+    EventKind, comm_str,
     inodes::{DEV_CAPACITY, DevCounts, DevTgid, DirKey, ENOSPC_CAPACITY, PathEvent, ProcCounts},
 };
 
 use crate::{
     bpf::{self, Hook, Offset, Spec},
     procinfo,
-    run::{self, Detector, Report, ReportCtx, RunOpts},
+    run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
     snapshot::inodes::{self as snap, FsUsage, Mount},
     tracefs::Tracefs,
     trend::Series,
@@ -159,7 +159,7 @@ pub struct Args {
     #[arg(long = "fs", value_name = "MOUNTPOINT")]
     pub fs: Option<PathBuf>,
     /// Rows per table (processes, directories, failures).
-    #[arg(long, default_value_t = 10, value_name = "N")]
+    #[arg(long, default_value = "10", value_parser = run::parse_top, value_name = "N")]
     pub top: usize,
     /// WARN/CRIT (and the inodes-full-blocks-free flag) need usage over the threshold in
     /// every sample (1/s) of this long; a full filesystem is CRIT at once.
@@ -218,7 +218,7 @@ pub async fn run(args: Args) -> Result<()> {
         tracefs: session.tracefs.clone(),
         caveats,
         target,
-        top: args.top.max(1),
+        top: args.top,
         rules: judge::Rules {
             hold_s: args.level_hold.as_secs_f64(),
             span_s: args.trend_span.as_secs_f64().max(1.0),
@@ -419,16 +419,14 @@ impl Detector for Inodes {
         Ok(())
     }
 
-    fn on_event(&mut self, data: &[u8]) {
-        let Some(ev) = decode::<PathEvent>(data) else {
-            return;
-        };
-        match EventKind::from_u32(ev.header.kind) {
+    fn on_event(&mut self, data: &[u8]) -> Result<(), BadRecord> {
+        let (kind, ev) = run::decode::<PathEvent>(data)?;
+        match kind {
             // Resolve now: a relative path needs the process's cwd, which goes with it.
-            Some(EventKind::InodesNewDir) => self.resolver.try_syscall(ev.dev, ev.ino, &ev.first),
-            Some(EventKind::InodesEnospc) => {
+            EventKind::InodesNewDir => self.resolver.try_syscall(ev.dev, ev.ino, &ev.first),
+            EventKind::InodesEnospc => {
                 if self.enospc_first.len() >= ENOSPC_CAPACITY as usize {
-                    return;
+                    return Ok(());
                 }
                 let path = dirs::absolute(&ev.first)
                     .map(|p| p.display().to_string())
@@ -443,6 +441,7 @@ impl Detector for Inodes {
             }
             _ => {}
         }
+        Ok(())
     }
 
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {

@@ -23,7 +23,7 @@ use aya::maps::{Array, MapData, PerCpuArray};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tracer_common::{
-    EventKind, comm_str, decode,
+    comm_str,
     tcp::{
         BufLimitEvent, COUNT_DROP_BASE, COUNT_RCVQ_FULL, COUNT_REFUSALS, COUNT_RETRANS_NORMAL,
         COUNT_RETRANS_PRESSURE, DROP_REASON_CAPACITY, DROP_SLOTS, EDGE_ENTER, FLAG_BTF,
@@ -35,7 +35,7 @@ use crate::{
     bpf::{self, Hook, Offset, Session, Spec},
     output::{self, Table, human_duration, round3},
     procinfo,
-    run::{self, Detector, Report, ReportCtx, RunOpts},
+    run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
     snapshot::tcpmem::{self, TcpMem},
 };
 use episodes::{Culprits, Episodes, Refusal, Sample};
@@ -316,8 +316,8 @@ const OWNER_CACHE_CAPACITY: usize = 100_000;
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// Rows in the culprit, holder and socket tables.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000), value_name = "N")]
-    pub top: u64,
+    #[arg(long, default_value = "10", value_parser = run::parse_top, value_name = "N")]
+    pub top: usize,
     /// Take refusals from the classic sock:sock_exceed_buf_limit tracepoint only: no
     /// socket cookies, so refusals go to the task that was current (in softirq, a
     /// bystander). Chosen by itself where BTF tracepoints do not load.
@@ -436,7 +436,7 @@ pub async fn run(args: Args) -> Result<()> {
         );
     }
     let mut det = TcpPressure {
-        top: args.top as usize,
+        top: args.top,
         rule: warn::Rule {
             pct: args.warn_at,
             hold: args.warn_after,
@@ -468,7 +468,6 @@ pub async fn run(args: Args) -> Result<()> {
         episode_socks: None,
         last_sock_snapshot_ns: 0,
         refusal_records: 0,
-        bad_records: 0,
     };
     det.sample()?;
     run::drive(
@@ -633,7 +632,6 @@ struct TcpPressure {
     episode_socks: Option<SockSnap>,
     last_sock_snapshot_ns: u64,
     refusal_records: u64,
-    bad_records: u64,
 }
 
 impl TcpPressure {
@@ -917,20 +915,13 @@ impl Detector for TcpPressure {
         Ok(())
     }
 
-    fn on_event(&mut self, data: &[u8]) {
-        if let Some(ev) = decode::<PressureEdgeEvent>(data)
-            .filter(|ev| EventKind::from_u32(ev.header.kind) == Some(EventKind::TcpPressureEdge))
-        {
+    fn on_event(&mut self, data: &[u8]) -> Result<(), BadRecord> {
+        // Pressure edges and refusal records share the ring; the header says which.
+        if let Ok((_, ev)) = run::decode::<PressureEdgeEvent>(data) {
             self.on_edge(&ev);
-            return;
+            return Ok(());
         }
-        // Otherwise the ring carries refusal records; anything else is counted as bad.
-        let Some(ev) = decode::<BufLimitEvent>(data)
-            .filter(|ev| EventKind::from_u32(ev.header.kind) == Some(EventKind::TcpBufLimit))
-        else {
-            self.bad_records += 1;
-            return;
-        };
+        let (_, ev) = run::decode::<BufLimitEvent>(data)?;
         self.refusal_records += 1;
         let r = Refusal {
             pid: ev.header.tgid,
@@ -959,6 +950,7 @@ impl Detector for TcpPressure {
         if edges.opened {
             self.on_open(ev.header.ts_ns);
         }
+        Ok(())
     }
 
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
@@ -1192,12 +1184,6 @@ impl Detector for TcpPressure {
                 self.unresolved,
                 self.unresolved - self.unattributed,
                 self.unattributed
-            ));
-        }
-        if self.bad_records > 0 {
-            caveats.push(format!(
-                "{} records of an unknown kind were ignored",
-                self.bad_records
             ));
         }
 

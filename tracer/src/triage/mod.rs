@@ -308,6 +308,7 @@ pub async fn run(args: Args) -> Result<u8> {
         .unwrap_or(Level::Ok);
     let code = exit_code(worst, args.fail_on);
     let lost = runq.as_ref().ok().map(|r| r.lost()).unwrap_or(0);
+    let read_errors = runq.as_ref().ok().map(|r| r.read_errors()).unwrap_or(0);
     let report = render(&args, all, worst, code, w, runq_summary.as_ref());
     let opts = RunOpts {
         json: args.json,
@@ -318,6 +319,9 @@ pub async fn run(args: Args) -> Result<u8> {
         final_: true,
         elapsed,
         lost_events: lost,
+        // triage reads maps, not records: none can be bad.
+        bad_records: 0,
+        kernel_read_errors: read_errors,
     };
     run::emit(&opts, "triage", report, &ctx)?;
     drop(runq);

@@ -5,7 +5,7 @@ use serde::Serialize;
 use tracer_common::triage::RUNQ_SLOTS;
 
 use crate::{
-    bpf::{self, Hook, LostCounter, Offset, Session, Spec},
+    bpf::{self, CpuSum, Hook, Offset, Session, Spec},
     output,
 };
 
@@ -75,7 +75,8 @@ pub const SPEC: Spec = Spec {
 pub struct Runq {
     hist: PerCpuArray<MapData, u64>,
     max: PerCpuArray<MapData, u64>,
-    lost: LostCounter,
+    lost: CpuSum,
+    read_errors: CpuSum,
     _session: Session,
 }
 
@@ -94,11 +95,13 @@ impl Runq {
             let mut session = bpf::start(&SPEC, &[])?;
             let hist = PerCpuArray::try_from(session.take_map("TRIAGE_RUNQ")?)?;
             let max = PerCpuArray::try_from(session.take_map("TRIAGE_RUNQ_MAX")?)?;
-            let lost = LostCounter::take(&mut session.ebpf)?;
+            let lost = CpuSum::take(&mut session.ebpf, CpuSum::LOST)?;
+            let read_errors = CpuSum::take(&mut session.ebpf, CpuSum::READ_ERRORS)?;
             Ok(Runq {
                 hist,
                 max,
                 lost,
+                read_errors,
                 _session: session,
             })
         };
@@ -127,6 +130,10 @@ impl Runq {
 
     pub fn lost(&self) -> u64 {
         self.lost.get()
+    }
+
+    pub fn read_errors(&self) -> u64 {
+        self.read_errors.get()
     }
 }
 

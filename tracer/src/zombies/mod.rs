@@ -23,7 +23,7 @@ use crate::{
     kbtf::KernelBtf,
     output::{self, Table, human_duration, round3},
     procinfo,
-    run::{self, Detector, Report, ReportCtx, RunOpts},
+    run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
     tracefs::Tracefs,
     trend::{self, Series},
 };
@@ -297,9 +297,10 @@ impl Detector for Zombies {
         "zombies"
     }
 
-    fn on_event(&mut self, data: &[u8]) {
-        self.tracker.on_event(data);
+    fn on_event(&mut self, data: &[u8]) -> Result<(), BadRecord> {
+        self.tracker.on_event(data)?;
         self.tracker.prune_if_large(procinfo::stat_of);
+        Ok(())
     }
 
     /// Fifteen looks per trend window (every 2 s for the default 30 s): each confirms

@@ -5,12 +5,16 @@ use std::{collections::HashMap, time::Duration};
 
 use hdrhistogram::Histogram;
 use tracer_common::{
-    EventHeader, EventKind, comm_str, decode,
+    EventKind, comm_str,
     zombies::{EXITED_CAPACITY, ProcEvent, ReapVia},
 };
 
 use super::judge::StuckRule;
-use crate::{output, procinfo::ProcStat};
+use crate::{
+    output,
+    procinfo::ProcStat,
+    run::{self, BadRecord},
+};
 
 /// A process whose exit we saw and whose reap we have not seen.
 struct Exited {
@@ -119,17 +123,14 @@ impl Tracker {
         }
     }
 
-    pub fn on_event(&mut self, data: &[u8]) {
-        let Some(h) = decode::<EventHeader>(data) else {
-            return;
-        };
-        let Some(ev) = decode::<ProcEvent>(data) else {
-            return;
-        };
-        match EventKind::from_u32(h.kind) {
-            Some(EventKind::ProcessExit) => {
+    /// One ring-buffer record; an undecodable one is handed back for counting.
+    pub fn on_event(&mut self, data: &[u8]) -> Result<(), BadRecord> {
+        let (kind, ev) = run::decode::<ProcEvent>(data)?;
+        let h = ev.header;
+        match kind {
+            EventKind::ProcessExit => {
                 if ev.ppid != 0 && !self.wanted(ev.ppid) {
-                    return;
+                    return Ok(());
                 }
                 // A zombie cannot exit again: a seeded entry with this pid is gone and
                 // the pid belongs to a new process now.
@@ -144,7 +145,7 @@ impl Tracker {
                     },
                 );
             }
-            Some(EventKind::ProcessReap) => {
+            EventKind::ProcessReap => {
                 let known = self.pending.remove(&ev.pid);
                 let parent = if ev.via == ReapVia::Wait4 as u32 && ev.reaper != 0 {
                     ev.reaper
@@ -154,7 +155,7 @@ impl Tracker {
                     known.as_ref().map(|e| e.ppid).unwrap_or(0)
                 };
                 if parent != 0 && !self.wanted(parent) || parent == 0 && self.target.is_some() {
-                    return;
+                    return Ok(());
                 }
                 let r = self.reaped.entry(parent).or_default();
                 if ev.exit_ns > 0 && h.ts_ns >= ev.exit_ns {
@@ -167,6 +168,7 @@ impl Tracker {
             }
             _ => {}
         }
+        Ok(())
     }
 
     /// Keeps memory bounded when reports are rare and reap records get lost: drop the
@@ -319,7 +321,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::{COMM_LEN, as_bytes};
+    use tracer_common::{COMM_LEN, EventHeader, as_bytes};
 
     const HZ: u64 = 100;
     const AUTO: StuckRule = StuckRule::Auto;
@@ -375,8 +377,8 @@ mod tests {
     #[test]
     fn reaped_child_is_not_a_zombie_and_its_latency_is_recorded() {
         let mut t = Tracker::new(None, HZ, 0);
-        t.on_event(&exit(100, 10, 5 * S));
-        t.on_event(&reap(100, 10, 5 * S, 5 * S + 2_000_000, ReapVia::Wait4));
+        t.on_event(&exit(100, 10, 5 * S)).unwrap();
+        t.on_event(&reap(100, 10, 5 * S, 5 * S + 2_000_000, ReapVia::Wait4)).unwrap();
         let snap = t.snapshot(6 * S, Duration::ZERO, AUTO, |_| None);
         assert!(snap.zombies.is_empty());
         assert_eq!(t.reap_hist().len(), 1);
@@ -387,7 +389,7 @@ mod tests {
     #[test]
     fn unreaped_child_is_a_zombie_with_exact_age() {
         let mut t = Tracker::new(None, HZ, 0);
-        t.on_event(&exit(100, 10, 5 * S));
+        t.on_event(&exit(100, 10, 5 * S)).unwrap();
         let snap = t.snapshot(11 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 10, 4)));
         assert_eq!(
             snap.zombies,
@@ -426,7 +428,7 @@ mod tests {
         let mut t = Tracker::new(None, HZ, 0);
         // pid 100 exits at 5 s; its reap record was lost. Later the pid belongs to a
         // process that started at 7 s and is itself a zombie now.
-        t.on_event(&exit(100, 10, 5 * S));
+        t.on_event(&exit(100, 10, 5 * S)).unwrap();
         let reused = |pid| Some(zombie(pid, 20, 7));
         let snap = t.snapshot(9 * S, Duration::ZERO, AUTO, reused);
         assert!(
@@ -450,7 +452,7 @@ mod tests {
         );
         // And the same pid + start time stays one process across looks.
         let mut t = Tracker::new(None, HZ, 0);
-        t.on_event(&exit(300, 10, 5 * S));
+        t.on_event(&exit(300, 10, 5 * S)).unwrap();
         for now in [6, 7, 8] {
             assert_eq!(
                 t.snapshot(now * S, Duration::ZERO, AUTO, |pid| Some(zombie(
@@ -486,9 +488,9 @@ mod tests {
     #[test]
     fn target_filters_other_parents() {
         let mut t = Tracker::new(Some(10), HZ, 0);
-        t.on_event(&exit(100, 10, 5 * S));
-        t.on_event(&exit(101, 11, 5 * S));
-        t.on_event(&reap(102, 11, 5 * S, 6 * S, ReapVia::Wait4));
+        t.on_event(&exit(100, 10, 5 * S)).unwrap();
+        t.on_event(&exit(101, 11, 5 * S)).unwrap();
+        t.on_event(&reap(102, 11, 5 * S, 6 * S, ReapVia::Wait4)).unwrap();
         let snap = t.snapshot(8 * S, Duration::ZERO, AUTO, |pid| {
             Some(zombie(pid, if pid == 100 { 10 } else { 11 }, 4))
         });
@@ -504,7 +506,7 @@ mod tests {
         let mut t = Tracker::new(None, HZ, 0);
         let n = EXITED_CAPACITY + 10;
         for pid in 1..=n {
-            t.on_event(&exit(pid, 10, S));
+            t.on_event(&exit(pid, 10, S)).unwrap();
         }
         let calls = std::cell::Cell::new(0u32);
         // Every candidate is still a zombie: nothing can be dropped.
@@ -514,7 +516,7 @@ mod tests {
         };
         t.prune_if_large(lookup);
         assert_eq!(calls.get(), n, "one scan when the threshold is crossed");
-        t.on_event(&exit(n + 1, 10, S));
+        t.on_event(&exit(n + 1, 10, S)).unwrap();
         t.prune_if_large(lookup);
         assert_eq!(calls.get(), n, "no rescan on the next event");
     }
@@ -522,7 +524,7 @@ mod tests {
     #[test]
     fn vanished_candidates_are_dropped() {
         let mut t = Tracker::new(None, HZ, 0);
-        t.on_event(&exit(100, 10, 5 * S));
+        t.on_event(&exit(100, 10, 5 * S)).unwrap();
         assert!(
             t.snapshot(6 * S, Duration::ZERO, AUTO, |_| None)
                 .zombies
@@ -539,12 +541,12 @@ mod tests {
     fn young_zombies_are_in_flight_and_a_batch_reaper_is_judged_by_its_pace() {
         let mut t = Tracker::new(None, HZ, 0);
         // Parent 10 once took 3.5 s to reap: its threshold is 7 s.
-        t.on_event(&exit(90, 10, S));
-        t.on_event(&reap(90, 10, S, S + 7 * S / 2, ReapVia::Free));
-        t.on_event(&exit(100, 10, 5 * S));
+        t.on_event(&exit(90, 10, S)).unwrap();
+        t.on_event(&reap(90, 10, S, S + 7 * S / 2, ReapVia::Free)).unwrap();
+        t.on_event(&exit(100, 10, 5 * S)).unwrap();
         // Parent 20 never reaped: its threshold is the 5 s floor.
-        t.on_event(&exit(200, 20, 5 * S));
-        t.on_event(&exit(201, 20, 10 * S));
+        t.on_event(&exit(200, 20, 5 * S)).unwrap();
+        t.on_event(&exit(201, 20, 10 * S)).unwrap();
         let lookup = |pid| Some(zombie(pid, if pid < 200 { 10 } else { 20 }, 4));
         let snap = t.snapshot(11 * S, Duration::ZERO, AUTO, lookup);
         assert_eq!(snap.zombies.len(), 3);
