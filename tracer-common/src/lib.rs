@@ -215,7 +215,10 @@ mod tests {
             Some((EventKind::ProcessReap, ev))
         );
         let n = core::mem::size_of::<zombies::ProcEvent>();
-        assert_eq!(decode_record::<zombies::ProcEvent>(&as_bytes(&ev)[..n - 1]), None);
+        assert_eq!(
+            decode_record::<zombies::ProcEvent>(&as_bytes(&ev)[..n - 1]),
+            None
+        );
         ev.header.kind = EventKind::CgroupMkdir as u32;
         assert_eq!(decode_record::<zombies::ProcEvent>(as_bytes(&ev)), None);
         ev.header.kind = 999;

@@ -114,8 +114,9 @@ fn group_dead(ctx: &TracePointContext) -> Option<bool> {
     // SAFETY: bpf_probe_read_kernel checks both addresses; a bad one is an error.
     unsafe {
         let task = bpf_get_current_task() as *const u8;
-        let signal: u64 =
-            counted(bpf_probe_read_kernel(task.add(ZOMBIES_TASK_SIGNAL.load() as usize).cast()))?;
+        let signal: u64 = counted(bpf_probe_read_kernel(
+            task.add(ZOMBIES_TASK_SIGNAL.load() as usize).cast(),
+        ))?;
         let live: i32 = counted(bpf_probe_read_kernel(
             (signal as *const u8)
                 .add(ZOMBIES_SIGNAL_LIVE.load() as usize)

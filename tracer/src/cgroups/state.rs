@@ -365,17 +365,22 @@ mod tests {
     #[test]
     fn mkdir_rmdir_release_tracks_dying_and_latency() {
         let mut t = Tracker::new();
-        t.on_event(&ev(EventKind::CgroupMkdir, 10, 1_000, 4, 7, "/p/a")).unwrap();
-        t.on_event(&ev(EventKind::CgroupMkdir, 10, 1_000, 4, 8, "/p/b")).unwrap();
-        t.on_event(&ev(EventKind::CgroupRmdir, 11, 2_000_000, 4, 7, "/p/a")).unwrap();
-        t.on_event(&ev(EventKind::CgroupRmdir, 11, 3_000_000, 4, 8, "/p/b")).unwrap();
+        t.on_event(&ev(EventKind::CgroupMkdir, 10, 1_000, 4, 7, "/p/a"))
+            .unwrap();
+        t.on_event(&ev(EventKind::CgroupMkdir, 10, 1_000, 4, 8, "/p/b"))
+            .unwrap();
+        t.on_event(&ev(EventKind::CgroupRmdir, 11, 2_000_000, 4, 7, "/p/a"))
+            .unwrap();
+        t.on_event(&ev(EventKind::CgroupRmdir, 11, 3_000_000, 4, 8, "/p/b"))
+            .unwrap();
         let d = t.dying();
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].path, "/p/a");
         assert_eq!(d[0].creator.as_ref().unwrap().pid, 10);
         assert_eq!(d[0].remover.pid, 11);
         assert_eq!(t.dying_by_parent()[0].1, 2);
-        t.on_event(&ev(EventKind::CgroupRelease, 0, 5_000_000, 4, 7, "/p/a")).unwrap();
+        t.on_event(&ev(EventKind::CgroupRelease, 0, 5_000_000, 4, 7, "/p/a"))
+            .unwrap();
         assert_eq!(t.dying_in(4), 1);
         let r: Vec<_> = t.recent().collect();
         assert_eq!(r[0].latency_us, Some(3_000));
@@ -387,7 +392,8 @@ mod tests {
     #[test]
     fn release_without_rmdir_is_counted_apart() {
         let mut t = Tracker::new();
-        t.on_event(&ev(EventKind::CgroupRelease, 0, 5, 0, 9, "/old")).unwrap();
+        t.on_event(&ev(EventKind::CgroupRelease, 0, 5, 0, 9, "/old"))
+            .unwrap();
         assert_eq!(t.released_unseen.get(&0), Some(&1));
         assert!(t.hist(0).is_none());
         assert_eq!(t.recent().next().unwrap().latency_us, None);
@@ -398,7 +404,8 @@ mod tests {
     fn dying_map_is_bounded() {
         let mut t = Tracker::new();
         for i in 0..(DYING_CAPACITY as u64 + 1) {
-            t.on_event(&ev(EventKind::CgroupRmdir, 1, i, 0, i, "/x")).unwrap();
+            t.on_event(&ev(EventKind::CgroupRmdir, 1, i, 0, i, "/x"))
+                .unwrap();
         }
         assert!(t.dying().len() <= DYING_CAPACITY);
         assert!(t.dying_evicted > 0);

@@ -4,12 +4,17 @@
 //! Owners come from socket inodes in /proc/PID/fd.
 use std::{
     collections::{HashMap, HashSet},
-    mem::size_of,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    net::SocketAddr,
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    self as diag, SockDiagMessage,
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
+};
 use serde::Serialize;
 
 /// One TCP socket and the memory it holds.
@@ -125,197 +130,127 @@ fn state_name(s: u8) -> &'static str {
     }
 }
 
-// Netlink sock_diag (linux/inet_diag.h, linux/sock_diag.h).
-const NETLINK_SOCK_DIAG: i32 = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const INET_DIAG_SKMEMINFO: u16 = 7;
-const NLMSG_HDR: usize = 16;
-/// struct inet_diag_msg: family, state, timer, retrans, sockid (48), expires, rqueue,
-/// wqueue, uid, inode.
-const DIAG_MSG: usize = 72;
+// Netlink sock_diag, spoken through the rust-netlink crates: netlink-sys for the
+// socket, netlink-packet-sock-diag for inet_diag requests, responses and SKMEMINFO.
 
-/// struct nlmsghdr + struct inet_diag_req_v2.
-#[repr(C)]
-struct Request {
-    len: u32,
-    kind: u16,
-    flags: u16,
-    seq: u32,
-    pid: u32,
-    family: u8,
-    protocol: u8,
-    ext: u8,
-    pad: u8,
-    states: u32,
-    /// struct inet_diag_sockid (all zero: every socket).
-    id: [u8; 48],
-}
-
+/// A dump of every TCP socket of both families.
 fn sock_diag() -> Result<Vec<Sock>> {
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_SOCK_DIAG)
+        .map_err(|e| anyhow!("netlink socket: {e}"))?;
+    socket
+        .connect(&netlink_sys::SocketAddr::new(0, 0))
+        .map_err(|e| anyhow!("netlink connect: {e}"))?;
     let mut out = Vec::new();
-    for family in [libc::AF_INET, libc::AF_INET6] {
-        dump(family as u8, &mut out)?;
+    for (seq, family) in [
+        (1, diag::constants::AF_INET),
+        (2, diag::constants::AF_INET6),
+    ] {
+        dump(&mut socket, seq, family, &mut out)?;
     }
     Ok(out)
 }
 
-fn dump(family: u8, out: &mut Vec<Sock>) -> Result<()> {
-    // SAFETY: plain socket(2) call; the fd is owned below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
+/// The request for every TCP socket of `family`, with SKMEMINFO.
+fn request(seq: u32, family: u8) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let socket_id = if family == diag::constants::AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
     };
-    if raw < 0 {
-        bail!("netlink socket: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh fd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let req = Request {
-        len: size_of::<Request>() as u32,
-        kind: SOCK_DIAG_BY_FAMILY,
-        flags: NLM_F_REQUEST | NLM_F_DUMP,
-        seq: 1,
-        pid: 0,
-        family,
-        protocol: libc::IPPROTO_TCP as u8,
-        ext: 1 << (INET_DIAG_SKMEMINFO - 1),
-        pad: 0,
-        states: !0,
-        id: [0; 48],
-    };
-    // SAFETY: req is a plain repr(C) struct that lives for the call.
-    let n = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            (&req as *const Request).cast(),
-            size_of::<Request>(),
-            0,
-        )
-    };
-    if n < 0 {
-        bail!("netlink send: {}", std::io::Error::last_os_error());
-    }
+    let mut msg = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: diag::constants::IPPROTO_TCP,
+            extensions: ExtensionFlags::SKMEMINFO,
+            states: StateFlags::from_bits_retain(u32::MAX),
+            socket_id,
+        })
+        .into(),
+    );
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    buf
+}
+
+fn dump(socket: &mut netlink_sys::Socket, seq: u32, family: u8, out: &mut Vec<Sock>) -> Result<()> {
+    socket
+        .send(&request(seq, family), 0)
+        .map_err(|e| anyhow!("netlink send: {e}"))?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: buf is valid for its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            bail!("netlink recv: {}", std::io::Error::last_os_error());
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        if parse_messages(&buf[..n as usize], family, out)? {
+        let n = socket
+            .recv(&mut &mut buf[..], 0)
+            .map_err(|e| anyhow!("netlink recv: {e}"))?;
+        if n == 0 || parse_messages(&buf[..n], out)? {
             return Ok(());
         }
     }
-}
-
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_ne_bytes([b[off], b[off + 1]])
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
 /// Parses one datagram of netlink messages; true when the dump is done.
-fn parse_messages(mut b: &[u8], family: u8, out: &mut Vec<Sock>) -> Result<bool> {
-    while b.len() >= NLMSG_HDR {
-        let len = u32_at(b, 0) as usize;
-        let kind = u16_at(b, 4);
-        if len < NLMSG_HDR || len > b.len() {
-            bail!("malformed netlink message (length {len})");
-        }
-        match kind {
-            NLMSG_DONE => return Ok(true),
-            NLMSG_ERROR => {
-                let errno = if len >= NLMSG_HDR + 4 {
-                    -(u32_at(b, NLMSG_HDR) as i32)
-                } else {
-                    0
-                };
+fn parse_messages(mut b: &[u8], out: &mut Vec<Sock>) -> Result<bool> {
+    while !b.is_empty() {
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(b)
+            .map_err(|e| anyhow!("malformed sock_diag message: {e}"))?;
+        let len = msg.header.length as usize;
+        match msg.payload {
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(e) => {
+                let errno = e.code.map(|c| -c.get()).unwrap_or(0);
                 bail!("sock_diag: {}", std::io::Error::from_raw_os_error(errno));
             }
-            _ => {
-                if let Some(s) = parse_diag(&b[NLMSG_HDR..len], family) {
-                    out.push(s);
-                }
-            }
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => out.push(sock(&r)),
+            _ => {}
+        }
+        if len == 0 {
+            break;
         }
         b = &b[len.next_multiple_of(4).min(b.len())..];
     }
     Ok(false)
 }
 
-fn addr(b: &[u8], family: u8) -> IpAddr {
-    if family == libc::AF_INET as u8 {
-        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-    } else {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&b[..16]);
-        IpAddr::V6(Ipv6Addr::from(a))
-    }
-}
-
-/// One struct inet_diag_msg and its attributes.
-fn parse_diag(m: &[u8], family: u8) -> Option<Sock> {
-    if m.len() < DIAG_MSG {
-        return None;
-    }
-    let state = m[1];
-    let id = &m[4..52];
-    let sport = u16::from_be_bytes([id[0], id[1]]);
-    let dport = u16::from_be_bytes([id[2], id[3]]);
-    let local = SocketAddr::new(addr(&id[4..20], family), sport);
-    let peer = SocketAddr::new(addr(&id[20..36], family), dport);
-    let rqueue = u32_at(m, 56);
-    let wqueue = u32_at(m, 60);
-    let cookie = u64::from(u32_at(id, 40)) | u64::from(u32_at(id, 44)) << 32;
-    let inode = u32_at(m, 68);
-    let mut sock = Sock {
-        local,
-        peer,
-        state: state_name(state),
-        inode: u64::from(inode),
-        cookie,
-        rmem: u64::from(rqueue),
+/// One inet_diag response: addresses, state, queues, and the SKMEMINFO figures when the
+/// kernel sent them.
+fn sock(r: &InetResponse) -> Sock {
+    let h = &r.header;
+    let id = &h.socket_id;
+    // idiag_cookie is two u32 halves in host order, low half first.
+    let half = |i: usize| {
+        u64::from(u32::from_ne_bytes(
+            id.cookie[i..i + 4].try_into().unwrap_or_default(),
+        ))
+    };
+    let mut s = Sock {
+        local: SocketAddr::new(id.source_address, id.source_port),
+        peer: SocketAddr::new(id.destination_address, id.destination_port),
+        state: state_name(h.state),
+        inode: u64::from(h.inode),
+        cookie: half(0) | half(4) << 32,
+        rmem: u64::from(h.recv_queue),
         rcvbuf: None,
-        wmem: u64::from(wqueue),
+        wmem: u64::from(h.send_queue),
         sndbuf: None,
         fwd_alloc: 0,
         drops: None,
         pid: None,
     };
-    // rtattrs: u16 len, u16 type, payload, aligned to 4.
-    let mut a = &m[DIAG_MSG..];
-    while a.len() >= 4 {
-        let alen = u16_at(a, 0) as usize;
-        let atype = u16_at(a, 2);
-        if alen < 4 || alen > a.len() {
-            break;
+    for nla in &r.nlas {
+        if let Nla::MemInfo(m) = nla {
+            s.rmem = u64::from(m.receive_queue);
+            s.rcvbuf = Some(u64::from(m.receive_queue_max));
+            s.sndbuf = Some(u64::from(m.send_queue_max));
+            s.fwd_alloc = u64::from(m.cache);
+            s.wmem = u64::from(m.send_queue);
+            s.drops = Some(u64::from(m.drops));
         }
-        if atype == INET_DIAG_SKMEMINFO && alen >= 4 + 9 * 4 {
-            // SK_MEMINFO_RMEM_ALLOC, RCVBUF, WMEM_ALLOC, SNDBUF, FWD_ALLOC,
-            // WMEM_QUEUED, OPTMEM, BACKLOG, DROPS.
-            let v = |i: usize| u64::from(u32_at(a, 4 + i * 4));
-            sock.rmem = v(0);
-            sock.rcvbuf = Some(v(1));
-            sock.sndbuf = Some(v(3));
-            sock.fwd_alloc = v(4);
-            sock.wmem = v(5);
-            sock.drops = Some(v(8));
-        }
-        a = &a[alen.next_multiple_of(4).min(a.len())..];
     }
-    Some(sock)
+    s
 }
 
 fn proc_net_tcp() -> Vec<Sock> {
@@ -364,26 +299,57 @@ mod tests {
     }
 
     #[test]
-    fn parses_an_inet_diag_message_with_skmeminfo() {
-        // struct inet_diag_msg for 127.0.0.1:8080 -> 127.0.0.1:40000, ESTABLISHED,
-        // cookie 0x0000_0002_0000_0001, inode 777, then INET_DIAG_SKMEMINFO.
-        let mut m = vec![0u8; DIAG_MSG];
-        m[0] = libc::AF_INET as u8;
-        m[1] = 1;
-        m[4..6].copy_from_slice(&8080u16.to_be_bytes());
-        m[6..8].copy_from_slice(&40000u16.to_be_bytes());
-        m[8..12].copy_from_slice(&[127, 0, 0, 1]);
-        m[24..28].copy_from_slice(&[127, 0, 0, 1]);
-        m[44..48].copy_from_slice(&1u32.to_ne_bytes());
-        m[48..52].copy_from_slice(&2u32.to_ne_bytes());
-        m[68..72].copy_from_slice(&777u32.to_ne_bytes());
-        let mem: [u32; 9] = [5000, 131072, 0, 16384, 1200, 3000, 0, 0, 4];
-        m.extend_from_slice(&(4u16 + 36).to_ne_bytes());
-        m.extend_from_slice(&INET_DIAG_SKMEMINFO.to_ne_bytes());
-        for v in mem {
-            m.extend_from_slice(&v.to_ne_bytes());
-        }
-        let s = parse_diag(&m, libc::AF_INET as u8).expect("parsed");
+    fn a_response_with_skmeminfo_becomes_a_sock() {
+        // What the kernel answers for 127.0.0.1:8080 -> 127.0.0.1:40000, ESTABLISHED,
+        // cookie 0x0000_0002_0000_0001, inode 777, with INET_DIAG_SKMEMINFO, serialized
+        // and parsed back as one datagram.
+        use netlink_packet_sock_diag::inet::{InetResponseHeader, nlas::MemInfo};
+        let mut cookie = [0u8; 8];
+        cookie[..4].copy_from_slice(&1u32.to_ne_bytes());
+        cookie[4..].copy_from_slice(&2u32.to_ne_bytes());
+        let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
+        let response = InetResponse {
+            header: InetResponseHeader {
+                family: diag::constants::AF_INET,
+                state: 1,
+                timer: None,
+                socket_id: SocketId {
+                    source_port: 8080,
+                    destination_port: 40000,
+                    source_address: localhost,
+                    destination_address: localhost,
+                    interface_id: 0,
+                    cookie,
+                },
+                recv_queue: 0,
+                send_queue: 0,
+                uid: 0,
+                inode: 777,
+            },
+            nlas: [Nla::MemInfo(MemInfo {
+                receive_queue: 5000,
+                receive_queue_max: 131072,
+                bottom_send_queues: 0,
+                send_queue_max: 16384,
+                cache: 1200,
+                send_queue: 3000,
+                options: 0,
+                backlog_queue_length: 0,
+                drops: 4,
+            })]
+            .into_iter()
+            .collect(),
+        };
+        let mut msg = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            SockDiagMessage::InetResponse(Box::new(response)).into(),
+        );
+        msg.finalize();
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        let mut out = Vec::new();
+        assert!(!parse_messages(&buf, &mut out).unwrap());
+        let s = &out[0];
         assert_eq!(s.local.to_string(), "127.0.0.1:8080");
         assert_eq!(s.peer.to_string(), "127.0.0.1:40000");
         assert_eq!(s.state, "ESTAB");
@@ -400,15 +366,14 @@ mod tests {
     #[test]
     fn rejects_truncated_messages() {
         let mut out = Vec::new();
-        assert!(parse_messages(&[20, 0, 0, 0, 0, 0], 2, &mut out).is_ok());
         assert!(
             parse_messages(
                 &[200, 0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                2,
                 &mut out
             )
             .is_err()
         );
-        assert!(parse_diag(&[0u8; 10], 2).is_none());
+        assert!(parse_messages(&[20, 0, 0, 0, 0, 0], &mut out).is_err());
+        assert!(out.is_empty());
     }
 }

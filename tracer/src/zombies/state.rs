@@ -378,7 +378,8 @@ mod tests {
     fn reaped_child_is_not_a_zombie_and_its_latency_is_recorded() {
         let mut t = Tracker::new(None, HZ, 0);
         t.on_event(&exit(100, 10, 5 * S)).unwrap();
-        t.on_event(&reap(100, 10, 5 * S, 5 * S + 2_000_000, ReapVia::Wait4)).unwrap();
+        t.on_event(&reap(100, 10, 5 * S, 5 * S + 2_000_000, ReapVia::Wait4))
+            .unwrap();
         let snap = t.snapshot(6 * S, Duration::ZERO, AUTO, |_| None);
         assert!(snap.zombies.is_empty());
         assert_eq!(t.reap_hist().len(), 1);
@@ -490,7 +491,8 @@ mod tests {
         let mut t = Tracker::new(Some(10), HZ, 0);
         t.on_event(&exit(100, 10, 5 * S)).unwrap();
         t.on_event(&exit(101, 11, 5 * S)).unwrap();
-        t.on_event(&reap(102, 11, 5 * S, 6 * S, ReapVia::Wait4)).unwrap();
+        t.on_event(&reap(102, 11, 5 * S, 6 * S, ReapVia::Wait4))
+            .unwrap();
         let snap = t.snapshot(8 * S, Duration::ZERO, AUTO, |pid| {
             Some(zombie(pid, if pid == 100 { 10 } else { 11 }, 4))
         });
@@ -542,7 +544,8 @@ mod tests {
         let mut t = Tracker::new(None, HZ, 0);
         // Parent 10 once took 3.5 s to reap: its threshold is 7 s.
         t.on_event(&exit(90, 10, S)).unwrap();
-        t.on_event(&reap(90, 10, S, S + 7 * S / 2, ReapVia::Free)).unwrap();
+        t.on_event(&reap(90, 10, S, S + 7 * S / 2, ReapVia::Free))
+            .unwrap();
         t.on_event(&exit(100, 10, 5 * S)).unwrap();
         // Parent 20 never reaped: its threshold is the 5 s floor.
         t.on_event(&exit(200, 20, 5 * S)).unwrap();
