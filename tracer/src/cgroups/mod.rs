@@ -41,6 +41,7 @@ use state::Tracker;
 
 pub const SPEC: Spec = Spec {
     detector: "cgroups",
+    prefix: "cgroups",
     hooks: &[
         Hook {
             program: "cgroups_mkdir",

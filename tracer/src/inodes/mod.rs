@@ -87,6 +87,7 @@ macro_rules! syscall_hooks {
 
 pub const SPEC: Spec = Spec {
     detector: "inodes",
+    prefix: "inodes",
     hooks: syscall_hooks!(
         "openat",
         "open",

@@ -43,6 +43,7 @@ use sockets::{Sock, Source};
 
 pub const SPEC: Spec = Spec {
     detector: "tcp-pressure",
+    prefix: "tcp",
     hooks: &[
         Hook {
             program: "tcp_buf_limit",

@@ -11,6 +11,7 @@ use crate::{
 
 pub const SPEC: Spec = Spec {
     detector: "triage",
+    prefix: "triage",
     hooks: &[
         Hook {
             program: "triage_wakeup",

@@ -35,6 +35,7 @@ pub const STUCK_FLOOR_S: f64 = judge::STUCK_FLOOR.as_secs_f64();
 
 pub const SPEC: Spec = Spec {
     detector: "zombies",
+    prefix: "zombies",
     hooks: &[
         Hook {
             program: "zombies_fork",
