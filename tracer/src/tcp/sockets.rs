@@ -17,6 +17,8 @@ use netlink_packet_sock_diag::{
 };
 use serde::Serialize;
 
+use crate::procinfo;
+
 /// One TCP socket and the memory it holds.
 #[derive(Clone, Debug, Serialize)]
 pub struct Sock {
@@ -272,6 +274,87 @@ fn proc_net_tcp() -> Vec<Sock> {
             pid: None,
         })
         .collect()
+}
+
+/// One look at the TCP sockets (during an episode, or now): the largest holders
+/// and per-process totals, bounded whatever the number of sockets.
+pub struct SockSnap {
+    pub t_ns: u64,
+    pub source: Source,
+    /// Memory charged to all sockets, bytes.
+    pub total: u64,
+    /// The KEEP_SOCKETS sockets holding the most.
+    pub socks: Vec<Sock>,
+    /// Per owner: (pid, sockets, receive queue, send queue, charged), most first.
+    pub holders: Vec<(u32, usize, u64, u64, u64)>,
+    /// comm and cgroup of each owner, read when the snapshot was taken (an owner
+    /// may be gone by the time the report is printed).
+    pub owners: HashMap<u32, (String, String)>,
+}
+
+/// Sockets kept per snapshot (the report shows at most --top of them).
+const KEEP_SOCKETS: usize = 1000;
+
+impl SockSnap {
+    /// Takes a snapshot; also returns (owner pid, receive and send queue bytes) of
+    /// the sockets whose cookie is in `cookies` and that a process holds.
+    pub fn take(t_ns: u64, cookies: &HashSet<u64>) -> (SockSnap, HashMap<u64, (u32, u64, u64)>) {
+        let (mut socks, source) = snapshot(cookies);
+        let found: HashMap<u64, (u32, u64, u64)> = socks
+            .iter()
+            .filter(|s| cookies.contains(&s.cookie))
+            .filter_map(|s| Some((s.cookie, (s.pid?, s.rmem, s.wmem))))
+            .collect();
+        let total = socks.iter().map(Sock::total).sum();
+        let mut per_pid: HashMap<u32, (usize, u64, u64, u64)> = HashMap::new();
+        for s in &socks {
+            if let Some(pid) = s.pid {
+                let h = per_pid.entry(pid).or_default();
+                h.0 += 1;
+                h.1 += s.rmem;
+                h.2 += s.wmem;
+                h.3 += s.total();
+            }
+        }
+        let mut holders: Vec<_> = per_pid
+            .into_iter()
+            .filter(|(_, h)| h.3 > 0)
+            .map(|(p, (n, r, w, t))| (p, n, r, w, t))
+            .collect();
+        holders.sort_by(|a, b| b.4.cmp(&a.4).then(a.0.cmp(&b.0)));
+        holders.truncate(KEEP_SOCKETS);
+        // sockets::snapshot sorted them, largest first.
+        socks.retain(|s| s.total() > 0);
+        socks.truncate(KEEP_SOCKETS);
+        let owners = socks
+            .iter()
+            .filter_map(|s| s.pid)
+            .chain(holders.iter().map(|h| h.0))
+            .chain(found.values().map(|v| v.0))
+            .collect::<HashSet<u32>>()
+            .into_iter()
+            .map(|p| {
+                let comm = procinfo::comm_of(p).unwrap_or_else(|| "?".into());
+                (p, (comm, procinfo::cgroup_of(p)))
+            })
+            .collect();
+        let snap = SockSnap {
+            t_ns,
+            source,
+            total,
+            socks,
+            holders,
+            owners,
+        };
+        (snap, found)
+    }
+
+    pub fn owner(&self, pid: u32) -> (String, String) {
+        self.owners
+            .get(&pid)
+            .cloned()
+            .unwrap_or_else(|| ("?".into(), "-".into()))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,458 @@
+//! The tcp-pressure report: episodes, the early warning, culprits and holders, send
+//! latency in and out of pressure, drops, and the advice, in text and JSON.
+use super::*;
+
+impl TcpPressure {
+    /// The report [`Detector::report`] hands out.
+    pub(super) fn build_report(&mut self, ctx: &ReportCtx) -> Result<Report> {
+        self.resolve(true);
+        let snap = &self.latest;
+        let tm: TcpMem = snap.tcp_mem;
+        let ps = snap.page_size;
+        let pages = snap.mem_pages;
+        let peak = self.episodes.peak_pages.max(pages);
+        let pct = snap.pressure_pct();
+        let open = self.episodes.open().is_some();
+        let near = self.near.state(&self.rule);
+        let warning = warn::warning(open, pages, tm.pressure, &near);
+
+        // Episodes.
+        let mut ep_json = Vec::new();
+        let mut ep_table = Table::new(&[
+            "#",
+            "START",
+            "DURATION",
+            "PEAK PAGES",
+            "PEAK",
+            "REFUSALS",
+            "KERNEL MS",
+            "STARTED BY",
+        ]);
+        let mut dur_hist = output::new_histogram();
+        for (i, e) in self.episodes.list.iter().enumerate() {
+            let d = e.duration_ms();
+            if let Some(d) = d {
+                output::record(&mut dur_hist, d);
+            }
+            ep_table.row(vec![
+                (i + 1).to_string(),
+                format!("+{:.1}s", self.rel_s(e.start_ns)),
+                d.map(|d| human_duration(d as f64 / 1e3))
+                    .unwrap_or_else(|| "open".into()),
+                e.peak_pages.to_string(),
+                human_bytes(e.peak_pages * ps),
+                e.refusals.to_string(),
+                e.kernel_ms
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                match &e.entered_by {
+                    // Whose socket crossed the limit (fentry), else the task that ran.
+                    Some(w) => match (w.socket_owner_pid, &w.socket_owner_comm) {
+                        (Some(p), Some(c)) => {
+                            format!("{} (socket of {p} {c})", e.started_by.as_str())
+                        }
+                        _ => format!("{} (task {} {})", e.started_by.as_str(), w.pid, w.comm),
+                    },
+                    None => e.started_by.as_str().into(),
+                },
+            ]);
+            ep_json.push(json!({
+                "start_s": round3(self.rel_s(e.start_ns)),
+                "duration_ms": d,
+                "peak_pages": e.peak_pages,
+                "refusals": e.refusals,
+                "started_by": e.started_by.as_str(),
+                "tcp_mem": e.tcp_mem,
+                "kernel_ms": e.kernel_ms,
+                "kernel_entries": e.kernel_entries,
+                "end_exact": e.end_exact,
+                "entered_by": e.entered_by,
+            }));
+        }
+
+        // Culprits by refused allocations.
+        let ranked = self.culprits.ranked();
+        let mut cul_json = Vec::new();
+        let mut cul_table = Table::new(&[
+            "PID",
+            "COMM",
+            "REFUSALS",
+            "SEND",
+            "RECV",
+            "KIND",
+            "SOCKETS",
+            "MAX RECV Q",
+            "MAX SEND Q",
+            "CGROUP",
+        ]);
+        for (pid, c) in ranked.iter().take(self.top) {
+            cul_table.row(vec![
+                pid.to_string(),
+                c.comm.clone(),
+                c.refusals().to_string(),
+                c.send.to_string(),
+                c.recv.to_string(),
+                c.kind().into(),
+                c.sockets.len().to_string(),
+                human_bytes(c.max_rmem),
+                human_bytes(c.max_wmem),
+                c.cgroup.clone(),
+            ]);
+            cul_json.push(json!({
+                "pid": pid, "comm": c.comm, "cgroup": c.cgroup, "refusals": c.refusals(),
+                "send": c.send, "recv": c.recv, "kind": c.kind(), "sockets": c.sockets.len(),
+                "by_current_task": c.by_context,
+                "max_rmem_bytes": c.max_rmem, "max_wmem_bytes": c.max_wmem,
+            }));
+        }
+
+        // Sockets: at the episode start where they held most, else now.
+        let now_snap;
+        let (sock_snap, when) = match &self.episode_socks {
+            Some(s) => (s, "episode"),
+            None => {
+                now_snap = SockSnap::take(procinfo::monotonic_ns(), &HashSet::new()).0;
+                (&now_snap, "now")
+            }
+        };
+        let all_bytes = sock_snap.total;
+        let mut hold_json = Vec::new();
+        let mut hold_table = Table::new(&[
+            "PID", "COMM", "SOCKETS", "RECV Q", "SEND Q", "HELD", "CGROUP",
+        ]);
+        for (pid, n, r, w, t) in sock_snap.holders.iter().take(self.top) {
+            let (comm, cgroup) = sock_snap.owner(*pid);
+            hold_table.row(vec![
+                pid.to_string(),
+                comm.clone(),
+                n.to_string(),
+                human_bytes(*r),
+                human_bytes(*w),
+                human_bytes(*t),
+                cgroup.clone(),
+            ]);
+            hold_json.push(
+                json!({"pid": pid, "comm": comm, "cgroup": cgroup, "sockets": n,
+                                  "rmem_bytes": r, "wmem_bytes": w, "held_bytes": t}),
+            );
+        }
+        let top_socks: Vec<&Sock> = sock_snap.socks.iter().take(self.top).collect();
+        let mut sock_table = Table::new(&[
+            "LOCAL", "PEER", "STATE", "RECV Q", "RCVBUF", "SEND Q", "SNDBUF", "HELD", "PID", "COMM",
+        ]);
+        let mut sock_json = Vec::new();
+        for s in &top_socks {
+            let comm = s.pid.map(|p| sock_snap.owner(p).0);
+            let opt = |v: Option<u64>| v.map(human_bytes).unwrap_or_else(|| "-".into());
+            sock_table.row(vec![
+                s.local.to_string(),
+                s.peer.to_string(),
+                s.state.into(),
+                human_bytes(s.rmem),
+                opt(s.rcvbuf),
+                human_bytes(s.wmem),
+                opt(s.sndbuf),
+                human_bytes(s.total()),
+                s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                comm.clone().unwrap_or_else(|| "-".into()),
+            ]);
+            let mut v = serde_json::to_value(s)?;
+            v["comm"] = json!(comm);
+            v["held_bytes"] = json!(s.total());
+            sock_json.push(v);
+        }
+        let top_bytes: u64 = top_socks.iter().map(|s| s.total()).sum();
+        let top_recv: u64 = top_socks.iter().map(|s| s.rmem).sum();
+        let top_share = (all_bytes > 0 && !top_socks.is_empty()).then(|| {
+            (
+                top_bytes as f64 / all_bytes as f64,
+                top_socks.len(),
+                top_recv * 2 >= top_bytes,
+            )
+        });
+
+        // Effects.
+        let mut drops = serde_json::Map::new();
+        let mut drop_text = Vec::new();
+        for (i, name) in self.drop_names.iter().enumerate() {
+            let n = self.count(COUNT_DROP_BASE + i as u32);
+            drops.insert((*name).into(), n.into());
+            if n > 0 {
+                drop_text.push(format!("{name} {n}"));
+            }
+        }
+        let retrans_p = self.count(COUNT_RETRANS_PRESSURE);
+        let retrans_n = self.count(COUNT_RETRANS_NORMAL);
+        let rcvq_full = self.count(COUNT_RCVQ_FULL);
+        let refusals = self.count(COUNT_REFUSALS);
+        let mut ext = serde_json::Map::new();
+        let mut ext_text = Vec::new();
+        for name in tcpmem::PRESSURE_COUNTERS {
+            let (Some(a), Some(b)) = (self.first.counters.get(*name), snap.counters.get(*name))
+            else {
+                continue;
+            };
+            let d = b.saturating_sub(*a);
+            ext.insert((*name).into(), d.into());
+            ext_text.push(format!("{name} +{d}"));
+        }
+        let lat = self.latency();
+
+        // Advice is about the limits in force when it hurt most.
+        let adv_mem = self.episodes.worst().and_then(|e| e.tcp_mem).unwrap_or(tm);
+        let mut adv = advice::compute(&advice::Inputs {
+            tcp_mem: adv_mem,
+            page_size: ps,
+            peak_pages: peak,
+            episodes: self.episodes.list.len(),
+            sustained_near: near.sustained,
+            near_rule: self.rule.describe(),
+            mem_total_bytes: mem_total_bytes(),
+            top_share,
+            rmem: read_triple("/proc/sys/net/ipv4/tcp_rmem"),
+            wmem: read_triple("/proc/sys/net/ipv4/tcp_wmem"),
+        });
+
+        if adv_mem != tm {
+            adv.notes.insert(
+                1,
+                format!(
+                    "tcp_mem was {} {} {} during the worst episode and is {} {} {} now; the advice is about the former",
+                    adv_mem.low, adv_mem.pressure, adv_mem.high, tm.low, tm.pressure, tm.high
+                ),
+            );
+        }
+        let mut caveats = self.caveats.clone();
+        if ctx.lost_events > 0 {
+            caveats.push(format!(
+                "{} refusal records were lost (ring buffer full): culprit counts are low; the kernel counted {refusals} refusals in all",
+                ctx.lost_events
+            ));
+        }
+        if self.unresolved > 0 {
+            caveats.push(format!(
+                "{} refusals hit sockets that no process held when looked up (closed or orphaned): {} counted for the task that was current, {} for nobody (a kernel thread was current: softirq work, not a culprit)",
+                self.unresolved,
+                self.unresolved - self.unattributed,
+                self.unattributed
+            ));
+        }
+
+        let json = json!({
+            "tcp_mem": tm,
+            "page_size": ps,
+            "mem_pages": {"current": pages, "peak": peak, "pct_of_pressure": round3(pct)},
+            "mem_bytes": {"current": pages * ps, "peak": peak * ps},
+            "pressure_now": open,
+            "warning": warning,
+            "early_warning": near,
+            "episodes": ep_json,
+            "episode_duration_ms": output::Summary::of(&dur_hist),
+            "refusals": refusals,
+            "culprits": cul_json,
+            "holders": hold_json,
+            "top_sockets": {
+                "when": when,
+                "at_s": round3(self.rel_s(sock_snap.t_ns)),
+                "source": sock_snap.source,
+                "total_bytes": all_bytes,
+                "sockets": sock_json,
+            },
+            "drops": self.drops_counted.then_some(drops),
+            "rcvqueue_full": rcvq_full,
+            "retransmits": {"pressure": retrans_p, "normal": retrans_n},
+            "tcpext": ext,
+            "send_latency_us": match self.send_path {
+                Some(via) => json!({
+                    "measured": true,
+                    "via": via,
+                    "pressure": latency_json(&lat[1], self.send_max(1)),
+                    "normal": latency_json(&lat[0], self.send_max(0)),
+                }),
+                None => json!({
+                    "measured": false,
+                    "why": caveats.iter().find(|c| c.starts_with("send latency")),
+                }),
+            },
+            "advice": adv,
+            "path": self.path,
+            "paths": self.paths,
+            "caveats": caveats,
+        });
+
+        // Text.
+        let mut t = String::new();
+        t += &format!(
+            "TCP memory now: {pages} pages ({}) = {pct:.0}% of pressure; peak {peak} pages ({})\n",
+            human_bytes(pages * ps),
+            human_bytes(peak * ps)
+        );
+        t += &format!(
+            "tcp_mem: low {} ({}), pressure {} ({}), high {} ({}) pages\n",
+            tm.low,
+            human_bytes(tm.low * ps),
+            tm.pressure,
+            human_bytes(tm.pressure * ps),
+            tm.high,
+            human_bytes(tm.high * ps)
+        );
+        match &warning {
+            Some(w) => t += &format!("WARNING: {w}\n"),
+            None => t += &format!("{}\n", warn::no_warning_line(&near, &self.rule)),
+        }
+        t += &format!("path: {}\n", self.path);
+        for c in &caveats {
+            t += &format!("note: {c}\n");
+        }
+        t += "\nEPISODES (TCP memory pressure)\n";
+        if ep_table.is_empty() {
+            t += "  none: TCP memory stayed out of pressure\n";
+        } else {
+            t += &ep_table.render();
+            if !dur_hist.is_empty() {
+                t += "episode durations\n";
+                t += &output::log2_histogram(&dur_hist, "msecs");
+            }
+        }
+        t += &format!("\nCULPRITS (refused TCP allocations: {refusals} in all)\n");
+        if cul_table.is_empty() {
+            t += "  none: no TCP allocation was refused\n";
+        } else {
+            t += &cul_table.render();
+        }
+        let at = if when == "now" {
+            "now".to_string()
+        } else {
+            format!(
+                "at +{:.1}s, the fullest look during an episode",
+                self.rel_s(sock_snap.t_ns)
+            )
+        };
+        t += &format!(
+            "\nHOLDERS (socket memory {at}: {} in all; {})\n",
+            human_bytes(all_bytes),
+            sock_snap.source.as_str()
+        );
+        if hold_table.is_empty() {
+            t += "  none\n";
+        } else {
+            t += &hold_table.render();
+            t += "\nTOP SOCKETS\n";
+            t += &sock_table.render();
+        }
+        t += "\nEFFECTS\n";
+        t += &format!(
+            "  memory-related drops: {}\n",
+            if !self.drops_counted {
+                "not counted (see the note above)".into()
+            } else if drop_text.is_empty() {
+                "none".into()
+            } else {
+                drop_text.join(", ")
+            }
+        );
+        t += &format!(
+            "  retransmits: {retrans_p} during pressure, {retrans_n} outside; receive queue full: {rcvq_full}\n"
+        );
+        t += &format!("  TcpExt since start: {}\n", ext_text.join(", "));
+        match self.send_path {
+            Some(via) => {
+                t += &format!("\nSEND LATENCY during pressure ({via}, TCP only)\n");
+                t += &latency_text(&lat[1]);
+                t += "\nSEND LATENCY outside pressure\n";
+                t += &latency_text(&lat[0]);
+            }
+            None => {
+                t += "\nSEND LATENCY during pressure: NOT MEASURED (no hook can time sends on this kernel; see the note above)\n";
+            }
+        }
+        t += "\nADVICE (computed from the measured numbers above; printed, never applied)\n";
+        for n in &adv.notes {
+            t += &format!("  {n}\n");
+        }
+        for l in &adv.sysctl {
+            t += &format!("  {l}\n");
+        }
+        if !adv.sysctl.is_empty() {
+            t += "  to persist, put the same settings (`net.ipv4.tcp_mem = ...`) in /etc/sysctl.d/90-tcp-memory.conf and run `sysctl --system`\n";
+        }
+        Ok(Report { json, text: t })
+    }
+}
+
+fn latency_json(h: &Histogram<u64>, exact_max: u64) -> Value {
+    // Quantiles at the bottom of hdrhistogram's equivalence range (its own rounding
+    // is far finer than the kernel's 1/16 buckets), never above the exact maximum.
+    let q = |q: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            let v = h.lowest_equivalent(h.value_at_quantile(q)).min(exact_max);
+            round3(v as f64 / 1e3)
+        }
+    };
+    json!({
+        "count": h.len(),
+        "p50": q(0.50),
+        "p90": q(0.90),
+        "p99": q(0.99),
+        "max": round3(exact_max as f64 / 1e3),
+    })
+}
+
+fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b < 1024.0 {
+        format!("{b:.0} B")
+    } else if b < 1024.0 * 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else if b < 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / 1048576.0)
+    } else {
+        format!("{:.2} GiB", b / 1073741824.0)
+    }
+}
+
+fn read_triple(path: &str) -> Option<[u64; 3]> {
+    tcpmem::triple(&std::fs::read_to_string(path).ok()?)
+}
+
+fn mem_total_bytes() -> Option<u64> {
+    use procfs::Current as _;
+    procfs::Meminfo::current().ok().map(|m| m.mem_total)
+}
+
+/// bcc-style histogram in usecs of a ns histogram.
+fn latency_text(ns: &Histogram<u64>) -> String {
+    let mut us = output::new_histogram();
+    for v in ns.iter_recorded() {
+        let _ = us.record_n(
+            (v.value_iterated_to() / 1000).clamp(us.low(), us.high()),
+            v.count_at_value(),
+        );
+    }
+    output::log2_histogram(&us, "usecs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_json_is_in_usecs_and_max_is_exact() {
+        let mut h = output::new_histogram();
+        h.record_n(10_000, 99).unwrap();
+        h.record(250_000_000).unwrap();
+        let j = latency_json(&h, 250_000_123);
+        assert_eq!(j["count"], 100);
+        assert_eq!(j["p50"], 10.0);
+        assert_eq!(j["max"], 250_000.123);
+    }
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(4096), "4.0 KiB");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+}
