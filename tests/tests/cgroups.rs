@@ -14,8 +14,7 @@ use std::{
 use serde_json::Value;
 use tracer_tests::{
     CgroupLayout, MemoryHierarchy, SubtreeControl, Tmpfs, Tracer, assert_none_loaded,
-    matrix_kernel, require_root, run_tracer, run_tracer_unprivileged,
-    run_tracer_without_tracepoints, serial, wait_reports,
+    matrix_kernel, require_root, run_tracer, serial, wait_reports,
 };
 
 /// A cgroup directory the test made; removed (children first) on drop.
@@ -748,16 +747,7 @@ fn bad_input_gets_one_clear_sentence_and_nonzero_exit() {
     assert!(out.stderr.contains("not a duration"), "{}", out.stderr);
     assert!(!out.stderr.contains("panicked"));
 
-    let out = run_tracer_unprivileged(&["cgroups", "-d", "1s"]);
-    out.assert_one_sentence(1, &["`tracer cgroups` needs root", "CAP_BPF"]);
-
-    // A tracefs without the cgroup tracepoints, as on a kernel that lacks them.
-    let out = run_tracer_without_tracepoints(&["cgroups", "-d", "1s"]);
-    out.assert_one_sentence(
-        1,
-        &["tracepoint cgroup:cgroup_mkdir is missing", "tracer doctor"],
-    );
-    assert_none_loaded("cgroups_");
+    // Privileges and a kernel without the cgroup tracepoints: tests/contract.rs.
 }
 
 /// A healthy busy host: scopes created, used and removed the way systemd and container

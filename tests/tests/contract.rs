@@ -1,0 +1,178 @@
+//! What every tracing detector must do, whatever it traces, written once and run over
+//! each of them: a `--duration` run ends by itself with interval reports, one final
+//! report last and nothing left loaded; bad input is one sentence and a non-zero exit;
+//! a kernel without a required hook gets the hook named (or, where the detector has a
+//! fallback, a run on it). The incident tests live in the per-detector files.
+use tracer_tests::{
+    Finished, assert_none_loaded, require_root, run_tracer, run_tracer_unprivileged,
+    run_tracer_without_tracepoints, serial,
+};
+
+struct Detector {
+    command: &'static str,
+    /// Its programs' names start with this (tracer-ebpf: `<detector>_<hook>`).
+    programs: &'static str,
+    /// Interval reports plus the final one that a 1 s run with `-i 300ms` prints at
+    /// least (a TCG guest fits fewer 300 ms ticks into the second for some).
+    min_reports: usize,
+    /// Sections the text report always has.
+    sections: &'static [&'static str],
+    /// Takes `--top N`.
+    top: bool,
+    /// Without any tracepoint: the sentence naming the missing required hook, or None
+    /// for a detector that runs on its fallback.
+    missing: Option<&'static str>,
+}
+
+const DETECTORS: &[Detector] = &[
+    Detector {
+        command: "zombies",
+        programs: "zombies_",
+        min_reports: 3,
+        sections: &["NON-REAPING PARENTS"],
+        top: false,
+        missing: Some("tracepoint sched:sched_process_fork is missing"),
+    },
+    Detector {
+        command: "tcp-pressure",
+        programs: "tcp_",
+        min_reports: 2,
+        sections: &[
+            "EPISODES",
+            "CULPRITS",
+            "SEND LATENCY during pressure",
+            "ADVICE",
+        ],
+        top: true,
+        missing: Some("tracepoint sock:sock_exceed_buf_limit is missing"),
+    },
+    Detector {
+        command: "cgroups",
+        programs: "cgroups_",
+        min_reports: 2,
+        sections: &["EMPTY LEFTOVERS"],
+        top: true,
+        missing: Some("tracepoint cgroup:cgroup_mkdir is missing"),
+    },
+    Detector {
+        command: "inodes",
+        programs: "inodes_",
+        min_reports: 2,
+        sections: &[],
+        top: true,
+        // statvfs alone: usage and ETA without per-process attribution.
+        missing: None,
+    },
+];
+
+fn run(d: &Detector, args: &[&str]) -> Finished {
+    let mut all = vec![d.command];
+    all.extend_from_slice(args);
+    run_tracer(&all)
+}
+
+#[test]
+fn every_detector_ends_its_duration_with_one_final_report_and_detaches() {
+    require_root();
+    let _s = serial();
+    for d in DETECTORS {
+        let out = run(d, &["-d", "1s", "-i", "300ms", "--json"]);
+        assert!(out.status.success(), "{}: {}", d.command, out.stderr);
+        let reports = out.reports();
+        assert!(
+            reports.len() >= d.min_reports,
+            "{}: interval reports and the final one: {}",
+            d.command,
+            out.stdout
+        );
+        let (last, interval) = reports.split_last().unwrap();
+        assert_eq!(last["final"], true, "{}", d.command);
+        assert_eq!(last["command"], d.command);
+        assert!(
+            interval.iter().all(|r| r["final"] == false),
+            "{}",
+            out.stdout
+        );
+        let done = last["elapsed_s"].as_f64().unwrap();
+        assert!(
+            done >= 1.0,
+            "{}: final report before the duration: {done}",
+            d.command
+        );
+        assert!(
+            interval
+                .iter()
+                .all(|r| r["elapsed_s"].as_f64().unwrap() < done),
+            "{}",
+            out.stdout
+        );
+        // What every report counts besides its findings.
+        for key in ["lost_events", "bad_records", "kernel_read_errors"] {
+            assert_eq!(last[key], 0, "{}: {key}: {last}", d.command);
+        }
+        assert_none_loaded(d.programs);
+
+        let out = run(d, &["-d", "500ms"]);
+        assert!(out.status.success(), "{}: {}", d.command, out.stderr);
+        assert!(
+            out.stdout
+                .contains(&format!("=== tracer {}: final report", d.command)),
+            "{}",
+            out.stdout
+        );
+        for section in d.sections.iter().chain(&["lost events: 0"]) {
+            assert!(
+                out.stdout.contains(section),
+                "{}: {section} missing:\n{}",
+                d.command,
+                out.stdout
+            );
+        }
+        assert_none_loaded(d.programs);
+    }
+}
+
+#[test]
+fn every_detector_answers_bad_input_in_one_sentence() {
+    require_root();
+    let _s = serial();
+    for d in DETECTORS {
+        let out = run(d, &["-d", "ten"]);
+        assert_eq!(out.status.code(), Some(2), "{}: {}", d.command, out.stderr);
+        assert!(out.stderr.contains("not a duration"), "{}", out.stderr);
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+
+        let out = run(d, &["--no-such-flag"]);
+        assert_eq!(out.status.code(), Some(2), "{}: {}", d.command, out.stderr);
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+
+        if d.top {
+            for bad in ["0", "many"] {
+                let out = run(d, &["--top", bad]);
+                assert_eq!(out.status.code(), Some(2), "{}: {}", d.command, out.stderr);
+                assert!(out.stderr.contains("row count"), "{}", out.stderr);
+            }
+        }
+
+        let out = run_tracer_unprivileged(&[d.command, "-d", "1s"]);
+        out.assert_one_sentence(
+            1,
+            &[&format!("`tracer {}` needs root", d.command), "CAP_BPF"],
+        );
+    }
+}
+
+#[test]
+fn every_detector_names_a_missing_required_hook_or_runs_on_its_fallback() {
+    require_root();
+    let _s = serial();
+    for d in DETECTORS {
+        // An empty tracefs, as on a kernel that lacks every tracepoint.
+        let out = run_tracer_without_tracepoints(&[d.command, "-d", "1s"]);
+        match d.missing {
+            Some(sentence) => out.assert_one_sentence(1, &[sentence, "tracer doctor"]),
+            None => assert!(out.status.success(), "{}: {}", d.command, out.stderr),
+        }
+        assert_none_loaded(d.programs);
+    }
+}
