@@ -6,7 +6,9 @@ use crate::{
     triage, zombies,
 };
 
-pub struct Detector {
+/// One registered detector: what it asks of the kernel and how it copes without it
+/// (the run-time side is [`crate::run::Detector`]).
+pub struct Entry {
     pub spec: &'static Spec,
     /// Hooks with alternatives (fast path first, fallbacks after): doctor probes
     /// them in order and names the path each would take.
@@ -20,29 +22,29 @@ pub struct Detector {
     pub probe_path: Option<fn(&Tracefs) -> anyhow::Result<&'static str>>,
 }
 
-pub const ALL: &[Detector] = &[
-    Detector {
+pub const ALL: &[Entry] = &[
+    Entry {
         spec: &zombies::SPEC,
         choices: &[],
         fallback: "release time from sched_process_free, /proc for parents",
         path: "tracepoints",
         probe_path: Some(|t| zombies::ExitPath::probe(t).map(zombies::ExitPath::describe)),
     },
-    Detector {
+    Entry {
         spec: &tcp::SPEC,
         choices: tcp::CHOICES,
         fallback: "episodes and TcpExt counters from /proc sampling still work",
         path: "tracepoints + /proc sampling",
         probe_path: None,
     },
-    Detector {
+    Entry {
         spec: &cgroups::SPEC,
         choices: &[],
         fallback: "no per-mover task counts",
         path: "tracepoints",
         probe_path: None,
     },
-    Detector {
+    Entry {
         spec: &inodes::SPEC,
         choices: &[],
         fallback: "without ext4 hooks (ext4 module not loaded): usage, ETA from statvfs and \
@@ -51,7 +53,7 @@ pub const ALL: &[Detector] = &[
         path: "tracepoints",
         probe_path: None,
     },
-    Detector {
+    Entry {
         spec: &triage::SPEC,
         choices: &[],
         fallback: "the /proc and /sys checks run without it; run-queue latency is marked skipped",

@@ -17,7 +17,7 @@ pub struct Inputs {
     pub near_rule: String,
     pub mem_total_bytes: Option<u64>,
     /// Share of TCP memory (0..1) the top sockets held, and whether receive queues
-    /// (rather than send queues) made up most of it, at the socket snapshot.
+    /// (rather than send queues) made up most of it, at the look at the sockets.
     pub top_share: Option<(f64, usize, bool)>,
     /// net.ipv4.tcp_rmem and tcp_wmem (min, default, max bytes).
     pub rmem: Option<[u64; 3]>,

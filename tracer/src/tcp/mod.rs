@@ -41,15 +41,15 @@ use crate::{
     snapshot::tcpmem::{self, TcpMem},
 };
 use episodes::{Culprits, Episodes, Refusal, Sample};
-use sockets::{Sock, SockSnap};
+use sockets::{Sock, SocketLook};
 
 pub use spec::{CHOICES, SPEC};
 use spec::{EDGES, MEMORY_DROP_REASONS, SEND, SOCKETS};
 
 /// How often /proc is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-/// At most one socket snapshot per this long (episodes can flap).
-const SOCKET_SNAPSHOT_GAP_NS: u64 = 1_000_000_000;
+/// At most one look at the sockets per this long (episodes can flap).
+const SOCKET_LOOK_GAP_NS: u64 = 1_000_000_000;
 /// Owners of refused sockets are looked up at most this often (one sock_diag dump
 /// and /proc fd scan for all refusals since the last).
 const RESOLVE_EVERY_NS: u64 = 200_000_000;
@@ -222,7 +222,7 @@ pub async fn run(args: Args) -> Result<()> {
         unresolved: 0,
         unattributed: 0,
         episode_socks: None,
-        last_sock_snapshot_ns: 0,
+        last_socket_look_ns: 0,
         refusal_records: 0,
     };
     det.sample()?;
@@ -304,8 +304,8 @@ struct TcpPressure {
     unresolved: u64,
     /// Of those, refused while a kernel thread was current: counted for nobody.
     unattributed: u64,
-    episode_socks: Option<SockSnap>,
-    last_sock_snapshot_ns: u64,
+    episode_socks: Option<SocketLook>,
+    last_socket_look_ns: u64,
     refusal_records: u64,
 }
 
@@ -326,22 +326,22 @@ impl TcpPressure {
     /// Opening edge: flag on, and the sockets holding memory right now.
     fn on_open(&mut self, t_ns: u64) {
         self.set_flag(true);
-        if self.last_sock_snapshot_ns != 0
-            && t_ns.saturating_sub(self.last_sock_snapshot_ns) < SOCKET_SNAPSHOT_GAP_NS
+        if self.last_socket_look_ns != 0
+            && t_ns.saturating_sub(self.last_socket_look_ns) < SOCKET_LOOK_GAP_NS
         {
             return;
         }
-        self.last_sock_snapshot_ns = t_ns.max(1);
-        let (snap, _) = SockSnap::take(t_ns, &HashSet::new());
+        self.last_socket_look_ns = t_ns.max(1);
+        let (snap, _) = SocketLook::take(t_ns, &HashSet::new());
         self.keep_if_larger(snap);
     }
 
-    /// Keeps the socket snapshot of an episode where the sockets held the most.
+    /// Keeps the look at the sockets during an episode where the sockets held the most.
     /// "Larger" is memory held by sockets a process owns, then memory in all: a look
     /// taken while the culprit exits (its sockets closing, owned by nobody) can hold
     /// more in all and name no holder.
-    fn keep_if_larger(&mut self, snap: SockSnap) {
-        let key = |s: &SockSnap| (s.holders.iter().map(|h| h.4).sum::<u64>(), s.total);
+    fn keep_if_larger(&mut self, snap: SocketLook) {
+        let key = |s: &SocketLook| (s.holders.iter().map(|h| h.4).sum::<u64>(), s.total);
         if self
             .episode_socks
             .as_ref()
@@ -368,7 +368,7 @@ impl TcpPressure {
             && (force || now.saturating_sub(self.last_resolve_ns) >= RESOLVE_EVERY_NS)
         {
             self.last_resolve_ns = now;
-            let (snap, found) = SockSnap::take(now, &unknown);
+            let (snap, found) = SocketLook::take(now, &unknown);
             if self.owner_of.len() > OWNER_CACHE_CAPACITY {
                 self.owner_of.clear();
             }
@@ -444,14 +444,14 @@ impl TcpPressure {
         };
         let edges = if enter && ev.cookie != 0 && self.episodes.open().is_none() {
             let now = procinfo::monotonic_ns();
-            let (snap, found) = SockSnap::take(now, &HashSet::from([ev.cookie]));
+            let (snap, found) = SocketLook::take(now, &HashSet::from([ev.cookie]));
             if let Some(&(pid, _, _)) = found.get(&ev.cookie) {
                 who.socket_owner_pid = Some(pid);
                 who.socket_owner_comm = Some(snap.owner(pid).0);
             }
             let edges = self.episodes.on_edge(ev.header.ts_ns, true, who);
             if edges.opened {
-                self.last_sock_snapshot_ns = now.max(1);
+                self.last_socket_look_ns = now.max(1);
                 self.keep_if_larger(snap);
             }
             edges

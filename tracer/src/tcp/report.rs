@@ -111,7 +111,7 @@ impl TcpPressure {
         let (sock_snap, when) = match &self.episode_socks {
             Some(s) => (s, "episode"),
             None => {
-                now_snap = SockSnap::take(procinfo::monotonic_ns(), &HashSet::new()).0;
+                now_snap = SocketLook::take(procinfo::monotonic_ns(), &HashSet::new()).0;
                 (&now_snap, "now")
             }
         };

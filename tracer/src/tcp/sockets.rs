@@ -68,7 +68,7 @@ impl Source {
 
 /// Every TCP socket, largest holders first, with the owners of those holding memory
 /// and of those whose cookie is in `cookies`.
-pub fn snapshot(cookies: &HashSet<u64>) -> (Vec<Sock>, Source) {
+pub fn list(cookies: &HashSet<u64>) -> (Vec<Sock>, Source) {
     let (mut socks, source) = match sock_diag() {
         Ok(s) => (s, Source::SockDiag),
         Err(e) => {
@@ -278,7 +278,7 @@ fn proc_net_tcp() -> Vec<Sock> {
 
 /// One look at the TCP sockets (during an episode, or now): the largest holders
 /// and per-process totals, bounded whatever the number of sockets.
-pub struct SockSnap {
+pub struct SocketLook {
     pub t_ns: u64,
     pub source: Source,
     /// Memory charged to all sockets, bytes.
@@ -287,19 +287,19 @@ pub struct SockSnap {
     pub socks: Vec<Sock>,
     /// Per owner: (pid, sockets, receive queue, send queue, charged), most first.
     pub holders: Vec<(u32, usize, u64, u64, u64)>,
-    /// comm and cgroup of each owner, read when the snapshot was taken (an owner
+    /// comm and cgroup of each owner, read when the look was taken (an owner
     /// may be gone by the time the report is printed).
     pub owners: HashMap<u32, (String, String)>,
 }
 
-/// Sockets kept per snapshot (the report shows at most --top of them).
+/// Sockets kept per look (the report shows at most --top of them).
 const KEEP_SOCKETS: usize = 1000;
 
-impl SockSnap {
-    /// Takes a snapshot; also returns (owner pid, receive and send queue bytes) of
+impl SocketLook {
+    /// Takes a look; also returns (owner pid, receive and send queue bytes) of
     /// the sockets whose cookie is in `cookies` and that a process holds.
-    pub fn take(t_ns: u64, cookies: &HashSet<u64>) -> (SockSnap, HashMap<u64, (u32, u64, u64)>) {
-        let (mut socks, source) = snapshot(cookies);
+    pub fn take(t_ns: u64, cookies: &HashSet<u64>) -> (SocketLook, HashMap<u64, (u32, u64, u64)>) {
+        let (mut socks, source) = list(cookies);
         let found: HashMap<u64, (u32, u64, u64)> = socks
             .iter()
             .filter(|s| cookies.contains(&s.cookie))
@@ -323,7 +323,7 @@ impl SockSnap {
             .collect();
         holders.sort_by(|a, b| b.4.cmp(&a.4).then(a.0.cmp(&b.0)));
         holders.truncate(KEEP_SOCKETS);
-        // sockets::snapshot sorted them, largest first.
+        // list() sorted them, largest first.
         socks.retain(|s| s.total() > 0);
         socks.truncate(KEEP_SOCKETS);
         let owners = socks
@@ -338,7 +338,7 @@ impl SockSnap {
                 (p, (comm, procinfo::cgroup_of(p)))
             })
             .collect();
-        let snap = SockSnap {
+        let snap = SocketLook {
             t_ns,
             source,
             total,
@@ -369,7 +369,7 @@ mod tests {
         let (_srv, _) = l.accept().unwrap();
         std::io::Write::write_all(&mut c, &[7u8; 10_000]).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let (socks, _) = snapshot(&HashSet::new());
+        let (socks, _) = list(&HashSet::new());
         let me = std::process::id();
         let srv = socks
             .iter()

@@ -28,7 +28,7 @@ use crate::{
     trend::{self, Series},
 };
 use judge::StuckRule;
-use state::{Snapshot, Tracker};
+use state::{Census, Tracker};
 
 /// The age below which no zombie is a finding (see judge::STUCK_FLOOR); triage uses it.
 pub const STUCK_FLOOR_S: f64 = judge::STUCK_FLOOR.as_secs_f64();
@@ -311,7 +311,7 @@ impl Detector for Zombies {
     }
 
     fn sample(&mut self) -> Result<()> {
-        let snap = self.tracker.snapshot(
+        let snap = self.tracker.census(
             procinfo::monotonic_ns(),
             Duration::ZERO,
             self.rule,
@@ -328,9 +328,9 @@ impl Detector for Zombies {
 
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
         let now = procinfo::monotonic_ns();
-        let snap: Snapshot =
+        let snap: Census =
             self.tracker
-                .snapshot(now, self.args.min_age, self.rule, procinfo::stat_of);
+                .census(now, self.args.min_age, self.rule, procinfo::stat_of);
         let elapsed = ctx.elapsed.as_secs_f64().max(1e-3);
         let forks = self.count(COUNT_FORKS);
         let exits = self.count(COUNT_EXITS);

@@ -57,7 +57,7 @@ pub struct ParentRow {
     pub stuck_after_s: f64,
 }
 
-pub struct Snapshot {
+pub struct Census {
     /// Every zombie, stuck or in flight, oldest first.
     pub zombies: Vec<ZombieRow>,
     /// Parents with stuck zombies, most first.
@@ -183,13 +183,13 @@ impl Tracker {
 
     /// Current zombies, confirmed in /proc: state Z and the same process (pid + start
     /// time) as the one we saw exit or seeded; each judged stuck or in flight by `rule`.
-    pub fn snapshot(
+    pub fn census(
         &mut self,
         now_ns: u64,
         min_age: Duration,
         rule: StuckRule,
         lookup: impl Fn(u32) -> Option<ProcStat>,
-    ) -> Snapshot {
+    ) -> Census {
         let mut rows = Vec::new();
         let (hz, offset) = (self.hz, self.boot_offset_ns);
         self.pending.retain(|&pid, e| {
@@ -277,7 +277,7 @@ impl Tracker {
                 .cmp(&a.zombies)
                 .then(b.oldest_age_s.total_cmp(&a.oldest_age_s))
         });
-        Snapshot {
+        Census {
             zombies: rows,
             parents,
             stuck,
@@ -380,7 +380,7 @@ mod tests {
         t.on_event(&exit(100, 10, 5 * S)).unwrap();
         t.on_event(&reap(100, 10, 5 * S, 5 * S + 2_000_000, ReapVia::Wait4))
             .unwrap();
-        let snap = t.snapshot(6 * S, Duration::ZERO, AUTO, |_| None);
+        let snap = t.census(6 * S, Duration::ZERO, AUTO, |_| None);
         assert!(snap.zombies.is_empty());
         assert_eq!(t.reap_hist().len(), 1);
         assert_eq!(t.reap_hist().max(), t.reap_hist().highest_equivalent(2_000));
@@ -391,7 +391,7 @@ mod tests {
     fn unreaped_child_is_a_zombie_with_exact_age() {
         let mut t = Tracker::new(None, HZ, 0);
         t.on_event(&exit(100, 10, 5 * S)).unwrap();
-        let snap = t.snapshot(11 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 10, 4)));
+        let snap = t.census(11 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 10, 4)));
         assert_eq!(
             snap.zombies,
             vec![ZombieRow {
@@ -416,7 +416,7 @@ mod tests {
         );
         // --min-age hides younger ones.
         assert!(
-            t.snapshot(11 * S, Duration::from_secs(7), AUTO, |pid| Some(zombie(
+            t.census(11 * S, Duration::from_secs(7), AUTO, |pid| Some(zombie(
                 pid, 10, 4
             )))
             .zombies
@@ -431,7 +431,7 @@ mod tests {
         // process that started at 7 s and is itself a zombie now.
         t.on_event(&exit(100, 10, 5 * S)).unwrap();
         let reused = |pid| Some(zombie(pid, 20, 7));
-        let snap = t.snapshot(9 * S, Duration::ZERO, AUTO, reused);
+        let snap = t.census(9 * S, Duration::ZERO, AUTO, reused);
         assert!(
             snap.zombies.is_empty(),
             "the new process must not inherit the old exit"
@@ -441,13 +441,13 @@ mod tests {
         let mut t = Tracker::new(None, HZ, 0);
         t.seed(vec![zombie(200, 30, 1)], 2 * S);
         assert_eq!(
-            t.snapshot(3 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 30, 1)))
+            t.census(3 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 30, 1)))
                 .zombies
                 .len(),
             1
         );
         assert!(
-            t.snapshot(4 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 31, 3)))
+            t.census(4 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 31, 3)))
                 .zombies
                 .is_empty()
         );
@@ -456,7 +456,7 @@ mod tests {
         t.on_event(&exit(300, 10, 5 * S)).unwrap();
         for now in [6, 7, 8] {
             assert_eq!(
-                t.snapshot(now * S, Duration::ZERO, AUTO, |pid| Some(zombie(
+                t.census(now * S, Duration::ZERO, AUTO, |pid| Some(zombie(
                     pid, 10, 4
                 )))
                 .zombies
@@ -480,7 +480,7 @@ mod tests {
             10 * S,
         );
         assert_eq!(t.seeded.len(), 1);
-        let snap = t.snapshot(12 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 1, 1)));
+        let snap = t.census(12 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 1, 1)));
         assert_eq!(snap.zombies.len(), 1);
         assert!(!snap.zombies[0].exact);
         assert_eq!(snap.zombies[0].age_s, 2.0);
@@ -493,7 +493,7 @@ mod tests {
         t.on_event(&exit(101, 11, 5 * S)).unwrap();
         t.on_event(&reap(102, 11, 5 * S, 6 * S, ReapVia::Wait4))
             .unwrap();
-        let snap = t.snapshot(8 * S, Duration::ZERO, AUTO, |pid| {
+        let snap = t.census(8 * S, Duration::ZERO, AUTO, |pid| {
             Some(zombie(pid, if pid == 100 { 10 } else { 11 }, 4))
         });
         assert_eq!(
@@ -528,12 +528,12 @@ mod tests {
         let mut t = Tracker::new(None, HZ, 0);
         t.on_event(&exit(100, 10, 5 * S)).unwrap();
         assert!(
-            t.snapshot(6 * S, Duration::ZERO, AUTO, |_| None)
+            t.census(6 * S, Duration::ZERO, AUTO, |_| None)
                 .zombies
                 .is_empty()
         );
         assert!(
-            t.snapshot(7 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 10, 4)))
+            t.census(7 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 10, 4)))
                 .zombies
                 .is_empty()
         );
@@ -551,7 +551,7 @@ mod tests {
         t.on_event(&exit(200, 20, 5 * S)).unwrap();
         t.on_event(&exit(201, 20, 10 * S)).unwrap();
         let lookup = |pid| Some(zombie(pid, if pid < 200 { 10 } else { 20 }, 4));
-        let snap = t.snapshot(11 * S, Duration::ZERO, AUTO, lookup);
+        let snap = t.census(11 * S, Duration::ZERO, AUTO, lookup);
         assert_eq!(snap.zombies.len(), 3);
         assert_eq!((snap.stuck, snap.in_flight), (1, 2));
         assert_eq!(snap.parents.len(), 1, "only parent 20 has a stuck zombie");
@@ -559,12 +559,12 @@ mod tests {
         assert_eq!((p.pid, p.zombies, p.in_flight), (20, 1, 1));
         assert_eq!(p.stuck_after_s, 5.0);
         // Past parent 10's own pace its zombie is stuck too.
-        let snap = t.snapshot(15 * S + S / 10, Duration::ZERO, AUTO, lookup);
+        let snap = t.census(15 * S + S / 10, Duration::ZERO, AUTO, lookup);
         assert_eq!((snap.stuck, snap.in_flight), (3, 0));
         assert_eq!(snap.parents[1].stuck_after_s, 7.0);
         // A fixed rule judges every parent alike.
         let fixed = StuckRule::Fixed(Duration::from_millis(50));
-        let snap = t.snapshot(11 * S, Duration::ZERO, fixed, lookup);
+        let snap = t.census(11 * S, Duration::ZERO, fixed, lookup);
         assert_eq!((snap.stuck, snap.in_flight), (3, 0));
     }
 }
