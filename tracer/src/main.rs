@@ -14,6 +14,7 @@ mod output;
 mod procinfo;
 mod prom;
 mod run;
+mod sink;
 mod snapshot;
 mod tcp;
 mod tracefs;

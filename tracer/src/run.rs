@@ -1,9 +1,8 @@
 //! Run control shared by every detector: Ctrl-C/SIGTERM, `--duration`, `--interval`,
 //! the ring-buffer reader, accounting of lost events, bad records and kernel read errors,
-//! and report printing (text or JSON).
+//! and handing each report to the run's sinks (src/sink.rs: text, JSON lines, prom file).
 use std::{
     future::pending,
-    io::Write as _,
     time::{Duration, Instant},
 };
 
@@ -18,7 +17,10 @@ use tokio::{
     time::{Interval, MissedTickBehavior, interval_at},
 };
 
-use crate::bpf::CpuSum;
+use crate::{
+    bpf::CpuSum,
+    sink::{self, Emitted, Sink},
+};
 
 /// How often the reader collects records that did not wake it.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(100);
@@ -186,6 +188,7 @@ pub async fn drive(
     if let Some(p) = &opts.prom_file {
         crate::prom::check_dir(p)?;
     }
+    let mut sinks = sink::from_opts(opts);
     let mut ring = Ring::take(ebpf)?;
     let mut counters = Counters {
         lost: CpuSum::take(ebpf, CpuSum::LOST)?,
@@ -222,7 +225,7 @@ pub async fn drive(
             _ = async { match deadline { Some(t) => tokio::time::sleep_until(t).await, None => pending().await } } => break,
             _ = tick(&mut report_every) => {
                 ring.drain(det, &mut counters.bad_records);
-                print_report(opts, det, start, &counters, false)?;
+                print_report(&mut sinks, det, start, &counters, false)?;
             }
             _ = tick(&mut drain_every) => {
                 ring.drain(det, &mut counters.bad_records);
@@ -250,7 +253,7 @@ pub async fn drive(
     }
     // What arrived between the last wakeup and the stop belongs to the final report.
     ring.drain(det, &mut counters.bad_records);
-    print_report(opts, det, start, &counters, true)
+    print_report(&mut sinks, det, start, &counters, true)
 }
 
 /// What every report counts besides the detector's own findings.
@@ -261,7 +264,7 @@ struct Counters {
 }
 
 fn print_report(
-    opts: &RunOpts,
+    sinks: &mut [Box<dyn Sink>],
     det: &mut dyn Detector,
     start: Instant,
     counters: &Counters,
@@ -275,65 +278,20 @@ fn print_report(
         kernel_read_errors: counters.read_errors.get(),
     };
     let report = det.report(&ctx)?;
-    emit(opts, det.command(), report, &ctx)
+    let r = Emitted::new(det.command(), report, &ctx);
+    for s in sinks {
+        s.write(&r)?;
+    }
+    Ok(())
 }
 
-/// Prints a report with the fields every report carries.
+/// Completes `report` and hands it to the sinks `opts` asks for (one-shot callers:
+/// triage).
 pub fn emit(opts: &RunOpts, command: &str, report: Report, ctx: &ReportCtx) -> Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    let mut obj = serde_json::Map::new();
-    obj.insert("command".into(), command.into());
-    obj.insert("final".into(), ctx.final_.into());
-    obj.insert(
-        "elapsed_s".into(),
-        crate::output::round3(ctx.elapsed.as_secs_f64()).into(),
-    );
-    obj.insert("lost_events".into(), ctx.lost_events.into());
-    obj.insert("bad_records".into(), ctx.bad_records.into());
-    obj.insert("kernel_read_errors".into(), ctx.kernel_read_errors.into());
-    if let serde_json::Value::Object(m) = report.json {
-        obj.extend(m);
+    let r = Emitted::new(command, report, ctx);
+    for s in &mut sink::from_opts(opts) {
+        s.write(&r)?;
     }
-    let json = serde_json::Value::Object(obj);
-    if let Some(path) = &opts.prom_file {
-        crate::prom::write(path, command, &json)?;
-    }
-    if opts.json {
-        writeln!(stdout, "{json}")?;
-    } else {
-        let when = if ctx.final_ { "final report" } else { "report" };
-        writeln!(
-            stdout,
-            "=== tracer {command}: {when} after {:.1}s ===",
-            ctx.elapsed.as_secs_f64()
-        )?;
-        write!(stdout, "{}", report.text)?;
-        if ctx.lost_events > 0 {
-            writeln!(
-                stdout,
-                "lost events: {} (the ring buffer was full; the counts above are low by at least this much)",
-                ctx.lost_events
-            )?;
-        } else {
-            writeln!(stdout, "lost events: 0")?;
-        }
-        if ctx.bad_records > 0 {
-            writeln!(
-                stdout,
-                "bad records: {} (too short or of a kind this detector does not know; ignored)",
-                ctx.bad_records
-            )?;
-        }
-        if ctx.kernel_read_errors > 0 {
-            writeln!(
-                stdout,
-                "kernel read errors: {} (the programs could not read a kernel field, so some events are missing or lack a detail; `tracer doctor` checks the hooks)",
-                ctx.kernel_read_errors
-            )?;
-        }
-        writeln!(stdout)?;
-    }
-    stdout.flush()?;
     Ok(())
 }
 
