@@ -76,11 +76,11 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Doctor(a) => doctor::run(a),
-            Command::Inodes(a) => inodes::run(a).await.map(|()| 0),
             Command::Triage(a) => triage::run(a).await.map(i32::from),
-            Command::Zombies(a) => zombies::run(a).await.map(|()| 0),
-            Command::TcpPressure(a) => tcp::run(a).await.map(|()| 0),
-            Command::Cgroups(a) => cgroups::run(a).await.map(|()| 0),
+            Command::Inodes(a) => inodes::start(a)?.run().await.map(|()| 0),
+            Command::Zombies(a) => zombies::start(a)?.run().await.map(|()| 0),
+            Command::TcpPressure(a) => tcp::start(a)?.run().await.map(|()| 0),
+            Command::Cgroups(a) => cgroups::start(a)?.run().await.map(|()| 0),
         }
     });
     match result {

@@ -125,6 +125,31 @@ pub trait Detector {
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report>;
 }
 
+/// A detector whose hooks are attached and whose state is set up, not yet driven:
+/// what each detector's `start` returns. [`Started::run`] drives it until a signal or
+/// its duration ends.
+pub struct Started {
+    /// Declared before the session: dropped first, as its maps go before the programs
+    /// are detached.
+    pub detector: Box<dyn Detector>,
+    pub session: crate::bpf::Session,
+    /// What it traces, for the "Tracing ... for 10s" line.
+    pub what: String,
+    pub opts: RunOpts,
+}
+
+impl Started {
+    pub async fn run(mut self) -> Result<()> {
+        drive(
+            &self.opts,
+            &mut self.session.ebpf,
+            &self.what,
+            self.detector.as_mut(),
+        )
+        .await
+    }
+}
+
 /// The run's ring buffer, readable through tokio.
 pub struct Ring {
     fd: AsyncFd<RingBuf<MapData>>,

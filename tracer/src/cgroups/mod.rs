@@ -165,7 +165,9 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Rows of the JSON lists at most (dying, empty, released).
 const JSON_ROWS: usize = 1_000;
 
-pub async fn run(args: Args) -> Result<()> {
+/// Checks the options, attaches the hooks and sets up the state; nothing is traced
+/// until [`run::Started::run`].
+pub fn start(args: Args) -> Result<run::Started> {
     let all = snap::hierarchies()?;
     let mut hierarchies = all.clone();
     if hierarchies.is_empty() {
@@ -234,8 +236,13 @@ pub async fn run(args: Args) -> Result<()> {
         Some(h) => format!("cgroup mkdir/rmdir/release in hierarchy {h}"),
         None => "cgroup mkdir/rmdir/release in every hierarchy".into(),
     };
-    let run_opts = det.args.run.clone();
-    run::drive(&run_opts, &mut session.ebpf, &what, &mut det).await
+    let opts = det.args.run.clone();
+    Ok(run::Started {
+        detector: Box::new(det),
+        session,
+        what,
+        opts,
+    })
 }
 
 /// The kernel programs read cgroup_rmdir and cgroup_release at cgroup_mkdir's offsets

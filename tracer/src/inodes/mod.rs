@@ -174,7 +174,9 @@ pub struct Args {
     pub run: RunOpts,
 }
 
-pub async fn run(args: Args) -> Result<()> {
+/// Checks the options, attaches the hooks and sets up the state; nothing is traced
+/// until [`run::Started::run`].
+pub fn start(args: Args) -> Result<run::Started> {
     let target = match &args.fs {
         Some(p) => Some(snap::filesystem_at(p).map_err(|e| {
             anyhow!(
@@ -247,7 +249,12 @@ pub async fn run(args: Args) -> Result<()> {
         ),
         None => "inode allocations, frees and ENOSPC".into(),
     };
-    run::drive(&args.run, &mut session.ebpf, &what, &mut det).await
+    Ok(run::Started {
+        detector: Box::new(det),
+        session,
+        what,
+        opts: args.run,
+    })
 }
 
 struct Inodes {

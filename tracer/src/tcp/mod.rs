@@ -99,7 +99,9 @@ fn parse_pct(s: &str) -> Result<f64, String> {
     }
 }
 
-pub async fn run(args: Args) -> Result<()> {
+/// Checks the options, attaches the hooks and sets up the state; nothing is traced
+/// until [`run::Started::run`].
+pub fn start(args: Args) -> Result<run::Started> {
     // Readable /proc first: without it there is nothing to compare refusals with.
     let first = tcpmem::Snapshot::read()?;
     // --no-socket-cookies leaves the BTF tracepoint out of the choices.
@@ -226,13 +228,12 @@ pub async fn run(args: Args) -> Result<()> {
         refusal_records: 0,
     };
     det.sample()?;
-    run::drive(
-        &args.run,
-        &mut session.ebpf,
-        "TCP memory, refused allocations and send latency",
-        &mut det,
-    )
-    .await
+    Ok(run::Started {
+        detector: Box::new(det),
+        session,
+        what: "TCP memory, refused allocations and send latency".into(),
+        opts: args.run,
+    })
 }
 
 /// Writes reason number -> slot into TCP_DROP_SLOT from kfree_skb's `__print_symbolic`

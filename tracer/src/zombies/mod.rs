@@ -158,7 +158,9 @@ pub struct Args {
     pub run: RunOpts,
 }
 
-pub async fn run(args: Args) -> Result<()> {
+/// Checks the options, attaches the hooks and sets up the state; nothing is traced
+/// until [`run::Started::run`].
+pub fn start(args: Args) -> Result<run::Started> {
     if let Some(pid) = args.pid
         && (pid == 0 || !procinfo::exists(pid))
     {
@@ -180,7 +182,7 @@ pub async fn run(args: Args) -> Result<()> {
     let mut tracker = Tracker::new(args.pid, procinfo::ticks_per_second(), boot_offset_ns());
     tracker.seed(procinfo::all_stats(), procinfo::monotonic_ns());
     let rule = args.stuck_after.map_or(StuckRule::Auto, StuckRule::Fixed);
-    let mut det = Zombies {
+    let det = Zombies {
         args,
         rule,
         tracker,
@@ -195,8 +197,13 @@ pub async fn run(args: Args) -> Result<()> {
         Some(p) => format!("exits and reaps of children of pid {p}"),
         None => "process exits and reaps".into(),
     };
-    let run_opts = det.args.run.clone();
-    run::drive(&run_opts, &mut session.ebpf, &what, &mut det).await
+    let opts = det.args.run.clone();
+    Ok(run::Started {
+        detector: Box::new(det),
+        session,
+        what,
+        opts,
+    })
 }
 
 /// How this kernel shows that a process (its last thread) exited.
