@@ -261,13 +261,7 @@ fn take_choice(
             done.push(h.program);
         }
         log::debug!("{}: path {} attached", choice.name, path.name);
-        return Chosen {
-            choice: choice.name,
-            purpose: choice.purpose,
-            path: Some(path.name),
-            refused,
-            otherwise: choice.otherwise,
-        };
+        return Chosen::of(choice, Some(path.name), refused);
     }
     log::warn!(
         "{}: no path works here ({}); {}",
@@ -279,13 +273,7 @@ fn take_choice(
             .join("; "),
         choice.otherwise
     );
-    Chosen {
-        choice: choice.name,
-        purpose: choice.purpose,
-        path: None,
-        refused,
-        otherwise: choice.otherwise,
-    }
+    Chosen::of(choice, None, refused)
 }
 
 /// Loads the object with `spec`'s offsets and attaches its hooks. `extra` sets

@@ -102,24 +102,12 @@ pub fn probe_choice(
                 .and_then(|()| usable(offsets, tracefs, h))
         }) {
             Ok(()) => {
-                return Chosen {
-                    choice: choice.name,
-                    purpose: choice.purpose,
-                    path: Some(path.name),
-                    refused,
-                    otherwise: choice.otherwise,
-                };
+                return Chosen::of(choice, Some(path.name), refused);
             }
             Err(why) => refused.push((path.name, why)),
         }
     }
-    Chosen {
-        choice: choice.name,
-        purpose: choice.purpose,
-        path: None,
-        refused,
-        otherwise: choice.otherwise,
-    }
+    Chosen::of(choice, None, refused)
 }
 
 pub(super) fn status(h: &Hook, state: HookState) -> HookStatus {

@@ -177,6 +177,21 @@ pub struct Chosen {
 }
 
 impl Chosen {
+    /// The outcome for `choice`: `path` won (None: none did) after `refused`.
+    pub fn of(
+        choice: &Choice,
+        path: Option<&'static str>,
+        refused: Vec<(&'static str, String)>,
+    ) -> Chosen {
+        Chosen {
+            choice: choice.name,
+            purpose: choice.purpose,
+            path,
+            refused,
+            otherwise: choice.otherwise,
+        }
+    }
+
     /// "fentry", or "kprobe (fentry: EPERM ...)", or "none (fentry: ...; kprobe: ...)".
     pub fn describe(&self) -> String {
         let why = self
