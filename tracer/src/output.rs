@@ -11,7 +11,23 @@ pub struct Table {
     rows: Vec<Vec<String>>,
 }
 
+/// A report row defined once: serialized as is for JSON, and rendered to the text
+/// table by `cells`, in the order of `HEADER`.
+pub trait Row: serde::Serialize {
+    const HEADER: &'static [&'static str];
+    fn cells(&self) -> Vec<String>;
+}
+
 impl Table {
+    /// The text table of `rows`.
+    pub fn of<R: Row>(rows: &[R]) -> Self {
+        let mut t = Table::new(R::HEADER);
+        for r in rows {
+            t.row(r.cells());
+        }
+        t
+    }
+
     pub fn new<S: AsRef<str>>(headers: &[S]) -> Self {
         Self {
             headers: headers.iter().map(|h| h.as_ref().to_string()).collect(),

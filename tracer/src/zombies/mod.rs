@@ -21,7 +21,7 @@ use tracer_common::zombies::{
 use crate::{
     bpf::{self, Hook, Offset, Spec},
     kbtf::KernelBtf,
-    output::{self, Table, human_duration, round3},
+    output::{self, Row, Table, human_duration, round3},
     procinfo,
     run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
     tracefs::Tracefs,
@@ -356,59 +356,41 @@ impl Detector for Zombies {
         let threads_max = procinfo::read_u64("/proc/sys/kernel/threads-max");
         let eta_s = judge::exhaustion_eta_s(&trend, in_use, procinfo::pid_limit());
 
-        let mut parents_json = Vec::new();
-        let mut ptable = Table::new(&[
-            "PID",
-            "COMM",
-            "STUCK",
-            "IN FLIGHT",
-            "OLDEST",
-            "REAPED",
-            "WAITS",
-            "SIGCHLD",
-            "DISPOSITION",
-            "PIDS",
-            "CGROUP",
-            "CMDLINE",
-        ]);
         let mut hints = Vec::new();
-        for p in &snap.parents {
-            let c = self.parent_counters(p.pid);
-            let comm = procinfo::comm_of(p.pid).unwrap_or_else(|| "?".into());
-            let cmdline = procinfo::cmdline_of(p.pid);
-            let cgroup = procinfo::cgroup_of(p.pid);
-            let disp = procinfo::sigchld_disposition(p.pid);
-            let reaped = self.tracker.reaped_by(p.pid);
-            let pids = pids_cgroup(p.pid);
-            let oldest = fmt_age(p.oldest_age_s, p.oldest_exact);
-            ptable.row(vec![
-                p.pid.to_string(),
-                comm.clone(),
-                p.zombies.to_string(),
-                p.in_flight.to_string(),
-                oldest.clone(),
-                reaped.to_string(),
-                c.wait_calls.to_string(),
-                c.sigchld.to_string(),
-                disp.into(),
-                pids.as_ref()
-                    .map(|(cur, max)| format!("{cur}/{max}"))
-                    .unwrap_or_else(|| "-".into()),
-                cgroup.clone(),
-                output::truncate(&cmdline, 60),
-            ]);
-            hints.push(judge::hint(p.pid, &comm, p.zombies, c, disp, reaped));
-            parents_json.push(json!({
-                "pid": p.pid, "comm": comm, "cmdline": cmdline, "cgroup": cgroup,
-                "zombies": p.zombies, "in_flight": p.in_flight,
-                "stuck_after_s": round3(p.stuck_after_s),
-                "oldest_zombie_age_s": round3(p.oldest_age_s),
-                "oldest_zombie_age_exact": p.oldest_exact,
-                "reaped": reaped, "wait_calls": c.wait_calls, "sigchld_received": c.sigchld,
-                "sigchld": disp,
-                "pids_cgroup": pids.map(|(cur, max)| json!({"current": cur, "max": max})),
-            }));
-        }
+        let parents: Vec<ParentRow> = snap
+            .parents
+            .iter()
+            .map(|p| {
+                let c = self.parent_counters(p.pid);
+                let row = ParentRow {
+                    pid: p.pid,
+                    comm: procinfo::comm_of(p.pid).unwrap_or_else(|| "?".into()),
+                    cmdline: procinfo::cmdline_of(p.pid),
+                    cgroup: procinfo::cgroup_of(p.pid),
+                    zombies: p.zombies,
+                    in_flight: p.in_flight,
+                    stuck_after_s: round3(p.stuck_after_s),
+                    oldest_zombie_age_s: round3(p.oldest_age_s),
+                    oldest_zombie_age_exact: p.oldest_exact,
+                    reaped: self.tracker.reaped_by(p.pid),
+                    wait_calls: c.wait_calls,
+                    sigchld_received: c.sigchld,
+                    sigchld: procinfo::sigchld_disposition(p.pid),
+                    pids_cgroup: pids_cgroup(p.pid)
+                        .map(|(current, max)| PidsCgroup { current, max }),
+                };
+                hints.push(judge::hint(
+                    p.pid,
+                    &row.comm,
+                    p.zombies,
+                    c,
+                    row.sigchld,
+                    row.reaped,
+                ));
+                row
+            })
+            .collect();
+        let ptable = Table::of(&parents);
 
         let zombies_json: Vec<_> = snap
             .zombies
@@ -429,7 +411,7 @@ impl Detector for Zombies {
         let json = json!({
             "filter_ppid": self.args.pid,
             "stuck_rule": self.rule.describe(),
-            "parents": parents_json,
+            "parents": parents,
             "zombies": zombies_json,
             "zombies_total": snap.zombies.len(),
             "zombies_stuck": snap.stuck,
@@ -527,6 +509,69 @@ impl Detector for Zombies {
 
 fn opt(v: Option<u64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+}
+
+/// One parent with stuck or in-flight zombies: a JSON element of `parents` and a row
+/// of the NON-REAPING PARENTS table.
+#[derive(serde::Serialize)]
+struct ParentRow {
+    pid: u32,
+    comm: String,
+    cmdline: String,
+    cgroup: String,
+    zombies: usize,
+    in_flight: usize,
+    stuck_after_s: f64,
+    oldest_zombie_age_s: f64,
+    oldest_zombie_age_exact: bool,
+    reaped: u64,
+    wait_calls: u64,
+    sigchld_received: u64,
+    sigchld: &'static str,
+    pids_cgroup: Option<PidsCgroup>,
+}
+
+#[derive(serde::Serialize)]
+struct PidsCgroup {
+    current: u64,
+    max: String,
+}
+
+impl Row for ParentRow {
+    const HEADER: &'static [&'static str] = &[
+        "PID",
+        "COMM",
+        "STUCK",
+        "IN FLIGHT",
+        "OLDEST",
+        "REAPED",
+        "WAITS",
+        "SIGCHLD",
+        "DISPOSITION",
+        "PIDS",
+        "CGROUP",
+        "CMDLINE",
+    ];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.pid.to_string(),
+            self.comm.clone(),
+            self.zombies.to_string(),
+            self.in_flight.to_string(),
+            fmt_age(self.oldest_zombie_age_s, self.oldest_zombie_age_exact),
+            self.reaped.to_string(),
+            self.wait_calls.to_string(),
+            self.sigchld_received.to_string(),
+            self.sigchld.into(),
+            self.pids_cgroup
+                .as_ref()
+                .map(|p| format!("{}/{}", p.current, p.max))
+                .unwrap_or_else(|| "-".into()),
+            self.cgroup.clone(),
+            output::truncate(&self.cmdline, 60),
+        ]
+    }
 }
 
 fn fmt_age(age_s: f64, exact: bool) -> String {
