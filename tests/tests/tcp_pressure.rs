@@ -145,7 +145,7 @@ fn push_under_low_tcp_mem_env(extra: &[&str], env: &[(&str, &str)]) -> Pushed {
     let normal = read_tcp_mem();
     let mut args = vec!["tcp-pressure", "--json", "-i", "500ms"];
     args.extend_from_slice(extra);
-    let tracer = Tracer::start_env(&args, env);
+    let mut tracer = Tracer::start_env(&args, env);
     let mut inc = Incident::start_bin(&helper_bin("incident_tcp"), &["push", "40"]);
     let helper = inc.pid;
     let out = {
@@ -153,12 +153,24 @@ fn push_under_low_tcp_mem_env(extra: &[&str], env: &[(&str, &str)]) -> Pushed {
         let entered = tcpext("TCPMemoryPressures");
         inc.send("go");
         inc.expect_line("pushing");
-        // Pressure as the kernel counts it, then a second of pushing under it (sends
-        // refused and timed during the episode, interval reports saying so).
+        // Pressure as the kernel counts it, then pushing under it until an interval
+        // report has seen the episode open under the lowered limits, with refusals
+        // counted and sends timed during it.
         wait_for(30, "TCPMemoryPressures to grow", || {
             (tcpext("TCPMemoryPressures") > entered).then_some(())
         });
-        std::thread::sleep(Duration::from_millis(1000));
+        tracer.report_where(Duration::from_secs(60), |x| {
+            x["tcp_mem"] == lowered()
+                && x["pressure_now"] == true
+                && x["episodes"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["duration_ms"].is_null()))
+                && x["refusals"].as_u64().unwrap_or(0) > 0
+                && x["send_latency_us"]["pressure"]["count"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    > 0
+        });
         // Stop pushing, free the sockets and restore tcp_mem: the kernel leaves
         // pressure at the next socket-memory release under "low" (per-CPU caching
         // of TCP memory may keep the count above the lowered "low" for good, so the
@@ -169,8 +181,8 @@ fn push_under_low_tcp_mem_env(extra: &[&str], env: &[(&str, &str)]) -> Pushed {
             loopback_exchange();
             (!tcp_under_pressure()).then_some(())
         });
-        // Two samples after the end.
-        std::thread::sleep(Duration::from_millis(300));
+        // A report after the end: the tracer has sampled the kernel out of pressure.
+        tracer.report_where(Duration::from_secs(60), |x| x["pressure_now"] == false);
         tracer.interrupt()
     };
     // The guard put tcp_mem back.

@@ -2,6 +2,9 @@
 //!
 //! incident zombies N    fork N children that exit at once; never wait for them
 //! incident reaper N     on "go": fork N children that exit, wait for each at once
+//! incident service N    on "go": fork N workers that exit, reaping the ones that have
+//!                       exited after each fork (WNOHANG), then wait for the rest: a
+//!                       service that reaps as it goes
 //! incident sigign N     SIGCHLD = SIG_IGN; on "go": fork N children that exit
 //! incident leak N MS    on "go": fork a child every MS ms, N in all, never wait (a
 //!                       steadily leaking parent, for the growth trend)
@@ -27,7 +30,7 @@ use nix::{
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: incident zombies|reaper|sigign|threaded N | leak N MS";
+    let usage = "usage: incident zombies|reaper|service|sigign|threaded N | leak N MS";
     let (Some(what), Some(n)) = (
         args.get(1),
         args.get(2).and_then(|n| n.parse::<usize>().ok()),
@@ -81,6 +84,25 @@ fn main() {
             let _ = lines.next();
             for k in spawn(n) {
                 let _ = waitpid(k, None);
+            }
+            say("done");
+        }
+        "service" => {
+            say(&format!("ready {me}"));
+            let _ = lines.next();
+            let mut running = 0;
+            for _ in 0..n {
+                spawn(1);
+                running += 1;
+                while running > 0 {
+                    match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::StillAlive) | Err(_) => break,
+                        Ok(_) => running -= 1,
+                    }
+                }
+            }
+            for _ in 0..running {
+                let _ = waitpid(Pid::from_raw(-1), None);
             }
             say("done");
         }
