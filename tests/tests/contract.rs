@@ -65,6 +65,37 @@ const DETECTORS: &[Detector] = &[
     },
 ];
 
+/// Registered detectors that are not under this contract, and why.
+const EXEMPT: &[(&str, &str)] = &[(
+    "triage",
+    "a one-window check: no -i, exit status 0/3/4, and it runs without eBPF (tests/triage.rs)",
+)];
+
+/// A new detector gets a row above (or a stated exemption) before it lands: every
+/// subcommand `tracer --help` lists besides doctor and help is checked here.
+#[test]
+fn every_registered_detector_is_under_contract() {
+    let help = run_tracer(&["--help"]);
+    assert!(help.status.success(), "{}", help.stderr);
+    let commands: Vec<&str> = help
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| !["doctor", "help"].contains(c))
+        .collect();
+    assert!(commands.len() >= 5, "{}", help.stdout);
+    for c in commands {
+        assert!(
+            DETECTORS.iter().any(|d| d.command == c) || EXEMPT.iter().any(|(e, _)| *e == c),
+            "`tracer {c}` has no row in DETECTORS (tests/tests/contract.rs)"
+        );
+    }
+}
+
 fn run(d: &Detector, args: &[&str]) -> Finished {
     let mut all = vec![d.command];
     all.extend_from_slice(args);

@@ -138,6 +138,11 @@ macro_rules! record {
     };
 }
 
+/// The kind of a ring-buffer record, from its header (None: too short or unknown).
+pub fn record_kind(bytes: &[u8]) -> Option<EventKind> {
+    EventKind::from_u32(decode::<EventHeader>(bytes)?.kind)
+}
+
 /// Decodes a record of type `T`: the header's kind must be one of `T`'s and the bytes
 /// long enough. `None` is a bad record, for the caller to count.
 pub fn decode_record<T: Record>(bytes: &[u8]) -> Option<(EventKind, T)> {

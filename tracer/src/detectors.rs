@@ -1,14 +1,26 @@
-//! The registry of detectors, for `tracer doctor` (and anything else that lists them).
+//! The registry of detectors: the one place a detector is named. main builds the
+//! command line from it, `tracer doctor` lists what each asks of the kernel, and the
+//! run loop starts any number of them in one load of the eBPF object.
+use clap::{ArgMatches, Args as _};
+
 use crate::{
     bpf::{Choice, Spec},
-    cgroups, inodes, tcp,
+    cgroups, inodes,
+    run::Prepared,
+    tcp,
     tracefs::Tracefs,
     triage, zombies,
 };
 
-/// One registered detector: what it asks of the kernel and how it copes without it
-/// (the run-time side is [`crate::run::Detector`]).
+/// One registered detector: its command line, how it starts, what it asks of the
+/// kernel and how it copes without it (the run-time side is [`crate::run::Detector`]).
 pub struct Entry {
+    /// The subcommand's one-line description (`tracer --help`).
+    pub about: &'static str,
+    /// Adds the detector's options to its subcommand (its `Args::augment_args`).
+    pub cli: fn(clap::Command) -> clap::Command,
+    /// Checks the parsed options and says what to load.
+    pub prepare: fn(&ArgMatches) -> anyhow::Result<Prepared>,
     pub spec: &'static Spec,
     /// Hooks with alternatives (fast path first, fallbacks after): doctor probes
     /// them in order and names the path each would take.
@@ -22,15 +34,38 @@ pub struct Entry {
     pub probe_path: Option<fn(&Tracefs) -> anyhow::Result<&'static str>>,
 }
 
+impl Entry {
+    /// The subcommand: its name is the spec's detector name.
+    pub fn command(&self) -> clap::Command {
+        (self.cli)(clap::Command::new(self.spec.detector)).about(self.about)
+    }
+}
+
+/// The entry whose subcommand is `name`.
+pub fn find(name: &str) -> Option<&'static Entry> {
+    ALL.iter().find(|e| e.spec.detector == name)
+}
+
+/// Parses a detector's options from its subcommand's matches.
+fn parse<A: clap::FromArgMatches>(m: &ArgMatches) -> anyhow::Result<A> {
+    A::from_arg_matches(m).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 pub const ALL: &[Entry] = &[
     Entry {
-        spec: &zombies::SPEC,
+        about: "Where to look first: the first-60-seconds USE check of CPU, memory, disk, network, kernel log and leaks (Netflix). Exit 0 ok, 3 warn, 4 crit",
+        cli: triage::Args::augment_args,
+        prepare: |m| triage::prepare(parse(m)?),
+        spec: &triage::SPEC,
         choices: &[],
-        fallback: "release time from sched_process_free, /proc for parents",
+        fallback: "the /proc and /sys checks run without it; run-queue latency is marked skipped",
         path: "tracepoints",
-        probe_path: Some(|t| zombies::ExitPath::probe(t).map(zombies::ExitPath::describe)),
+        probe_path: None,
     },
     Entry {
+        about: "TCP memory pressure episodes, who causes them, what to set (Cloudflare incident)",
+        cli: tcp::Args::augment_args,
+        prepare: |m| tcp::prepare(parse(m)?),
         spec: &tcp::SPEC,
         choices: tcp::CHOICES,
         fallback: "episodes and TcpExt counters from /proc sampling still work",
@@ -38,6 +73,9 @@ pub const ALL: &[Entry] = &[
         probe_path: None,
     },
     Entry {
+        about: "Leaked and dying cgroups and who creates them (LinkedIn incident)",
+        cli: cgroups::Args::augment_args,
+        prepare: |m| cgroups::prepare(parse(m)?),
         spec: &cgroups::SPEC,
         choices: &[],
         fallback: "no per-mover task counts",
@@ -45,6 +83,9 @@ pub const ALL: &[Entry] = &[
         probe_path: None,
     },
     Entry {
+        about: "Which filesystem runs out of inodes, who creates the files, where (Sentry incident)",
+        cli: inodes::Args::augment_args,
+        prepare: |m| inodes::prepare(parse(m)?),
         spec: &inodes::SPEC,
         choices: &[],
         fallback: "without ext4 hooks (ext4 module not loaded): usage, ETA from statvfs and \
@@ -54,10 +95,126 @@ pub const ALL: &[Entry] = &[
         probe_path: None,
     },
     Entry {
-        spec: &triage::SPEC,
+        about: "Parents that leave zombie children unreaped, and PID headroom (Uber incident)",
+        cli: zombies::Args::augment_args,
+        prepare: |m| zombies::prepare(parse(m)?),
+        spec: &zombies::SPEC,
         choices: &[],
-        fallback: "the /proc and /sys checks run without it; run-queue latency is marked skipped",
+        fallback: "release time from sched_process_free, /proc for parents",
         path: "tracepoints",
-        probe_path: None,
+        probe_path: Some(|t| zombies::ExitPath::probe(t).map(zombies::ExitPath::describe)),
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::{
+        run,
+        sink::{Emitted, Sink},
+    };
+
+    #[test]
+    fn every_record_kind_belongs_to_one_detector() {
+        for v in 0..=u8::MAX {
+            let Some(kind) = tracer_common::EventKind::from_u32(v.into()) else {
+                continue;
+            };
+            let owners: Vec<&str> = ALL
+                .iter()
+                .filter(|e| e.spec.kinds.contains(&kind))
+                .map(|e| e.spec.detector)
+                .collect();
+            assert_eq!(owners.len(), 1, "{kind:?} is owned by {owners:?}");
+        }
+    }
+
+    #[test]
+    fn every_detector_has_a_subcommand_that_parses() {
+        for e in ALL {
+            let m = e
+                .command()
+                .try_get_matches_from([e.spec.detector, "-d", "1s"])
+                .unwrap_or_else(|err| panic!("{}: {err}", e.spec.detector));
+            assert_eq!(
+                m.get_one::<std::time::Duration>("duration")
+                    .map(|d| d.as_secs()),
+                Some(1)
+            );
+        }
+    }
+
+    /// Keeps every report's JSON.
+    struct Keep(Arc<Mutex<Vec<Value>>>);
+
+    impl Sink for Keep {
+        fn write(&mut self, r: &Emitted) -> anyhow::Result<()> {
+            self.0.lock().unwrap().push(r.json.clone());
+            Ok(())
+        }
+    }
+
+    /// Two detectors in one load of the object, each seeing its own incident: a child
+    /// that exits and is reaped (zombies), a cgroup made and removed (cgroups).
+    #[test]
+    fn one_load_drives_several_detectors() {
+        if !crate::bpf::missing_caps().is_empty() {
+            panic!("this test loads eBPF programs: run it as root (cargo xtask test does)");
+        }
+        let prepare = |name: &str| {
+            let e = find(name).unwrap();
+            let m = e
+                .command()
+                .try_get_matches_from([name, "-d", "1s"])
+                .unwrap();
+            (e.prepare)(&m).unwrap()
+        };
+        let opts = run::RunOpts {
+            duration: Some(std::time::Duration::from_secs(1)),
+            ..Default::default()
+        };
+        let started = run::start(vec![prepare("zombies"), prepare("cgroups")], opts).unwrap();
+        // After the attach: the records wait in the ring until the run reads them.
+        let status = std::process::Command::new("true").status().unwrap();
+        assert!(status.success());
+        let root = crate::snapshot::cgroups::hierarchies().unwrap()[0]
+            .mount
+            .clone();
+        let dir = root.join(format!("tracer-unit-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let code = rt
+            .block_on(started.run_with(vec![Box::new(Keep(kept.clone()))]))
+            .unwrap();
+        assert_eq!(code, 0);
+        let reports = kept.lock().unwrap().clone();
+        let of = |c: &str| {
+            reports
+                .iter()
+                .find(|r| r["command"] == c)
+                .unwrap_or_else(|| panic!("no {c} report: {reports:?}"))
+                .clone()
+        };
+        let z = of("zombies");
+        let c = of("cgroups");
+        assert_eq!(reports.len(), 2, "{reports:?}");
+        assert!(z["exits"].as_u64().unwrap() >= 1, "{z}");
+        assert!(c["created"].as_u64().unwrap() >= 1, "{c}");
+        assert!(c["removed"].as_u64().unwrap() >= 1, "{c}");
+        for r in [&z, &c] {
+            assert_eq!(r["final"], true);
+            assert_eq!(r["bad_records"], 0, "{r}");
+            assert_eq!(r["lost_events"], 0, "{r}");
+        }
+    }
+}

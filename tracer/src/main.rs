@@ -1,8 +1,8 @@
 //! tracer: eBPF tracer that finds the causes of Linux production incidents.
-//! main only parses the command line and dispatches to a detector.
+//! main only builds the command line from the registry and starts the detector named.
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args as _, CommandFactory as _, FromArgMatches as _, Parser};
 
 mod bpf;
 mod cgroups;
@@ -29,34 +29,28 @@ mod zombies;
 /// Start with `tracer doctor` to see what this kernel allows.
 #[derive(Parser, Debug)]
 #[command(name = "tracer", version, verbatim_doc_comment)]
+#[command(subcommand_required = true, arg_required_else_help = true)]
 struct Cli {
     /// More detail on stderr (-v: debug, -vv: trace, including kernel-side logs).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    #[command(subcommand)]
-    command: Command,
 }
 
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// What this kernel allows and which hooks each detector will use.
-    Doctor(doctor::Args),
-    /// Where to look first: the first-60-seconds USE check of CPU, memory, disk,
-    /// network, kernel log and leaks (Netflix). Exit 0 ok, 3 warn, 4 crit.
-    Triage(triage::Args),
-    /// TCP memory pressure episodes, who causes them, what to set (Cloudflare incident).
-    TcpPressure(tcp::Args),
-    /// Leaked and dying cgroups and who creates them (LinkedIn incident).
-    Cgroups(cgroups::Args),
-    /// Which filesystem runs out of inodes, who creates the files, where (Sentry incident).
-    Inodes(inodes::Args),
-    /// Parents that leave zombie children unreaped, and PID headroom (Uber incident).
-    Zombies(zombies::Args),
+/// The command line: the global options, `doctor`, and one subcommand per registered
+/// detector (src/detectors.rs).
+fn cli() -> clap::Command {
+    let doctor = doctor::Args::augment_args(clap::Command::new("doctor"))
+        .about("What this kernel allows and which hooks each detector will use");
+    detectors::ALL
+        .iter()
+        .fold(Cli::command().subcommand(doctor), |c, e| {
+            c.subcommand(e.command())
+        })
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let level = match cli.verbose {
+    let matches = cli().get_matches();
+    let level = match matches.get_count("verbose") {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
@@ -65,6 +59,20 @@ fn main() -> ExitCode {
         .filter_level(level)
         .format_target(false)
         .init();
+    let Some((name, sub)) = matches.subcommand() else {
+        unreachable!("clap requires a subcommand")
+    };
+    if name == "doctor" {
+        let r = doctor::Args::from_arg_matches(sub)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(doctor::run);
+        return match r {
+            Ok(code) => ExitCode::from(code as u8),
+            Err(e) => fail(e),
+        };
+    }
+    let entry =
+        detectors::find(name).expect("every subcommand but doctor is a registered detector");
 
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -73,18 +81,9 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(anyhow::anyhow!("starting the async runtime: {e}")),
     };
-    let result = rt.block_on(async {
-        match cli.command {
-            Command::Doctor(a) => doctor::run(a),
-            Command::Triage(a) => triage::run(a).await.map(i32::from),
-            Command::Inodes(a) => inodes::start(a)?.run().await.map(|()| 0),
-            Command::Zombies(a) => zombies::start(a)?.run().await.map(|()| 0),
-            Command::TcpPressure(a) => tcp::start(a)?.run().await.map(|()| 0),
-            Command::Cgroups(a) => cgroups::start(a)?.run().await.map(|()| 0),
-        }
-    });
+    let result = rt.block_on(async { (entry.prepare)(sub)?.start()?.run().await });
     match result {
-        Ok(code) => ExitCode::from(code as u8),
+        Ok(code) => ExitCode::from(code),
         Err(e) => fail(e),
     }
 }

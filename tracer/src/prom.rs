@@ -31,7 +31,12 @@ pub fn check_dir(path: &Path) -> Result<()> {
 }
 
 pub fn write(path: &Path, command: &str, report: &Value) -> Result<()> {
-    let text = render(command, report);
+    write_all(path, &[(command, report)])
+}
+
+/// Writes several detectors' latest reports to one file, replaced atomically.
+pub fn write_all(path: &Path, reports: &[(&str, &Value)]) -> Result<()> {
+    let text: String = reports.iter().map(|(c, r)| render(c, r)).collect();
     let tmp = path.with_extension("prom.tmp");
     fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path)

@@ -1,8 +1,12 @@
 //! Run control shared by every detector: Ctrl-C/SIGTERM, `--duration`, `--interval`,
-//! the ring-buffer reader, accounting of lost events, bad records and kernel read errors,
-//! and handing each report to the run's sinks (src/sink.rs: text, JSON lines, prom file).
+//! one load of the eBPF object for any number of detectors, the ring-buffer reader that
+//! hands each record to the detector owning its kind, accounting of lost events, bad
+//! records and kernel read errors, and handing each report to the run's sinks
+//! (src/sink.rs: text, JSON lines, prom file).
 use std::{
+    collections::HashMap,
     future::pending,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -11,14 +15,17 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
+use bytes::Bytes;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::mpsc,
     time::{Interval, MissedTickBehavior, interval_at},
 };
+use tracer_common::EventKind;
 
 use crate::{
-    bpf::CpuSum,
+    bpf::{CpuSum, Plan, Session},
     sink::{self, Emitted, Sink},
 };
 
@@ -108,12 +115,14 @@ pub fn decode<T: tracer_common::Record>(
     tracer_common::decode_record(data).ok_or(BadRecord)
 }
 
-/// What a tracing command implements; `drive` does the rest.
-pub trait Detector {
+/// What a running detector implements; the run loop ([`Started::run`]) does the rest.
+/// `Send`: each detector runs in a task of its own, and builds its reports (which read
+/// /proc, /sys and netlink) on a blocking thread, off the path that drains the ring.
+pub trait Detector: Send {
     /// Name in reports (`"command"` in JSON).
     fn command(&self) -> &'static str;
-    /// One ring-buffer record (already copied out of the ring); decode it with
-    /// [`decode`] and return its error for a record that is not one of the detector's.
+    /// One ring-buffer record of a kind its spec lists; decode it with [`decode`] and
+    /// return its error for a record it cannot decode.
     fn on_event(&mut self, data: &[u8]) -> Result<(), BadRecord>;
     /// Periodic sampling of /proc or /sys state, if the detector wants it.
     fn sample_every(&self) -> Option<Duration> {
@@ -123,31 +132,353 @@ pub trait Detector {
         Ok(())
     }
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report>;
+    /// The process's exit status after the final report (triage: 0, 3 or 4).
+    fn exit_code(&self) -> u8 {
+        0
+    }
 }
 
-/// A detector whose hooks are attached and whose state is set up, not yet driven:
-/// what each detector's `start` returns. [`Started::run`] drives it until a signal or
-/// its duration ends.
-pub struct Started {
-    /// Declared before the session: dropped first, as its maps go before the programs
-    /// are detached.
+/// A detector attached and set up, and what it traces (for the "Tracing ..." line).
+pub struct Attached {
     pub detector: Box<dyn Detector>,
-    pub session: crate::bpf::Session,
-    /// What it traces, for the "Tracing ... for 10s" line.
+    pub what: String,
+}
+
+/// Sets a detector up in the loaded object: takes its maps, reads the state its
+/// events are compared with. Gets the load's error instead when the load failed and
+/// the detector can run without eBPF.
+pub type Attach = Box<dyn FnOnce(Result<&mut Session, &anyhow::Error>) -> Result<Attached>>;
+
+/// A detector whose options are checked, not yet loaded: what each registry entry's
+/// `prepare` returns. [`start`] loads the object once for any number of them.
+pub struct Prepared {
+    pub plan: Plan,
+    /// The detector runs without its programs when they cannot be loaded (triage).
+    pub ebpf_optional: bool,
+    pub opts: RunOpts,
+    pub attach: Attach,
+}
+
+/// The loaded object, for a detector that cannot run without it (the load's error
+/// otherwise, which [`start`] only passes on for optional detectors).
+pub fn loaded<'a>(s: Result<&'a mut Session, &anyhow::Error>) -> Result<&'a mut Session> {
+    s.map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
+impl Prepared {
+    /// Loads and attaches this one detector.
+    pub fn start(self) -> Result<Started> {
+        let opts = self.opts.clone();
+        start(vec![self], opts)
+    }
+}
+
+/// Loads the eBPF object once for every prepared detector and attaches each; nothing
+/// is traced until [`Started::run`]. Detectors whose eBPF part is optional get the
+/// load's error when it fails (and no privileges is such an error) and run without.
+pub fn start(prepared: Vec<Prepared>, opts: RunOpts) -> Result<Started> {
+    if let Some(p) = &opts.prom_file {
+        crate::prom::check_dir(p)?;
+    }
+    let plans: Vec<Plan> = prepared.iter().map(|p| p.plan.clone()).collect();
+    let optional = prepared.iter().all(|p| p.ebpf_optional);
+    let missing = crate::bpf::missing_caps();
+    let loaded = if optional && !missing.is_empty() {
+        Err(anyhow::anyhow!(
+            "needs root (or CAP_BPF and CAP_PERFMON) and this process lacks {}",
+            missing.join(" and ")
+        ))
+    } else {
+        crate::bpf::start_many(&plans)
+    };
+    let mut session = match loaded {
+        Ok(s) => Some(s),
+        Err(e) if optional => {
+            log::warn!("the eBPF part is skipped: {e:#}");
+            let mut detectors = Vec::new();
+            let mut what = Vec::new();
+            for p in prepared {
+                let a = (p.attach)(Err(&e))?;
+                detectors.push((a.detector, p.plan.spec.kinds));
+                what.push(a.what);
+            }
+            return Ok(Started {
+                detectors,
+                session: None,
+                what: what.join("; "),
+                opts,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let mut detectors = Vec::new();
+    let mut what = Vec::new();
+    for p in prepared {
+        let s = session.as_mut().expect("loaded above");
+        let a = (p.attach)(Ok(s))?;
+        detectors.push((a.detector, p.plan.spec.kinds));
+        what.push(a.what);
+    }
+    Ok(Started {
+        detectors,
+        session,
+        what: what.join("; "),
+        opts,
+    })
+}
+
+/// Detectors whose hooks are attached and whose state is set up, not yet driven.
+/// [`Started::run`] drives them until a signal or the duration ends.
+pub struct Started {
+    /// Each detector and the record kinds it owns. Declared before the session: the
+    /// detectors (and their maps) go before the programs are detached.
+    pub detectors: Vec<(Box<dyn Detector>, &'static [EventKind])>,
+    /// None when no detector could load its programs and all run without.
+    pub session: Option<Session>,
+    /// What they trace, for the "Tracing ... for 10s" line.
     pub what: String,
     pub opts: RunOpts,
 }
 
-impl Started {
-    pub async fn run(mut self) -> Result<()> {
-        drive(
-            &self.opts,
-            &mut self.session.ebpf,
-            &self.what,
-            self.detector.as_mut(),
-        )
-        .await
+/// What the ring reader sends a detector's task.
+enum Msg {
+    Record(Bytes),
+    Report(ReportCtx),
+}
+
+/// Records a detector's task may hold before the reader waits for it (the kernel ring
+/// then fills, and what it cannot take is counted as lost).
+const QUEUE: usize = 4096;
+
+/// The process-wide counters every report carries.
+struct Shared {
+    ring: Option<Ring>,
+    lost: Option<CpuSum>,
+    read_errors: Option<CpuSum>,
+}
+
+impl Shared {
+    fn take(session: Option<&mut Session>) -> Result<Self> {
+        let Some(s) = session else {
+            return Ok(Self {
+                ring: None,
+                lost: None,
+                read_errors: None,
+            });
+        };
+        Ok(Self {
+            ring: Some(Ring::take(&mut s.ebpf)?),
+            lost: Some(CpuSum::take(&mut s.ebpf, CpuSum::LOST)?),
+            read_errors: Some(CpuSum::take(&mut s.ebpf, CpuSum::READ_ERRORS)?),
+        })
     }
+
+    fn ctx(&self, final_: bool, elapsed: Duration, unrouted: u64) -> ReportCtx {
+        ReportCtx {
+            final_,
+            elapsed,
+            lost_events: self.lost.as_ref().map_or(0, CpuSum::get),
+            bad_records: unrouted,
+            kernel_read_errors: self.read_errors.as_ref().map_or(0, CpuSum::get),
+        }
+    }
+}
+
+impl Started {
+    /// Runs with the sinks the options ask for; returns the exit status.
+    pub async fn run(self) -> Result<u8> {
+        let sinks = sink::from_opts(&self.opts);
+        self.run_with(sinks).await
+    }
+
+    /// Runs until a signal or the duration ends, handing interval reports and each
+    /// detector's final report to `sinks`; returns the highest exit status of the
+    /// detectors.
+    pub async fn run_with(mut self, sinks: Vec<Box<dyn Sink>>) -> Result<u8> {
+        let mut shared = Shared::take(self.session.as_mut())?;
+        let mut logger =
+            self.session
+                .as_mut()
+                .and_then(|s| match aya_log::EbpfLogger::init(&mut s.ebpf) {
+                    Ok(l) => register(l).ok(),
+                    Err(e) => {
+                        log::debug!("kernel-side logging unavailable: {e}");
+                        None
+                    }
+                });
+        let sinks = Arc::new(Mutex::new(sinks));
+        let mut senders = Vec::new();
+        let mut routes: HashMap<u32, usize> = HashMap::new();
+        let mut tasks = Vec::new();
+        for (i, (det, kinds)) in std::mem::take(&mut self.detectors).into_iter().enumerate() {
+            for k in kinds {
+                routes.insert(*k as u32, i);
+            }
+            let (tx, rx) = mpsc::channel(QUEUE);
+            senders.push(tx);
+            tasks.push(tokio::spawn(detector_task(det, rx, sinks.clone())));
+        }
+        // With one detector, a record of a kind it does not own is its bad record
+        // (as it always was); with several, an unowned kind is counted for all.
+        let only = (senders.len() == 1).then_some(0);
+        let mut unrouted = 0u64;
+        let opts = &self.opts;
+
+        let mut sigint =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut sigterm =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let start = Instant::now();
+        let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut report_every = every(opts.interval);
+        // Records below the kernel's wakeup threshold are submitted without a wakeup
+        // (see WAKEUP_BYTES in tracer-ebpf/src/common.rs): collect them on this timer.
+        let mut drain_every = every(shared.ring.as_ref().map(|_| DRAIN_EVERY));
+
+        let until = match opts.duration {
+            Some(d) => format!("for {}", humantime::format_duration(d)),
+            None => "until Ctrl-C".into(),
+        };
+        eprintln!("Tracing {} {until}...", self.what);
+
+        macro_rules! drain {
+            () => {
+                if let Some(ring) = shared.ring.as_mut() {
+                    for rec in ring.drain() {
+                        let to = tracer_common::record_kind(&rec)
+                            .and_then(|k| routes.get(&(k as u32)).copied())
+                            .or(only);
+                        match to {
+                            Some(i) => {
+                                // A closed channel: the task ended with an error, which
+                                // the join below reports.
+                                let _ = senders[i].send(Msg::Record(rec)).await;
+                            }
+                            None => unrouted += 1,
+                        }
+                    }
+                }
+            };
+        }
+        macro_rules! report {
+            ($final:expr) => {
+                for tx in &senders {
+                    let ctx = shared.ctx($final, start.elapsed(), unrouted);
+                    let _ = tx.send(Msg::Report(ctx)).await;
+                }
+            };
+        }
+
+        loop {
+            tokio::select! {
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                _ = async { match deadline { Some(t) => tokio::time::sleep_until(t).await, None => pending().await } } => break,
+                _ = tick(&mut report_every) => {
+                    drain!();
+                    report!(false);
+                }
+                _ = tick(&mut drain_every) => drain!(),
+                guard = async { match shared.ring.as_mut() { Some(r) => r.fd.readable_mut().await, None => pending().await } } => {
+                    let mut guard = guard.context("waiting for the ring buffer")?;
+                    // Clear readiness before draining so a record that lands after the
+                    // drain wakes us again.
+                    guard.clear_ready();
+                    drop(guard);
+                    drain!();
+                }
+                guard = async { match logger.as_mut() { Some(l) => l.readable_mut().await, None => pending().await } } => {
+                    if let Ok(mut g) = guard {
+                        g.get_inner_mut().flush();
+                        g.clear_ready();
+                    }
+                }
+            }
+        }
+        // What arrived between the last wakeup and the stop belongs to the final report.
+        drain!();
+        report!(true);
+        drop(senders);
+        let mut code = 0;
+        let mut failed = None;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(c)) => code = code.max(c),
+                Ok(Err(e)) => failed = failed.or(Some(e)),
+                Err(e) => failed = failed.or(Some(anyhow::anyhow!("a detector task failed: {e}"))),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(code),
+        }
+    }
+}
+
+/// One detector's task: handles its records in order, samples on its own timer, and
+/// builds each report on a blocking thread (reports read /proc, /sys and netlink), so
+/// neither stalls the ring reader or the other detectors.
+async fn detector_task(
+    mut det: Box<dyn Detector>,
+    mut rx: mpsc::Receiver<Msg>,
+    sinks: Arc<Mutex<Vec<Box<dyn Sink>>>>,
+) -> Result<u8> {
+    let mut bad_records = 0u64;
+    let mut sample_every = every(det.sample_every());
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                None => return Ok(det.exit_code()),
+                Some(Msg::Record(rec)) => {
+                    if det.on_event(&rec).is_err() {
+                        bad_records += 1;
+                    }
+                }
+                Some(Msg::Report(mut ctx)) => {
+                    ctx.bad_records += bad_records;
+                    let final_ = ctx.final_;
+                    let sinks = sinks.clone();
+                    let (d, r) = tokio::task::spawn_blocking(move || {
+                        let r = report_to(det.as_mut(), &ctx, &sinks);
+                        (det, r)
+                    })
+                    .await
+                    .context("building a report")?;
+                    det = d;
+                    r?;
+                    if final_ {
+                        return Ok(det.exit_code());
+                    }
+                }
+            },
+            _ = tick(&mut sample_every) => {
+                let (d, r) = tokio::task::spawn_blocking(move || {
+                    let r = det.sample();
+                    (det, r)
+                })
+                .await
+                .context("sampling")?;
+                det = d;
+                if let Err(e) = r {
+                    log::warn!("sampling failed: {e:#}");
+                }
+            }
+        }
+    }
+}
+
+fn report_to(
+    det: &mut dyn Detector,
+    ctx: &ReportCtx,
+    sinks: &Mutex<Vec<Box<dyn Sink>>>,
+) -> Result<()> {
+    let report = det.report(ctx)?;
+    let r = Emitted::new(det.command(), report, ctx);
+    let mut sinks = sinks.lock().unwrap_or_else(|e| e.into_inner());
+    for s in sinks.iter_mut() {
+        s.write(&r)?;
+    }
+    Ok(())
 }
 
 /// The run's ring buffer, readable through tokio.
@@ -166,14 +497,14 @@ impl Ring {
         })
     }
 
-    /// Hands every record available now to `det`, counting the bad ones.
-    fn drain(&mut self, det: &mut dyn Detector, bad_records: &mut u64) {
+    /// Every record available now, copied out of the ring.
+    fn drain(&mut self) -> Vec<Bytes> {
         let rb = self.fd.get_mut();
+        let mut out = Vec::new();
         while let Some(item) = rb.next() {
-            if det.on_event(&item).is_err() {
-                *bad_records += 1;
-            }
+            out.push(Bytes::copy_from_slice(&item));
         }
+        out
     }
 }
 
@@ -199,125 +530,6 @@ fn every(d: Option<Duration>) -> Option<Interval> {
         i.set_missed_tick_behavior(MissedTickBehavior::Delay);
         i
     })
-}
-
-/// Runs `det` until a signal or the duration ends, printing interval reports and the
-/// final report. `ebpf` must still hold the EVENTS and LOST maps; the detector keeps
-/// its own handle to everything else it reads.
-pub async fn drive(
-    opts: &RunOpts,
-    ebpf: &mut Ebpf,
-    what: &str,
-    det: &mut dyn Detector,
-) -> Result<()> {
-    if let Some(p) = &opts.prom_file {
-        crate::prom::check_dir(p)?;
-    }
-    let mut sinks = sink::from_opts(opts);
-    let mut ring = Ring::take(ebpf)?;
-    let mut counters = Counters {
-        lost: CpuSum::take(ebpf, CpuSum::LOST)?,
-        read_errors: CpuSum::take(ebpf, CpuSum::READ_ERRORS)?,
-        bad_records: 0,
-    };
-    let mut logger = match aya_log::EbpfLogger::init(ebpf) {
-        Ok(l) => register(l).ok(),
-        Err(e) => {
-            log::debug!("kernel-side logging unavailable: {e}");
-            None
-        }
-    };
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let start = Instant::now();
-    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut report_every = every(opts.interval);
-    let mut sample_every = every(det.sample_every());
-    // Records below the kernel's wakeup threshold are submitted without a wakeup
-    // (see WAKEUP_BYTES in tracer-ebpf/src/common.rs): collect them on this timer.
-    let mut drain_every = every(Some(DRAIN_EVERY));
-
-    let until = match opts.duration {
-        Some(d) => format!("for {}", humantime::format_duration(d)),
-        None => "until Ctrl-C".into(),
-    };
-    eprintln!("Tracing {what} {until}...");
-
-    loop {
-        tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = async { match deadline { Some(t) => tokio::time::sleep_until(t).await, None => pending().await } } => break,
-            _ = tick(&mut report_every) => {
-                ring.drain(det, &mut counters.bad_records);
-                print_report(&mut sinks, det, start, &counters, false)?;
-            }
-            _ = tick(&mut drain_every) => {
-                ring.drain(det, &mut counters.bad_records);
-            }
-            _ = tick(&mut sample_every) => {
-                if let Err(e) = det.sample() {
-                    log::warn!("sampling failed: {e:#}");
-                }
-            }
-            guard = ring.fd.readable_mut() => {
-                let mut guard = guard.context("waiting for the ring buffer")?;
-                // Clear readiness before draining so a record that lands after the
-                // drain wakes us again.
-                guard.clear_ready();
-                drop(guard);
-                ring.drain(det, &mut counters.bad_records);
-            }
-            guard = async { match logger.as_mut() { Some(l) => l.readable_mut().await, None => pending().await } } => {
-                if let Ok(mut g) = guard {
-                    g.get_inner_mut().flush();
-                    g.clear_ready();
-                }
-            }
-        }
-    }
-    // What arrived between the last wakeup and the stop belongs to the final report.
-    ring.drain(det, &mut counters.bad_records);
-    print_report(&mut sinks, det, start, &counters, true)
-}
-
-/// What every report counts besides the detector's own findings.
-struct Counters {
-    lost: CpuSum,
-    read_errors: CpuSum,
-    bad_records: u64,
-}
-
-fn print_report(
-    sinks: &mut [Box<dyn Sink>],
-    det: &mut dyn Detector,
-    start: Instant,
-    counters: &Counters,
-    final_: bool,
-) -> Result<()> {
-    let ctx = ReportCtx {
-        final_,
-        elapsed: start.elapsed(),
-        lost_events: counters.lost.get(),
-        bad_records: counters.bad_records,
-        kernel_read_errors: counters.read_errors.get(),
-    };
-    let report = det.report(&ctx)?;
-    let r = Emitted::new(det.command(), report, &ctx);
-    for s in sinks {
-        s.write(&r)?;
-    }
-    Ok(())
-}
-
-/// Completes `report` and hands it to the sinks `opts` asks for (one-shot callers:
-/// triage).
-pub fn emit(opts: &RunOpts, command: &str, report: Report, ctx: &ReportCtx) -> Result<()> {
-    let r = Emitted::new(command, report, ctx);
-    for s in &mut sink::from_opts(opts) {
-        s.write(&r)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ impl<'a> Emitted<'a> {
     }
 }
 
-pub trait Sink {
+pub trait Sink: Send {
     fn write(&mut self, r: &Emitted) -> Result<()>;
 }
 
@@ -53,7 +53,7 @@ pub trait Sink {
 pub fn from_opts(opts: &RunOpts) -> Vec<Box<dyn Sink>> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if let Some(path) = &opts.prom_file {
-        sinks.push(Box::new(PromFile(path.clone())));
+        sinks.push(Box::new(PromFile::new(path.clone())));
     }
     if opts.json {
         sinks.push(Box::new(JsonLines));
@@ -63,12 +63,27 @@ pub fn from_opts(opts: &RunOpts) -> Vec<Box<dyn Sink>> {
     sinks
 }
 
-/// `--prom-file`: the whole file replaced atomically with every report.
-pub struct PromFile(pub PathBuf);
+/// `--prom-file`: the whole file replaced atomically with every report; with several
+/// detectors it holds each one's latest report.
+pub struct PromFile {
+    path: PathBuf,
+    latest: std::collections::BTreeMap<String, Value>,
+}
+
+impl PromFile {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            latest: Default::default(),
+        }
+    }
+}
 
 impl Sink for PromFile {
     fn write(&mut self, r: &Emitted) -> Result<()> {
-        crate::prom::write(&self.0, r.command, &r.json)
+        self.latest.insert(r.command.to_string(), r.json.clone());
+        let all: Vec<(&str, &Value)> = self.latest.iter().map(|(c, j)| (c.as_str(), j)).collect();
+        crate::prom::write_all(&self.path, &all)
     }
 }
 

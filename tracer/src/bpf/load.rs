@@ -22,7 +22,7 @@ use crate::tracefs::Tracefs;
 pub struct Session {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
-    /// The path each [`Choice`] took, in the order given to [`start_with`].
+    /// The path each [`Choice`] took, in the order the plans gave them.
     pub chosen: Vec<Chosen>,
     pub tracefs: Tracefs,
 }
@@ -57,9 +57,11 @@ impl Drop for Session {
 }
 
 impl Session {
-    /// Hooks that were optional and are missing, for the report's caveats.
-    pub fn missing(&self) -> impl Iterator<Item = &HookStatus> {
-        self.hooks.iter().filter(|h| h.state == HookState::Missing)
+    /// `spec`'s hooks that were optional and are missing, for its report's caveats.
+    pub fn missing<'a>(&'a self, spec: &'a Spec) -> impl Iterator<Item = &'a HookStatus> {
+        self.hooks
+            .iter()
+            .filter(move |h| h.state == HookState::Missing && spec.owns(h.program))
     }
 
     /// The path that won `choice` (None: no path worked, or it was not asked for).
@@ -276,55 +278,85 @@ fn take_choice(
     Chosen::of(choice, None, refused)
 }
 
-/// Loads the object with `spec`'s offsets and attaches its hooks. `extra` sets
-/// detector-specific `Global<u32>`s (in-kernel filters and the like).
-pub fn start(spec: &Spec, extra: &[(&'static str, u32)]) -> Result<Session> {
-    start_with(spec, &[], extra)
+/// What one detector asks the loader for: its spec, its choices of paths, and its
+/// `Global<u32>`s (in-kernel filters and the like).
+#[derive(Clone)]
+pub struct Plan {
+    pub spec: &'static Spec,
+    pub choices: Vec<Choice>,
+    pub globals: Vec<(&'static str, u32)>,
 }
 
-/// [`start`], then each of `choices` takes the first of its paths that loads and
-/// attaches (`Session::took` names it), all in the one loaded object.
-pub fn start_with(
-    spec: &Spec,
-    choices: &[Choice],
-    extra: &[(&'static str, u32)],
-) -> Result<Session> {
-    require_privileges(spec.detector)?;
+impl Plan {
+    pub fn new(spec: &'static Spec) -> Self {
+        Self {
+            spec,
+            choices: Vec::new(),
+            globals: Vec::new(),
+        }
+    }
+}
+
+/// The ring buffer for `plans`: each detector's size, summed and rounded up to a power
+/// of two (the kernel's rule for ring buffers).
+pub fn ring_size(plans: &[Plan]) -> u32 {
+    match plans {
+        [one] => one.spec.ring_bytes,
+        _ => plans
+            .iter()
+            .map(|p| p.spec.ring_bytes)
+            .sum::<u32>()
+            .next_power_of_two(),
+    }
+}
+
+/// Loads the object once for every plan (each with its offsets and globals; maps no
+/// planned program uses are created with one entry), attaches each plan's hooks, and
+/// each of its choices takes the first of its paths that loads and attaches
+/// (`Session::took` names it).
+pub fn start_many(plans: &[Plan]) -> Result<Session> {
+    let names: Vec<&str> = plans.iter().map(|p| p.spec.detector).collect();
+    require_privileges(&names.join(" "))?;
     let tracefs = Tracefs::open()?;
 
     // Required hooks first: a missing one is the whole answer.
-    for h in spec.hooks.iter().filter(|h| h.required) {
-        if !tracefs.has_tracepoint(h.category, h.name) {
-            bail!(
-                "tracepoint {}:{} is missing on this kernel, and `tracer {}` needs it to {}; \
-                 `tracer doctor` lists what this kernel has",
-                h.category,
-                h.name,
-                spec.detector,
-                h.purpose
-            );
-        }
-        if let Some(why) = lacking_field(spec.offsets, &tracefs, h.category, h.name) {
-            bail!(
-                "{why}, and `tracer {}` needs it to {}; `tracer doctor` lists what this kernel has",
-                spec.detector,
-                h.purpose
-            );
+    for spec in plans.iter().map(|p| p.spec) {
+        for h in spec.hooks.iter().filter(|h| h.required) {
+            if !tracefs.has_tracepoint(h.category, h.name) {
+                bail!(
+                    "tracepoint {}:{} is missing on this kernel, and `tracer {}` needs it to {}; \
+                     `tracer doctor` lists what this kernel has",
+                    h.category,
+                    h.name,
+                    spec.detector,
+                    h.purpose
+                );
+            }
+            if let Some(why) = lacking_field(spec.offsets, &tracefs, h.category, h.name) {
+                bail!(
+                    "{why}, and `tracer {}` needs it to {}; `tracer doctor` lists what this kernel has",
+                    spec.detector,
+                    h.purpose
+                );
+            }
         }
     }
 
     // Offsets of fields a kernel lacks stay 0: their (optional) hooks are not attached.
-    let mut offsets = Vec::with_capacity(spec.offsets.len());
-    for o in spec.offsets {
-        let off = tracefs
-            .format(o.category, o.event)
-            .and_then(|f| f.offset(o.field))
-            .unwrap_or(0);
-        offsets.push((o.global, off));
+    let mut globals: Vec<(&'static str, u32)> = Vec::new();
+    for plan in plans {
+        for o in plan.spec.offsets {
+            let off = tracefs
+                .format(o.category, o.event)
+                .and_then(|f| f.offset(o.field))
+                .unwrap_or(0);
+            globals.push((o.global, off));
+        }
+        globals.extend(plan.globals.iter().copied());
     }
-    let extra: Vec<(&'static str, u32)> = extra.to_vec();
     let log_level = log::max_level() as u8;
-    let wakeup_bytes = u64::from(spec.ring_bytes / 4);
+    let ring_bytes = ring_size(plans);
+    let wakeup_bytes = u64::from(ring_bytes / 4);
 
     // EbpfLoader::new() parses the kernel's BTF (about 8 MiB of heap while it lives).
     // The loader is dropped right after the load, so the fentry/tp_btf loads below
@@ -332,10 +364,11 @@ pub fn start_with(
     // second full object loaded to probe fentry) raised the peak RSS from ~23 to
     // ~44 MiB.
     let mut loader = EbpfLoader::new();
-    loader.map_max_entries("EVENTS", spec.ring_bytes);
-    // The object holds every detector's maps; the ones this detector's programs never
-    // touch are created with one entry, so a load costs only what it uses.
-    let unused = unused_maps(OBJECT, &[spec.prefix]);
+    loader.map_max_entries("EVENTS", ring_bytes);
+    // The object holds every detector's maps; the ones no planned program touches are
+    // created with one entry, so a load costs only what it uses.
+    let prefixes: Vec<&str> = plans.iter().map(|p| p.spec.prefix).collect();
+    let unused = unused_maps(OBJECT, &prefixes);
     for name in &unused {
         loader.map_max_entries(name, 1);
     }
@@ -345,10 +378,7 @@ pub fn start_with(
     );
     loader.override_global("AYA_LOG_LEVEL", &log_level, false);
     loader.override_global("WAKEUP_BYTES", &wakeup_bytes, true);
-    for (name, off) in &offsets {
-        loader.override_global(name, off, true);
-    }
-    for (name, v) in &extra {
+    for (name, v) in &globals {
         loader.override_global(name, v, true);
     }
     let mut ebpf = loader.load(OBJECT).map_err(|e| {
@@ -357,7 +387,33 @@ pub fn start_with(
     drop(loader);
 
     let mut hooks = Vec::new();
+    let mut chosen = Vec::new();
     let mut btf = None;
+    for plan in plans {
+        attach_spec(&mut ebpf, plan.spec, &tracefs, &mut btf, &mut hooks)?;
+        chosen.extend(
+            plan.choices
+                .iter()
+                .map(|c| take_choice(&mut ebpf, c, plan.spec.offsets, &tracefs, &mut btf)),
+        );
+    }
+    Ok(Session {
+        ebpf,
+        hooks,
+        chosen,
+        tracefs,
+    })
+}
+
+/// Attaches `spec`'s hooks, recording each one's state in `hooks`; fails on a required
+/// hook that does not attach.
+fn attach_spec(
+    ebpf: &mut Ebpf,
+    spec: &Spec,
+    tracefs: &Tracefs,
+    btf: &mut Option<Result<Btf, String>>,
+    hooks: &mut Vec<HookStatus>,
+) -> Result<()> {
     for h in spec.hooks {
         if h.kind() == HookKind::TracePoint && !tracefs.has_tracepoint(h.category, h.name) {
             log::warn!(
@@ -369,7 +425,7 @@ pub fn start_with(
             hooks.push(status(h, HookState::Missing));
             continue;
         }
-        if let Err(why) = usable(spec.offsets, &tracefs, h) {
+        if let Err(why) = usable(spec.offsets, tracefs, h) {
             log::warn!("{why}; {} will not be seen", h.purpose);
             hooks.push(HookStatus {
                 why: Some(why),
@@ -377,7 +433,7 @@ pub fn start_with(
             });
             continue;
         }
-        match attach(&mut ebpf, h, &mut btf) {
+        match attach(ebpf, h, btf) {
             Ok(()) => hooks.push(status(h, HookState::Attached)),
             Err(e) if h.required => {
                 bail!(
@@ -397,17 +453,8 @@ pub fn start_with(
             }
         }
     }
-    let chosen = choices
-        .iter()
-        .map(|c| take_choice(&mut ebpf, c, spec.offsets, &tracefs, &mut btf))
-        .collect();
     log::debug!("{}: {} hooks attached", spec.detector, hooks.len());
-    Ok(Session {
-        ebpf,
-        hooks,
-        chosen,
-        tracefs,
-    })
+    Ok(())
 }
 
 pub fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<()> {

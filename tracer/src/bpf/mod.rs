@@ -11,7 +11,7 @@ mod maps;
 mod probe;
 mod spec;
 
-pub use load::{CpuSum, Session, missing_caps, require_privileges, start, start_with};
+pub use load::{CpuSum, Plan, Session, missing_caps, require_privileges, start_many};
 pub use probe::{
     Prober, fentry_available, has_btf, kernel_release, kprobes_available, probe_choice, probe_hooks,
 };

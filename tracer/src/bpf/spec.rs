@@ -227,6 +227,18 @@ pub struct Spec {
     pub offsets: &'static [Offset],
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: u32,
+    /// The ring-buffer record kinds its programs send: the run loop hands each record
+    /// to the detector that owns its kind (a unit test checks each kind has one owner).
+    pub kinds: &'static [tracer_common::EventKind],
+}
+
+impl Spec {
+    /// Whether `program` is one of this detector's programs.
+    pub fn owns(&self, program: &str) -> bool {
+        program
+            .strip_prefix(self.prefix)
+            .is_some_and(|rest| rest.starts_with('_'))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

@@ -112,6 +112,7 @@ pub const SPEC: Spec = Spec {
         },
     ],
     ring_bytes: 1 << 20,
+    kinds: <tracer_common::cgroups::CgroupEvent as tracer_common::Record>::KINDS,
 };
 
 /// Find leaked (empty) and dying cgroups, who creates and removes them, and how long
@@ -165,9 +166,9 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Rows of the JSON lists at most (dying, empty, released).
 const JSON_ROWS: usize = 1_000;
 
-/// Checks the options, attaches the hooks and sets up the state; nothing is traced
-/// until [`run::Started::run`].
-pub fn start(args: Args) -> Result<run::Started> {
+/// Checks the options and says what to load; [`attach`] sets up the state once the
+/// object is loaded.
+pub fn prepare(args: Args) -> Result<run::Prepared> {
     let all = snap::hierarchies()?;
     let mut hierarchies = all.clone();
     if hierarchies.is_empty() {
@@ -203,12 +204,30 @@ pub fn start(args: Args) -> Result<run::Started> {
         let id = h.id;
         hierarchies.retain(|h| h.id == id);
     }
-    let mut session = bpf::start(&SPEC, &[("CGROUPS_ROOT_FILTER", filter)])?;
+    Ok(run::Prepared {
+        plan: bpf::Plan {
+            globals: vec![("CGROUPS_ROOT_FILTER", filter)],
+            ..bpf::Plan::new(&SPEC)
+        },
+        ebpf_optional: false,
+        opts: args.run.clone(),
+        attach: Box::new(move |s| attach(args, all, hierarchies, run::loaded(s)?)),
+    })
+}
+
+/// Takes the maps and takes the first look at every hierarchy, after the hooks are
+/// attached.
+fn attach(
+    args: Args,
+    all: Vec<snap::Hierarchy>,
+    hierarchies: Vec<snap::Hierarchy>,
+    session: &mut bpf::Session,
+) -> Result<run::Attached> {
     same_layout(&session.tracefs)?;
     let counts = PerCpuArray::try_from(session.take_map("CGROUPS_COUNTS")?)?;
     let attach = BpfHashMap::try_from(session.take_map("CGROUPS_ATTACH")?)?;
     let caveats = session
-        .missing()
+        .missing(&SPEC)
         .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
         .collect();
     // The first look after attaching: a cgroup removed in between is then counted as
@@ -236,12 +255,9 @@ pub fn start(args: Args) -> Result<run::Started> {
         Some(h) => format!("cgroup mkdir/rmdir/release in hierarchy {h}"),
         None => "cgroup mkdir/rmdir/release in every hierarchy".into(),
     };
-    let opts = det.args.run.clone();
-    Ok(run::Started {
+    Ok(run::Attached {
         detector: Box::new(det),
-        session,
         what,
-        opts,
     })
 }
 

@@ -141,6 +141,7 @@ pub const SPEC: Spec = Spec {
     // Only the first inode of each directory and the first ENOSPC of each process
     // send a record (312 bytes): room for ~3,000 new directories between drains.
     ring_bytes: 1 << 20,
+    kinds: <tracer_common::inodes::PathEvent as tracer_common::Record>::KINDS,
 };
 
 /// Find which filesystem runs out of inodes, who creates the files, and where.
@@ -174,9 +175,9 @@ pub struct Args {
     pub run: RunOpts,
 }
 
-/// Checks the options, attaches the hooks and sets up the state; nothing is traced
-/// until [`run::Started::run`].
-pub fn start(args: Args) -> Result<run::Started> {
+/// Checks the options and says what to load; [`attach`] sets up the state once the
+/// object is loaded.
+pub fn prepare(args: Args) -> Result<run::Prepared> {
     let target = match &args.fs {
         Some(p) => Some(snap::filesystem_at(p).map_err(|e| {
             anyhow!(
@@ -185,17 +186,30 @@ pub fn start(args: Args) -> Result<run::Started> {
         })?),
         None => None,
     };
-    let mut session = bpf::start(
-        &SPEC,
-        &[("INODES_TARGET_DEV", target.as_ref().map_or(0, |t| t.dev))],
-    )?;
+    Ok(run::Prepared {
+        plan: bpf::Plan {
+            globals: vec![("INODES_TARGET_DEV", target.as_ref().map_or(0, |t| t.dev))],
+            ..bpf::Plan::new(&SPEC)
+        },
+        ebpf_optional: false,
+        opts: args.run.clone(),
+        attach: Box::new(move |s| attach(args, target, run::loaded(s)?)),
+    })
+}
+
+/// Takes the maps and the usage at the start, after the hooks are attached.
+fn attach(
+    args: Args,
+    target: Option<FsUsage>,
+    session: &mut bpf::Session,
+) -> Result<run::Attached> {
     let ext4_attached = session
         .hooks
         .iter()
         .any(|h| h.program == "inodes_alloc" && h.state == bpf::HookState::Attached);
     let ext4_missing = (!ext4_attached).then(|| ext4_missing_reason(&session.tracefs));
     let mut caveats: Vec<String> = session
-        .missing()
+        .missing(&SPEC)
         .filter(|h| !h.hook.starts_with("ext4:"))
         .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
         .collect();
@@ -249,11 +263,9 @@ pub fn start(args: Args) -> Result<run::Started> {
         ),
         None => "inode allocations, frees and ENOSPC".into(),
     };
-    Ok(run::Started {
+    Ok(run::Attached {
         detector: Box::new(det),
-        session,
         what,
-        opts: args.run,
     })
 }
 

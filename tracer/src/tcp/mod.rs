@@ -99,9 +99,9 @@ fn parse_pct(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Checks the options, attaches the hooks and sets up the state; nothing is traced
-/// until [`run::Started::run`].
-pub fn start(args: Args) -> Result<run::Started> {
+/// Checks the options and says what to load; [`attach`] sets up the state once the
+/// object is loaded.
+pub fn prepare(args: Args) -> Result<run::Prepared> {
     // Readable /proc first: without it there is nothing to compare refusals with.
     let first = tcpmem::Snapshot::read()?;
     // --no-socket-cookies leaves the BTF tracepoint out of the choices.
@@ -110,8 +110,21 @@ pub fn start(args: Args) -> Result<run::Started> {
         .filter(|c| !(args.no_socket_cookies && c.name == SOCKETS))
         .copied()
         .collect();
-    let mut session = bpf::start_with(&SPEC, &choices, &[])?;
-    let drop_names = fill_drop_reasons(&mut session)?;
+    Ok(run::Prepared {
+        plan: bpf::Plan {
+            choices,
+            ..bpf::Plan::new(&SPEC)
+        },
+        ebpf_optional: false,
+        opts: args.run.clone(),
+        attach: Box::new(move |s| attach(args, first, run::loaded(s)?)),
+    })
+}
+
+/// Fills the drop-reason table, names the path each choice took, and takes the maps,
+/// after the hooks are attached.
+fn attach(args: Args, first: tcpmem::Snapshot, session: &mut Session) -> Result<run::Attached> {
+    let drop_names = fill_drop_reasons(session)?;
     let mut flags = Array::try_from(session.take_map("TCP_FLAGS")?)?;
     let mut caveats: Vec<String> = Vec::new();
     let refusal_hook = match session.chosen(SOCKETS) {
@@ -182,12 +195,12 @@ pub fn start(args: Args) -> Result<run::Started> {
     let max = PerCpuArray::try_from(session.take_map("TCP_SEND_MAX")?)?;
     caveats.extend(
         session
-            .missing()
+            .missing(&SPEC)
             .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose)),
     );
     let drops_counted =
-        !drop_names.is_empty() && session.missing().all(|h| h.program != "tcp_drop");
-    if drop_names.is_empty() && session.missing().all(|h| h.program != "tcp_drop") {
+        !drop_names.is_empty() && session.missing(&SPEC).all(|h| h.program != "tcp_drop");
+    if drop_names.is_empty() && session.missing(&SPEC).all(|h| h.program != "tcp_drop") {
         caveats.push(
             "skb:kfree_skb names none of the memory-related drop reasons on this kernel: drops are not counted"
                 .into(),
@@ -228,11 +241,9 @@ pub fn start(args: Args) -> Result<run::Started> {
         refusal_records: 0,
     };
     det.sample()?;
-    Ok(run::Started {
+    Ok(run::Attached {
         detector: Box::new(det),
-        session,
         what: "TCP memory, refused allocations and send latency".into(),
-        opts: args.run,
     })
 }
 

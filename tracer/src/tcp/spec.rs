@@ -86,6 +86,10 @@ pub const SPEC: Spec = Spec {
         off("TCP_SEND_PROTOCOL", "sock", "sock_send_length", "protocol"),
     ],
     ring_bytes: 1 << 20,
+    kinds: &[
+        tracer_common::EventKind::TcpBufLimit,
+        tracer_common::EventKind::TcpPressureEdge,
+    ],
 };
 
 /// Syscall entries + sock:sock_send_length: the tracepoint path of send latency.

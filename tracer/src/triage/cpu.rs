@@ -47,8 +47,9 @@ pub struct RunnableSampler {
 impl RunnableSampler {
     pub fn sample(&mut self) {
         if let Some(r) = KernelStats::current().ok().and_then(|s| s.procs_running) {
-            // The reader itself is running while it reads.
-            let r = u64::from(r).saturating_sub(1);
+            // The tracer's own threads are not the host's load: the sampling thread
+            // runs while it reads, and the ring reader may be handling records.
+            let r = u64::from(r).saturating_sub(own_running().max(1));
             self.sum += r;
             self.n += 1;
             self.max = self.max.max(r);
@@ -58,6 +59,23 @@ impl RunnableSampler {
     fn mean(&self) -> Option<f64> {
         (self.n > 0).then(|| self.sum as f64 / self.n as f64)
     }
+}
+
+/// How many of this process's threads are running or runnable (state R).
+fn own_running() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 1;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                // The state follows the parenthesised comm, which may hold spaces.
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('R'))
+            })
+        })
+        .count() as u64
 }
 
 /// Busy and per-state shares of one CPU (or all) between two readings, in percent.

@@ -18,14 +18,14 @@ mod runq;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use serde::Serialize;
 use serde_json::json;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    bpf::{self, Session},
     output::Table,
-    run::{self, Report, ReportCtx, RunOpts},
+    run::{self, Detector, Report, ReportCtx, RunOpts},
     snapshot::Level,
 };
 
@@ -232,100 +232,152 @@ pub struct Window {
     pub cpus: usize,
 }
 
-pub async fn run(args: Args) -> Result<u8> {
-    // Bad input fails before the window, not after it.
-    if let Some(p) = &args.prom_file {
-        crate::prom::check_dir(p)?;
-    }
-    // Attach first, so the run-queue histogram covers the whole window.
-    let mut runq = runq::Runq::start();
-    let before_cpu = cpu::Before::read()?;
-    let before_mem = mem::Before::read();
-    let before_disk = disk::Before::read();
-    let before_net = net::Before::read();
-    let before_leaks = leaks::Before::read();
-    let mut runnable = cpu::RunnableSampler::default();
-    runnable.sample();
+/// Checks the options and says what to load: the run-queue programs, which are
+/// optional (without privileges or hooks, the /proc and /sys checks run alone).
+pub fn prepare(args: Args) -> Result<run::Prepared> {
+    let opts = RunOpts {
+        duration: Some(args.duration),
+        interval: None,
+        json: args.json,
+        prom_file: args.prom_file.clone(),
+    };
+    Ok(run::Prepared {
+        plan: bpf::Plan::new(&SPEC),
+        ebpf_optional: true,
+        opts,
+        attach: Box::new(move |s| attach(args, s)),
+    })
+}
 
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let start = Instant::now();
-    let deadline = tokio::time::Instant::now() + args.duration;
-    let mut every = tokio::time::interval(SAMPLE_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    eprintln!(
-        "Tracing the USE checklist for {} (run-queue latency: {})...",
-        humantime::format_duration(args.duration),
+/// Takes the run-queue maps (or the reason there are none), then reads the start of
+/// the window: after attaching, so the histogram covers the whole window.
+fn attach(args: Args, session: Result<&mut Session, &anyhow::Error>) -> Result<run::Attached> {
+    let runq = match session {
+        Ok(s) => runq::Runq::take(s).map_err(|e| {
+            log::warn!("run-queue latency is skipped: {e:#}");
+            format!("{e:#}")
+        }),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    let what = format!(
+        "the USE checklist (run-queue latency: {})",
         match &runq {
             Ok(_) => "eBPF on sched_wakeup/sched_switch".to_string(),
             Err(why) => format!("skipped, {why}"),
         }
     );
-    loop {
-        tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = every.tick() => runnable.sample(),
+    let det = Triage {
+        befores: Befores::read()?,
+        args,
+        runq,
+        code: 0,
+    };
+    Ok(run::Attached {
+        detector: Box::new(det),
+        what,
+    })
+}
+
+/// What /proc and /sys said at the start of the window; rates are deltas from here.
+struct Befores {
+    cpu: cpu::Before,
+    mem: mem::Before,
+    disk: disk::Before,
+    net: net::Before,
+    leaks: leaks::Before,
+    runnable: cpu::RunnableSampler,
+    at: Instant,
+}
+
+impl Befores {
+    fn read() -> Result<Self> {
+        let mut b = Befores {
+            cpu: cpu::Before::read()?,
+            mem: mem::Before::read(),
+            disk: disk::Before::read(),
+            net: net::Before::read(),
+            leaks: leaks::Before::read(),
+            runnable: cpu::RunnableSampler::default(),
+            at: Instant::now(),
+        };
+        b.runnable.sample();
+        Ok(b)
+    }
+}
+
+/// The check as a detector: samples the run queue every 100 ms, and each report
+/// judges the window since the previous one (a one-shot run has one window, -d).
+struct Triage {
+    args: Args,
+    runq: Result<runq::Runq, String>,
+    befores: Befores,
+    /// The exit status of the latest report.
+    code: u8,
+}
+
+impl Detector for Triage {
+    fn command(&self) -> &'static str {
+        "triage"
+    }
+
+    /// triage reads maps, not records: every record is a bad one.
+    fn on_event(&mut self, _data: &[u8]) -> Result<(), run::BadRecord> {
+        Err(run::BadRecord)
+    }
+
+    fn sample_every(&self) -> Option<Duration> {
+        Some(SAMPLE_EVERY)
+    }
+
+    fn sample(&mut self) -> Result<()> {
+        self.befores.runnable.sample();
+        Ok(())
+    }
+
+    fn report(&mut self, _ctx: &ReportCtx) -> Result<Report> {
+        // The next window starts where this one ends.
+        let b = std::mem::replace(&mut self.befores, Befores::read()?);
+        let w = Window {
+            secs: b.at.elapsed().as_secs_f64().max(1e-3),
+            cpus: b.cpu.cpus(),
+        };
+        let runq_summary = self.runq.as_mut().ok().map(|r| r.read());
+        let mut all = Part::default();
+        all.merge(cpu::findings(&b.cpu, &b.runnable, runq_summary.as_ref(), w));
+        all.merge(kernel::findings(self.args.since));
+        all.merge(mem::findings(b.mem, w));
+        all.merge(disk::findings(b.disk, w));
+        all.merge(net::findings(b.net, w));
+        all.merge(leaks::findings(b.leaks, w));
+        if let Err(why) = &self.runq {
+            all.skipped.push(Skipped {
+                part: "run-queue latency (eBPF)",
+                reason: why.clone(),
+            });
         }
+        // Checklist order: load and kernel log first, then cpu, memory, disk, network and
+        // the leak checks (a stable sort keeps each module's own order).
+        all.findings.sort_by_key(order);
+        let worst = all
+            .findings
+            .iter()
+            .map(|f| f.level)
+            .max()
+            .unwrap_or(Level::Ok);
+        self.code = exit_code(worst, self.args.fail_on);
+        Ok(render(
+            &self.args,
+            all,
+            worst,
+            self.code,
+            w,
+            runq_summary.as_ref(),
+        ))
     }
-    let elapsed = start.elapsed();
-    let w = Window {
-        secs: elapsed.as_secs_f64().max(1e-3),
-        cpus: before_cpu.cpus(),
-    };
 
-    // The report is built and printed while the programs are still attached; detaching
-    // (about 70 ms per tracepoint) happens after, so the report lands on time.
-    let runq_summary = runq.as_mut().ok().map(|r| r.read());
-    let mut all = Part::default();
-    all.merge(cpu::findings(
-        &before_cpu,
-        &runnable,
-        runq_summary.as_ref(),
-        w,
-    ));
-    all.merge(kernel::findings(args.since));
-    all.merge(mem::findings(before_mem, w));
-    all.merge(disk::findings(before_disk, w));
-    all.merge(net::findings(before_net, w));
-    all.merge(leaks::findings(before_leaks, w));
-    if let Err(why) = &runq {
-        all.skipped.push(Skipped {
-            part: "run-queue latency (eBPF)",
-            reason: why.clone(),
-        });
+    fn exit_code(&self) -> u8 {
+        self.code
     }
-    // Checklist order: load and kernel log first, then cpu, memory, disk, network and
-    // the leak checks (a stable sort keeps each module's own order).
-    all.findings.sort_by_key(order);
-
-    let worst = all
-        .findings
-        .iter()
-        .map(|f| f.level)
-        .max()
-        .unwrap_or(Level::Ok);
-    let code = exit_code(worst, args.fail_on);
-    let lost = runq.as_ref().ok().map(|r| r.lost()).unwrap_or(0);
-    let read_errors = runq.as_ref().ok().map(|r| r.read_errors()).unwrap_or(0);
-    let report = render(&args, all, worst, code, w, runq_summary.as_ref());
-    let opts = RunOpts {
-        json: args.json,
-        prom_file: args.prom_file.clone(),
-        ..RunOpts::default()
-    };
-    let ctx = ReportCtx {
-        final_: true,
-        elapsed,
-        lost_events: lost,
-        // triage reads maps, not records: none can be bad.
-        bad_records: 0,
-        kernel_read_errors: read_errors,
-    };
-    run::emit(&opts, "triage", report, &ctx)?;
-    drop(runq);
-    Ok(code)
 }
 
 /// Where a row goes in the checklist's order.

@@ -5,7 +5,7 @@ use serde::Serialize;
 use tracer_common::triage::RUNQ_SLOTS;
 
 use crate::{
-    bpf::{self, CpuSum, Hook, Offset, Session, Spec},
+    bpf::{Hook, Offset, Session, Spec},
     output,
 };
 
@@ -69,46 +69,22 @@ pub const SPEC: Spec = Spec {
     ],
     // Nothing is sent per event; the smallest ring the loader accepts.
     ring_bytes: 4096,
+    kinds: &[],
 };
 
-/// The attached programs and their maps; drop detaches them (in parallel: see
-/// `bpf::Session`'s Drop).
+/// The run-queue maps of the loaded object (the run's session detaches the programs).
 pub struct Runq {
     hist: PerCpuArray<MapData, u64>,
     max: PerCpuArray<MapData, u64>,
-    lost: CpuSum,
-    read_errors: CpuSum,
-    _session: Session,
 }
 
 impl Runq {
-    /// Loads and attaches, or says why the eBPF part is skipped (no privileges, a
-    /// missing tracepoint, a kernel that refuses the programs).
-    pub fn start() -> Result<Runq, String> {
-        let missing = bpf::missing_caps();
-        if !missing.is_empty() {
-            return Err(format!(
-                "needs root (or CAP_BPF and CAP_PERFMON) and this process lacks {}",
-                missing.join(" and ")
-            ));
-        }
-        let attach = || -> anyhow::Result<Runq> {
-            let mut session = bpf::start(&SPEC, &[])?;
-            let hist = PerCpuArray::try_from(session.take_map("TRIAGE_RUNQ")?)?;
-            let max = PerCpuArray::try_from(session.take_map("TRIAGE_RUNQ_MAX")?)?;
-            let lost = CpuSum::take(&mut session.ebpf, CpuSum::LOST)?;
-            let read_errors = CpuSum::take(&mut session.ebpf, CpuSum::READ_ERRORS)?;
-            Ok(Runq {
-                hist,
-                max,
-                lost,
-                read_errors,
-                _session: session,
-            })
-        };
-        attach().map_err(|e| {
-            log::warn!("run-queue latency is skipped: {e:#}");
-            format!("{e:#}")
+    /// Takes the maps, or says why there are none (the run's load failed or a map is
+    /// missing).
+    pub fn take(session: &mut Session) -> anyhow::Result<Runq> {
+        Ok(Runq {
+            hist: PerCpuArray::try_from(session.take_map("TRIAGE_RUNQ")?)?,
+            max: PerCpuArray::try_from(session.take_map("TRIAGE_RUNQ_MAX")?)?,
         })
     }
 
@@ -127,14 +103,6 @@ impl Runq {
             .map(|v| v.iter().copied().max().unwrap_or(0))
             .unwrap_or(0);
         Summary { buckets, max }
-    }
-
-    pub fn lost(&self) -> u64 {
-        self.lost.get()
-    }
-
-    pub fn read_errors(&self) -> u64 {
-        self.read_errors.get()
     }
 }
 

@@ -113,6 +113,7 @@ pub const SPEC: Spec = Spec {
         },
     ],
     ring_bytes: 1 << 20,
+    kinds: <tracer_common::zombies::ProcEvent as tracer_common::Record>::KINDS,
 };
 
 /// Find parents that never reap their children, and how close PID exhaustion is.
@@ -158,9 +159,9 @@ pub struct Args {
     pub run: RunOpts,
 }
 
-/// Checks the options, attaches the hooks and sets up the state; nothing is traced
-/// until [`run::Started::run`].
-pub fn start(args: Args) -> Result<run::Started> {
+/// Checks the options and says what to load; [`attach`] sets up the state once the
+/// object is loaded.
+pub fn prepare(args: Args) -> Result<run::Prepared> {
     if let Some(pid) = args.pid
         && (pid == 0 || !procinfo::exists(pid))
     {
@@ -170,11 +171,23 @@ pub fn start(args: Args) -> Result<run::Started> {
     let exit = ExitPath::probe(&Tracefs::open()?)?;
     let mut globals = exit.globals();
     globals.push(("ZOMBIES_TARGET_PPID", args.pid.unwrap_or(0)));
-    let mut session = bpf::start(&SPEC, &globals)?;
+    Ok(run::Prepared {
+        plan: bpf::Plan {
+            globals,
+            ..bpf::Plan::new(&SPEC)
+        },
+        ebpf_optional: false,
+        opts: args.run.clone(),
+        attach: Box::new(move |s| attach(args, exit, run::loaded(s)?)),
+    })
+}
+
+/// Takes the maps and seeds the state from /proc, after the hooks are attached.
+fn attach(args: Args, exit: ExitPath, session: &mut bpf::Session) -> Result<run::Attached> {
     let counters = BpfHashMap::try_from(session.take_map("ZOMBIES_COUNTERS")?)?;
     let counts = PerCpuArray::try_from(session.take_map("ZOMBIES_COUNTS")?)?;
     let caveats = session
-        .missing()
+        .missing(&SPEC)
         .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
         .collect();
     // Scan /proc only after the hooks are attached: a zombie made in between is then
@@ -197,12 +210,9 @@ pub fn start(args: Args) -> Result<run::Started> {
         Some(p) => format!("exits and reaps of children of pid {p}"),
         None => "process exits and reaps".into(),
     };
-    let opts = det.args.run.clone();
-    Ok(run::Started {
+    Ok(run::Attached {
         detector: Box::new(det),
-        session,
         what,
-        opts,
     })
 }
 
