@@ -1,11 +1,11 @@
 //! `tracer doctor`: what this kernel allows and what each detector will use.
 use anyhow::Result;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::{
-    bpf::{self, HookState},
+    bpf::{self, HookState, HookStatus},
     detectors,
-    output::Table,
+    output::{Row, Table},
     tracefs::Tracefs,
 };
 
@@ -18,189 +18,272 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(args: Args) -> Result<i32> {
-    let missing_caps = bpf::missing_caps();
-    let tracefs = match Tracefs::find() {
-        Some(t) => Ok(t),
-        None if missing_caps.is_empty() => Tracefs::open().map_err(|e| format!("{e:#}")),
-        None => Err("not mounted (and mounting it needs root)".to_string()),
-    };
-    let kprobes = bpf::kprobes_available(tracefs.as_ref().ok());
-    // One small copy of the object (maps of one entry) for every load probe.
-    let mut prober = bpf::Prober::default();
-    let fentry = match (&tracefs, missing_caps.is_empty()) {
-        (Ok(t), true) => bpf::fentry_available(&mut prober, t, "do_exit"),
-        (Err(_), true) => Err("not probed: no tracefs".to_string()),
-        _ => Err("not probed: needs root".to_string()),
-    };
+/// What doctor found: serialized as is for `--json`, rendered by [`Doctor::text`].
+#[derive(Serialize)]
+struct Doctor {
+    command: &'static str,
+    #[serde(rename = "final")]
+    final_: bool,
+    kernel: String,
+    btf: bool,
+    tracefs: Result<String, String>,
+    privileges: Privileges,
+    kprobes: bool,
+    fentry: Fentry,
+    detectors: Vec<Verdict>,
+    all_runnable: bool,
+    /// The hook table of the text output (the JSON has the same facts per detector).
+    #[serde(skip)]
+    rows: Vec<HookRow>,
+}
 
-    let mut all_ok = missing_caps.is_empty() && tracefs.is_ok();
-    let mut det_json = Vec::new();
-    let mut table = Table::new(&["DETECTOR", "HOOK", "STATE", "REQUIRED", "USED FOR"]);
-    // For alternatives the REQUIRED column names the choice and its path instead.
-    for d in detectors::ALL {
-        let statuses = match &tracefs {
-            Ok(t) => bpf::probe_hooks(d.spec, t, &mut prober),
-            Err(_) => Vec::new(),
+#[derive(Serialize)]
+struct Privileges {
+    ok: bool,
+    missing: Vec<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Fentry {
+    available: bool,
+    reason: Option<String>,
+}
+
+/// One detector: can it run here, on which path, without what.
+#[derive(Serialize)]
+struct Verdict {
+    detector: &'static str,
+    runnable: bool,
+    /// Optional hooks that are missing: the detector runs on its fallback.
+    missing_optional: Vec<String>,
+    fallback: Option<&'static str>,
+    hooks: Vec<HookStatus>,
+    choices: Vec<bpf::Chosen>,
+    path: Option<String>,
+    reason: Option<String>,
+}
+
+/// One row of the hook table.
+#[derive(Serialize)]
+struct HookRow {
+    detector: &'static str,
+    hook: String,
+    state: String,
+    /// yes/no, or for alternatives the choice and its path.
+    required: String,
+    purpose: &'static str,
+}
+
+impl Row for HookRow {
+    const HEADER: &'static [&'static str] = &["DETECTOR", "HOOK", "STATE", "REQUIRED", "USED FOR"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.detector.into(),
+            self.hook.clone(),
+            self.state.clone(),
+            self.required.clone(),
+            self.purpose.into(),
+        ]
+    }
+}
+
+pub fn run(args: Args) -> Result<i32> {
+    let d = Doctor::gather();
+    if args.json {
+        println!("{}", serde_json::to_string(&d)?);
+    } else {
+        print!("{}", d.text());
+    }
+    Ok(if d.all_runnable { 0 } else { 1 })
+}
+
+impl Doctor {
+    fn gather() -> Doctor {
+        let missing_caps = bpf::missing_caps();
+        let root = missing_caps.is_empty();
+        let tracefs = match Tracefs::find() {
+            Some(t) => Ok(t),
+            None if root => Tracefs::open().map_err(|e| format!("{e:#}")),
+            None => Err("not mounted (and mounting it needs root)".to_string()),
         };
-        // The path this kernel gives the detector, or why it has none.
-        let base = match (&tracefs, d.probe_path) {
-            (Ok(t), Some(probe)) => probe(t).map_err(|e| format!("{e:#}")),
-            _ => Ok(d.path),
+        let kprobes = bpf::kprobes_available(tracefs.as_ref().ok());
+        // One small copy of the object (maps of one entry) for every load probe.
+        let mut prober = bpf::Prober::default();
+        let fentry = match (&tracefs, root) {
+            (Ok(t), true) => bpf::fentry_available(&mut prober, t, "do_exit"),
+            (Err(_), true) => Err("not probed: no tracefs".to_string()),
+            _ => Err("not probed: needs root".to_string()),
         };
-        let chosen: Vec<bpf::Chosen> = match (&tracefs, missing_caps.is_empty()) {
-            (Ok(t), true) => d
-                .choices
-                .iter()
-                .map(|c| bpf::probe_choice(c, d.spec.offsets, t, &mut prober))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let runnable = tracefs.is_ok()
-            && missing_caps.is_empty()
-            && base.is_ok()
-            && statuses
-                .iter()
-                .all(|s| !s.required || s.state != HookState::Missing);
-        all_ok &= runnable;
-        for s in &statuses {
-            let state = match s.state {
-                HookState::Found | HookState::Attached => "found".to_string(),
-                HookState::Missing if s.required => "MISSING".into(),
-                HookState::Missing => format!("missing (fallback: {})", d.fallback),
-            };
-            table.row(vec![
-                d.spec.detector.into(),
-                s.hook.clone(),
-                state,
-                if s.required { "yes" } else { "no" }.into(),
-                s.purpose.into(),
-            ]);
-        }
-        // Optional hooks that are missing: the detector runs on its fallback.
-        let degraded: Vec<&str> = statuses
+        let mut rows = Vec::new();
+        let detectors: Vec<Verdict> = detectors::ALL
             .iter()
-            .filter(|s| !s.required && s.state == HookState::Missing)
-            .map(|s| s.hook.as_str())
+            .map(|e| verdict(e, tracefs.as_ref().ok(), root, &mut prober, &mut rows))
             .collect();
-        // Alternatives: the winner's hooks are "found (taken)", the paths before it
-        // say why they were refused, the ones after it are not needed.
-        for (c, ch) in d.choices.iter().zip(&chosen) {
-            let mut past = false;
-            for path in c.paths {
-                let refused = ch.refused.iter().find(|(p, _)| *p == path.name);
-                for h in path.hooks {
-                    let state = if let Some((_, why)) = refused {
-                        format!("refused ({why})")
-                    } else if ch.path == Some(path.name) && !past {
-                        "found (taken)".to_string()
-                    } else {
-                        "not needed".to_string()
-                    };
-                    table.row(vec![
-                        d.spec.detector.into(),
-                        h.label(),
-                        state,
-                        format!("{}: {}", c.name, path.name),
-                        h.purpose.into(),
-                    ]);
-                }
-                past |= ch.path == Some(path.name);
-            }
+        Doctor {
+            command: "doctor",
+            final_: true,
+            kernel: bpf::kernel_release(),
+            btf: bpf::has_btf(),
+            all_runnable: root && tracefs.is_ok() && detectors.iter().all(|d| d.runnable),
+            tracefs: tracefs.map(|t| t.root().display().to_string()),
+            privileges: Privileges {
+                ok: root,
+                missing: missing_caps,
+            },
+            kprobes,
+            fentry: Fentry {
+                available: fentry.is_ok(),
+                reason: fentry.err(),
+            },
+            detectors,
+            rows,
         }
-        let path = base.as_ref().ok().map(|base| {
-            let parts = chosen
-                .iter()
-                .map(|c| format!("; {}: {}", c.choice, c.path.unwrap_or(c.otherwise)));
-            std::iter::once(base.to_string())
-                .chain(parts)
-                .collect::<String>()
-        });
-        det_json.push(json!({
-            "detector": d.spec.detector,
-            "runnable": runnable,
-            "missing_optional": degraded,
-            "fallback": (!degraded.is_empty()).then_some(d.fallback),
-            "hooks": statuses,
-            "choices": chosen,
-            "path": path,
-            "reason": base.as_ref().err(),
-        }));
     }
 
-    let release = bpf::kernel_release();
-    let btf = bpf::has_btf();
-    if args.json {
-        println!(
-            "{}",
-            json!({
-                "command": "doctor",
-                "final": true,
-                "kernel": release,
-                "btf": btf,
-                "tracefs": tracefs.as_ref().map(|t| t.root().display().to_string()).map_err(|e| e.clone()),
-                "privileges": { "ok": missing_caps.is_empty(), "missing": missing_caps },
-                "kprobes": kprobes,
-                "fentry": { "available": fentry.is_ok(), "reason": fentry.as_ref().err() },
-                "detectors": det_json,
-                "all_runnable": all_ok,
-            })
-        );
-    } else {
+    fn text(&self) -> String {
         let yes_no = |b: bool| if b { "yes" } else { "no" };
-        println!("kernel      {release}");
-        println!(
-            "BTF         {}",
-            if btf {
+        let mut t = format!("kernel      {}\n", self.kernel);
+        t += &format!(
+            "BTF         {}\n",
+            if self.btf {
                 "yes (/sys/kernel/btf/vmlinux)"
             } else {
                 "no"
             }
         );
-        match &tracefs {
-            Ok(t) => println!("tracefs     {}", t.root().display()),
-            Err(e) => println!("tracefs     MISSING: {e}"),
-        }
-        if missing_caps.is_empty() {
-            println!("privileges  ok");
+        t += &match &self.tracefs {
+            Ok(root) => format!("tracefs     {root}\n"),
+            Err(e) => format!("tracefs     MISSING: {e}\n"),
+        };
+        t += &if self.privileges.ok {
+            "privileges  ok\n".to_string()
         } else {
-            println!(
-                "privileges  MISSING {} (run as root: sudo tracer ...)",
-                missing_caps.join(", ")
-            );
-        }
-        println!("kprobes     {}", yes_no(kprobes));
-        match &fentry {
-            Ok(()) => println!("fentry      yes"),
-            Err(e) => println!("fentry      no ({e})"),
-        }
-        println!();
-        print!("{}", table.render());
-        println!();
-        for d in &det_json {
-            let name = d["detector"].as_str().unwrap_or("");
-            let missing: Vec<&str> = d["missing_optional"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|h| h.as_str()).collect())
-                .unwrap_or_default();
-            let without = if missing.is_empty() {
+            format!(
+                "privileges  MISSING {} (run as root: sudo tracer ...)\n",
+                self.privileges.missing.join(", ")
+            )
+        };
+        t += &format!("kprobes     {}\n", yes_no(self.kprobes));
+        t += &match &self.fentry.reason {
+            None => "fentry      yes\n".to_string(),
+            Some(e) => format!("fentry      no ({e})\n"),
+        };
+        t += "\n";
+        t += &Table::of(&self.rows).render();
+        t += "\n";
+        for d in &self.detectors {
+            let name = d.detector;
+            let without = if d.missing_optional.is_empty() {
                 String::new()
             } else {
                 format!(
                     ", without {} (fallback: {})",
-                    missing.join(", "),
-                    d["fallback"].as_str().unwrap_or("")
+                    d.missing_optional.join(", "),
+                    d.fallback.unwrap_or("")
                 )
             };
-            match (d["runnable"].as_bool() == Some(true), d["path"].as_str()) {
-                (true, Some(path)) => println!("{name:<13} can run (path: {path}){without}"),
-                (true, None) => println!("{name:<13} can run{without}"),
-                (false, _) => match d["reason"].as_str() {
-                    Some(why) => println!("{name:<13} CANNOT RUN: {why}"),
-                    None => println!("{name:<13} CANNOT RUN"),
-                },
+            t += &match (d.runnable, &d.path, &d.reason) {
+                (true, Some(path), _) => format!("{name:<13} can run (path: {path}){without}\n"),
+                (true, None, _) => format!("{name:<13} can run{without}\n"),
+                (false, _, Some(why)) => format!("{name:<13} CANNOT RUN: {why}\n"),
+                (false, _, None) => format!("{name:<13} CANNOT RUN\n"),
+            };
+        }
+        t
+    }
+}
+
+/// Probes one detector's hooks and choices, adding its rows to the hook table.
+fn verdict(
+    d: &detectors::Entry,
+    tracefs: Option<&Tracefs>,
+    root: bool,
+    prober: &mut bpf::Prober,
+    rows: &mut Vec<HookRow>,
+) -> Verdict {
+    let statuses = match tracefs {
+        Some(t) => bpf::probe_hooks(d.spec, t, prober),
+        None => Vec::new(),
+    };
+    // The path this kernel gives the detector, or why it has none.
+    let base = match (tracefs, d.probe_path) {
+        (Some(t), Some(probe)) => probe(t).map_err(|e| format!("{e:#}")),
+        _ => Ok(d.path),
+    };
+    let chosen: Vec<bpf::Chosen> = match (tracefs, root) {
+        (Some(t), true) => d
+            .choices
+            .iter()
+            .map(|c| bpf::probe_choice(c, d.spec.offsets, t, prober))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let runnable = tracefs.is_some()
+        && root
+        && base.is_ok()
+        && statuses
+            .iter()
+            .all(|s| !s.required || s.state != HookState::Missing);
+    for s in &statuses {
+        let state = match s.state {
+            HookState::Found | HookState::Attached => "found".to_string(),
+            HookState::Missing if s.required => "MISSING".into(),
+            HookState::Missing => format!("missing (fallback: {})", d.fallback),
+        };
+        rows.push(HookRow {
+            detector: d.spec.detector,
+            hook: s.hook.clone(),
+            state,
+            required: if s.required { "yes" } else { "no" }.into(),
+            purpose: s.purpose,
+        });
+    }
+    let missing_optional: Vec<String> = statuses
+        .iter()
+        .filter(|s| !s.required && s.state == HookState::Missing)
+        .map(|s| s.hook.clone())
+        .collect();
+    // Alternatives: the winner's hooks are "found (taken)", the paths before it say
+    // why they were refused, the ones after it are not needed.
+    for (c, ch) in d.choices.iter().zip(&chosen) {
+        let mut past = false;
+        for path in c.paths {
+            let refused = ch.refused.iter().find(|(p, _)| *p == path.name);
+            for h in path.hooks {
+                let state = if let Some((_, why)) = refused {
+                    format!("refused ({why})")
+                } else if ch.path == Some(path.name) && !past {
+                    "found (taken)".to_string()
+                } else {
+                    "not needed".to_string()
+                };
+                rows.push(HookRow {
+                    detector: d.spec.detector,
+                    hook: h.label(),
+                    state,
+                    required: format!("{}: {}", c.name, path.name),
+                    purpose: h.purpose,
+                });
             }
+            past |= ch.path == Some(path.name);
         }
     }
-    Ok(if all_ok { 0 } else { 1 })
+    let path = base.as_ref().ok().map(|base| {
+        let parts = chosen
+            .iter()
+            .map(|c| format!("; {}: {}", c.choice, c.path.unwrap_or(c.otherwise)));
+        std::iter::once(base.to_string())
+            .chain(parts)
+            .collect::<String>()
+    });
+    Verdict {
+        detector: d.spec.detector,
+        runnable,
+        fallback: (!missing_optional.is_empty()).then_some(d.fallback),
+        missing_optional,
+        hooks: statuses,
+        choices: chosen,
+        path,
+        reason: base.err(),
+    }
 }
