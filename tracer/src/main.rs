@@ -14,6 +14,7 @@ mod output;
 mod procinfo;
 mod prom;
 mod run;
+mod serve;
 mod sink;
 mod snapshot;
 mod tcp;
@@ -41,11 +42,15 @@ struct Cli {
 fn cli() -> clap::Command {
     let doctor = doctor::Args::augment_args(clap::Command::new("doctor"))
         .about("What this kernel allows and which hooks each detector will use");
+    let serve = serve::Args::augment_args(clap::Command::new("serve")).about(
+        "Run every detector continuously and serve Prometheus metrics (/metrics) for fleets",
+    );
     detectors::ALL
         .iter()
         .fold(Cli::command().subcommand(doctor), |c, e| {
             c.subcommand(e.command())
         })
+        .subcommand(serve)
 }
 
 fn main() -> ExitCode {
@@ -71,9 +76,6 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         };
     }
-    let entry =
-        detectors::find(name).expect("every subcommand but doctor is a registered detector");
-
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -81,7 +83,13 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(anyhow::anyhow!("starting the async runtime: {e}")),
     };
-    let result = rt.block_on(async { (entry.prepare)(sub)?.start()?.run().await });
+    let result = rt.block_on(async {
+        if name == "serve" {
+            return serve::run(serve::Args::from_arg_matches(sub)?).await;
+        }
+        let entry = detectors::find(name).expect("every other subcommand is a registered detector");
+        (entry.prepare)(sub)?.start()?.run().await
+    });
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => fail(e),

@@ -34,9 +34,17 @@ pub fn write(path: &Path, command: &str, report: &Value) -> Result<()> {
     write_all(path, &[(command, report)])
 }
 
+/// The Content-Type of [`render_all`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Several detectors' latest reports in one exposition.
+pub fn render_all(reports: &[(&str, &Value)]) -> String {
+    reports.iter().map(|(c, r)| render(c, r)).collect()
+}
+
 /// Writes several detectors' latest reports to one file, replaced atomically.
 pub fn write_all(path: &Path, reports: &[(&str, &Value)]) -> Result<()> {
-    let text: String = reports.iter().map(|(c, r)| render(c, r)).collect();
+    let text = render_all(reports);
     let tmp = path.with_extension("prom.tmp");
     fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path)

@@ -345,10 +345,7 @@ impl Started {
             () => {
                 if let Some(ring) = shared.ring.as_mut() {
                     for rec in ring.drain() {
-                        let to = tracer_common::record_kind(&rec)
-                            .and_then(|k| routes.get(&(k as u32)).copied())
-                            .or(only);
-                        match to {
+                        match owner(&rec, &routes, only) {
                             Some(i) => {
                                 // A closed channel: the task ended with an error, which
                                 // the join below reports.
@@ -413,6 +410,14 @@ impl Started {
             None => Ok(code),
         }
     }
+}
+
+/// The index of the detector that gets `rec`: the owner of its kind, else `only` (a
+/// lone detector counts every record it cannot decode as its bad record).
+fn owner(rec: &[u8], routes: &HashMap<u32, usize>, only: Option<usize>) -> Option<usize> {
+    tracer_common::record_kind(rec)
+        .and_then(|k| routes.get(&(k as u32)).copied())
+        .or(only)
 }
 
 /// One detector's task: handles its records in order, samples on its own timer, and
@@ -535,6 +540,36 @@ fn every(d: Option<Duration>) -> Option<Interval> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_go_to_the_owner_of_their_kind() {
+        let header = |kind: u32| {
+            let mut b = kind.to_ne_bytes().to_vec();
+            b.resize(std::mem::size_of::<tracer_common::EventHeader>(), 0);
+            b
+        };
+        let routes = HashMap::from([
+            (EventKind::ProcessExit as u32, 0),
+            (EventKind::CgroupMkdir as u32, 1),
+        ]);
+        assert_eq!(
+            owner(&header(EventKind::ProcessExit as u32), &routes, None),
+            Some(0)
+        );
+        assert_eq!(
+            owner(&header(EventKind::CgroupMkdir as u32), &routes, None),
+            Some(1)
+        );
+        // Unowned, unknown or too short: nobody's with several detectors, the lone
+        // detector's bad record with one.
+        assert_eq!(
+            owner(&header(EventKind::TcpBufLimit as u32), &routes, None),
+            None
+        );
+        assert_eq!(owner(&header(999), &routes, None), None);
+        assert_eq!(owner(&[1, 0], &routes, None), None);
+        assert_eq!(owner(&[1, 0], &routes, Some(0)), Some(0));
+    }
 
     #[test]
     fn durations_parse_and_reject() {

@@ -1,0 +1,242 @@
+//! `tracer serve`: every detector (or those named) in one process and one load of the
+//! eBPF object, running until stopped, with their latest reports served over HTTP as
+//! Prometheus metrics. Read-only: GET and HEAD only, nothing can be changed over HTTP.
+//! A connection cap and timeouts keep slow or many clients from holding the process.
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Result, bail};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::Value;
+use tokio::{net::TcpListener, sync::Semaphore};
+
+use crate::{
+    detectors,
+    run::{self, RunOpts},
+    sink::{Emitted, PromFile, Sink},
+};
+
+/// The default address: a port of its own, outside 9100-9999 (Prometheus' exporter
+/// range, fully allocated) and away from the kubelet's and kube-proxy's 10248-10256.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:10130";
+
+/// Connections served at once; more are closed at once (a scraper retries).
+const MAX_CONNECTIONS: usize = 32;
+/// A client must send its request headers within this long.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed after this long, however busy.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Run detectors continuously and serve their metrics to Prometheus.
+///
+/// Loads the eBPF object once for every detector named (default: all five), refreshes
+/// each one's report every --interval, and serves:
+///   /metrics     the latest reports as Prometheus metrics (the README lists them)
+///   /            a page linking the others
+///   /-/healthy   200 while the process runs
+///   /-/ready     200 once every detector's programs are attached, 503 before
+/// Stops on Ctrl-C or SIGTERM (or after --duration).
+///
+/// Examples:
+///   sudo tracer serve                                   # all detectors on :10130
+///   sudo tracer serve --listen 127.0.0.1:10130 --detectors zombies,cgroups
+///   curl -s localhost:10130/metrics | grep '^tracer_'
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Address and port to serve HTTP on.
+    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// Detectors to run, comma-separated (default: every one).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub detectors: Vec<String>,
+    /// How often each detector refreshes its report; metrics are at most this old.
+    #[arg(short = 'i', long, value_parser = run::parse_duration, default_value = "5s", value_name = "INTERVAL")]
+    pub interval: Duration,
+    /// Stop after this long (default: run until Ctrl-C or SIGTERM).
+    #[arg(short = 'd', long, value_parser = run::parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+    /// Also write the metrics to FILE (node_exporter textfile), the same as /metrics.
+    #[arg(long, value_name = "FILE")]
+    pub prom_file: Option<PathBuf>,
+}
+
+/// What the HTTP side reads: readiness and each detector's latest report.
+#[derive(Default)]
+struct State {
+    ready: AtomicBool,
+    latest: Mutex<BTreeMap<String, Value>>,
+}
+
+impl State {
+    fn metrics(&self) -> String {
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let all: Vec<(&str, &Value)> = latest.iter().map(|(c, j)| (c.as_str(), j)).collect();
+        crate::prom::render_all(&all)
+    }
+}
+
+/// The sink that keeps each detector's latest report for /metrics.
+struct Latest(Arc<State>);
+
+impl Sink for Latest {
+    fn write(&mut self, r: &Emitted) -> Result<()> {
+        let mut latest = self.0.latest.lock().unwrap_or_else(|e| e.into_inner());
+        latest.insert(r.command.to_string(), r.json.clone());
+        Ok(())
+    }
+}
+
+pub async fn run(args: Args) -> Result<u8> {
+    let entries = chosen(&args.detectors)?;
+    // Bind first: a port in use is one sentence before anything is loaded.
+    let listener = TcpListener::bind(args.listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {}: {e}; pass another address with --listen",
+            args.listen
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(State::default());
+    tokio::spawn(serve_http(listener, state.clone()));
+    eprintln!("Serving metrics on http://{addr}/metrics");
+
+    let mut prepared = Vec::new();
+    for e in &entries {
+        let m = e
+            .command()
+            .try_get_matches_from([e.spec.detector])
+            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        prepared.push((e.prepare)(&m)?);
+    }
+    let opts = RunOpts {
+        duration: args.duration,
+        interval: Some(args.interval),
+        json: false,
+        prom_file: args.prom_file.clone(),
+    };
+    let started = run::start(prepared, opts)?;
+    // Ready once every detector's programs are attached; each detector's series
+    // appear with its first report, one --interval later.
+    state.ready.store(true, Ordering::Release);
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(Latest(state.clone()))];
+    if let Some(p) = args.prom_file {
+        sinks.push(Box::new(PromFile::new(p)));
+    }
+    started.run_with(sinks).await
+}
+
+/// The registry entries `names` asks for (all when empty), or one sentence naming the
+/// unknown one and the known ones.
+fn chosen(names: &[String]) -> Result<Vec<&'static detectors::Entry>> {
+    if names.is_empty() {
+        return Ok(detectors::ALL.iter().collect());
+    }
+    let mut out = Vec::new();
+    for n in names {
+        let Some(e) = detectors::find(n) else {
+            let known: Vec<&str> = detectors::ALL.iter().map(|e| e.spec.detector).collect();
+            bail!(
+                "no detector is named `{n}`; --detectors takes a comma-separated list of {}",
+                known.join(", ")
+            );
+        };
+        if !out.iter().any(|o: &&detectors::Entry| std::ptr::eq(*o, e)) {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+async fn serve_http(listener: TcpListener, state: Arc<State>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                log::warn!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Over the cap: close it now rather than queue work.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(&state, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(slot);
+        });
+    }
+}
+
+const LANDING: &str = "<!doctype html><html><head><title>tracer</title></head><body>\
+<h1>tracer</h1><p>eBPF tracer for Linux production incidents.</p><ul>\
+<li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>\
+<li><a href=\"/-/healthy\">/-/healthy</a></li><li><a href=\"/-/ready\">/-/ready</a></li>\
+</ul></body></html>\n";
+
+fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, ctype: &str, body: String| {
+        let body = if req.method() == Method::HEAD {
+            Bytes::new()
+        } else {
+            Bytes::from(body)
+        };
+        let mut r = Response::new(Full::new(body));
+        *r.status_mut() = status;
+        if let Ok(v) = header::HeaderValue::from_str(ctype) {
+            r.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+        r
+    };
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            PLAIN,
+            "read-only: GET or HEAD\n".into(),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let ready = state.ready.load(Ordering::Acquire);
+    match req.uri().path() {
+        "/metrics" => reply(StatusCode::OK, crate::prom::CONTENT_TYPE, state.metrics()),
+        "/" => reply(StatusCode::OK, "text/html; charset=utf-8", LANDING.into()),
+        "/-/healthy" => reply(StatusCode::OK, PLAIN, "Healthy\n".into()),
+        "/-/ready" if ready => reply(StatusCode::OK, PLAIN, "Ready\n".into()),
+        "/-/ready" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PLAIN,
+            "Not ready: attaching the programs\n".into(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            "not found; try /metrics\n".into(),
+        ),
+    }
+}
