@@ -2,6 +2,7 @@
 //! eBPF), cause incidents with the `incident` helper, and clean everything up in guards
 //! that also run when a test fails.
 mod fixtures;
+pub mod http;
 mod incident;
 mod run;
 mod tracefs;

@@ -128,6 +128,11 @@ impl Tracer {
         }
     }
 
+    /// What the tracer printed on stderr up to its "Tracing ..." line.
+    pub fn stderr(&self) -> &str {
+        &self.stderr
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }

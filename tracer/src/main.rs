@@ -6,6 +6,7 @@ use clap::{Args as _, CommandFactory as _, FromArgMatches as _, Parser};
 
 mod bpf;
 mod cgroups;
+mod container;
 mod detectors;
 mod doctor;
 mod inodes;

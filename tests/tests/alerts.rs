@@ -1,0 +1,62 @@
+//! The shipped Prometheus alert rules (deploy/prometheus/tracer-rules.yml) are valid and
+//! do what their unit tests (tracer-rules.test.yml) say: each alert fires on the series
+//! of its incident after its `for:`, with its summary, and not on a healthy host's.
+//! promtool comes from Debian's `prometheus` package, which `cargo xtask setup` installs.
+use std::{path::PathBuf, process::Command};
+
+fn deploy() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus")
+}
+
+fn promtool(args: &[&str]) -> std::process::Output {
+    Command::new("promtool")
+        .args(args)
+        .current_dir(deploy())
+        .output()
+        .unwrap_or_else(|e| panic!("promtool is not installed ({e}); `cargo xtask setup` installs it"))
+}
+
+#[test]
+fn shipped_alert_rules_are_valid() {
+    let out = promtool(&["check", "rules", "tracer-rules.yml"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn shipped_alert_rules_fire_on_their_incidents_and_not_on_healthy_hosts() {
+    let out = promtool(&["test", "rules", "tracer-rules.test.yml"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every metric an alert uses is one the tracer describes (README "Metrics"), so a
+/// renamed metric cannot leave an alert that never fires.
+#[test]
+fn every_metric_an_alert_uses_is_documented() {
+    let rules = std::fs::read_to_string(deploy().join("tracer-rules.yml")).unwrap();
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let mut used = 0;
+    for line in rules.lines().filter(|l| l.trim_start().starts_with("expr:")) {
+        for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("tracer_") {
+                used += 1;
+                assert!(
+                    readme.contains(&format!("`{word}`")),
+                    "alert metric {word} is not in the README's Metrics section"
+                );
+            }
+        }
+    }
+    assert!(used >= 8, "{rules}");
+}

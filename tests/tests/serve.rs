@@ -1,0 +1,141 @@
+//! `tracer serve`: every detector in one process, their findings served over HTTP as
+//! Prometheus metrics while real incidents happen (a parent leaving 7 zombies, a
+//! cgroup made and removed); the endpoints, read-only-ness, bad input in one sentence,
+//! and nothing left loaded after SIGTERM/SIGINT.
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use tracer_tests::{
+    CgroupLayout, Incident, Tracer, assert_none_loaded,
+    http::{get, request, sample},
+    require_root, run_tracer, serial,
+};
+
+/// The address `tracer serve` said it serves on ("Serving metrics on http://ADDR/metrics").
+fn served_at(t: &Tracer) -> SocketAddr {
+    t.stderr()
+        .lines()
+        .find_map(|l| l.strip_prefix("Serving metrics on http://"))
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in: {}", t.stderr()))
+}
+
+/// Polls /metrics until `pred` holds for the exposition (the reports refresh every
+/// --interval); panics with the last one after `timeout`.
+fn metrics_where(addr: SocketAddr, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = get(addr, "/metrics");
+        assert_eq!(r.status, 200, "{}", r.body);
+        if pred(&r.body) {
+            return r.body;
+        }
+        if Instant::now() > deadline {
+            panic!("/metrics did not show it within {timeout:?}:\n{}", r.body);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A cgroup the test made under cgroup2; removed on drop if the test did not.
+struct TestCgroup(PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn serve_runs_every_detector_in_one_process_and_serves_their_findings() {
+    require_root();
+    let _s = serial();
+    let mut tracer = Tracer::start(&["serve", "--listen", "127.0.0.1:0", "-i", "300ms"]);
+    let addr = served_at(&tracer);
+    // Ready once attached, which "Tracing ..." follows.
+    let ready = get(addr, "/-/ready");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(get(addr, "/-/healthy").status, 200);
+    let landing = get(addr, "/");
+    assert_eq!(landing.status, 200);
+    assert!(landing.body.contains("/metrics"), "{}", landing.body);
+    assert_eq!(get(addr, "/nothing-here").status, 404);
+    // Read-only.
+    let post = request(addr, "POST", "/metrics");
+    assert_eq!(post.status, 405, "{}", post.body);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+
+    // Every detector reports into the one exposition.
+    let all = ["triage", "tcp-pressure", "cgroups", "inodes", "zombies"];
+    metrics_where(addr, Duration::from_secs(60), |m| {
+        all.iter().all(|d| {
+            sample(m, "tracer_report_elapsed_seconds", &[("detector", d)]).is_some()
+        })
+    });
+    let m = get(addr, "/metrics");
+    let ctype = m.header("content-type").unwrap_or("");
+    assert!(
+        ctype.starts_with("text/plain") || ctype.starts_with("application/openmetrics-text"),
+        "{ctype}"
+    );
+    assert!(m.body.contains("tracer_build_info"), "{}", m.body);
+
+    // Incidents, for real: a parent that leaves 7 zombies, a cgroup made and removed.
+    let inc = Incident::start(&["zombies", "7"]);
+    let pid = inc.pid.to_string();
+    let root = CgroupLayout::read().unified().to_path_buf();
+    let cg = TestCgroup(root.join(format!("tracer-serve-{}", std::process::id())));
+    std::fs::create_dir(&cg.0).unwrap();
+    std::fs::remove_dir(&cg.0).unwrap();
+    let m = metrics_where(addr, Duration::from_secs(60), |m| {
+        sample(m, "tracer_zombies_parent_zombies", &[("pid", &pid)]) == Some(7.0)
+            && sample(m, "tracer_cgroups_removed_total", &[("hierarchy", "cgroup2")])
+                .is_some_and(|n| n >= 1.0)
+    });
+    assert!(
+        sample(&m, "tracer_cgroups_created_total", &[("hierarchy", "cgroup2")])
+            .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "tracer_zombies_present", &[]).is_some_and(|n| n >= 7.0),
+        "{m}"
+    );
+    for d in all {
+        assert_eq!(
+            sample(&m, "tracer_lost_events_total", &[("detector", d)]),
+            Some(0.0),
+            "{d}"
+        );
+    }
+    drop(inc);
+
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    for prefix in ["triage_", "tcp_", "cgroups_", "inodes_", "zombies_"] {
+        assert_none_loaded(prefix);
+    }
+}
+
+#[test]
+fn serve_answers_bad_input_in_one_sentence() {
+    require_root();
+    let _s = serial();
+    let out = run_tracer(&["serve", "--detectors", "zombies,nope", "-d", "1s"]);
+    out.assert_one_sentence(1, &["no detector is named `nope`", "zombies"]);
+    // A port in use, held by this test.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let out = run_tracer(&["serve", "--listen", &addr, "-d", "1s"]);
+    out.assert_one_sentence(1, &["cannot listen on", &addr, "--listen"]);
+    let out = run_tracer(&["serve", "--listen", "not-an-address"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    for prefix in ["zombies_", "cgroups_"] {
+        assert_none_loaded(prefix);
+    }
+}
