@@ -159,7 +159,7 @@ fn per_path(out: &mut Families, m: &'static Metric, rows: Vec<&Value>, key: &str
             break;
         }
         if seen.insert((h, p)) {
-            out.field_per(m, &[("hierarchy", h), ("path", p)], row, key, k);
+            out.row(m, row, key, k);
         }
     }
 }

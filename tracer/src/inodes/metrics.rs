@@ -3,7 +3,7 @@ use serde_json::Value;
 
 use crate::prom::{
     BaseUnit::{Ratio, Seconds},
-    Families, Metric, PCT, counter, gauge, rows, s, severity, top,
+    Families, Metric, Num, PCT, counter, gauge, rows, severity, top,
 };
 
 /// Processes and directories with series of their own, the most inodes first.
@@ -108,40 +108,26 @@ pub const METRICS: &[&Metric] = &[
 
 pub fn collect(r: &Value, out: &mut Families) {
     for f in rows(r, "filesystems", usize::MAX) {
-        let l = [
-            ("mount", s(f, "mount")),
-            ("device", s(f, "device")),
-            ("fstype", s(f, "fstype")),
-        ];
-        out.field(&INODES, &l, f, "inodes_total");
-        out.field(&USED, &l, f, "inodes_used");
-        out.field(&FREE, &l, f, "inodes_free");
-        out.field_per(&BLOCKS_USED, &l, f, "blocks_used_pct", PCT);
-        out.field(&ALLOCATED, &l, f, "allocated");
-        out.field(&FREED, &l, f, "freed");
-        out.field(&GROWTH, &l, f, "net_inodes_per_s");
-        out.field(&ETA, &l, f, "exhaustion_eta_s");
+        out.row(&INODES, f, "inodes_total", 1.0);
+        out.row(&USED, f, "inodes_used", 1.0);
+        out.row(&FREE, f, "inodes_free", 1.0);
+        out.row(&BLOCKS_USED, f, "blocks_used_pct", PCT);
+        out.row(&ALLOCATED, f, "allocated", 1.0);
+        out.row(&FREED, f, "freed", 1.0);
+        out.row(&GROWTH, f, "net_inodes_per_s", 1.0);
+        out.row(&ETA, f, "exhaustion_eta_s", 1.0);
         if let Some(v) = severity(&f["level"]) {
-            out.sample(&LEVEL, &l, v);
+            out.row_value(&LEVEL, f, Num::Int(v));
         }
-        out.field(&FULL_BLOCKS_FREE, &l, f, "inodes_full_blocks_free");
+        out.row(&FULL_BLOCKS_FREE, f, "inodes_full_blocks_free", 1.0);
     }
     for (m, list, by) in [
         (&PROCESS_NET, "top_processes", "net"),
         (&ENOSPC, "enospc", "count"),
+        (&DIRECTORY, "top_directories", "allocated"),
     ] {
-        for p in top(r, list, by, TOP) {
-            let pid = p["pid"].to_string();
-            let l = [
-                ("pid", pid.as_str()),
-                ("comm", s(p, "comm")),
-                ("mount", s(p, "mount")),
-            ];
-            out.field(m, &l, p, by);
+        for row in top(r, list, by, TOP) {
+            out.row(m, row, by, 1.0);
         }
-    }
-    for d in top(r, "top_directories", "allocated", TOP) {
-        let l = [("mount", s(d, "mount")), ("path", s(d, "path"))];
-        out.field(&DIRECTORY, &l, d, "allocated");
     }
 }

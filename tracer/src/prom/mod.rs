@@ -323,6 +323,36 @@ impl Families {
             self.sample(m, labels, v.per(per));
         }
     }
+
+    /// A sample of `m` from a report row: `row[key]` (divided by `per`) labelled with
+    /// the row's fields of the labels' names (a row lists a filesystem by `mount`,
+    /// `device` and `fstype`, a process by `pid` and `comm`). Nothing when `row[key]`
+    /// is missing or null.
+    pub fn row(&mut self, m: &'static Metric, row: &Value, key: &str, per: f64) {
+        if let Some(v) = Num::of(&row[key]) {
+            self.row_value(m, row, v.per(per));
+        }
+    }
+
+    /// As [`Families::row`], with the value given.
+    pub fn row_value(&mut self, m: &'static Metric, row: &Value, v: Num) {
+        let values: Vec<String> = m
+            .labels
+            .iter()
+            .map(|l| match &row[*l] {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            })
+            .collect();
+        let labels: Vec<(&str, &str)> = m
+            .labels
+            .iter()
+            .zip(&values)
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        self.sample(m, &labels, v);
+    }
 }
 
 impl Collector for Families {

@@ -102,53 +102,53 @@ fn render_all_puts_every_detector_in_one_exposition() {
     );
 }
 
+/// Asserts each `(series, value)` in `text`.
+fn assert_values(text: &str, expected: &[(&str, f64)]) {
+    for (series, v) in expected {
+        assert_eq!(value(text, series), Some(*v), "{series} in\n{text}");
+    }
+}
+
 #[test]
 fn common_fields_become_series_labelled_by_detector() {
     let r = json!({"command": "zombies", "final": true, "elapsed_s": 2.5, "lost_events": 3,
                    "bad_records": 1, "kernel_read_errors": 7});
     let text = render("zombies", &r);
-    let d = "{detector=\"zombies\"}";
-    assert_eq!(
-        value(&text, &format!("tracer_lost_events_total{d}")),
-        Some(3.0)
+    assert_values(
+        &text,
+        &[
+            ("tracer_lost_events_total{detector=\"zombies\"}", 3.0),
+            ("tracer_bad_records_total{detector=\"zombies\"}", 1.0),
+            ("tracer_kernel_read_errors_total{detector=\"zombies\"}", 7.0),
+            ("tracer_report_elapsed_seconds{detector=\"zombies\"}", 2.5),
+            ("tracer_report_final{detector=\"zombies\"}", 1.0),
+        ],
     );
-    assert_eq!(
-        value(&text, &format!("tracer_bad_records_total{d}")),
-        Some(1.0)
-    );
-    assert_eq!(
-        value(&text, &format!("tracer_kernel_read_errors_total{d}")),
-        Some(7.0)
-    );
-    assert_eq!(
-        value(&text, &format!("tracer_report_elapsed_seconds{d}")),
-        Some(2.5)
-    );
-    assert_eq!(value(&text, &format!("tracer_report_final{d}")), Some(1.0));
     assert!(text.contains("# HELP tracer_lost_events_total Kernel events dropped"));
 }
 
 #[test]
 fn values_come_from_the_reports_fields_in_base_units() {
     let z = render("zombies", &fixture("zombies"));
-    let parent = "{pid=\"18726\",comm=\"python3\"}";
-    assert_eq!(
-        value(&z, &format!("tracer_zombies_parent_zombies{parent}")),
-        Some(3.0)
-    );
-    assert_eq!(
-        value(
-            &z,
-            &format!("tracer_zombies_parent_oldest_zombie_age_seconds{parent}")
-        ),
-        Some(7.001)
-    );
-    assert_eq!(value(&z, "tracer_zombies_stuck"), Some(3.0));
-    assert_eq!(value(&z, "tracer_zombies_forks_total"), Some(294.0));
-    // reap_latency_us p99 32015 us.
-    assert_eq!(
-        value(&z, "tracer_zombies_reap_latency_seconds{stat=\"p99\"}"),
-        Some(0.032015)
+    assert_values(
+        &z,
+        &[
+            (
+                "tracer_zombies_parent_zombies{pid=\"18726\",comm=\"python3\"}",
+                3.0,
+            ),
+            (
+                "tracer_zombies_parent_oldest_zombie_age_seconds{pid=\"18726\",comm=\"python3\"}",
+                7.001,
+            ),
+            ("tracer_zombies_stuck", 3.0),
+            ("tracer_zombies_forks_total", 294.0),
+            // reap_latency_us p99 32015 us.
+            (
+                "tracer_zombies_reap_latency_seconds{stat=\"p99\"}",
+                0.032015,
+            ),
+        ],
     );
     // A null field (no ETA) is no series at all.
     assert!(
@@ -157,80 +157,79 @@ fn values_come_from_the_reports_fields_in_base_units() {
     );
 
     let c = render("cgroups", &fixture("cgroups"));
-    let dying = "{hierarchy=\"memory\",path=\"/mtest1\"}";
-    assert_eq!(
-        value(&c, &format!("tracer_cgroups_dying_age_seconds{dying}")),
-        Some(4.505)
-    );
-    assert_eq!(
-        value(&c, &format!("tracer_cgroups_finding_age_seconds{dying}")),
-        Some(4.505)
-    );
-    assert_eq!(
-        value(
-            &c,
-            "tracer_cgroups_released_latency_seconds{hierarchy=\"cgroup2\",path=\"/mtest2\"}"
-        ),
-        Some(0.040396)
-    );
-    assert_eq!(
-        value(&c, "tracer_cgroups_dying{hierarchy=\"memory\"}"),
-        Some(35.0)
+    assert_values(
+        &c,
+        &[
+            (
+                "tracer_cgroups_dying_age_seconds{hierarchy=\"memory\",path=\"/mtest1\"}",
+                4.505,
+            ),
+            (
+                "tracer_cgroups_finding_age_seconds{hierarchy=\"memory\",path=\"/mtest1\"}",
+                4.505,
+            ),
+            (
+                "tracer_cgroups_released_latency_seconds{hierarchy=\"cgroup2\",path=\"/mtest2\"}",
+                0.040396,
+            ),
+            ("tracer_cgroups_dying{hierarchy=\"memory\"}", 35.0),
+        ],
     );
     assert!(
         !c.contains("tracer_cgroups_dying{hierarchy=\"name=systemd\"}"),
         "unknown: no series"
     );
 
-    let t = render("tcp-pressure", &fixture("tcp-pressure"));
-    assert_eq!(
-        value(&t, "tracer_tcp_memory_limit_bytes{threshold=\"pressure\"}"),
-        Some(383858.0 * 4096.0)
-    );
-    assert_eq!(value(&t, "tracer_tcp_refusals_total"), Some(37.0));
-    assert_eq!(
-        value(&t, "tracer_tcp_skb_drops_total{reason=\"PROTO_MEM\"}"),
-        Some(0.0)
-    );
-    assert_eq!(
-        value(
-            &t,
-            "tracer_tcp_process_socket_memory_bytes{pid=\"5152\",comm=\"receiver\"}"
-        ),
-        Some(1048576.0)
+    assert_values(
+        &render("tcp-pressure", &fixture("tcp-pressure")),
+        &[
+            (
+                "tracer_tcp_memory_limit_bytes{threshold=\"pressure\"}",
+                383858.0 * 4096.0,
+            ),
+            ("tracer_tcp_refusals_total", 37.0),
+            ("tracer_tcp_skb_drops_total{reason=\"PROTO_MEM\"}", 0.0),
+            (
+                "tracer_tcp_process_socket_memory_bytes{pid=\"5152\",comm=\"receiver\"}",
+                1048576.0,
+            ),
+        ],
     );
 
-    let i = render("inodes", &fixture("inodes"));
     let root = "{mount=\"/\",device=\"/dev/vda\",fstype=\"ext4\"}";
-    assert_eq!(
-        value(&i, &format!("tracer_inodes_filesystem_inodes_used{root}")),
-        Some(419386.0)
-    );
-    assert_eq!(
-        value(
-            &i,
-            &format!("tracer_inodes_filesystem_blocks_used_ratio{root}")
-        ),
-        Some(5.49 / 100.0)
-    );
-    assert_eq!(
-        value(&i, &format!("tracer_inodes_allocated_total{root}")),
-        Some(273.0)
+    assert_values(
+        &render("inodes", &fixture("inodes")),
+        &[
+            (
+                &format!("tracer_inodes_filesystem_inodes_used{root}"),
+                419386.0,
+            ),
+            (
+                &format!("tracer_inodes_filesystem_blocks_used_ratio{root}"),
+                5.49 / 100.0,
+            ),
+            (&format!("tracer_inodes_allocated_total{root}"), 273.0),
+            (
+                "tracer_inodes_enospc_failures{pid=\"4242\",comm=\"touch\",mount=\"/tmp/ifull\"}",
+                12.0,
+            ),
+        ],
     );
 
-    let g = render("triage", &fixture("triage"));
-    assert_eq!(
-        value(
-            &g,
-            "tracer_triage_finding_severity{resource=\"cpu\",check=\"utilization\",subject=\"\"}"
-        ),
-        Some(2.0)
+    assert_values(
+        &render("triage", &fixture("triage")),
+        &[
+            (
+                "tracer_triage_finding_severity{resource=\"cpu\",check=\"utilization\",subject=\"\"}",
+                2.0,
+            ),
+            (
+                "tracer_triage_disk_await_seconds{device=\"vda\"}",
+                0.4 / 1e3,
+            ),
+            ("tracer_triage_worst_severity", 2.0),
+        ],
     );
-    assert_eq!(
-        value(&g, "tracer_triage_disk_await_seconds{device=\"vda\"}"),
-        Some(0.4 / 1e3)
-    );
-    assert_eq!(value(&g, "tracer_triage_worst_severity"), Some(2.0));
 }
 
 #[test]

@@ -3,7 +3,7 @@ use serde_json::Value;
 
 use crate::prom::{
     BaseUnit::{Bytes, Ratio, Seconds},
-    Families, MS, Metric, Num, PCT, US, counter, gauge, quantiles, s, top,
+    Families, MS, Metric, Num, PCT, US, counter, gauge, quantiles, top,
 };
 
 /// Processes with series of their own, the most first.
@@ -216,9 +216,8 @@ pub fn collect(r: &Value, out: &mut Families) {
         (&CULPRIT_REFUSALS, "culprits", "refusals"),
         (&HOLDER_BYTES, "holders", "held_bytes"),
     ] {
-        for p in top(r, list, by, TOP) {
-            let pid = p["pid"].to_string();
-            out.field(m, &[("pid", pid.as_str()), ("comm", s(p, "comm"))], p, by);
+        for row in top(r, list, by, TOP) {
+            out.row(m, row, by, 1.0);
         }
     }
 }

@@ -158,12 +158,7 @@ pub const METRICS: &[&Metric] = &[
 
 pub fn collect(r: &Value, out: &mut Families) {
     for f in rows(r, "findings", usize::MAX) {
-        let l = [
-            ("resource", s(f, "resource")),
-            ("check", s(f, "check")),
-            ("subject", s(f, "subject")),
-        ];
-        out.field(&FINDING, &l, f, "severity");
+        out.row(&FINDING, f, "severity", 1.0);
     }
     if let Some(v) = severity(&r["worst"]) {
         out.sample(&WORST, &[], v);
@@ -190,10 +185,9 @@ pub fn collect(r: &Value, out: &mut Families) {
     out.field(&MEM_AVAILABLE, &[], mem, "available_bytes");
     out.field(&SWAP_USED, &[], mem, "swap_used_bytes");
     for d in rows(r, "disks", usize::MAX) {
-        let l = [("device", s(d, "device"))];
-        out.field_per(&DISK_AWAIT, &l, d, "await_ms", MS);
-        out.field_per(&DISK_UTIL, &l, d, "util_pct", PCT);
-        out.field(&DISK_IOPS, &l, d, "iops");
+        out.row(&DISK_AWAIT, d, "await_ms", MS);
+        out.row(&DISK_UTIL, d, "util_pct", PCT);
+        out.row(&DISK_IOPS, d, "iops", 1.0);
     }
     out.field(&TCP_ESTABLISHED, &[], &r["tcp"], "established");
     out.field_per(&TCP_RETRANS, &[], &r["tcp"], "retrans_pct", PCT);
@@ -204,12 +198,7 @@ pub fn collect(r: &Value, out: &mut Families) {
         out.field(&CGROUPS_DYING, &[("hierarchy", s(h, "name"))], h, "dying");
     }
     for f in rows(r, "filesystems", usize::MAX) {
-        let l = [
-            ("mount", s(f, "mount")),
-            ("device", s(f, "device")),
-            ("fstype", s(f, "fstype")),
-        ];
-        out.field_per(&FS_INODES_USED, &l, f, "inodes_used_pct", PCT);
+        out.row(&FS_INODES_USED, f, "inodes_used_pct", PCT);
     }
     let tm = &r["tcp_mem"];
     if let (Some(pages), Some(pressure)) = (tm["pages"].as_f64(), tm["pressure"].as_f64()) {

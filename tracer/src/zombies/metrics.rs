@@ -1,7 +1,7 @@
 //! What `tracer zombies` exposes with `--prom-file`, from its report's fields.
 use serde_json::Value;
 
-use crate::prom::{BaseUnit::Seconds, Families, Metric, US, counter, gauge, quantiles, s, top};
+use crate::prom::{BaseUnit::Seconds, Families, Metric, US, counter, gauge, quantiles, top};
 
 /// Parents with series of their own, the most zombies first.
 pub const TOP_PARENTS: usize = 10;
@@ -122,9 +122,7 @@ pub fn collect(r: &Value, out: &mut Families) {
     out.field(&REAPS, &[], &r["reap_latency_us"], "count");
     quantiles(out, &REAP_LATENCY, &[], &r["reap_latency_us"], US);
     for p in top(r, "parents", "zombies", TOP_PARENTS) {
-        let pid = p["pid"].to_string();
-        let l = [("pid", pid.as_str()), ("comm", s(p, "comm"))];
-        out.field(&PARENT_ZOMBIES, &l, p, "zombies");
-        out.field(&PARENT_OLDEST, &l, p, "oldest_zombie_age_s");
+        out.row(&PARENT_ZOMBIES, p, "zombies", 1.0);
+        out.row(&PARENT_OLDEST, p, "oldest_zombie_age_s", 1.0);
     }
 }
