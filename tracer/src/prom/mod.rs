@@ -263,12 +263,6 @@ impl From<i64> for Num {
     }
 }
 
-impl From<usize> for Num {
-    fn from(v: usize) -> Self {
-        Num::from(v as u64)
-    }
-}
-
 impl From<f64> for Num {
     fn from(v: f64) -> Self {
         Num::Float(v)
