@@ -201,9 +201,9 @@ pub fn collect(r: &Value, out: &mut Families) {
         out.row(&FS_INODES_USED, f, "inodes_used_pct", PCT);
     }
     let tm = &r["tcp_mem"];
-    if let (Some(pages), Some(pressure)) = (tm["pages"].as_f64(), tm["pressure"].as_f64()) {
-        if pressure > 0.0 {
-            out.sample(&TCP_MEM, &[], Num::from(pages / pressure));
-        }
+    if let (Some(pages), Some(pressure)) = (tm["pages"].as_f64(), tm["pressure"].as_f64())
+        && pressure > 0.0
+    {
+        out.sample(&TCP_MEM, &[], Num::from(pages / pressure));
     }
 }
