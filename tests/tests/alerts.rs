@@ -13,7 +13,9 @@ fn promtool(args: &[&str]) -> std::process::Output {
         .args(args)
         .current_dir(deploy())
         .output()
-        .unwrap_or_else(|e| panic!("promtool is not installed ({e}); `cargo xtask setup` installs it"))
+        .unwrap_or_else(|e| {
+            panic!("promtool is not installed ({e}); `cargo xtask setup` installs it")
+        })
 }
 
 #[test]
@@ -47,7 +49,10 @@ fn every_metric_an_alert_uses_is_documented() {
         std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
             .unwrap();
     let mut used = 0;
-    for line in rules.lines().filter(|l| l.trim_start().starts_with("expr:")) {
+    for line in rules
+        .lines()
+        .filter(|l| l.trim_start().starts_with("expr:"))
+    {
         for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if word.starts_with("tracer_") {
                 used += 1;

@@ -347,7 +347,7 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
         |t| {
             paths
                 .iter()
-                .all(|p| series_with_path(t, "tracer_cgroups_dying_age_s", p) == 1)
+                .all(|p| series_with_path(t, "tracer_cgroups_dying_age_seconds", p) == 1)
         },
     );
     // Per-CPU caches emptied: the page cache alone still pins them (two reports later),
@@ -361,13 +361,13 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
         |t| {
             paths
                 .iter()
-                .all(|p| series_with_path(t, "tracer_cgroups_findings_age_s", p) == 1)
+                .all(|p| series_with_path(t, "tracer_cgroups_finding_age_seconds", p) == 1)
         },
     );
     let t = fs::read_to_string(&prom).unwrap();
     for p in &paths {
         assert_eq!(
-            series_with_path(&t, "tracer_cgroups_dying_age_s", p),
+            series_with_path(&t, "tracer_cgroups_dying_age_seconds", p),
             1,
             "{how}: {p} was released while its page cache existed ({drained}); {}\n{t}",
             charged(&mem, &parent.path)
@@ -381,8 +381,8 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     }
     let released = |t: &str| {
         paths.iter().all(|p| {
-            series_with_path(t, "tracer_cgroups_released_recent_latency_us", p) == 1
-                && series_with_path(t, "tracer_cgroups_dying_age_s", p) == 0
+            series_with_path(t, "tracer_cgroups_released_latency_seconds", p) == 1
+                && series_with_path(t, "tracer_cgroups_dying_age_seconds", p) == 0
         })
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -575,7 +575,7 @@ fn cgroup2_cgroups_are_released_at_once_and_never_dying() {
         |t| {
             paths
                 .iter()
-                .all(|p| series_with_path(t, "tracer_cgroups_released_recent_latency_us", p) == 1)
+                .all(|p| series_with_path(t, "tracer_cgroups_released_latency_seconds", p) == 1)
         },
     );
     let out = tracer.interrupt();
@@ -635,7 +635,7 @@ fn short_lived_creator_is_named_with_its_own_cgroup() {
         &prom,
         "release of the child-made cgroup",
         Duration::from_secs(10),
-        |t| series_with_path(t, "tracer_cgroups_released_recent_latency_us", &made) == 1,
+        |t| series_with_path(t, "tracer_cgroups_released_latency_seconds", &made) == 1,
     );
     let r = tracer.interrupt().final_report();
     let rel = rows_under(&r, "released_recent", &made);

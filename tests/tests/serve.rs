@@ -72,9 +72,8 @@ fn serve_runs_every_detector_in_one_process_and_serves_their_findings() {
     // Every detector reports into the one exposition.
     let all = ["triage", "tcp-pressure", "cgroups", "inodes", "zombies"];
     metrics_where(addr, Duration::from_secs(60), |m| {
-        all.iter().all(|d| {
-            sample(m, "tracer_report_elapsed_seconds", &[("detector", d)]).is_some()
-        })
+        all.iter()
+            .all(|d| sample(m, "tracer_report_elapsed_seconds", &[("detector", d)]).is_some())
     });
     let m = get(addr, "/metrics");
     let ctype = m.header("content-type").unwrap_or("");
@@ -93,12 +92,20 @@ fn serve_runs_every_detector_in_one_process_and_serves_their_findings() {
     std::fs::remove_dir(&cg.0).unwrap();
     let m = metrics_where(addr, Duration::from_secs(60), |m| {
         sample(m, "tracer_zombies_parent_zombies", &[("pid", &pid)]) == Some(7.0)
-            && sample(m, "tracer_cgroups_removed_total", &[("hierarchy", "cgroup2")])
-                .is_some_and(|n| n >= 1.0)
+            && sample(
+                m,
+                "tracer_cgroups_removed_total",
+                &[("hierarchy", "cgroup2")],
+            )
+            .is_some_and(|n| n >= 1.0)
     });
     assert!(
-        sample(&m, "tracer_cgroups_created_total", &[("hierarchy", "cgroup2")])
-            .is_some_and(|n| n >= 1.0),
+        sample(
+            &m,
+            "tracer_cgroups_created_total",
+            &[("hierarchy", "cgroup2")]
+        )
+        .is_some_and(|n| n >= 1.0),
         "{m}"
     );
     assert!(

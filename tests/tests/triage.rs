@@ -114,7 +114,7 @@ fn parent_holding_zombies_is_named_in_the_pids_row() {
     let series = text
         .lines()
         .find(|l| {
-            l.starts_with("tracer_triage_findings_severity{")
+            l.starts_with("tracer_triage_finding_severity{")
                 && l.contains("resource=\"pids\"")
                 && l.contains(&format!("subject=\"{pid}\""))
         })

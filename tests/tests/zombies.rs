@@ -106,12 +106,16 @@ fn non_reaping_parent_is_named_with_exact_zombie_count() {
     assert!(
         metrics
             .lines()
-            .any(|l| l.starts_with("tracer_zombies_parents_zombies{")
+            .any(|l| l.starts_with("tracer_zombies_parent_zombies{")
                 && l.contains(&series)
                 && l.ends_with(" 7")),
         "{metrics}"
     );
-    assert!(metrics.lines().any(|l| l == "tracer_zombies_final 1"));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tracer_report_final{detector=\"zombies\"} 1")
+    );
     // The programs went away with the tracer.
     assert_none_loaded("zombies_");
     drop(inc);
@@ -433,15 +437,18 @@ fn young_zombies_are_in_flight_not_findings_in_text_json_and_metrics() {
     // The prom file holds the final report: the same split.
     let metrics = std::fs::read_to_string(&prom).expect("--prom-file written");
     let _ = std::fs::remove_file(&prom);
-    for key in ["zombies_stuck", "zombies_in_flight"] {
-        let line = format!("tracer_zombies_{key} {}", f[key]);
+    for (key, metric) in [
+        ("zombies_stuck", "tracer_zombies_stuck"),
+        ("zombies_in_flight", "tracer_zombies_in_flight"),
+    ] {
+        let line = format!("{metric} {}", f[key]);
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
     let series = format!("pid=\"{}\"", inc.pid);
     assert!(
         !metrics
             .lines()
-            .any(|l| l.starts_with("tracer_zombies_parents_") && l.contains(&series)),
+            .any(|l| l.starts_with("tracer_zombies_parent_") && l.contains(&series)),
         "{metrics}"
     );
 
@@ -606,13 +613,16 @@ fn healthy_busy_shells_and_a_forking_service_are_not_findings() {
     assert_eq!(reaped(svc.pid), Some(300), "{f}");
     let metrics = std::fs::read_to_string(&prom).expect("--prom-file written");
     let _ = std::fs::remove_file(&prom);
-    assert!(!metrics.contains("exhaustion_eta_s"), "{metrics}");
+    assert!(
+        !metrics.contains("tracer_zombies_pid_exhaustion_eta_seconds"),
+        "{metrics}"
+    );
     for &p in &ours {
         let series = format!("pid=\"{p}\"");
         assert!(
             !metrics
                 .lines()
-                .any(|l| l.starts_with("tracer_zombies_parents_") && l.contains(&series)),
+                .any(|l| l.starts_with("tracer_zombies_parent_") && l.contains(&series)),
             "{metrics}"
         );
     }

@@ -21,6 +21,10 @@ pub struct Entry {
     pub cli: fn(clap::Command) -> clap::Command,
     /// Checks the parsed options and says what to load.
     pub prepare: fn(&ArgMatches) -> anyhow::Result<Prepared>,
+    /// Its metrics, described (README "Metrics" lists them) ...
+    pub metrics: &'static [&'static crate::prom::Metric],
+    /// ... and filled from its report's JSON.
+    pub collect: fn(&serde_json::Value, &mut crate::prom::Families),
     pub spec: &'static Spec,
     /// Hooks with alternatives (fast path first, fallbacks after): doctor probes
     /// them in order and names the path each would take.
@@ -56,6 +60,8 @@ pub const ALL: &[Entry] = &[
         about: "Where to look first: the first-60-seconds USE check of CPU, memory, disk, network, kernel log and leaks (Netflix). Exit 0 ok, 3 warn, 4 crit",
         cli: triage::Args::augment_args,
         prepare: |m| triage::prepare(parse(m)?),
+        metrics: triage::metrics::METRICS,
+        collect: triage::metrics::collect,
         spec: &triage::SPEC,
         choices: &[],
         fallback: "the /proc and /sys checks run without it; run-queue latency is marked skipped",
@@ -66,6 +72,8 @@ pub const ALL: &[Entry] = &[
         about: "TCP memory pressure episodes, who causes them, what to set (Cloudflare incident)",
         cli: tcp::Args::augment_args,
         prepare: |m| tcp::prepare(parse(m)?),
+        metrics: tcp::metrics::METRICS,
+        collect: tcp::metrics::collect,
         spec: &tcp::SPEC,
         choices: tcp::CHOICES,
         fallback: "episodes and TcpExt counters from /proc sampling still work",
@@ -76,6 +84,8 @@ pub const ALL: &[Entry] = &[
         about: "Leaked and dying cgroups and who creates them (LinkedIn incident)",
         cli: cgroups::Args::augment_args,
         prepare: |m| cgroups::prepare(parse(m)?),
+        metrics: cgroups::metrics::METRICS,
+        collect: cgroups::metrics::collect,
         spec: &cgroups::SPEC,
         choices: &[],
         fallback: "no per-mover task counts",
@@ -86,6 +96,8 @@ pub const ALL: &[Entry] = &[
         about: "Which filesystem runs out of inodes, who creates the files, where (Sentry incident)",
         cli: inodes::Args::augment_args,
         prepare: |m| inodes::prepare(parse(m)?),
+        metrics: inodes::metrics::METRICS,
+        collect: inodes::metrics::collect,
         spec: &inodes::SPEC,
         choices: &[],
         fallback: "without ext4 hooks (ext4 module not loaded): usage, ETA from statvfs and \
@@ -98,6 +110,8 @@ pub const ALL: &[Entry] = &[
         about: "Parents that leave zombie children unreaped, and PID headroom (Uber incident)",
         cli: zombies::Args::augment_args,
         prepare: |m| zombies::prepare(parse(m)?),
+        metrics: zombies::metrics::METRICS,
+        collect: zombies::metrics::collect,
         spec: &zombies::SPEC,
         choices: &[],
         fallback: "release time from sched_process_free, /proc for parents",

@@ -21,6 +21,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("losetup", "mount"),
     ("setpriv", "util-linux"),
     ("ip", "iproute2"),
+    ("promtool", "prometheus"),
 ];
 
 /// What the VM matrix needs: qemu (TCG), depmod for the unpacked kernels' modules,

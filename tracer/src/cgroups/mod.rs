@@ -8,6 +8,7 @@
 //! cgroup and dying counts (which include dying cgroups from before the start) and
 //! empty leftovers.
 mod judge;
+pub mod metrics;
 mod report;
 mod state;
 

@@ -10,6 +10,7 @@
 //! per-process and per-directory counts are marked unavailable with the reason.
 mod dirs;
 mod judge;
+pub mod metrics;
 mod report;
 
 use std::{

@@ -10,6 +10,7 @@
 //! sockets are looked up; the fullest look is kept).
 mod advice;
 mod episodes;
+pub mod metrics;
 mod report;
 mod sockets;
 mod spec;

@@ -13,6 +13,7 @@ mod disk;
 mod kernel;
 mod leaks;
 mod mem;
+pub mod metrics;
 mod net;
 mod runq;
 

@@ -6,6 +6,7 @@
 //! confirmed against /proc (state Z, same start time) when a report is built, so a
 //! lost reap record or a reused pid can never invent a zombie.
 mod judge;
+pub mod metrics;
 mod state;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,165 @@
+//! What `tracer cgroups` exposes with `--prom-file`, from its report's fields.
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use crate::prom::{
+    BaseUnit::Seconds, Families, MS, Metric, US, counter, gauge, quantiles, rows, s, top_of,
+};
+
+/// Cgroups (by hierarchy and path) with series of their own in each list.
+pub const TOP_PATHS: usize = 20;
+
+const H: &[&str] = &["hierarchy"];
+const HP: &[&str] = &["hierarchy", "path"];
+
+pub const LIVE: Metric = gauge(
+    "cgroups_live",
+    None,
+    "Live cgroups (directories) in the hierarchy.",
+    H,
+);
+pub const DYING: Metric = gauge(
+    "cgroups_dying",
+    None,
+    "Dying cgroups in the hierarchy: removed but not yet released by the kernel (absent when the kernel does not say).",
+    H,
+);
+pub const DYING_PAST: Metric = gauge(
+    "cgroups_dying_past_threshold",
+    None,
+    "Dying cgroups, removed while tracing, older than --dying-age.",
+    H,
+);
+pub const DYING_GROWING: Metric = gauge(
+    "cgroups_dying_growing",
+    None,
+    "1 when the hierarchy's dying count rises steadily over the trend span, else 0.",
+    H,
+);
+pub const CREATED: Metric = counter(
+    "cgroups_created",
+    "Cgroups created (mkdir) while tracing.",
+    H,
+);
+pub const REMOVED: Metric = counter(
+    "cgroups_removed",
+    "Cgroups removed (rmdir) while tracing.",
+    H,
+);
+pub const RELEASED: Metric = counter(
+    "cgroups_released",
+    "Cgroups the kernel released (freed) while tracing.",
+    H,
+);
+pub const MOVED: Metric = counter(
+    "cgroups_tasks_moved",
+    "Tasks moved into a cgroup of the hierarchy while tracing.",
+    H,
+);
+pub const RELEASE_LATENCY: Metric = gauge(
+    "cgroups_release_latency",
+    Some(Seconds),
+    "Time from a cgroup's rmdir to its release, p50, p90, p99 and max since the start.",
+    &["hierarchy", "stat"],
+);
+pub const EMPTY: Metric = gauge(
+    "cgroups_empty",
+    None,
+    "Live cgroups with no task and no child for longer than --min-age.",
+    &[],
+);
+pub const STAT_READ: Metric = gauge(
+    "cgroups_memory_stat_read",
+    Some(Seconds),
+    "Time one read of the root memory.stat took (the fastest of a few): slow when many cgroups are dying.",
+    &[],
+);
+pub const DYING_AGE: Metric = gauge(
+    "cgroups_dying_age",
+    Some(Seconds),
+    "Time since a dying cgroup (removed while tracing) was removed, for the 20 oldest.",
+    HP,
+);
+pub const FINDING_AGE: Metric = gauge(
+    "cgroups_finding_age",
+    Some(Seconds),
+    "Age of a dying cgroup past --dying-age (a finding), for the 20 oldest.",
+    HP,
+);
+pub const RELEASED_LATENCY: Metric = gauge(
+    "cgroups_released_latency",
+    Some(Seconds),
+    "Time from rmdir to release of a recently released cgroup, for the 20 latest releases.",
+    HP,
+);
+
+/// Every metric above, for the README check (`prom::all_metrics`).
+#[cfg_attr(not(test), allow(dead_code))]
+pub const METRICS: &[&Metric] = &[
+    &LIVE,
+    &DYING,
+    &DYING_PAST,
+    &DYING_GROWING,
+    &CREATED,
+    &REMOVED,
+    &RELEASED,
+    &MOVED,
+    &RELEASE_LATENCY,
+    &EMPTY,
+    &STAT_READ,
+    &DYING_AGE,
+    &FINDING_AGE,
+    &RELEASED_LATENCY,
+];
+
+pub fn collect(r: &Value, out: &mut Families) {
+    for h in rows(r, "hierarchies", usize::MAX) {
+        let l = [("hierarchy", s(h, "name"))];
+        out.field(&LIVE, &l, h, "cgroups");
+        out.field(&DYING, &l, h, "dying");
+        out.field(&DYING_PAST, &l, h, "dying_past_threshold");
+        out.field(&DYING_GROWING, &l, &h["dying_trend"], "growing");
+        out.field(&CREATED, &l, h, "created");
+        out.field(&REMOVED, &l, h, "removed");
+        out.field(&RELEASED, &l, h, "released");
+        out.field(&MOVED, &l, h, "tasks_moved");
+        quantiles(out, &RELEASE_LATENCY, &l, &h["release_latency_us"], US);
+    }
+    out.field(&EMPTY, &[], r, "empty_total");
+    out.field_per(&STAT_READ, &[], &r["memory_stat_read_ms"], "now", MS);
+
+    let oldest = |list: &str| {
+        let listed = rows(r, list, usize::MAX).filter(|d| {
+            d["kind"]
+                .as_str()
+                .is_none_or(|k| k == "dying_past_threshold")
+        });
+        top_of(listed, "age_s", usize::MAX)
+    };
+    per_path(out, &DYING_AGE, oldest("dying"), "age_s", 1.0);
+    per_path(out, &FINDING_AGE, oldest("findings"), "age_s", 1.0);
+    // The report lists releases oldest first.
+    let latest: Vec<&Value> = r["released_recent"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .collect();
+    per_path(out, &RELEASED_LATENCY, latest, "latency_us", US);
+}
+
+/// The first TOP_PATHS rows, one series per hierarchy and path (the first row of a
+/// path that appears twice, as when a cgroup was made and removed again).
+fn per_path(out: &mut Families, m: &'static Metric, rows: Vec<&Value>, key: &str, k: f64) {
+    let mut seen = HashSet::new();
+    for row in rows {
+        let (h, p) = (s(row, "hierarchy"), s(row, "path"));
+        if seen.len() == TOP_PATHS {
+            break;
+        }
+        if seen.insert((h, p)) {
+            out.row(m, row, key, k);
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! `--prom-file PATH`: each report also written as Prometheus text exposition, for
+//! node_exporter's textfile collector (`--collector.textfile.directory`), so a fleet's
+//! existing Prometheus scrapes what the tracer found; no collector of our own.
+//!
+//! What is exposed is described explicitly, per detector, in `<detector>/metrics.rs`:
+//! each [`Metric`] has a name, a type, a base unit, a HELP text and bounded labels, and
+//! the detector's `collect` takes each value from its report by field. The registry
+//! and the text format are prometheus-client's. The file is replaced atomically
+//! (written beside it, then renamed).
+use std::{borrow::Cow, fs, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet, prometheus_text},
+    metrics::MetricType,
+    registry::{Registry, Unit},
+};
+use serde_json::Value;
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "tracer";
+
+/// Fails in one sentence when `--prom-file`'s directory does not exist: checked when a
+/// run starts, since a write would otherwise fail only at the first report.
+pub fn check_dir(path: &Path) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!(
+            "the directory of --prom-file {} does not exist; create it or pass another path",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The Content-Type of the text [`render_all`] makes (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Writes several detectors' latest reports to one file, replaced atomically.
+pub fn write_all(path: &Path, reports: &[(&str, &Value)]) -> Result<()> {
+    let text = render_all(reports);
+    let tmp = path.with_extension("prom.tmp");
+    fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// One detector's report as Prometheus text.
+pub fn render(command: &str, report: &Value) -> String {
+    render_all(&[(command, report)])
+}
+
+/// Several detectors' reports in one registry and one exposition: the common series
+/// once, labelled by detector, then each detector's own.
+pub fn render_all(reports: &[(&str, &Value)]) -> String {
+    let mut out = Families::default();
+    out.sample(&BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1u64);
+    for (command, report) in reports {
+        common(&mut out, command, report);
+        if let Some(e) = crate::detectors::find(command) {
+            (e.collect)(report, &mut out);
+        }
+    }
+    let mut registry = Registry::with_prefix(PREFIX);
+    registry.register_collector(Box::new(out));
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_text::encode(&mut text, &registry);
+    text
+}
+
+/// Every described metric: the common ones, then each detector's (what README.md
+/// lists, checked by a unit test).
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn all_metrics() -> Vec<&'static Metric> {
+    std::iter::once(COMMON)
+        .chain(crate::detectors::ALL.iter().map(|e| e.metrics))
+        .flatten()
+        .copied()
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Events since the detector started; the name ends in `_total`.
+    Counter,
+    /// A state at the time of the report.
+    Gauge,
+}
+
+/// Base units; a metric without one counts things.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BaseUnit {
+    Seconds,
+    Bytes,
+    Ratio,
+}
+
+/// One metric, described: its series carry exactly `labels`.
+#[derive(Debug, PartialEq)]
+pub struct Metric {
+    /// Without the `tracer_` prefix, the unit and `_total`, which are added.
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Option<BaseUnit>,
+    pub help: &'static str,
+    pub labels: &'static [&'static str],
+}
+
+#[cfg_attr(not(test), allow(dead_code))]
+impl Metric {
+    /// The name as exposed: prefix, name, unit, then `_total` for counters.
+    pub fn exposed_name(&self) -> String {
+        let mut n = format!("{PREFIX}_{}", self.name);
+        if let Some(u) = self.unit {
+            n += "_";
+            n += unit(u).as_str();
+        }
+        if self.kind == Kind::Counter {
+            n += "_total";
+        }
+        n
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        }
+    }
+
+    pub fn unit_name(&self) -> &'static str {
+        match self.unit {
+            Some(BaseUnit::Seconds) => "seconds",
+            Some(BaseUnit::Bytes) => "bytes",
+            Some(BaseUnit::Ratio) => "ratio",
+            None => "",
+        }
+    }
+}
+
+fn unit(u: BaseUnit) -> Unit {
+    match u {
+        BaseUnit::Seconds => Unit::Seconds,
+        BaseUnit::Bytes => Unit::Bytes,
+        // prometheus-client's Ratios is plural; the convention is `_ratio`.
+        BaseUnit::Ratio => Unit::Other("ratio".into()),
+    }
+}
+
+pub const BUILD_INFO: Metric = Metric {
+    name: "build_info",
+    kind: Kind::Gauge,
+    unit: None,
+    help: "Always 1; the tracer's version is the label.",
+    labels: &["version"],
+};
+pub const LOST_EVENTS: Metric = Metric {
+    name: "lost_events",
+    kind: Kind::Counter,
+    unit: None,
+    help: "Kernel events dropped because the ring buffer was full; the detector's counts are low by at least this much.",
+    labels: &["detector"],
+};
+pub const BAD_RECORDS: Metric = Metric {
+    name: "bad_records",
+    kind: Kind::Counter,
+    unit: None,
+    help: "Ring-buffer records too short or of an unknown kind, ignored.",
+    labels: &["detector"],
+};
+pub const KERNEL_READ_ERRORS: Metric = Metric {
+    name: "kernel_read_errors",
+    kind: Kind::Counter,
+    unit: None,
+    help: "Times the eBPF programs could not read a kernel field, so an event is missing or lacks a detail.",
+    labels: &["detector"],
+};
+pub const REPORT_ELAPSED: Metric = Metric {
+    name: "report_elapsed",
+    kind: Kind::Gauge,
+    unit: Some(BaseUnit::Seconds),
+    help: "Time the detector had been tracing when it wrote this report.",
+    labels: &["detector"],
+};
+pub const REPORT_FINAL: Metric = Metric {
+    name: "report_final",
+    kind: Kind::Gauge,
+    unit: None,
+    help: "1 when this is the detector's last report (the tracer has stopped), else 0.",
+    labels: &["detector"],
+};
+#[cfg_attr(not(test), allow(dead_code))]
+const COMMON: &[&Metric] = &[
+    &BUILD_INFO,
+    &LOST_EVENTS,
+    &BAD_RECORDS,
+    &KERNEL_READ_ERRORS,
+    &REPORT_ELAPSED,
+    &REPORT_FINAL,
+];
+
+/// The fields sink.rs's `Emitted::new` adds to every report.
+fn common(out: &mut Families, command: &str, r: &Value) {
+    let l = [("detector", command)];
+    out.field(&LOST_EVENTS, &l, r, "lost_events");
+    out.field(&BAD_RECORDS, &l, r, "bad_records");
+    out.field(&KERNEL_READ_ERRORS, &l, r, "kernel_read_errors");
+    out.field(&REPORT_ELAPSED, &l, r, "elapsed_s");
+    out.field(&REPORT_FINAL, &l, r, "final");
+}
+
+/// A sample's value: integers stay integers in the text.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Num {
+    Int(i64),
+    Float(f64),
+}
+
+impl Num {
+    /// A JSON number or boolean (1/0); None for anything else (null: not known).
+    pub fn of(v: &Value) -> Option<Num> {
+        match v {
+            Value::Bool(b) => Some(Num::Int(*b as i64)),
+            Value::Number(n) => n
+                .as_i64()
+                .map(Num::Int)
+                .or_else(|| n.as_f64().map(Num::Float)),
+            _ => None,
+        }
+    }
+
+    /// The value divided by `per`, e.g. microseconds to seconds with `per` = 1e6.
+    pub fn per(self, per: f64) -> Num {
+        match self {
+            Num::Int(i) if per == 1.0 => Num::Int(i),
+            Num::Int(i) => Num::Float(i as f64 / per),
+            Num::Float(f) => Num::Float(f / per),
+        }
+    }
+}
+
+impl From<u64> for Num {
+    fn from(v: u64) -> Self {
+        i64::try_from(v)
+            .map(Num::Int)
+            .unwrap_or(Num::Float(v as f64))
+    }
+}
+
+impl From<i64> for Num {
+    fn from(v: i64) -> Self {
+        Num::Int(v)
+    }
+}
+
+impl From<f64> for Num {
+    fn from(v: f64) -> Self {
+        Num::Float(v)
+    }
+}
+
+type Labels = Vec<(Cow<'static, str>, String)>;
+
+/// The samples of one report (or several), grouped by metric in the order first seen:
+/// what a detector's `collect` fills and the registry's collector encodes.
+#[derive(Debug, Default)]
+pub struct Families(Vec<(&'static Metric, Vec<(Labels, Num)>)>);
+
+impl Families {
+    /// One sample of `m`; `labels` name exactly `m.labels`, in that order.
+    pub fn sample(&mut self, m: &'static Metric, labels: &[(&str, &str)], v: impl Into<Num>) {
+        debug_assert!(
+            labels.iter().map(|l| l.0).eq(m.labels.iter().copied()),
+            "{}: labels {labels:?} are not the described {:?}",
+            m.name,
+            m.labels
+        );
+        let labels: Labels = m
+            .labels
+            .iter()
+            .zip(labels)
+            .map(|(k, (_, v))| (Cow::Borrowed(*k), (*v).to_string()))
+            .collect();
+        let v = v.into();
+        match self.0.iter_mut().find(|(d, _)| std::ptr::eq(*d, m)) {
+            Some((_, s)) => s.push((labels, v)),
+            None => self.0.push((m, vec![(labels, v)])),
+        }
+    }
+
+    /// A sample from `obj[key]` when it is a number or boolean; nothing when the field
+    /// is missing or null (not known).
+    pub fn field(&mut self, m: &'static Metric, labels: &[(&str, &str)], obj: &Value, key: &str) {
+        self.field_per(m, labels, obj, key, 1.0)
+    }
+
+    /// As [`Families::field`], the value divided by `per` (to base units).
+    pub fn field_per(
+        &mut self,
+        m: &'static Metric,
+        labels: &[(&str, &str)],
+        obj: &Value,
+        key: &str,
+        per: f64,
+    ) {
+        if let Some(v) = Num::of(&obj[key]) {
+            self.sample(m, labels, v.per(per));
+        }
+    }
+
+    /// A sample of `m` from a report row: `row[key]` (divided by `per`) labelled with
+    /// the row's fields of the labels' names (a row lists a filesystem by `mount`,
+    /// `device` and `fstype`, a process by `pid` and `comm`). Nothing when `row[key]`
+    /// is missing or null.
+    pub fn row(&mut self, m: &'static Metric, row: &Value, key: &str, per: f64) {
+        if let Some(v) = Num::of(&row[key]) {
+            self.row_value(m, row, v.per(per));
+        }
+    }
+
+    /// As [`Families::row`], with the value given.
+    pub fn row_value(&mut self, m: &'static Metric, row: &Value, v: Num) {
+        let values: Vec<String> = m
+            .labels
+            .iter()
+            .map(|l| match &row[*l] {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            })
+            .collect();
+        let labels: Vec<(&str, &str)> = m
+            .labels
+            .iter()
+            .zip(&values)
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        self.sample(m, &labels, v);
+    }
+}
+
+impl Collector for Families {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (m, samples) in &self.0 {
+            let u = m.unit.map(unit);
+            let t = match m.kind {
+                Kind::Counter => MetricType::Counter,
+                Kind::Gauge => MetricType::Gauge,
+            };
+            let mut me = encoder.encode_descriptor(m.name, m.help, u.as_ref(), t)?;
+            for (labels, v) in samples {
+                let mut s = me.encode_family(labels)?;
+                match (m.kind, *v) {
+                    (Kind::Counter, Num::Int(i)) => {
+                        s.encode_counter::<NoLabelSet, _, u64>(&(i.max(0) as u64), None)?
+                    }
+                    (Kind::Counter, Num::Float(f)) => {
+                        s.encode_counter::<NoLabelSet, _, f64>(&f, None)?
+                    }
+                    (Kind::Gauge, Num::Int(i)) => s.encode_gauge(&i)?,
+                    (Kind::Gauge, Num::Float(f)) => s.encode_gauge(&f)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rows of `list` (an array of objects in the report), at most `n`.
+pub fn rows<'a>(r: &'a Value, list: &str, n: usize) -> impl Iterator<Item = &'a Value> {
+    r[list].as_array().into_iter().flatten().take(n)
+}
+
+/// A string field of a row ("" when missing).
+pub fn s<'a>(row: &'a Value, key: &str) -> &'a str {
+    row[key].as_str().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests;
+
+/// The rows of `list` with the largest `by`, at most `n`: the bounded top-N that
+/// per-process or per-path series are limited to (ties keep the report's order).
+pub fn top<'a>(r: &'a Value, list: &str, by: &str, n: usize) -> Vec<&'a Value> {
+    top_of(rows(r, list, usize::MAX), by, n)
+}
+
+/// As [`top`], of any rows.
+pub fn top_of<'a>(rows: impl Iterator<Item = &'a Value>, by: &str, n: usize) -> Vec<&'a Value> {
+    let mut v: Vec<&Value> = rows.collect();
+    let f = |x: &Value| x[by].as_f64().unwrap_or(0.0);
+    v.sort_by(|a, b| f(b).total_cmp(&f(a)));
+    v.truncate(n);
+    v
+}
+
+/// A latency summary of the report (`{count, p50, p90, p99, max}` in `1/per`
+/// seconds) as `m{..., stat}` gauges in seconds, stat p50, p90, p99 and max: precomputed
+/// quantiles, which Prometheus has no type for but the summary, whose `_sum` the
+/// reports do not keep. Nothing when it has no samples.
+pub fn quantiles(
+    out: &mut Families,
+    m: &'static Metric,
+    labels: &[(&str, &str)],
+    summary: &Value,
+    per: f64,
+) {
+    if summary["count"].as_u64().unwrap_or(0) == 0 {
+        return;
+    }
+    for key in ["p50", "p90", "p99", "max"] {
+        let mut l = labels.to_vec();
+        l.push(("stat", key));
+        out.field_per(m, &l, summary, key, per);
+    }
+}
+
+/// Microseconds and milliseconds per second.
+pub const US: f64 = 1e6;
+pub const MS: f64 = 1e3;
+
+pub const fn gauge(
+    name: &'static str,
+    unit: Option<BaseUnit>,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Gauge,
+        unit,
+        help,
+        labels,
+    }
+}
+
+pub const fn counter(
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Counter,
+        unit: None,
+        help,
+        labels,
+    }
+}
+
+impl Metric {
+    /// The same metric measured in `u` (a counter of seconds, say).
+    pub const fn in_unit(self, u: BaseUnit) -> Metric {
+        Metric {
+            unit: Some(u),
+            ..self
+        }
+    }
+}
+
+/// A report's level word as a number: ok 0, warn 1, crit 2.
+pub fn severity(level: &Value) -> Option<i64> {
+    match level.as_str()? {
+        "ok" => Some(0),
+        "warn" => Some(1),
+        "crit" => Some(2),
+        _ => None,
+    }
+}
+
+/// Percent per unit ratio.
+pub const PCT: f64 = 100.0;

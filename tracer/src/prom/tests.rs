@@ -1,0 +1,365 @@
+use std::{
+    collections::BTreeSet,
+    io::Write as _,
+    process::{Command, Stdio},
+};
+
+use serde_json::{Value, json};
+
+use super::*;
+
+/// Reports the detectors wrote on a test machine (`tracer <command> --json`), trimmed;
+/// the tcp-pressure culprit and holder and the inodes ENOSPC row are shaped as the
+/// reports build them, since the capture had none.
+const FIXTURES: &[(&str, &str)] = &[
+    ("triage", include_str!("fixtures/triage.json")),
+    ("tcp-pressure", include_str!("fixtures/tcp-pressure.json")),
+    ("cgroups", include_str!("fixtures/cgroups.json")),
+    ("inodes", include_str!("fixtures/inodes.json")),
+    ("zombies", include_str!("fixtures/zombies.json")),
+];
+
+fn fixture(command: &str) -> Value {
+    let (_, text) = FIXTURES.iter().find(|(c, _)| *c == command).unwrap();
+    serde_json::from_str(text).unwrap()
+}
+
+/// `promtool check metrics` on `text`: its output (empty when it finds no problem).
+fn promtool(text: &str) -> String {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "promtool cannot run ({e}): `cargo xtask setup` installs it (Debian's prometheus)"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool failed: {said}\n{text}");
+    said
+}
+
+/// The value of the series `name{labels}` (labels as printed, "" for none).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn promtool_finds_no_problem_in_any_detectors_metrics() {
+    for (command, _) in FIXTURES {
+        let text = render(command, &fixture(command));
+        assert!(text.lines().count() > 20, "{command}:\n{text}");
+        assert_eq!(promtool(&text), "", "{command}:\n{text}");
+    }
+}
+
+#[test]
+fn render_all_puts_every_detector_in_one_exposition() {
+    let reports: Vec<(&str, Value)> = FIXTURES.iter().map(|(c, _)| (*c, fixture(c))).collect();
+    let refs: Vec<(&str, &Value)> = reports.iter().map(|(c, r)| (*c, r)).collect();
+    let text = render_all(&refs);
+    assert_eq!(promtool(&text), "", "{text}");
+    // The common series once per metric, one sample per detector.
+    assert_eq!(
+        text.matches("# TYPE tracer_lost_events_total counter\n")
+            .count(),
+        1
+    );
+    for (command, _) in FIXTURES {
+        let series = format!("tracer_lost_events_total{{detector=\"{command}\"}}");
+        assert_eq!(value(&text, &series), Some(0.0), "{series}\n{text}");
+    }
+    assert_eq!(
+        value(
+            &text,
+            &format!(
+                "tracer_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0)
+    );
+    // One detector alone is the same text as its own render, after the common part.
+    let zombies = fixture("zombies");
+    assert_eq!(
+        render("zombies", &zombies),
+        render_all(&[("zombies", &zombies)])
+    );
+}
+
+/// Asserts each `(series, value)` in `text`.
+fn assert_values(text: &str, expected: &[(&str, f64)]) {
+    for (series, v) in expected {
+        assert_eq!(value(text, series), Some(*v), "{series} in\n{text}");
+    }
+}
+
+#[test]
+fn common_fields_become_series_labelled_by_detector() {
+    let r = json!({"command": "zombies", "final": true, "elapsed_s": 2.5, "lost_events": 3,
+                   "bad_records": 1, "kernel_read_errors": 7});
+    let text = render("zombies", &r);
+    assert_values(
+        &text,
+        &[
+            ("tracer_lost_events_total{detector=\"zombies\"}", 3.0),
+            ("tracer_bad_records_total{detector=\"zombies\"}", 1.0),
+            ("tracer_kernel_read_errors_total{detector=\"zombies\"}", 7.0),
+            ("tracer_report_elapsed_seconds{detector=\"zombies\"}", 2.5),
+            ("tracer_report_final{detector=\"zombies\"}", 1.0),
+        ],
+    );
+    assert!(text.contains("# HELP tracer_lost_events_total Kernel events dropped"));
+}
+
+#[test]
+fn values_come_from_the_reports_fields_in_base_units() {
+    let z = render("zombies", &fixture("zombies"));
+    assert_values(
+        &z,
+        &[
+            (
+                "tracer_zombies_parent_zombies{pid=\"18726\",comm=\"python3\"}",
+                3.0,
+            ),
+            (
+                "tracer_zombies_parent_oldest_zombie_age_seconds{pid=\"18726\",comm=\"python3\"}",
+                7.001,
+            ),
+            ("tracer_zombies_stuck", 3.0),
+            ("tracer_zombies_forks_total", 294.0),
+            // reap_latency_us p99 32015 us.
+            (
+                "tracer_zombies_reap_latency_seconds{stat=\"p99\"}",
+                0.032015,
+            ),
+        ],
+    );
+    // A null field (no ETA) is no series at all.
+    assert!(
+        !z.contains("tracer_zombies_pid_exhaustion_eta_seconds "),
+        "{z}"
+    );
+
+    let c = render("cgroups", &fixture("cgroups"));
+    assert_values(
+        &c,
+        &[
+            (
+                "tracer_cgroups_dying_age_seconds{hierarchy=\"memory\",path=\"/mtest1\"}",
+                4.505,
+            ),
+            (
+                "tracer_cgroups_finding_age_seconds{hierarchy=\"memory\",path=\"/mtest1\"}",
+                4.505,
+            ),
+            (
+                "tracer_cgroups_released_latency_seconds{hierarchy=\"cgroup2\",path=\"/mtest2\"}",
+                0.040396,
+            ),
+            ("tracer_cgroups_dying{hierarchy=\"memory\"}", 35.0),
+        ],
+    );
+    assert!(
+        !c.contains("tracer_cgroups_dying{hierarchy=\"name=systemd\"}"),
+        "unknown: no series"
+    );
+
+    assert_values(
+        &render("tcp-pressure", &fixture("tcp-pressure")),
+        &[
+            (
+                "tracer_tcp_memory_limit_bytes{threshold=\"pressure\"}",
+                383858.0 * 4096.0,
+            ),
+            ("tracer_tcp_refusals_total", 37.0),
+            ("tracer_tcp_skb_drops_total{reason=\"PROTO_MEM\"}", 0.0),
+            (
+                "tracer_tcp_process_socket_memory_bytes{pid=\"5152\",comm=\"receiver\"}",
+                1048576.0,
+            ),
+        ],
+    );
+
+    let root = "{mount=\"/\",device=\"/dev/vda\",fstype=\"ext4\"}";
+    assert_values(
+        &render("inodes", &fixture("inodes")),
+        &[
+            (
+                &format!("tracer_inodes_filesystem_inodes_used{root}"),
+                419386.0,
+            ),
+            (
+                &format!("tracer_inodes_filesystem_blocks_used_ratio{root}"),
+                5.49 / 100.0,
+            ),
+            (&format!("tracer_inodes_allocated_total{root}"), 273.0),
+            (
+                "tracer_inodes_enospc_failures{pid=\"4242\",comm=\"touch\",mount=\"/tmp/ifull\"}",
+                12.0,
+            ),
+        ],
+    );
+
+    assert_values(
+        &render("triage", &fixture("triage")),
+        &[
+            (
+                "tracer_triage_finding_severity{resource=\"cpu\",check=\"utilization\",subject=\"\"}",
+                2.0,
+            ),
+            (
+                "tracer_triage_disk_await_seconds{device=\"vda\"}",
+                0.4 / 1e3,
+            ),
+            ("tracer_triage_worst_severity", 2.0),
+        ],
+    );
+}
+
+#[test]
+fn per_process_and_per_path_series_are_a_bounded_top_n() {
+    let parents: Vec<Value> = (0..30)
+        .map(|i| json!({"pid": 100 + i, "comm": "p", "zombies": i, "oldest_zombie_age_s": 1.0}))
+        .collect();
+    let text = render("zombies", &json!({"parents": parents}));
+    let listed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("tracer_zombies_parent_zombies{"))
+        .collect();
+    assert_eq!(listed.len(), crate::zombies::metrics::TOP_PARENTS, "{text}");
+    assert!(
+        listed
+            .iter()
+            .any(|l| l.contains("pid=\"129\"") && l.ends_with(" 29"))
+    );
+    assert!(
+        !listed.iter().any(|l| l.contains("pid=\"119\"")),
+        "the 11th is out"
+    );
+
+    // The same path twice (made and removed again) is one series.
+    let dying: Vec<Value> = (0..50)
+        .map(|i| json!({"hierarchy": "memory", "path": format!("/c{}", i / 2), "age_s": i}))
+        .collect();
+    let text = render("cgroups", &json!({"dying": dying}));
+    let n = text
+        .lines()
+        .filter(|l| l.starts_with("tracer_cgroups_dying_age_seconds{"))
+        .count();
+    assert_eq!(n, crate::cgroups::metrics::TOP_PATHS, "{text}");
+    assert_eq!(promtool(&text), "");
+
+    // Each bound is the one HELP states.
+    for (m, n) in [
+        (
+            &crate::zombies::metrics::PARENT_ZOMBIES,
+            crate::zombies::metrics::TOP_PARENTS,
+        ),
+        (
+            &crate::cgroups::metrics::DYING_AGE,
+            crate::cgroups::metrics::TOP_PATHS,
+        ),
+        (
+            &crate::inodes::metrics::DIRECTORY,
+            crate::inodes::metrics::TOP,
+        ),
+        (&crate::tcp::metrics::HOLDER_BYTES, crate::tcp::metrics::TOP),
+    ] {
+        assert!(m.help.contains(&format!(" {n} ")), "{}: {}", m.name, m.help);
+    }
+}
+
+#[test]
+fn descriptions_follow_the_naming_rules() {
+    let all = all_metrics();
+    let names: BTreeSet<String> = all.iter().map(|m| m.exposed_name()).collect();
+    assert_eq!(names.len(), all.len(), "each name once");
+    for m in &all {
+        let name = m.exposed_name();
+        assert!(
+            !m.help.is_empty() && m.help.ends_with('.'),
+            "{name}: {}",
+            m.help
+        );
+        assert_eq!(name.ends_with("_total"), m.kind == Kind::Counter, "{name}");
+        for abbreviation in ["_us", "_ms", "_s_", "_pct", "_per_s"] {
+            assert!(
+                !format!("{name}_").contains(&format!("{abbreviation}_")),
+                "{name}"
+            );
+        }
+        assert!(!name.chars().any(|c| c.is_ascii_uppercase()), "{name}");
+        for unbounded in ["cmdline", "cgroup", "ino", "id"] {
+            assert!(!m.labels.contains(&unbounded), "{name}: {unbounded}");
+        }
+        // Per-process and per-path series state their bound.
+        if m.labels.contains(&"pid") || m.labels.contains(&"path") {
+            assert!(m.help.contains("for the "), "{name}: {}", m.help);
+        }
+    }
+}
+
+/// The rows of README.md's "Metrics" section, as the descriptions give them.
+fn readme_rows() -> BTreeSet<String> {
+    all_metrics()
+        .iter()
+        .map(|m| {
+            let labels: Vec<String> = m.labels.iter().map(|l| format!("`{l}`")).collect();
+            let or_dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+            format!(
+                "| `{}` | {} | {} | {} | {} |",
+                m.exposed_name(),
+                m.type_name(),
+                or_dash(m.unit_name().to_string()),
+                or_dash(labels.join(", ")),
+                m.help
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn readme_lists_every_described_metric_and_no_other() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("\n## Metrics\n")
+        .expect("README.md has a Metrics section");
+    let section = &readme[start + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    let listed: BTreeSet<String> = section
+        .lines()
+        .filter(|l| l.starts_with("| `tracer_"))
+        .map(str::to_string)
+        .collect();
+    let described = readme_rows();
+    let missing: Vec<&String> = described.difference(&listed).collect();
+    let extra: Vec<&String> = listed.difference(&described).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "README.md's Metrics section is out of date.\nnot in README: {missing:#?}\nnot described: {extra:#?}\nthe rows, in the order of the code:\n{}",
+        all_metrics()
+            .iter()
+            .map(|m| readme_rows()
+                .into_iter()
+                .find(|r| r.starts_with(&format!("| `{}` ", m.exposed_name())))
+                .unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

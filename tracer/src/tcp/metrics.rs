@@ -1,0 +1,223 @@
+//! What `tracer tcp-pressure` exposes with `--prom-file`, from its report's fields.
+use serde_json::Value;
+
+use crate::prom::{
+    BaseUnit::{Bytes, Ratio, Seconds},
+    Families, MS, Metric, Num, PCT, US, counter, gauge, quantiles, top,
+};
+
+/// Processes with series of their own, the most first.
+pub const TOP: usize = 10;
+
+pub const MEMORY: Metric = gauge(
+    "tcp_memory",
+    Some(Bytes),
+    "Memory TCP sockets hold now (the kernel's tcp_mem accounting, in bytes).",
+    &[],
+);
+pub const MEMORY_PEAK: Metric = gauge(
+    "tcp_memory_peak",
+    Some(Bytes),
+    "Most memory TCP sockets held at once while tracing.",
+    &[],
+);
+pub const MEMORY_LIMIT: Metric = gauge(
+    "tcp_memory_limit",
+    Some(Bytes),
+    "net.ipv4.tcp_mem in bytes: threshold low, pressure (the kernel starts refusing) and high.",
+    &["threshold"],
+);
+pub const MEMORY_OF_PRESSURE: Metric = gauge(
+    "tcp_memory_of_pressure",
+    Some(Ratio),
+    "Memory TCP sockets hold now as a fraction of the pressure threshold (1 = pressure).",
+    &[],
+);
+pub const PRESSURE: Metric = gauge(
+    "tcp_memory_pressure",
+    None,
+    "1 while TCP is in memory pressure, else 0.",
+    &[],
+);
+pub const EARLY_WARNING: Metric = gauge(
+    "tcp_memory_early_warning",
+    None,
+    "1 while TCP memory stays near the pressure threshold (the early-warning rule holds), else 0.",
+    &[],
+);
+pub const EPISODES: Metric = counter(
+    "tcp_pressure_episodes",
+    "Memory pressure episodes that ended while tracing.",
+    &[],
+);
+pub const EPISODE_DURATION: Metric = gauge(
+    "tcp_pressure_episode_duration",
+    Some(Seconds),
+    "Duration of the memory pressure episodes that ended while tracing, p50, p90, p99 and max.",
+    &["stat"],
+);
+pub const REFUSALS: Metric = counter(
+    "tcp_refusals",
+    "Socket memory charges the kernel refused (sock_exceed_buf_limit) while tracing.",
+    &[],
+);
+pub const DROPS: Metric = counter(
+    "tcp_skb_drops",
+    "Packets dropped for a memory reason (skb:kfree_skb) while tracing, by drop reason.",
+    &["reason"],
+);
+pub const RCVQ_FULL: Metric = counter(
+    "tcp_receive_queue_full",
+    "Packets dropped because a socket's receive queue was full (sock:sock_rcvqueue_full) while tracing.",
+    &[],
+);
+pub const RETRANSMITS: Metric = counter(
+    "tcp_retransmits",
+    "TCP retransmissions while tracing, in and out of memory pressure.",
+    &["during"],
+);
+pub const PRESSURES: Metric = counter(
+    "tcp_memory_pressures",
+    "Times TCP entered memory pressure while tracing (TcpExt TCPMemoryPressures).",
+    &[],
+);
+pub const PRESSURE_TIME: Metric = counter(
+    "tcp_memory_pressure_time",
+    "Time TCP spent in memory pressure while tracing (TcpExt TCPMemoryPressuresChrono).",
+    &[],
+)
+.in_unit(Seconds);
+pub const PRUNES: Metric = counter(
+    "tcp_receive_queue_prunes",
+    "Receive queue prunes to free memory while tracing (TcpExt PruneCalled).",
+    &[],
+);
+pub const RCV_PRUNED: Metric = counter(
+    "tcp_receive_queue_pruned_packets",
+    "Packets dropped from receive queues because pruning did not free enough while tracing (TcpExt RcvPruned).",
+    &[],
+);
+pub const OFO_PRUNED: Metric = counter(
+    "tcp_out_of_order_queue_prunes",
+    "Out-of-order queues dropped to free memory while tracing (TcpExt OfoPruned).",
+    &[],
+);
+pub const RCVQ_DROP: Metric = counter(
+    "tcp_receive_queue_drops",
+    "Packets dropped because the receive queue could not be charged while tracing (TcpExt TCPRcvQDrop).",
+    &[],
+);
+pub const ABORTS: Metric = counter(
+    "tcp_aborts_on_memory",
+    "Connections reset because of memory pressure while tracing (TcpExt TCPAbortOnMemory).",
+    &[],
+);
+pub const SEND_LATENCY: Metric = gauge(
+    "tcp_send_latency",
+    Some(Seconds),
+    "Time a send spent in the kernel, in and out of memory pressure, p50, p90, p99 and max while tracing.",
+    &["during", "stat"],
+);
+pub const CULPRIT_REFUSALS: Metric = gauge(
+    "tcp_process_refusals",
+    None,
+    "Refused socket memory charges of a process while tracing, for the 10 processes with the most.",
+    &["pid", "comm"],
+);
+pub const HOLDER_BYTES: Metric = gauge(
+    "tcp_process_socket_memory",
+    Some(Bytes),
+    "Memory queued in a process's sockets (receive plus send), for the 10 processes holding the most.",
+    &["pid", "comm"],
+);
+
+/// Every metric above, for the README check (`prom::all_metrics`).
+#[cfg_attr(not(test), allow(dead_code))]
+pub const METRICS: &[&Metric] = &[
+    &MEMORY,
+    &MEMORY_PEAK,
+    &MEMORY_LIMIT,
+    &MEMORY_OF_PRESSURE,
+    &PRESSURE,
+    &EARLY_WARNING,
+    &EPISODES,
+    &EPISODE_DURATION,
+    &REFUSALS,
+    &DROPS,
+    &RCVQ_FULL,
+    &RETRANSMITS,
+    &PRESSURES,
+    &PRESSURE_TIME,
+    &PRUNES,
+    &RCV_PRUNED,
+    &OFO_PRUNED,
+    &RCVQ_DROP,
+    &ABORTS,
+    &SEND_LATENCY,
+    &CULPRIT_REFUSALS,
+    &HOLDER_BYTES,
+];
+
+/// TcpExt counters of the report, each its own metric (scale to base units).
+const TCPEXT: &[(&str, &Metric, f64)] = &[
+    ("TCPMemoryPressures", &PRESSURES, 1.0),
+    ("TCPMemoryPressuresChrono", &PRESSURE_TIME, MS),
+    ("PruneCalled", &PRUNES, 1.0),
+    ("RcvPruned", &RCV_PRUNED, 1.0),
+    ("OfoPruned", &OFO_PRUNED, 1.0),
+    ("TCPRcvQDrop", &RCVQ_DROP, 1.0),
+    ("TCPAbortOnMemory", &ABORTS, 1.0),
+];
+
+pub fn collect(r: &Value, out: &mut Families) {
+    out.field(&MEMORY, &[], &r["mem_bytes"], "current");
+    out.field(&MEMORY_PEAK, &[], &r["mem_bytes"], "peak");
+    if let Some(page) = r["page_size"].as_u64() {
+        for t in ["low", "pressure", "high"] {
+            if let Some(pages) = r["tcp_mem"][t].as_u64() {
+                out.sample(&MEMORY_LIMIT, &[("threshold", t)], Num::from(pages * page));
+            }
+        }
+    }
+    out.field_per(
+        &MEMORY_OF_PRESSURE,
+        &[],
+        &r["mem_pages"],
+        "pct_of_pressure",
+        PCT,
+    );
+    out.field(&PRESSURE, &[], r, "pressure_now");
+    out.field(&EARLY_WARNING, &[], &r["early_warning"], "active");
+    out.field(&EPISODES, &[], &r["episode_duration_ms"], "count");
+    quantiles(out, &EPISODE_DURATION, &[], &r["episode_duration_ms"], MS);
+    out.field(&REFUSALS, &[], r, "refusals");
+    if let Some(drops) = r["drops"].as_object() {
+        for reason in drops.keys() {
+            out.field(&DROPS, &[("reason", reason)], &r["drops"], reason);
+        }
+    }
+    out.field(&RCVQ_FULL, &[], r, "rcvqueue_full");
+    for during in ["pressure", "normal"] {
+        out.field(
+            &RETRANSMITS,
+            &[("during", during)],
+            &r["retransmits"],
+            during,
+        );
+    }
+    for &(name, m, k) in TCPEXT {
+        out.field_per(m, &[], &r["tcpext"], name, k);
+    }
+    let lat = &r["send_latency_us"];
+    for during in ["pressure", "normal"] {
+        quantiles(out, &SEND_LATENCY, &[("during", during)], &lat[during], US);
+    }
+    for (m, list, by) in [
+        (&CULPRIT_REFUSALS, "culprits", "refusals"),
+        (&HOLDER_BYTES, "holders", "held_bytes"),
+    ] {
+        for row in top(r, list, by, TOP) {
+            out.row(m, row, by, 1.0);
+        }
+    }
+}

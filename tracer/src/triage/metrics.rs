@@ -1,0 +1,209 @@
+//! What `tracer triage` exposes with `--prom-file`, from its report's fields. Triage
+//! measures one window, so its values are gauges of that window.
+use serde_json::Value;
+
+use crate::prom::{
+    BaseUnit::{Bytes, Ratio, Seconds},
+    Families, MS, Metric, Num, PCT, US, gauge, quantiles, rows, s, severity,
+};
+
+pub const FINDING: Metric = gauge(
+    "triage_finding_severity",
+    None,
+    "One check of the USE checklist judged: 0 ok, 1 warn, 2 crit. subject is the device, interface, hierarchy, mount or parent pid the check is about (at most 5 per check), empty when machine-wide.",
+    &["resource", "check", "subject"],
+);
+pub const WORST: Metric = gauge(
+    "triage_worst_severity",
+    None,
+    "The worst severity of all checks: 0 ok, 1 warn, 2 crit.",
+    &[],
+);
+pub const WINDOW: Metric = gauge(
+    "triage_window",
+    Some(Seconds),
+    "Length of the window the checks measured.",
+    &[],
+);
+pub const RUNQ_LATENCY: Metric = gauge(
+    "triage_runqueue_latency",
+    Some(Seconds),
+    "Time woken tasks waited for a CPU in the window, p50, p90, p99 (upper bounds of log2 buckets) and max.",
+    &["stat"],
+);
+pub const LOAD1: Metric = gauge("triage_load1", None, "1-minute load average.", &[]);
+pub const LOAD5: Metric = gauge("triage_load5", None, "5-minute load average.", &[]);
+pub const LOAD15: Metric = gauge("triage_load15", None, "15-minute load average.", &[]);
+pub const CPU: Metric = gauge(
+    "triage_cpu_time",
+    Some(Ratio),
+    "Fraction of all CPUs' time in the window, by mode (busy is all but idle and iowait).",
+    &["mode"],
+);
+pub const RUNNABLE: Metric = gauge(
+    "triage_runnable_tasks",
+    None,
+    "Runnable tasks (running or waiting for a CPU) on average over the window.",
+    &[],
+);
+pub const PSI: Metric = gauge(
+    "triage_pressure_some",
+    Some(Ratio),
+    "Fraction of the window in which some task stalled on the resource (PSI some; absent without PSI).",
+    &["resource"],
+);
+pub const MEM_TOTAL: Metric = gauge(
+    "triage_memory_total",
+    Some(Bytes),
+    "Memory in all (MemTotal).",
+    &[],
+);
+pub const MEM_AVAILABLE: Metric = gauge(
+    "triage_memory_available",
+    Some(Bytes),
+    "Memory available for new work without swapping (MemAvailable).",
+    &[],
+);
+pub const SWAP_USED: Metric = gauge("triage_swap_used", Some(Bytes), "Swap in use.", &[]);
+pub const DISK_AWAIT: Metric = gauge(
+    "triage_disk_await",
+    Some(Seconds),
+    "Average time an I/O of the disk took in the window, queueing included.",
+    &["device"],
+);
+pub const DISK_UTIL: Metric = gauge(
+    "triage_disk_utilization",
+    Some(Ratio),
+    "Fraction of the window the disk was busy.",
+    &["device"],
+);
+pub const DISK_IOPS: Metric = gauge(
+    "triage_disk_iops",
+    None,
+    "I/Os per second on the disk in the window.",
+    &["device"],
+);
+pub const TCP_ESTABLISHED: Metric = gauge(
+    "triage_tcp_established",
+    None,
+    "TCP connections established now.",
+    &[],
+);
+pub const TCP_RETRANS: Metric = gauge(
+    "triage_tcp_retransmitted",
+    Some(Ratio),
+    "Fraction of the TCP segments sent in the window that were retransmissions.",
+    &[],
+);
+pub const TASKS: Metric = gauge(
+    "triage_tasks",
+    None,
+    "Tasks (threads) in use: each holds a pid.",
+    &[],
+);
+pub const TASKS_LIMIT: Metric = gauge(
+    "triage_tasks_limit",
+    None,
+    "The most tasks the kernel allows: min(pid_max, threads-max).",
+    &[],
+);
+pub const ZOMBIES: Metric = gauge("triage_zombies", None, "Zombie processes now.", &[]);
+pub const CGROUPS_DYING: Metric = gauge(
+    "triage_cgroups_dying",
+    None,
+    "Dying cgroups (removed, not yet released) in the hierarchy (absent when the kernel does not say).",
+    &["hierarchy"],
+);
+pub const FS_INODES_USED: Metric = gauge(
+    "triage_filesystem_inodes_used",
+    Some(Ratio),
+    "Fraction of the filesystem's inodes in use.",
+    &["mount", "device", "fstype"],
+);
+pub const TCP_MEM: Metric = gauge(
+    "triage_tcp_memory_of_pressure",
+    Some(Ratio),
+    "Memory TCP sockets hold as a fraction of the tcp_mem pressure threshold (1 = pressure).",
+    &[],
+);
+
+/// Every metric above, for the README check (`prom::all_metrics`).
+#[cfg_attr(not(test), allow(dead_code))]
+pub const METRICS: &[&Metric] = &[
+    &FINDING,
+    &WORST,
+    &WINDOW,
+    &RUNQ_LATENCY,
+    &LOAD1,
+    &LOAD5,
+    &LOAD15,
+    &CPU,
+    &RUNNABLE,
+    &PSI,
+    &MEM_TOTAL,
+    &MEM_AVAILABLE,
+    &SWAP_USED,
+    &DISK_AWAIT,
+    &DISK_UTIL,
+    &DISK_IOPS,
+    &TCP_ESTABLISHED,
+    &TCP_RETRANS,
+    &TASKS,
+    &TASKS_LIMIT,
+    &ZOMBIES,
+    &CGROUPS_DYING,
+    &FS_INODES_USED,
+    &TCP_MEM,
+];
+
+pub fn collect(r: &Value, out: &mut Families) {
+    for f in rows(r, "findings", usize::MAX) {
+        out.row(&FINDING, f, "severity", 1.0);
+    }
+    if let Some(v) = severity(&r["worst"]) {
+        out.sample(&WORST, &[], v);
+    }
+    out.field(&WINDOW, &[], r, "measured_s");
+    quantiles(out, &RUNQ_LATENCY, &[], &r["runqueue_latency_us"], US);
+    out.field(&LOAD1, &[], &r["load"], "one");
+    out.field(&LOAD5, &[], &r["load"], "five");
+    out.field(&LOAD15, &[], &r["load"], "fifteen");
+    for mode in ["busy", "user", "system", "iowait", "steal", "idle"] {
+        let key = format!("{mode}_pct");
+        out.field_per(&CPU, &[("mode", mode)], &r["cpu"], &key, PCT);
+    }
+    out.field(&RUNNABLE, &[], &r["runnable"], "mean");
+    for (resource, key) in [
+        ("cpu", "cpu_psi_some_pct"),
+        ("memory", "memory_psi_some_pct"),
+        ("io", "disk_psi_some_pct"),
+    ] {
+        out.field_per(&PSI, &[("resource", resource)], r, key, PCT);
+    }
+    let mem = &r["memory"];
+    out.field(&MEM_TOTAL, &[], mem, "total_bytes");
+    out.field(&MEM_AVAILABLE, &[], mem, "available_bytes");
+    out.field(&SWAP_USED, &[], mem, "swap_used_bytes");
+    for d in rows(r, "disks", usize::MAX) {
+        out.row(&DISK_AWAIT, d, "await_ms", MS);
+        out.row(&DISK_UTIL, d, "util_pct", PCT);
+        out.row(&DISK_IOPS, d, "iops", 1.0);
+    }
+    out.field(&TCP_ESTABLISHED, &[], &r["tcp"], "established");
+    out.field_per(&TCP_RETRANS, &[], &r["tcp"], "retrans_pct", PCT);
+    out.field(&TASKS, &[], &r["pids"], "in_use");
+    out.field(&TASKS_LIMIT, &[], &r["pids"], "limit");
+    out.field(&ZOMBIES, &[], &r["pids"], "zombies_total");
+    for h in rows(r, "cgroup_hierarchies", usize::MAX) {
+        out.field(&CGROUPS_DYING, &[("hierarchy", s(h, "name"))], h, "dying");
+    }
+    for f in rows(r, "filesystems", usize::MAX) {
+        out.row(&FS_INODES_USED, f, "inodes_used_pct", PCT);
+    }
+    let tm = &r["tcp_mem"];
+    if let (Some(pages), Some(pressure)) = (tm["pages"].as_f64(), tm["pressure"].as_f64())
+        && pressure > 0.0
+    {
+        out.sample(&TCP_MEM, &[], Num::from(pages / pressure));
+    }
+}

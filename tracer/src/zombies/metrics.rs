@@ -1,0 +1,128 @@
+//! What `tracer zombies` exposes with `--prom-file`, from its report's fields.
+use serde_json::Value;
+
+use crate::prom::{BaseUnit::Seconds, Families, Metric, US, counter, gauge, quantiles, top};
+
+/// Parents with series of their own, the most zombies first.
+pub const TOP_PARENTS: usize = 10;
+
+pub const PRESENT: Metric = gauge(
+    "zombies_present",
+    None,
+    "Zombie processes at the report (under --pid's parent when given).",
+    &[],
+);
+pub const STUCK: Metric = gauge(
+    "zombies_stuck",
+    None,
+    "Zombies past the stuck rule: unreaped longer than their parent's usual reaping.",
+    &[],
+);
+pub const IN_FLIGHT: Metric = gauge(
+    "zombies_in_flight",
+    None,
+    "Zombies not (yet) past the stuck rule: likely to be reaped soon.",
+    &[],
+);
+pub const GROWING: Metric = gauge(
+    "zombies_growing",
+    None,
+    "1 when the zombie count rises steadily over the trend span, else 0.",
+    &[],
+);
+pub const GROWTH: Metric = gauge(
+    "zombies_growth_per_second",
+    None,
+    "Recent rate of change of the zombie count, zombies per second (absent until the trend has enough samples).",
+    &[],
+);
+pub const TASKS: Metric = gauge(
+    "zombies_tasks",
+    None,
+    "Tasks (threads) in use on the machine: each holds a pid.",
+    &[],
+);
+pub const PID_MAX: Metric = gauge(
+    "zombies_pid_max",
+    None,
+    "kernel.pid_max: the largest pid the kernel hands out.",
+    &[],
+);
+pub const THREADS_MAX: Metric = gauge(
+    "zombies_threads_max",
+    None,
+    "kernel.threads-max: the most tasks the kernel allows.",
+    &[],
+);
+pub const EXHAUSTION: Metric = gauge(
+    "zombies_pid_exhaustion_eta",
+    Some(Seconds),
+    "Time until pids run out at the current zombie growth (absent when not growing).",
+    &[],
+);
+pub const FORKS: Metric = counter("zombies_forks", "Processes forked while tracing.", &[]);
+pub const EXITS: Metric = counter("zombies_exits", "Processes exited while tracing.", &[]);
+pub const REAPS: Metric = counter(
+    "zombies_reaps",
+    "Zombies reaped while tracing (each has a reap latency).",
+    &[],
+);
+pub const REAP_LATENCY: Metric = gauge(
+    "zombies_reap_latency",
+    Some(Seconds),
+    "Time from a process's exit to its parent reaping it, p50, p90, p99 and max since the start.",
+    &["stat"],
+);
+pub const PARENT_ZOMBIES: Metric = gauge(
+    "zombies_parent_zombies",
+    None,
+    "Zombies of one parent, for the 10 parents with the most zombies.",
+    &["pid", "comm"],
+);
+pub const PARENT_OLDEST: Metric = gauge(
+    "zombies_parent_oldest_zombie_age",
+    Some(Seconds),
+    "Age of the oldest zombie of one parent, for the 10 parents with the most zombies.",
+    &["pid", "comm"],
+);
+
+/// Every metric above, for the README check (`prom::all_metrics`).
+#[cfg_attr(not(test), allow(dead_code))]
+pub const METRICS: &[&Metric] = &[
+    &PRESENT,
+    &STUCK,
+    &IN_FLIGHT,
+    &GROWING,
+    &GROWTH,
+    &TASKS,
+    &PID_MAX,
+    &THREADS_MAX,
+    &EXHAUSTION,
+    &FORKS,
+    &EXITS,
+    &REAPS,
+    &REAP_LATENCY,
+    &PARENT_ZOMBIES,
+    &PARENT_OLDEST,
+];
+
+pub fn collect(r: &Value, out: &mut Families) {
+    out.field(&PRESENT, &[], r, "zombies_total");
+    out.field(&STUCK, &[], r, "zombies_stuck");
+    out.field(&IN_FLIGHT, &[], r, "zombies_in_flight");
+    out.field(&GROWING, &[], &r["trend"], "growing");
+    out.field(&GROWTH, &[], r, "zombie_growth_per_s");
+    let pids = &r["pids"];
+    out.field(&TASKS, &[], pids, "in_use");
+    out.field(&PID_MAX, &[], pids, "pid_max");
+    out.field(&THREADS_MAX, &[], pids, "threads_max");
+    out.field(&EXHAUSTION, &[], pids, "exhaustion_eta_s");
+    out.field(&FORKS, &[], r, "forks");
+    out.field(&EXITS, &[], r, "exits");
+    out.field(&REAPS, &[], &r["reap_latency_us"], "count");
+    quantiles(out, &REAP_LATENCY, &[], &r["reap_latency_us"], US);
+    for p in top(r, "parents", "zombies", TOP_PARENTS) {
+        out.row(&PARENT_ZOMBIES, p, "zombies", 1.0);
+        out.row(&PARENT_OLDEST, p, "oldest_zombie_age_s", 1.0);
+    }
+}
