@@ -135,7 +135,9 @@ pub async fn run(args: Args) -> Result<u8> {
     if let Some(p) = args.prom_file {
         sinks.push(Box::new(PromFile::new(p)));
     }
-    started.run_with(sinks).await
+    // Triage's verdict is a metric here (tracer_triage_worst_severity), not the exit
+    // status: serve exits 0 when stopped, 1 on an error.
+    started.run_with(sinks).await.map(|_| 0)
 }
 
 /// The registry entries `names` asks for (all when empty), or one sentence naming the
