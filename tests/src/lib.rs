@@ -5,6 +5,7 @@ mod fixtures;
 pub mod http;
 mod incident;
 mod run;
+mod tcp;
 mod tracefs;
 
 use std::{
@@ -15,6 +16,7 @@ use std::{
 pub use fixtures::*;
 pub use incident::*;
 pub use run::*;
+pub use tcp::*;
 pub use tracefs::*;
 
 /// The tracer binary: TRACER_BIN (set by `cargo xtask test`) or target/release/tracer.

@@ -54,7 +54,7 @@ impl Drop for TestCgroup {
 fn serve_runs_every_detector_in_one_process_and_serves_their_findings() {
     require_root();
     let _s = serial();
-    let mut tracer = Tracer::start(&["serve", "--listen", "127.0.0.1:0", "-i", "300ms"]);
+    let tracer = Tracer::start(&["serve", "--listen", "127.0.0.1:0", "-i", "300ms"]);
     let addr = served_at(&tracer);
     // Ready once attached, which "Tracing ..." follows.
     let ready = get(addr, "/-/ready");
