@@ -11,6 +11,7 @@
 mod advice;
 mod episodes;
 mod report;
+mod rows;
 mod sockets;
 mod spec;
 mod warn;
@@ -35,7 +36,7 @@ use tracer_common::{
 
 use crate::{
     bpf::{self, Hook, Offset, Session, Spec},
-    output::{self, Table, human_duration, round3},
+    output::{self, Table, round3},
     procinfo,
     run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
     snapshot::tcpmem::{self, TcpMem},
