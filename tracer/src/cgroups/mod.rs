@@ -7,8 +7,10 @@
 //! yet) with their rmdir time, and walks the mounted hierarchies at every report for
 //! cgroup and dying counts (which include dying cgroups from before the start) and
 //! empty leftovers.
+mod hints;
 mod judge;
 mod report;
+mod rows;
 mod state;
 
 use std::{
