@@ -121,14 +121,8 @@ impl TcpPressure {
             wmem: read_triple("/proc/sys/net/ipv4/tcp_wmem"),
         });
 
-        if adv_mem != tm {
-            adv.notes.insert(
-                1,
-                format!(
-                    "tcp_mem was {} {} {} during the worst episode and is {} {} {} now; the advice is about the former",
-                    adv_mem.low, adv_mem.pressure, adv_mem.high, tm.low, tm.pressure, tm.high
-                ),
-            );
+        if let Some(note) = advice::limits_changed(adv_mem, tm) {
+            adv.notes.insert(1, note);
         }
         let mut caveats = self.caveats.clone();
         if ctx.lost_events > 0 {
