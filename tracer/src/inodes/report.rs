@@ -111,43 +111,33 @@ pub(super) fn hints(
 
 /// The filesystems table, the signature flags and their JSON.
 pub(super) fn filesystems(rows: &[FsRow], rules: Rules) -> Section<FilesystemRow> {
-    let mut flags = String::new();
-    let mut out = Vec::new();
-    for r in rows {
-        let u = &r.u;
-        let j = &r.judged;
-        let row = FilesystemRow {
-            mount: u.mount.clone(),
-            device: u.device.clone(),
-            fstype: u.fstype.clone(),
-            dev: format!("{}:{}", u.major, u.minor),
-            inodes_total: u.inodes_total,
-            inodes_used: u.inodes_used,
-            inodes_free: u.inodes_total.saturating_sub(u.inodes_used),
-            inodes_used_pct: u.inodes_used_pct(),
-            blocks_used_pct: u.blocks_used_pct(),
-            allocated: r.allocated,
-            freed: r.freed,
-            net_inodes_per_s: r.net,
-            rate_source: r.source,
-            net_inodes_per_s_last_interval: r.recent,
-            exhaustion_eta_s: j.eta_s,
-            level: j.level.as_str(),
-            inodes_full_blocks_free: j.full_blocks_free,
-            eta_text: j.eta_text(rules),
-            evidence: j.json(rules),
-        };
-        if row.inodes_full_blocks_free {
-            flags += &format!(
-                "!!! {}: {:.0}% of inodes used while only {:.0}% of blocks are: `df -h` shows \
-                 space but creates fail with \"No space left on device\"\n",
-                u.mount.display(),
-                row.inodes_used_pct,
-                row.blocks_used_pct
-            );
-        }
-        out.push(row);
-    }
+    let out: Vec<FilesystemRow> = (rows.iter())
+        .map(|r| {
+            let (u, j) = (&r.u, &r.judged);
+            FilesystemRow {
+                mount: u.mount.clone(),
+                device: u.device.clone(),
+                fstype: u.fstype.clone(),
+                dev: format!("{}:{}", u.major, u.minor),
+                inodes_total: u.inodes_total,
+                inodes_used: u.inodes_used,
+                inodes_free: u.inodes_total.saturating_sub(u.inodes_used),
+                inodes_used_pct: u.inodes_used_pct(),
+                blocks_used_pct: u.blocks_used_pct(),
+                allocated: r.allocated,
+                freed: r.freed,
+                net_inodes_per_s: r.net,
+                rate_source: r.source,
+                net_inodes_per_s_last_interval: r.recent,
+                exhaustion_eta_s: j.eta_s,
+                level: j.level.as_str(),
+                inodes_full_blocks_free: j.full_blocks_free,
+                eta_text: j.eta_text(rules),
+                evidence: j.json(rules),
+            }
+        })
+        .collect();
+    let flags: String = out.iter().filter_map(FilesystemRow::flag).collect();
     let mut section = Section::titled(
         out,
         &format!(

@@ -44,6 +44,22 @@ pub struct FilesystemRow {
     pub evidence: Value,
 }
 
+impl FilesystemRow {
+    /// The signature line of inode exhaustion with blocks free (`df -h` shows space,
+    /// creates fail), when the row has it.
+    pub fn flag(&self) -> Option<String> {
+        self.inodes_full_blocks_free.then(|| {
+            format!(
+                "!!! {}: {:.0}% of inodes used while only {:.0}% of blocks are: `df -h` shows \
+                 space but creates fail with \"No space left on device\"\n",
+                self.mount.display(),
+                self.inodes_used_pct,
+                self.blocks_used_pct
+            )
+        })
+    }
+}
+
 impl Row for FilesystemRow {
     const HEADER: &'static [&'static str] = &[
         "MOUNT",
@@ -237,6 +253,40 @@ mod tests {
                 "WARN"
             ]
         );
+    }
+
+    #[test]
+    fn the_full_with_blocks_free_flag_only_on_such_rows() {
+        let mut r = FilesystemRow {
+            mount: "/data".into(),
+            device: "/dev/loop0".into(),
+            fstype: "ext4".into(),
+            dev: "7:0".into(),
+            inodes_total: 100,
+            inodes_used: 100,
+            inodes_free: 0,
+            inodes_used_pct: 100.0,
+            blocks_used_pct: 3.4,
+            allocated: None,
+            freed: None,
+            net_inodes_per_s: 0.0,
+            rate_source: "statvfs",
+            net_inodes_per_s_last_interval: None,
+            exhaustion_eta_s: Some(0.0),
+            level: "crit",
+            inodes_full_blocks_free: true,
+            eta_text: "now (full)".into(),
+            evidence: json!({}),
+        };
+        assert_eq!(
+            r.flag().as_deref(),
+            Some(
+                "!!! /data: 100% of inodes used while only 3% of blocks are: `df -h` shows space but \
+                 creates fail with \"No space left on device\"\n"
+            )
+        );
+        r.inodes_full_blocks_free = false;
+        assert_eq!(r.flag(), None);
     }
 
     #[test]
