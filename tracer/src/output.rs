@@ -221,6 +221,23 @@ pub fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
+/// `serialize_with` for an f64 field kept exact for text but written rounded to 3
+/// decimals in JSON, as [`round3`].
+pub fn serialize_round3<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(round3(*v))
+}
+
+/// [`serialize_round3`] for an optional f64 (None stays null).
+pub fn serialize_round3_opt<S: serde::Serializer>(
+    v: &Option<f64>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(&round3(*v)),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,5 +285,28 @@ mod tests {
         assert_eq!(human_duration(5.0), "5.0s");
         assert_eq!(human_duration(192.0), "3m12s");
         assert_eq!(human_duration(7500.0), "2h05m");
+    }
+
+    #[test]
+    fn serialize_round3_rounds_only_the_json() {
+        #[derive(Serialize)]
+        struct R {
+            #[serde(serialize_with = "serialize_round3")]
+            v: f64,
+            #[serde(serialize_with = "serialize_round3_opt")]
+            o: Option<f64>,
+            #[serde(serialize_with = "serialize_round3_opt")]
+            n: Option<f64>,
+        }
+        let r = R {
+            v: 1.04951,
+            o: Some(0.1 + 0.2),
+            n: None,
+        };
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["v"], 1.05);
+        assert_eq!(j["o"], 0.3);
+        assert!(j["n"].is_null());
+        assert_eq!(format!("{:.1}", r.v), "1.0");
     }
 }

@@ -7,9 +7,11 @@
 //! yet) with their rmdir time, and walks the mounted hierarchies at every report for
 //! cgroup and dying counts (which include dying cgroups from before the start) and
 //! empty leftovers.
+mod hints;
 mod judge;
 pub mod metrics;
 mod report;
+mod rows;
 mod state;
 
 use std::{

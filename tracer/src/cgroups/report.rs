@@ -1,7 +1,13 @@
 //! The cgroups report: per hierarchy counts and dying cgroups, churn by process and
 //! parent, releases and their latency, empty leftovers, findings and hints, in text
 //! and JSON.
-use super::*;
+use super::{
+    rows::{
+        ChurnParentRow, ChurnProcessRow, DyingLevel, DyingParentRow, DyingRow, EmptyRow,
+        HierarchyRow, MoveRow,
+    },
+    *,
+};
 
 impl Cgroups {
     /// The report [`Detector::report`] hands out.
@@ -11,20 +17,10 @@ impl Cgroups {
         let top = self.args.top;
 
         // Per hierarchy: a walk for counts, empty leftovers and id -> path.
-        let mut hjson = Vec::new();
-        let mut htable = Table::new(&[
-            "HIERARCHY",
-            "CGROUPS",
-            "DYING",
-            "CREATED",
-            "REMOVED",
-            "RELEASED",
-            "NET/MIN",
-            "DYING FROM",
-        ]);
-        let mut empty: Vec<(String, String, u64, f64)> = Vec::new();
+        let mut hierarchies: Vec<HierarchyRow> = Vec::new();
+        let mut empty: Vec<EmptyRow> = Vec::new();
         let mut paths: HashMap<(i32, u64), String> = HashMap::new();
-        let mut levels: Vec<(String, String, u64)> = Vec::new();
+        let mut levels: Vec<DyingLevel> = Vec::new();
         let (mut created, mut removed, mut released, mut moved) = (0, 0, 0, 0);
         let mut dying_total = 0u64;
         let mut dying_before = 0u64;
@@ -98,73 +94,89 @@ impl Cgroups {
                 (Some(now), Some(then)) => Some((now as f64 - then as f64) / minutes),
                 _ => None,
             };
-            htable.row(vec![
-                h.name.clone(),
-                h.cgroups.to_string(),
-                dying.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
-                mk.to_string(),
-                rm.to_string(),
-                rel.to_string(),
-                format!("{net:+.1}"),
-                h.dying_source.clone(),
-            ]);
             let lat = self
                 .tracker
                 .hist(root)
                 .map(output::Summary::of)
                 .unwrap_or_default();
-            hjson.push(json!({
-                "name": h.name, "id": h.id, "mount": h.mount, "version": h.version,
-                "controllers": h.controllers,
-                "cgroups": h.cgroups, "cgroups_how": format!("directories under {}", h.mount.display()),
-                "dying": dying, "dying_how": h.dying_source,
-                "dying_at_start": at_start, "dying_tracked": tracked,
-                "created": mk, "removed": rm, "released": rel, "tasks_moved": at,
-                "net_growth_per_min": round3(net),
-                "dying_growth_per_min": dying_growth.map(round3),
-                "dying_past_threshold": stuck, "dying_in_flight": in_flight,
-                "dying_since_before_start_unreleased": before,
-                "dying_trend": hd.trend.json(span),
-                "release_latency_us": lat,
-            }));
+            hierarchies.push(HierarchyRow {
+                name: h.name.clone(),
+                id: h.id,
+                mount: h.mount.clone(),
+                version: h.version,
+                controllers: h.controllers.clone(),
+                cgroups: h.cgroups,
+                cgroups_how: format!("directories under {}", h.mount.display()),
+                dying,
+                dying_how: h.dying_source.clone(),
+                dying_at_start: at_start,
+                dying_tracked: tracked,
+                created: mk,
+                removed: rm,
+                released: rel,
+                tasks_moved: at,
+                net_growth_per_min: net,
+                dying_growth_per_min: dying_growth,
+                dying_past_threshold: stuck,
+                dying_in_flight: in_flight,
+                dying_since_before_start_unreleased: before,
+                dying_trend: hd.trend.json(span),
+                release_latency_us: lat,
+            });
             judged.push(hd);
             for d in
                 snap::empty(&s.dirs, self.args.min_age).filter(|d| !judge::managed_empty(&d.path))
             {
                 let age = d.age.map(|a| a.as_secs_f64()).unwrap_or(0.0);
-                empty.push((h.name.clone(), d.path.clone(), d.id, age));
+                empty.push(EmptyRow {
+                    path: d.path.clone(),
+                    hierarchy: h.name.clone(),
+                    id: d.id,
+                    age_s: age,
+                });
                 leftover_creators.push(
                     self.tracker
                         .creator_of(root, d.id)
                         .map(|a| (a.pid, a.comm().to_string())),
                 );
             }
-            for (p, n) in snap::dying_levels(&s.dirs) {
-                levels.push((h.name.clone(), p, n));
+            for (path, dying) in snap::dying_levels(&s.dirs) {
+                levels.push(DyingLevel {
+                    hierarchy: h.name.clone(),
+                    path,
+                    dying,
+                });
             }
         }
-        empty.sort_by(|a, b| b.3.total_cmp(&a.3).then(a.1.cmp(&b.1)));
+        empty.sort_by(|a, b| b.age_s.total_cmp(&a.age_s).then(a.path.cmp(&b.path)));
         let findings = judge::findings(&judged, dying_age, elapsed);
         drop(judged);
         let behind = judge::leaves_behind(&leftover_creators);
 
         let dying = self.tracker.dying();
-        let dying_json: Vec<Value> = dying
-            .iter()
-            .take(JSON_ROWS)
-            .map(|d| {
-                json!({
-                    "id": d.id, "path": d.path, "hierarchy": self.name(d.root),
-                    "age_s": round3(age_of(now, d.rmdir_ns)),
-                    "creator_pid": d.creator.as_ref().map(|a| a.pid),
-                    "creator_comm": d.creator.as_ref().map(|a| a.comm().to_string()),
-                    "creator_cgroup": d.creator.as_ref().map(|a| self.actor_cgroup(a.pid, &paths)),
-                    "remover_pid": d.remover.pid, "remover_comm": d.remover.comm(),
-                    "remover_cgroup": self.actor_cgroup(d.remover.pid, &paths),
-                })
+        // JSON lists JSON_ROWS, the text `top`.
+        let dying_rows: Vec<DyingRow> = (dying.iter().take(JSON_ROWS.max(top)))
+            .map(|d| DyingRow {
+                id: d.id,
+                path: d.path.clone(),
+                hierarchy: self.name(d.root),
+                age_s: age_of(now, d.rmdir_ns),
+                creator_pid: d.creator.as_ref().map(|a| a.pid),
+                creator_comm: d.creator.as_ref().map(|a| a.comm().to_string()),
+                creator_cgroup: (d.creator.as_ref()).map(|a| self.actor_cgroup(a.pid, &paths)),
+                remover_pid: d.remover.pid,
+                remover_comm: d.remover.comm().to_string(),
+                remover_cgroup: self.actor_cgroup(d.remover.pid, &paths),
             })
             .collect();
-        let by_parent = self.tracker.dying_by_parent();
+        let by_parent: Vec<DyingParentRow> = (self.tracker.dying_by_parent().into_iter())
+            .map(|((root, parent), dying, t)| DyingParentRow {
+                hierarchy: self.name(root),
+                parent,
+                dying,
+                oldest_age_s: age_of(now, t),
+            })
+            .collect();
         let released_json: Vec<Value> = self
             .tracker
             .recent()
@@ -177,8 +189,26 @@ impl Cgroups {
                 })
             })
             .collect();
-        let procs = self.tracker.top_processes(JSON_ROWS.min(100));
-        let parents = self.tracker.top_parents(JSON_ROWS.min(100));
+        let procs: Vec<ChurnProcessRow> = (self.tracker.top_processes(JSON_ROWS.min(100)))
+            .into_iter()
+            .map(|(pid, c)| ChurnProcessRow {
+                pid,
+                comm: c.comm().to_string(),
+                cgroup: self.actor_cgroup(pid, &paths),
+                mkdirs: c.mkdirs,
+                rmdirs: c.rmdirs,
+                mkdirs_per_min: c.mkdirs as f64 / minutes,
+            })
+            .collect();
+        let parents: Vec<ChurnParentRow> = (self.tracker.top_parents(JSON_ROWS.min(100)))
+            .into_iter()
+            .map(|((root, path), mkdirs)| ChurnParentRow {
+                hierarchy: self.name(root),
+                path,
+                mkdirs,
+                mkdirs_per_min: mkdirs as f64 / minutes,
+            })
+            .collect();
         let mut moves: Vec<(AttachKey, AttachCount)> =
             self.attach.iter().filter_map(|r| r.ok()).collect();
         moves.sort_by(|a, b| b.1.tasks.cmp(&a.1.tasks).then(a.0.id.cmp(&b.0.id)));
@@ -194,6 +224,16 @@ impl Cgroups {
                 })
                 .unwrap_or_else(|| format!("(id {id}, removed)"))
         };
+        let moves: Vec<MoveRow> = (moves.iter())
+            .map(|(k, n)| MoveRow {
+                hierarchy: self.name(k.root),
+                id: k.id,
+                path: path_of(k.root, k.id),
+                pid: k.tgid,
+                comm: comm_str(&n.comm).to_string(),
+                tasks: n.tasks,
+            })
+            .collect();
         let all = self.tracker.hist_all();
         let mounted: Vec<Hierarchy> = survey.into_iter().map(|s| s.hierarchy).collect();
         // Several reads: one slow read is a hiccup, all slow is the kernel's walk.
@@ -224,39 +264,23 @@ impl Cgroups {
 
         let mut json = json!({
             "hierarchy_filter": self.args.hierarchy,
-            "hierarchies": hjson,
+            "hierarchies": hierarchies,
             "created": created, "removed": removed, "released": released, "tasks_moved": moved,
             "released_unseen_rmdir": self.tracker.released_unseen.values().sum::<u64>(),
-            "dying": dying_json,
+            "dying": &dying_rows[..dying_rows.len().min(JSON_ROWS)],
             "dying_tracked": dying.len(),
             "dying_total": dying_total,
             "dying_at_start": dying_before,
-            "dying_by_parent": by_parent.iter().take(100).map(|((root, p), n, t)| json!({
-                "hierarchy": self.name(*root), "parent": p, "dying": n, "oldest_age_s": round3(age_of(now, *t)),
-            })).collect::<Vec<_>>(),
-            "dying_levels": levels.iter().take(100).map(|(h, p, n)| json!({
-                "hierarchy": h, "path": p, "dying": n,
-            })).collect::<Vec<_>>(),
+            "dying_by_parent": &by_parent[..by_parent.len().min(100)],
+            "dying_levels": &levels[..levels.len().min(100)],
             "release_latency_us": output::Summary::of(&all),
             "released_recent": released_json,
             "churn": {
-                "processes": procs.iter().map(|(pid, c)| json!({
-                    "pid": pid, "comm": c.comm(), "cgroup": self.actor_cgroup(*pid, &paths),
-                    "mkdirs": c.mkdirs, "rmdirs": c.rmdirs,
-                    "mkdirs_per_min": round3(c.mkdirs as f64 / minutes),
-                })).collect::<Vec<_>>(),
-                "parents": parents.iter().map(|((root, p), n)| json!({
-                    "hierarchy": self.name(*root), "path": p, "mkdirs": n,
-                    "mkdirs_per_min": round3(*n as f64 / minutes),
-                })).collect::<Vec<_>>(),
+                "processes": procs,
+                "parents": parents,
             },
-            "moves": moves.iter().map(|(k, n)| json!({
-                "hierarchy": self.name(k.root), "id": k.id, "path": path_of(k.root, k.id),
-                "pid": k.tgid, "comm": comm_str(&n.comm), "tasks": n.tasks,
-            })).collect::<Vec<_>>(),
-            "empty": empty.iter().take(JSON_ROWS).map(|(h, p, id, age)| json!({
-                "path": p, "hierarchy": h, "id": id, "age_s": round3(*age),
-            })).collect::<Vec<_>>(),
+            "moves": moves,
+            "empty": &empty[..empty.len().min(JSON_ROWS)],
             "empty_total": empty.len(),
             "min_age_s": self.args.min_age.as_secs_f64(),
             "dying_age_s": dying_age,
@@ -312,46 +336,25 @@ impl Cgroups {
             text += &format!("  {}\n", f.text(dying_age));
         }
         text += "\nHIERARCHIES\n";
-        text += &htable.render();
+        text += &Table::of(&hierarchies).render();
 
         text += "\nDYING CGROUPS (rmdir seen, not released yet; oldest first)\n";
         if dying.is_empty() {
             text += "  none removed while tracing is still dying\n";
         } else {
-            let mut t = Table::new(&["HIERARCHY", "ID", "AGE", "PATH", "CREATOR", "REMOVER"]);
-            for d in dying.iter().take(top) {
-                t.row(vec![
-                    self.name(d.root),
-                    d.id.to_string(),
-                    human_duration(age_of(now, d.rmdir_ns)),
-                    d.path.clone(),
-                    d.creator
-                        .as_ref()
-                        .map(|a| format!("{} ({})", a.pid, a.comm()))
-                        .unwrap_or_else(|| "before start".into()),
-                    format!("{} ({})", d.remover.pid, d.remover.comm()),
-                ]);
-            }
+            let t = Table::of(&dying_rows[..dying_rows.len().min(top)]);
             text += &t.render();
             if dying.len() > top {
                 text += &format!("  ... and {} more (--json lists them)\n", dying.len() - top);
             }
             text += "  by parent:\n";
-            let mut t = Table::new(&["  HIERARCHY", "PARENT", "DYING", "OLDEST"]);
-            for ((root, p), n, ts) in by_parent.iter().take(top) {
-                t.row(vec![
-                    format!("  {}", self.name(*root)),
-                    p.clone(),
-                    n.to_string(),
-                    human_duration(age_of(now, *ts)),
-                ]);
-            }
+            let t = Table::of(&by_parent[..by_parent.len().min(top)]);
             text += &t.render();
         }
         if !levels.is_empty() {
             text += "  cgroup2 levels holding dying cgroups (cgroup.stat, includes ones from before the start):\n";
-            for (h, p, n) in levels.iter().take(top) {
-                text += &format!("    {h} {p}: {n}\n");
+            for l in levels.iter().take(top) {
+                text += &l.line();
             }
         }
 
@@ -359,42 +362,12 @@ impl Cgroups {
         if procs.is_empty() {
             text += "  no cgroup was created or removed\n";
         } else {
-            let mut t = Table::new(&["PID", "COMM", "MKDIRS", "RMDIRS", "MKDIR/MIN", "CGROUP"]);
-            for (pid, c) in procs.iter().take(top) {
-                t.row(vec![
-                    pid.to_string(),
-                    c.comm().to_string(),
-                    c.mkdirs.to_string(),
-                    c.rmdirs.to_string(),
-                    format!("{:.1}", c.mkdirs as f64 / minutes),
-                    self.actor_cgroup(*pid, &paths),
-                ]);
-            }
-            text += &t.render();
-            let mut t = Table::new(&["HIERARCHY", "PARENT", "MKDIRS", "MKDIR/MIN"]);
-            for ((root, p), n) in parents.iter().take(top) {
-                t.row(vec![
-                    self.name(*root),
-                    p.clone(),
-                    n.to_string(),
-                    format!("{:.1}", *n as f64 / minutes),
-                ]);
-            }
-            text += &t.render();
+            text += &Table::of(&procs[..procs.len().min(top)]).render();
+            text += &Table::of(&parents[..parents.len().min(top)]).render();
         }
         if !moves.is_empty() {
             text += "\nTASK MOVES (cgroup_attach_task: who moves tasks where)\n";
-            let mut t = Table::new(&["HIERARCHY", "CGROUP", "PID", "COMM", "TASKS"]);
-            for (k, n) in moves.iter().take(top) {
-                t.row(vec![
-                    self.name(k.root),
-                    path_of(k.root, k.id),
-                    k.tgid.to_string(),
-                    comm_str(&n.comm).to_string(),
-                    n.tasks.to_string(),
-                ]);
-            }
-            text += &t.render();
+            text += &Table::of(&moves[..moves.len().min(top)]).render();
         }
 
         text += "\nRMDIR -> RELEASE LATENCY\n";
@@ -416,39 +389,19 @@ impl Cgroups {
         if empty.is_empty() {
             text += "  none\n";
         } else {
-            let mut t = Table::new(&["HIERARCHY", "AGE", "PATH"]);
-            for (h, p, _, age) in empty.iter().take(top) {
-                t.row(vec![h.clone(), human_duration(*age), p.clone()]);
-            }
-            text += &t.render();
+            text += &Table::of(&empty[..empty.len().min(top)]).render();
             if empty.len() > top {
                 text += &format!("  ... and {} more (--json lists them)\n", empty.len() - top);
             }
         }
 
-        let mut hints = Vec::new();
-        if let (Some(min), Some(now)) = (stat_slow, stat_now.as_ref()) {
-            hints.push(format!(
-                "reading {} took at least {min:.1}ms in each of {STAT_READS} reads: it (like reclaim and \
-                 OOM handling) covers every memory cgroup below it, dying ones included; fewer dying \
-                 cgroups make it fast again.",
-                now.path.display(),
-            ));
-        }
-        hints.extend(judge::dying_hint(&findings));
-        if let Some((pid, comm, n)) = behind.first() {
-            hints.push(format!(
-                "{pid} ({comm}) created {n} of the empty leftovers: it leaves cgroups behind."
-            ));
-        }
-        if !empty.is_empty() {
-            hints.push(format!(
-                "{} empty cgroup(s) older than {} are leak candidates: remove them with rmdir, and fix the \
-                 manager that creates them without cleaning up.",
-                empty.len(),
-                human_duration(self.args.min_age.as_secs_f64())
-            ));
-        }
+        let hints = hints::hints(&hints::Inputs {
+            stat_slow: stat_slow.zip(stat_now.as_ref().map(|r| r.path.as_path())),
+            findings: &findings,
+            behind: &behind,
+            empty: empty.len(),
+            min_age_s: self.args.min_age.as_secs_f64(),
+        });
         if !hints.is_empty() {
             text += "\n";
             for h in &hints {

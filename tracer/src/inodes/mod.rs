@@ -12,6 +12,7 @@ mod dirs;
 mod judge;
 pub mod metrics;
 mod report;
+mod rows;
 
 use std::{
     collections::HashMap,
@@ -492,7 +493,7 @@ impl Detector for Inodes {
         let processes = self.processes(&mounts, &mut caveats);
         let (directories, top_dirs) = self.directories(&mounts, &mut caveats);
         let failures = self.failures(&mounts, &mut caveats);
-        let hints = report::hints(&rows, &top_dirs, !failures.json.is_empty());
+        let hints = report::hints(&rows, &top_dirs, !failures.rows.is_empty());
 
         let mut text = match &self.ext4_missing {
             Some(reason) => format!(
@@ -514,10 +515,10 @@ impl Detector for Inodes {
         let json = json!({
             "filter_fs": self.target.as_ref().map(|t| &t.mount),
             "ext4_attribution": ext4,
-            "filesystems": filesystems.json,
-            "top_processes": processes.json,
-            "top_directories": directories.json,
-            "enospc": failures.json,
+            "filesystems": filesystems.rows,
+            "top_processes": processes.rows,
+            "top_directories": directories.rows,
+            "enospc": failures.rows,
             "hints": hints,
             "caveats": caveats,
         });

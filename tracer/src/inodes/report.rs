@@ -2,7 +2,6 @@
 //! its text, from the kernel's maps, statvfs and the directory resolver.
 use std::collections::HashMap;
 
-use serde_json::{Value, json};
 use tracer_common::{
     comm_str,
     inodes::{DEV_CAPACITY, DIR_CAPACITY, DevCounts, ENOSPC_CAPACITY, PROC_CAPACITY, ProcCounts},
@@ -13,9 +12,10 @@ use super::{
     dirs::Source,
     entries,
     judge::{self, Judged, Rules},
+    rows::{DirectoryRow, EnospcRow, FilesystemRow, ProcessRow},
 };
 use crate::{
-    output::{Table, human_duration, round3},
+    output::{Row, Table, human_duration},
     procinfo,
     snapshot::{
         Level,
@@ -23,20 +23,25 @@ use crate::{
     },
 };
 
-/// One section of the report.
-pub(super) struct Section {
-    pub json: Vec<Value>,
+/// One section of the report: its rows (for JSON) and its text.
+pub(super) struct Section<R> {
+    pub rows: Vec<R>,
     pub text: String,
 }
 
-/// A titled table, or a line saying there is nothing.
-fn titled(title: &str, table: &Table, none: &str) -> String {
-    let body = if table.is_empty() {
-        format!("  {none}\n")
-    } else {
-        table.render()
-    };
-    format!("{title}\n{body}")
+impl<R: Row> Section<R> {
+    /// The rows with their titled table, or a line saying there is nothing.
+    fn titled(rows: Vec<R>, title: &str, none: &str) -> Self {
+        let body = if rows.is_empty() {
+            format!("  {none}\n")
+        } else {
+            Table::of(&rows).render()
+        };
+        Section {
+            text: format!("{title}\n{body}"),
+            rows,
+        }
+    }
 }
 
 /// A filesystem in the report; `net` is inodes per second (allocated - freed).
@@ -105,70 +110,36 @@ pub(super) fn hints(
 }
 
 /// The filesystems table, the signature flags and their JSON.
-pub(super) fn filesystems(rows: &[FsRow], rules: Rules) -> Section {
-    let mut json = Vec::new();
-    let mut t = Table::new(&[
-        "MOUNT",
-        "DEVICE",
-        "FSTYPE",
-        "INODES",
-        "IUSE%",
-        "BLOCKS%",
-        "NET/S",
-        "NOW/S",
-        "EXHAUSTED IN",
-        "LEVEL",
-    ]);
-    let mut flags = String::new();
-    for r in rows {
-        let u = &r.u;
-        let ipct = u.inodes_used_pct();
-        let bpct = u.blocks_used_pct();
-        let j = &r.judged;
-        let lvl = j.level.as_str();
-        let eta = j.eta_s;
-        let sig = j.full_blocks_free;
-        if sig {
-            flags += &format!(
-                "!!! {}: {:.0}% of inodes used while only {:.0}% of blocks are: `df -h` shows \
-                 space but creates fail with \"No space left on device\"\n",
-                u.mount.display(),
-                ipct,
-                bpct
-            );
-        }
-        t.row(vec![
-            u.mount.display().to_string(),
-            u.device.clone(),
-            u.fstype.clone(),
-            format!("{}/{}", u.inodes_used, u.inodes_total),
-            format!("{ipct:.1}%"),
-            format!("{bpct:.1}%"),
-            format!("{:+.1}", r.net),
-            r.recent
-                .map(|v| format!("{v:+.1}"))
-                .unwrap_or_else(|| "-".into()),
-            j.eta_text(rules),
-            lvl.to_uppercase(),
-        ]);
-        let mut row = json!({
-            "mount": u.mount, "device": u.device, "fstype": u.fstype,
-            "dev": format!("{}:{}", u.major, u.minor),
-            "inodes_total": u.inodes_total, "inodes_used": u.inodes_used,
-            "inodes_free": u.inodes_total.saturating_sub(u.inodes_used),
-            "inodes_used_pct": round3(ipct), "blocks_used_pct": round3(bpct),
-            "allocated": r.allocated, "freed": r.freed,
-            "net_inodes_per_s": round3(r.net), "rate_source": r.source,
-            "net_inodes_per_s_last_interval": r.recent.map(round3),
-            "exhaustion_eta_s": eta.map(round3), "level": lvl,
-            "inodes_full_blocks_free": sig,
-        });
-        if let (Some(o), Some(e)) = (row.as_object_mut(), j.json(rules).as_object()) {
-            o.extend(e.clone());
-        }
-        json.push(row);
-    }
-    let text = titled(
+pub(super) fn filesystems(rows: &[FsRow], rules: Rules) -> Section<FilesystemRow> {
+    let out: Vec<FilesystemRow> = (rows.iter())
+        .map(|r| {
+            let (u, j) = (&r.u, &r.judged);
+            FilesystemRow {
+                mount: u.mount.clone(),
+                device: u.device.clone(),
+                fstype: u.fstype.clone(),
+                dev: format!("{}:{}", u.major, u.minor),
+                inodes_total: u.inodes_total,
+                inodes_used: u.inodes_used,
+                inodes_free: u.inodes_total.saturating_sub(u.inodes_used),
+                inodes_used_pct: u.inodes_used_pct(),
+                blocks_used_pct: u.blocks_used_pct(),
+                allocated: r.allocated,
+                freed: r.freed,
+                net_inodes_per_s: r.net,
+                rate_source: r.source,
+                net_inodes_per_s_last_interval: r.recent,
+                exhaustion_eta_s: j.eta_s,
+                level: j.level.as_str(),
+                inodes_full_blocks_free: j.full_blocks_free,
+                eta_text: j.eta_text(rules),
+                evidence: j.json(rules),
+            }
+        })
+        .collect();
+    let flags: String = out.iter().filter_map(FilesystemRow::flag).collect();
+    let mut section = Section::titled(
+        out,
         &format!(
             "FILESYSTEMS (inodes; WARN >= 80% used, CRIT >= 90%, held in every sample of the last {} (full: CRIT at once); \
              NET/S = allocated - freed per second since the start, NOW/S since the last report; \
@@ -176,10 +147,10 @@ pub(super) fn filesystems(rows: &[FsRow], rules: Rules) -> Section {
             human_duration(rules.hold_s),
             crate::trend::rule(rules.span_s)
         ),
-        &t,
         "none with a fixed inode count",
-    ) + &flags;
-    Section { json, text }
+    );
+    section.text += &flags;
+    section
 }
 
 impl Inodes {
@@ -258,7 +229,11 @@ impl Inodes {
     }
 
     /// Processes with the most net inodes created.
-    pub(super) fn processes(&self, mounts: &[Mount], caveats: &mut Vec<String>) -> Section {
+    pub(super) fn processes(
+        &self,
+        mounts: &[Mount],
+        caveats: &mut Vec<String>,
+    ) -> Section<ProcessRow> {
         let mut procs = entries(&self.procs, "per-process", PROC_CAPACITY, caveats);
         procs.retain(|(k, _)| self.target.as_ref().is_none_or(|t| t.dev == k.dev));
         let net = |v: &ProcCounts| v.allocated as i64 - v.freed as i64;
@@ -269,45 +244,26 @@ impl Inodes {
                 .then(a.0.tgid.cmp(&b.0.tgid))
         });
         procs.truncate(self.top);
-        let mut t = Table::new(&[
-            "PID",
-            "COMM",
-            "MOUNT",
-            "ALLOCATED",
-            "FREED",
-            "NET",
-            "CGROUP",
-        ]);
-        let mut json = Vec::new();
-        for (k, v) in &procs {
-            let comm = comm_str(&v.comm).to_string();
-            let cg = cgroup(k.tgid);
-            let mount = Self::mount_name(k.dev, mounts);
-            let net = net(v);
-            t.row(vec![
-                k.tgid.to_string(),
-                comm.clone(),
-                mount.clone(),
-                v.allocated.to_string(),
-                v.freed.to_string(),
-                format!("{net:+}"),
-                cg.clone(),
-            ]);
-            json.push(json!({
-                "pid": k.tgid, "comm": comm, "cgroup": cg, "mount": mount,
-                "allocated": v.allocated, "freed": v.freed, "net": net,
-            }));
-        }
+        let rows: Vec<ProcessRow> = (procs.iter())
+            .map(|(k, v)| ProcessRow {
+                pid: k.tgid,
+                comm: comm_str(&v.comm).to_string(),
+                cgroup: cgroup(k.tgid),
+                mount: Self::mount_name(k.dev, mounts),
+                allocated: v.allocated,
+                freed: v.freed,
+                net: net(v),
+            })
+            .collect();
         let none = match &self.ext4_missing {
             Some(reason) => format!("unavailable: {reason}"),
             None => "none: no ext4 inode was allocated or freed".into(),
         };
-        let text = titled(
+        Section::titled(
+            rows,
             "\nTOP PROCESSES (ext4 inodes, most net created first; frees count for the process that dropped the last link)",
-            &t,
             &none,
-        );
-        Section { json, text }
+        )
     }
 
     /// Directories with the most inodes created, resolved to paths; also returns the
@@ -316,7 +272,7 @@ impl Inodes {
         &mut self,
         mounts: &[Mount],
         caveats: &mut Vec<String>,
-    ) -> (Section, Vec<(String, String)>) {
+    ) -> (Section<DirectoryRow>, Vec<(String, String)>) {
         let mut dirs = entries(&self.dirs, "per-directory", DIR_CAPACITY, caveats);
         dirs.retain(|(k, _)| self.target.as_ref().is_none_or(|t| t.dev == k.dev));
         let total: u64 = dirs.iter().map(|(_, v)| v).sum();
@@ -333,44 +289,37 @@ impl Inodes {
             })
             .collect();
         let resolved = self.resolver.resolve_all(&wanted);
-        let mut t = Table::new(&["MOUNT", "DIRECTORY", "FROM", "ALLOCATED", "SHARE"]);
-        let mut json = Vec::new();
-        let mut top = Vec::new();
-        for ((k, n), r) in dirs.iter().zip(resolved) {
-            let mount = Self::mount_name(k.dev, mounts);
-            let shown = match &r.path {
-                Some(p) => p.display().to_string(),
-                None => format!("inode {}", k.ino),
-            };
-            let share = 100.0 * *n as f64 / total.max(1) as f64;
-            if r.source != Source::Unresolved {
-                top.push((mount.clone(), shown.clone()));
-            }
-            t.row(vec![
-                mount.clone(),
-                shown,
-                r.source.as_str().into(),
-                n.to_string(),
-                format!("{share:.1}%"),
-            ]);
-            json.push(json!({
-                "mount": mount, "path": r.path, "path_source": r.source, "ino": k.ino,
-                "allocated": n, "share_pct": round3(share),
-            }));
-        }
-        let text = titled(
+        let rows: Vec<DirectoryRow> = (dirs.iter().zip(resolved))
+            .map(|((k, n), r)| DirectoryRow {
+                mount: Self::mount_name(k.dev, mounts),
+                path: r.path,
+                path_source: r.source,
+                ino: k.ino,
+                allocated: *n,
+                share_pct: 100.0 * *n as f64 / total.max(1) as f64,
+            })
+            .collect();
+        let top = (rows.iter())
+            .filter(|r| r.path_source != Source::Unresolved)
+            .map(|r| (r.mount.clone(), r.shown()))
+            .collect();
+        let section = Section::titled(
+            rows,
             "\nTOP DIRECTORIES (where new inodes were created; FROM: syscall = path given to the create and checked by stat, walk = found under the mount, unresolved = inode number)",
-            &t,
             &match &self.ext4_missing {
                 Some(reason) => format!("unavailable: {reason}"),
                 None => "none".into(),
             },
         );
-        (Section { json, text }, top)
+        (section, top)
     }
 
     /// Creates that failed with ENOSPC, per process and filesystem.
-    pub(super) fn failures(&self, mounts: &[Mount], caveats: &mut Vec<String>) -> Section {
+    pub(super) fn failures(
+        &self,
+        mounts: &[Mount],
+        caveats: &mut Vec<String>,
+    ) -> Section<EnospcRow> {
         let mut rows: Vec<_> = entries(&self.enospc, "ENOSPC", ENOSPC_CAPACITY, caveats)
             .into_iter()
             .map(|(k, n)| {
@@ -396,27 +345,20 @@ impl Inodes {
         }
         rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.tgid.cmp(&b.0.tgid)));
         rows.truncate(self.top);
-        let mut t = Table::new(&["PID", "COMM", "MOUNT", "ENOSPC", "FIRST FAILED PATH"]);
-        let mut json = Vec::new();
-        for (k, n, comm, path, mount) in &rows {
-            let shown = if path.is_empty() { "-" } else { path };
-            t.row(vec![
-                k.tgid.to_string(),
-                comm.clone(),
-                mount.clone(),
-                n.to_string(),
-                shown.into(),
-            ]);
-            json.push(json!({
-                "pid": k.tgid, "comm": comm, "mount": mount, "count": n,
-                "first_path": path, "cgroup": cgroup(k.tgid),
-            }));
-        }
-        let text = titled(
+        let rows: Vec<EnospcRow> = (rows.into_iter())
+            .map(|(k, count, comm, first_path, mount)| EnospcRow {
+                pid: k.tgid,
+                comm,
+                mount,
+                count,
+                first_path,
+                cgroup: cgroup(k.tgid),
+            })
+            .collect();
+        Section::titled(
+            rows,
             "\nCREATES FAILED WITH ENOSPC (No space left on device)",
-            &t,
             "none",
-        );
-        Section { json, text }
+        )
     }
 }

@@ -140,9 +140,36 @@ pub fn compute(i: &Inputs) -> Advice {
     a
 }
 
+/// The note for limits changed since the worst episode: the advice is about the
+/// limits in force then (`during`), not the ones in force `now`.
+pub fn limits_changed(during: TcpMem, now: TcpMem) -> Option<String> {
+    (during != now).then(|| {
+        format!(
+            "tcp_mem was {} {} {} during the worst episode and is {} {} {} now; the advice is about the former",
+            during.low, during.pressure, during.high, now.low, now.pressure, now.high
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changed_limits_are_noted_unchanged_ones_are_not() {
+        let then = inputs(0, 0).tcp_mem;
+        assert_eq!(limits_changed(then, then), None);
+        let now = TcpMem {
+            pressure: 512,
+            ..then
+        };
+        assert_eq!(
+            limits_changed(then, now).as_deref(),
+            Some(
+                "tcp_mem was 64 128 256 during the worst episode and is 64 512 256 now; the advice is about the former"
+            )
+        );
+    }
 
     fn inputs(peak: u64, episodes: usize) -> Inputs {
         Inputs {

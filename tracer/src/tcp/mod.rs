@@ -12,6 +12,7 @@ mod advice;
 mod episodes;
 pub mod metrics;
 mod report;
+mod rows;
 mod sockets;
 mod spec;
 mod warn;
@@ -36,7 +37,7 @@ use tracer_common::{
 
 use crate::{
     bpf::{self, Hook, Offset, Session, Spec},
-    output::{self, Table, human_duration, round3},
+    output::{self, Table, round3},
     procinfo,
     run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
     snapshot::tcpmem::{self, TcpMem},

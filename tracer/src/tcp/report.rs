@@ -1,6 +1,9 @@
 //! The tcp-pressure report: episodes, the early warning, culprits and holders, send
 //! latency in and out of pressure, drops, and the advice, in text and JSON.
-use super::*;
+use super::{
+    rows::{CulpritRow, EpisodeRow, HolderRow, SockRow},
+    *,
+};
 
 impl TcpPressure {
     /// The report [`Detector::report`] hands out.
@@ -17,94 +20,20 @@ impl TcpPressure {
         let warning = warn::warning(open, pages, tm.pressure, &near);
 
         // Episodes.
-        let mut ep_json = Vec::new();
-        let mut ep_table = Table::new(&[
-            "#",
-            "START",
-            "DURATION",
-            "PEAK PAGES",
-            "PEAK",
-            "REFUSALS",
-            "KERNEL MS",
-            "STARTED BY",
-        ]);
         let mut dur_hist = output::new_histogram();
-        for (i, e) in self.episodes.list.iter().enumerate() {
-            let d = e.duration_ms();
-            if let Some(d) = d {
-                output::record(&mut dur_hist, d);
-            }
-            ep_table.row(vec![
-                (i + 1).to_string(),
-                format!("+{:.1}s", self.rel_s(e.start_ns)),
-                d.map(|d| human_duration(d as f64 / 1e3))
-                    .unwrap_or_else(|| "open".into()),
-                e.peak_pages.to_string(),
-                human_bytes(e.peak_pages * ps),
-                e.refusals.to_string(),
-                e.kernel_ms
-                    .map(|m| m.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                match &e.entered_by {
-                    // Whose socket crossed the limit (fentry), else the task that ran.
-                    Some(w) => match (w.socket_owner_pid, &w.socket_owner_comm) {
-                        (Some(p), Some(c)) => {
-                            format!("{} (socket of {p} {c})", e.started_by.as_str())
-                        }
-                        _ => format!("{} (task {} {})", e.started_by.as_str(), w.pid, w.comm),
-                    },
-                    None => e.started_by.as_str().into(),
-                },
-            ]);
-            ep_json.push(json!({
-                "start_s": round3(self.rel_s(e.start_ns)),
-                "duration_ms": d,
-                "peak_pages": e.peak_pages,
-                "refusals": e.refusals,
-                "started_by": e.started_by.as_str(),
-                "tcp_mem": e.tcp_mem,
-                "kernel_ms": e.kernel_ms,
-                "kernel_entries": e.kernel_entries,
-                "end_exact": e.end_exact,
-                "entered_by": e.entered_by,
-            }));
+        let episodes: Vec<EpisodeRow> = (self.episodes.list.iter().enumerate())
+            .map(|(i, e)| EpisodeRow::new(i, e, self.rel_s(e.start_ns), ps))
+            .collect();
+        for d in episodes.iter().filter_map(|e| e.duration_ms) {
+            output::record(&mut dur_hist, d);
         }
+        let ep_table = Table::of(&episodes);
 
         // Culprits by refused allocations.
-        let ranked = self.culprits.ranked();
-        let mut cul_json = Vec::new();
-        let mut cul_table = Table::new(&[
-            "PID",
-            "COMM",
-            "REFUSALS",
-            "SEND",
-            "RECV",
-            "KIND",
-            "SOCKETS",
-            "MAX RECV Q",
-            "MAX SEND Q",
-            "CGROUP",
-        ]);
-        for (pid, c) in ranked.iter().take(self.top) {
-            cul_table.row(vec![
-                pid.to_string(),
-                c.comm.clone(),
-                c.refusals().to_string(),
-                c.send.to_string(),
-                c.recv.to_string(),
-                c.kind().into(),
-                c.sockets.len().to_string(),
-                human_bytes(c.max_rmem),
-                human_bytes(c.max_wmem),
-                c.cgroup.clone(),
-            ]);
-            cul_json.push(json!({
-                "pid": pid, "comm": c.comm, "cgroup": c.cgroup, "refusals": c.refusals(),
-                "send": c.send, "recv": c.recv, "kind": c.kind(), "sockets": c.sockets.len(),
-                "by_current_task": c.by_context,
-                "max_rmem_bytes": c.max_rmem, "max_wmem_bytes": c.max_wmem,
-            }));
-        }
+        let culprits: Vec<CulpritRow> = (self.culprits.ranked().iter().take(self.top))
+            .map(|(pid, c)| CulpritRow::new(*pid, c))
+            .collect();
+        let cul_table = Table::of(&culprits);
 
         // Sockets: at the episode start where they held most, else now.
         let now_snap;
@@ -116,51 +45,30 @@ impl TcpPressure {
             }
         };
         let all_bytes = sock_snap.total;
-        let mut hold_json = Vec::new();
-        let mut hold_table = Table::new(&[
-            "PID", "COMM", "SOCKETS", "RECV Q", "SEND Q", "HELD", "CGROUP",
-        ]);
-        for (pid, n, r, w, t) in sock_snap.holders.iter().take(self.top) {
-            let (comm, cgroup) = sock_snap.owner(*pid);
-            hold_table.row(vec![
-                pid.to_string(),
-                comm.clone(),
-                n.to_string(),
-                human_bytes(*r),
-                human_bytes(*w),
-                human_bytes(*t),
-                cgroup.clone(),
-            ]);
-            hold_json.push(
-                json!({"pid": pid, "comm": comm, "cgroup": cgroup, "sockets": n,
-                                  "rmem_bytes": r, "wmem_bytes": w, "held_bytes": t}),
-            );
-        }
+        let holders: Vec<HolderRow> = (sock_snap.holders.iter().take(self.top))
+            .map(|&(pid, sockets, rmem_bytes, wmem_bytes, held_bytes)| {
+                let (comm, cgroup) = sock_snap.owner(pid);
+                HolderRow {
+                    pid,
+                    comm,
+                    cgroup,
+                    sockets,
+                    rmem_bytes,
+                    wmem_bytes,
+                    held_bytes,
+                }
+            })
+            .collect();
+        let hold_table = Table::of(&holders);
         let top_socks: Vec<&Sock> = sock_snap.socks.iter().take(self.top).collect();
-        let mut sock_table = Table::new(&[
-            "LOCAL", "PEER", "STATE", "RECV Q", "RCVBUF", "SEND Q", "SNDBUF", "HELD", "PID", "COMM",
-        ]);
-        let mut sock_json = Vec::new();
-        for s in &top_socks {
-            let comm = s.pid.map(|p| sock_snap.owner(p).0);
-            let opt = |v: Option<u64>| v.map(human_bytes).unwrap_or_else(|| "-".into());
-            sock_table.row(vec![
-                s.local.to_string(),
-                s.peer.to_string(),
-                s.state.into(),
-                human_bytes(s.rmem),
-                opt(s.rcvbuf),
-                human_bytes(s.wmem),
-                opt(s.sndbuf),
-                human_bytes(s.total()),
-                s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                comm.clone().unwrap_or_else(|| "-".into()),
-            ]);
-            let mut v = serde_json::to_value(s)?;
-            v["comm"] = json!(comm);
-            v["held_bytes"] = json!(s.total());
-            sock_json.push(v);
-        }
+        let sockets: Vec<SockRow> = (top_socks.iter())
+            .map(|s| SockRow {
+                sock: s,
+                comm: s.pid.map(|p| sock_snap.owner(p).0),
+                held_bytes: s.total(),
+            })
+            .collect();
+        let sock_table = Table::of(&sockets);
         let top_bytes: u64 = top_socks.iter().map(|s| s.total()).sum();
         let top_recv: u64 = top_socks.iter().map(|s| s.rmem).sum();
         let top_share = (all_bytes > 0 && !top_socks.is_empty()).then(|| {
@@ -213,14 +121,8 @@ impl TcpPressure {
             wmem: read_triple("/proc/sys/net/ipv4/tcp_wmem"),
         });
 
-        if adv_mem != tm {
-            adv.notes.insert(
-                1,
-                format!(
-                    "tcp_mem was {} {} {} during the worst episode and is {} {} {} now; the advice is about the former",
-                    adv_mem.low, adv_mem.pressure, adv_mem.high, tm.low, tm.pressure, tm.high
-                ),
-            );
+        if let Some(note) = advice::limits_changed(adv_mem, tm) {
+            adv.notes.insert(1, note);
         }
         let mut caveats = self.caveats.clone();
         if ctx.lost_events > 0 {
@@ -246,17 +148,17 @@ impl TcpPressure {
             "pressure_now": open,
             "warning": warning,
             "early_warning": near,
-            "episodes": ep_json,
+            "episodes": episodes,
             "episode_duration_ms": output::Summary::of(&dur_hist),
             "refusals": refusals,
-            "culprits": cul_json,
-            "holders": hold_json,
+            "culprits": culprits,
+            "holders": holders,
             "top_sockets": {
                 "when": when,
                 "at_s": round3(self.rel_s(sock_snap.t_ns)),
                 "source": sock_snap.source,
                 "total_bytes": all_bytes,
-                "sockets": sock_json,
+                "sockets": sockets,
             },
             "drops": self.drops_counted.then_some(drops),
             "rcvqueue_full": rcvq_full,
@@ -400,7 +302,7 @@ fn latency_json(h: &Histogram<u64>, exact_max: u64) -> Value {
     })
 }
 
-fn human_bytes(b: u64) -> String {
+pub(super) fn human_bytes(b: u64) -> String {
     let b = b as f64;
     if b < 1024.0 {
         format!("{b:.0} B")

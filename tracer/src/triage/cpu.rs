@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use procfs::{CpuPressure, CpuTime, Current as _, CurrentSI as _, KernelStats, LoadAverage};
 use serde_json::json;
 
-use super::{Finding, Part, Skipped, Window, judge, runq};
+use super::{Finding, Part, Skipped, Window, judge, rows::CpuProcRow, runq};
 use crate::{output::Table, procinfo, snapshot::Level};
 
 /// Per-process CPU ticks at the start of the window, keyed by pid and start time (a
@@ -361,24 +361,20 @@ pub fn findings(
         .collect();
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
     top.truncate(5);
-    let mut t = Table::new(&["PID", "COMM", "CPU%"]);
-    for (p, pct) in &top {
-        t.row(vec![p.pid.to_string(), p.comm.clone(), format!("{pct:.1}")]);
-    }
+    let top: Vec<CpuProcRow> = (top.into_iter())
+        .map(|(p, cpu_pct)| CpuProcRow {
+            pid: p.pid,
+            comm: p.comm,
+            cpu_pct,
+        })
+        .collect();
     part.text += "\nTOP PROCESSES BY CPU (over the window; 100% = one CPU)\n";
-    if t.is_empty() {
+    if top.is_empty() {
         part.text += "  none used CPU\n";
     } else {
-        part.text += &t.render();
+        part.text += &Table::of(&top).render();
     }
-    part.json.insert(
-        "top_processes".into(),
-        json!(
-            top.iter()
-                .map(|(p, pct)| json!({"pid": p.pid, "comm": p.comm, "cpu_pct": round1(*pct)}))
-                .collect::<Vec<_>>()
-        ),
-    );
+    part.json.insert("top_processes".into(), json!(top));
     part
 }
 

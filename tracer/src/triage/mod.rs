@@ -15,6 +15,7 @@ mod leaks;
 mod mem;
 pub mod metrics;
 mod net;
+mod rows;
 mod runq;
 
 use std::time::{Duration, Instant};
@@ -445,41 +446,14 @@ fn render(
         w.secs,
         w.cpus
     );
-    let mut t = Table::new(&[
-        "LEVEL",
-        "RESOURCE",
-        "CHECK",
-        "SUBJECT",
-        "VALUE",
-        "THRESHOLD",
-    ]);
-    for f in &all.findings {
-        t.row(vec![
-            f.level.as_str().into(),
-            f.resource.into(),
-            f.check.clone(),
-            f.subject.clone().unwrap_or_else(|| "-".into()),
-            f.value.clone(),
-            f.threshold.clone(),
-        ]);
-    }
-    text += &t.render();
+    text += &Table::of(&all.findings).render();
     text += "\nNEXT STEPS\n";
-    let next: Vec<&Finding> = all.findings.iter().filter(|f| f.next.is_some()).collect();
+    let next = rows::next_steps(&all.findings);
     if next.is_empty() {
         text += "  none: every row is ok\n";
     }
-    for f in next {
-        text += &format!(
-            "  {} {}{}: {}\n",
-            f.resource,
-            f.check,
-            f.subject
-                .as_ref()
-                .map(|s| format!(" ({s})"))
-                .unwrap_or_default(),
-            f.next.as_deref().unwrap_or("")
-        );
+    for n in &next {
+        text += &format!("  {n}\n");
     }
     text += &all.text;
     text += "\nRUN-QUEUE LATENCY (runnable -> running, all CPUs)\n";

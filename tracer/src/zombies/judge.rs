@@ -7,7 +7,7 @@
 //! zombie older than the normal reap delay is evidence that its parent does not reap.
 use std::time::Duration;
 
-use tracer_common::zombies::ParentCounters;
+use super::rows::ParentRow;
 
 use crate::trend::Trend;
 
@@ -73,26 +73,25 @@ pub fn exhaustion_eta_s(trend: &Trend, in_use: Option<u64>, limit: Option<u64>) 
 }
 
 /// One line per non-reaping parent: what the numbers say and what to do about it.
-pub fn hint(
-    pid: u32,
-    comm: &str,
-    stuck: usize,
-    c: ParentCounters,
-    disp: &str,
-    reaped: u64,
-) -> String {
-    let why = if c.wait_calls == 0 && reaped == 0 {
+pub fn hints(parents: &[ParentRow]) -> Vec<String> {
+    parents.iter().map(hint).collect()
+}
+
+/// The line for one parent (its stuck zombies, wait calls, SIGCHLDs, disposition).
+pub fn hint(p: &ParentRow) -> String {
+    let (pid, comm, stuck) = (p.pid, &p.comm, p.zombies);
+    let why = if p.wait_calls == 0 && p.reaped == 0 {
         format!(
             "got {} SIGCHLD and never called wait(): it does not reap",
-            c.sigchld
+            p.sigchld_received
         )
     } else {
         format!(
             "called wait() {} times and reaped {}, but not fast enough or not all children",
-            c.wait_calls, reaped
+            p.wait_calls, p.reaped
         )
     };
-    let disp_hint = match disp {
+    let disp_hint = match p.sigchld {
         "default" => {
             "install a SIGCHLD handler that loops on waitpid(-1, WNOHANG), or set SIGCHLD to SIG_IGN if exit codes are not needed"
         }
@@ -148,18 +147,44 @@ mod tests {
         assert_eq!(exhaustion_eta_s(&short, Some(1000), Some(4000)), None);
     }
 
+    fn parent(zombies: usize, wait_calls: u64, sigchld_received: u64, reaped: u64) -> ParentRow {
+        ParentRow {
+            pid: 42,
+            comm: "app".into(),
+            cmdline: "app --serve".into(),
+            cgroup: "/".into(),
+            zombies,
+            in_flight: 0,
+            stuck_after_s: 5.0,
+            oldest_zombie_age_s: 30.0,
+            oldest_zombie_age_exact: true,
+            reaped,
+            wait_calls,
+            sigchld_received,
+            sigchld: "default",
+            pids_cgroup: None,
+        }
+    }
+
     #[test]
     fn hint_says_whether_the_parent_waits() {
-        let none = ParentCounters {
-            sigchld: 7,
-            ..Default::default()
-        };
-        let h = hint(42, "app", 7, none, "default", 0);
-        assert!(h.contains("never called wait()") && h.contains("7 stuck zombie(s)"));
-        let some = ParentCounters {
-            wait_calls: 3,
-            ..Default::default()
-        };
-        assert!(hint(42, "app", 1, some, "handler", 3).contains("not fast enough"));
+        let h = hint(&parent(7, 0, 7, 0));
+        assert!(
+            h.contains("got 7 SIGCHLD and never called wait()") && h.contains("7 stuck zombie(s)")
+        );
+        assert!(h.contains("install a SIGCHLD handler"));
+        let mut waits = parent(1, 3, 3, 3);
+        waits.sigchld = "handler";
+        let h = hint(&waits);
+        assert!(h.contains("called wait() 3 times and reaped 3, but not fast enough"));
+        assert!(h.contains("must loop on waitpid(-1, WNOHANG)"));
+    }
+
+    #[test]
+    fn hints_one_per_non_reaping_parent_none_without() {
+        assert!(hints(&[]).is_empty());
+        let h = hints(&[parent(2, 0, 2, 0), parent(1, 1, 1, 1)]);
+        assert_eq!(h.len(), 2);
+        assert!(h[0].starts_with("42 (app) holds 2 stuck zombie(s)"));
     }
 }

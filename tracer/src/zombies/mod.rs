@@ -7,6 +7,7 @@
 //! lost reap record or a reused pid can never invent a zombie.
 mod judge;
 pub mod metrics;
+mod rows;
 mod state;
 
 use std::time::{Duration, Instant};
@@ -22,13 +23,14 @@ use tracer_common::zombies::{
 use crate::{
     bpf::{self, Hook, Offset, Spec},
     kbtf::KernelBtf,
-    output::{self, Row, Table, human_duration, round3},
+    output::{self, Table, human_duration, round3},
     procinfo,
     run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
     tracefs::Tracefs,
     trend::{self, Series},
 };
 use judge::StuckRule;
+use rows::{ParentRow, PidsCgroup, ZombieRow, fmt_age};
 use state::{Census, Tracker};
 
 /// The age below which no zombie is a finding (see judge::STUCK_FLOOR); triage uses it.
@@ -367,13 +369,12 @@ impl Detector for Zombies {
         let threads_max = procinfo::read_u64("/proc/sys/kernel/threads-max");
         let eta_s = judge::exhaustion_eta_s(&trend, in_use, procinfo::pid_limit());
 
-        let mut hints = Vec::new();
         let parents: Vec<ParentRow> = snap
             .parents
             .iter()
             .map(|p| {
                 let c = self.parent_counters(p.pid);
-                let row = ParentRow {
+                ParentRow {
                     pid: p.pid,
                     comm: procinfo::comm_of(p.pid).unwrap_or_else(|| "?".into()),
                     cmdline: procinfo::cmdline_of(p.pid),
@@ -389,26 +390,21 @@ impl Detector for Zombies {
                     sigchld: procinfo::sigchld_disposition(p.pid),
                     pids_cgroup: pids_cgroup(p.pid)
                         .map(|(current, max)| PidsCgroup { current, max }),
-                };
-                hints.push(judge::hint(
-                    p.pid,
-                    &row.comm,
-                    p.zombies,
-                    c,
-                    row.sigchld,
-                    row.reaped,
-                ));
-                row
+                }
             })
             .collect();
         let ptable = Table::of(&parents);
+        let hints = judge::hints(&parents);
 
-        let zombies_json: Vec<_> = snap
-            .zombies
-            .iter()
-            .map(|z| {
-                json!({"pid": z.pid, "ppid": z.ppid, "comm": z.comm, "cgroup": procinfo::cgroup_of(z.pid),
-                       "age_s": round3(z.age_s), "age_exact": z.exact, "stuck": z.stuck})
+        let zombies: Vec<ZombieRow> = (snap.zombies.iter())
+            .map(|z| ZombieRow {
+                pid: z.pid,
+                ppid: z.ppid,
+                comm: z.comm.clone(),
+                cgroup: procinfo::cgroup_of(z.pid),
+                age_s: z.age_s,
+                age_exact: z.exact,
+                stuck: z.stuck,
             })
             .collect();
         let reap = output::Summary::of(self.tracker.reap_hist());
@@ -423,7 +419,7 @@ impl Detector for Zombies {
             "filter_ppid": self.args.pid,
             "stuck_rule": self.rule.describe(),
             "parents": parents,
-            "zombies": zombies_json,
+            "zombies": zombies,
             "zombies_total": snap.zombies.len(),
             "zombies_stuck": snap.stuck,
             "zombies_in_flight": snap.in_flight,
@@ -490,16 +486,7 @@ impl Detector for Zombies {
         }
         if !self.args.parent {
             text += "\nZOMBIES (oldest first)\n";
-            let mut zt = Table::new(&["PID", "PPID", "COMM", "AGE", "STATE"]);
-            for z in snap.zombies.iter().take(20) {
-                zt.row(vec![
-                    z.pid.to_string(),
-                    z.ppid.to_string(),
-                    z.comm.clone(),
-                    fmt_age(z.age_s, z.exact),
-                    if z.stuck { "stuck" } else { "in flight" }.into(),
-                ]);
-            }
+            let zt = Table::of(&zombies[..zombies.len().min(20)]);
             if zt.is_empty() {
                 text += "  none\n";
             } else {
@@ -520,77 +507,6 @@ impl Detector for Zombies {
 
 fn opt(v: Option<u64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
-}
-
-/// One parent with stuck or in-flight zombies: a JSON element of `parents` and a row
-/// of the NON-REAPING PARENTS table.
-#[derive(serde::Serialize)]
-struct ParentRow {
-    pid: u32,
-    comm: String,
-    cmdline: String,
-    cgroup: String,
-    zombies: usize,
-    in_flight: usize,
-    stuck_after_s: f64,
-    oldest_zombie_age_s: f64,
-    oldest_zombie_age_exact: bool,
-    reaped: u64,
-    wait_calls: u64,
-    sigchld_received: u64,
-    sigchld: &'static str,
-    pids_cgroup: Option<PidsCgroup>,
-}
-
-#[derive(serde::Serialize)]
-struct PidsCgroup {
-    current: u64,
-    max: String,
-}
-
-impl Row for ParentRow {
-    const HEADER: &'static [&'static str] = &[
-        "PID",
-        "COMM",
-        "STUCK",
-        "IN FLIGHT",
-        "OLDEST",
-        "REAPED",
-        "WAITS",
-        "SIGCHLD",
-        "DISPOSITION",
-        "PIDS",
-        "CGROUP",
-        "CMDLINE",
-    ];
-
-    fn cells(&self) -> Vec<String> {
-        vec![
-            self.pid.to_string(),
-            self.comm.clone(),
-            self.zombies.to_string(),
-            self.in_flight.to_string(),
-            fmt_age(self.oldest_zombie_age_s, self.oldest_zombie_age_exact),
-            self.reaped.to_string(),
-            self.wait_calls.to_string(),
-            self.sigchld_received.to_string(),
-            self.sigchld.into(),
-            self.pids_cgroup
-                .as_ref()
-                .map(|p| format!("{}/{}", p.current, p.max))
-                .unwrap_or_else(|| "-".into()),
-            self.cgroup.clone(),
-            output::truncate(&self.cmdline, 60),
-        ]
-    }
-}
-
-fn fmt_age(age_s: f64, exact: bool) -> String {
-    if exact {
-        human_duration(age_s)
-    } else {
-        format!(">={}", human_duration(age_s))
-    }
 }
 
 /// pids.current / pids.max of the process's pids cgroup ("max" means unlimited).
