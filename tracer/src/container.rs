@@ -33,6 +33,43 @@ impl Container {
     }
 }
 
+/// A process's cgroup as a report row carries it: the path, and the container it
+/// belongs to (a `container` object beside `cgroup` in JSON, only when there is one).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InCgroup {
+    pub cgroup: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+}
+
+impl InCgroup {
+    /// For the text table: the path, and the container in brackets when there is one.
+    pub fn text(&self) -> String {
+        label(&self.cgroup, self.container.as_ref())
+    }
+}
+
+/// A cgroup path for a text table, with its container in brackets when it has one.
+pub fn label(path: &str, container: Option<&Container>) -> String {
+    match container {
+        Some(c) => format!("{path} [{}]", c.short()),
+        None => path.to_string(),
+    }
+}
+
+impl From<String> for InCgroup {
+    fn from(cgroup: String) -> Self {
+        let container = of_cgroup(&cgroup);
+        InCgroup { cgroup, container }
+    }
+}
+
+impl From<&str> for InCgroup {
+    fn from(cgroup: &str) -> Self {
+        cgroup.to_string().into()
+    }
+}
+
 /// The container of the cgroup at `path` (as /proc/PID/cgroup or a cgroup event gives
 /// it, relative to its hierarchy's root), or None for a cgroup that is no container's:
 /// a system service, a user session, a pod's own slice.

@@ -129,6 +129,7 @@ impl Cgroups {
             {
                 let age = d.age.map(|a| a.as_secs_f64()).unwrap_or(0.0);
                 empty.push(EmptyRow {
+                    container: crate::container::of_cgroup(&d.path),
                     path: d.path.clone(),
                     hierarchy: h.name.clone(),
                     id: d.id,
@@ -158,6 +159,7 @@ impl Cgroups {
         let dying_rows: Vec<DyingRow> = (dying.iter().take(JSON_ROWS.max(top)))
             .map(|d| DyingRow {
                 id: d.id,
+                container: crate::container::of_cgroup(&d.path),
                 path: d.path.clone(),
                 hierarchy: self.name(d.root),
                 age_s: age_of(now, d.rmdir_ns),
@@ -194,7 +196,7 @@ impl Cgroups {
             .map(|(pid, c)| ChurnProcessRow {
                 pid,
                 comm: c.comm().to_string(),
-                cgroup: self.actor_cgroup(pid, &paths),
+                cgroup: self.actor_cgroup(pid, &paths).into(),
                 mkdirs: c.mkdirs,
                 rmdirs: c.rmdirs,
                 mkdirs_per_min: c.mkdirs as f64 / minutes,
@@ -225,13 +227,17 @@ impl Cgroups {
                 .unwrap_or_else(|| format!("(id {id}, removed)"))
         };
         let moves: Vec<MoveRow> = (moves.iter())
-            .map(|(k, n)| MoveRow {
-                hierarchy: self.name(k.root),
-                id: k.id,
-                path: path_of(k.root, k.id),
-                pid: k.tgid,
-                comm: comm_str(&n.comm).to_string(),
-                tasks: n.tasks,
+            .map(|(k, n)| {
+                let path = path_of(k.root, k.id);
+                MoveRow {
+                    hierarchy: self.name(k.root),
+                    id: k.id,
+                    container: crate::container::of_cgroup(&path),
+                    path,
+                    pid: k.tgid,
+                    comm: comm_str(&n.comm).to_string(),
+                    tasks: n.tasks,
+                }
             })
             .collect();
         let all = self.tracker.hist_all();

@@ -71,6 +71,9 @@ impl Row for HierarchyRow {
 pub struct DyingRow {
     pub id: u64,
     pub path: String,
+    /// The container the cgroup was (ids from its path), when it was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::container::Container>,
     pub hierarchy: String,
     #[serde(serialize_with = "serialize_round3")]
     pub age_s: f64,
@@ -95,7 +98,7 @@ impl Row for DyingRow {
             self.hierarchy.clone(),
             self.id.to_string(),
             human_duration(self.age_s),
-            self.path.clone(),
+            crate::container::label(&self.path, self.container.as_ref()),
             creator,
             format!("{} ({})", self.remover_pid, self.remover_comm),
         ]
@@ -147,7 +150,8 @@ impl DyingLevel {
 pub struct ChurnProcessRow {
     pub pid: u32,
     pub comm: String,
-    pub cgroup: String,
+    #[serde(flatten)]
+    pub cgroup: crate::container::InCgroup,
     pub mkdirs: u64,
     pub rmdirs: u64,
     #[serde(serialize_with = "serialize_round3")]
@@ -165,7 +169,7 @@ impl Row for ChurnProcessRow {
             self.mkdirs.to_string(),
             self.rmdirs.to_string(),
             format!("{:.1}", self.mkdirs_per_min),
-            self.cgroup.clone(),
+            self.cgroup.text(),
         ]
     }
 }
@@ -200,6 +204,9 @@ pub struct MoveRow {
     pub hierarchy: String,
     pub id: u64,
     pub path: String,
+    /// The container the cgroup was (ids from its path), when it was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::container::Container>,
     pub pid: u32,
     pub comm: String,
     pub tasks: u64,
@@ -211,7 +218,7 @@ impl Row for MoveRow {
     fn cells(&self) -> Vec<String> {
         vec![
             self.hierarchy.clone(),
-            self.path.clone(),
+            crate::container::label(&self.path, self.container.as_ref()),
             self.pid.to_string(),
             self.comm.clone(),
             self.tasks.to_string(),
@@ -223,6 +230,9 @@ impl Row for MoveRow {
 #[derive(Serialize)]
 pub struct EmptyRow {
     pub path: String,
+    /// The container the cgroup was (ids from its path), when it was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::container::Container>,
     pub hierarchy: String,
     pub id: u64,
     #[serde(serialize_with = "serialize_round3")]
@@ -236,7 +246,7 @@ impl Row for EmptyRow {
         vec![
             self.hierarchy.clone(),
             human_duration(self.age_s),
-            self.path.clone(),
+            crate::container::label(&self.path, self.container.as_ref()),
         ]
     }
 }
@@ -250,6 +260,7 @@ mod tests {
     #[test]
     fn dying_rows_name_an_unknown_creator_and_round_the_age() {
         let d = DyingRow {
+            container: None,
             id: 5,
             path: "/a".into(),
             hierarchy: "cgroup2".into(),
@@ -304,6 +315,7 @@ mod tests {
         );
         assert_eq!(c.cells(), ["1", "runc", "2", "1", "0.7", "/"]);
         let e = EmptyRow {
+            container: None,
             path: "/x".into(),
             hierarchy: "cgroup2".into(),
             id: 9,

@@ -248,7 +248,7 @@ impl Inodes {
             .map(|(k, v)| ProcessRow {
                 pid: k.tgid,
                 comm: comm_str(&v.comm).to_string(),
-                cgroup: cgroup(k.tgid),
+                cgroup: cgroup(k.tgid).into(),
                 mount: Self::mount_name(k.dev, mounts),
                 allocated: v.allocated,
                 freed: v.freed,
@@ -352,7 +352,7 @@ impl Inodes {
                 mount,
                 count,
                 first_path,
-                cgroup: cgroup(k.tgid),
+                cgroup: cgroup(k.tgid).into(),
             })
             .collect();
         Section::titled(

@@ -97,7 +97,8 @@ impl Row for FilesystemRow {
 pub struct ProcessRow {
     pub pid: u32,
     pub comm: String,
-    pub cgroup: String,
+    #[serde(flatten)]
+    pub cgroup: crate::container::InCgroup,
     pub mount: String,
     pub allocated: u64,
     pub freed: u64,
@@ -123,7 +124,7 @@ impl Row for ProcessRow {
             self.allocated.to_string(),
             self.freed.to_string(),
             format!("{:+}", self.net),
-            self.cgroup.clone(),
+            self.cgroup.text(),
         ]
     }
 }
@@ -175,7 +176,8 @@ pub struct EnospcRow {
     pub count: u64,
     /// Empty when unknown.
     pub first_path: String,
-    pub cgroup: String,
+    #[serde(flatten)]
+    pub cgroup: crate::container::InCgroup,
 }
 
 impl Row for EnospcRow {

@@ -51,7 +51,7 @@ impl TcpPressure {
                 HolderRow {
                     pid,
                     comm,
-                    cgroup,
+                    cgroup: cgroup.into(),
                     sockets,
                     rmem_bytes,
                     wmem_bytes,

@@ -102,7 +102,8 @@ impl Row for EpisodeRow {
 pub struct CulpritRow {
     pub pid: u32,
     pub comm: String,
-    pub cgroup: String,
+    #[serde(flatten)]
+    pub cgroup: crate::container::InCgroup,
     pub refusals: u64,
     pub send: u64,
     pub recv: u64,
@@ -118,7 +119,7 @@ impl CulpritRow {
         Self {
             pid,
             comm: c.comm.clone(),
-            cgroup: c.cgroup.clone(),
+            cgroup: c.cgroup.clone().into(),
             refusals: c.refusals(),
             send: c.send,
             recv: c.recv,
@@ -156,7 +157,7 @@ impl Row for CulpritRow {
             self.sockets.to_string(),
             human_bytes(self.max_rmem_bytes),
             human_bytes(self.max_wmem_bytes),
-            self.cgroup.clone(),
+            self.cgroup.text(),
         ]
     }
 }
@@ -166,7 +167,8 @@ impl Row for CulpritRow {
 pub struct HolderRow {
     pub pid: u32,
     pub comm: String,
-    pub cgroup: String,
+    #[serde(flatten)]
+    pub cgroup: crate::container::InCgroup,
     pub sockets: usize,
     pub rmem_bytes: u64,
     pub wmem_bytes: u64,
@@ -186,7 +188,7 @@ impl Row for HolderRow {
             human_bytes(self.rmem_bytes),
             human_bytes(self.wmem_bytes),
             human_bytes(self.held_bytes),
-            self.cgroup.clone(),
+            self.cgroup.text(),
         ]
     }
 }

@@ -11,7 +11,8 @@ pub struct ParentRow {
     pub pid: u32,
     pub comm: String,
     pub cmdline: String,
-    pub cgroup: String,
+    #[serde(flatten)]
+    pub cgroup: crate::container::InCgroup,
     pub zombies: usize,
     pub in_flight: usize,
     pub stuck_after_s: f64,
@@ -61,7 +62,7 @@ impl Row for ParentRow {
                 .as_ref()
                 .map(|p| format!("{}/{}", p.current, p.max))
                 .unwrap_or_else(|| "-".into()),
-            self.cgroup.clone(),
+            self.cgroup.text(),
             output::truncate(&self.cmdline, 60),
         ]
     }
@@ -81,7 +82,8 @@ pub struct ZombieRow {
     pub pid: u32,
     pub ppid: u32,
     pub comm: String,
-    pub cgroup: String,
+    #[serde(flatten)]
+    pub cgroup: crate::container::InCgroup,
     #[serde(serialize_with = "serialize_round3")]
     pub age_s: f64,
     pub age_exact: bool,

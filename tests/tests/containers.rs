@@ -1,0 +1,128 @@
+//! Container and pod attribution from cgroup paths, for real: the test makes the cgroup
+//! trees the kubelet (systemd and cgroupfs drivers) and Docker make, puts a real parent
+//! that leaves zombies in each, and checks the report names the runtime, container id,
+//! pod UID and QoS class of each parent (ids only: no runtime API is asked).
+use std::{fs, path::PathBuf, time::Duration};
+
+use serde_json::Value;
+use tracer_tests::{CgroupLayout, Incident, Tracer, require_root, serial};
+
+const ID_A: &str = "4f2a9c0d1e7b83a5c6d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5";
+const ID_B: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const ID_C: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+const UID_A: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+const UID_B: &str = "6fa459ea-ee8a-3ca4-894e-db77e160355e";
+
+/// A cgroup tree the test made; its directories are removed deepest first on drop,
+/// after the processes in them are gone.
+struct Tree(Vec<PathBuf>);
+
+impl Tree {
+    /// Makes every directory of `rel` under `root`, returning the deepest.
+    fn make(&mut self, root: &std::path::Path, rel: &str) -> PathBuf {
+        let mut p = root.to_path_buf();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            p = p.join(part);
+            if !p.exists() {
+                fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+                self.0.push(p.clone());
+            }
+        }
+        p
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            for _ in 0..50 {
+                if fs::remove_dir(p).is_ok() || !p.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn parent(r: &Value, pid: u32) -> Option<&Value> {
+    r["parents"].as_array()?.iter().find(|p| p["pid"] == pid)
+}
+
+#[test]
+fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
+    require_root();
+    let _s = serial();
+    let root = CgroupLayout::read().unified().to_path_buf();
+    let me = std::process::id();
+    let mut tree = Tree(Vec::new());
+    let u = UID_A.replace('-', "_");
+    let layouts = [
+        // kubelet, systemd driver, containerd, burstable pod.
+        format!(
+            "tracer-ctr-{me}/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{ID_A}.scope"
+        ),
+        // kubelet, cgroupfs driver, best-effort pod.
+        format!("tracer-ctr-{me}/kubepods/besteffort/pod{UID_B}/{ID_B}"),
+        // Docker without Kubernetes, systemd driver.
+        format!("tracer-ctr-{me}/system.slice/docker-{ID_C}.scope"),
+    ];
+    let dirs: Vec<PathBuf> = layouts.iter().map(|l| tree.make(&root, l)).collect();
+    let tracer = Tracer::start(&["zombies", "--parent", "--json", "-i", "300ms"]);
+    let incs: Vec<Incident> = dirs
+        .iter()
+        .map(|d| {
+            let inc = Incident::start(&["zombies", "2"]);
+            fs::write(d.join("cgroup.procs"), inc.pid.to_string())
+                .unwrap_or_else(|e| panic!("moving {} into {}: {e}", inc.pid, d.display()));
+            inc
+        })
+        .collect();
+    let mut tracer = tracer;
+    let r = tracer.report_where(Duration::from_secs(60), |r| {
+        incs.iter().all(|i| {
+            parent(r, i.pid).is_some_and(|p| {
+                p["zombies"].as_u64().unwrap_or(0) + p["in_flight"].as_u64().unwrap_or(0) >= 2
+                    && p["container"].is_object()
+            })
+        })
+    });
+    let c = |i: usize| parent(&r, incs[i].pid).unwrap()["container"].clone();
+    assert_eq!(
+        c(0),
+        serde_json::json!({"runtime": "containerd", "id": ID_A, "pod_uid": UID_A, "qos": "burstable"}),
+        "{r}"
+    );
+    assert_eq!(
+        c(1),
+        serde_json::json!({"runtime": "unknown", "id": ID_B, "pod_uid": UID_B, "qos": "besteffort"}),
+        "{r}"
+    );
+    assert_eq!(
+        c(2),
+        serde_json::json!({"runtime": "docker", "id": ID_C}),
+        "{r}"
+    );
+    // The cgroup path stays beside it, as before.
+    let p = parent(&r, incs[0].pid).unwrap();
+    assert!(
+        p["cgroup"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("cri-containerd-{ID_A}.scope")),
+        "{p}"
+    );
+    drop(incs);
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    // A parent in a host cgroup has no container.
+    let r = out.final_report();
+    for p in r["parents"].as_array().unwrap() {
+        let cg = p["cgroup"].as_str().unwrap();
+        assert_eq!(
+            p["container"].is_object(),
+            cg.contains(&format!("tracer-ctr-{me}")),
+            "{p}"
+        );
+    }
+}
