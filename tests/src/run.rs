@@ -288,17 +288,28 @@ fn wait_bounded(child: &mut Child, what: &str) -> ExitStatus {
 
 /// Runs the tracer with every capability dropped, as an unprivileged user would.
 pub fn run_tracer_unprivileged(args: &[&str]) -> Finished {
+    run_tracer_with_caps(&[], args)
+}
+
+/// Runs the tracer as uid and gid 65534 (nobody) without supplementary groups, holding
+/// exactly `caps` (as capabilities(7) spells them: "CAP_BPF"): setpriv puts them in the
+/// inheritable, ambient and bounding sets, so they are effective in the tracer.
+pub fn run_tracer_with_caps(caps: &[&str], args: &[&str]) -> Finished {
+    let set: Vec<String> = std::iter::once("-all".to_string())
+        .chain(
+            caps.iter()
+                .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase())),
+        )
+        .collect();
+    let set = set.join(",");
     let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all",
-        "--bounding-set=-all",
-        "--",
-    ])
-    .arg(tracer_bin())
-    .args(args);
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={set}"))
+        .arg(format!("--ambient-caps={set}"))
+        .arg(format!("--bounding-set={set}"))
+        .arg("--")
+        .arg(tracer_bin())
+        .args(args);
     run_bounded(cmd)
 }
 

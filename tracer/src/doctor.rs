@@ -39,8 +39,11 @@ struct Doctor {
 
 #[derive(Serialize)]
 struct Privileges {
+    /// Every capability of the set (or root): every detector runs completely.
     ok: bool,
     missing: Vec<&'static str>,
+    /// The set itself.
+    needed: Vec<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -100,11 +103,13 @@ pub fn run(args: Args) -> Result<i32> {
 impl Doctor {
     fn gather() -> Doctor {
         let missing_caps = bpf::missing_caps();
-        let root = missing_caps.is_empty();
+        // Enough to load and probe the eBPF object (what detectors need besides is in
+        // the privileges line).
+        let root = bpf::caps::missing(&[]).is_empty();
         let tracefs = match Tracefs::find() {
             Some(t) => Ok(t),
             None if root => Tracefs::open().map_err(|e| format!("{e:#}")),
-            None => Err("not mounted (and mounting it needs root)".to_string()),
+            None => Err(Tracefs::why_not_found()),
         };
         let kprobes = bpf::kprobes_available(tracefs.as_ref().ok());
         // One small copy of the object (maps of one entry) for every load probe.
@@ -127,8 +132,9 @@ impl Doctor {
             all_runnable: root && tracefs.is_ok() && detectors.iter().all(|d| d.runnable),
             tracefs: tracefs.map(|t| t.root().display().to_string()),
             privileges: Privileges {
-                ok: root,
+                ok: missing_caps.is_empty(),
                 missing: missing_caps,
+                needed: bpf::caps::names(),
             },
             kprobes,
             fentry: Fentry {
@@ -159,8 +165,9 @@ impl Doctor {
             "privileges  ok\n".to_string()
         } else {
             format!(
-                "privileges  MISSING {} (run as root: sudo tracer ...)\n",
-                self.privileges.missing.join(", ")
+                "privileges  MISSING {} (run as root, sudo tracer ..., or with {})\n",
+                self.privileges.missing.join(", "),
+                bpf::caps::and_list(&self.privileges.needed)
             )
         };
         t += &format!("kprobes     {}\n", yes_no(self.kprobes));
@@ -218,8 +225,10 @@ fn verdict(
             .collect(),
         _ => Vec::new(),
     };
+    let detector = [d.spec.detector];
+    let lacks = bpf::caps::missing(&detector);
     let runnable = tracefs.is_some()
-        && root
+        && lacks.is_empty()
         && base.is_ok()
         && statuses
             .iter()
@@ -284,6 +293,8 @@ fn verdict(
         hooks: statuses,
         choices: chosen,
         path,
-        reason: base.err(),
+        reason: base.err().or_else(|| {
+            (!lacks.is_empty()).then(|| bpf::caps::shortfall(&bpf::caps::needed(&detector), &lacks))
+        }),
     }
 }

@@ -25,7 +25,7 @@ use tokio::{
 use tracer_common::EventKind;
 
 use crate::{
-    bpf::{CpuSum, Plan, Session},
+    bpf::{CpuSum, Plan, Session, caps},
     sink::{self, Emitted, Sink},
 };
 
@@ -182,13 +182,25 @@ pub fn start(prepared: Vec<Prepared>, opts: RunOpts) -> Result<Started> {
     }
     let plans: Vec<Plan> = prepared.iter().map(|p| p.plan.clone()).collect();
     let optional = prepared.iter().all(|p| p.ebpf_optional);
-    let missing = crate::bpf::missing_caps();
-    let loaded = if optional && !missing.is_empty() {
-        Err(anyhow::anyhow!(
-            "needs root (or CAP_BPF and CAP_PERFMON) and this process lacks {}",
-            missing.join(" and ")
-        ))
+    let names: Vec<&str> = plans.iter().map(|p| p.spec.detector).collect();
+    // Several detectors in one load is `tracer serve`.
+    let command = match names[..] {
+        [one] => one,
+        _ => "serve",
+    };
+    let loaded = if optional {
+        // Such a detector runs without its eBPF part, which needs only what a load needs.
+        let missing = caps::missing(&[]);
+        if missing.is_empty() {
+            crate::bpf::start_many(&plans)
+        } else {
+            Err(anyhow::anyhow!(
+                "loading eBPF programs {}",
+                caps::shortfall(&caps::needed(&[]), &missing)
+            ))
+        }
     } else {
+        crate::bpf::require_privileges(command, &names)?;
         crate::bpf::start_many(&plans)
     };
     let mut session = match loaded {

@@ -108,6 +108,9 @@ pub async fn run(args: Args) -> Result<u8> {
             args.listen
         )
     })?;
+    // Nothing is served by a process that cannot run every detector completely.
+    let names: Vec<&str> = entries.iter().map(|e| e.spec.detector).collect();
+    crate::bpf::require_privileges("serve", &names)?;
     let addr = listener.local_addr()?;
     let state = Arc::new(State::default());
     tokio::spawn(serve_http(listener, state.clone()));

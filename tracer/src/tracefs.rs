@@ -2,10 +2,13 @@
 //! the tracepoint `format` files, from which kernel programs get their field offsets.
 use std::{
     fs,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::bpf::caps;
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
@@ -21,6 +24,9 @@ impl Tracefs {
         if let Some(t) = Self::find() {
             return Ok(t);
         }
+        if let Some(why) = Self::unreadable() {
+            bail!("{why}");
+        }
         log::debug!("tracefs is not mounted; mounting it at {TRACEFS}");
         nix::mount::mount(
             Some("tracefs"),
@@ -30,12 +36,52 @@ impl Tracefs {
             None::<&str>,
         )
         .map_err(|e| {
-            anyhow::anyhow!(
-                "tracefs is not mounted and mounting it at {TRACEFS} failed ({e}); mount it with \
-                 `mount -t tracefs tracefs {TRACEFS}` and run again"
-            )
+            let how = format!("mount it with `mount -t tracefs tracefs {TRACEFS}` and run again");
+            match e {
+                nix::Error::EPERM => anyhow::anyhow!(
+                    "tracefs is not mounted, and mounting it at {TRACEFS} needs CAP_SYS_ADMIN, \
+                     which this process lacks (EPERM); as root, {how}"
+                ),
+                e => anyhow::anyhow!(
+                    "tracefs is not mounted and mounting it at {TRACEFS} failed ({e}); {how}"
+                ),
+            }
         })?;
         Self::find().with_context(|| format!("tracefs mounted at {TRACEFS} has no events/"))
+    }
+
+    /// Why [`Tracefs::find`] found nothing, without mounting: tracefs is mounted where
+    /// this process cannot read it, or it is not mounted.
+    pub fn why_not_found() -> String {
+        Self::unreadable()
+            .unwrap_or_else(|| format!("not mounted at {TRACEFS} nor {DEBUGFS_TRACING}"))
+    }
+
+    /// A usual place where tracefs is mounted (as /proc/self/mountinfo says) but its
+    /// `events/` cannot be read, said in one sentence.
+    fn unreadable() -> Option<String> {
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mounted = |dir: &str| {
+            mounts.lines().any(|l| {
+                // mountinfo: ID PARENT MAJ:MIN ROOT MOUNT_POINT ... - FSTYPE SOURCE OPTS
+                let (pre, post) = l.split_once(" - ").unwrap_or((l, ""));
+                pre.split(' ').nth(4) == Some(dir) && post.starts_with("tracefs ")
+            })
+        };
+        [TRACEFS, DEBUGFS_TRACING].iter().find_map(|dir| {
+            let err = fs::metadata(Path::new(dir).join("events")).err()?;
+            if !mounted(dir) || err.kind() != std::io::ErrorKind::PermissionDenied {
+                return None;
+            }
+            let whose = fs::metadata(dir).map_or(String::new(), |m| {
+                format!(": it is uid {}'s, mode {:04o}", m.uid(), m.mode() & 0o7777)
+            });
+            Some(format!(
+                "tracefs is mounted at {dir} but this process cannot read it (permission \
+                 denied{whose}); reading it needs {} or root",
+                caps::READ_TRACEFS.name
+            ))
+        })
     }
 
     /// tracefs if it is mounted already (TRACER_TRACEFS overrides, for tests).

@@ -1,8 +1,6 @@
 //! Loading the object with a detector's field offsets and globals, attaching its hooks
 //! (each [`Choice`] takes the first path that works), detaching them all on drop, and
 //! the per-CPU counters every detector reads.
-use std::fs;
-
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -11,7 +9,7 @@ use aya::{
 };
 
 use super::{
-    OBJECT,
+    OBJECT, caps,
     maps::unused_maps,
     probe::{AVOID_ENV, avoided, kprobes_available, lacking_field, status, usable},
     spec::{Choice, Chosen, Hook, HookKind, HookState, HookStatus, Offset, Spec},
@@ -84,48 +82,23 @@ impl Session {
     }
 }
 
-/// Fails with one sentence when the process cannot load tracing programs.
-pub fn require_privileges(detector: &str) -> Result<()> {
-    let missing = missing_caps();
+/// Fails with one sentence when the process lacks a capability that `tracer
+/// {command}` running `detectors` needs, naming each missing one and what it is for.
+pub fn require_privileges(command: &str, detectors: &[&str]) -> Result<()> {
+    let missing = caps::missing(detectors);
     if missing.is_empty() {
         return Ok(());
     }
     bail!(
-        "`tracer {detector}` needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs, \
-         and this process lacks {}; run it as root, e.g. `sudo tracer {detector}`",
-        missing.join(" and ")
+        "`tracer {command}` {}; run it as root, e.g. `sudo tracer {command}`, or give it \
+         those capabilities (README: Privileges)",
+        caps::shortfall(&caps::needed(detectors), &missing)
     )
 }
 
-/// Capabilities missing for loading and attaching tracepoint programs.
+/// Capabilities of the whole set (every detector) that this process lacks.
 pub fn missing_caps() -> Vec<&'static str> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let eff = effective_caps();
-    let has = |c: u32| eff & (1u64 << c) != 0;
-    if has(CAP_SYS_ADMIN) {
-        return Vec::new();
-    }
-    let mut missing = Vec::new();
-    if !has(CAP_BPF) {
-        missing.push("CAP_BPF");
-    }
-    if !has(CAP_PERFMON) {
-        missing.push("CAP_PERFMON");
-    }
-    missing
-}
-
-fn effective_caps() -> u64 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
+    caps::missing_any().iter().map(|c| c.name).collect()
 }
 
 /// Loads a fentry, fexit or tp_btf program against its BTF target.
@@ -313,10 +286,9 @@ pub fn ring_size(plans: &[Plan]) -> u32 {
 /// Loads the object once for every plan (each with its offsets and globals; maps no
 /// planned program uses are created with one entry), attaches each plan's hooks, and
 /// each of its choices takes the first of its paths that loads and attaches
-/// (`Session::took` names it).
+/// (`Session::took` names it). The caller checked the privileges
+/// ([`require_privileges`]).
 pub fn start_many(plans: &[Plan]) -> Result<Session> {
-    let names: Vec<&str> = plans.iter().map(|p| p.spec.detector).collect();
-    require_privileges(&names.join(" "))?;
     let tracefs = Tracefs::open()?;
 
     // Required hooks first: a missing one is the whole answer.

@@ -1,11 +1,13 @@
 //! Loading the embedded eBPF object and attaching a detector's hooks, one file per job:
 //! - [`spec`]: what a detector asks of the kernel (hooks and their kinds, choices of
 //!   paths with fallbacks, tracepoint field offsets);
+//! - [`caps`]: the capabilities the tracer needs, and which this process lacks;
 //! - [`load`]: privileges, loading the object with the offsets and attaching the hooks
 //!   (a [`Session`]), and the shared kernel counters;
 //! - [`probe`]: whether a hook can be used here without attaching it (`tracer doctor`);
 //! - [`maps`]: reading the object's maps, so that maps no loaded program uses cost
 //!   one entry.
+pub mod caps;
 mod load;
 mod maps;
 mod probe;

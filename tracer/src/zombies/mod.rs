@@ -170,7 +170,7 @@ pub fn prepare(args: Args) -> Result<run::Prepared> {
     {
         bail!("no process with pid {pid} exists; pass the pid of a running parent to -p/--pid");
     }
-    bpf::require_privileges(SPEC.detector)?;
+    bpf::require_privileges(SPEC.detector, &[SPEC.detector])?;
     let exit = ExitPath::probe(&Tracefs::open()?)?;
     let mut globals = exit.globals();
     globals.push(("ZOMBIES_TARGET_PPID", args.pid.unwrap_or(0)));

@@ -1,0 +1,182 @@
+//! Least privilege that works: as uid 65534 holding exactly the capability set the
+//! tracer names (`tracer doctor --json`: privileges.needed, from tracer/src/bpf/caps.rs)
+//! every detector runs completely, with no caveat or skipped part that only a lack of
+//! privileges gives; without any one capability of the set the error names it; and the
+//! deployment files grant that set, no more and no less.
+use std::path::PathBuf;
+
+use serde_json::Value;
+use tracer_tests::{Finished, require_root, run_tracer, run_tracer_with_caps, serial};
+
+/// The set, as the tracer itself states it.
+fn needed() -> Vec<String> {
+    let out = run_tracer(&["doctor", "--json"]);
+    let doc: Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("doctor --json: {e}\n{}\n{}", out.stdout, out.stderr));
+    let needed: Vec<String> = doc["privileges"]["needed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no privileges.needed in {doc}"))
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert!(needed.iter().any(|c| c == "CAP_BPF"), "{needed:?}");
+    needed
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Anything in a report that says privileges were short.
+fn assert_no_privilege_caveat(what: &str, out: &Finished, report: &Value) {
+    let text = report.to_string();
+    // ("not permitted" is no such sign: fentry's EPERM under lockdown, root's too.)
+    for sign in ["CAP_", "needs root", "permission denied"] {
+        assert!(
+            !text.to_lowercase().contains(&sign.to_lowercase()),
+            "{what}: the report mentions {sign:?}: {text}"
+        );
+    }
+    assert!(
+        !out.stderr.contains("skipped"),
+        "{what}: a part was skipped: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn every_detector_runs_completely_as_nobody_with_exactly_the_set() {
+    require_root();
+    let _s = serial();
+    let set = needed();
+    for det in ["triage", "tcp-pressure", "cgroups", "inodes", "zombies"] {
+        let mut args = vec![det, "-d", "1s", "--json"];
+        if det == "triage" {
+            args.extend(["--fail-on", "never"]);
+        }
+        let out = run_tracer_with_caps(&strs(&set), &args);
+        assert!(out.status.success(), "{det}: {}", out.stderr);
+        let report = out.final_report();
+        assert_no_privilege_caveat(det, &out, &report);
+        // The same kernel paths as root takes (a path refused for want of a
+        // privilege would fall back to a coarser one).
+        let root = run_tracer(&args);
+        assert!(root.status.success(), "{det} as root: {}", root.stderr);
+        let root = root.final_report();
+        for key in ["path", "paths"] {
+            assert_eq!(report[key], root[key], "{det}: {key} differs from root's");
+        }
+        if det == "triage" {
+            assert_eq!(report["skipped"], serde_json::json!([]), "{report}");
+            assert!(
+                report["runqueue_latency_us"]["count"].is_u64(),
+                "no run-queue latency from eBPF: {report}"
+            );
+        }
+    }
+    let out = run_tracer_with_caps(
+        &strs(&set),
+        &["serve", "--listen", "127.0.0.1:0", "-d", "2s"],
+    );
+    // 3 and 4: triage's verdict (warn, crit) on this machine, not a failure to run.
+    assert!(
+        matches!(out.status.code(), Some(0 | 3 | 4)),
+        "serve: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("Tracing "),
+        "serve did not attach: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("skipped"), "serve: {}", out.stderr);
+}
+
+#[test]
+fn each_missing_capability_is_named() {
+    require_root();
+    let _s = serial();
+    let set = needed();
+    for cap in &set {
+        let fewer: Vec<&str> = strs(&set).into_iter().filter(|c| c != cap).collect();
+        // serve runs every detector, so it needs the whole set.
+        let out = run_tracer_with_caps(&fewer, &["serve", "--listen", "127.0.0.1:0", "-d", "1s"]);
+        out.assert_one_sentence(
+            1,
+            &[
+                "`tracer serve` needs root",
+                &format!("this process lacks {cap} (to "),
+            ],
+        );
+        for other in set.iter().filter(|c| *c != cap) {
+            assert!(
+                !out.stderr.contains(&format!("lacks {other}"))
+                    && !out.stderr.contains(&format!("and {other} (to")),
+                "{other} is held but named missing: {}",
+                out.stderr
+            );
+        }
+    }
+    // Without CAP_DAC_READ_SEARCH tracefs (root's, mode 0700) cannot be read: the
+    // detector that needs least says so, rather than that tracefs is not mounted.
+    let fewer: Vec<&str> = strs(&set)
+        .into_iter()
+        .filter(|c| *c != "CAP_DAC_READ_SEARCH")
+        .collect();
+    let out = run_tracer_with_caps(&fewer, &["zombies", "-d", "1s"]);
+    out.assert_one_sentence(
+        1,
+        &["`tracer zombies` needs root", "lacks CAP_DAC_READ_SEARCH"],
+    );
+    assert!(!out.stderr.contains("not mounted"), "{}", out.stderr);
+}
+
+fn repo_file(rel: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+/// The capabilities of the systemd unit and of the DaemonSet, and the README's list,
+/// are the set in code: neither drifts.
+#[test]
+fn deployment_files_grant_exactly_the_set() {
+    let set = needed();
+    let unit = repo_file("deploy/systemd/tracer.service");
+    for key in ["AmbientCapabilities=", "CapabilityBoundingSet="] {
+        let lines: Vec<&str> = unit.lines().filter_map(|l| l.strip_prefix(key)).collect();
+        assert_eq!(lines.len(), 1, "one {key} line in the unit");
+        let caps: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(caps, strs(&set), "{key} in deploy/systemd/tracer.service");
+    }
+    assert!(unit.contains("\nNoNewPrivileges=yes"), "{unit}");
+
+    let ds = repo_file("deploy/kubernetes/tracer-daemonset.yaml");
+    let add: Vec<&str> = ds
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("add: ["))
+        .collect();
+    assert_eq!(add.len(), 1, "one capabilities add list in the DaemonSet");
+    let caps: Vec<String> = add[0]
+        .trim_end_matches(']')
+        .split(',')
+        .map(|c| format!("CAP_{}", c.trim().trim_matches('"')))
+        .collect();
+    assert_eq!(
+        caps, set,
+        "capabilities.add in deploy/kubernetes/tracer-daemonset.yaml"
+    );
+    assert!(
+        ds.contains("drop: [\"ALL\"]"),
+        "the DaemonSet drops ALL first"
+    );
+
+    let readme = repo_file("README.md");
+    for cap in &set {
+        assert!(
+            readme.contains(cap.as_str()),
+            "README's Privileges lacks {cap}"
+        );
+    }
+}
