@@ -55,6 +55,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    bpf::return_big_buffers();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,

@@ -126,6 +126,52 @@ fn effective_caps() -> u64 {
         .unwrap_or(0)
 }
 
+/// The kernel's BTF, parsed (for fentry, fexit and tp_btf loads and CO-RE relocations).
+pub(super) fn kernel_btf() -> Result<Btf, String> {
+    Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))
+}
+
+/// A loader without the kernel BTF that `EbpfLoader::new()` parses (~13 MiB here,
+/// ~18.5 MiB at the peak of the parse, the floor of every detector's peak RSS with
+/// aya 0.14, which has no way to build a loader without it): aya uses it only for
+/// CO-RE relocations, so it is dropped at once unless `OBJECT` has some, and a copy
+/// the caller parses is handed in with `EbpfLoader::btf` when it does.
+pub(super) fn loader_without_btf<'a>() -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    loader
+}
+
+/// Whether `object` has CO-RE relocations (the only use aya's loader makes of the
+/// kernel's BTF): the `core_relo_len` field of its `.BTF.ext` header (libbpf's struct
+/// btf_ext_header). Unreadable counts as yes, so the loader keeps its BTF.
+pub(super) fn has_core_relocations(object: &[u8]) -> bool {
+    use object::{Object, ObjectSection};
+    let Ok(file) = object::File::parse(object) else {
+        return true;
+    };
+    let Some(ext) = file.section_by_name(".BTF.ext") else {
+        return false;
+    };
+    let Ok(data) = ext.data() else {
+        return true;
+    };
+    let u32_at = |o: usize| {
+        data.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    // magic u16, version u8, flags u8, hdr_len u32, then func_info off/len,
+    // line_info off/len, and (hdr_len >= 32) core_relo off/len.
+    if data.get(..2) != Some(&0xeb9f_u16.to_le_bytes()[..]) {
+        return true;
+    }
+    match u32_at(4) {
+        Some(hdr_len) if hdr_len < 32 => false,
+        Some(_) => u32_at(28).is_none_or(|len| len > 0),
+        None => true,
+    }
+}
+
 /// Loads a fentry, fexit or tp_btf program against its BTF target.
 pub(super) fn load_btf_program(
     ebpf: &mut Ebpf,
@@ -177,7 +223,7 @@ pub(super) fn short_error(e: &aya::programs::ProgramError) -> String {
 }
 
 /// Loads and attaches hook `h` (any kind) in `ebpf`.
-fn attach(ebpf: &mut Ebpf, h: &Hook, btf: &mut Option<Result<Btf, String>>) -> Result<()> {
+fn attach(ebpf: &mut Ebpf, h: &Hook, btf: Option<&Result<Btf, String>>) -> Result<()> {
     match h.kind() {
         HookKind::TracePoint => attach_tracepoint(ebpf, h.program, h.category, h.name),
         HookKind::KProbe | HookKind::KRetProbe => {
@@ -190,9 +236,7 @@ fn attach(ebpf: &mut Ebpf, h: &Hook, btf: &mut Option<Result<Btf, String>>) -> R
         }
         HookKind::FEntry | HookKind::FExit | HookKind::BtfTracePoint => {
             let btf = btf
-                .get_or_insert_with(|| {
-                    Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))
-                })
+                .context("the kernel's BTF was not read")?
                 .as_ref()
                 .map_err(|e| anyhow!("{e}"))?;
             load_btf_program(ebpf, h, btf).map_err(|e| {
@@ -221,7 +265,7 @@ fn take_choice(
     choice: &Choice,
     offsets: &[Offset],
     tracefs: &Tracefs,
-    btf: &mut Option<Result<Btf, String>>,
+    btf: Option<&Result<Btf, String>>,
 ) -> Chosen {
     let mut refused = Vec::new();
     let avoid = avoided();
@@ -326,12 +370,27 @@ pub fn start_with(
     let log_level = log::max_level() as u8;
     let wakeup_bytes = u64::from(spec.ring_bytes / 4);
 
-    // EbpfLoader::new() parses the kernel's BTF (about 8 MiB of heap while it lives).
-    // The loader is dropped right after the load, so the fentry/tp_btf loads below
-    // parse their copy into the memory it freed: two copies alive at once (or a
-    // second full object loaded to probe fentry) raised the peak RSS from ~23 to
-    // ~44 MiB.
-    let mut loader = EbpfLoader::new();
+    // The kernel's BTF: the loader's own copy is dropped at once (see
+    // `loader_without_btf`); one copy is parsed only when a fentry/fexit/tp_btf hook
+    // will be tried (or for CO-RE relocations, then shared with the loader), before the
+    // object is loaded, into the memory the loader's copy gave back, and dropped once
+    // the hooks are attached. tcp-pressure (its tp_btf program needs it) parsed its
+    // copy after the load, on top of the loaded object and of the heap holes glibc kept,
+    // and peaked at 26.5 MiB (`-d 2s`, median of 3) against 23.0 MiB for the others.
+    let mut loader = loader_without_btf();
+    let avoid = avoided();
+    let wants_btf = spec.hooks.iter().map(|h| h.kind()).any(HookKind::needs_btf)
+        || choices
+            .iter()
+            .flat_map(|c| c.paths)
+            .filter(|p| !avoid.iter().any(|a| a == p.name))
+            .flat_map(|p| p.hooks)
+            .any(|h| h.kind().needs_btf());
+    let core = has_core_relocations(OBJECT);
+    let btf = (wants_btf || core).then(kernel_btf);
+    if core {
+        loader.btf(btf.as_ref().and_then(|b| b.as_ref().ok()));
+    }
     loader.map_max_entries("EVENTS", spec.ring_bytes);
     // The object holds every detector's maps; the ones this detector's programs never
     // touch are created with one entry, so a load costs only what it uses.
@@ -357,7 +416,6 @@ pub fn start_with(
     drop(loader);
 
     let mut hooks = Vec::new();
-    let mut btf = None;
     for h in spec.hooks {
         if h.kind() == HookKind::TracePoint && !tracefs.has_tracepoint(h.category, h.name) {
             log::warn!(
@@ -377,7 +435,7 @@ pub fn start_with(
             });
             continue;
         }
-        match attach(&mut ebpf, h, &mut btf) {
+        match attach(&mut ebpf, h, btf.as_ref()) {
             Ok(()) => hooks.push(status(h, HookState::Attached)),
             Err(e) if h.required => {
                 bail!(
@@ -399,8 +457,9 @@ pub fn start_with(
     }
     let chosen = choices
         .iter()
-        .map(|c| take_choice(&mut ebpf, c, spec.offsets, &tracefs, &mut btf))
+        .map(|c| take_choice(&mut ebpf, c, spec.offsets, &tracefs, btf.as_ref()))
         .collect();
+    drop(btf); // ~13 MiB, before the run starts
     log::debug!("{}: {} hooks attached", spec.detector, hooks.len());
     Ok(Session {
         ebpf,
@@ -459,5 +518,18 @@ impl CpuSum {
 
     pub fn get(&self) -> u64 {
         self.map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+}
+
+/// Makes glibc's malloc give big freed buffers back to the OS at once. By default
+/// glibc raises its mmap threshold to the size of the last freed mmap'd chunk, so
+/// after the first parse of the kernel's BTF freed its 5.4 MiB read buffer, the next
+/// one came from the heap and stayed there as a hole when freed. Pinning the
+/// threshold (which also pins the trim threshold) keeps every allocation of 1 MiB or
+/// more in its own mapping, unmapped on free.
+pub fn return_big_buffers() {
+    // SAFETY: mallopt only sets allocator parameters; called first thing in main.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }

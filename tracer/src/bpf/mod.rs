@@ -11,7 +11,9 @@ mod maps;
 mod probe;
 mod spec;
 
-pub use load::{CpuSum, Session, missing_caps, require_privileges, start, start_with};
+pub use load::{
+    CpuSum, Session, missing_caps, require_privileges, return_big_buffers, start, start_with,
+};
 pub use probe::{
     Prober, fentry_available, has_btf, kernel_release, kprobes_available, probe_choice, probe_hooks,
 };
