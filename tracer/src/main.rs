@@ -55,6 +55,7 @@ fn cli() -> clap::Command {
 }
 
 fn main() -> ExitCode {
+    bpf::return_big_buffers();
     let matches = cli().get_matches();
     let level = match matches.get_count("verbose") {
         0 => log::LevelFilter::Warn,

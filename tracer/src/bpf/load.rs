@@ -26,9 +26,11 @@ pub struct Session {
 }
 
 impl Drop for Session {
-    /// Detaching a tracepoint program waits for the kernel to let go of it (about
-    /// 70 ms here, mostly an RCU grace period, not CPU). All programs detach in
-    /// parallel, so a detector with 20 hooks exits in ~0.1 s instead of ~1.5 s.
+    /// Detaching a tracepoint program waits for the kernel to let go of it (RCU
+    /// grace periods, not CPU). All programs detach in parallel threads; the kernel
+    /// still serializes part of it (trace's event_mutex), so inodes' 23 hooks take
+    /// ~50 ms on a quiet machine and ~0.9 s when both cores are busy (2026-12-01;
+    /// one after the other: 0.8-2.0 s busy).
     fn drop(&mut self) {
         std::thread::scope(|s| {
             for (name, prog) in self.ebpf.programs_mut() {
@@ -101,6 +103,93 @@ pub fn missing_caps() -> Vec<&'static str> {
     caps::missing_any().iter().map(|c| c.name).collect()
 }
 
+/// The kernel's BTF, parsed (for fentry, fexit and tp_btf loads and CO-RE relocations).
+/// From a read-only mapping of /sys/kernel/btf/vmlinux where the kernel allows one
+/// (6.16+): its pages are the kernel's own (remap_pfn_range) and not counted in our
+/// RSS, so the parse peaks 5.3 MiB (the file's size here) lower than from a copy read
+/// into the heap, which stays the way elsewhere.
+pub(super) fn kernel_btf() -> Result<Btf, String> {
+    parse_mapped(KERNEL_BTF)
+        .unwrap_or_else(Btf::from_sys_fs)
+        .map_err(|e| format!("no kernel BTF: {e}"))
+}
+
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Parses the BTF at `path` from a private read-only mapping; None when it cannot be
+/// mapped.
+fn parse_mapped(path: &str) -> Option<Result<Btf, aya::BtfError>> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(path).ok()?;
+    let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+    if len == 0 {
+        return None;
+    }
+    // SAFETY: a new private read-only mapping of `len` bytes of an open file; nothing
+    // else in this process maps it, and it is unmapped below, after its last use.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: `at` is a readable mapping of `len` bytes, alive until the munmap below;
+    // the kernel's BTF does not change while the system runs.
+    let data = unsafe { std::slice::from_raw_parts(at.cast::<u8>(), len) };
+    let btf = Btf::parse(data, aya::Endianness::default());
+    // SAFETY: unmaps the mapping made above; `data` is not used after this.
+    unsafe { libc::munmap(at, len) };
+    Some(btf)
+}
+
+/// A loader without the kernel BTF that `EbpfLoader::new()` parses (~13 MiB here,
+/// ~18.5 MiB at the peak of the parse, the floor of every detector's peak RSS with
+/// aya 0.14, which has no way to build a loader without it): aya uses it only for
+/// CO-RE relocations, so it is dropped at once unless `OBJECT` has some, and a copy
+/// the caller parses is handed in with `EbpfLoader::btf` when it does.
+pub(super) fn loader_without_btf<'a>() -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    loader
+}
+
+/// Whether `object` has CO-RE relocations (the only use aya's loader makes of the
+/// kernel's BTF): the `core_relo_len` field of its `.BTF.ext` header (libbpf's struct
+/// btf_ext_header). Unreadable counts as yes, so the loader keeps its BTF.
+pub(super) fn has_core_relocations(object: &[u8]) -> bool {
+    use object::{Object, ObjectSection};
+    let Ok(file) = object::File::parse(object) else {
+        return true;
+    };
+    let Some(ext) = file.section_by_name(".BTF.ext") else {
+        return false;
+    };
+    let Ok(data) = ext.data() else {
+        return true;
+    };
+    let u32_at = |o: usize| {
+        data.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    // magic u16, version u8, flags u8, hdr_len u32, then func_info off/len,
+    // line_info off/len, and (hdr_len >= 32) core_relo off/len.
+    if data.get(..2) != Some(&0xeb9f_u16.to_le_bytes()[..]) {
+        return true;
+    }
+    match u32_at(4) {
+        Some(hdr_len) if hdr_len < 32 => false,
+        Some(_) => u32_at(28).is_none_or(|len| len > 0),
+        None => true,
+    }
+}
+
 /// Loads a fentry, fexit or tp_btf program against its BTF target.
 pub(super) fn load_btf_program(
     ebpf: &mut Ebpf,
@@ -152,7 +241,7 @@ pub(super) fn short_error(e: &aya::programs::ProgramError) -> String {
 }
 
 /// Loads and attaches hook `h` (any kind) in `ebpf`.
-fn attach(ebpf: &mut Ebpf, h: &Hook, btf: &mut Option<Result<Btf, String>>) -> Result<()> {
+fn attach(ebpf: &mut Ebpf, h: &Hook, btf: Option<&Result<Btf, String>>) -> Result<()> {
     match h.kind() {
         HookKind::TracePoint => attach_tracepoint(ebpf, h.program, h.category, h.name),
         HookKind::KProbe | HookKind::KRetProbe => {
@@ -165,9 +254,7 @@ fn attach(ebpf: &mut Ebpf, h: &Hook, btf: &mut Option<Result<Btf, String>>) -> R
         }
         HookKind::FEntry | HookKind::FExit | HookKind::BtfTracePoint => {
             let btf = btf
-                .get_or_insert_with(|| {
-                    Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))
-                })
+                .context("the kernel's BTF was not read")?
                 .as_ref()
                 .map_err(|e| anyhow!("{e}"))?;
             load_btf_program(ebpf, h, btf).map_err(|e| {
@@ -196,7 +283,7 @@ fn take_choice(
     choice: &Choice,
     offsets: &[Offset],
     tracefs: &Tracefs,
-    btf: &mut Option<Result<Btf, String>>,
+    btf: Option<&Result<Btf, String>>,
 ) -> Chosen {
     let mut refused = Vec::new();
     let avoid = avoided();
@@ -330,12 +417,35 @@ pub fn start_many(plans: &[Plan]) -> Result<Session> {
     let ring_bytes = ring_size(plans);
     let wakeup_bytes = u64::from(ring_bytes / 4);
 
-    // EbpfLoader::new() parses the kernel's BTF (about 8 MiB of heap while it lives).
-    // The loader is dropped right after the load, so the fentry/tp_btf loads below
-    // parse their copy into the memory it freed: two copies alive at once (or a
-    // second full object loaded to probe fentry) raised the peak RSS from ~23 to
-    // ~44 MiB.
-    let mut loader = EbpfLoader::new();
+    // The kernel's BTF: the loader's own copy is dropped at once (see
+    // `loader_without_btf`); one copy is parsed only when a fentry/fexit/tp_btf hook
+    // will be tried (or for CO-RE relocations, then shared with the loader), before the
+    // object is loaded, into the memory the loader's copy gave back, and dropped once
+    // the hooks are attached. tcp-pressure (its tp_btf program needs it) parsed its
+    // copy after the load, on top of the loaded object and of the heap holes glibc kept,
+    // and peaked at 26.5 MiB (`-d 2s`, median of 3) against 23.0 MiB for the others;
+    // parsed here (and from a mapping, see `kernel_btf`) it peaks at 23.3 MiB.
+    let mut loader = loader_without_btf();
+    let avoid = avoided();
+    let wants_btf = plans.iter().any(|plan| {
+        plan.spec
+            .hooks
+            .iter()
+            .map(|h| h.kind())
+            .any(HookKind::needs_btf)
+            || plan
+                .choices
+                .iter()
+                .flat_map(|c| c.paths)
+                .filter(|p| !avoid.iter().any(|a| a == p.name))
+                .flat_map(|p| p.hooks)
+                .any(|h| h.kind().needs_btf())
+    });
+    let core = has_core_relocations(OBJECT);
+    let btf = (wants_btf || core).then(kernel_btf);
+    if core {
+        loader.btf(btf.as_ref().and_then(|b| b.as_ref().ok()));
+    }
     loader.map_max_entries("EVENTS", ring_bytes);
     // The object holds every detector's maps; the ones no planned program touches are
     // created with one entry, so a load costs only what it uses.
@@ -360,15 +470,15 @@ pub fn start_many(plans: &[Plan]) -> Result<Session> {
 
     let mut hooks = Vec::new();
     let mut chosen = Vec::new();
-    let mut btf = None;
     for plan in plans {
-        attach_spec(&mut ebpf, plan.spec, &tracefs, &mut btf, &mut hooks)?;
+        attach_spec(&mut ebpf, plan.spec, &tracefs, btf.as_ref(), &mut hooks)?;
         chosen.extend(
             plan.choices
                 .iter()
-                .map(|c| take_choice(&mut ebpf, c, plan.spec.offsets, &tracefs, &mut btf)),
+                .map(|c| take_choice(&mut ebpf, c, plan.spec.offsets, &tracefs, btf.as_ref())),
         );
     }
+    drop(btf); // ~13 MiB, before the run starts
     Ok(Session {
         ebpf,
         hooks,
@@ -383,7 +493,7 @@ fn attach_spec(
     ebpf: &mut Ebpf,
     spec: &Spec,
     tracefs: &Tracefs,
-    btf: &mut Option<Result<Btf, String>>,
+    btf: Option<&Result<Btf, String>>,
     hooks: &mut Vec<HookStatus>,
 ) -> Result<()> {
     for h in spec.hooks {
@@ -478,5 +588,42 @@ impl CpuSum {
 
     pub fn get(&self) -> u64 {
         self.map.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+}
+
+/// Makes glibc's malloc give big freed buffers back to the OS at once. By default
+/// glibc raises its mmap threshold to the size of the last freed mmap'd chunk, so
+/// once the loader's parse of the kernel's BTF freed its 5.3 MiB read buffer, the big
+/// buffers of the next parse came from the heap and left holes there when freed.
+/// Pinning the threshold (which also pins the trim threshold) keeps every allocation
+/// of 1 MiB or more in its own mapping, unmapped on free: `tracer tcp-pressure -d 1s`
+/// peaks at 23.9 MiB with it, 26.1 MiB without (medians of 5); the detectors that parse
+/// the BTF once only (zombies) do not change.
+pub fn return_big_buffers() {
+    // SAFETY: mallopt only sets allocator parameters; called first thing in main.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_object_has_no_core_relocations_and_garbage_counts_as_having_some() {
+        assert!(!has_core_relocations(OBJECT));
+        assert!(has_core_relocations(b"not an ELF object"));
+    }
+
+    /// Where the kernel lets /sys/kernel/btf/vmlinux be mapped (6.16+), the mapped
+    /// parse is the same BTF as aya's own read.
+    #[test]
+    fn the_mapped_kernel_btf_is_the_read_one() {
+        let Some(mapped) = parse_mapped(KERNEL_BTF) else {
+            return;
+        };
+        let read = Btf::from_sys_fs().unwrap();
+        assert!(mapped.unwrap().to_bytes() == read.to_bytes());
     }
 }

@@ -13,7 +13,9 @@ mod maps;
 mod probe;
 mod spec;
 
-pub use load::{CpuSum, Plan, Session, missing_caps, require_privileges, start_many};
+pub use load::{
+    CpuSum, Plan, Session, missing_caps, require_privileges, return_big_buffers, start_many,
+};
 pub use probe::{
     Prober, fentry_available, has_btf, kernel_release, kprobes_available, probe_choice, probe_hooks,
 };

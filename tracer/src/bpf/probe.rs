@@ -3,11 +3,14 @@
 //! fallback.
 use std::fs;
 
-use aya::{Btf, Ebpf, EbpfLoader, programs::KProbe};
+use aya::{Btf, Ebpf, programs::KProbe};
 
 use super::{
     OBJECT,
-    load::{load_btf_program, program, short_error, unload},
+    load::{
+        has_core_relocations, kernel_btf, load_btf_program, loader_without_btf, program,
+        short_error, unload,
+    },
     maps::object_maps,
     spec::{Choice, Chosen, Hook, HookKind, HookState, HookStatus, Offset, Spec},
 };
@@ -135,15 +138,17 @@ pub struct Prober {
 impl Prober {
     fn btf(&mut self) -> Result<&Btf, String> {
         self.btf
-            .get_or_insert_with(|| Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}")))
+            .get_or_insert_with(kernel_btf)
             .as_ref()
             .map_err(Clone::clone)
     }
 
     fn small(&mut self) -> Result<&mut Ebpf, String> {
         if self.small.is_none() {
-            // Before self.btf is parsed: the loader's own copy is freed on return.
-            self.small = Some(load_small());
+            // The one parsed copy of the kernel's BTF, for CO-RE relocations if any.
+            let core = has_core_relocations(OBJECT) && self.btf().is_ok();
+            let btf = self.btf.as_ref().and_then(|b| b.as_ref().ok());
+            self.small = Some(load_small(btf.filter(|_| core)));
         }
         match &mut self.small {
             Some(Ok(e)) => Ok(e),
@@ -213,8 +218,9 @@ fn kernel_function_exists(name: &str) -> bool {
 
 /// The object with every map at one entry (ring buffers at one page): what probing
 /// a program's load needs, at a fraction of a detector's memory.
-fn load_small() -> Result<Ebpf, String> {
-    let mut loader = EbpfLoader::new();
+fn load_small(btf: Option<&Btf>) -> Result<Ebpf, String> {
+    let mut loader = loader_without_btf();
+    loader.btf(btf);
     let names = object_maps(OBJECT);
     for (name, ty) in &names {
         loader.map_max_entries(name, if *ty == RINGBUF { 4096 } else { 1 });

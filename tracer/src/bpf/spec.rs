@@ -50,6 +50,14 @@ impl HookKind {
             HookKind::KRetProbe => "kretprobe",
         }
     }
+
+    /// Loaded against the kernel's BTF (fentry, fexit, tp_btf).
+    pub fn needs_btf(self) -> bool {
+        matches!(
+            self,
+            HookKind::FEntry | HookKind::FExit | HookKind::BtfTracePoint
+        )
+    }
 }
 
 impl Hook {

@@ -49,7 +49,8 @@ pub fn write_all(path: &Path, reports: &[(&str, &Value)]) -> Result<()> {
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
-/// One detector's report as Prometheus text.
+/// One detector's report as Prometheus text (the tests' view of [`render_all`]).
+#[cfg(test)]
 pub fn render(command: &str, report: &Value) -> String {
     render_all(&[(command, report)])
 }

@@ -2,7 +2,8 @@
 //! Netflix's first-60-seconds checklist run by hand, one after the other, each over
 //! the same 1 s window (sysstat and procps from apt). Wall time from start to the
 //! last output and CPU time (user+system of the process and everything it waited
-//! for, from wait4's rusage), interleaved rounds, medians side by side.
+//! for, from wait4's rusage), interleaved rounds, medians side by side. Then every
+//! detector's peak RSS for `-d 2s` against its 25 MiB target.
 use std::{
     io::Read as _,
     path::Path,
@@ -229,5 +230,44 @@ pub fn run(a: &super::Args) -> Result<()> {
         t_wall - 1.0,
         0.5,
     );
+    detectors_rss(&tracer, a.rounds)
+}
+
+/// Every detector, for the peak-RSS target (`tracer NAME -d 2s`).
+const DETECTORS: &[&str] = &["triage", "tcp-pressure", "cgroups", "inodes", "zombies"];
+const RSS_TARGET_MIB: f64 = 25.0;
+
+/// Peak RSS (wait4's ru_maxrss) and wall time of `tracer NAME -d 2s` for every
+/// detector, `rounds` times each, medians against the target side by side.
+fn detectors_rss(tracer: &Path, rounds: usize) -> Result<()> {
+    let mut runs = vec![Vec::new(); DETECTORS.len()];
+    for round in 0..rounds {
+        for (d, v) in DETECTORS.iter().zip(&mut runs) {
+            let r = measure(Command::new(tracer).args([d, "-d", "2s"]))?;
+            eprintln!(
+                "  round {}/{rounds} {d:<12} rss {} KiB wall {:.3}s",
+                round + 1,
+                r.rss_kib,
+                r.wall_s
+            );
+            v.push(r);
+        }
+    }
+    let med = |v: &[Run], f: fn(&Run) -> f64| common::median(v.iter().map(f).collect());
+    println!("\n== every detector, `tracer NAME -d 2s`: medians of {rounds} rounds ==");
+    println!("{:<34} {:>8} {:>9}", "detector", "rss MiB", "wall s");
+    for (d, v) in DETECTORS.iter().zip(&runs) {
+        let rss = med(v, |r| r.rss_kib as f64) / 1024.0;
+        println!(
+            "{:<34} {rss:>8.1} {:>9.3}  (target <= {RSS_TARGET_MIB} MiB)  {}",
+            format!("peak RSS, tracer {d}"),
+            med(v, |r| r.wall_s),
+            if rss <= RSS_TARGET_MIB {
+                "ok"
+            } else {
+                "MISSED"
+            }
+        );
+    }
     Ok(())
 }
