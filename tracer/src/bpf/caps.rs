@@ -126,6 +126,27 @@ pub fn shortfall(needed: &[&Cap], missing: &[&Cap]) -> String {
     )
 }
 
+/// Why perf events (the way tracepoint programs attach) may be refused although the set
+/// is held: Debian's and Ubuntu's kernels add a kernel.perf_event_paranoid level 3 (their
+/// default) that lets only CAP_SYS_ADMIN open them; upstream kernels treat 3 as 2. None
+/// when that is not the case here (level 2 or less, or CAP_SYS_ADMIN held).
+pub fn paranoid_perf_events() -> Option<String> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let level: i32 = fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (level > 2 && effective() & (1u64 << CAP_SYS_ADMIN) == 0).then(|| {
+        format!(
+            "kernel.perf_event_paranoid is {level} here, and kernels with Debian's or Ubuntu's \
+             patch then let only CAP_SYS_ADMIN open perf events, which attach tracepoint \
+             programs: set `sysctl kernel.perf_event_paranoid=2` (the capability set then \
+             suffices) or run as root"
+        )
+    })
+}
+
 fn effective() -> u64 {
     fs::read_to_string("/proc/self/status")
         .ok()

@@ -552,7 +552,10 @@ pub fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &
         )
     })?;
     prog.attach(category, name)
-        .map_err(|e| anyhow!("attaching {category}:{name}: {e}"))?;
+        .map_err(|e| match caps::paranoid_perf_events() {
+            Some(why) => anyhow!("attaching {category}:{name}: {e}; {why}"),
+            None => anyhow!("attaching {category}:{name}: {e}"),
+        })?;
     Ok(())
 }
 
