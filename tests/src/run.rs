@@ -133,6 +133,16 @@ impl Tracer {
         &self.stderr
     }
 
+    /// The address `tracer serve` said it serves on ("Serving metrics on http://ADDR/metrics").
+    pub fn served_at(&self) -> std::net::SocketAddr {
+        self.stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("Serving metrics on http://"))
+            .and_then(|l| l.strip_suffix("/metrics"))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in: {}", self.stderr))
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }

@@ -8,36 +8,31 @@ fn deploy() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus")
 }
 
-fn promtool(args: &[&str]) -> std::process::Output {
-    Command::new("promtool")
+/// Runs promtool in deploy/prometheus and asserts it succeeds, showing what it said.
+fn promtool_passes(args: &[&str]) {
+    let out = Command::new("promtool")
         .args(args)
         .current_dir(deploy())
         .output()
         .unwrap_or_else(|e| {
             panic!("promtool is not installed ({e}); `cargo xtask setup` installs it")
-        })
+        });
+    assert!(
+        out.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn shipped_alert_rules_are_valid() {
-    let out = promtool(&["check", "rules", "tracer-rules.yml"]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_passes(&["check", "rules", "tracer-rules.yml"]);
 }
 
 #[test]
 fn shipped_alert_rules_fire_on_their_incidents_and_not_on_healthy_hosts() {
-    let out = promtool(&["test", "rules", "tracer-rules.test.yml"]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_passes(&["test", "rules", "tracer-rules.test.yml"]);
 }
 
 /// Every metric an alert uses is one the tracer describes (README "Metrics"), so a

@@ -4,6 +4,10 @@
 //! freed at once, and empty leftovers. The hierarchies come from /proc/self/mountinfo
 //! (`CgroupLayout`), never from assumed paths. Every cgroup, mount and file is removed
 //! by guards, also on failure.
+//!
+//! Over 600 lines because keeping memcgs dying for real (page cache charged in a test
+//! tmpfs, per-CPU caches drained, v1 and v2 paths) takes most of it; the setup is shared
+//! by the tests here and nowhere else.
 use std::{
     fs,
     path::{Path, PathBuf},

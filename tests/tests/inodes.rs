@@ -1,5 +1,9 @@
 //! `tracer inodes` against real inode exhaustion: a tiny ext4 image, loop-mounted, that
 //! a child process fills with files until creates fail with ENOSPC.
+//!
+//! Over 600 lines because each incident shape (ext4 full, tmpfs full, cgroup-named
+//! creator, steady growth ETA, healthy churn, no ext4 hooks) is one test with its own
+//! fixture; they share the helpers at the top.
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},

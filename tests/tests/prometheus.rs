@@ -152,16 +152,6 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-/// The address `tracer serve` said it serves on.
-fn served_at(t: &Tracer) -> SocketAddr {
-    t.stderr()
-        .lines()
-        .find_map(|l| l.strip_prefix("Serving metrics on http://"))
-        .and_then(|l| l.strip_suffix("/metrics"))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in: {}", t.stderr()))
-}
-
 #[test]
 fn prometheus_scrapes_serve_and_the_shipped_alerts_fire_on_real_incidents() {
     require_root();
@@ -175,7 +165,7 @@ fn prometheus_scrapes_serve_and_the_shipped_alerts_fire_on_real_incidents() {
         "--detectors",
         "zombies,inodes,tcp-pressure",
     ]);
-    let prom = Prometheus::start(served_at(&tracer));
+    let prom = Prometheus::start(tracer.served_at());
     prom.wait_value("up{job=\"tracer\"}", 1.0);
 
     // A parent that never reaps: 12 zombies, stuck after 5 s.

@@ -14,16 +14,6 @@ use tracer_tests::{
     require_root, run_tracer, serial,
 };
 
-/// The address `tracer serve` said it serves on ("Serving metrics on http://ADDR/metrics").
-fn served_at(t: &Tracer) -> SocketAddr {
-    t.stderr()
-        .lines()
-        .find_map(|l| l.strip_prefix("Serving metrics on http://"))
-        .and_then(|l| l.strip_suffix("/metrics"))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in: {}", t.stderr()))
-}
-
 /// Polls /metrics until `pred` holds for the exposition (the reports refresh every
 /// --interval); panics with the last one after `timeout`.
 fn metrics_where(addr: SocketAddr, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
@@ -55,7 +45,7 @@ fn serve_runs_every_detector_in_one_process_and_serves_their_findings() {
     require_root();
     let _s = serial();
     let tracer = Tracer::start(&["serve", "--listen", "127.0.0.1:0", "-i", "300ms"]);
-    let addr = served_at(&tracer);
+    let addr = tracer.served_at();
     // Ready once attached, which "Tracing ..." follows.
     let ready = get(addr, "/-/ready");
     assert_eq!(ready.status, 200, "{}", ready.body);

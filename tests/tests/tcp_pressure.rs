@@ -1,6 +1,10 @@
 //! `tracer tcp-pressure` against real TCP memory pressure: net.ipv4.tcp_mem lowered
 //! (and restored by a guard, also on panic), loopback connections whose receivers
 //! never read, pushed by the `incident_tcp` helper.
+//!
+//! Over 600 lines because every kernel path (fentry, kprobe, tracepoint fallback, no
+//! send timing, no drop reason) needs its own real pressure episode and assertions; they
+//! share the push helper above and belong together.
 use std::time::{Duration, Instant};
 
 use serde_json::Value;

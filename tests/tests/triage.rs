@@ -3,6 +3,9 @@
 //! kernel log line; plus a quiet run and an unprivileged one. Other tests may run on
 //! the machine at the same time, so each asserts on the rows its own incident made
 //! (its parent pid, its mount point, its tagged log line).
+//!
+//! Over 600 lines because the healthy-busy-host load generator (Busy) and the checks
+//! that it raises no finding live beside the incident tests they must not contradict.
 use std::{
     fs,
     io::Write as _,

@@ -1,4 +1,8 @@
 //! `tracer zombies` against real zombies made by the `incident` helper.
+//!
+//! Over 600 lines because each incident shape (non-reaping parent, prompt reaper, SIG_IGN,
+//! threaded children, pre-existing zombies, the BTF fallback, doctor) is one test with its
+//! own setup; splitting them would only scatter one detector's incidents over files.
 use std::time::Duration;
 
 use serde_json::Value;

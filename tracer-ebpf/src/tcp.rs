@@ -408,10 +408,18 @@ fn pressure_enter(cookie: u64, via: u32) -> u32 {
     0
 }
 
-/// TCP left memory pressure: tcp_leave_memory_pressure() is called only while
-/// pressure is on and TCP memory fell below tcp_mem's "low", so every call is an edge.
+/// TCP left memory pressure. tcp_leave_memory_pressure() is called when memory is
+/// released below tcp_mem's "low" while the socket is under memory pressure, and
+/// sk_under_memory_pressure() is also true while the socket's memory cgroup is under
+/// socket pressure (vmpressure) with TCP's own flag off: then the call returns at once,
+/// and under a busy memcg it comes on every release (thousands a second, which filled
+/// the ring on a 6.12 guest). Only a call while pressure is on as far as this tracer
+/// knows (an entering edge seen, or userspace's sampling set the flag) is an edge.
 #[inline(always)]
 fn pressure_leave(cookie: u64, via: u32) -> u32 {
+    if flag(FLAG_EDGE) == 0 && flag(FLAG_PRESSURE) == 0 {
+        return 0;
+    }
     for slot in [FLAG_EDGE, FLAG_PRESSURE] {
         if let Some(f) = TCP_FLAGS.get_ptr_mut(slot) {
             // SAFETY: pointer from an array lookup.

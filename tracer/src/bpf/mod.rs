@@ -7,15 +7,15 @@
 //! - [`probe`]: whether a hook can be used here without attaching it (`tracer doctor`);
 //! - [`maps`]: reading the object's maps, so that maps no loaded program uses cost
 //!   one entry.
+mod btf;
 pub mod caps;
 mod load;
 mod maps;
 mod probe;
 mod spec;
 
-pub use load::{
-    CpuSum, Plan, Session, missing_caps, require_privileges, return_big_buffers, start_many,
-};
+pub use btf::return_big_buffers;
+pub use load::{CpuSum, Plan, Session, missing_caps, require_privileges, start_many};
 pub use probe::{
     Prober, fentry_available, has_btf, kernel_release, kprobes_available, probe_choice, probe_hooks,
 };

@@ -7,9 +7,6 @@
 //! starts at the first of: a refusal record (exact kernel time), a sample above
 //! "pressure", or a sample where TCPMemoryPressures grew; it ends at the sample where
 //! Chrono grew or pages fell below "low" (so up to one sample period late).
-use std::collections::{HashMap, HashSet};
-
-use tracer_common::tcp::{SK_MEM_RECV, SK_MEM_SEND};
 
 use crate::snapshot::tcpmem::TcpMem;
 
@@ -367,89 +364,6 @@ impl Episodes {
     }
 }
 
-/// One refused allocation, attributed to a process.
-#[derive(Clone, Debug, Default)]
-pub struct Refusal {
-    pub pid: u32,
-    pub comm: String,
-    /// SK_MEM_SEND or SK_MEM_RECV.
-    pub kind: u32,
-    /// The refused socket's cookie (0: unknown).
-    pub cookie: u64,
-    /// The socket's queued bytes (receive, send) when it was seen.
-    pub rmem: u64,
-    pub wmem: u64,
-    /// Attributed to the socket's owner (true) or to the task that was current when
-    /// the kernel refused (false: the socket was already gone, or no socket cookie).
-    pub by_owner: bool,
-}
-
-/// Refused allocations of one process.
-#[derive(Clone, Debug, Default)]
-pub struct Culprit {
-    pub comm: String,
-    pub cgroup: String,
-    pub send: u64,
-    pub recv: u64,
-    /// Distinct refused sockets (by cookie).
-    pub sockets: HashSet<u64>,
-    /// Refusals attributed to the current task rather than the socket owner.
-    pub by_context: u64,
-    /// Largest queues seen on its refused sockets (bytes).
-    pub max_rmem: u64,
-    pub max_wmem: u64,
-}
-
-impl Culprit {
-    pub fn refusals(&self) -> u64 {
-        self.send + self.recv
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match (self.send > 0, self.recv > 0) {
-            (true, true) => "send+recv",
-            (false, true) => "recv",
-            _ => "send",
-        }
-    }
-}
-
-#[derive(Default)]
-pub struct Culprits {
-    pub by_pid: HashMap<u32, Culprit>,
-}
-
-impl Culprits {
-    /// Counts one refusal; `cgroup` is read for a pid seen for the first time.
-    pub fn add(&mut self, r: &Refusal, cgroup: impl FnOnce() -> String) {
-        let c = self.by_pid.entry(r.pid).or_insert_with(|| Culprit {
-            comm: r.comm.clone(),
-            cgroup: cgroup(),
-            ..Default::default()
-        });
-        match r.kind {
-            SK_MEM_SEND => c.send += 1,
-            SK_MEM_RECV => c.recv += 1,
-            _ => {}
-        }
-        if r.cookie != 0 {
-            c.sockets.insert(r.cookie);
-        }
-        if !r.by_owner {
-            c.by_context += 1;
-        }
-        c.max_rmem = c.max_rmem.max(r.rmem);
-        c.max_wmem = c.max_wmem.max(r.wmem);
-    }
-
-    /// Most refusals first (ties: lower pid).
-    pub fn ranked(&self) -> Vec<(u32, &Culprit)> {
-        let mut v: Vec<_> = self.by_pid.iter().map(|(p, c)| (*p, c)).collect();
-        v.sort_by(|a, b| b.1.refusals().cmp(&a.1.refusals()).then(a.0.cmp(&b.0)));
-        v
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,34 +524,5 @@ mod tests {
         }
         assert!(e.list.is_empty());
         assert_eq!(e.peak_pages, 102);
-    }
-
-    #[test]
-    fn culprits_rank_by_refusals() {
-        let mut c = Culprits::default();
-        let r = |pid, kind, cookie, by_owner| Refusal {
-            pid,
-            comm: format!("p{pid}"),
-            kind,
-            cookie,
-            rmem: 10,
-            wmem: 20,
-            by_owner,
-        };
-        for _ in 0..3 {
-            c.add(&r(10, SK_MEM_SEND, 5, true), || "/a".into());
-        }
-        c.add(&r(11, SK_MEM_RECV, 0, false), || "/b".into());
-        c.add(&r(10, SK_MEM_RECV, 6, true), || unreachable!());
-        let ranked = c.ranked();
-        assert_eq!(ranked[0].0, 10);
-        let top = ranked[0].1;
-        assert_eq!(top.refusals(), 4);
-        assert_eq!(top.kind(), "send+recv");
-        assert_eq!(top.cgroup, "/a");
-        assert_eq!(top.sockets.len(), 2);
-        assert_eq!(top.by_context, 0);
-        assert_eq!(ranked[1].1.kind(), "recv");
-        assert_eq!(ranked[1].1.by_context, 1);
     }
 }

@@ -9,6 +9,7 @@
 //! processes holding the memory during an episode (at its start and when refused
 //! sockets are looked up; the fullest look is kept).
 mod advice;
+mod culprits;
 mod episodes;
 pub mod metrics;
 mod report;
@@ -42,7 +43,8 @@ use crate::{
     run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
     snapshot::tcpmem::{self, TcpMem},
 };
-use episodes::{Culprits, Episodes, Refusal, Sample};
+use culprits::{Culprits, Refusal};
+use episodes::{Episodes, Sample};
 use sockets::{Sock, SocketLook};
 
 pub use spec::{CHOICES, SPEC};

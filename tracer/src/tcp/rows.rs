@@ -3,7 +3,8 @@
 use serde::Serialize;
 
 use super::{
-    episodes::{Culprit, Entry, Episode},
+    culprits::Culprit,
+    episodes::{Entry, Episode},
     report::human_bytes,
     sockets::Sock,
 };
