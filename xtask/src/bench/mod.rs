@@ -22,6 +22,10 @@ pub struct Args {
     /// at most a minute, before).
     #[arg(long, default_value_t = 10.0)]
     pub minutes: f64,
+    /// serve: only these detectors (`tracer serve --detectors`), to tell which one
+    /// holds memory or CPU; default all.
+    #[arg(long)]
+    pub detectors: Option<String>,
 }
 
 pub fn run(a: Args) -> Result<()> {

@@ -116,9 +116,13 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(tracer: &Path) -> Result<Serve> {
-        let mut child = Command::new(tracer)
-            .args(["serve", "--listen", "127.0.0.1:0", "-i", "1s"])
+    fn start(tracer: &Path, detectors: Option<&str>) -> Result<Serve> {
+        let mut cmd = Command::new(tracer);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "-i", "1s"]);
+        if let Some(d) = detectors {
+            cmd.args(["--detectors", d]);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -300,10 +304,11 @@ pub fn run(a: &super::Args) -> Result<()> {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     println!(
-        "bench serve: storms ({}) alone for {:.0} s, then under `tracer serve -i 1s` scraped \
-         every 1 s for {:.1} min (warm-up {:.0} s); cgroups under {}, files under {}",
+        "bench serve: storms ({}) alone for {:.0} s, then under `tracer serve -i 1s` ({}) \
+         scraped every 1 s for {:.1} min (warm-up {:.0} s); cgroups under {}, files under {}",
         STORMS.join(", "),
         warm.as_secs_f64(),
+        a.detectors.as_deref().unwrap_or("every detector"),
         a.minutes,
         warm.as_secs_f64(),
         cg.path.display(),
@@ -321,7 +326,7 @@ pub fn run(a: &super::Args) -> Result<()> {
                 })
             })
             .collect();
-        let r = measure(&tracer, soak, warm);
+        let r = measure(&tracer, a.detectors.as_deref(), soak, warm);
         STOP.store(true, Relaxed);
         for h in storms {
             h.join()
@@ -333,7 +338,7 @@ pub fn run(a: &super::Args) -> Result<()> {
     res
 }
 
-fn measure(tracer: &Path, soak: Duration, warm: Duration) -> Result<()> {
+fn measure(tracer: &Path, detectors: Option<&str>, soak: Duration, warm: Duration) -> Result<()> {
     // Alone: the storms with nothing attached (after a second to get going).
     sleep_until(Instant::now() + Duration::from_secs(1))?;
     let t0 = Instant::now();
@@ -348,7 +353,7 @@ fn measure(tracer: &Path, soak: Duration, warm: Duration) -> Result<()> {
         alone[0], alone[1], alone[2]
     );
 
-    let mut serve = Serve::start(tracer)?;
+    let mut serve = Serve::start(tracer, detectors)?;
     let pid = serve.pid();
     let start = Instant::now();
     let (rss0, cpu0) = proc_sample(pid)?;
