@@ -314,26 +314,29 @@ pub fn report(
     }
     println!();
     for t in targets {
-        let v = (t.value)(&alone, &tracer, bpf.as_ref());
-        let ok = match t.cmp {
-            Cmp::AtLeast => v >= t.target,
-            Cmp::AtMost => v <= t.target,
-        };
-        let sym = match t.cmp {
-            Cmp::AtLeast => ">=",
-            Cmp::AtMost => "<=",
-        };
-        println!(
-            "{:<48} {:>9.3}  (target {sym} {})  {}",
+        check(
             t.name,
-            v,
+            (t.value)(&alone, &tracer, bpf.as_ref()),
+            t.cmp,
             t.target,
-            if ok { "ok" } else { "MISSED" }
         );
     }
     (alone, tracer, bpf)
 }
 
+/// Prints one figure against its target: `name  value  (target <= x)  ok|MISSED`.
+pub fn check(name: &str, v: f64, cmp: Cmp, target: f64) {
+    let (ok, sym) = match cmp {
+        Cmp::AtLeast => (v >= target, ">="),
+        Cmp::AtMost => (v <= target, "<="),
+    };
+    println!(
+        "{name:<48} {v:>9.3}  (target {sym} {target})  {}",
+        if ok { "ok" } else { "MISSED" }
+    );
+}
+
+#[derive(Clone, Copy)]
 pub enum Cmp {
     AtLeast,
     AtMost,

@@ -4,6 +4,7 @@
 mod cgroups;
 pub mod common;
 mod inodes;
+mod serve;
 mod tcp;
 mod triage;
 mod zombies;
@@ -12,11 +13,19 @@ use anyhow::{Result, bail};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Which benchmark: zombies, tcp-pressure, cgroups, inodes, triage.
+    /// Which benchmark: zombies, tcp-pressure, cgroups, inodes, triage, serve.
     pub name: String,
     /// Interleaved rounds (each runs alone, tracer, bpftrace once).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// serve: minutes of soak under `tracer serve` (the storms run alone 20% of that,
+    /// at most a minute, before).
+    #[arg(long, default_value_t = 10.0)]
+    pub minutes: f64,
+    /// serve: only these detectors (`tracer serve --detectors`), to tell which one
+    /// holds memory or CPU; default all.
+    #[arg(long)]
+    pub detectors: Option<String>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -26,8 +35,9 @@ pub fn run(a: Args) -> Result<()> {
         "cgroups" => cgroups::run(&a),
         "inodes" => inodes::run(&a),
         "triage" => triage::run(&a),
+        "serve" => serve::run(&a),
         other => bail!(
-            "no benchmark named `{other}`; try zombies, tcp-pressure, cgroups, inodes or triage"
+            "no benchmark named `{other}`; try zombies, tcp-pressure, cgroups, inodes, triage or serve"
         ),
     }
 }
