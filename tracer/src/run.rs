@@ -131,6 +131,12 @@ pub trait Detector: Send {
     fn sample(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Whether a sample is cheap enough to take on the run loop's own thread instead of
+    /// a blocking thread (triage's run-queue length: read from another thread, the
+    /// loop's thread waking to hand it over was counted as the host's load).
+    fn sample_inline(&self) -> bool {
+        false
+    }
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report>;
     /// The process's exit status after the final report (triage: 0, 3 or 4).
     fn exit_code(&self) -> u8 {
@@ -446,13 +452,18 @@ async fn detector_task(
         let first = tokio::select! {
             msg = rx.recv() => msg,
             _ = tick(&mut sample_every) => {
-                let (d, r) = tokio::task::spawn_blocking(move || {
-                    let r = det.sample();
-                    (det, r)
-                })
-                .await
-                .context("sampling")?;
-                det = d;
+                let r = if det.sample_inline() {
+                    det.sample()
+                } else {
+                    let (d, r) = tokio::task::spawn_blocking(move || {
+                        let r = det.sample();
+                        (det, r)
+                    })
+                    .await
+                    .context("sampling")?;
+                    det = d;
+                    r
+                };
                 if let Err(e) = r {
                     log::warn!("sampling failed: {e:#}");
                 }

@@ -336,6 +336,11 @@ impl Detector for Triage {
         Ok(())
     }
 
+    /// One read of /proc/stat, on the thread that would otherwise wake a helper for it.
+    fn sample_inline(&self) -> bool {
+        true
+    }
+
     fn report(&mut self, _ctx: &ReportCtx) -> Result<Report> {
         // The next window starts where this one ends.
         let b = std::mem::replace(&mut self.befores, Befores::read()?);
