@@ -3,6 +3,10 @@
 //! hands each record to the detector owning its kind, accounting of lost events, bad
 //! records and kernel read errors, and handing each report to the run's sinks
 //! (src/sink.rs: text, JSON lines, prom file).
+//!
+//! Over 600 lines because the pieces of one run belong together: the Detector
+//! contract, start (one load), the reader and its routing, each detector's task, and
+//! their unit tests; the option parsers every detector shares are the rest.
 use std::{
     collections::HashMap,
     future::pending,
