@@ -78,17 +78,7 @@ fn storm(i: usize, dir: &Path) -> Result<()> {
     while !STOP.load(Relaxed) {
         match i {
             0 => {
-                // SAFETY: the child only calls _exit (async-signal-safe after fork).
-                let pid = unsafe { libc::fork() };
-                match pid {
-                    -1 => bail!("fork failed: {}", std::io::Error::last_os_error()),
-                    0 => unsafe { libc::_exit(0) },
-                    _ => {
-                        let mut st = 0;
-                        // SAFETY: waiting for our own child.
-                        unsafe { libc::waitpid(pid, &mut st, 0) };
-                    }
-                }
+                common::fork_and_reap()?;
             }
             1 => {
                 fs::create_dir(&target).with_context(|| format!("mkdir {}", target.display()))?;

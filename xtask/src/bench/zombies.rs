@@ -2,7 +2,7 @@
 //! and under a bpftrace script on the same tracepoints.
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use super::common::{self, Cmp, Observer, Target, WorkResult};
 
@@ -25,17 +25,7 @@ END { clear(@parent); clear(@exited); }
 fn workload() -> Result<WorkResult> {
     let t0 = Instant::now();
     for _ in 0..FORKS {
-        // SAFETY: xtask is single-threaded here; the child only calls _exit.
-        let pid = unsafe { libc::fork() };
-        match pid {
-            -1 => bail!("fork failed: {}", std::io::Error::last_os_error()),
-            0 => unsafe { libc::_exit(0) },
-            _ => {
-                let mut st = 0;
-                // SAFETY: waiting for our own child.
-                unsafe { libc::waitpid(pid, &mut st, 0) };
-            }
-        }
+        common::fork_and_reap()?;
     }
     Ok(WorkResult {
         ops: FORKS,
