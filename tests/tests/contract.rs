@@ -147,6 +147,15 @@ fn every_detector_ends_its_duration_with_one_final_report_and_detaches() {
         for key in ["lost_events", "bad_records", "kernel_read_errors"] {
             assert_eq!(last[key], 0, "{}: {key}: {last}", d.command);
         }
+        // Its hooks, each attached or not: a run that started has every required one.
+        let hooks = last["hooks"]["attached"].as_array().unwrap();
+        assert!(!hooks.is_empty(), "{}: {}", d.command, last["hooks"]);
+        for h in hooks {
+            assert!(h["hook"].as_str().is_some_and(|n| !n.is_empty()), "{h}");
+            if h["required"] == true {
+                assert_eq!(h["attached"], true, "{}: {h}", d.command);
+            }
+        }
         assert_none_loaded(d.programs);
 
         let out = run(d, &["-d", "500ms"]);
@@ -205,10 +214,18 @@ fn every_detector_names_a_missing_required_hook_or_runs_on_its_fallback() {
     let _s = serial();
     for d in DETECTORS {
         // An empty tracefs, as on a kernel that lacks every tracepoint.
-        let out = run_tracer_without_tracepoints(&[d.command, "-d", "1s"]);
+        let out = run_tracer_without_tracepoints(&[d.command, "-d", "1s", "--json"]);
         match d.missing {
             Some(sentence) => out.assert_one_sentence(1, &[sentence, "tracer doctor"]),
-            None => assert!(out.status.success(), "{}: {}", d.command, out.stderr),
+            None => {
+                assert!(out.status.success(), "{}: {}", d.command, out.stderr);
+                // The fallback run says that none of its hooks is attached.
+                let reports = out.reports();
+                let last = reports.last().unwrap();
+                let hooks = last["hooks"]["attached"].as_array().unwrap();
+                assert!(!hooks.is_empty(), "{last}");
+                assert!(hooks.iter().all(|h| h["attached"] == false), "{last}");
+            }
         }
         assert_none_loaded(d.programs);
     }

@@ -175,6 +175,20 @@ fn each_missing_capability_is_named() {
             );
         }
     }
+    // triage runs without CAP_SYSLOG, only not reading the kernel log: doctor says so.
+    let fewer: Vec<&str> = strs(&set)
+        .into_iter()
+        .filter(|c| *c != "CAP_SYSLOG")
+        .collect();
+    let out = run_tracer_with_caps(&fewer, &["doctor"]);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("triage        can run")
+                && l.ends_with("without CAP_SYSLOG (triage skips the kernel log)")),
+        "{}",
+        out.stdout
+    );
     // Without CAP_DAC_READ_SEARCH tracefs (root's, mode 0700) cannot be read: the
     // detector that needs least says so, rather than that tracefs is not mounted.
     let fewer: Vec<&str> = strs(&set)

@@ -119,6 +119,65 @@ fn serve_runs_every_detector_in_one_process_and_serves_their_findings() {
 }
 
 #[test]
+fn serve_builds_the_metrics_at_scrape_time() {
+    require_root();
+    let _s = serial();
+    // An hour between interval reports: whatever a scrape shows, the scrape built.
+    let tracer = Tracer::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "-i",
+        "1h",
+        "--detectors",
+        "zombies,triage",
+    ]);
+    let addr = tracer.served_at();
+    assert_eq!(get(addr, "/-/ready").status, 200);
+    // Zombies exist once the helper says ready (it waits for each child's Z state),
+    // and their exits are in the ring by then: the scrape drains it and reports.
+    let inc = Incident::start(&["zombies", "5"]);
+    let m = get(addr, "/metrics").body;
+    assert!(
+        sample(&m, "tracer_zombies_present", &[]).is_some_and(|n| n >= 5.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "tracer_zombies_exits_total", &[]).is_some_and(|n| n >= 5.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "tracer_hook_attached",
+            &[
+                ("detector", "zombies"),
+                ("hook", "sched:sched_process_exit")
+            ]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    // triage judges rates over the window between its interval reports; a scrape does
+    // not cut one, so it has no report within the hour.
+    assert_eq!(
+        sample(
+            &m,
+            "tracer_report_elapsed_seconds",
+            &[("detector", "triage")]
+        ),
+        None,
+        "{m}"
+    );
+    drop(inc);
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    for prefix in ["triage_", "zombies_"] {
+        assert_none_loaded(prefix);
+    }
+}
+
+#[test]
 fn serve_answers_bad_input_in_one_sentence() {
     require_root();
     let _s = serial();

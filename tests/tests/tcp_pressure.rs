@@ -211,6 +211,22 @@ fn pressure_episode_names_the_pushing_process_and_its_latency() {
         r["paths"]
     );
     assert_eq!(r["paths"]["send_latency"]["path"], send, "{}", r["paths"]);
+    // The same paths in the common `hooks` every report carries (and the metrics
+    // expose as tracer_hook_path), `none` where the detector samples instead.
+    let via = |choice: &str| {
+        r["hooks"]["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["choice"] == choice)
+            .map(|p| p["path"].clone())
+            .unwrap_or_else(|| panic!("{choice} not in {}", r["hooks"]))
+    };
+    assert_eq!(
+        via("pressure edges"),
+        if edges == "sampling" { "none" } else { edges }
+    );
+    assert_eq!(via("send latency"), send);
     assert_eq!(r["send_latency_us"]["measured"], true);
     let path = r["path"].as_str().unwrap();
     if edges == "sampling" {

@@ -60,6 +60,9 @@ struct Verdict {
     /// Optional hooks that are missing: the detector runs on its fallback.
     missing_optional: Vec<String>,
     fallback: Option<&'static str>,
+    /// Capabilities it lacks but runs without, each with what it then skips.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    degraded: Vec<String>,
     hooks: Vec<HookStatus>,
     choices: Vec<bpf::Chosen>,
     path: Option<String>,
@@ -180,7 +183,7 @@ impl Doctor {
         t += "\n";
         for d in &self.detectors {
             let name = d.detector;
-            let without = if d.missing_optional.is_empty() {
+            let mut without = if d.missing_optional.is_empty() {
                 String::new()
             } else {
                 format!(
@@ -189,6 +192,9 @@ impl Doctor {
                     d.fallback.unwrap_or("")
                 )
             };
+            if !d.degraded.is_empty() {
+                without += &format!(", without {}", d.degraded.join(", "));
+            }
             t += &match (d.runnable, &d.path, &d.reason) {
                 (true, Some(path), _) => format!("{name:<13} can run (path: {path}){without}\n"),
                 (true, None, _) => format!("{name:<13} can run{without}\n"),
@@ -226,7 +232,14 @@ fn verdict(
         _ => Vec::new(),
     };
     let detector = [d.spec.detector];
-    let lacks = bpf::caps::missing(&detector);
+    // A capability the detector does without only narrows what it sees.
+    let (skips, lacks): (Vec<_>, Vec<_>) = bpf::caps::missing(&detector)
+        .into_iter()
+        .partition(|c| c.without.is_some());
+    let degraded: Vec<String> = skips
+        .iter()
+        .map(|c| format!("{} ({})", c.name, c.without.unwrap_or("")))
+        .collect();
     let runnable = tracefs.is_some()
         && lacks.is_empty()
         && base.is_ok()
@@ -290,6 +303,7 @@ fn verdict(
         runnable,
         fallback: (!missing_optional.is_empty()).then_some(d.fallback),
         missing_optional,
+        degraded,
         hooks: statuses,
         choices: chosen,
         path,

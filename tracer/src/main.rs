@@ -9,6 +9,7 @@ mod cgroups;
 mod container;
 mod detectors;
 mod doctor;
+mod hooks;
 mod inodes;
 mod kbtf;
 mod output;

@@ -23,13 +23,14 @@ use bytes::Bytes;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, oneshot},
     time::{Interval, MissedTickBehavior, interval_at},
 };
 use tracer_common::EventKind;
 
 use crate::{
     bpf::{CpuSum, Plan, Session, caps},
+    hooks::Hooks,
     sink::{self, Emitted, Sink},
 };
 
@@ -96,6 +97,7 @@ pub struct Report {
     pub text: String,
 }
 
+#[derive(Clone)]
 pub struct ReportCtx {
     pub final_: bool,
     /// Time since the hooks were attached.
@@ -105,6 +107,8 @@ pub struct ReportCtx {
     pub bad_records: u64,
     /// Kernel reads that failed in the programs (READ_ERRORS).
     pub kernel_read_errors: u64,
+    /// The detector's hooks and paths (set by its task).
+    pub hooks: Arc<Hooks>,
 }
 
 /// A ring-buffer record the detector could not decode: the driver counts it and every
@@ -142,6 +146,13 @@ pub trait Detector: Send {
         false
     }
     fn report(&mut self, ctx: &ReportCtx) -> Result<Report>;
+    /// Whether a report can be asked for at any moment (a scrape of `tracer serve`),
+    /// besides the --interval ones. Not for a detector that judges rates over the
+    /// window since its previous report (triage): a scrape would cut a window of any
+    /// length, down to milliseconds, and judge its noise.
+    fn reports_on_demand(&self) -> bool {
+        true
+    }
     /// The process's exit status after the final report (triage: 0, 3 or 4).
     fn exit_code(&self) -> u8 {
         0
@@ -220,8 +231,13 @@ pub fn start(prepared: Vec<Prepared>, opts: RunOpts) -> Result<Started> {
             let mut detectors = Vec::new();
             let mut what = Vec::new();
             for p in prepared {
+                let hooks = Arc::new(Hooks::of(None, &p.plan));
                 let a = (p.attach)(Err(&e))?;
-                detectors.push((a.detector, p.plan.spec.kinds));
+                detectors.push(Driven {
+                    detector: a.detector,
+                    kinds: p.plan.spec.kinds,
+                    hooks,
+                });
                 what.push(a.what);
             }
             return Ok(Started {
@@ -237,8 +253,13 @@ pub fn start(prepared: Vec<Prepared>, opts: RunOpts) -> Result<Started> {
     let mut what = Vec::new();
     for p in prepared {
         let s = session.as_mut().expect("loaded above");
+        let hooks = Arc::new(Hooks::of(Some(s), &p.plan));
         let a = (p.attach)(Ok(s))?;
-        detectors.push((a.detector, p.plan.spec.kinds));
+        detectors.push(Driven {
+            detector: a.detector,
+            kinds: p.plan.spec.kinds,
+            hooks,
+        });
         what.push(a.what);
     }
     Ok(Started {
@@ -252,9 +273,9 @@ pub fn start(prepared: Vec<Prepared>, opts: RunOpts) -> Result<Started> {
 /// Detectors whose hooks are attached and whose state is set up, not yet driven.
 /// [`Started::run`] drives them until a signal or the duration ends.
 pub struct Started {
-    /// Each detector and the record kinds it owns. Declared before the session: the
-    /// detectors (and their maps) go before the programs are detached.
-    pub detectors: Vec<(Box<dyn Detector>, &'static [EventKind])>,
+    /// Each detector, the record kinds it owns and its hooks. Declared before the
+    /// session: the detectors (and their maps) go before the programs are detached.
+    pub detectors: Vec<Driven>,
     /// None when no detector could load its programs and all run without.
     pub session: Option<Session>,
     /// What they trace, for the "Tracing ... for 10s" line.
@@ -262,11 +283,25 @@ pub struct Started {
     pub opts: RunOpts,
 }
 
+/// One detector of a run, as [`Started::run`] drives it.
+pub struct Driven {
+    pub detector: Box<dyn Detector>,
+    /// The ring-buffer record kinds it owns.
+    pub kinds: &'static [EventKind],
+    /// Its hooks as attached, for every report.
+    pub hooks: Arc<Hooks>,
+}
+
 /// What the ring reader sends a detector's task.
 enum Msg {
     Record(Bytes),
-    Report(ReportCtx),
+    /// Build a report; tell `done` once the sinks have it.
+    Report(ReportCtx, Option<oneshot::Sender<()>>),
 }
+
+/// Asks a serving run for a report from every detector now (a scrape); the sender is
+/// told once every sink has them.
+pub type Refresh = mpsc::Receiver<oneshot::Sender<()>>;
 
 /// Records a detector's task may hold before the reader waits for it (the kernel ring
 /// then fills, and what it cannot take is counted as lost).
@@ -302,6 +337,7 @@ impl Shared {
             lost_events: self.lost.as_ref().map_or(0, CpuSum::get),
             bad_records: unrouted,
             kernel_read_errors: self.read_errors.as_ref().map_or(0, CpuSum::get),
+            hooks: Arc::default(),
         }
     }
 }
@@ -316,7 +352,18 @@ impl Started {
     /// Runs until a signal or the duration ends, handing interval reports and each
     /// detector's final report to `sinks`; returns the highest exit status of the
     /// detectors.
-    pub async fn run_with(mut self, sinks: Vec<Box<dyn Sink>>) -> Result<u8> {
+    pub async fn run_with(self, sinks: Vec<Box<dyn Sink>>) -> Result<u8> {
+        self.run_serving(sinks, None).await
+    }
+
+    /// As [`Started::run_with`], and each request that arrives on `refresh` gets a
+    /// report from every detector, with what the ring holds up to then, before it is
+    /// answered (`tracer serve` builds /metrics at scrape time this way).
+    pub async fn run_serving(
+        mut self,
+        sinks: Vec<Box<dyn Sink>>,
+        mut refresh: Option<Refresh>,
+    ) -> Result<u8> {
         let mut shared = Shared::take(self.session.as_mut())?;
         let mut logger =
             self.session
@@ -332,13 +379,18 @@ impl Started {
         let mut senders = Vec::new();
         let mut routes: HashMap<u32, usize> = HashMap::new();
         let mut tasks = Vec::new();
-        for (i, (det, kinds)) in std::mem::take(&mut self.detectors).into_iter().enumerate() {
-            for k in kinds {
+        for (i, d) in std::mem::take(&mut self.detectors).into_iter().enumerate() {
+            for k in d.kinds {
                 routes.insert(*k as u32, i);
             }
             let (tx, rx) = mpsc::channel(QUEUE);
             senders.push(tx);
-            tasks.push(tokio::spawn(detector_task(det, rx, sinks.clone())));
+            tasks.push(tokio::spawn(detector_task(
+                d.detector,
+                d.hooks,
+                rx,
+                sinks.clone(),
+            )));
         }
         // With one detector, a record of a kind it does not own is its bad record
         // (as it always was); with several, an unowned kind is counted for all.
@@ -383,7 +435,7 @@ impl Started {
             ($final:expr) => {
                 for tx in &senders {
                     let ctx = shared.ctx($final, start.elapsed(), unrouted);
-                    let _ = tx.send(Msg::Report(ctx)).await;
+                    let _ = tx.send(Msg::Report(ctx, None)).await;
                 }
             };
         }
@@ -398,6 +450,28 @@ impl Started {
                     report!(false);
                 }
                 _ = tick(&mut drain_every) => drain!(),
+                asked = async { match refresh.as_mut() { Some(r) => r.recv().await, None => pending().await } } => {
+                    let Some(done) = asked else {
+                        refresh = None; // nobody asks any more
+                        continue;
+                    };
+                    drain!();
+                    let mut built = Vec::new();
+                    for tx in &senders {
+                        let ctx = shared.ctx(false, start.elapsed(), unrouted);
+                        let (one, rx) = oneshot::channel();
+                        if tx.send(Msg::Report(ctx, Some(one))).await.is_ok() {
+                            built.push(rx);
+                        }
+                    }
+                    // Answered off this loop: the ring keeps being read meanwhile.
+                    tokio::spawn(async move {
+                        for rx in built {
+                            let _ = rx.await;
+                        }
+                        let _ = done.send(());
+                    });
+                }
                 guard = async { match shared.ring.as_mut() { Some(r) => r.fd.readable_mut().await, None => pending().await } } => {
                     let mut guard = guard.context("waiting for the ring buffer")?;
                     // Clear readiness before draining so a record that lands after the
@@ -447,6 +521,7 @@ fn owner(rec: &[u8], routes: &HashMap<u32, usize>, only: Option<usize>) -> Optio
 /// neither stalls the ring reader or the other detectors.
 async fn detector_task(
     mut det: Box<dyn Detector>,
+    hooks: Arc<Hooks>,
     mut rx: mpsc::Receiver<Msg>,
     sinks: Arc<Mutex<Vec<Box<dyn Sink>>>>,
 ) -> Result<u8> {
@@ -487,8 +562,12 @@ async fn detector_task(
                         bad_records += 1;
                     }
                 }
-                Some(Msg::Report(mut ctx)) => {
+                Some(Msg::Report(_, Some(done))) if !det.reports_on_demand() => {
+                    let _ = done.send(()); // its latest interval report stands
+                }
+                Some(Msg::Report(mut ctx, done)) => {
                     ctx.bad_records += bad_records;
+                    ctx.hooks = hooks.clone();
                     let final_ = ctx.final_;
                     let sinks = sinks.clone();
                     let (d, r) = tokio::task::spawn_blocking(move || {
@@ -499,6 +578,9 @@ async fn detector_task(
                     .context("building a report")?;
                     det = d;
                     r?;
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
                     if final_ {
                         return Ok(det.exit_code());
                     }

@@ -8,10 +8,10 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Result, bail};
@@ -20,7 +20,10 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::Value;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, mpsc, oneshot},
+};
 
 use crate::{
     detectors,
@@ -43,7 +46,8 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 ///
 /// Loads the eBPF object once for every detector named (default: all five), refreshes
 /// each one's report every --interval, and serves:
-///   /metrics     the latest reports as Prometheus metrics (the README lists them)
+///   /metrics     every detector's report as of the scrape, as Prometheus metrics
+///                (the README lists them)
 ///   /            a page linking the others
 ///   /-/healthy   200 while the process runs
 ///   /-/ready     200 once every detector's programs are attached, 503 before
@@ -62,7 +66,8 @@ pub struct Args {
     /// Detectors to run, comma-separated (default: every one).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub detectors: Vec<String>,
-    /// How often each detector refreshes its report; metrics are at most this old.
+    /// How often each detector reports when nobody scrapes (--prom-file is rewritten
+    /// then); a scrape of /metrics gets a report from each as of the scrape.
     #[arg(short = 'i', long, value_parser = run::parse_duration, default_value = "5s", value_name = "INTERVAL")]
     pub interval: Duration,
     /// Stop after this long (default: run until Ctrl-C or SIGTERM).
@@ -78,10 +83,38 @@ pub struct Args {
 struct State {
     ready: AtomicBool,
     latest: Mutex<BTreeMap<String, Value>>,
+    /// Asks the run for a report from every detector (set once they are attached).
+    refresh: OnceLock<mpsc::Sender<oneshot::Sender<()>>>,
+    /// When the last refresh that completed was asked for: a scrape that arrives
+    /// while one is being built waits for the next, and concurrent scrapes share it.
+    refreshed: tokio::sync::Mutex<Option<Instant>>,
 }
 
+/// How long a scrape waits for the detectors' reports before it is served the latest
+/// ones (Prometheus' default scrape timeout is 10 s).
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl State {
-    fn metrics(&self) -> String {
+    /// The metrics as of now: every detector reports what it has (the ring drained up
+    /// to this moment), then the registry is built from those reports.
+    async fn metrics(&self) -> String {
+        let asked = Instant::now();
+        if let Some(refresh) = self.refresh.get() {
+            let mut last = self.refreshed.lock().await;
+            // Another scrape's refresh, asked for after this one arrived, will do.
+            if last.is_none_or(|t| t < asked) {
+                let started = Instant::now();
+                let (done, built) = oneshot::channel();
+                if refresh.send(done).await.is_ok()
+                    && matches!(
+                        tokio::time::timeout(REFRESH_TIMEOUT, built).await,
+                        Ok(Ok(()))
+                    )
+                {
+                    *last = Some(started);
+                }
+            }
+        }
         let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         let all: Vec<(&str, &Value)> = latest.iter().map(|(c, j)| (c.as_str(), j)).collect();
         crate::prom::render_all(&all)
@@ -131,8 +164,11 @@ pub async fn run(args: Args) -> Result<u8> {
         prom_file: args.prom_file.clone(),
     };
     let started = run::start(prepared, opts)?;
-    // Ready once every detector's programs are attached; each detector's series
-    // appear with its first report, one --interval later.
+    // Scrapes queue behind one another (see State::metrics): a few requests suffice.
+    let (refresh, asked) = mpsc::channel(4);
+    let _ = state.refresh.set(refresh);
+    // Ready once every detector's programs are attached; from then on each scrape gets
+    // every detector's report as of the scrape.
     state.ready.store(true, Ordering::Release);
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(Latest(state.clone()))];
     if let Some(p) = args.prom_file {
@@ -140,7 +176,7 @@ pub async fn run(args: Args) -> Result<u8> {
     }
     // Triage's verdict is a metric here (tracer_triage_worst_severity), not the exit
     // status: serve exits 0 when stopped, 1 on an error.
-    started.run_with(sinks).await.map(|_| 0)
+    started.run_serving(sinks, Some(asked)).await.map(|_| 0)
 }
 
 /// The registry entries `names` asks for (all when empty), or one sentence naming the
@@ -184,7 +220,7 @@ async fn serve_http(listener: TcpListener, state: Arc<State>) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &req)) }
+                async move { Ok::<_, Infallible>(respond(&state, &req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -202,7 +238,7 @@ const LANDING: &str = "<!doctype html><html><head><title>tracer</title></head><b
 <li><a href=\"/-/healthy\">/-/healthy</a></li><li><a href=\"/-/ready\">/-/ready</a></li>\
 </ul></body></html>\n";
 
-fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, ctype: &str, body: String| {
         let body = if req.method() == Method::HEAD {
             Bytes::new()
@@ -229,7 +265,11 @@ fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     let ready = state.ready.load(Ordering::Acquire);
     match req.uri().path() {
-        "/metrics" => reply(StatusCode::OK, crate::prom::CONTENT_TYPE, state.metrics()),
+        "/metrics" => reply(
+            StatusCode::OK,
+            crate::prom::CONTENT_TYPE,
+            state.metrics().await,
+        ),
         "/" => reply(StatusCode::OK, "text/html; charset=utf-8", LANDING.into()),
         "/-/healthy" => reply(StatusCode::OK, PLAIN, "Healthy\n".into()),
         "/-/ready" if ready => reply(StatusCode::OK, PLAIN, "Ready\n".into()),

@@ -32,6 +32,10 @@ impl<'a> Emitted<'a> {
         obj.insert("lost_events".into(), ctx.lost_events.into());
         obj.insert("bad_records".into(), ctx.bad_records.into());
         obj.insert("kernel_read_errors".into(), ctx.kernel_read_errors.into());
+        obj.insert(
+            "hooks".into(),
+            serde_json::to_value(&*ctx.hooks).unwrap_or(Value::Null),
+        );
         if let Value::Object(m) = report.json {
             obj.extend(m);
         }
@@ -159,6 +163,7 @@ mod tests {
             lost_events: lost,
             bad_records: bad,
             kernel_read_errors: read,
+            hooks: Default::default(),
         }
     }
 
@@ -175,7 +180,7 @@ mod tests {
         );
         assert_eq!(
             r.json.to_string(),
-            r#"{"command":"zombies","final":true,"elapsed_s":2.5,"lost_events":0,"bad_records":0,"kernel_read_errors":0,"zombies_total":3}"#
+            r#"{"command":"zombies","final":true,"elapsed_s":2.5,"lost_events":0,"bad_records":0,"kernel_read_errors":0,"hooks":{"attached":[],"paths":[]},"zombies_total":3}"#
         );
         assert_eq!(
             text(&r),

@@ -18,6 +18,8 @@ pub struct Cap {
     pub why: &'static str,
     /// The detectors that need it; empty: every load of the eBPF object does.
     pub detectors: &'static [&'static str],
+    /// What those detectors do without it, when they still run (None: they cannot).
+    pub without: Option<&'static str>,
 }
 
 const CAP_DAC_OVERRIDE: u32 = 1;
@@ -31,6 +33,7 @@ pub const NEEDED: &[Cap] = &[
         or: &[CAP_SYS_ADMIN],
         why: "load eBPF programs and create their maps",
         detectors: &[],
+        without: None,
     },
     Cap {
         name: "CAP_PERFMON",
@@ -38,6 +41,7 @@ pub const NEEDED: &[Cap] = &[
         or: &[CAP_SYS_ADMIN],
         why: "attach programs to tracepoints",
         detectors: &[],
+        without: None,
     },
     Cap {
         name: "CAP_DAC_READ_SEARCH",
@@ -46,6 +50,7 @@ pub const NEEDED: &[Cap] = &[
         why: "read the tracepoint format files in tracefs, which is root's with mode 0700, \
               and list other users' /proc/PID/fd",
         detectors: &[],
+        without: None,
     },
     Cap {
         name: "CAP_SYS_PTRACE",
@@ -54,6 +59,7 @@ pub const NEEDED: &[Cap] = &[
         why: "resolve other users' /proc/PID/fd links and cwd: owners of sockets, \
               directories of new inodes",
         detectors: &["tcp-pressure", "inodes"],
+        without: None,
     },
     Cap {
         name: "CAP_SYSLOG",
@@ -61,6 +67,7 @@ pub const NEEDED: &[Cap] = &[
         or: &[],
         why: "read the kernel log, /dev/kmsg, for triage's kernel findings",
         detectors: &["triage"],
+        without: Some("triage skips the kernel log"),
     },
 ];
 

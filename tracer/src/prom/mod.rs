@@ -195,6 +195,20 @@ pub const REPORT_FINAL: Metric = Metric {
     help: "1 when this is the detector's last report (the tracer has stopped), else 0.",
     labels: &["detector"],
 };
+pub const HOOK_ATTACHED: Metric = Metric {
+    name: "hook_attached",
+    kind: Kind::Gauge,
+    unit: None,
+    help: "1 when the detector's hook is attached, 0 when this kernel or these privileges do not allow it (the detector sees less; `tracer doctor` says why).",
+    labels: &["detector", "hook"],
+};
+pub const HOOK_PATH: Metric = Metric {
+    name: "hook_path",
+    kind: Kind::Gauge,
+    unit: None,
+    help: "Always 1; `via` is the hook the detector's choice took (`none`: none worked and the detector uses its fallback).",
+    labels: &["detector", "choice", "via"],
+};
 #[cfg_attr(not(test), allow(dead_code))]
 const COMMON: &[&Metric] = &[
     &BUILD_INFO,
@@ -203,6 +217,8 @@ const COMMON: &[&Metric] = &[
     &KERNEL_READ_ERRORS,
     &REPORT_ELAPSED,
     &REPORT_FINAL,
+    &HOOK_ATTACHED,
+    &HOOK_PATH,
 ];
 
 /// The fields sink.rs's `Emitted::new` adds to every report.
@@ -213,6 +229,23 @@ fn common(out: &mut Families, command: &str, r: &Value) {
     out.field(&KERNEL_READ_ERRORS, &l, r, "kernel_read_errors");
     out.field(&REPORT_ELAPSED, &l, r, "elapsed_s");
     out.field(&REPORT_FINAL, &l, r, "final");
+    for h in rows(&r["hooks"], "attached", usize::MAX) {
+        if let Some(v) = Num::of(&h["attached"]) {
+            out.sample(
+                &HOOK_ATTACHED,
+                &[("detector", command), ("hook", s(h, "hook"))],
+                v,
+            );
+        }
+    }
+    for p in rows(&r["hooks"], "paths", usize::MAX) {
+        let l = [
+            ("detector", command),
+            ("choice", s(p, "choice")),
+            ("via", s(p, "path")),
+        ];
+        out.sample(&HOOK_PATH, &l, 1u64);
+    }
 }
 
 /// A sample's value: integers stay integers in the text.

@@ -363,3 +363,24 @@ fn readme_lists_every_described_metric_and_no_other() {
             .join("\n")
     );
 }
+
+#[test]
+fn hooks_are_exposed_attached_or_not_and_each_choice_by_the_path_it_took() {
+    let mut r = fixture("zombies");
+    r["hooks"] = json!({
+        "attached": [
+            {"hook": "sched:sched_process_exit", "required": true, "attached": true},
+            {"hook": "fentry/do_wait", "required": false, "attached": false},
+        ],
+        "paths": [{"choice": "pressure edges", "path": "none"}],
+    });
+    let text = render("zombies", &r);
+    for line in [
+        r#"tracer_hook_attached{detector="zombies",hook="sched:sched_process_exit"} 1"#,
+        r#"tracer_hook_attached{detector="zombies",hook="fentry/do_wait"} 0"#,
+        r#"tracer_hook_path{detector="zombies",choice="pressure edges",via="none"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+    assert_eq!(promtool(&text), "");
+}

@@ -385,6 +385,12 @@ impl Detector for Triage {
     fn exit_code(&self) -> u8 {
         self.code
     }
+
+    /// Each report judges rates over the window since the previous one: only the
+    /// --interval decides the windows.
+    fn reports_on_demand(&self) -> bool {
+        false
+    }
 }
 
 /// Where a row goes in the checklist's order.

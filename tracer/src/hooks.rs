@@ -1,0 +1,80 @@
+//! Which of a detector's hooks a run attached and which path each of its choices took:
+//! every report carries it (`"hooks"` in JSON) and the metrics expose it
+//! (`tracer_hook_attached`, `tracer_hook_path`), so a fleet sees a detector running on
+//! its fallback without reading logs.
+use serde::Serialize;
+
+use crate::bpf::{HookState, Plan, Session};
+
+/// One detector's hooks after its attach step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Hooks {
+    pub attached: Vec<HookRow>,
+    pub paths: Vec<PathRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HookRow {
+    /// `category:name` for a tracepoint, `kind/function` otherwise.
+    pub hook: String,
+    pub required: bool,
+    pub attached: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PathRow {
+    pub choice: &'static str,
+    /// The path that won, or `none` when the detector does without (its report says
+    /// what it does instead).
+    pub path: &'static str,
+}
+
+/// Name of the path of a choice no path of which worked.
+pub const NO_PATH: &str = "none";
+
+impl Hooks {
+    /// `plan`'s hooks as `session` has them; with no session (the load failed and the
+    /// detector runs without eBPF) nothing is attached and no path was taken.
+    pub fn of(session: Option<&Session>, plan: &Plan) -> Self {
+        let attached = plan
+            .spec
+            .hooks
+            .iter()
+            .map(|h| HookRow {
+                hook: h.label(),
+                required: h.required,
+                attached: session.is_some_and(|s| {
+                    s.hooks
+                        .iter()
+                        .any(|st| st.program == h.program && st.state == HookState::Attached)
+                }),
+            })
+            .collect();
+        let paths = plan
+            .choices
+            .iter()
+            .map(|c| PathRow {
+                choice: c.name,
+                path: session.and_then(|s| s.took(c.name)).unwrap_or(NO_PATH),
+            })
+            .collect();
+        Hooks { attached, paths }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_session_nothing_is_attached_and_every_choice_took_none() {
+        let e = crate::detectors::find("tcp-pressure").unwrap();
+        let mut plan = Plan::new(e.spec);
+        plan.choices = e.choices.to_vec();
+        let h = Hooks::of(None, &plan);
+        assert_eq!(h.attached.len(), e.spec.hooks.len());
+        assert!(h.attached.iter().all(|r| !r.attached));
+        assert!(!h.paths.is_empty());
+        assert!(h.paths.iter().all(|p| p.path == NO_PATH));
+    }
+}
