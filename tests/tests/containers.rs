@@ -5,7 +5,7 @@
 use std::{fs, path::PathBuf, time::Duration};
 
 use serde_json::Value;
-use tracer_tests::{CgroupLayout, Incident, Tracer, require_root, serial};
+use tracer_tests::{CgroupLayout, Incident, Tracer, http::sample, require_root, serial};
 
 const ID_A: &str = "4f2a9c0d1e7b83a5c6d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5";
 const ID_B: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -45,6 +45,15 @@ impl Drop for Tree {
     }
 }
 
+/// A file the test made, removed on drop.
+struct RmFile(PathBuf);
+
+impl Drop for RmFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
 fn parent(r: &Value, pid: u32) -> Option<&Value> {
     r["parents"].as_array()?.iter().find(|p| p["pid"] == pid)
 }
@@ -68,7 +77,17 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
         format!("tracer-ctr-{me}/system.slice/docker-{ID_C}.scope"),
     ];
     let dirs: Vec<PathBuf> = layouts.iter().map(|l| tree.make(&root, l)).collect();
-    let tracer = Tracer::start(&["zombies", "--parent", "--json", "-i", "300ms"]);
+    let prom = std::env::temp_dir().join(format!("tracer-ctr-{me}.prom"));
+    let _rm = RmFile(prom.clone());
+    let tracer = Tracer::start(&[
+        "zombies",
+        "--parent",
+        "--json",
+        "-i",
+        "300ms",
+        "--prom-file",
+        prom.to_str().unwrap(),
+    ]);
     let incs: Vec<Incident> = dirs
         .iter()
         .map(|d| {
@@ -102,6 +121,46 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
         c(2),
         serde_json::json!({"runtime": "docker", "id": ID_C}),
         "{r}"
+    );
+    // The metrics name the same containers on the parents' series (the file holds a
+    // report at least as new as `r`, and the parents still have their zombies).
+    let m = fs::read_to_string(&prom).unwrap();
+    let pid = |i: usize| incs[i].pid.to_string();
+    let containerd = format!("containerd://{ID_A}");
+    let unknown = format!("unknown://{ID_B}");
+    let docker = format!("docker://{ID_C}");
+    for (i, labels) in [
+        vec![
+            ("container_id", containerd.as_str()),
+            ("pod_uid", UID_A),
+            ("qos", "burstable"),
+        ],
+        vec![
+            ("container_id", unknown.as_str()),
+            ("pod_uid", UID_B),
+            ("qos", "besteffort"),
+        ],
+        vec![("container_id", docker.as_str())],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = pid(i);
+        let mut l = vec![("pid", p.as_str())];
+        l.extend(labels);
+        assert!(
+            sample(&m, "tracer_zombies_parent_zombies", &l).is_some(),
+            "{l:?} not in\n{m}"
+        );
+    }
+    // Docker's container is no pod's: no pod labels at all (not empty ones).
+    let docker_line = m
+        .lines()
+        .find(|l| l.starts_with("tracer_zombies_parent_zombies{") && l.contains(&docker))
+        .unwrap();
+    assert!(
+        !docker_line.contains("pod_uid") && !docker_line.contains("qos"),
+        "{docker_line}"
     );
     // The cgroup path stays beside it, as before.
     let p = parent(&r, incs[0].pid).unwrap();

@@ -314,10 +314,12 @@ impl Families {
             m.name,
             m.labels
         );
+        // An empty value is no label at all in Prometheus: left out.
         let labels: Labels = m
             .labels
             .iter()
             .zip(labels)
+            .filter(|(_, (_, v))| !v.is_empty())
             .map(|(k, (_, v))| (Cow::Borrowed(*k), (*v).to_string()))
             .collect();
         let v = v.into();
@@ -362,10 +364,14 @@ impl Families {
         let values: Vec<String> = m
             .labels
             .iter()
-            .map(|l| match &row[*l] {
-                Value::String(s) => s.clone(),
-                Value::Null => String::new(),
-                other => other.to_string(),
+            .map(|l| match (*l, &row[*l]) {
+                (_, Value::String(s)) => s.clone(),
+                // A process's container (container.rs), "" (no label) when it has none.
+                ("container_id", _) => container_id(&row["container"]),
+                ("pod_uid", _) => s(&row["container"], "pod_uid").to_string(),
+                ("qos", _) => s(&row["container"], "qos").to_string(),
+                (_, Value::Null) => String::new(),
+                (_, other) => other.to_string(),
             })
             .collect();
         let labels: Vec<(&str, &str)> = m
@@ -408,6 +414,14 @@ impl Collector for Families {
 /// Rows of `list` (an array of objects in the report), at most `n`.
 pub fn rows<'a>(r: &'a Value, list: &str, n: usize) -> impl Iterator<Item = &'a Value> {
     r[list].as_array().into_iter().flatten().take(n)
+}
+
+/// `runtime://id` of a row's `container` object, "" when there is none.
+fn container_id(c: &Value) -> String {
+    match (c["runtime"].as_str(), c["id"].as_str()) {
+        (Some(r), Some(id)) => format!("{r}://{id}"),
+        _ => String::new(),
+    }
 }
 
 /// A string field of a row ("" when missing).

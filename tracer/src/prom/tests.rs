@@ -220,7 +220,7 @@ fn values_come_from_the_reports_fields_in_base_units() {
         &render("triage", &fixture("triage")),
         &[
             (
-                "tracer_triage_finding_severity{resource=\"cpu\",check=\"utilization\",subject=\"\"}",
+                "tracer_triage_finding_severity{resource=\"cpu\",check=\"utilization\"}",
                 2.0,
             ),
             (
