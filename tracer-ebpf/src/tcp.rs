@@ -97,6 +97,11 @@ static TCP_SEND_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LAT_SLOTS
 #[map]
 static TCP_SEND_MAX: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
+/// Sum of the send latencies per CPU: [normal, pressure] (exact ns; the Prometheus
+/// histogram's `_sum`, which the buckets cannot give).
+#[map]
+static TCP_SEND_SUM: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
 #[inline(always)]
 fn flag(slot: u32) -> u32 {
     match TCP_FLAGS.get(slot) {
@@ -324,6 +329,7 @@ fn record_send(start: u64) {
     let ns = now_ns().saturating_sub(start);
     let p = pressure();
     add(&TCP_SEND_HIST, p * LAT_BUCKETS + lat_bucket(ns), 1);
+    add(&TCP_SEND_SUM, p, ns);
     if let Some(m) = TCP_SEND_MAX.get_ptr_mut(p) {
         // SAFETY: per-CPU slot, preemption is disabled while a tracing program runs.
         unsafe {

@@ -37,6 +37,11 @@ static TRIAGE_RUNQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(RUNQ_SLOTS,
 #[map]
 static TRIAGE_RUNQ_MAX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Sum of the run-queue latencies, in nanoseconds, per CPU (slot 0): the Prometheus
+/// histogram's `_sum`, which the log2 slots cannot give.
+#[map]
+static TRIAGE_RUNQ_SUM: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
 fn enqueue(pid: i32) {
     // pid 0 is the idle task of each CPU: it never waits on a run queue.
@@ -85,8 +90,10 @@ fn try_switch(ctx: &TracePointContext) -> Option<u32> {
     // SAFETY: plain map lookup of a Copy value.
     let start = unsafe { TRIAGE_ENQUEUED.get(&next) }.copied()?;
     let _ = TRIAGE_ENQUEUED.remove(&next);
-    let us = now_ns().saturating_sub(start) / 1000;
+    let ns = now_ns().saturating_sub(start);
+    let us = ns / 1000;
     add(&TRIAGE_RUNQ, log2_slot(us), 1);
+    add(&TRIAGE_RUNQ_SUM, 0, ns);
     if let Some(m) = TRIAGE_RUNQ_MAX.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, preemption is disabled while a tracing program runs.
         unsafe {

@@ -1,5 +1,5 @@
 //! Rendering shared by every detector: aligned tables, bcc-style log2 histograms,
-//! latency summaries from hdrhistogram, and human durations.
+//! latency summaries from hdrhistogram with exact buckets beside, and human durations.
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
@@ -96,14 +96,17 @@ fn is_numeric(s: &str) -> bool {
             .all(|c| c.is_ascii_digit() || ".-%smhdµuk".contains(c))
 }
 
-/// count/p50/p90/p99/max of a histogram (all 0 when empty), in the histogram's unit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+/// count/p50/p90/p99/max of a histogram (all 0 when empty), in the histogram's unit;
+/// with [`Summary::with`], also the exact `sum_s` and `buckets` of [`Buckets`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Summary {
     pub count: u64,
     pub p50: u64,
     pub p90: u64,
     pub p99: u64,
     pub max: u64,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Buckets>,
 }
 
 impl Summary {
@@ -117,7 +120,129 @@ impl Summary {
             p90: h.value_at_quantile(0.90),
             p99: h.value_at_quantile(0.99),
             max: h.max(),
+            buckets: None,
         }
+    }
+
+    /// The same summary with the exact buckets and sum of the same samples.
+    pub fn with(self, b: &Buckets) -> Self {
+        Self {
+            buckets: Some(b.clone()),
+            ..self
+        }
+    }
+}
+
+/// A latency counted into fixed buckets, as a Prometheus histogram is: how many samples
+/// were at most each upper bound (seconds, ascending; +Inf is the count), and their
+/// exact sum. Kept next to the hdrhistogram where the value is recorded, because
+/// hdrhistogram rounds values to 3 digits (a sample just above a bound could count
+/// under it) and keeps no sum.
+///
+/// Serialized (flattened into a latency summary) as `"sum_s": <seconds>` and
+/// `"buckets": [{"le_s": <bound>, "count": <samples at most bound>}, ...]`: cumulative,
+/// the same bounds in every report; `count` of the summary is the +Inf bucket.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buckets {
+    bounds: &'static [f64],
+    /// counts[i]: samples in (bounds[i-1], bounds[i]]; the last, above every bound.
+    counts: Vec<u64>,
+    sum_ns: u128,
+}
+
+impl Buckets {
+    /// No samples yet, with these upper bounds (seconds, ascending, whole nanoseconds).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum_ns: 0,
+        }
+    }
+
+    /// The first bucket whose bound is not below `ns` (bounds are whole nanoseconds).
+    fn slot(&self, ns: u64) -> usize {
+        self.bounds.partition_point(|&b| bound_ns(b) < ns)
+    }
+
+    /// One sample of `ns` nanoseconds: a sample exactly on a bound counts under it.
+    pub fn record_ns(&mut self, ns: u64) {
+        let i = self.slot(ns);
+        self.counts[i] += 1;
+        self.sum_ns += u128::from(ns);
+    }
+
+    /// `n` samples known only to lie at or below `hi_ns` (and above the previous
+    /// bucket's: one bucket of a histogram aggregated in the kernel). They count under
+    /// the first bound at or above `hi_ns`, so a sample never counts under a bound it
+    /// may exceed; bounds chosen on the kernel's bucket edges keep them exact. Their
+    /// sum is added apart ([`Buckets::add_sum_ns`]).
+    pub fn add_upto(&mut self, hi_ns: u64, n: u64) {
+        let i = self.slot(hi_ns);
+        self.counts[i] += n;
+    }
+
+    pub fn add_sum_ns(&mut self, ns: u128) {
+        self.sum_ns += ns;
+    }
+
+    /// Adds the samples of `other` (the same bounds).
+    pub fn merge(&mut self, other: &Buckets) {
+        debug_assert_eq!(self.bounds, other.bounds);
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum_ns += other.sum_ns;
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    pub fn sum_s(&self) -> f64 {
+        self.sum_ns as f64 / 1e9
+    }
+
+    /// Each bound with the samples at most it, ascending (cumulative; without +Inf).
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut seen = 0;
+        self.bounds
+            .iter()
+            .zip(&self.counts)
+            .map(|(&b, &c)| {
+                seen += c;
+                (b, seen)
+            })
+            .collect()
+    }
+}
+
+/// A bound in seconds as whole nanoseconds.
+fn bound_ns(s: f64) -> u64 {
+    (s * 1e9).round() as u64
+}
+
+impl Serialize for Buckets {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Le {
+            le_s: f64,
+            count: u64,
+        }
+        #[derive(Serialize)]
+        struct Out {
+            sum_s: f64,
+            buckets: Vec<Le>,
+        }
+        Out {
+            sum_s: self.sum_s(),
+            buckets: (self.cumulative().into_iter())
+                .map(|(le_s, count)| Le { le_s, count })
+                .collect(),
+        }
+        .serialize(s)
     }
 }
 
@@ -268,6 +393,95 @@ mod tests {
         assert_eq!(
             log2_histogram(&new_histogram(), "usecs").trim(),
             "(no samples)"
+        );
+    }
+
+    const BOUNDS: &[f64] = &[1e-5, 1e-3, 0.5, 60.0];
+
+    #[test]
+    fn buckets_are_cumulative_and_monotone_and_a_bound_counts_under_itself() {
+        let mut b = Buckets::new(BOUNDS);
+        // 10 us exactly (on the first bound), 10.001 us, 1 ms exactly, 2 s, 2 h.
+        for ns in [10_000, 10_001, 1_000_000, 2_000_000_000, 7_200_000_000_000] {
+            b.record_ns(ns);
+        }
+        assert_eq!(
+            b.cumulative(),
+            vec![(1e-5, 1), (1e-3, 3), (0.5, 3), (60.0, 4)]
+        );
+        let c: Vec<u64> = b.cumulative().iter().map(|x| x.1).collect();
+        assert!(c.windows(2).all(|w| w[0] <= w[1]));
+        assert!(*c.last().unwrap() <= b.count());
+        assert_eq!(b.count(), 5);
+        // 0 ns counts under the lowest bound.
+        b.record_ns(0);
+        assert_eq!(b.cumulative()[0], (1e-5, 2));
+    }
+
+    #[test]
+    fn buckets_keep_the_exact_sum() {
+        let mut b = Buckets::new(BOUNDS);
+        assert_eq!(b.sum_s(), 0.0);
+        for ns in [1, 10_000, 250_000_000, 3_000_000_000] {
+            b.record_ns(ns);
+        }
+        assert_eq!(b.sum_s(), 3.250010001);
+        let mut m = Buckets::new(BOUNDS);
+        m.record_ns(500_000_000);
+        m.merge(&b);
+        assert_eq!(m.count(), 5);
+        assert_eq!(m.sum_s(), 3.750010001);
+        assert_eq!(m.cumulative()[2], (0.5, 4));
+    }
+
+    #[test]
+    fn kernel_buckets_count_under_the_first_bound_they_cannot_exceed() {
+        let mut b = Buckets::new(BOUNDS);
+        // A kernel bucket up to 9_999 ns is under 10 us; one up to 10_000 too; one
+        // that straddles 1 ms counts under the next bound.
+        b.add_upto(9_999, 2);
+        b.add_upto(10_000, 1);
+        b.add_upto(1_015_807, 4);
+        b.add_upto(u64::MAX, 1);
+        b.add_sum_ns(42);
+        assert_eq!(
+            b.cumulative(),
+            vec![(1e-5, 3), (1e-3, 3), (0.5, 7), (60.0, 7)]
+        );
+        assert_eq!((b.count(), b.sum_s()), (8, 42e-9));
+    }
+
+    #[test]
+    fn a_summary_with_buckets_is_the_summary_plus_sum_and_cumulative_buckets() {
+        let mut h = new_histogram();
+        let mut b = Buckets::new(BOUNDS);
+        for us in [5, 700] {
+            record(&mut h, us);
+            b.record_ns(us * 1000);
+        }
+        let j = serde_json::to_value(Summary::of(&h).with(&b)).unwrap();
+        assert_eq!(
+            j,
+            serde_json::json!({"count": 2, "p50": 5, "p90": 700, "p99": 700, "max": 700,
+                "sum_s": 0.000705, "buckets": [{"le_s": 1e-5, "count": 1},
+                {"le_s": 1e-3, "count": 2}, {"le_s": 0.5, "count": 2}, {"le_s": 60.0, "count": 2}]})
+        );
+        // No samples: every bucket 0, sum 0; without buckets, the summary alone.
+        let j = serde_json::to_value(Summary::default().with(&Buckets::new(BOUNDS))).unwrap();
+        assert_eq!(
+            (j["count"].as_u64(), j["sum_s"].as_f64()),
+            (Some(0), Some(0.0))
+        );
+        assert!(
+            j["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|x| x["count"] == 0)
+        );
+        assert_eq!(
+            serde_json::to_string(&Summary::default()).unwrap(),
+            r#"{"count":0,"p50":0,"p90":0,"p99":0,"max":0}"#
         );
     }
 

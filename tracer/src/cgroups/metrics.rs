@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use crate::prom::{
-    BaseUnit::Seconds, Families, MS, Metric, US, counter, gauge, quantiles, rows, s, top_of,
+    BaseUnit::Seconds, Families, MS, Metric, US, counter, gauge, histogram, rows, s, top_of,
 };
 
 /// Cgroups (by hierarchy and path) with series of their own in each list.
@@ -57,12 +57,18 @@ pub const MOVED: Metric = counter(
     "Tasks moved into a cgroup of the hierarchy while tracing.",
     H,
 );
-pub const RELEASE_LATENCY: Metric = gauge(
+pub const RELEASE_LATENCY: Metric = histogram(
     "cgroups_release_latency",
     Some(Seconds),
-    "Time from a cgroup's rmdir to its release, p50, p90, p99 and max since the start.",
-    &["hierarchy", "stat"],
+    "Time from a cgroup's rmdir to its release, since the start.",
+    &["hierarchy"],
+    RELEASE_BOUNDS,
 );
+/// An empty cgroup is released within milliseconds of its rmdir; a memory cgroup
+/// whose pages are still charged lingers for minutes, hours or days.
+pub const RELEASE_BOUNDS: &[f64] = &[
+    1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 21600.0, 86400.0,
+];
 pub const EMPTY: Metric = gauge(
     "cgroups_empty",
     None,
@@ -124,7 +130,7 @@ pub fn collect(r: &Value, out: &mut Families) {
         out.field(&REMOVED, &l, h, "removed");
         out.field(&RELEASED, &l, h, "released");
         out.field(&MOVED, &l, h, "tasks_moved");
-        quantiles(out, &RELEASE_LATENCY, &l, &h["release_latency_us"], US);
+        out.histogram(&RELEASE_LATENCY, &l, &h["release_latency_us"]);
     }
     out.field(&EMPTY, &[], r, "empty_total");
     out.field_per(&STAT_READ, &[], &r["memory_stat_read_ms"], "now", MS);

@@ -98,7 +98,8 @@ impl Cgroups {
                 .tracker
                 .hist(root)
                 .map(output::Summary::of)
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .with(&self.tracker.buckets(root));
             hierarchies.push(HierarchyRow {
                 name: h.name.clone(),
                 id: h.id,
@@ -279,7 +280,7 @@ impl Cgroups {
             "dying_at_start": dying_before,
             "dying_by_parent": &by_parent[..by_parent.len().min(100)],
             "dying_levels": &levels[..levels.len().min(100)],
-            "release_latency_us": output::Summary::of(&all),
+            "release_latency_us": output::Summary::of(&all).with(&self.tracker.buckets_all()),
             "released_recent": released_json,
             "churn": {
                 "processes": procs,

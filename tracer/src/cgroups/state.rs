@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use hdrhistogram::Histogram;
 use tracer_common::{COMM_LEN, EventKind, cgroups::CgroupEvent, comm_str};
 
-use crate::output;
+use super::metrics::RELEASE_BOUNDS;
+use crate::output::{self, Buckets};
 
 use crate::snapshot::cgroups::parent_of;
 
@@ -84,6 +85,8 @@ pub struct Tracker {
     dying: HashMap<Key, Dying>,
     recent: VecDeque<Released>,
     hist: BTreeMap<i32, Histogram<u64>>,
+    /// The same latencies, exactly, in the buckets of the Prometheus histogram.
+    buckets: BTreeMap<i32, Buckets>,
     by_process: HashMap<u32, Churn>,
     /// hierarchy -> parent path -> mkdirs (nested so a hit needs no allocation).
     by_parent: HashMap<i32, HashMap<String, u64>>,
@@ -177,13 +180,17 @@ impl Tracker {
             EventKind::CgroupRelease => {
                 let rel = match self.dying.remove(&key) {
                     Some(d) => {
-                        let us = h.ts_ns.saturating_sub(d.rmdir_ns) / 1_000;
+                        let ns = h.ts_ns.saturating_sub(d.rmdir_ns);
+                        let us = ns / 1_000;
                         output::record(
                             self.hist
                                 .entry(ev.root)
                                 .or_insert_with(output::new_histogram),
                             us,
                         );
+                        (self.buckets.entry(ev.root))
+                            .or_insert_with(|| Buckets::new(RELEASE_BOUNDS))
+                            .record_ns(ns);
                         Released {
                             root: ev.root,
                             id: ev.id,
@@ -290,6 +297,20 @@ impl Tracker {
 
     pub fn hist(&self, root: i32) -> Option<&Histogram<u64>> {
         self.hist.get(&root)
+    }
+
+    /// A hierarchy's release latencies in buckets (all 0 when none).
+    pub fn buckets(&self, root: i32) -> Buckets {
+        (self.buckets.get(&root).cloned()).unwrap_or_else(|| Buckets::new(RELEASE_BOUNDS))
+    }
+
+    /// All hierarchies' release latencies in buckets.
+    pub fn buckets_all(&self) -> Buckets {
+        let mut all = Buckets::new(RELEASE_BOUNDS);
+        for b in self.buckets.values() {
+            all.merge(b);
+        }
+        all
     }
 
     /// All hierarchies' release latencies in one histogram.

@@ -91,6 +91,9 @@ pub enum Kind {
     Counter,
     /// A state at the time of the report.
     Gauge,
+    /// Samples since the detector started, counted into cumulative buckets at fixed
+    /// upper bounds (`_bucket{le}`, `_sum`, `_count`).
+    Histogram,
 }
 
 /// Base units; a metric without one counts things.
@@ -110,6 +113,9 @@ pub struct Metric {
     pub unit: Option<BaseUnit>,
     pub help: &'static str,
     pub labels: &'static [&'static str],
+    /// A histogram's bucket upper bounds in the base unit, ascending (+Inf is added);
+    /// the same in every report so the series stay the same. Empty for the others.
+    pub buckets: &'static [f64],
 }
 
 #[cfg_attr(not(test), allow(dead_code))]
@@ -131,6 +137,7 @@ impl Metric {
         match self.kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         }
     }
 
@@ -159,6 +166,7 @@ pub const BUILD_INFO: Metric = Metric {
     unit: None,
     help: "Always 1; the tracer's version is the label.",
     labels: &["version"],
+    buckets: &[],
 };
 pub const LOST_EVENTS: Metric = Metric {
     name: "lost_events",
@@ -166,6 +174,7 @@ pub const LOST_EVENTS: Metric = Metric {
     unit: None,
     help: "Kernel events dropped because the ring buffer was full; the detector's counts are low by at least this much.",
     labels: &["detector"],
+    buckets: &[],
 };
 pub const BAD_RECORDS: Metric = Metric {
     name: "bad_records",
@@ -173,6 +182,7 @@ pub const BAD_RECORDS: Metric = Metric {
     unit: None,
     help: "Ring-buffer records too short or of an unknown kind, ignored.",
     labels: &["detector"],
+    buckets: &[],
 };
 pub const KERNEL_READ_ERRORS: Metric = Metric {
     name: "kernel_read_errors",
@@ -180,6 +190,7 @@ pub const KERNEL_READ_ERRORS: Metric = Metric {
     unit: None,
     help: "Times the eBPF programs could not read a kernel field, so an event is missing or lacks a detail.",
     labels: &["detector"],
+    buckets: &[],
 };
 pub const REPORT_ELAPSED: Metric = Metric {
     name: "report_elapsed",
@@ -187,6 +198,7 @@ pub const REPORT_ELAPSED: Metric = Metric {
     unit: Some(BaseUnit::Seconds),
     help: "Time the detector had been tracing when it wrote this report.",
     labels: &["detector"],
+    buckets: &[],
 };
 pub const REPORT_FINAL: Metric = Metric {
     name: "report_final",
@@ -194,6 +206,7 @@ pub const REPORT_FINAL: Metric = Metric {
     unit: None,
     help: "1 when this is the detector's last report (the tracer has stopped), else 0.",
     labels: &["detector"],
+    buckets: &[],
 };
 pub const HOOK_ATTACHED: Metric = Metric {
     name: "hook_attached",
@@ -201,6 +214,7 @@ pub const HOOK_ATTACHED: Metric = Metric {
     unit: None,
     help: "1 when the detector's hook is attached, 0 when this kernel or these privileges do not allow it (the detector sees less; `tracer doctor` says why).",
     labels: &["detector", "hook"],
+    buckets: &[],
 };
 pub const HOOK_PATH: Metric = Metric {
     name: "hook_path",
@@ -208,6 +222,7 @@ pub const HOOK_PATH: Metric = Metric {
     unit: None,
     help: "Always 1; `via` is the hook the detector's choice took (`none`: none worked and the detector uses its fallback).",
     labels: &["detector", "choice", "via"],
+    buckets: &[],
 };
 #[cfg_attr(not(test), allow(dead_code))]
 const COMMON: &[&Metric] = &[
@@ -300,14 +315,34 @@ impl From<f64> for Num {
 
 type Labels = Vec<(Cow<'static, str>, String)>;
 
+/// One series' value: a number, or a histogram's buckets.
+#[derive(Debug)]
+enum Sample {
+    Num(Num),
+    Histogram {
+        sum: f64,
+        count: u64,
+        /// Samples at most each of the metric's bounds (cumulative, monotone, at most
+        /// `count`).
+        cumulative: Vec<u64>,
+    },
+}
+
 /// The samples of one report (or several), grouped by metric in the order first seen:
 /// what a detector's `collect` fills and the registry's collector encodes.
 #[derive(Debug, Default)]
-pub struct Families(Vec<(&'static Metric, Vec<(Labels, Num)>)>);
+pub struct Families(Vec<(&'static Metric, Vec<(Labels, Sample)>)>);
 
 impl Families {
     /// One sample of `m`; `labels` name exactly `m.labels`, in that order.
     pub fn sample(&mut self, m: &'static Metric, labels: &[(&str, &str)], v: impl Into<Num>) {
+        debug_assert!(m.kind != Kind::Histogram, "{}: a histogram", m.name);
+        if m.kind != Kind::Histogram {
+            self.push(m, labels, Sample::Num(v.into()));
+        }
+    }
+
+    fn push(&mut self, m: &'static Metric, labels: &[(&str, &str)], v: Sample) {
         debug_assert!(
             labels.iter().map(|l| l.0).eq(m.labels.iter().copied()),
             "{}: labels {labels:?} are not the described {:?}",
@@ -322,10 +357,54 @@ impl Families {
             .filter(|(_, (_, v))| !v.is_empty())
             .map(|(k, (_, v))| (Cow::Borrowed(*k), (*v).to_string()))
             .collect();
-        let v = v.into();
         match self.0.iter_mut().find(|(d, _)| std::ptr::eq(*d, m)) {
             Some((_, s)) => s.push((labels, v)),
             None => self.0.push((m, vec![(labels, v)])),
+        }
+    }
+
+    /// The histogram `m` from a latency object of the report: its `count`, `sum_s`
+    /// and `buckets` (`[{"le_s", "count"}]`, cumulative, at `m.buckets`; see
+    /// `output::Buckets`). A histogram with no samples has its zero buckets, as a
+    /// counter that counted nothing is 0. Nothing when the object has no buckets (not
+    /// measured), or buckets other than the described ones.
+    pub fn histogram(&mut self, m: &'static Metric, labels: &[(&str, &str)], obj: &Value) {
+        debug_assert!(m.kind == Kind::Histogram, "{}: not a histogram", m.name);
+        let (Kind::Histogram, Some(count), Some(sum), Some(list)) = (
+            m.kind,
+            obj["count"].as_u64(),
+            obj["sum_s"].as_f64(),
+            obj["buckets"].as_array(),
+        ) else {
+            return;
+        };
+        // A bound read back from JSON may differ from the described one in its last bit.
+        let same_bounds = list.len() == m.buckets.len()
+            && list.iter().zip(m.buckets).all(|(b, &le)| {
+                b["le_s"]
+                    .as_f64()
+                    .is_some_and(|x| (x - le).abs() <= le * 1e-9)
+            });
+        let cumulative: Vec<u64> = list.iter().map_while(|b| b["count"].as_u64()).collect();
+        let consistent = cumulative.len() == list.len()
+            && cumulative.windows(2).all(|w| w[0] <= w[1])
+            && cumulative.last().is_none_or(|&c| c <= count);
+        debug_assert!(
+            same_bounds && consistent,
+            "{}: the report's buckets {list:?} (count {count}) are not the described {:?}",
+            m.name,
+            m.buckets
+        );
+        if same_bounds && consistent {
+            self.push(
+                m,
+                labels,
+                Sample::Histogram {
+                    sum,
+                    count,
+                    cumulative,
+                },
+            );
         }
     }
 
@@ -391,19 +470,39 @@ impl Collector for Families {
             let t = match m.kind {
                 Kind::Counter => MetricType::Counter,
                 Kind::Gauge => MetricType::Gauge,
+                Kind::Histogram => MetricType::Histogram,
             };
             let mut me = encoder.encode_descriptor(m.name, m.help, u.as_ref(), t)?;
             for (labels, v) in samples {
                 let mut s = me.encode_family(labels)?;
-                match (m.kind, *v) {
-                    (Kind::Counter, Num::Int(i)) => {
-                        s.encode_counter::<NoLabelSet, _, u64>(&(i.max(0) as u64), None)?
+                match (m.kind, v) {
+                    (Kind::Counter, Sample::Num(Num::Int(i))) => {
+                        s.encode_counter::<NoLabelSet, _, u64>(&((*i).max(0) as u64), None)?
                     }
-                    (Kind::Counter, Num::Float(f)) => {
-                        s.encode_counter::<NoLabelSet, _, f64>(&f, None)?
+                    (Kind::Counter, Sample::Num(Num::Float(f))) => {
+                        s.encode_counter::<NoLabelSet, _, f64>(f, None)?
                     }
-                    (Kind::Gauge, Num::Int(i)) => s.encode_gauge(&i)?,
-                    (Kind::Gauge, Num::Float(f)) => s.encode_gauge(&f)?,
+                    (Kind::Gauge, Sample::Num(Num::Int(i))) => s.encode_gauge(i)?,
+                    (Kind::Gauge, Sample::Num(Num::Float(f))) => s.encode_gauge(f)?,
+                    (
+                        Kind::Histogram,
+                        Sample::Histogram {
+                            sum,
+                            count,
+                            cumulative,
+                        },
+                    ) => {
+                        // The encoder takes each bucket's own count and sums them up.
+                        let mut below = 0;
+                        let mut buckets: Vec<(f64, u64)> = (m.buckets.iter().zip(cumulative))
+                            .map(|(&le, &c)| (le, c - std::mem::replace(&mut below, c)))
+                            .collect();
+                        buckets.push((f64::INFINITY, count - below));
+                        s.encode_histogram::<NoLabelSet>(*sum, *count, &buckets, None)?
+                    }
+                    // Families::sample and Families::histogram never store a sample
+                    // of another kind than the metric's.
+                    _ => {}
                 }
             }
         }
@@ -447,27 +546,6 @@ pub fn top_of<'a>(rows: impl Iterator<Item = &'a Value>, by: &str, n: usize) -> 
     v
 }
 
-/// A latency summary of the report (`{count, p50, p90, p99, max}` in `1/per`
-/// seconds) as `m{..., stat}` gauges in seconds, stat p50, p90, p99 and max: precomputed
-/// quantiles, which Prometheus has no type for but the summary, whose `_sum` the
-/// reports do not keep. Nothing when it has no samples.
-pub fn quantiles(
-    out: &mut Families,
-    m: &'static Metric,
-    labels: &[(&str, &str)],
-    summary: &Value,
-    per: f64,
-) {
-    if summary["count"].as_u64().unwrap_or(0) == 0 {
-        return;
-    }
-    for key in ["p50", "p90", "p99", "max"] {
-        let mut l = labels.to_vec();
-        l.push(("stat", key));
-        out.field_per(m, &l, summary, key, per);
-    }
-}
-
 /// Microseconds and milliseconds per second.
 pub const US: f64 = 1e6;
 pub const MS: f64 = 1e3;
@@ -484,6 +562,25 @@ pub const fn gauge(
         unit,
         help,
         labels,
+        buckets: &[],
+    }
+}
+
+/// A histogram of `unit` with these bucket upper bounds (in `unit`, ascending).
+pub const fn histogram(
+    name: &'static str,
+    unit: Option<BaseUnit>,
+    help: &'static str,
+    labels: &'static [&'static str],
+    buckets: &'static [f64],
+) -> Metric {
+    Metric {
+        name,
+        kind: Kind::Histogram,
+        unit,
+        help,
+        labels,
+        buckets,
     }
 }
 
@@ -498,6 +595,7 @@ pub const fn counter(
         unit: None,
         help,
         labels,
+        buckets: &[],
     }
 }
 

@@ -10,7 +10,9 @@ use super::*;
 
 /// Reports the detectors wrote on a test machine (`tracer <command> --json`), trimmed;
 /// the tcp-pressure culprit and holder and the inodes ENOSPC row are shaped as the
-/// reports build them, since the capture had none.
+/// reports build them, since the capture had none. The latencies' `sum_s` and
+/// `buckets` were added after the capture, computed as the detectors do from samples
+/// consistent with each latency's count and quantiles.
 const FIXTURES: &[(&str, &str)] = &[
     ("triage", include_str!("fixtures/triage.json")),
     ("tcp-pressure", include_str!("fixtures/tcp-pressure.json")),
@@ -143,10 +145,20 @@ fn values_come_from_the_reports_fields_in_base_units() {
             ),
             ("tracer_zombies_stuck", 3.0),
             ("tracer_zombies_forks_total", 294.0),
-            // reap_latency_us p99 32015 us.
+            // reap_latency_us: 72 reaps, half at 1727 us, the rest 15.2 ms to 32 ms.
+            ("tracer_zombies_reap_latency_seconds_count", 72.0),
+            ("tracer_zombies_reap_latency_seconds_sum", 0.728208),
             (
-                "tracer_zombies_reap_latency_seconds{stat=\"p99\"}",
-                0.032015,
+                "tracer_zombies_reap_latency_seconds_bucket{le=\"0.001\"}",
+                0.0,
+            ),
+            (
+                "tracer_zombies_reap_latency_seconds_bucket{le=\"0.01\"}",
+                36.0,
+            ),
+            (
+                "tracer_zombies_reap_latency_seconds_bucket{le=\"+Inf\"}",
+                72.0,
             ),
         ],
     );
@@ -315,7 +327,8 @@ fn descriptions_follow_the_naming_rules() {
     }
 }
 
-/// The rows of README.md's "Metrics" section, as the descriptions give them.
+/// The rows of README.md's "Metrics" section, as the descriptions give them: each
+/// metric, then each histogram's bucket bounds.
 fn readme_rows() -> BTreeSet<String> {
     all_metrics()
         .iter()
@@ -331,6 +344,14 @@ fn readme_rows() -> BTreeSet<String> {
                 m.help
             )
         })
+        .chain(
+            (all_metrics().into_iter())
+                .filter(|m| m.kind == Kind::Histogram)
+                .map(|m| {
+                    let le: Vec<String> = m.buckets.iter().map(|b| b.to_string()).collect();
+                    format!("| `{}` | {} |", m.exposed_name(), le.join(", "))
+                }),
+        )
         .collect()
 }
 
@@ -383,4 +404,161 @@ fn hooks_are_exposed_attached_or_not_and_each_choice_by_the_path_it_took() {
         assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
     }
     assert_eq!(promtool(&text), "");
+}
+
+/// Every histogram of `text`: (series name and labels without `le`, [(le, count)],
+/// `_count`, `_sum`).
+type Hist = (String, Vec<(f64, f64)>, f64, f64);
+
+fn histograms(text: &str) -> Vec<Hist> {
+    let mut out: Vec<Hist> = Vec::new();
+    for name in text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" histogram"))
+    {
+        let prefix = format!("{name}_bucket{{");
+        for l in text.lines().filter_map(|l| l.strip_prefix(&prefix)) {
+            let (labels, v) = l.rsplit_once(' ').unwrap();
+            let (rest, le) = labels
+                .trim_end_matches('}')
+                .rsplit_once("le=\"")
+                .map_or(("", labels.trim_start_matches("le=\"")), |(r, le)| (r, le));
+            let le = le.trim_end_matches(['"', '}']);
+            let le: f64 = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            let others = rest.trim_end_matches(',');
+            let series = if others.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}{{{others}}}")
+            };
+            let v: f64 = v.parse().unwrap();
+            match out.iter_mut().find(|h| h.0 == series) {
+                Some(h) => h.1.push((le, v)),
+                None => {
+                    let of = |suffix: &str| {
+                        let s = match others.is_empty() {
+                            true => format!("{name}_{suffix}"),
+                            false => format!("{name}_{suffix}{{{others}}}"),
+                        };
+                        value(text, &s).unwrap_or_else(|| panic!("{s} in\n{text}"))
+                    };
+                    let (count, sum) = (of("count"), of("sum"));
+                    out.push((series, vec![(le, v)], count, sum));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn latencies_are_histograms_with_cumulative_buckets_ending_at_the_count() {
+    let mut seen = BTreeSet::new();
+    for (command, _) in FIXTURES {
+        let text = render(command, &fixture(command));
+        assert!(!text.contains("stat="), "{text}");
+        for (series, buckets, count, sum) in histograms(&text) {
+            // Each described bound once, ascending, then +Inf.
+            let name = series.split('{').next().unwrap();
+            let m = all_metrics()
+                .into_iter()
+                .find(|m| m.exposed_name() == name)
+                .unwrap();
+            let les: Vec<f64> = buckets.iter().map(|b| b.0).collect();
+            let mut expected = m.buckets.to_vec();
+            expected.push(f64::INFINITY);
+            assert_eq!(les, expected, "{series}");
+            assert!(
+                buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                "{series}: {buckets:?}"
+            );
+            assert_eq!(
+                buckets.last().unwrap().1,
+                count,
+                "{series}: +Inf is the count"
+            );
+            assert!(sum >= 0.0 && (count > 0.0 || sum == 0.0), "{series}");
+            seen.insert(name.to_string());
+        }
+    }
+    for m in all_metrics().iter().filter(|m| m.kind == Kind::Histogram) {
+        assert!(m.unit == Some(BaseUnit::Seconds), "{}", m.name);
+        assert!(
+            (10..=16).contains(&m.buckets.len()) && m.buckets.windows(2).all(|w| w[0] < w[1]),
+            "{}: {:?}",
+            m.name,
+            m.buckets
+        );
+        assert!(seen.contains(&m.exposed_name()), "{} in no fixture", m.name);
+    }
+}
+
+/// A zombies report whose reap latency is these samples (ns), as the detector writes it.
+fn reaps(ns: &[u64]) -> Value {
+    let mut h = crate::output::new_histogram();
+    let mut b = crate::output::Buckets::new(crate::zombies::metrics::REAP_BOUNDS);
+    for &n in ns {
+        crate::output::record(&mut h, n / 1000);
+        b.record_ns(n);
+    }
+    json!({"reap_latency_us": crate::output::Summary::of(&h).with(&b)})
+}
+
+#[test]
+fn a_latency_on_a_bound_counts_in_that_bucket_and_the_sum_is_exact() {
+    // 1 ms exactly, 1 ms + 1 ns, 5 s exactly, 2 h.
+    let text = render(
+        "zombies",
+        &reaps(&[1_000_000, 1_000_001, 5_000_000_000, 7_200_000_000_000]),
+    );
+    assert_eq!(promtool(&text), "", "{text}");
+    let b = |le: &str| {
+        value(
+            &text,
+            &format!("tracer_zombies_reap_latency_seconds_bucket{{le=\"{le}\"}}"),
+        )
+    };
+    assert_eq!(b("0.0001"), Some(0.0));
+    assert_eq!(b("0.001"), Some(1.0));
+    assert_eq!(b("0.01"), Some(2.0));
+    assert_eq!(b("5"), Some(3.0), "{text}");
+    assert_eq!(b("3600"), Some(3.0));
+    assert_eq!(b("14400"), Some(4.0));
+    assert_eq!(b("+Inf"), Some(4.0));
+    assert_eq!(
+        value(&text, "tracer_zombies_reap_latency_seconds_sum"),
+        Some(7205.002000001)
+    );
+    assert_eq!(
+        value(&text, "tracer_zombies_reap_latency_seconds_count"),
+        Some(4.0)
+    );
+}
+
+#[test]
+fn a_histogram_without_samples_has_zero_buckets_and_one_not_measured_has_none() {
+    // Like a counter that counted nothing: every bucket, the sum and the count are 0.
+    let text = render("zombies", &reaps(&[]));
+    assert_eq!(promtool(&text), "", "{text}");
+    let h = histograms(&text);
+    assert_eq!(h.len(), 1, "{text}");
+    assert!(h[0].1.iter().all(|b| b.1 == 0.0) && h[0].2 == 0.0 && h[0].3 == 0.0);
+    assert_eq!(h[0].1.len(), crate::zombies::metrics::REAP_BOUNDS.len() + 1);
+    // Send latency not measured on this kernel: no series.
+    let text = render(
+        "tcp-pressure",
+        &json!({"send_latency_us": {"measured": false, "why": "no hook"}}),
+    );
+    assert!(!text.contains("tcp_send_latency"), "{text}");
+    // An old report with quantiles only: no series (not guessed from them).
+    let text = render(
+        "zombies",
+        &json!({"reap_latency_us": {"count": 3, "p50": 1, "p90": 2, "p99": 2, "max": 2}}),
+    );
+    assert!(!text.contains("reap_latency"), "{text}");
 }

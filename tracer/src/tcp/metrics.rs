@@ -3,7 +3,7 @@ use serde_json::Value;
 
 use crate::prom::{
     BaseUnit::{Bytes, Ratio, Seconds},
-    Families, MS, Metric, Num, PCT, US, counter, gauge, quantiles, top,
+    Families, MS, Metric, Num, PCT, counter, gauge, histogram, top,
 };
 
 /// Processes with series of their own, the most first.
@@ -50,12 +50,18 @@ pub const EPISODES: Metric = counter(
     "Memory pressure episodes that ended while tracing.",
     &[],
 );
-pub const EPISODE_DURATION: Metric = gauge(
+pub const EPISODE_DURATION: Metric = histogram(
     "tcp_pressure_episode_duration",
     Some(Seconds),
-    "Duration of the memory pressure episodes that ended while tracing, p50, p90, p99 and max.",
-    &["stat"],
+    "Duration of the memory pressure episodes that ended while tracing.",
+    &[],
+    EPISODE_BOUNDS,
 );
+/// From an episode that a sample barely saw (the sampling is 10 Hz) to one that lasts
+/// until tcp_mem is raised or the load goes: milliseconds to an hour.
+pub const EPISODE_BOUNDS: &[f64] = &[
+    0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 3600.0,
+];
 pub const REFUSALS: Metric = counter(
     "tcp_refusals",
     "Socket memory charges the kernel refused (sock_exceed_buf_limit) while tracing.",
@@ -112,12 +118,32 @@ pub const ABORTS: Metric = counter(
     "Connections reset because of memory pressure while tracing (TcpExt TCPAbortOnMemory).",
     &[],
 );
-pub const SEND_LATENCY: Metric = gauge(
+pub const SEND_LATENCY: Metric = histogram(
     "tcp_send_latency",
     Some(Seconds),
-    "Time a send spent in the kernel, in and out of memory pressure, p50, p90, p99 and max while tracing.",
-    &["during", "stat"],
+    "Time a send spent in the kernel, in and out of memory pressure, while tracing (bounds are powers of 2 nanoseconds, edges of the kernel's buckets).",
+    &["during"],
+    SEND_BOUNDS,
 );
+/// 2^10 ns (about 1 us) to 2^34 ns (about 17 s) by factors of 4: edges of the kernel's
+/// log-linear buckets (tracer_common::tcp::lat_bucket), so each count is exact (a
+/// latency of exactly a bound, to the nanosecond, counts under the next one). A send
+/// takes microseconds; under pressure it waits for memory, up to the socket's timeout.
+pub const SEND_BOUNDS: &[f64] = &[
+    0.000_001_024,
+    0.000_004_096,
+    0.000_016_384,
+    0.000_065_536,
+    0.000_262_144,
+    0.001_048_576,
+    0.004_194_304,
+    0.016_777_216,
+    0.067_108_864,
+    0.268_435_456,
+    1.073_741_824,
+    4.294_967_296,
+    17.179_869_184,
+];
 pub const CULPRIT_REFUSALS: Metric = gauge(
     "tcp_process_refusals",
     None,
@@ -189,7 +215,7 @@ pub fn collect(r: &Value, out: &mut Families) {
     out.field(&PRESSURE, &[], r, "pressure_now");
     out.field(&EARLY_WARNING, &[], &r["early_warning"], "active");
     out.field(&EPISODES, &[], &r["episode_duration_ms"], "count");
-    quantiles(out, &EPISODE_DURATION, &[], &r["episode_duration_ms"], MS);
+    out.histogram(&EPISODE_DURATION, &[], &r["episode_duration_ms"]);
     out.field(&REFUSALS, &[], r, "refusals");
     if let Some(drops) = r["drops"].as_object() {
         for reason in drops.keys() {
@@ -210,7 +236,7 @@ pub fn collect(r: &Value, out: &mut Families) {
     }
     let lat = &r["send_latency_us"];
     for during in ["pressure", "normal"] {
-        quantiles(out, &SEND_LATENCY, &[("during", during)], &lat[during], US);
+        out.histogram(&SEND_LATENCY, &[("during", during)], &lat[during]);
     }
     for (m, list, by) in [
         (&CULPRIT_REFUSALS, "culprits", "refusals"),

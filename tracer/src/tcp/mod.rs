@@ -38,7 +38,7 @@ use tracer_common::{
 
 use crate::{
     bpf::{self, Hook, Offset, Session, Spec},
-    output::{self, Table, round3},
+    output::{self, Buckets, Table, round3},
     procinfo,
     run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
     snapshot::tcpmem::{self, TcpMem},
@@ -197,6 +197,7 @@ fn attach(args: Args, first: tcpmem::Snapshot, session: &mut Session) -> Result<
     let counts = PerCpuArray::try_from(session.take_map("TCP_COUNTS")?)?;
     let hist = PerCpuArray::try_from(session.take_map("TCP_SEND_HIST")?)?;
     let max = PerCpuArray::try_from(session.take_map("TCP_SEND_MAX")?)?;
+    let sum = PerCpuArray::try_from(session.take_map("TCP_SEND_SUM")?)?;
     caveats.extend(
         session
             .missing(&SPEC)
@@ -226,6 +227,7 @@ fn attach(args: Args, first: tcpmem::Snapshot, session: &mut Session) -> Result<
         counts,
         hist,
         max,
+        sum,
         drop_names,
         drops_counted,
         caveats,
@@ -301,6 +303,7 @@ struct TcpPressure {
     counts: PerCpuArray<MapData, u64>,
     hist: PerCpuArray<MapData, u64>,
     max: PerCpuArray<MapData, u64>,
+    sum: PerCpuArray<MapData, u64>,
     drop_names: Vec<&'static str>,
     /// kfree_skb is attached and names memory reasons: else drops are not known, and
     /// the report says so rather than "none".
@@ -491,10 +494,16 @@ impl TcpPressure {
             .unwrap_or(0)
     }
 
-    /// Send latency histograms (ns) from the kernel's buckets: (normal, pressure).
-    fn latency(&self) -> [Histogram<u64>; 2] {
-        let mut out = [output::new_histogram(), output::new_histogram()];
-        for (half, h) in out.iter_mut().enumerate() {
+    /// Send latency histograms (ns) from the kernel's buckets, with the same counts in
+    /// the Prometheus histogram's buckets and the exact sum: (normal, pressure).
+    fn latency(&self) -> [(Histogram<u64>, Buckets); 2] {
+        let new = || (output::new_histogram(), Buckets::new(metrics::SEND_BOUNDS));
+        let mut out = [new(), new()];
+        for (half, (h, prom)) in out.iter_mut().enumerate() {
+            let sum: u128 = (self.sum.get(&(half as u32), 0))
+                .map(|v| v.iter().map(|&x| u128::from(x)).sum())
+                .unwrap_or(0);
+            prom.add_sum_ns(sum);
             let max = self.send_max(half as u32);
             let base = half as u32 * LAT_BUCKETS;
             let max_bucket = lat_bucket(max);
@@ -508,6 +517,8 @@ impl TcpPressure {
                     continue;
                 }
                 let (lo, hi) = lat_range(b);
+                // The last bucket holds every longer latency too.
+                prom.add_upto(if b == LAT_BUCKETS - 1 { u64::MAX } else { hi }, n);
                 let mid = (lo + (hi - lo) / 2).clamp(h.low(), h.high());
                 if b == max_bucket {
                     // One sample of the top bucket is the exact maximum.

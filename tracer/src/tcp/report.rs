@@ -21,11 +21,17 @@ impl TcpPressure {
 
         // Episodes.
         let mut dur_hist = output::new_histogram();
+        let mut dur_buckets = Buckets::new(metrics::EPISODE_BOUNDS);
         let episodes: Vec<EpisodeRow> = (self.episodes.list.iter().enumerate())
             .map(|(i, e)| EpisodeRow::new(i, e, self.rel_s(e.start_ns), ps))
             .collect();
         for d in episodes.iter().filter_map(|e| e.duration_ms) {
             output::record(&mut dur_hist, d);
+        }
+        for e in &self.episodes.list {
+            if let Some(end) = e.end_ns {
+                dur_buckets.record_ns(end.saturating_sub(e.start_ns));
+            }
         }
         let ep_table = Table::of(&episodes);
 
@@ -149,7 +155,7 @@ impl TcpPressure {
             "warning": warning,
             "early_warning": near,
             "episodes": episodes,
-            "episode_duration_ms": output::Summary::of(&dur_hist),
+            "episode_duration_ms": output::Summary::of(&dur_hist).with(&dur_buckets),
             "refusals": refusals,
             "culprits": culprits,
             "holders": holders,
@@ -260,9 +266,9 @@ impl TcpPressure {
         match self.send_path {
             Some(via) => {
                 t += &format!("\nSEND LATENCY during pressure ({via}, TCP only)\n");
-                t += &latency_text(&lat[1]);
+                t += &latency_text(&lat[1].0);
                 t += "\nSEND LATENCY outside pressure\n";
-                t += &latency_text(&lat[0]);
+                t += &latency_text(&lat[0].0);
             }
             None => {
                 t += "\nSEND LATENCY during pressure: NOT MEASURED (no hook can time sends on this kernel; see the note above)\n";
@@ -282,7 +288,8 @@ impl TcpPressure {
     }
 }
 
-fn latency_json(h: &Histogram<u64>, exact_max: u64) -> Value {
+/// A send latency summary in usecs, with the Prometheus buckets and exact sum.
+fn latency_json((h, buckets): &(Histogram<u64>, Buckets), exact_max: u64) -> Value {
     // Quantiles at the bottom of hdrhistogram's equivalence range (its own rounding
     // is far finer than the kernel's 1/16 buckets), never above the exact maximum.
     let q = |q: f64| {
@@ -293,13 +300,17 @@ fn latency_json(h: &Histogram<u64>, exact_max: u64) -> Value {
             round3(v as f64 / 1e3)
         }
     };
-    json!({
+    let mut j = json!({
         "count": h.len(),
         "p50": q(0.50),
         "p90": q(0.90),
         "p99": q(0.99),
         "max": round3(exact_max as f64 / 1e3),
-    })
+    });
+    if let (Some(o), Ok(Value::Object(b))) = (j.as_object_mut(), serde_json::to_value(buckets)) {
+        o.extend(b);
+    }
+    j
 }
 
 pub(super) fn human_bytes(b: u64) -> String {
@@ -345,10 +356,40 @@ mod tests {
         let mut h = output::new_histogram();
         h.record_n(10_000, 99).unwrap();
         h.record(250_000_000).unwrap();
-        let j = latency_json(&h, 250_000_123);
+        let mut b = Buckets::new(metrics::SEND_BOUNDS);
+        // The kernel's buckets of the two latencies.
+        b.add_upto(lat_range(lat_bucket(10_000)).1, 99);
+        b.add_upto(lat_range(lat_bucket(250_000_123)).1, 1);
+        b.add_sum_ns(99 * 10_000 + 250_000_123);
+        let j = latency_json(&(h, b), 250_000_123);
         assert_eq!(j["count"], 100);
         assert_eq!(j["p50"], 10.0);
         assert_eq!(j["max"], 250_000.123);
+        assert_eq!(j["sum_s"], 0.250_990_123);
+        // 10 us is under the bound 16.384 us, 250 ms under 268.435456 ms.
+        let le = |s: f64| {
+            j["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["le_s"] == s)
+                .unwrap()["count"]
+                .clone()
+        };
+        assert_eq!((le(4.096e-6), le(16.384e-6)), (json!(0), json!(99)));
+        assert_eq!((le(0.067108864), le(0.268435456)), (json!(99), json!(100)));
+    }
+
+    #[test]
+    fn send_bounds_are_edges_of_the_kernels_buckets() {
+        for &le in metrics::SEND_BOUNDS {
+            let ns = (le * 1e9).round() as u64;
+            assert_eq!(
+                lat_range(lat_bucket(ns)).0,
+                ns,
+                "{le}: a bucket starts there"
+            );
+        }
     }
 
     #[test]

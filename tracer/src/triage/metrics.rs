@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use crate::prom::{
     BaseUnit::{Bytes, Ratio, Seconds},
-    Families, MS, Metric, Num, PCT, US, gauge, quantiles, rows, s, severity,
+    Families, MS, Metric, Num, PCT, gauge, histogram, rows, s, severity,
 };
 
 pub const FINDING: Metric = gauge(
@@ -25,12 +25,21 @@ pub const WINDOW: Metric = gauge(
     "Length of the window the checks measured.",
     &[],
 );
-pub const RUNQ_LATENCY: Metric = gauge(
+pub const RUNQ_LATENCY: Metric = histogram(
     "triage_runqueue_latency",
     Some(Seconds),
-    "Time woken tasks waited for a CPU in the window, p50, p90, p99 (upper bounds of log2 buckets) and max.",
-    &["stat"],
+    "Time woken tasks waited for a CPU since the run started, a one-shot run's window (bounds are powers of 2 microseconds, edges of the kernel's log2 buckets).",
+    &[],
+    RUNQ_BOUNDS,
 );
+/// 1 us to 2^24 us (about 17 s) by factors of 4: edges of the kernel's log2 slots of
+/// whole microseconds, so each count is exact (a latency of exactly a bound, to the
+/// nanosecond, counts under the next one). A task on an idle CPU waits microseconds; a
+/// saturated or throttled one, milliseconds to seconds.
+pub const RUNQ_BOUNDS: &[f64] = &[
+    0.000_001, 0.000_004, 0.000_016, 0.000_064, 0.000_256, 0.001_024, 0.004_096, 0.016_384,
+    0.065_536, 0.262_144, 1.048_576, 4.194_304, 16.777_216,
+];
 pub const LOAD1: Metric = gauge("triage_load1", None, "1-minute load average.", &[]);
 pub const LOAD5: Metric = gauge("triage_load5", None, "5-minute load average.", &[]);
 pub const LOAD15: Metric = gauge("triage_load15", None, "15-minute load average.", &[]);
@@ -164,7 +173,7 @@ pub fn collect(r: &Value, out: &mut Families) {
         out.sample(&WORST, &[], v);
     }
     out.field(&WINDOW, &[], r, "measured_s");
-    quantiles(out, &RUNQ_LATENCY, &[], &r["runqueue_latency_us"], US);
+    out.histogram(&RUNQ_LATENCY, &[], &r["runqueue_latency_us"]);
     out.field(&LOAD1, &[], &r["load"], "one");
     out.field(&LOAD5, &[], &r["load"], "five");
     out.field(&LOAD15, &[], &r["load"], "fifteen");

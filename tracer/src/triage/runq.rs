@@ -4,9 +4,10 @@ use aya::maps::{MapData, PerCpuArray};
 use serde::Serialize;
 use tracer_common::triage::RUNQ_SLOTS;
 
+use super::metrics::RUNQ_BOUNDS;
 use crate::{
     bpf::{Hook, Offset, Session, Spec},
-    output,
+    output::{self, Buckets},
 };
 
 pub const SPEC: Spec = Spec {
@@ -76,6 +77,7 @@ pub const SPEC: Spec = Spec {
 pub struct Runq {
     hist: PerCpuArray<MapData, u64>,
     max: PerCpuArray<MapData, u64>,
+    sum: PerCpuArray<MapData, u64>,
 }
 
 impl Runq {
@@ -85,6 +87,7 @@ impl Runq {
         Ok(Runq {
             hist: PerCpuArray::try_from(session.take_map("TRIAGE_RUNQ")?)?,
             max: PerCpuArray::try_from(session.take_map("TRIAGE_RUNQ_MAX")?)?,
+            sum: PerCpuArray::try_from(session.take_map("TRIAGE_RUNQ_SUM")?)?,
         })
     }
 
@@ -102,7 +105,14 @@ impl Runq {
             .get(&0, 0)
             .map(|v| v.iter().copied().max().unwrap_or(0))
             .unwrap_or(0);
-        Summary { buckets, max }
+        let sum_ns = (self.sum.get(&0, 0))
+            .map(|v| v.iter().map(|&x| u128::from(x)).sum())
+            .unwrap_or(0);
+        Summary {
+            buckets,
+            max,
+            sum_ns,
+        }
     }
 }
 
@@ -111,6 +121,8 @@ pub struct Summary {
     pub buckets: Vec<u64>,
     /// Exact largest latency (usecs).
     pub max: u64,
+    /// Exact sum of the latencies (ns).
+    pub sum_ns: u128,
 }
 
 #[derive(Serialize)]
@@ -123,6 +135,9 @@ pub struct Quantiles {
     /// p50/p90/p99 are upper bounds of the log2 bucket the quantile falls in
     /// (capped at the exact max), as the kernel keeps only the buckets.
     pub resolution: &'static str,
+    /// The Prometheus histogram's buckets and exact sum.
+    #[serde(flatten)]
+    pub prom: Buckets,
 }
 
 impl Summary {
@@ -156,7 +171,26 @@ impl Summary {
             p99: self.quantile(0.99),
             max: self.max,
             resolution: "log2 bucket upper bound",
+            prom: self.prom(),
         }
+    }
+
+    /// The slots in the buckets of RUNQ_BOUNDS. Slot 0 holds latencies under 1 us,
+    /// slot k >= 1 those of [2^(k-1), 2^k) us (the kernel truncates to whole us); the
+    /// last also every longer one.
+    pub fn prom(&self) -> Buckets {
+        let mut b = Buckets::new(RUNQ_BOUNDS);
+        let last = self.buckets.len().saturating_sub(1);
+        for (slot, &n) in self.buckets.iter().enumerate() {
+            let hi_ns = match slot {
+                _ if slot == last => u64::MAX,
+                0 => 999,
+                k => (1u64 << k) * 1000 - 1,
+            };
+            b.add_upto(hi_ns, n);
+        }
+        b.add_sum_ns(self.sum_ns);
+        b
     }
 
     pub fn text(&self) -> String {
@@ -185,7 +219,11 @@ mod tests {
         let mut buckets = vec![0u64; 64];
         buckets[3] = 98; // 4..7 us
         buckets[11] = 2; // 1024..2047 us
-        let s = Summary { buckets, max: 1500 };
+        let s = Summary {
+            buckets,
+            max: 1500,
+            sum_ns: 0,
+        };
         assert_eq!(s.count(), 100);
         assert_eq!(s.quantile(0.5), 7);
         assert_eq!(s.quantile(0.98), 7);
@@ -194,7 +232,38 @@ mod tests {
         let empty = Summary {
             buckets: vec![0; 64],
             max: 0,
+            sum_ns: 0,
         };
         assert_eq!(empty.quantile(0.99), 0);
+        assert!(empty.prom().cumulative().iter().all(|b| b.1 == 0));
+    }
+
+    #[test]
+    fn slots_count_under_the_power_of_2_us_bounds_exactly() {
+        let mut buckets = vec![0u64; 64];
+        buckets[0] = 1; // < 1 us
+        buckets[1] = 2; // 1 us
+        buckets[3] = 3; // 4..7 us
+        buckets[11] = 4; // 1024..2047 us
+        buckets[63] = 5; // beyond
+        let s = Summary {
+            buckets,
+            max: u64::MAX,
+            sum_ns: 12_345,
+        };
+        let b = s.prom();
+        let c = b.cumulative();
+        assert_eq!(c[0], (1e-6, 1), "slot 1 (1..2 us) may exceed 1 us");
+        assert_eq!(c[1], (4e-6, 3));
+        assert_eq!(c[2], (16e-6, 6));
+        assert_eq!(c[5], (0.001_024, 6));
+        assert_eq!(c[6], (0.004_096, 10));
+        assert_eq!(c.last().unwrap().1, 10);
+        assert_eq!((b.count(), b.sum_s()), (15, 12_345e-9));
+        // Every bound is a slot edge: 2^k us.
+        for &le in RUNQ_BOUNDS {
+            let us = (le * 1e6).round() as u64;
+            assert!(us.is_power_of_two(), "{le}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! What `tracer zombies` exposes with `--prom-file`, from its report's fields.
 use serde_json::Value;
 
-use crate::prom::{BaseUnit::Seconds, Families, Metric, US, counter, gauge, quantiles, top};
+use crate::prom::{BaseUnit::Seconds, Families, Metric, counter, gauge, histogram, top};
 
 /// Parents with series of their own, the most zombies first.
 pub const TOP_PARENTS: usize = 10;
@@ -67,12 +67,19 @@ pub const REAPS: Metric = counter(
     "Zombies reaped while tracing (each has a reap latency).",
     &[],
 );
-pub const REAP_LATENCY: Metric = gauge(
+pub const REAP_LATENCY: Metric = histogram(
     "zombies_reap_latency",
     Some(Seconds),
-    "Time from a process's exit to its parent reaping it, p50, p90, p99 and max since the start.",
-    &["stat"],
+    "Time from a process's exit to its parent reaping it, since the start.",
+    &[],
+    REAP_BOUNDS,
 );
+/// Healthy parents reap within microseconds to milliseconds; decades up to 1 s, then
+/// the stuck rule's 5 s floor and 60 s cap, and minutes to hours for parents that
+/// reap late or by a poller.
+pub const REAP_BOUNDS: &[f64] = &[
+    1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0, 14400.0,
+];
 pub const PARENT_ZOMBIES: Metric = gauge(
     "zombies_parent_zombies",
     None,
@@ -120,7 +127,7 @@ pub fn collect(r: &Value, out: &mut Families) {
     out.field(&FORKS, &[], r, "forks");
     out.field(&EXITS, &[], r, "exits");
     out.field(&REAPS, &[], &r["reap_latency_us"], "count");
-    quantiles(out, &REAP_LATENCY, &[], &r["reap_latency_us"], US);
+    out.histogram(&REAP_LATENCY, &[], &r["reap_latency_us"]);
     for p in top(r, "parents", "zombies", TOP_PARENTS) {
         out.row(&PARENT_ZOMBIES, p, "zombies", 1.0);
         out.row(&PARENT_OLDEST, p, "oldest_zombie_age_s", 1.0);

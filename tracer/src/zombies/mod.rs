@@ -407,7 +407,7 @@ impl Detector for Zombies {
                 stuck: z.stuck,
             })
             .collect();
-        let reap = output::Summary::of(self.tracker.reap_hist());
+        let reap = output::Summary::of(self.tracker.reap_hist()).with(self.tracker.reap_buckets());
         let reapers: Vec<_> = self
             .tracker
             .top_reapers(5)

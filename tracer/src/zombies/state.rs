@@ -9,9 +9,9 @@ use tracer_common::{
     zombies::{EXITED_CAPACITY, ProcEvent, ReapVia},
 };
 
-use super::judge::StuckRule;
+use super::{judge::StuckRule, metrics};
 use crate::{
-    output,
+    output::{self, Buckets},
     procinfo::ProcStat,
     run::{self, BadRecord},
 };
@@ -85,6 +85,8 @@ pub struct Tracker {
     reaped: HashMap<u32, Reaps>,
     reaped_total: u64,
     hist: Histogram<u64>,
+    /// The same reap latencies, exactly, in the buckets of the Prometheus histogram.
+    buckets: Buckets,
 }
 
 impl Tracker {
@@ -101,6 +103,7 @@ impl Tracker {
             reaped: HashMap::new(),
             reaped_total: 0,
             hist: output::new_histogram(),
+            buckets: Buckets::new(metrics::REAP_BOUNDS),
         }
     }
 
@@ -161,6 +164,7 @@ impl Tracker {
                 if ev.exit_ns > 0 && h.ts_ns >= ev.exit_ns {
                     let took = h.ts_ns - ev.exit_ns;
                     output::record(&mut self.hist, took / 1_000);
+                    self.buckets.record_ns(took);
                     r.slowest_ns = r.slowest_ns.max(took);
                 }
                 r.count += 1;
@@ -295,6 +299,10 @@ impl Tracker {
 
     pub fn reap_hist(&self) -> &Histogram<u64> {
         &self.hist
+    }
+
+    pub fn reap_buckets(&self) -> &Buckets {
+        &self.buckets
     }
 
     pub fn reaped_by(&self, pid: u32) -> u64 {
