@@ -64,6 +64,7 @@ impl<K: Clone + Eq + Hash, V> Lru<K, V> {
     }
 
     /// Removes `key` (not an eviction).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn remove(&mut self, key: &K) -> Option<V> {
         let (v, tick) = self.map.remove(key)?;
         self.order.remove(&tick);
@@ -74,6 +75,7 @@ impl<K: Clone + Eq + Hash, V> Lru<K, V> {
         self.map.iter().map(|(k, (v, _))| (k, v))
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn len(&self) -> usize {
         self.map.len()
     }
