@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 use tracer_common::{
     EventKind,
     cgroups::{
-        AttachCount, AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE, COUNT_RMDIR, CgroupEvent,
-        count_slot,
+        ATTACH_CAPACITY, AttachCount, AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE,
+        COUNT_RMDIR, CgroupEvent, count_slot,
     },
     comm_str,
 };
