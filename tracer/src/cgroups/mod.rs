@@ -282,7 +282,8 @@ fn same_layout(t: &Tracefs) -> Result<()> {
     Ok(())
 }
 
-/// Actor cgroups cached at most (one /proc read per new creating process).
+/// Actor cgroups cached at most (one /proc read per new creating process); cleared
+/// when full, as the creators that churn are few and are read again.
 const ACTOR_CACHE: usize = 4_096;
 
 enum ActorCgroup {
