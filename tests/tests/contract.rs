@@ -144,7 +144,12 @@ fn every_detector_ends_its_duration_with_one_final_report_and_detaches() {
             out.stdout
         );
         // What every report counts besides its findings.
-        for key in ["lost_events", "bad_records", "kernel_read_errors"] {
+        for key in [
+            "lost_events",
+            "bad_records",
+            "kernel_read_errors",
+            "kernel_map_full",
+        ] {
             assert_eq!(last[key], 0, "{}: {key}: {last}", d.command);
         }
         // Its hooks, each attached or not: a run that started has every required one.

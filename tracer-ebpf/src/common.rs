@@ -1,5 +1,5 @@
-//! What every detector's programs share: the ring buffer of the run, the lost-event and
-//! read-error counters, and small helpers for counters in maps.
+//! What every detector's programs share: the ring buffer of the run, the lost-event,
+//! read-error and map-full counters, and small helpers for counters in maps.
 use aya_ebpf::{
     Global,
     macros::map,
@@ -33,6 +33,32 @@ static WAKEUP_BYTES: Global<u64> = Global::new(0);
 /// that is not present makes them fail on a healthy host.)
 #[map]
 pub static READ_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Map inserts that failed, per CPU. Every hash map here is an LRU map, which makes
+/// room by evicting its least recently used entry; an insert still fails when the
+/// kernel finds no element it can free (-ENOMEM, a map full of entries in use on other
+/// CPUs). The program counts it here and goes on without the entry; the loader sums it
+/// and every report shows it as `kernel_map_full`.
+#[map]
+pub static MAP_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The insert's errno when the key is there already (BPF_NOEXIST): not a failure.
+pub const EEXIST: i64 = 17;
+
+/// Whether a map insert added its entry; a failure other than "already there" is
+/// counted in [`MAP_FULL`].
+#[inline(always)]
+pub fn inserted<E: Into<i64>>(r: Result<(), E>) -> bool {
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            if e.into() != -EEXIST {
+                add(&MAP_FULL, 0, 1);
+            }
+            false
+        }
+    }
+}
 
 /// The value of a kernel read, or `None` after counting the failure in [`READ_ERRORS`].
 #[inline(always)]
@@ -97,7 +123,7 @@ pub fn get_or_insert<K, V>(map: &LruHashMap<K, V>, key: &K, init: &V) -> Option<
         return Some(p);
     }
     // BPF_NOEXIST: another CPU may have inserted it meanwhile; either way look it up again.
-    let _ = map.insert(key, init, 1);
+    inserted(map.insert(key, init, 1));
     map.get_ptr_mut(key)
 }
 

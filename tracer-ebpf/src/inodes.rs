@@ -23,7 +23,7 @@ use tracer_common::{
     },
 };
 
-use crate::common::{counted, current_tgid, emit, field, now_ns};
+use crate::common::{counted, current_tgid, emit, field, inserted, now_ns};
 
 /// Field offsets from tracefs `format` files, set by the loader.
 #[unsafe(no_mangle)]
@@ -116,7 +116,7 @@ fn per_cpu<K, V>(
         return Some((p, false));
     }
     // BPF_NOEXIST: another CPU may have inserted it meanwhile; look it up again.
-    let _ = map.insert(key, &init(), BPF_NOEXIST);
+    inserted(map.insert(key, &init(), BPF_NOEXIST));
     Some((map.get_ptr_mut(key)?, true))
 }
 
@@ -291,7 +291,7 @@ fn try_enter(ctx: &TracePointContext, dfd: Option<u32>, path: u32, c: Creates) -
         // SAFETY: pointer into a map value.
         Some(e) => unsafe { *e = p },
         None => {
-            let _ = INODES_PENDING.insert(&tid, &p, 0);
+            inserted(INODES_PENDING.insert(&tid, &p, 0));
         }
     }
     Some(0)

@@ -32,7 +32,7 @@ use tracer_common::{
     },
 };
 
-use crate::common::{add, current_tgid, emit, field, now_ns};
+use crate::common::{add, current_tgid, emit, field, inserted, now_ns};
 
 /// Field offsets from tracefs `format` files, set by the loader.
 #[unsafe(no_mangle)]
@@ -259,7 +259,7 @@ fn send_enter(socket_call: bool) -> u32 {
     if !socket_call && unsafe { TCP_SENDERS.get(&tid) }.is_none() {
         return 0;
     }
-    let _ = TCP_SEND_START.insert(&tid, &now_ns(), 0);
+    inserted(TCP_SEND_START.insert(&tid, &now_ns(), 0));
     0
 }
 
@@ -313,7 +313,7 @@ fn try_send_length(ctx: &TracePointContext) -> Option<u32> {
     let Some(start) = unsafe { TCP_SEND_START.get(&tid) }.copied() else {
         // Not timed (a thread's first write to a TCP socket): time the next ones.
         if unsafe { TCP_SENDERS.get(&tid) }.is_none() {
-            let _ = TCP_SENDERS.insert(&tid, &0, 0);
+            inserted(TCP_SENDERS.insert(&tid, &0, 0));
         }
         return Some(0);
     };
@@ -344,7 +344,7 @@ fn record_send(start: u64) {
 #[inline(always)]
 fn sendmsg_start() -> u32 {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    let _ = TCP_SEND_START.insert(&tid, &now_ns(), 0);
+    inserted(TCP_SEND_START.insert(&tid, &now_ns(), 0));
     0
 }
 

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use tracer_common::triage::{RUNQ_ENQUEUED_CAPACITY, RUNQ_SLOTS, SLEEP_STATE_MASK, log2_slot};
 
-use crate::common::{add, field, now_ns};
+use crate::common::{add, field, inserted, now_ns};
 
 /// Field offsets from tracefs `format` files, set by the loader.
 #[unsafe(no_mangle)]
@@ -46,7 +46,7 @@ static TRIAGE_RUNQ_SUM: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 fn enqueue(pid: i32) {
     // pid 0 is the idle task of each CPU: it never waits on a run queue.
     if pid > 0 {
-        let _ = TRIAGE_ENQUEUED.insert(&(pid as u32), &now_ns(), 0);
+        inserted(TRIAGE_ENQUEUED.insert(&(pid as u32), &now_ns(), 0));
     }
 }
 

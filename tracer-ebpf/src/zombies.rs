@@ -20,7 +20,9 @@ use tracer_common::{
 
 use aya_log_ebpf::debug;
 
-use crate::common::{add, counted, current_tgid, emit, field, get_or_insert, now_ns};
+use crate::common::{
+    EEXIST, MAP_FULL, add, counted, current_tgid, emit, field, get_or_insert, inserted, now_ns,
+};
 
 /// Field offsets from tracefs `format` files, set by the loader.
 #[unsafe(no_mangle)]
@@ -87,7 +89,7 @@ pub fn zombies_fork(ctx: TracePointContext) -> u32 {
 fn try_fork(ctx: &TracePointContext) -> Option<u32> {
     add(&ZOMBIES_COUNTS, COUNT_FORKS, 1);
     let child: i32 = field(ctx, &ZOMBIES_FORK_CHILD_PID)?;
-    let _ = ZOMBIES_PARENT.insert(&(child as u32), &current_tgid(), 0);
+    inserted(ZOMBIES_PARENT.insert(&(child as u32), &current_tgid(), 0));
     Some(0)
 }
 
@@ -144,8 +146,14 @@ fn try_exit(ctx: &TracePointContext) -> Option<u32> {
     // entry stays until the process is reaped, and its tgid cannot be reused before.
     // Processes filtered out by -p are kept as FILTERED so their reap sends nothing.
     let exit_ns = if keep { ts } else { FILTERED };
-    if ZOMBIES_EXITED.insert(&tgid, &exit_ns, 1).is_err() {
-        return Some(0);
+    // Without the entry (no room: counted) the reap finds no exit time; the record
+    // still goes out, as the exit is real.
+    match ZOMBIES_EXITED.insert(&tgid, &exit_ns, 1) {
+        Ok(()) => {}
+        Err(e) if i64::from(e) == -EEXIST => return Some(0),
+        Err(_) => {
+            add(&MAP_FULL, 0, 1);
+        }
     }
     add(&ZOMBIES_COUNTS, COUNT_EXITS, 1);
     if !keep {

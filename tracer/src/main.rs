@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args as _, CommandFactory as _, FromArgMatches as _, Parser};
 
+mod bounded;
 mod bpf;
 mod cgroups;
 mod container;

@@ -109,6 +109,8 @@ pub struct ReportCtx {
     pub kernel_read_errors: u64,
     /// The detector's hooks and paths (set by its task).
     pub hooks: Arc<Hooks>,
+    /// Entries the programs could not add to a full kernel map (MAP_FULL).
+    pub kernel_map_full: u64,
 }
 
 /// A ring-buffer record the detector could not decode: the driver counts it and every
@@ -312,6 +314,7 @@ struct Shared {
     ring: Option<Ring>,
     lost: Option<CpuSum>,
     read_errors: Option<CpuSum>,
+    map_full: Option<CpuSum>,
 }
 
 impl Shared {
@@ -321,12 +324,14 @@ impl Shared {
                 ring: None,
                 lost: None,
                 read_errors: None,
+                map_full: None,
             });
         };
         Ok(Self {
             ring: Some(Ring::take(&mut s.ebpf)?),
             lost: Some(CpuSum::take(&mut s.ebpf, CpuSum::LOST)?),
             read_errors: Some(CpuSum::take(&mut s.ebpf, CpuSum::READ_ERRORS)?),
+            map_full: Some(CpuSum::take(&mut s.ebpf, CpuSum::MAP_FULL)?),
         })
     }
 
@@ -338,6 +343,7 @@ impl Shared {
             bad_records: unrouted,
             kernel_read_errors: self.read_errors.as_ref().map_or(0, CpuSum::get),
             hooks: Arc::default(),
+            kernel_map_full: self.map_full.as_ref().map_or(0, CpuSum::get),
         }
     }
 }

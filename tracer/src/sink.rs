@@ -16,7 +16,7 @@ use crate::{
 pub struct Emitted<'a> {
     pub command: &'a str,
     /// The detector's JSON after the common fields (command, final, elapsed_s,
-    /// lost_events, bad_records, kernel_read_errors).
+    /// lost_events, bad_records, kernel_read_errors, kernel_map_full).
     pub json: Value,
     /// The detector's text, without the common header and footer.
     pub text: String,
@@ -32,6 +32,7 @@ impl<'a> Emitted<'a> {
         obj.insert("lost_events".into(), ctx.lost_events.into());
         obj.insert("bad_records".into(), ctx.bad_records.into());
         obj.insert("kernel_read_errors".into(), ctx.kernel_read_errors.into());
+        obj.insert("kernel_map_full".into(), ctx.kernel_map_full.into());
         obj.insert(
             "hooks".into(),
             serde_json::to_value(&*ctx.hooks).unwrap_or(Value::Null),
@@ -145,6 +146,12 @@ fn text(r: &Emitted) -> String {
             ctx.kernel_read_errors
         );
     }
+    if ctx.kernel_map_full > 0 {
+        t += &format!(
+            "kernel map full: {} (the programs could not add an entry to a full kernel map, so some events lack their state or count; README \"Bounded state\" lists the maps)\n",
+            ctx.kernel_map_full
+        );
+    }
     t + "\n"
 }
 
@@ -163,6 +170,7 @@ mod tests {
             lost_events: lost,
             bad_records: bad,
             kernel_read_errors: read,
+            kernel_map_full: 0,
             hooks: Default::default(),
         }
     }
@@ -180,7 +188,7 @@ mod tests {
         );
         assert_eq!(
             r.json.to_string(),
-            r#"{"command":"zombies","final":true,"elapsed_s":2.5,"lost_events":0,"bad_records":0,"kernel_read_errors":0,"hooks":{"attached":[],"paths":[]},"zombies_total":3}"#
+            r#"{"command":"zombies","final":true,"elapsed_s":2.5,"lost_events":0,"bad_records":0,"kernel_read_errors":0,"kernel_map_full":0,"hooks":{"attached":[],"paths":[]},"zombies_total":3}"#
         );
         assert_eq!(
             text(&r),

@@ -468,8 +468,8 @@ fn verifier_summary(e: &aya::programs::ProgramError) -> String {
 }
 
 /// A per-CPU counter of the shared kernel code, summed over the CPUs: `LOST` (records
-/// the kernel could not put on the full ring buffer) or `READ_ERRORS` (kernel reads
-/// that failed; see tracer-ebpf/src/common.rs).
+/// the kernel could not put on the full ring buffer), `READ_ERRORS` (kernel reads
+/// that failed) or `MAP_FULL` (map inserts that failed; see tracer-ebpf/src/common.rs).
 pub struct CpuSum {
     map: PerCpuArray<aya::maps::MapData, u64>,
 }
@@ -477,6 +477,7 @@ pub struct CpuSum {
 impl CpuSum {
     pub const LOST: &str = "LOST";
     pub const READ_ERRORS: &str = "READ_ERRORS";
+    pub const MAP_FULL: &str = "MAP_FULL";
 
     pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<Self> {
         let map = ebpf

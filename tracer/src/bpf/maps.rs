@@ -146,6 +146,7 @@ mod tests {
             "EVENTS",
             crate::bpf::CpuSum::LOST,
             crate::bpf::CpuSum::READ_ERRORS,
+            crate::bpf::CpuSum::MAP_FULL,
         ] {
             assert!(maps.iter().any(|n| n == m), "map {m} missing: {maps:?}");
         }

@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 use tracer_common::{
     EventKind,
     cgroups::{
-        AttachCount, AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE, COUNT_RMDIR, CgroupEvent,
-        count_slot,
+        ATTACH_CAPACITY, AttachCount, AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE,
+        COUNT_RMDIR, CgroupEvent, count_slot,
     },
     comm_str,
 };
@@ -282,7 +282,8 @@ fn same_layout(t: &Tracefs) -> Result<()> {
     Ok(())
 }
 
-/// Actor cgroups cached at most (one /proc read per new creating process).
+/// Actor cgroups cached at most (one /proc read per new creating process); cleared
+/// when full, as the creators that churn are few and are read again.
 const ACTOR_CACHE: usize = 4_096;
 
 enum ActorCgroup {

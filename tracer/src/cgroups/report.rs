@@ -214,6 +214,8 @@ impl Cgroups {
             .collect();
         let mut moves: Vec<(AttachKey, AttachCount)> =
             self.attach.iter().filter_map(|r| r.ok()).collect();
+        // An LRU map evicts silently once full (a little before, per-CPU free lists).
+        let attach_held = moves.len();
         moves.sort_by(|a, b| b.1.tasks.cmp(&a.1.tasks).then(a.0.id.cmp(&b.0.id)));
         moves.truncate(100);
         let path_of = |root: i32, id: u64| {
@@ -262,6 +264,24 @@ impl Cgroups {
                 state::DYING_CAPACITY
             ));
         }
+        let (live_evicted, churn_evicted) = (self.tracker.live_evicted, self.tracker.churn_evicted);
+        if live_evicted > 0 {
+            caveats.push(format!(
+                "{live_evicted} live cgroups' creators were forgotten (more than {} created and not removed): those show no creator",
+                state::LIVE_CAPACITY
+            ));
+        }
+        if churn_evicted > 0 {
+            caveats.push(format!(
+                "{churn_evicted} processes and parent paths with the least churn were dropped from the churn lists (over {} each); the created and removed totals count them",
+                state::CHURN_CAPACITY
+            ));
+        }
+        if attach_held as u64 * 10 >= u64::from(ATTACH_CAPACITY) * 9 {
+            caveats.push(format!(
+                "the task-move map holds {attach_held} of its {ATTACH_CAPACITY} entries: LRU eviction may have dropped the least recently active, whose moves are then missing here"
+            ));
+        }
         if dying_before > 0 {
             caveats.push(format!(
                 "{dying_before} cgroups were already dying at the start: they are in the DYING counts, but their \
@@ -287,6 +307,9 @@ impl Cgroups {
                 "parents": parents,
             },
             "moves": moves,
+            "state_evicted": {
+                "dying": self.tracker.dying_evicted, "live": live_evicted, "churn": churn_evicted,
+            },
             "empty": &empty[..empty.len().min(JSON_ROWS)],
             "empty_total": empty.len(),
             "min_age_s": self.args.min_age.as_secs_f64(),

@@ -12,13 +12,19 @@ use crate::output::{self, Buckets};
 
 use crate::snapshot::cgroups::parent_of;
 
-/// Cgroups remembered from their mkdir (for the creator of a later dying one).
+/// Cgroups remembered from their mkdir (for the creator of a later dying one): more
+/// than a busy Kubernetes node holds at once (a few thousand); ~5 MiB. Over it the
+/// older half goes (a cgroup created weeks ago is shown as created before the start).
 pub const LIVE_CAPACITY: usize = 65_536;
-/// Dying cgroups tracked with their rmdir time.
+/// Dying cgroups tracked with their rmdir time: the leak this detector is about shows
+/// long before 65,536 (each pins its memory); over it the older half goes, and they
+/// stay in the counts, which come from the hierarchy itself.
 pub const DYING_CAPACITY: usize = 65_536;
 /// Releases kept for the report's `released` list (the latest ones).
 pub const RECENT_CAPACITY: usize = 256;
-/// Creating processes and parent paths counted for churn.
+/// Creating processes, and parent paths per hierarchy, counted for churn: the report
+/// shows the top 100; over the cap the lighter half goes (the kernel counts every
+/// mkdir and rmdir, so the totals stay exact).
 pub const CHURN_CAPACITY: usize = 4_096;
 
 /// A process that made or removed a cgroup (comm kept as the kernel's bytes: no
@@ -94,6 +100,10 @@ pub struct Tracker {
     pub released_unseen: BTreeMap<i32, u64>,
     /// Dying cgroups dropped from tracking because DYING_CAPACITY was reached.
     pub dying_evicted: u64,
+    /// Live cgroups forgotten because LIVE_CAPACITY was reached.
+    pub live_evicted: u64,
+    /// Processes and parent paths dropped from the churn counts (CHURN_CAPACITY).
+    pub churn_evicted: u64,
 }
 
 /// Keeps the newer half of `map` when it is over `cap` (amortized: one O(n) pass per
@@ -109,6 +119,27 @@ fn bound<V>(map: &mut HashMap<Key, V>, cap: usize, ts: impl Fn(&V) -> u64) -> us
     let before = map.len();
     map.retain(|_, v| ts(v) >= cut);
     before - map.len()
+}
+
+/// Keeps the heavier half of `map` when it is over `cap`, by `weight` (ties: any of
+/// them), and returns how many went. Exactly half stays even when every weight is the
+/// same (a cut by value would then keep none).
+fn keep_heavier_half<K: Clone + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    cap: usize,
+    weight: impl Fn(&V) -> u64,
+) -> u64 {
+    if map.len() <= cap {
+        return 0;
+    }
+    let mut v: Vec<(u64, K)> = map.iter().map(|(k, v)| (weight(v), k.clone())).collect();
+    let keep = v.len() / 2;
+    v.select_nth_unstable_by(keep, |a, b| b.0.cmp(&a.0));
+    let before = map.len();
+    for (_, k) in &v[keep..] {
+        map.remove(k);
+    }
+    (before - map.len()) as u64
 }
 
 impl Tracker {
@@ -142,7 +173,7 @@ impl Tracker {
                         ts_ns: h.ts_ns,
                     },
                 );
-                bound(&mut self.live, LIVE_CAPACITY, |l| l.ts_ns);
+                self.live_evicted += bound(&mut self.live, LIVE_CAPACITY, |l| l.ts_ns) as u64;
                 let c = self.by_process.entry(h.tgid).or_default();
                 c.comm_bytes = ev.comm;
                 c.mkdirs += 1;
@@ -226,24 +257,11 @@ impl Tracker {
     }
 
     fn bound_churn(&mut self) {
-        if self.by_process.len() > CHURN_CAPACITY {
-            // Keep the heavier half: the report shows the top ones only.
-            let mut v: Vec<u64> = self
-                .by_process
-                .values()
-                .map(|c| c.mkdirs + c.rmdirs)
-                .collect();
-            let mid = v.len() / 2;
-            let cut = *v.select_nth_unstable(mid).1;
-            self.by_process.retain(|_, c| c.mkdirs + c.rmdirs > cut);
-        }
+        self.churn_evicted += keep_heavier_half(&mut self.by_process, CHURN_CAPACITY, |c| {
+            c.mkdirs.saturating_add(c.rmdirs)
+        });
         for parents in self.by_parent.values_mut() {
-            if parents.len() > CHURN_CAPACITY {
-                let mut v: Vec<u64> = parents.values().copied().collect();
-                let mid = v.len() / 2;
-                let cut = *v.select_nth_unstable(mid).1;
-                parents.retain(|_, n| *n > cut);
-            }
+            self.churn_evicted += keep_heavier_half(parents, CHURN_CAPACITY, |n| *n);
         }
     }
 
@@ -432,5 +450,31 @@ mod tests {
         assert!(t.dying_evicted > 0);
         // The newest survive.
         assert!(t.dying().iter().any(|d| d.id == DYING_CAPACITY as u64));
+    }
+
+    #[test]
+    fn live_and_churn_maps_are_bounded_and_their_evictions_counted() {
+        let mut t = Tracker::new();
+        let n = LIVE_CAPACITY as u64 + 1;
+        // One mkdir each by as many processes, under as many parents.
+        for i in 0..n {
+            let path = format!("/p{i}/c");
+            t.on_event(&ev(EventKind::CgroupMkdir, i as u32, i, 0, i, &path))
+                .unwrap();
+        }
+        assert!(t.live.len() <= LIVE_CAPACITY);
+        assert_eq!(t.live_evicted, n - t.live.len() as u64);
+        assert!(t.creator_of(0, n - 1).is_some(), "the newest are kept");
+        assert!(t.by_process.len() <= CHURN_CAPACITY && t.by_process.len() >= CHURN_CAPACITY / 2);
+        let parents = &t.by_parent[&0];
+        assert!(parents.len() <= CHURN_CAPACITY && parents.len() >= CHURN_CAPACITY / 2);
+        // Every mkdir is either still counted or counted as evicted.
+        let kept: u64 = t.by_process.values().map(|c| c.mkdirs).sum();
+        let kept_parents: u64 = parents.values().sum();
+        assert_eq!(
+            kept + kept_parents + t.churn_evicted,
+            2 * n,
+            "each evicted entry held one mkdir"
+        );
     }
 }

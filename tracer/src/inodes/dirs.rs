@@ -19,7 +19,9 @@ use tracer_common::{
 
 use crate::snapshot::inodes::kernel_dev_of;
 
-/// Directories remembered (path or unresolved).
+/// Directories remembered (path or unresolved): eight times the kernel's INODES_DIRS,
+/// so that every directory the report can show stays named; cleared when full (the
+/// walk finds the hot ones again).
 pub const CACHE_CAPACITY: usize = 65_536;
 
 /// Directory entries one walk (of one filesystem, for every unresolved directory on it) may read.

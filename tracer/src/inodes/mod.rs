@@ -29,6 +29,7 @@ use tracer_common::{
 };
 
 use crate::{
+    bounded::Lru,
     bpf::{self, Hook, Offset, Spec},
     procinfo,
     run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
@@ -239,7 +240,7 @@ fn attach(
         dirs: PerCpuHashMap::try_from(session.take_map("INODES_DIRS")?)?,
         devs: PerCpuHashMap::try_from(session.take_map("INODES_DEVS")?)?,
         enospc: PerCpuHashMap::try_from(session.take_map("INODES_ENOSPC")?)?,
-        enospc_first: HashMap::new(),
+        enospc_first: Lru::new(ENOSPC_CAPACITY as usize),
         dev_base: HashMap::new(),
         start_usage: HashMap::new(),
         previous: HashMap::new(),
@@ -288,8 +289,9 @@ struct Inodes {
     devs: PerCpuHashMap<MapData, u32, DevCounts>,
     enospc: PerCpuHashMap<MapData, DevTgid, u64>,
     /// (dev, tgid) -> comm and path (absolute when it could be made so) of the first
-    /// failed create, from the kernel's record.
-    enospc_first: HashMap<DevTgid, (String, String)>,
+    /// failed create, from the kernel's record; as many as the kernel's INODES_ENOSPC
+    /// map holds counts for, the least recently failing evicted first (as there).
+    enospc_first: Lru<DevTgid, (String, String)>,
     /// dev -> the kernel's per-filesystem counts when the report clock started.
     dev_base: HashMap<u32, DevCounts>,
     /// dev -> (seconds since the start when first seen, inodes used then): the start,
@@ -437,6 +439,21 @@ fn cgroup(pid: u32) -> String {
     }
 }
 
+/// Keeps the comm and path of a process's first failed create on a filesystem; a later
+/// failure only makes the entry the most recently used.
+fn remember_enospc(first: &mut Lru<DevTgid, (String, String)>, ev: &PathEvent) {
+    let key = DevTgid {
+        dev: ev.dev,
+        tgid: ev.header.tgid,
+    };
+    first.entry(key, || {
+        let path = dirs::absolute(&ev.first)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| comm_str(&ev.first.path).to_string());
+        (comm_str(&ev.comm).to_string(), path)
+    });
+}
+
 impl Detector for Inodes {
     fn command(&self) -> &'static str {
         "inodes"
@@ -458,19 +475,7 @@ impl Detector for Inodes {
             // Resolve now: a relative path needs the process's cwd, which goes with it.
             EventKind::InodesNewDir => self.resolver.try_syscall(ev.dev, ev.ino, &ev.first),
             EventKind::InodesEnospc => {
-                if self.enospc_first.len() >= ENOSPC_CAPACITY as usize {
-                    return Ok(());
-                }
-                let path = dirs::absolute(&ev.first)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| comm_str(&ev.first.path).to_string());
-                let key = DevTgid {
-                    dev: ev.dev,
-                    tgid: ev.header.tgid,
-                };
-                self.enospc_first
-                    .entry(key)
-                    .or_insert_with(|| (comm_str(&ev.comm).to_string(), path));
+                remember_enospc(&mut self.enospc_first, &ev);
             }
             _ => {}
         }
@@ -505,6 +510,12 @@ impl Detector for Inodes {
         let (directories, top_dirs) = self.directories(&mounts, &mut caveats);
         let failures = self.failures(&mounts, &mut caveats);
         let hints = report::hints(&rows, &top_dirs, !failures.rows.is_empty());
+        let paths_evicted = self.enospc_first.evicted();
+        if paths_evicted > 0 {
+            caveats.push(format!(
+                "{paths_evicted} first ENOSPC paths were forgotten to keep {ENOSPC_CAPACITY} (least recently failing first), as the kernel's ENOSPC map forgets their counts"
+            ));
+        }
 
         let mut text = match &self.ext4_missing {
             Some(reason) => format!(
@@ -531,6 +542,7 @@ impl Detector for Inodes {
             "top_directories": directories.rows,
             "enospc": failures.rows,
             "hints": hints,
+            "state_evicted": {"enospc_paths": paths_evicted},
             "caveats": caveats,
         });
         Ok(Report { json, text })
@@ -585,5 +597,43 @@ mod tests {
         assert!(h.iter().any(|l| l.contains("mkfs.ext4 -i")));
         // Nothing in trouble and no failures: no advice.
         assert!(hints(&[row("/", 10)], &dirs, false).is_empty());
+    }
+
+    #[test]
+    fn first_enospc_paths_are_capped_like_the_kernel_map() {
+        use tracer_common::{EventHeader, inodes::PathArg};
+        let ev = |tgid: u32, path: &str| {
+            let mut first = PathArg {
+                tgid,
+                ..Default::default()
+            };
+            first.path[..path.len()].copy_from_slice(path.as_bytes());
+            PathEvent {
+                header: EventHeader {
+                    kind: EventKind::InodesEnospc as u32,
+                    tgid,
+                    ts_ns: 1,
+                },
+                dev: 7 << 20,
+                _pad: 0,
+                ino: 0,
+                comm: [b'x'; tracer_common::COMM_LEN],
+                first,
+            }
+        };
+        let cap = ENOSPC_CAPACITY as usize;
+        let mut first = Lru::new(cap);
+        for tgid in 1..=cap as u32 + 40 {
+            remember_enospc(&mut first, &ev(tgid, "/full/a"));
+        }
+        assert_eq!(first.len(), cap);
+        assert_eq!(first.evicted(), 40);
+        let key = |tgid| DevTgid { dev: 7 << 20, tgid };
+        assert!(first.get(&key(40)).is_none(), "the least recent went first");
+        // A later failure keeps the first path and makes its key recent again.
+        remember_enospc(&mut first, &ev(41, "/full/b"));
+        remember_enospc(&mut first, &ev(1_000_000, "/full/c"));
+        assert_eq!(first.get(&key(41)).map(|v| v.1.as_str()), Some("/full/a"));
+        assert!(first.get(&key(42)).is_none());
     }
 }

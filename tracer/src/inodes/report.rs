@@ -1,6 +1,6 @@
 //! The `tracer inodes` report, one section at a time: each returns its JSON rows and
 //! its text, from the kernel's maps, statvfs and the directory resolver.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tracer_common::{
     comm_str,
@@ -169,6 +169,12 @@ impl Inodes {
         let mut rows = Vec::new();
         let fss = self.filesystems(mounts);
         self.record(&fss);
+        // Per-filesystem state lives as long as the mount: a host that mounts and
+        // unmounts (containers, loop devices) for weeks keeps only the ones mounted
+        // now, and a filesystem mounted again starts afresh.
+        let mounted: HashSet<u32> = fss.iter().map(|f| f.dev).collect();
+        self.start_usage.retain(|dev, _| mounted.contains(dev));
+        self.previous.retain(|dev, _| mounted.contains(dev));
         for u in fss {
             // Net inodes since the start, and where they come from.
             // Counted by the ext4 hooks only when they are attached: without them an

@@ -192,6 +192,22 @@ pub const KERNEL_READ_ERRORS: Metric = Metric {
     labels: &["detector"],
     buckets: &[],
 };
+pub const KERNEL_MAP_FULL: Metric = Metric {
+    name: "kernel_map_full",
+    kind: Kind::Counter,
+    unit: None,
+    help: "Times an eBPF program could not add an entry to a full kernel map, so an event lacks its state or count.",
+    labels: &["detector"],
+    buckets: &[],
+};
+pub const STATE_EVICTED: Metric = Metric {
+    name: "state_evicted",
+    kind: Kind::Counter,
+    unit: None,
+    help: "Per-key entries the detector dropped to keep its memory bounded (README \"Bounded state\"); totals still count them.",
+    labels: &["detector", "state"],
+    buckets: &[],
+};
 pub const REPORT_ELAPSED: Metric = Metric {
     name: "report_elapsed",
     kind: Kind::Gauge,
@@ -230,6 +246,8 @@ const COMMON: &[&Metric] = &[
     &LOST_EVENTS,
     &BAD_RECORDS,
     &KERNEL_READ_ERRORS,
+    &KERNEL_MAP_FULL,
+    &STATE_EVICTED,
     &REPORT_ELAPSED,
     &REPORT_FINAL,
     &HOOK_ATTACHED,
@@ -242,6 +260,14 @@ fn common(out: &mut Families, command: &str, r: &Value) {
     out.field(&LOST_EVENTS, &l, r, "lost_events");
     out.field(&BAD_RECORDS, &l, r, "bad_records");
     out.field(&KERNEL_READ_ERRORS, &l, r, "kernel_read_errors");
+    out.field(&KERNEL_MAP_FULL, &l, r, "kernel_map_full");
+    // Each detector's bounded state, by name: {"reapers": 3, ...}.
+    if let Some(states) = r["state_evicted"].as_object() {
+        for state in states.keys() {
+            let l = [("detector", command), ("state", state.as_str())];
+            out.field(&STATE_EVICTED, &l, &r["state_evicted"], state);
+        }
+    }
     out.field(&REPORT_ELAPSED, &l, r, "elapsed_s");
     out.field(&REPORT_FINAL, &l, r, "final");
     for h in rows(&r["hooks"], "attached", usize::MAX) {

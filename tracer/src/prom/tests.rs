@@ -114,7 +114,8 @@ fn assert_values(text: &str, expected: &[(&str, f64)]) {
 #[test]
 fn common_fields_become_series_labelled_by_detector() {
     let r = json!({"command": "zombies", "final": true, "elapsed_s": 2.5, "lost_events": 3,
-                   "bad_records": 1, "kernel_read_errors": 7});
+                   "bad_records": 1, "kernel_read_errors": 7, "kernel_map_full": 2,
+                   "state_evicted": {"reapers": 4, "exits_untracked": 0}});
     let text = render("zombies", &r);
     assert_values(
         &text,
@@ -122,6 +123,15 @@ fn common_fields_become_series_labelled_by_detector() {
             ("tracer_lost_events_total{detector=\"zombies\"}", 3.0),
             ("tracer_bad_records_total{detector=\"zombies\"}", 1.0),
             ("tracer_kernel_read_errors_total{detector=\"zombies\"}", 7.0),
+            ("tracer_kernel_map_full_total{detector=\"zombies\"}", 2.0),
+            (
+                "tracer_state_evicted_total{detector=\"zombies\",state=\"reapers\"}",
+                4.0,
+            ),
+            (
+                "tracer_state_evicted_total{detector=\"zombies\",state=\"exits_untracked\"}",
+                0.0,
+            ),
             ("tracer_report_elapsed_seconds{detector=\"zombies\"}", 2.5),
             ("tracer_report_final{detector=\"zombies\"}", 1.0),
         ],

@@ -1,8 +1,21 @@
 //! Refused socket-memory charges, attributed to processes: who the kernel refused, on
 //! how many sockets, send or receive, and whether the refusal reached the socket's owner.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use tracer_common::tcp::{SK_MEM_RECV, SK_MEM_SEND};
+
+use crate::bounded::Lru;
+
+/// Processes whose refusals are counted one by one. Every pid ever refused would
+/// otherwise stay for weeks; the report shows the top few, and 1,024 processes
+/// refused in the same stretch is beyond any incident seen (about 1 MiB with their
+/// sockets). The least recently refused goes first; its refusals stay in the kernel's
+/// total (`refusals`), and a report says how many were evicted.
+pub const CULPRITS_CAPACITY: usize = 1_024;
+
+/// Distinct refused sockets remembered per process: enough to tell one hot socket
+/// from many (the count is then "at least" this), at 8 bytes each.
+pub const SOCKETS_PER_CULPRIT: usize = 256;
 
 /// One refused allocation, attributed to a process.
 #[derive(Clone, Debug, Default)]
@@ -28,7 +41,7 @@ pub struct Culprit {
     pub cgroup: String,
     pub send: u64,
     pub recv: u64,
-    /// Distinct refused sockets (by cookie).
+    /// Distinct refused sockets (by cookie), up to SOCKETS_PER_CULPRIT.
     pub sockets: HashSet<u64>,
     /// Refusals attributed to the current task rather than the socket owner.
     pub by_context: u64,
@@ -39,7 +52,7 @@ pub struct Culprit {
 
 impl Culprit {
     pub fn refusals(&self) -> u64 {
-        self.send + self.recv
+        self.send.saturating_add(self.recv)
     }
 
     pub fn kind(&self) -> &'static str {
@@ -51,29 +64,36 @@ impl Culprit {
     }
 }
 
-#[derive(Default)]
 pub struct Culprits {
-    pub by_pid: HashMap<u32, Culprit>,
+    by_pid: Lru<u32, Culprit>,
+}
+
+impl Default for Culprits {
+    fn default() -> Self {
+        Self {
+            by_pid: Lru::new(CULPRITS_CAPACITY),
+        }
+    }
 }
 
 impl Culprits {
     /// Counts one refusal; `cgroup` is read for a pid seen for the first time.
     pub fn add(&mut self, r: &Refusal, cgroup: impl FnOnce() -> String) {
-        let c = self.by_pid.entry(r.pid).or_insert_with(|| Culprit {
+        let c = self.by_pid.entry(r.pid, || Culprit {
             comm: r.comm.clone(),
             cgroup: cgroup(),
             ..Default::default()
         });
         match r.kind {
-            SK_MEM_SEND => c.send += 1,
-            SK_MEM_RECV => c.recv += 1,
+            SK_MEM_SEND => c.send = c.send.saturating_add(1),
+            SK_MEM_RECV => c.recv = c.recv.saturating_add(1),
             _ => {}
         }
-        if r.cookie != 0 {
+        if r.cookie != 0 && c.sockets.len() < SOCKETS_PER_CULPRIT {
             c.sockets.insert(r.cookie);
         }
         if !r.by_owner {
-            c.by_context += 1;
+            c.by_context = c.by_context.saturating_add(1);
         }
         c.max_rmem = c.max_rmem.max(r.rmem);
         c.max_wmem = c.max_wmem.max(r.wmem);
@@ -84,6 +104,16 @@ impl Culprits {
         let mut v: Vec<_> = self.by_pid.iter().map(|(p, c)| (*p, c)).collect();
         v.sort_by(|a, b| b.1.refusals().cmp(&a.1.refusals()).then(a.0.cmp(&b.0)));
         v
+    }
+
+    /// Processes whose counts were evicted (CULPRITS_CAPACITY).
+    pub fn evicted(&self) -> u64 {
+        self.by_pid.evicted()
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_pid.len()
     }
 }
 
@@ -118,5 +148,39 @@ mod tests {
         assert_eq!(top.by_context, 0);
         assert_eq!(ranked[1].1.kind(), "recv");
         assert_eq!(ranked[1].1.by_context, 1);
+    }
+
+    #[test]
+    fn culprits_and_their_sockets_are_capped() {
+        let mut c = Culprits::default();
+        let n = CULPRITS_CAPACITY as u32 + 100;
+        for pid in 1..=n {
+            let r = Refusal {
+                pid,
+                kind: SK_MEM_SEND,
+                cookie: u64::from(pid),
+                by_owner: true,
+                ..Default::default()
+            };
+            c.add(&r, String::new);
+        }
+        assert_eq!(c.len(), CULPRITS_CAPACITY);
+        assert_eq!(c.evicted(), 100);
+        let kept: u64 = c.ranked().iter().map(|(_, c)| c.refusals()).sum();
+        assert_eq!(kept + c.evicted(), u64::from(n), "one refusal each");
+        // One process refusing on more sockets than it remembers.
+        for cookie in 1..=SOCKETS_PER_CULPRIT as u64 + 50 {
+            let r = Refusal {
+                pid: n,
+                kind: SK_MEM_RECV,
+                cookie,
+                by_owner: true,
+                ..Default::default()
+            };
+            c.add(&r, String::new);
+        }
+        let (_, top) = c.ranked()[0];
+        assert_eq!(top.sockets.len(), SOCKETS_PER_CULPRIT);
+        assert_eq!(top.refusals(), SOCKETS_PER_CULPRIT as u64 + 51);
     }
 }

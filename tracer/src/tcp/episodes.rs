@@ -8,7 +8,19 @@
 //! "pressure", or a sample where TCPMemoryPressures grew; it ends at the sample where
 //! Chrono grew or pages fell below "low" (so up to one sample period late).
 
-use crate::snapshot::tcpmem::TcpMem;
+use hdrhistogram::Histogram;
+
+use super::metrics::EPISODE_BOUNDS;
+use crate::{
+    output::{self, Buckets},
+    snapshot::tcpmem::TcpMem,
+};
+
+/// Episodes kept one by one for the report (its EPISODES table and JSON list). A host
+/// that flaps in and out of pressure for weeks would otherwise keep every one; 1,000
+/// is far more than a report can show and ~250 KiB. The oldest (ended) one goes first:
+/// its duration stays in the duration summary and it stays in the count.
+pub const EPISODES_CAPACITY: usize = 1_000;
 
 /// One look at /proc.
 #[derive(Clone, Debug)]
@@ -111,7 +123,13 @@ pub struct Edges {
 
 #[derive(Default)]
 pub struct Episodes {
+    /// The latest EPISODES_CAPACITY episodes, oldest first.
     pub list: Vec<Episode>,
+    /// Episodes dropped from `list` (the oldest), and their durations in ms.
+    pub evicted: u64,
+    evicted_ms: Option<Histogram<u64>>,
+    /// The evicted episodes' durations at the metric's bounds.
+    evicted_buckets: Option<Buckets>,
     last: Option<Sample>,
     pub peak_pages: u64,
     last_end_ns: u64,
@@ -138,7 +156,52 @@ impl Episodes {
         self.list.last_mut().filter(|e| e.end_ns.is_none())
     }
 
+    /// Every episode seen, the evicted ones included.
+    pub fn total(&self) -> u64 {
+        self.evicted + self.list.len() as u64
+    }
+
+    /// Durations in ms of every ended episode, the evicted ones included.
+    pub fn durations_ms(&self) -> Histogram<u64> {
+        let mut h = self
+            .evicted_ms
+            .clone()
+            .unwrap_or_else(output::new_histogram);
+        for d in self.list.iter().filter_map(Episode::duration_ms) {
+            output::record(&mut h, d);
+        }
+        h
+    }
+
+    /// Durations of every ended episode, the evicted ones included, at the bounds of
+    /// `tracer_tcp_pressure_episode_duration_seconds`.
+    pub fn durations_buckets(&self) -> Buckets {
+        let mut b = self
+            .evicted_buckets
+            .clone()
+            .unwrap_or_else(|| Buckets::new(EPISODE_BOUNDS));
+        for e in &self.list {
+            if let Some(end) = e.end_ns {
+                b.record_ns(end.saturating_sub(e.start_ns));
+            }
+        }
+        b
+    }
+
     fn start(&mut self, start_ns: u64, by: Start, peak: u64, tcp_mem: Option<TcpMem>) {
+        if self.list.len() >= EPISODES_CAPACITY {
+            // Only the last one can be open, and it is never the first of a full list.
+            let old = self.list.remove(0);
+            if let Some(d) = old.duration_ms() {
+                output::record(self.evicted_ms.get_or_insert_with(output::new_histogram), d);
+            }
+            if let Some(end) = old.end_ns {
+                self.evicted_buckets
+                    .get_or_insert_with(|| Buckets::new(EPISODE_BOUNDS))
+                    .record_ns(end.saturating_sub(old.start_ns));
+            }
+            self.evicted += 1;
+        }
         let prev = self.last.as_ref();
         self.list.push(Episode {
             start_ns,
@@ -524,5 +587,33 @@ mod tests {
         }
         assert!(e.list.is_empty());
         assert_eq!(e.peak_pages, 102);
+    }
+
+    #[test]
+    fn episodes_are_capped_and_the_count_and_durations_stay_exact() {
+        let mut e = Episodes::default();
+        let n = EPISODES_CAPACITY as u64 + 250;
+        e.on_sample(s(0, 10, 0, 0));
+        // Each episode: a refusal opens it, a sample 100 ms later sees Chrono grow.
+        for i in 0..n {
+            let t = 1_000 + i * 1_000;
+            assert!(e.on_refusal(t * 1_000_000, 300, None).opened);
+            assert!(e.on_sample(s(t + 100, 10, i + 1, (i + 1) * 100)).closed);
+        }
+        assert_eq!(e.list.len(), EPISODES_CAPACITY);
+        assert_eq!(e.evicted, 250);
+        assert_eq!(e.total(), n);
+        let d = e.durations_ms();
+        assert_eq!(d.len(), n);
+        assert_eq!(d.max(), d.highest_equivalent(100));
+        // The metric's buckets too: every episode's 100 ms under the 0.1 s bound.
+        let b = e.durations_buckets();
+        assert_eq!(b.count(), n);
+        assert_eq!(b.sum_s(), (n * 100_000_000) as f64 / 1e9);
+        // The latest ones are kept.
+        assert_eq!(
+            e.list.last().unwrap().start_ns,
+            (1_000 + (n - 1) * 1_000) * 1_000_000
+        );
     }
 }

@@ -57,7 +57,9 @@ const SOCKET_LOOK_GAP_NS: u64 = 1_000_000_000;
 /// Owners of refused sockets are looked up at most this often (one sock_diag dump
 /// and /proc fd scan for all refusals since the last).
 const RESOLVE_EVERY_NS: u64 = 200_000_000;
-/// Owners remembered by socket cookie (cleared when full).
+/// Owners remembered by socket cookie: a cache of sock_diag lookups, cleared when full
+/// (a cleared owner is looked up again, for one dump). 100,000 covers the sockets of a
+/// busy proxy refused in one episode, at ~100 bytes each (~10 MiB at most).
 const OWNER_CACHE_CAPACITY: usize = 100_000;
 
 /// Find TCP socket-memory pressure episodes, who causes them, and what to set.

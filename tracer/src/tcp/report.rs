@@ -19,20 +19,14 @@ impl TcpPressure {
         let near = self.near.state(&self.rule);
         let warning = warn::warning(open, pages, tm.pressure, &near);
 
-        // Episodes.
-        let mut dur_hist = output::new_histogram();
-        let mut dur_buckets = Buckets::new(metrics::EPISODE_BOUNDS);
+        // Episodes: the latest EPISODES_CAPACITY, numbered from the first one seen;
+        // the durations are of them all.
+        let skipped = self.episodes.evicted as usize;
         let episodes: Vec<EpisodeRow> = (self.episodes.list.iter().enumerate())
-            .map(|(i, e)| EpisodeRow::new(i, e, self.rel_s(e.start_ns), ps))
+            .map(|(i, e)| EpisodeRow::new(skipped + i, e, self.rel_s(e.start_ns), ps))
             .collect();
-        for d in episodes.iter().filter_map(|e| e.duration_ms) {
-            output::record(&mut dur_hist, d);
-        }
-        for e in &self.episodes.list {
-            if let Some(end) = e.end_ns {
-                dur_buckets.record_ns(end.saturating_sub(e.start_ns));
-            }
-        }
+        let dur_hist = self.episodes.durations_ms();
+        let dur_buckets = self.episodes.durations_buckets();
         let ep_table = Table::of(&episodes);
 
         // Culprits by refused allocations.
@@ -118,7 +112,7 @@ impl TcpPressure {
             tcp_mem: adv_mem,
             page_size: ps,
             peak_pages: peak,
-            episodes: self.episodes.list.len(),
+            episodes: self.episodes.total() as usize,
             sustained_near: near.sustained,
             near_rule: self.rule.describe(),
             mem_total_bytes: mem_total_bytes(),
@@ -141,8 +135,21 @@ impl TcpPressure {
             caveats.push(format!(
                 "{} refusals hit sockets that no process held when looked up (closed or orphaned): {} counted for the task that was current, {} for nobody (a kernel thread was current: softirq work, not a culprit)",
                 self.unresolved,
-                self.unresolved - self.unattributed,
+                self.unresolved.saturating_sub(self.unattributed),
                 self.unattributed
+            ));
+        }
+        let (ep_evicted, cul_evicted) = (self.episodes.evicted, self.culprits.evicted());
+        if ep_evicted > 0 {
+            caveats.push(format!(
+                "the {ep_evicted} oldest episodes are not listed (the latest {} are kept); their durations are in the summary",
+                episodes::EPISODES_CAPACITY
+            ));
+        }
+        if cul_evicted > 0 {
+            caveats.push(format!(
+                "{cul_evicted} processes' refusal counts were forgotten to keep {} (least recently refused first): the culprits are of the recent ones; the total counts them all",
+                culprits::CULPRITS_CAPACITY
             ));
         }
 
@@ -185,6 +192,7 @@ impl TcpPressure {
             "advice": adv,
             "path": self.path,
             "paths": self.paths,
+            "state_evicted": {"episodes": ep_evicted, "culprits": cul_evicted},
             "caveats": caveats,
         });
 

@@ -361,6 +361,20 @@ impl Detector for Zombies {
                 "{unread} thread exits could not be classified (reading task->signal failed): those exits are not counted"
             ));
         }
+        let untracked = self.tracker.exits_untracked();
+        if untracked > 0 {
+            caveats.push(format!(
+                "{untracked} exits were not tracked: {} zombie candidates were tracked already (the cap); zombies among them are missing from the lists",
+                state::PENDING_CAPACITY
+            ));
+        }
+        let evicted = self.tracker.reapers_evicted();
+        if evicted > 0 {
+            caveats.push(format!(
+                "{evicted} parents' reap counts were forgotten to keep {} (least recently reaping first): their reaps stay in the total, and their pace is the 5 s floor until they reap again",
+                state::REAPERS_CAPACITY
+            ));
+        }
 
         let span = self.trend_span_s();
         let trend = trend::judge(&self.samples, span);
@@ -427,6 +441,7 @@ impl Detector for Zombies {
             "trend": trend.json(span),
             "reap_latency_us": reap,
             "reapers": reapers,
+            "state_evicted": {"reapers": evicted, "exits_untracked": untracked},
             "pids": {
                 "in_use": in_use, "pid_max": pid_max, "threads_max": threads_max,
                 "exhaustion_eta_s": eta_s.map(round3),

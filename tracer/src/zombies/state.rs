@@ -11,10 +11,26 @@ use tracer_common::{
 
 use super::{judge::StuckRule, metrics};
 use crate::{
+    bounded::Lru,
     output::{self, Buckets},
     procinfo::ProcStat,
     run::{self, BadRecord},
 };
+
+/// Parents whose reaps are remembered one by one (count and slowest reap: the pace the
+/// stuck rule judges them by, and the top reapers). Every parent that ever reaped a
+/// child would otherwise stay for weeks (each short-lived shell is one); a host has far
+/// fewer than 4,096 parents reaping at a time, and a parent evicted (least recently
+/// reaping first) is judged by the 5 s floor until it reaps again. Under 1 MiB.
+pub const REAPERS_CAPACITY: usize = 4_096;
+
+/// Exits awaiting their reap (zombie candidates, confirmed against /proc at each
+/// look). Keyed by pid, so bounded by pid_max already; this cap is for a host whose
+/// pid_max is raised to millions with that many zombies alive: at ~100 bytes each,
+/// 262,144 is ~25 MiB, and eight times the default pid_max of 32,768. When it is full a
+/// new exit is not tracked, and counted (the zombies already tracked are the oldest,
+/// the ones the report is about).
+pub const PENDING_CAPACITY: usize = 1 << 18;
 
 /// A process whose exit we saw and whose reap we have not seen.
 struct Exited {
@@ -82,8 +98,11 @@ pub struct Tracker {
     seeded: HashMap<u32, Seeded>,
     /// pending size above which prune_if_large looks in /proc.
     prune_at: usize,
-    reaped: HashMap<u32, Reaps>,
+    reaped: Lru<u32, Reaps>,
+    /// Every reap counted, whatever `reaped` evicted.
     reaped_total: u64,
+    /// Exits not tracked because `pending` was at PENDING_CAPACITY.
+    untracked: u64,
     hist: Histogram<u64>,
     /// The same reap latencies, exactly, in the buckets of the Prometheus histogram.
     buckets: Buckets,
@@ -100,8 +119,9 @@ impl Tracker {
             pending: HashMap::new(),
             seeded: HashMap::new(),
             prune_at: EXITED_CAPACITY as usize,
-            reaped: HashMap::new(),
+            reaped: Lru::new(REAPERS_CAPACITY),
             reaped_total: 0,
+            untracked: 0,
             hist: output::new_histogram(),
             buckets: Buckets::new(metrics::REAP_BOUNDS),
         }
@@ -138,6 +158,10 @@ impl Tracker {
                 // A zombie cannot exit again: a seeded entry with this pid is gone and
                 // the pid belongs to a new process now.
                 self.seeded.remove(&ev.pid);
+                if self.pending.len() >= PENDING_CAPACITY && !self.pending.contains_key(&ev.pid) {
+                    self.untracked += 1;
+                    return Ok(());
+                }
                 self.pending.insert(
                     ev.pid,
                     Exited {
@@ -160,15 +184,15 @@ impl Tracker {
                 if parent != 0 && !self.wanted(parent) || parent == 0 && self.target.is_some() {
                     return Ok(());
                 }
-                let r = self.reaped.entry(parent).or_default();
+                let r = self.reaped.entry(parent, Reaps::default);
                 if ev.exit_ns > 0 && h.ts_ns >= ev.exit_ns {
                     let took = h.ts_ns - ev.exit_ns;
                     output::record(&mut self.hist, took / 1_000);
                     self.buckets.record_ns(took);
                     r.slowest_ns = r.slowest_ns.max(took);
                 }
-                r.count += 1;
-                self.reaped_total += 1;
+                r.count = r.count.saturating_add(1);
+                self.reaped_total = self.reaped_total.saturating_add(1);
             }
             _ => {}
         }
@@ -311,6 +335,17 @@ impl Tracker {
 
     pub fn reaped_total(&self) -> u64 {
         self.reaped_total
+    }
+
+    /// Parents whose reap counts were evicted (REAPERS_CAPACITY): their reaps stay in
+    /// the total, but not in their own count.
+    pub fn reapers_evicted(&self) -> u64 {
+        self.reaped.evicted()
+    }
+
+    /// Exits not tracked because PENDING_CAPACITY candidates were tracked already.
+    pub fn exits_untracked(&self) -> u64 {
+        self.untracked
     }
 
     pub fn top_reapers(&self, n: usize) -> Vec<(u32, u64)> {
@@ -574,5 +609,41 @@ mod tests {
         let fixed = StuckRule::Fixed(Duration::from_millis(50));
         let snap = t.census(11 * S, Duration::ZERO, fixed, lookup);
         assert_eq!((snap.stuck, snap.in_flight), (3, 0));
+    }
+
+    #[test]
+    fn reapers_are_capped_and_the_reap_total_stays_exact() {
+        let mut t = Tracker::new(None, HZ, 0);
+        let n = REAPERS_CAPACITY as u32 + 500;
+        for parent in 1..=n {
+            let child = 100_000 + parent;
+            t.on_event(&exit(child, parent, S)).unwrap();
+            t.on_event(&reap(child, parent, S, 2 * S, ReapVia::Wait4))
+                .unwrap();
+        }
+        assert_eq!(t.reaped.len(), REAPERS_CAPACITY);
+        assert_eq!(t.reapers_evicted(), 500);
+        assert_eq!(t.reaped_total(), n as u64);
+        assert_eq!(t.reap_hist().len(), n as u64);
+        // The least recently reaping parents went first; the latest keep their pace.
+        assert_eq!(t.reaped_by(1), 0);
+        assert_eq!(t.reaped_by(n), 1);
+        assert_eq!(t.slowest_reap_s(n), Some(1.0));
+    }
+
+    #[test]
+    fn pending_exits_are_capped_and_the_rest_counted() {
+        let mut t = Tracker::new(None, HZ, 0);
+        let n = PENDING_CAPACITY as u32 + 300;
+        for pid in 1..=n {
+            t.on_event(&exit(pid, 10, S)).unwrap();
+        }
+        assert_eq!(t.pending.len(), PENDING_CAPACITY);
+        assert_eq!(t.exits_untracked(), 300);
+        // A reap frees room for the next exit.
+        t.on_event(&reap(1, 10, S, 2 * S, ReapVia::Wait4)).unwrap();
+        t.on_event(&exit(n + 1, 10, S)).unwrap();
+        assert_eq!(t.pending.len(), PENDING_CAPACITY);
+        assert_eq!(t.exits_untracked(), 300);
     }
 }
