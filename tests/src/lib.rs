@@ -4,6 +4,7 @@
 mod fixtures;
 pub mod http;
 mod incident;
+mod memcg;
 mod run;
 mod tcp;
 mod tracefs;
@@ -15,6 +16,7 @@ use std::{
 
 pub use fixtures::*;
 pub use incident::*;
+pub use memcg::*;
 pub use run::*;
 pub use tcp::*;
 pub use tracefs::*;

@@ -5,9 +5,10 @@
 //! (`CgroupLayout`), never from assumed paths. Every cgroup, mount and file is removed
 //! by guards, also on failure.
 //!
-//! Over 600 lines because keeping memcgs dying for real (page cache charged in a test
-//! tmpfs, per-CPU caches drained, v1 and v2 paths) takes most of it; the setup is shared
-//! by the tests here and nowhere else.
+//! Over 600 lines because each test checks the whole report (text, JSON, --prom-file)
+//! for what it caused, on v1 and v2 alike. Keeping memcgs dying for real (page cache
+//! charged in a test tmpfs, per-CPU caches drained) is the harness' `PinnedMemcgs`,
+//! shared with the Prometheus test.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -17,59 +18,9 @@ use std::{
 
 use serde_json::Value;
 use tracer_tests::{
-    CgroupLayout, MemoryHierarchy, SubtreeControl, Tmpfs, Tracer, assert_none_loaded,
+    Cgroup, CgroupLayout, PinnedMemcgs, SubtreeControl, Tmpfs, Tracer, assert_none_loaded,
     matrix_kernel, require_root, run_tracer, serial, wait_reports,
 };
-
-/// A cgroup directory the test made; removed (children first) on drop.
-struct Cgroup {
-    path: PathBuf,
-    removed: bool,
-}
-
-impl Cgroup {
-    fn create(path: impl Into<PathBuf>) -> Cgroup {
-        let path = path.into();
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        Cgroup {
-            path,
-            removed: false,
-        }
-    }
-
-    /// rmdir from this (the test) process.
-    fn remove(&mut self) {
-        fs::remove_dir(&self.path).unwrap_or_else(|e| panic!("rmdir {}: {e}", self.path.display()));
-        self.removed = true;
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        if self.removed || !self.path.exists() {
-            return;
-        }
-        // Children first (a failed test may leave some), then this one; retry briefly
-        // while a just-exited task is still leaving it.
-        if let Ok(rd) = fs::read_dir(&self.path) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    drop(Cgroup {
-                        path: e.path(),
-                        removed: false,
-                    });
-                }
-            }
-        }
-        for _ in 0..50 {
-            if fs::remove_dir(&self.path).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("could not remove test cgroup {}", self.path.display());
-    }
-}
 
 /// A directory of test files, removed on drop.
 struct TempDir(PathBuf);
@@ -190,79 +141,6 @@ fn assert_churn(r: &Value, hierarchy: &str, rel_parent: &str, k: usize) {
     assert_eq!(pp["hierarchy"], hierarchy);
 }
 
-/// Writes `value` to a memory controller file of the test's parent cgroup; the error,
-/// if any, for the failure messages (e.g. memory.reclaim's EAGAIN when nothing is left
-/// to reclaim, which is expected).
-fn poke(dir: &Path, file: &str, value: &str) -> String {
-    match fs::write(dir.join(file), value) {
-        Ok(()) => format!("{file} <- {value}: ok"),
-        Err(e) => format!("{file} <- {value}: {e}"),
-    }
-}
-
-/// Empties the per-CPU caches that can keep a dying memcg referenced after its pages
-/// are gone, for the test's parent cgroup only (nothing else on the host is touched):
-///
-/// - Folios sit in per-CPU LRU-add batches (up to 15 per CPU) until that CPU drains
-///   them; a folio truncated from the page cache while still in another CPU's batch
-///   keeps its reference, hence its memcg charge, and the memcg stays dying until that
-///   CPU adds more folios or drains. On an idle 2-core machine that can take minutes:
-///   the one-in-three flake of this test, where one cgroup stayed dying after its files
-///   were deleted.
-/// - The per-CPU charge stock keeps a css reference on the last memcg that charged on
-///   that CPU; offlining drains it with a trylock that gives up when another drain runs.
-///
-/// v1: memory.force_empty runs lru_add_drain_all() and drain_all_stock() for this
-/// subtree, then reclaims what is reclaimable. cgroup2 has no force_empty:
-/// memory.reclaim drains the LRU batches of every CPU on its last retry (it returns
-/// EAGAIN when nothing was reclaimable). Neither frees tmpfs pages while their files
-/// exist (no swap here; with swap the swapped-out entries pin the memcg just the same),
-/// so this cannot release a cgroup that page cache still pins.
-fn drain_per_cpu_caches(mem: &MemoryHierarchy, parent: &Path) -> String {
-    if mem.v2 {
-        poke(parent, "memory.reclaim", "64M")
-    } else {
-        poke(parent, "memory.force_empty", "0")
-    }
-}
-
-/// What is still charged under `parent`, for failure messages.
-fn charged(mem: &MemoryHierarchy, parent: &Path) -> String {
-    let read = |f: &str| fs::read_to_string(parent.join(f)).unwrap_or_else(|e| format!("{f}: {e}"));
-    let keys: &[&str] = if mem.v2 {
-        &["anon", "file", "shmem", "kernel", "slab", "sock", "percpu"]
-    } else {
-        &[
-            "total_cache",
-            "total_rss",
-            "total_shmem",
-            "total_mapped_file",
-            "total_unevictable",
-        ]
-    };
-    let stat: Vec<String> = read("memory.stat")
-        .lines()
-        .filter(|l| keys.iter().any(|k| l.split(' ').next() == Some(*k)))
-        .map(str::to_string)
-        .collect();
-    let usage = if mem.v2 {
-        "memory.current"
-    } else {
-        "memory.usage_in_bytes"
-    };
-    format!(
-        "{usage} {} of {}; memory.stat: {}{}",
-        read(usage).trim(),
-        parent.display(),
-        stat.join(", "),
-        if mem.v2 {
-            format!("; cgroup.stat: {}", read("cgroup.stat").replace('\n', " "))
-        } else {
-            String::new()
-        }
-    )
-}
-
 #[test]
 fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     require_root();
@@ -281,67 +159,13 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
         .find_map(|l| l.strip_prefix("0::").map(str::to_string))
         .expect("a cgroup2 entry in /proc/self/cgroup");
     let files = TempDir::new("cgroups-cache");
-    // The cache files live on a tmpfs of the test's own: their pages are charged to the
-    // cgroup that wrote them and freed with the files, no filesystem metadata block (a
-    // directory or bitmap block first touched from inside a test cgroup) and no cgroup
-    // writeback structure (cgroup2 ext4) can pin one afterwards.
-    let cache = Tmpfs::new("cgroups-cache", "size=64m");
     // Dying past 3 s is a finding here (30 s by default), so the test need not wait long.
     let (tracer, prom) = start_live_with(&mem.name, &files, &["--dying-age", "3s"]);
-    let rel_parent = format!("/tracer-test-{me}");
-    // cgroup2: the memory controller must be on in the root's subtree_control (the root
-    // may hold processes) and in the parent's, which holds none ("no internal
-    // processes": only leaves have tasks). Guards turn off what the test turned on.
-    let _root_ctl = mem.v2.then(|| SubtreeControl::enable(&mem.mount, "memory"));
-    let mut parent = Cgroup::create(mem.mount.join(&rel_parent[1..]));
-    let _parent_ctl = mem
-        .v2
-        .then(|| SubtreeControl::enable(&parent.path, "memory"));
-    let mut children: Vec<Cgroup> = (0..K)
-        .map(|i| Cgroup::create(parent.path.join(format!("c{i}"))))
-        .collect();
-    if mem.v2 {
-        for c in &children {
-            let ctl = fs::read_to_string(c.path.join("cgroup.controllers")).unwrap();
-            assert!(
-                ctl.split_whitespace().any(|c| c == "memory"),
-                "{how}: {} has no memory controller: {ctl}",
-                c.path.display()
-            );
-        }
-    }
-    let paths: Vec<String> = (0..K).map(|i| format!("{rel_parent}/c{i}")).collect();
-    // Page in sh and head (and their libraries) from here first: pages are charged to
-    // the cgroup that reads them first, and a binary first read from inside c0 would
-    // pin c0 after the test deletes its files.
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg("head -c 4096 /dev/zero > /dev/null")
-        .status()
-        .expect("running sh");
-    assert!(st.success());
-    // In each cgroup a child process writes 8 MiB of page cache to a file of ours,
-    // charged to that memory cgroup, and exits (so the cgroup has no task left).
-    for (i, cg) in children.iter().enumerate() {
-        let file = cache.dir.join(format!("cache{i}"));
-        let st = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "echo $$ > {}/cgroup.procs && head -c 8388608 /dev/zero > {}",
-                cg.path.display(),
-                file.display()
-            ))
-            .status()
-            .expect("running sh");
-        assert!(
-            st.success(),
-            "{how}: the cache writer failed in {}",
-            cg.path.display()
-        );
-    }
-    for cg in &mut children {
-        cg.remove();
-    }
+    // K memcgs with 8 MiB of page cache each, removed: made dying by this process
+    // (parent and children), the cache and the rest undone by the guard.
+    let mut pinned = PinnedMemcgs::new("pinned", 8 << 20);
+    let rel_parent = pinned.rel_parent.clone();
+    let paths = pinned.make_dying(K);
     // The cache keeps them dying: the report lists exactly those K, made and removed
     // by this process.
     wait_prom(
@@ -356,7 +180,7 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     );
     // Per-CPU caches emptied: the page cache alone still pins them (two reports later),
     // and past the threshold each is a finding.
-    let drained = drain_per_cpu_caches(&mem, &parent.path);
+    let drained = pinned.drain_per_cpu_caches();
     wait_reports(&prom, 2);
     wait_prom(
         &prom,
@@ -374,41 +198,23 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
             series_with_path(&t, "tracer_cgroups_dying_age_seconds", p),
             1,
             "{how}: {p} was released while its page cache existed ({drained}); {}\n{t}",
-            charged(&mem, &parent.path)
+            pinned.charged()
         );
     }
     // Freeing the cache (deleting the files) lets the kernel release them, once no
-    // per-CPU cache holds a reference any more: drain those again (a targeted action on
-    // the test's parent, see drain_per_cpu_caches) while waiting, bounded.
-    for i in 0..K {
-        fs::remove_file(cache.dir.join(format!("cache{i}"))).unwrap();
-    }
-    let released = |t: &str| {
-        paths.iter().all(|p| {
-            series_with_path(t, "tracer_cgroups_released_latency_seconds", p) == 1
-                && series_with_path(t, "tracer_cgroups_dying_age_seconds", p) == 0
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut drains = vec![drain_per_cpu_caches(&mem, &parent.path)];
-    let mut next_drain = Instant::now() + Duration::from_secs(1);
-    loop {
+    // per-CPU cache holds a reference any more (the guard drains those while waiting).
+    pinned.free_and_wait_released(Duration::from_secs(20), || {
         let t = fs::read_to_string(&prom).unwrap_or_default();
-        if released(&t) {
-            break;
+        let released = paths.iter().all(|p| {
+            series_with_path(&t, "tracer_cgroups_released_latency_seconds", p) == 1
+                && series_with_path(&t, "tracer_cgroups_dying_age_seconds", p) == 0
+        });
+        if released {
+            Ok(())
+        } else {
+            Err(format!("--prom-file:\n{t}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{how}: the K cgroups were not released within 20 s of deleting their files; \
-             per-CPU drains: {drains:?}; still charged: {}; last --prom-file:\n{t}",
-            charged(&mem, &parent.path)
-        );
-        if Instant::now() >= next_drain {
-            drains.push(drain_per_cpu_caches(&mem, &parent.path));
-            next_drain = Instant::now() + Duration::from_secs(1);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
     let reports = out.reports();
@@ -552,7 +358,7 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
         r["memory_stat_read_ms"]["now"].as_f64().is_some(),
         "{how}: {r}"
     );
-    parent.remove();
+    pinned.remove_parent();
     assert_none_loaded("cgroups_");
 }
 
