@@ -1,8 +1,19 @@
 //! Container and pod attribution from cgroup paths, for real: the test makes the cgroup
 //! trees the kubelet (systemd and cgroupfs drivers) and Docker make, puts a real parent
 //! that leaves zombies in each, and checks the report names the runtime, container id,
-//! pod UID and QoS class of each parent (ids only: no runtime API is asked).
-use std::{fs, path::PathBuf, time::Duration};
+//! pod UID and QoS class of each parent, and the names a Docker API socket gives (a
+//! stand-in server the test runs: no container runtime runs on the test machines).
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::{UnixListener, UnixStream},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use serde_json::Value;
 use tracer_tests::{CgroupLayout, Incident, Tracer, http::sample, require_root, serial};
@@ -45,6 +56,76 @@ impl Drop for Tree {
     }
 }
 
+/// A Unix socket answering the Docker Engine API's inspect call
+/// (`GET /containers/{id}/json`) for the containers in `known`, 404 for others; it
+/// records the paths asked. Stopped and its socket removed on drop.
+struct FakeDocker {
+    path: PathBuf,
+    asked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeDocker {
+    fn start(path: PathBuf, known: Vec<(String, serde_json::Value)>) -> FakeDocker {
+        let _ = fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, st) = (asked.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let mut line = String::new();
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                if r.read_line(&mut line).is_err() {
+                    continue;
+                }
+                // The rest of the request head.
+                let mut h = String::new();
+                while r.read_line(&mut h).is_ok_and(|n| n > 2) {
+                    h.clear();
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                a.lock().unwrap().push(path.clone());
+                let body = known
+                    .iter()
+                    .find(|(id, _)| path == format!("/containers/{id}/json"))
+                    .map(|(_, v)| v.to_string());
+                let (status, body) = match body {
+                    Some(b) => ("200 OK", b),
+                    None => ("404 Not Found", r#"{"message":"No such container"}"#.into()),
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.0 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FakeDocker {
+            path,
+            asked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeDocker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = UnixStream::connect(&self.path); // wakes the accept
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 /// A file the test made, removed on drop.
 struct RmFile(PathBuf);
 
@@ -79,15 +160,40 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
     let dirs: Vec<PathBuf> = layouts.iter().map(|l| tree.make(&root, l)).collect();
     let prom = std::env::temp_dir().join(format!("tracer-ctr-{me}.prom"));
     let _rm = RmFile(prom.clone());
-    let tracer = Tracer::start(&[
-        "zombies",
-        "--parent",
-        "--json",
-        "-i",
-        "300ms",
-        "--prom-file",
-        prom.to_str().unwrap(),
-    ]);
+    // The Docker API knows B (a pod's container, with the kubelet's labels) and C.
+    let docker = FakeDocker::start(
+        std::env::temp_dir().join(format!("tracer-ctr-{me}.sock")),
+        vec![
+            (
+                ID_B.to_string(),
+                serde_json::json!({"Name": "/k8s_db_db-0_data_x_0", "Config": {"Labels": {
+                    "io.kubernetes.container.name": "db",
+                    "io.kubernetes.pod.name": "db-0",
+                    "io.kubernetes.pod.namespace": "data",
+                }}}),
+            ),
+            (
+                ID_C.to_string(),
+                serde_json::json!({"Name": "/web-1", "Config": {"Labels": {}}}),
+            ),
+        ],
+    );
+    let sock = docker.path.to_str().unwrap().to_string();
+    let tracer = Tracer::start_env(
+        &[
+            "zombies",
+            "--parent",
+            "--json",
+            "-i",
+            "300ms",
+            "--prom-file",
+            prom.to_str().unwrap(),
+        ],
+        &[
+            ("TRACER_DOCKER_SOCKET", &sock),
+            ("TRACER_CRIO_SOCKET", "/nonexistent/crio.sock"),
+        ],
+    );
     let incs: Vec<Incident> = dirs
         .iter()
         .map(|d| {
@@ -109,26 +215,42 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
     let c = |i: usize| parent(&r, incs[i].pid).unwrap()["container"].clone();
     assert_eq!(
         c(0),
-        serde_json::json!({"runtime": "containerd", "id": ID_A, "pod_uid": UID_A, "qos": "burstable"}),
+        serde_json::json!({"runtime": "containerd", "id": ID_A, "pod_uid": UID_A, "qos": "burstable",
+            "names_from": "ids only: containerd's API is gRPC, which the tracer does not ask"}),
         "{r}"
     );
+    // The cgroupfs driver does not say the runtime: CRI-O's socket is not there, the
+    // Docker API knows it.
+    let from = format!("Docker API at {sock}");
     assert_eq!(
         c(1),
-        serde_json::json!({"runtime": "unknown", "id": ID_B, "pod_uid": UID_B, "qos": "besteffort"}),
+        serde_json::json!({"runtime": "unknown", "id": ID_B, "pod_uid": UID_B, "qos": "besteffort",
+            "name": "db", "pod": "db-0", "namespace": "data", "names_from": from}),
         "{r}"
     );
     assert_eq!(
         c(2),
-        serde_json::json!({"runtime": "docker", "id": ID_C}),
+        serde_json::json!({"runtime": "docker", "id": ID_C, "name": "web-1", "names_from": from}),
         "{r}"
     );
+    // Each container was asked once however many reports named it (cached), and
+    // containerd's never (its API is gRPC).
+    let asked = docker.asked.lock().unwrap().clone();
+    let mut want = vec![
+        format!("/containers/{ID_B}/json"),
+        format!("/containers/{ID_C}/json"),
+    ];
+    want.sort();
+    let mut got = asked.clone();
+    got.sort();
+    assert_eq!(got, want, "{asked:?}");
     // The metrics name the same containers on the parents' series (the file holds a
     // report at least as new as `r`, and the parents still have their zombies).
     let m = fs::read_to_string(&prom).unwrap();
     let pid = |i: usize| incs[i].pid.to_string();
     let containerd = format!("containerd://{ID_A}");
     let unknown = format!("unknown://{ID_B}");
-    let docker = format!("docker://{ID_C}");
+    let docker_id = format!("docker://{ID_C}");
     for (i, labels) in [
         vec![
             ("container_id", containerd.as_str()),
@@ -139,8 +261,11 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
             ("container_id", unknown.as_str()),
             ("pod_uid", UID_B),
             ("qos", "besteffort"),
+            ("container", "db"),
+            ("pod", "db-0"),
+            ("namespace", "data"),
         ],
-        vec![("container_id", docker.as_str())],
+        vec![("container_id", docker_id.as_str()), ("container", "web-1")],
     ]
     .into_iter()
     .enumerate()
@@ -156,7 +281,7 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
     // Docker's container is no pod's: no pod labels at all (not empty ones).
     let docker_line = m
         .lines()
-        .find(|l| l.starts_with("tracer_zombies_parent_zombies{") && l.contains(&docker))
+        .find(|l| l.starts_with("tracer_zombies_parent_zombies{") && l.contains(&docker_id))
         .unwrap();
     assert!(
         !docker_line.contains("pod_uid") && !docker_line.contains("qos"),

@@ -19,7 +19,7 @@ use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -638,14 +638,17 @@ impl Ring {
         })
     }
 
-    /// Every record available now, copied out of the ring.
+    /// Every record available now, copied out of the ring into one buffer (one
+    /// allocation per drain, not per record); each record is a view of it.
     fn drain(&mut self) -> Vec<Bytes> {
         let rb = self.fd.get_mut();
-        let mut out = Vec::new();
+        let mut buf = BytesMut::new();
+        let mut lens = Vec::new();
         while let Some(item) = rb.next() {
-            out.push(Bytes::copy_from_slice(&item));
+            buf.extend_from_slice(&item);
+            lens.push(item.len());
         }
-        out
+        lens.into_iter().map(|n| buf.split_to(n).freeze()).collect()
     }
 }
 

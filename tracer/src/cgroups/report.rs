@@ -130,7 +130,8 @@ impl Cgroups {
             {
                 let age = d.age.map(|a| a.as_secs_f64()).unwrap_or(0.0);
                 empty.push(EmptyRow {
-                    container: crate::container::of_cgroup(&d.path),
+                    container: crate::container::of_cgroup(&d.path)
+                        .map(crate::container::Container::named),
                     path: d.path.clone(),
                     hierarchy: h.name.clone(),
                     id: d.id,
@@ -160,7 +161,8 @@ impl Cgroups {
         let dying_rows: Vec<DyingRow> = (dying.iter().take(JSON_ROWS.max(top)))
             .map(|d| DyingRow {
                 id: d.id,
-                container: crate::container::of_cgroup(&d.path),
+                container: crate::container::of_cgroup(&d.path)
+                    .map(crate::container::Container::named),
                 path: d.path.clone(),
                 hierarchy: self.name(d.root),
                 age_s: age_of(now, d.rmdir_ns),
@@ -235,7 +237,8 @@ impl Cgroups {
                 MoveRow {
                     hierarchy: self.name(k.root),
                     id: k.id,
-                    container: crate::container::of_cgroup(&path),
+                    container: crate::container::of_cgroup(&path)
+                        .map(crate::container::Container::named),
                     path,
                     pid: k.tgid,
                     comm: comm_str(&n.comm).to_string(),

@@ -475,6 +475,10 @@ impl Families {
                 ("container_id", _) => container_id(&row["container"]),
                 ("pod_uid", _) => s(&row["container"], "pod_uid").to_string(),
                 ("qos", _) => s(&row["container"], "qos").to_string(),
+                // Names from the runtime's API (container/names.rs), when it gave them.
+                ("container", _) => s(&row["container"], "name").to_string(),
+                ("pod", _) => s(&row["container"], "pod").to_string(),
+                ("namespace", _) => s(&row["container"], "namespace").to_string(),
                 (_, Value::Null) => String::new(),
                 (_, other) => other.to_string(),
             })

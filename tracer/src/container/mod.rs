@@ -1,8 +1,10 @@
 //! Which container and pod a cgroup belongs to, from its path alone: the layouts the
 //! kubelet (systemd and cgroupfs drivers), containerd, CRI-O, Docker and Podman make,
-//! on cgroup v2 and on each v1 hierarchy. Ids only: names (pod, namespace, container)
-//! need the runtime's API, which this does not ask.
+//! on cgroup v2 and on each v1 hierarchy. Names (container, pod, namespace) come from
+//! the runtime's API where it answers (names.rs), else the row has ids only and says why.
 use serde::Serialize;
+
+pub mod names;
 
 /// A container identified from a cgroup path.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -19,6 +21,12 @@ pub struct Container {
     /// guaranteed, burstable or besteffort, for a pod's container.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qos: Option<&'static str>,
+    /// `name`, `pod` and `namespace`, those the runtime gave.
+    #[serde(flatten)]
+    pub names: names::Names,
+    /// Where the names came from, or why there are none ("ids only: ...").
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub names_from: String,
 }
 
 impl Container {
@@ -26,10 +34,25 @@ impl Container {
     /// text tables.
     pub fn short(&self) -> String {
         let id = &self.id[..self.id.len().min(12)];
-        match &self.pod_uid {
-            Some(pod) => format!("{}://{id} pod {pod}", self.runtime),
-            None => format!("{}://{id}", self.runtime),
+        let mut s = format!("{}://{id}", self.runtime);
+        if let Some(n) = &self.names.name {
+            s += &format!(" {n}");
         }
+        match (&self.names.namespace, &self.names.pod, &self.pod_uid) {
+            (Some(ns), Some(pod), _) => s += &format!(" pod {ns}/{pod}"),
+            (_, Some(pod), _) => s += &format!(" pod {pod}"),
+            (_, None, Some(uid)) => s += &format!(" pod {uid}"),
+            _ => {}
+        }
+        s
+    }
+
+    /// With the names its runtime gives (asked once per id, see names.rs).
+    pub fn named(mut self) -> Self {
+        let (n, from) = names::of(self.runtime, &self.id);
+        self.names = n.unwrap_or_default();
+        self.names_from = from;
+        self
     }
 }
 
@@ -59,7 +82,7 @@ pub fn label(path: &str, container: Option<&Container>) -> String {
 
 impl From<String> for InCgroup {
     fn from(cgroup: String) -> Self {
-        let container = of_cgroup(&cgroup);
+        let container = of_cgroup(&cgroup).map(Container::named);
         InCgroup { cgroup, container }
     }
 }
@@ -113,6 +136,7 @@ pub fn of_cgroup(path: &str) -> Option<Container> {
                         id: id.to_string(),
                         pod_uid: pod_uid.clone(),
                         qos: qos.filter(|_| in_pods),
+                        ..Container::default()
                     });
                 }
             }
@@ -139,6 +163,7 @@ pub fn of_cgroup(path: &str) -> Option<Container> {
                     id: part.to_string(),
                     pod_uid,
                     qos,
+                    ..Container::default()
                 });
             }
         }
@@ -152,6 +177,7 @@ pub fn of_cgroup(path: &str) -> Option<Container> {
                 id: id.to_string(),
                 pod_uid: None,
                 qos: None,
+                ..Container::default()
             });
         }
     }
@@ -193,6 +219,7 @@ mod tests {
             id: ID.into(),
             pod_uid: pod.map(str::to_string),
             qos,
+            ..Container::default()
         }
     }
 
