@@ -72,3 +72,36 @@ pub fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         .then(|| value.parse().ok())?
     })
 }
+
+/// What `promtool check metrics` finds wrong in an exposition (lint problems and
+/// parse errors), empty when nothing; promtool comes from Debian's `prometheus`
+/// package, which `cargo xtask setup` installs.
+pub fn promtool_problems(exposition: &str) -> String {
+    use std::{
+        io::Write as _,
+        process::{Command, Stdio},
+    };
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("promtool cannot run ({e}); `cargo xtask setup` installs it"));
+    let mut stdin = child.stdin.take().expect("promtool's stdin");
+    stdin
+        .write_all(exposition.as_bytes())
+        .expect("writing to promtool");
+    drop(stdin);
+    let out = child.wait_with_output().expect("waiting for promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        said.trim().to_string()
+    } else {
+        format!("exit {}: {said}", out.status)
+    }
+}

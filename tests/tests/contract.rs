@@ -4,8 +4,8 @@
 //! a kernel without a required hook gets the hook named (or, where the detector has a
 //! fallback, a run on it). The incident tests live in the per-detector files.
 use tracer_tests::{
-    Finished, assert_none_loaded, require_root, run_tracer, run_tracer_unprivileged,
-    run_tracer_without_tracepoints, serial,
+    Finished, assert_none_loaded, http::promtool_problems, require_root, run_tracer,
+    run_tracer_unprivileged, run_tracer_without_tracepoints, serial,
 };
 
 struct Detector {
@@ -102,6 +102,15 @@ fn every_registered_detector_is_under_contract() {
     }
 }
 
+/// A file the test made, removed on drop.
+struct RmFile(std::path::PathBuf);
+
+impl Drop for RmFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn run(d: &Detector, args: &[&str]) -> Finished {
     let mut all = vec![d.command];
     all.extend_from_slice(args);
@@ -113,8 +122,33 @@ fn every_detector_ends_its_duration_with_one_final_report_and_detaches() {
     require_root();
     let _s = serial();
     for d in DETECTORS {
-        let out = run(d, &["-d", "1s", "-i", "300ms", "--json"]);
+        let prom = std::env::temp_dir().join(format!(
+            "tracer-contract-{}-{}.prom",
+            std::process::id(),
+            d.command
+        ));
+        let _rm = RmFile(prom.clone());
+        let out = run(
+            d,
+            &[
+                "-d",
+                "1s",
+                "-i",
+                "300ms",
+                "--json",
+                "--prom-file",
+                prom.to_str().unwrap(),
+            ],
+        );
         assert!(out.status.success(), "{}: {}", d.command, out.stderr);
+        // Its metrics, from the final report, are clean by promtool's rules.
+        let text = std::fs::read_to_string(&prom).unwrap();
+        assert!(
+            text.contains("tracer_report_final{"),
+            "{}: {text}",
+            d.command
+        );
+        assert_eq!(promtool_problems(&text), "", "{}: {text}", d.command);
         let reports = out.reports();
         assert!(
             reports.len() >= d.min_reports,

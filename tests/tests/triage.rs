@@ -123,6 +123,8 @@ fn parent_holding_zombies_is_named_in_the_pids_row() {
         })
         .unwrap_or_else(|| panic!("no severity series for parent {pid}:\n{text}"));
     assert!(series.ends_with(" 1"), "{series}");
+    // And the whole file is clean by promtool's rules.
+    assert_eq!(tracer_tests::http::promtool_problems(&text), "", "{text}");
 }
 
 /// A --prom-file path in the temp dir, removed on drop.

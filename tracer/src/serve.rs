@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::Value;
 use tokio::{
     net::TcpListener,
-    sync::{Semaphore, mpsc, oneshot},
+    sync::{Semaphore, mpsc, oneshot, watch},
 };
 
 use crate::{
@@ -82,42 +82,78 @@ pub struct Args {
 #[derive(Default)]
 struct State {
     ready: AtomicBool,
-    latest: Mutex<BTreeMap<String, Value>>,
+    /// Each detector's latest report and when it was built.
+    latest: Mutex<BTreeMap<String, (Value, Instant)>>,
     /// Asks the run for a report from every detector (set once they are attached).
     refresh: OnceLock<mpsc::Sender<oneshot::Sender<()>>>,
-    /// When the last refresh that completed was asked for: a scrape that arrives
-    /// while one is being built waits for the next, and concurrent scrapes share it.
-    refreshed: tokio::sync::Mutex<Option<Instant>>,
+    /// Rounds of reports asked for and completed: a scrape joins the round in flight
+    /// or starts one, so concurrent scrapes share one.
+    rounds: Mutex<Rounds>,
+    completed: OnceLock<watch::Sender<u64>>,
 }
 
-/// How long a scrape waits for the detectors' reports before it is served the latest
-/// ones (Prometheus' default scrape timeout is 10 s).
-const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+#[derive(Default)]
+struct Rounds {
+    started: u64,
+    in_flight: bool,
+}
+
+/// How long a scrape waits for the detectors to report: a round that takes longer (a
+/// detector behind a storm of events, or a starved CPU) is not waited for, and the
+/// scrape gets the latest reports, whose age `tracer_report_age_seconds` gives. The
+/// round still completes, for the next scrape.
+const SCRAPE_WAIT: Duration = Duration::from_millis(20);
 
 impl State {
-    /// The metrics as of now: every detector reports what it has (the ring drained up
-    /// to this moment), then the registry is built from those reports.
-    async fn metrics(&self) -> String {
-        let asked = Instant::now();
-        if let Some(refresh) = self.refresh.get() {
-            let mut last = self.refreshed.lock().await;
-            // Another scrape's refresh, asked for after this one arrived, will do.
-            if last.is_none_or(|t| t < asked) {
-                let started = Instant::now();
-                let (done, built) = oneshot::channel();
-                if refresh.send(done).await.is_ok()
-                    && matches!(
-                        tokio::time::timeout(REFRESH_TIMEOUT, built).await,
-                        Ok(Ok(()))
-                    )
-                {
-                    *last = Some(started);
-                }
+    /// The metrics: every detector reports what it has (the ring drained up to now),
+    /// unless that takes over [`SCRAPE_WAIT`]; then the registry is built from the
+    /// latest reports, each with its age.
+    async fn metrics(self: &Arc<Self>) -> String {
+        if let Some(round) = self.join_round()
+            && let Some(completed) = self.completed.get()
+        {
+            let mut rx = completed.subscribe();
+            let _ = tokio::time::timeout(SCRAPE_WAIT, rx.wait_for(|&done| done >= round)).await;
+        }
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        for (json, at) in latest.values_mut() {
+            if let Value::Object(o) = json {
+                let age = now.saturating_duration_since(*at).as_secs_f64();
+                o.insert("report_age_s".into(), crate::output::round3(age).into());
             }
         }
-        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        let all: Vec<(&str, &Value)> = latest.iter().map(|(c, j)| (c.as_str(), j)).collect();
+        let all: Vec<(&str, &Value)> = latest.iter().map(|(c, (j, _))| (c.as_str(), j)).collect();
         crate::prom::render_all(&all)
+    }
+
+    /// The number of the round this scrape waits for: the one in flight, or a new one
+    /// asked of the run. None before the run starts or after it ended.
+    fn join_round(self: &Arc<Self>) -> Option<u64> {
+        let refresh = self.refresh.get()?;
+        let mut r = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
+        if r.in_flight {
+            return Some(r.started);
+        }
+        let (done, built) = oneshot::channel();
+        refresh.try_send(done).ok()?;
+        r.started += 1;
+        r.in_flight = true;
+        let round = r.started;
+        let state = self.clone();
+        tokio::spawn(async move {
+            // An error: the run ended; the round is over either way.
+            let _ = built.await;
+            state
+                .rounds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .in_flight = false;
+            if let Some(c) = state.completed.get() {
+                c.send_replace(round);
+            }
+        });
+        Some(round)
     }
 }
 
@@ -127,7 +163,7 @@ struct Latest(Arc<State>);
 impl Sink for Latest {
     fn write(&mut self, r: &Emitted) -> Result<()> {
         let mut latest = self.0.latest.lock().unwrap_or_else(|e| e.into_inner());
-        latest.insert(r.command.to_string(), r.json.clone());
+        latest.insert(r.command.to_string(), (r.json.clone(), Instant::now()));
         Ok(())
     }
 }
@@ -164,8 +200,9 @@ pub async fn run(args: Args) -> Result<u8> {
         prom_file: args.prom_file.clone(),
     };
     let started = run::start(prepared, opts)?;
-    // Scrapes queue behind one another (see State::metrics): a few requests suffice.
-    let (refresh, asked) = mpsc::channel(4);
+    // One round in flight at a time (see State::join_round): one request suffices.
+    let (refresh, asked) = mpsc::channel(1);
+    let _ = state.completed.set(watch::Sender::new(0));
     let _ = state.refresh.set(refresh);
     // Ready once every detector's programs are attached; from then on each scrape gets
     // every detector's report as of the scrape.
@@ -238,7 +275,7 @@ const LANDING: &str = "<!doctype html><html><head><title>tracer</title></head><b
 <li><a href=\"/-/healthy\">/-/healthy</a></li><li><a href=\"/-/ready\">/-/ready</a></li>\
 </ul></body></html>\n";
 
-async fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(state: &Arc<State>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, ctype: &str, body: String| {
         let body = if req.method() == Method::HEAD {
             Bytes::new()

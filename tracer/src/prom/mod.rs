@@ -216,6 +216,14 @@ pub const REPORT_ELAPSED: Metric = Metric {
     labels: &["detector"],
     buckets: &[],
 };
+pub const REPORT_AGE: Metric = Metric {
+    name: "report_age",
+    kind: Kind::Gauge,
+    unit: Some(BaseUnit::Seconds),
+    help: "At the scrape of `tracer serve`, how long ago the detector built the report these metrics come from (not in --prom-file).",
+    labels: &["detector"],
+    buckets: &[],
+};
 pub const REPORT_FINAL: Metric = Metric {
     name: "report_final",
     kind: Kind::Gauge,
@@ -249,6 +257,7 @@ const COMMON: &[&Metric] = &[
     &KERNEL_MAP_FULL,
     &STATE_EVICTED,
     &REPORT_ELAPSED,
+    &REPORT_AGE,
     &REPORT_FINAL,
     &HOOK_ATTACHED,
     &HOOK_PATH,
@@ -269,6 +278,7 @@ fn common(out: &mut Families, command: &str, r: &Value) {
         }
     }
     out.field(&REPORT_ELAPSED, &l, r, "elapsed_s");
+    out.field(&REPORT_AGE, &l, r, "report_age_s");
     out.field(&REPORT_FINAL, &l, r, "final");
     for h in rows(&r["hooks"], "attached", usize::MAX) {
         if let Some(v) = Num::of(&h["attached"]) {
