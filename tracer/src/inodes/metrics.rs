@@ -73,17 +73,7 @@ pub const PROCESS_NET: Metric = gauge(
     "inodes_process_net_inodes",
     None,
     "Inodes a process allocated minus those it freed on a filesystem while tracing, for the 10 processes with the most.",
-    &[
-        "pid",
-        "comm",
-        "mount",
-        "container_id",
-        "pod_uid",
-        "qos",
-        "container",
-        "pod",
-        "namespace",
-    ],
+    crate::prom::PROCESS_ON_FS,
 );
 pub const DIRECTORY: Metric = gauge(
     "inodes_directory_allocated_inodes",
@@ -95,17 +85,7 @@ pub const ENOSPC: Metric = gauge(
     "inodes_enospc_failures",
     None,
     "Creates that failed with ENOSPC (no space left) while tracing, for the 10 processes with the most.",
-    &[
-        "pid",
-        "comm",
-        "mount",
-        "container_id",
-        "pod_uid",
-        "qos",
-        "container",
-        "pod",
-        "namespace",
-    ],
+    crate::prom::PROCESS_ON_FS,
 );
 
 /// Every metric above, for the README check (`prom::all_metrics`).

@@ -555,6 +555,31 @@ pub fn rows<'a>(r: &'a Value, list: &str, n: usize) -> impl Iterator<Item = &'a 
     r[list].as_array().into_iter().flatten().take(n)
 }
 
+/// Labels of a per-process series: the process, then its container (see
+/// [`Families::row_value`]; empty ones are left out).
+pub const PROCESS: &[&str] = &[
+    "pid",
+    "comm",
+    "container_id",
+    "pod_uid",
+    "qos",
+    "container",
+    "pod",
+    "namespace",
+];
+/// As [`PROCESS`], on one filesystem.
+pub const PROCESS_ON_FS: &[&str] = &[
+    "pid",
+    "comm",
+    "mount",
+    "container_id",
+    "pod_uid",
+    "qos",
+    "container",
+    "pod",
+    "namespace",
+];
+
 /// `runtime://id` of a row's `container` object, "" when there is none.
 fn container_id(c: &Value) -> String {
     match (c["runtime"].as_str(), c["id"].as_str()) {

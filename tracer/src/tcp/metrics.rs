@@ -148,31 +148,13 @@ pub const CULPRIT_REFUSALS: Metric = gauge(
     "tcp_process_refusals",
     None,
     "Refused socket memory charges of a process while tracing, for the 10 processes with the most.",
-    &[
-        "pid",
-        "comm",
-        "container_id",
-        "pod_uid",
-        "qos",
-        "container",
-        "pod",
-        "namespace",
-    ],
+    crate::prom::PROCESS,
 );
 pub const HOLDER_BYTES: Metric = gauge(
     "tcp_process_socket_memory",
     Some(Bytes),
     "Memory queued in a process's sockets (receive plus send), for the 10 processes holding the most.",
-    &[
-        "pid",
-        "comm",
-        "container_id",
-        "pod_uid",
-        "qos",
-        "container",
-        "pod",
-        "namespace",
-    ],
+    crate::prom::PROCESS,
 );
 
 /// Every metric above, for the README check (`prom::all_metrics`).

@@ -84,31 +84,13 @@ pub const PARENT_ZOMBIES: Metric = gauge(
     "zombies_parent_zombies",
     None,
     "Zombies of one parent, for the 10 parents with the most zombies.",
-    &[
-        "pid",
-        "comm",
-        "container_id",
-        "pod_uid",
-        "qos",
-        "container",
-        "pod",
-        "namespace",
-    ],
+    crate::prom::PROCESS,
 );
 pub const PARENT_OLDEST: Metric = gauge(
     "zombies_parent_oldest_zombie_age",
     Some(Seconds),
     "Age of the oldest zombie of one parent, for the 10 parents with the most zombies.",
-    &[
-        "pid",
-        "comm",
-        "container_id",
-        "pod_uid",
-        "qos",
-        "container",
-        "pod",
-        "namespace",
-    ],
+    crate::prom::PROCESS,
 );
 
 /// Every metric above, for the README check (`prom::all_metrics`).
