@@ -1,8 +1,9 @@
 //! Container and pod attribution from cgroup paths, for real: the test makes the cgroup
 //! trees the kubelet (systemd and cgroupfs drivers) and Docker make, puts a real parent
 //! that leaves zombies in each, and checks the report names the runtime, container id,
-//! pod UID and QoS class of each parent, and the names a Docker API socket gives (a
-//! stand-in server the test runs: no container runtime runs on the test machines).
+//! pod UID and QoS class of each parent, and the names the runtime gives: a Docker API
+//! socket (a stand-in server the test runs) and containerd's OCI bundle (a task
+//! directory the test writes): no container runtime runs on the test machines.
 use std::{
     fs,
     io::{BufRead as _, BufReader, Write as _},
@@ -126,6 +127,15 @@ impl Drop for FakeDocker {
     }
 }
 
+/// A directory the test made, removed with its contents on drop.
+struct RmDir(PathBuf);
+
+impl Drop for RmDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A file the test made, removed on drop.
 struct RmFile(PathBuf);
 
@@ -179,6 +189,23 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
         ],
     );
     let sock = docker.path.to_str().unwrap().to_string();
+    // containerd's task state, with the bundle of A as its CRI plugin writes it.
+    let tasks = std::env::temp_dir().join(format!("tracer-ctr-{me}-tasks"));
+    let _rm_tasks = RmDir(tasks.clone());
+    let bundle = tasks.join("k8s.io").join(ID_A);
+    fs::create_dir_all(&bundle).unwrap();
+    let config = bundle.join("config.json");
+    fs::write(
+        &config,
+        serde_json::json!({"ociVersion": "1.1.0", "annotations": {
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": "api",
+            "io.kubernetes.cri.sandbox-name": "api-5f",
+            "io.kubernetes.cri.sandbox-namespace": "prod",
+        }})
+        .to_string(),
+    )
+    .unwrap();
     let tracer = Tracer::start_env(
         &[
             "zombies",
@@ -192,6 +219,7 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
         &[
             ("TRACER_DOCKER_SOCKET", &sock),
             ("TRACER_CRIO_SOCKET", "/nonexistent/crio.sock"),
+            ("TRACER_CONTAINERD_TASKS", tasks.to_str().unwrap()),
         ],
     );
     let incs: Vec<Incident> = dirs
@@ -216,7 +244,8 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
     assert_eq!(
         c(0),
         serde_json::json!({"runtime": "containerd", "id": ID_A, "pod_uid": UID_A, "qos": "burstable",
-            "names_from": "ids only: containerd's API is gRPC, which the tracer does not ask"}),
+            "name": "api", "pod": "api-5f", "namespace": "prod",
+            "names_from": format!("containerd bundle {}", config.display())}),
         "{r}"
     );
     // The cgroupfs driver does not say the runtime: CRI-O's socket is not there, the
@@ -234,7 +263,7 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
         "{r}"
     );
     // Each container was asked once however many reports named it (cached), and
-    // containerd's never (its API is gRPC).
+    // containerd's never (its names come from the bundle).
     let asked = docker.asked.lock().unwrap().clone();
     let mut want = vec![
         format!("/containers/{ID_B}/json"),
@@ -256,6 +285,9 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
             ("container_id", containerd.as_str()),
             ("pod_uid", UID_A),
             ("qos", "burstable"),
+            ("container", "api"),
+            ("pod", "api-5f"),
+            ("namespace", "prod"),
         ],
         vec![
             ("container_id", unknown.as_str()),
