@@ -160,94 +160,67 @@ fn unit(u: BaseUnit) -> Unit {
     }
 }
 
-pub const BUILD_INFO: Metric = Metric {
-    name: "build_info",
-    kind: Kind::Gauge,
-    unit: None,
-    help: "Always 1; the tracer's version is the label.",
-    labels: &["version"],
-    buckets: &[],
-};
-pub const LOST_EVENTS: Metric = Metric {
-    name: "lost_events",
-    kind: Kind::Counter,
-    unit: None,
-    help: "Kernel events dropped because the ring buffer was full; the detector's counts are low by at least this much.",
-    labels: &["detector"],
-    buckets: &[],
-};
-pub const BAD_RECORDS: Metric = Metric {
-    name: "bad_records",
-    kind: Kind::Counter,
-    unit: None,
-    help: "Ring-buffer records too short or of an unknown kind, ignored.",
-    labels: &["detector"],
-    buckets: &[],
-};
-pub const KERNEL_READ_ERRORS: Metric = Metric {
-    name: "kernel_read_errors",
-    kind: Kind::Counter,
-    unit: None,
-    help: "Times the eBPF programs could not read a kernel field, so an event is missing or lacks a detail.",
-    labels: &["detector"],
-    buckets: &[],
-};
-pub const KERNEL_MAP_FULL: Metric = Metric {
-    name: "kernel_map_full",
-    kind: Kind::Counter,
-    unit: None,
-    help: "Times an eBPF program could not add an entry to a full kernel map, so an event lacks its state or count.",
-    labels: &["detector"],
-    buckets: &[],
-};
-pub const STATE_EVICTED: Metric = Metric {
-    name: "state_evicted",
-    kind: Kind::Counter,
-    unit: None,
-    help: "Per-key entries the detector dropped to keep its memory bounded (README \"Bounded state\"); totals still count them.",
-    labels: &["detector", "state"],
-    buckets: &[],
-};
-pub const REPORT_ELAPSED: Metric = Metric {
-    name: "report_elapsed",
-    kind: Kind::Gauge,
-    unit: Some(BaseUnit::Seconds),
-    help: "Time the detector had been tracing when it wrote this report.",
-    labels: &["detector"],
-    buckets: &[],
-};
-pub const REPORT_AGE: Metric = Metric {
-    name: "report_age",
-    kind: Kind::Gauge,
-    unit: Some(BaseUnit::Seconds),
-    help: "At the scrape of `tracer serve`, how long ago the detector built the report these metrics come from (not in --prom-file).",
-    labels: &["detector"],
-    buckets: &[],
-};
-pub const REPORT_FINAL: Metric = Metric {
-    name: "report_final",
-    kind: Kind::Gauge,
-    unit: None,
-    help: "1 when this is the detector's last report (the tracer has stopped), else 0.",
-    labels: &["detector"],
-    buckets: &[],
-};
-pub const HOOK_ATTACHED: Metric = Metric {
-    name: "hook_attached",
-    kind: Kind::Gauge,
-    unit: None,
-    help: "1 when the detector's hook is attached, 0 when this kernel or these privileges do not allow it (the detector sees less; `tracer doctor` says why).",
-    labels: &["detector", "hook"],
-    buckets: &[],
-};
-pub const HOOK_PATH: Metric = Metric {
-    name: "hook_path",
-    kind: Kind::Gauge,
-    unit: None,
-    help: "Always 1; `via` is the hook the detector's choice took (`none`: none worked and the detector uses its fallback).",
-    labels: &["detector", "choice", "via"],
-    buckets: &[],
-};
+pub const BUILD_INFO: Metric = gauge(
+    "build_info",
+    None,
+    "Always 1; the tracer's version is the label.",
+    &["version"],
+);
+pub const LOST_EVENTS: Metric = counter(
+    "lost_events",
+    "Kernel events dropped because the ring buffer was full; the detector's counts are low by at least this much.",
+    &["detector"],
+);
+pub const BAD_RECORDS: Metric = counter(
+    "bad_records",
+    "Ring-buffer records too short or of an unknown kind, ignored.",
+    &["detector"],
+);
+pub const KERNEL_READ_ERRORS: Metric = counter(
+    "kernel_read_errors",
+    "Times the eBPF programs could not read a kernel field, so an event is missing or lacks a detail.",
+    &["detector"],
+);
+pub const KERNEL_MAP_FULL: Metric = counter(
+    "kernel_map_full",
+    "Times an eBPF program could not add an entry to a full kernel map, so an event lacks its state or count.",
+    &["detector"],
+);
+pub const STATE_EVICTED: Metric = counter(
+    "state_evicted",
+    "Per-key entries the detector dropped to keep its memory bounded (README \"Bounded state\"); totals still count them.",
+    &["detector", "state"],
+);
+pub const REPORT_ELAPSED: Metric = gauge(
+    "report_elapsed",
+    Some(BaseUnit::Seconds),
+    "Time the detector had been tracing when it wrote this report.",
+    &["detector"],
+);
+pub const REPORT_AGE: Metric = gauge(
+    "report_age",
+    Some(BaseUnit::Seconds),
+    "At the scrape of `tracer serve`, how long ago the detector built the report these metrics come from (not in --prom-file).",
+    &["detector"],
+);
+pub const REPORT_FINAL: Metric = gauge(
+    "report_final",
+    None,
+    "1 when this is the detector's last report (the tracer has stopped), else 0.",
+    &["detector"],
+);
+pub const HOOK_ATTACHED: Metric = gauge(
+    "hook_attached",
+    None,
+    "1 when the detector's hook is attached, 0 when this kernel or these privileges do not allow it (the detector sees less; `tracer doctor` says why).",
+    &["detector", "hook"],
+);
+pub const HOOK_PATH: Metric = gauge(
+    "hook_path",
+    None,
+    "Always 1; `via` is the hook the detector's choice took (`none`: none worked and the detector uses its fallback).",
+    &["detector", "choice", "via"],
+);
 #[cfg_attr(not(test), allow(dead_code))]
 const COMMON: &[&Metric] = &[
     &BUILD_INFO,
