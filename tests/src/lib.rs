@@ -8,6 +8,7 @@ mod memcg;
 mod run;
 mod tcp;
 mod tracefs;
+mod typed;
 
 use std::{
     path::PathBuf,
@@ -20,6 +21,7 @@ pub use memcg::*;
 pub use run::*;
 pub use tcp::*;
 pub use tracefs::*;
+pub use typed::*;
 
 /// The tracer binary: TRACER_BIN (set by `cargo xtask test`) or target/release/tracer.
 pub fn tracer_bin() -> PathBuf {

@@ -46,11 +46,33 @@ pub fn log2(mut v: u64) -> u32 {
 /// Length of `task->comm`, as the kernel defines TASK_COMM_LEN.
 pub const COMM_LEN: usize = 16;
 
-/// Fixed ids of the records that the kernel programs put on the ring buffer.
-/// Ids never change meaning; new kinds get new numbers.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventKind {
+/// Declares [`EventKind`] from one list: each kind's fixed id and meaning, with
+/// `from_u32` and `ALL` generated from the same list, so a new kind is one line.
+macro_rules! event_kinds {
+    ($($(#[doc = $doc:literal])* $name:ident = $id:literal,)+) => {
+        /// Fixed ids of the records that the kernel programs put on the ring buffer.
+        /// Ids never change meaning; new kinds get new numbers.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum EventKind {
+            $($(#[doc = $doc])* $name = $id,)+
+        }
+
+        impl EventKind {
+            /// Every kind, in the order declared.
+            pub const ALL: &'static [EventKind] = &[$(EventKind::$name),+];
+
+            pub fn from_u32(v: u32) -> Option<Self> {
+                match v {
+                    $($id => Some(Self::$name),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+event_kinds! {
     /// zombies: a whole process exited (sched_process_exit with group_dead).
     ProcessExit = 1,
     /// zombies: an exited process was reaped (wait4 returned it, or it was freed).
@@ -69,23 +91,6 @@ pub enum EventKind {
     InodesNewDir = 30,
     /// inodes: a process's first create on a filesystem that failed with ENOSPC.
     InodesEnospc = 31,
-}
-
-impl EventKind {
-    pub fn from_u32(v: u32) -> Option<Self> {
-        Some(match v {
-            1 => Self::ProcessExit,
-            2 => Self::ProcessReap,
-            10 => Self::TcpBufLimit,
-            11 => Self::TcpPressureEdge,
-            20 => Self::CgroupMkdir,
-            21 => Self::CgroupRmdir,
-            22 => Self::CgroupRelease,
-            30 => Self::InodesNewDir,
-            31 => Self::InodesEnospc,
-            _ => return None,
-        })
-    }
 }
 
 /// First field of every ring-buffer record.
@@ -203,6 +208,9 @@ mod tests {
         assert_eq!(decode::<EventHeader>(&bytes[..15]), None);
         assert_eq!(EventKind::from_u32(h.kind), Some(EventKind::ProcessExit));
         assert_eq!(EventKind::from_u32(0), None);
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::from_u32(*k as u32), Some(*k));
+        }
     }
 
     #[test]

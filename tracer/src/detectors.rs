@@ -6,6 +6,7 @@ use clap::{ArgMatches, Args as _};
 use crate::{
     bpf::{Choice, Spec},
     cgroups, inodes,
+    report::{Body, Emitted, Envelope},
     run::Prepared,
     tcp,
     tracefs::Tracefs,
@@ -24,7 +25,9 @@ pub struct Entry {
     /// Its metrics, described (README "Metrics" lists them) ...
     pub metrics: &'static [&'static crate::prom::Metric],
     /// ... and filled from its report's JSON.
-    pub collect: fn(&serde_json::Value, &mut crate::prom::Families),
+    pub collect: Option<fn(&serde_json::Value, &mut crate::prom::Families)>,
+    /// Its report type: reads one of its JSON reports back (tests, fixtures).
+    pub read: Option<fn(&str) -> serde_json::Result<Emitted>>,
     pub spec: &'static Spec,
     /// Hooks with alternatives (fast path first, fallbacks after): doctor probes
     /// them in order and names the path each would take.
@@ -55,13 +58,31 @@ fn parse<A: clap::FromArgMatches>(m: &ArgMatches) -> anyhow::Result<A> {
     A::from_arg_matches(m).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// A JSON report of type `B` read back, as the sinks get it.
+fn read<B: Body + serde::de::DeserializeOwned>(json: &str) -> serde_json::Result<Emitted> {
+    let r: Envelope<B> = serde_json::from_str(json)?;
+    Ok(Emitted {
+        header: r.header,
+        body: std::sync::Arc::new(r.body),
+    })
+}
+
+/// Every described metric: the common ones, then each detector's (docs/metrics.md
+/// lists them, checked by a unit test).
+pub fn all_metrics() -> Vec<&'static crate::prom::Metric> {
+    (crate::prom::COMMON.iter().copied())
+        .chain(ALL.iter().flat_map(|e| e.metrics.iter().copied()))
+        .collect()
+}
+
 pub const ALL: &[Entry] = &[
     Entry {
         about: "Where to look first: the first-60-seconds USE check of CPU, memory, disk, network, kernel log and leaks (Netflix). Exit 0 ok, 3 warn, 4 crit",
         cli: triage::Args::augment_args,
         prepare: |m| triage::prepare(parse(m)?),
         metrics: triage::metrics::METRICS,
-        collect: triage::metrics::collect,
+        collect: Some(triage::metrics::collect),
+        read: None,
         spec: &triage::SPEC,
         choices: &[],
         fallback: "the /proc and /sys checks run without it; run-queue latency is marked skipped",
@@ -73,7 +94,8 @@ pub const ALL: &[Entry] = &[
         cli: tcp::Args::augment_args,
         prepare: |m| tcp::prepare(parse(m)?),
         metrics: tcp::metrics::METRICS,
-        collect: tcp::metrics::collect,
+        collect: Some(tcp::metrics::collect),
+        read: None,
         spec: &tcp::SPEC,
         choices: tcp::CHOICES,
         fallback: "episodes and TcpExt counters from /proc sampling still work",
@@ -85,7 +107,8 @@ pub const ALL: &[Entry] = &[
         cli: cgroups::Args::augment_args,
         prepare: |m| cgroups::prepare(parse(m)?),
         metrics: cgroups::metrics::METRICS,
-        collect: cgroups::metrics::collect,
+        collect: Some(cgroups::metrics::collect),
+        read: None,
         spec: &cgroups::SPEC,
         choices: &[],
         fallback: "no per-mover task counts",
@@ -97,7 +120,8 @@ pub const ALL: &[Entry] = &[
         cli: inodes::Args::augment_args,
         prepare: |m| inodes::prepare(parse(m)?),
         metrics: inodes::metrics::METRICS,
-        collect: inodes::metrics::collect,
+        collect: Some(inodes::metrics::collect),
+        read: None,
         spec: &inodes::SPEC,
         choices: &[],
         fallback: "without ext4 hooks (ext4 module not loaded): usage, ETA from statvfs and \
@@ -111,7 +135,8 @@ pub const ALL: &[Entry] = &[
         cli: zombies::Args::augment_args,
         prepare: |m| zombies::prepare(parse(m)?),
         metrics: zombies::metrics::METRICS,
-        collect: zombies::metrics::collect,
+        collect: None,
+        read: Some(read::<zombies::ZombiesReport>),
         spec: &zombies::SPEC,
         choices: &[],
         fallback: "release time from sched_process_free, /proc for parents",
@@ -127,10 +152,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::{
-        run,
-        sink::{Emitted, Sink},
-    };
+    use crate::{run, sink::Sink};
 
     #[test]
     fn every_record_kind_belongs_to_one_detector() {
@@ -167,7 +189,10 @@ mod tests {
 
     impl Sink for Keep {
         fn write(&mut self, r: &Emitted) -> anyhow::Result<()> {
-            self.0.lock().unwrap().push(r.json.clone());
+            self.0
+                .lock()
+                .unwrap()
+                .push(serde_json::from_str(&r.json()?)?);
             Ok(())
         }
     }

@@ -2,18 +2,20 @@
 //! every report carries it (`"hooks"` in JSON) and the metrics expose it
 //! (`tracer_hook_attached`, `tracer_hook_path`), so a fleet sees a detector running on
 //! its fallback without reading logs.
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use crate::bpf::{HookState, Plan, Session};
 
 /// One detector's hooks after its attach step.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Hooks {
     pub attached: Vec<HookRow>,
     pub paths: Vec<PathRow>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HookRow {
     /// `category:name` for a tracepoint, `kind/function` otherwise.
     pub hook: String,
@@ -21,12 +23,12 @@ pub struct HookRow {
     pub attached: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PathRow {
-    pub choice: &'static str,
+    pub choice: Cow<'static, str>,
     /// The path that won, or `none` when the detector does without (its report says
     /// what it does instead).
-    pub path: &'static str,
+    pub path: Cow<'static, str>,
 }
 
 /// Name of the path of a choice no path of which worked.
@@ -54,8 +56,11 @@ impl Hooks {
             .choices
             .iter()
             .map(|c| PathRow {
-                choice: c.name,
-                path: session.and_then(|s| s.took(c.name)).unwrap_or(NO_PATH),
+                choice: c.name.into(),
+                path: session
+                    .and_then(|s| s.took(c.name))
+                    .unwrap_or(NO_PATH)
+                    .into(),
             })
             .collect();
         Hooks { attached, paths }

@@ -4,27 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args as _, CommandFactory as _, FromArgMatches as _, Parser};
 
-mod bounded;
-mod bpf;
-mod cgroups;
-mod container;
-mod detectors;
-mod doctor;
-mod hooks;
-mod inodes;
-mod kbtf;
-mod output;
-mod procinfo;
-mod prom;
-mod run;
-mod serve;
-mod sink;
-mod snapshot;
-mod tcp;
-mod tracefs;
-mod trend;
-mod triage;
-mod zombies;
+use tracer::{bpf, detectors, doctor, serve};
 
 /// Find the causes of Linux production incidents with eBPF.
 ///

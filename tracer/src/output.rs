@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// An aligned text table; columns whose cells are all numeric are right-aligned.
 pub struct Table {
@@ -98,15 +98,32 @@ fn is_numeric(s: &str) -> bool {
 
 /// count/p50/p90/p99/max of a histogram (all 0 when empty), in the histogram's unit;
 /// with [`Summary::with`], also the exact `sum_s` and `buckets` of [`Buckets`].
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub count: u64,
     pub p50: u64,
     pub p90: u64,
     pub p99: u64,
     pub max: u64,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub buckets: Option<Buckets>,
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Exact>,
+}
+
+/// A latency's exact samples at fixed upper bounds, as reports carry them:
+/// `"sum_s": <seconds>, "buckets": [{"le_s": <bound>, "count": <samples at most
+/// bound>}, ...]`, cumulative, the same bounds in every report; the summary's `count`
+/// is the +Inf bucket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Exact {
+    pub sum_s: f64,
+    pub buckets: Vec<Le>,
+}
+
+/// Samples at most `le_s` seconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Le {
+    pub le_s: f64,
+    pub count: u64,
 }
 
 impl Summary {
@@ -127,7 +144,7 @@ impl Summary {
     /// The same summary with the exact buckets and sum of the same samples.
     pub fn with(self, b: &Buckets) -> Self {
         Self {
-            buckets: Some(b.clone()),
+            buckets: Some(b.exact()),
             ..self
         }
     }
@@ -139,9 +156,7 @@ impl Summary {
 /// hdrhistogram rounds values to 3 digits (a sample just above a bound could count
 /// under it) and keeps no sum.
 ///
-/// Serialized (flattened into a latency summary) as `"sum_s": <seconds>` and
-/// `"buckets": [{"le_s": <bound>, "count": <samples at most bound>}, ...]`: cumulative,
-/// the same bounds in every report; `count` of the summary is the +Inf bucket.
+/// Reports carry it as [`Exact`] (flattened into a latency summary).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Buckets {
     bounds: &'static [f64],
@@ -224,25 +239,15 @@ fn bound_ns(s: f64) -> u64 {
     (s * 1e9).round() as u64
 }
 
-impl Serialize for Buckets {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Le {
-            le_s: f64,
-            count: u64,
-        }
-        #[derive(Serialize)]
-        struct Out {
-            sum_s: f64,
-            buckets: Vec<Le>,
-        }
-        Out {
+impl Buckets {
+    /// The cumulative counts and the sum, as reports carry them.
+    pub fn exact(&self) -> Exact {
+        Exact {
             sum_s: self.sum_s(),
             buckets: (self.cumulative().into_iter())
                 .map(|(le_s, count)| Le { le_s, count })
                 .collect(),
         }
-        .serialize(s)
     }
 }
 
@@ -260,29 +265,50 @@ pub fn record(h: &mut Histogram<u64>, v: u64) {
 
 /// bcc-style log2 histogram (`usecs : count distribution`), then p50/p90/p99/max.
 pub fn log2_histogram(h: &Histogram<u64>, unit: &str) -> String {
-    let mut out = String::new();
-    if h.is_empty() {
-        let _ = writeln!(out, "     (no samples)");
-        return out;
+    Log2::of(h).render(unit)
+}
+
+/// A histogram's log2 slots and its summary: what its bcc-style text shows, kept in a
+/// report so the text is rendered from the report.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Log2 {
+    /// Slot 0 holds 0, slot k >= 1 holds [2^(k-1), 2^k - 1].
+    pub slots: Vec<u64>,
+    pub summary: Summary,
+}
+
+impl Log2 {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let mut slots = vec![0u64; 64];
+        for v in h.iter_recorded() {
+            let value = h.lowest_equivalent(v.value_iterated_to());
+            let slot = if value == 0 {
+                0
+            } else {
+                64 - value.leading_zeros() as usize
+            };
+            slots[slot.min(63)] += v.count_at_value();
+        }
+        Log2 {
+            slots,
+            summary: Summary::of(h),
+        }
     }
-    let mut buckets = [0u64; 64];
-    for v in h.iter_recorded() {
-        let value = h.lowest_equivalent(v.value_iterated_to());
-        let slot = if value == 0 {
-            0
-        } else {
-            64 - value.leading_zeros() as usize
-        };
-        buckets[slot.min(63)] += v.count_at_value();
+
+    /// The bcc-style text: the slots' lines, then count/p50/p90/p99/max.
+    pub fn render(&self, unit: &str) -> String {
+        let s = &self.summary;
+        if s.count == 0 {
+            return "     (no samples)\n".into();
+        }
+        let mut out = log2_rows(&self.slots, unit);
+        let _ = writeln!(
+            out,
+            "     count {}  p50 {}  p90 {}  p99 {}  max {} ({unit})",
+            s.count, s.p50, s.p90, s.p99, s.max
+        );
+        out
     }
-    out += &log2_rows(&buckets, unit);
-    let s = Summary::of(h);
-    let _ = writeln!(
-        out,
-        "     count {}  p50 {}  p90 {}  p99 {}  max {} ({unit})",
-        s.count, s.p50, s.p90, s.p99, s.max
-    );
-    out
 }
 
 /// The bucket lines of a bcc-style log2 histogram: slot 0 holds 0, slot k >= 1 holds

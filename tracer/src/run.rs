@@ -3,10 +3,6 @@
 //! hands each record to the detector owning its kind, accounting of lost events, bad
 //! records and kernel read errors, and handing each report to the run's sinks
 //! (src/sink.rs: text, JSON lines, prom file).
-//!
-//! Over 600 lines because the pieces of one run belong together: the Detector
-//! contract, start (one load), the reader and its routing, each detector's task, and
-//! their unit tests; the option parsers every detector shares are the rest.
 use std::{
     collections::HashMap,
     future::pending,
@@ -15,13 +11,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::{
-    Ebpf,
-    maps::{MapData, RingBuf},
-};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::{
-    io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
     time::{Interval, MissedTickBehavior, interval_at},
@@ -31,71 +22,14 @@ use tracer_common::EventKind;
 use crate::{
     bpf::{CpuSum, Plan, Session, caps},
     hooks::Hooks,
-    sink::{self, Emitted, Sink},
+    report::{Body, Emitted, Header},
+    ring::{Ring, register},
+    sink::{self, Sink},
 };
+pub use crate::opts::{RunOpts, parse_age, parse_duration, parse_top};
 
 /// How often the reader collects records that did not wake it.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(100);
-
-/// Options every tracing command takes.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct RunOpts {
-    /// Stop after this long and print the final report (e.g. 10s, 2m). Default: run
-    /// until Ctrl-C or SIGTERM.
-    #[arg(short = 'd', long, value_parser = parse_duration, value_name = "DURATION")]
-    pub duration: Option<Duration>,
-    /// Also print a report every INTERVAL (e.g. 5s) while running.
-    #[arg(short = 'i', long, value_parser = parse_duration, value_name = "INTERVAL")]
-    pub interval: Option<Duration>,
-    /// Print each report as one JSON object on its own line; the last has "final": true.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write each report to FILE as Prometheus metrics, for node_exporter's
-    /// textfile collector (e.g. /var/lib/node_exporter/textfile/tracer.prom).
-    #[arg(long, value_name = "FILE")]
-    pub prom_file: Option<std::path::PathBuf>,
-}
-
-/// humantime durations ("500ms", "10s", "1m30s"); a bare number means seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = match s.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
-        Ok(_) => return Err(format!("`{s}` is not a duration")),
-        Err(_) => humantime::parse_duration(s)
-            .map_err(|e| format!("`{s}` is not a duration like 500ms, 10s or 2m ({e})"))?,
-    };
-    if d.is_zero() {
-        return Err("the duration must be greater than zero".into());
-    }
-    Ok(d)
-}
-
-/// `--top N`: rows per table, 1 to 1000 (every detector takes it the same way).
-pub fn parse_top(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if (1..=1000).contains(&n) => Ok(n),
-        _ => Err(format!("`{s}` is not a row count between 1 and 1000")),
-    }
-}
-
-/// A duration that may be zero (`--min-age 0s`).
-pub fn parse_age(s: &str) -> Result<Duration, String> {
-    if s.trim_start_matches('0')
-        .trim_end_matches(['s', 'm', 'h'])
-        .is_empty()
-        && !s.is_empty()
-    {
-        return Ok(Duration::ZERO);
-    }
-    parse_duration(s)
-}
-
-/// One report: the JSON object (the driver adds command, final, elapsed_s and
-/// lost_events) and the text for people (the driver adds the lost-events footer).
-pub struct Report {
-    pub json: serde_json::Value,
-    pub text: String,
-}
 
 #[derive(Clone)]
 pub struct ReportCtx {
@@ -147,7 +81,8 @@ pub trait Detector: Send {
     fn sample_inline(&self) -> bool {
         false
     }
-    fn report(&mut self, ctx: &ReportCtx) -> Result<Report>;
+    /// The detector's typed report (text, JSON and metrics all come from it).
+    fn report(&mut self, ctx: &ReportCtx) -> Result<Box<dyn Body>>;
     /// Whether a report can be asked for at any moment (a scrape of `tracer serve`),
     /// besides the --interval ones. Not for a detector that judges rates over the
     /// window since its previous report (triage): a scrape would cut a window of any
@@ -398,8 +333,8 @@ impl Started {
                 sinks.clone(),
             )));
         }
-        // With one detector, a record of a kind it does not own is its bad record
-        // (as it always was); with several, an unowned kind is counted for all.
+        // With one detector, a record of a kind it does not own is its bad record;
+        // with several, an unowned kind is counted for all.
         let only = (senders.len() == 1).then_some(0);
         let mut unrouted = 0u64;
         let opts = &self.opts;
@@ -613,50 +548,24 @@ fn report_to(
     ctx: &ReportCtx,
     sinks: &Mutex<Vec<Box<dyn Sink>>>,
 ) -> Result<()> {
-    let report = det.report(ctx)?;
-    let r = Emitted::new(det.command(), report, ctx);
+    let r = Emitted {
+        header: Header {
+            command: det.command().into(),
+            final_: ctx.final_,
+            elapsed_s: ctx.elapsed.as_secs_f64(),
+            lost_events: ctx.lost_events,
+            bad_records: ctx.bad_records,
+            kernel_read_errors: ctx.kernel_read_errors,
+            kernel_map_full: ctx.kernel_map_full,
+            hooks: (*ctx.hooks).clone(),
+        },
+        body: det.report(ctx)?.into(),
+    };
     let mut sinks = sinks.lock().unwrap_or_else(|e| e.into_inner());
     for s in sinks.iter_mut() {
         s.write(&r)?;
     }
     Ok(())
-}
-
-/// The run's ring buffer, readable through tokio.
-pub struct Ring {
-    fd: AsyncFd<RingBuf<MapData>>,
-}
-
-impl Ring {
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let map = ebpf
-            .take_map("EVENTS")
-            .context("map EVENTS is missing from the eBPF object")?;
-        let rb = RingBuf::try_from(map)?;
-        Ok(Self {
-            fd: register(rb).context("registering the ring buffer with tokio")?,
-        })
-    }
-
-    /// Every record available now, copied out of the ring into one buffer (one
-    /// allocation per drain, not per record); each record is a view of it.
-    fn drain(&mut self) -> Vec<Bytes> {
-        let rb = self.fd.get_mut();
-        let mut buf = BytesMut::new();
-        let mut lens = Vec::new();
-        while let Some(item) = rb.next() {
-            buf.extend_from_slice(&item);
-            lens.push(item.len());
-        }
-        lens.into_iter().map(|n| buf.split_to(n).freeze()).collect()
-    }
-}
-
-/// Registers an fd-owning map or logger with tokio.
-fn register<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
-    // SAFETY: `inner` owns its fd and moves into the AsyncFd, which deregisters it on
-    // drop before `inner` closes it, so the fd stays valid while registered.
-    unsafe { AsyncFd::register(inner) }.map_err(|e| e.into_parts().1)
 }
 
 async fn tick(i: &mut Option<Interval>) {
@@ -710,21 +619,5 @@ mod tests {
         assert_eq!(owner(&[1, 0], &routes, Some(0)), Some(0));
     }
 
-    #[test]
-    fn durations_parse_and_reject() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("0s").is_err());
-        assert!(
-            parse_duration("ten")
-                .unwrap_err()
-                .contains("not a duration")
-        );
-        assert_eq!(parse_age("0s").unwrap(), Duration::ZERO);
-        assert_eq!(parse_age("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_age("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_top("10"), Ok(10));
-        assert!(parse_top("0").is_err() && parse_top("1001").is_err() && parse_top("x").is_err());
-    }
+
 }

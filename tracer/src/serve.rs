@@ -19,7 +19,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::Value;
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, mpsc, oneshot, watch},
@@ -28,7 +27,8 @@ use tokio::{
 use crate::{
     detectors,
     run::{self, RunOpts},
-    sink::{Emitted, PromFile, Sink},
+    report::Emitted,
+    sink::{PromFile, Sink},
 };
 
 /// The default address: a port of its own, outside 9100-9999 (Prometheus' exporter
@@ -83,7 +83,7 @@ pub struct Args {
 struct State {
     ready: AtomicBool,
     /// Each detector's latest report and when it was built.
-    latest: Mutex<BTreeMap<String, (Value, Instant)>>,
+    latest: Mutex<BTreeMap<String, (Emitted, Instant)>>,
     /// Asks the run for a report from every detector (set once they are attached).
     refresh: OnceLock<mpsc::Sender<oneshot::Sender<()>>>,
     /// Rounds of reports asked for and completed: a scrape joins the round in flight
@@ -115,16 +115,13 @@ impl State {
             let mut rx = completed.subscribe();
             let _ = tokio::time::timeout(SCRAPE_WAIT, rx.wait_for(|&done| done >= round)).await;
         }
-        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        for (json, at) in latest.values_mut() {
-            if let Value::Object(o) = json {
-                let age = now.saturating_duration_since(*at).as_secs_f64();
-                o.insert("report_age_s".into(), crate::output::round3(age).into());
-            }
-        }
-        let all: Vec<(&str, &Value)> = latest.iter().map(|(c, (j, _))| (c.as_str(), j)).collect();
-        crate::prom::render_all(&all)
+        let aged: Vec<_> = (latest.values())
+            .map(|(r, at)| r.aged(Some(now.saturating_duration_since(*at).as_secs_f64())))
+            .collect();
+        let all: Vec<&dyn crate::prom::Collect> = aged.iter().map(|a| a as _).collect();
+        crate::prom::render(&all)
     }
 
     /// The number of the round this scrape waits for: the one in flight, or a new one
@@ -163,7 +160,7 @@ struct Latest(Arc<State>);
 impl Sink for Latest {
     fn write(&mut self, r: &Emitted) -> Result<()> {
         let mut latest = self.0.latest.lock().unwrap_or_else(|e| e.into_inner());
-        latest.insert(r.command.to_string(), (r.json.clone(), Instant::now()));
+        latest.insert(r.header.command.clone(), (r.clone(), Instant::now()));
         Ok(())
     }
 }

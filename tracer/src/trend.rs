@@ -17,9 +17,9 @@
 //! the last stretch above every sample of the first).
 use std::collections::VecDeque;
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
-use crate::output::{human_duration, round3};
+use crate::output::{human_duration, serialize_round3, serialize_round3_opt};
 
 /// Samples needed before growth can be judged at all.
 pub const MIN_SAMPLES: usize = 10;
@@ -108,33 +108,54 @@ impl Trend {
         }
     }
 
-    /// One phrase for the text report, the same facts as [`Trend::json`].
+    /// One phrase for the text report, the same facts as [`Trend::report`].
     pub fn text(&self, need_span_s: f64) -> String {
+        self.report(need_span_s).text(need_span_s)
+    }
+
+    /// The judgement and its evidence, with the rule that decided it.
+    pub fn report(&self, need_span_s: f64) -> TrendReport {
         let (n, span) = self.counts();
-        match self {
-            Trend::TooFewSamples { .. } => format!(
+        TrendReport {
+            state: self.state().into(),
+            growing: matches!(self, Trend::Growing { .. }),
+            samples: n,
+            span_s: span,
+            rate_per_s: self.rate(),
+            rule: rule(need_span_s),
+        }
+    }
+}
+
+/// A trend as reports carry it (`"trend"` objects).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrendReport {
+    /// too_few_samples, no_sustained_growth or growing.
+    pub state: String,
+    pub growing: bool,
+    pub samples: usize,
+    #[serde(serialize_with = "serialize_round3")]
+    pub span_s: f64,
+    #[serde(serialize_with = "serialize_round3_opt")]
+    pub rate_per_s: Option<f64>,
+    pub rule: String,
+}
+
+impl TrendReport {
+    /// One phrase for the text report; `need_span_s` is the span the rule asks for.
+    pub fn text(&self, need_span_s: f64) -> String {
+        let (n, span) = (self.samples, self.span_s);
+        match (self.state.as_str(), self.rate_per_s) {
+            ("growing", Some(rate)) => {
+                format!("growing {rate:+.2}/s over {}", human_duration(span))
+            }
+            ("no_sustained_growth", _) => "no sustained growth".into(),
+            _ => format!(
                 "too few samples ({n} over {}; needs {MIN_SAMPLES} over {})",
                 human_duration(span),
                 human_duration(need_span_s)
             ),
-            Trend::NoSustainedGrowth { .. } => "no sustained growth".into(),
-            Trend::Growing { rate_per_s, .. } => {
-                format!("growing {rate_per_s:+.2}/s over {}", human_duration(span))
-            }
         }
-    }
-
-    /// The judgement and its evidence, with the rule that decided it.
-    pub fn json(&self, need_span_s: f64) -> Value {
-        let (n, span) = self.counts();
-        json!({
-            "state": self.state(),
-            "growing": matches!(self, Trend::Growing { .. }),
-            "samples": n,
-            "span_s": round3(span),
-            "rate_per_s": self.rate().map(round3),
-            "rule": rule(need_span_s),
-        })
     }
 }
 

@@ -35,7 +35,8 @@ use crate::{
     bpf::{self, Hook, Offset, Spec},
     output::{self, Table, human_duration, round3},
     procinfo,
-    run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
+    run::{self, BadRecord, Detector, ReportCtx, RunOpts},
+    prom::legacy::Report,
     snapshot::cgroups::{self as snap, Hierarchy, StatRead},
     tracefs::Tracefs,
     trend::{self, Series},
@@ -390,7 +391,7 @@ impl Detector for Cgroups {
         Ok(())
     }
 
-    fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
-        self.build_report(ctx)
+    fn report(&mut self, ctx: &ReportCtx) -> Result<Box<dyn crate::report::Body>> {
+        Ok(self.build_report(ctx)?.legacy(metrics::collect))
     }
 }

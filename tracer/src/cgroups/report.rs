@@ -121,7 +121,7 @@ impl Cgroups {
                 dying_past_threshold: stuck,
                 dying_in_flight: in_flight,
                 dying_since_before_start_unreleased: before,
-                dying_trend: hd.trend.json(span),
+                dying_trend: hd.trend.report(span),
                 release_latency_us: lat,
             });
             judged.push(hd);

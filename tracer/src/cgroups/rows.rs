@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::output::{Row, Summary, human_duration, serialize_round3, serialize_round3_opt};
 
@@ -33,7 +32,7 @@ pub struct HierarchyRow {
     pub dying_past_threshold: usize,
     pub dying_in_flight: usize,
     pub dying_since_before_start_unreleased: Option<u64>,
-    pub dying_trend: Value,
+    pub dying_trend: crate::trend::TrendReport,
     pub release_latency_us: Summary,
 }
 

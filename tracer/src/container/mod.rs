@@ -2,16 +2,18 @@
 //! kubelet (systemd and cgroupfs drivers), containerd, CRI-O, Docker and Podman make,
 //! on cgroup v2 and on each v1 hierarchy. Names (container, pod, namespace) come from
 //! the runtime's API where it answers (names.rs), else the row has ids only and says why.
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 pub mod names;
 
 /// A container identified from a cgroup path.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Container {
     /// containerd, cri-o, docker, podman, or "unknown" (cgroupfs driver: the path does
     /// not say).
-    pub runtime: &'static str,
+    pub runtime: Cow<'static, str>,
     /// The container id (hex), as the runtime prints it.
     pub id: String,
     /// The pod's UID (with dashes, as `kubectl get pod -o jsonpath={.metadata.uid}`
@@ -20,12 +22,12 @@ pub struct Container {
     pub pod_uid: Option<String>,
     /// guaranteed, burstable or besteffort, for a pod's container.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub qos: Option<&'static str>,
+    pub qos: Option<Cow<'static, str>>,
     /// `name`, `pod` and `namespace`, those the runtime gave.
     #[serde(flatten)]
     pub names: names::Names,
     /// Where the names came from, or why there are none ("ids only: ...").
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub names_from: String,
 }
 
@@ -49,7 +51,7 @@ impl Container {
 
     /// With the names its runtime gives (asked once per id, see names.rs).
     pub fn named(mut self) -> Self {
-        let (n, from) = names::of(self.runtime, &self.id);
+        let (n, from) = names::of(&self.runtime, &self.id);
         self.names = n.unwrap_or_default();
         self.names_from = from;
         self
@@ -58,7 +60,7 @@ impl Container {
 
 /// A process's cgroup as a report row carries it: the path, and the container it
 /// belongs to (a `container` object beside `cgroup` in JSON, only when there is one).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InCgroup {
     pub cgroup: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,10 +134,10 @@ pub fn of_cgroup(path: &str) -> Option<Container> {
                     && is_id(id)
                 {
                     return Some(Container {
-                        runtime,
+                        runtime: Cow::Borrowed(runtime),
                         id: id.to_string(),
                         pod_uid: pod_uid.clone(),
-                        qos: qos.filter(|_| in_pods),
+                        qos: qos.filter(|_| in_pods).map(Cow::Borrowed),
                         ..Container::default()
                     });
                 }
@@ -159,10 +161,10 @@ pub fn of_cgroup(path: &str) -> Option<Container> {
             }
             if pod_uid.is_some() && is_id(part) {
                 return Some(Container {
-                    runtime: "unknown",
+                    runtime: "unknown".into(),
                     id: part.to_string(),
                     pod_uid,
-                    qos,
+                    qos: qos.map(Cow::Borrowed),
                     ..Container::default()
                 });
             }
@@ -173,7 +175,7 @@ pub fn of_cgroup(path: &str) -> Option<Container> {
             && is_id(id)
         {
             return Some(Container {
-                runtime: "docker",
+                runtime: "docker".into(),
                 id: id.to_string(),
                 pod_uid: None,
                 qos: None,
@@ -215,10 +217,10 @@ mod tests {
 
     fn c(runtime: &'static str, pod: Option<&str>, qos: Option<&'static str>) -> Container {
         Container {
-            runtime,
+            runtime: runtime.into(),
             id: ID.into(),
             pod_uid: pod.map(str::to_string),
-            qos,
+            qos: qos.map(Cow::Borrowed),
             ..Container::default()
         }
     }

@@ -9,7 +9,7 @@
 //! Each id is asked once (answers, "not found" included, are cached, up to
 //! [`CACHE_CAPACITY`]), with a short timeout, from the threads that build reports.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     io::{Read as _, Write as _},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
@@ -17,11 +17,10 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 
 /// A container's names, as its runtime gave them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Names {
     /// The container's name (in its pod, for a pod's container).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -80,12 +79,11 @@ fn from_bundle(id: &str) -> (Option<Names>, Source) {
         let Ok(text) = std::fs::read(&config) else {
             continue;
         };
-        let v: Value = match serde_json::from_slice(&text) {
+        let v: Bundle = match serde_json::from_slice(&text) {
             Ok(v) => v,
             Err(e) => return (None, format!("ids only: {}: {e}", config.display())),
         };
-        let a = &v["annotations"];
-        let get = |k: &str| a[k].as_str().map(str::to_string);
+        let get = |k: &str| v.annotations.get(k).cloned();
         let names = Names {
             name: get("io.kubernetes.cri.container-name"),
             pod: get("io.kubernetes.cri.sandbox-name"),
@@ -115,7 +113,7 @@ fn crio_sockets() -> Vec<PathBuf> {
     }
 }
 
-type Cache = HashMap<(&'static str, String), (Option<Names>, Source)>;
+type Cache = HashMap<(String, String), (Option<Names>, Source)>;
 
 fn cache() -> &'static Mutex<Cache> {
     static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
@@ -124,8 +122,8 @@ fn cache() -> &'static Mutex<Cache> {
 
 /// The names of container `id` of `runtime` (container.rs's runtime word), and where
 /// they came from or why there are none.
-pub fn of(runtime: &'static str, id: &str) -> (Option<Names>, Source) {
-    let key = (runtime, id.to_string());
+pub fn of(runtime: &str, id: &str) -> (Option<Names>, Source) {
+    let key = (runtime.to_string(), id.to_string());
     if let Some(hit) = cache().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return hit.clone();
     }
@@ -156,10 +154,10 @@ fn ask(runtime: &str, id: &str) -> (Option<Names>, Source) {
             continue;
         };
         match get(&socket, &api.path(id)) {
-            Ok((200, body)) => match serde_json::from_slice::<Value>(&body) {
-                Ok(v) => {
+            Ok((200, body)) => match api.names(&body) {
+                Ok(names) => {
                     return (
-                        Some(api.names(&v)),
+                        Some(names),
                         format!("{} API at {}", api.name(), socket.display()),
                     );
                 }
@@ -209,19 +207,55 @@ impl Api {
 
     /// The names in an inspect answer: the kubelet's labels for a pod's container,
     /// else the runtime's own container name.
-    fn names(self, v: &Value) -> Names {
+    fn names(self, body: &[u8]) -> serde_json::Result<Names> {
         let (labels, own) = match self {
-            Api::Docker => (&v["Config"]["Labels"], v["Name"].as_str()),
-            Api::Crio => (&v["labels"], v["name"].as_str()),
+            Api::Docker => {
+                let v: DockerInspect = serde_json::from_slice(body)?;
+                (v.config.labels, v.name)
+            }
+            Api::Crio => {
+                let v: CrioInspect = serde_json::from_slice(body)?;
+                (v.labels, v.name)
+            }
         };
-        let label = |k: &str| labels[k].as_str().map(str::to_string);
-        Names {
+        let label = |k: &str| labels.as_ref().and_then(|l| l.get(k)).cloned();
+        Ok(Names {
             name: label("io.kubernetes.container.name")
                 .or_else(|| own.map(|n| n.trim_start_matches('/').to_string())),
             pod: label("io.kubernetes.pod.name"),
             namespace: label("io.kubernetes.pod.namespace"),
-        }
+        })
     }
+}
+
+/// What an OCI bundle's config.json says that matters here.
+#[derive(Deserialize)]
+struct Bundle {
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+/// The parts of the Docker Engine API's `GET /containers/{id}/json` answer used here.
+#[derive(Deserialize)]
+struct DockerInspect {
+    #[serde(rename = "Name")]
+    name: Option<String>,
+    #[serde(rename = "Config", default)]
+    config: DockerConfig,
+}
+
+#[derive(Default, Deserialize)]
+struct DockerConfig {
+    /// null when the container has none.
+    #[serde(rename = "Labels")]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+/// The parts of CRI-O's `GET /containers/{id}` answer used here.
+#[derive(Deserialize)]
+struct CrioInspect {
+    name: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
 }
 
 /// One HTTP/1.0 GET over a Unix socket: the status and the body (HTTP/1.0 asks the
@@ -262,7 +296,7 @@ mod tests {
             }},
         });
         assert_eq!(
-            Api::Docker.names(&docker),
+            Api::Docker.names(docker.to_string().as_bytes()).unwrap(),
             Names {
                 name: Some("web".into()),
                 pod: Some("web-7d4".into()),
@@ -271,7 +305,7 @@ mod tests {
         );
         let plain = serde_json::json!({"Name": "/redis", "Config": {"Labels": {}}});
         assert_eq!(
-            Api::Docker.names(&plain),
+            Api::Docker.names(plain.to_string().as_bytes()).unwrap(),
             Names {
                 name: Some("redis".into()),
                 ..Names::default()
@@ -282,7 +316,13 @@ mod tests {
             "io.kubernetes.pod.name": "db-0",
             "io.kubernetes.pod.namespace": "data",
         }});
-        assert_eq!(Api::Crio.names(&crio).pod.as_deref(), Some("db-0"));
+        assert_eq!(
+            Api::Crio.names(crio.to_string().as_bytes()).unwrap().pod.as_deref(),
+            Some("db-0")
+        );
+        // Labels null (a container without any) is no label, not an error.
+        let none = br#"{"Name": "/x", "Config": {"Labels": null}}"#;
+        assert_eq!(Api::Docker.names(none).unwrap().name.as_deref(), Some("x"));
     }
 
     #[test]

@@ -105,7 +105,7 @@ impl Judged {
             "level_floor_samples": self.floor_samples,
             "level_floor_span_s": round3(self.floor_span_s),
             "level_hold_s": rules.hold_s,
-            "trend": self.trend.json(rules.span_s),
+            "trend": self.trend.report(rules.span_s),
         })
     }
 }

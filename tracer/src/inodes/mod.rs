@@ -32,7 +32,8 @@ use crate::{
     bounded::Lru,
     bpf::{self, Hook, Offset, Spec},
     procinfo,
-    run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
+    run::{self, BadRecord, Detector, ReportCtx, RunOpts},
+    prom::legacy::Report,
     snapshot::inodes::{self as snap, FsUsage, Mount},
     tracefs::Tracefs,
     trend::Series,
@@ -482,7 +483,13 @@ impl Detector for Inodes {
         Ok(())
     }
 
-    fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
+    fn report(&mut self, ctx: &ReportCtx) -> Result<Box<dyn crate::report::Body>> {
+        Ok(self.legacy_report(ctx)?.legacy(metrics::collect))
+    }
+}
+
+impl Inodes {
+    fn legacy_report(&mut self, ctx: &ReportCtx) -> Result<Report> {
         let elapsed = ctx.elapsed.as_secs_f64().max(1e-3);
         let mounts = snap::mounts()?;
         let mut caveats = self.caveats.clone();

@@ -4,9 +4,10 @@
 //!
 //! What is exposed is described explicitly, per detector, in `<detector>/metrics.rs`:
 //! each [`Metric`] has a name, a type, a base unit, a HELP text and bounded labels, and
-//! the detector's `collect` takes each value from its report by field. The registry
-//! and the text format are prometheus-client's. The file is replaced atomically
-//! (written beside it, then renamed).
+//! the detector's typed report fills them ([`Collect`]), so a renamed report field is a
+//! compile error here, never a missing series. The registry and the text format are
+//! prometheus-client's. The file is replaced atomically (written beside it, then
+//! renamed).
 use std::{borrow::Cow, fs, path::Path};
 
 use anyhow::{Context as _, Result, bail};
@@ -16,7 +17,8 @@ use prometheus_client::{
     metrics::MetricType,
     registry::{Registry, Unit},
 };
-use serde_json::Value;
+
+use crate::{container::Container, output::Summary};
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "tracer";
@@ -40,31 +42,27 @@ pub fn check_dir(path: &Path) -> Result<()> {
 /// The Content-Type of the text [`render_all`] makes (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Writes several detectors' latest reports to one file, replaced atomically.
-pub fn write_all(path: &Path, reports: &[(&str, &Value)]) -> Result<()> {
-    let text = render_all(reports);
+/// What can put series into an exposition: a report, or its parts.
+pub trait Collect {
+    fn collect(&self, out: &mut Families);
+}
+
+/// Writes the series of `items` (each detector's latest report) to one file, replaced
+/// atomically.
+pub fn write_all(path: &Path, items: &[&dyn Collect]) -> Result<()> {
+    let text = render(items);
     let tmp = path.with_extension("prom.tmp");
     fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
-/// One detector's report as Prometheus text (the tests' view of [`render_all`]).
-#[cfg(test)]
-pub fn render(command: &str, report: &Value) -> String {
-    render_all(&[(command, report)])
-}
-
-/// Several detectors' reports in one registry and one exposition: the common series
-/// once, labelled by detector, then each detector's own.
-pub fn render_all(reports: &[(&str, &Value)]) -> String {
+/// The series of `items` in one registry and one exposition, after the build info.
+pub fn render(items: &[&dyn Collect]) -> String {
     let mut out = Families::default();
     out.sample(&BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1u64);
-    for (command, report) in reports {
-        common(&mut out, command, report);
-        if let Some(e) = crate::detectors::find(command) {
-            (e.collect)(report, &mut out);
-        }
+    for i in items {
+        i.collect(&mut out);
     }
     let mut registry = Registry::with_prefix(PREFIX);
     registry.register_collector(Box::new(out));
@@ -72,17 +70,6 @@ pub fn render_all(reports: &[(&str, &Value)]) -> String {
     // Writing into a String cannot fail.
     let _ = prometheus_text::encode(&mut text, &registry);
     text
-}
-
-/// Every described metric: the common ones, then each detector's (what README.md
-/// lists, checked by a unit test).
-#[cfg_attr(not(test), allow(dead_code))]
-pub fn all_metrics() -> Vec<&'static Metric> {
-    std::iter::once(COMMON)
-        .chain(crate::detectors::ALL.iter().map(|e| e.metrics))
-        .flatten()
-        .copied()
-        .collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,8 +208,8 @@ pub const HOOK_PATH: Metric = gauge(
     "Always 1; `via` is the hook the detector's choice took (`none`: none worked and the detector uses its fallback).",
     &["detector", "choice", "via"],
 );
-#[cfg_attr(not(test), allow(dead_code))]
-const COMMON: &[&Metric] = &[
+/// The series every report has (report.rs fills them from its header).
+pub const COMMON: &[&Metric] = &[
     &BUILD_INFO,
     &LOST_EVENTS,
     &BAD_RECORDS,
@@ -236,42 +223,6 @@ const COMMON: &[&Metric] = &[
     &HOOK_PATH,
 ];
 
-/// The fields sink.rs's `Emitted::new` adds to every report.
-fn common(out: &mut Families, command: &str, r: &Value) {
-    let l = [("detector", command)];
-    out.field(&LOST_EVENTS, &l, r, "lost_events");
-    out.field(&BAD_RECORDS, &l, r, "bad_records");
-    out.field(&KERNEL_READ_ERRORS, &l, r, "kernel_read_errors");
-    out.field(&KERNEL_MAP_FULL, &l, r, "kernel_map_full");
-    // Each detector's bounded state, by name: {"reapers": 3, ...}.
-    if let Some(states) = r["state_evicted"].as_object() {
-        for state in states.keys() {
-            let l = [("detector", command), ("state", state.as_str())];
-            out.field(&STATE_EVICTED, &l, &r["state_evicted"], state);
-        }
-    }
-    out.field(&REPORT_ELAPSED, &l, r, "elapsed_s");
-    out.field(&REPORT_AGE, &l, r, "report_age_s");
-    out.field(&REPORT_FINAL, &l, r, "final");
-    for h in rows(&r["hooks"], "attached", usize::MAX) {
-        if let Some(v) = Num::of(&h["attached"]) {
-            out.sample(
-                &HOOK_ATTACHED,
-                &[("detector", command), ("hook", s(h, "hook"))],
-                v,
-            );
-        }
-    }
-    for p in rows(&r["hooks"], "paths", usize::MAX) {
-        let l = [
-            ("detector", command),
-            ("choice", s(p, "choice")),
-            ("via", s(p, "path")),
-        ];
-        out.sample(&HOOK_PATH, &l, 1u64);
-    }
-}
-
 /// A sample's value: integers stay integers in the text.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Num {
@@ -280,18 +231,6 @@ pub enum Num {
 }
 
 impl Num {
-    /// A JSON number or boolean (1/0); None for anything else (null: not known).
-    pub fn of(v: &Value) -> Option<Num> {
-        match v {
-            Value::Bool(b) => Some(Num::Int(*b as i64)),
-            Value::Number(n) => n
-                .as_i64()
-                .map(Num::Int)
-                .or_else(|| n.as_f64().map(Num::Float)),
-            _ => None,
-        }
-    }
-
     /// The value divided by `per`, e.g. microseconds to seconds with `per` = 1e6.
     pub fn per(self, per: f64) -> Num {
         match self {
@@ -326,7 +265,7 @@ type Labels = Vec<(Cow<'static, str>, String)>;
 
 /// One series' value: a number, or a histogram's buckets.
 #[derive(Debug)]
-enum Sample {
+pub(super) enum Sample {
     Num(Num),
     Histogram {
         sum: f64,
@@ -351,7 +290,7 @@ impl Families {
         }
     }
 
-    fn push(&mut self, m: &'static Metric, labels: &[(&str, &str)], v: Sample) {
+    pub(super) fn push(&mut self, m: &'static Metric, labels: &[(&str, &str)], v: Sample) {
         debug_assert!(
             labels.iter().map(|l| l.0).eq(m.labels.iter().copied()),
             "{}: labels {labels:?} are not the described {:?}",
@@ -372,36 +311,35 @@ impl Families {
         }
     }
 
-    /// The histogram `m` from a latency object of the report: its `count`, `sum_s`
-    /// and `buckets` (`[{"le_s", "count"}]`, cumulative, at `m.buckets`; see
-    /// `output::Buckets`). A histogram with no samples has its zero buckets, as a
-    /// counter that counted nothing is 0. Nothing when the object has no buckets (not
+    /// A sample of `m` when the value is known; nothing when it is None (a series
+    /// that is absent, never a made-up 0).
+    pub fn opt(&mut self, m: &'static Metric, labels: &[(&str, &str)], v: Option<impl Into<Num>>) {
+        if let Some(v) = v {
+            self.sample(m, labels, v);
+        }
+    }
+
+    /// The histogram `m` from a latency summary with its exact buckets (see
+    /// `output::Exact`): a histogram with no samples has its zero buckets, as a counter
+    /// that counted nothing is 0. Nothing when the summary has no buckets (not
     /// measured), or buckets other than the described ones.
-    pub fn histogram(&mut self, m: &'static Metric, labels: &[(&str, &str)], obj: &Value) {
+    pub fn latency(&mut self, m: &'static Metric, labels: &[(&str, &str)], s: &Summary) {
         debug_assert!(m.kind == Kind::Histogram, "{}: not a histogram", m.name);
-        let (Kind::Histogram, Some(count), Some(sum), Some(list)) = (
-            m.kind,
-            obj["count"].as_u64(),
-            obj["sum_s"].as_f64(),
-            obj["buckets"].as_array(),
-        ) else {
+        let (Kind::Histogram, Some(exact)) = (m.kind, &s.buckets) else {
             return;
         };
         // A bound read back from JSON may differ from the described one in its last bit.
-        let same_bounds = list.len() == m.buckets.len()
-            && list.iter().zip(m.buckets).all(|(b, &le)| {
-                b["le_s"]
-                    .as_f64()
-                    .is_some_and(|x| (x - le).abs() <= le * 1e-9)
-            });
-        let cumulative: Vec<u64> = list.iter().map_while(|b| b["count"].as_u64()).collect();
-        let consistent = cumulative.len() == list.len()
-            && cumulative.windows(2).all(|w| w[0] <= w[1])
-            && cumulative.last().is_none_or(|&c| c <= count);
+        let same_bounds = exact.buckets.len() == m.buckets.len()
+            && (exact.buckets.iter().zip(m.buckets)).all(|(b, &le)| (b.le_s - le).abs() <= le * 1e-9);
+        let cumulative: Vec<u64> = exact.buckets.iter().map(|b| b.count).collect();
+        let consistent = cumulative.windows(2).all(|w| w[0] <= w[1])
+            && cumulative.last().is_none_or(|&c| c <= s.count);
         debug_assert!(
             same_bounds && consistent,
-            "{}: the report's buckets {list:?} (count {count}) are not the described {:?}",
+            "{}: the report's buckets {:?} (count {}) are not the described {:?}",
             m.name,
+            exact.buckets,
+            s.count,
             m.buckets
         );
         if same_bounds && consistent {
@@ -409,63 +347,18 @@ impl Families {
                 m,
                 labels,
                 Sample::Histogram {
-                    sum,
-                    count,
+                    sum: exact.sum_s,
+                    count: s.count,
                     cumulative,
                 },
             );
         }
     }
 
-    /// A sample from `obj[key]` when it is a number or boolean; nothing when the field
-    /// is missing or null (not known).
-    pub fn field(&mut self, m: &'static Metric, labels: &[(&str, &str)], obj: &Value, key: &str) {
-        self.field_per(m, labels, obj, key, 1.0)
-    }
-
-    /// As [`Families::field`], the value divided by `per` (to base units).
-    pub fn field_per(
-        &mut self,
-        m: &'static Metric,
-        labels: &[(&str, &str)],
-        obj: &Value,
-        key: &str,
-        per: f64,
-    ) {
-        if let Some(v) = Num::of(&obj[key]) {
-            self.sample(m, labels, v.per(per));
-        }
-    }
-
-    /// A sample of `m` from a report row: `row[key]` (divided by `per`) labelled with
-    /// the row's fields of the labels' names (a row lists a filesystem by `mount`,
-    /// `device` and `fstype`, a process by `pid` and `comm`). Nothing when `row[key]`
-    /// is missing or null.
-    pub fn row(&mut self, m: &'static Metric, row: &Value, key: &str, per: f64) {
-        if let Some(v) = Num::of(&row[key]) {
-            self.row_value(m, row, v.per(per));
-        }
-    }
-
-    /// As [`Families::row`], with the value given.
-    pub fn row_value(&mut self, m: &'static Metric, row: &Value, v: Num) {
-        let values: Vec<String> = m
-            .labels
-            .iter()
-            .map(|l| match (*l, &row[*l]) {
-                (_, Value::String(s)) => s.clone(),
-                // A process's container (container.rs), "" (no label) when it has none.
-                ("container_id", _) => container_id(&row["container"]),
-                ("pod_uid", _) => s(&row["container"], "pod_uid").to_string(),
-                ("qos", _) => s(&row["container"], "qos").to_string(),
-                // Names from the runtime's API (container/names.rs), when it gave them.
-                ("container", _) => s(&row["container"], "name").to_string(),
-                ("pod", _) => s(&row["container"], "pod").to_string(),
-                ("namespace", _) => s(&row["container"], "namespace").to_string(),
-                (_, Value::Null) => String::new(),
-                (_, other) => other.to_string(),
-            })
-            .collect();
+    /// A sample of a per-process metric (labels [`PROCESS`] or [`PROCESS_ON_FS`]): the
+    /// process, then its container's labels (empty ones are left out).
+    pub fn process(&mut self, m: &'static Metric, p: &Process, v: impl Into<Num>) {
+        let values: Vec<String> = m.labels.iter().map(|l| p.label(l)).collect();
         let labels: Vec<(&str, &str)> = m
             .labels
             .iter()
@@ -523,11 +416,6 @@ impl Collector for Families {
     }
 }
 
-/// Rows of `list` (an array of objects in the report), at most `n`.
-pub fn rows<'a>(r: &'a Value, list: &str, n: usize) -> impl Iterator<Item = &'a Value> {
-    r[list].as_array().into_iter().flatten().take(n)
-}
-
 /// Labels of a per-process series: the process, then its container (see
 /// [`Families::row_value`]; empty ones are left out).
 pub const PROCESS: &[&str] = &[
@@ -553,36 +441,54 @@ pub const PROCESS_ON_FS: &[&str] = &[
     "namespace",
 ];
 
-/// `runtime://id` of a row's `container` object, "" when there is none.
-fn container_id(c: &Value) -> String {
-    match (c["runtime"].as_str(), c["id"].as_str()) {
-        (Some(r), Some(id)) => format!("{r}://{id}"),
-        _ => String::new(),
+/// A process as its per-process series name it.
+pub struct Process<'a> {
+    pub pid: u32,
+    pub comm: &'a str,
+    /// The filesystem, for [`PROCESS_ON_FS`].
+    pub mount: Option<&'a str>,
+    pub container: Option<&'a Container>,
+}
+
+impl Process<'_> {
+    /// The value of label `name` ("" for none: left out).
+    fn label(&self, name: &str) -> String {
+        let c = self.container;
+        let name_of = |f: fn(&Container) -> Option<&String>| {
+            c.and_then(f).cloned().unwrap_or_default()
+        };
+        match name {
+            "pid" => self.pid.to_string(),
+            "comm" => self.comm.to_string(),
+            "mount" => self.mount.unwrap_or_default().to_string(),
+            "container_id" => c.map(|c| format!("{}://{}", c.runtime, c.id)).unwrap_or_default(),
+            "pod_uid" => name_of(|c| c.pod_uid.as_ref()),
+            "qos" => c.and_then(|c| c.qos.as_deref()).unwrap_or_default().to_string(),
+            "container" => name_of(|c| c.names.name.as_ref()),
+            "pod" => name_of(|c| c.names.pod.as_ref()),
+            "namespace" => name_of(|c| c.names.namespace.as_ref()),
+            other => {
+                debug_assert!(false, "{other} is not a process label");
+                String::new()
+            }
+        }
     }
 }
 
-/// A string field of a row ("" when missing).
-pub fn s<'a>(row: &'a Value, key: &str) -> &'a str {
-    row[key].as_str().unwrap_or("")
+/// The `n` items with the largest `by`: the bounded top-N that per-process or
+/// per-path series are limited to (ties keep the given order).
+pub fn top_by<T>(items: &[T], by: impl Fn(&T) -> f64, n: usize) -> Vec<&T> {
+    let mut v: Vec<&T> = items.iter().collect();
+    v.sort_by(|a, b| by(b).total_cmp(&by(a)));
+    v.truncate(n);
+    v
 }
 
 #[cfg(test)]
 mod tests;
 
-/// The rows of `list` with the largest `by`, at most `n`: the bounded top-N that
-/// per-process or per-path series are limited to (ties keep the report's order).
-pub fn top<'a>(r: &'a Value, list: &str, by: &str, n: usize) -> Vec<&'a Value> {
-    top_of(rows(r, list, usize::MAX), by, n)
-}
-
-/// As [`top`], of any rows.
-pub fn top_of<'a>(rows: impl Iterator<Item = &'a Value>, by: &str, n: usize) -> Vec<&'a Value> {
-    let mut v: Vec<&Value> = rows.collect();
-    let f = |x: &Value| x[by].as_f64().unwrap_or(0.0);
-    v.sort_by(|a, b| f(b).total_cmp(&f(a)));
-    v.truncate(n);
-    v
-}
+pub mod legacy;
+pub use legacy::{rows, s, severity, top, top_of};
 
 /// Microseconds and milliseconds per second.
 pub const US: f64 = 1e6;
@@ -644,16 +550,6 @@ impl Metric {
             unit: Some(u),
             ..self
         }
-    }
-}
-
-/// A report's level word as a number: ok 0, warn 1, crit 2.
-pub fn severity(level: &Value) -> Option<i64> {
-    match level.as_str()? {
-        "ok" => Some(0),
-        "warn" => Some(1),
-        "crit" => Some(2),
-        _ => None,
     }
 }
 

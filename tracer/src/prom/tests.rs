@@ -7,6 +7,11 @@ use std::{
 use serde_json::{Value, json};
 
 use super::*;
+use crate::{
+    detectors::all_metrics,
+    report::{Emitted, Envelope},
+    zombies::{ZombiesReport, rows::ParentRow},
+};
 
 /// Reports the detectors wrote on a test machine (`tracer <command> --json`), trimmed;
 /// the tcp-pressure culprit and holder and the inodes ENOSPC row are shaped as the
@@ -20,6 +25,46 @@ const FIXTURES: &[(&str, &str)] = &[
     ("inodes", include_str!("fixtures/inodes.json")),
     ("zombies", include_str!("fixtures/zombies.json")),
 ];
+
+/// Transitional: a JSON report as the run loop would emit it, its metrics from the
+/// detector's JSON-reading `collect`.
+fn emitted(command: &str, r: &Value) -> crate::report::Emitted {
+    let e = crate::detectors::find(command).unwrap();
+    if let Some(read) = e.read {
+        return read(&r.to_string()).unwrap_or_else(|err| panic!("{command}: {err}\n{r}"));
+    }
+    let n = |k: &str| r[k].as_u64().unwrap_or(0);
+    let header = crate::report::Header {
+        command: command.into(),
+        final_: r["final"].as_bool().unwrap_or(false),
+        elapsed_s: r["elapsed_s"].as_f64().unwrap_or(0.0),
+        lost_events: n("lost_events"),
+        bad_records: n("bad_records"),
+        kernel_read_errors: n("kernel_read_errors"),
+        kernel_map_full: n("kernel_map_full"),
+        hooks: serde_json::from_value(r["hooks"].clone()).unwrap_or_default(),
+    };
+    let collect = e.collect.unwrap();
+    let body = legacy::Report {
+        json: r.clone(),
+        text: String::new(),
+    }
+    .legacy(collect);
+    crate::report::Emitted {
+        header,
+        body: body.into(),
+    }
+}
+
+fn render_all(reports: &[(&str, &Value)]) -> String {
+    let e: Vec<_> = reports.iter().map(|(c, r)| emitted(c, r)).collect();
+    let all: Vec<&dyn Collect> = e.iter().map(|e| e as _).collect();
+    super::render(&all)
+}
+
+fn render(command: &str, report: &Value) -> String {
+    render_all(&[(command, report)])
+}
 
 fn fixture(command: &str) -> Value {
     let (_, text) = FIXTURES.iter().find(|(c, _)| *c == command).unwrap();
@@ -111,12 +156,28 @@ fn assert_values(text: &str, expected: &[(&str, f64)]) {
     }
 }
 
+/// The zombies fixture as its typed report, changed by `edit`, as Prometheus text.
+fn zombies_with(edit: impl FnOnce(&mut Envelope<ZombiesReport>)) -> String {
+    let (_, text) = FIXTURES.iter().find(|(c, _)| *c == "zombies").unwrap();
+    let mut r: Envelope<ZombiesReport> = serde_json::from_str(text).unwrap();
+    edit(&mut r);
+    let e = Emitted {
+        header: r.header,
+        body: std::sync::Arc::new(r.body),
+    };
+    super::render(&[&e])
+}
+
 #[test]
 fn common_fields_become_series_labelled_by_detector() {
-    let r = json!({"command": "zombies", "final": true, "elapsed_s": 2.5, "lost_events": 3,
-                   "bad_records": 1, "kernel_read_errors": 7, "kernel_map_full": 2,
-                   "state_evicted": {"reapers": 4, "exits_untracked": 0}});
-    let text = render("zombies", &r);
+    let text = zombies_with(|r| {
+        (r.header.final_, r.header.elapsed_s) = (true, 2.5);
+        r.header.lost_events = 3;
+        r.header.bad_records = 1;
+        r.header.kernel_read_errors = 7;
+        r.header.kernel_map_full = 2;
+        r.body.state_evicted.reapers = 4;
+    });
     assert_values(
         &text,
         &[
@@ -256,10 +317,17 @@ fn values_come_from_the_reports_fields_in_base_units() {
 
 #[test]
 fn per_process_and_per_path_series_are_a_bounded_top_n() {
-    let parents: Vec<Value> = (0..30)
-        .map(|i| json!({"pid": 100 + i, "comm": "p", "zombies": i, "oldest_zombie_age_s": 1.0}))
-        .collect();
-    let text = render("zombies", &json!({"parents": parents}));
+    let text = zombies_with(|r| {
+        let one = r.body.parents[0].clone();
+        r.body.parents = (0..30)
+            .map(|i| ParentRow {
+                pid: 100 + i,
+                comm: "p".into(),
+                zombies: i as usize,
+                ..one.clone()
+            })
+            .collect();
+    });
     let listed: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("tracer_zombies_parent_zombies{"))
@@ -397,15 +465,16 @@ fn readme_lists_every_described_metric_and_no_other() {
 
 #[test]
 fn hooks_are_exposed_attached_or_not_and_each_choice_by_the_path_it_took() {
-    let mut r = fixture("zombies");
-    r["hooks"] = json!({
-        "attached": [
-            {"hook": "sched:sched_process_exit", "required": true, "attached": true},
-            {"hook": "fentry/do_wait", "required": false, "attached": false},
-        ],
-        "paths": [{"choice": "pressure edges", "path": "none"}],
+    let text = zombies_with(|r| {
+        r.header.hooks = serde_json::from_value(json!({
+            "attached": [
+                {"hook": "sched:sched_process_exit", "required": true, "attached": true},
+                {"hook": "fentry/do_wait", "required": false, "attached": false},
+            ],
+            "paths": [{"choice": "pressure edges", "path": "none"}],
+        }))
+        .unwrap();
     });
-    let text = render("zombies", &r);
     for line in [
         r#"tracer_hook_attached{detector="zombies",hook="sched:sched_process_exit"} 1"#,
         r#"tracer_hook_attached{detector="zombies",hook="fentry/do_wait"} 0"#,
@@ -509,23 +578,20 @@ fn latencies_are_histograms_with_cumulative_buckets_ending_at_the_count() {
 }
 
 /// A zombies report whose reap latency is these samples (ns), as the detector writes it.
-fn reaps(ns: &[u64]) -> Value {
+fn reaps(ns: &[u64]) -> String {
     let mut h = crate::output::new_histogram();
     let mut b = crate::output::Buckets::new(crate::zombies::metrics::REAP_BOUNDS);
     for &n in ns {
         crate::output::record(&mut h, n / 1000);
         b.record_ns(n);
     }
-    json!({"reap_latency_us": crate::output::Summary::of(&h).with(&b)})
+    zombies_with(|r| r.body.reap_latency_us = crate::output::Summary::of(&h).with(&b))
 }
 
 #[test]
 fn a_latency_on_a_bound_counts_in_that_bucket_and_the_sum_is_exact() {
     // 1 ms exactly, 1 ms + 1 ns, 5 s exactly, 2 h.
-    let text = render(
-        "zombies",
-        &reaps(&[1_000_000, 1_000_001, 5_000_000_000, 7_200_000_000_000]),
-    );
+    let text = reaps(&[1_000_000, 1_000_001, 5_000_000_000, 7_200_000_000_000]);
     assert_eq!(promtool(&text), "", "{text}");
     let b = |le: &str| {
         value(
@@ -553,7 +619,7 @@ fn a_latency_on_a_bound_counts_in_that_bucket_and_the_sum_is_exact() {
 #[test]
 fn a_histogram_without_samples_has_zero_buckets_and_one_not_measured_has_none() {
     // Like a counter that counted nothing: every bucket, the sum and the count are 0.
-    let text = render("zombies", &reaps(&[]));
+    let text = reaps(&[]);
     assert_eq!(promtool(&text), "", "{text}");
     let h = histograms(&text);
     assert_eq!(h.len(), 1, "{text}");
@@ -565,10 +631,7 @@ fn a_histogram_without_samples_has_zero_buckets_and_one_not_measured_has_none() 
         &json!({"send_latency_us": {"measured": false, "why": "no hook"}}),
     );
     assert!(!text.contains("tcp_send_latency"), "{text}");
-    // An old report with quantiles only: no series (not guessed from them).
-    let text = render(
-        "zombies",
-        &json!({"reap_latency_us": {"count": 3, "p50": 1, "p90": 2, "p99": 2, "max": 2}}),
-    );
+    // A latency with quantiles only: no series (not guessed from them).
+    let text = zombies_with(|r| r.body.reap_latency_us.buckets = None);
     assert!(!text.contains("reap_latency"), "{text}");
 }

@@ -40,7 +40,8 @@ use crate::{
     bpf::{self, Hook, Offset, Session, Spec},
     output::{self, Buckets, Table, round3},
     procinfo,
-    run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
+    run::{self, BadRecord, Detector, ReportCtx, RunOpts},
+    prom::legacy::Report,
     snapshot::tcpmem::{self, TcpMem},
 };
 use culprits::{Culprits, Refusal};
@@ -615,7 +616,7 @@ impl Detector for TcpPressure {
         Ok(())
     }
 
-    fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
-        self.build_report(ctx)
+    fn report(&mut self, ctx: &ReportCtx) -> Result<Box<dyn crate::report::Body>> {
+        Ok(self.build_report(ctx)?.legacy(metrics::collect))
     }
 }

@@ -315,7 +315,7 @@ fn latency_json((h, buckets): &(Histogram<u64>, Buckets), exact_max: u64) -> Val
         "p99": q(0.99),
         "max": round3(exact_max as f64 / 1e3),
     });
-    if let (Some(o), Ok(Value::Object(b))) = (j.as_object_mut(), serde_json::to_value(buckets)) {
+    if let (Some(o), Ok(Value::Object(b))) = (j.as_object_mut(), serde_json::to_value(buckets.exact())) {
         o.extend(b);
     }
     j

@@ -27,7 +27,8 @@ use serde_json::json;
 use crate::{
     bpf::{self, Session},
     output::Table,
-    run::{self, Detector, Report, ReportCtx, RunOpts},
+    run::{self, Detector, ReportCtx, RunOpts},
+    prom::legacy::Report,
     snapshot::Level,
 };
 
@@ -341,7 +342,7 @@ impl Detector for Triage {
         true
     }
 
-    fn report(&mut self, _ctx: &ReportCtx) -> Result<Report> {
+    fn report(&mut self, _ctx: &ReportCtx) -> Result<Box<dyn crate::report::Body>> {
         // The next window starts where this one ends.
         let b = std::mem::replace(&mut self.befores, Befores::read()?);
         let w = Window {
@@ -379,7 +380,8 @@ impl Detector for Triage {
             self.code,
             w,
             runq_summary.as_ref(),
-        ))
+        )
+        .legacy(metrics::collect))
     }
 
     fn exit_code(&self) -> u8 {

@@ -137,7 +137,7 @@ pub struct Quantiles {
     pub resolution: &'static str,
     /// The Prometheus histogram's buckets and exact sum.
     #[serde(flatten)]
-    pub prom: Buckets,
+    pub prom: crate::output::Exact,
 }
 
 impl Summary {
@@ -171,7 +171,7 @@ impl Summary {
             p99: self.quantile(0.99),
             max: self.max,
             resolution: "log2 bucket upper bound",
-            prom: self.prom(),
+            prom: self.prom().exact(),
         }
     }
 

@@ -91,7 +91,7 @@ pub fn hint(p: &ParentRow) -> String {
             p.wait_calls, p.reaped
         )
     };
-    let disp_hint = match p.sigchld {
+    let disp_hint = match p.sigchld.as_ref() {
         "default" => {
             "install a SIGCHLD handler that loops on waitpid(-1, WNOHANG), or set SIGCHLD to SIG_IGN if exit codes are not needed"
         }
@@ -161,7 +161,7 @@ mod tests {
             reaped,
             wait_calls,
             sigchld_received,
-            sigchld: "default",
+            sigchld: "default".into(),
             pids_cgroup: None,
         }
     }
@@ -174,7 +174,7 @@ mod tests {
         );
         assert!(h.contains("install a SIGCHLD handler"));
         let mut waits = parent(1, 3, 3, 3);
-        waits.sigchld = "handler";
+        waits.sigchld = "handler".into();
         let h = hint(&waits);
         assert!(h.contains("called wait() 3 times and reaped 3, but not fast enough"));
         assert!(h.contains("must loop on waitpid(-1, WNOHANG)"));

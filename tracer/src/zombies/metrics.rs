@@ -1,7 +1,6 @@
-//! What `tracer zombies` exposes with `--prom-file`, from its report's fields.
-use serde_json::Value;
-
-use crate::prom::{BaseUnit::Seconds, Families, Metric, counter, gauge, histogram, top};
+//! What `tracer zombies` exposes (`--prom-file`, serve's /metrics); the report fills
+//! them (report.rs, `collect`).
+use crate::prom::{BaseUnit::Seconds, Metric, counter, gauge, histogram};
 
 /// Parents with series of their own, the most zombies first.
 pub const TOP_PARENTS: usize = 10;
@@ -93,8 +92,7 @@ pub const PARENT_OLDEST: Metric = gauge(
     crate::prom::PROCESS,
 );
 
-/// Every metric above, for the README check (`prom::all_metrics`).
-#[cfg_attr(not(test), allow(dead_code))]
+/// Every metric above (the registry lists them; docs/metrics.md is checked against it).
 pub const METRICS: &[&Metric] = &[
     &PRESENT,
     &STUCK,
@@ -112,24 +110,3 @@ pub const METRICS: &[&Metric] = &[
     &PARENT_ZOMBIES,
     &PARENT_OLDEST,
 ];
-
-pub fn collect(r: &Value, out: &mut Families) {
-    out.field(&PRESENT, &[], r, "zombies_total");
-    out.field(&STUCK, &[], r, "zombies_stuck");
-    out.field(&IN_FLIGHT, &[], r, "zombies_in_flight");
-    out.field(&GROWING, &[], &r["trend"], "growing");
-    out.field(&GROWTH, &[], r, "zombie_growth_per_s");
-    let pids = &r["pids"];
-    out.field(&TASKS, &[], pids, "in_use");
-    out.field(&PID_MAX, &[], pids, "pid_max");
-    out.field(&THREADS_MAX, &[], pids, "threads_max");
-    out.field(&EXHAUSTION, &[], pids, "exhaustion_eta_s");
-    out.field(&FORKS, &[], r, "forks");
-    out.field(&EXITS, &[], r, "exits");
-    out.field(&REAPS, &[], &r["reap_latency_us"], "count");
-    out.histogram(&REAP_LATENCY, &[], &r["reap_latency_us"]);
-    for p in top(r, "parents", "zombies", TOP_PARENTS) {
-        out.row(&PARENT_ZOMBIES, p, "zombies", 1.0);
-        out.row(&PARENT_OLDEST, p, "oldest_zombie_age_s", 1.0);
-    }
-}

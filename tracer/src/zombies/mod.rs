@@ -7,14 +7,14 @@
 //! lost reap record or a reused pid can never invent a zombie.
 mod judge;
 pub mod metrics;
-mod rows;
+mod report;
+pub mod rows;
 mod state;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use aya::maps::{HashMap as BpfHashMap, PerCpuArray};
-use serde_json::json;
 use tracer_common::zombies::{
     COUNT_EXIT_READ_FAILED, COUNT_EXITS, COUNT_FORKS, EXIT_BY_FIELD, EXIT_BY_SIGNAL_LIVE,
     ParentCounters,
@@ -23,14 +23,16 @@ use tracer_common::zombies::{
 use crate::{
     bpf::{self, Hook, Offset, Spec},
     kbtf::KernelBtf,
-    output::{self, Table, human_duration, round3},
+    output::{self, round3},
     procinfo,
-    run::{self, BadRecord, Detector, Report, ReportCtx, RunOpts},
+    report::Body,
+    run::{self, BadRecord, Detector, ReportCtx, RunOpts},
     tracefs::Tracefs,
     trend::{self, Series},
 };
 use judge::StuckRule;
-use rows::{ParentRow, PidsCgroup, ZombieRow, fmt_age};
+pub use report::{Evicted, Pids, ReaperRow, View, ZombiesReport};
+use rows::{ParentRow, PidsCgroup, ZombieRow};
 use state::{Census, Tracker};
 
 /// The age below which no zombie is a finding (see judge::STUCK_FLOOR); triage uses it.
@@ -346,14 +348,61 @@ impl Detector for Zombies {
         Ok(())
     }
 
-    fn report(&mut self, ctx: &ReportCtx) -> Result<Report> {
-        let now = procinfo::monotonic_ns();
-        let snap: Census =
-            self.tracker
-                .census(now, self.args.min_age, self.rule, procinfo::stat_of);
+    fn report(&mut self, ctx: &ReportCtx) -> Result<Box<dyn Body>> {
+        Ok(Box::new(self.build(ctx)))
+    }
+}
+
+impl Zombies {
+    /// The report: the census of zombies now, judged, with the kernel's counters.
+    fn build(&mut self, ctx: &ReportCtx) -> ZombiesReport {
+        let snap: Census = self.tracker.census(
+            procinfo::monotonic_ns(),
+            self.args.min_age,
+            self.rule,
+            procinfo::stat_of,
+        );
         let elapsed = ctx.elapsed.as_secs_f64().max(1e-3);
-        let forks = self.count(COUNT_FORKS);
-        let exits = self.count(COUNT_EXITS);
+        let (forks, exits) = (self.count(COUNT_FORKS), self.count(COUNT_EXITS));
+        let span = self.trend_span_s();
+        let trend = trend::judge(&self.samples, span);
+        let parents = self.parent_rows(&snap);
+        ZombiesReport {
+            filter_ppid: self.args.pid,
+            stuck_rule: self.rule.describe(),
+            hints: judge::hints(&parents),
+            parents,
+            zombies: zombie_rows(&snap),
+            zombies_total: snap.zombies.len(),
+            zombies_stuck: snap.stuck,
+            zombies_in_flight: snap.in_flight,
+            zombie_growth_per_s: trend.rate(),
+            pids: pids(&trend),
+            trend: trend.report(span),
+            reap_latency_us: output::Summary::of(self.tracker.reap_hist())
+                .with(self.tracker.reap_buckets()),
+            reapers: self.reaper_rows(),
+            state_evicted: Evicted {
+                reapers: self.tracker.reapers_evicted(),
+                exits_untracked: self.tracker.exits_untracked(),
+            },
+            forks,
+            forks_per_s: forks as f64 / elapsed,
+            exits,
+            exits_per_s: exits as f64 / elapsed,
+            path: self.exit.describe().into(),
+            caveats: self.caveats_now(),
+            view: View {
+                by_parent: self.args.parent,
+                trend_span_s: span,
+                reaped: self.tracker.reaped_total(),
+                reap_log2: output::Log2::of(self.tracker.reap_hist()),
+            },
+        }
+    }
+
+    /// The attach-time caveats and what this report could not see.
+    fn caveats_now(&self) -> Vec<String> {
         let mut caveats = self.caveats.clone();
         let unread = self.count(COUNT_EXIT_READ_FAILED);
         if unread > 0 {
@@ -375,17 +424,12 @@ impl Detector for Zombies {
                 state::REAPERS_CAPACITY
             ));
         }
+        caveats
+    }
 
-        let span = self.trend_span_s();
-        let trend = trend::judge(&self.samples, span);
-        let in_use = procinfo::tasks_in_use();
-        let pid_max = procinfo::read_u64("/proc/sys/kernel/pid_max");
-        let threads_max = procinfo::read_u64("/proc/sys/kernel/threads-max");
-        let eta_s = judge::exhaustion_eta_s(&trend, in_use, procinfo::pid_limit());
-
-        let parents: Vec<ParentRow> = snap
-            .parents
-            .iter()
+    /// A row per parent of the census, with its counters and what /proc says of it.
+    fn parent_rows(&self, snap: &Census) -> Vec<ParentRow> {
+        (snap.parents.iter())
             .map(|p| {
                 let c = self.parent_counters(p.pid);
                 ParentRow {
@@ -401,127 +445,51 @@ impl Detector for Zombies {
                     reaped: self.tracker.reaped_by(p.pid),
                     wait_calls: c.wait_calls,
                     sigchld_received: c.sigchld,
-                    sigchld: procinfo::sigchld_disposition(p.pid),
+                    sigchld: procinfo::sigchld_disposition(p.pid).into(),
                     pids_cgroup: pids_cgroup(p.pid)
                         .map(|(current, max)| PidsCgroup { current, max }),
                 }
             })
-            .collect();
-        let ptable = Table::of(&parents);
-        let hints = judge::hints(&parents);
+            .collect()
+    }
 
-        let zombies: Vec<ZombieRow> = (snap.zombies.iter())
-            .map(|z| ZombieRow {
-                pid: z.pid,
-                ppid: z.ppid,
-                comm: z.comm.clone(),
-                cgroup: procinfo::cgroup_of(z.pid).into(),
-                age_s: z.age_s,
-                age_exact: z.exact,
-                stuck: z.stuck,
+    /// The five parents that reaped the most.
+    fn reaper_rows(&self) -> Vec<ReaperRow> {
+        (self.tracker.top_reapers(5).into_iter())
+            .map(|(pid, n)| ReaperRow {
+                pid,
+                comm: procinfo::comm_of(pid),
+                cgroup: procinfo::cgroup_of(pid).into(),
+                reaped: n,
+                sigchld: procinfo::sigchld_disposition(pid).into(),
             })
-            .collect();
-        let reap = output::Summary::of(self.tracker.reap_hist()).with(self.tracker.reap_buckets());
-        let reapers: Vec<_> = self
-            .tracker
-            .top_reapers(5)
-            .into_iter()
-            .map(|(pid, n)| json!({"pid": pid, "comm": procinfo::comm_of(pid), "cgroup": procinfo::cgroup_of(pid), "reaped": n, "sigchld": procinfo::sigchld_disposition(pid)}))
-            .collect();
-
-        let json = json!({
-            "filter_ppid": self.args.pid,
-            "stuck_rule": self.rule.describe(),
-            "parents": parents,
-            "zombies": zombies,
-            "zombies_total": snap.zombies.len(),
-            "zombies_stuck": snap.stuck,
-            "zombies_in_flight": snap.in_flight,
-            "zombie_growth_per_s": trend.rate().map(round3),
-            "trend": trend.json(span),
-            "reap_latency_us": reap,
-            "reapers": reapers,
-            "state_evicted": {"reapers": evicted, "exits_untracked": untracked},
-            "pids": {
-                "in_use": in_use, "pid_max": pid_max, "threads_max": threads_max,
-                "exhaustion_eta_s": eta_s.map(round3),
-            },
-            "forks": forks, "forks_per_s": round3(forks as f64 / elapsed),
-            "exits": exits, "exits_per_s": round3(exits as f64 / elapsed),
-            "path": self.exit.describe(),
-            "hints": hints,
-            "caveats": caveats,
-        });
-
-        let mut text = String::new();
-        let oldest = snap
-            .zombies
-            .iter()
-            .find(|z| z.stuck)
-            .map(|z| fmt_age(z.age_s, z.exact))
-            .unwrap_or_else(|| "-".into());
-        text += &format!(
-            "zombies now: {} stuck under {} parent(s), oldest {}; {} in flight (within the normal reap delay)\n",
-            snap.stuck,
-            snap.parents.len(),
-            oldest,
-            snap.in_flight,
-        );
-        text += &format!("stuck means: {}\n", self.rule.describe());
-        text += &format!(
-            "reaped in window: {}; forks {:.1}/s, exits {:.1}/s\n",
-            self.tracker.reaped_total(),
-            forks as f64 / elapsed,
-            exits as f64 / elapsed
-        );
-        text += &format!(
-            "pid headroom: {} tasks in use; pid_max {}, threads-max {}; ",
-            opt(in_use),
-            opt(pid_max),
-            opt(threads_max),
-        );
-        text += &format!("stuck zombies {}", trend.text(span));
-        if let Some(eta) = eta_s {
-            text += &format!(", PID space exhausted in ~{}", human_duration(eta));
-        }
-        text += "\n";
-        text += &format!("exits seen by: {}\n", self.exit.describe());
-        for c in &caveats {
-            text += &format!("note: {c}\n");
-        }
-        text += "\nNON-REAPING PARENTS (with stuck zombies)\n";
-        if ptable.is_empty() {
-            text += "  none: no zombie outlived its parent's normal reap delay\n";
-        } else {
-            text += &ptable.render();
-            text += "\n";
-            for h in &hints {
-                text += &format!("hint: {h}\n");
-            }
-        }
-        if !self.args.parent {
-            text += "\nZOMBIES (oldest first)\n";
-            let zt = Table::of(&zombies[..zombies.len().min(20)]);
-            if zt.is_empty() {
-                text += "  none\n";
-            } else {
-                text += &zt.render();
-                if snap.zombies.len() > 20 {
-                    text += &format!(
-                        "  ... and {} more (--json lists all)\n",
-                        snap.zombies.len() - 20
-                    );
-                }
-            }
-        }
-        text += "\nREAP LATENCY (exit -> reaped by wait4 or released)\n";
-        text += &output::log2_histogram(self.tracker.reap_hist(), "usecs");
-        Ok(Report { json, text })
+            .collect()
     }
 }
 
-fn opt(v: Option<u64>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+fn zombie_rows(snap: &Census) -> Vec<ZombieRow> {
+    (snap.zombies.iter())
+        .map(|z| ZombieRow {
+            pid: z.pid,
+            ppid: z.ppid,
+            comm: z.comm.clone(),
+            cgroup: procinfo::cgroup_of(z.pid).into(),
+            age_s: z.age_s,
+            age_exact: z.exact,
+            stuck: z.stuck,
+        })
+        .collect()
+}
+
+/// PID headroom now, and when it runs out at the trend's growth.
+fn pids(trend: &trend::Trend) -> Pids {
+    let in_use = procinfo::tasks_in_use();
+    Pids {
+        in_use,
+        pid_max: procinfo::read_u64("/proc/sys/kernel/pid_max"),
+        threads_max: procinfo::read_u64("/proc/sys/kernel/threads-max"),
+        exhaustion_eta_s: judge::exhaustion_eta_s(trend, in_use, procinfo::pid_limit()),
+    }
 }
 
 /// pids.current / pids.max of the process's pids cgroup ("max" means unlimited).

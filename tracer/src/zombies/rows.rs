@@ -1,12 +1,14 @@
 //! The zombies tables, each row defined once: serialized for JSON, `cells()` for the
 //! text table.
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use crate::output::{self, Row, human_duration, serialize_round3};
 
 /// One parent with stuck or in-flight zombies: a JSON element of `parents` and a row
 /// of the NON-REAPING PARENTS table.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ParentRow {
     pub pid: u32,
     pub comm: String,
@@ -21,11 +23,12 @@ pub struct ParentRow {
     pub reaped: u64,
     pub wait_calls: u64,
     pub sigchld_received: u64,
-    pub sigchld: &'static str,
+    /// SIGCHLD disposition: default, ignore or handler.
+    pub sigchld: Cow<'static, str>,
     pub pids_cgroup: Option<PidsCgroup>,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PidsCgroup {
     pub current: u64,
     pub max: String,
@@ -57,7 +60,7 @@ impl Row for ParentRow {
             self.reaped.to_string(),
             self.wait_calls.to_string(),
             self.sigchld_received.to_string(),
-            self.sigchld.into(),
+            self.sigchld.to_string(),
             self.pids_cgroup
                 .as_ref()
                 .map(|p| format!("{}/{}", p.current, p.max))
@@ -77,7 +80,7 @@ pub fn fmt_age(age_s: f64, exact: bool) -> String {
 }
 
 /// One zombie: an element of `zombies`, a row of the ZOMBIES table.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ZombieRow {
     pub pid: u32,
     pub ppid: u32,
