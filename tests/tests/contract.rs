@@ -3,9 +3,13 @@
 //! report last and nothing left loaded; bad input is one sentence and a non-zero exit;
 //! a kernel without a required hook gets the hook named (or, where the detector has a
 //! fallback, a run on it). The incident tests live in the per-detector files.
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tracer::{detectors, report::Emitted, run, sink::Sink, zombies::ZombiesReport};
 use tracer_tests::{
-    Finished, assert_none_loaded, http::promtool_problems, require_root, run_tracer,
-    run_tracer_unprivileged, run_tracer_without_tracepoints, serial,
+    Finished, Header, assert_none_loaded, http::promtool_problems, require_root, run_tracer,
+    run_tracer_unprivileged, run_tracer_without_tracepoints, serial, typed,
 };
 
 struct Detector {
@@ -267,5 +271,75 @@ fn every_detector_names_a_missing_required_hook_or_runs_on_its_fallback() {
             }
         }
         assert_none_loaded(d.programs);
+    }
+}
+
+/// Keeps every report's JSON.
+struct Keep(Arc<Mutex<Vec<Value>>>);
+
+impl Sink for Keep {
+    fn write(&mut self, r: &Emitted) -> anyhow::Result<()> {
+        let line = r.json()?;
+        self.0.lock().unwrap().push(serde_json::from_str(&line)?);
+        Ok(())
+    }
+}
+
+/// Two detectors in one load of the object (the library's run loop, as `tracer serve`
+/// uses it), each seeing its own incident: a child that exits and is reaped
+/// (zombies), a cgroup made and removed (cgroups).
+#[test]
+fn one_load_drives_several_detectors() {
+    require_root();
+    let _s = serial();
+    let prepare = |name: &str| {
+        let e = detectors::find(name).unwrap();
+        let m = e
+            .command()
+            .try_get_matches_from([name, "-d", "1s"])
+            .unwrap();
+        (e.prepare)(&m).unwrap()
+    };
+    let opts = run::RunOpts {
+        duration: Some(std::time::Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let started = run::start(vec![prepare("zombies"), prepare("cgroups")], opts).unwrap();
+    // After the attach: the records wait in the ring until the run reads them.
+    let status = std::process::Command::new("true").status().unwrap();
+    assert!(status.success());
+    let root = tracer::snapshot::cgroups::hierarchies().unwrap()[0]
+        .mount
+        .clone();
+    let dir = root.join(format!("tracer-contract-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let code = rt
+        .block_on(started.run_with(vec![Box::new(Keep(kept.clone()))]))
+        .unwrap();
+    assert_eq!(code, 0);
+    let reports = kept.lock().unwrap().clone();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    let of = |c: &str| {
+        (reports.iter())
+            .find(|r| r["command"] == c)
+            .unwrap_or_else(|| panic!("no {c} report: {reports:?}"))
+    };
+    let z = typed::<ZombiesReport>(of("zombies"));
+    let c = of("cgroups");
+    assert!(z.exits >= 1, "{z:?}");
+    assert!(c["created"].as_u64().unwrap() >= 1, "{c}");
+    assert!(c["removed"].as_u64().unwrap() >= 1, "{c}");
+    let cheader: Header = serde_json::from_value(c.clone()).unwrap();
+    for h in [&z.header, &cheader] {
+        assert!(h.final_);
+        assert_eq!(h.bad_records, 0, "{h:?}");
+        assert_eq!(h.lost_events, 0, "{h:?}");
     }
 }

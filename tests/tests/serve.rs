@@ -60,10 +60,15 @@ fn serve_runs_every_detector_in_one_process_and_serves_their_findings() {
     assert_eq!(post.header("allow"), Some("GET, HEAD"));
 
     // Every detector reports into the one exposition.
-    let all = ["triage", "tcp-pressure", "cgroups", "inodes", "zombies"];
     metrics_where(addr, Duration::from_secs(60), |m| {
-        all.iter()
-            .all(|d| sample(m, "tracer_report_elapsed_seconds", &[("detector", d)]).is_some())
+        tracer::detectors::ALL.iter().all(|e| {
+            sample(
+                m,
+                "tracer_report_elapsed_seconds",
+                &[("detector", e.spec.detector)],
+            )
+            .is_some()
+        })
     });
     let m = get(addr, "/metrics");
     let ctype = m.header("content-type").unwrap_or("");
@@ -102,7 +107,8 @@ fn serve_runs_every_detector_in_one_process_and_serves_their_findings() {
         sample(&m, "tracer_zombies_present", &[]).is_some_and(|n| n >= 7.0),
         "{m}"
     );
-    for d in all {
+    for e in tracer::detectors::ALL {
+        let d = e.spec.detector;
         assert_eq!(
             sample(&m, "tracer_lost_events_total", &[("detector", d)]),
             Some(0.0),
@@ -115,8 +121,8 @@ fn serve_runs_every_detector_in_one_process_and_serves_their_findings() {
 
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
-    for prefix in ["triage_", "tcp_", "cgroups_", "inodes_", "zombies_"] {
-        assert_none_loaded(prefix);
+    for e in tracer::detectors::ALL {
+        assert_none_loaded(&format!("{}_", e.spec.prefix));
     }
 }
 

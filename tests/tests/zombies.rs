@@ -5,32 +5,27 @@
 //! own setup; splitting them would only scatter one detector's incidents over files.
 use std::time::Duration;
 
-use serde_json::Value;
+use tracer::zombies::{ZombiesReport, rows::ParentRow};
 use tracer_tests::{
-    Incident, TracefsWithout, Tracer, assert_none_loaded, matrix_kernel, require_root, run_tracer,
-    run_tracer_env, run_tracer_without_tracepoints, serial, zombie_children,
+    Envelope, Incident, TracefsWithout, Tracer, assert_none_loaded, matrix_kernel, require_root,
+    run_tracer, run_tracer_env, run_tracer_without_tracepoints, serial, zombie_children,
 };
 
-fn parent(report: &Value, pid: u32) -> Option<&Value> {
-    report["parents"]
-        .as_array()
-        .expect("parents")
-        .iter()
-        .find(|p| p["pid"] == pid)
+type Report = Envelope<ZombiesReport>;
+
+fn parent(report: &Report, pid: u32) -> Option<&ParentRow> {
+    report.parents.iter().find(|p| p.pid == pid)
 }
 
 /// Stuck zombies of `ppid` in a report's parents table (0 when not a finding).
-fn stuck_under(report: &Value, ppid: u32) -> u64 {
-    parent(report, ppid).map_or(0, |p| p["zombies"].as_u64().unwrap())
+fn stuck_under(report: &Report, ppid: u32) -> usize {
+    parent(report, ppid).map_or(0, |p| p.zombies)
 }
 
-fn zombies_of(report: &Value, ppid: u32) -> Vec<u64> {
-    let mut v: Vec<u64> = report["zombies"]
-        .as_array()
-        .expect("zombies")
-        .iter()
-        .filter(|z| z["ppid"] == ppid)
-        .map(|z| z["pid"].as_u64().unwrap())
+fn zombies_of(report: &Report, ppid: u32) -> Vec<u64> {
+    let mut v: Vec<u64> = (report.zombies.iter())
+        .filter(|z| z.ppid == ppid)
+        .map(|z| u64::from(z.pid))
         .collect();
     v.sort();
     v
@@ -59,13 +54,10 @@ fn non_reaping_parent_is_named_with_exact_zombie_count() {
     // Each exit and SIGCHLD happened before /proc showed the zombie (the helper waits
     // for that). A zombie is a finding once older than the stated threshold (5 s for
     // a parent never seen reaping): until then it is in flight.
-    let r = tracer.report_where(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 7);
+    let r = tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 7);
     assert!(
-        r["stuck_rule"]
-            .as_str()
-            .unwrap()
-            .starts_with("older than 5s"),
-        "{r}"
+        r.stuck_rule.starts_with("older than 5s"),
+        "{r:?}"
     );
     let out = tracer.interrupt();
     assert!(
@@ -73,36 +65,31 @@ fn non_reaping_parent_is_named_with_exact_zombie_count() {
         "tracer failed after SIGINT: {}",
         out.stderr
     );
-    let r = out.final_report();
-    assert_eq!(r["command"], "zombies");
-    assert_eq!(r["lost_events"], 0);
-    let p = parent(&r, inc.pid).unwrap_or_else(|| panic!("parent {} not reported: {r}", inc.pid));
-    assert_eq!(p["zombies"], 7, "{p}");
-    assert_eq!(p["in_flight"], 0, "{p}");
-    assert_eq!(p["stuck_after_s"], 5.0, "{p}");
-    assert_eq!(p["comm"], "incident");
-    assert_eq!(p["sigchld"], "default");
-    assert_eq!(p["reaped"], 0);
+    let r = out.final_as::<ZombiesReport>();
+    assert_eq!(r.header.command, "zombies");
+    assert_eq!(r.header.lost_events, 0);
+    let p = parent(&r, inc.pid).unwrap_or_else(|| panic!("parent {} not reported: {r:?}", inc.pid));
+    assert_eq!(p.zombies, 7, "{p:?}");
+    assert_eq!(p.in_flight, 0, "{p:?}");
+    assert_eq!(p.stuck_after_s, 5.0, "{p:?}");
+    assert_eq!(p.comm, "incident");
+    assert_eq!(p.sigchld, "default");
+    assert_eq!(p.reaped, 0);
     assert_eq!(
-        p["wait_calls"], 0,
+        p.wait_calls, 0,
         "the helper never waits while it holds zombies"
     );
-    assert_eq!(p["sigchld_received"], 7, "one SIGCHLD per exited child");
-    assert!(p["cgroup"].as_str().unwrap().starts_with('/'));
-    assert!(
-        p["cmdline"]
-            .as_str()
-            .unwrap()
-            .contains("incident zombies 7")
-    );
-    assert!(p["oldest_zombie_age_exact"].as_bool().unwrap());
+    assert_eq!(p.sigchld_received, 7, "one SIGCHLD per exited child");
+    assert!(p.cgroup.cgroup.starts_with('/'));
+    assert!(p.cmdline.contains("incident zombies 7"));
+    assert!(p.oldest_zombie_age_exact);
     assert_eq!(
         zombies_of(&r, inc.pid),
         expected,
         "each zombie's ppid is the parent"
     );
-    assert!(r["pids"]["in_use"].as_u64().unwrap() > 0);
-    assert!(r["pids"]["pid_max"].as_u64().unwrap() > 0);
+    assert!(r.pids.in_use.unwrap() > 0);
+    assert!(r.pids.pid_max.unwrap() > 0);
     // The same finding, as node_exporter textfile metrics.
     let metrics = std::fs::read_to_string(&prom).expect("--prom-file written");
     let _ = std::fs::remove_file(&prom);
@@ -152,27 +139,19 @@ fn multithreaded_children_make_one_zombie_each_however_their_threads_exit() {
         .map(u64::from)
         .collect();
     assert_eq!(expected.len(), 8, "the helper made 8 zombies");
-    tracer.report_where(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 8);
-    let r = tracer.interrupt().final_report();
-    assert_eq!(r["path"], expected_exit_path(), "{r}");
-    assert_eq!(r["lost_events"], 0);
-    let p = parent(&r, inc.pid).unwrap_or_else(|| panic!("parent {} not reported: {r}", inc.pid));
+    tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 8);
+    let r = tracer.interrupt().final_as::<ZombiesReport>();
+    assert_eq!(r.path, expected_exit_path(), "{r:?}");
+    assert_eq!(r.header.lost_events, 0);
+    let p = parent(&r, inc.pid).unwrap_or_else(|| panic!("parent {} not reported: {r:?}", inc.pid));
     // 8 processes of 5 threads each: 40 thread exits, 8 process exits, each seen once.
-    assert_eq!(p["zombies"], 8, "{p}");
-    assert_eq!(
-        p["oldest_zombie_age_exact"], true,
-        "every exit was seen: {p}"
-    );
+    assert_eq!(p.zombies, 8, "{p:?}");
+    assert!(p.oldest_zombie_age_exact, "every exit was seen: {p:?}");
     assert_eq!(zombies_of(&r, inc.pid), expected);
-    for z in r["zombies"].as_array().unwrap() {
-        if z["ppid"] == inc.pid {
-            assert_eq!(z["age_exact"], true, "exit of {} seen: {z}", z["pid"]);
-        }
+    for z in r.zombies.iter().filter(|z| z.ppid == inc.pid) {
+        assert!(z.age_exact, "exit of {} seen: {z:?}", z.pid);
     }
-    assert!(
-        r["caveats"].as_array().unwrap().is_empty(),
-        "no exit went unclassified: {r}"
-    );
+    assert!(r.caveats.is_empty(), "no exit went unclassified: {r:?}");
 }
 
 #[test]
@@ -195,20 +174,17 @@ fn without_the_group_dead_field_the_btf_fallback_makes_the_same_count() {
     );
     inc.send("go");
     inc.expect_line("done");
-    tracer.report_where(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 6);
-    let r = tracer.interrupt().final_report();
+    tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 6);
+    let r = tracer.interrupt().final_as::<ZombiesReport>();
     assert_eq!(
-        r["path"], "sched_process_exit + task->signal->live (kernel BTF; no group_dead field here)",
-        "{r}"
+        r.path, "sched_process_exit + task->signal->live (kernel BTF; no group_dead field here)",
+        "{r:?}"
     );
-    let p = parent(&r, inc.pid).unwrap_or_else(|| panic!("parent {} not reported: {r}", inc.pid));
-    assert_eq!(p["zombies"], 6, "{p}");
-    assert_eq!(
-        p["oldest_zombie_age_exact"], true,
-        "every exit was seen: {p}"
-    );
+    let p = parent(&r, inc.pid).unwrap_or_else(|| panic!("parent {} not reported: {r:?}", inc.pid));
+    assert_eq!(p.zombies, 6, "{p:?}");
+    assert!(p.oldest_zombie_age_exact, "every exit was seen: {p:?}");
     assert_eq!(zombies_of(&r, inc.pid).len(), 6);
-    assert!(r["caveats"].as_array().unwrap().is_empty(), "{r}");
+    assert!(r.caveats.is_empty(), "{r:?}");
 }
 
 #[test]
@@ -221,20 +197,20 @@ fn prompt_reaper_is_not_flagged_and_its_reaps_are_timed() {
     inc.send("go");
     // wait4() returned each child before "done": its reap record is already queued.
     inc.expect_line("done");
-    let r = tracer.interrupt().final_report();
+    let r = tracer.interrupt().final_as::<ZombiesReport>();
     assert!(
         parent(&r, inc.pid).is_none(),
-        "a parent that reaps must not be flagged: {r}"
+        "a parent that reaps must not be flagged: {r:?}"
     );
     assert!(zombies_of(&r, inc.pid).is_empty());
     assert_eq!(
-        r["reap_latency_us"]["count"], 25,
-        "one reap latency per child: {r}"
+        r.reap_latency_us.count, 25,
+        "one reap latency per child: {r:?}"
     );
-    assert!(r["reap_latency_us"]["max"].as_u64().unwrap() > 0);
-    let reaper = &r["reapers"][0];
-    assert_eq!(reaper["pid"], inc.pid);
-    assert_eq!(reaper["reaped"], 25);
+    assert!(r.reap_latency_us.max > 0);
+    let reaper = &r.reapers[0];
+    assert_eq!(reaper.pid, inc.pid);
+    assert_eq!(reaper.reaped, 25);
 }
 
 #[test]
@@ -244,16 +220,16 @@ fn zombies_from_before_the_start_are_reported() {
     let inc = Incident::start(&["zombies", "4"]);
     let mut tracer = Tracer::start(&["zombies", "--json", "-i", "250ms"]);
     // Their exit time is unknown: they count as stuck once seen for the threshold.
-    let r = tracer.report_where(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 4);
+    let r = tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 4);
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
-    assert!(r["elapsed_s"].as_f64().unwrap() >= 5.0, "{r}");
-    let r = out.final_report();
+    assert!(r.header.elapsed_s >= 5.0, "{r:?}");
+    let r = out.final_as::<ZombiesReport>();
     let p =
-        parent(&r, inc.pid).unwrap_or_else(|| panic!("pre-existing zombies' parent missing: {r}"));
-    assert_eq!(p["zombies"], 4);
+        parent(&r, inc.pid).unwrap_or_else(|| panic!("pre-existing zombies' parent missing: {r:?}"));
+    assert_eq!(p.zombies, 4);
     // Their exit was not seen: the age is a lower bound and says so.
-    assert_eq!(p["oldest_zombie_age_exact"], false);
+    assert!(!p.oldest_zombie_age_exact);
     assert_eq!(zombies_of(&r, inc.pid).len(), 4);
 }
 
@@ -267,24 +243,20 @@ fn ignored_sigchld_leaves_no_zombies_and_shows_ignore() {
     inc.expect_line("done");
     // Autoreaped children are released at once but freed (their reap seen) only after
     // an RCU grace period: wait for the tracer to see all six, then stop it.
-    let reaped = |r: &Value| {
-        r["reapers"]
-            .as_array()
-            .and_then(|a| a.iter().find(|x| x["pid"] == inc.pid))
-            .is_some_and(|x| x["reaped"] == 6)
+    let reaped = |r: &Report| {
+        (r.reapers.iter())
+            .find(|x| x.pid == inc.pid)
+            .is_some_and(|x| x.reaped == 6)
     };
-    tracer.report_where(Duration::from_secs(30), reaped);
-    let r = tracer.interrupt().final_report();
-    assert!(parent(&r, inc.pid).is_none(), "{r}");
+    tracer.report_as_where::<ZombiesReport>(Duration::from_secs(30), reaped);
+    let r = tracer.interrupt().final_as::<ZombiesReport>();
+    assert!(parent(&r, inc.pid).is_none(), "{r:?}");
     assert!(zombies_of(&r, inc.pid).is_empty());
-    let reaper = r["reapers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["pid"] == inc.pid)
-        .unwrap_or_else(|| panic!("autoreaped children not counted: {r}"));
-    assert_eq!(reaper["reaped"], 6);
-    assert_eq!(reaper["sigchld"], "ignore");
+    let reaper = (r.reapers.iter())
+        .find(|x| x.pid == inc.pid)
+        .unwrap_or_else(|| panic!("autoreaped children not counted: {r:?}"));
+    assert_eq!(reaper.reaped, 6);
+    assert_eq!(reaper.sigchld, "ignore");
 }
 
 #[test]
@@ -318,7 +290,7 @@ fn doctor_reports_every_detector_runnable_and_the_paths_of_this_kernel() {
         out.stdout,
         out.stderr
     );
-    let r: Value = serde_json::from_str(out.stdout.trim()).expect("doctor JSON");
+    let r: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("doctor JSON");
     assert_eq!(r["all_runnable"], true, "{r}");
     // This machine's kernel has neither kprobes nor BPF trampolines; Debian's have both.
     let fast = matrix_kernel() != "host";
@@ -412,40 +384,31 @@ fn young_zombies_are_in_flight_not_findings_in_text_json_and_metrics() {
         prom.to_str().unwrap(),
     ]);
     let inc = Incident::start(&["zombies", "5"]);
-    let r = tracer.report_where(Duration::from_secs(60), |r| {
+    let r = tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| {
         zombies_of(r, inc.pid).len() == 5
     });
     assert!(
         parent(&r, inc.pid).is_none(),
-        "younger than 10m: not a finding: {r}"
+        "younger than 10m: not a finding: {r:?}"
     );
-    assert_eq!(r["stuck_rule"], "older than 10m (--stuck-after)");
-    let ours: Vec<&Value> = r["zombies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|z| z["ppid"] == inc.pid)
-        .collect();
-    assert!(ours.iter().all(|z| z["stuck"] == false), "{r}");
-    assert!(r["zombies_in_flight"].as_u64().unwrap() >= 5, "{r}");
+    assert_eq!(r.stuck_rule, "older than 10m (--stuck-after)");
+    let mut ours = r.zombies.iter().filter(|z| z.ppid == inc.pid);
+    assert!(ours.all(|z| !z.stuck), "{r:?}");
+    assert!(r.zombies_in_flight >= 5, "{r:?}");
     assert!(
-        r["hints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|h| !h.as_str().unwrap().contains(&format!("{} (", inc.pid))),
-        "{r}"
+        (r.hints.iter()).all(|h| !h.contains(&format!("{} (", inc.pid))),
+        "{r:?}"
     );
     let out = tracer.interrupt();
-    let f = out.final_report();
+    let f = out.final_as::<ZombiesReport>();
     // The prom file holds the final report: the same split.
     let metrics = std::fs::read_to_string(&prom).expect("--prom-file written");
     let _ = std::fs::remove_file(&prom);
-    for (key, metric) in [
-        ("zombies_stuck", "tracer_zombies_stuck"),
-        ("zombies_in_flight", "tracer_zombies_in_flight"),
+    for (n, metric) in [
+        (f.zombies_stuck, "tracer_zombies_stuck"),
+        (f.zombies_in_flight, "tracer_zombies_in_flight"),
     ] {
-        let line = format!("{metric} {}", f[key]);
+        let line = format!("{metric} {n}");
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
     let series = format!("pid=\"{}\"", inc.pid);
@@ -495,39 +458,34 @@ fn steady_leak_forecasts_pid_exhaustion_only_while_it_grows() {
     ]);
     // Before the leak, a full window with no growth: no forecast, and the reason.
     // (The state, not span_s: that is rounded, and 2.9996 s shows as 3.0.)
-    let r = tracer.report_where(Duration::from_secs(60), |r| {
-        r["trend"]["state"] != "too_few_samples"
+    let r = tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| {
+        r.trend.state != "too_few_samples"
     });
-    assert_eq!(r["trend"]["state"], "no_sustained_growth", "{r}");
-    assert!(r["pids"]["exhaustion_eta_s"].is_null(), "{r}");
+    assert_eq!(r.trend.state, "no_sustained_growth", "{r:?}");
+    assert_eq!(r.pids.exhaustion_eta_s, None, "{r:?}");
     inc.send("go");
-    let r = tracer.report_where(Duration::from_secs(60), |r| r["trend"]["growing"] == true);
-    let growth = r["zombie_growth_per_s"].as_f64().unwrap();
+    let r = tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| r.trend.growing);
+    let growth = r.zombie_growth_per_s.unwrap();
     // One zombie per 150 ms is 6.7/s; the fit over a 3 s window stays near it.
-    assert!((2.0..=12.0).contains(&growth), "{r}");
-    let eta = r["pids"]["exhaustion_eta_s"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no ETA: {r}"));
-    let p = &r["pids"];
-    let limit = p["pid_max"]
-        .as_f64()
-        .unwrap()
-        .min(p["threads_max"].as_f64().unwrap());
-    let headroom = limit - p["in_use"].as_f64().unwrap();
+    assert!((2.0..=12.0).contains(&growth), "{r:?}");
+    let eta = (r.pids.exhaustion_eta_s).unwrap_or_else(|| panic!("no ETA: {r:?}"));
+    let p = &r.pids;
+    let limit = p.pid_max.unwrap().min(p.threads_max.unwrap()) as f64;
+    let headroom = limit - p.in_use.unwrap() as f64;
     assert!(
         (eta * growth - headroom).abs() <= headroom * 0.01 + 1.0,
-        "{r}"
+        "{r:?}"
     );
-    assert!(r["trend"]["samples"].as_u64().unwrap() >= 10, "{r}");
-    assert_eq!(r["trend"]["rate_per_s"], r["zombie_growth_per_s"], "{r}");
+    assert!(r.trend.samples >= 10, "{r:?}");
+    assert_eq!(r.trend.rate_per_s, r.zombie_growth_per_s, "{r:?}");
     inc.expect_line("done");
     // Once the leak stops, the count is flat: the forecast goes away.
-    let r = tracer.report_where(Duration::from_secs(60), |r| {
-        stuck_under(r, inc.pid) == 40 && r["trend"]["growing"] == false
+    let r = tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| {
+        stuck_under(r, inc.pid) == 40 && !r.trend.growing
     });
-    assert!(r["pids"]["exhaustion_eta_s"].is_null(), "{r}");
-    let f = tracer.interrupt().final_report();
-    assert_eq!(parent(&f, inc.pid).unwrap()["zombies"], 40, "{f}");
+    assert_eq!(r.pids.exhaustion_eta_s, None, "{r:?}");
+    let f = tracer.interrupt().final_as::<ZombiesReport>();
+    assert_eq!(parent(&f, inc.pid).unwrap().zombies, 40, "{f:?}");
 }
 
 #[test]
@@ -574,47 +532,36 @@ fn healthy_busy_shells_and_a_forking_service_are_not_findings() {
         assert!(c.wait().expect("sh").success());
     }
     // Reports until a full trend window after the workload ended.
-    let end = tracer.report_where(Duration::from_secs(60), |_| true)["elapsed_s"]
-        .as_f64()
-        .unwrap();
-    tracer.report_where(Duration::from_secs(60), |r| {
-        r["elapsed_s"].as_f64().unwrap() >= end + 3.5
+    let end = (tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |_| true))
+        .header
+        .elapsed_s;
+    tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| {
+        r.header.elapsed_s >= end + 3.5
     });
     let out = tracer.interrupt();
-    let reports = out.reports();
+    let reports = out.reports_as::<ZombiesReport>();
     let ours: Vec<u32> = shell_pids.iter().copied().chain([svc.pid]).collect();
     for r in &reports {
         for &p in &ours {
-            assert!(parent(r, p).is_none(), "{p} reaps: not a finding: {r}");
+            assert!(parent(r, p).is_none(), "{p} reaps: not a finding: {r:?}");
             assert!(
-                r["zombies"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|z| z["ppid"] != p || z["stuck"] == false),
-                "{r}"
+                r.zombies.iter().all(|z| z.ppid != p || !z.stuck),
+                "{r:?}"
             );
         }
-        assert!(r["pids"]["exhaustion_eta_s"].is_null(), "no forecast: {r}");
-        assert_eq!(r["trend"]["growing"], false, "{r}");
+        assert_eq!(r.pids.exhaustion_eta_s, None, "no forecast: {r:?}");
+        assert!(!r.trend.growing, "{r:?}");
     }
     // The workload was there and seen: every command reaped by its shell, every worker
     // by the service, and the window was evaluated.
-    let f = out.final_report();
-    assert!(f["trend"]["span_s"].as_f64().unwrap() >= 3.0, "{f}");
-    assert!(f["forks"].as_u64().unwrap() >= 2 * RUNS + 300, "{f}");
-    let reaped = |pid: u32| {
-        f["reapers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["pid"] == pid)
-            .map(|x| x["reaped"].as_u64().unwrap())
-    };
+    let f = out.final_as::<ZombiesReport>();
+    assert!(f.trend.span_s >= 3.0, "{f:?}");
+    assert!(f.forks >= 2 * RUNS + 300, "{f:?}");
+    let reaped = |pid: u32| f.reapers.iter().find(|x| x.pid == pid).map(|x| x.reaped);
     for &p in &shell_pids {
-        assert_eq!(reaped(p), Some(RUNS), "shell {p}: {f}");
+        assert_eq!(reaped(p), Some(RUNS), "shell {p}: {f:?}");
     }
-    assert_eq!(reaped(svc.pid), Some(300), "{f}");
+    assert_eq!(reaped(svc.pid), Some(300), "{f:?}");
     let metrics = std::fs::read_to_string(&prom).expect("--prom-file written");
     let _ = std::fs::remove_file(&prom);
     assert!(

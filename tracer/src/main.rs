@@ -13,11 +13,14 @@ use tracer::{bpf, detectors, doctor, serve};
 /// Start with `tracer doctor` to see what this kernel allows.
 #[derive(Parser, Debug)]
 #[command(name = "tracer", version, verbatim_doc_comment)]
-#[command(subcommand_required = true, arg_required_else_help = true)]
+#[command(arg_required_else_help = true, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// More detail on stderr (-v: debug, -vv: trace, including kernel-side logs).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Print the names of the detectors, one per line, and exit (for scripts).
+    #[arg(long)]
+    list: bool,
 }
 
 /// The command line: the global options, `doctor`, and one subcommand per registered
@@ -49,7 +52,19 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let Some((name, sub)) = matches.subcommand() else {
-        unreachable!("clap requires a subcommand")
+        if matches.get_flag("list") {
+            for e in detectors::ALL {
+                println!("{}", e.spec.detector);
+            }
+            return ExitCode::SUCCESS;
+        }
+        // Options alone (`tracer -v`): clap's own usage error.
+        cli()
+            .error(
+                clap::error::ErrorKind::MissingSubcommand,
+                "a command is required: `tracer --help` lists them",
+            )
+            .exit()
     };
     if name == "doctor" {
         let r = doctor::Args::from_arg_matches(sub)

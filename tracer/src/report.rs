@@ -139,7 +139,7 @@ impl Emitted {
         }
         if h.kernel_map_full > 0 {
             t += &format!(
-                "kernel map full: {} (the programs could not add an entry to a full kernel map, so some events lack their state or count; README \"Bounded state\" lists the maps)\n",
+                "kernel map full: {} (the programs could not add an entry to a full kernel map, so some events lack their state or count; docs/bounded-state.md lists the maps)\n",
                 h.kernel_map_full
             );
         }

@@ -47,7 +47,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Loads the eBPF object once for every detector named (default: all five), refreshes
 /// each one's report every --interval, and serves:
 ///   /metrics     every detector's report as of the scrape, as Prometheus metrics
-///                (the README lists them)
+///                (docs/metrics.md lists them)
 ///   /            a page linking the others
 ///   /-/healthy   200 while the process runs
 ///   /-/ready     200 once every detector's programs are attached, 503 before

@@ -13,6 +13,7 @@ use super::{
     btf::{has_core_relocations, kernel_btf, load_btf_program, loader_without_btf},
     caps,
     maps::unused_maps,
+    program::{program, short_error, unload},
     probe::{AVOID_ENV, avoided, kprobes_available, lacking_field, status, usable},
     spec::{Choice, Chosen, Hook, HookKind, HookState, HookStatus, Offset, Spec},
 };
@@ -103,39 +104,6 @@ pub fn require_privileges(command: &str, detectors: &[&str]) -> Result<()> {
 /// Capabilities of the whole set (every detector) that this process lacks.
 pub fn missing_caps() -> Vec<&'static str> {
     caps::missing_any().iter().map(|c| c.name).collect()
-}
-
-pub(super) fn unload(p: &mut Program) -> Result<(), aya::programs::ProgramError> {
-    match p {
-        Program::TracePoint(p) => p.unload(),
-        Program::BtfTracePoint(p) => p.unload(),
-        Program::FEntry(p) => p.unload(),
-        Program::FExit(p) => p.unload(),
-        Program::KProbe(p) => p.unload(),
-        _ => Ok(()),
-    }
-}
-
-pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
-where
-    &'a mut T: TryFrom<&'a mut Program>,
-{
-    let p = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} is not in the eBPF object"))?;
-    p.try_into()
-        .map_err(|_| anyhow!("program {name} is not of the kind its hook says"))
-}
-
-/// First line of a load error, without aya's empty "Verifier output:" tail.
-pub(super) fn short_error(e: &aya::programs::ProgramError) -> String {
-    let s = e.to_string();
-    let first = s.lines().next().unwrap_or(&s);
-    first
-        .split(". Verifier output:")
-        .next()
-        .unwrap_or(first)
-        .to_string()
 }
 
 /// Loads and attaches hook `h` (any kind) in `ebpf`.

@@ -5,6 +5,7 @@
 //! - [`load`]: privileges, loading the object with the offsets and attaching the hooks
 //!   (a [`Session`]), and the shared kernel counters;
 //! - [`probe`]: whether a hook can be used here without attaching it (`tracer doctor`);
+//! - [`program`]: one program of the object, by name and kind;
 //! - [`maps`]: reading the object's maps, so that maps no loaded program uses cost
 //!   one entry.
 mod btf;
@@ -12,6 +13,7 @@ pub mod caps;
 mod load;
 mod maps;
 mod probe;
+mod program;
 mod spec;
 
 pub use btf::return_big_buffers;

@@ -8,7 +8,7 @@ use aya::{Btf, Ebpf, programs::KProbe};
 use super::{
     OBJECT,
     btf::{has_core_relocations, kernel_btf, load_btf_program, loader_without_btf},
-    load::{program, short_error, unload},
+    program::{program, short_error, unload},
     maps::object_maps,
     spec::{Choice, Chosen, Hook, HookKind, HookState, HookStatus, Offset, Spec},
 };

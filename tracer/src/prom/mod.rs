@@ -175,7 +175,7 @@ pub const KERNEL_MAP_FULL: Metric = counter(
 );
 pub const STATE_EVICTED: Metric = counter(
     "state_evicted",
-    "Per-key entries the detector dropped to keep its memory bounded (README \"Bounded state\"); totals still count them.",
+    "Per-key entries the detector dropped to keep its memory bounded (docs/bounded-state.md); totals still count them.",
     &["detector", "state"],
 );
 pub const REPORT_ELAPSED: Metric = gauge(

@@ -82,7 +82,7 @@ pub struct ReaperRow {
     pub sigchld: Cow<'static, str>,
 }
 
-/// State dropped to keep memory bounded (README "Bounded state").
+/// State dropped to keep memory bounded (docs/bounded-state.md).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Evicted {
     /// Parents whose reap counts were forgotten.

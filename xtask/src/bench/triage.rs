@@ -233,16 +233,27 @@ pub fn run(a: &super::Args) -> Result<()> {
     detectors_rss(&tracer, a.rounds)
 }
 
-/// Every detector, for the peak-RSS target (`tracer NAME -d 2s`).
-const DETECTORS: &[&str] = &["triage", "tcp-pressure", "cgroups", "inodes", "zombies"];
 const RSS_TARGET_MIB: f64 = 25.0;
+
+/// Every detector, as the binary lists them (`tracer --list`).
+pub fn detectors(tracer: &Path) -> Result<Vec<String>> {
+    let out = Command::new(tracer)
+        .arg("--list")
+        .output()
+        .with_context(|| format!("running {} --list", tracer.display()))?;
+    if !out.status.success() {
+        bail!("{} --list failed: {}", tracer.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
+}
 
 /// Peak RSS (wait4's ru_maxrss) and wall time of `tracer NAME -d 2s` for every
 /// detector, `rounds` times each, medians against the target side by side.
 fn detectors_rss(tracer: &Path, rounds: usize) -> Result<()> {
-    let mut runs = vec![Vec::new(); DETECTORS.len()];
+    let detectors = detectors(tracer)?;
+    let mut runs = vec![Vec::new(); detectors.len()];
     for round in 0..rounds {
-        for (d, v) in DETECTORS.iter().zip(&mut runs) {
+        for (d, v) in detectors.iter().zip(&mut runs) {
             let r = measure(Command::new(tracer).args([d, "-d", "2s"]))?;
             eprintln!(
                 "  round {}/{rounds} {d:<12} rss {} KiB wall {:.3}s",
@@ -256,7 +267,7 @@ fn detectors_rss(tracer: &Path, rounds: usize) -> Result<()> {
     let med = |v: &[Run], f: fn(&Run) -> f64| common::median(v.iter().map(f).collect());
     println!("\n== every detector, `tracer NAME -d 2s`: medians of {rounds} rounds ==");
     println!("{:<34} {:>8} {:>9}", "detector", "rss MiB", "wall s");
-    for (d, v) in DETECTORS.iter().zip(&runs) {
+    for (d, v) in detectors.iter().zip(&runs) {
         let rss = med(v, |r| r.rss_kib as f64) / 1024.0;
         println!(
             "{:<34} {rss:>8.1} {:>9.3}  (target <= {RSS_TARGET_MIB} MiB)  {}",
