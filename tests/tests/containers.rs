@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
+use tracer::zombies::{ZombiesReport, rows::ParentRow};
 use tracer_tests::{CgroupLayout, Incident, Tracer, http::sample, require_root, serial};
 
 const ID_A: &str = "4f2a9c0d1e7b83a5c6d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5";
@@ -145,8 +145,8 @@ impl Drop for RmFile {
     }
 }
 
-fn parent(r: &Value, pid: u32) -> Option<&Value> {
-    r["parents"].as_array()?.iter().find(|p| p["pid"] == pid)
+fn parent(r: &ZombiesReport, pid: u32) -> Option<&ParentRow> {
+    r.parents.iter().find(|p| p.pid == pid)
 }
 
 #[test]
@@ -232,21 +232,19 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
         })
         .collect();
     let mut tracer = tracer;
-    let r = tracer.report_where(Duration::from_secs(60), |r| {
+    let r = tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| {
         incs.iter().all(|i| {
-            parent(r, i.pid).is_some_and(|p| {
-                p["zombies"].as_u64().unwrap_or(0) + p["in_flight"].as_u64().unwrap_or(0) >= 2
-                    && p["container"].is_object()
-            })
+            parent(r, i.pid)
+                .is_some_and(|p| p.zombies + p.in_flight >= 2 && p.cgroup.container.is_some())
         })
     });
-    let c = |i: usize| parent(&r, incs[i].pid).unwrap()["container"].clone();
+    let c = |i: usize| serde_json::to_value(&parent(&r, incs[i].pid).unwrap().cgroup.container).unwrap();
     assert_eq!(
         c(0),
         serde_json::json!({"runtime": "containerd", "id": ID_A, "pod_uid": UID_A, "qos": "burstable",
             "name": "api", "pod": "api-5f", "namespace": "prod",
             "names_from": format!("containerd bundle {}", config.display())}),
-        "{r}"
+        "{r:?}"
     );
     // The cgroupfs driver does not say the runtime: CRI-O's socket is not there, the
     // Docker API knows it.
@@ -255,12 +253,12 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
         c(1),
         serde_json::json!({"runtime": "unknown", "id": ID_B, "pod_uid": UID_B, "qos": "besteffort",
             "name": "db", "pod": "db-0", "namespace": "data", "names_from": from}),
-        "{r}"
+        "{r:?}"
     );
     assert_eq!(
         c(2),
         serde_json::json!({"runtime": "docker", "id": ID_C, "name": "web-1", "names_from": from}),
-        "{r}"
+        "{r:?}"
     );
     // Each container was asked once however many reports named it (cached), and
     // containerd's never (its names come from the bundle).
@@ -322,23 +320,19 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
     // The cgroup path stays beside it, as before.
     let p = parent(&r, incs[0].pid).unwrap();
     assert!(
-        p["cgroup"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("cri-containerd-{ID_A}.scope")),
-        "{p}"
+        (p.cgroup.cgroup).ends_with(&format!("cri-containerd-{ID_A}.scope")),
+        "{p:?}"
     );
     drop(incs);
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
     // A parent in a host cgroup has no container.
-    let r = out.final_report();
-    for p in r["parents"].as_array().unwrap() {
-        let cg = p["cgroup"].as_str().unwrap();
+    let r = out.final_as::<ZombiesReport>();
+    for p in &r.parents {
         assert_eq!(
-            p["container"].is_object(),
-            cg.contains(&format!("tracer-ctr-{me}")),
-            "{p}"
+            p.cgroup.container.is_some(),
+            p.cgroup.cgroup.contains(&format!("tracer-ctr-{me}")),
+            "{p:?}"
         );
     }
 }

@@ -12,98 +12,66 @@ use tracer_tests::{
     run_tracer_unprivileged, run_tracer_without_tracepoints, serial, typed,
 };
 
+/// A detector under the contract, as the registry (tracer/src/detectors.rs) defines it.
 struct Detector {
     command: &'static str,
-    /// Its programs' names start with this (tracer-ebpf: `<detector>_<hook>`).
-    programs: &'static str,
-    /// Interval reports plus the final one that a 1 s run with `-i 300ms` prints at
-    /// least (a TCG guest fits fewer 300 ms ticks into the second for some).
-    min_reports: usize,
-    /// Sections the text report always has.
-    sections: &'static [&'static str],
+    /// Its programs' names start with this (tracer-ebpf: `<prefix>_<hook>`).
+    programs: String,
     /// Takes `--top N`.
     top: bool,
-    /// Without any tracepoint: the sentence naming the missing required hook, or None
-    /// for a detector that runs on its fallback.
-    missing: Option<&'static str>,
+    /// Without any tracepoint: the sentence naming its first required hook, or None
+    /// for a detector without required hooks, which runs on its fallback.
+    missing: Option<String>,
 }
 
-const DETECTORS: &[Detector] = &[
-    Detector {
-        command: "zombies",
-        programs: "zombies_",
-        min_reports: 3,
-        sections: &["NON-REAPING PARENTS"],
-        top: false,
-        missing: Some("tracepoint sched:sched_process_fork is missing"),
-    },
-    Detector {
-        command: "tcp-pressure",
-        programs: "tcp_",
-        min_reports: 2,
-        sections: &[
+/// Every registered detector that takes `--interval`: the one-window check (triage:
+/// no -i, exit status 0/3/4, runs without eBPF) is tested in tests/triage.rs.
+fn detectors() -> Vec<Detector> {
+    (detectors::ALL.iter())
+        .filter(|e| has_option(e, "interval"))
+        .map(|e| Detector {
+            command: e.spec.detector,
+            programs: format!("{}_", e.spec.prefix),
+            top: has_option(e, "top"),
+            missing: (e.spec.hooks.iter())
+                .find(|h| h.required)
+                .map(|h| format!("tracepoint {} is missing", h.label())),
+        })
+        .collect()
+}
+
+fn has_option(e: &detectors::Entry, long: &str) -> bool {
+    e.command()
+        .get_arguments()
+        .any(|a| a.get_long() == Some(long))
+}
+
+/// Sections the text report of a detector always has, besides its header and footer.
+fn sections(command: &str) -> &'static [&'static str] {
+    match command {
+        "zombies" => &["NON-REAPING PARENTS"],
+        "tcp-pressure" => &[
             "EPISODES",
             "CULPRITS",
             "SEND LATENCY during pressure",
             "ADVICE",
         ],
-        top: true,
-        missing: Some("tracepoint sock:sock_exceed_buf_limit is missing"),
-    },
-    Detector {
-        command: "cgroups",
-        programs: "cgroups_",
-        min_reports: 2,
-        sections: &["EMPTY LEFTOVERS"],
-        top: true,
-        missing: Some("tracepoint cgroup:cgroup_mkdir is missing"),
-    },
-    Detector {
-        command: "inodes",
-        programs: "inodes_",
-        min_reports: 2,
-        sections: &[],
-        top: true,
-        // statvfs alone: usage and ETA without per-process attribution.
-        missing: None,
-    },
-];
-
-/// Registered detectors that are not under this contract, and why.
-const EXEMPT: &[(&str, &str)] = &[
-    (
-        "triage",
-        "a one-window check: no -i, exit status 0/3/4, and it runs without eBPF (tests/triage.rs)",
-    ),
-    (
-        "serve",
-        "not a detector: it runs the detectors above in one process (tests/privileges.rs runs it)",
-    ),
-];
-
-/// A new detector gets a row above (or a stated exemption) before it lands: every
-/// subcommand `tracer --help` lists besides doctor and help is checked here.
-#[test]
-fn every_registered_detector_is_under_contract() {
-    let help = run_tracer(&["--help"]);
-    assert!(help.status.success(), "{}", help.stderr);
-    let commands: Vec<&str> = help
-        .stdout
-        .lines()
-        .skip_while(|l| !l.starts_with("Commands:"))
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| !["doctor", "help"].contains(c))
-        .collect();
-    assert!(commands.len() >= 5, "{}", help.stdout);
-    for c in commands {
-        assert!(
-            DETECTORS.iter().any(|d| d.command == c) || EXEMPT.iter().any(|(e, _)| *e == c),
-            "`tracer {c}` has no row in DETECTORS (tests/tests/contract.rs)"
-        );
+        "cgroups" => &["EMPTY LEFTOVERS"],
+        _ => &[],
     }
+}
+
+#[test]
+fn the_contract_covers_every_detector_but_the_one_window_check() {
+    let names: Vec<&str> = detectors().iter().map(|d| d.command).collect();
+    assert_eq!(names.len() + 1, detectors::ALL.len(), "{names:?}");
+    assert!(!names.contains(&"triage"), "{names:?}");
+    // The binary lists the same detectors as the library's registry.
+    let out = run_tracer(&["--list"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let listed: Vec<&str> = out.stdout.lines().collect();
+    let registered: Vec<&str> = detectors::ALL.iter().map(|e| e.spec.detector).collect();
+    assert_eq!(listed, registered);
 }
 
 /// A file the test made, removed on drop.
@@ -125,7 +93,7 @@ fn run(d: &Detector, args: &[&str]) -> Finished {
 fn every_detector_ends_its_duration_with_one_final_report_and_detaches() {
     require_root();
     let _s = serial();
-    for d in DETECTORS {
+    for d in &detectors() {
         let prom = std::env::temp_dir().join(format!(
             "tracer-contract-{}-{}.prom",
             std::process::id(),
@@ -155,51 +123,58 @@ fn every_detector_ends_its_duration_with_one_final_report_and_detaches() {
         assert_eq!(promtool_problems(&text), "", "{}: {text}", d.command);
         let reports = out.reports();
         assert!(
-            reports.len() >= d.min_reports,
+            reports.len() >= 2,
             "{}: interval reports and the final one: {}",
             d.command,
             out.stdout
         );
-        let (last, interval) = reports.split_last().unwrap();
-        assert_eq!(last["final"], true, "{}", d.command);
-        assert_eq!(last["command"], d.command);
-        assert!(
-            interval.iter().all(|r| r["final"] == false),
-            "{}",
-            out.stdout
-        );
-        let done = last["elapsed_s"].as_f64().unwrap();
+        // Every report reads as its detector's typed report (the registry's `read`)
+        // and writes back the same: every key is a field of the type, and back.
+        let read = detectors::find(d.command).unwrap().read;
+        for line in out.stdout.lines().filter(|l| l.starts_with('{')) {
+            if let Some(read) = read {
+                let typed = read(line).unwrap_or_else(|e| panic!("{}: {e}\n{line}", d.command));
+                let back: Value = serde_json::from_str(&typed.json().unwrap()).unwrap();
+                let line: Value = serde_json::from_str(line).unwrap();
+                assert_eq!(back, line, "{}", d.command);
+            }
+        }
+        let headers: Vec<Header> = (reports.iter())
+            .map(|r| serde_json::from_value(r.clone()).unwrap())
+            .collect();
+        let (last, interval) = headers.split_last().unwrap();
+        assert!(last.final_, "{}", d.command);
+        assert_eq!(last.command, d.command);
+        assert!(interval.iter().all(|r| !r.final_), "{}", out.stdout);
+        let done = last.elapsed_s;
         assert!(
             done >= 1.0,
             "{}: final report before the duration: {done}",
             d.command
         );
         assert!(
-            interval
-                .iter()
-                .all(|r| r["elapsed_s"].as_f64().unwrap() < done),
+            interval.iter().all(|r| r.elapsed_s < done),
             "{}",
             out.stdout
         );
         // What every report counts besides its findings.
-        for key in [
-            "lost_events",
-            "bad_records",
-            "kernel_read_errors",
-            "kernel_map_full",
-        ] {
-            assert_eq!(last[key], 0, "{}: {key}: {last}", d.command);
-        }
+        let counts = [
+            last.lost_events,
+            last.bad_records,
+            last.kernel_read_errors,
+            last.kernel_map_full,
+        ];
+        assert_eq!(counts, [0; 4], "{}: {last:?}", d.command);
         // Its hooks, each attached or not: a run that started has every required one.
-        let hooks = last["hooks"]["attached"].as_array().unwrap();
-        assert!(!hooks.is_empty(), "{}: {}", d.command, last["hooks"]);
+        let hooks = &last.hooks.attached;
+        assert!(!hooks.is_empty(), "{}: {last:?}", d.command);
         for h in hooks {
-            assert!(h["hook"].as_str().is_some_and(|n| !n.is_empty()), "{h}");
-            if h["required"] == true {
-                assert_eq!(h["attached"], true, "{}: {h}", d.command);
+            assert!(!h.hook.is_empty(), "{h:?}");
+            if h.required {
+                assert!(h.attached, "{}: {h:?}", d.command);
             }
         }
-        assert_none_loaded(d.programs);
+        assert_none_loaded(&d.programs);
 
         let out = run(d, &["-d", "500ms"]);
         assert!(out.status.success(), "{}: {}", d.command, out.stderr);
@@ -209,7 +184,7 @@ fn every_detector_ends_its_duration_with_one_final_report_and_detaches() {
             "{}",
             out.stdout
         );
-        for section in d.sections.iter().chain(&["lost events: 0"]) {
+        for section in sections(d.command).iter().chain(&["lost events: 0"]) {
             assert!(
                 out.stdout.contains(section),
                 "{}: {section} missing:\n{}",
@@ -217,7 +192,7 @@ fn every_detector_ends_its_duration_with_one_final_report_and_detaches() {
                 out.stdout
             );
         }
-        assert_none_loaded(d.programs);
+        assert_none_loaded(&d.programs);
     }
 }
 
@@ -225,7 +200,7 @@ fn every_detector_ends_its_duration_with_one_final_report_and_detaches() {
 fn every_detector_answers_bad_input_in_one_sentence() {
     require_root();
     let _s = serial();
-    for d in DETECTORS {
+    for d in &detectors() {
         let out = run(d, &["-d", "ten"]);
         assert_eq!(out.status.code(), Some(2), "{}: {}", d.command, out.stderr);
         assert!(out.stderr.contains("not a duration"), "{}", out.stderr);
@@ -255,22 +230,23 @@ fn every_detector_answers_bad_input_in_one_sentence() {
 fn every_detector_names_a_missing_required_hook_or_runs_on_its_fallback() {
     require_root();
     let _s = serial();
-    for d in DETECTORS {
+    for d in &detectors() {
         // An empty tracefs, as on a kernel that lacks every tracepoint.
         let out = run_tracer_without_tracepoints(&[d.command, "-d", "1s", "--json"]);
-        match d.missing {
+        match &d.missing {
             Some(sentence) => out.assert_one_sentence(1, &[sentence, "tracer doctor"]),
             None => {
                 assert!(out.status.success(), "{}: {}", d.command, out.stderr);
                 // The fallback run says that none of its hooks is attached.
                 let reports = out.reports();
-                let last = reports.last().unwrap();
-                let hooks = last["hooks"]["attached"].as_array().unwrap();
-                assert!(!hooks.is_empty(), "{last}");
-                assert!(hooks.iter().all(|h| h["attached"] == false), "{last}");
+                let last: Header = serde_json::from_value(reports.last().unwrap().clone())
+                    .unwrap();
+                let hooks = &last.hooks.attached;
+                assert!(!hooks.is_empty(), "{last:?}");
+                assert!(hooks.iter().all(|h| !h.attached), "{last:?}");
             }
         }
-        assert_none_loaded(d.programs);
+        assert_none_loaded(&d.programs);
     }
 }
 

@@ -173,6 +173,9 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
+/// The detectors of the incidents this test causes (serve's --detectors).
+const SERVED: &str = "zombies,inodes,tcp-pressure,cgroups";
+
 #[test]
 fn prometheus_scrapes_serve_and_the_shipped_alerts_fire_on_real_incidents() {
     require_root();
@@ -184,7 +187,7 @@ fn prometheus_scrapes_serve_and_the_shipped_alerts_fire_on_real_incidents() {
         "-i",
         "500ms",
         "--detectors",
-        "zombies,inodes,tcp-pressure,cgroups",
+        SERVED,
     ]);
     let prom = Prometheus::start(tracer.served_at());
     prom.wait_value("up{job=\"tracer\"}", 1.0);
@@ -238,7 +241,7 @@ fn prometheus_scrapes_serve_and_the_shipped_alerts_fire_on_real_incidents() {
     prom.wait_value("tracer_tcp_memory_pressure", 0.0);
 
     // Nothing was lost on the way.
-    for d in ["zombies", "inodes", "tcp-pressure", "cgroups"] {
+    for d in SERVED.split(',') {
         prom.wait_value(
             &format!("tracer_lost_events_total{{detector=\"{d}\"}}"),
             0.0,
