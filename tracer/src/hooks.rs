@@ -70,16 +70,38 @@ impl Hooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bpf::{Choice, Hook, Path, Spec};
+
+    const HOOKS: &[Hook] = &[
+        Hook::tracepoint("t_exit", "sched", "sched_process_exit", "exits"),
+        Hook::fentry("t_fast", "do_wait", "waits"),
+    ];
+    const SPEC: Spec = Spec {
+        detector: "t",
+        prefix: "t",
+        hooks: HOOKS,
+        offsets: &[],
+        ring_bytes: 4096,
+        kinds: &[],
+    };
+    const CHOICES: &[Choice] = &[Choice {
+        name: "waits",
+        purpose: "time waits",
+        paths: &[Path {
+            name: "fentry",
+            hooks: &[Hook::fentry("t_fast", "do_wait", "waits")],
+        }],
+        otherwise: "no wait times",
+    }];
 
     #[test]
     fn without_a_session_nothing_is_attached_and_every_choice_took_none() {
-        let e = crate::detectors::find("tcp-pressure").unwrap();
-        let mut plan = Plan::new(e.spec);
-        plan.choices = e.choices.to_vec();
+        let mut plan = Plan::new(&SPEC);
+        plan.choices = CHOICES.to_vec();
         let h = Hooks::of(None, &plan);
-        assert_eq!(h.attached.len(), e.spec.hooks.len());
+        assert_eq!(h.attached.len(), HOOKS.len());
         assert!(h.attached.iter().all(|r| !r.attached));
-        assert!(!h.paths.is_empty());
+        assert_eq!(h.paths.len(), 1);
         assert!(h.paths.iter().all(|p| p.path == NO_PATH));
     }
 }
