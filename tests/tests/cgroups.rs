@@ -16,7 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use serde::Serialize;
+use tracer::cgroups::{
+    CgroupsReport, Finding,
+    rows::{ChurnProcessRow, DyingRow, EmptyRow, HierarchyRow, ReleasedRow},
+};
 use tracer_tests::{
     Cgroup, CgroupLayout, PinnedMemcgs, SubtreeControl, Tmpfs, Tracer, assert_none_loaded,
     matrix_kernel, require_root, run_tracer, serial, wait_reports,
@@ -72,22 +76,53 @@ fn series_with_path(text: &str, metric: &str, path: &str) -> usize {
         .count()
 }
 
-fn rows_under<'a>(report: &'a Value, list: &str, prefix: &str) -> Vec<&'a Value> {
-    report[list]
-        .as_array()
-        .unwrap_or_else(|| panic!("{list} missing: {report}"))
-        .iter()
-        .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with(prefix)))
+/// A report (or a part of one) as its JSON, for failure messages.
+fn show(r: &impl Serialize) -> String {
+    serde_json::to_string(r).unwrap()
+}
+
+/// A row of a list of cgroups (`dying`, `released_recent`, `empty`).
+trait CgroupPath {
+    fn path(&self) -> &str;
+}
+
+impl CgroupPath for DyingRow {
+    fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+impl CgroupPath for ReleasedRow {
+    fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+impl CgroupPath for EmptyRow {
+    fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+/// The rows of `list` whose path starts with `prefix`.
+fn rows_under<'a, R: CgroupPath>(list: &'a [R], prefix: &str) -> Vec<&'a R> {
+    list.iter()
+        .filter(|r| r.path().starts_with(prefix))
         .collect()
 }
 
-fn hierarchy<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["hierarchies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["name"] == name)
-        .unwrap_or_else(|| panic!("hierarchy {name} missing: {report}"))
+/// The path of a finding about one cgroup (past the threshold); None for the others.
+fn finding_path(f: &Finding) -> Option<&str> {
+    match f {
+        Finding::Stuck { path, .. } => Some(path),
+        _ => None,
+    }
+}
+
+fn hierarchy<'a>(report: &'a CgroupsReport, name: &str) -> &'a HierarchyRow {
+    (report.hierarchies.iter())
+        .find(|h| h.name == name)
+        .unwrap_or_else(|| panic!("hierarchy {name} missing: {}", show(report)))
 }
 
 /// Starts `tracer cgroups` on one hierarchy with JSON reports every 200 ms and a
@@ -115,30 +150,24 @@ fn start_live_with(hierarchy: &str, files: &TempDir, more: &[&str]) -> (Tracer, 
 }
 
 /// This test process's row in the churn table.
-fn my_churn(r: &Value) -> &Value {
+fn my_churn(r: &CgroupsReport) -> &ChurnProcessRow {
     let me = std::process::id();
-    r["churn"]["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == me)
-        .unwrap_or_else(|| panic!("test process not in churn: {r}"))
+    (r.churn.processes.iter())
+        .find(|p| p.pid == me)
+        .unwrap_or_else(|| panic!("test process not in churn: {}", show(r)))
 }
 
 /// Churn: this process made the parent and its K children and removed the K (the
 /// parent goes after the tracer stopped); K mkdirs under the parent.
-fn assert_churn(r: &Value, hierarchy: &str, rel_parent: &str, k: usize) {
+fn assert_churn(r: &CgroupsReport, hierarchy: &str, rel_parent: &str, k: usize) {
     let p = my_churn(r);
-    assert_eq!(p["mkdirs"], k + 1, "{p}");
-    assert_eq!(p["rmdirs"], k, "{p}");
-    let pp = r["churn"]["parents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["path"] == rel_parent)
-        .unwrap_or_else(|| panic!("parent path not in churn: {r}"));
-    assert_eq!(pp["mkdirs"], k, "{pp}");
-    assert_eq!(pp["hierarchy"], hierarchy);
+    assert_eq!(p.mkdirs, k as u64 + 1, "{p:?}");
+    assert_eq!(p.rmdirs, k as u64, "{p:?}");
+    let pp = (r.churn.parents.iter())
+        .find(|p| p.path == rel_parent)
+        .unwrap_or_else(|| panic!("parent path not in churn: {}", show(r)));
+    assert_eq!(pp.mkdirs, k as u64, "{pp:?}");
+    assert_eq!(pp.hierarchy, hierarchy);
 }
 
 #[test]
@@ -217,147 +246,120 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
     });
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
-    let reports = out.reports();
+    let reports = out.reports_as::<CgroupsReport>();
 
     // An interval report from while they were dying.
     let dying_report = reports
         .iter()
-        .find(|r| rows_under(r, "dying", &rel_parent).len() == K)
+        .find(|r| rows_under(&r.dying, &rel_parent).len() == K)
         .unwrap_or_else(|| {
             panic!(
                 "{how}: no report listed the {K} dying cgroups:\n{}",
                 out.stdout
             )
         });
-    let mut dying: Vec<&Value> = rows_under(dying_report, "dying", &format!("{rel_parent}/"));
-    dying.sort_by_key(|d| d["path"].as_str().unwrap().to_string());
+    let mut dying: Vec<&DyingRow> = rows_under(&dying_report.dying, &format!("{rel_parent}/"));
+    dying.sort_by_key(|d| d.path.clone());
     assert_eq!(
-        dying
-            .iter()
-            .map(|d| d["path"].as_str().unwrap())
-            .collect::<Vec<_>>(),
+        dying.iter().map(|d| d.path.as_str()).collect::<Vec<_>>(),
         paths,
         "{how}: exactly the test's cgroups are dying"
     );
     for d in &dying {
-        assert_eq!(d["hierarchy"], mem.name.as_str(), "{how}: {d}");
-        assert_eq!(d["creator_pid"], me, "{how}: {d}");
-        assert_eq!(d["remover_pid"], me, "{how}: {d}");
-        assert_eq!(d["creator_comm"], comm.as_str(), "{how}: {d}");
-        assert_eq!(d["remover_comm"], comm.as_str(), "{how}: {d}");
-        assert_eq!(d["creator_cgroup"], own_cgroup.as_str(), "{how}: {d}");
-        assert_eq!(d["remover_cgroup"], own_cgroup.as_str(), "{how}: {d}");
-        assert!(d["id"].as_u64().unwrap() > 0);
-        assert!(d["age_s"].as_f64().unwrap() >= 0.0);
+        assert_eq!(d.hierarchy, mem.name, "{how}: {d:?}");
+        assert_eq!(d.creator_pid, Some(me), "{how}: {d:?}");
+        assert_eq!(d.remover_pid, me, "{how}: {d:?}");
+        assert_eq!(
+            d.creator_comm.as_deref(),
+            Some(comm.as_str()),
+            "{how}: {d:?}"
+        );
+        assert_eq!(d.remover_comm, comm, "{how}: {d:?}");
+        assert_eq!(
+            d.creator_cgroup.as_deref(),
+            Some(own_cgroup.as_str()),
+            "{how}: {d:?}"
+        );
+        assert_eq!(d.remover_cgroup, own_cgroup, "{how}: {d:?}");
+        assert!(d.id > 0);
+        assert!(d.age_s >= 0.0);
     }
     // A report past the threshold names exactly these K as findings, with the hint.
     let past = reports
         .iter()
         .find(|r| {
-            r["findings"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|f| {
-                    f["kind"] == "dying_past_threshold"
-                        && f["path"]
-                            .as_str()
-                            .is_some_and(|p| p.starts_with(&format!("{rel_parent}/")))
-                })
+            (r.findings.iter())
+                .filter_map(finding_path)
+                .filter(|p| p.starts_with(&format!("{rel_parent}/")))
                 .count()
                 == K
         })
         .unwrap_or_else(|| panic!("{how}: no report with the {K} findings:\n{}", out.stdout));
-    assert_eq!(past["dying_age_s"], 3.0);
+    assert_eq!(past.dying_age_s, 3.0);
     assert!(
-        past["hints"].as_array().unwrap().iter().any(|h| h
-            .as_str()
-            .unwrap()
-            .contains("in the memory hierarchy: removed, but still pinned")),
-        "{how}: {past}"
+        (past.hints.iter())
+            .any(|h| h.contains("in the memory hierarchy: removed, but still pinned")),
+        "{how}: {}",
+        show(past)
     );
-    let by_parent = dying_report["dying_by_parent"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["parent"] == rel_parent.as_str())
-        .unwrap_or_else(|| panic!("{how}: parent not grouped: {dying_report}"));
-    assert_eq!(by_parent["dying"], K, "{how}");
+    let by_parent = (dying_report.dying_by_parent.iter())
+        .find(|p| p.parent == rel_parent)
+        .unwrap_or_else(|| panic!("{how}: parent not grouped: {}", show(dying_report)));
+    assert_eq!(by_parent.dying, K, "{how}");
     // The walk counts them too (v1: /proc/cgroups minus visible directories; cgroup2:
     // nr_dying_descendants), and the hierarchy is the one with the memory controller.
     let h = hierarchy(dying_report, &mem.name);
-    assert!(h["dying"].as_u64().unwrap() >= K as u64, "{how}: {h}");
+    assert!(h.dying.is_some_and(|d| d >= K as u64), "{how}: {}", show(h));
+    assert!(h.dying_tracked >= K as u64, "{how}: {}", show(h));
+    assert!(h.dying_growth_per_min.is_some(), "{how}: {}", show(h));
     assert!(
-        h["dying_tracked"].as_u64().unwrap() >= K as u64,
-        "{how}: {h}"
-    );
-    assert!(h["dying_growth_per_min"].is_number(), "{how}: {h}");
-    assert!(
-        h["controllers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c == "memory"),
-        "{how}: {h}"
+        h.controllers.iter().any(|c| c == "memory"),
+        "{how}: {}",
+        show(h)
     );
     if mem.v2 {
         // cgroup.stat of the parent level holds them.
         assert!(
-            dying_report["dying_levels"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|l| l["path"] == rel_parent.as_str() && l["dying"] == K),
-            "{how}: {dying_report}"
+            (dying_report.dying_levels.iter()).any(|l| l.path == rel_parent && l.dying == K as u64),
+            "{how}: {}",
+            show(dying_report)
         );
     }
 
-    let r = out.final_report();
-    assert_eq!(r["command"], "cgroups");
-    assert_eq!(r["lost_events"], 0);
+    let r = out.final_as::<CgroupsReport>();
+    assert_eq!(r.header.command, "cgroups");
+    assert_eq!(r.header.lost_events, 0);
     assert!(
-        rows_under(&r, "dying", &rel_parent).is_empty(),
-        "{how}: {r}"
+        rows_under(&r.dying, &rel_parent).is_empty(),
+        "{how}: {}",
+        show(&r)
     );
-    let released = rows_under(&r, "released_recent", &format!("{rel_parent}/"));
-    assert_eq!(released.len(), K, "{how}: {r}");
+    let released = rows_under(&r.released_recent, &format!("{rel_parent}/"));
+    assert_eq!(released.len(), K, "{how}: {}", show(&r));
     for rel in &released {
-        assert!(rel["latency_us"].as_u64().unwrap() > 0, "{rel}");
-        assert_eq!(rel["creator_pid"], me);
-        assert_eq!(rel["remover_pid"], me);
+        assert!(rel.latency_us.is_some_and(|l| l > 0), "{rel:?}");
+        assert_eq!(rel.creator_pid, Some(me));
+        assert_eq!(rel.remover_pid, Some(me));
     }
-    assert!(r["release_latency_us"]["count"].as_u64().unwrap() >= K as u64);
+    assert!(r.release_latency_us.count >= K as u64);
     let h = hierarchy(&r, &mem.name);
-    assert!(h["release_latency_us"]["count"].as_u64().unwrap() >= K as u64);
-    assert!(h["created"].as_u64().unwrap() > K as u64);
-    assert!(h["removed"].as_u64().unwrap() >= K as u64);
-    assert!(r["created"].as_u64().unwrap() > K as u64);
-    assert!(r["removed"].as_u64().unwrap() >= K as u64);
-    assert!(r["released"].as_u64().unwrap() >= K as u64);
+    assert!(h.release_latency_us.count >= K as u64);
+    assert!(h.created > K as u64);
+    assert!(h.removed >= K as u64);
+    assert!(r.created > K as u64);
+    assert!(r.removed >= K as u64);
+    assert!(r.released >= K as u64);
     assert_churn(&r, &mem.name, &rel_parent, K);
     // Each cache writer was moved into its cgroup once (cgroup_attach_task).
     for (i, p) in paths.iter().enumerate() {
-        let m = r["moves"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| {
-                m["path"]
-                    .as_str()
-                    .is_some_and(|x| x.starts_with(p.as_str()))
-            })
-            .unwrap_or_else(|| panic!("{how}: move into c{i} not counted: {r}"));
-        assert_eq!(m["tasks"], 1, "{m}");
-        assert_eq!(m["comm"], "sh", "the writer moved itself: {m}");
+        let m = (r.moves.iter())
+            .find(|m| m.path.starts_with(p.as_str()))
+            .unwrap_or_else(|| panic!("{how}: move into c{i} not counted: {}", show(&r)));
+        assert_eq!(m.tasks, 1, "{m:?}");
+        assert_eq!(m.comm, "sh", "the writer moved itself: {m:?}");
     }
-    assert!(
-        r["memory_stat_read_ms"]["start"].as_f64().is_some(),
-        "{how}: {r}"
-    );
-    assert!(
-        r["memory_stat_read_ms"]["now"].as_f64().is_some(),
-        "{how}: {r}"
-    );
+    assert!(r.memory_stat_read_ms.start.is_some(), "{how}: {}", show(&r));
+    assert!(r.memory_stat_read_ms.now.is_some(), "{how}: {}", show(&r));
     pinned.remove_parent();
     assert_none_loaded("cgroups_");
 }
@@ -390,32 +392,34 @@ fn cgroup2_cgroups_are_released_at_once_and_never_dying() {
     );
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
-    let r = out.final_report();
-    assert_eq!(r["lost_events"], 0);
-    assert_eq!(r["hierarchy_filter"], "cgroup2");
+    let r = out.final_as::<CgroupsReport>();
+    assert_eq!(r.header.lost_events, 0);
+    assert_eq!(r.hierarchy_filter.as_deref(), Some("cgroup2"));
     assert!(
-        r["hierarchies"].as_array().unwrap().len() == 1,
-        "--hierarchy keeps one: {r}"
+        r.hierarchies.len() == 1,
+        "--hierarchy keeps one: {}",
+        show(&r)
     );
     assert!(
-        rows_under(&r, "dying", &rel_parent).is_empty(),
-        "none dying: {r}"
+        rows_under(&r.dying, &rel_parent).is_empty(),
+        "none dying: {}",
+        show(&r)
     );
-    let mut released: Vec<&str> = rows_under(&r, "released_recent", &format!("{rel_parent}/"))
+    let mut released: Vec<&str> = rows_under(&r.released_recent, &format!("{rel_parent}/"))
         .iter()
         .map(|x| {
-            assert!(x["latency_us"].as_u64().unwrap() > 0, "{x}");
-            assert_eq!(x["hierarchy"], "cgroup2");
-            x["path"].as_str().unwrap()
+            assert!(x.latency_us.is_some_and(|l| l > 0), "{x:?}");
+            assert_eq!(x.hierarchy, "cgroup2");
+            x.path.as_str()
         })
         .collect();
     released.sort();
     assert_eq!(released, paths);
     let h = hierarchy(&r, "cgroup2");
-    assert!(h["created"].as_u64().unwrap() > K as u64, "{h}");
-    assert!(h["removed"].as_u64().unwrap() >= K as u64, "{h}");
-    assert!(h["released"].as_u64().unwrap() >= K as u64, "{h}");
-    assert!(h["release_latency_us"]["count"].as_u64().unwrap() >= K as u64);
+    assert!(h.created > K as u64, "{}", show(h));
+    assert!(h.removed >= K as u64, "{}", show(h));
+    assert!(h.released >= K as u64, "{}", show(h));
+    assert!(h.release_latency_us.count >= K as u64);
     assert_churn(&r, "cgroup2", &rel_parent, K);
     parent.remove();
 }
@@ -447,32 +451,24 @@ fn short_lived_creator_is_named_with_its_own_cgroup() {
         Duration::from_secs(10),
         |t| series_with_path(t, "tracer_cgroups_released_latency_seconds", &made) == 1,
     );
-    let r = tracer.interrupt().final_report();
-    let rel = rows_under(&r, "released_recent", &made);
-    assert_eq!(rel.len(), 1, "{r}");
-    let creator = rel[0]["creator_pid"].as_u64().unwrap();
-    let remover = rel[0]["remover_pid"].as_u64().unwrap();
-    assert!(creator != u64::from(me) && remover != creator, "{r}");
-    let procs = r["churn"]["processes"].as_array().unwrap();
-    let row = |pid: u64| {
-        procs
-            .iter()
-            .find(|p| p["pid"] == pid)
-            .unwrap_or_else(|| panic!("pid {pid} not in churn: {r}"))
+    let r = tracer.interrupt().final_as::<CgroupsReport>();
+    let rel = rows_under(&r.released_recent, &made);
+    assert_eq!(rel.len(), 1, "{}", show(&r));
+    let creator = rel[0].creator_pid.expect("the creator's pid");
+    let remover = rel[0].remover_pid.expect("the remover's pid");
+    assert!(creator != me && remover != creator, "{}", show(&r));
+    let row = |pid: u32| {
+        (r.churn.processes.iter())
+            .find(|p| p.pid == pid)
+            .unwrap_or_else(|| panic!("pid {pid} not in churn: {}", show(&r)))
     };
     let (c, d) = (row(creator), row(remover));
-    assert_eq!(
-        (c["comm"].as_str(), c["mkdirs"].as_u64()),
-        (Some("mkdir"), Some(1))
-    );
-    assert_eq!(
-        (d["comm"].as_str(), d["rmdirs"].as_u64()),
-        (Some("rmdir"), Some(1))
-    );
+    assert_eq!((c.comm.as_str(), c.mkdirs), ("mkdir", 1));
+    assert_eq!((d.comm.as_str(), d.rmdirs), ("rmdir", 1));
     // Gone before their records were read: their cgroup comes from the kernel's
     // cgroup2 id of the caller, named through the walk.
-    assert_eq!(c["cgroup"], rel_home.as_str(), "{c}");
-    assert_eq!(d["cgroup"], rel_home.as_str(), "{d}");
+    assert_eq!(c.cgroup.cgroup, rel_home, "{c:?}");
+    assert_eq!(d.cgroup.cgroup, rel_home, "{d:?}");
 }
 
 #[test]
@@ -487,13 +483,13 @@ fn empty_cgroups_are_listed_as_leftovers_past_min_age() {
 
     let out = run_tracer(&["cgroups", "-d", "500ms", "--json", "--min-age", "0s"]);
     assert!(out.status.success(), "{}", out.stderr);
-    let r = out.final_report();
-    let mut empty: Vec<&str> = rows_under(&r, "empty", &rel_parent)
+    let r = out.final_as::<CgroupsReport>();
+    let mut empty: Vec<&str> = rows_under(&r.empty, &rel_parent)
         .iter()
         .map(|e| {
-            assert_eq!(e["hierarchy"], "cgroup2", "{e}");
-            assert!(e["age_s"].as_f64().unwrap() >= 0.0);
-            e["path"].as_str().unwrap()
+            assert_eq!(e.hierarchy, "cgroup2", "{e:?}");
+            assert!(e.age_s >= 0.0);
+            e.path.as_str()
         })
         .collect();
     empty.sort();
@@ -501,15 +497,16 @@ fn empty_cgroups_are_listed_as_leftovers_past_min_age() {
     assert_eq!(
         empty,
         vec![format!("{rel_parent}/e0"), format!("{rel_parent}/e1")],
-        "{r}"
+        "{}",
+        show(&r)
     );
-    assert!(r["empty_total"].as_u64().unwrap() >= 2);
+    assert!(r.empty_total >= 2);
 
     // Younger than the default --min-age (10m): not listed.
     let out = run_tracer(&["cgroups", "-d", "500ms", "--json"]);
-    let r = out.final_report();
-    assert!(rows_under(&r, "empty", &rel_parent).is_empty(), "{r}");
-    assert_eq!(r["min_age_s"], 600.0);
+    let r = out.final_as::<CgroupsReport>();
+    assert!(rows_under(&r.empty, &rel_parent).is_empty(), "{}", show(&r));
+    assert_eq!(r.min_age_s, 600.0);
 
     // The text report names them and says what to do.
     let out = run_tracer(&["cgroups", "-d", "500ms", "--min-age", "0s", "--top", "1000"]);
@@ -617,50 +614,48 @@ fn healthy_busy_scopes_created_used_and_removed_are_no_finding() {
         })
     };
     // Past both thresholds: the dying count's trend is judged.
-    tracer.report_where(Duration::from_secs(150), |r| {
-        r["elapsed_s"].as_f64().unwrap() >= 40.0
-            && hierarchy(r, &mem.name)["dying_trend"]["state"] != "too_few_samples"
+    tracer.report_as_where::<CgroupsReport>(Duration::from_secs(150), |r| {
+        r.header.elapsed_s >= 40.0 && hierarchy(r, &mem.name).dying_trend.state != "too_few_samples"
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let n = worker.join().expect("the scope worker");
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
-    let reports = out.reports();
-    let mine = |p: &Value| p.as_str().is_some_and(|p| p.starts_with(&rel_parent));
+    let reports = out.reports_as::<CgroupsReport>();
+    let mine = |p: Option<&str>| p.is_some_and(|p| p.starts_with(&rel_parent));
     for r in &reports {
-        let findings = r["findings"].as_array().unwrap();
+        let findings = &r.findings;
         // Nothing about the test's scopes, ever.
         assert!(
-            findings.iter().all(|f| !mine(&f["path"])),
-            "{how}: a scope of the healthy workload is a finding: {r}"
+            findings.iter().all(|f| !mine(finding_path(f))),
+            "{how}: a scope of the healthy workload is a finding: {}",
+            show(r)
         );
-        assert_eq!(
-            hierarchy(r, &mem.name)["dying_trend"]["growing"],
-            false,
-            "{how}: {r}"
+        assert!(
+            !hierarchy(r, &mem.name).dying_trend.growing,
+            "{how}: {}",
+            show(r)
         );
         if matrix_kernel() == "host" {
             // This machine's command runner leaves memcgs of its own dying under
             // /process_api (v1: /proc/cgroups counts 5 more memory cgroups than there are
             // directories, before any test): those are the host's, and may be findings.
             assert!(
-                findings.iter().all(|f| f["kind"] != "dying_past_threshold"
-                    || f["path"]
-                        .as_str()
-                        .is_some_and(|p| !p.starts_with("/tracer-test-"))),
-                "{how}: {r}"
+                (findings.iter().filter_map(finding_path)).all(|p| !p.starts_with("/tracer-test-")),
+                "{how}: {}",
+                show(r)
             );
         } else {
             // The VM runs nothing else: no finding and no hint at all.
-            assert!(findings.is_empty(), "{how}: {r}");
-            assert!(r["hints"].as_array().unwrap().is_empty(), "{how}: {r}");
+            assert!(findings.is_empty(), "{how}: {}", show(r));
+            assert!(r.hints.is_empty(), "{how}: {}", show(r));
         }
-        assert!(rows_under(r, "empty", &rel_parent).is_empty(), "{r}");
-        assert_eq!(r["memory_stat_read_ms"]["slow"], false, "{how}: {r}");
+        assert!(rows_under(&r.empty, &rel_parent).is_empty(), "{}", show(r));
+        assert!(!r.memory_stat_read_ms.slow, "{how}: {}", show(r));
     }
     let judged = reports
         .iter()
-        .filter(|r| hierarchy(r, &mem.name)["dying_trend"]["state"] == "no_sustained_growth")
+        .filter(|r| hierarchy(r, &mem.name).dying_trend.state == "no_sustained_growth")
         .count();
     assert!(
         judged >= 1,
@@ -675,20 +670,25 @@ fn healthy_busy_scopes_created_used_and_removed_are_no_finding() {
         n <= 200,
         "{how}: {n} scopes, more than the release list holds"
     );
-    let r = out.final_report();
+    let r = out.final_as::<CgroupsReport>();
     let p = my_churn(&r);
-    assert_eq!(p["mkdirs"], n + 1, "{how}: {p}");
-    assert_eq!(p["rmdirs"], n, "{how}: {p}");
-    let released = rows_under(&r, "released_recent", &format!("{rel_parent}/")).len();
-    let dying = rows_under(&r, "dying", &format!("{rel_parent}/"));
+    assert_eq!(p.mkdirs, n as u64 + 1, "{how}: {p:?}");
+    assert_eq!(p.rmdirs, n as u64, "{how}: {p:?}");
+    let released = rows_under(&r.released_recent, &format!("{rel_parent}/")).len();
+    let dying = rows_under(&r.dying, &format!("{rel_parent}/"));
     for d in &dying {
-        assert!(d["age_s"].as_f64().unwrap() < 30.0, "{how}: {d}");
+        assert!(d.age_s < 30.0, "{how}: {d:?}");
     }
     assert_eq!(
         released + dying.len(),
         n,
-        "{how}: every scope released or in flight: {r}"
+        "{how}: every scope released or in flight: {}",
+        show(&r)
     );
-    assert!(released >= n / 2, "{how}: {released} of {n} released: {r}");
+    assert!(
+        released >= n / 2,
+        "{how}: {released} of {n} released: {}",
+        show(&r)
+    );
     drop(parent);
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 use super::{
     STAT_READS,
     judge::{self, Finding},
+    rows::LeftBehind,
 };
 use crate::output::human_duration;
 
@@ -13,8 +14,10 @@ pub struct Inputs<'a> {
     /// file read.
     pub stat_slow: Option<(f64, &'a Path)>,
     pub findings: &'a [Finding],
-    /// Creators of empty leftovers: (pid, comm, how many), most first.
-    pub behind: &'a [(u32, String, usize)],
+    /// One of the findings is in the hierarchy with the memory controller.
+    pub findings_in_memory: bool,
+    /// Creators of empty leftovers, most leftovers first.
+    pub behind: &'a [LeftBehind],
     /// Empty leftover cgroups older than `min_age_s`.
     pub empty: usize,
     pub min_age_s: f64,
@@ -31,10 +34,11 @@ pub fn hints(i: &Inputs) -> Vec<String> {
             path.display(),
         ));
     }
-    hints.extend(judge::dying_hint(i.findings));
-    if let Some((pid, comm, n)) = i.behind.first() {
+    hints.extend(judge::dying_hint(i.findings, i.findings_in_memory));
+    if let Some(b) = i.behind.first() {
         hints.push(format!(
-            "{pid} ({comm}) created {n} of the empty leftovers: it leaves cgroups behind."
+            "{} ({}) created {} of the empty leftovers: it leaves cgroups behind.",
+            b.pid, b.comm, b.empty_leftovers
         ));
     }
     if i.empty > 0 {
@@ -56,6 +60,7 @@ mod tests {
         Inputs {
             stat_slow: None,
             findings: &[],
+            findings_in_memory: false,
             behind: &[],
             empty: 0,
             min_age_s: 60.0,
@@ -84,12 +89,12 @@ mod tests {
     fn dying_findings_get_the_dying_hint() {
         let f = [Finding::Stuck {
             hierarchy: "cgroup2".into(),
-            memory: true,
             path: "/a".into(),
             age_s: 40.0,
         }];
         let h = hints(&Inputs {
             findings: &f,
+            findings_in_memory: true,
             ..healthy()
         });
         assert_eq!(h.len(), 1);
@@ -100,7 +105,11 @@ mod tests {
 
     #[test]
     fn leftovers_name_their_creator_and_their_count() {
-        let behind = [(7, "mgr".to_string(), 2), (9, "x".to_string(), 1)];
+        let behind = [(7, "mgr", 2), (9, "x", 1)].map(|(pid, comm, n)| LeftBehind {
+            pid,
+            comm: comm.into(),
+            empty_leftovers: n,
+        });
         let h = hints(&Inputs {
             behind: &behind,
             empty: 3,

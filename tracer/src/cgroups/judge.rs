@@ -10,10 +10,11 @@
 //! - cgroups already dying at the start that are still not released after the tracer
 //!   has run for `dying_age` (their age is at least that, the individuals are unknown);
 //! - the hierarchy's dying count growing in a sustained way ([`crate::trend`]).
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
+use super::rows::LeftBehind;
 use crate::{
-    output::{human_duration, round3},
+    output::{human_duration, serialize_round3},
     trend::Trend,
 };
 
@@ -31,26 +32,33 @@ pub struct HierarchyDying<'a> {
     pub trend: Trend,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// A finding: an element of the report's `findings`, its `kind` first. Ages and rates
+/// are exact here (the text rounds them its way) and rounded to 3 decimals in JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
 pub enum Finding {
     /// Removed while tracing and still dying past the threshold.
+    #[serde(rename = "dying_past_threshold")]
     Stuck {
         hierarchy: String,
-        memory: bool,
         path: String,
+        #[serde(serialize_with = "serialize_round3")]
         age_s: f64,
     },
     /// Dying since before the start and not released for the whole threshold.
+    #[serde(rename = "dying_since_before_start")]
     StuckBeforeStart {
         hierarchy: String,
-        memory: bool,
         count: u64,
+        /// How long the tracer has watched them: their age is at least this.
+        #[serde(serialize_with = "serialize_round3")]
         min_age_s: f64,
     },
     /// The dying count grows in a sustained way.
+    #[serde(rename = "dying_count_growing")]
     Growing {
         hierarchy: String,
-        memory: bool,
+        #[serde(serialize_with = "serialize_round3")]
         rate_per_min: f64,
     },
 }
@@ -77,7 +85,6 @@ pub fn findings(hs: &[HierarchyDying], dying_age_s: f64, elapsed_s: f64) -> Vec<
         for (path, age) in stuck {
             out.push(Finding::Stuck {
                 hierarchy: h.name.into(),
-                memory: h.memory,
                 path: path.to_string(),
                 age_s: *age,
             });
@@ -87,7 +94,6 @@ pub fn findings(hs: &[HierarchyDying], dying_age_s: f64, elapsed_s: f64) -> Vec<
         {
             out.push(Finding::StuckBeforeStart {
                 hierarchy: h.name.into(),
-                memory: h.memory,
                 count: n,
                 min_age_s: elapsed_s,
             });
@@ -95,7 +101,6 @@ pub fn findings(hs: &[HierarchyDying], dying_age_s: f64, elapsed_s: f64) -> Vec<
         if let Some(r) = h.trend.rate() {
             out.push(Finding::Growing {
                 hierarchy: h.name.into(),
-                memory: h.memory,
                 rate_per_min: r * 60.0,
             });
         }
@@ -104,39 +109,11 @@ pub fn findings(hs: &[HierarchyDying], dying_age_s: f64, elapsed_s: f64) -> Vec<
 }
 
 impl Finding {
-    fn memory(&self) -> bool {
+    pub fn hierarchy(&self) -> &str {
         match self {
-            Finding::Stuck { memory, .. }
-            | Finding::StuckBeforeStart { memory, .. }
-            | Finding::Growing { memory, .. } => *memory,
-        }
-    }
-
-    pub fn json(&self) -> Value {
-        match self {
-            Finding::Stuck {
-                hierarchy,
-                path,
-                age_s,
-                ..
-            } => {
-                json!({"kind": "dying_past_threshold", "hierarchy": hierarchy, "path": path, "age_s": round3(*age_s)})
-            }
-            Finding::StuckBeforeStart {
-                hierarchy,
-                count,
-                min_age_s,
-                ..
-            } => {
-                json!({"kind": "dying_since_before_start", "hierarchy": hierarchy, "count": count, "min_age_s": round3(*min_age_s)})
-            }
-            Finding::Growing {
-                hierarchy,
-                rate_per_min,
-                ..
-            } => {
-                json!({"kind": "dying_count_growing", "hierarchy": hierarchy, "rate_per_min": round3(*rate_per_min)})
-            }
+            Finding::Stuck { hierarchy, .. }
+            | Finding::StuckBeforeStart { hierarchy, .. }
+            | Finding::Growing { hierarchy, .. } => hierarchy,
         }
     }
 
@@ -171,8 +148,17 @@ impl Finding {
     }
 }
 
-/// The dying-cgroup hint, from the findings only: nothing to say when none.
-pub fn dying_hint(findings: &[Finding]) -> Option<String> {
+/// Whether any of `findings` is in a hierarchy with the memory controller (where page
+/// cache is what usually keeps cgroups dying).
+pub fn in_memory(hs: &[HierarchyDying], findings: &[Finding]) -> bool {
+    findings
+        .iter()
+        .any(|f| hs.iter().any(|h| h.memory && h.name == f.hierarchy()))
+}
+
+/// The dying-cgroup hint, from the findings only (`in_memory`: one of them is in the
+/// memory hierarchy): nothing to say when none.
+pub fn dying_hint(findings: &[Finding], in_memory: bool) -> Option<String> {
     if findings.is_empty() {
         return None;
     }
@@ -189,7 +175,7 @@ pub fn dying_hint(findings: &[Finding]) -> Option<String> {
     } else {
         "the dying count keeps growing".into()
     };
-    Some(if findings.iter().any(Finding::memory) {
+    Some(if in_memory {
         format!(
             "{what} in the memory hierarchy: removed, but still pinned, typically by page cache \
              charged to them. Before rmdir, write 0 to memory.force_empty (v1) or reclaim with \
@@ -213,17 +199,21 @@ pub fn managed_empty(path: &str) -> bool {
         .is_some_and(|leaf| leaf.ends_with(".slice"))
 }
 
-/// Creators whose own cgroups are now empty leftovers: (pid, comm, how many), most
-/// first. `leftovers` holds each leftover's creator when the tracer saw its mkdir.
-pub fn leaves_behind(leftovers: &[Option<(u32, String)>]) -> Vec<(u32, String, usize)> {
-    let mut by: Vec<(u32, String, usize)> = Vec::new();
+/// Creators whose own cgroups are now empty leftovers, with how many, most first.
+/// `leftovers` holds each leftover's creator (pid, comm) when the tracer saw its mkdir.
+pub fn leaves_behind(leftovers: &[Option<(u32, String)>]) -> Vec<LeftBehind> {
+    let mut by: Vec<LeftBehind> = Vec::new();
     for (pid, comm) in leftovers.iter().flatten() {
-        match by.iter_mut().find(|(p, _, _)| p == pid) {
-            Some(e) => e.2 += 1,
-            None => by.push((*pid, comm.clone(), 1)),
+        match by.iter_mut().find(|b| b.pid == *pid) {
+            Some(e) => e.empty_leftovers += 1,
+            None => by.push(LeftBehind {
+                pid: *pid,
+                comm: comm.clone(),
+                empty_leftovers: 1,
+            }),
         }
     }
-    by.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    by.sort_by(|a, b| (b.empty_leftovers.cmp(&a.empty_leftovers)).then(a.pid.cmp(&b.pid)));
     by
 }
 
@@ -271,21 +261,39 @@ mod tests {
         )];
         assert!(findings(&hs, 30.0, 60.0).is_empty());
         assert_eq!(counts(&hs[0], 30.0, 60.0), (0, 2, Some(0)));
-        assert_eq!(dying_hint(&[]), None);
+        assert_eq!(dying_hint(&[], false), None);
     }
 
     #[test]
     fn past_the_threshold_before_the_start_or_growing_is() {
         let hs = [h(vec![("/a", 31.0), ("/b", 1.0)], Some(5), 2, flat())];
         let f = findings(&hs, 30.0, 45.0);
-        assert_eq!(f.len(), 2, "{f:?}");
-        assert_eq!(f[0].json()["kind"], "dying_past_threshold");
-        assert_eq!(f[0].json()["path"], "/a");
-        assert_eq!(f[1].json()["count"], 3, "5 at the start, 2 released since");
+        assert_eq!(
+            f,
+            [
+                Finding::Stuck {
+                    hierarchy: "memory".into(),
+                    path: "/a".into(),
+                    age_s: 31.0
+                },
+                // 5 at the start, 2 released since.
+                Finding::StuckBeforeStart {
+                    hierarchy: "memory".into(),
+                    count: 3,
+                    min_age_s: 45.0
+                },
+            ]
+        );
+        assert!(in_memory(&hs, &f));
         assert!(
-            dying_hint(&f)
+            dying_hint(&f, true)
                 .unwrap()
-                .starts_with("4 cgroup(s) stay dying")
+                .starts_with("4 cgroup(s) stay dying past the threshold in the memory hierarchy")
+        );
+        assert!(
+            dying_hint(&f, false)
+                .unwrap()
+                .starts_with("4 cgroup(s) stay dying past the threshold (removed, not freed)")
         );
         // Before the tracer ran for the threshold, the old ones are not judged yet.
         assert_eq!(findings(&hs, 30.0, 10.0).len(), 1);
@@ -295,9 +303,43 @@ mod tests {
             rate_per_s: 0.5,
         };
         let f = findings(&[h(vec![], Some(0), 0, g)], 30.0, 31.0);
-        assert_eq!(f[0].json()["rate_per_min"], 30.0);
+        assert_eq!(
+            f,
+            [Finding::Growing {
+                hierarchy: "memory".into(),
+                rate_per_min: 30.0
+            }]
+        );
         assert!(f[0].text(30.0).contains("growing +30.0/min"));
-        assert!(dying_hint(&f).unwrap().contains("keeps growing"));
+        assert!(dying_hint(&f, true).unwrap().contains("keeps growing"));
+    }
+
+    #[test]
+    fn findings_serialize_with_their_kind_first_and_rounded() {
+        let f = [
+            Finding::Stuck {
+                hierarchy: "memory".into(),
+                path: "/a".into(),
+                age_s: 4.50512,
+            },
+            Finding::StuckBeforeStart {
+                hierarchy: "memory".into(),
+                count: 33,
+                min_age_s: 6.0009,
+            },
+            Finding::Growing {
+                hierarchy: "cgroup2".into(),
+                rate_per_min: 2.0 / 3.0,
+            },
+        ];
+        let json = serde_json::to_string(&f).unwrap();
+        assert_eq!(
+            json,
+            r#"[{"kind":"dying_past_threshold","hierarchy":"memory","path":"/a","age_s":4.505},{"kind":"dying_since_before_start","hierarchy":"memory","count":33,"min_age_s":6.001},{"kind":"dying_count_growing","hierarchy":"cgroup2","rate_per_min":0.667}]"#
+        );
+        let back: Vec<Finding> = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
+        assert!(f[0].text(30.0).starts_with("memory /a: removed 4.5s ago"));
     }
 
     #[test]
@@ -312,7 +354,12 @@ mod tests {
             Some((7, "mgr".into())),
             Some((9, "x".into())),
         ]);
-        assert_eq!(l, vec![(7, "mgr".into(), 2), (9, "x".into(), 1)]);
+        let b = |pid, comm: &str, n| LeftBehind {
+            pid,
+            comm: comm.into(),
+            empty_leftovers: n,
+        };
+        assert_eq!(l, vec![b(7, "mgr", 2), b(9, "x", 1)]);
     }
 
     #[test]

@@ -1,11 +1,6 @@
-//! What `tracer cgroups` exposes with `--prom-file`, from its report's fields.
-use std::collections::HashSet;
-
-use serde_json::Value;
-
-use crate::prom::{
-    BaseUnit::Seconds, Families, MS, Metric, US, counter, gauge, histogram, rows, s, top_of,
-};
+//! What `tracer cgroups` exposes (`--prom-file`, serve's /metrics); the report fills
+//! them (report.rs, `collect`).
+use crate::prom::{BaseUnit::Seconds, Metric, counter, gauge, histogram};
 
 /// Cgroups (by hierarchy and path) with series of their own in each list.
 pub const TOP_PATHS: usize = 20;
@@ -100,8 +95,7 @@ pub const RELEASED_LATENCY: Metric = gauge(
     HP,
 );
 
-/// Every metric above, for the README check (`prom::all_metrics`).
-#[cfg_attr(not(test), allow(dead_code))]
+/// Every metric above (the registry lists them; docs/metrics.md is checked against it).
 pub const METRICS: &[&Metric] = &[
     &LIVE,
     &DYING,
@@ -118,54 +112,3 @@ pub const METRICS: &[&Metric] = &[
     &FINDING_AGE,
     &RELEASED_LATENCY,
 ];
-
-pub fn collect(r: &Value, out: &mut Families) {
-    for h in rows(r, "hierarchies", usize::MAX) {
-        let l = [("hierarchy", s(h, "name"))];
-        out.field(&LIVE, &l, h, "cgroups");
-        out.field(&DYING, &l, h, "dying");
-        out.field(&DYING_PAST, &l, h, "dying_past_threshold");
-        out.field(&DYING_GROWING, &l, &h["dying_trend"], "growing");
-        out.field(&CREATED, &l, h, "created");
-        out.field(&REMOVED, &l, h, "removed");
-        out.field(&RELEASED, &l, h, "released");
-        out.field(&MOVED, &l, h, "tasks_moved");
-        out.histogram(&RELEASE_LATENCY, &l, &h["release_latency_us"]);
-    }
-    out.field(&EMPTY, &[], r, "empty_total");
-    out.field_per(&STAT_READ, &[], &r["memory_stat_read_ms"], "now", MS);
-
-    let oldest = |list: &str| {
-        let listed = rows(r, list, usize::MAX).filter(|d| {
-            d["kind"]
-                .as_str()
-                .is_none_or(|k| k == "dying_past_threshold")
-        });
-        top_of(listed, "age_s", usize::MAX)
-    };
-    per_path(out, &DYING_AGE, oldest("dying"), "age_s", 1.0);
-    per_path(out, &FINDING_AGE, oldest("findings"), "age_s", 1.0);
-    // The report lists releases oldest first.
-    let latest: Vec<&Value> = r["released_recent"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .rev()
-        .collect();
-    per_path(out, &RELEASED_LATENCY, latest, "latency_us", US);
-}
-
-/// The first TOP_PATHS rows, one series per hierarchy and path (the first row of a
-/// path that appears twice, as when a cgroup was made and removed again).
-fn per_path(out: &mut Families, m: &'static Metric, rows: Vec<&Value>, key: &str, k: f64) {
-    let mut seen = HashSet::new();
-    for row in rows {
-        let (h, p) = (s(row, "hierarchy"), s(row, "path"));
-        if seen.len() == TOP_PATHS {
-            break;
-        }
-        if seen.insert((h, p)) {
-            out.row(m, row, key, k);
-        }
-    }
-}

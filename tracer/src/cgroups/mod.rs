@@ -7,11 +7,12 @@
 //! yet) with their rmdir time, and walks the mounted hierarchies at every report for
 //! cgroup and dying counts (which include dying cgroups from before the start) and
 //! empty leftovers.
+mod build;
 mod hints;
 mod judge;
 pub mod metrics;
 mod report;
-mod rows;
+pub mod rows;
 mod state;
 
 use std::{
@@ -21,27 +22,22 @@ use std::{
 
 use anyhow::{Result, bail};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
-use serde_json::{Value, json};
 use tracer_common::{
     EventKind,
-    cgroups::{
-        ATTACH_CAPACITY, AttachCount, AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE,
-        COUNT_RMDIR, CgroupEvent, count_slot,
-    },
-    comm_str,
+    cgroups::{AttachCount, AttachKey, CgroupEvent, count_slot},
 };
 
 use crate::{
     bpf::{self, Hook, Offset, Spec},
-    output::{self, Table, human_duration, round3},
     procinfo,
+    report::Body,
     run::{self, BadRecord, Detector, ReportCtx, RunOpts},
-    prom::legacy::Report,
     snapshot::cgroups::{self as snap, Hierarchy, StatRead},
     tracefs::Tracefs,
-    trend::{self, Series},
+    trend::Series,
 };
-use judge::{Finding, HierarchyDying};
+pub use judge::Finding;
+pub use report::{CgroupsReport, Churn, Evicted, StatReads, View};
 use state::Tracker;
 
 pub const SPEC: Spec = Spec {
@@ -391,7 +387,7 @@ impl Detector for Cgroups {
         Ok(())
     }
 
-    fn report(&mut self, ctx: &ReportCtx) -> Result<Box<dyn crate::report::Body>> {
-        Ok(self.build_report(ctx)?.legacy(metrics::collect))
+    fn report(&mut self, ctx: &ReportCtx) -> Result<Box<dyn Body>> {
+        Ok(Box::new(self.build(ctx)?))
     }
 }

@@ -1,447 +1,354 @@
-//! The cgroups report: per hierarchy counts and dying cgroups, churn by process and
-//! parent, releases and their latency, empty leftovers, findings and hints, in text
-//! and JSON.
+//! The `tracer cgroups` report: one typed struct (built in build.rs) that renders the
+//! text for people and gives the metrics; its JSON is its serialization. Per hierarchy
+//! counts and dying cgroups, churn by process and parent, task moves, releases and
+//! their latency, empty leftovers, findings and hints.
+use std::{collections::HashSet, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
 use super::{
+    judge::Finding,
+    metrics,
     rows::{
         ChurnParentRow, ChurnProcessRow, DyingLevel, DyingParentRow, DyingRow, EmptyRow,
-        HierarchyRow, MoveRow,
+        HierarchyRow, LeftBehind, MoveRow, ReleasedRow,
     },
-    *,
+};
+use crate::{
+    output::{Log2, Row, Summary, Table, human_duration, round3, serialize_round3_opt},
+    prom::{Families, MS, Metric, US},
+    report::Body,
+    trend,
 };
 
-impl Cgroups {
-    /// The report [`Detector::report`] hands out.
-    pub(super) fn build_report(&mut self, ctx: &ReportCtx) -> Result<Report> {
-        let now = procinfo::monotonic_ns();
-        let minutes = ctx.elapsed.as_secs_f64().max(1e-3) / 60.0;
-        let top = self.args.top;
+/// What `tracer cgroups` reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CgroupsReport {
+    /// `--hierarchy`: only this one.
+    pub hierarchy_filter: Option<String>,
+    /// Each hierarchy traced (all mounted ones, or the filter's).
+    pub hierarchies: Vec<HierarchyRow>,
+    /// Totals over the hierarchies, while tracing.
+    pub created: u64,
+    pub removed: u64,
+    pub released: u64,
+    pub tasks_moved: u64,
+    /// Releases of cgroups whose rmdir was before the start.
+    pub released_unseen_rmdir: u64,
+    /// Removed while tracing and not released yet, oldest first (at most 1,000).
+    pub dying: Vec<DyingRow>,
+    /// How many of those there are (`dying` may list fewer).
+    pub dying_tracked: usize,
+    /// Dying now by the hierarchies' own counts (from before the start too).
+    pub dying_total: u64,
+    /// Dying at the start, over the hierarchies whose kernel count is known.
+    pub dying_at_start: u64,
+    /// Parents of the dying cgroups, the most first (at most 100).
+    pub dying_by_parent: Vec<DyingParentRow>,
+    /// cgroup2 levels whose cgroup.stat counts dying descendants (at most 100).
+    pub dying_levels: Vec<DyingLevel>,
+    /// rmdir to release over every hierarchy, microseconds, with the exact buckets in
+    /// seconds.
+    pub release_latency_us: Summary,
+    /// The latest releases, the latest last.
+    pub released_recent: Vec<ReleasedRow>,
+    pub churn: Churn,
+    /// Who moved tasks into which cgroup, the most tasks first (at most 100).
+    pub moves: Vec<MoveRow>,
+    pub state_evicted: Evicted,
+    /// Empty leftovers, oldest first (at most 1,000).
+    pub empty: Vec<EmptyRow>,
+    pub empty_total: usize,
+    /// `--min-age`, `--dying-age` and `--trend-span`, seconds.
+    pub min_age_s: f64,
+    pub dying_age_s: f64,
+    pub trend_span_s: f64,
+    pub findings: Vec<Finding>,
+    /// Creators of empty leftovers, the most leftovers first.
+    pub leaves_behind: Vec<LeftBehind>,
+    pub memory_stat_read_ms: StatReads,
+    /// What the report could not see.
+    pub caveats: Vec<String>,
+    /// What to do, one line per problem.
+    pub hints: Vec<String>,
+    /// For the text only.
+    #[serde(skip)]
+    pub view: View,
+}
 
-        // Per hierarchy: a walk for counts, empty leftovers and id -> path.
-        let mut hierarchies: Vec<HierarchyRow> = Vec::new();
-        let mut empty: Vec<EmptyRow> = Vec::new();
-        let mut paths: HashMap<(i32, u64), String> = HashMap::new();
-        let mut levels: Vec<DyingLevel> = Vec::new();
-        let (mut created, mut removed, mut released, mut moved) = (0, 0, 0, 0);
-        let mut dying_total = 0u64;
-        let mut dying_before = 0u64;
-        let dying_age = self.args.dying_age.as_secs_f64();
-        let span = self.args.trend_span.as_secs_f64().max(1.0);
-        let elapsed = ctx.elapsed.as_secs_f64();
-        let mut judged: Vec<HierarchyDying> = Vec::new();
-        let mut leftover_creators: Vec<Option<(u32, String)>> = Vec::new();
-        let wanted: Vec<u32> = self.hierarchies.iter().map(|h| h.id).collect();
-        let survey = snap::survey()?;
-        // id -> path in every hierarchy: cgroup2 names the cgroup of callers that are
-        // gone even when --hierarchy picks another one.
-        for s in &survey {
-            for d in &s.dirs {
-                paths.insert((s.hierarchy.id as i32, d.id), d.path.clone());
-            }
-        }
-        for s in survey.iter().filter(|s| wanted.contains(&s.hierarchy.id)) {
-            self.record_dying(s.hierarchy.id, s.hierarchy.dying);
-        }
-        let all_dying = self.tracker.dying();
-        for s in survey.iter().filter(|s| wanted.contains(&s.hierarchy.id)) {
-            let h = &s.hierarchy;
-            let root = h.id as i32;
-            let (mk, rm, rel, at) = (
-                self.count(root, COUNT_MKDIR),
-                self.count(root, COUNT_RMDIR),
-                self.count(root, COUNT_RELEASE),
-                self.count(root, COUNT_ATTACH),
-            );
-            created += mk;
-            removed += rm;
-            released += rel;
-            moved += at;
-            let tracked = self.tracker.dying_in(root) as u64;
-            // The walk counts every dying cgroup; tracking can only add ones the walk
-            // missed (a race between the two), so the larger is the better count.
-            let dying = h.dying.map(|d| d.max(tracked));
-            dying_total += dying.unwrap_or(tracked);
-            let at_start = self.dying_at_start.get(&h.id).copied().flatten();
-            dying_before += at_start.unwrap_or(0);
-            let hd = HierarchyDying {
-                name: &h.name,
-                memory: h.has_memory(),
-                tracked: all_dying
-                    .iter()
-                    .filter(|d| d.root == root)
-                    .map(|d| (d.path.as_str(), age_of(now, d.rmdir_ns)))
-                    .collect(),
-                at_start,
-                released_unseen: self
-                    .tracker
-                    .released_unseen
-                    .get(&root)
-                    .copied()
-                    .unwrap_or(0),
-                trend: self
-                    .dying_series
-                    .get(&h.id)
-                    .map(|s| trend::judge(s, span))
-                    .unwrap_or(trend::Trend::TooFewSamples {
-                        samples: 0,
-                        span_s: 0.0,
-                    }),
-            };
-            let (stuck, in_flight, before) = judge::counts(&hd, dying_age, elapsed);
-            let net = (mk as f64 - rel as f64) / minutes;
-            // Dying count now against the first look (a measurement; the judgement is
-            // the sustained trend below).
-            let dying_growth = match (dying, at_start) {
-                (Some(now), Some(then)) => Some((now as f64 - then as f64) / minutes),
-                _ => None,
-            };
-            let lat = self
-                .tracker
-                .hist(root)
-                .map(output::Summary::of)
-                .unwrap_or_default()
-                .with(&self.tracker.buckets(root));
-            hierarchies.push(HierarchyRow {
-                name: h.name.clone(),
-                id: h.id,
-                mount: h.mount.clone(),
-                version: h.version,
-                controllers: h.controllers.clone(),
-                cgroups: h.cgroups,
-                cgroups_how: format!("directories under {}", h.mount.display()),
-                dying,
-                dying_how: h.dying_source.clone(),
-                dying_at_start: at_start,
-                dying_tracked: tracked,
-                created: mk,
-                removed: rm,
-                released: rel,
-                tasks_moved: at,
-                net_growth_per_min: net,
-                dying_growth_per_min: dying_growth,
-                dying_past_threshold: stuck,
-                dying_in_flight: in_flight,
-                dying_since_before_start_unreleased: before,
-                dying_trend: hd.trend.report(span),
-                release_latency_us: lat,
-            });
-            judged.push(hd);
-            for d in
-                snap::empty(&s.dirs, self.args.min_age).filter(|d| !judge::managed_empty(&d.path))
-            {
-                let age = d.age.map(|a| a.as_secs_f64()).unwrap_or(0.0);
-                empty.push(EmptyRow {
-                    container: crate::container::of_cgroup(&d.path)
-                        .map(crate::container::Container::named),
-                    path: d.path.clone(),
-                    hierarchy: h.name.clone(),
-                    id: d.id,
-                    age_s: age,
-                });
-                leftover_creators.push(
-                    self.tracker
-                        .creator_of(root, d.id)
-                        .map(|a| (a.pid, a.comm().to_string())),
-                );
-            }
-            for (path, dying) in snap::dying_levels(&s.dirs) {
-                levels.push(DyingLevel {
-                    hierarchy: h.name.clone(),
-                    path,
-                    dying,
-                });
-            }
-        }
-        empty.sort_by(|a, b| b.age_s.total_cmp(&a.age_s).then(a.path.cmp(&b.path)));
-        let findings = judge::findings(&judged, dying_age, elapsed);
-        drop(judged);
-        let behind = judge::leaves_behind(&leftover_creators);
+/// Who creates cgroups, and where (at most 100 rows each).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Churn {
+    pub processes: Vec<ChurnProcessRow>,
+    pub parents: Vec<ChurnParentRow>,
+}
 
-        let dying = self.tracker.dying();
-        // JSON lists JSON_ROWS, the text `top`.
-        let dying_rows: Vec<DyingRow> = (dying.iter().take(JSON_ROWS.max(top)))
-            .map(|d| DyingRow {
-                id: d.id,
-                container: crate::container::of_cgroup(&d.path)
-                    .map(crate::container::Container::named),
-                path: d.path.clone(),
-                hierarchy: self.name(d.root),
-                age_s: age_of(now, d.rmdir_ns),
-                creator_pid: d.creator.as_ref().map(|a| a.pid),
-                creator_comm: d.creator.as_ref().map(|a| a.comm().to_string()),
-                creator_cgroup: (d.creator.as_ref()).map(|a| self.actor_cgroup(a.pid, &paths)),
-                remover_pid: d.remover.pid,
-                remover_comm: d.remover.comm().to_string(),
-                remover_cgroup: self.actor_cgroup(d.remover.pid, &paths),
-            })
-            .collect();
-        let by_parent: Vec<DyingParentRow> = (self.tracker.dying_by_parent().into_iter())
-            .map(|((root, parent), dying, t)| DyingParentRow {
-                hierarchy: self.name(root),
-                parent,
-                dying,
-                oldest_age_s: age_of(now, t),
-            })
-            .collect();
-        let released_json: Vec<Value> = self
-            .tracker
-            .recent()
-            .map(|r| {
-                json!({
-                    "id": r.id, "path": r.path, "hierarchy": self.name(r.root),
-                    "latency_us": r.latency_us,
-                    "creator_pid": r.creator.as_ref().map(|a| a.pid),
-                    "remover_pid": r.remover.as_ref().map(|a| a.pid),
-                })
-            })
-            .collect();
-        let procs: Vec<ChurnProcessRow> = (self.tracker.top_processes(JSON_ROWS.min(100)))
-            .into_iter()
-            .map(|(pid, c)| ChurnProcessRow {
-                pid,
-                comm: c.comm().to_string(),
-                cgroup: self.actor_cgroup(pid, &paths).into(),
-                mkdirs: c.mkdirs,
-                rmdirs: c.rmdirs,
-                mkdirs_per_min: c.mkdirs as f64 / minutes,
-            })
-            .collect();
-        let parents: Vec<ChurnParentRow> = (self.tracker.top_parents(JSON_ROWS.min(100)))
-            .into_iter()
-            .map(|((root, path), mkdirs)| ChurnParentRow {
-                hierarchy: self.name(root),
+/// State dropped to keep memory bounded (README "Bounded state").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evicted {
+    /// Dying cgroups dropped from tracking (still in the counts).
+    pub dying: u64,
+    /// Live cgroups whose creator was forgotten.
+    pub live: u64,
+    /// Processes and parent paths dropped from the churn lists.
+    pub churn: u64,
+}
+
+/// Timed reads of the memory.stat that covers the most cgroups, milliseconds: exact
+/// here, rounded to 3 decimals in JSON.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatReads {
+    /// The file read (None without a memory controller).
+    pub path: Option<PathBuf>,
+    /// The read when the tracer started.
+    #[serde(serialize_with = "serialize_round3_opt")]
+    pub start: Option<f64>,
+    /// The fastest of the reads for this report.
+    #[serde(serialize_with = "serialize_round3_opt")]
+    pub now: Option<f64>,
+    #[serde(serialize_with = "serialize_round3_each")]
+    pub reads_now: Vec<f64>,
+    /// Every read for this report was slow.
+    pub slow: bool,
+}
+
+fn serialize_round3_each<S: serde::Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|v| round3(*v)))
+}
+
+/// What only the text shows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct View {
+    /// Time traced, seconds.
+    pub elapsed_s: f64,
+    /// `--top`: rows per table.
+    pub top: usize,
+    /// Dying parents and cgroup2 levels past the 100 the JSON lists, up to `top`.
+    pub more_by_parent: Vec<DyingParentRow>,
+    pub more_levels: Vec<DyingLevel>,
+    /// rmdir to release per hierarchy with releases (its name), microseconds, as log2
+    /// histograms.
+    pub release_log2: Vec<(String, Log2)>,
+}
+
+impl Body for CgroupsReport {
+    fn text(&self) -> String {
+        let mut t = self.summary_text();
+        t += &self.findings_text();
+        t += "\nHIERARCHIES\n";
+        t += &Table::of(&self.hierarchies).render();
+        t += &self.dying_text();
+        t += &self.churn_text();
+        t += &self.releases_text();
+        t += &self.empty_text();
+        if !self.hints.is_empty() {
+            t += "\n";
+            for h in &self.hints {
+                t += &format!("hint: {h}\n");
+            }
+        }
+        t
+    }
+
+    fn collect(&self, out: &mut Families) {
+        use metrics::*;
+        for h in &self.hierarchies {
+            let l = [("hierarchy", h.name.as_str())];
+            out.sample(&LIVE, &l, h.cgroups);
+            out.opt(&DYING, &l, h.dying);
+            out.sample(&DYING_PAST, &l, h.dying_past_threshold as u64);
+            out.sample(&DYING_GROWING, &l, u64::from(h.dying_trend.growing));
+            out.sample(&CREATED, &l, h.created);
+            out.sample(&REMOVED, &l, h.removed);
+            out.sample(&RELEASED, &l, h.released);
+            out.sample(&MOVED, &l, h.tasks_moved);
+            out.latency(&RELEASE_LATENCY, &l, &h.release_latency_us);
+        }
+        out.sample(&EMPTY, &[], self.empty_total as u64);
+        // The JSON's milliseconds, in seconds.
+        let now = self.memory_stat_read_ms.now;
+        out.opt(&STAT_READ, &[], now.map(|ms| round3(ms) / MS));
+        // Ages as the JSON has them (3 decimals), the oldest first.
+        let dying = (self.dying.iter()).map(|d| (&*d.hierarchy, &*d.path, round3(d.age_s)));
+        per_path(out, &DYING_AGE, oldest(dying));
+        let stuck = self.findings.iter().filter_map(|f| match f {
+            Finding::Stuck {
+                hierarchy,
                 path,
-                mkdirs,
-                mkdirs_per_min: mkdirs as f64 / minutes,
-            })
-            .collect();
-        let mut moves: Vec<(AttachKey, AttachCount)> =
-            self.attach.iter().filter_map(|r| r.ok()).collect();
-        // An LRU map evicts silently once full (a little before, per-CPU free lists).
-        let attach_held = moves.len();
-        moves.sort_by(|a, b| b.1.tasks.cmp(&a.1.tasks).then(a.0.id.cmp(&b.0.id)));
-        moves.truncate(100);
-        let path_of = |root: i32, id: u64| {
-            paths
-                .get(&(root, id))
-                .cloned()
-                .or_else(|| {
-                    self.tracker
-                        .path_of(root, id)
-                        .map(|p| format!("{p} (removed)"))
-                })
-                .unwrap_or_else(|| format!("(id {id}, removed)"))
-        };
-        let moves: Vec<MoveRow> = (moves.iter())
-            .map(|(k, n)| {
-                let path = path_of(k.root, k.id);
-                MoveRow {
-                    hierarchy: self.name(k.root),
-                    id: k.id,
-                    container: crate::container::of_cgroup(&path)
-                        .map(crate::container::Container::named),
-                    path,
-                    pid: k.tgid,
-                    comm: comm_str(&n.comm).to_string(),
-                    tasks: n.tasks,
-                }
-            })
-            .collect();
-        let all = self.tracker.hist_all();
-        let mounted: Vec<Hierarchy> = survey.into_iter().map(|s| s.hierarchy).collect();
-        // Several reads: one slow read is a hiccup, all slow is the kernel's walk.
-        let stat_reads: Vec<StatRead> = (0..STAT_READS)
-            .filter_map(|_| snap::time_memory_stat(&mounted))
-            .collect();
-        let stat_ms: Vec<f64> = stat_reads
-            .iter()
-            .map(|r| r.took.as_secs_f64() * 1e3)
-            .collect();
-        let stat_now = stat_reads.into_iter().min_by_key(|r| r.took);
-        let stat_slow = judge::stat_slow(&stat_ms, SLOW_STAT.as_secs_f64() * 1e3);
-        let ms = |p: &Option<StatRead>| p.as_ref().map(|p| round3(p.took.as_secs_f64() * 1e3));
-        let mut caveats = self.caveats.clone();
-        if self.tracker.dying_evicted > 0 {
-            caveats.push(format!(
-                "{} dying cgroups were dropped from tracking (more than {} at once); they are still in the counts",
-                self.tracker.dying_evicted,
-                state::DYING_CAPACITY
-            ));
-        }
-        let (live_evicted, churn_evicted) = (self.tracker.live_evicted, self.tracker.churn_evicted);
-        if live_evicted > 0 {
-            caveats.push(format!(
-                "{live_evicted} live cgroups' creators were forgotten (more than {} created and not removed): those show no creator",
-                state::LIVE_CAPACITY
-            ));
-        }
-        if churn_evicted > 0 {
-            caveats.push(format!(
-                "{churn_evicted} processes and parent paths with the least churn were dropped from the churn lists (over {} each); the created and removed totals count them",
-                state::CHURN_CAPACITY
-            ));
-        }
-        if attach_held as u64 * 10 >= u64::from(ATTACH_CAPACITY) * 9 {
-            caveats.push(format!(
-                "the task-move map holds {attach_held} of its {ATTACH_CAPACITY} entries: LRU eviction may have dropped the least recently active, whose moves are then missing here"
-            ));
-        }
-        if dying_before > 0 {
-            caveats.push(format!(
-                "{dying_before} cgroups were already dying at the start: they are in the DYING counts, but their \
-                 age, creator and remover are unknown"
-            ));
-        }
-
-        let mut json = json!({
-            "hierarchy_filter": self.args.hierarchy,
-            "hierarchies": hierarchies,
-            "created": created, "removed": removed, "released": released, "tasks_moved": moved,
-            "released_unseen_rmdir": self.tracker.released_unseen.values().sum::<u64>(),
-            "dying": &dying_rows[..dying_rows.len().min(JSON_ROWS)],
-            "dying_tracked": dying.len(),
-            "dying_total": dying_total,
-            "dying_at_start": dying_before,
-            "dying_by_parent": &by_parent[..by_parent.len().min(100)],
-            "dying_levels": &levels[..levels.len().min(100)],
-            "release_latency_us": output::Summary::of(&all).with(&self.tracker.buckets_all()),
-            "released_recent": released_json,
-            "churn": {
-                "processes": procs,
-                "parents": parents,
-            },
-            "moves": moves,
-            "state_evicted": {
-                "dying": self.tracker.dying_evicted, "live": live_evicted, "churn": churn_evicted,
-            },
-            "empty": &empty[..empty.len().min(JSON_ROWS)],
-            "empty_total": empty.len(),
-            "min_age_s": self.args.min_age.as_secs_f64(),
-            "dying_age_s": dying_age,
-            "trend_span_s": span,
-            "findings": findings.iter().map(Finding::json).collect::<Vec<_>>(),
-            "leaves_behind": behind.iter().map(|(pid, comm, n)| json!({
-                "pid": pid, "comm": comm, "empty_leftovers": n,
-            })).collect::<Vec<_>>(),
-            "memory_stat_read_ms": {
-                "path": stat_now.as_ref().or(self.stat_start.as_ref()).map(|p| p.path.clone()),
-                "start": ms(&self.stat_start), "now": ms(&stat_now),
-                "reads_now": stat_ms.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
-                "slow": stat_slow.is_some(),
-            },
-            "caveats": caveats,
+                age_s,
+            } => Some((&**hierarchy, &**path, round3(*age_s))),
+            _ => None,
         });
+        per_path(out, &FINDING_AGE, oldest(stuck));
+        // The report lists releases oldest first.
+        let latest = (self.released_recent.iter().rev())
+            .map(|r| (&*r.hierarchy, &*r.path, r.latency_us.map(|l| l as f64 / US)));
+        per_path(out, &RELEASED_LATENCY, latest);
+    }
 
-        // Text for people.
-        let mut text = String::new();
-        text += &format!(
-            "cgroups: created {created}, removed {removed}, released {released} in {}; dying now {dying_total} \
-             ({} removed while tracing, {dying_before} already dying at the start)\n",
-            human_duration(ctx.elapsed.as_secs_f64()),
-            dying.len()
+    fn state_evicted(&self) -> Vec<(&'static str, u64)> {
+        let e = &self.state_evicted;
+        vec![("dying", e.dying), ("live", e.live), ("churn", e.churn)]
+    }
+}
+
+/// (hierarchy, path, value) rows, the largest value first (ties keep their order).
+fn oldest<'a>(
+    rows: impl Iterator<Item = (&'a str, &'a str, f64)>,
+) -> impl Iterator<Item = (&'a str, &'a str, Option<f64>)> {
+    let mut v: Vec<_> = rows.collect();
+    v.sort_by(|a, b| b.2.total_cmp(&a.2));
+    v.into_iter().map(|(h, p, x)| (h, p, Some(x)))
+}
+
+/// The first [`metrics::TOP_PATHS`] (hierarchy, path) pairs of `rows`, one series each:
+/// the first row of a path that appears twice (a cgroup made and removed again); a row
+/// without a value takes its place but has no series.
+fn per_path<'a>(
+    out: &mut Families,
+    m: &'static Metric,
+    rows: impl Iterator<Item = (&'a str, &'a str, Option<f64>)>,
+) {
+    let mut seen = HashSet::new();
+    for (h, p, v) in rows {
+        if seen.len() == metrics::TOP_PATHS {
+            break;
+        }
+        if seen.insert((h, p)) {
+            out.opt(m, &[("hierarchy", h), ("path", p)], v);
+        }
+    }
+}
+
+/// The first `n` rows of `a` then `b` as a text table.
+fn table_of<R: Row>(a: &[R], b: &[R], n: usize) -> String {
+    let mut t = Table::new(R::HEADER);
+    for r in a.iter().chain(b).take(n) {
+        t.row(r.cells());
+    }
+    t.render()
+}
+
+impl CgroupsReport {
+    /// The lines above the sections: totals, the memory.stat read, caveats.
+    fn summary_text(&self) -> String {
+        let mut t = format!(
+            "cgroups: created {}, removed {}, released {} in {}; dying now {} \
+             ({} removed while tracing, {} already dying at the start)\n",
+            self.created,
+            self.removed,
+            self.released,
+            human_duration(self.view.elapsed_s),
+            self.dying_total,
+            self.dying_tracked,
+            self.dying_at_start
         );
-        match (&self.stat_start, &stat_now) {
-            (Some(a), Some(b)) => {
-                text += &format!(
-                    "memory.stat read ({}): {:.2}ms at start, {:.2}ms now\n",
-                    b.path.display(),
-                    a.took.as_secs_f64() * 1e3,
-                    b.took.as_secs_f64() * 1e3
+        let s = &self.memory_stat_read_ms;
+        match (s.start, s.now, &s.path) {
+            (Some(start), Some(now), Some(path)) => {
+                t += &format!(
+                    "memory.stat read ({}): {start:.2}ms at start, {now:.2}ms now\n",
+                    path.display()
                 )
             }
-            _ => text += "memory.stat read: no memory controller mounted\n",
+            _ => t += "memory.stat read: no memory controller mounted\n",
         }
-        for c in &caveats {
-            text += &format!("note: {c}\n");
+        for c in &self.caveats {
+            t += &format!("note: {c}\n");
         }
-        text += &format!(
+        t
+    }
+
+    fn findings_text(&self) -> String {
+        let mut t = format!(
             "\nFINDINGS (a removed cgroup still dying after {}, cgroups dying since before the start \
              not released within it, or a dying count growing: {})\n",
-            human_duration(dying_age),
-            trend::rule(span)
+            human_duration(self.dying_age_s),
+            trend::rule(self.trend_span_s)
         );
-        if findings.is_empty() {
-            text += &format!(
+        if self.findings.is_empty() {
+            t += &format!(
                 "  none: no cgroup stayed dying past {}, no sustained growth of the dying count\n",
-                human_duration(dying_age)
+                human_duration(self.dying_age_s)
             );
         }
-        for f in &findings {
-            text += &format!("  {}\n", f.text(dying_age));
+        for f in &self.findings {
+            t += &format!("  {}\n", f.text(self.dying_age_s));
         }
-        text += "\nHIERARCHIES\n";
-        text += &Table::of(&hierarchies).render();
+        t
+    }
 
-        text += "\nDYING CGROUPS (rmdir seen, not released yet; oldest first)\n";
-        if dying.is_empty() {
-            text += "  none removed while tracing is still dying\n";
+    fn dying_text(&self) -> String {
+        let top = self.view.top;
+        let mut t = "\nDYING CGROUPS (rmdir seen, not released yet; oldest first)\n".to_string();
+        if self.dying_tracked == 0 {
+            t += "  none removed while tracing is still dying\n";
         } else {
-            let t = Table::of(&dying_rows[..dying_rows.len().min(top)]);
-            text += &t.render();
-            if dying.len() > top {
-                text += &format!("  ... and {} more (--json lists them)\n", dying.len() - top);
+            t += &table_of(&self.dying, &[], top);
+            if self.dying_tracked > top {
+                t += &format!(
+                    "  ... and {} more (--json lists them)\n",
+                    self.dying_tracked - top
+                );
             }
-            text += "  by parent:\n";
-            let t = Table::of(&by_parent[..by_parent.len().min(top)]);
-            text += &t.render();
+            t += "  by parent:\n";
+            t += &table_of(&self.dying_by_parent, &self.view.more_by_parent, top);
         }
-        if !levels.is_empty() {
-            text += "  cgroup2 levels holding dying cgroups (cgroup.stat, includes ones from before the start):\n";
-            for l in levels.iter().take(top) {
-                text += &l.line();
+        if !self.dying_levels.is_empty() {
+            t += "  cgroup2 levels holding dying cgroups (cgroup.stat, includes ones from before the start):\n";
+            for l in (self.dying_levels.iter().chain(&self.view.more_levels)).take(top) {
+                t += &l.line();
             }
         }
+        t
+    }
 
-        text += "\nCHURN (who creates cgroups, where)\n";
-        if procs.is_empty() {
-            text += "  no cgroup was created or removed\n";
+    /// CHURN, then TASK MOVES when there are any.
+    fn churn_text(&self) -> String {
+        let top = self.view.top;
+        let mut t = "\nCHURN (who creates cgroups, where)\n".to_string();
+        if self.churn.processes.is_empty() {
+            t += "  no cgroup was created or removed\n";
         } else {
-            text += &Table::of(&procs[..procs.len().min(top)]).render();
-            text += &Table::of(&parents[..parents.len().min(top)]).render();
+            t += &table_of(&self.churn.processes, &[], top);
+            t += &table_of(&self.churn.parents, &[], top);
         }
-        if !moves.is_empty() {
-            text += "\nTASK MOVES (cgroup_attach_task: who moves tasks where)\n";
-            text += &Table::of(&moves[..moves.len().min(top)]).render();
+        if !self.moves.is_empty() {
+            t += "\nTASK MOVES (cgroup_attach_task: who moves tasks where)\n";
+            t += &table_of(&self.moves, &[], top);
         }
+        t
+    }
 
-        text += "\nRMDIR -> RELEASE LATENCY\n";
-        let roots: Vec<i32> = self.tracker.roots_with_releases().collect();
-        if roots.is_empty() {
-            text += "     (no cgroup removed while tracing was released yet)\n";
+    fn releases_text(&self) -> String {
+        let mut t = "\nRMDIR -> RELEASE LATENCY\n".to_string();
+        if self.view.release_log2.is_empty() {
+            t += "     (no cgroup removed while tracing was released yet)\n";
         }
-        for root in roots {
-            if let Some(h) = self.tracker.hist(root) {
-                text += &format!("  {}:\n", self.name(root));
-                text += &output::log2_histogram(h, "usecs");
-            }
+        for (name, h) in &self.view.release_log2 {
+            t += &format!("  {name}:\n");
+            t += &h.render("usecs");
         }
+        t
+    }
 
-        text += &format!(
+    fn empty_text(&self) -> String {
+        let top = self.view.top;
+        let mut t = format!(
             "\nEMPTY LEFTOVERS (no tasks, no children, older than {})\n",
-            human_duration(self.args.min_age.as_secs_f64())
+            human_duration(self.min_age_s)
         );
-        if empty.is_empty() {
-            text += "  none\n";
-        } else {
-            text += &Table::of(&empty[..empty.len().min(top)]).render();
-            if empty.len() > top {
-                text += &format!("  ... and {} more (--json lists them)\n", empty.len() - top);
-            }
+        if self.empty_total == 0 {
+            t += "  none\n";
+            return t;
         }
-
-        let hints = hints::hints(&hints::Inputs {
-            stat_slow: stat_slow.zip(stat_now.as_ref().map(|r| r.path.as_path())),
-            findings: &findings,
-            behind: &behind,
-            empty: empty.len(),
-            min_age_s: self.args.min_age.as_secs_f64(),
-        });
-        if !hints.is_empty() {
-            text += "\n";
-            for h in &hints {
-                text += &format!("hint: {h}\n");
-            }
+        t += &table_of(&self.empty, &[], top);
+        if self.empty_total > top {
+            t += &format!(
+                "  ... and {} more (--json lists them)\n",
+                self.empty_total - top
+            );
         }
-        json["hints"] = json!(hints);
-        Ok(Report { json, text })
+        t
     }
 }

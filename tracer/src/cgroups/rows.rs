@@ -3,12 +3,12 @@
 //! rounded to 3 decimals in JSON.
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::output::{Row, Summary, human_duration, serialize_round3, serialize_round3_opt};
 
 /// One hierarchy: an element of `hierarchies`, a row of HIERARCHIES.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HierarchyRow {
     pub name: String,
     pub id: u32,
@@ -66,12 +66,12 @@ impl Row for HierarchyRow {
 
 /// A cgroup removed while tracing and not released yet: an element of `dying`, a row
 /// of DYING CGROUPS.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DyingRow {
     pub id: u64,
     pub path: String,
     /// The container the cgroup was (ids from its path), when it was one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<crate::container::Container>,
     pub hierarchy: String,
     #[serde(serialize_with = "serialize_round3")]
@@ -106,7 +106,7 @@ impl Row for DyingRow {
 
 /// A parent holding dying cgroups: an element of `dying_by_parent`, a row of the
 /// "by parent" table (indented under DYING CGROUPS).
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DyingParentRow {
     pub hierarchy: String,
     pub parent: String,
@@ -130,7 +130,7 @@ impl Row for DyingParentRow {
 
 /// A cgroup2 level holding dying cgroups (cgroup.stat): an element of
 /// `dying_levels`, a line under DYING CGROUPS.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DyingLevel {
     pub hierarchy: String,
     pub path: String,
@@ -145,7 +145,7 @@ impl DyingLevel {
 
 /// A process creating or removing cgroups: an element of `churn.processes`, a row of
 /// CHURN.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChurnProcessRow {
     pub pid: u32,
     pub comm: String,
@@ -175,7 +175,7 @@ impl Row for ChurnProcessRow {
 
 /// A parent cgroup new cgroups are created under: an element of `churn.parents`, a
 /// row of CHURN's second table.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChurnParentRow {
     pub hierarchy: String,
     pub path: String,
@@ -198,13 +198,13 @@ impl Row for ChurnParentRow {
 }
 
 /// Who moved tasks into which cgroup: an element of `moves`, a row of TASK MOVES.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MoveRow {
     pub hierarchy: String,
     pub id: u64,
     pub path: String,
     /// The container the cgroup was (ids from its path), when it was one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<crate::container::Container>,
     pub pid: u32,
     pub comm: String,
@@ -226,11 +226,11 @@ impl Row for MoveRow {
 }
 
 /// An empty leftover cgroup: an element of `empty`, a row of EMPTY LEFTOVERS.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EmptyRow {
     pub path: String,
     /// The container the cgroup was (ids from its path), when it was one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<crate::container::Container>,
     pub hierarchy: String,
     pub id: u64,
@@ -248,6 +248,28 @@ impl Row for EmptyRow {
             crate::container::label(&self.path, self.container.as_ref()),
         ]
     }
+}
+
+/// A cgroup the kernel released lately (the latest last): an element of
+/// `released_recent`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleasedRow {
+    pub id: u64,
+    pub path: String,
+    pub hierarchy: String,
+    /// rmdir-to-release time; None when the rmdir was not seen (dying from before).
+    pub latency_us: Option<u64>,
+    pub creator_pid: Option<u32>,
+    pub remover_pid: Option<u32>,
+}
+
+/// A process whose own cgroups are now empty leftovers: an element of
+/// `leaves_behind`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftBehind {
+    pub pid: u32,
+    pub comm: String,
+    pub empty_leftovers: usize,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::{
+    cgroups::{CgroupsReport, Finding, rows::DyingRow},
     detectors::all_metrics,
     report::{Emitted, Envelope},
     zombies::{ZombiesReport, rows::ParentRow},
@@ -166,6 +167,77 @@ fn zombies_with(edit: impl FnOnce(&mut Envelope<ZombiesReport>)) -> String {
         body: std::sync::Arc::new(r.body),
     };
     super::render(&[&e])
+}
+
+/// The cgroups fixture as its typed report, changed by `edit`, as Prometheus text.
+fn cgroups_with(edit: impl FnOnce(&mut Envelope<CgroupsReport>)) -> String {
+    let (_, text) = FIXTURES.iter().find(|(c, _)| *c == "cgroups").unwrap();
+    let mut r: Envelope<CgroupsReport> = serde_json::from_str(text).unwrap();
+    edit(&mut r);
+    let e = Emitted {
+        header: r.header,
+        body: std::sync::Arc::new(r.body),
+    };
+    super::render(&[&e])
+}
+
+#[test]
+fn the_cgroups_fixture_is_its_typed_report_exactly() {
+    let r: Envelope<CgroupsReport> = serde_json::from_value(fixture("cgroups")).unwrap();
+    assert_eq!(serde_json::to_value(&r).unwrap(), fixture("cgroups"));
+}
+
+#[test]
+fn cgroups_series_come_from_the_typed_fields() {
+    let text = cgroups_with(|r| {
+        r.body.state_evicted.dying = 5;
+        r.body.memory_stat_read_ms.now = Some(0.0131);
+        // A release whose rmdir was not seen has no latency: no series.
+        r.body.released_recent[1].latency_us = None;
+        r.body.findings.push(Finding::Stuck {
+            hierarchy: "memory".into(),
+            path: "/old".into(),
+            age_s: 100.0004,
+        });
+    });
+    assert_values(
+        &text,
+        &[
+            (
+                "tracer_state_evicted_total{detector=\"cgroups\",state=\"dying\"}",
+                5.0,
+            ),
+            ("tracer_cgroups_memory_stat_read_seconds", 0.013 / 1e3),
+            (
+                "tracer_cgroups_finding_age_seconds{hierarchy=\"memory\",path=\"/old\"}",
+                100.0,
+            ),
+            (
+                "tracer_cgroups_released_latency_seconds{hierarchy=\"cgroup2\",path=\"/mtest1\"}",
+                0.042302,
+            ),
+            ("tracer_cgroups_dying_growing{hierarchy=\"memory\"}", 0.0),
+            ("tracer_cgroups_created_total{hierarchy=\"cgroup2\"}", 3.0),
+            ("tracer_cgroups_empty", 0.0),
+        ],
+    );
+    assert_eq!(
+        value(
+            &text,
+            "tracer_cgroups_released_latency_seconds{hierarchy=\"cgroup2\",path=\"/mtest2\"}"
+        ),
+        None,
+        "{text}"
+    );
+    // Findings other than a cgroup past the threshold have no age series.
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("tracer_cgroups_finding_age_seconds{"))
+            .count(),
+        3,
+        "{text}"
+    );
+    assert_eq!(promtool(&text), "", "{text}");
 }
 
 #[test]
@@ -344,10 +416,17 @@ fn per_process_and_per_path_series_are_a_bounded_top_n() {
     );
 
     // The same path twice (made and removed again) is one series.
-    let dying: Vec<Value> = (0..50)
-        .map(|i| json!({"hierarchy": "memory", "path": format!("/c{}", i / 2), "age_s": i}))
-        .collect();
-    let text = render("cgroups", &json!({"dying": dying}));
+    let text = cgroups_with(|r| {
+        let one = r.body.dying[0].clone();
+        r.body.dying = (0..50)
+            .map(|i| DyingRow {
+                hierarchy: "memory".into(),
+                path: format!("/c{}", i / 2),
+                age_s: f64::from(i),
+                ..one.clone()
+            })
+            .collect();
+    });
     let n = text
         .lines()
         .filter(|l| l.starts_with("tracer_cgroups_dying_age_seconds{"))
