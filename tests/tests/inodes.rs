@@ -9,7 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use serde::Serialize;
+use tracer::{
+    inodes::{
+        InodesReport,
+        rows::{EnospcRow, FilesystemRow, ProcessRow, RateSource, Source},
+    },
+    snapshot::Level,
+};
 use tracer_tests::{
     CgroupLayout, Incident, LoopExt4, Tmpfs, TracefsWithout, Tracer, assert_none_loaded,
     matrix_kernel, require_root, run_tracer, run_tracer_unprivileged,
@@ -20,21 +27,25 @@ fn helper() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_incident_inodes"))
 }
 
-fn rows<'a>(r: &'a Value, key: &str) -> &'a Vec<Value> {
-    r[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("no {key} array: {r}"))
+/// A report or one of its rows as JSON, for a failure's message.
+fn js(v: &impl Serialize) -> String {
+    serde_json::to_string(v).unwrap()
 }
 
-fn filesystem<'a>(r: &'a Value, mnt: &str) -> &'a Value {
-    rows(r, "filesystems")
-        .iter()
-        .find(|f| f["mount"] == mnt)
-        .unwrap_or_else(|| panic!("{mnt} not among the filesystems: {r}"))
+fn filesystem<'a>(r: &'a InodesReport, mnt: &str) -> &'a FilesystemRow {
+    (r.filesystems.iter())
+        .find(|f| f.mount.to_str() == Some(mnt))
+        .unwrap_or_else(|| panic!("{mnt} not among the filesystems: {}", js(r)))
 }
 
-fn process(r: &Value, pid: u32) -> Option<&Value> {
-    rows(r, "top_processes").iter().find(|p| p["pid"] == pid)
+fn process(r: &InodesReport, pid: u32) -> Option<&ProcessRow> {
+    r.top_processes.iter().find(|p| p.pid == pid)
+}
+
+fn enospc(r: &InodesReport, pid: u32) -> &EnospcRow {
+    (r.enospc.iter())
+        .find(|e| e.pid == pid)
+        .unwrap_or_else(|| panic!("no ENOSPC row for the child: {}", js(r)))
 }
 
 #[test]
@@ -77,7 +88,7 @@ fn child_filling_ext4_is_named_with_exact_counts_dir_and_enospc() {
     wait_reports(&prom, 2);
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
-    let reports = out.reports();
+    let reports = out.reports_as::<InodesReport>();
 
     // While full: 100% of inodes, blocks mostly free, crit and the signature flag.
     // A report reads statvfs before the kernel maps: one taken while the child was still
@@ -85,85 +96,88 @@ fn child_filling_ext4_is_named_with_exact_counts_dir_and_enospc() {
     let at_full = reports
         .iter()
         .find(|r| {
-            process(r, inc.pid).is_some_and(|p| p["freed"] == 0 && p["allocated"] == created)
-                && filesystem(r, fs.mnt())["inodes_used"] == used_full
+            process(r, inc.pid).is_some_and(|p| p.freed == 0 && p.allocated == created)
+                && filesystem(r, fs.mnt()).inodes_used == used_full
         })
         .unwrap_or_else(|| panic!("no report while the filesystem was full: {}", out.stdout));
     let f = filesystem(at_full, fs.mnt());
-    assert_eq!(f["inodes_used"], f["inodes_total"], "{f}");
-    assert_eq!(f["inodes_used"], used_full);
-    assert_eq!(f["inodes_used_pct"], 100.0);
-    assert!(f["blocks_used_pct"].as_f64().unwrap() < 50.0, "{f}");
-    assert_eq!(f["level"], "crit");
-    assert_eq!(f["inodes_full_blocks_free"], true);
-    assert_eq!(f["fstype"], "ext4");
-    assert!(
-        f["device"].as_str().unwrap().starts_with("/dev/loop"),
-        "{f}"
+    assert_eq!(f.inodes_used, f.inodes_total, "{}", js(f));
+    assert_eq!(f.inodes_used, used_full);
+    assert_eq!(f.inodes_used_pct, 100.0);
+    assert!(f.blocks_used_pct < 50.0, "{}", js(f));
+    assert_eq!(f.level, Level::Crit);
+    assert!(f.inodes_full_blocks_free);
+    assert_eq!(f.fstype, "ext4");
+    assert!(f.device.starts_with("/dev/loop"), "{}", js(f));
+    let p = &at_full.top_processes[0];
+    assert_eq!(
+        p.pid,
+        inc.pid,
+        "the child is the top process: {}",
+        js(at_full)
     );
-    let p = &rows(at_full, "top_processes")[0];
-    assert_eq!(p["pid"], inc.pid, "the child is the top process: {at_full}");
-    assert_eq!(p["comm"], "incident_inodes");
-    assert!(p["cgroup"].as_str().unwrap().starts_with('/'), "{p}");
+    assert_eq!(p.comm, "incident_inodes");
+    assert!(p.cgroup.cgroup.starts_with('/'), "{}", js(p));
 
     // The interval in which the child deleted shows the count going down.
     let recent: Vec<f64> = reports
         .iter()
-        .filter_map(|r| filesystem(r, fs.mnt())["net_inodes_per_s_last_interval"].as_f64())
+        .filter_map(|r| filesystem(r, fs.mnt()).net_inodes_per_s_last_interval)
         .collect();
     assert!(
         recent.iter().any(|v| *v < 0.0),
         "the interval of the deletes shrank: {recent:?}"
     );
     assert!(
-        filesystem(&reports[0], fs.mnt())["net_inodes_per_s_last_interval"].is_null(),
+        filesystem(&reports[0], fs.mnt())
+            .net_inodes_per_s_last_interval
+            .is_none(),
         "the first report has no previous one"
     );
 
     // The final report, after 40 deletes by the child.
-    let r = out.final_report();
-    assert_eq!(r["command"], "inodes");
-    assert_eq!(r["lost_events"], 0);
-    assert_eq!(r["filter_fs"], fs.mnt());
+    let r = out.final_as::<InodesReport>();
+    assert_eq!(r.header.command, "inodes");
+    assert_eq!(r.header.lost_events, 0);
     assert_eq!(
-        rows(&r, "filesystems").len(),
-        1,
-        "--fs shows one filesystem"
+        r.filter_fs.as_ref().and_then(|p| p.to_str()),
+        Some(fs.mnt())
     );
+    assert_eq!(r.filesystems.len(), 1, "--fs shows one filesystem");
     let f = filesystem(&r, fs.mnt());
-    assert_eq!(f["allocated"], created, "every file, and nothing else");
-    assert_eq!(f["freed"], 40);
-    assert_eq!(f["inodes_used"], used_after);
+    assert_eq!(f.allocated, Some(created), "every file, and nothing else");
+    assert_eq!(f.freed, Some(40));
+    assert_eq!(f.inodes_used, used_after);
     assert_eq!(used_full - used_after, 40);
-    assert!(f["net_inodes_per_s"].as_f64().unwrap() > 0.0, "{f}");
-    let p = process(&r, inc.pid).unwrap_or_else(|| panic!("child missing: {r}"));
-    assert_eq!(p["allocated"], created);
+    assert!(f.net_inodes_per_s > 0.0, "{}", js(f));
+    let p = process(&r, inc.pid).unwrap_or_else(|| panic!("child missing: {}", js(&r)));
+    assert_eq!(p.allocated, created);
     assert_eq!(
-        p["freed"], 40,
+        p.freed, 40,
         "frees are counted for the process that unlinked"
     );
-    assert_eq!(p["net"], created as i64 - 40, "net goes down");
-    let d = &rows(&r, "top_directories")[0];
-    assert_eq!(d["path"], nested.to_str().unwrap(), "{r}");
-    assert_eq!(d["path_source"], "syscall");
-    assert_eq!(d["allocated"], created);
-    assert_eq!(d["share_pct"], 100.0);
-    assert_eq!(d["mount"], fs.mnt());
-    let e = rows(&r, "enospc")
-        .iter()
-        .find(|e| e["pid"] == inc.pid)
-        .unwrap_or_else(|| panic!("no ENOSPC row for the child: {r}"));
-    assert_eq!(e["count"], failed);
-    assert_eq!(e["mount"], fs.mnt());
-    assert_eq!(e["comm"], "incident_inodes");
-    assert!(
-        e["first_path"]
-            .as_str()
-            .unwrap()
-            .starts_with(nested.to_str().unwrap()),
-        "{e}"
+    assert_eq!(p.net, created as i64 - 40, "net goes down");
+    let d = &r.top_directories[0];
+    assert_eq!(
+        d.path.as_ref().and_then(|p| p.to_str()),
+        Some(nested.to_str().unwrap()),
+        "{}",
+        js(&r)
     );
-    assert!(!rows(&r, "hints").is_empty());
+    assert_eq!(d.path_source, Source::Syscall);
+    assert_eq!(d.allocated, created);
+    assert_eq!(d.share_pct, 100.0);
+    assert_eq!(d.mount, fs.mnt());
+    let e = enospc(&r, inc.pid);
+    assert_eq!(e.count, failed);
+    assert_eq!(e.mount, fs.mnt());
+    assert_eq!(e.comm, "incident_inodes");
+    assert!(
+        e.first_path.starts_with(nested.to_str().unwrap()),
+        "{}",
+        js(e)
+    );
+    assert!(!r.hints.is_empty());
     drop(inc);
     assert_none_loaded("inodes_");
 }
@@ -221,36 +235,38 @@ fn tmpfs_exhaustion_is_seen_through_statvfs_and_the_failing_path() {
     // The final report drains the ring buffer (the failing path) and reads the maps.
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
-    let r = out.final_report();
+    let r = out.final_as::<InodesReport>();
     let f = filesystem(&r, &mnt);
-    assert_eq!(f["fstype"], "tmpfs");
-    assert_eq!(f["inodes_total"], 32);
-    assert_eq!(f["inodes_used"], 32);
-    assert_eq!(f["level"], "crit");
-    assert_eq!(f["rate_source"], "statvfs", "no ext4 hooks on tmpfs: {f}");
-    assert!(f["net_inodes_per_s"].as_f64().unwrap() > 0.0, "{f}");
-    assert_eq!(f["exhaustion_eta_s"], 0.0);
+    assert_eq!(f.fstype, "tmpfs");
+    assert_eq!(f.inodes_total, 32);
+    assert_eq!(f.inodes_used, 32);
+    assert_eq!(f.level, Level::Crit);
+    assert_eq!(
+        f.rate_source,
+        RateSource::Statvfs,
+        "no ext4 hooks on tmpfs: {}",
+        js(f)
+    );
+    assert!(f.net_inodes_per_s > 0.0, "{}", js(f));
+    assert_eq!(f.exhaustion_eta_s, Some(0.0));
     assert!(created > 20, "{created}");
     assert!(
-        rows(&r, "top_processes").is_empty(),
-        "allocations are traced on ext4 only: {r}"
+        r.top_processes.is_empty(),
+        "allocations are traced on ext4 only: {}",
+        js(&r)
     );
     // The failure has no ext4 device: its mount comes from the failing path.
-    let e = rows(&r, "enospc")
-        .iter()
-        .find(|e| e["pid"] == inc.pid)
-        .unwrap_or_else(|| panic!("no ENOSPC row for the child: {r}"));
-    assert_eq!(e["count"], 2);
-    assert_eq!(e["mount"], mnt.as_str());
+    let e = enospc(&r, inc.pid);
+    assert_eq!(e.count, 2);
+    assert_eq!(e.mount, mnt);
     assert_eq!(
-        e["first_path"],
+        e.first_path,
         dir.join(format!("f{created}")).to_str().unwrap()
     );
     assert!(
-        rows(&r, "caveats")
-            .iter()
-            .any(|c| c.as_str().unwrap().contains("is tmpfs, not ext4")),
-        "{r}"
+        r.caveats.iter().any(|c| c.contains("is tmpfs, not ext4")),
+        "{}",
+        js(&r)
     );
 }
 
@@ -295,23 +311,20 @@ fn creator_in_a_cgroup_is_named_by_it_and_exited_when_gone() {
     drop(inc); // exits and is reaped (the drop waits for it)
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
-    let reports = out.reports();
+    let reports = out.reports_as::<InodesReport>();
     let while_running = reports
         .iter()
         .filter_map(|r| process(r, pid))
-        .find(|p| p["allocated"].as_u64() > Some(0))
+        .find(|p| p.allocated > 0)
         .unwrap_or_else(|| panic!("no report while the child ran: {}", out.stdout));
-    assert_eq!(while_running["cgroup"], format!("/{name}"));
-    let last = out.final_report();
-    let p = process(&last, pid).unwrap_or_else(|| panic!("child missing: {last}"));
-    assert_eq!(p["cgroup"], "exited", "{p}");
-    assert_eq!(p["comm"], "incident_inodes", "comm was taken in the kernel");
-    let e = rows(&last, "enospc")
-        .iter()
-        .find(|e| e["pid"] == pid)
-        .unwrap_or_else(|| panic!("{last}"));
-    assert_eq!(e["comm"], "incident_inodes");
-    assert_eq!(e["cgroup"], "exited");
+    assert_eq!(while_running.cgroup.cgroup, format!("/{name}"));
+    let last = out.final_as::<InodesReport>();
+    let p = process(&last, pid).unwrap_or_else(|| panic!("child missing: {}", js(&last)));
+    assert_eq!(p.cgroup.cgroup, "exited", "{}", js(p));
+    assert_eq!(p.comm, "incident_inodes", "comm was taken in the kernel");
+    let e = enospc(&last, pid);
+    assert_eq!(e.comm, "incident_inodes");
+    assert_eq!(e.cgroup.cgroup, "exited");
 }
 
 #[test]
@@ -340,45 +353,52 @@ fn steady_growth_gives_a_finite_eta_in_the_right_range() {
     assert!(out.status.success(), "{}", out.stderr);
     drop(inc);
     let real = (used1 - used0) as f64 / (t1 - t0).as_secs_f64();
-    let r = out.final_report();
+    let r = out.final_as::<InodesReport>();
     let f = filesystem(&r, fs.mnt());
-    let rate = f["net_inodes_per_s"].as_f64().unwrap();
+    let rate = f.net_inodes_per_s;
     assert!(
         (0.7 * real..=1.3 * real).contains(&rate),
-        "the child created {real:.1}/s while the tracer ran: {f}"
+        "the child created {real:.1}/s while the tracer ran: {}",
+        js(f)
     );
     // The trend that the ETA rests on, with its evidence.
-    let t = &f["trend"];
-    assert_eq!(t["state"], "growing", "{f}");
-    assert_eq!(t["growing"], true, "{f}");
-    assert!(t["samples"].as_u64().unwrap() >= 10, "{t}");
-    assert!(t["span_s"].as_f64().unwrap() >= 30.0, "{t}");
+    let t = &f.evidence.trend;
+    assert_eq!(t.state, "growing", "{}", js(f));
+    assert!(t.growing, "{}", js(f));
+    assert!(t.samples >= 10, "{}", js(t));
+    assert!(t.span_s >= 30.0, "{}", js(t));
     assert!(
-        t["rule"]
-            .as_str()
-            .unwrap()
-            .starts_with(">= 10 samples over >= 30.0s"),
-        "{t}"
+        t.rule.starts_with(">= 10 samples over >= 30.0s"),
+        "{}",
+        js(t)
     );
-    let trend_rate = t["rate_per_s"].as_f64().unwrap();
+    let trend_rate = t
+        .rate_per_s
+        .unwrap_or_else(|| panic!("no rate while growing: {}", js(t)));
     assert!(
         (0.7 * real..=1.3 * real).contains(&trend_rate),
-        "the child created {real:.1}/s while the tracer ran: {t}"
+        "the child created {real:.1}/s while the tracer ran: {}",
+        js(t)
     );
-    let free = f["inodes_free"].as_f64().unwrap();
-    let eta = f["exhaustion_eta_s"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no ETA while growing: {f}"));
+    let free = f.inodes_free as f64;
+    let eta = f
+        .exhaustion_eta_s
+        .unwrap_or_else(|| panic!("no ETA while growing: {}", js(f)));
     // The projection is the free inodes at the trend's rate...
-    assert!((eta - free / trend_rate).abs() <= 0.01 * eta + 0.01, "{f}");
+    assert!(
+        (eta - free / trend_rate).abs() <= 0.01 * eta + 0.01,
+        "{}",
+        js(f)
+    );
     // ...and the trend's rate is the child's: the ETA is where it really is.
     let expected = free / real;
     assert!(
         (0.75 * expected..=1.4 * expected).contains(&eta),
-        "ETA {eta} s, expected about {expected} s: {f}"
+        "ETA {eta} s, expected about {expected} s: {}",
+        js(f)
     );
-    assert_eq!(f["level"], "ok");
-    assert_eq!(f["inodes_full_blocks_free"], false);
+    assert_eq!(f.level, Level::Ok);
+    assert!(!f.inodes_full_blocks_free);
 }
 
 /// A healthy busy host: two services churn temp files (1,700 created and deleted again
@@ -415,11 +435,12 @@ fn healthy_busy_temp_file_churn_gets_no_level_flag_eta_or_hint() {
     // Wait for the trend to be judged on both (>= 10 samples over >= 30 s), and for at
     // least 3 rounds on ext4 as the tracer counted them (a TCG guest creates ext4 files
     // at under 100/s when the machine is loaded).
-    let judged = |r: &Value, m: &str| filesystem(r, m)["trend"]["state"] != "too_few_samples";
-    tracer.report_where(Duration::from_secs(220), |r| {
+    let judged =
+        |r: &InodesReport, m: &str| filesystem(r, m).evidence.trend.state != "too_few_samples";
+    tracer.report_as_where::<InodesReport>(Duration::from_secs(220), |r| {
         judged(r, ext.mnt())
             && judged(r, &tmp_mnt)
-            && filesystem(r, ext.mnt())["freed"].as_u64() >= Some(3 * BATCH)
+            && filesystem(r, ext.mnt()).freed >= Some(3 * BATCH)
     });
     a.send("stop");
     b.send("stop");
@@ -435,7 +456,7 @@ fn healthy_busy_temp_file_churn_gets_no_level_flag_eta_or_hint() {
     let secs = started.elapsed().as_secs_f64();
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
-    let reports = out.reports();
+    let reports = out.reports_as::<InodesReport>();
     // The workload happened, at a busy host's rate: rounds up to 83% and back, at
     // thousands of files a second on this machine (the VMs emulate every instruction:
     // there, ext4 creates run at tens to hundreds a second).
@@ -459,36 +480,34 @@ fn healthy_busy_temp_file_churn_gets_no_level_flag_eta_or_hint() {
     for r in &reports {
         for m in [ext.mnt(), tmp_mnt.as_str()] {
             let f = filesystem(r, m);
-            assert_eq!(f["level"], "ok", "{f}");
-            assert_eq!(f["inodes_full_blocks_free"], false, "{f}");
-            assert!(f["exhaustion_eta_s"].is_null(), "an ETA from churn: {f}");
-            assert_eq!(f["trend"]["growing"], false, "{f}");
-            if f["trend"]["state"] == "no_sustained_growth" {
-                assert!(f["trend"]["samples"].as_u64().unwrap() >= 10, "{f}");
-                assert!(f["trend"]["span_s"].as_f64().unwrap() >= 30.0, "{f}");
+            assert_eq!(f.level, Level::Ok, "{}", js(f));
+            assert!(!f.inodes_full_blocks_free, "{}", js(f));
+            assert!(f.exhaustion_eta_s.is_none(), "an ETA from churn: {}", js(f));
+            let t = &f.evidence.trend;
+            assert!(!t.growing, "{}", js(f));
+            if t.state == "no_sustained_growth" {
+                assert!(t.samples >= 10, "{}", js(f));
+                assert!(t.span_s >= 30.0, "{}", js(f));
                 no_growth += 1;
             }
         }
-        tmp_peak = tmp_peak.max(filesystem(r, &tmp_mnt)["inodes_used"].as_u64().unwrap());
+        tmp_peak = tmp_peak.max(filesystem(r, &tmp_mnt).inodes_used);
         if matrix_kernel() == "host" {
             // Other test suites on this machine fill tiny filesystems of their own
             // meanwhile (a real, full filesystem: hints are right there); none may be
             // about the churned ones.
             assert!(
-                rows(r, "hints").iter().all(|h| {
-                    let h = h.as_str().unwrap();
-                    !h.contains(ext.mnt()) && !h.contains(tmp_mnt.as_str())
-                }),
-                "hints about a healthy filesystem: {r}"
+                (r.hints.iter()).all(|h| !h.contains(ext.mnt()) && !h.contains(tmp_mnt.as_str())),
+                "hints about a healthy filesystem: {}",
+                js(r)
             );
         } else {
-            assert!(rows(r, "hints").is_empty(), "hints on a healthy host: {r}");
+            assert!(r.hints.is_empty(), "hints on a healthy host: {}", js(r));
         }
         assert!(
-            rows(r, "enospc")
-                .iter()
-                .all(|e| e["pid"] != a.pid && e["pid"] != b.pid),
-            "{r}"
+            (r.enospc.iter()).all(|e| e.pid != a.pid && e.pid != b.pid),
+            "{}",
+            js(r)
         );
     }
     assert!(
@@ -501,15 +520,15 @@ fn healthy_busy_temp_file_churn_gets_no_level_flag_eta_or_hint() {
         "statvfs saw the tmpfs churn (peak {tmp_peak} inodes used)"
     );
     // The tracer counted every temp file on ext4, created and deleted by the service.
-    let r = out.final_report();
+    let r = out.final_as::<InodesReport>();
     let f = filesystem(&r, ext.mnt());
-    assert_eq!(f["allocated"], na, "{f}");
-    assert_eq!(f["freed"], na, "{f}");
-    let p = process(&r, a.pid).unwrap_or_else(|| panic!("the ext4 churner is missing: {r}"));
-    assert_eq!(p["allocated"], na, "{p}");
-    assert_eq!(p["freed"], na, "{p}");
-    assert_eq!(p["net"], 0, "{p}");
-    assert_eq!(filesystem(&r, &tmp_mnt)["rate_source"], "statvfs");
+    assert_eq!(f.allocated, Some(na), "{}", js(f));
+    assert_eq!(f.freed, Some(na), "{}", js(f));
+    let p = process(&r, a.pid).unwrap_or_else(|| panic!("the ext4 churner is missing: {}", js(&r)));
+    assert_eq!(p.allocated, na, "{}", js(p));
+    assert_eq!(p.freed, na, "{}", js(p));
+    assert_eq!(p.net, 0, "{}", js(p));
+    assert_eq!(filesystem(&r, &tmp_mnt).rate_source, RateSource::Statvfs);
 }
 
 #[test]
@@ -551,26 +570,25 @@ fn bad_fs_flag_no_tracepoints_and_no_privileges_get_one_sentence_or_the_fallback
     // cannot see (ext4 attribution, and ENOSPC without the syscall hooks).
     let out = run_tracer_without_tracepoints(&["inodes", "-d", "1s", "--json"]);
     assert!(out.status.success(), "{}", out.stderr);
-    let r = out.final_report();
-    assert_eq!(r["ext4_attribution"]["available"], false, "{r}");
+    let r = out.final_as::<InodesReport>();
+    let a = &r.ext4_attribution;
+    assert!(!a.available, "{}", js(&r));
     assert!(
-        r["ext4_attribution"]["reason"]
-            .as_str()
+        a.reason
+            .as_deref()
             .unwrap()
             .starts_with("ext4 tracepoints missing: "),
-        "{r}"
+        "{}",
+        js(&r)
     );
     assert!(
-        rows(&r, "caveats").iter().any(|c| c
-            .as_str()
-            .unwrap()
-            .starts_with("syscalls:sys_exit_openat is missing: cannot count openat() calls that fail with ENOSPC")),
-        "{r}"
+        r.caveats.iter().any(|c| c.starts_with(
+            "syscalls:sys_exit_openat is missing: cannot count openat() calls that fail with ENOSPC"
+        )),
+        "{}",
+        js(&r)
     );
-    assert!(
-        !rows(&r, "filesystems").is_empty(),
-        "statvfs still works: {r}"
-    );
+    assert!(!r.filesystems.is_empty(), "statvfs still works: {}", js(&r));
 
     let out = run_tracer_unprivileged(&["inodes", "-d", "1s"]);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
@@ -625,39 +643,41 @@ fn without_ext4_tracepoints_usage_eta_and_enospc_still_come_from_statvfs_and_sys
     assert_eq!(used_full - used_start, created);
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
-    let r = out.final_report();
+    let r = out.final_as::<InodesReport>();
     // Attribution is marked unavailable, with the reason and the fallback named.
-    let a = &r["ext4_attribution"];
-    assert_eq!(a["available"], false, "{r}");
+    let a = &r.ext4_attribution;
+    assert!(!a.available, "{}", js(&r));
     assert!(
-        a["reason"]
-            .as_str()
+        a.reason
+            .as_deref()
             .unwrap()
             .starts_with("ext4 tracepoints missing: "),
-        "{a}"
+        "{}",
+        js(a)
     );
-    assert!(a["fallback"].as_str().unwrap().contains("statvfs"), "{a}");
-    assert!(rows(&r, "top_processes").is_empty(), "{r}");
-    assert!(rows(&r, "top_directories").is_empty(), "{r}");
+    assert!(
+        a.fallback.as_deref().unwrap().contains("statvfs"),
+        "{}",
+        js(a)
+    );
+    assert!(r.top_processes.is_empty(), "{}", js(&r));
+    assert!(r.top_directories.is_empty(), "{}", js(&r));
     // Usage and the rate from statvfs: the ext4 filesystem is full, no zeros.
     let f = filesystem(&r, fs.mnt());
-    assert_eq!(f["fstype"], "ext4");
-    assert_eq!(f["rate_source"], "statvfs", "{f}");
-    assert!(f["allocated"].is_null(), "not counted, not zero: {f}");
-    assert_eq!(f["inodes_used"], used_full);
-    assert_eq!(f["inodes_used"], f["inodes_total"], "{f}");
-    assert_eq!(f["level"], "crit");
-    assert_eq!(f["exhaustion_eta_s"], 0.0, "{f}");
-    assert!(f["net_inodes_per_s"].as_f64().unwrap() > 0.0, "{f}");
+    assert_eq!(f.fstype, "ext4");
+    assert_eq!(f.rate_source, RateSource::Statvfs, "{}", js(f));
+    assert_eq!(f.allocated, None, "not counted, not zero: {}", js(f));
+    assert_eq!(f.inodes_used, used_full);
+    assert_eq!(f.inodes_used, f.inodes_total, "{}", js(f));
+    assert_eq!(f.level, Level::Crit);
+    assert_eq!(f.exhaustion_eta_s, Some(0.0), "{}", js(f));
+    assert!(f.net_inodes_per_s > 0.0, "{}", js(f));
     // ENOSPC from the syscall hooks, its mount from the failing path.
-    let e = rows(&r, "enospc")
-        .iter()
-        .find(|e| e["pid"] == inc.pid)
-        .unwrap_or_else(|| panic!("no ENOSPC row for the child: {r}"));
-    assert_eq!(e["count"], failed);
-    assert_eq!(e["mount"], fs.mnt());
+    let e = enospc(&r, inc.pid);
+    assert_eq!(e.count, failed);
+    assert_eq!(e.mount, fs.mnt());
     assert_eq!(
-        e["first_path"],
+        e.first_path,
         dir.join(format!("f{created}")).to_str().unwrap()
     );
     // The text names the fallback too.
@@ -692,20 +712,21 @@ fn without_ext4_tracepoints_usage_eta_and_enospc_still_come_from_statvfs_and_sys
     );
     view.reveal("ext4");
     wait_reports(&prom, 2);
-    let r = tracer.interrupt().final_report();
-    let a = &r["ext4_attribution"];
-    assert_eq!(a["available"], false, "{r}");
+    let r = tracer.interrupt().final_as::<InodesReport>();
+    let a = &r.ext4_attribution;
+    assert!(!a.available, "{}", js(&r));
     assert!(
-        a["reason"]
-            .as_str()
+        a.reason
+            .as_deref()
             .unwrap()
             .contains("the ext4 module was loaded during the run"),
-        "{a}"
+        "{}",
+        js(a)
     );
     let f = filesystem(&r, fs.mnt());
-    assert_eq!(f["rate_source"], "statvfs", "{f}");
-    assert!(f["allocated"].is_null(), "not counted, not zero: {f}");
-    assert!(rows(&r, "top_processes").is_empty(), "{r}");
+    assert_eq!(f.rate_source, RateSource::Statvfs, "{}", js(f));
+    assert_eq!(f.allocated, None, "not counted, not zero: {}", js(f));
+    assert!(r.top_processes.is_empty(), "{}", js(&r));
     drop(inc);
     assert_none_loaded("inodes_");
 }

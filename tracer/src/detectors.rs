@@ -120,8 +120,8 @@ pub const ALL: &[Entry] = &[
         cli: inodes::Args::augment_args,
         prepare: |m| inodes::prepare(parse(m)?),
         metrics: inodes::metrics::METRICS,
-        collect: Some(inodes::metrics::collect),
-        read: None,
+        collect: None,
+        read: Some(read::<inodes::InodesReport>),
         spec: &inodes::SPEC,
         choices: &[],
         fallback: "without ext4 hooks (ext4 module not loaded): usage, ETA from statvfs and \

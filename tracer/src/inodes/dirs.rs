@@ -27,7 +27,7 @@ pub const CACHE_CAPACITY: usize = 65_536;
 /// Directory entries one walk (of one filesystem, for every unresolved directory on it) may read.
 pub const WALK_BUDGET: usize = 50_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Syscall,

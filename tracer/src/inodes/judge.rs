@@ -10,16 +10,14 @@
 //! - the ETA is projected only from sustained growth (see [`crate::trend`]); without
 //!   it the report says why ("no sustained growth", or too few samples yet). A full
 //!   filesystem's ETA is 0: observed, not projected.
-use serde_json::{Value, json};
-
+use super::rows::Evidence;
 use crate::{
-    output::round3,
     snapshot::{
         Level,
         inodes::{CRIT_PCT, FsUsage, WARN_PCT},
         pct,
     },
-    trend::{self, Series, Trend},
+    trend::{self, Series, Trend, TrendReport},
 };
 
 /// Inodes used at or above this share with blocks below [`FLAG_BLOCKS_PCT`]: the Sentry
@@ -28,7 +26,7 @@ pub const FLAG_INODES_PCT: f64 = 95.0;
 pub const FLAG_BLOCKS_PCT: f64 = 50.0;
 
 /// The thresholds a run uses (flags `--level-hold`, `--trend-span`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Rules {
     pub hold_s: f64,
     pub span_s: f64,
@@ -89,24 +87,25 @@ pub fn judge(u: &FsUsage, used: &Series, rules: Rules) -> Judged {
 }
 
 impl Judged {
-    /// The ETA column: "now (full)", a duration, or why there is none.
-    pub fn eta_text(&self, rules: Rules) -> String {
-        match self.eta_s {
-            Some(e) if e <= 0.0 => "now (full)".into(),
-            Some(e) => crate::output::human_duration(e),
-            None => self.trend.text(rules.span_s),
+    /// The evidence behind the level and the ETA, for the filesystem's row.
+    pub fn evidence(&self, rules: Rules) -> Evidence {
+        Evidence {
+            level_floor_inodes_used: self.floor_used,
+            level_floor_samples: self.floor_samples,
+            level_floor_span_s: self.floor_span_s,
+            level_hold_s: rules.hold_s,
+            trend: self.trend.report(rules.span_s),
         }
     }
+}
 
-    /// The evidence behind the level and the ETA, for the JSON row.
-    pub fn json(&self, rules: Rules) -> Value {
-        json!({
-            "level_floor_inodes_used": self.floor_used,
-            "level_floor_samples": self.floor_samples,
-            "level_floor_span_s": round3(self.floor_span_s),
-            "level_hold_s": rules.hold_s,
-            "trend": self.trend.report(rules.span_s),
-        })
+/// The EXHAUSTED IN column of a filesystem with this ETA and trend: "now (full)", a
+/// duration, or why there is none (against a trend span of `span_s`).
+pub fn eta_text(eta_s: Option<f64>, trend: &TrendReport, span_s: f64) -> String {
+    match eta_s {
+        Some(e) if e <= 0.0 => "now (full)".into(),
+        Some(e) => crate::output::human_duration(e),
+        None => trend.text(span_s),
     }
 }
 
@@ -133,6 +132,11 @@ mod tests {
             blocks_used: 100,
             block_size: 4096,
         }
+    }
+
+    /// The EXHAUSTED IN column of `j`.
+    fn eta_column(j: &Judged) -> String {
+        eta_text(j.eta_s, &j.evidence(RULES).trend, RULES.span_s)
     }
 
     fn series(points: &[(f64, u64)]) -> Series {
@@ -164,7 +168,7 @@ mod tests {
         assert_eq!(j.level, Level::Crit);
         assert!(j.full_blocks_free);
         assert_eq!(j.eta_s, Some(0.0));
-        assert_eq!(j.eta_text(RULES), "now (full)");
+        assert_eq!(eta_column(&j), "now (full)");
         // 96% for one reading only: not flagged; held: flagged and CRIT.
         let j = judge(&fs(1000, 960), &series(&[(0.0, 500), (1.0, 960)]), RULES);
         assert!(!j.full_blocks_free);
@@ -186,17 +190,16 @@ mod tests {
             .collect();
         let j = judge(&fs(100_000, 4000), &series(&pts), RULES);
         assert_eq!(j.eta_s, None);
-        assert_eq!(j.eta_text(RULES), "no sustained growth");
-        assert_eq!(j.json(RULES)["trend"]["state"], "no_sustained_growth");
+        assert_eq!(eta_column(&j), "no sustained growth");
+        assert_eq!(j.evidence(RULES).trend.state, "no_sustained_growth");
         // Fewer than 30 s: no ETA yet, and the text says what is missing.
         let pts: Vec<(f64, u64)> = (0..=5).map(|t| (t as f64, 1000 + 20 * t)).collect();
         let j = judge(&fs(100_000, 1100), &series(&pts), RULES);
         assert_eq!(j.eta_s, None);
         assert!(
-            j.eta_text(RULES)
-                .starts_with("too few samples (6 over 5.0s"),
+            eta_column(&j).starts_with("too few samples (6 over 5.0s"),
             "{}",
-            j.eta_text(RULES)
+            eta_column(&j)
         );
     }
 }

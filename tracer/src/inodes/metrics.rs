@@ -1,9 +1,8 @@
-//! What `tracer inodes` exposes with `--prom-file`, from its report's fields.
-use serde_json::Value;
-
+//! What `tracer inodes` exposes (`--prom-file`, serve's /metrics); the report fills
+//! them (report.rs, `collect`).
 use crate::prom::{
     BaseUnit::{Ratio, Seconds},
-    Families, Metric, Num, PCT, counter, gauge, rows, severity, top,
+    Metric, counter, gauge,
 };
 
 /// Processes and directories with series of their own, the most inodes first.
@@ -88,8 +87,7 @@ pub const ENOSPC: Metric = gauge(
     crate::prom::PROCESS_ON_FS,
 );
 
-/// Every metric above, for the README check (`prom::all_metrics`).
-#[cfg_attr(not(test), allow(dead_code))]
+/// Every metric above (the registry lists them; docs/metrics.md is checked against it).
 pub const METRICS: &[&Metric] = &[
     &INODES,
     &USED,
@@ -105,29 +103,3 @@ pub const METRICS: &[&Metric] = &[
     &DIRECTORY,
     &ENOSPC,
 ];
-
-pub fn collect(r: &Value, out: &mut Families) {
-    for f in rows(r, "filesystems", usize::MAX) {
-        out.row(&INODES, f, "inodes_total", 1.0);
-        out.row(&USED, f, "inodes_used", 1.0);
-        out.row(&FREE, f, "inodes_free", 1.0);
-        out.row(&BLOCKS_USED, f, "blocks_used_pct", PCT);
-        out.row(&ALLOCATED, f, "allocated", 1.0);
-        out.row(&FREED, f, "freed", 1.0);
-        out.row(&GROWTH, f, "net_inodes_per_s", 1.0);
-        out.row(&ETA, f, "exhaustion_eta_s", 1.0);
-        if let Some(v) = severity(&f["level"]) {
-            out.row_value(&LEVEL, f, Num::Int(v));
-        }
-        out.row(&FULL_BLOCKS_FREE, f, "inodes_full_blocks_free", 1.0);
-    }
-    for (m, list, by) in [
-        (&PROCESS_NET, "top_processes", "net"),
-        (&ENOSPC, "enospc", "count"),
-        (&DIRECTORY, "top_directories", "allocated"),
-    ] {
-        for row in top(r, list, by, TOP) {
-            out.row(m, row, by, 1.0);
-        }
-    }
-}

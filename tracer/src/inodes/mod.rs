@@ -8,11 +8,12 @@
 //! levels come from statvfs of every inode-limited filesystem. Without the ext4
 //! tracepoints (ext4 not loaded) usage, rates, ETA and ENOSPC still work, and the
 //! per-process and per-directory counts are marked unavailable with the reason.
+mod build;
 mod dirs;
 mod judge;
 pub mod metrics;
 mod report;
-mod rows;
+pub mod rows;
 
 use std::{
     collections::HashMap,
@@ -22,7 +23,6 @@ use std::{
 
 use anyhow::{Result, anyhow};
 use aya::maps::{MapData, PerCpuHashMap};
-use serde_json::json;
 use tracer_common::{
     EventKind, comm_str,
     inodes::{DEV_CAPACITY, DevCounts, DevTgid, DirKey, ENOSPC_CAPACITY, PathEvent, ProcCounts},
@@ -32,13 +32,14 @@ use crate::{
     bounded::Lru,
     bpf::{self, Hook, Offset, Spec},
     procinfo,
+    report::Body,
     run::{self, BadRecord, Detector, ReportCtx, RunOpts},
-    prom::legacy::Report,
     snapshot::inodes::{self as snap, FsUsage, Mount},
     tracefs::Tracefs,
     trend::Series,
 };
 use dirs::Resolver;
+pub use report::{Evicted, Ext4Attribution, InodesReport, View};
 
 /// The ext4 hooks, then one enter and one exit hook per create-type syscall; all
 /// optional. The ext4:* tracepoints exist only while the ext4 code is in the kernel
@@ -483,83 +484,15 @@ impl Detector for Inodes {
         Ok(())
     }
 
-    fn report(&mut self, ctx: &ReportCtx) -> Result<Box<dyn crate::report::Body>> {
-        Ok(self.legacy_report(ctx)?.legacy(metrics::collect))
-    }
-}
-
-impl Inodes {
-    fn legacy_report(&mut self, ctx: &ReportCtx) -> Result<Report> {
-        let elapsed = ctx.elapsed.as_secs_f64().max(1e-3);
-        let mounts = snap::mounts()?;
-        let mut caveats = self.caveats.clone();
-        // ext4 loaded after the start (an ext4 mount during the run): its tracepoints
-        // exist now, but the programs were not attached; the counts of this run stay
-        // from statvfs, and the report says so instead of showing zeros.
-        if self.ext4_missing.is_some() && self.tracefs.has_tracepoint("ext4", "ext4_allocate_inode")
-        {
-            self.ext4_missing = Some(
-                "ext4 tracepoints missing at the start: the ext4 module was loaded during the run \
-                 (an ext4 mount), after the hooks were attached; restart `tracer inodes` to \
-                 attribute ext4 allocations"
-                    .into(),
-            );
-        }
-        let ext4 = match &self.ext4_missing {
-            None => json!({"available": true}),
-            Some(reason) => json!({
-                "available": false, "reason": reason, "fallback": EXT4_FALLBACK,
-            }),
-        };
-        let rows = self.fs_rows(&mounts, elapsed, &mut caveats);
-        let filesystems = report::filesystems(&rows, self.rules);
-        let processes = self.processes(&mounts, &mut caveats);
-        let (directories, top_dirs) = self.directories(&mounts, &mut caveats);
-        let failures = self.failures(&mounts, &mut caveats);
-        let hints = report::hints(&rows, &top_dirs, !failures.rows.is_empty());
-        let paths_evicted = self.enospc_first.evicted();
-        if paths_evicted > 0 {
-            caveats.push(format!(
-                "{paths_evicted} first ENOSPC paths were forgotten to keep {ENOSPC_CAPACITY} (least recently failing first), as the kernel's ENOSPC map forgets their counts"
-            ));
-        }
-
-        let mut text = match &self.ext4_missing {
-            Some(reason) => format!(
-                "ext4 attribution unavailable ({reason}): per-process and per-directory counts \
-                 are not collected; {EXT4_FALLBACK}\n"
-            ),
-            None => String::new(),
-        };
-        text += &filesystems.text;
-        text += &processes.text;
-        text += &directories.text;
-        text += &failures.text;
-        for h in &hints {
-            text += &format!("hint: {h}\n");
-        }
-        for c in &caveats {
-            text += &format!("note: {c}\n");
-        }
-        let json = json!({
-            "filter_fs": self.target.as_ref().map(|t| &t.mount),
-            "ext4_attribution": ext4,
-            "filesystems": filesystems.rows,
-            "top_processes": processes.rows,
-            "top_directories": directories.rows,
-            "enospc": failures.rows,
-            "hints": hints,
-            "state_evicted": {"enospc_paths": paths_evicted},
-            "caveats": caveats,
-        });
-        Ok(Report { json, text })
+    fn report(&mut self, ctx: &ReportCtx) -> Result<Box<dyn Body>> {
+        Ok(Box::new(self.build(ctx)?))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use report::{FsRow, hints};
+    use build::{FsRow, hints};
 
     fn row(mount: &str, used: u64) -> FsRow {
         let u = FsUsage {
@@ -586,7 +519,7 @@ mod tests {
             u,
             net: 0.0,
             recent: None,
-            source: "ebpf",
+            source: rows::RateSource::Ebpf,
             allocated: None,
             freed: None,
         }

@@ -1,370 +1,298 @@
-//! The `tracer inodes` report, one section at a time: each returns its JSON rows and
-//! its text, from the kernel's maps, statvfs and the directory resolver.
-use std::collections::{HashMap, HashSet};
+//! The `tracer inodes` report: one typed struct (build.rs fills it) that renders the
+//! text for people, one titled section per table, and gives the metrics; its JSON is
+//! its serialization.
+use std::path::PathBuf;
 
-use tracer_common::{
-    comm_str,
-    inodes::{DEV_CAPACITY, DIR_CAPACITY, DevCounts, ENOSPC_CAPACITY, PROC_CAPACITY, ProcCounts},
-};
+use serde::{Deserialize, Serialize};
 
 use super::{
-    Inodes, cgroup,
-    dirs::Source,
-    entries,
-    judge::{self, Judged, Rules},
+    metrics,
     rows::{DirectoryRow, EnospcRow, FilesystemRow, ProcessRow},
 };
 use crate::{
     output::{Row, Table, human_duration},
-    procinfo,
-    snapshot::{
-        Level,
-        inodes::{self as snap, FsUsage, Mount},
-    },
+    prom::{Families, PCT, Process, top_by},
+    report::Body,
 };
 
-/// One section of the report: its rows (for JSON) and its text.
-pub(super) struct Section<R> {
-    pub rows: Vec<R>,
-    pub text: String,
+/// What `tracer inodes` reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InodesReport {
+    /// `--fs`: only this filesystem (its mount point).
+    pub filter_fs: Option<PathBuf>,
+    /// Whether ext4 allocations are counted per process and directory.
+    pub ext4_attribution: Ext4Attribution,
+    /// Every inode-limited filesystem (or `--fs`'s), fullest first.
+    pub filesystems: Vec<FilesystemRow>,
+    /// Processes with the most net ext4 inodes created, at most `--top`.
+    pub top_processes: Vec<ProcessRow>,
+    /// Directories where the most ext4 inodes were created, at most `--top`.
+    pub top_directories: Vec<DirectoryRow>,
+    /// Processes whose creates failed with ENOSPC, the most failures first.
+    pub enospc: Vec<EnospcRow>,
+    /// What to do about the fullest filesystem in trouble.
+    pub hints: Vec<String>,
+    pub state_evicted: Evicted,
+    /// What the report could not see.
+    pub caveats: Vec<String>,
+    /// For the text only.
+    #[serde(skip)]
+    pub view: View,
 }
 
-impl<R: Row> Section<R> {
-    /// The rows with their titled table, or a line saying there is nothing.
-    fn titled(rows: Vec<R>, title: &str, none: &str) -> Self {
-        let body = if rows.is_empty() {
-            format!("  {none}\n")
-        } else {
-            Table::of(&rows).render()
+/// Per-process and per-directory ext4 attribution: available, or why not and what the
+/// report shows instead (both absent when available).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ext4Attribution {
+    pub available: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+impl Ext4Attribution {
+    /// Why attribution is unavailable; None when it is available.
+    pub fn missing(&self) -> Option<&str> {
+        self.reason.as_deref().filter(|_| !self.available)
+    }
+}
+
+/// State dropped to keep memory bounded (README "Bounded state").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evicted {
+    /// First ENOSPC paths forgotten, least recently failing first.
+    pub enospc_paths: u64,
+}
+
+/// What only the text shows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct View {
+    /// `--level-hold`, seconds (the FILESYSTEMS title).
+    pub level_hold_s: f64,
+    /// `--trend-span`, seconds (the FILESYSTEMS title).
+    pub trend_span_s: f64,
+}
+
+impl Body for InodesReport {
+    fn text(&self) -> String {
+        let mut t = match self.ext4_attribution.missing() {
+            Some(reason) => format!(
+                "ext4 attribution unavailable ({reason}): per-process and per-directory counts \
+                 are not collected; {}\n",
+                self.ext4_attribution
+                    .fallback
+                    .as_deref()
+                    .unwrap_or_default()
+            ),
+            None => String::new(),
         };
-        Section {
-            text: format!("{title}\n{body}"),
-            rows,
+        t += &self.filesystems_text();
+        t += &titled(
+            &self.top_processes,
+            "\nTOP PROCESSES (ext4 inodes, most net created first; frees count for the process that dropped the last link)",
+            &self.unavailable_or("none: no ext4 inode was allocated or freed"),
+        );
+        t += &titled(
+            &self.top_directories,
+            "\nTOP DIRECTORIES (where new inodes were created; FROM: syscall = path given to the create and checked by stat, walk = found under the mount, unresolved = inode number)",
+            &self.unavailable_or("none"),
+        );
+        t += &titled(
+            &self.enospc,
+            "\nCREATES FAILED WITH ENOSPC (No space left on device)",
+            "none",
+        );
+        for h in &self.hints {
+            t += &format!("hint: {h}\n");
+        }
+        for c in &self.caveats {
+            t += &format!("note: {c}\n");
+        }
+        t
+    }
+
+    fn collect(&self, out: &mut Families) {
+        use metrics::*;
+        for f in &self.filesystems {
+            let mount = f.mount.display().to_string();
+            let l = [
+                ("mount", mount.as_str()),
+                ("device", f.device.as_str()),
+                ("fstype", f.fstype.as_str()),
+            ];
+            out.sample(&INODES, &l, f.inodes_total);
+            out.sample(&USED, &l, f.inodes_used);
+            out.sample(&FREE, &l, f.inodes_free);
+            out.sample(&BLOCKS_USED, &l, f.blocks_used_pct / PCT);
+            out.opt(&ALLOCATED, &l, f.allocated);
+            out.opt(&FREED, &l, f.freed);
+            out.sample(&GROWTH, &l, f.net_inodes_per_s);
+            out.opt(&ETA, &l, f.exhaustion_eta_s);
+            out.sample(&LEVEL, &l, f.level.severity());
+            out.sample(&FULL_BLOCKS_FREE, &l, u64::from(f.inodes_full_blocks_free));
+        }
+        for p in top_by(&self.top_processes, |p| p.net as f64, TOP) {
+            out.process(
+                &PROCESS_NET,
+                &process(p.pid, &p.comm, &p.mount, &p.cgroup),
+                p.net,
+            );
+        }
+        for e in top_by(&self.enospc, |e| e.count as f64, TOP) {
+            out.process(
+                &ENOSPC,
+                &process(e.pid, &e.comm, &e.mount, &e.cgroup),
+                e.count,
+            );
+        }
+        for d in top_by(&self.top_directories, |d| d.allocated as f64, TOP) {
+            let path = d.path.as_ref().map(|p| p.display().to_string());
+            let l = [
+                ("mount", d.mount.as_str()),
+                ("path", path.as_deref().unwrap_or_default()),
+            ];
+            out.sample(&DIRECTORY, &l, d.allocated);
         }
     }
-}
 
-/// A filesystem in the report; `net` is inodes per second (allocated - freed).
-pub(super) struct FsRow {
-    pub u: FsUsage,
-    pub net: f64,
-    /// Inodes per second since the previous report (interval reports only).
-    pub recent: Option<f64>,
-    /// "ebpf": counted by the ext4 hooks; "statvfs": change of inodes used.
-    pub source: &'static str,
-    pub allocated: Option<u64>,
-    pub freed: Option<u64>,
-    /// Level, flag and ETA, judged from the samples.
-    pub judged: Judged,
-}
-
-/// What to do, for the fullest filesystem in trouble and its top directory.
-pub(super) fn hints(
-    fs_rows: &[FsRow],
-    top_dirs: &[(String, String)],
-    failing: bool,
-) -> Vec<String> {
-    let mut out = Vec::new();
-    let hot: Vec<&FsRow> = fs_rows
-        .iter()
-        .filter(|r| r.judged.level != Level::Ok || (failing && r.u.inodes_used >= r.u.inodes_total))
-        .collect();
-    if hot.is_empty() && !failing {
-        return out;
+    fn state_evicted(&self) -> Vec<(&'static str, u64)> {
+        vec![("enospc_paths", self.state_evicted.enospc_paths)]
     }
-    // The top directory on the fullest filesystem in trouble (rows are fullest first).
-    let dir = hot
-        .iter()
-        .find_map(|r| {
-            let m = r.u.mount.display().to_string();
-            top_dirs
-                .iter()
-                .find(|(dm, _)| *dm == m)
-                .map(|(_, d)| d.clone())
-        })
-        .or_else(|| top_dirs.first().map(|(_, d)| d.clone()))
-        .unwrap_or_else(|| "DIR".into());
-    out.push(format!(
-        "free inodes now: delete old files in the top directory at idle I/O priority, 1000 per \
-         rm: `ionice -c3 find {dir} -xdev -type f -mmin +60 -print0 | xargs -0 -n 1000 rm -f` \
-         (look at `find {dir} -xdev -type f -mmin +60 | head` first)"
-    ));
-    out.push(format!(
-        "keep it from coming back: have the writer clean up, or add a logrotate rule or a \
-         systemd-tmpfiles `e {dir} - - - 1d` line for that directory"
-    ));
-    if hot.iter().any(|r| r.u.fstype.starts_with("ext")) {
-        out.push(
-            "for good: recreate the ext4 filesystem with more inodes (`mkfs.ext4 -i 4096` or \
-             `-N COUNT`; the count is fixed at mkfs time) or use XFS, which allocates inodes \
-             dynamically"
-                .into(),
-        );
-    }
-    out.push(
-        "on Kubernetes nodes the kubelet evicts pods on `nodefs.inodesFree` \
-         (e.g. --eviction-hard=nodefs.inodesFree<5%): alert before that"
-            .into(),
-    );
-    out
 }
 
-/// The filesystems table, the signature flags and their JSON.
-pub(super) fn filesystems(rows: &[FsRow], rules: Rules) -> Section<FilesystemRow> {
-    let out: Vec<FilesystemRow> = (rows.iter())
-        .map(|r| {
-            let (u, j) = (&r.u, &r.judged);
-            FilesystemRow {
-                mount: u.mount.clone(),
-                device: u.device.clone(),
-                fstype: u.fstype.clone(),
-                dev: format!("{}:{}", u.major, u.minor),
-                inodes_total: u.inodes_total,
-                inodes_used: u.inodes_used,
-                inodes_free: u.inodes_total.saturating_sub(u.inodes_used),
-                inodes_used_pct: u.inodes_used_pct(),
-                blocks_used_pct: u.blocks_used_pct(),
-                allocated: r.allocated,
-                freed: r.freed,
-                net_inodes_per_s: r.net,
-                rate_source: r.source,
-                net_inodes_per_s_last_interval: r.recent,
-                exhaustion_eta_s: j.eta_s,
-                level: j.level.as_str(),
-                inodes_full_blocks_free: j.full_blocks_free,
-                eta_text: j.eta_text(rules),
-                evidence: j.json(rules),
-            }
-        })
-        .collect();
-    let flags: String = out.iter().filter_map(FilesystemRow::flag).collect();
-    let mut section = Section::titled(
-        out,
-        &format!(
+/// A process on a filesystem, as its series name it.
+fn process<'a>(
+    pid: u32,
+    comm: &'a str,
+    mount: &'a str,
+    cgroup: &'a crate::container::InCgroup,
+) -> Process<'a> {
+    Process {
+        pid,
+        comm,
+        mount: Some(mount),
+        container: cgroup.container.as_ref(),
+    }
+}
+
+/// A section of the text: its title, then its table, or a line saying there is nothing.
+fn titled<R: Row>(rows: &[R], title: &str, none: &str) -> String {
+    let body = if rows.is_empty() {
+        format!("  {none}\n")
+    } else {
+        Table::of(rows).render()
+    };
+    format!("{title}\n{body}")
+}
+
+impl InodesReport {
+    /// The filesystems table with its rules in the title, then the signature flags.
+    fn filesystems_text(&self) -> String {
+        let title = format!(
             "FILESYSTEMS (inodes; WARN >= 80% used, CRIT >= 90%, held in every sample of the last {} (full: CRIT at once); \
              NET/S = allocated - freed per second since the start, NOW/S since the last report; \
              EXHAUSTED IN only from sustained growth: {})",
-            human_duration(rules.hold_s),
-            crate::trend::rule(rules.span_s)
-        ),
-        "none with a fixed inode count",
-    );
-    section.text += &flags;
-    section
+            human_duration(self.view.level_hold_s),
+            crate::trend::rule(self.view.trend_span_s)
+        );
+        let mut t = titled(&self.filesystems, &title, "none with a fixed inode count");
+        t.extend(self.filesystems.iter().filter_map(FilesystemRow::flag));
+        t
+    }
+
+    /// The line of a section that has no rows: `none`, or why ext4 attribution is
+    /// unavailable.
+    fn unavailable_or(&self, none: &str) -> String {
+        match self.ext4_attribution.missing() {
+            Some(reason) => format!("unavailable: {reason}"),
+            None => none.into(),
+        }
+    }
 }
 
-impl Inodes {
-    /// Usage of each filesystem with its net rate: from the kernel's counts on ext4,
-    /// else from the change of statvfs's inodes used since the start. Fullest first.
-    pub(super) fn fs_rows(
-        &mut self,
-        mounts: &[Mount],
-        elapsed: f64,
-        caveats: &mut Vec<String>,
-    ) -> Vec<FsRow> {
-        let devs: HashMap<u32, DevCounts> =
-            entries(&self.devs, "per-filesystem", DEV_CAPACITY, caveats)
-                .into_iter()
-                .collect();
-        let mut rows = Vec::new();
-        let fss = self.filesystems(mounts);
-        self.record(&fss);
-        // Per-filesystem state lives as long as the mount: a host that mounts and
-        // unmounts (containers, loop devices) for weeks keeps only the ones mounted
-        // now, and a filesystem mounted again starts afresh.
-        let mounted: HashSet<u32> = fss.iter().map(|f| f.dev).collect();
-        self.start_usage.retain(|dev, _| mounted.contains(dev));
-        self.previous.retain(|dev, _| mounted.contains(dev));
-        for u in fss {
-            // Net inodes since the start, and where they come from.
-            // Counted by the ext4 hooks only when they are attached: without them an
-            // ext4 filesystem's rate comes from statvfs like any other (never zeros
-            // that would look like nothing was allocated).
-            let traced = self.ext4_missing.is_none();
-            let (count, source, allocated, freed, since) = match devs.get(&u.dev) {
-                Some(d) if traced => (
-                    {
-                        // Net since the report clock started (see dev_base).
-                        let b = self.dev_base.get(&u.dev).copied().unwrap_or_default();
-                        d.allocated.saturating_sub(b.allocated) as f64
-                            - d.freed.saturating_sub(b.freed) as f64
-                    },
-                    "ebpf",
-                    Some(d.allocated),
-                    Some(d.freed),
-                    0.0,
-                ),
-                None if traced && u.fstype.starts_with("ext") => {
-                    (0.0, "ebpf", Some(0), Some(0), 0.0)
-                }
-                _ => {
-                    // First seen now when mounted after the start.
-                    let (since, start) = *self
-                        .start_usage
-                        .entry(u.dev)
-                        .or_insert((elapsed, u.inodes_used));
-                    let used = u.inodes_used as f64 - start as f64;
-                    (used, "statvfs", None, None, since)
-                }
-            };
-            let recent = self
-                .previous
-                .insert(u.dev, (elapsed, count))
-                .filter(|(t, _)| elapsed - t > 0.1)
-                .map(|(t, c)| (count - c) / (elapsed - t));
-            let judged = match self.used.get(&u.dev) {
-                Some(series) => judge::judge(&u, series, self.rules),
-                None => judge::judge(&u, &Default::default(), self.rules),
-            };
-            rows.push(FsRow {
-                judged,
-                net: count / (elapsed - since).max(1e-3),
-                recent,
-                source,
-                allocated,
-                freed,
-                u,
-            });
-        }
-        rows.sort_by(|a, b| {
-            b.u.inodes_used_pct()
-                .total_cmp(&a.u.inodes_used_pct())
-                .then(b.net.total_cmp(&a.net))
-        });
-        rows
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Envelope;
 
-    /// Processes with the most net inodes created.
-    pub(super) fn processes(
-        &self,
-        mounts: &[Mount],
-        caveats: &mut Vec<String>,
-    ) -> Section<ProcessRow> {
-        let mut procs = entries(&self.procs, "per-process", PROC_CAPACITY, caveats);
-        procs.retain(|(k, _)| self.target.as_ref().is_none_or(|t| t.dev == k.dev));
-        let net = |v: &ProcCounts| v.allocated as i64 - v.freed as i64;
-        procs.sort_by(|a, b| {
-            net(&b.1)
-                .cmp(&net(&a.1))
-                .then(b.1.allocated.cmp(&a.1.allocated))
-                .then(a.0.tgid.cmp(&b.0.tgid))
-        });
-        procs.truncate(self.top);
-        let rows: Vec<ProcessRow> = (procs.iter())
-            .map(|(k, v)| ProcessRow {
-                pid: k.tgid,
-                comm: comm_str(&v.comm).to_string(),
-                cgroup: cgroup(k.tgid).into(),
-                mount: Self::mount_name(k.dev, mounts),
-                allocated: v.allocated,
-                freed: v.freed,
-                net: net(v),
-            })
-            .collect();
-        let none = match &self.ext4_missing {
-            Some(reason) => format!("unavailable: {reason}"),
-            None => "none: no ext4 inode was allocated or freed".into(),
+    /// The report of prom's fixture, with the rules of a default run.
+    fn fixture() -> (String, Envelope<InodesReport>) {
+        let text = include_str!("../prom/fixtures/inodes.json");
+        let mut r: Envelope<InodesReport> = serde_json::from_str(text).unwrap();
+        r.body.view = View {
+            level_hold_s: 10.0,
+            trend_span_s: 30.0,
         };
-        Section::titled(
-            rows,
-            "\nTOP PROCESSES (ext4 inodes, most net created first; frees count for the process that dropped the last link)",
-            &none,
-        )
-    }
-
-    /// Directories with the most inodes created, resolved to paths; also returns the
-    /// resolved ones as (mount, path), most inodes first, for the hints.
-    pub(super) fn directories(
-        &mut self,
-        mounts: &[Mount],
-        caveats: &mut Vec<String>,
-    ) -> (Section<DirectoryRow>, Vec<(String, String)>) {
-        let mut dirs = entries(&self.dirs, "per-directory", DIR_CAPACITY, caveats);
-        dirs.retain(|(k, _)| self.target.as_ref().is_none_or(|t| t.dev == k.dev));
-        let total: u64 = dirs.iter().map(|(_, v)| v).sum();
-        dirs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.ino.cmp(&b.0.ino)));
-        dirs.truncate(self.top);
-        let wanted: Vec<_> = dirs
-            .iter()
-            .map(|(k, _)| {
-                let mount = mounts
-                    .iter()
-                    .find(|m| m.dev == k.dev)
-                    .map(|m| m.mount.clone());
-                (k.dev, k.ino, mount)
-            })
-            .collect();
-        let resolved = self.resolver.resolve_all(&wanted);
-        let rows: Vec<DirectoryRow> = (dirs.iter().zip(resolved))
-            .map(|((k, n), r)| DirectoryRow {
-                mount: Self::mount_name(k.dev, mounts),
-                path: r.path,
-                path_source: r.source,
-                ino: k.ino,
-                allocated: *n,
-                share_pct: 100.0 * *n as f64 / total.max(1) as f64,
-            })
-            .collect();
-        let top = (rows.iter())
-            .filter(|r| r.path_source != Source::Unresolved)
-            .map(|r| (r.mount.clone(), r.shown()))
-            .collect();
-        let section = Section::titled(
-            rows,
-            "\nTOP DIRECTORIES (where new inodes were created; FROM: syscall = path given to the create and checked by stat, walk = found under the mount, unresolved = inode number)",
-            &match &self.ext4_missing {
-                Some(reason) => format!("unavailable: {reason}"),
-                None => "none".into(),
-            },
-        );
-        (section, top)
-    }
-
-    /// Creates that failed with ENOSPC, per process and filesystem.
-    pub(super) fn failures(
-        &self,
-        mounts: &[Mount],
-        caveats: &mut Vec<String>,
-    ) -> Section<EnospcRow> {
-        let mut rows: Vec<_> = entries(&self.enospc, "ENOSPC", ENOSPC_CAPACITY, caveats)
-            .into_iter()
-            .map(|(k, n)| {
-                let (comm, path) = self.enospc_first.get(&k).cloned().unwrap_or_else(|| {
-                    let comm = procinfo::comm_of(k.tgid).unwrap_or_else(|| "?".into());
-                    (comm, String::new())
-                });
-                let mount = if k.dev != 0 {
-                    Self::mount_name(k.dev, mounts)
-                } else {
-                    // Not an ext4 inode request: the mount that holds the path.
-                    snap::mount_of_path(std::path::Path::new(&path), mounts)
-                        .filter(|_| path.starts_with('/'))
-                        .map(|m| m.mount.display().to_string())
-                        .unwrap_or_else(|| "?".into())
-                };
-                (k, n, comm, path, mount)
-            })
-            .collect();
-        if let Some(t) = &self.target {
-            let tm = t.mount.display().to_string();
-            rows.retain(|(k, _, _, _, mount)| k.dev == t.dev || *mount == tm);
+        for f in &mut r.body.filesystems {
+            f.trend_span_s = 30.0;
         }
-        rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.tgid.cmp(&b.0.tgid)));
-        rows.truncate(self.top);
-        let rows: Vec<EnospcRow> = (rows.into_iter())
-            .map(|(k, count, comm, first_path, mount)| EnospcRow {
-                pid: k.tgid,
-                comm,
-                mount,
-                count,
-                first_path,
-                cgroup: cgroup(k.tgid).into(),
-            })
-            .collect();
-        Section::titled(
-            rows,
-            "\nCREATES FAILED WITH ENOSPC (No space left on device)",
-            "none",
-        )
+        (text.to_string(), r)
+    }
+
+    #[test]
+    fn a_report_writes_back_the_json_it_was_read_from_in_its_order() {
+        let (text, r) = fixture();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            serde_json::to_string(&v).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_text_has_every_section_from_the_report() {
+        let (_, mut r) = fixture();
+        let t = r.body.text();
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("FILESYSTEMS (inodes; WARN >= 80% used, CRIT >= 90%, held in every sample of the last 10.0s (full: CRIT at once);"), "{t}");
+        assert!(
+            lines[0]
+                .contains("EXHAUSTED IN only from sustained growth: >= 10 samples over >= 30.0s"),
+            "{t}"
+        );
+        assert_eq!(
+            lines[2],
+            "/               /dev/vda  ext4    419386/16777216   2.5%     5.5%  +67.3      -  too few samples (5 over 3.0s; needs 10 over 30.0s)  OK",
+            "{t}"
+        );
+        for line in [
+            "TOP PROCESSES (ext4 inodes, most net created first;",
+            "18101  cargo       /            181      0  +181  /\n",
+            "TOP DIRECTORIES (where new inodes were created;",
+            "/      /work/wt-rss/target/release/deps",
+            "CREATES FAILED WITH ENOSPC (No space left on device)",
+            "4242  touch  /tmp/ifull      12  /tmp/ifull/f118\n",
+        ] {
+            assert!(t.contains(line), "{line:?} in\n{t}");
+        }
+        assert!(!t.contains("unavailable") && !t.contains("!!!") && !t.contains("hint:"));
+
+        // Without ext4 attribution: the reason up front and in the empty sections.
+        r.body.ext4_attribution = Ext4Attribution {
+            available: false,
+            reason: Some("ext4 tracepoints missing: why".into()),
+            fallback: Some(super::super::EXT4_FALLBACK.into()),
+        };
+        (r.body.top_processes, r.body.top_directories) = (vec![], vec![]);
+        r.body.filesystems[0].inodes_full_blocks_free = true;
+        r.body.hints = vec!["free some".into()];
+        r.body.caveats = vec!["a caveat".into()];
+        let t = r.body.text();
+        assert!(t.starts_with("ext4 attribution unavailable (ext4 tracepoints missing: why): per-process and per-directory counts are not collected; usage, NET/S and ETA from statvfs"), "{t}");
+        assert_eq!(
+            t.matches("  unavailable: ext4 tracepoints missing: why\n")
+                .count(),
+            2,
+            "{t}"
+        );
+        assert!(
+            t.contains("!!! /: 2% of inodes used while only 5% of blocks are"),
+            "{t}"
+        );
+        assert!(
+            t.ends_with("CREATES FAILED WITH ENOSPC (No space left on device)\n PID  COMM   MOUNT       ENOSPC  FIRST FAILED PATH\n4242  touch  /tmp/ifull      12  /tmp/ifull/f118\nhint: free some\nnote: a caveat\n"),
+            "{t}"
+        );
     }
 }

@@ -2,15 +2,18 @@
 //! text table.
 use std::path::PathBuf;
 
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 
-use super::dirs::Source;
-use crate::output::{Row, serialize_round3, serialize_round3_opt};
+pub use super::dirs::Source;
+use crate::{
+    output::{Row, serialize_round3, serialize_round3_opt},
+    snapshot::Level,
+    trend::TrendReport,
+};
 
 /// A filesystem: an element of `filesystems`, a row of FILESYSTEMS. Percentages and
 /// rates are exact here (the text shows one decimal) and rounded to 3 in JSON.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FilesystemRow {
     pub mount: PathBuf,
     pub device: String,
@@ -24,24 +27,55 @@ pub struct FilesystemRow {
     pub inodes_used_pct: f64,
     #[serde(serialize_with = "serialize_round3")]
     pub blocks_used_pct: f64,
+    /// Inodes the ext4 hooks counted (None where they do not count: not ext4, or no
+    /// hooks).
     pub allocated: Option<u64>,
     pub freed: Option<u64>,
+    /// Allocated - freed per second since the start (or since it was mounted).
     #[serde(serialize_with = "serialize_round3")]
     pub net_inodes_per_s: f64,
-    pub rate_source: &'static str,
+    pub rate_source: RateSource,
+    /// As `net_inodes_per_s`, since the previous report (None in the first).
     #[serde(serialize_with = "serialize_round3_opt")]
     pub net_inodes_per_s_last_interval: Option<f64>,
+    /// Time until no inode is free: 0 when full, else only from sustained growth.
     #[serde(serialize_with = "serialize_round3_opt")]
     pub exhaustion_eta_s: Option<f64>,
-    pub level: &'static str,
+    pub level: Level,
+    /// Inodes (nearly) full while most blocks are free: the Sentry signature.
     pub inodes_full_blocks_free: bool,
-    /// The EXHAUSTED IN column (text only).
-    #[serde(skip)]
-    pub eta_text: String,
-    /// The evidence behind the level and the ETA (judge::Judged::json), its keys
-    /// after the others.
+    /// The evidence behind the level and the ETA, its keys after the others.
     #[serde(flatten)]
-    pub evidence: Value,
+    pub evidence: Evidence,
+    /// `--trend-span`, seconds: the EXHAUSTED IN column says what a trend lacks
+    /// against it (text only).
+    #[serde(skip)]
+    pub trend_span_s: f64,
+}
+
+/// Where a filesystem's net rate comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateSource {
+    /// Counted by the ext4 hooks.
+    Ebpf,
+    /// The change of statvfs's inodes used.
+    Statvfs,
+}
+
+/// What a filesystem's level and ETA rest on (see judge.rs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Lowest inodes used over the hold window, the reading now included.
+    pub level_floor_inodes_used: u64,
+    /// Samples the floor was taken over, and the time they cover.
+    pub level_floor_samples: usize,
+    #[serde(serialize_with = "serialize_round3")]
+    pub level_floor_span_s: f64,
+    /// `--level-hold`, seconds.
+    pub level_hold_s: f64,
+    /// The growth judged over the samples, with its rule.
+    pub trend: TrendReport,
 }
 
 impl FilesystemRow {
@@ -86,14 +120,18 @@ impl Row for FilesystemRow {
             self.net_inodes_per_s_last_interval
                 .map(|v| format!("{v:+.1}"))
                 .unwrap_or_else(|| "-".into()),
-            self.eta_text.clone(),
-            self.level.to_uppercase(),
+            super::judge::eta_text(
+                self.exhaustion_eta_s,
+                &self.evidence.trend,
+                self.trend_span_s,
+            ),
+            self.level.as_str().to_uppercase(),
         ]
     }
 }
 
 /// A process creating inodes: an element of `top_processes`, a row of TOP PROCESSES.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProcessRow {
     pub pid: u32,
     pub comm: String,
@@ -131,7 +169,7 @@ impl Row for ProcessRow {
 
 /// A directory where inodes were created: an element of `top_directories`, a row of
 /// TOP DIRECTORIES.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DirectoryRow {
     pub mount: String,
     pub path: Option<PathBuf>,
@@ -168,7 +206,7 @@ impl Row for DirectoryRow {
 
 /// A process whose creates failed with ENOSPC on a filesystem: an element of
 /// `enospc`, a row of CREATES FAILED WITH ENOSPC.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EnospcRow {
     pub pid: u32,
     pub comm: String,
@@ -205,10 +243,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::trend::Trend;
 
-    #[test]
-    fn filesystem_json_appends_the_evidence_and_rounds() {
-        let r = FilesystemRow {
+    /// A filesystem row on /data, its trend too short to judge.
+    fn row() -> FilesystemRow {
+        FilesystemRow {
             mount: "/data".into(),
             device: "/dev/loop0".into(),
             fstype: "ext4".into(),
@@ -221,14 +260,30 @@ mod tests {
             allocated: Some(5),
             freed: None,
             net_inodes_per_s: 0.1 + 0.2,
-            rate_source: "ebpf",
+            rate_source: RateSource::Ebpf,
             net_inodes_per_s_last_interval: None,
             exhaustion_eta_s: Some(10.0004),
-            level: "warn",
+            level: Level::Warn,
             inodes_full_blocks_free: false,
-            eta_text: "10.0s".into(),
-            evidence: json!({"level_floor_inodes_used": 2, "trend": null}),
-        };
+            evidence: Evidence {
+                level_floor_inodes_used: 2,
+                level_floor_samples: 4,
+                level_floor_span_s: 3.00049,
+                level_hold_s: 10.0,
+                trend: Trend::TooFewSamples {
+                    samples: 4,
+                    span_s: 3.00049,
+                }
+                .report(30.0),
+            },
+            trend_span_s: 30.0,
+        }
+    }
+
+    #[test]
+    fn filesystem_json_appends_the_evidence_and_rounds() {
+        let r = row();
+        let rule = crate::trend::rule(30.0);
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             json!({"mount": "/data", "device": "/dev/loop0", "fstype": "ext4", "dev": "7:0",
@@ -237,8 +292,22 @@ mod tests {
                    "allocated": 5, "freed": null, "net_inodes_per_s": 0.3, "rate_source": "ebpf",
                    "net_inodes_per_s_last_interval": null, "exhaustion_eta_s": 10.0,
                    "level": "warn", "inodes_full_blocks_free": false,
-                   "level_floor_inodes_used": 2, "trend": null})
+                   "level_floor_inodes_used": 2, "level_floor_samples": 4,
+                   "level_floor_span_s": 3.0, "level_hold_s": 10.0,
+                   "trend": {"state": "too_few_samples", "growing": false, "samples": 4,
+                             "span_s": 3.0, "rate_per_s": null, "rule": rule}})
             .to_string()
+        );
+        // It reads back as written (the text-only span excepted).
+        let back: FilesystemRow =
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(
+            (
+                back.evidence.level_floor_span_s,
+                back.level,
+                back.trend_span_s
+            ),
+            (3.0, Level::Warn, 0.0)
         );
         assert_eq!(
             r.cells(),
@@ -255,31 +324,31 @@ mod tests {
                 "WARN"
             ]
         );
+        // Without an ETA, the column says what the trend lacks for the --trend-span.
+        let r = FilesystemRow {
+            exhaustion_eta_s: None,
+            ..row()
+        };
+        assert_eq!(
+            r.cells()[8],
+            "too few samples (4 over 3.0s; needs 10 over 30.0s)"
+        );
     }
 
     #[test]
     fn the_full_with_blocks_free_flag_only_on_such_rows() {
         let mut r = FilesystemRow {
-            mount: "/data".into(),
-            device: "/dev/loop0".into(),
-            fstype: "ext4".into(),
-            dev: "7:0".into(),
             inodes_total: 100,
             inodes_used: 100,
             inodes_free: 0,
             inodes_used_pct: 100.0,
             blocks_used_pct: 3.4,
-            allocated: None,
-            freed: None,
-            net_inodes_per_s: 0.0,
-            rate_source: "statvfs",
-            net_inodes_per_s_last_interval: None,
-            exhaustion_eta_s: Some(0.0),
-            level: "crit",
+            level: Level::Crit,
             inodes_full_blocks_free: true,
-            eta_text: "now (full)".into(),
-            evidence: json!({}),
+            exhaustion_eta_s: Some(0.0),
+            ..row()
         };
+        assert_eq!(r.cells()[8], "now (full)");
         assert_eq!(
             r.flag().as_deref(),
             Some(

@@ -353,7 +353,7 @@ fn values_come_from_the_reports_fields_in_base_units() {
 
     let root = "{mount=\"/\",device=\"/dev/vda\",fstype=\"ext4\"}";
     assert_values(
-        &render("inodes", &fixture("inodes")),
+        &inodes_with(|_| {}),
         &[
             (
                 &format!("tracer_inodes_filesystem_inodes_used{root}"),
@@ -451,6 +451,71 @@ fn per_process_and_per_path_series_are_a_bounded_top_n() {
         (&crate::tcp::metrics::HOLDER_BYTES, crate::tcp::metrics::TOP),
     ] {
         assert!(m.help.contains(&format!(" {n} ")), "{}: {}", m.name, m.help);
+    }
+}
+
+/// The inodes fixture as its typed report, changed by `edit`, as Prometheus text.
+fn inodes_with(edit: impl FnOnce(&mut Envelope<crate::inodes::InodesReport>)) -> String {
+    let (_, text) = FIXTURES.iter().find(|(c, _)| *c == "inodes").unwrap();
+    let mut r: Envelope<crate::inodes::InodesReport> = serde_json::from_str(text).unwrap();
+    edit(&mut r);
+    let e = Emitted {
+        header: r.header,
+        body: std::sync::Arc::new(r.body),
+    };
+    super::render(&[&e])
+}
+
+#[test]
+fn inodes_series_name_each_filesystem_process_and_directory() {
+    let text = inodes_with(|r| {
+        let f = &mut r.body.filesystems[0];
+        f.level = crate::snapshot::Level::Crit;
+        (f.inodes_full_blocks_free, f.exhaustion_eta_s) = (true, Some(0.0));
+        r.body.top_directories[1].path = None;
+        r.body.state_evicted.enospc_paths = 3;
+    });
+    assert_eq!(promtool(&text), "", "{text}");
+    let root = "{mount=\"/\",device=\"/dev/vda\",fstype=\"ext4\"}";
+    let cgroupfs = "{mount=\"/sys/fs/cgroup\",device=\"tmpfs\",fstype=\"tmpfs\"}";
+    assert_values(
+        &text,
+        &[
+            (&format!("tracer_inodes_filesystem_severity{root}"), 2.0),
+            (&format!("tracer_inodes_full_blocks_free{root}"), 1.0),
+            (&format!("tracer_inodes_exhaustion_eta_seconds{root}"), 0.0),
+            (&format!("tracer_inodes_growth_per_second{root}"), 67.31),
+            (&format!("tracer_inodes_freed_total{root}"), 67.0),
+            (&format!("tracer_inodes_filesystem_severity{cgroupfs}"), 0.0),
+            (
+                &format!("tracer_inodes_filesystem_inodes{cgroupfs}"),
+                3085448.0,
+            ),
+            (
+                "tracer_inodes_process_net_inodes{pid=\"18101\",comm=\"cargo\",mount=\"/\"}",
+                181.0,
+            ),
+            (
+                "tracer_inodes_directory_allocated_inodes{mount=\"/\",path=\"/work/wt-rss/target/release/deps\"}",
+                16.0,
+            ),
+            // An unresolved directory: no path label.
+            (
+                "tracer_inodes_directory_allocated_inodes{mount=\"/\"}",
+                31.0,
+            ),
+            (
+                "tracer_state_evicted_total{detector=\"inodes\",state=\"enospc_paths\"}",
+                3.0,
+            ),
+        ],
+    );
+    // Not counted on tmpfs (statvfs): no series, never a made-up 0; no ETA: none.
+    for absent in [
+        format!("tracer_inodes_allocated_total{cgroupfs}"),
+        format!("tracer_inodes_exhaustion_eta_seconds{cgroupfs}"),
+    ] {
+        assert!(!text.contains(&absent), "{absent}\n{text}");
     }
 }
 

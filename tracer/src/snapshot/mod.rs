@@ -7,7 +7,9 @@ pub mod inodes;
 pub mod tcpmem;
 
 /// A USE-style verdict on a measured value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Ok,
@@ -33,6 +35,10 @@ impl Level {
             Level::Warn => "warn",
             Level::Crit => "crit",
         }
+    }
+
+    pub fn severity(self) -> i64 {
+        self as i64
     }
 }
 
