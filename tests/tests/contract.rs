@@ -6,7 +6,9 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tracer::{detectors, report::Emitted, run, sink::Sink, zombies::ZombiesReport};
+use tracer::{
+    cgroups::CgroupsReport, detectors, report::Emitted, run, sink::Sink, zombies::ZombiesReport,
+};
 use tracer_tests::{
     Finished, Header, assert_none_loaded, http::promtool_problems, require_root, run_tracer,
     run_tracer_unprivileged, run_tracer_without_tracepoints, serial, typed,
@@ -308,12 +310,11 @@ fn one_load_drives_several_detectors() {
             .unwrap_or_else(|| panic!("no {c} report: {reports:?}"))
     };
     let z = typed::<ZombiesReport>(of("zombies"));
-    let c = of("cgroups");
+    let c = typed::<CgroupsReport>(of("cgroups"));
     assert!(z.exits >= 1, "{z:?}");
-    assert!(c["created"].as_u64().unwrap() >= 1, "{c}");
-    assert!(c["removed"].as_u64().unwrap() >= 1, "{c}");
-    let cheader: Header = serde_json::from_value(c.clone()).unwrap();
-    for h in [&z.header, &cheader] {
+    assert!(c.created >= 1, "{c:?}");
+    assert!(c.removed >= 1, "{c:?}");
+    for h in [&z.header, &c.header] {
         assert!(h.final_);
         assert_eq!(h.bad_records, 0, "{h:?}");
         assert_eq!(h.lost_events, 0, "{h:?}");
