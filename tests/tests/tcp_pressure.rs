@@ -7,12 +7,47 @@
 //! share the push helper above and belong together.
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use tracer::{
+    snapshot::tcpmem::TcpMem,
+    tcp::{LatencyUs, Look, SendLatency, Source, TcpPressureReport},
+};
 use tracer_tests::{
-    Incident, TcpMemGuard, TracefsWithout, Tracer, assert_none_loaded, helper_bin,
+    Envelope, Incident, TcpMemGuard, TracefsWithout, Tracer, assert_none_loaded, helper_bin,
     loaded_program_names, loopback_exchange, matrix_kernel, read_tcp_mem, require_root, run_tracer,
     run_tracer_env, serial, tcp_under_pressure, tcpext, wait_for,
 };
+
+/// A tcp-pressure report as the tracer wrote it, read into its type.
+type Report = Envelope<TcpPressureReport>;
+
+/// A report (or part of one) as JSON, for failure messages.
+fn show(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).expect("a report serializes")
+}
+
+/// Send latency during pressure and outside it; None where sends are not timed.
+fn timed(r: &TcpPressureReport) -> Option<(&LatencyUs, &LatencyUs)> {
+    match &r.send_latency_us {
+        SendLatency::Measured {
+            pressure, normal, ..
+        } => Some((pressure, normal)),
+        SendLatency::NotMeasured { .. } => None,
+    }
+}
+
+/// Send latency during pressure; panics where sends are not timed.
+fn during_pressure(r: &TcpPressureReport) -> &LatencyUs {
+    timed(r)
+        .unwrap_or_else(|| panic!("sends are not timed: {}", show(&r.send_latency_us)))
+        .0
+}
+
+/// Send latency outside pressure; panics where sends are not timed.
+fn outside_pressure(r: &TcpPressureReport) -> &LatencyUs {
+    timed(r)
+        .unwrap_or_else(|| panic!("sends are not timed: {}", show(&r.send_latency_us)))
+        .1
+}
 
 /// The kernel path the tracer must take for pressure edges and send latency here:
 /// this machine refuses fentry and has no kprobes; the stock kernels allow fentry.
@@ -39,8 +74,8 @@ fn assert_detached() {
 /// 256`: every report (interval and final) and the helper's pid. tcp_mem is restored
 /// (and checked) and the programs are gone when this returns.
 struct Pushed {
-    during: Vec<Value>,
-    report: Value,
+    during: Vec<Report>,
+    report: Report,
     helper: u32,
 }
 
@@ -68,17 +103,12 @@ fn push_under_low_tcp_mem_env(extra: &[&str], env: &[(&str, &str)]) -> Pushed {
         wait_for(30, "TCPMemoryPressures to grow", || {
             (tcpext("TCPMemoryPressures") > entered).then_some(())
         });
-        tracer.report_where(Duration::from_secs(60), |x| {
-            x["tcp_mem"] == lowered()
-                && x["pressure_now"] == true
-                && x["episodes"]
-                    .as_array()
-                    .is_some_and(|e| e.iter().any(|e| e["duration_ms"].is_null()))
-                && x["refusals"].as_u64().unwrap_or(0) > 0
-                && x["send_latency_us"]["pressure"]["count"]
-                    .as_u64()
-                    .unwrap_or(0)
-                    > 0
+        tracer.report_as_where::<TcpPressureReport>(Duration::from_secs(60), |x| {
+            x.tcp_mem == lowered()
+                && x.pressure_now
+                && x.episodes.iter().any(|e| e.duration_ms.is_none())
+                && x.refusals > 0
+                && timed(x).is_some_and(|(p, _)| p.count > 0)
         });
         // Stop pushing, free the sockets and restore tcp_mem: the kernel leaves
         // pressure at the next socket-memory release under "low" (per-CPU caching
@@ -91,7 +121,7 @@ fn push_under_low_tcp_mem_env(extra: &[&str], env: &[(&str, &str)]) -> Pushed {
             (!tcp_under_pressure()).then_some(())
         });
         // A report after the end: the tracer has sampled the kernel out of pressure.
-        tracer.report_where(Duration::from_secs(60), |x| x["pressure_now"] == false);
+        tracer.report_as_where::<TcpPressureReport>(Duration::from_secs(60), |x| !x.pressure_now);
         tracer.interrupt()
     };
     // The guard put tcp_mem back.
@@ -99,14 +129,18 @@ fn push_under_low_tcp_mem_env(extra: &[&str], env: &[(&str, &str)]) -> Pushed {
     assert_detached();
     assert!(out.status.success(), "tracer failed: {}", out.stderr);
     Pushed {
-        during: out.reports(),
-        report: out.final_report(),
+        during: out.reports_as(),
+        report: out.final_as(),
         helper,
     }
 }
 
-fn lowered() -> Value {
-    serde_json::json!({"low": 64, "pressure": 128, "high": 256})
+fn lowered() -> TcpMem {
+    TcpMem {
+        low: 64,
+        pressure: 128,
+        high: 256,
+    }
 }
 
 #[test]
@@ -119,46 +153,45 @@ fn pressure_episode_names_the_pushing_process_and_its_latency() {
         helper,
     } = push_under_low_tcp_mem(&[]);
     let r = &report;
-    assert_eq!(r["command"], "tcp-pressure");
-    assert_eq!(r["lost_events"], 0, "{r}");
+    assert_eq!(r.header.command, "tcp-pressure");
+    assert_eq!(r.header.lost_events, 0, "{}", show(r));
     // The triple the test set, as the reports saw it while it was in force.
     let set = lowered();
     assert!(
-        during
-            .iter()
-            .any(|x| x["final"] == false && x["tcp_mem"] == set),
+        during.iter().any(|x| !x.header.final_ && x.tcp_mem == set),
         "no interval report saw the lowered tcp_mem"
     );
     // At least one episode, with the lowered limits crossed.
-    let eps = r["episodes"].as_array().expect("episodes");
-    assert!(!eps.is_empty(), "no episode: {r}");
-    assert!(
-        eps.iter().any(|e| e["peak_pages"].as_u64().unwrap() > 128),
-        "{eps:?}"
-    );
-    assert!(eps.iter().all(|e| e["tcp_mem"] == set), "{eps:?}");
+    let eps = &r.episodes;
+    assert!(!eps.is_empty(), "no episode: {}", show(r));
+    assert!(eps.iter().any(|e| e.peak_pages > 128), "{}", show(eps));
+    assert!(eps.iter().all(|e| e.tcp_mem == Some(set)), "{}", show(eps));
     // While it was on, interval reports said so, with the episode still open.
     assert!(
-        during.iter().any(|x| x["final"] == false
-            && x["pressure_now"] == true
-            && x["warning"]
-                .as_str()
+        during.iter().any(|x| !x.header.final_
+            && x.pressure_now
+            && x.warning
+                .as_deref()
                 .is_some_and(|w| w.starts_with("TCP memory pressure NOW"))
-            && x["episodes"]
-                .as_array()
-                .is_some_and(|e| e.iter().any(|e| e["duration_ms"].is_null()))),
+            && x.episodes.iter().any(|e| e.duration_ms.is_none())),
         "no interval report saw the episode open"
     );
-    assert!(r["mem_pages"]["peak"].as_u64().unwrap() > 128);
+    assert!(r.mem_pages.peak > 128);
     // The helper is the top culprit. On loopback the kernel force-charges the sends
     // and refuses the receiving sockets (the helper's, which never read): the
     // refusals are found by socket cookie and counted for the socket's owner.
-    let top = &r["culprits"][0];
-    assert_eq!(top["pid"], helper, "top culprit is not the helper: {r}");
+    let top = (r.culprits.first())
+        .unwrap_or_else(|| panic!("top culprit is not the helper: {}", show(r)));
+    assert_eq!(
+        top.pid,
+        helper,
+        "top culprit is not the helper: {}",
+        show(r)
+    );
     // Softirq runs refusals on a kernel thread's stack (ksoftirqd) or whoever it
     // interrupted: a kernel thread is a bystander, never a culprit.
-    for c in r["culprits"].as_array().unwrap() {
-        let pid = c["pid"].as_u64().unwrap();
+    for c in &r.culprits {
+        let pid = c.pid;
         let flags: u64 = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|s| {
@@ -169,66 +202,69 @@ fn pressure_episode_names_the_pushing_process_and_its_latency() {
         assert_eq!(
             flags & 0x0020_0000,
             0,
-            "kernel thread named as a culprit: {c}"
+            "kernel thread named as a culprit: {}",
+            show(c)
         );
     }
-    assert!(top["refusals"].as_u64().unwrap() > 0, "{top}");
-    assert_eq!(top["comm"], "incident_tcp");
-    assert!(top["kind"].as_str().unwrap().contains("recv"), "{top}");
-    assert!(top["sockets"].as_u64().unwrap() >= 1, "{top}");
-    assert!(top["cgroup"].as_str().unwrap().starts_with('/'));
-    assert!(r["refusals"].as_u64().unwrap() >= top["refusals"].as_u64().unwrap());
+    assert!(top.refusals > 0, "{}", show(top));
+    assert_eq!(top.comm, "incident_tcp");
+    assert!(top.kind.contains("recv"), "{}", show(top));
+    assert!(top.sockets >= 1, "{}", show(top));
+    assert!(top.cgroup.cgroup.starts_with('/'));
+    assert!(r.refusals >= top.refusals);
     // Its sockets held the most memory when the tracer looked during the episode.
-    let holder = &r["holders"][0];
-    assert_eq!(holder["pid"], helper, "top holder: {r}");
-    assert!(holder["sockets"].as_u64().unwrap() >= 1, "{holder}");
-    assert!(holder["held_bytes"].as_u64().unwrap() > 0, "{holder}");
-    assert_eq!(holder["comm"], "incident_tcp");
-    assert_eq!(r["top_sockets"]["source"], "sock_diag");
-    assert_ne!(r["top_sockets"]["when"], "now");
+    let holder = (r.holders.first()).unwrap_or_else(|| panic!("top holder: {}", show(r)));
+    assert_eq!(holder.pid, helper, "top holder: {}", show(r));
+    assert!(holder.sockets >= 1, "{}", show(holder));
+    assert!(holder.held_bytes > 0, "{}", show(holder));
+    assert_eq!(holder.comm, "incident_tcp");
+    assert_eq!(r.top_sockets.source, Source::SockDiag);
+    assert_ne!(r.top_sockets.when, Look::Now);
     // Send latency was measured during pressure, with real percentiles.
-    let p = &r["send_latency_us"]["pressure"];
-    assert!(p["count"].as_u64().unwrap() > 0, "{p}");
-    assert!(p["max"].as_f64().unwrap() >= p["p99"].as_f64().unwrap());
-    assert!(p["p99"].as_f64().unwrap() >= p["p50"].as_f64().unwrap());
-    assert!(p["p50"].as_f64().unwrap() > 0.0);
+    let p = during_pressure(r);
+    assert!(p.count > 0, "{}", show(p));
+    assert!(p.max >= p.p99);
+    assert!(p.p99 >= p.p50);
+    assert!(p.p50 > 0.0);
     // Drops are counted by name (the table comes from the kernel's format file).
-    assert!(r["drops"].get("PROTO_MEM").is_some(), "{}", r["drops"]);
-    // Advice is computed from the measured peak, not applied.
-    let adv = &r["advice"];
     assert!(
-        adv["sysctl"][0]
-            .as_str()
-            .unwrap()
-            .starts_with("sysctl -w net.ipv4.tcp_mem="),
-        "{adv}"
+        r.drops.as_ref().and_then(|d| d.get("PROTO_MEM")).is_some(),
+        "{}",
+        show(&r.drops)
+    );
+    // Advice is computed from the measured peak, not applied.
+    let adv = &r.advice;
+    assert!(
+        adv.sysctl
+            .first()
+            .is_some_and(|l| l.starts_with("sysctl -w net.ipv4.tcp_mem=")),
+        "{}",
+        show(adv)
     );
     // The kernel path taken on this kernel of the matrix, in `paths` and in `path`.
     let (edges, send) = expected_paths();
+    assert_eq!(r.paths.pressure_edges.path, edges, "{}", show(&r.paths));
     assert_eq!(
-        r["paths"]["pressure_edges"]["path"], edges,
+        r.paths.send_latency.path.as_deref(),
+        Some(send),
         "{}",
-        r["paths"]
+        show(&r.paths)
     );
-    assert_eq!(r["paths"]["send_latency"]["path"], send, "{}", r["paths"]);
     // The same paths in the common `hooks` every report carries (and the metrics
     // expose as tracer_hook_path), `none` where the detector samples instead.
     let via = |choice: &str| {
-        r["hooks"]["paths"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["choice"] == choice)
-            .map(|p| p["path"].clone())
-            .unwrap_or_else(|| panic!("{choice} not in {}", r["hooks"]))
+        (r.header.hooks.paths.iter())
+            .find(|p| p.choice == choice)
+            .map(|p| p.path.clone())
+            .unwrap_or_else(|| panic!("{choice} not in {}", show(&r.header.hooks)))
     };
     assert_eq!(
         via("pressure edges"),
         if edges == "sampling" { "none" } else { edges }
     );
     assert_eq!(via("send latency"), send);
-    assert_eq!(r["send_latency_us"]["measured"], true);
-    let path = r["path"].as_str().unwrap();
+    assert!(matches!(r.send_latency_us, SendLatency::Measured { .. }));
+    let path = r.path.as_str();
     if edges == "sampling" {
         assert!(path.starts_with("tracepoints + 10 Hz sampling"), "{path}");
         assert!(
@@ -248,14 +284,19 @@ fn pressure_episode_names_the_pushing_process_and_its_latency() {
         // socket whose allocation crossed the limit: the helper's.
         let ep = eps
             .iter()
-            .find(|e| e["started_by"] == "tcp_enter_memory_pressure")
-            .unwrap_or_else(|| panic!("no episode from the kernel's entry edge: {eps:?}"));
-        assert_eq!(ep["end_exact"], true, "{ep}");
-        assert!(ep["duration_ms"].as_u64().is_some(), "{ep}");
-        let who = &ep["entered_by"];
-        assert!(who["cookie"].as_u64().unwrap() != 0, "{ep}");
-        assert_eq!(who["socket_owner_pid"], helper, "{ep}");
-        assert_eq!(who["socket_owner_comm"], "incident_tcp", "{ep}");
+            .find(|e| e.started_by == "tcp_enter_memory_pressure")
+            .unwrap_or_else(|| panic!("no episode from the kernel's entry edge: {}", show(eps)));
+        assert!(ep.end_exact, "{}", show(ep));
+        assert!(ep.duration_ms.is_some(), "{}", show(ep));
+        let who = (ep.entered_by.as_ref()).unwrap_or_else(|| panic!("{}", show(ep)));
+        assert!(who.cookie != 0, "{}", show(ep));
+        assert_eq!(who.socket_owner_pid, Some(helper), "{}", show(ep));
+        assert_eq!(
+            who.socket_owner_comm.as_deref(),
+            Some("incident_tcp"),
+            "{}",
+            show(ep)
+        );
     }
 }
 
@@ -265,35 +306,35 @@ fn classic_tracepoint_fallback_counts_every_refusal() {
     let _s = serial();
     let Pushed { report: r, .. } =
         push_under_low_tcp_mem(&["--no-socket-cookies", "--top", "1000"]);
-    assert_eq!(r["lost_events"], 0, "{r}");
+    assert_eq!(r.header.lost_events, 0, "{}", show(&r));
     assert!(
-        r["path"]
-            .as_str()
-            .unwrap()
+        r.path
             .contains("refusals from sock:sock_exceed_buf_limit (no socket"),
         "{}",
-        r["path"]
+        r.path
     );
-    let refusals = r["refusals"].as_u64().unwrap();
-    assert!(refusals > 0, "{r}");
+    let refusals = r.refusals;
+    assert!(refusals > 0, "{}", show(&r));
     // Without socket cookies every refusal is the current task's, and every one the
     // kernel counted reached a culprit row.
-    let culprits = r["culprits"].as_array().unwrap();
-    let sum: u64 = culprits
-        .iter()
-        .map(|c| c["refusals"].as_u64().unwrap())
-        .sum();
-    assert_eq!(sum, refusals, "{r}");
+    let culprits = &r.culprits;
+    let sum: u64 = culprits.iter().map(|c| c.refusals).sum();
+    assert_eq!(sum, refusals, "{}", show(&r));
     assert!(
         culprits
             .iter()
-            .all(|c| c["by_current_task"] == c["refusals"] && c["sockets"] == 0),
-        "{r}"
+            .all(|c| c.by_current_task == c.refusals && c.sockets == 0),
+        "{}",
+        show(&r)
     );
     // The limits in the kernel's records are the ones the test set.
-    let eps = r["episodes"].as_array().unwrap();
-    assert!(!eps.is_empty(), "{r}");
-    assert!(eps.iter().all(|e| e["tcp_mem"] == lowered()), "{eps:?}");
+    let eps = &r.episodes;
+    assert!(!eps.is_empty(), "{}", show(&r));
+    assert!(
+        eps.iter().all(|e| e.tcp_mem == Some(lowered())),
+        "{}",
+        show(eps)
+    );
 }
 
 #[test]
@@ -303,39 +344,38 @@ fn without_fentry_the_kprobe_or_tracepoint_fallback_is_named_and_works() {
     let Pushed {
         report: r, helper, ..
     } = push_under_low_tcp_mem_env(&[], &[("TRACER_AVOID_PATHS", "fentry")]);
-    assert_eq!(r["lost_events"], 0, "{r}");
-    let eps = r["episodes"].as_array().expect("episodes");
-    assert!(!eps.is_empty(), "no episode: {r}");
-    let edges = &r["paths"]["pressure_edges"];
+    assert_eq!(r.header.lost_events, 0, "{}", show(&r));
+    let eps = &r.episodes;
+    assert!(!eps.is_empty(), "no episode: {}", show(&r));
+    let edges = &r.paths.pressure_edges;
+    let detail = (edges.detail.as_deref()).unwrap_or_else(|| panic!("no detail: {}", show(edges)));
     assert!(
-        edges["detail"]
-            .as_str()
-            .unwrap()
-            .contains("fentry: avoided (TRACER_AVOID_PATHS)"),
-        "{edges}"
+        detail.contains("fentry: avoided (TRACER_AVOID_PATHS)"),
+        "{}",
+        show(edges)
     );
     // Send latency during the episode, whatever path timed it.
-    assert!(
-        r["send_latency_us"]["pressure"]["count"].as_u64().unwrap() > 0,
-        "{r}"
+    assert!(during_pressure(&r).count > 0, "{}", show(&r));
+    assert_eq!(
+        r.culprits.first().map(|c| c.pid),
+        Some(helper),
+        "{}",
+        show(&r)
     );
-    assert_eq!(r["culprits"][0]["pid"], helper, "{r}");
     if matrix_kernel() == "host" {
         // No kprobes here: the tracepoint path, named.
-        assert_eq!(edges["path"], "sampling", "{edges}");
-        assert_eq!(r["paths"]["send_latency"]["path"], "tracepoints");
+        assert_eq!(edges.path, "sampling", "{}", show(edges));
+        assert_eq!(r.paths.send_latency.path.as_deref(), Some("tracepoints"));
         assert!(
-            edges["detail"]
-                .as_str()
-                .unwrap()
-                .contains("kprobe: this kernel has no kprobes"),
-            "{edges}"
+            detail.contains("kprobe: this kernel has no kprobes"),
+            "{}",
+            show(edges)
         );
     } else {
         // kprobes on the stock kernels: exact edges, the entering task but no socket.
-        assert_eq!(edges["path"], "kprobe", "{edges}");
-        assert_eq!(r["paths"]["send_latency"]["path"], "kprobe");
-        let path = r["path"].as_str().unwrap();
+        assert_eq!(edges.path, "kprobe", "{}", show(edges));
+        assert_eq!(r.paths.send_latency.path.as_deref(), Some("kprobe"));
+        let path = r.path.as_str();
         assert!(
             path.starts_with("kprobe on tcp_enter/leave_memory_pressure"),
             "{path}"
@@ -346,11 +386,12 @@ fn without_fentry_the_kprobe_or_tracepoint_fallback_is_named_and_works() {
         );
         let ep = eps
             .iter()
-            .find(|e| e["started_by"] == "tcp_enter_memory_pressure")
-            .unwrap_or_else(|| panic!("no episode from the kernel's entry edge: {eps:?}"));
-        assert_eq!(ep["end_exact"], true, "{ep}");
-        assert_eq!(ep["entered_by"]["cookie"], 0, "{ep}");
-        assert!(ep["entered_by"]["pid"].as_u64().unwrap() > 0, "{ep}");
+            .find(|e| e.started_by == "tcp_enter_memory_pressure")
+            .unwrap_or_else(|| panic!("no episode from the kernel's entry edge: {}", show(eps)));
+        assert!(ep.end_exact, "{}", show(ep));
+        let who = (ep.entered_by.as_ref()).unwrap_or_else(|| panic!("{}", show(ep)));
+        assert_eq!(who.cookie, 0, "{}", show(ep));
+        assert!(who.pid > 0, "{}", show(ep));
     }
 }
 
@@ -364,26 +405,33 @@ fn where_nothing_can_time_sends_the_report_says_so() {
         &[("TRACER_AVOID_PATHS", "fentry,kprobe")],
     );
     assert!(out.status.success(), "{}", out.stderr);
-    let r = out.final_report();
-    let lat = &r["send_latency_us"];
+    let r: Report = out.final_as();
     if matrix_kernel() == "6.1" {
-        assert_eq!(lat["measured"], false, "{r}");
-        assert!(lat.get("normal").is_none(), "no made-up histogram: {lat}");
-        let why = lat["why"].as_str().unwrap();
+        // Not measured, and no made-up histogram: that shape has none.
+        let SendLatency::NotMeasured { why, .. } = &r.send_latency_us else {
+            panic!("sends timed where nothing can: {}", show(&r));
+        };
+        let why = why
+            .as_deref()
+            .unwrap_or_else(|| panic!("no why: {}", show(&r)));
         assert!(
             why.starts_with("send latency cannot be measured on this kernel")
                 && why.contains("tracepoint sock:sock_send_length is missing"),
             "{why}"
         );
-        assert!(
-            r["path"]
-                .as_str()
-                .unwrap()
-                .contains("send latency from nothing (not measured)")
-        );
+        assert!(r.path.contains("send latency from nothing (not measured)"));
     } else {
-        assert_eq!(lat["measured"], true, "{r}");
-        assert_eq!(r["paths"]["send_latency"]["path"], "tracepoints", "{r}");
+        assert!(
+            matches!(r.send_latency_us, SendLatency::Measured { .. }),
+            "{}",
+            show(&r)
+        );
+        assert_eq!(
+            r.paths.send_latency.path.as_deref(),
+            Some("tracepoints"),
+            "{}",
+            show(&r)
+        );
     }
     // With every path avoided, on any kernel: said in the text report too.
     let out = run_tracer_env(
@@ -427,10 +475,19 @@ fn a_kfree_skb_without_the_reason_field_is_named_and_drops_are_not_counted() {
     let view = TracefsWithout::new(&[]).without_field("skb", "kfree_skb", "reason");
     let out = run_tracer_env(&["tcp-pressure", "-d", "1s", "--json"], &view.env());
     assert!(out.status.success(), "{}", out.stderr);
-    let r = out.final_report();
-    assert!(r["drops"].is_null(), "drops must be unknown, not zero: {r}");
-    let caveats = r["caveats"].to_string();
-    assert!(caveats.contains("skb:kfree_skb is missing"), "{caveats}");
+    let r: Report = out.final_as();
+    assert!(
+        r.drops.is_none(),
+        "drops must be unknown, not zero: {}",
+        show(&r)
+    );
+    assert!(
+        r.caveats
+            .iter()
+            .any(|c| c.contains("skb:kfree_skb is missing")),
+        "{:?}",
+        r.caveats
+    );
     assert!(
         out.stderr
             .contains("tracepoint skb:kfree_skb has no field `reason` on this kernel"),
@@ -483,61 +540,62 @@ fn early_warning_at_80_percent_of_the_pressure_threshold() {
     let (r, all) = {
         let _mem = TcpMemGuard::set(&format!("{} {pressure} {}", pages / 2, pressure * 4));
         let mut tracer = Tracer::start(&["tcp-pressure", "-i", "500ms", "--json"]);
-        let r = tracer.report_where(Duration::from_secs(60), |r| r["warning"].is_string());
+        let r = tracer
+            .report_as_where::<TcpPressureReport>(Duration::from_secs(60), |r| r.warning.is_some());
         let out = tracer.interrupt();
         assert!(out.status.success(), "{}", out.stderr);
-        (r, out.reports())
+        (r, out.reports_as::<TcpPressureReport>())
     };
     let last = all.last().expect("a final report");
     drop(inc);
     assert_eq!(read_tcp_mem(), normal, "tcp_mem was not restored");
-    assert_eq!(r["tcp_mem"]["pressure"], pressure, "{r}");
-    let pct = r["mem_pages"]["pct_of_pressure"].as_f64().unwrap();
-    assert!((80.0..100.0).contains(&pct), "{pct}% ({r})");
-    let w = r["warning"].as_str().unwrap();
+    assert_eq!(r.tcp_mem.pressure, pressure, "{}", show(&r));
+    let pct = r.mem_pages.pct_of_pressure;
+    assert!((80.0..100.0).contains(&pct), "{pct}% ({})", show(&r));
+    let w = r
+        .warning
+        .as_deref()
+        .expect("the report the test waited for warns");
     assert!(
         w.contains("of the pressure threshold") && w.contains("an episode is near"),
         "{w}"
     );
     // The warning rests on the level held for the stated time, not on one sample.
-    let near = &r["early_warning"];
-    assert_eq!(near["active"], true, "{near}");
-    assert_eq!(near["threshold_pct"], 80.0, "{near}");
-    assert_eq!(near["hold_s"], 3.0, "{near}");
-    assert!(near["held_s"].as_f64().unwrap() >= 3.0, "{near}");
-    assert!(near["held_samples"].as_u64().unwrap() >= 2, "{near}");
+    let near = &r.early_warning;
+    assert!(near.active, "{}", show(near));
+    assert_eq!(near.threshold_pct, 80.0, "{}", show(near));
+    assert_eq!(near.hold_s, 3.0, "{}", show(near));
+    assert!(near.held_s >= 3.0, "{}", show(near));
+    assert!(near.held_samples >= 2, "{}", show(near));
     assert!(w.contains("the warning needs 3.0s"), "{w}");
     // The first interval report, with the level held for less, did not warn yet.
     let first = &all[0];
-    assert_eq!(first["warning"], Value::Null, "{first}");
-    assert_eq!(first["early_warning"]["active"], false, "{first}");
-    assert!(
-        first["early_warning"]["held_s"].as_f64().unwrap() < 3.0,
-        "{first}"
-    );
-    assert_eq!(r["pressure_now"], false);
-    assert_eq!(r["episodes"].as_array().unwrap().len(), 0, "{r}");
-    assert_eq!(last["episodes"].as_array().unwrap().len(), 0, "{last}");
+    assert_eq!(first.warning, None, "{}", show(first));
+    assert!(!first.early_warning.active, "{}", show(first));
+    assert!(first.early_warning.held_s < 3.0, "{}", show(first));
+    assert!(!r.pressure_now);
+    assert_eq!(r.episodes.len(), 0, "{}", show(&r));
+    assert_eq!(last.episodes.len(), 0, "{}", show(last));
 }
 
 /// Every report of a run: no warning, no episode, no culprit, no advice.
-fn assert_quiet(r: &Value) {
-    assert_eq!(r["warning"], Value::Null, "{r}");
-    assert_eq!(r["early_warning"]["active"], false, "{r}");
-    assert_eq!(r["early_warning"]["sustained"], false, "{r}");
-    assert_eq!(r["pressure_now"], false, "{r}");
-    assert_eq!(r["episodes"].as_array().unwrap().len(), 0, "{r}");
-    assert_eq!(r["culprits"].as_array().unwrap().len(), 0, "{r}");
-    assert_eq!(r["refusals"], 0, "{r}");
-    assert_eq!(r["send_latency_us"]["pressure"]["count"], 0, "{r}");
-    let adv = &r["advice"];
-    assert!(adv["sysctl"].as_array().unwrap().is_empty(), "{adv}");
+fn assert_quiet(r: &TcpPressureReport) {
+    assert_eq!(r.warning, None, "{}", show(r));
+    assert!(!r.early_warning.active, "{}", show(r));
+    assert!(!r.early_warning.sustained, "{}", show(r));
+    assert!(!r.pressure_now, "{}", show(r));
+    assert_eq!(r.episodes.len(), 0, "{}", show(r));
+    assert_eq!(r.culprits.len(), 0, "{}", show(r));
+    assert_eq!(r.refusals, 0, "{}", show(r));
+    assert_eq!(during_pressure(r).count, 0, "{}", show(r));
+    let adv = &r.advice;
+    assert!(adv.sysctl.is_empty(), "{}", show(adv));
     assert!(
-        adv["notes"][0]
-            .as_str()
-            .unwrap()
-            .starts_with("no change needed"),
-        "{adv}"
+        adv.notes
+            .first()
+            .is_some_and(|n| n.starts_with("no change needed")),
+        "{}",
+        show(adv)
     );
 }
 
@@ -568,31 +626,26 @@ fn healthy_busy_bulk_transfer_at_normal_tcp_mem_warns_of_nothing() {
         "the readers got every byte: {done}"
     );
     // A report that timed at least every write of the transfer (all outside pressure).
-    let seen = tracer.report_where(Duration::from_secs(120), |r| {
-        r["send_latency_us"]["normal"]["count"]
-            .as_u64()
-            .is_some_and(|n| n >= writes)
+    let seen = tracer.report_as_where::<TcpPressureReport>(Duration::from_secs(120), |r| {
+        timed(r).is_some_and(|(_, n)| n.count >= writes)
     });
     drop(inc);
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
-    let reports = out.reports();
+    let reports = out.reports_as::<TcpPressureReport>();
     assert!(reports.len() >= 2, "{}", out.stdout);
     assert_eq!(read_tcp_mem(), normal, "tcp_mem changed during the test");
     assert_quiet(&seen);
     for r in &reports {
         assert_quiet(r);
     }
-    let r = out.final_report();
-    assert_eq!(r["lost_events"], 0, "{r}");
+    let r: Report = out.final_as();
+    assert_eq!(r.header.lost_events, 0, "{}", show(&r));
     // The transfer held TCP memory (it was seen), well under the threshold.
-    assert!(r["mem_pages"]["peak"].as_u64().unwrap() > 0, "{r}");
-    assert!(
-        r["send_latency_us"]["normal"]["count"].as_u64().unwrap() >= writes,
-        "{r}"
-    );
-    assert_eq!(r["early_warning"]["threshold_pct"], 80.0, "{r}");
-    assert_eq!(r["early_warning"]["hold_s"], 3.0, "{r}");
+    assert!(r.mem_pages.peak > 0, "{}", show(&r));
+    assert!(outside_pressure(&r).count >= writes, "{}", show(&r));
+    assert_eq!(r.early_warning.threshold_pct, 80.0, "{}", show(&r));
+    assert_eq!(r.early_warning.hold_s, 3.0, "{}", show(&r));
     // The text report says so in words.
     let text = run_tracer(&["tcp-pressure", "-d", "500ms"]);
     assert!(
@@ -612,41 +665,38 @@ fn idle_system_has_no_episode_and_no_culprit_but_timed_sends() {
     let mut inc = Incident::start_bin(&helper_bin("incident_tcp"), &["chat", "200"]);
     inc.expect_line("done");
     std::thread::sleep(Duration::from_millis(300));
-    let r = tracer.interrupt().final_report();
+    let r: Report = tracer.interrupt().final_as();
     drop(inc);
-    assert_eq!(r["lost_events"], 0);
-    assert_eq!(r["episodes"].as_array().unwrap().len(), 0, "{r}");
-    assert_eq!(r["culprits"].as_array().unwrap().len(), 0, "{r}");
-    assert_eq!(r["refusals"], 0);
-    assert_eq!(r["pressure_now"], false);
-    assert_eq!(r["warning"], Value::Null);
+    assert_eq!(r.header.lost_events, 0);
+    assert_eq!(r.episodes.len(), 0, "{}", show(&r));
+    assert_eq!(r.culprits.len(), 0, "{}", show(&r));
+    assert_eq!(r.refusals, 0);
+    assert!(!r.pressure_now);
+    assert_eq!(r.warning, None);
     // The tcp_mem the kernel has now, and pages well under it.
     let now: Vec<u64> = read_tcp_mem()
         .split(' ')
         .map(|v| v.parse().unwrap())
         .collect();
-    assert_eq!(r["tcp_mem"]["low"], now[0]);
-    assert_eq!(r["tcp_mem"]["pressure"], now[1]);
-    assert_eq!(r["tcp_mem"]["high"], now[2]);
+    assert_eq!(r.tcp_mem.low, now[0]);
+    assert_eq!(r.tcp_mem.pressure, now[1]);
+    assert_eq!(r.tcp_mem.high, now[2]);
     // Both ends' sends were timed, all outside pressure.
-    let n = &r["send_latency_us"]["normal"];
-    assert!(n["count"].as_u64().unwrap() >= 200, "{n}");
+    let n = outside_pressure(&r);
+    assert!(n.count >= 200, "{}", show(n));
     assert_eq!(
-        r["paths"]["send_latency"]["path"],
-        expected_paths().1,
+        r.paths.send_latency.path.as_deref(),
+        Some(expected_paths().1),
         "{}",
-        r["paths"]
+        show(&r.paths)
     );
-    assert!(n["max"].as_f64().unwrap() > 0.0);
-    assert_eq!(r["send_latency_us"]["pressure"]["count"], 0);
-    assert_eq!(r["retransmits"]["pressure"], 0);
+    assert!(n.max > 0.0);
+    assert_eq!(during_pressure(&r).count, 0);
+    assert_eq!(r.retransmits.pressure, 0);
     assert!(
-        r["advice"]["notes"][0]
-            .as_str()
-            .unwrap()
-            .starts_with("no change needed"),
+        (r.advice.notes.first()).is_some_and(|n| n.starts_with("no change needed")),
         "{}",
-        r["advice"]
+        show(&r.advice)
     );
 }
 

@@ -336,7 +336,7 @@ fn values_come_from_the_reports_fields_in_base_units() {
     );
 
     assert_values(
-        &render("tcp-pressure", &fixture("tcp-pressure")),
+        &tcp_with(|_| ()),
         &[
             (
                 "tracer_tcp_memory_limit_bytes{threshold=\"pressure\"}",
@@ -716,6 +716,62 @@ fn latencies_are_histograms_with_cumulative_buckets_ending_at_the_count() {
     }
 }
 
+/// The tcp-pressure fixture as its typed report, changed by `edit`, as Prometheus text.
+fn tcp_with(edit: impl FnOnce(&mut Envelope<crate::tcp::TcpPressureReport>)) -> String {
+    let (_, text) = FIXTURES.iter().find(|(c, _)| *c == "tcp-pressure").unwrap();
+    let mut r: Envelope<crate::tcp::TcpPressureReport> = serde_json::from_str(text).unwrap();
+    edit(&mut r);
+    let e = Emitted {
+        header: r.header,
+        body: std::sync::Arc::new(r.body),
+    };
+    super::render(&[&e])
+}
+
+#[test]
+fn the_tcp_fixture_is_its_typed_report_key_for_key() {
+    let v = fixture("tcp-pressure");
+    let r: Envelope<crate::tcp::TcpPressureReport> = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&r).unwrap(), v);
+}
+
+#[test]
+fn tcp_series_come_from_the_typed_report_in_base_units() {
+    let text = tcp_with(|r| {
+        r.body.tcpext.memory_pressures_chrono = Some(1500);
+        r.body.tcpext.abort_on_memory = None;
+        r.body.mem_pages.pct_of_pressure = 87.5;
+        r.body.early_warning.active = true;
+        r.body.state_evicted.culprits = 2;
+        r.body.drops = None;
+    });
+    assert_eq!(promtool(&text), "", "{text}");
+    assert_values(
+        &text,
+        &[
+            ("tracer_tcp_memory_pressure_time_seconds_total", 1.5),
+            ("tracer_tcp_memory_pressures_total", 0.0),
+            ("tracer_tcp_memory_of_pressure_ratio", 0.875),
+            ("tracer_tcp_memory_early_warning", 1.0),
+            (
+                "tracer_tcp_process_refusals{pid=\"5151\",comm=\"sender\"}",
+                37.0,
+            ),
+            (
+                "tracer_state_evicted_total{detector=\"tcp-pressure\",state=\"culprits\"}",
+                2.0,
+            ),
+            (
+                "tracer_tcp_send_latency_seconds_count{during=\"pressure\"}",
+                0.0,
+            ),
+        ],
+    );
+    // A counter this kernel lacks, and drops not counted: no series.
+    assert!(!text.contains("tracer_tcp_aborts_on_memory"), "{text}");
+    assert!(!text.contains("tracer_tcp_skb_drops_total{"), "{text}");
+}
+
 /// A zombies report whose reap latency is these samples (ns), as the detector writes it.
 fn reaps(ns: &[u64]) -> String {
     let mut h = crate::output::new_histogram();
@@ -765,10 +821,12 @@ fn a_histogram_without_samples_has_zero_buckets_and_one_not_measured_has_none() 
     assert!(h[0].1.iter().all(|b| b.1 == 0.0) && h[0].2 == 0.0 && h[0].3 == 0.0);
     assert_eq!(h[0].1.len(), crate::zombies::metrics::REAP_BOUNDS.len() + 1);
     // Send latency not measured on this kernel: no series.
-    let text = render(
-        "tcp-pressure",
-        &json!({"send_latency_us": {"measured": false, "why": "no hook"}}),
-    );
+    let text = tcp_with(|r| {
+        r.body.send_latency_us = crate::tcp::SendLatency::NotMeasured {
+            measured: crate::tcp::Is,
+            why: Some("no hook".into()),
+        }
+    });
     assert!(!text.contains("tcp_send_latency"), "{text}");
     // A latency with quantiles only: no series (not guessed from them).
     let text = zombies_with(|r| r.body.reap_latency_us.buckets = None);

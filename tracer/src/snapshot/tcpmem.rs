@@ -22,7 +22,7 @@ pub const PRESSURE_COUNTERS: &[&str] = &[
 
 /// `net.ipv4.tcp_mem` in pages: below `low` no pressure; above `pressure` the kernel
 /// trims buffers; `high` is the hard limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TcpMem {
     pub low: u64,
     pub pressure: u64,

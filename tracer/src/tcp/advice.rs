@@ -1,7 +1,7 @@
 //! What to change, computed from what was measured: tcp_mem from the observed peak
 //! and the machine's RAM, per-socket buffer maxima when a few sockets hold most of the
 //! memory. Printed, never applied.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::snapshot::tcpmem::TcpMem;
 
@@ -24,7 +24,7 @@ pub struct Inputs {
     pub wmem: Option<[u64; 3]>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Advice {
     /// `sysctl -w` lines (empty when nothing needs changing).
     pub sysctl: Vec<String>,

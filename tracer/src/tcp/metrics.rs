@@ -1,9 +1,8 @@
-//! What `tracer tcp-pressure` exposes with `--prom-file`, from its report's fields.
-use serde_json::Value;
-
+//! What `tracer tcp-pressure` exposes (`--prom-file`, serve's /metrics); the report
+//! fills them (report.rs and counters.rs, `collect`).
 use crate::prom::{
     BaseUnit::{Bytes, Ratio, Seconds},
-    Families, MS, Metric, Num, PCT, counter, gauge, histogram, top,
+    Metric, counter, gauge, histogram,
 };
 
 /// Processes with series of their own, the most first.
@@ -157,8 +156,7 @@ pub const HOLDER_BYTES: Metric = gauge(
     crate::prom::PROCESS,
 );
 
-/// Every metric above, for the README check (`prom::all_metrics`).
-#[cfg_attr(not(test), allow(dead_code))]
+/// Every metric above (the registry lists them; docs/metrics.md is checked against it).
 pub const METRICS: &[&Metric] = &[
     &MEMORY,
     &MEMORY_PEAK,
@@ -183,67 +181,3 @@ pub const METRICS: &[&Metric] = &[
     &CULPRIT_REFUSALS,
     &HOLDER_BYTES,
 ];
-
-/// TcpExt counters of the report, each its own metric (scale to base units).
-const TCPEXT: &[(&str, &Metric, f64)] = &[
-    ("TCPMemoryPressures", &PRESSURES, 1.0),
-    ("TCPMemoryPressuresChrono", &PRESSURE_TIME, MS),
-    ("PruneCalled", &PRUNES, 1.0),
-    ("RcvPruned", &RCV_PRUNED, 1.0),
-    ("OfoPruned", &OFO_PRUNED, 1.0),
-    ("TCPRcvQDrop", &RCVQ_DROP, 1.0),
-    ("TCPAbortOnMemory", &ABORTS, 1.0),
-];
-
-pub fn collect(r: &Value, out: &mut Families) {
-    out.field(&MEMORY, &[], &r["mem_bytes"], "current");
-    out.field(&MEMORY_PEAK, &[], &r["mem_bytes"], "peak");
-    if let Some(page) = r["page_size"].as_u64() {
-        for t in ["low", "pressure", "high"] {
-            if let Some(pages) = r["tcp_mem"][t].as_u64() {
-                out.sample(&MEMORY_LIMIT, &[("threshold", t)], Num::from(pages * page));
-            }
-        }
-    }
-    out.field_per(
-        &MEMORY_OF_PRESSURE,
-        &[],
-        &r["mem_pages"],
-        "pct_of_pressure",
-        PCT,
-    );
-    out.field(&PRESSURE, &[], r, "pressure_now");
-    out.field(&EARLY_WARNING, &[], &r["early_warning"], "active");
-    out.field(&EPISODES, &[], &r["episode_duration_ms"], "count");
-    out.histogram(&EPISODE_DURATION, &[], &r["episode_duration_ms"]);
-    out.field(&REFUSALS, &[], r, "refusals");
-    if let Some(drops) = r["drops"].as_object() {
-        for reason in drops.keys() {
-            out.field(&DROPS, &[("reason", reason)], &r["drops"], reason);
-        }
-    }
-    out.field(&RCVQ_FULL, &[], r, "rcvqueue_full");
-    for during in ["pressure", "normal"] {
-        out.field(
-            &RETRANSMITS,
-            &[("during", during)],
-            &r["retransmits"],
-            during,
-        );
-    }
-    for &(name, m, k) in TCPEXT {
-        out.field_per(m, &[], &r["tcpext"], name, k);
-    }
-    let lat = &r["send_latency_us"];
-    for during in ["pressure", "normal"] {
-        out.histogram(&SEND_LATENCY, &[("during", during)], &lat[during]);
-    }
-    for (m, list, by) in [
-        (&CULPRIT_REFUSALS, "culprits", "refusals"),
-        (&HOLDER_BYTES, "holders", "held_bytes"),
-    ] {
-        for row in top(r, list, by, TOP) {
-            out.row(m, row, by, 1.0);
-        }
-    }
-}

@@ -9,11 +9,14 @@
 //! processes holding the memory during an episode (at its start and when refused
 //! sockets are looked up; the fullest look is kept).
 mod advice;
+mod build;
+mod counters;
 mod culprits;
 mod episodes;
 pub mod metrics;
 mod report;
-mod rows;
+pub mod rows;
+mod send;
 mod sockets;
 mod spec;
 mod warn;
@@ -25,29 +28,33 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray};
-use hdrhistogram::Histogram;
-use serde_json::{Value, json};
 use tracer_common::{
     comm_str,
     tcp::{
         BufLimitEvent, COUNT_DROP_BASE, COUNT_RCVQ_FULL, COUNT_REFUSALS, COUNT_RETRANS_NORMAL,
         COUNT_RETRANS_PRESSURE, DROP_REASON_CAPACITY, DROP_SLOTS, EDGE_ENTER, FLAG_BTF,
-        FLAG_PRESSURE, LAT_BUCKETS, PressureEdgeEvent, lat_bucket, lat_range,
+        FLAG_PRESSURE, PressureEdgeEvent,
     },
 };
 
 use crate::{
     bpf::{self, Hook, Offset, Session, Spec},
-    output::{self, Buckets, Table, round3},
     procinfo,
+    report::Body,
     run::{self, BadRecord, Detector, ReportCtx, RunOpts},
-    prom::legacy::Report,
     snapshot::tcpmem::{self, TcpMem},
 };
 use culprits::{Culprits, Refusal};
 use episodes::{Episodes, Sample};
-use sockets::{Sock, SocketLook};
+use sockets::SocketLook;
 
+pub use counters::{Drops, TcpExt};
+pub use report::{
+    EdgesPath, Evicted, Look, MemBytes, MemPages, Paths, Retransmits, SendLog2, SendPath,
+    SocketsPath, TcpPressureReport, TopSockets, View,
+};
+pub use send::{Is, LatencyUs, SendLatency};
+pub use sockets::{Sock, Source};
 pub use spec::{CHOICES, SPEC};
 use spec::{EDGES, MEMORY_DROP_REASONS, SEND, SOCKETS};
 
@@ -184,19 +191,21 @@ fn attach(args: Args, first: tcpmem::Snapshot, session: &mut Session) -> Result<
             send.as_ref().map(|c| c.describe()).unwrap_or_default()
         ));
     }
-    let paths = json!({
-        "pressure_edges": {
-            "path": edges.as_ref().and_then(|c| c.path).unwrap_or("sampling"),
-            "detail": edges.as_ref().map(|c| c.describe()),
+    let paths = Paths {
+        pressure_edges: EdgesPath {
+            path: (edges.as_ref().and_then(|c| c.path))
+                .unwrap_or("sampling")
+                .into(),
+            detail: edges.as_ref().map(|c| c.describe()),
         },
-        "send_latency": {
-            "path": send.as_ref().and_then(|c| c.path),
-            "detail": send.as_ref().map(|c| c.describe()),
+        send_latency: SendPath {
+            path: send.as_ref().and_then(|c| c.path).map(Into::into),
+            detail: send.as_ref().map(|c| c.describe()),
         },
-        "refusal_sockets": {
-            "path": session.took(SOCKETS).unwrap_or("tracepoint"),
+        refusal_sockets: SocketsPath {
+            path: session.took(SOCKETS).unwrap_or("tracepoint").into(),
         },
-    });
+    };
     let counts = PerCpuArray::try_from(session.take_map("TCP_COUNTS")?)?;
     let hist = PerCpuArray::try_from(session.take_map("TCP_SEND_HIST")?)?;
     let max = PerCpuArray::try_from(session.take_map("TCP_SEND_MAX")?)?;
@@ -313,8 +322,8 @@ struct TcpPressure {
     drops_counted: bool,
     caveats: Vec<String>,
     path: String,
-    /// Per choice: the path taken (JSON `paths`).
-    paths: Value,
+    /// Per choice: the path taken.
+    paths: Paths,
     /// How sends are timed (None: they cannot be on this kernel).
     send_path: Option<&'static str>,
     /// Refusals with a socket cookie, waiting for their owner to be looked up.
@@ -488,52 +497,6 @@ impl TcpPressure {
     fn rel_s(&self, t_ns: u64) -> f64 {
         t_ns.saturating_sub(self.t0) as f64 / 1e9
     }
-
-    /// The exact largest send latency (ns) of half 0 (normal) or 1 (pressure).
-    fn send_max(&self, half: u32) -> u64 {
-        self.max
-            .get(&half, 0)
-            .map(|v| v.iter().copied().max().unwrap_or(0))
-            .unwrap_or(0)
-    }
-
-    /// Send latency histograms (ns) from the kernel's buckets, with the same counts in
-    /// the Prometheus histogram's buckets and the exact sum: (normal, pressure).
-    fn latency(&self) -> [(Histogram<u64>, Buckets); 2] {
-        let new = || (output::new_histogram(), Buckets::new(metrics::SEND_BOUNDS));
-        let mut out = [new(), new()];
-        for (half, (h, prom)) in out.iter_mut().enumerate() {
-            let sum: u128 = (self.sum.get(&(half as u32), 0))
-                .map(|v| v.iter().map(|&x| u128::from(x)).sum())
-                .unwrap_or(0);
-            prom.add_sum_ns(sum);
-            let max = self.send_max(half as u32);
-            let base = half as u32 * LAT_BUCKETS;
-            let max_bucket = lat_bucket(max);
-            for b in 0..LAT_BUCKETS {
-                let n: u64 = self
-                    .hist
-                    .get(&(base + b), 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0);
-                if n == 0 {
-                    continue;
-                }
-                let (lo, hi) = lat_range(b);
-                // The last bucket holds every longer latency too.
-                prom.add_upto(if b == LAT_BUCKETS - 1 { u64::MAX } else { hi }, n);
-                let mid = (lo + (hi - lo) / 2).clamp(h.low(), h.high());
-                if b == max_bucket {
-                    // One sample of the top bucket is the exact maximum.
-                    let _ = h.record_n(mid.min(max), n - 1);
-                    let _ = h.record(max.clamp(h.low(), h.high()));
-                } else {
-                    let _ = h.record_n(mid, n);
-                }
-            }
-        }
-        out
-    }
 }
 
 impl Detector for TcpPressure {
@@ -616,7 +579,7 @@ impl Detector for TcpPressure {
         Ok(())
     }
 
-    fn report(&mut self, ctx: &ReportCtx) -> Result<Box<dyn crate::report::Body>> {
-        Ok(self.build_report(ctx)?.legacy(metrics::collect))
+    fn report(&mut self, ctx: &ReportCtx) -> Result<Box<dyn Body>> {
+        Ok(Box::new(self.build_report(ctx)))
     }
 }

@@ -1,207 +1,263 @@
-//! The tcp-pressure report: episodes, the early warning, culprits and holders, send
-//! latency in and out of pressure, drops, and the advice, in text and JSON.
+//! The `tracer tcp-pressure` report: one typed struct (built in build.rs) that renders
+//! the text for people and gives the metrics; its JSON is its serialization.
+use serde::{Deserialize, Serialize};
+
 use super::{
-    rows::{CulpritRow, EpisodeRow, HolderRow, SockRow},
-    *,
+    advice::Advice,
+    counters::{Drops, TcpExt},
+    metrics,
+    rows::{CulpritRow, EpisodeRow, HolderRow, SockRow, human_bytes},
+    send::SendLatency,
+    sockets::Source,
+    warn,
+};
+use crate::{
+    output::{Log2, Summary, Table, serialize_round3},
+    prom::{Families, Num, Process, top_by},
+    report::Body,
+    snapshot::tcpmem::TcpMem,
 };
 
-impl TcpPressure {
-    /// The report [`Detector::report`] hands out.
-    pub(super) fn build_report(&mut self, ctx: &ReportCtx) -> Result<Report> {
-        self.resolve(true);
-        let snap = &self.latest;
-        let tm: TcpMem = snap.tcp_mem;
-        let ps = snap.page_size;
-        let pages = snap.mem_pages;
-        let peak = self.episodes.peak_pages.max(pages);
-        let pct = snap.pressure_pct();
-        let open = self.episodes.open().is_some();
-        let near = self.near.state(&self.rule);
-        let warning = warn::warning(open, pages, tm.pressure, &near);
+/// What `tracer tcp-pressure` reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TcpPressureReport {
+    /// net.ipv4.tcp_mem now, pages.
+    pub tcp_mem: TcpMem,
+    pub page_size: u64,
+    /// Pages TCP holds (/proc/net/sockstat).
+    pub mem_pages: MemPages,
+    pub mem_bytes: MemBytes,
+    /// An episode is open.
+    pub pressure_now: bool,
+    /// Pressure now, or the early warning when its rule holds.
+    pub warning: Option<String>,
+    pub early_warning: warn::State,
+    /// The latest episodes, oldest first.
+    pub episodes: Vec<EpisodeRow>,
+    /// Durations of the ended episodes (the evicted ones included), milliseconds,
+    /// with the exact buckets in seconds.
+    pub episode_duration_ms: Summary,
+    /// Refused allocations the kernel counted.
+    pub refusals: u64,
+    /// Processes refused the most, most first (--top).
+    pub culprits: Vec<CulpritRow>,
+    /// Processes holding the most socket memory, most first (--top).
+    pub holders: Vec<HolderRow>,
+    pub top_sockets: TopSockets,
+    /// Memory-related drops by reason; null when they are not counted here.
+    pub drops: Option<Drops>,
+    /// Packets refused by full receive queues.
+    pub rcvqueue_full: u64,
+    pub retransmits: Retransmits,
+    /// Growth of the TcpExt pressure counters since the start.
+    pub tcpext: TcpExt,
+    pub send_latency_us: SendLatency,
+    pub advice: Advice,
+    /// The kernel paths taken, in words.
+    pub path: String,
+    /// The path each choice took.
+    pub paths: Paths,
+    pub state_evicted: Evicted,
+    /// What the report could not see.
+    pub caveats: Vec<String>,
+    /// For the text only.
+    #[serde(skip)]
+    pub view: View,
+}
 
-        // Episodes: the latest EPISODES_CAPACITY, numbered from the first one seen;
-        // the durations are of them all.
-        let skipped = self.episodes.evicted as usize;
-        let episodes: Vec<EpisodeRow> = (self.episodes.list.iter().enumerate())
-            .map(|(i, e)| EpisodeRow::new(skipped + i, e, self.rel_s(e.start_ns), ps))
-            .collect();
-        let dur_hist = self.episodes.durations_ms();
-        let dur_buckets = self.episodes.durations_buckets();
-        let ep_table = Table::of(&episodes);
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemPages {
+    pub current: u64,
+    /// The most seen while tracing (samples and refusal records).
+    pub peak: u64,
+    /// `current` as a percentage of tcp_mem's pressure threshold.
+    #[serde(serialize_with = "serialize_round3")]
+    pub pct_of_pressure: f64,
+}
 
-        // Culprits by refused allocations.
-        let culprits: Vec<CulpritRow> = (self.culprits.ranked().iter().take(self.top))
-            .map(|(pid, c)| CulpritRow::new(*pid, c))
-            .collect();
-        let cul_table = Table::of(&culprits);
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemBytes {
+    pub current: u64,
+    pub peak: u64,
+}
 
-        // Sockets: at the episode start where they held most, else now.
-        let now_snap;
-        let (sock_snap, when) = match &self.episode_socks {
-            Some(s) => (s, "episode"),
-            None => {
-                now_snap = SocketLook::take(procinfo::monotonic_ns(), &HashSet::new()).0;
-                (&now_snap, "now")
-            }
-        };
-        let all_bytes = sock_snap.total;
-        let holders: Vec<HolderRow> = (sock_snap.holders.iter().take(self.top))
-            .map(|&(pid, sockets, rmem_bytes, wmem_bytes, held_bytes)| {
-                let (comm, cgroup) = sock_snap.owner(pid);
-                HolderRow {
-                    pid,
-                    comm,
-                    cgroup: cgroup.into(),
-                    sockets,
-                    rmem_bytes,
-                    wmem_bytes,
-                    held_bytes,
-                }
-            })
-            .collect();
-        let hold_table = Table::of(&holders);
-        let top_socks: Vec<&Sock> = sock_snap.socks.iter().take(self.top).collect();
-        let sockets: Vec<SockRow> = (top_socks.iter())
-            .map(|s| SockRow {
-                sock: s,
-                comm: s.pid.map(|p| sock_snap.owner(p).0),
-                held_bytes: s.total(),
-            })
-            .collect();
-        let sock_table = Table::of(&sockets);
-        let top_bytes: u64 = top_socks.iter().map(|s| s.total()).sum();
-        let top_recv: u64 = top_socks.iter().map(|s| s.rmem).sum();
-        let top_share = (all_bytes > 0 && !top_socks.is_empty()).then(|| {
-            (
-                top_bytes as f64 / all_bytes as f64,
-                top_socks.len(),
-                top_recv * 2 >= top_bytes,
-            )
-        });
+/// The look at the sockets the holders and sockets come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopSockets {
+    pub when: Look,
+    /// Since the tracer started.
+    #[serde(serialize_with = "serialize_round3")]
+    pub at_s: f64,
+    pub source: Source,
+    /// Memory charged to all TCP sockets, bytes.
+    pub total_bytes: u64,
+    /// The largest, most first (--top).
+    pub sockets: Vec<SockRow>,
+}
 
-        // Effects.
-        let mut drops = serde_json::Map::new();
-        let mut drop_text = Vec::new();
-        for (i, name) in self.drop_names.iter().enumerate() {
-            let n = self.count(COUNT_DROP_BASE + i as u32);
-            drops.insert((*name).into(), n.into());
-            if n > 0 {
-                drop_text.push(format!("{name} {n}"));
-            }
+/// When the sockets were looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Look {
+    /// During an episode, the look where they held the most.
+    Episode,
+    /// At the report (no episode was seen).
+    Now,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Retransmits {
+    pub pressure: u64,
+    pub normal: u64,
+}
+
+/// The path each of tcp-pressure's choices took.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Paths {
+    pub pressure_edges: EdgesPath,
+    pub send_latency: SendPath,
+    pub refusal_sockets: SocketsPath,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EdgesPath {
+    /// fentry, kprobe, or `sampling` (no hook: the 10 Hz samples find the edges).
+    pub path: String,
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SendPath {
+    /// fentry, kprobe, tracepoints; null when nothing can time sends.
+    pub path: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SocketsPath {
+    /// tp_btf (with socket cookies), else `tracepoint`.
+    pub path: String,
+}
+
+/// State dropped to keep memory bounded (README "Bounded state").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evicted {
+    /// The oldest episodes, no longer listed.
+    pub episodes: u64,
+    /// Processes whose refusal counts were forgotten.
+    pub culprits: u64,
+}
+
+/// What only the text shows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct View {
+    /// Episode durations, milliseconds, as a log2 histogram.
+    pub episode_log2: Log2,
+    /// Send latency during and outside pressure, microseconds.
+    pub send_log2: SendLog2,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SendLog2 {
+    pub pressure: Log2,
+    pub normal: Log2,
+}
+
+impl Body for TcpPressureReport {
+    fn text(&self) -> String {
+        let mut t = self.memory_text();
+        t += &self.episodes_text();
+        t += &self.culprits_text();
+        t += &self.holders_text();
+        t += &self.effects_text();
+        t += &self.send_latency_text();
+        t += &self.advice_text();
+        t
+    }
+
+    fn collect(&self, out: &mut Families) {
+        use metrics::*;
+        out.sample(&MEMORY, &[], self.mem_bytes.current);
+        out.sample(&MEMORY_PEAK, &[], self.mem_bytes.peak);
+        let tm = &self.tcp_mem;
+        for (t, pages) in [
+            ("low", tm.low),
+            ("pressure", tm.pressure),
+            ("high", tm.high),
+        ] {
+            out.sample(&MEMORY_LIMIT, &[("threshold", t)], pages * self.page_size);
         }
-        let retrans_p = self.count(COUNT_RETRANS_PRESSURE);
-        let retrans_n = self.count(COUNT_RETRANS_NORMAL);
-        let rcvq_full = self.count(COUNT_RCVQ_FULL);
-        let refusals = self.count(COUNT_REFUSALS);
-        let mut ext = serde_json::Map::new();
-        let mut ext_text = Vec::new();
-        for name in tcpmem::PRESSURE_COUNTERS {
-            let (Some(a), Some(b)) = (self.first.counters.get(*name), snap.counters.get(*name))
-            else {
-                continue;
+        // The ratio from the percentage as the JSON has it.
+        let pct = crate::output::round3(self.mem_pages.pct_of_pressure);
+        out.sample(
+            &MEMORY_OF_PRESSURE,
+            &[],
+            Num::from(pct).per(crate::prom::PCT),
+        );
+        out.sample(&PRESSURE, &[], u64::from(self.pressure_now));
+        out.sample(&EARLY_WARNING, &[], u64::from(self.early_warning.active));
+        out.sample(&EPISODES, &[], self.episode_duration_ms.count);
+        out.latency(&EPISODE_DURATION, &[], &self.episode_duration_ms);
+        out.sample(&REFUSALS, &[], self.refusals);
+        for (reason, n) in self.drops.iter().flat_map(|d| &d.0) {
+            out.sample(&DROPS, &[("reason", reason)], *n);
+        }
+        out.sample(&RCVQ_FULL, &[], self.rcvqueue_full);
+        let r = &self.retransmits;
+        out.sample(&RETRANSMITS, &[("during", "pressure")], r.pressure);
+        out.sample(&RETRANSMITS, &[("during", "normal")], r.normal);
+        self.tcpext.collect(out);
+        if let SendLatency::Measured {
+            pressure, normal, ..
+        } = &self.send_latency_us
+        {
+            out.latency(
+                &SEND_LATENCY,
+                &[("during", "pressure")],
+                &pressure.summary(),
+            );
+            out.latency(&SEND_LATENCY, &[("during", "normal")], &normal.summary());
+        }
+        for c in top_by(&self.culprits, |c| c.refusals as f64, TOP) {
+            let who = Process {
+                pid: c.pid,
+                comm: &c.comm,
+                mount: None,
+                container: c.cgroup.container.as_ref(),
             };
-            let d = b.saturating_sub(*a);
-            ext.insert((*name).into(), d.into());
-            ext_text.push(format!("{name} +{d}"));
+            out.process(&CULPRIT_REFUSALS, &who, c.refusals);
         }
-        let lat = self.latency();
+        for h in top_by(&self.holders, |h| h.held_bytes as f64, TOP) {
+            let who = Process {
+                pid: h.pid,
+                comm: &h.comm,
+                mount: None,
+                container: h.cgroup.container.as_ref(),
+            };
+            out.process(&HOLDER_BYTES, &who, h.held_bytes);
+        }
+    }
 
-        // Advice is about the limits in force when it hurt most.
-        let adv_mem = self.episodes.worst().and_then(|e| e.tcp_mem).unwrap_or(tm);
-        let mut adv = advice::compute(&advice::Inputs {
-            tcp_mem: adv_mem,
-            page_size: ps,
-            peak_pages: peak,
-            episodes: self.episodes.total() as usize,
-            sustained_near: near.sustained,
-            near_rule: self.rule.describe(),
-            mem_total_bytes: mem_total_bytes(),
-            top_share,
-            rmem: read_triple("/proc/sys/net/ipv4/tcp_rmem"),
-            wmem: read_triple("/proc/sys/net/ipv4/tcp_wmem"),
-        });
+    fn state_evicted(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("episodes", self.state_evicted.episodes),
+            ("culprits", self.state_evicted.culprits),
+        ]
+    }
+}
 
-        if let Some(note) = advice::limits_changed(adv_mem, tm) {
-            adv.notes.insert(1, note);
-        }
-        let mut caveats = self.caveats.clone();
-        if ctx.lost_events > 0 {
-            caveats.push(format!(
-                "{} refusal records were lost (ring buffer full): culprit counts are low; the kernel counted {refusals} refusals in all",
-                ctx.lost_events
-            ));
-        }
-        if self.unresolved > 0 {
-            caveats.push(format!(
-                "{} refusals hit sockets that no process held when looked up (closed or orphaned): {} counted for the task that was current, {} for nobody (a kernel thread was current: softirq work, not a culprit)",
-                self.unresolved,
-                self.unresolved.saturating_sub(self.unattributed),
-                self.unattributed
-            ));
-        }
-        let (ep_evicted, cul_evicted) = (self.episodes.evicted, self.culprits.evicted());
-        if ep_evicted > 0 {
-            caveats.push(format!(
-                "the {ep_evicted} oldest episodes are not listed (the latest {} are kept); their durations are in the summary",
-                episodes::EPISODES_CAPACITY
-            ));
-        }
-        if cul_evicted > 0 {
-            caveats.push(format!(
-                "{cul_evicted} processes' refusal counts were forgotten to keep {} (least recently refused first): the culprits are of the recent ones; the total counts them all",
-                culprits::CULPRITS_CAPACITY
-            ));
-        }
-
-        let json = json!({
-            "tcp_mem": tm,
-            "page_size": ps,
-            "mem_pages": {"current": pages, "peak": peak, "pct_of_pressure": round3(pct)},
-            "mem_bytes": {"current": pages * ps, "peak": peak * ps},
-            "pressure_now": open,
-            "warning": warning,
-            "early_warning": near,
-            "episodes": episodes,
-            "episode_duration_ms": output::Summary::of(&dur_hist).with(&dur_buckets),
-            "refusals": refusals,
-            "culprits": culprits,
-            "holders": holders,
-            "top_sockets": {
-                "when": when,
-                "at_s": round3(self.rel_s(sock_snap.t_ns)),
-                "source": sock_snap.source,
-                "total_bytes": all_bytes,
-                "sockets": sockets,
-            },
-            "drops": self.drops_counted.then_some(drops),
-            "rcvqueue_full": rcvq_full,
-            "retransmits": {"pressure": retrans_p, "normal": retrans_n},
-            "tcpext": ext,
-            "send_latency_us": match self.send_path {
-                Some(via) => json!({
-                    "measured": true,
-                    "via": via,
-                    "pressure": latency_json(&lat[1], self.send_max(1)),
-                    "normal": latency_json(&lat[0], self.send_max(0)),
-                }),
-                None => json!({
-                    "measured": false,
-                    "why": caveats.iter().find(|c| c.starts_with("send latency")),
-                }),
-            },
-            "advice": adv,
-            "path": self.path,
-            "paths": self.paths,
-            "state_evicted": {"episodes": ep_evicted, "culprits": cul_evicted},
-            "caveats": caveats,
-        });
-
-        // Text.
-        let mut t = String::new();
-        t += &format!(
-            "TCP memory now: {pages} pages ({}) = {pct:.0}% of pressure; peak {peak} pages ({})\n",
-            human_bytes(pages * ps),
-            human_bytes(peak * ps)
+impl TcpPressureReport {
+    /// TCP memory against tcp_mem, the warning, the paths taken and the caveats.
+    fn memory_text(&self) -> String {
+        let (tm, ps) = (&self.tcp_mem, self.page_size);
+        let m = &self.mem_pages;
+        let mut t = format!(
+            "TCP memory now: {} pages ({}) = {:.0}% of pressure; peak {} pages ({})\n",
+            m.current,
+            human_bytes(self.mem_bytes.current),
+            m.pct_of_pressure,
+            m.peak,
+            human_bytes(self.mem_bytes.peak)
         );
         t += &format!(
             "tcp_mem: low {} ({}), pressure {} ({}), high {} ({}) pages\n",
@@ -212,198 +268,168 @@ impl TcpPressure {
             tm.high,
             human_bytes(tm.high * ps)
         );
-        match &warning {
+        match &self.warning {
             Some(w) => t += &format!("WARNING: {w}\n"),
-            None => t += &format!("{}\n", warn::no_warning_line(&near, &self.rule)),
+            None => t += &format!("{}\n", warn::no_warning_line(&self.early_warning)),
         }
         t += &format!("path: {}\n", self.path);
-        for c in &caveats {
+        for c in &self.caveats {
             t += &format!("note: {c}\n");
         }
-        t += "\nEPISODES (TCP memory pressure)\n";
-        if ep_table.is_empty() {
+        t
+    }
+
+    fn episodes_text(&self) -> String {
+        let mut t = "\nEPISODES (TCP memory pressure)\n".to_string();
+        if self.episodes.is_empty() {
             t += "  none: TCP memory stayed out of pressure\n";
-        } else {
-            t += &ep_table.render();
-            if !dur_hist.is_empty() {
-                t += "episode durations\n";
-                t += &output::log2_histogram(&dur_hist, "msecs");
-            }
+            return t;
         }
-        t += &format!("\nCULPRITS (refused TCP allocations: {refusals} in all)\n");
-        if cul_table.is_empty() {
+        t += &Table::of(&self.episodes).render();
+        if self.episode_duration_ms.count > 0 {
+            t += "episode durations\n";
+            t += &self.view.episode_log2.render("msecs");
+        }
+        t
+    }
+
+    fn culprits_text(&self) -> String {
+        let mut t = format!(
+            "\nCULPRITS (refused TCP allocations: {} in all)\n",
+            self.refusals
+        );
+        if self.culprits.is_empty() {
             t += "  none: no TCP allocation was refused\n";
         } else {
-            t += &cul_table.render();
+            t += &Table::of(&self.culprits).render();
         }
-        let at = if when == "now" {
-            "now".to_string()
-        } else {
-            format!(
-                "at +{:.1}s, the fullest look during an episode",
-                self.rel_s(sock_snap.t_ns)
-            )
+        t
+    }
+
+    /// The holders and the largest sockets, from the same look.
+    fn holders_text(&self) -> String {
+        let s = &self.top_sockets;
+        let at = match s.when {
+            Look::Now => "now".to_string(),
+            Look::Episode => format!("at +{:.1}s, the fullest look during an episode", s.at_s),
         };
-        t += &format!(
+        let mut t = format!(
             "\nHOLDERS (socket memory {at}: {} in all; {})\n",
-            human_bytes(all_bytes),
-            sock_snap.source.as_str()
+            human_bytes(s.total_bytes),
+            s.source.as_str()
         );
-        if hold_table.is_empty() {
+        if self.holders.is_empty() {
             t += "  none\n";
-        } else {
-            t += &hold_table.render();
-            t += "\nTOP SOCKETS\n";
-            t += &sock_table.render();
+            return t;
         }
-        t += "\nEFFECTS\n";
-        t += &format!(
-            "  memory-related drops: {}\n",
-            if !self.drops_counted {
-                "not counted (see the note above)".into()
-            } else if drop_text.is_empty() {
-                "none".into()
-            } else {
-                drop_text.join(", ")
+        t += &Table::of(&self.holders).render();
+        t += "\nTOP SOCKETS\n";
+        t += &Table::of(&s.sockets).render();
+        t
+    }
+
+    /// Drops, retransmits, full receive queues and the TcpExt counters.
+    fn effects_text(&self) -> String {
+        let drops = match &self.drops {
+            None => "not counted (see the note above)".to_string(),
+            Some(d) => {
+                let seen: Vec<String> = (d.0.iter())
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(name, n)| format!("{name} {n}"))
+                    .collect();
+                if seen.is_empty() {
+                    "none".into()
+                } else {
+                    seen.join(", ")
+                }
             }
-        );
-        t += &format!(
-            "  retransmits: {retrans_p} during pressure, {retrans_n} outside; receive queue full: {rcvq_full}\n"
-        );
-        t += &format!("  TcpExt since start: {}\n", ext_text.join(", "));
-        match self.send_path {
-            Some(via) => {
-                t += &format!("\nSEND LATENCY during pressure ({via}, TCP only)\n");
-                t += &latency_text(&lat[1].0);
-                t += "\nSEND LATENCY outside pressure\n";
-                t += &latency_text(&lat[0].0);
+        };
+        let ext: Vec<String> = (self.tcpext.named().into_iter())
+            .map(|(name, d)| format!("{name} +{d}"))
+            .collect();
+        let r = &self.retransmits;
+        format!(
+            "\nEFFECTS\n  memory-related drops: {drops}\n  retransmits: {} during pressure, {} outside; receive queue full: {}\n  TcpExt since start: {}\n",
+            r.pressure,
+            r.normal,
+            self.rcvqueue_full,
+            ext.join(", ")
+        )
+    }
+
+    fn send_latency_text(&self) -> String {
+        match &self.send_latency_us {
+            SendLatency::Measured { via, .. } => {
+                let l = &self.view.send_log2;
+                format!(
+                    "\nSEND LATENCY during pressure ({via}, TCP only)\n{}\nSEND LATENCY outside pressure\n{}",
+                    l.pressure.render("usecs"),
+                    l.normal.render("usecs")
+                )
             }
-            None => {
-                t += "\nSEND LATENCY during pressure: NOT MEASURED (no hook can time sends on this kernel; see the note above)\n";
+            SendLatency::NotMeasured { .. } => {
+                "\nSEND LATENCY during pressure: NOT MEASURED (no hook can time sends on this kernel; see the note above)\n".into()
             }
         }
-        t += "\nADVICE (computed from the measured numbers above; printed, never applied)\n";
-        for n in &adv.notes {
-            t += &format!("  {n}\n");
-        }
-        for l in &adv.sysctl {
+    }
+
+    fn advice_text(&self) -> String {
+        let mut t = "\nADVICE (computed from the measured numbers above; printed, never applied)\n"
+            .to_string();
+        for l in self.advice.notes.iter().chain(&self.advice.sysctl) {
             t += &format!("  {l}\n");
         }
-        if !adv.sysctl.is_empty() {
+        if !self.advice.sysctl.is_empty() {
             t += "  to persist, put the same settings (`net.ipv4.tcp_mem = ...`) in /etc/sysctl.d/90-tcp-memory.conf and run `sysctl --system`\n";
         }
-        Ok(Report { json, text: t })
+        t
     }
-}
-
-/// A send latency summary in usecs, with the Prometheus buckets and exact sum.
-fn latency_json((h, buckets): &(Histogram<u64>, Buckets), exact_max: u64) -> Value {
-    // Quantiles at the bottom of hdrhistogram's equivalence range (its own rounding
-    // is far finer than the kernel's 1/16 buckets), never above the exact maximum.
-    let q = |q: f64| {
-        if h.is_empty() {
-            0.0
-        } else {
-            let v = h.lowest_equivalent(h.value_at_quantile(q)).min(exact_max);
-            round3(v as f64 / 1e3)
-        }
-    };
-    let mut j = json!({
-        "count": h.len(),
-        "p50": q(0.50),
-        "p90": q(0.90),
-        "p99": q(0.99),
-        "max": round3(exact_max as f64 / 1e3),
-    });
-    if let (Some(o), Ok(Value::Object(b))) = (j.as_object_mut(), serde_json::to_value(buckets.exact())) {
-        o.extend(b);
-    }
-    j
-}
-
-pub(super) fn human_bytes(b: u64) -> String {
-    let b = b as f64;
-    if b < 1024.0 {
-        format!("{b:.0} B")
-    } else if b < 1024.0 * 1024.0 {
-        format!("{:.1} KiB", b / 1024.0)
-    } else if b < 1024.0 * 1024.0 * 1024.0 {
-        format!("{:.1} MiB", b / 1048576.0)
-    } else {
-        format!("{:.2} GiB", b / 1073741824.0)
-    }
-}
-
-fn read_triple(path: &str) -> Option<[u64; 3]> {
-    tcpmem::triple(&std::fs::read_to_string(path).ok()?)
-}
-
-fn mem_total_bytes() -> Option<u64> {
-    use procfs::Current as _;
-    procfs::Meminfo::current().ok().map(|m| m.mem_total)
-}
-
-/// bcc-style histogram in usecs of a ns histogram.
-fn latency_text(ns: &Histogram<u64>) -> String {
-    let mut us = output::new_histogram();
-    for v in ns.iter_recorded() {
-        let _ = us.record_n(
-            (v.value_iterated_to() / 1000).clamp(us.low(), us.high()),
-            v.count_at_value(),
-        );
-    }
-    output::log2_histogram(&us, "usecs")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::Envelope;
 
-    #[test]
-    fn latency_json_is_in_usecs_and_max_is_exact() {
-        let mut h = output::new_histogram();
-        h.record_n(10_000, 99).unwrap();
-        h.record(250_000_000).unwrap();
-        let mut b = Buckets::new(metrics::SEND_BOUNDS);
-        // The kernel's buckets of the two latencies.
-        b.add_upto(lat_range(lat_bucket(10_000)).1, 99);
-        b.add_upto(lat_range(lat_bucket(250_000_123)).1, 1);
-        b.add_sum_ns(99 * 10_000 + 250_000_123);
-        let j = latency_json(&(h, b), 250_000_123);
-        assert_eq!(j["count"], 100);
-        assert_eq!(j["p50"], 10.0);
-        assert_eq!(j["max"], 250_000.123);
-        assert_eq!(j["sum_s"], 0.250_990_123);
-        // 10 us is under the bound 16.384 us, 250 ms under 268.435456 ms.
-        let le = |s: f64| {
-            j["buckets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|b| b["le_s"] == s)
-                .unwrap()["count"]
-                .clone()
-        };
-        assert_eq!((le(4.096e-6), le(16.384e-6)), (json!(0), json!(99)));
-        assert_eq!((le(0.067108864), le(0.268435456)), (json!(99), json!(100)));
+    fn fixture() -> TcpPressureReport {
+        let text = include_str!("../prom/fixtures/tcp-pressure.json");
+        serde_json::from_str::<Envelope<TcpPressureReport>>(text)
+            .unwrap()
+            .body
     }
 
     #[test]
-    fn send_bounds_are_edges_of_the_kernels_buckets() {
-        for &le in metrics::SEND_BOUNDS {
-            let ns = (le * 1e9).round() as u64;
-            assert_eq!(
-                lat_range(lat_bucket(ns)).0,
-                ns,
-                "{le}: a bucket starts there"
-            );
+    fn the_text_is_rendered_from_the_reports_fields() {
+        let mut r = fixture();
+        let t = r.text();
+        for line in [
+            "TCP memory now: 0 pages (0 B) = 0% of pressure; peak 0 pages (0 B)\n",
+            "tcp_mem: low 287892 (1.10 GiB), pressure 383858 (1.46 GiB), high 575784 (2.20 GiB) pages\n",
+            "early warning: none: TCP memory is below 80% of the pressure threshold (longest stretch at or above it: 0ms; the warning needs 80% of the pressure threshold held for 3.0s)\n",
+            "\nCULPRITS (refused TCP allocations: 37 in all)\n",
+            "\nHOLDERS (socket memory now: 0 B in all; netlink sock_diag",
+            "  memory-related drops: none\n",
+            "  TcpExt since start: TCPMemoryPressures +0, TCPMemoryPressuresChrono +0, PruneCalled +0,",
+            "\nSEND LATENCY during pressure (syscall entry -> sock:sock_send_length, TCP only)\n",
+            "  no change needed: no episode happened",
+        ] {
+            assert!(t.contains(line), "{line:?} not in\n{t}");
         }
-    }
-
-    #[test]
-    fn bytes_are_human() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(4096), "4.0 KiB");
-        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        r.drops = None;
+        r.send_latency_us = SendLatency::NotMeasured {
+            measured: super::super::send::Is,
+            why: None,
+        };
+        r.top_sockets.when = Look::Episode;
+        r.top_sockets.at_s = 1.26;
+        let t = r.text();
+        for line in [
+            "  memory-related drops: not counted (see the note above)\n",
+            "\nSEND LATENCY during pressure: NOT MEASURED",
+            "\nHOLDERS (socket memory at +1.3s, the fullest look during an episode: 0 B in all;",
+        ] {
+            assert!(t.contains(line), "{line:?} not in\n{t}");
+        }
+        assert!(!t.contains("SEND LATENCY outside pressure"), "{t}");
     }
 }

@@ -1,11 +1,12 @@
 //! The tcp-pressure tables, each row defined once: serialized for JSON, `cells()` for
-//! the text table.
-use serde::Serialize;
+//! the text table; and [`human_bytes`], the byte counts of their cells.
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use super::{
     culprits::Culprit,
     episodes::{Entry, Episode},
-    report::human_bytes,
     sockets::Sock,
 };
 use crate::{
@@ -14,7 +15,7 @@ use crate::{
 };
 
 /// One episode of TCP memory pressure: an element of `episodes`, a row of EPISODES.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpisodeRow {
     /// 1-based number (text only).
     #[serde(skip)]
@@ -28,7 +29,7 @@ pub struct EpisodeRow {
     pub duration_ms: Option<u64>,
     pub peak_pages: u64,
     pub refusals: u64,
-    pub started_by: &'static str,
+    pub started_by: Cow<'static, str>,
     pub tcp_mem: Option<TcpMem>,
     pub kernel_ms: Option<u64>,
     pub kernel_entries: Option<u64>,
@@ -46,7 +47,7 @@ impl EpisodeRow {
             duration_ms: e.duration_ms(),
             peak_pages: e.peak_pages,
             refusals: e.refusals,
-            started_by: e.started_by.as_str(),
+            started_by: e.started_by.as_str().into(),
             tcp_mem: e.tcp_mem,
             kernel_ms: e.kernel_ms,
             kernel_entries: e.kernel_entries,
@@ -62,7 +63,7 @@ impl EpisodeRow {
                 (Some(p), Some(c)) => format!("{} (socket of {p} {c})", self.started_by),
                 _ => format!("{} (task {} {})", self.started_by, w.pid, w.comm),
             },
-            None => self.started_by.into(),
+            None => self.started_by.to_string(),
         }
     }
 }
@@ -99,7 +100,7 @@ impl Row for EpisodeRow {
 
 /// A process whose TCP allocations were refused: an element of `culprits`, a row of
 /// CULPRITS.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CulpritRow {
     pub pid: u32,
     pub comm: String,
@@ -108,7 +109,8 @@ pub struct CulpritRow {
     pub refusals: u64,
     pub send: u64,
     pub recv: u64,
-    pub kind: &'static str,
+    /// send, recv or send+recv.
+    pub kind: Cow<'static, str>,
     pub sockets: usize,
     pub by_current_task: u64,
     pub max_rmem_bytes: u64,
@@ -124,7 +126,7 @@ impl CulpritRow {
             refusals: c.refusals(),
             send: c.send,
             recv: c.recv,
-            kind: c.kind(),
+            kind: c.kind().into(),
             sockets: c.sockets.len(),
             by_current_task: c.by_context,
             max_rmem_bytes: c.max_rmem,
@@ -154,7 +156,7 @@ impl Row for CulpritRow {
             self.refusals.to_string(),
             self.send.to_string(),
             self.recv.to_string(),
-            self.kind.into(),
+            self.kind.to_string(),
             self.sockets.to_string(),
             human_bytes(self.max_rmem_bytes),
             human_bytes(self.max_wmem_bytes),
@@ -164,7 +166,7 @@ impl Row for CulpritRow {
 }
 
 /// A process holding TCP socket memory: an element of `holders`, a row of HOLDERS.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HolderRow {
     pub pid: u32,
     pub comm: String,
@@ -196,26 +198,26 @@ impl Row for HolderRow {
 
 /// One of the largest sockets: an element of `top_sockets.sockets` (the socket's own
 /// fields, then its owner's comm and the bytes it holds), a row of TOP SOCKETS.
-#[derive(Serialize)]
-pub struct SockRow<'a> {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SockRow {
     #[serde(flatten)]
-    pub sock: &'a Sock,
+    pub sock: Sock,
     pub comm: Option<String>,
     pub held_bytes: u64,
 }
 
-impl Row for SockRow<'_> {
+impl Row for SockRow {
     const HEADER: &'static [&'static str] = &[
         "LOCAL", "PEER", "STATE", "RECV Q", "RCVBUF", "SEND Q", "SNDBUF", "HELD", "PID", "COMM",
     ];
 
     fn cells(&self) -> Vec<String> {
-        let s = self.sock;
+        let s = &self.sock;
         let dash = || "-".to_string();
         vec![
             s.local.to_string(),
             s.peer.to_string(),
-            s.state.into(),
+            s.state.to_string(),
             human_bytes(s.rmem),
             s.rcvbuf.map(human_bytes).unwrap_or_else(dash),
             human_bytes(s.wmem),
@@ -224,6 +226,20 @@ impl Row for SockRow<'_> {
             s.pid.map(|p| p.to_string()).unwrap_or_else(dash),
             self.comm.clone().unwrap_or_else(dash),
         ]
+    }
+}
+
+/// 512 B, 4.0 KiB, 3.0 MiB, 1.50 GiB.
+pub fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b < 1024.0 {
+        format!("{b:.0} B")
+    } else if b < 1024.0 * 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else if b < 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / 1048576.0)
+    } else {
+        format!("{:.2} GiB", b / 1073741824.0)
     }
 }
 
@@ -242,7 +258,7 @@ mod tests {
             duration_ms: None,
             peak_pages: 512,
             refusals: 3,
-            started_by: "edge",
+            started_by: "edge".into(),
             tcp_mem: None,
             kernel_ms: Some(7),
             kernel_entries: None,
@@ -299,7 +315,7 @@ mod tests {
         let s = Sock {
             local: "127.0.0.1:80".parse().unwrap(),
             peer: "127.0.0.1:5000".parse().unwrap(),
-            state: "ESTABLISHED",
+            state: "ESTABLISHED".into(),
             inode: 1,
             cookie: 2,
             rmem: 100,
@@ -311,7 +327,7 @@ mod tests {
             pid: None,
         };
         let row = SockRow {
-            sock: &s,
+            sock: s.clone(),
             comm: None,
             held_bytes: s.total(),
         };
@@ -322,5 +338,12 @@ mod tests {
         assert_eq!(row.cells()[4], "-");
         assert_eq!(row.cells()[6], "4.0 KiB");
         assert_eq!(row.cells()[8..], ["-", "-"]);
+    }
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(4096), "4.0 KiB");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
     }
 }

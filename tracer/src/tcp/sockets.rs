@@ -3,6 +3,7 @@
 //! rx_queue/tx_queue (bytes queued, not memory charged) where sock_diag fails.
 //! Owners come from socket inodes in /proc/PID/fd.
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
     net::SocketAddr,
 };
@@ -15,16 +16,17 @@ use netlink_packet_sock_diag::{
     self as diag, SockDiagMessage,
     inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::procinfo;
 
 /// One TCP socket and the memory it holds.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sock {
     pub local: SocketAddr,
     pub peer: SocketAddr,
-    pub state: &'static str,
+    /// ESTAB, LISTEN, ... as `ss` names them.
+    pub state: Cow<'static, str>,
     pub inode: u64,
     /// Socket cookie (sock_diag only; 0 otherwise), as bpf_get_socket_cookie() gives it.
     pub cookie: u64,
@@ -47,7 +49,7 @@ impl Sock {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Source {
     #[serde(rename = "sock_diag")]
     SockDiag,
@@ -231,7 +233,7 @@ fn sock(r: &InetResponse) -> Sock {
     let mut s = Sock {
         local: SocketAddr::new(id.source_address, id.source_port),
         peer: SocketAddr::new(id.destination_address, id.destination_port),
-        state: state_name(h.state),
+        state: state_name(h.state).into(),
         inode: u64::from(h.inode),
         cookie: half(0) | half(4) << 32,
         rmem: u64::from(h.recv_queue),
@@ -262,7 +264,7 @@ fn proc_net_tcp() -> Vec<Sock> {
         .map(|e| Sock {
             local: e.local_address,
             peer: e.remote_address,
-            state: state_name(e.state.to_u8()),
+            state: state_name(e.state.to_u8()).into(),
             inode: e.inode,
             cookie: 0,
             rmem: u64::from(e.rx_queue),

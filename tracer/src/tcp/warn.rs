@@ -5,7 +5,7 @@
 //! above `pct` of tcp_mem's "pressure". Pure: fed with samples, asked at report time.
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::output::human_duration;
 
@@ -24,12 +24,16 @@ impl Rule {
 
     /// "80% of the pressure threshold held for 3.0s", as the report states it.
     pub fn describe(&self) -> String {
-        format!(
-            "{:.0}% of the pressure threshold held for {}",
-            self.pct,
-            human_duration(self.hold.as_secs_f64())
-        )
+        describe(self.pct, self.hold.as_secs_f64())
     }
+}
+
+/// The rule of `pct` percent held for `hold_s` seconds, in words.
+fn describe(pct: f64, hold_s: f64) -> String {
+    format!(
+        "{pct:.0}% of the pressure threshold held for {}",
+        human_duration(hold_s)
+    )
 }
 
 /// Tracks how long TCP memory has stayed at or above the rule's level.
@@ -46,7 +50,7 @@ pub struct Near {
 }
 
 /// What the report says about the early warning (JSON `early_warning`, text line).
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// The warning is on: the level has held for at least `hold_s` up to the last sample.
     pub active: bool,
@@ -116,21 +120,21 @@ pub fn warning(open: bool, pages: u64, pressure: u64, near: &State) -> Option<St
     }
 }
 
-/// The text line when there is no warning: what was seen against the rule.
-pub fn no_warning_line(near: &State, rule: &Rule) -> String {
+/// The text line when there is no warning: what was seen against the rule (the
+/// state states the rule too).
+pub fn no_warning_line(near: &State) -> String {
+    let rule = describe(near.threshold_pct, near.hold_s);
     if near.held_s > 0.0 || near.held_samples > 0 {
         format!(
-            "early warning: none yet: at or above {:.0}% for {} so far; it needs {}",
-            rule.pct,
+            "early warning: none yet: at or above {:.0}% for {} so far; it needs {rule}",
+            near.threshold_pct,
             human_duration(near.held_s),
-            rule.describe()
         )
     } else {
         format!(
-            "early warning: none: TCP memory is below {:.0}% of the pressure threshold (longest stretch at or above it: {}; the warning needs {})",
-            rule.pct,
+            "early warning: none: TCP memory is below {:.0}% of the pressure threshold (longest stretch at or above it: {}; the warning needs {rule})",
+            near.threshold_pct,
             human_duration(near.longest_held_s),
-            rule.describe()
         )
     }
 }
@@ -164,7 +168,7 @@ mod tests {
         feed(&mut n, 1100, 2000, 10);
         let s = n.state(&RULE);
         assert_eq!((s.held_s, s.held_samples, s.active), (0.0, 0, false));
-        assert!(no_warning_line(&s, &RULE).starts_with("early warning: none: "));
+        assert!(no_warning_line(&s).starts_with("early warning: none: "));
     }
 
     #[test]
@@ -177,7 +181,7 @@ mod tests {
         let s = n.state(&RULE);
         assert!(!s.active && !s.sustained, "{s:?}");
         assert_eq!(s.longest_held_s, 2.9);
-        assert!(no_warning_line(&s, &RULE).starts_with("early warning: none yet"));
+        assert!(no_warning_line(&s).starts_with("early warning: none yet"));
     }
 
     #[test]
