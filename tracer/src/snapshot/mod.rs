@@ -7,7 +7,9 @@ pub mod inodes;
 pub mod tcpmem;
 
 /// A USE-style verdict on a measured value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Ok,
@@ -24,6 +26,15 @@ impl Level {
             Level::Warn
         } else {
             Level::Ok
+        }
+    }
+
+    /// The level as a number (ok 0, warn 1, crit 2), for metrics.
+    pub fn severity(self) -> i64 {
+        match self {
+            Level::Ok => 0,
+            Level::Warn => 1,
+            Level::Crit => 2,
         }
     }
 
