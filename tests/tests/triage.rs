@@ -2,7 +2,8 @@
 //! zombies, a loop-mounted ext4 out of inodes, a CPU burner per core, an OOM-like
 //! kernel log line; plus a quiet run and an unprivileged one. Other tests may run on
 //! the machine at the same time, so each asserts on the rows its own incident made
-//! (its parent pid, its mount point, its tagged log line).
+//! (its parent pid, its mount point, its tagged log line). Reports are read strictly
+//! as `tracer::triage::TriageReport`, so a renamed or dropped field fails here.
 //!
 //! Over 600 lines because the healthy-busy-host load generator (Busy) and the checks
 //! that it raises no finding live beside the incident tests they must not contradict.
@@ -14,58 +15,61 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use tracer::{
+    snapshot::Level,
+    triage::{Finding, TriageReport},
+};
 use tracer_tests::{
-    Finished, Incident, LoopExt4, Tracer, assert_none_loaded, require_root, run_tracer,
+    Envelope, Finished, Incident, LoopExt4, Tracer, assert_none_loaded, require_root, run_tracer,
     run_tracer_unprivileged, serial,
 };
 
-fn findings(r: &Value) -> &Vec<Value> {
-    r["findings"].as_array().expect("findings array")
+/// A triage report as its JSON line reads back, strictly.
+type Report = Envelope<TriageReport>;
+
+/// The report as its JSON, for failure messages.
+fn show(r: &Report) -> String {
+    serde_json::to_string(r).expect("a typed report serializes")
 }
 
 /// The rows of `resource`/`check`, optionally about `subject`.
-fn rows<'a>(r: &'a Value, resource: &str, check: &str, subject: Option<&str>) -> Vec<&'a Value> {
-    findings(r)
+fn rows<'a>(r: &'a Report, resource: &str, check: &str, subject: Option<&str>) -> Vec<&'a Finding> {
+    r.findings
         .iter()
-        .filter(|f| f["resource"] == resource && f["check"] == check)
-        .filter(|f| subject.is_none_or(|s| f["subject"] == s))
+        .filter(|f| f.resource == resource && f.check == check)
+        .filter(|f| subject.is_none_or(|s| f.subject.as_deref() == Some(s)))
         .collect()
 }
 
-fn level_rank(l: &Value) -> u8 {
-    match l.as_str() {
-        Some("ok") => 0,
-        Some("warn") => 1,
-        Some("crit") => 2,
-        other => panic!("bad level {other:?}"),
-    }
-}
-
 /// Checks the exit status against the report's worst row (0 ok, 3 warn, 4 crit).
-fn exit_matches_report(out: &Finished, r: &Value) -> i32 {
-    let worst = findings(r)
+fn exit_matches_report(out: &Finished, r: &Report) -> i32 {
+    let worst = r
+        .findings
         .iter()
-        .map(|f| level_rank(&f["level"]))
+        .map(|f| f.level)
         .max()
-        .unwrap_or(0);
-    let expected = [0, 3, 4][worst as usize];
+        .unwrap_or(Level::Ok);
+    let expected = match worst {
+        Level::Ok => 0,
+        Level::Warn => 3,
+        Level::Crit => 4,
+    };
     let code = out.status.code().expect("exit code");
     assert_eq!(
         code, expected,
         "exit status vs worst row; stderr: {}",
         out.stderr
     );
-    assert_eq!(r["exit_code"], expected);
+    assert_eq!(i32::from(r.exit_code), expected);
     code
 }
 
-fn triage(args: &[&str]) -> (Finished, Value) {
+fn triage(args: &[&str]) -> (Finished, Report) {
     let mut all = vec!["triage", "--json"];
     all.extend_from_slice(args);
     let out = run_tracer(&all);
-    let r = out.final_report();
-    assert_eq!(r["command"], "triage");
+    let r = out.final_as::<TriageReport>();
+    assert_eq!(r.header.command, "triage");
     (out, r)
 }
 
@@ -79,38 +83,35 @@ fn parent_holding_zombies_is_named_in_the_pids_row() {
     let (out, r) = triage(&["-d", "5s", "--prom-file", prom.0.to_str().unwrap()]);
     let pid = inc.pid.to_string();
     let row = rows(&r, "pids", "zombies", Some(&pid));
-    assert_eq!(row.len(), 1, "no zombies row for parent {pid}: {r}");
+    assert_eq!(
+        row.len(),
+        1,
+        "no zombies row for parent {pid}: {}",
+        show(&r)
+    );
     let row = row[0];
-    assert_eq!(row["level"], "warn", "{row}");
+    assert_eq!(row.level, Level::Warn, "{row:?}");
     assert!(
-        row["value"]
-            .as_str()
-            .unwrap()
+        row.value
             .starts_with(&format!("8 zombie(s) under {pid} (incident) through the ")),
-        "{row}"
+        "{row:?}"
     );
     assert_eq!(
-        row["next"],
-        format!("tracer zombies --parent -p {pid}"),
-        "{row}"
+        row.next.as_deref(),
+        Some(format!("tracer zombies --parent -p {pid}").as_str()),
+        "{row:?}"
     );
-    let parent = r["pids"]["zombie_parents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["ppid"] == inc.pid)
-        .unwrap_or_else(|| panic!("parent missing from pids.zombie_parents: {r}"));
-    assert_eq!(parent["zombies"], 8);
-    assert_eq!(parent["stuck"], 8);
+    let parent = (r.leaks.pids.zombie_parents.iter())
+        .find(|p| p.ppid == inc.pid)
+        .unwrap_or_else(|| panic!("parent missing from pids.zombie_parents: {}", show(&r)));
+    assert_eq!(parent.zombies, 8);
+    assert_eq!(parent.stuck, 8);
     assert!(exit_matches_report(&out, &r) >= 3);
     // Over a window shorter than the 5 s floor the same zombies are counted, not judged.
     let (_, r) = triage(&["-d", "1s"]);
     let row = rows(&r, "pids", "zombies", Some(&pid));
-    assert_eq!(row[0]["level"], "ok", "{row:?}");
-    assert!(
-        row[0]["value"].as_str().unwrap().contains("not judged"),
-        "{row:?}"
-    );
+    assert_eq!(row[0].level, Level::Ok, "{row:?}");
+    assert!(row[0].value.contains("not judged"), "{row:?}");
     assert!(out.stdout.lines().count() == 1, "one JSON object");
     // The same row as a Prometheus gauge: severity 1 (warn), labelled by parent.
     let text = fs::read_to_string(&prom.0).expect("the --prom-file was written");
@@ -166,26 +167,20 @@ fn ext4_out_of_inodes_is_crit_for_that_mount() {
     let mount = fs.mnt().to_string();
     let (out, r) = triage(&["-d", "1s"]);
     let row = rows(&r, "inodes", "inode usage", Some(&mount));
-    assert_eq!(row.len(), 1, "no inodes row for {mount}: {r}");
+    assert_eq!(row.len(), 1, "no inodes row for {mount}: {}", show(&r));
     let row = row[0];
-    assert_eq!(row["level"], "crit", "{row}");
-    let value = row["value"].as_str().unwrap();
-    assert!(value.starts_with("100% of inodes used"), "{row}");
-    assert!(value.contains("inodes full, blocks free"), "{row}");
+    assert_eq!(row.level, Level::Crit, "{row:?}");
+    assert!(row.value.starts_with("100% of inodes used"), "{row:?}");
+    assert!(row.value.contains("inodes full, blocks free"), "{row:?}");
     assert!(
-        row["next"]
-            .as_str()
-            .unwrap()
+        (row.next.as_deref().expect("a next step"))
             .starts_with(&format!("tracer inodes --fs {mount} ")),
-        "{row}"
+        "{row:?}"
     );
-    let listed = r["filesystems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["mount"] == mount.as_str())
-        .unwrap_or_else(|| panic!("{mount} missing from filesystems: {r}"));
-    assert_eq!(listed["inodes_full_blocks_free"], true);
+    let listed = (r.leaks.filesystems.iter().flatten())
+        .find(|f| f.mount == Path::new(&mount))
+        .unwrap_or_else(|| panic!("{mount} missing from filesystems: {}", show(&r)));
+    assert!(listed.inodes_full_blocks_free, "{listed:?}");
     assert_eq!(exit_matches_report(&out, &r), 4);
     drop(fs);
     assert!(
@@ -270,36 +265,31 @@ fn a_cpu_burner_per_core_makes_cpu_saturation_at_least_warn() {
     let pids: Vec<u32> = burners.0.iter().map(|c| c.id()).collect();
     drop(burners);
     let sat = rows(&r, "cpu", "saturation", None);
-    assert_eq!(sat.len(), 1, "{r}");
+    assert_eq!(sat.len(), 1, "{}", show(&r));
     assert!(
-        level_rank(&sat[0]["level"]) >= 1,
-        "a burner per core must saturate the CPUs: {}",
+        sat[0].level >= Level::Warn,
+        "a burner per core must saturate the CPUs: {:?}",
         sat[0]
     );
-    assert!(sat[0]["next"].is_string());
-    assert!(
-        r["runnable"]["per_cpu"].as_f64().unwrap() >= 1.0,
-        "{}",
-        r["runnable"]
-    );
+    assert!(sat[0].next.is_some());
+    let runnable = r.cpu.runnable.as_ref().expect("runnable tasks sampled");
+    assert!(runnable.per_cpu >= 1.0, "{runnable:?}");
     let util = rows(&r, "cpu", "utilization", None);
-    assert!(level_rank(&util[0]["level"]) >= 1, "{}", util[0]);
+    assert!(util[0].level >= Level::Warn, "{:?}", util[0]);
     // The burners are the top CPU users, each near one full CPU.
-    let top = r["top_processes"].as_array().unwrap();
-    let burning: Vec<&Value> = top
-        .iter()
-        .filter(|p| pids.contains(&(p["pid"].as_u64().unwrap() as u32)))
-        .collect();
+    let top = r.cpu.top_processes.as_ref().expect("top_processes");
+    let burning: Vec<_> = top.iter().filter(|p| pids.contains(&p.pid)).collect();
     assert_eq!(
         burning.len(),
         pids.len(),
         "burners in top_processes: {top:?}"
     );
     for p in burning {
-        assert!(p["cpu_pct"].as_f64().unwrap() >= 30.0, "{p}");
+        assert!(p.cpu_pct >= 30.0, "{p:?}");
     }
     // The run-queue histogram saw the burners wait for each other.
-    assert!(r["runqueue_latency_us"]["count"].as_u64().unwrap() > 0);
+    let rq = r.runqueue_latency_us.as_ref().expect("run-queue latency");
+    assert!(rq.count > 0);
     exit_matches_report(&out, &r);
 }
 
@@ -312,21 +302,22 @@ fn two_burners_sharing_one_cpu_wait_for_each_other_in_the_runqueue_histogram() {
     let burners = Burners::pinned(2, 0).running();
     let (out, r) = triage(&["-d", "1s"]);
     drop(burners);
-    let rq = &r["runqueue_latency_us"];
-    assert!(rq["count"].as_u64().unwrap() > 0, "{rq}");
+    let rq = r.runqueue_latency_us.as_ref().expect("run-queue latency");
+    assert!(rq.count > 0, "{rq:?}");
     assert!(
-        rq["max"].as_u64().unwrap() >= 1000,
-        "a task preempted by an equal CPU hog waits at least a slice: {rq}"
+        rq.max >= 1000,
+        "a task preempted by an equal CPU hog waits at least a slice: {rq:?}"
     );
-    assert!(rq["p50"].as_u64().unwrap() <= rq["p99"].as_u64().unwrap());
-    assert!(rq["p99"].as_u64().unwrap() <= rq["max"].as_u64().unwrap());
-    assert_eq!(rq["resolution"], "log2 bucket upper bound");
+    assert!(rq.p50 <= rq.p99);
+    assert!(rq.p99 <= rq.max);
+    assert_eq!(rq.resolution, "log2 bucket upper bound");
     assert_eq!(
         rows(&r, "cpu", "run-queue latency", None).len(),
         1,
-        "a run-queue latency row: {r}"
+        "a run-queue latency row: {}",
+        show(&r)
     );
-    assert_eq!(r["lost_events"], 0);
+    assert_eq!(r.header.lost_events, 0);
     exit_matches_report(&out, &r);
 }
 
@@ -353,22 +344,16 @@ fn an_oom_line_in_the_kernel_log_makes_the_kernel_row_crit() {
     drop(kmsg);
     let (out, r) = triage(&["-d", "1s", "--since", "1m"]);
     let row = rows(&r, "kernel", "OOM kills", None);
-    assert_eq!(row.len(), 1, "{r}");
+    assert_eq!(row.len(), 1, "{}", show(&r));
     let row = row[0];
-    assert_eq!(row["level"], "crit", "{row}");
-    assert!(
-        row["value"].as_str().unwrap().contains(&line),
-        "latest line: {row}"
-    );
-    let entry = r["kernel_log"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["check"] == "OOM kills")
+    assert_eq!(row.level, Level::Crit, "{row:?}");
+    assert!(row.value.contains(&line), "latest line: {row:?}");
+    let entry = (r.kernel_log.iter().flatten())
+        .find(|e| e.check == "OOM kills")
         .unwrap();
-    assert_eq!(entry["latest"], line.as_str());
-    assert!(entry["count"].as_u64().unwrap() >= 1);
-    assert!(entry["latest_age_s"].as_f64().unwrap() < 60.0);
+    assert_eq!(entry.latest, line);
+    assert!(entry.count >= 1);
+    assert!(entry.latest_age_s < 60.0);
     assert_eq!(exit_matches_report(&out, &r), 4);
 }
 
@@ -380,30 +365,26 @@ fn quiet_machine_has_no_crit_rows_and_reports_within_the_window() {
     // Kernel log lines from before this run (e.g. the OOM test's) are not this
     // machine's present state: look back only over the window.
     let (out, r) = triage(&["-d", "2s", "--since", "2s"]);
-    let crit: Vec<&Value> = findings(&r)
-        .iter()
-        .filter(|f| f["level"] == "crit")
+    let crit: Vec<&Finding> = (r.findings.iter())
+        .filter(|f| f.level == Level::Crit)
         .collect();
     assert!(crit.is_empty(), "crit rows on a quiet machine: {crit:?}");
     // The rates cover the window asked for, not the load before it or the detach after
     // (wall time is not asserted: loading under TCG emulation alone takes seconds).
-    let measured = r["measured_s"].as_f64().unwrap();
+    let measured = r.measured_s;
     assert!(
         (window..window + 1.0).contains(&measured),
         "triage -d 2s measured {measured}s"
     );
-    assert_eq!(r["window_s"], window);
-    assert_eq!(r["lost_events"], 0);
-    assert_eq!(r["final"], true);
+    assert_eq!(r.window_s, window);
+    assert_eq!(r.header.lost_events, 0);
+    assert!(r.header.final_);
     // Every resource of the checklist has a row, in the checklist's order.
     let order = [
         "cpu", "kernel", "cpu", "memory", "disk", "network", "pids", "cgroups", "inodes", "tcp_mem",
     ];
-    let resources: Vec<&str> = findings(&r)
-        .iter()
-        .map(|f| f["resource"].as_str().unwrap())
-        .collect();
-    assert_eq!(findings(&r)[0]["check"], "load average");
+    let resources: Vec<&str> = r.findings.iter().map(|f| &*f.resource).collect();
+    assert_eq!(r.findings[0].check, "load average");
     let mut at = 0;
     for res in resources.iter() {
         while at < order.len() && order[at] != *res {
@@ -419,21 +400,16 @@ fn quiet_machine_has_no_crit_rows_and_reports_within_the_window() {
     ] {
         assert!(resources.contains(&want), "no {want} row: {resources:?}");
     }
-    for f in findings(&r) {
-        for field in ["check", "value", "threshold", "level"] {
-            assert!(f[field].is_string(), "{field} missing in {f}");
-        }
-        assert_eq!(f["next"].is_string(), f["level"] != "ok", "{f}");
+    // check, value, threshold and level are fields of every row: the strict read
+    // fails on a row without one.
+    for f in &r.findings {
+        assert_eq!(f.next.is_some(), f.level != Level::Ok, "{f:?}");
     }
-    let rq = &r["runqueue_latency_us"];
-    assert!(rq["count"].as_u64().unwrap() > 0, "{rq}");
-    assert!(rq["p50"].as_u64().unwrap() <= rq["p99"].as_u64().unwrap());
-    assert!(rq["p99"].as_u64().unwrap() <= rq["max"].as_u64().unwrap());
-    assert!(
-        r["skipped"].as_array().unwrap().is_empty(),
-        "{}",
-        r["skipped"]
-    );
+    let rq = r.runqueue_latency_us.as_ref().expect("run-queue latency");
+    assert!(rq.count > 0, "{rq:?}");
+    assert!(rq.p50 <= rq.p99);
+    assert!(rq.p99 <= rq.max);
+    assert!(r.skipped.is_empty(), "{:?}", r.skipped);
     exit_matches_report(&out, &r);
     assert_none_loaded("triage_");
 }
@@ -445,15 +421,25 @@ fn ctrl_c_ends_the_window_early_with_a_full_report() {
     let tracer = Tracer::start(&["triage", "-d", "60s", "--json"]);
     std::thread::sleep(Duration::from_millis(1500));
     let out = tracer.interrupt();
-    let r = out.final_report();
-    let measured = r["measured_s"].as_f64().unwrap();
+    let r = out.final_as::<TriageReport>();
+    let measured = r.measured_s;
     assert!(
         (1.0..30.0).contains(&measured),
         "the window ends at Ctrl-C: measured {measured}s"
     );
-    assert_eq!(r["window_s"], 60.0);
-    assert!(r["runqueue_latency_us"]["count"].as_u64().unwrap() > 0);
-    assert!(!rows(&r, "cpu", "utilization", None).is_empty(), "{r}");
+    assert_eq!(r.window_s, 60.0);
+    assert!(
+        r.runqueue_latency_us
+            .as_ref()
+            .expect("run-queue latency")
+            .count
+            > 0
+    );
+    assert!(
+        !rows(&r, "cpu", "utilization", None).is_empty(),
+        "{}",
+        show(&r)
+    );
     exit_matches_report(&out, &r);
     assert_none_loaded("triage_");
 }
@@ -495,26 +481,23 @@ fn unprivileged_run_gives_the_proc_rows_and_skips_ebpf() {
     let _s = serial();
     let out = run_tracer_unprivileged(&["triage", "-d", "1s", "--json", "--fail-on", "never"]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
-    let r = out.final_report();
+    let r = out.final_as::<TriageReport>();
     for want in [
         "cpu", "memory", "disk", "network", "pids", "inodes", "tcp_mem",
     ] {
         assert!(
-            findings(&r).iter().any(|f| f["resource"] == want),
-            "no {want} row without root: {r}"
+            r.findings.iter().any(|f| f.resource == want),
+            "no {want} row without root: {}",
+            show(&r)
         );
     }
-    assert!(r["runqueue_latency_us"].is_null());
+    assert!(r.runqueue_latency_us.is_none());
     assert!(rows(&r, "cpu", "run-queue latency", None).is_empty());
-    let skipped = r["skipped"].as_array().unwrap();
-    let ebpf = skipped
-        .iter()
-        .find(|s| s["part"] == "run-queue latency (eBPF)")
+    let skipped = &r.skipped;
+    let ebpf = (skipped.iter())
+        .find(|s| s.part == "run-queue latency (eBPF)")
         .unwrap_or_else(|| panic!("eBPF part not marked skipped: {skipped:?}"));
-    assert!(
-        ebpf["reason"].as_str().unwrap().contains("CAP_BPF"),
-        "{ebpf}"
-    );
+    assert!(ebpf.reason.contains("CAP_BPF"), "{ebpf:?}");
     assert!(
         out.stderr.contains("run-queue latency: skipped"),
         "{}",
@@ -522,7 +505,7 @@ fn unprivileged_run_gives_the_proc_rows_and_skips_ebpf() {
     );
     // Without --fail-on the status is the verdict (0/3/4), never an error.
     let out = run_tracer_unprivileged(&["triage", "-d", "1s", "--json"]);
-    let r = out.final_report();
+    let r = out.final_as::<TriageReport>();
     exit_matches_report(&out, &r);
     assert!(!out.stderr.contains("tracer:"), "{}", out.stderr);
 }
@@ -748,8 +731,8 @@ fn healthy_busy_host_has_no_finding() {
     let tracer_pid = tracer.pid() as u64;
     let from = Instant::now();
     let out = tracer.wait();
-    let r = out.final_report();
-    let measured = r["measured_s"].as_f64().unwrap();
+    let r = out.final_as::<TriageReport>();
+    let measured = r.measured_s;
     // The window began after `spawned` and lasted `measured`: it covers [from, this].
     let to = spawned + Duration::from_secs_f64(measured);
     let (batches, chunks) = busy.within(from, to.min(Instant::now()));
@@ -766,80 +749,72 @@ fn healthy_busy_host_has_no_finding() {
         "{commands} short commands in all, {} in {batches} batches within the {window} s window, {chunks} MiB over loopback in it",
         batches * BATCH
     );
+    let rq = r.runqueue_latency_us.as_ref().expect("run-queue latency");
     assert!(
-        r["runqueue_latency_us"]["count"].as_u64().unwrap() >= batches * BATCH,
-        "{} run-queue waits for {} commands in the window: {}",
-        r["runqueue_latency_us"],
+        rq.count >= batches * BATCH,
+        "{rq:?} run-queue waits for {} commands in the window: {}",
         batches * BATCH,
-        r
+        show(&r)
     );
     assert!(chunks >= 1, "no loopback chunk within the window");
+    let tcp = r.network.tcp.as_ref().expect("tcp counters");
     assert!(
-        r["tcp"]["out_segs"].as_u64().unwrap() >= chunks * (CHUNK / 65536),
-        "{} segments for {chunks} MiB: {}",
-        r["tcp"],
-        r
+        tcp.out_segs >= chunks * (CHUNK / 65536),
+        "{tcp:?} segments for {chunks} MiB: {}",
+        show(&r)
     );
-    assert_eq!(r["lost_events"], 0);
+    assert_eq!(r.header.lost_events, 0);
 
     // Other tests or builds sharing this host (named in top_processes) load its CPUs
     // and disks: then, and only then, cpu and disk rows may be non-ok. In CI nothing
     // else runs and every row must be ok.
-    let foreign: f64 = r["top_processes"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let foreign: f64 = (r.cpu.top_processes.as_ref().expect("top_processes").iter())
         .filter(|p| {
-            let pid = p["pid"].as_u64().unwrap();
+            let pid = u64::from(p.pid);
             pid != u64::from(std::process::id())
                 && pid != tracer_pid
-                && !["sh", "true"].contains(&p["comm"].as_str().unwrap())
+                && !["sh", "true"].contains(&p.comm.as_str())
         })
-        .map(|p| p["cpu_pct"].as_f64().unwrap())
+        .map(|p| p.cpu_pct)
         .sum();
     let shared = foreign >= 25.0;
     // Rows about another test's incident (a parent holding zombies, a filesystem out
     // of inodes: their subject is not this test's process or file system) are not
     // this workload's.
     let me = std::process::id().to_string();
-    let tmp_mount = r["filesystems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|f| f["mount"].as_str())
+    let tmp_mount = (r.leaks.filesystems.as_ref().expect("filesystems").iter())
+        .filter_map(|f| f.mount.to_str())
         .filter(|m| std::env::temp_dir().starts_with(m))
         .max_by_key(|m| m.len())
         .map(str::to_string);
-    let others = |f: &Value| match (f["resource"].as_str().unwrap(), f["subject"].as_str()) {
+    let others = |f: &Finding| match (&*f.resource, f.subject.as_deref()) {
         ("pids", Some(parent)) => parent != me,
         ("inodes", Some(mount)) => tmp_mount.as_deref() != Some(mount),
         _ => false,
     };
-    let (exempt, bad): (Vec<&Value>, Vec<&Value>) = findings(&r)
-        .iter()
-        .filter(|f| f["level"] != "ok")
-        .partition(|f| {
-            others(f) || (shared && ["cpu", "disk"].contains(&f["resource"].as_str().unwrap()))
-        });
+    let (exempt, bad): (Vec<&Finding>, Vec<&Finding>) = (r.findings.iter())
+        .filter(|f| f.level != Level::Ok)
+        .partition(|f| others(f) || (shared && ["cpu", "disk"].contains(&&*f.resource)));
     assert!(
         bad.is_empty(),
-        "findings on a healthy busy host (other processes used {foreign:.0}% CPU): {bad:#?}\n{r}"
+        "findings on a healthy busy host (other processes used {foreign:.0}% CPU): {bad:#?}\n{}",
+        show(&r)
     );
     if exempt.is_empty() {
-        assert_eq!(r["worst"], "ok", "{r}");
+        assert_eq!(r.worst, Level::Ok, "{}", show(&r));
         assert_eq!(exit_matches_report(&out, &r), 0);
     } else {
         eprintln!(
             "note: other processes used {foreign:.0}% of a CPU during the window; rows not about this workload: {:?}",
             exempt
                 .iter()
-                .map(|f| (&f["check"], &f["value"]))
+                .map(|f| (&f.check, &f.value))
                 .collect::<Vec<_>>()
         );
     }
     // Every row states its threshold.
-    for f in findings(&r) {
-        assert!(!f["threshold"].as_str().unwrap().is_empty(), "{f}");
+    for f in &r.findings {
+        assert!(!f.threshold.is_empty(), "{f:?}");
     }
     assert_none_loaded("triage_");
 }

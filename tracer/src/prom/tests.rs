@@ -11,6 +11,7 @@ use crate::{
     cgroups::{CgroupsReport, Finding, rows::DyingRow},
     detectors::all_metrics,
     report::{Emitted, Envelope},
+    triage::TriageReport,
     zombies::{ZombiesReport, rows::ParentRow},
 };
 
@@ -371,20 +372,88 @@ fn values_come_from_the_reports_fields_in_base_units() {
         ],
     );
 
+    let t = triage_with(|_| {});
     assert_values(
-        &render("triage", &fixture("triage")),
+        &t,
         &[
             (
                 "tracer_triage_finding_severity{resource=\"cpu\",check=\"utilization\"}",
                 2.0,
             ),
             (
+                "tracer_triage_finding_severity{resource=\"disk\",check=\"io\",subject=\"vda\"}",
+                0.0,
+            ),
+            (
                 "tracer_triage_disk_await_seconds{device=\"vda\"}",
                 0.4 / 1e3,
             ),
             ("tracer_triage_worst_severity", 2.0),
+            ("tracer_triage_window_seconds", 3.001),
+            ("tracer_triage_load1", 6.670000076293945),
+            ("tracer_triage_cpu_time_ratio{mode=\"busy\"}", 99.8 / 100.0),
+            ("tracer_triage_runnable_tasks", 6.6),
+            (
+                "tracer_triage_pressure_some_ratio{resource=\"cpu\"}",
+                98.0 / 100.0,
+            ),
+            (
+                "tracer_triage_pressure_some_ratio{resource=\"io\"}",
+                0.2 / 100.0,
+            ),
+            ("tracer_triage_memory_total_bytes", 25275990016.0),
+            ("tracer_triage_tcp_established", 0.0),
+            ("tracer_triage_tasks", 171.0),
+            ("tracer_triage_tasks_limit", 32768.0),
+            ("tracer_triage_zombies", 0.0),
+            ("tracer_triage_cgroups_dying{hierarchy=\"memory\"}", 33.0),
+            (
+                "tracer_triage_filesystem_inodes_used_ratio{mount=\"/\",device=\"/dev/vda\",fstype=\"ext4\"}",
+                2.5 / 100.0,
+            ),
+            ("tracer_triage_tcp_memory_of_pressure_ratio", 0.0),
+            ("tracer_triage_runqueue_latency_seconds_count", 4198.0),
+            (
+                "tracer_triage_runqueue_latency_seconds_bucket{le=\"0.016384\"}",
+                3779.0,
+            ),
         ],
     );
+    assert!(
+        !t.contains("tracer_triage_cgroups_dying{hierarchy=\"name=systemd\"}"),
+        "unknown: no series"
+    );
+    // Without the eBPF part, PSI or /proc/meminfo: no series for them, never a 0.
+    let t = triage_with(|r| {
+        r.body.runqueue_latency_us = None;
+        r.body.cpu.cpu_psi_some_pct = None;
+        r.body.memory.memory = None;
+    });
+    assert!(!t.contains("runqueue_latency"), "{t}");
+    assert!(
+        !t.contains("tracer_triage_pressure_some_ratio{resource=\"cpu\"}"),
+        "{t}"
+    );
+    assert!(!t.contains("tracer_triage_memory_total_bytes"), "{t}");
+    assert_eq!(promtool(&t), "");
+}
+
+/// The triage fixture as its typed report, changed by `edit`, as Prometheus text.
+fn triage_with(edit: impl FnOnce(&mut Envelope<TriageReport>)) -> String {
+    let mut r: Envelope<TriageReport> = serde_json::from_value(fixture("triage")).unwrap();
+    edit(&mut r);
+    let e = Emitted {
+        header: r.header,
+        body: std::sync::Arc::new(r.body),
+    };
+    super::render(&[&e])
+}
+
+#[test]
+fn the_triage_fixture_reads_strictly_as_its_typed_report() {
+    let v = fixture("triage");
+    let r: Envelope<TriageReport> = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&r).unwrap(), v, "every key, once");
 }
 
 #[test]

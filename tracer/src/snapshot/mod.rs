@@ -29,6 +29,15 @@ impl Level {
         }
     }
 
+    /// The level as a number (ok 0, warn 1, crit 2), for metrics.
+    pub fn severity(self) -> i64 {
+        match self {
+            Level::Ok => 0,
+            Level::Warn => 1,
+            Level::Crit => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Ok => "ok",

@@ -5,10 +5,11 @@ use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
 use procfs::{CpuPressure, CpuTime, Current as _, CurrentSI as _, KernelStats, LoadAverage};
-use serde_json::json;
 
-use super::{Finding, Part, Skipped, Window, judge, rows::CpuProcRow, runq};
-use crate::{output::Table, procinfo, snapshot::Level};
+use super::{
+    CpuSection, Finding, Load, Part, Runnable, Utilization, Window, judge, rows::CpuProcRow, runq,
+};
+use crate::{procinfo, snapshot::Level};
 
 /// Per-process CPU ticks at the start of the window, keyed by pid and start time (a
 /// reused pid is a different process).
@@ -142,66 +143,102 @@ pub fn split(a: Ticks, b: Ticks) -> Split {
     }
 }
 
-pub fn findings(
+/// The CPU rows, in the checklist's order, and what they measured.
+pub fn check(
     before: &Before,
     runnable: &RunnableSampler,
     runq: Option<&runq::Summary>,
     w: Window,
-) -> Part {
-    let mut part = Part::default();
+    part: &mut Part,
+) -> CpuSection {
     let cpus = w.cpus as f64;
-    let f = &mut part.findings;
-
-    // Load averages (uptime): include tasks in uninterruptible sleep, so a high load
-    // with idle CPUs points at I/O.
-    match LoadAverage::current() {
-        Ok(l) => {
-            let trend = if l.one > l.fifteen * 1.2 {
-                "rising"
-            } else if l.one < l.fifteen * 0.8 {
-                "falling"
-            } else {
-                "steady"
-            };
-            f.push(
-                Finding::new(
-                    "cpu",
-                    "load average",
-                    format!(
-                        "{:.2} {:.2} {:.2} (1/5/15 min), {:.2}/CPU, {trend}",
-                        l.one,
-                        l.five,
-                        l.fifteen,
-                        l.one as f64 / cpus
-                    ),
-                    LOAD_THRESHOLD,
-                    load_level(l.one.into(), l.five.into(), l.fifteen.into(), cpus),
-                )
-                .next("vmstat 1 (r: runnable, b: blocked on I/O); high load with idle CPUs means tasks blocked in D state"),
-            );
-            part.json.insert(
-                "load".into(),
-                json!({"one": l.one, "five": l.five, "fifteen": l.fifteen, "trend": trend}),
-            );
-        }
-        Err(e) => part.skipped.push(Skipped {
-            part: "load average",
-            reason: format!("reading /proc/loadavg: {e}"),
-        }),
-    }
-
+    let mut section = CpuSection {
+        load: load(part, cpus),
+        ..CpuSection::default()
+    };
     let after = match KernelStats::current() {
         Ok(s) => s,
         Err(e) => {
-            part.skipped.push(Skipped {
-                part: "cpu utilization",
-                reason: format!("reading /proc/stat: {e}"),
-            });
-            return part;
+            part.skip("cpu utilization", format!("reading /proc/stat: {e}"));
+            return section;
         }
     };
+    let all = utilization(part, before, &after);
+    let per = imbalance(part, before, &after, all.busy());
+    section.utilization = Some(Utilization {
+        busy_pct: round1(all.busy()),
+        user_pct: round1(all.user),
+        system_pct: round1(all.system),
+        iowait_pct: round1(all.iowait),
+        steal_pct: round1(all.steal),
+        idle_pct: round1(all.idle),
+        per_cpu_busy_pct: per.iter().map(|s| round1(s.busy())).collect(),
+    });
+    section.runnable = saturation(part, runnable, cpus);
+    // Were the CPUs short over the window? Waits with CPUs idle are wakeup latency
+    // (or throttling and pinning, which show as long waits).
+    let short = cpus_short(all.busy(), runnable.mean().map(|m| m / cpus));
+    runq_latency(part, runq, short);
+    // PSI: share of the window in which some task waited for a CPU.
+    section.cpu_psi_some_pct = super::psi_judged(
+        part,
+        "cpu",
+        "/proc/pressure/cpu",
+        before.psi,
+        CpuPressure::current().map(|p| p.some),
+        w,
+        "cat /proc/pressure/cpu; per cgroup: cpu.pressure (which cgroup waits)",
+        |pct| (cpu_psi_level(pct, short), CPU_PSI_THRESHOLD.into()),
+    );
+    section.top_processes = Some(top_processes(before, w));
+    section
+}
 
-    // Utilization split (vmstat us/sy/wa/st/id).
+/// Load averages (uptime): include tasks in uninterruptible sleep, so a high load
+/// with idle CPUs points at I/O.
+fn load(part: &mut Part, cpus: f64) -> Option<Load> {
+    let l = match LoadAverage::current() {
+        Ok(l) => l,
+        Err(e) => {
+            part.skip("load average", format!("reading /proc/loadavg: {e}"));
+            return None;
+        }
+    };
+    let trend = if l.one > l.fifteen * 1.2 {
+        "rising"
+    } else if l.one < l.fifteen * 0.8 {
+        "falling"
+    } else {
+        "steady"
+    };
+    part.findings.push(
+        Finding::new(
+            "cpu",
+            "load average",
+            format!(
+                "{:.2} {:.2} {:.2} (1/5/15 min), {:.2}/CPU, {trend}",
+                l.one,
+                l.five,
+                l.fifteen,
+                l.one as f64 / cpus
+            ),
+            LOAD_THRESHOLD,
+            load_level(l.one.into(), l.five.into(), l.fifteen.into(), cpus),
+        )
+        .next("vmstat 1 (r: runnable, b: blocked on I/O); high load with idle CPUs means tasks blocked in D state"),
+    );
+    Some(Load {
+        one: l.one.into(),
+        five: l.five.into(),
+        fifteen: l.fifteen.into(),
+        trend: trend.into(),
+    })
+}
+
+/// The utilization split (vmstat us/sy/wa/st/id) of all CPUs over the window, with
+/// rows for iowait and steal when there is any to speak of.
+fn utilization(part: &mut Part, before: &Before, after: &KernelStats) -> Split {
+    let f = &mut part.findings;
     let all = split((&before.stat.total).into(), (&after.total).into());
     f.push(
         Finding::new(
@@ -245,106 +282,90 @@ pub fn findings(
             .next("the host is oversubscribed: ask the cloud/hypervisor side; mpstat -P ALL 1"),
         );
     }
+    all
+}
 
-    // Per-CPU imbalance (mpstat -P ALL): one hot CPU hides in the average.
-    let per: Vec<Split> = before
-        .stat
-        .cpu_time
-        .iter()
+/// Per-CPU imbalance (mpstat -P ALL): one hot CPU hides in the average. Each CPU's
+/// split over the window.
+fn imbalance(part: &mut Part, before: &Before, after: &KernelStats, busy: f64) -> Vec<Split> {
+    let per: Vec<Split> = (before.stat.cpu_time.iter())
         .zip(&after.cpu_time)
         .map(|(a, b)| split(a.into(), b.into()))
         .collect();
     if per.len() > 1 {
-        let (hot, hot_busy) = per
-            .iter()
-            .enumerate()
+        let (hot, hot_busy) = (per.iter().enumerate())
             .map(|(i, s)| (i, s.busy()))
             .fold((0, 0.0), |acc, x| if x.1 > acc.1 { x } else { acc });
-        let level = if hot_busy >= 90.0 && all.busy() < 50.0 {
+        let level = if hot_busy >= 90.0 && busy < 50.0 {
             Level::Warn
         } else {
             Level::Ok
         };
-        f.push(
+        part.findings.push(
             Finding::new(
                 "cpu",
                 "imbalance",
-                format!(
-                    "hottest cpu{hot} {hot_busy:.0}% busy, average {:.0}%",
-                    all.busy()
-                ),
+                format!("hottest cpu{hot} {hot_busy:.0}% busy, average {busy:.0}%"),
                 "one CPU >= 90% with average < 50% warn",
                 level,
             )
             .next("a single-threaded hot spot or IRQ affinity: mpstat -P ALL 1; pidstat -t 1"),
         );
     }
-    part.json.insert(
-        "cpu".into(),
-        json!({
-            "busy_pct": round1(all.busy()), "user_pct": round1(all.user), "system_pct": round1(all.system),
-            "iowait_pct": round1(all.iowait), "steal_pct": round1(all.steal), "idle_pct": round1(all.idle),
-            "per_cpu_busy_pct": per.iter().map(|s| round1(s.busy())).collect::<Vec<_>>(),
-        }),
+    per
+}
+
+/// Saturation: runnable tasks per CPU (vmstat r > CPU count: tasks wait for a turn).
+fn saturation(part: &mut Part, runnable: &RunnableSampler, cpus: f64) -> Option<Runnable> {
+    let mean = runnable.mean()?;
+    part.findings.push(
+        Finding::new(
+            "cpu",
+            "saturation",
+            format!(
+                "{mean:.1} runnable tasks on average ({:.2}/CPU), max {}",
+                mean / cpus,
+                runnable.max
+            ),
+            "runnable/CPU >= 1 warn, 2 crit",
+            judge(mean / cpus, 1.0, 2.0),
+        )
+        .next("pidstat 1 / top (who is runnable); the run-queue latency row and histogram (as root) say how long tasks wait"),
     );
+    Some(Runnable {
+        mean: round1(mean),
+        per_cpu: round1(mean / cpus),
+        max: runnable.max,
+        samples: runnable.n,
+    })
+}
 
-    // Saturation: runnable tasks per CPU (vmstat r > CPU count: tasks wait for a turn).
-    if let Some(mean) = runnable.mean() {
-        f.push(
-            Finding::new(
-                "cpu",
-                "saturation",
-                format!(
-                    "{mean:.1} runnable tasks on average ({:.2}/CPU), max {}",
-                    mean / cpus,
-                    runnable.max
-                ),
-                "runnable/CPU >= 1 warn, 2 crit",
-                judge(mean / cpus, 1.0, 2.0),
-            )
-            .next("pidstat 1 / top (who is runnable); the run-queue latency row and histogram (as root) say how long tasks wait"),
-        );
-        part.json.insert(
-            "runnable".into(),
-            json!({"mean": round1(mean), "per_cpu": round1(mean / cpus), "max": runnable.max, "samples": runnable.n}),
-        );
-    }
-    // Were the CPUs short over the window? Waits with CPUs idle are wakeup latency
-    // (or throttling and pinning, which show as long waits).
-    let short = cpus_short(all.busy(), runnable.mean().map(|m| m / cpus));
-    if let Some(s) = runq.filter(|s| s.count() > 0) {
-        let p99 = s.quantile(0.99);
-        f.push(
-            Finding::new(
-                "cpu",
-                "run-queue latency",
-                format!(
-                    "p99 <= {} us, max {} us ({} wakeups); CPUs {}",
-                    p99,
-                    s.max,
-                    s.count(),
-                    if short { "short" } else { "not short" }
-                ),
-                RUNQ_THRESHOLD,
-                runq_level(p99, short),
-            )
-            .next("tasks wait for a CPU: runqlat / perf sched; check cpu cgroup throttling (cpu.stat nr_throttled)"),
-        );
-    }
-
-    // PSI: share of the window in which some task waited for a CPU.
-    super::psi_judged(
-        &mut part,
-        "cpu",
-        "/proc/pressure/cpu",
-        before.psi,
-        CpuPressure::current().map(|p| p.some),
-        w,
-        "cat /proc/pressure/cpu; per cgroup: cpu.pressure (which cgroup waits)",
-        |pct| (cpu_psi_level(pct, short), CPU_PSI_THRESHOLD.into()),
+/// Run-queue latency (eBPF), judged by how short the CPUs were.
+fn runq_latency(part: &mut Part, runq: Option<&runq::Summary>, short: bool) {
+    let Some(s) = runq.filter(|s| s.count() > 0) else {
+        return;
+    };
+    let p99 = s.quantile(0.99);
+    part.findings.push(
+        Finding::new(
+            "cpu",
+            "run-queue latency",
+            format!(
+                "p99 <= {} us, max {} us ({} wakeups); CPUs {}",
+                p99,
+                s.max,
+                s.count(),
+                if short { "short" } else { "not short" }
+            ),
+            RUNQ_THRESHOLD,
+            runq_level(p99, short),
+        )
+        .next("tasks wait for a CPU: runqlat / perf sched; check cpu cgroup throttling (cpu.stat nr_throttled)"),
     );
+}
 
-    // Top processes by CPU over the window (pidstat 1, top).
+/// Top processes by CPU over the window (pidstat 1, top): at most 5, the busiest first.
+fn top_processes(before: &Before, w: Window) -> Vec<CpuProcRow> {
     let tps = procfs::ticks_per_second().max(1) as f64;
     let mut top: Vec<(procinfo::ProcStat, f64)> = procinfo::all_stats()
         .into_iter()
@@ -361,21 +382,13 @@ pub fn findings(
         .collect();
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
     top.truncate(5);
-    let top: Vec<CpuProcRow> = (top.into_iter())
+    (top.into_iter())
         .map(|(p, cpu_pct)| CpuProcRow {
             pid: p.pid,
             comm: p.comm,
             cpu_pct,
         })
-        .collect();
-    part.text += "\nTOP PROCESSES BY CPU (over the window; 100% = one CPU)\n";
-    if top.is_empty() {
-        part.text += "  none used CPU\n";
-    } else {
-        part.text += &Table::of(&top).render();
-    }
-    part.json.insert("top_processes".into(), json!(top));
-    part
+        .collect()
 }
 
 /// The CPUs were short over the window: busy >= 80% or at least one runnable task per

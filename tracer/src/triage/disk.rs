@@ -5,9 +5,8 @@
 use std::path::Path;
 
 use procfs::{Current as _, DiskStat, IoPressure};
-use serde_json::json;
 
-use super::{Finding, Part, Window, cpu::round1, judge};
+use super::{DiskRow, DiskSection, Finding, Part, Window, cpu::round1, judge};
 use crate::snapshot::Level;
 
 pub struct Before {
@@ -62,63 +61,15 @@ pub fn await_level(reads: u64, r_await: f64, writes: u64, w_await: f64, w_kib: f
     r.max(w)
 }
 
-pub fn findings(before: Before, w: Window) -> Part {
-    let mut part = Part::default();
+/// The disk rows, and what they measured.
+pub fn check(before: Before, w: Window, part: &mut Part) -> DiskSection {
     let after = procfs::diskstats().unwrap_or_default();
-    let mut devices = Vec::new();
-    for b in after.iter().filter(|d| wanted(&d.name)) {
-        let Some(a) = before.disks.iter().find(|d| d.name == b.name) else {
-            continue;
-        };
-        let d = |x: u64, y: u64| y.saturating_sub(x);
-        let reads = d(a.reads, b.reads);
-        let writes = d(a.writes, b.writes);
-        let ios = reads + writes;
-        if ios == 0 {
-            continue; // iostat -z: idle devices are left out
-        }
-        let sectors = d(a.sectors_read, b.sectors_read) + d(a.sectors_written, b.sectors_written);
-        let wait_ms = d(a.time_reading, b.time_reading) + d(a.time_writing, b.time_writing);
-        let busy_ms = d(a.time_in_progress, b.time_in_progress);
-        let iops = ios as f64 / w.secs;
-        let mb_s = sectors as f64 * 512.0 / w.secs / 1e6;
-        let await_ms = wait_ms as f64 / ios as f64;
-        let r_await = d(a.time_reading, b.time_reading) as f64 / reads.max(1) as f64;
-        let w_await = d(a.time_writing, b.time_writing) as f64 / writes.max(1) as f64;
-        let w_kib = d(a.sectors_written, b.sectors_written) as f64 / 2.0 / writes.max(1) as f64;
-        let util = (busy_ms as f64 / (w.secs * 1000.0) * 100.0).min(100.0);
-        let rot = rotational(&b.name);
-        let await_level = await_level(reads, r_await, writes, w_await, w_kib);
-        let util_level = if rot {
-            judge(util, 60.0, 90.0)
-        } else {
-            judge(util, 90.0, f64::INFINITY)
-        };
-        part.findings.push(
-            Finding::new(
-                "disk",
-                "io",
-                format!(
-                    "{iops:.0} IOPS (r {:.0} w {:.0}), {mb_s:.1} MB/s, await {await_ms:.1} ms (r {r_await:.1} w {w_await:.1}, writes avg {w_kib:.0} KiB), %util {util:.0}{}",
-                    reads as f64 / w.secs,
-                    writes as f64 / w.secs,
-                    if rot { "" } else { " (SSD/NVMe: %util misleads)" }
-                ),
-                if rot {
-                    format!("{AWAIT_THRESHOLD}; %util >= 60 warn, 90 crit")
-                } else {
-                    format!("{AWAIT_THRESHOLD}; %util >= 90 warn")
-                },
-                await_level.max(util_level),
-            )
-            .subject(&b.name)
-            .next(format!("iostat -xz 1 {}; biolatency / biotop for who and how slow", b.name)),
-        );
-        devices.push(json!({"device": b.name, "iops": round1(iops), "reads_per_s": round1(reads as f64 / w.secs),
-            "writes_per_s": round1(writes as f64 / w.secs), "mb_per_s": round1(mb_s), "await_ms": round1(await_ms),
-            "r_await_ms": round1(r_await), "w_await_ms": round1(w_await), "write_kib_avg": round1(w_kib),
-            "util_pct": round1(util), "rotational": rot}));
-    }
+    let devices: Vec<DiskRow> = (after.iter().filter(|d| wanted(&d.name)))
+        .filter_map(|b| {
+            let a = before.disks.iter().find(|d| d.name == b.name)?;
+            device(part, a, b, w)
+        })
+        .collect();
     if devices.is_empty() {
         part.findings.push(Finding::new(
             "disk",
@@ -128,9 +79,8 @@ pub fn findings(before: Before, w: Window) -> Part {
             Level::Ok,
         ));
     }
-    part.json.insert("disks".into(), json!(devices));
-    super::psi(
-        &mut part,
+    let disk_psi_some_pct = super::psi(
+        part,
         "disk",
         "/proc/pressure/io",
         before.psi,
@@ -138,7 +88,72 @@ pub fn findings(before: Before, w: Window) -> Part {
         w,
         "cat /proc/pressure/io; iostat -xz 1; per cgroup: io.pressure",
     );
-    part
+    DiskSection {
+        disks: devices,
+        disk_psi_some_pct,
+    }
+}
+
+/// One disk's row over the window from its counters at both ends (iostat -xz); None
+/// when it was idle.
+fn device(part: &mut Part, a: &DiskStat, b: &DiskStat, w: Window) -> Option<DiskRow> {
+    let d = |x: u64, y: u64| y.saturating_sub(x);
+    let reads = d(a.reads, b.reads);
+    let writes = d(a.writes, b.writes);
+    let ios = reads + writes;
+    if ios == 0 {
+        return None; // iostat -z: idle devices are left out
+    }
+    let sectors = d(a.sectors_read, b.sectors_read) + d(a.sectors_written, b.sectors_written);
+    let wait_ms = d(a.time_reading, b.time_reading) + d(a.time_writing, b.time_writing);
+    let busy_ms = d(a.time_in_progress, b.time_in_progress);
+    let iops = ios as f64 / w.secs;
+    let mb_s = sectors as f64 * 512.0 / w.secs / 1e6;
+    let await_ms = wait_ms as f64 / ios as f64;
+    let r_await = d(a.time_reading, b.time_reading) as f64 / reads.max(1) as f64;
+    let w_await = d(a.time_writing, b.time_writing) as f64 / writes.max(1) as f64;
+    let w_kib = d(a.sectors_written, b.sectors_written) as f64 / 2.0 / writes.max(1) as f64;
+    let util = (busy_ms as f64 / (w.secs * 1000.0) * 100.0).min(100.0);
+    let rot = rotational(&b.name);
+    let await_level = await_level(reads, r_await, writes, w_await, w_kib);
+    let util_level = if rot {
+        judge(util, 60.0, 90.0)
+    } else {
+        judge(util, 90.0, f64::INFINITY)
+    };
+    part.findings.push(
+        Finding::new(
+            "disk",
+            "io",
+            format!(
+                "{iops:.0} IOPS (r {:.0} w {:.0}), {mb_s:.1} MB/s, await {await_ms:.1} ms (r {r_await:.1} w {w_await:.1}, writes avg {w_kib:.0} KiB), %util {util:.0}{}",
+                reads as f64 / w.secs,
+                writes as f64 / w.secs,
+                if rot { "" } else { " (SSD/NVMe: %util misleads)" }
+            ),
+            if rot {
+                format!("{AWAIT_THRESHOLD}; %util >= 60 warn, 90 crit")
+            } else {
+                format!("{AWAIT_THRESHOLD}; %util >= 90 warn")
+            },
+            await_level.max(util_level),
+        )
+        .subject(&b.name)
+        .next(format!("iostat -xz 1 {}; biolatency / biotop for who and how slow", b.name)),
+    );
+    Some(DiskRow {
+        device: b.name.clone(),
+        iops: round1(iops),
+        reads_per_s: round1(reads as f64 / w.secs),
+        writes_per_s: round1(writes as f64 / w.secs),
+        mb_per_s: round1(mb_s),
+        await_ms: round1(await_ms),
+        r_await_ms: round1(r_await),
+        w_await_ms: round1(w_await),
+        write_kib_avg: round1(w_kib),
+        util_pct: round1(util),
+        rotational: rot,
+    })
 }
 
 #[cfg(test)]

@@ -7,9 +7,7 @@ use std::{
     time::Duration,
 };
 
-use serde_json::json;
-
-use super::{Finding, Part, Skipped};
+use super::{Finding, KernelLogRow, Part};
 use crate::{output::human_duration, procinfo, snapshot::Level};
 
 /// A kind of kernel message worth a row.
@@ -182,8 +180,9 @@ pub fn classify(
     out
 }
 
-pub fn findings(since: Duration) -> Part {
-    let mut part = Part::default();
+/// The kernel log rows, and each kind found with its count and latest line (None
+/// when /dev/kmsg is not readable).
+pub fn check(since: Duration, part: &mut Part) -> Option<Vec<KernelLogRow>> {
     let since_s = human_duration(since.as_secs_f64());
     let records = match read_kmsg() {
         Ok(r) => r,
@@ -194,13 +193,8 @@ pub fn findings(since: Duration) -> Part {
             } else {
                 format!("reading /dev/kmsg: {e}")
             };
-            part.skipped.push(Skipped {
-                part: "kernel log",
-                reason: why,
-            });
-            part.json
-                .insert("kernel_log".into(), serde_json::Value::Null);
-            return part;
+            part.skip("kernel log", why);
+            return None;
         }
     };
     // Record times are microseconds of CLOCK_MONOTONIC (the kernel's local clock).
@@ -223,7 +217,12 @@ pub fn findings(since: Duration) -> Part {
             )
             .next(p.next),
         );
-        rows.push(json!({"check": p.check, "count": n, "latest": last.msg, "latest_age_s": crate::output::round3(age)}));
+        rows.push(KernelLogRow {
+            check: p.check.into(),
+            count: *n,
+            latest: last.msg.clone(),
+            latest_age_s: age,
+        });
     }
     if hits.is_empty() {
         part.findings.push(Finding::new(
@@ -237,8 +236,7 @@ pub fn findings(since: Duration) -> Part {
             Level::Ok,
         ));
     }
-    part.json.insert("kernel_log".into(), json!(rows));
-    part
+    Some(rows)
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 //! usage per filesystem (tracer inodes), TCP memory vs tcp_mem (tracer tcp-pressure).
 use std::collections::{BTreeMap, HashSet};
 
-use serde_json::json;
-
-use super::{Finding, Part, Skipped, Window, cpu::round1, judge};
+use super::{
+    Finding, FsRow, HierarchyRow, LeaksSection, Part, Pids, TcpMemRow, Window, ZombieParentRow,
+    cpu::round1, judge,
+};
 use crate::{
     procinfo,
     snapshot::{Level, cgroups, inodes, pct, tcpmem},
@@ -72,16 +73,18 @@ fn zombies_level(stuck: usize, window_s: f64) -> Level {
     judge(stuck as f64, ZOMBIES_WARN, ZOMBIES_CRIT)
 }
 
-pub fn findings(before: Before, w: Window) -> Part {
-    let mut part = Part::default();
-    pids(&mut part, &before.zombies, w);
-    dying_cgroups(&mut part);
-    inode_usage(&mut part);
-    tcp_mem(&mut part, before, w);
-    part
+/// The leak rows, and what they saw.
+pub fn check(before: Before, w: Window, part: &mut Part) -> LeaksSection {
+    LeaksSection {
+        pids: pids(part, &before.zombies, w),
+        cgroup_hierarchies: dying_cgroups(part),
+        filesystems: inode_usage(part),
+        tcp_mem: tcp_mem(part, before, w),
+    }
 }
 
-fn pids(part: &mut Part, before: &HashSet<(u32, u64)>, w: Window) {
+/// PID usage, and zombies per parent.
+fn pids(part: &mut Part, before: &HashSet<(u32, u64)>, w: Window) -> Pids {
     // PID usage: every task (thread) takes a PID; fork fails at min(pid_max, threads-max).
     let in_use = procinfo::tasks_in_use();
     let limit = procinfo::pid_limit();
@@ -131,7 +134,13 @@ fn pids(part: &mut Part, before: &HashSet<(u32, u64)>, w: Window) {
             .subject(ppid.to_string())
             .next(format!("tracer zombies --parent -p {ppid}")),
         );
-        rows.push(json!({"ppid": ppid, "comm": comm, "zombies": stuck + young, "stuck": stuck, "in_flight": young}));
+        rows.push(ZombieParentRow {
+            ppid,
+            comm,
+            zombies: stuck + young,
+            stuck,
+            in_flight: young,
+        });
     }
     if parents.is_empty() {
         part.findings.push(Finding::new(
@@ -142,21 +151,21 @@ fn pids(part: &mut Part, before: &HashSet<(u32, u64)>, w: Window) {
             Level::Ok,
         ));
     }
-    part.json.insert(
-        "pids".into(),
-        json!({"in_use": in_use, "limit": limit, "zombies_total": total, "zombie_parents": rows}),
-    );
+    Pids {
+        in_use,
+        limit,
+        zombies_total: total,
+        zombie_parents: rows,
+    }
 }
 
-fn dying_cgroups(part: &mut Part) {
+/// Dying cgroups per hierarchy, and every hierarchy.
+fn dying_cgroups(part: &mut Part) -> Option<Vec<HierarchyRow>> {
     let hs = match cgroups::hierarchies() {
         Ok(h) => h,
         Err(e) => {
-            part.skipped.push(Skipped {
-                part: "dying cgroups",
-                reason: format!("{e:#}"),
-            });
-            return;
+            part.skip("dying cgroups", format!("{e:#}"));
+            return None;
         }
     };
     let threshold = format!("per hierarchy >= {DYING_WARN} warn, {DYING_CRIT} crit");
@@ -189,28 +198,26 @@ fn dying_cgroups(part: &mut Part) {
             Level::Ok,
         ));
     }
-    part.json.insert(
-        "cgroup_hierarchies".into(),
-        json!(
-            hs.iter()
-                .map(
-                    |h| json!({"name": h.name, "version": h.version, "mount": h.mount,
-            "live": h.cgroups, "dying": h.dying})
-                )
-                .collect::<Vec<_>>()
-        ),
-    );
+    Some(
+        (hs.into_iter())
+            .map(|h| HierarchyRow {
+                name: h.name,
+                version: h.version,
+                mount: h.mount,
+                live: h.cgroups,
+                dying: h.dying,
+            })
+            .collect(),
+    )
 }
 
-fn inode_usage(part: &mut Part) {
+/// Inode usage per filesystem, and every filesystem with a fixed inode count.
+fn inode_usage(part: &mut Part) -> Option<Vec<FsRow>> {
     let mut fss = match inodes::filesystems() {
         Ok(f) => f,
         Err(e) => {
-            part.skipped.push(Skipped {
-                part: "inode usage",
-                reason: format!("{e:#}"),
-            });
-            return;
+            part.skip("inode usage", format!("{e:#}"));
+            return None;
         }
     };
     fss.sort_by(|a, b| b.inodes_used_pct().total_cmp(&a.inodes_used_pct()));
@@ -271,23 +278,27 @@ fn inode_usage(part: &mut Part) {
             Level::Ok,
         ));
     }
-    part.json.insert(
-        "filesystems".into(),
-        json!(fss.iter().map(|f| json!({"mount": f.mount, "fstype": f.fstype, "device": f.device,
-            "inodes_used_pct": round1(f.inodes_used_pct()), "blocks_used_pct": round1(f.blocks_used_pct()),
-            "inodes_full_blocks_free": f.inodes_full_blocks_free()})).collect::<Vec<_>>()),
-    );
+    Some(
+        (fss.iter())
+            .map(|f| FsRow {
+                mount: f.mount.clone(),
+                fstype: f.fstype.clone(),
+                device: f.device.clone(),
+                inodes_used_pct: round1(f.inodes_used_pct()),
+                blocks_used_pct: round1(f.blocks_used_pct()),
+                inodes_full_blocks_free: f.inodes_full_blocks_free(),
+            })
+            .collect(),
+    )
 }
 
-fn tcp_mem(part: &mut Part, before: Before, w: Window) {
+/// Memory TCP holds vs tcp_mem, and pressure entries and aborts over the window.
+fn tcp_mem(part: &mut Part, before: Before, w: Window) -> Option<TcpMemRow> {
     let now = match tcpmem::Snapshot::read() {
         Ok(s) => s,
         Err(e) => {
-            part.skipped.push(Skipped {
-                part: "tcp memory",
-                reason: format!("{e:#}"),
-            });
-            return;
+            part.skip("tcp memory", format!("{e:#}"));
+            return None;
         }
     };
     let t = now.tcp_mem;
@@ -330,12 +341,15 @@ fn tcp_mem(part: &mut Part, before: Before, w: Window) {
         )
         .next("tracer tcp-pressure (who holds TCP memory, since when, what to set)"),
     );
-    part.json.insert(
-        "tcp_mem".into(),
-        json!({"pages": now.mem_pages, "low": t.low, "pressure": t.pressure, "high": t.high,
-               "pressure_entries_in_window": pressures, "aborts_on_memory_in_window": aborts,
-               "window_s": round1(w.secs)}),
-    );
+    Some(TcpMemRow {
+        pages: now.mem_pages,
+        low: t.low,
+        pressure: t.pressure,
+        high: t.high,
+        pressure_entries_in_window: pressures,
+        aborts_on_memory_in_window: aborts,
+        window_s: round1(w.secs),
+    })
 }
 
 #[cfg(test)]

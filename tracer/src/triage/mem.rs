@@ -3,9 +3,8 @@
 use std::collections::HashMap;
 
 use procfs::{Current as _, Meminfo, MemoryPressure};
-use serde_json::json;
 
-use super::{Finding, Part, Skipped, Window, cpu::round1, judge};
+use super::{Finding, Memory, MemorySection, Part, Window, cpu::round1, judge};
 use crate::snapshot::{Level, pct};
 
 /// /proc/vmstat counters at the start of the window.
@@ -45,11 +44,28 @@ pub fn swap_level(si: f64, so: f64) -> Level {
     }
 }
 
-pub fn findings(before: Before, w: Window) -> Part {
-    let mut part = Part::default();
+/// The memory rows, and what they measured.
+pub fn check(before: Before, w: Window, part: &mut Part) -> MemorySection {
     let after = procfs::vmstat().unwrap_or_default();
-    let f = &mut part.findings;
+    let memory = available(part);
+    swapping(part, &before.vmstat, &after, w);
+    let memory_psi_some_pct = super::psi(
+        part,
+        "memory",
+        "/proc/pressure/memory",
+        before.psi,
+        MemoryPressure::current().map(|p| p.some),
+        w,
+        "cat /proc/pressure/memory; per cgroup: memory.pressure; vmstat 1",
+    );
+    MemorySection {
+        memory,
+        memory_psi_some_pct,
+    }
+}
 
+/// Memory available (free -m), and the totals.
+fn available(part: &mut Part) -> Option<Memory> {
     match Meminfo::current() {
         Ok(m) => {
             let total = m.mem_total;
@@ -57,7 +73,7 @@ pub fn findings(before: Before, w: Window) -> Part {
             // cache); MemFree alone looks alarming on every healthy Linux host.
             let avail = m.mem_available.unwrap_or(m.mem_free + m.cached);
             let avail_pct = pct(avail, total);
-            f.push(
+            part.findings.push(
                 Finding::new(
                     "memory",
                     "available",
@@ -71,23 +87,27 @@ pub fn findings(before: Before, w: Window) -> Part {
                 )
                 .next("free -m; top -o RES (who holds it); slabtop; check memory cgroup limits"),
             );
-            let swap_used = m.swap_total.saturating_sub(m.swap_free);
-            part.json.insert(
-                "memory".into(),
-                json!({"total_bytes": total, "available_bytes": avail, "available_pct": round1(avail_pct),
-                       "swap_total_bytes": m.swap_total, "swap_used_bytes": swap_used}),
-            );
+            Some(Memory {
+                total_bytes: total,
+                available_bytes: avail,
+                available_pct: round1(avail_pct),
+                swap_total_bytes: m.swap_total,
+                swap_used_bytes: m.swap_total.saturating_sub(m.swap_free),
+            })
         }
-        Err(e) => part.skipped.push(Skipped {
-            part: "memory available",
-            reason: format!("reading /proc/meminfo: {e}"),
-        }),
+        Err(e) => {
+            part.skip("memory available", format!("reading /proc/meminfo: {e}"));
+            None
+        }
     }
+}
 
-    let a = &before.vmstat;
+/// Swapping, major faults and OOM kills over the window (vmstat, sar -B).
+fn swapping(part: &mut Part, a: &HashMap<String, i64>, after: &HashMap<String, i64>, w: Window) {
+    let f = &mut part.findings;
     if let (Some(si), Some(so)) = (
-        rate(a, &after, "pswpin", w.secs),
-        rate(a, &after, "pswpout", w.secs),
+        rate(a, after, "pswpin", w.secs),
+        rate(a, after, "pswpout", w.secs),
     ) {
         f.push(
             Finding::new(
@@ -100,7 +120,7 @@ pub fn findings(before: Before, w: Window) -> Part {
             .next("vmstat 1 (si/so); memory is short: see memory available and who holds it"),
         );
     }
-    if let Some(majflt) = rate(a, &after, "pgmajfault", w.secs) {
+    if let Some(majflt) = rate(a, after, "pgmajfault", w.secs) {
         f.push(
             Finding::new(
                 "memory",
@@ -127,17 +147,6 @@ pub fn findings(before: Before, w: Window) -> Part {
             ),
         );
     }
-
-    super::psi(
-        &mut part,
-        "memory",
-        "/proc/pressure/memory",
-        before.psi,
-        MemoryPressure::current().map(|p| p.some),
-        w,
-        "cat /proc/pressure/memory; per cgroup: memory.pressure; vmstat 1",
-    );
-    part
 }
 
 #[cfg(test)]

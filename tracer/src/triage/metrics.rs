@@ -1,10 +1,9 @@
-//! What `tracer triage` exposes with `--prom-file`, from its report's fields. Triage
-//! measures one window, so its values are gauges of that window.
-use serde_json::Value;
-
+//! What `tracer triage` exposes (`--prom-file`, serve's /metrics); the report fills
+//! them (report.rs, `collect`). Triage measures one window, so its values are gauges
+//! of that window.
 use crate::prom::{
     BaseUnit::{Bytes, Ratio, Seconds},
-    Families, MS, Metric, Num, PCT, gauge, histogram, rows, s, severity,
+    Metric, gauge, histogram,
 };
 
 pub const FINDING: Metric = gauge(
@@ -164,55 +163,3 @@ pub const METRICS: &[&Metric] = &[
     &FS_INODES_USED,
     &TCP_MEM,
 ];
-
-pub fn collect(r: &Value, out: &mut Families) {
-    for f in rows(r, "findings", usize::MAX) {
-        out.row(&FINDING, f, "severity", 1.0);
-    }
-    if let Some(v) = severity(&r["worst"]) {
-        out.sample(&WORST, &[], v);
-    }
-    out.field(&WINDOW, &[], r, "measured_s");
-    out.histogram(&RUNQ_LATENCY, &[], &r["runqueue_latency_us"]);
-    out.field(&LOAD1, &[], &r["load"], "one");
-    out.field(&LOAD5, &[], &r["load"], "five");
-    out.field(&LOAD15, &[], &r["load"], "fifteen");
-    for mode in ["busy", "user", "system", "iowait", "steal", "idle"] {
-        let key = format!("{mode}_pct");
-        out.field_per(&CPU, &[("mode", mode)], &r["cpu"], &key, PCT);
-    }
-    out.field(&RUNNABLE, &[], &r["runnable"], "mean");
-    for (resource, key) in [
-        ("cpu", "cpu_psi_some_pct"),
-        ("memory", "memory_psi_some_pct"),
-        ("io", "disk_psi_some_pct"),
-    ] {
-        out.field_per(&PSI, &[("resource", resource)], r, key, PCT);
-    }
-    let mem = &r["memory"];
-    out.field(&MEM_TOTAL, &[], mem, "total_bytes");
-    out.field(&MEM_AVAILABLE, &[], mem, "available_bytes");
-    out.field(&SWAP_USED, &[], mem, "swap_used_bytes");
-    for d in rows(r, "disks", usize::MAX) {
-        out.row(&DISK_AWAIT, d, "await_ms", MS);
-        out.row(&DISK_UTIL, d, "util_pct", PCT);
-        out.row(&DISK_IOPS, d, "iops", 1.0);
-    }
-    out.field(&TCP_ESTABLISHED, &[], &r["tcp"], "established");
-    out.field_per(&TCP_RETRANS, &[], &r["tcp"], "retrans_pct", PCT);
-    out.field(&TASKS, &[], &r["pids"], "in_use");
-    out.field(&TASKS_LIMIT, &[], &r["pids"], "limit");
-    out.field(&ZOMBIES, &[], &r["pids"], "zombies_total");
-    for h in rows(r, "cgroup_hierarchies", usize::MAX) {
-        out.field(&CGROUPS_DYING, &[("hierarchy", s(h, "name"))], h, "dying");
-    }
-    for f in rows(r, "filesystems", usize::MAX) {
-        out.row(&FS_INODES_USED, f, "inodes_used_pct", PCT);
-    }
-    let tm = &r["tcp_mem"];
-    if let (Some(pages), Some(pressure)) = (tm["pages"].as_f64(), tm["pressure"].as_f64())
-        && pressure > 0.0
-    {
-        out.sample(&TCP_MEM, &[], Num::from(pages / pressure));
-    }
-}

@@ -15,24 +15,27 @@ mod leaks;
 mod mem;
 pub mod metrics;
 mod net;
+mod report;
 mod rows;
 mod runq;
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use serde::Serialize;
-use serde_json::json;
 
 use crate::{
     bpf::{self, Session},
-    output::Table,
     run::{self, Detector, ReportCtx, RunOpts},
-    prom::legacy::Report,
     snapshot::Level,
 };
 
-pub use runq::SPEC;
+pub use report::{
+    CpuSection, DiskRow, DiskSection, FsRow, HierarchyRow, InterfaceRow, KernelLogRow,
+    LeaksSection, Load, Memory, MemorySection, NetworkSection, Pids, Runnable, Skipped, Tcp,
+    TcpMemRow, TriageReport, Utilization, View, ZombieParentRow,
+};
+pub use rows::{CpuProcRow, Finding};
+pub use runq::{Quantiles, SPEC};
 
 /// How often the run-queue length is sampled during the window.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -89,57 +92,6 @@ pub enum FailOn {
     Never,
 }
 
-/// One row of the USE table.
-#[derive(Clone, Debug, Serialize)]
-pub struct Finding {
-    /// cpu, memory, disk, network, kernel, pids, cgroups, inodes, tcp_mem.
-    pub resource: &'static str,
-    pub check: String,
-    /// What the row is about when a resource has several (device, interface, mount
-    /// point, parent pid, hierarchy).
-    pub subject: Option<String>,
-    pub value: String,
-    pub threshold: String,
-    pub level: Level,
-    /// The command to run next (only for rows that are not ok).
-    pub next: Option<String>,
-    /// 0 ok, 1 warn, 2 crit: the level as a number, for --prom-file gauges.
-    pub severity: u8,
-}
-
-impl Finding {
-    pub fn new(
-        resource: &'static str,
-        check: &str,
-        value: impl Into<String>,
-        threshold: impl Into<String>,
-        level: Level,
-    ) -> Self {
-        Self {
-            resource,
-            check: check.into(),
-            subject: None,
-            value: value.into(),
-            threshold: threshold.into(),
-            level,
-            next: None,
-            severity: level as u8,
-        }
-    }
-
-    pub fn subject(mut self, s: impl Into<String>) -> Self {
-        self.subject = Some(s.into());
-        self
-    }
-
-    pub fn next(mut self, cmd: impl Into<String>) -> Self {
-        if self.level != Level::Ok {
-            self.next = Some(cmd.into());
-        }
-        self
-    }
-}
-
 /// Rising thresholds: warn at `warn`, crit at `crit`.
 pub fn judge(v: f64, warn: f64, crit: f64) -> Level {
     Level::of_pct(v, warn, crit)
@@ -147,7 +99,8 @@ pub fn judge(v: f64, warn: f64, crit: f64) -> Level {
 
 /// PSI "some": the share of the window in which at least one task stalled on the
 /// resource, from the kernel's cumulative stall time (`total`, usecs) read at both
-/// ends of the window. (avg10 would still carry the 10 s before the run.)
+/// ends of the window. (avg10 would still carry the 10 s before the run.) The share
+/// in percent with one decimal, for the report; None when PSI is not readable.
 pub fn psi(
     part: &mut Part,
     resource: &'static str,
@@ -156,10 +109,10 @@ pub fn psi(
     after: procfs::ProcResult<procfs::PressureRecord>,
     w: Window,
     next: &str,
-) {
+) -> Option<f64> {
     psi_judged(part, resource, file, before, after, w, next, |pct| {
         (judge(pct, 10.0, 40.0), "some >= 10% warn, 40% crit".into())
-    });
+    })
 }
 
 /// [`psi`] with the row's level and stated threshold from `level` (of the percentage).
@@ -173,7 +126,8 @@ pub fn psi_judged(
     w: Window,
     next: &str,
     level: impl Fn(f64) -> (Level, String),
-) {
+) -> Option<f64> {
+    const PSI: &str = "pressure stall information (PSI)";
     match (before, after) {
         (Some(b), Ok(a)) => {
             let pct = (a.total.saturating_sub(b) as f64 / (w.secs * 1e6) * 100.0).min(100.0);
@@ -188,43 +142,32 @@ pub fn psi_judged(
                 )
                 .next(next),
             );
-            part.json
-                .insert(format!("{resource}_psi_some_pct"), cpu::round1(pct).into());
+            return Some(cpu::round1(pct));
         }
-        (_, Err(e)) => part.skipped.push(Skipped {
-            part: "pressure stall information (PSI)",
-            reason: format!("{file}: {e}"),
-        }),
-        (None, Ok(_)) => part.skipped.push(Skipped {
-            part: "pressure stall information (PSI)",
-            reason: format!("{file} was not readable at the start of the window"),
-        }),
+        (_, Err(e)) => part.skip(PSI, format!("{file}: {e}")),
+        (None, Ok(_)) => part.skip(
+            PSI,
+            format!("{file} was not readable at the start of the window"),
+        ),
     }
+    None
 }
 
-/// A part of the check that could not run, and why.
-#[derive(Clone, Debug, Serialize)]
-pub struct Skipped {
-    pub part: &'static str,
-    pub reason: String,
-}
-
-/// What a module adds to the report: rows, its own JSON section and text, and parts
-/// it had to skip.
+/// What the checks add to the report besides their sections: rows of the USE table,
+/// and parts they had to skip.
 #[derive(Default)]
 pub struct Part {
     pub findings: Vec<Finding>,
-    pub json: serde_json::Map<String, serde_json::Value>,
-    pub text: String,
     pub skipped: Vec<Skipped>,
 }
 
 impl Part {
-    fn merge(&mut self, other: Part) {
-        self.findings.extend(other.findings);
-        self.json.extend(other.json);
-        self.text += &other.text;
-        self.skipped.extend(other.skipped);
+    /// A part of the check that could not run, and why.
+    pub fn skip(&mut self, part: &'static str, reason: impl Into<String>) {
+        self.skipped.push(Skipped {
+            part: part.into(),
+            reason: reason.into(),
+        });
     }
 }
 
@@ -349,39 +292,45 @@ impl Detector for Triage {
             secs: b.at.elapsed().as_secs_f64().max(1e-3),
             cpus: b.cpu.cpus(),
         };
-        let runq_summary = self.runq.as_mut().ok().map(|r| r.read());
-        let mut all = Part::default();
-        all.merge(cpu::findings(&b.cpu, &b.runnable, runq_summary.as_ref(), w));
-        all.merge(kernel::findings(self.args.since));
-        all.merge(mem::findings(b.mem, w));
-        all.merge(disk::findings(b.disk, w));
-        all.merge(net::findings(b.net, w));
-        all.merge(leaks::findings(b.leaks, w));
+        let runq = self.runq.as_mut().ok().map(|r| r.read());
+        let mut part = Part::default();
+        let cpu = cpu::check(&b.cpu, &b.runnable, runq.as_ref(), w, &mut part);
+        let kernel_log = kernel::check(self.args.since, &mut part);
+        let memory = mem::check(b.mem, w, &mut part);
+        let disk = disk::check(b.disk, w, &mut part);
+        let network = net::check(b.net, w, &mut part);
+        let leaks = leaks::check(b.leaks, w, &mut part);
         if let Err(why) = &self.runq {
-            all.skipped.push(Skipped {
-                part: "run-queue latency (eBPF)",
-                reason: why.clone(),
-            });
+            part.skip("run-queue latency (eBPF)", why.clone());
         }
         // Checklist order: load and kernel log first, then cpu, memory, disk, network and
         // the leak checks (a stable sort keeps each module's own order).
-        all.findings.sort_by_key(order);
-        let worst = all
-            .findings
-            .iter()
+        part.findings.sort_by_key(order);
+        let worst = (part.findings.iter())
             .map(|f| f.level)
             .max()
             .unwrap_or(Level::Ok);
         self.code = exit_code(worst, self.args.fail_on);
-        Ok(render(
-            &self.args,
-            all,
+        Ok(Box::new(TriageReport {
+            window_s: self.args.duration.as_secs_f64(),
+            measured_s: w.secs,
+            cpus: w.cpus,
             worst,
-            self.code,
-            w,
-            runq_summary.as_ref(),
-        )
-        .legacy(metrics::collect))
+            exit_code: self.code,
+            kernel_log_since_s: self.args.since.as_secs_f64(),
+            findings: part.findings,
+            runqueue_latency_us: runq.as_ref().map(runq::Summary::quantiles),
+            skipped: part.skipped,
+            cpu,
+            kernel_log,
+            memory,
+            disk,
+            network,
+            leaks,
+            view: View {
+                runq_slots: runq.map(|s| s.buckets).unwrap_or_default(),
+            },
+        }))
     }
 
     fn exit_code(&self) -> u8 {
@@ -397,7 +346,7 @@ impl Detector for Triage {
 
 /// Where a row goes in the checklist's order.
 fn order(f: &Finding) -> u8 {
-    match (f.resource, f.check.as_str()) {
+    match (&*f.resource, f.check.as_str()) {
         ("cpu", "load average") => 0,
         ("kernel", _) => 1,
         ("cpu", _) => 2,
@@ -418,68 +367,6 @@ pub fn exit_code(worst: Level, fail_on: FailOn) -> u8 {
         (FailOn::Crit, Level::Warn) => 0,
         (_, Level::Warn) => 3,
         (_, Level::Crit) => 4,
-    }
-}
-
-fn render(
-    args: &Args,
-    all: Part,
-    worst: Level,
-    code: u8,
-    w: Window,
-    runq: Option<&runq::Summary>,
-) -> Report {
-    let mut json = serde_json::Map::new();
-    json.insert(
-        "window_s".into(),
-        crate::output::round3(args.duration.as_secs_f64()).into(),
-    );
-    json.insert("measured_s".into(), crate::output::round3(w.secs).into());
-    json.insert("cpus".into(), w.cpus.into());
-    json.insert("worst".into(), worst.as_str().into());
-    json.insert("exit_code".into(), code.into());
-    json.insert("kernel_log_since_s".into(), args.since.as_secs_f64().into());
-    json.insert("findings".into(), json!(all.findings));
-    json.insert(
-        "runqueue_latency_us".into(),
-        runq.map(|s| json!(s.json()))
-            .unwrap_or(serde_json::Value::Null),
-    );
-    json.insert("skipped".into(), json!(all.skipped));
-    json.extend(all.json);
-
-    let mut text = String::new();
-    let counts = |l: Level| all.findings.iter().filter(|f| f.level == l).count();
-    text += &format!(
-        "verdict: {} ({} crit, {} warn, {} ok) over {:.1}s on {} CPUs\n\n",
-        worst.as_str().to_uppercase(),
-        counts(Level::Crit),
-        counts(Level::Warn),
-        counts(Level::Ok),
-        w.secs,
-        w.cpus
-    );
-    text += &Table::of(&all.findings).render();
-    text += "\nNEXT STEPS\n";
-    let next = rows::next_steps(&all.findings);
-    if next.is_empty() {
-        text += "  none: every row is ok\n";
-    }
-    for n in &next {
-        text += &format!("  {n}\n");
-    }
-    text += &all.text;
-    text += "\nRUN-QUEUE LATENCY (runnable -> running, all CPUs)\n";
-    match runq {
-        Some(s) => text += &s.text(),
-        None => text += "     skipped (see below)\n",
-    }
-    for s in &all.skipped {
-        text += &format!("skipped: {}: {}\n", s.part, s.reason);
-    }
-    Report {
-        json: serde_json::Value::Object(json),
-        text,
     }
 }
 

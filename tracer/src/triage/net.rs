@@ -3,9 +3,8 @@
 use std::collections::HashMap;
 
 use procfs::net::{DeviceStatus, Snmp};
-use serde_json::json;
 
-use super::{Finding, Part, Skipped, Window, cpu::round1, judge};
+use super::{Finding, InterfaceRow, NetworkSection, Part, Tcp, Window, cpu::round1, judge};
 use crate::snapshot::{Level, pct};
 
 pub struct Before {
@@ -56,14 +55,38 @@ fn pct_f(part: f64, whole: f64) -> f64 {
     }
 }
 
-pub fn findings(before: Before, w: Window) -> Part {
-    let mut part = Part::default();
+/// The network rows, and what they measured.
+pub fn check(before: Before, w: Window, part: &mut Part) -> NetworkSection {
+    let interfaces = interfaces(part, &before.dev, w);
+    let tcp = match (before.snmp, procfs::net::snmp()) {
+        (Some(a), Ok(b)) => Some(tcp(part, &a, &b, w)),
+        (_, Err(e)) => {
+            part.skip("tcp counters", format!("reading /proc/net/snmp: {e}"));
+            None
+        }
+        (None, Ok(_)) => {
+            part.skip(
+                "tcp counters",
+                "/proc/net/snmp was not readable at the start of the window",
+            );
+            None
+        }
+    };
+    NetworkSection { interfaces, tcp }
+}
+
+/// Per interface but lo with traffic: throughput, errors and drops (sar -n DEV,EDEV).
+fn interfaces(
+    part: &mut Part,
+    before: &HashMap<String, DeviceStatus>,
+    w: Window,
+) -> Vec<InterfaceRow> {
     let after = procfs::net::dev_status().unwrap_or_default();
     let mut names: Vec<&String> = after.keys().filter(|n| n.as_str() != "lo").collect();
     names.sort();
     let mut ifaces = Vec::new();
     for name in names {
-        let (Some(a), Some(b)) = (before.dev.get(name), after.get(name)) else {
+        let (Some(a), Some(b)) = (before.get(name), after.get(name)) else {
             continue;
         };
         let d = |x: u64, y: u64| y.saturating_sub(x) as f64 / w.secs;
@@ -98,11 +121,15 @@ pub fn findings(before: Before, w: Window) -> Part {
                 "sar -n DEV,EDEV 1; ip -s link show {name}; ethtool -S {name}"
             )),
         );
-        ifaces.push(
-            json!({"interface": name, "rx_bytes_per_s": round1(rx), "tx_bytes_per_s": round1(tx),
-            "errors_per_s": round1(errs), "drops_per_s": round1(drops), "speed_mbit": speed,
-            "util_pct": util.map(round1)}),
-        );
+        ifaces.push(InterfaceRow {
+            interface: name.clone(),
+            rx_bytes_per_s: round1(rx),
+            tx_bytes_per_s: round1(tx),
+            errors_per_s: round1(errs),
+            drops_per_s: round1(drops),
+            speed_mbit: speed,
+            util_pct: util.map(round1),
+        });
     }
     if ifaces.is_empty() {
         part.findings.push(Finding::new(
@@ -113,64 +140,56 @@ pub fn findings(before: Before, w: Window) -> Part {
             Level::Ok,
         ));
     }
-    part.json.insert("interfaces".into(), json!(ifaces));
+    ifaces
+}
 
-    match (before.snmp, procfs::net::snmp()) {
-        (Some(a), Ok(b)) => {
-            let d = |x: u64, y: u64| y.saturating_sub(x);
-            let active = d(a.tcp_active_opens, b.tcp_active_opens) as f64 / w.secs;
-            let passive = d(a.tcp_passive_opens, b.tcp_passive_opens) as f64 / w.secs;
-            let out = d(a.tcp_out_segs, b.tcp_out_segs);
-            let retrans = d(a.tcp_retrans_segs, b.tcp_retrans_segs);
-            let ratio = pct(retrans, out);
-            let resets = d(a.tcp_estab_resets, b.tcp_estab_resets) as f64 / w.secs;
-            part.findings.push(Finding::new(
-                "network",
-                "tcp connections",
-                format!(
-                    "active opens {active:.1}/s, passive opens {passive:.1}/s, {} established, resets {resets:.1}/s",
-                    b.tcp_curr_estab
-                ),
-                "load indicator, not judged",
-                Level::Ok,
-            ));
-            // A ratio over a handful of segments says nothing: judge from 100 up.
-            let level = if out >= 100 {
-                judge(ratio, 1.0, 5.0)
-            } else {
-                Level::Ok
-            };
-            part.findings.push(
-                Finding::new(
-                    "network",
-                    "tcp retransmits",
-                    format!(
-                        "{:.1}/s, {ratio:.2}% of {out} segments sent",
-                        retrans as f64 / w.secs
-                    ),
-                    "ratio >= 1% warn, 5% crit (>= 100 segments)",
-                    level,
-                )
-                .next("sar -n TCP,ETCP 1; tcpretrans (which connections); ss -ti"),
-            );
-            part.json.insert(
-                "tcp".into(),
-                json!({"active_opens_per_s": round1(active), "passive_opens_per_s": round1(passive),
-                       "established": b.tcp_curr_estab, "retrans_per_s": round1(retrans as f64 / w.secs),
-                       "retrans_pct": (ratio * 100.0).round() / 100.0, "out_segs": out,
-                       "estab_resets_per_s": round1(resets)}),
-            );
-        }
-        (_, Err(e)) => part.skipped.push(Skipped {
-            part: "tcp counters",
-            reason: format!("reading /proc/net/snmp: {e}"),
-        }),
-        (None, Ok(_)) => part.skipped.push(Skipped {
-            part: "tcp counters",
-            reason: "/proc/net/snmp was not readable at the start of the window".into(),
-        }),
+/// TCP opens, resets and retransmits over the window (sar -n TCP,ETCP).
+fn tcp(part: &mut Part, a: &Snmp, b: &Snmp, w: Window) -> Tcp {
+    let d = |x: u64, y: u64| y.saturating_sub(x);
+    let active = d(a.tcp_active_opens, b.tcp_active_opens) as f64 / w.secs;
+    let passive = d(a.tcp_passive_opens, b.tcp_passive_opens) as f64 / w.secs;
+    let out = d(a.tcp_out_segs, b.tcp_out_segs);
+    let retrans = d(a.tcp_retrans_segs, b.tcp_retrans_segs);
+    let ratio = pct(retrans, out);
+    let resets = d(a.tcp_estab_resets, b.tcp_estab_resets) as f64 / w.secs;
+    part.findings.push(Finding::new(
+        "network",
+        "tcp connections",
+        format!(
+            "active opens {active:.1}/s, passive opens {passive:.1}/s, {} established, resets {resets:.1}/s",
+            b.tcp_curr_estab
+        ),
+        "load indicator, not judged",
+        Level::Ok,
+    ));
+    // A ratio over a handful of segments says nothing: judge from 100 up.
+    let level = if out >= 100 {
+        judge(ratio, 1.0, 5.0)
+    } else {
+        Level::Ok
+    };
+    part.findings.push(
+        Finding::new(
+            "network",
+            "tcp retransmits",
+            format!(
+                "{:.1}/s, {ratio:.2}% of {out} segments sent",
+                retrans as f64 / w.secs
+            ),
+            "ratio >= 1% warn, 5% crit (>= 100 segments)",
+            level,
+        )
+        .next("sar -n TCP,ETCP 1; tcpretrans (which connections); ss -ti"),
+    );
+    Tcp {
+        active_opens_per_s: round1(active),
+        passive_opens_per_s: round1(passive),
+        established: b.tcp_curr_estab,
+        retrans_per_s: round1(retrans as f64 / w.secs),
+        retrans_pct: (ratio * 100.0).round() / 100.0,
+        out_segs: out,
+        estab_resets_per_s: round1(resets),
     }
-    part
 }
 
 #[cfg(test)]

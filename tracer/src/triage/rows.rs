@@ -1,11 +1,63 @@
 //! The triage tables, each row defined once: serialized for JSON, `cells()` for the
 //! text table; and the NEXT STEPS lines, from the findings alone.
-use serde::Serialize;
+use std::borrow::Cow;
 
-use super::{Finding, cpu::round1};
-use crate::output::Row;
+use serde::{Deserialize, Serialize};
 
-/// A USE-table row is its finding: an element of `findings`, a row of the table.
+use super::cpu::round1;
+use crate::{output::Row, snapshot::Level};
+
+/// One row of the USE table: an element of `findings`, a row of the table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// cpu, memory, disk, network, kernel, pids, cgroups, inodes, tcp_mem.
+    pub resource: Cow<'static, str>,
+    pub check: String,
+    /// What the row is about when a resource has several (device, interface, mount
+    /// point, parent pid, hierarchy).
+    pub subject: Option<String>,
+    pub value: String,
+    pub threshold: String,
+    pub level: Level,
+    /// The command to run next (only for rows that are not ok).
+    pub next: Option<String>,
+    /// 0 ok, 1 warn, 2 crit: the level as a number, for --prom-file gauges.
+    pub severity: u8,
+}
+
+impl Finding {
+    pub fn new(
+        resource: &'static str,
+        check: &str,
+        value: impl Into<String>,
+        threshold: impl Into<String>,
+        level: Level,
+    ) -> Self {
+        Self {
+            resource: resource.into(),
+            check: check.into(),
+            subject: None,
+            value: value.into(),
+            threshold: threshold.into(),
+            level,
+            next: None,
+            severity: level as u8,
+        }
+    }
+
+    pub fn subject(mut self, s: impl Into<String>) -> Self {
+        self.subject = Some(s.into());
+        self
+    }
+
+    pub fn next(mut self, cmd: impl Into<String>) -> Self {
+        if self.level != Level::Ok {
+            self.next = Some(cmd.into());
+        }
+        self
+    }
+}
+
 impl Row for Finding {
     const HEADER: &'static [&'static str] = &[
         "LEVEL",
@@ -19,7 +71,7 @@ impl Row for Finding {
     fn cells(&self) -> Vec<String> {
         vec![
             self.level.as_str().into(),
-            self.resource.into(),
+            self.resource.to_string(),
             self.check.clone(),
             self.subject.clone().unwrap_or_else(|| "-".into()),
             self.value.clone(),
@@ -47,7 +99,7 @@ pub fn next_steps(findings: &[Finding]) -> Vec<String> {
 
 /// A process that used CPU over the window: an element of `top_processes`, a row of
 /// TOP PROCESSES BY CPU. The share is exact here (one decimal in text and JSON).
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CpuProcRow {
     pub pid: u32,
     pub comm: String,
@@ -55,7 +107,8 @@ pub struct CpuProcRow {
     pub cpu_pct: f64,
 }
 
-fn serialize_round1<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+/// `serialize_with` for a share kept exact but written with one decimal.
+pub fn serialize_round1<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(round1(*v))
 }
 
@@ -74,7 +127,7 @@ impl Row for CpuProcRow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{output::Table, snapshot::Level};
+    use crate::output::Table;
 
     #[test]
     fn next_steps_only_for_rows_that_are_not_ok() {
@@ -101,6 +154,22 @@ mod tests {
             t.lines().nth(1).unwrap().split_whitespace().nth(3),
             Some("-")
         );
+    }
+
+    #[test]
+    fn a_finding_serializes_every_field_and_reads_back() {
+        let f = Finding::new("disk", "io", "90%", ">= 60", Level::Warn)
+            .subject("sda")
+            .next("iostat -xz 1 sda");
+        let line = serde_json::to_string(&f).unwrap();
+        assert_eq!(
+            line,
+            serde_json::json!({"resource": "disk", "check": "io", "subject": "sda",
+                "value": "90%", "threshold": ">= 60", "level": "warn",
+                "next": "iostat -xz 1 sda", "severity": 1})
+            .to_string()
+        );
+        assert_eq!(serde_json::from_str::<Finding>(&line).unwrap(), f);
     }
 
     #[test]

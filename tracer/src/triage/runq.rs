@@ -1,7 +1,9 @@
 //! Run-queue latency over the window: the kernel programs in tracer-ebpf/src/triage.rs
 //! fill a log2 histogram (usecs) per CPU; it is read once, for the report.
 use aya::maps::{MapData, PerCpuArray};
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use tracer_common::triage::RUNQ_SLOTS;
 
 use super::metrics::RUNQ_BOUNDS;
@@ -125,7 +127,8 @@ pub struct Summary {
     pub sum_ns: u128,
 }
 
-#[derive(Serialize)]
+/// The run-queue latency as the report carries it (`runqueue_latency_us`), usecs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Quantiles {
     pub count: u64,
     pub p50: u64,
@@ -134,7 +137,7 @@ pub struct Quantiles {
     pub max: u64,
     /// p50/p90/p99 are upper bounds of the log2 bucket the quantile falls in
     /// (capped at the exact max), as the kernel keeps only the buckets.
-    pub resolution: &'static str,
+    pub resolution: Cow<'static, str>,
     /// The Prometheus histogram's buckets and exact sum.
     #[serde(flatten)]
     pub prom: crate::output::Exact,
@@ -163,14 +166,14 @@ impl Summary {
         self.max
     }
 
-    pub fn json(&self) -> Quantiles {
+    pub fn quantiles(&self) -> Quantiles {
         Quantiles {
             count: self.count(),
             p50: self.quantile(0.50),
             p90: self.quantile(0.90),
             p99: self.quantile(0.99),
             max: self.max,
-            resolution: "log2 bucket upper bound",
+            resolution: "log2 bucket upper bound".into(),
             prom: self.prom().exact(),
         }
     }
@@ -192,21 +195,35 @@ impl Summary {
         b.add_sum_ns(self.sum_ns);
         b
     }
+}
 
-    pub fn text(&self) -> String {
-        if self.count() == 0 {
+impl Quantiles {
+    /// The bcc-style text: the log2 `slots` the kernel counted, then the quantiles.
+    pub fn text(&self, slots: &[u64]) -> String {
+        if self.count == 0 {
             return "     (no samples)\n".into();
         }
-        let q = self.json();
         format!(
             "{}     count {}  p50 <={}  p90 <={}  p99 <={}  max {} (usecs)\n",
-            output::log2_rows(&self.buckets, "usecs"),
-            q.count,
-            q.p50,
-            q.p90,
-            q.p99,
-            q.max
+            output::log2_rows(slots, "usecs"),
+            self.count,
+            self.p50,
+            self.p90,
+            self.p99,
+            self.max
         )
+    }
+
+    /// The latency as a summary with its exact buckets, for the histogram metric.
+    pub fn summary(&self) -> output::Summary {
+        output::Summary {
+            count: self.count,
+            p50: self.p50,
+            p90: self.p90,
+            p99: self.p99,
+            max: self.max,
+            buckets: Some(self.prom.clone()),
+        }
     }
 }
 
@@ -228,7 +245,7 @@ mod tests {
         assert_eq!(s.quantile(0.5), 7);
         assert_eq!(s.quantile(0.98), 7);
         assert_eq!(s.quantile(0.99), 1500);
-        assert!(s.text().contains("1024 -> 2047"));
+        assert!(s.quantiles().text(&s.buckets).contains("1024 -> 2047"));
         let empty = Summary {
             buckets: vec![0; 64],
             max: 0,
