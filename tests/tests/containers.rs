@@ -238,7 +238,9 @@ fn parents_in_container_cgroups_are_named_by_runtime_container_and_pod() {
                 .is_some_and(|p| p.zombies + p.in_flight >= 2 && p.cgroup.container.is_some())
         })
     });
-    let c = |i: usize| serde_json::to_value(&parent(&r, incs[i].pid).unwrap().cgroup.container).unwrap();
+    let c = |i: usize| {
+        serde_json::to_value(&parent(&r, incs[i].pid).unwrap().cgroup.container).unwrap()
+    };
     assert_eq!(
         c(0),
         serde_json::json!({"runtime": "containerd", "id": ID_A, "pod_uid": UID_A, "qos": "burstable",

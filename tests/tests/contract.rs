@@ -134,12 +134,10 @@ fn every_detector_ends_its_duration_with_one_final_report_and_detaches() {
         // and writes back the same: every key is a field of the type, and back.
         let read = detectors::find(d.command).unwrap().read;
         for line in out.stdout.lines().filter(|l| l.starts_with('{')) {
-            if let Some(read) = read {
-                let typed = read(line).unwrap_or_else(|e| panic!("{}: {e}\n{line}", d.command));
-                let back: Value = serde_json::from_str(&typed.json().unwrap()).unwrap();
-                let line: Value = serde_json::from_str(line).unwrap();
-                assert_eq!(back, line, "{}", d.command);
-            }
+            let typed = read(line).unwrap_or_else(|e| panic!("{}: {e}\n{line}", d.command));
+            let back: Value = serde_json::from_str(&typed.json().unwrap()).unwrap();
+            let line: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(back, line, "{}", d.command);
         }
         let headers: Vec<Header> = (reports.iter())
             .map(|r| serde_json::from_value(r.clone()).unwrap())
@@ -241,8 +239,7 @@ fn every_detector_names_a_missing_required_hook_or_runs_on_its_fallback() {
                 assert!(out.status.success(), "{}: {}", d.command, out.stderr);
                 // The fallback run says that none of its hooks is attached.
                 let reports = out.reports();
-                let last: Header = serde_json::from_value(reports.last().unwrap().clone())
-                    .unwrap();
+                let last: Header = serde_json::from_value(reports.last().unwrap().clone()).unwrap();
                 let hooks = &last.hooks.attached;
                 assert!(!hooks.is_empty(), "{last:?}");
                 assert!(hooks.iter().all(|h| !h.attached), "{last:?}");

@@ -54,11 +54,10 @@ fn non_reaping_parent_is_named_with_exact_zombie_count() {
     // Each exit and SIGCHLD happened before /proc showed the zombie (the helper waits
     // for that). A zombie is a finding once older than the stated threshold (5 s for
     // a parent never seen reaping): until then it is in flight.
-    let r = tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 7);
-    assert!(
-        r.stuck_rule.starts_with("older than 5s"),
-        "{r:?}"
-    );
+    let r = tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| {
+        stuck_under(r, inc.pid) == 7
+    });
+    assert!(r.stuck_rule.starts_with("older than 5s"), "{r:?}");
     let out = tracer.interrupt();
     assert!(
         out.status.success(),
@@ -139,7 +138,9 @@ fn multithreaded_children_make_one_zombie_each_however_their_threads_exit() {
         .map(u64::from)
         .collect();
     assert_eq!(expected.len(), 8, "the helper made 8 zombies");
-    tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 8);
+    tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| {
+        stuck_under(r, inc.pid) == 8
+    });
     let r = tracer.interrupt().final_as::<ZombiesReport>();
     assert_eq!(r.path, expected_exit_path(), "{r:?}");
     assert_eq!(r.header.lost_events, 0);
@@ -174,7 +175,9 @@ fn without_the_group_dead_field_the_btf_fallback_makes_the_same_count() {
     );
     inc.send("go");
     inc.expect_line("done");
-    tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 6);
+    tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| {
+        stuck_under(r, inc.pid) == 6
+    });
     let r = tracer.interrupt().final_as::<ZombiesReport>();
     assert_eq!(
         r.path, "sched_process_exit + task->signal->live (kernel BTF; no group_dead field here)",
@@ -220,13 +223,15 @@ fn zombies_from_before_the_start_are_reported() {
     let inc = Incident::start(&["zombies", "4"]);
     let mut tracer = Tracer::start(&["zombies", "--json", "-i", "250ms"]);
     // Their exit time is unknown: they count as stuck once seen for the threshold.
-    let r = tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| stuck_under(r, inc.pid) == 4);
+    let r = tracer.report_as_where::<ZombiesReport>(Duration::from_secs(60), |r| {
+        stuck_under(r, inc.pid) == 4
+    });
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
     assert!(r.header.elapsed_s >= 5.0, "{r:?}");
     let r = out.final_as::<ZombiesReport>();
-    let p =
-        parent(&r, inc.pid).unwrap_or_else(|| panic!("pre-existing zombies' parent missing: {r:?}"));
+    let p = parent(&r, inc.pid)
+        .unwrap_or_else(|| panic!("pre-existing zombies' parent missing: {r:?}"));
     assert_eq!(p.zombies, 4);
     // Their exit was not seen: the age is a lower bound and says so.
     assert!(!p.oldest_zombie_age_exact);
@@ -544,10 +549,7 @@ fn healthy_busy_shells_and_a_forking_service_are_not_findings() {
     for r in &reports {
         for &p in &ours {
             assert!(parent(r, p).is_none(), "{p} reaps: not a finding: {r:?}");
-            assert!(
-                r.zombies.iter().all(|z| z.ppid != p || !z.stuck),
-                "{r:?}"
-            );
+            assert!(r.zombies.iter().all(|z| z.ppid != p || !z.stuck), "{r:?}");
         }
         assert_eq!(r.pids.exhaustion_eta_s, None, "no forecast: {r:?}");
         assert!(!r.trend.growing, "{r:?}");

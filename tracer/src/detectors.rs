@@ -24,10 +24,8 @@ pub struct Entry {
     pub prepare: fn(&ArgMatches) -> anyhow::Result<Prepared>,
     /// Its metrics, described (docs/metrics.md lists them).
     pub metrics: &'static [&'static crate::prom::Metric],
-    /// ... and filled from its report's JSON.
-    pub collect: Option<fn(&serde_json::Value, &mut crate::prom::Families)>,
     /// Its report type: reads one of its JSON reports back (tests, fixtures).
-    pub read: Option<fn(&str) -> serde_json::Result<Emitted>>,
+    pub read: fn(&str) -> serde_json::Result<Emitted>,
     pub spec: &'static Spec,
     /// Hooks with alternatives (fast path first, fallbacks after): doctor probes
     /// them in order and names the path each would take.
@@ -81,8 +79,7 @@ pub const ALL: &[Entry] = &[
         cli: triage::Args::augment_args,
         prepare: |m| triage::prepare(parse(m)?),
         metrics: triage::metrics::METRICS,
-        collect: None,
-        read: Some(read::<triage::TriageReport>),
+        read: read::<triage::TriageReport>,
         spec: &triage::SPEC,
         choices: &[],
         fallback: "the /proc and /sys checks run without it; run-queue latency is marked skipped",
@@ -94,8 +91,7 @@ pub const ALL: &[Entry] = &[
         cli: tcp::Args::augment_args,
         prepare: |m| tcp::prepare(parse(m)?),
         metrics: tcp::metrics::METRICS,
-        collect: None,
-        read: Some(read::<tcp::TcpPressureReport>),
+        read: read::<tcp::TcpPressureReport>,
         spec: &tcp::SPEC,
         choices: tcp::CHOICES,
         fallback: "episodes and TcpExt counters from /proc sampling still work",
@@ -107,8 +103,7 @@ pub const ALL: &[Entry] = &[
         cli: cgroups::Args::augment_args,
         prepare: |m| cgroups::prepare(parse(m)?),
         metrics: cgroups::metrics::METRICS,
-        collect: None,
-        read: Some(read::<cgroups::CgroupsReport>),
+        read: read::<cgroups::CgroupsReport>,
         spec: &cgroups::SPEC,
         choices: &[],
         fallback: "no per-mover task counts",
@@ -120,8 +115,7 @@ pub const ALL: &[Entry] = &[
         cli: inodes::Args::augment_args,
         prepare: |m| inodes::prepare(parse(m)?),
         metrics: inodes::metrics::METRICS,
-        collect: None,
-        read: Some(read::<inodes::InodesReport>),
+        read: read::<inodes::InodesReport>,
         spec: &inodes::SPEC,
         choices: &[],
         fallback: "without ext4 hooks (ext4 module not loaded): usage, ETA from statvfs and \
@@ -135,8 +129,7 @@ pub const ALL: &[Entry] = &[
         cli: zombies::Args::augment_args,
         prepare: |m| zombies::prepare(parse(m)?),
         metrics: zombies::metrics::METRICS,
-        collect: None,
-        read: Some(read::<zombies::ZombiesReport>),
+        read: read::<zombies::ZombiesReport>,
         spec: &zombies::SPEC,
         choices: &[],
         fallback: "release time from sched_process_free, /proc for parents",

@@ -44,4 +44,3 @@ pub fn register<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>
     // drop before `inner` closes it, so the fd stays valid while registered.
     unsafe { AsyncFd::register(inner) }.map_err(|e| e.into_parts().1)
 }
-

@@ -26,8 +26,8 @@ use tokio::{
 
 use crate::{
     detectors,
-    run::{self, RunOpts},
     report::Emitted,
+    run::{self, RunOpts},
     sink::{PromFile, Sink},
 };
 

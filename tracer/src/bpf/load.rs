@@ -13,8 +13,8 @@ use super::{
     btf::{has_core_relocations, kernel_btf, load_btf_program, loader_without_btf},
     caps,
     maps::unused_maps,
-    program::{program, short_error, unload},
     probe::{AVOID_ENV, avoided, kprobes_available, lacking_field, status, usable},
+    program::{program, short_error, unload},
     spec::{Choice, Chosen, Hook, HookKind, HookState, HookStatus, Offset, Spec},
 };
 use crate::tracefs::Tracefs;

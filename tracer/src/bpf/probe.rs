@@ -8,8 +8,8 @@ use aya::{Btf, Ebpf, programs::KProbe};
 use super::{
     OBJECT,
     btf::{has_core_relocations, kernel_btf, load_btf_program, loader_without_btf},
-    program::{program, short_error, unload},
     maps::object_maps,
+    program::{program, short_error, unload},
     spec::{Choice, Chosen, Hook, HookKind, HookState, HookStatus, Offset, Spec},
 };
 use crate::tracefs::Tracefs;

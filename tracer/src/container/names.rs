@@ -317,7 +317,11 @@ mod tests {
             "io.kubernetes.pod.namespace": "data",
         }});
         assert_eq!(
-            Api::Crio.names(crio.to_string().as_bytes()).unwrap().pod.as_deref(),
+            Api::Crio
+                .names(crio.to_string().as_bytes())
+                .unwrap()
+                .pod
+                .as_deref(),
             Some("db-0")
         );
         // Labels null (a container without any) is no label, not an error.

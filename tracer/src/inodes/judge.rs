@@ -17,7 +17,7 @@ use crate::{
         inodes::{CRIT_PCT, FsUsage, WARN_PCT},
         pct,
     },
-    trend::{self, Series, Trend, TrendReport},
+    trend::{self, Series, Trend},
 };
 
 /// Inodes used at or above this share with blocks below [`FLAG_BLOCKS_PCT`]: the Sentry
@@ -99,16 +99,6 @@ impl Judged {
     }
 }
 
-/// The EXHAUSTED IN column of a filesystem with this ETA and trend: "now (full)", a
-/// duration, or why there is none (against a trend span of `span_s`).
-pub fn eta_text(eta_s: Option<f64>, trend: &TrendReport, span_s: f64) -> String {
-    match eta_s {
-        Some(e) if e <= 0.0 => "now (full)".into(),
-        Some(e) => crate::output::human_duration(e),
-        None => trend.text(span_s),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,7 +126,7 @@ mod tests {
 
     /// The EXHAUSTED IN column of `j`.
     fn eta_column(j: &Judged) -> String {
-        eta_text(j.eta_s, &j.evidence(RULES).trend, RULES.span_s)
+        super::super::rows::eta_text(j.eta_s, &j.evidence(RULES).trend, RULES.span_s)
     }
 
     fn series(points: &[(f64, u64)]) -> Series {

@@ -120,7 +120,7 @@ impl Row for FilesystemRow {
             self.net_inodes_per_s_last_interval
                 .map(|v| format!("{v:+.1}"))
                 .unwrap_or_else(|| "-".into()),
-            super::judge::eta_text(
+            eta_text(
                 self.exhaustion_eta_s,
                 &self.evidence.trend,
                 self.trend_span_s,
@@ -235,6 +235,16 @@ impl Row for EnospcRow {
             self.count.to_string(),
             shown.into(),
         ]
+    }
+}
+
+/// The EXHAUSTED IN column of a filesystem with this ETA and trend: "now (full)", a
+/// duration, or why there is none (against a trend span of `span_s`).
+pub fn eta_text(eta_s: Option<f64>, trend: &TrendReport, span_s: f64) -> String {
+    match eta_s {
+        Some(e) if e <= 0.0 => "now (full)".into(),
+        Some(e) => crate::output::human_duration(e),
+        None => trend.text(span_s),
     }
 }
 

@@ -265,7 +265,7 @@ type Labels = Vec<(Cow<'static, str>, String)>;
 
 /// One series' value: a number, or a histogram's buckets.
 #[derive(Debug)]
-pub(super) enum Sample {
+enum Sample {
     Num(Num),
     Histogram {
         sum: f64,
@@ -290,7 +290,7 @@ impl Families {
         }
     }
 
-    pub(super) fn push(&mut self, m: &'static Metric, labels: &[(&str, &str)], v: Sample) {
+    fn push(&mut self, m: &'static Metric, labels: &[(&str, &str)], v: Sample) {
         debug_assert!(
             labels.iter().map(|l| l.0).eq(m.labels.iter().copied()),
             "{}: labels {labels:?} are not the described {:?}",
@@ -330,7 +330,8 @@ impl Families {
         };
         // A bound read back from JSON may differ from the described one in its last bit.
         let same_bounds = exact.buckets.len() == m.buckets.len()
-            && (exact.buckets.iter().zip(m.buckets)).all(|(b, &le)| (b.le_s - le).abs() <= le * 1e-9);
+            && (exact.buckets.iter().zip(m.buckets))
+                .all(|(b, &le)| (b.le_s - le).abs() <= le * 1e-9);
         let cumulative: Vec<u64> = exact.buckets.iter().map(|b| b.count).collect();
         let consistent = cumulative.windows(2).all(|w| w[0] <= w[1])
             && cumulative.last().is_none_or(|&c| c <= s.count);
@@ -454,16 +455,20 @@ impl Process<'_> {
     /// The value of label `name` ("" for none: left out).
     fn label(&self, name: &str) -> String {
         let c = self.container;
-        let name_of = |f: fn(&Container) -> Option<&String>| {
-            c.and_then(f).cloned().unwrap_or_default()
-        };
+        let name_of =
+            |f: fn(&Container) -> Option<&String>| c.and_then(f).cloned().unwrap_or_default();
         match name {
             "pid" => self.pid.to_string(),
             "comm" => self.comm.to_string(),
             "mount" => self.mount.unwrap_or_default().to_string(),
-            "container_id" => c.map(|c| format!("{}://{}", c.runtime, c.id)).unwrap_or_default(),
+            "container_id" => c
+                .map(|c| format!("{}://{}", c.runtime, c.id))
+                .unwrap_or_default(),
             "pod_uid" => name_of(|c| c.pod_uid.as_ref()),
-            "qos" => c.and_then(|c| c.qos.as_deref()).unwrap_or_default().to_string(),
+            "qos" => c
+                .and_then(|c| c.qos.as_deref())
+                .unwrap_or_default()
+                .to_string(),
             "container" => name_of(|c| c.names.name.as_ref()),
             "pod" => name_of(|c| c.names.pod.as_ref()),
             "namespace" => name_of(|c| c.names.namespace.as_ref()),
@@ -486,9 +491,6 @@ pub fn top_by<T>(items: &[T], by: impl Fn(&T) -> f64, n: usize) -> Vec<&T> {
 
 #[cfg(test)]
 mod tests;
-
-pub mod legacy;
-pub use legacy::{rows, s, severity, top, top_of};
 
 /// Microseconds and milliseconds per second.
 pub const US: f64 = 1e6;

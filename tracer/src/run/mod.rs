@@ -21,6 +21,7 @@ use tokio::{
 };
 use tracer_common::EventKind;
 
+pub use crate::opts::{RunOpts, parse_age, parse_duration, parse_top};
 use crate::{
     bpf::{CpuSum, Plan, Session, caps},
     hooks::Hooks,
@@ -28,7 +29,6 @@ use crate::{
     ring::{Ring, register},
     sink::{self, Sink},
 };
-pub use crate::opts::{RunOpts, parse_age, parse_duration, parse_top};
 
 /// How often the reader collects records that did not wake it.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(100);
@@ -485,6 +485,4 @@ mod tests {
         assert_eq!(owner(&[1, 0], &routes, None), None);
         assert_eq!(owner(&[1, 0], &routes, Some(0)), Some(0));
     }
-
-
 }

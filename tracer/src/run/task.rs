@@ -154,4 +154,3 @@ pub(super) fn every(d: Option<Duration>) -> Option<Interval> {
         i
     })
 }
-

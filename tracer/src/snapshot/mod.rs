@@ -45,10 +45,6 @@ impl Level {
             Level::Crit => "crit",
         }
     }
-
-    pub fn severity(self) -> i64 {
-        self as i64
-    }
 }
 
 /// `part` as a percentage of `whole` (0 when `whole` is 0).

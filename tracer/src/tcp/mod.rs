@@ -50,10 +50,10 @@ use sockets::SocketLook;
 
 pub use counters::{Drops, TcpExt};
 pub use report::{
-    EdgesPath, Evicted, Look, MemBytes, MemPages, Paths, Retransmits, SendLog2, SendPath,
-    SocketsPath, TcpPressureReport, TopSockets, View,
+    EdgesPath, Evicted, Look, MemBytes, MemPages, Paths, Retransmits, SendPath, SocketsPath,
+    TcpPressureReport, TopSockets, View,
 };
-pub use send::{Is, LatencyUs, SendLatency};
+pub use send::{Is, LatencyUs, SendLatency, SendLog2};
 pub use sockets::{Sock, Source};
 pub use spec::{CHOICES, SPEC};
 use spec::{EDGES, MEMORY_DROP_REASONS, SEND, SOCKETS};

@@ -7,7 +7,7 @@ use super::{
     counters::{Drops, TcpExt},
     metrics,
     rows::{CulpritRow, EpisodeRow, HolderRow, SockRow, human_bytes},
-    send::SendLatency,
+    send::{SendLatency, SendLog2},
     sockets::Source,
     warn,
 };
@@ -155,12 +155,6 @@ pub struct View {
     pub episode_log2: Log2,
     /// Send latency during and outside pressure, microseconds.
     pub send_log2: SendLog2,
-}
-
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SendLog2 {
-    pub pressure: Log2,
-    pub normal: Log2,
 }
 
 impl Body for TcpPressureReport {

@@ -5,7 +5,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 use tracer_common::tcp::{LAT_BUCKETS, lat_bucket, lat_range};
 
-use super::{TcpPressure, metrics, report::SendLog2};
+use super::{TcpPressure, metrics};
 use crate::output::{self, Buckets, Exact, Log2, Summary, serialize_round3};
 
 /// `send_latency_us`: the two summaries, or why sends are not timed on this kernel.
@@ -183,6 +183,13 @@ fn us_log2(ns: &Histogram<u64>) -> Log2 {
         );
     }
     Log2::of(&us)
+}
+
+/// Send latency during and outside pressure as log2 histograms, for the text.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SendLog2 {
+    pub pressure: Log2,
+    pub normal: Log2,
 }
 
 #[cfg(test)]

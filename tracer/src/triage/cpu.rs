@@ -7,7 +7,9 @@ use anyhow::{Context as _, Result};
 use procfs::{CpuPressure, CpuTime, Current as _, CurrentSI as _, KernelStats, LoadAverage};
 
 use super::{
-    CpuSection, Finding, Load, Part, Runnable, Utilization, Window, judge, rows::CpuProcRow, runq,
+    CpuSection, Finding, Load, Part, Runnable, Utilization, Window, judge,
+    rows::{CpuProcRow, round1},
+    runq,
 };
 use crate::{procinfo, snapshot::Level};
 
@@ -438,10 +440,6 @@ pub fn load_level(one: f64, five: f64, fifteen: f64, cpus: f64) -> Level {
     } else {
         Level::Ok
     }
-}
-
-pub fn round1(v: f64) -> f64 {
-    (v * 10.0).round() / 10.0
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use procfs::{Current as _, DiskStat, IoPressure};
 
-use super::{DiskRow, DiskSection, Finding, Part, Window, cpu::round1, judge};
+use super::{DiskRow, DiskSection, Finding, Part, Window, judge, rows::round1};
 use crate::snapshot::Level;
 
 pub struct Before {

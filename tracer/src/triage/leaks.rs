@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use super::{
     Finding, FsRow, HierarchyRow, LeaksSection, Part, Pids, TcpMemRow, Window, ZombieParentRow,
-    cpu::round1, judge,
+    judge, rows::round1,
 };
 use crate::{
     procinfo,

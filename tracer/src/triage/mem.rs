@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use procfs::{Current as _, Meminfo, MemoryPressure};
 
-use super::{Finding, Memory, MemorySection, Part, Window, cpu::round1, judge};
+use super::{Finding, Memory, MemorySection, Part, Window, judge, rows::round1};
 use crate::snapshot::{Level, pct};
 
 /// /proc/vmstat counters at the start of the window.

@@ -142,7 +142,7 @@ pub fn psi_judged(
                 )
                 .next(next),
             );
-            return Some(cpu::round1(pct));
+            return Some(rows::round1(pct));
         }
         (_, Err(e)) => part.skip(PSI, format!("{file}: {e}")),
         (None, Ok(_)) => part.skip(

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use procfs::net::{DeviceStatus, Snmp};
 
-use super::{Finding, InterfaceRow, NetworkSection, Part, Tcp, Window, cpu::round1, judge};
+use super::{Finding, InterfaceRow, NetworkSection, Part, Tcp, Window, judge, rows::round1};
 use crate::snapshot::{Level, pct};
 
 pub struct Before {

@@ -4,7 +4,6 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::cpu::round1;
 use crate::{output::Row, snapshot::Level};
 
 /// One row of the USE table: an element of `findings`, a row of the table.
@@ -108,6 +107,11 @@ pub struct CpuProcRow {
 }
 
 /// `serialize_with` for a share kept exact but written with one decimal.
+/// Rounds to 1 decimal (percentages and loads in triage's JSON).
+pub fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
 pub fn serialize_round1<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(round1(*v))
 }

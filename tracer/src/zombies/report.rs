@@ -176,10 +176,7 @@ impl ZombiesReport {
             opt(self.pids.pid_max),
             opt(self.pids.threads_max),
         );
-        t += &format!(
-            "stuck zombies {}",
-            self.trend.text(self.view.trend_span_s)
-        );
+        t += &format!("stuck zombies {}", self.trend.text(self.view.trend_span_s));
         if let Some(eta) = self.pids.exhaustion_eta_s {
             t += &format!(", PID space exhausted in ~{}", human_duration(eta));
         }

@@ -242,9 +242,16 @@ pub fn detectors(tracer: &Path) -> Result<Vec<String>> {
         .output()
         .with_context(|| format!("running {} --list", tracer.display()))?;
     if !out.status.success() {
-        bail!("{} --list failed: {}", tracer.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{} --list failed: {}",
+            tracer.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
 }
 
 /// Peak RSS (wait4's ru_maxrss) and wall time of `tracer NAME -d 2s` for every
