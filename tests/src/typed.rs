@@ -13,17 +13,23 @@ use crate::{Finished, Tracer};
 /// type and every field of the type is in `v` (the typed report is written back and
 /// compared with `v`).
 pub fn typed<B: Serialize + DeserializeOwned>(v: &Value) -> Envelope<B> {
-    let r: Envelope<B> = serde_json::from_value(v.clone()).unwrap_or_else(|e| {
+    strict(v)
+}
+
+/// `v` as the type `T`, strictly: as [`typed`], for what is not a detector's report
+/// (`tracer doctor --json`).
+pub fn strict<T: Serialize + DeserializeOwned>(v: &Value) -> T {
+    let r: T = serde_json::from_value(v.clone()).unwrap_or_else(|e| {
         panic!(
-            "the report does not read as {}: {e}\n{v}",
-            std::any::type_name::<B>()
+            "the JSON does not read as {}: {e}\n{v}",
+            std::any::type_name::<T>()
         )
     });
     let back = serde_json::to_value(&r).expect("a typed report serializes");
     if &back != v {
         panic!(
-            "the report's keys are not those of {}:\n{}",
-            std::any::type_name::<B>(),
+            "the JSON's keys are not those of {}:\n{}",
+            std::any::type_name::<T>(),
             diff(v, &back, "")
         );
     }

@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use tracer::{triage::TriageReport, zombies::ZombiesReport};
+use tracer::{doctor::Doctor, triage::TriageReport, zombies::ZombiesReport};
 use tracer_tests::{
-    Finished, Header, matrix_kernel, require_root, run_tracer, run_tracer_with_caps, serial, typed,
+    Finished, Header, matrix_kernel, require_root, run_tracer, run_tracer_with_caps, serial,
+    strict, typed,
 };
 
 const PARANOID: &str = "/proc/sys/kernel/perf_event_paranoid";
@@ -69,14 +70,11 @@ fn paranoid_path(set: &[String]) -> Option<ParanoidGuard> {
 /// The set, as the tracer itself states it.
 fn needed() -> Vec<String> {
     let out = run_tracer(&["doctor", "--json"]);
-    let doc: Value = serde_json::from_str(out.stdout.trim())
-        .unwrap_or_else(|e| panic!("doctor --json: {e}\n{}\n{}", out.stdout, out.stderr));
-    let needed: Vec<String> = doc["privileges"]["needed"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no privileges.needed in {doc}"))
-        .iter()
-        .map(|c| c.as_str().unwrap().to_string())
-        .collect();
+    let doc: Doctor = strict(
+        &serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("doctor --json: {e}\n{}\n{}", out.stdout, out.stderr)),
+    );
+    let needed: Vec<String> = (doc.privileges.needed.iter()).map(|c| c.to_string()).collect();
     assert!(needed.iter().any(|c| c == "CAP_BPF"), "{needed:?}");
     needed
 }

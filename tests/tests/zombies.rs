@@ -5,10 +5,13 @@
 //! own setup; splitting them would only scatter one detector's incidents over files.
 use std::time::Duration;
 
-use tracer::zombies::{ZombiesReport, rows::ParentRow};
+use tracer::{
+    doctor::Doctor,
+    zombies::{ZombiesReport, rows::ParentRow},
+};
 use tracer_tests::{
     Envelope, Incident, TracefsWithout, Tracer, assert_none_loaded, matrix_kernel, require_root,
-    run_tracer, run_tracer_env, run_tracer_without_tracepoints, serial, zombie_children,
+    run_tracer, run_tracer_env, run_tracer_without_tracepoints, serial, strict, zombie_children,
 };
 
 type Report = Envelope<ZombiesReport>;
@@ -295,23 +298,20 @@ fn doctor_reports_every_detector_runnable_and_the_paths_of_this_kernel() {
         out.stdout,
         out.stderr
     );
-    let r: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("doctor JSON");
-    assert_eq!(r["all_runnable"], true, "{r}");
+    let r: Doctor = strict(&serde_json::from_str(out.stdout.trim()).expect("doctor JSON"));
+    assert!(r.all_runnable, "{r:?}");
     // This machine's kernel has neither kprobes nor BPF trampolines; Debian's have both.
     let fast = matrix_kernel() != "host";
-    assert_eq!(r["kprobes"], fast, "{r}");
-    assert_eq!(r["fentry"]["available"], fast, "{r}");
-    assert_eq!(r["btf"], true);
-    for d in r["detectors"].as_array().unwrap() {
-        assert_eq!(d["runnable"], true, "{d}");
+    assert_eq!(r.kprobes, fast, "{r:?}");
+    assert_eq!(r.fentry.available, fast, "{r:?}");
+    assert!(r.btf);
+    for d in &r.detectors {
+        assert!(d.runnable, "{d:?}");
     }
-    let zombies = r["detectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["detector"] == "zombies")
-        .unwrap_or_else(|| panic!("doctor lists no zombies detector: {r}"));
-    assert_eq!(zombies["path"], expected_exit_path(), "{zombies}");
+    let zombies = (r.detectors.iter())
+        .find(|d| d.detector == "zombies")
+        .unwrap_or_else(|| panic!("doctor lists no zombies detector: {r:?}"));
+    assert_eq!(zombies.path.as_deref(), Some(expected_exit_path()), "{zombies:?}");
     let text = run_tracer(&["doctor"]);
     let (kprobes, fentry) = if fast {
         ("kprobes     yes", "fentry      yes")

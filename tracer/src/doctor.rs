@@ -1,9 +1,11 @@
 //! `tracer doctor`: what this kernel allows and what each detector will use.
+use std::borrow::Cow;
+
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    bpf::{self, HookState, HookStatus},
+    bpf::{self, HookKind, HookState, HookStatus},
     detectors,
     output::{Row, Table},
     tracefs::Tracefs,
@@ -18,59 +20,113 @@ pub struct Args {
     pub json: bool,
 }
 
-/// What doctor found: serialized as is for `--json`, rendered by [`Doctor::text`].
-#[derive(Serialize)]
-struct Doctor {
-    command: &'static str,
+/// What doctor found: serialized as is for `--json` (and read back by the tests),
+/// rendered by [`Doctor::text`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Doctor {
+    pub command: Cow<'static, str>,
     #[serde(rename = "final")]
-    final_: bool,
-    kernel: String,
-    btf: bool,
-    tracefs: Result<String, String>,
-    privileges: Privileges,
-    kprobes: bool,
-    fentry: Fentry,
-    detectors: Vec<Verdict>,
-    all_runnable: bool,
+    pub final_: bool,
+    pub kernel: String,
+    pub btf: bool,
+    /// The tracefs mount, or why there is none.
+    pub tracefs: Result<String, String>,
+    pub privileges: Privileges,
+    pub kprobes: bool,
+    pub fentry: Fentry,
+    pub detectors: Vec<Verdict>,
+    pub all_runnable: bool,
     /// The hook table of the text output (the JSON has the same facts per detector).
     #[serde(skip)]
     rows: Vec<HookRow>,
 }
 
-#[derive(Serialize)]
-struct Privileges {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Privileges {
     /// Every capability of the set (or root): every detector runs completely.
-    ok: bool,
-    missing: Vec<&'static str>,
+    pub ok: bool,
+    pub missing: Vec<Cow<'static, str>>,
     /// The set itself.
-    needed: Vec<&'static str>,
+    pub needed: Vec<Cow<'static, str>>,
 }
 
-#[derive(Serialize)]
-struct Fentry {
-    available: bool,
-    reason: Option<String>,
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fentry {
+    pub available: bool,
+    pub reason: Option<String>,
 }
 
 /// One detector: can it run here, on which path, without what.
-#[derive(Serialize)]
-struct Verdict {
-    detector: &'static str,
-    runnable: bool,
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub detector: Cow<'static, str>,
+    pub runnable: bool,
     /// Optional hooks that are missing: the detector runs on its fallback.
-    missing_optional: Vec<String>,
-    fallback: Option<&'static str>,
+    pub missing_optional: Vec<String>,
+    pub fallback: Option<Cow<'static, str>>,
     /// Capabilities it lacks but runs without, each with what it then skips.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    degraded: Vec<String>,
-    hooks: Vec<HookStatus>,
-    choices: Vec<bpf::Chosen>,
-    path: Option<String>,
-    reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub degraded: Vec<String>,
+    pub hooks: Vec<Hook>,
+    pub choices: Vec<Choice>,
+    pub path: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// One hook of a detector as the probes found it (a [`HookStatus`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hook {
+    pub hook: String,
+    pub kind: HookKind,
+    pub program: Cow<'static, str>,
+    pub required: bool,
+    pub state: HookState,
+    pub purpose: Cow<'static, str>,
+    /// Why it is missing, when the probe knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+impl From<HookStatus> for Hook {
+    fn from(s: HookStatus) -> Hook {
+        Hook {
+            hook: s.hook,
+            kind: s.kind,
+            program: s.program.into(),
+            required: s.required,
+            state: s.state,
+            purpose: s.purpose.into(),
+            why: s.why,
+        }
+    }
+}
+
+/// Which path of one of a detector's alternatives this kernel gives (a [`bpf::Chosen`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub choice: Cow<'static, str>,
+    pub purpose: Cow<'static, str>,
+    /// None: no path worked; the detector falls back to `otherwise`.
+    pub path: Option<Cow<'static, str>>,
+    /// (path, why not) for every path tried before the winner.
+    pub refused: Vec<(Cow<'static, str>, String)>,
+    pub otherwise: Cow<'static, str>,
+}
+
+impl From<bpf::Chosen> for Choice {
+    fn from(c: bpf::Chosen) -> Choice {
+        Choice {
+            choice: c.choice.into(),
+            purpose: c.purpose.into(),
+            path: c.path.map(Into::into),
+            refused: (c.refused.into_iter()).map(|(p, why)| (p.into(), why)).collect(),
+            otherwise: c.otherwise.into(),
+        }
+    }
 }
 
 /// One row of the hook table.
-#[derive(Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 struct HookRow {
     detector: &'static str,
     hook: String,
@@ -128,7 +184,7 @@ impl Doctor {
             .map(|e| verdict(e, tracefs.as_ref().ok(), root, &mut prober, &mut rows))
             .collect();
         Doctor {
-            command: "doctor",
+            command: "doctor".into(),
             final_: true,
             kernel: bpf::kernel_release(),
             btf: bpf::has_btf(),
@@ -136,8 +192,8 @@ impl Doctor {
             tracefs: tracefs.map(|t| t.root().display().to_string()),
             privileges: Privileges {
                 ok: missing_caps.is_empty(),
-                missing: missing_caps,
-                needed: bpf::caps::names(),
+                missing: missing_caps.into_iter().map(Into::into).collect(),
+                needed: bpf::caps::names().into_iter().map(Into::into).collect(),
             },
             kprobes,
             fentry: Fentry {
@@ -170,7 +226,7 @@ impl Doctor {
             format!(
                 "privileges  MISSING {} (run as root, sudo tracer ..., or with {})\n",
                 self.privileges.missing.join(", "),
-                bpf::caps::and_list(&self.privileges.needed)
+                bpf::caps::and_list(&self.privileges.needed.iter().map(|c| &**c).collect::<Vec<_>>())
             )
         };
         t += &format!("kprobes     {}\n", yes_no(self.kprobes));
@@ -182,14 +238,14 @@ impl Doctor {
         t += &Table::of(&self.rows).render();
         t += "\n";
         for d in &self.detectors {
-            let name = d.detector;
+            let name = &d.detector;
             let mut without = if d.missing_optional.is_empty() {
                 String::new()
             } else {
                 format!(
                     ", without {} (fallback: {})",
                     d.missing_optional.join(", "),
-                    d.fallback.unwrap_or("")
+                    d.fallback.as_deref().unwrap_or("")
                 )
             };
             if !d.degraded.is_empty() {
@@ -299,13 +355,13 @@ fn verdict(
             .collect::<String>()
     });
     Verdict {
-        detector: d.spec.detector,
+        detector: d.spec.detector.into(),
         runnable,
-        fallback: (!missing_optional.is_empty()).then_some(d.fallback),
+        fallback: (!missing_optional.is_empty()).then_some(d.fallback.into()),
         missing_optional,
         degraded,
-        hooks: statuses,
-        choices: chosen,
+        hooks: statuses.into_iter().map(Into::into).collect(),
+        choices: chosen.into_iter().map(Into::into).collect(),
         path,
         reason: base.err().or_else(|| {
             (!lacks.is_empty()).then(|| bpf::caps::shortfall(&bpf::caps::needed(&detector), &lacks))

@@ -21,7 +21,7 @@ pub use load::{CpuSum, Plan, Session, missing_caps, require_privileges, start_ma
 pub use probe::{
     Prober, fentry_available, has_btf, kernel_release, kprobes_available, probe_choice, probe_hooks,
 };
-pub use spec::{Choice, Chosen, Hook, HookState, HookStatus, Offset, Path, Spec};
+pub use spec::{Choice, Chosen, Hook, HookKind, HookState, HookStatus, Offset, Path, Spec};
 
 /// The kernel programs, built by build.rs and embedded: nothing to install beside the binary.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));

@@ -24,7 +24,7 @@ pub struct Hook {
 }
 
 /// How a program hooks the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HookKind {
     /// `#[tracepoint]`: fields at offsets from tracefs format files.
@@ -249,7 +249,7 @@ impl Spec {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HookState {
     Attached,
