@@ -2,7 +2,11 @@
 //! caused for real in a pids cgroup each test makes: on this project's hybrid host the
 //! pids controller is the v1 hierarchy at /sys/fs/cgroup/pids; in the 6.1 and 6.12 VMs
 //! it is cgroup2's, enabled in the root's cgroup.subtree_control by the test.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use tracer::{
     snapshot::Level,
@@ -43,6 +47,9 @@ impl PidsCgroup {
                 (layout.unified().to_path_buf(), true)
             }
         };
+        if v2 {
+            wait_pids_on_cgroup2(&layout);
+        }
         let root_ctl = v2.then(|| SubtreeControl::enable(&mount, "pids"));
         let rel = format!("/tracer-test-{}-{tag}", std::process::id());
         let cg = Cgroup::create(mount.join(&rel[1..]));
@@ -223,4 +230,156 @@ fn healthy_busy_pids_cgroup_far_from_its_max_is_no_finding() {
             "{r:?}"
         );
     }
+}
+
+/// On cgroup2, waits (10 s at most) until the root offers pids: right after the v1-only
+/// test's hierarchy went away, the kernel may still be handing the controller back.
+fn wait_pids_on_cgroup2(layout: &CgroupLayout) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !layout.unified_controllers().iter().any(|c| c == "pids") {
+        assert!(
+            Instant::now() < deadline,
+            "no pids controller: no v1 hierarchy has it and cgroup2 does not offer it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A mount namespace of the test's own (held by a `sleep` made with `unshare -m`),
+/// where commands run through `nsenter`: the host's cgroup mounts are unmounted there
+/// and a cgroup v1 pids hierarchy is mounted at a path of the test's, as on a v1-only
+/// host. Drop removes the cgroups made in it, then ends the namespace.
+struct V1OnlyNs {
+    holder: Child,
+    /// The v1 pids hierarchy's mount point (also a directory outside the namespace).
+    mount: PathBuf,
+    cgroups: Vec<PathBuf>,
+}
+
+impl V1OnlyNs {
+    fn new() -> V1OnlyNs {
+        let holder = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sleep", "1000"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("unshare (util-linux)");
+        let mount = std::env::temp_dir().join(format!("tracer-test-v1-{}", std::process::id()));
+        std::fs::create_dir_all(&mount).unwrap();
+        let ns = V1OnlyNs {
+            holder,
+            mount,
+            cgroups: Vec::new(),
+        };
+        // unshare has made the namespace when its child runs sleep in it.
+        let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_link(format!("/proc/{}/ns/mnt", ns.holder.id())).ok()
+            == Some(ours.clone())
+            || std::fs::read_to_string(format!("/proc/{}/comm", ns.holder.id()))
+                .is_ok_and(|c| c.trim() != "sleep")
+        {
+            assert!(Instant::now() < deadline, "unshare -m did not make a namespace");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ns.run("umount", &["-R", "/sys/fs/cgroup"]);
+        // The pids controller may still be on its way back from cgroup2 (another test
+        // enabled it there): the mount fails with EBUSY until then.
+        let m = ns.mount.to_str().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ns.try_run("mount", &["-t", "cgroup", "-o", "pids", "cgroup", &m]) {
+            assert!(Instant::now() < deadline, "mounting a v1 pids hierarchy at {m} failed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ns
+    }
+
+    fn command(&self, cmd: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.holder.id().to_string(), "-m", "--", cmd])
+            .args(args);
+        c
+    }
+
+    fn try_run(&self, cmd: &str, args: &[&str]) -> bool {
+        self.command(cmd, args)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn run(&self, cmd: &str, args: &[&str]) {
+        assert!(self.try_run(cmd, args), "{cmd} {args:?} in the namespace failed");
+    }
+
+    /// A child cgroup of the v1 hierarchy with its pids.max.
+    fn cgroup(&mut self, name: &str, max: u64) -> String {
+        let dir = self.mount.join(name);
+        let d = dir.to_str().unwrap().to_string();
+        self.run("mkdir", &[&d]);
+        self.cgroups.push(dir);
+        self.run("sh", &["-c", &format!("echo {max} > {d}/pids.max")]);
+        d
+    }
+}
+
+impl Drop for V1OnlyNs {
+    fn drop(&mut self) {
+        let cgroups = std::mem::take(&mut self.cgroups);
+        for d in cgroups.into_iter().rev() {
+            let d = d.to_str().unwrap().to_string();
+            for _ in 0..50 {
+                if self.try_run("rmdir", &[&d]) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let m = self.mount.to_str().unwrap().to_string();
+        let _ = self.try_run("umount", &[&m]);
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}
+
+#[test]
+fn on_a_v1_only_host_the_pids_hierarchy_is_found_from_mountinfo() {
+    require_root();
+    let _s = serial();
+    let mut ns = V1OnlyNs::new();
+    let rel = format!("/tracer-test-{}-v1", std::process::id());
+    let dir = ns.cgroup(&rel[1..], 60);
+    let bin = incident_pids();
+    let inc = Incident::start_bin(
+        std::path::Path::new("/usr/bin/nsenter"),
+        &[
+            "-t",
+            &ns.holder.id().to_string(),
+            "-m",
+            "--",
+            bin.to_str().unwrap(),
+            "zombies",
+            &dir,
+            "50",
+        ],
+    );
+    let tracer = tracer_tests::tracer_bin();
+    let out = ns
+        .command(tracer.to_str().unwrap(), &["zombies", "-d", "2s", "--json"])
+        .output()
+        .expect("running the tracer in the namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find(|l| l.starts_with('{')).expect("a report");
+    let r: Report = tracer_tests::typed(&serde_json::from_str(line).unwrap());
+    assert_eq!(
+        r.pid_budget_scan.hierarchy.as_deref(),
+        Some(format!("cgroup v1 pids hierarchy at {}", ns.mount.display()).as_str()),
+        "{r:?}"
+    );
+    let b = budget(&r, &rel).unwrap_or_else(|| panic!("no row for {rel}: {r:?}"));
+    assert_eq!((b.pids_current, b.pids_max, b.level), (51, Some(60), Level::Warn), "{b:?}");
+    assert_eq!(b.holders[0].pid, inc.pid, "{b:?}");
+    assert_eq!(b.holders[0].zombie_children, 50, "{b:?}");
+    drop(inc);
 }

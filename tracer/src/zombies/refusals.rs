@@ -317,7 +317,7 @@ mod tests {
         let mut bad = record(1, ForkCall::Clone);
         bad.call = 9;
         assert!(r.on_event(as_bytes(&bad), None).is_err());
-        assert_eq!(Refusals::new(&["a".into(); 4]).in_subtree("/"), None);
+        assert_eq!(Refusals::new(&vec!["a".to_string(); 4]).in_subtree("/"), None);
     }
 
     #[test]
