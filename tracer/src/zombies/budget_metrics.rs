@@ -9,10 +9,10 @@ use crate::prom::{Families, Metric, counter, gauge, top_by};
 /// Pids cgroups with series of their own: the fullest first.
 pub const TOP_CGROUPS: usize = 10;
 
-/// Labels of a per-cgroup series: the cgroup's path in the pids hierarchy, then its
-/// container (empty ones are left out).
+/// Labels of a per-cgroup series: the cgroup's path in the pids hierarchy (bounded by
+/// the top-N), then its container (empty ones are left out).
 pub const CGROUP: &[&str] = &[
-    "cgroup",
+    "path",
     "container_id",
     "pod_uid",
     "qos",
