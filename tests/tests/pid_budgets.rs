@@ -32,23 +32,27 @@ struct PidsCgroup {
     // Dropped in this order: the cgroup, then the controller the test enabled.
     cg: Cgroup,
     _root_ctl: Option<SubtreeControl>,
+    _v1_mount: Option<V1Mount>,
 }
 
 impl PidsCgroup {
     fn new(tag: &str, max: u64) -> PidsCgroup {
         let layout = CgroupLayout::read();
+        let mut v1_mount = None;
         let (mount, v2) = match layout.v1.iter().find(|(c, _)| c.iter().any(|c| c == "pids")) {
             Some((_, m)) => (m.clone(), false),
+            None if wait_pids_on_cgroup2(&layout) => (layout.unified().to_path_buf(), true),
+            // The v1-only test's hierarchy still holds the controller (the kernel frees
+            // an unmounted v1 hierarchy in its own time): mount it and use it.
             None => {
-                assert!(
-                    layout.unified_controllers().iter().any(|c| c == "pids"),
-                    "no pids controller: no v1 hierarchy has it and cgroup2 does not offer it"
-                );
-                (layout.unified().to_path_buf(), true)
+                let m = V1Mount::new();
+                let p = m.0.clone();
+                v1_mount = Some(m);
+                (p, false)
             }
         };
         if v2 {
-            wait_pids_on_cgroup2(&layout);
+            assert!(wait_pids_on_cgroup2(&layout));
         }
         let root_ctl = v2.then(|| SubtreeControl::enable(&mount, "pids"));
         let rel = format!("/tracer-test-{}-{tag}", std::process::id());
@@ -59,6 +63,7 @@ impl PidsCgroup {
             v2,
             cg,
             _root_ctl: root_ctl,
+            _v1_mount: v1_mount,
         }
     }
 
@@ -234,14 +239,41 @@ fn healthy_busy_pids_cgroup_far_from_its_max_is_no_finding() {
 
 /// On cgroup2, waits (10 s at most) until the root offers pids: right after the v1-only
 /// test's hierarchy went away, the kernel may still be handing the controller back.
-fn wait_pids_on_cgroup2(layout: &CgroupLayout) {
+fn wait_pids_on_cgroup2(layout: &CgroupLayout) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !layout.unified_controllers().iter().any(|c| c == "pids") {
-        assert!(
-            Instant::now() < deadline,
-            "no pids controller: no v1 hierarchy has it and cgroup2 does not offer it"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// The v1 pids hierarchy mounted by a test at a directory of its own (where cgroup2
+/// does not offer pids because a v1 hierarchy still holds it); unmounted on drop.
+struct V1Mount(PathBuf);
+
+impl V1Mount {
+    fn new() -> V1Mount {
+        let dir = std::env::temp_dir().join(format!("tracer-test-pids-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "cgroup", "-o", "pids", "cgroup", dir.to_str().unwrap()])
+            .status()
+            .expect("mount");
+        assert!(
+            st.success(),
+            "no pids controller: no v1 hierarchy has it, cgroup2 does not offer it, and a v1 mount failed"
+        );
+        V1Mount(dir)
+    }
+}
+
+impl Drop for V1Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
     }
 }
 
