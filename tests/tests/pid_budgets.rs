@@ -39,7 +39,11 @@ impl PidsCgroup {
     fn new(tag: &str, max: u64) -> PidsCgroup {
         let layout = CgroupLayout::read();
         let mut v1_mount = None;
-        let (mount, v2) = match layout.v1.iter().find(|(c, _)| c.iter().any(|c| c == "pids")) {
+        let (mount, v2) = match layout
+            .v1
+            .iter()
+            .find(|(c, _)| c.iter().any(|c| c == "pids"))
+        {
             Some((_, m)) => (m.clone(), false),
             None if wait_pids_on_cgroup2(&layout) => (layout.unified().to_path_buf(), true),
             // The v1-only test's hierarchy still holds the controller (the kernel frees
@@ -143,7 +147,10 @@ fn a_pids_cgroup_near_its_max_with_young_zombies_is_a_finding_in_the_first_repor
         .unwrap_or_else(|| panic!("no finding line:\n{}", out.stdout));
     assert!(line.contains("at 51/60 pids (85% of pids.max)"), "{line}");
     assert!(
-        line.contains(&format!("pid {} (incident_pids) 1 thread(s), 50 zombie child(ren)", inc.pid)),
+        line.contains(&format!(
+            "pid {} (incident_pids) 1 thread(s), 50 zombie child(ren)",
+            inc.pid
+        )),
         "{line}"
     );
     drop(inc);
@@ -179,7 +186,9 @@ fn twenty_forks_refused_at_pids_max_are_counted_by_the_hook_and_pids_events() {
         assert_eq!(p.limit_cgroup.as_deref(), Some(cg.rel.as_str()), "{p:?}");
         assert!(r.fork_refusals.total.unwrap() >= 20, "{r:?}");
         assert!(
-            r.fork_refusals.hook.starts_with("syscalls:sys_exit_{clone,clone3,fork,vfork}"),
+            r.fork_refusals
+                .hook
+                .starts_with("syscalls:sys_exit_{clone,clone3,fork,vfork}"),
             "{r:?}"
         );
         // From pids.events `max` (every kernel of the matrix has it), and the level.
@@ -259,7 +268,14 @@ impl V1Mount {
         let dir = std::env::temp_dir().join(format!("tracer-test-pids-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let st = Command::new("mount")
-            .args(["-t", "cgroup", "-o", "pids", "cgroup", dir.to_str().unwrap()])
+            .args([
+                "-t",
+                "cgroup",
+                "-o",
+                "pids",
+                "cgroup",
+                dir.to_str().unwrap(),
+            ])
             .status()
             .expect("mount");
         assert!(
@@ -310,7 +326,10 @@ impl V1OnlyNs {
             || std::fs::read_to_string(format!("/proc/{}/comm", ns.holder.id()))
                 .is_ok_and(|c| c.trim() != "sleep")
         {
-            assert!(Instant::now() < deadline, "unshare -m did not make a namespace");
+            assert!(
+                Instant::now() < deadline,
+                "unshare -m did not make a namespace"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         ns.run("umount", &["-R", "/sys/fs/cgroup"]);
@@ -319,7 +338,10 @@ impl V1OnlyNs {
         let m = ns.mount.to_str().unwrap().to_string();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ns.try_run("mount", &["-t", "cgroup", "-o", "pids", "cgroup", &m]) {
-            assert!(Instant::now() < deadline, "mounting a v1 pids hierarchy at {m} failed");
+            assert!(
+                Instant::now() < deadline,
+                "mounting a v1 pids hierarchy at {m} failed"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         ns
@@ -340,7 +362,10 @@ impl V1OnlyNs {
     }
 
     fn run(&self, cmd: &str, args: &[&str]) {
-        assert!(self.try_run(cmd, args), "{cmd} {args:?} in the namespace failed");
+        assert!(
+            self.try_run(cmd, args),
+            "{cmd} {args:?} in the namespace failed"
+        );
     }
 
     /// A child cgroup of the v1 hierarchy with its pids.max.
@@ -401,8 +426,15 @@ fn on_a_v1_only_host_the_pids_hierarchy_is_found_from_mountinfo() {
         .output()
         .expect("running the tracer in the namespace");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let line = stdout.lines().find(|l| l.starts_with('{')).expect("a report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("a report");
     let r: Report = tracer_tests::typed(&serde_json::from_str(line).unwrap());
     assert_eq!(
         r.pid_budget_scan.hierarchy.as_deref(),
@@ -410,7 +442,11 @@ fn on_a_v1_only_host_the_pids_hierarchy_is_found_from_mountinfo() {
         "{r:?}"
     );
     let b = budget(&r, &rel).unwrap_or_else(|| panic!("no row for {rel}: {r:?}"));
-    assert_eq!((b.pids_current, b.pids_max, b.level), (51, Some(60), Level::Warn), "{b:?}");
+    assert_eq!(
+        (b.pids_current, b.pids_max, b.level),
+        (51, Some(60), Level::Warn),
+        "{b:?}"
+    );
     assert_eq!(b.holders[0].pid, inc.pid, "{b:?}");
     assert_eq!(b.holders[0].zombie_children, 50, "{b:?}");
     drop(inc);

@@ -68,7 +68,9 @@ pub fn collect(rows: &[PidBudgetRow], refusals: &ForkRefusals, out: &mut Familie
             c.map(|c| format!("{}://{}", c.runtime, c.id))
                 .unwrap_or_default(),
             name(|c| c.pod_uid.as_ref()),
-            c.and_then(|c| c.qos.as_deref()).unwrap_or_default().to_string(),
+            c.and_then(|c| c.qos.as_deref())
+                .unwrap_or_default()
+                .to_string(),
             name(|c| c.names.name.as_ref()),
             name(|c| c.names.pod.as_ref()),
             name(|c| c.names.namespace.as_ref()),
@@ -91,7 +93,12 @@ pub fn collect(rows: &[PidBudgetRow], refusals: &ForkRefusals, out: &mut Familie
             fork,
             vfork,
         } = refusals.by_syscall;
-        for (call, n) in [("clone", clone), ("clone3", clone3), ("fork", fork), ("vfork", vfork)] {
+        for (call, n) in [
+            ("clone", clone),
+            ("clone3", clone3),
+            ("fork", fork),
+            ("vfork", vfork),
+        ] {
             out.sample(&FORK_REFUSALS, &[("syscall", call)], n);
         }
     }

@@ -217,8 +217,10 @@ impl Row for PidBudgetRow {
         vec![
             format!("{:?}", self.level).to_lowercase(),
             self.pids_current.to_string(),
-            self.pids_max.map_or_else(|| "max".into(), |m| m.to_string()),
-            self.used_pct.map_or_else(|| "-".into(), |p| format!("{p:.0}%")),
+            self.pids_max
+                .map_or_else(|| "max".into(), |m| m.to_string()),
+            self.used_pct
+                .map_or_else(|| "-".into(), |p| format!("{p:.0}%")),
             self.growth_per_s
                 .map_or_else(|| "-".into(), |g| format!("{g:+.1}/s")),
             format!(
@@ -244,12 +246,16 @@ impl PidBudgetRow {
             format!("{:?}", self.level).to_lowercase(),
             self.cgroup.text(),
             self.pids_current,
-            self.pids_max.map_or_else(|| "max".into(), |m| m.to_string()),
+            self.pids_max
+                .map_or_else(|| "max".into(), |m| m.to_string()),
         );
         if let Some(p) = self.used_pct {
             t += &format!(" ({p:.0}% of pids.max)");
         }
-        let refused = self.refused_events_max.unwrap_or(0).max(self.refused_hook.unwrap_or(0));
+        let refused = self
+            .refused_events_max
+            .unwrap_or(0)
+            .max(self.refused_hook.unwrap_or(0));
         if refused > 0 {
             t += &format!(", {refused} fork(s) refused since the start");
         }
@@ -327,7 +333,11 @@ impl Budgets {
                         at: now,
                         current: c.current,
                         // Made after the start: every refusal it counted is ours to show.
-                        events_max: if self.started { 0 } else { c.events_max.unwrap_or(0) },
+                        events_max: if self.started {
+                            0
+                        } else {
+                            c.events_max.unwrap_or(0)
+                        },
                     };
                     if self.seen.len() < BASELINE_CAPACITY {
                         self.seen.insert(rel.clone(), b);
@@ -368,15 +378,17 @@ impl Budgets {
             .filter_map(|(rel, c, base)| {
                 let hook = refused_hook(&rel);
                 let since = c.events_max.map(|e| e.saturating_sub(base.events_max));
-                let interesting = c.max.is_some()
-                    || since.unwrap_or(0) > 0
-                    || hook.unwrap_or(0) > 0;
+                let interesting =
+                    c.max.is_some() || since.unwrap_or(0) > 0 || hook.unwrap_or(0) > 0;
                 interesting.then(|| (row(&rel, &c, &base, since, hook), h.dir(&rel)))
             })
             .collect();
         rows.sort_by(|(a, _), (b, _)| {
-            (b.level.cmp(&a.level))
-                .then(b.used_pct.unwrap_or(0.0).total_cmp(&a.used_pct.unwrap_or(0.0)))
+            (b.level.cmp(&a.level)).then(
+                b.used_pct
+                    .unwrap_or(0.0)
+                    .total_cmp(&a.used_pct.unwrap_or(0.0)),
+            )
         });
         rows.truncate(ROWS);
         let by_ppid = zombie_children(stats);
@@ -473,7 +485,10 @@ fn zombie_children(stats: &[ProcStat]) -> HashMap<u32, u64> {
 fn holders(r: &mut PidBudgetRow, dir: &Path, by_ppid: &HashMap<u32, u64>) {
     let mut all: Vec<PidHolder> = (subtree_procs(dir).into_iter())
         .filter_map(|pid| {
-            let s = procfs::process::Process::new(pid as i32).ok()?.stat().ok()?;
+            let s = procfs::process::Process::new(pid as i32)
+                .ok()?
+                .stat()
+                .ok()?;
             Some(PidHolder {
                 pid,
                 comm: s.comm,
@@ -538,61 +553,5 @@ pub fn text(rows: &[PidBudgetRow], scan: &PidBudgetScan) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const HYBRID: &str = "\
-25 1 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw
-26 25 0:23 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
-30 25 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
-31 25 0:28 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
-";
-    const V1_ONLY: &str = "\
-25 1 0:22 / /sys/fs/cgroup rw - tmpfs cgroup_root rw
-30 25 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
-31 25 0:28 / /srv/cg/pids\\040x rw - cgroup cgroup rw,pids
-";
-    const V2: &str = "25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
-
-    #[test]
-    fn the_pids_hierarchy_comes_from_mountinfo_not_a_fixed_path() {
-        let v1 = PidsHierarchy::from_mountinfo(HYBRID, |_| true).unwrap();
-        assert_eq!(v1.mount, PathBuf::from("/sys/fs/cgroup/pids"));
-        assert!(!v1.v2);
-        let only = PidsHierarchy::from_mountinfo(V1_ONLY, |_| true).unwrap();
-        assert_eq!(only.mount, PathBuf::from("/srv/cg/pids x"));
-        let v2 = PidsHierarchy::from_mountinfo(V2, |_| true).unwrap();
-        assert!(v2.v2);
-        assert!(PidsHierarchy::from_mountinfo(V2, |_| false).is_err());
-    }
-
-    #[test]
-    fn a_process_cgroup_is_read_from_its_pids_line() {
-        let text = "12:pids:/docker/abc\n1:name=systemd:/x\n0::/unified\n";
-        assert_eq!(cgroup_in(text, false).as_deref(), Some("/docker/abc"));
-        assert_eq!(cgroup_in(text, true).as_deref(), Some("/unified"));
-    }
-
-    #[test]
-    fn the_level_is_the_share_of_pids_max_or_a_refusal() {
-        let base = Baseline {
-            at: Instant::now(),
-            current: 1,
-            events_max: 0,
-        };
-        let c = |current, max| Counters {
-            current,
-            max,
-            events_max: Some(0),
-        };
-        assert_eq!(row("/a", &c(51, Some(60)), &base, Some(0), None).level, Level::Warn);
-        assert_eq!(row("/a", &c(58, Some(60)), &base, Some(0), None).level, Level::Crit);
-        assert_eq!(row("/a", &c(10, Some(60)), &base, Some(0), None).level, Level::Ok);
-        assert_eq!(row("/a", &c(10, None), &base, Some(0), None).level, Level::Ok);
-        assert_eq!(row("/a", &c(10, Some(60)), &base, Some(2), None).level, Level::Warn);
-        assert_eq!(row("/a", &c(10, Some(60)), &base, None, Some(1)).level, Level::Warn);
-        let r = row("/a", &c(51, Some(60)), &base, Some(0), None);
-        assert_eq!(r.used_pct, Some(85.0));
-        assert!(r.finding().unwrap().starts_with("warn: pids cgroup /a at 51/60 pids (85%"));
-    }
-}
+#[path = "budgets_tests.rs"]
+mod tests;

@@ -84,8 +84,9 @@ pub struct RefusalRow {
 }
 
 impl Row for RefusalRow {
-    const HEADER: &'static [&'static str] =
-        &["PID", "COMM", "REFUSED", "CLONE", "CLONE3", "FORK", "VFORK", "REASON", "CGROUP"];
+    const HEADER: &'static [&'static str] = &[
+        "PID", "COMM", "REFUSED", "CLONE", "CLONE3", "FORK", "VFORK", "REASON", "CGROUP",
+    ];
 
     fn cells(&self) -> Vec<String> {
         let s = &self.by_syscall;
@@ -138,7 +139,9 @@ impl Refusals {
         let hook = if missing.is_empty() {
             format!("{HOOKS} (every syscall takes the tracing slow path: docs/zombies.md)")
         } else if missing.len() == ForkCall::ALL.len() {
-            format!("none: {HOOKS} did not attach; pids.events `max` still counts refusals at a pids.max")
+            format!(
+                "none: {HOOKS} did not attach; pids.events `max` still counts refusals at a pids.max"
+            )
         } else {
             format!("{HOOKS} without {}", missing.join(", "))
         };
@@ -161,7 +164,9 @@ impl Refusals {
             return Ok(());
         }
         let row = self.rows.entry(pid).or_insert_with(|| {
-            let cg = hier.and_then(|h| h.cgroup_of(pid)).unwrap_or_else(|| "-".into());
+            let cg = hier
+                .and_then(|h| h.cgroup_of(pid))
+                .unwrap_or_else(|| "-".into());
             RefusalRow {
                 pid,
                 comm: comm_str(&ev.comm).to_string(),
@@ -299,7 +304,8 @@ mod tests {
         let mut r = Refusals::new(&[]);
         // A pid that does not exist: no cgroup, the reason is not a pids.max.
         for call in [ForkCall::Clone, ForkCall::Clone, ForkCall::Vfork] {
-            r.on_event(as_bytes(&record(u32::MAX - 1, call)), None).unwrap();
+            r.on_event(as_bytes(&record(u32::MAX - 1, call)), None)
+                .unwrap();
         }
         let rep = r.report(BySyscall {
             clone: 2,
@@ -308,7 +314,10 @@ mod tests {
         });
         assert_eq!(rep.total, Some(3));
         let p = &rep.processes[0];
-        assert_eq!((p.refused, p.by_syscall.clone, p.by_syscall.vfork), (3, 2, 1));
+        assert_eq!(
+            (p.refused, p.by_syscall.clone, p.by_syscall.vfork),
+            (3, 2, 1)
+        );
         assert_eq!(p.comm, "bomb");
         assert_eq!(p.cgroup.cgroup, "-");
         assert_ne!(p.reason, Reason::PidsMax);
@@ -317,7 +326,10 @@ mod tests {
         let mut bad = record(1, ForkCall::Clone);
         bad.call = 9;
         assert!(r.on_event(as_bytes(&bad), None).is_err());
-        assert_eq!(Refusals::new(&vec!["a".to_string(); 4]).in_subtree("/"), None);
+        assert_eq!(
+            Refusals::new(&vec!["a".to_string(); 4]).in_subtree("/"),
+            None
+        );
     }
 
     #[test]
