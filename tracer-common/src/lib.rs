@@ -77,6 +77,8 @@ event_kinds! {
     ProcessExit = 1,
     /// zombies: an exited process was reaped (wait4 returned it, or it was freed).
     ProcessReap = 2,
+    /// zombies: a fork/clone returned -EAGAIN (pids.max or the global pid space full).
+    ForkRefused = 5,
     /// tcp-pressure: a TCP socket-memory allocation was refused (sock_exceed_buf_limit).
     TcpBufLimit = 10,
     /// tcp-pressure: TCP entered or left memory pressure (fentry/kprobe edges).

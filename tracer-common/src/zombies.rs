@@ -1,6 +1,9 @@
 //! zombies: process exit/reap records and the in-kernel counters' key/value types.
 use crate::{COMM_LEN, EventHeader, plain, record};
 
+/// Forks refused with EAGAIN (the pid budgets of issue 22).
+pub mod refusals;
+
 /// How a process left the zombie state.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

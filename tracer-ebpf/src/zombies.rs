@@ -20,6 +20,9 @@ use tracer_common::{
 
 use aya_log_ebpf::debug;
 
+/// Forks refused with EAGAIN (the pid budgets of issue 22).
+mod refusals;
+
 use crate::common::{
     EEXIST, MAP_FULL, add, counted, current_tgid, emit, field, get_or_insert, inserted, now_ns,
 };

@@ -109,4 +109,11 @@ pub const METRICS: &[&Metric] = &[
     &REAP_LATENCY,
     &PARENT_ZOMBIES,
     &PARENT_OLDEST,
+    // PID budgets and fork refusals (issue 22).
+    &super::budget_metrics::CGROUP_PIDS,
+    &super::budget_metrics::CGROUP_PIDS_MAX,
+    &super::budget_metrics::CGROUP_PIDS_USED,
+    &super::budget_metrics::CGROUP_LEVEL,
+    &super::budget_metrics::CGROUP_REFUSALS,
+    &super::budget_metrics::FORK_REFUSALS,
 ];

@@ -10,6 +10,11 @@ pub mod metrics;
 mod report;
 pub mod rows;
 mod state;
+// PID budgets per pids cgroup and forks refused with EAGAIN (issue 22).
+pub mod budget_metrics;
+pub mod budgets;
+mod pid_section;
+pub mod refusals;
 
 use std::time::{Duration, Instant};
 
@@ -84,6 +89,11 @@ pub const SPEC: Spec = Spec {
             required: false,
             purpose: "count SIGCHLDs sent to parents",
         },
+        // Forks refused with EAGAIN (issue 22): optional, one per syscall.
+        pid_section::HOOKS[0],
+        pid_section::HOOKS[1],
+        pid_section::HOOKS[2],
+        pid_section::HOOKS[3],
     ],
     offsets: &[
         Offset {
@@ -116,10 +126,28 @@ pub const SPEC: Spec = Spec {
             event: "signal_generate",
             field: "pid",
         },
+        refusal_ret("ZOMBIES_CLONE_RET", "sys_exit_clone"),
+        refusal_ret("ZOMBIES_CLONE3_RET", "sys_exit_clone3"),
+        refusal_ret("ZOMBIES_FORK_RET", "sys_exit_fork"),
+        refusal_ret("ZOMBIES_VFORK_RET", "sys_exit_vfork"),
     ],
     ring_bytes: 1 << 20,
-    kinds: <tracer_common::zombies::ProcEvent as tracer_common::Record>::KINDS,
+    kinds: &[
+        tracer_common::EventKind::ProcessExit,
+        tracer_common::EventKind::ProcessReap,
+        tracer_common::EventKind::ForkRefused,
+    ],
 };
+
+/// The `ret` field of a fork syscall's exit tracepoint (issue 22's refusal hooks).
+const fn refusal_ret(global: &'static str, event: &'static str) -> Offset {
+    Offset {
+        global,
+        category: "syscalls",
+        event,
+        field: "ret",
+    }
+}
 
 /// Find parents that never reap their children, and how close PID exhaustion is.
 ///
@@ -210,6 +238,7 @@ fn attach(args: Args, exit: ExitPath, session: &mut bpf::Session) -> Result<run:
         exit,
         started: Instant::now(),
         samples: Series::default(),
+        pid_section: pid_section::PidSection::attach(session)?,
     };
     let what = match det.args.pid {
         Some(p) => format!("exits and reaps of children of pid {p}"),
@@ -296,6 +325,8 @@ struct Zombies {
     started: Instant,
     /// Stuck zombies over time, for the growth trend.
     samples: Series,
+    /// PID budgets and fork refusals (issue 22).
+    pid_section: pid_section::PidSection,
 }
 
 impl Zombies {
@@ -321,6 +352,9 @@ impl Detector for Zombies {
     }
 
     fn on_event(&mut self, data: &[u8]) -> Result<(), BadRecord> {
+        if tracer_common::record_kind(data) == Some(tracer_common::EventKind::ForkRefused) {
+            return self.pid_section.on_event(data);
+        }
         self.tracker.on_event(data)?;
         self.tracker.prune_if_large(procinfo::stat_of);
         Ok(())
@@ -367,6 +401,7 @@ impl Zombies {
         let span = self.trend_span_s();
         let trend = trend::judge(&self.samples, span);
         let parents = self.parent_rows(&snap);
+        let (pid_budgets, pid_budget_scan, fork_refusals) = self.pid_section.build();
         ZombiesReport {
             filter_ppid: self.args.pid,
             stuck_rule: self.rule.describe(),
@@ -398,6 +433,9 @@ impl Zombies {
                 reaped: self.tracker.reaped_total(),
                 reap_log2: output::Log2::of(self.tracker.reap_hist()),
             },
+            pid_budgets,
+            pid_budget_scan,
+            fork_refusals,
         }
     }
 

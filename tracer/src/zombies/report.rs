@@ -6,7 +6,10 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::{
+    budget_metrics,
+    budgets::{self, PidBudgetRow, PidBudgetScan},
     metrics,
+    refusals::{self, ForkRefusals},
     rows::{ParentRow, ZombieRow, fmt_age},
 };
 use crate::{
@@ -55,6 +58,13 @@ pub struct ZombiesReport {
     /// For the text only.
     #[serde(skip)]
     pub view: View,
+    // PID budgets and fork refusals (issue 22).
+    /// Pids cgroups with a pids.max or a refused fork, findings and the fullest first.
+    pub pid_budgets: Vec<PidBudgetRow>,
+    /// Where the pids cgroups were read and how many.
+    pub pid_budget_scan: PidBudgetScan,
+    /// Forks refused with EAGAIN, per syscall and process.
+    pub fork_refusals: ForkRefusals,
 }
 
 /// What only the text shows.
@@ -106,6 +116,8 @@ pub struct Pids {
 impl Body for ZombiesReport {
     fn text(&self) -> String {
         let mut t = self.summary_text();
+        t += &budgets::text(&self.pid_budgets, &self.pid_budget_scan);
+        t += &refusals::text(&self.fork_refusals);
         t += &self.parents_text();
         if !self.view.by_parent {
             t += &self.zombies_text();
@@ -140,6 +152,7 @@ impl Body for ZombiesReport {
             out.process(&PARENT_ZOMBIES, &who, p.zombies as u64);
             out.process(&PARENT_OLDEST, &who, p.oldest_zombie_age_s);
         }
+        budget_metrics::collect(&self.pid_budgets, &self.fork_refusals, out);
     }
 
     fn state_evicted(&self) -> Vec<(&'static str, u64)> {
