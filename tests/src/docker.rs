@@ -189,11 +189,7 @@ impl Drop for Dockerd {
         for dir in &self.new_cgroup_parents {
             let _ = std::fs::remove_dir(dir);
         }
-        // Mounts the daemon left below its root (netns, shm) go with a lazy unmount
-        // before the tmpfs itself is unmounted by its own guard.
-        let _ = Command::new("umount")
-            .args(["-R", "-l"])
-            .arg(&self.root.dir)
-            .status();
+        // The tmpfs is unmounted by its own guard (lazily if the daemon left a mount in
+        // it), after this.
     }
 }

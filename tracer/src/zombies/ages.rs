@@ -193,10 +193,21 @@ clock-delta                                  :                  180
     }
 
     #[test]
+    fn a_cpu_clock_is_read_only_where_the_tracer_may_run() {
+        if fs::metadata("/proc/self/sched").is_ok() {
+            let a = cpu_clock_now_ns(0).expect("CPU 0's clock");
+            let b = cpu_clock_now_ns(0).expect("CPU 0's clock");
+            assert!(b >= a, "one CPU's task clock never goes back: {a} then {b}");
+        }
+        assert_eq!(cpu_clock_now_ns(1 << 20), None, "no such CPU");
+    }
+
+    #[test]
     fn own_stat_and_sched_read_back() {
         let stat = fs::read_to_string("/proc/self/stat").unwrap();
         let (cpu, state, start) = stat_fields(&stat).unwrap();
-        assert!(cpu < 4096 && state == 'R' && start > 0);
+        // The process's main thread: running, or waiting for the test threads.
+        assert!(cpu < 4096 && "RS".contains(state) && start > 0);
         let own = crate::procinfo::stat_of(std::process::id()).unwrap();
         assert_eq!(start, own.start_ticks);
         if let Ok(sched) = fs::read_to_string("/proc/self/sched") {

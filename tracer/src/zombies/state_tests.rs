@@ -174,7 +174,7 @@ fn seeded_zombies_dated_by_the_kernel_are_stuck_at_the_first_look() {
     t.seed(vec![zombie(50, 1, 1), zombie(60, 2, 1)], 100 * S);
     // The kernel dates 50 (exited 20 s ago); 60 it cannot.
     t.date_seeded(100 * S, |pid, start| {
-        assert_eq!(start, 1);
+        assert_eq!(start, HZ, "start time 1 s, in ticks");
         (pid == 50).then(|| Duration::from_secs(20))
     });
     let snap = t.census(101 * S, Duration::ZERO, AUTO, |pid| {
