@@ -56,7 +56,11 @@ fn container_pid1_that_is_not_an_init_is_named_with_its_zombies() {
     );
     let pid1 = docker.pid1(&id);
     wait_until("PID 1's three zombies", || zombie_children(pid1).len() == 3);
-    let inner = sleeping_child(pid1).expect("the inner sleep");
+    let mut inner = 0;
+    wait_until("the inner sleep", || {
+        inner = sleeping_child(pid1).unwrap_or(0);
+        inner != 0
+    });
     wait_until("the inner sleep's two zombies", || zombie_children(inner).len() == 2);
 
     let sock = docker.host.trim_start_matches("unix://").to_string();
