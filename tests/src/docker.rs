@@ -63,7 +63,9 @@ impl Dockerd {
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("starting dockerd (cargo xtask setup installs docker.io): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("starting dockerd (cargo xtask setup installs docker.io): {e}")
+            });
         let mut d = Dockerd {
             daemon: Some(daemon),
             containerd: Some(containerd),
@@ -77,7 +79,11 @@ impl Dockerd {
             if let Some(Ok(Some(st))) = d.daemon.as_mut().map(|c| c.try_wait()) {
                 panic!("dockerd exited ({st}): {}", d.log());
             }
-            assert!(Instant::now() < deadline, "dockerd did not answer in {limit}s: {}", d.log());
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not answer in {limit}s: {}",
+                d.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         d.import_busybox();
@@ -152,7 +158,16 @@ impl Dockerd {
     /// container's id, removed on drop.
     pub fn run(&mut self, name: &str, script: &str) -> String {
         let id = self.docker(&[
-            "run", "-d", "--network", "none", "--name", name, BUSYBOX_IMAGE, "sh", "-c", script,
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            name,
+            BUSYBOX_IMAGE,
+            "sh",
+            "-c",
+            script,
         ]);
         self.containers.push(id.clone());
         id
@@ -161,7 +176,8 @@ impl Dockerd {
     /// The host pid of a container's PID 1.
     pub fn pid1(&self, id: &str) -> u32 {
         let pid = self.docker(&["inspect", "-f", "{{.State.Pid}}", id]);
-        pid.parse().unwrap_or_else(|_| panic!("docker inspect said pid {pid:?}"))
+        pid.parse()
+            .unwrap_or_else(|_| panic!("docker inspect said pid {pid:?}"))
     }
 }
 

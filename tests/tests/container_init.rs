@@ -4,11 +4,7 @@
 //! inside it ends at that PID 1, which will not reap.
 use std::time::{Duration, Instant};
 
-use tracer::zombies::{
-    ZombiesReport,
-    init::ReaperRule,
-    rows::ParentRow,
-};
+use tracer::zombies::{ZombiesReport, init::ReaperRule, rows::ParentRow};
 use tracer_tests::{
     Dockerd, Envelope, Tracer, matrix_kernel, require_root, serial, zombie_children,
 };
@@ -36,8 +32,10 @@ fn sleeping_child(ppid: u32) -> Option<u32> {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let f: Vec<&str> = stat.split(' ').collect();
-        (f.get(1) == Some(&"(sleep)") && f.get(2) == Some(&"S") && f.get(3) == Some(&ppid.to_string().as_str()))
-            .then_some(pid)
+        (f.get(1) == Some(&"(sleep)")
+            && f.get(2) == Some(&"S")
+            && f.get(3) == Some(&ppid.to_string().as_str()))
+        .then_some(pid)
     })
 }
 
@@ -61,7 +59,9 @@ fn container_pid1_that_is_not_an_init_is_named_with_its_zombies() {
         inner = sleeping_child(pid1).unwrap_or(0);
         inner != 0
     });
-    wait_until("the inner sleep's two zombies", || zombie_children(inner).len() == 2);
+    wait_until("the inner sleep's two zombies", || {
+        zombie_children(inner).len() == 2
+    });
 
     let sock = docker.host.trim_start_matches("unix://").to_string();
     let mut tracer = Tracer::start_env(
@@ -82,16 +82,34 @@ fn container_pid1_that_is_not_an_init_is_named_with_its_zombies() {
     assert!(!ni.known_init, "{ni:?}");
     assert_eq!(ni.ns_pids, vec![pid1, 1], "{ni:?}");
     let c = (p.cgroup.container.as_ref()).unwrap_or_else(|| panic!("no container: {p:?}"));
-    assert_eq!((c.runtime.as_ref(), c.id.as_str()), ("docker", id.as_str()), "{c:?}");
+    assert_eq!(
+        (c.runtime.as_ref(), c.id.as_str()),
+        ("docker", id.as_str()),
+        "{c:?}"
+    );
     assert_eq!(c.names.name.as_deref(), Some(name.as_str()), "{c:?}");
     let after = p.reaper_after_exit.as_ref().expect("reaper");
-    assert_eq!((after.rule, after.pid), (ReaperRule::ItselfOnExit, pid1), "{after:?}");
+    assert_eq!(
+        (after.rule, after.pid),
+        (ReaperRule::ItselfOnExit, pid1),
+        "{after:?}"
+    );
     let hint = format!(
         "PID 1 of container docker://{} {name} is `sleep`, not an init: it never reaps its 3 stuck zombie(s)",
         &id[..12]
     );
-    assert!(r.hints.iter().any(|h| h.starts_with(&hint)), "{hint}\nnot in {:#?}", r.hints);
-    assert!(r.hints.iter().any(|h| h.contains("--init, tini or dumb-init")), "{:?}", r.hints);
+    assert!(
+        r.hints.iter().any(|h| h.starts_with(&hint)),
+        "{hint}\nnot in {:#?}",
+        r.hints
+    );
+    assert!(
+        r.hints
+            .iter()
+            .any(|h| h.contains("--init, tini or dumb-init")),
+        "{:?}",
+        r.hints
+    );
 
     // The inner parent is not PID 1; when it exits its zombies go to PID 1 (`sleep`),
     // the kernel's reaper for its namespace, which will not reap them either.
@@ -103,6 +121,11 @@ fn container_pid1_that_is_not_an_init_is_named_with_its_zombies() {
         (ReaperRule::NamespaceInit, pid1, "sleep", false),
         "{after:?}"
     );
-    let chain = format!("if {inner} (sleep) exits, its zombies go to {pid1} (sleep), which is not an init");
-    assert!(r.hints.iter().any(|h| h.starts_with(&chain)), "{chain}\nnot in {:#?}", r.hints);
+    let chain =
+        format!("if {inner} (sleep) exits, its zombies go to {pid1} (sleep), which is not an init");
+    assert!(
+        r.hints.iter().any(|h| h.starts_with(&chain)),
+        "{chain}\nnot in {:#?}",
+        r.hints
+    );
 }

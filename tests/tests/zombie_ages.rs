@@ -20,7 +20,11 @@ fn zombies_from_20s_before_the_start_are_dated_by_the_kernel_in_the_first_report
     let inc = Incident::start(&["zombies", "6"]);
     // "ready" comes once all six are zombies in /proc: they are at least this old.
     let zombie_since = Instant::now();
-    assert_eq!(zombie_children(inc.pid).len(), 6, "the helper made 6 zombies");
+    assert_eq!(
+        zombie_children(inc.pid).len(),
+        6,
+        "the helper made 6 zombies"
+    );
     // The incident is zombies 20 s old: let them age (nothing to wait for but time).
     while zombie_since.elapsed() < AGE {
         std::thread::sleep(Duration::from_millis(200));
@@ -33,8 +37,12 @@ fn zombies_from_20s_before_the_start_are_dated_by_the_kernel_in_the_first_report
         .unwrap_or_else(|| panic!("no report: {}", out.stderr));
     // The zombies cannot be older than the helper that made them.
     let at_most = started.elapsed().as_secs_f64() + 0.5;
-    let p = (first.parents.iter().find(|p| p.pid == inc.pid))
-        .unwrap_or_else(|| panic!("parent {} not flagged in the first report: {first:?}", inc.pid));
+    let p = (first.parents.iter().find(|p| p.pid == inc.pid)).unwrap_or_else(|| {
+        panic!(
+            "parent {} not flagged in the first report: {first:?}",
+            inc.pid
+        )
+    });
     assert_eq!(p.zombies, 6, "all six stuck at the first look: {p:?}");
     assert_eq!(p.oldest_zombie_age_source, AgeSource::ExitedAt, "{p:?}");
     assert!(p.oldest_zombie_age_exact, "{p:?}");
@@ -51,7 +59,10 @@ fn zombies_from_20s_before_the_start_are_dated_by_the_kernel_in_the_first_report
         );
     }
     assert!(
-        first.hints.iter().any(|h| h.starts_with(&format!("{} (incident) holds 6 stuck", inc.pid))),
+        first
+            .hints
+            .iter()
+            .any(|h| h.starts_with(&format!("{} (incident) holds 6 stuck", inc.pid))),
         "{:?}",
         first.hints
     );
@@ -60,10 +71,21 @@ fn zombies_from_20s_before_the_start_are_dated_by_the_kernel_in_the_first_report
     let out = run_tracer(&["triage", "-d", "1s", "--json", "--fail-on", "never"]);
     assert!(out.status.success(), "{}", out.stderr);
     let r = out.final_as::<TriageReport>();
-    let row = (r.leaks.pids.zombie_parents.iter().find(|z| z.ppid == inc.pid))
-        .unwrap_or_else(|| panic!("parent {} missing from zombie_parents: {r:?}", inc.pid));
-    assert_eq!((row.zombies, row.stuck, row.in_flight), (6, 6, 0), "{row:?}");
-    let oldest = row.oldest_age_s.unwrap_or_else(|| panic!("not dated: {row:?}"));
+    let row = (r
+        .leaks
+        .pids
+        .zombie_parents
+        .iter()
+        .find(|z| z.ppid == inc.pid))
+    .unwrap_or_else(|| panic!("parent {} missing from zombie_parents: {r:?}", inc.pid));
+    assert_eq!(
+        (row.zombies, row.stuck, row.in_flight),
+        (6, 6, 0),
+        "{row:?}"
+    );
+    let oldest = row
+        .oldest_age_s
+        .unwrap_or_else(|| panic!("not dated: {row:?}"));
     assert!(oldest >= AGE.as_secs_f64() - 1.0, "{row:?}");
     let subject = inc.pid.to_string();
     let f = (r.findings.iter())
@@ -84,7 +106,10 @@ impl CpusetOfCpu0 {
     fn new() -> CpusetOfCpu0 {
         let layout = tracer_tests::CgroupLayout::read();
         let name = format!("tracer-ages-{}", std::process::id());
-        let v1 = layout.v1.iter().find(|(c, _)| c.iter().any(|c| c == "cpuset"));
+        let v1 = layout
+            .v1
+            .iter()
+            .find(|(c, _)| c.iter().any(|c| c == "cpuset"));
         let (dir, enabled) = match v1 {
             Some((_, mount)) => (mount.join(&name), None),
             None => {
@@ -137,15 +162,21 @@ fn zombies_the_kernel_cannot_date_for_the_tracer_are_lower_bounds() {
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(r#"echo $$ > "$1" && exec "$2" zombies --json -d 1s"#)
-        .args(["sh", procs.to_str().unwrap(), tracer_tests::tracer_bin().to_str().unwrap()])
+        .args([
+            "sh",
+            procs.to_str().unwrap(),
+            tracer_tests::tracer_bin().to_str().unwrap(),
+        ])
         .output()
         .expect("running the tracer in the cpuset");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let first: tracer_tests::Envelope<ZombiesReport> = serde_json::from_str(
-        stdout.lines().next().expect("a report"),
-    )
-    .expect("a zombies report");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: tracer_tests::Envelope<ZombiesReport> =
+        serde_json::from_str(stdout.lines().next().expect("a report")).expect("a zombies report");
     let mine: Vec<_> = first.zombies.iter().filter(|z| z.ppid == inc.pid).collect();
     assert_eq!(mine.len(), 3, "{first:?}");
     for z in mine {

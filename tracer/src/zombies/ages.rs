@@ -162,16 +162,19 @@ clock-delta                                  :                  180
 
     #[test]
     fn exec_start_parses_to_the_nanosecond() {
-        assert_eq!(
-            parse_exec_start_ns(ZOMBIE_6_18),
-            Some(13_390_504_266_456)
-        );
+        assert_eq!(parse_exec_start_ns(ZOMBIE_6_18), Some(13_390_504_266_456));
         assert_eq!(
             parse_exec_start_ns(&ZOMBIE_6_18.replace("13390504.266456", "52113.409877")),
             Some(52_113_409_877)
         );
-        assert_eq!(parse_exec_start_ns("se.exec_start : 12\n"), Some(12_000_000));
-        assert_eq!(parse_exec_start_ns("se.exec_start : 1.5\n"), Some(1_500_000));
+        assert_eq!(
+            parse_exec_start_ns("se.exec_start : 12\n"),
+            Some(12_000_000)
+        );
+        assert_eq!(
+            parse_exec_start_ns("se.exec_start : 1.5\n"),
+            Some(1_500_000)
+        );
         assert_eq!(parse_exec_start_ns("se.vruntime : 1.0\n"), None);
         assert_eq!(parse_exec_start_ns("se.exec_start : x.1\n"), None);
         assert_eq!(parse_exec_start_ns(""), None);
@@ -181,7 +184,11 @@ clock-delta                                  :                  180
     fn age_is_the_clock_difference_clamped_to_the_lifetime() {
         let s = 1_000_000_000;
         assert_eq!(age_ns(100 * s, 130 * s, 3600 * s), 30 * s);
-        assert_eq!(age_ns(100 * s, 130 * s, 20 * s), 20 * s, "never older than the process");
+        assert_eq!(
+            age_ns(100 * s, 130 * s, 20 * s),
+            20 * s,
+            "never older than the process"
+        );
         assert_eq!(age_ns(130 * s, 100 * s, 3600 * s), 0, "never negative");
     }
 
@@ -189,7 +196,11 @@ clock-delta                                  :                  180
     fn zombie_stat_gives_cpu_state_and_start() {
         assert_eq!(stat_fields(ZOMBIE_STAT), Some((0, 'Z', 1_342_778)));
         let odd = ZOMBIE_STAT.replace("(python3)", "(a) b (c)");
-        assert_eq!(stat_fields(&odd), Some((0, 'Z', 1_342_778)), "comm with ') '");
+        assert_eq!(
+            stat_fields(&odd),
+            Some((0, 'Z', 1_342_778)),
+            "comm with ') '"
+        );
     }
 
     #[test]

@@ -33,7 +33,13 @@ const INITS: &[&str] = &[
 ];
 
 /// Programs that make themselves child subreapers (comm, 15 characters at most).
-const SUBREAPERS: &[&str] = &["containerd-shim", "conmon", "systemd", "tini", "docker-init"];
+const SUBREAPERS: &[&str] = &[
+    "containerd-shim",
+    "conmon",
+    "systemd",
+    "tini",
+    "docker-init",
+];
 
 /// How many ancestors the walk looks at, at most (pid namespaces nest a few deep, and
 /// process trees a few dozen).
@@ -101,7 +107,8 @@ fn is_namespace_init(ns_pids: &[u32]) -> bool {
 }
 
 fn known(list: &[&str], comm: &str) -> bool {
-    list.iter().any(|n| comm == *n || comm.starts_with(&format!("{n}-")))
+    list.iter()
+        .any(|n| comm == *n || comm.starts_with(&format!("{n}-")))
 }
 
 /// `pid` as a container's init, when it is PID 1 of a pid namespace other than the

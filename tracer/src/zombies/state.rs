@@ -153,10 +153,14 @@ impl Tracker {
 
     /// Dates the zombies seeded at start: `age_of(pid, start_ticks)` is how long ago
     /// it exited, when the kernel can tell (else its age stays a lower bound).
-    pub fn date_seeded(&mut self, now_ns: u64, mut age_of: impl FnMut(u32, u64) -> Option<Duration>) {
+    pub fn date_seeded(
+        &mut self,
+        now_ns: u64,
+        mut age_of: impl FnMut(u32, u64) -> Option<Duration>,
+    ) {
         for (&pid, s) in &mut self.seeded {
-            s.exit_ns = age_of(pid, s.start_ticks)
-                .map(|age| now_ns.saturating_sub(age.as_nanos() as u64));
+            s.exit_ns =
+                age_of(pid, s.start_ticks).map(|age| now_ns.saturating_sub(age.as_nanos() as u64));
         }
     }
 

@@ -181,10 +181,16 @@ fn seeded_zombies_dated_by_the_kernel_are_stuck_at_the_first_look() {
         Some(zombie(pid, if pid == 50 { 1 } else { 2 }, 1))
     });
     let z50 = snap.zombies.iter().find(|z| z.pid == 50).unwrap();
-    assert_eq!((z50.age_s, z50.exact, z50.source), (21.0, true, AgeSource::ExitedAt));
+    assert_eq!(
+        (z50.age_s, z50.exact, z50.source),
+        (21.0, true, AgeSource::ExitedAt)
+    );
     assert!(z50.stuck, "21 s is past the 5 s floor at the first look");
     let z60 = snap.zombies.iter().find(|z| z.pid == 60).unwrap();
-    assert_eq!((z60.age_s, z60.source, z60.stuck), (1.0, AgeSource::LowerBound, false));
+    assert_eq!(
+        (z60.age_s, z60.source, z60.stuck),
+        (1.0, AgeSource::LowerBound, false)
+    );
     assert_eq!(snap.parents.len(), 1);
     assert_eq!(snap.parents[0].oldest_source, AgeSource::ExitedAt);
 }
