@@ -1,6 +1,7 @@
 //! Harness for the integration tests: run the real tracer binary (which loads real
 //! eBPF), cause incidents with the `incident` helper, and clean everything up in guards
 //! that also run when a test fails.
+mod docker;
 mod fixtures;
 pub mod http;
 mod incident;
@@ -15,6 +16,7 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
+pub use docker::*;
 pub use fixtures::*;
 pub use incident::*;
 pub use memcg::*;

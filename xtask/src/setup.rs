@@ -22,6 +22,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("ip", "iproute2"),
     ("promtool", "prometheus"),
+    // A real container runtime for the container tests (tests/src/docker.rs), and the
+    // static busybox their image is made of (no registry is reachable).
+    ("dockerd", "docker.io"),
+    ("busybox", "busybox-static"),
 ];
 
 /// What the VM matrix needs: qemu (TCG), depmod for the unpacked kernels' modules,

@@ -13,9 +13,11 @@ use crate::{
 };
 
 /// A parent holding this many stuck zombies is not reaping (warn), this many is eating
-/// the PID space (crit). A zombie is stuck when it was already one at the start of a
-/// window of at least STUCK_WINDOW_S and still is at its end: every child is a zombie
-/// for a moment, so a snapshot alone proves nothing (the rule of `tracer zombies`).
+/// the PID space (crit). A zombie is stuck when the kernel dates it older than
+/// STUCK_WINDOW_S (/proc/PID/sched, zombies/ages.rs), or, where it cannot, when it was
+/// already one at the start of a window of at least STUCK_WINDOW_S and still is at its
+/// end: every child is a zombie for a moment, so a snapshot alone proves nothing (the
+/// rule of `tracer zombies`).
 pub const ZOMBIES_WARN: f64 = 5.0;
 pub const STUCK_WINDOW_S: f64 = crate::zombies::STUCK_FLOOR_S;
 pub const ZOMBIES_CRIT: f64 = 500.0;
@@ -48,28 +50,47 @@ fn zombie_ids(stats: &[procinfo::ProcStat]) -> HashSet<(u32, u64)> {
         .collect()
 }
 
-/// Per parent: zombies present through the whole window (stuck), and the others.
+/// One parent's zombies now.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct ParentZombies {
+    /// Dated older than STUCK_WINDOW_S, or present through a long enough window.
+    stuck: usize,
+    young: usize,
+    /// The oldest the kernel could date, seconds.
+    oldest_s: Option<f64>,
+    /// Zombies the kernel could not date.
+    undated: usize,
+}
+
+/// Per parent: stuck zombies and the others. `age_of` dates a zombie (seconds, None
+/// when the kernel cannot); `window_s` is how long `before` was taken before `now`.
 fn zombies_by_parent(
     before: &HashSet<(u32, u64)>,
     now: &[procinfo::ProcStat],
-) -> BTreeMap<u32, (usize, usize)> {
-    let mut by_parent: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
+    window_s: f64,
+    mut age_of: impl FnMut(&procinfo::ProcStat) -> Option<f64>,
+) -> BTreeMap<u32, ParentZombies> {
+    let long_window = window_s + 1e-3 >= STUCK_WINDOW_S;
+    let mut by_parent: BTreeMap<u32, ParentZombies> = BTreeMap::new();
     for s in now.iter().filter(|s| s.state == 'Z') {
+        let age = age_of(s);
         let e = by_parent.entry(s.ppid).or_default();
-        if before.contains(&(s.pid, s.start_ticks)) {
-            e.0 += 1;
+        let through = long_window && before.contains(&(s.pid, s.start_ticks));
+        if through || age.is_some_and(|a| a > STUCK_WINDOW_S) {
+            e.stuck += 1;
         } else {
-            e.1 += 1;
+            e.young += 1;
+        }
+        e.undated += usize::from(age.is_none());
+        if let Some(a) = age {
+            e.oldest_s = Some(e.oldest_s.map_or(a, |o| o.max(a)));
         }
     }
     by_parent
 }
 
-/// The level of a parent's zombies row: only stuck zombies over a long enough window.
-fn zombies_level(stuck: usize, window_s: f64) -> Level {
-    if window_s + 1e-3 < STUCK_WINDOW_S {
-        return Level::Ok;
-    }
+/// The level of a parent's zombies row, from its stuck zombies.
+fn zombies_level(stuck: usize) -> Level {
     judge(stuck as f64, ZOMBIES_WARN, ZOMBIES_CRIT)
 }
 
@@ -106,22 +127,37 @@ fn pids(part: &mut Part, before: &HashSet<(u32, u64)>, w: Window) -> Pids {
 
     // Zombies grouped by parent, from /proc (state Z), split by whether they were
     // already zombies when the window began.
-    let by_parent = zombies_by_parent(before, &procinfo::all_stats());
-    let total: usize = by_parent.values().map(|(a, b)| a + b).sum();
-    let mut parents: Vec<(u32, (usize, usize))> = by_parent.into_iter().collect();
-    parents.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut dater = crate::zombies::ages::Dater::new(procinfo::ticks_per_second());
+    let by_parent = zombies_by_parent(before, &procinfo::all_stats(), w.secs, |s| {
+        dater.age(s.pid, s.start_ticks).map(|d| d.as_secs_f64())
+    });
+    let total: usize = by_parent.values().map(|z| z.stuck + z.young).sum();
+    let mut parents: Vec<(u32, ParentZombies)> = by_parent.into_iter().collect();
+    parents.sort_by(|a, b| {
+        (b.1.stuck, b.1.young)
+            .cmp(&(a.1.stuck, a.1.young))
+            .then(a.0.cmp(&b.0))
+    });
     let threshold = format!(
-        "per parent >= {ZOMBIES_WARN} warn, {ZOMBIES_CRIT} crit, counting zombies present through a window of >= {STUCK_WINDOW_S}s"
+        "per parent >= {ZOMBIES_WARN} warn, {ZOMBIES_CRIT} crit, counting zombies older than {STUCK_WINDOW_S}s \
+         (dated by the kernel's /proc/PID/sched) or present through a window of >= {STUCK_WINDOW_S}s"
     );
     let mut rows = Vec::new();
-    for &(ppid, (stuck, young)) in parents.iter().take(MAX_ROWS) {
+    for &(ppid, z) in parents.iter().take(MAX_ROWS) {
         let comm = procinfo::comm_of(ppid).unwrap_or_else(|| "?".into());
+        let (stuck, young) = (z.stuck, z.young);
         let mut value = format!(
-            "{stuck} zombie(s) under {ppid} ({comm}) through the {:.1}s window, {young} younger",
+            "{stuck} zombie(s) under {ppid} ({comm}) through the {:.1}s window or older than {STUCK_WINDOW_S}s, {young} younger",
             w.secs
         );
-        if w.secs + 1e-3 < STUCK_WINDOW_S {
-            value += &format!(" (not judged: the window is under {STUCK_WINDOW_S}s)");
+        if let Some(o) = z.oldest_s {
+            value += &format!(" (oldest {o:.1}s, dated by the kernel)");
+        }
+        if z.undated > 0 && w.secs + 1e-3 < STUCK_WINDOW_S {
+            value += &format!(
+                " ({} not judged: the kernel cannot date them and the window is under {STUCK_WINDOW_S}s)",
+                z.undated
+            );
         }
         part.findings.push(
             Finding::new(
@@ -129,7 +165,7 @@ fn pids(part: &mut Part, before: &HashSet<(u32, u64)>, w: Window) -> Pids {
                 "zombies",
                 value,
                 threshold.clone(),
-                zombies_level(stuck, w.secs),
+                zombies_level(stuck),
             )
             .subject(ppid.to_string())
             .next(format!("tracer zombies --parent -p {ppid}")),
@@ -140,6 +176,7 @@ fn pids(part: &mut Part, before: &HashSet<(u32, u64)>, w: Window) -> Pids {
             zombies: stuck + young,
             stuck,
             in_flight: young,
+            oldest_age_s: z.oldest_s.map(round1),
         });
     }
     if parents.is_empty() {
@@ -367,21 +404,32 @@ mod tests {
         }
     }
 
+    fn counts(z: &ParentZombies) -> (usize, usize) {
+        (z.stuck, z.young)
+    }
+
     #[test]
-    fn only_zombies_present_through_a_long_enough_window_are_judged() {
+    fn undated_zombies_are_judged_only_through_a_long_enough_window() {
         let before = zombie_ids(&[z(10, 1, 5), z(11, 1, 5), z(12, 2, 7)]);
         // 10 stays, 11 was reaped, 12's pid now belongs to a newer zombie, 13 is new.
         let now = [z(10, 1, 5), z(12, 2, 9), z(13, 2, 9)];
-        let by = zombies_by_parent(&before, &now);
-        assert_eq!(by[&1], (1, 0));
-        assert_eq!(by[&2], (0, 2), "a reused pid is another process");
-        assert_eq!(zombies_level(5, 5.0), Level::Warn);
-        assert_eq!(zombies_level(4, 60.0), Level::Ok);
-        assert_eq!(
-            zombies_level(500, 1.0),
-            Level::Ok,
-            "a 1 s window proves nothing"
-        );
-        assert_eq!(zombies_level(500, 5.0), Level::Crit);
+        let by = zombies_by_parent(&before, &now, 5.0, |_| None);
+        assert_eq!(counts(&by[&1]), (1, 0));
+        assert_eq!(counts(&by[&2]), (0, 2), "a reused pid is another process");
+        assert_eq!(by[&2].undated, 2);
+        let short = zombies_by_parent(&before, &now, 1.0, |_| None);
+        assert_eq!(counts(&short[&1]), (0, 1), "a 1 s window proves nothing");
+        assert_eq!(zombies_level(5), Level::Warn);
+        assert_eq!(zombies_level(4), Level::Ok);
+        assert_eq!(zombies_level(500), Level::Crit);
+    }
+
+    #[test]
+    fn dated_zombies_are_judged_in_any_window() {
+        let now = [z(10, 1, 5), z(11, 1, 5), z(12, 1, 9)];
+        let age = |s: &procinfo::ProcStat| Some(if s.pid == 12 { 0.5 } else { 20.0 });
+        let by = zombies_by_parent(&HashSet::new(), &now, 0.5, age);
+        assert_eq!(counts(&by[&1]), (2, 1));
+        assert_eq!((by[&1].oldest_s, by[&1].undated), (Some(20.0), 0));
     }
 }

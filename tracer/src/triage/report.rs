@@ -249,9 +249,13 @@ pub struct ZombieParentRow {
     pub ppid: u32,
     pub comm: String,
     pub zombies: usize,
-    /// Present through the whole window.
+    /// Older than 5 s (dated by the kernel) or present through a window of >= 5 s.
     pub stuck: usize,
     pub in_flight: usize,
+    /// The oldest zombie's age as the kernel dates it (/proc/PID/sched); None where it
+    /// cannot (no CONFIG_SCHED_DEBUG, or a CPU the tracer may not run on).
+    #[serde(default)]
+    pub oldest_age_s: Option<f64>,
 }
 
 /// A cgroup hierarchy: an element of `cgroup_hierarchies`.

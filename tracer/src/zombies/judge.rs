@@ -158,11 +158,14 @@ mod tests {
             stuck_after_s: 5.0,
             oldest_zombie_age_s: 30.0,
             oldest_zombie_age_exact: true,
+            oldest_zombie_age_source: super::super::ages::AgeSource::ExitEvent,
             reaped,
             wait_calls,
             sigchld_received,
             sigchld: "default".into(),
             pids_cgroup: None,
+            namespace_init: None,
+            reaper_after_exit: None,
         }
     }
 

@@ -5,6 +5,8 @@
 //! wait calls and SIGCHLDs are counted in kernel maps read once per report. Zombies are
 //! confirmed against /proc (state Z, same start time) when a report is built, so a
 //! lost reap record or a reused pid can never invent a zombie.
+pub mod ages;
+pub mod init;
 mod judge;
 pub mod metrics;
 mod report;
@@ -153,7 +155,8 @@ const fn refusal_ret(global: &'static str, event: &'static str) -> Offset {
 ///
 /// Watches process exits and reaps in the kernel, counts wait() calls and SIGCHLDs per
 /// parent, and confirms zombies in /proc. Zombies that existed before the start are
-/// included; their age is then only a lower bound (shown as ">=").
+/// included, dated by the kernel (/proc/PID/sched's se.exec_start: when they last ran,
+/// i.e. exited); where the kernel cannot tell, their age is a lower bound (">=").
 ///
 /// Every child is a zombie until its parent reaps it, usually for microseconds. A
 /// zombie is "stuck" (evidence of a non-reaping parent) only when older than 5 s and
@@ -227,6 +230,8 @@ fn attach(args: Args, exit: ExitPath, session: &mut bpf::Session) -> Result<run:
     // seen twice (event and scan), never zero times.
     let mut tracker = Tracker::new(args.pid, procinfo::ticks_per_second(), boot_offset_ns());
     tracker.seed(procinfo::all_stats(), procinfo::monotonic_ns());
+    let mut dater = ages::Dater::new(procinfo::ticks_per_second());
+    tracker.date_seeded(procinfo::monotonic_ns(), |pid, start| dater.age(pid, start));
     let rule = args.stuck_after.map_or(StuckRule::Auto, StuckRule::Fixed);
     let det = Zombies {
         args,
@@ -405,7 +410,7 @@ impl Zombies {
         ZombiesReport {
             filter_ppid: self.args.pid,
             stuck_rule: self.rule.describe(),
-            hints: judge::hints(&parents),
+            hints: [judge::hints(&parents), init::hints(&parents)].concat(),
             parents,
             zombies: zombie_rows(&snap),
             zombies_total: snap.zombies.len(),
@@ -480,12 +485,15 @@ impl Zombies {
                     stuck_after_s: round3(p.stuck_after_s),
                     oldest_zombie_age_s: round3(p.oldest_age_s),
                     oldest_zombie_age_exact: p.oldest_exact,
+                    oldest_zombie_age_source: p.oldest_source,
                     reaped: self.tracker.reaped_by(p.pid),
                     wait_calls: c.wait_calls,
                     sigchld_received: c.sigchld,
                     sigchld: procinfo::sigchld_disposition(p.pid).into(),
                     pids_cgroup: pids_cgroup(p.pid)
                         .map(|(current, max)| PidsCgroup { current, max }),
+                    namespace_init: init::namespace_init(p.pid),
+                    reaper_after_exit: init::reaper_after_exit(p.pid),
                 }
             })
             .collect()
@@ -514,6 +522,7 @@ fn zombie_rows(snap: &Census) -> Vec<ZombieRow> {
             cgroup: procinfo::cgroup_of(z.pid).into(),
             age_s: z.age_s,
             age_exact: z.exact,
+            age_source: z.source,
             stuck: z.stuck,
         })
         .collect()

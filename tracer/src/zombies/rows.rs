@@ -4,6 +4,10 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use super::{
+    ages::AgeSource,
+    init::{NamespaceInit, ReaperAfterExit},
+};
 use crate::output::{self, Row, human_duration, serialize_round3};
 
 /// One parent with stuck or in-flight zombies: a JSON element of `parents` and a row
@@ -20,12 +24,20 @@ pub struct ParentRow {
     pub stuck_after_s: f64,
     pub oldest_zombie_age_s: f64,
     pub oldest_zombie_age_exact: bool,
+    /// Where the oldest zombie's age comes from (exit_event, exited_at, lower_bound).
+    pub oldest_zombie_age_source: AgeSource,
     pub reaped: u64,
     pub wait_calls: u64,
     pub sigchld_received: u64,
     /// SIGCHLD disposition: default, ignore or handler.
     pub sigchld: Cow<'static, str>,
     pub pids_cgroup: Option<PidsCgroup>,
+    /// This parent is PID 1 of a pid namespace (a container's init): what it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_init: Option<NamespaceInit>,
+    /// Who reaps this parent's zombies once it exits (init.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaper_after_exit: Option<ReaperAfterExit>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,6 +102,8 @@ pub struct ZombieRow {
     #[serde(serialize_with = "serialize_round3")]
     pub age_s: f64,
     pub age_exact: bool,
+    /// exit_event (seen exiting), exited_at (kernel's se.exec_start), lower_bound.
+    pub age_source: AgeSource,
     pub stuck: bool,
 }
 
@@ -122,12 +136,13 @@ mod tests {
             cgroup: "/".into(),
             age_s: 12.34567,
             age_exact: false,
+            age_source: AgeSource::LowerBound,
             stuck: true,
         };
         assert_eq!(
             serde_json::to_string(&z).unwrap(),
             json!({"pid": 10, "ppid": 1, "comm": "sh", "cgroup": "/", "age_s": 12.346,
-                   "age_exact": false, "stuck": true})
+                   "age_exact": false, "age_source": "lower_bound", "stuck": true})
             .to_string()
         );
         assert_eq!(z.cells(), ["10", "1", "sh", ">=12.3s", "stuck"]);

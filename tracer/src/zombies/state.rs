@@ -9,7 +9,7 @@ use tracer_common::{
     zombies::{EXITED_CAPACITY, ProcEvent, ReapVia},
 };
 
-use super::{judge::StuckRule, metrics};
+use super::{ages::AgeSource, judge::StuckRule, metrics};
 use crate::{
     bounded::Lru,
     output::{self, Buckets},
@@ -41,10 +41,12 @@ struct Exited {
     start_ticks: Option<u64>,
 }
 
-/// A zombie found in /proc at start: its exit time is unknown.
+/// A zombie found in /proc at start: its exit was not seen.
 struct Seeded {
     start_ticks: u64,
     first_seen_ns: u64,
+    /// When it exited (CLOCK_MONOTONIC ns), when the kernel could tell (ages.rs).
+    exit_ns: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -55,6 +57,7 @@ pub struct ZombieRow {
     pub age_s: f64,
     /// false: a zombie from before the start, whose age is at least `age_s`.
     pub exact: bool,
+    pub source: AgeSource,
     /// Older than its parent's reap threshold; else still in flight.
     pub stuck: bool,
 }
@@ -69,6 +72,7 @@ pub struct ParentRow {
     pub in_flight: usize,
     pub oldest_age_s: f64,
     pub oldest_exact: bool,
+    pub oldest_source: AgeSource,
     /// The age above which this parent's zombies are stuck.
     pub stuck_after_s: f64,
 }
@@ -140,9 +144,23 @@ impl Tracker {
                     Seeded {
                         start_ticks: st.start_ticks,
                         first_seen_ns: now_ns,
+                        exit_ns: None,
                     },
                 );
             }
+        }
+    }
+
+    /// Dates the zombies seeded at start: `age_of(pid, start_ticks)` is how long ago
+    /// it exited, when the kernel can tell (else its age stays a lower bound).
+    pub fn date_seeded(
+        &mut self,
+        now_ns: u64,
+        mut age_of: impl FnMut(u32, u64) -> Option<Duration>,
+    ) {
+        for (&pid, s) in &mut self.seeded {
+            s.exit_ns =
+                age_of(pid, s.start_ticks).map(|age| now_ns.saturating_sub(age.as_nanos() as u64));
         }
     }
 
@@ -247,6 +265,7 @@ impl Tracker {
                     comm,
                     age_s: now_ns.saturating_sub(e.exit_ns) as f64 / 1e9,
                     exact: true,
+                    source: AgeSource::ExitEvent,
                     stuck: false,
                 });
             }
@@ -254,12 +273,17 @@ impl Tracker {
         });
         self.seeded.retain(|&pid, s| match lookup(pid) {
             Some(st) if st.state == 'Z' && st.start_ticks == s.start_ticks => {
+                let (since, source) = match s.exit_ns {
+                    Some(at) => (at, AgeSource::ExitedAt),
+                    None => (s.first_seen_ns, AgeSource::LowerBound),
+                };
                 rows.push(ZombieRow {
                     pid,
                     ppid: st.ppid,
                     comm: st.comm,
-                    age_s: now_ns.saturating_sub(s.first_seen_ns) as f64 / 1e9,
-                    exact: false,
+                    age_s: now_ns.saturating_sub(since) as f64 / 1e9,
+                    exact: source.exact(),
+                    source,
                     stuck: false,
                 });
                 true
@@ -286,6 +310,7 @@ impl Tracker {
                         // Rows are oldest first, so the first one per parent is its oldest.
                         oldest_age_s: z.age_s,
                         oldest_exact: z.exact,
+                        oldest_source: z.source,
                         stuck_after_s: threshold,
                     });
                     parents.last_mut().expect("just pushed")

@@ -79,6 +79,7 @@ fn unreaped_child_is_a_zombie_with_exact_age() {
             comm: "child".into(),
             age_s: 6.0,
             exact: true,
+            source: AgeSource::ExitEvent,
             stuck: true,
         }]
     );
@@ -90,6 +91,7 @@ fn unreaped_child_is_a_zombie_with_exact_age() {
             in_flight: 0,
             oldest_age_s: 6.0,
             oldest_exact: true,
+            oldest_source: AgeSource::ExitEvent,
             stuck_after_s: 5.0,
         }]
     );
@@ -162,7 +164,35 @@ fn seeded_zombies_have_lower_bound_ages() {
     let snap = t.census(12 * S, Duration::ZERO, AUTO, |pid| Some(zombie(pid, 1, 1)));
     assert_eq!(snap.zombies.len(), 1);
     assert!(!snap.zombies[0].exact);
+    assert_eq!(snap.zombies[0].source, AgeSource::LowerBound);
     assert_eq!(snap.zombies[0].age_s, 2.0);
+}
+
+#[test]
+fn seeded_zombies_dated_by_the_kernel_are_stuck_at_the_first_look() {
+    let mut t = Tracker::new(None, HZ, 0);
+    t.seed(vec![zombie(50, 1, 1), zombie(60, 2, 1)], 100 * S);
+    // The kernel dates 50 (exited 20 s ago); 60 it cannot.
+    t.date_seeded(100 * S, |pid, start| {
+        assert_eq!(start, HZ, "start time 1 s, in ticks");
+        (pid == 50).then(|| Duration::from_secs(20))
+    });
+    let snap = t.census(101 * S, Duration::ZERO, AUTO, |pid| {
+        Some(zombie(pid, if pid == 50 { 1 } else { 2 }, 1))
+    });
+    let z50 = snap.zombies.iter().find(|z| z.pid == 50).unwrap();
+    assert_eq!(
+        (z50.age_s, z50.exact, z50.source),
+        (21.0, true, AgeSource::ExitedAt)
+    );
+    assert!(z50.stuck, "21 s is past the 5 s floor at the first look");
+    let z60 = snap.zombies.iter().find(|z| z.pid == 60).unwrap();
+    assert_eq!(
+        (z60.age_s, z60.source, z60.stuck),
+        (1.0, AgeSource::LowerBound, false)
+    );
+    assert_eq!(snap.parents.len(), 1);
+    assert_eq!(snap.parents[0].oldest_source, AgeSource::ExitedAt);
 }
 
 #[test]
