@@ -1,0 +1,433 @@
+//! The census walk: one depth-first pass over a directory tree with `openat` +
+//! `fdopendir` + `readdir` (getdents underneath) and one `fstatat` per entry, never
+//! leaving the filesystem it started on (st_dev). Memory does not grow with the tree:
+//! it holds the stack of open directories (one frame per level of the current path)
+//! and a bounded heap of the directories with the most inodes, nothing per entry.
+use std::{
+    cmp::Reverse,
+    collections::BinaryHeap,
+    ffi::{CStr, CString, OsStr, OsString},
+    os::unix::ffi::{OsStrExt, OsStringExt},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use super::{Ages, SkipReason};
+
+/// Users counted per directory before the rest go to "other": the top user of a
+/// directory is exact when it owns more than any 4 others together.
+const USERS_KEPT: usize = 4;
+
+/// Inodes counted between two looks at the clock (the budget and the progress).
+const CLOCK_EVERY: u64 = 256;
+
+/// Files per owner (uid), the few with the most files.
+#[derive(Clone, Debug, Default)]
+pub struct Users {
+    pub top: Vec<(u32, u64)>,
+    pub other: u64,
+}
+
+impl Users {
+    fn add(&mut self, uid: u32, n: u64) {
+        if let Some(e) = self.top.iter_mut().find(|e| e.0 == uid) {
+            e.1 += n;
+        } else if self.top.len() < USERS_KEPT {
+            self.top.push((uid, n));
+        } else {
+            self.other += n;
+        }
+    }
+
+    fn merge(&mut self, o: &Users) {
+        for &(uid, n) in &o.top {
+            self.add(uid, n);
+        }
+        self.other += o.other;
+    }
+
+    /// The user owning the most files, and how many.
+    pub fn first(&self) -> Option<(u32, u64)> {
+        self.top.iter().copied().max_by_key(|e| (e.1, Reverse(e.0)))
+    }
+}
+
+/// One directory's counts: its own entries, its subtree's inodes (itself included),
+/// and the age and owner of the files (non-directories) in its subtree.
+#[derive(Clone, Debug, Default)]
+pub struct DirCount {
+    pub path: PathBuf,
+    pub own_entries: u64,
+    pub subtree_inodes: u64,
+    pub ages: Ages,
+    pub users: Users,
+}
+
+/// A directory the walk could not read, or read only in part.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Skip {
+    pub path: PathBuf,
+    pub reason: SkipReason,
+    pub detail: String,
+}
+
+/// What a walk found.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The root's counts (the whole walk).
+    pub root: DirCount,
+    /// At most `top` directories, most inodes in their subtree first (see [`Walk::run`]
+    /// for the directories left out).
+    pub top: Vec<DirCount>,
+    pub directories: u64,
+    /// Every directory skipped, counted; `skips` keeps the first `top`.
+    pub skipped: u64,
+    pub skips: Vec<Skip>,
+    /// Entries gone between the directory read and their stat (deleted meanwhile).
+    pub vanished: u64,
+    /// Mount points met and not entered.
+    pub mounts_not_crossed: u64,
+    /// The budget ran out before the walk ended: the counts are a lower bound.
+    pub partial: bool,
+    pub elapsed: Duration,
+}
+
+/// An open directory of the current path.
+struct Frame {
+    dir: *mut libc::DIR,
+    name: OsString,
+    count: DirCount,
+    /// The largest subtree of a child directory.
+    largest_child: u64,
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        // SAFETY: `dir` came from fdopendir and is closed only here.
+        unsafe { libc::closedir(self.dir) };
+    }
+}
+
+/// Progress for `on_progress`: inodes counted so far, the time spent, the path now.
+pub struct Progress<'a> {
+    pub inodes: u64,
+    pub elapsed: Duration,
+    pub at: &'a Path,
+}
+
+/// A census walk's settings and hooks.
+pub struct Walk<'a> {
+    pub budget: Duration,
+    pub top: usize,
+    /// Called every `progress_every` while the walk runs.
+    pub progress_every: Duration,
+    pub on_progress: &'a mut dyn FnMut(&Progress),
+    /// Called with each directory's path right after it was opened (tests use it to
+    /// change the tree under the walk).
+    pub on_open: &'a mut dyn FnMut(&Path),
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn reason_of(e: i32) -> SkipReason {
+    match e {
+        libc::EACCES | libc::EPERM => SkipReason::PermissionDenied,
+        libc::ENOENT | libc::ENOTDIR => SkipReason::Removed,
+        _ => SkipReason::Unreadable,
+    }
+}
+
+/// Opens `name` in `at` (or the path itself with AT_FDCWD) as a directory stream.
+fn open_dir(at: libc::c_int, name: &CStr) -> Result<*mut libc::DIR, i32> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: plain syscalls on a NUL-terminated name; the fd is owned by the DIR.
+    unsafe {
+        let fd = libc::openat(at, name.as_ptr(), flags);
+        if fd < 0 {
+            return Err(errno());
+        }
+        let dir = libc::fdopendir(fd);
+        if dir.is_null() {
+            let e = errno();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(dir)
+    }
+}
+
+impl Walk<'_> {
+    /// Walks `root`. The `top` directories are those with the most inodes in their
+    /// subtree, except a directory whose one child holds >= 90% of its subtree (the
+    /// child, further down, says more: `/data` above `/data/cache/sessions`); the root
+    /// is always in `Outcome::root`.
+    pub fn run(&mut self, root: &Path) -> Outcome {
+        let start = Instant::now();
+        let mut out = Outcome::default();
+        let mut heap: BinaryHeap<Reverse<(u64, PathBuf, HeapCount)>> = BinaryHeap::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let Ok(c_root) = CString::new(root.as_os_str().as_bytes()) else {
+            return out;
+        };
+        let (dir, dev) = match open_dir(libc::AT_FDCWD, &c_root).and_then(|d| {
+            let st = fstat(d)?;
+            Ok((d, st.st_dev))
+        }) {
+            Ok(v) => v,
+            Err(e) => {
+                out.skipped = 1;
+                out.skips.push(skip(root.into(), e, "opening"));
+                out.elapsed = start.elapsed();
+                return out;
+            }
+        };
+        (self.on_open)(root);
+        let mut stack = vec![Frame {
+            dir,
+            name: root.as_os_str().to_owned(),
+            count: DirCount {
+                subtree_inodes: 1,
+                ..Default::default()
+            },
+            largest_child: 0,
+        }];
+        out.directories = 1;
+        let mut seen = 0u64;
+        let mut last_progress = start;
+        while !stack.is_empty() {
+            seen += 1;
+            if seen.is_multiple_of(CLOCK_EVERY) {
+                let t = start.elapsed();
+                if t >= self.budget {
+                    out.partial = true;
+                    while !stack.is_empty() {
+                        self.close(&mut stack, &mut heap, &mut out);
+                    }
+                    break;
+                }
+                if last_progress.elapsed() >= self.progress_every {
+                    last_progress = Instant::now();
+                    let at = path_of(&stack);
+                    (self.on_progress)(&Progress {
+                        inodes: out.root.subtree_inodes + sum_open(&stack),
+                        elapsed: t,
+                        at: &at,
+                    });
+                }
+            }
+            let Some(top) = stack.last_mut() else { break };
+            // SAFETY: `top.dir` is an open stream; readdir's entry is read before the
+            // next call on the same stream.
+            let (name, fd) = unsafe {
+                *libc::__errno_location() = 0;
+                let ent = libc::readdir(top.dir);
+                if ent.is_null() {
+                    let e = errno();
+                    if e != 0 {
+                        let p = path_of(&stack);
+                        push_skip(&mut out, skip(p, e, "reading"), self.top);
+                    }
+                    self.close(&mut stack, &mut heap, &mut out);
+                    continue;
+                }
+                let name = CStr::from_ptr((*ent).d_name.as_ptr()).to_owned();
+                (name, libc::dirfd(top.dir))
+            };
+            if name.as_bytes() == b"." || name.as_bytes() == b".." {
+                continue;
+            }
+            let st = match fstatat(fd, &name) {
+                Ok(st) => st,
+                Err(libc::ENOENT) => {
+                    out.vanished += 1;
+                    continue;
+                }
+                Err(e) => {
+                    let p = path_of(&stack).join(OsStr::from_bytes(name.as_bytes()));
+                    push_skip(&mut out, skip(p, e, "stat"), self.top);
+                    continue;
+                }
+            };
+            top.count.own_entries += 1;
+            top.count.subtree_inodes += 1;
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                top.count.ages.add(now - st.st_mtime);
+                top.count.users.add(st.st_uid, 1);
+                continue;
+            }
+            if st.st_dev != dev {
+                out.mounts_not_crossed += 1;
+                continue;
+            }
+            match open_dir(fd, &name) {
+                Ok(dir) => {
+                    out.directories += 1;
+                    stack.push(Frame {
+                        dir,
+                        name: OsString::from_vec(name.into_bytes()),
+                        count: DirCount::default(),
+                        largest_child: 0,
+                    });
+                    (self.on_open)(&path_of(&stack));
+                }
+                Err(e) => {
+                    let p = path_of(&stack).join(OsStr::from_bytes(name.as_bytes()));
+                    push_skip(&mut out, skip(p, e, "opening"), self.top);
+                }
+            }
+        }
+        out.top = (heap.into_sorted_vec().into_iter())
+            .map(|Reverse((_, path, c))| c.into_count(path))
+            .collect();
+        out.elapsed = start.elapsed();
+        out
+    }
+
+    /// Closes the innermost directory: checks it still exists (a directory removed
+    /// while read has no links left), adds its counts to its parent's, and keeps it
+    /// among the top directories if it is one.
+    fn close(
+        &mut self,
+        stack: &mut Vec<Frame>,
+        heap: &mut BinaryHeap<Reverse<(u64, PathBuf, HeapCount)>>,
+        out: &mut Outcome,
+    ) {
+        let path = path_of(stack);
+        let Some(mut f) = stack.pop() else { return };
+        if fstat(f.dir).is_ok_and(|st| st.st_nlink == 0) {
+            let detail = format!(
+                "removed during the walk; {} entries counted before",
+                f.count.own_entries
+            );
+            push_skip(
+                out,
+                Skip {
+                    path: path.clone(),
+                    reason: SkipReason::Removed,
+                    detail,
+                },
+                self.top,
+            );
+        }
+        let c = std::mem::take(&mut f.count);
+        let subtree = c.subtree_inodes;
+        let Some(parent) = stack.last_mut() else {
+            out.root = DirCount { path, ..c };
+            return;
+        };
+        // The entry itself was counted in the parent when it was listed.
+        parent.count.subtree_inodes += subtree;
+        parent.count.ages.merge(&c.ages);
+        parent.count.users.merge(&c.users);
+        parent.largest_child = parent.largest_child.max(subtree + 1);
+        let own_subtree = subtree + 1;
+        if f.largest_child * 10 >= own_subtree * 9 || self.top == 0 {
+            return;
+        }
+        let full = heap.len() >= self.top;
+        if full && heap.peek().is_some_and(|Reverse(m)| m.0 >= own_subtree) {
+            return;
+        }
+        heap.push(Reverse((own_subtree, path, HeapCount::of(&c, own_subtree))));
+        if heap.len() > self.top {
+            heap.pop();
+        }
+    }
+}
+
+/// A directory's counts in the heap (ordered only by their subtree, before them).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct HeapCount {
+    own_entries: u64,
+    subtree_inodes: u64,
+    ages: [u64; 4],
+    users: Vec<(u32, u64)>,
+    other: u64,
+}
+
+impl HeapCount {
+    fn of(c: &DirCount, subtree: u64) -> Self {
+        let a = &c.ages;
+        Self {
+            own_entries: c.own_entries,
+            subtree_inodes: subtree,
+            ages: [a.under_hour, a.under_day, a.under_week, a.older],
+            users: c.users.top.clone(),
+            other: c.users.other,
+        }
+    }
+
+    fn into_count(self, path: PathBuf) -> DirCount {
+        let [under_hour, under_day, under_week, older] = self.ages;
+        DirCount {
+            path,
+            own_entries: self.own_entries,
+            subtree_inodes: self.subtree_inodes,
+            ages: Ages {
+                under_hour,
+                under_day,
+                under_week,
+                older,
+            },
+            users: Users {
+                top: self.users,
+                other: self.other,
+            },
+        }
+    }
+}
+
+fn push_skip(out: &mut Outcome, s: Skip, keep: usize) {
+    out.skipped += 1;
+    if out.skips.len() < keep.max(1) {
+        out.skips.push(s);
+    }
+}
+
+fn skip(path: PathBuf, e: i32, doing: &str) -> Skip {
+    Skip {
+        path,
+        reason: reason_of(e),
+        detail: format!("{doing}: {}", std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// The current path: the root, then the name of every open directory below it.
+fn path_of(stack: &[Frame]) -> PathBuf {
+    let mut p = PathBuf::new();
+    for f in stack {
+        p.push(&f.name);
+    }
+    p
+}
+
+/// Inodes counted in directories still open (for the progress line).
+fn sum_open(stack: &[Frame]) -> u64 {
+    stack.iter().map(|f| f.count.subtree_inodes).sum()
+}
+
+fn fstat(dir: *mut libc::DIR) -> Result<libc::stat, i32> {
+    // SAFETY: `dir` is an open stream; `st` is written by the kernel.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(libc::dirfd(dir), &mut st) != 0 {
+            return Err(errno());
+        }
+        Ok(st)
+    }
+}
+
+fn fstatat(fd: libc::c_int, name: &CStr) -> Result<libc::stat, i32> {
+    // SAFETY: a NUL-terminated name relative to an open directory fd.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstatat(fd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) != 0 {
+            return Err(errno());
+        }
+        Ok(st)
+    }
+}
