@@ -53,7 +53,7 @@ fn a_full_ext4_filled_before_the_start_is_attributed_by_the_census() {
     // The writer fills every inode (9 files of 10 in sessions), dates its files 10 days
     // back, and exits before the tracer starts.
     writer(&format!(
-        "i=0; while :; do d={h}; [ $((i % 10)) -eq 9 ] && d={o}; : > $d/f$i 2>/dev/null || break; \
+        "i=0; while :; do d={h}; [ $((i % 10)) -eq 9 ] && d={o}; touch $d/f$i 2>/dev/null || break; \
          i=$((i+1)); done; touch -d '10 days ago' {h}/* {o}/*",
         h = hot.display(),
         o = other.display()
@@ -73,7 +73,7 @@ fn a_full_ext4_filled_before_the_start_is_attributed_by_the_census() {
     assert_eq!(c.fs_inodes_used, 256);
     // Every inode but the reserved ones (1-10) and lost+found's is under the mount.
     assert_eq!(c.top_directories[0].path, fs.mnt);
-    assert_eq!(c.inodes_counted, 1 + 1 + 3 + n_hot + n_other, "{}", js(c));
+    assert_eq!(c.inodes_counted, 1 + 1 + 4 + n_hot + n_other, "{}", js(c));
     let h = c.hot().unwrap();
     assert_eq!(h.path, hot, "the hot directory: {}", js(c));
     assert_eq!((h.own_entries, h.subtree_inodes), (n_hot, n_hot + 1));
@@ -185,7 +185,7 @@ fn has_open(pid: i32, path: &Path) -> bool {
         .any(|l| l == path)
 }
 
-/// Sends `sig` to the tracer, and SIGCONT on drop (also when the test fails).
+/// SIGCONT to the tracer on drop (also when the test fails).
 struct Stopped(i32);
 
 impl Drop for Stopped {
@@ -195,24 +195,33 @@ impl Drop for Stopped {
     }
 }
 
-/// Waits (inotify, IN_OPEN) until `dir` is opened, then stops the tracer that opened it.
-fn stop_tracer_when_opened(dir: &Path) -> std::thread::JoinHandle<Stopped> {
+/// Waits (inotify, IN_OPEN) until `dir` is opened, stops the tracer that opened it,
+/// removes `dir` while the tracer holds it open, and lets the tracer go on. Returns
+/// the tracer's pid.
+fn remove_when_opened(dir: &Path) -> std::thread::JoinHandle<i32> {
     // SAFETY: inotify calls on an fd owned here; read into a local buffer.
     let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
     assert!(fd >= 0, "inotify_init1");
     let c = CString::new(dir.to_str().unwrap()).unwrap();
     let wd = unsafe { libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_OPEN) };
     assert!(wd >= 0, "inotify_add_watch");
+    let dir = dir.to_path_buf();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        let pid = tracer_child();
-        if let Some(pid) = pid {
-            unsafe { libc::kill(pid, libc::SIGSTOP) };
-        }
+        let pid = tracer_child().expect("the tracer's pid");
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let stopped = Stopped(pid);
         unsafe { libc::close(fd) };
         assert!(n > 0, "reading inotify");
-        Stopped(pid.expect("the tracer's pid"))
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !has_open(pid, &dir) {
+            assert!(Instant::now() < deadline, "the stopped tracer does not hold {} open", dir.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        drop(stopped);
+        pid
     })
 }
 
@@ -230,18 +239,10 @@ fn a_directory_removed_during_the_walk_is_a_skipped_line_and_the_rest_is_counted
         g = gone.display(),
         k = keep.display()
     ));
-    let stopper = stop_tracer_when_opened(&gone);
+    let remover = remove_when_opened(&gone);
     let tracer = Tracer::start(&["inodes", "--census", t.dir.to_str().unwrap(), "--json", "-d", "2s"]);
-    let stopped = stopper.join().expect("stopping the tracer");
-    assert_eq!(stopped.0, tracer.pid());
-    // Stopped with `gone` open: remove it under the walk, then let the walk go on.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !has_open(stopped.0, &gone) {
-        assert!(Instant::now() < deadline, "the census does not hold {} open", gone.display());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::fs::remove_dir_all(&gone).unwrap();
-    drop(stopped);
+    let pid = remover.join().expect("removing the directory under the walk");
+    assert_eq!(pid, tracer.pid());
     let out = tracer.wait();
     assert!(out.status.success(), "{}", out.stderr);
     let r = out.final_as::<InodesReport>();

@@ -10,7 +10,7 @@ mod walk;
 
 use std::{
     collections::HashSet,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     output::{Row, serialize_round3},
-    snapshot::{Level, inodes::FsUsage},
+    snapshot::Level,
 };
 pub use owners::Owner;
 
@@ -215,11 +215,16 @@ impl Row for SkippedRow {
 }
 
 impl Census {
-    /// The directory where most of the inodes are: the first directory below the
-    /// root (the root is the whole walk), else the root itself.
+    /// The directory where the inodes are: the deepest directory below the root
+    /// holding at least half of the census' inodes (`/data/cache/sessions` rather than
+    /// `/data`), else the largest below the root, else the root.
     pub fn hot(&self) -> Option<&CensusDirRow> {
-        let below = |d: &&CensusDirRow| d.path != self.root;
-        (self.top_directories.iter().find(below)).or(self.top_directories.first())
+        let below = || self.top_directories.iter().filter(|d| d.path != self.root);
+        (below())
+            .filter(|d| d.subtree_inodes * 2 >= self.inodes_counted)
+            .max_by_key(|d| d.path.components().count())
+            .or_else(|| below().next())
+            .or(self.top_directories.first())
     }
 
     /// The cleanup hint: the directory, its share, the age of its files, the command.
@@ -257,7 +262,10 @@ impl Census {
             self.root.display(),
             match self.trigger {
                 Trigger::Requested => "asked for".to_string(),
-                Trigger::Level => format!("the filesystem reached {:?}", self.level).to_uppercase(),
+                Trigger::Level => format!(
+                    "the filesystem reached {}",
+                    format!("{:?}", self.level).to_uppercase()
+                ),
             },
             self.inodes_counted,
             self.directories,

@@ -200,7 +200,7 @@ impl Walk<'_> {
         let mut last_progress = start;
         while !stack.is_empty() {
             seen += 1;
-            if seen.is_multiple_of(CLOCK_EVERY) {
+            if seen % CLOCK_EVERY == 0 {
                 let t = start.elapsed();
                 if t >= self.budget {
                     out.partial = true;
@@ -429,5 +429,99 @@ fn fstatat(fd: libc::c_int, name: &CStr) -> Result<libc::stat, i32> {
             return Err(errno());
         }
         Ok(st)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A temp tree: a/b with 50 files (2 days old), c with 5, gone with 3.
+    fn tree(tag: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("census-walk-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (dir, n) in [("a/b", 50), ("c", 5), ("gone", 3)] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            for i in 0..n {
+                let f = std::fs::File::create(root.join(dir).join(format!("f{i}"))).unwrap();
+                if dir == "a/b" {
+                    let old = std::time::SystemTime::now() - Duration::from_secs(2 * 86_400);
+                    f.set_modified(old).unwrap();
+                }
+            }
+        }
+        root
+    }
+
+    fn walk(root: &Path, budget: Duration, on_open: &mut dyn FnMut(&Path)) -> Outcome {
+        Walk {
+            budget,
+            top: 10,
+            progress_every: Duration::from_secs(3600),
+            on_progress: &mut |_| {},
+            on_open,
+        }
+        .run(root)
+    }
+
+    #[test]
+    fn counts_own_entries_subtrees_ages_and_skips_pass_through_directories() {
+        let root = tree("counts");
+        let o = walk(&root, Duration::from_secs(60), &mut |_| {});
+        std::fs::remove_dir_all(&root).unwrap();
+        // root + a + b + 50 + c + 5 + gone + 3
+        assert_eq!(o.root.subtree_inodes, 1 + 1 + 1 + 50 + 1 + 5 + 1 + 3);
+        assert_eq!(o.root.own_entries, 3);
+        assert_eq!(o.directories, 5);
+        assert_eq!(o.root.ages.files(), 58);
+        assert_eq!(o.root.ages.under_week, 50);
+        let paths: Vec<_> = o.top.iter().map(|d| d.path.strip_prefix(&root).unwrap().to_owned()).collect();
+        // `a` holds nothing but b (>= 90%): left out for b.
+        assert_eq!(paths, [Path::new("a/b"), Path::new("c"), Path::new("gone")]);
+        let b = &o.top[0];
+        assert_eq!((b.own_entries, b.subtree_inodes, b.ages.under_week), (50, 51, 50));
+        assert_eq!(b.users.first().map(|u| u.1), Some(50));
+        assert!(!o.partial && o.skipped == 0);
+    }
+
+    #[test]
+    fn a_directory_removed_while_read_is_skipped_and_the_rest_counted() {
+        let root = tree("removed");
+        let gone = root.join("gone");
+        let o = walk(&root, Duration::from_secs(60), &mut |p| {
+            if p == gone {
+                std::fs::remove_dir_all(p).unwrap();
+            }
+        });
+        let unreadable = root.join("locked");
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(o.skipped, 1, "{:?}", o.skips);
+        assert_eq!(o.skips[0].path, gone);
+        assert_eq!(o.skips[0].reason, SkipReason::Removed);
+        assert_eq!(o.root.subtree_inodes, 1 + 1 + 1 + 50 + 1 + 5 + 1);
+        // A root that cannot be opened: one skipped line, nothing counted.
+        let o = walk(&unreadable, Duration::from_secs(60), &mut |_| {});
+        assert_eq!((o.skipped, o.root.subtree_inodes), (1, 0));
+        assert_eq!(o.skips[0].reason, SkipReason::Removed);
+    }
+
+    #[test]
+    fn the_budget_ends_the_walk_as_partial() {
+        let root = tree("budget");
+        let o = walk(&root, Duration::ZERO, &mut |_| {});
+        std::fs::remove_dir_all(&root).unwrap();
+        // The clock is read every CLOCK_EVERY entries: a tree smaller than that ends
+        // before its first look; a larger one stops there.
+        assert!(!o.partial, "61 entries < {CLOCK_EVERY}");
+        let big = std::env::temp_dir().join(format!("census-walk-big-{}", std::process::id()));
+        std::fs::create_dir_all(&big).unwrap();
+        for i in 0..(2 * CLOCK_EVERY) {
+            std::fs::File::create(big.join(format!("f{i}"))).unwrap();
+        }
+        let o = walk(&big, Duration::ZERO, &mut |_| {});
+        std::fs::remove_dir_all(&big).unwrap();
+        assert!(o.partial);
+        // Stopped at its first look: 255 entries read (with . and ..), and the root.
+        assert_eq!(o.root.subtree_inodes, CLOCK_EVERY - 2);
     }
 }
