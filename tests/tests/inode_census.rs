@@ -264,7 +264,11 @@ fn an_unreadable_directory_is_a_skipped_line_and_the_rest_is_counted() {
     let (bad, good) = (fs.mnt.join("bad"), fs.mnt.join("good"));
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::create_dir_all(&good).unwrap();
-    writer(&format!("cd {} && seq 50 | xargs touch && touch {}/x", good.display(), bad.display()));
+    writer(&format!(
+        "cd {} && seq 50 | xargs touch && touch {}/x",
+        good.display(),
+        bad.display()
+    ));
     // Clear bad's inode on the unmounted image: its entry then names a deleted inode,
     // which the kernel refuses to look up (a corrupt filesystem, for root too).
     let dev = sh("findmnt", &["-n", "-o", "SOURCE", fs.mnt()]);

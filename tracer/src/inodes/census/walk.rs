@@ -164,29 +164,36 @@ impl Walk<'_> {
     /// child, further down, says more: `/data` above `/data/cache/sessions`); the root
     /// is always in `Outcome::root`.
     pub fn run(&mut self, root: &Path) -> Outcome {
-        let start = Instant::now();
-        let mut out = Outcome::default();
-        let mut heap: BinaryHeap<Reverse<(u64, PathBuf, HeapCount)>> = BinaryHeap::new();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let Ok(c_root) = CString::new(root.as_os_str().as_bytes()) else {
-            return out;
+        let mut st = match self.open_root(root) {
+            Ok(st) => st,
+            Err(out) => return out,
         };
-        let (dir, dev) = match open_dir(libc::AT_FDCWD, &c_root).and_then(|d| {
-            let st = fstat(d)?;
-            Ok((d, st.st_dev))
-        }) {
-            Ok(v) => v,
-            Err(e) => {
-                out.skipped = 1;
-                out.skips.push(skip(root.into(), e, "opening"));
-                out.elapsed = start.elapsed();
-                return out;
+        while !st.stack.is_empty() {
+            if !self.tick(&mut st) {
+                break;
             }
+            self.step(&mut st);
+        }
+        let mut out = st.out;
+        out.top = (st.heap.into_sorted_vec().into_iter())
+            .map(|Reverse((_, path, c))| c.into_count(path))
+            .collect();
+        out.elapsed = st.start.elapsed();
+        out
+    }
+
+    /// The walk's state with the root open, or the outcome saying it cannot be.
+    fn open_root(&mut self, root: &Path) -> Result<State, Outcome> {
+        let start = Instant::now();
+        let fail = |e: i32| Outcome {
+            skipped: 1,
+            skips: vec![skip(root.into(), e, "opening")],
+            elapsed: start.elapsed(),
+            ..Default::default()
         };
-        (self.on_open)(root);
-        let mut stack = vec![Frame {
+        let c_root = CString::new(root.as_os_str().as_bytes()).map_err(|_| fail(libc::EINVAL))?;
+        let dir = open_dir(libc::AT_FDCWD, &c_root).map_err(fail)?;
+        let frame = Frame {
             dir,
             name: root.as_os_str().to_owned(),
             count: DirCount {
@@ -194,129 +201,143 @@ impl Walk<'_> {
                 ..Default::default()
             },
             largest_child: 0,
-        }];
-        out.directories = 1;
-        let mut seen = 0u64;
-        let mut last_progress = start;
-        while !stack.is_empty() {
-            seen += 1;
-            if seen % CLOCK_EVERY == 0 {
-                let t = start.elapsed();
-                if t >= self.budget {
-                    out.partial = true;
-                    while !stack.is_empty() {
-                        self.close(&mut stack, &mut heap, &mut out);
-                    }
-                    break;
-                }
-                if last_progress.elapsed() >= self.progress_every {
-                    last_progress = Instant::now();
-                    let at = path_of(&stack);
-                    (self.on_progress)(&Progress {
-                        inodes: out.root.subtree_inodes + sum_open(&stack),
-                        elapsed: t,
-                        at: &at,
-                    });
-                }
+        };
+        let dev = fstat(dir).map_err(fail)?.st_dev;
+        (self.on_open)(root);
+        Ok(State {
+            stack: vec![frame],
+            heap: BinaryHeap::new(),
+            out: Outcome {
+                directories: 1,
+                ..Default::default()
+            },
+            dev,
+            now: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            start,
+            last_progress: start,
+            seen: 0,
+        })
+    }
+
+    /// Every CLOCK_EVERY entries: false when the budget ran out (then every open
+    /// directory is closed with what it counted and the outcome is partial), and the
+    /// progress callback when it is due.
+    fn tick(&mut self, st: &mut State) -> bool {
+        st.seen += 1;
+        if st.seen % CLOCK_EVERY != 0 {
+            return true;
+        }
+        let t = st.start.elapsed();
+        if t >= self.budget {
+            st.out.partial = true;
+            while !st.stack.is_empty() {
+                self.close(st);
             }
-            let Some(top) = stack.last_mut() else { break };
-            // SAFETY: `top.dir` is an open stream; readdir's entry is read before the
-            // next call on the same stream.
-            let (name, fd) = unsafe {
-                *libc::__errno_location() = 0;
-                let ent = libc::readdir(top.dir);
-                if ent.is_null() {
-                    let e = errno();
-                    if e != 0 {
-                        let p = path_of(&stack);
-                        push_skip(&mut out, skip(p, e, "reading"), self.top);
-                    }
-                    self.close(&mut stack, &mut heap, &mut out);
-                    continue;
+            return false;
+        }
+        if st.last_progress.elapsed() >= self.progress_every {
+            st.last_progress = Instant::now();
+            let at = path_of(&st.stack);
+            (self.on_progress)(&Progress {
+                inodes: st.out.root.subtree_inodes + sum_open(&st.stack),
+                elapsed: t,
+                at: &at,
+            });
+        }
+        true
+    }
+
+    /// Reads the next entry of the innermost directory (closing it at its end),
+    /// counts it, and opens it when it is a directory on the same filesystem.
+    fn step(&mut self, st: &mut State) {
+        let Some(top) = st.stack.last_mut() else { return };
+        // SAFETY: `top.dir` is an open stream; readdir's entry is copied before the
+        // next call on the same stream.
+        let (name, fd) = unsafe {
+            *libc::__errno_location() = 0;
+            let ent = libc::readdir(top.dir);
+            if ent.is_null() {
+                let e = errno();
+                if e != 0 {
+                    let p = path_of(&st.stack);
+                    push_skip(&mut st.out, skip(p, e, "reading"), self.top);
                 }
-                let name = CStr::from_ptr((*ent).d_name.as_ptr()).to_owned();
-                (name, libc::dirfd(top.dir))
-            };
-            if name.as_bytes() == b"." || name.as_bytes() == b".." {
-                continue;
+                self.close(st);
+                return;
             }
-            let st = match fstatat(fd, &name) {
-                Ok(st) => st,
-                Err(libc::ENOENT) => {
-                    out.vanished += 1;
-                    continue;
-                }
-                Err(e) => {
-                    let p = path_of(&stack).join(OsStr::from_bytes(name.as_bytes()));
-                    push_skip(&mut out, skip(p, e, "stat"), self.top);
-                    continue;
-                }
-            };
-            top.count.own_entries += 1;
-            top.count.subtree_inodes += 1;
-            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                top.count.ages.add(now - st.st_mtime);
-                top.count.users.add(st.st_uid, 1);
-                continue;
+            let name = CStr::from_ptr((*ent).d_name.as_ptr()).to_owned();
+            (name, libc::dirfd(top.dir))
+        };
+        if name.as_bytes() == b"." || name.as_bytes() == b".." {
+            return;
+        }
+        let child = |st: &State| path_of(&st.stack).join(OsStr::from_bytes(name.as_bytes()));
+        let stat = match fstatat(fd, &name) {
+            Ok(stat) => stat,
+            Err(libc::ENOENT) => {
+                st.out.vanished += 1;
+                return;
             }
-            if st.st_dev != dev {
-                out.mounts_not_crossed += 1;
-                continue;
+            Err(e) => {
+                let p = child(st);
+                push_skip(&mut st.out, skip(p, e, "stat"), self.top);
+                return;
             }
-            match open_dir(fd, &name) {
-                Ok(dir) => {
-                    out.directories += 1;
-                    stack.push(Frame {
-                        dir,
-                        name: OsString::from_vec(name.into_bytes()),
-                        count: DirCount::default(),
-                        largest_child: 0,
-                    });
-                    (self.on_open)(&path_of(&stack));
-                }
-                Err(e) => {
-                    let p = path_of(&stack).join(OsStr::from_bytes(name.as_bytes()));
-                    push_skip(&mut out, skip(p, e, "opening"), self.top);
-                }
+        };
+        let Some(top) = st.stack.last_mut() else { return };
+        top.count.own_entries += 1;
+        top.count.subtree_inodes += 1;
+        if stat.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            top.count.ages.add(st.now - stat.st_mtime);
+            top.count.users.add(stat.st_uid, 1);
+            return;
+        }
+        if stat.st_dev != st.dev {
+            st.out.mounts_not_crossed += 1;
+            return;
+        }
+        match open_dir(fd, &name) {
+            Ok(dir) => {
+                st.out.directories += 1;
+                st.stack.push(Frame {
+                    dir,
+                    name: OsString::from_vec(name.into_bytes()),
+                    count: DirCount::default(),
+                    largest_child: 0,
+                });
+                (self.on_open)(&path_of(&st.stack));
+            }
+            Err(e) => {
+                let p = child(st);
+                push_skip(&mut st.out, skip(p, e, "opening"), self.top);
             }
         }
-        out.top = (heap.into_sorted_vec().into_iter())
-            .map(|Reverse((_, path, c))| c.into_count(path))
-            .collect();
-        out.elapsed = start.elapsed();
-        out
     }
 
     /// Closes the innermost directory: checks it still exists (a directory removed
     /// while read has no links left), adds its counts to its parent's, and keeps it
     /// among the top directories if it is one.
-    fn close(
-        &mut self,
-        stack: &mut Vec<Frame>,
-        heap: &mut BinaryHeap<Reverse<(u64, PathBuf, HeapCount)>>,
-        out: &mut Outcome,
-    ) {
-        let path = path_of(stack);
-        let Some(mut f) = stack.pop() else { return };
-        if fstat(f.dir).is_ok_and(|st| st.st_nlink == 0) {
+    fn close(&mut self, st: &mut State) {
+        let path = path_of(&st.stack);
+        let Some(mut f) = st.stack.pop() else { return };
+        if fstat(f.dir).is_ok_and(|s| s.st_nlink == 0) {
             let detail = format!(
                 "removed during the walk; {} entries counted before",
                 f.count.own_entries
             );
-            push_skip(
-                out,
-                Skip {
-                    path: path.clone(),
-                    reason: SkipReason::Removed,
-                    detail,
-                },
-                self.top,
-            );
+            let s = Skip {
+                path: path.clone(),
+                reason: SkipReason::Removed,
+                detail,
+            };
+            push_skip(&mut st.out, s, self.top);
         }
         let c = std::mem::take(&mut f.count);
         let subtree = c.subtree_inodes;
-        let Some(parent) = stack.last_mut() else {
-            out.root = DirCount { path, ..c };
+        let Some(parent) = st.stack.last_mut() else {
+            st.out.root = DirCount { path, ..c };
             return;
         };
         // The entry itself was counted in the parent when it was listed.
@@ -328,8 +349,8 @@ impl Walk<'_> {
         if f.largest_child * 10 >= own_subtree * 9 || self.top == 0 {
             return;
         }
-        let full = heap.len() >= self.top;
-        if full && heap.peek().is_some_and(|Reverse(m)| m.0 >= own_subtree) {
+        let heap = &mut st.heap;
+        if heap.len() >= self.top && heap.peek().is_some_and(|Reverse(m)| m.0 >= own_subtree) {
             return;
         }
         heap.push(Reverse((own_subtree, path, HeapCount::of(&c, own_subtree))));
@@ -337,6 +358,25 @@ impl Walk<'_> {
             heap.pop();
         }
     }
+}
+
+/// The bounded heap of the directories with the most inodes (the least on top).
+type Heap = BinaryHeap<Reverse<(u64, PathBuf, HeapCount)>>;
+
+/// A walk under way.
+struct State {
+    /// The open directories of the current path, the root first.
+    stack: Vec<Frame>,
+    heap: Heap,
+    out: Outcome,
+    /// The root's filesystem.
+    dev: libc::dev_t,
+    /// Seconds since the epoch at the start (file ages count from here).
+    now: i64,
+    start: Instant,
+    last_progress: Instant,
+    /// Entries read, for CLOCK_EVERY.
+    seen: u64,
 }
 
 /// A directory's counts in the heap (ordered only by their subtree, before them).
@@ -503,6 +543,57 @@ mod tests {
         let o = walk(&unreadable, Duration::from_secs(60), &mut |_| {});
         assert_eq!((o.skipped, o.root.subtree_inodes), (1, 0));
         assert_eq!(o.skips[0].reason, SkipReason::Removed);
+    }
+
+    /// Drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from this thread's effective set
+    /// (root reads a mode-000 directory with them; the tracer as deployed may not have
+    /// them all).
+    fn drop_dac_caps() {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        let mut h = Header {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let mut d = [Data::default(); 2];
+        // SAFETY: capget/capset on this thread with version-3 structures.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()), 0);
+            // CAP_DAC_OVERRIDE is 1, CAP_DAC_READ_SEARCH 2 (capability.h).
+            d[0].effective &= !((1 << 1) | (1 << 2));
+            assert_eq!(libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()), 0);
+        }
+    }
+
+    #[test]
+    fn a_directory_it_may_not_read_is_skipped_as_permission_denied() {
+        let root = tree("denied");
+        let locked = root.join("c");
+        std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0)).unwrap();
+        let r = root.clone();
+        let o = std::thread::spawn(move || {
+            drop_dac_caps();
+            walk(&r, Duration::from_secs(60), &mut |_| {})
+        })
+        .join()
+        .unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(o.skipped, 1, "{:?}", o.skips);
+        assert_eq!(o.skips[0].path, locked);
+        assert_eq!(o.skips[0].reason, SkipReason::PermissionDenied);
+        assert_eq!(o.skips[0].detail, "opening: Permission denied (os error 13)");
+        // c itself is counted (listed in the root), its 5 files are not.
+        assert_eq!(o.root.subtree_inodes, 1 + 1 + 1 + 50 + 1 + 1 + 3);
     }
 
     #[test]
