@@ -65,20 +65,26 @@ impl Drop for Tree {
     }
 }
 
-/// Wall seconds and peak RSS (MiB) of `cmd`, and its stdout.
-fn measure(mut cmd: Command) -> Result<(f64, f64, String)> {
+/// Wall seconds and peak RSS (MiB) of `cmd`, its stdout's line count and last line.
+/// The output is streamed, never held: a child's peak RSS (ru_maxrss) includes what
+/// the forked copy of this process held before exec, so this process stays small.
+fn measure(mut cmd: Command) -> Result<(f64, f64, u64, String)> {
+    use std::io::BufRead as _;
     let start = Instant::now();
     let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("running {cmd:?}"))?;
-    let mut out = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out)?;
+    let (mut lines, mut last) = (0u64, String::new());
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        lines += 1;
+        last = line?;
+    }
     let (st, _, rss_kib) = common::wait_rusage(child.id() as libc::pid_t)?;
     if st != 0 {
         bail!("{cmd:?} failed: wait status {st}");
     }
-    Ok((start.elapsed().as_secs_f64(), rss_kib as f64 / 1024.0, out))
+    Ok((start.elapsed().as_secs_f64(), rss_kib as f64 / 1024.0, lines, last))
 }
 
 /// One census: its own elapsed seconds (from the report), the tracer's wall seconds and
@@ -88,9 +94,8 @@ fn census(tracer: &Path, dir: &Path) -> Result<(f64, f64, f64, u64)> {
     cmd.args(["inodes", "--census"])
         .arg(dir)
         .args(["--census-budget", "120s", "-d", "1s", "--json"]);
-    let (wall, rss, out) = measure(cmd)?;
-    let last = out.lines().last().context("no report")?;
-    let v: serde_json::Value = serde_json::from_str(last)?;
+    let (wall, rss, _, last) = measure(cmd)?;
+    let v: serde_json::Value = serde_json::from_str(&last).context("no report")?;
     let c = &v["census"][0];
     if c["partial"] != false {
         bail!("the census was partial: {c}");
@@ -107,8 +112,8 @@ fn census(tracer: &Path, dir: &Path) -> Result<(f64, f64, f64, u64)> {
 fn find(dir: &Path) -> Result<(f64, f64, u64)> {
     let mut cmd = Command::new("find");
     cmd.arg(dir).arg("-xdev");
-    let (wall, rss, out) = measure(cmd)?;
-    Ok((wall, rss, out.lines().count() as u64))
+    let (wall, rss, lines, _) = measure(cmd)?;
+    Ok((wall, rss, lines))
 }
 
 pub fn run(a: &super::Args) -> Result<()> {
