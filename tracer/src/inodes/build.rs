@@ -10,7 +10,9 @@ use tracer_common::{
 };
 
 use super::{
-    EXT4_FALLBACK, Inodes, cgroup, entries,
+    EXT4_FALLBACK, Inodes, cgroup,
+    census::{Census, Trigger},
+    entries,
     judge::{self, Judged, Rules},
     report::{Evicted, Ext4Attribution, InodesReport, View},
     rows::{DirectoryRow, EnospcRow, FilesystemRow, ProcessRow, RateSource, Source},
@@ -118,6 +120,31 @@ pub(super) fn filesystems(rows: &[FsRow], rules: Rules) -> Vec<FilesystemRow> {
         .collect()
 }
 
+/// Whether a census may give a hint: asked for, or its filesystem is at WARN or CRIT
+/// now (no census advice on a filesystem below WARN that nobody asked about).
+fn may_hint(c: &Census, rows: &[FsRow]) -> bool {
+    c.trigger == Trigger::Requested
+        || rows
+            .iter()
+            .any(|r| r.u.mount == c.mount && r.judged.level != Level::Ok)
+}
+
+/// The censuses' cleanup hints, first.
+fn census_hints(censuses: &Option<Vec<Census>>, rows: &[FsRow]) -> Vec<String> {
+    (censuses.iter().flatten())
+        .filter(|c| may_hint(c, rows))
+        .filter_map(Census::hint)
+        .collect()
+}
+
+/// The censuses' top directories as (mount, path), for the other hints.
+fn census_dirs(censuses: &Option<Vec<Census>>, rows: &[FsRow]) -> Vec<(String, String)> {
+    (censuses.iter().flatten())
+        .filter(|c| may_hint(c, rows))
+        .filter_map(|c| Some((c.mount.display().to_string(), c.hot()?.path.display().to_string())))
+        .collect()
+}
+
 /// The resolved directories of `rows` as (mount, path), most inodes first: where the
 /// hints point.
 fn resolved(rows: &[DirectoryRow]) -> Vec<(String, String)> {
@@ -138,7 +165,13 @@ impl Inodes {
         let top_processes = self.processes(&mounts, &mut caveats);
         let top_directories = self.directories(&mounts, &mut caveats);
         let enospc = self.failures(&mounts, &mut caveats);
-        let hints = hints(&rows, &resolved(&top_directories), !enospc.is_empty());
+        let (census, census_why_none) = self.census_section(ctx.final_);
+        let mut hints = hints(
+            &rows,
+            &[census_dirs(&census, &rows), resolved(&top_directories)].concat(),
+            !enospc.is_empty(),
+        );
+        hints.splice(0..0, census_hints(&census, &rows));
         let paths_evicted = self.enospc_first.evicted();
         if paths_evicted > 0 {
             caveats.push(format!(
@@ -156,6 +189,8 @@ impl Inodes {
             state_evicted: Evicted {
                 enospc_paths: paths_evicted,
             },
+            census,
+            census_why_none,
             caveats,
             view: View {
                 level_hold_s: self.rules.hold_s,

@@ -9,6 +9,7 @@
 //! tracepoints (ext4 not loaded) usage, rates, ETA and ENOSPC still work, and the
 //! per-process and per-directory counts are marked unavailable with the reason.
 mod build;
+pub mod census;
 mod dirs;
 mod judge;
 pub mod metrics;
@@ -187,6 +188,13 @@ pub struct Args {
     /// samples, rising in each third of the window); else "no sustained growth".
     #[arg(long, value_parser = run::parse_age, default_value = "30s", value_name = "AGE")]
     pub trend_span: Duration,
+    /// Where the inodes are now: `warn` walks each filesystem that reaches WARN (once
+    /// per run), `off` never, a directory: walk it at the start whatever its level.
+    #[arg(long, default_value = "warn", value_name = "warn|off|PATH")]
+    pub census: String,
+    /// The longest a census walks (at idle I/O priority); past it the census is partial.
+    #[arg(long, value_parser = run::parse_age, default_value = "10s", value_name = "AGE")]
+    pub census_budget: Duration,
     #[command(flatten)]
     pub run: RunOpts,
 }
@@ -202,6 +210,7 @@ pub fn prepare(args: Args) -> Result<run::Prepared> {
         })?),
         None => None,
     };
+    let census = census::settings_of(&args)?;
     Ok(run::Prepared {
         plan: bpf::Plan {
             globals: vec![("INODES_TARGET_DEV", target.as_ref().map_or(0, |t| t.dev))],
@@ -209,7 +218,7 @@ pub fn prepare(args: Args) -> Result<run::Prepared> {
         },
         ebpf_optional: false,
         opts: args.run.clone(),
-        attach: Box::new(move |s| attach(args, target, run::loaded(s)?)),
+        attach: Box::new(move |s| attach(args, target, census, run::loaded(s)?)),
     })
 }
 
@@ -217,6 +226,7 @@ pub fn prepare(args: Args) -> Result<run::Prepared> {
 fn attach(
     args: Args,
     target: Option<FsUsage>,
+    census: census::Settings,
     session: &mut bpf::Session,
 ) -> Result<run::Attached> {
     let ext4_attached = session
@@ -258,6 +268,7 @@ fn attach(
         },
         used: HashMap::new(),
         clock: Instant::now(),
+        census: census::Censuses::new(census, Instant::now()),
     };
     // The kernel counts from the first attach, and attaching the other hooks takes a
     // while (seconds on a slow or emulated machine): the rates count from here, where
@@ -272,6 +283,7 @@ fn attach(
     }
     det.clock = Instant::now();
     det.sample()?;
+    det.census_asked(&snap::mounts()?)?;
     let what = match &det.target {
         Some(t) => format!(
             "inode allocations, frees and ENOSPC on {}",
@@ -314,6 +326,8 @@ struct Inodes {
     used: HashMap<u32, Series>,
     /// The samples' clock.
     clock: Instant,
+    /// Where the inodes are (census.rs).
+    census: census::Censuses,
 }
 
 /// How often usage is sampled for the trend and the level floor.
@@ -468,6 +482,7 @@ impl Detector for Inodes {
     fn sample(&mut self) -> Result<()> {
         let fss = self.filesystems(&snap::mounts()?);
         self.record(&fss);
+        self.census_at_levels(fss);
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{
+    census::Census,
     metrics,
     rows::{DirectoryRow, EnospcRow, FilesystemRow, ProcessRow},
 };
@@ -33,6 +34,10 @@ pub struct InodesReport {
     /// What to do about the fullest filesystem in trouble.
     pub hints: Vec<String>,
     pub state_evicted: Evicted,
+    /// Where the inodes are now (census.rs): None when no census ran, and then
+    /// `census_why_none` says why.
+    pub census: Option<Vec<Census>>,
+    pub census_why_none: Option<String>,
     /// What the report could not see.
     pub caveats: Vec<String>,
     /// For the text only.
@@ -103,6 +108,9 @@ impl Body for InodesReport {
             "\nCREATES FAILED WITH ENOSPC (No space left on device)",
             "none",
         );
+        for c in self.census.iter().flatten() {
+            t += &c.text();
+        }
         for h in &self.hints {
             t += &format!("hint: {h}\n");
         }

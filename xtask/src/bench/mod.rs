@@ -1,6 +1,7 @@
 //! `cargo xtask bench NAME`: a workload run alone, with the tracer and with an
 //! equivalent bpftrace script, interleaved several times; medians and ratios printed
 //! side by side from one run (never timed assertions in tests: machines are noisy).
+mod census;
 mod cgroups;
 pub mod common;
 mod inodes;
@@ -13,7 +14,7 @@ use anyhow::{Result, bail};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Which benchmark: zombies, tcp-pressure, cgroups, inodes, triage, serve.
+    /// Which benchmark: zombies, tcp-pressure, cgroups, inodes, census, triage, serve.
     pub name: String,
     /// Interleaved rounds (each runs alone, tracer, bpftrace once).
     #[arg(long, default_value_t = 5)]
@@ -34,10 +35,11 @@ pub fn run(a: Args) -> Result<()> {
         "tcp-pressure" => tcp::run(&a),
         "cgroups" => cgroups::run(&a),
         "inodes" => inodes::run(&a),
+        "census" => census::run(&a),
         "triage" => triage::run(&a),
         "serve" => serve::run(&a),
         other => bail!(
-            "no benchmark named `{other}`; try zombies, tcp-pressure, cgroups, inodes, triage or serve"
+            "no benchmark named `{other}`; try zombies, tcp-pressure, cgroups, inodes, census, triage or serve"
         ),
     }
 }
