@@ -1,6 +1,7 @@
 //! `cargo xtask bench NAME`: a workload run alone, with the tracer and with an
 //! equivalent bpftrace script, interleaved several times; medians and ratios printed
 //! side by side from one run (never timed assertions in tests: machines are noisy).
+mod autopsy;
 mod cgroups;
 pub mod common;
 mod inodes;
@@ -13,7 +14,7 @@ use anyhow::{Result, bail};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Which benchmark: zombies, tcp-pressure, cgroups, inodes, triage, serve.
+    /// Which benchmark: zombies, tcp-pressure, cgroups, autopsy, inodes, triage, serve.
     pub name: String,
     /// Interleaved rounds (each runs alone, tracer, bpftrace once).
     #[arg(long, default_value_t = 5)]
@@ -33,11 +34,12 @@ pub fn run(a: Args) -> Result<()> {
         "zombies" => zombies::run(&a),
         "tcp-pressure" => tcp::run(&a),
         "cgroups" => cgroups::run(&a),
+        "autopsy" => autopsy::run(&a),
         "inodes" => inodes::run(&a),
         "triage" => triage::run(&a),
         "serve" => serve::run(&a),
         other => bail!(
-            "no benchmark named `{other}`; try zombies, tcp-pressure, cgroups, inodes, triage or serve"
+            "no benchmark named `{other}`; try zombies, tcp-pressure, cgroups, autopsy, inodes, triage or serve"
         ),
     }
 }
