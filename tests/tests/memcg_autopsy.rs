@@ -177,7 +177,7 @@ fn memcgs_pinned_while_tracing_name_their_files_and_the_remedy_releases_them() {
         &format!("head -c {SHMEM_BYTES} /dev/zero > {}", shm_file.display()),
     );
     let path = file.path.display().to_string();
-    let r: Envelope<CgroupsReport> = tracer.report_as_where(Duration::from_secs(60), |r| {
+    let r: Envelope<CgroupsReport> = tracer.report_as_where(Duration::from_secs(60), |r: &Envelope<CgroupsReport>| {
         let ga = group(r, &a.rel_parent);
         let gb = group(r, &b.rel_parent);
         ga.is_some_and(|g| g.files.iter().any(|f| f.path.as_deref() == Some(path.as_str())))
@@ -215,7 +215,7 @@ fn memcgs_pinned_while_tracing_name_their_files_and_the_remedy_releases_them() {
     a.drain();
     let rel = a.rel.clone();
     let parent = a.rel_parent.clone();
-    let after: Envelope<CgroupsReport> = tracer.report_as_where(Duration::from_secs(60), |r| {
+    let after: Envelope<CgroupsReport> = tracer.report_as_where(Duration::from_secs(60), |r: &Envelope<CgroupsReport>| {
         r.released_recent.iter().any(|x| x.path == rel) && group(r, &parent).is_none_or(|g| g.dying.is_empty())
     });
     assert!(!after.dying.iter().any(|d| d.path == a.rel), "{how}");
@@ -237,7 +237,7 @@ fn memcgs_dying_from_before_the_start_get_bytes_by_kind_and_a_reason_for_their_f
     warm_up();
     let c = DyingMemcg::make(&mem, "before", &format!("cat {} > /dev/null", file.path.display()));
     let mut tracer = start(&mem);
-    let r: Envelope<CgroupsReport> = tracer.report_as_where(Duration::from_secs(60), |r| {
+    let r: Envelope<CgroupsReport> = tracer.report_as_where(Duration::from_secs(60), |r: &Envelope<CgroupsReport>| {
         group(r, &c.rel_parent).is_some_and(|g| g.pinned.file >= FILE_BYTES * 9 / 10)
     });
     let g = group(&r, &c.rel_parent).unwrap();
