@@ -48,14 +48,24 @@ impl DyingMemcg {
     fn make(mem: &MemoryHierarchy, tag: &str, script: &str) -> DyingMemcg {
         let rel_parent = format!("/tracer-autopsy-{}-{tag}", std::process::id());
         let parent = Cgroup::create(mem.mount.join(&rel_parent[1..]));
-        let parent_ctl = mem.v2.then(|| SubtreeControl::enable(&parent.path, "memory"));
+        let parent_ctl = mem
+            .v2
+            .then(|| SubtreeControl::enable(&parent.path, "memory"));
         let mut child = Cgroup::create(parent.path.join("c"));
         let st = Command::new("sh")
             .arg("-c")
-            .arg(format!("echo $$ > {}/cgroup.procs && {script}", child.path.display()))
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && {script}",
+                child.path.display()
+            ))
             .status()
             .expect("running sh");
-        assert!(st.success(), "{}: `{script}` failed in {}", mem.describe(), child.path.display());
+        assert!(
+            st.success(),
+            "{}: `{script}` failed in {}",
+            mem.describe(),
+            child.path.display()
+        );
         child.remove();
         DyingMemcg {
             mem: mem.clone(),
@@ -99,7 +109,10 @@ struct CachedFile {
 impl CachedFile {
     fn new(name: &str) -> CachedFile {
         let fs = LoopExt4::new(64, 256);
-        let st = Command::new("mount").args(["-o", "remount,noatime", fs.mnt()]).status().unwrap();
+        let st = Command::new("mount")
+            .args(["-o", "remount,noatime", fs.mnt()])
+            .status()
+            .unwrap();
         assert!(st.success(), "remounting {} noatime", fs.mnt());
         let path = fs.mnt.join(name);
         let st = Command::new("dd")
@@ -121,7 +134,12 @@ impl CachedFile {
 
 fn drop_cache(p: &Path) {
     let st = Command::new("dd")
-        .args([&format!("if={}", p.display()), "iflag=nocache", "count=0", "status=none"])
+        .args([
+            &format!("if={}", p.display()),
+            "iflag=nocache",
+            "count=0",
+            "status=none",
+        ])
         .status()
         .unwrap();
     assert!(st.success(), "dropping the cache of {}", p.display());
@@ -139,15 +157,29 @@ fn warm_up() {
 }
 
 fn start(mem: &MemoryHierarchy) -> Tracer {
-    Tracer::start(&["cgroups", "--hierarchy", &mem.name, "--json", "-i", "300ms", "--census-every", "0s"])
+    Tracer::start(&[
+        "cgroups",
+        "--hierarchy",
+        &mem.name,
+        "--json",
+        "-i",
+        "300ms",
+        "--census-every",
+        "0s",
+    ])
 }
 
 fn group<'a>(r: &'a CgroupsReport, ancestor: &str) -> Option<&'a PinnedGroup> {
-    r.autopsy.as_ref()?.groups.iter().find(|g| g.ancestor == ancestor)
+    r.autopsy
+        .as_ref()?
+        .groups
+        .iter()
+        .find(|g| g.ancestor == ancestor)
 }
 
 fn show(r: &CgroupsReport) -> String {
-    serde_json::to_string_pretty(&r.autopsy).unwrap() + &format!("\nmissing: {:?}", r.autopsy_missing)
+    serde_json::to_string_pretty(&r.autopsy).unwrap()
+        + &format!("\nmissing: {:?}", r.autopsy_missing)
 }
 
 /// Bytes within [90% of `want`, `want` + 2 MiB]: readahead and metadata pages may add a
@@ -169,7 +201,11 @@ fn memcgs_pinned_while_tracing_name_their_files_and_the_remedy_releases_them() {
     warm_up();
     let mut tracer = start(&mem);
     // One memcg reads the ext4 file (file page cache), one writes a tmpfs file (shmem).
-    let a = DyingMemcg::make(&mem, "file", &format!("cat {} > /dev/null", file.path.display()));
+    let a = DyingMemcg::make(
+        &mem,
+        "file",
+        &format!("cat {} > /dev/null", file.path.display()),
+    );
     let shm_file = shm.dir.join("pinned.shm");
     let b = DyingMemcg::make(
         &mem,
@@ -177,30 +213,77 @@ fn memcgs_pinned_while_tracing_name_their_files_and_the_remedy_releases_them() {
         &format!("head -c {SHMEM_BYTES} /dev/zero > {}", shm_file.display()),
     );
     let path = file.path.display().to_string();
-    let r: Envelope<CgroupsReport> = tracer.report_as_where(Duration::from_secs(60), |r: &Envelope<CgroupsReport>| {
-        let ga = group(r, &a.rel_parent);
-        let gb = group(r, &b.rel_parent);
-        ga.is_some_and(|g| g.files.iter().any(|f| f.path.as_deref() == Some(path.as_str())))
-            && gb.is_some_and(|g| g.pinned.shmem >= SHMEM_BYTES * 9 / 10)
-    });
+    let r: Envelope<CgroupsReport> =
+        tracer.report_as_where(Duration::from_secs(60), |r: &Envelope<CgroupsReport>| {
+            let ga = group(r, &a.rel_parent);
+            let gb = group(r, &b.rel_parent);
+            // Each rmdir's record processed (the walk may count a memcg dying first).
+            ga.is_some_and(|g| {
+                g.dying.len() == 1
+                    && (g.files.iter()).any(|f| f.path.as_deref() == Some(path.as_str()))
+            }) && gb.is_some_and(|g| g.dying.len() == 1 && g.pinned.shmem >= SHMEM_BYTES * 9 / 10)
+        });
     let ga = group(&r, &a.rel_parent).unwrap();
     assert_eq!(ga.dying.len(), 1, "{how}: {}", show(&r));
     assert_eq!(ga.dying[0].path, a.rel, "{how}: {}", show(&r));
-    assert!(close_to(ga.pinned.file, FILE_BYTES), "{how}: file bytes {} for an {FILE_BYTES}-byte file: {}", ga.pinned.file, show(&r));
-    let f = ga.files.iter().find(|f| f.path.as_deref() == Some(path.as_str())).unwrap();
+    assert!(
+        close_to(ga.pinned.file, FILE_BYTES),
+        "{how}: file bytes {} for an {FILE_BYTES}-byte file: {}",
+        ga.pinned.file,
+        show(&r)
+    );
+    let f = ga
+        .files
+        .iter()
+        .find(|f| f.path.as_deref() == Some(path.as_str()))
+        .unwrap();
     assert_eq!(f.size, Some(FILE_BYTES), "{how}: {}", show(&r));
     assert_eq!(f.memcg, a.rel, "{how}: {}", show(&r));
     assert!(close_to(f.charged, FILE_BYTES), "{how}: {}", show(&r));
-    assert!(close_to(f.resident.unwrap_or(0), FILE_BYTES), "{how}: {}", show(&r));
+    assert!(
+        close_to(f.resident.unwrap_or(0), FILE_BYTES),
+        "{how}: {}",
+        show(&r)
+    );
     assert_eq!(ga.files_unknown, None, "{how}: {}", show(&r));
     let gb = group(&r, &b.rel_parent).unwrap();
-    assert!(close_to(gb.pinned.shmem, SHMEM_BYTES), "{how}: shmem bytes {}: {}", gb.pinned.shmem, show(&r));
+    assert!(
+        close_to(gb.pinned.shmem, SHMEM_BYTES),
+        "{how}: shmem bytes {}: {}",
+        gb.pinned.shmem,
+        show(&r)
+    );
     assert!(gb.pinned.file < MIB, "{how}: {}", show(&r));
-    assert_eq!(gb.files_unknown, Some(FilesUnknown::NoneSeen), "{how}: {}", show(&r));
-    assert!(gb.remedies.iter().any(|m| m.kind == RemedyKind::DeleteShmemFiles), "{how}: {}", show(&r));
-    let kind = if mem.v2 { RemedyKind::ReclaimAncestor } else { RemedyKind::ForceEmptyBeforeRmdir };
-    assert!(ga.remedies.iter().any(|m| m.kind == kind), "{how}: {}", show(&r));
-    let a_pages = r.autopsy.as_ref().unwrap().pagecache.clone().expect("page cache tracked");
+    assert_eq!(
+        gb.files_unknown,
+        Some(FilesUnknown::NoneSeen),
+        "{how}: {}",
+        show(&r)
+    );
+    assert!(
+        gb.remedies
+            .iter()
+            .any(|m| m.kind == RemedyKind::DeleteShmemFiles),
+        "{how}: {}",
+        show(&r)
+    );
+    let kind = if mem.v2 {
+        RemedyKind::ReclaimAncestor
+    } else {
+        RemedyKind::ForceEmptyBeforeRmdir
+    };
+    assert!(
+        ga.remedies.iter().any(|m| m.kind == kind),
+        "{how}: {}",
+        show(&r)
+    );
+    let a_pages = r
+        .autopsy
+        .as_ref()
+        .unwrap()
+        .pagecache
+        .clone()
+        .expect("page cache tracked");
     assert!(a_pages.adds >= FILE_BYTES / 4096 / 16, "{how}: {a_pages:?}");
     // The remedy the report gives for the file, run as given; then the per-CPU caches of
     // the test's parent are drained (pages a CPU has not put on the LRU yet keep the
@@ -215,9 +298,11 @@ fn memcgs_pinned_while_tracing_name_their_files_and_the_remedy_releases_them() {
     a.drain();
     let rel = a.rel.clone();
     let parent = a.rel_parent.clone();
-    let after: Envelope<CgroupsReport> = tracer.report_as_where(Duration::from_secs(60), |r: &Envelope<CgroupsReport>| {
-        r.released_recent.iter().any(|x| x.path == rel) && group(r, &parent).is_none_or(|g| g.dying.is_empty())
-    });
+    let after: Envelope<CgroupsReport> =
+        tracer.report_as_where(Duration::from_secs(60), |r: &Envelope<CgroupsReport>| {
+            r.released_recent.iter().any(|x| x.path == rel)
+                && group(r, &parent).is_none_or(|g| g.dying.is_empty())
+        });
     assert!(!after.dying.iter().any(|d| d.path == a.rel), "{how}");
     drop(tracer);
     let _ = fs::remove_file(&shm_file);
@@ -235,29 +320,55 @@ fn memcgs_dying_from_before_the_start_get_bytes_by_kind_and_a_reason_for_their_f
     let _root_ctl = mem.v2.then(|| SubtreeControl::enable(&mem.mount, "memory"));
     let file = CachedFile::new("before.dat");
     warm_up();
-    let c = DyingMemcg::make(&mem, "before", &format!("cat {} > /dev/null", file.path.display()));
+    let c = DyingMemcg::make(
+        &mem,
+        "before",
+        &format!("cat {} > /dev/null", file.path.display()),
+    );
     let mut tracer = start(&mem);
-    let r: Envelope<CgroupsReport> = tracer.report_as_where(Duration::from_secs(60), |r: &Envelope<CgroupsReport>| {
-        group(r, &c.rel_parent).is_some_and(|g| g.pinned.file >= FILE_BYTES * 9 / 10)
-    });
+    let r: Envelope<CgroupsReport> =
+        tracer.report_as_where(Duration::from_secs(60), |r: &Envelope<CgroupsReport>| {
+            group(r, &c.rel_parent).is_some_and(|g| g.pinned.file >= FILE_BYTES * 9 / 10)
+        });
     let g = group(&r, &c.rel_parent).unwrap();
     assert!(g.dying.is_empty(), "{how}: {}", show(&r));
     // cgroup2 counts dying cgroups per ancestor; v1 does not.
     let want = if mem.v2 { Some(1) } else { None };
     assert_eq!(g.dying_before_start, want, "{how}: {}", show(&r));
     assert!(close_to(g.pinned.file, FILE_BYTES), "{how}: {}", show(&r));
-    assert!(g.pinned.shmem < MIB && g.pinned.anon < MIB, "{how}: {}", show(&r));
+    assert!(
+        g.pinned.shmem < MIB && g.pinned.anon < MIB,
+        "{how}: {}",
+        show(&r)
+    );
     assert!(g.files.is_empty(), "{how}: {}", show(&r));
-    assert_eq!(g.files_unknown, Some(FilesUnknown::ChargedBeforeStart), "{how}: {}", show(&r));
+    assert_eq!(
+        g.files_unknown,
+        Some(FilesUnknown::ChargedBeforeStart),
+        "{how}: {}",
+        show(&r)
+    );
     assert_eq!(g.own.is_some(), !mem.v2, "{how}: {}", show(&r));
     let a = r.autopsy.as_ref().unwrap();
-    assert!(a.census.complete && a.census.frames > 0 && a.census.took_ms > 0.0, "{how}: {:?}", a.census);
-    assert!(a.by_creator.iter().any(|b| b.who == "before start" && b.pinned.file >= g.pinned.file), "{how}: {}", show(&r));
+    assert!(
+        a.census.complete && a.census.frames > 0 && a.census.took_ms > 0.0,
+        "{how}: {:?}",
+        a.census
+    );
+    assert!(
+        a.by_creator
+            .iter()
+            .any(|b| b.who == "before start" && b.pinned.file >= g.pinned.file),
+        "{how}: {}",
+        show(&r)
+    );
     // The file dropped from the cache (the test knows it), the memcg is released.
     drop_cache(&file.path);
     c.drain();
     let parent = c.rel_parent.clone();
-    tracer.report_as_where(Duration::from_secs(60), |r: &Envelope<CgroupsReport>| group(r, &parent).is_none());
+    tracer.report_as_where(Duration::from_secs(60), |r: &Envelope<CgroupsReport>| {
+        group(r, &parent).is_none()
+    });
     drop(tracer);
     drop(c);
     drop(file.fs);

@@ -20,8 +20,8 @@ use tracer_common::{
     EventHeader, EventKind,
     cgroups::{
         ATTACH_CAPACITY, AttachCount, AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE,
-        COUNT_RMDIR, COUNT_SLOTS, CgroupEvent, PAGECACHE_CAPACITY, PATH_LEN, PC_ADDS,
-        PC_NEW_KEYS, PC_NO_MEMCG, PC_ROOT, PC_SLOTS, PageCacheCount, PageCacheKey, count_slot,
+        COUNT_RMDIR, COUNT_SLOTS, CgroupEvent, PAGECACHE_CAPACITY, PATH_LEN, PC_ADDS, PC_NEW_KEYS,
+        PC_NO_MEMCG, PC_ROOT, PC_SLOTS, PageCacheCount, PageCacheKey, count_slot,
     },
 };
 
@@ -269,13 +269,18 @@ fn current_memcg() -> Option<u64> {
         let cset: u64 = counted(bpf_probe_read_kernel(
             task.add(CGROUPS_TASK_CGROUPS.load() as usize).cast(),
         ))?;
-        let slot = CGROUPS_CSS_SET_SUBSYS.load() as usize + 8 * (CGROUPS_MEMORY_SUBSYS.load() & 63) as usize;
+        let slot = CGROUPS_CSS_SET_SUBSYS.load() as usize
+            + 8 * (CGROUPS_MEMORY_SUBSYS.load() & 63) as usize;
         let css: u64 = counted(bpf_probe_read_kernel((cset as *const u8).add(slot).cast()))?;
         let cgrp: u64 = counted(bpf_probe_read_kernel(
-            (css as *const u8).add(CGROUPS_CSS_CGROUP.load() as usize).cast(),
+            (css as *const u8)
+                .add(CGROUPS_CSS_CGROUP.load() as usize)
+                .cast(),
         ))?;
         let kn: u64 = counted(bpf_probe_read_kernel(
-            (cgrp as *const u8).add(CGROUPS_CGROUP_KN.load() as usize).cast(),
+            (cgrp as *const u8)
+                .add(CGROUPS_CGROUP_KN.load() as usize)
+                .cast(),
         ))?;
         counted(bpf_probe_read_kernel(
             (kn as *const u8).add(kn_id as usize).cast(),

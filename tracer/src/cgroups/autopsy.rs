@@ -81,7 +81,11 @@ impl Kinds {
 
     /// (kind, bytes) of the kinds that can pin a dying memcg, for metrics labels.
     pub fn each(&self) -> [(&'static str, u64); 3] {
-        [("file", self.file), ("shmem", self.shmem), ("anon", self.anon)]
+        [
+            ("file", self.file),
+            ("shmem", self.shmem),
+            ("anon", self.anon),
+        ]
     }
 
     /// The kind of one page frame from its KPF_* flags.
@@ -128,8 +132,8 @@ pub struct Census {
     pub by_memcg: HashMap<u64, Kinds>,
 }
 
-/// Takes censuses on a thread of its own at idle priority, one at a time, so that a
-/// report never waits for one, except for the very first.
+/// Takes censuses on a thread of its own at idle priority, one at a time, so that an
+/// interval report never waits for one.
 #[derive(Default)]
 pub struct Worker {
     running: Option<mpsc::Receiver<Result<Census, String>>>,
@@ -138,19 +142,32 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// The latest finished census (its age set); starts a new one when none runs and
-    /// the latest is older than `every`. Waits only when none has finished yet.
-    pub fn latest(&mut self, every: Duration) -> Result<Census> {
-        self.collect(false);
-        let stale = self.last.as_ref().is_none_or(|(at, _)| at.elapsed() >= every);
-        if self.running.is_none() && stale {
-            self.running = Some(start()?);
+    /// Starts a census now (at attach, so that the first interval report has one).
+    pub fn start(&mut self) -> Result<()> {
+        if self.running.is_none() {
+            self.running = Some(spawn()?);
         }
-        if self.last.is_none() {
+        Ok(())
+    }
+
+    /// The latest finished census (its age set); starts a new one when none runs and
+    /// the latest is older than `every`. A final report waits for a census started no
+    /// earlier than the last period (a fresh one when none runs); an interval report
+    /// never waits, and says so while the first one runs.
+    pub fn latest(&mut self, every: Duration, final_: bool) -> Result<Census> {
+        self.collect(false);
+        let stale = self
+            .last
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= every);
+        if self.running.is_none() && (stale || final_) {
+            self.start()?;
+        }
+        if final_ {
             self.collect(true);
         }
         let Some((at, c)) = &self.last else {
-            bail!("the memcg census did not finish")
+            bail!("the first census of /proc/kpagecgroup is still running")
         };
         let mut c = c.clone();
         c.run.age_s = at.elapsed().as_secs_f64();
@@ -161,7 +178,8 @@ impl Worker {
     fn collect(&mut self, wait: bool) {
         let Some(rx) = &self.running else { return };
         let got = if wait {
-            rx.recv_timeout(CENSUS_TIME + Duration::from_secs(5)).map_err(|_| ())
+            rx.recv_timeout(CENSUS_TIME + Duration::from_secs(5))
+                .map_err(|_| ())
         } else {
             rx.try_recv().map_err(|_| ())
         };
@@ -181,7 +199,7 @@ impl Worker {
 }
 
 /// Starts one census on a thread of its own at idle priority.
-fn start() -> Result<mpsc::Receiver<Result<Census, String>>> {
+fn spawn() -> Result<mpsc::Receiver<Result<Census, String>>> {
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("memcg-census".into())
@@ -311,6 +329,13 @@ mod tests {
                 kernel: PAGE
             }
         );
-        assert_eq!(k.minus(&Kinds { file: 9 * PAGE, ..k }).file, 0);
+        assert_eq!(
+            k.minus(&Kinds {
+                file: 9 * PAGE,
+                ..k
+            })
+            .file,
+            0
+        );
     }
 }

@@ -95,7 +95,7 @@ impl Cgroups {
         let (empty, behind) = self.leftovers_section(&wanted);
         let dying = self.dying_section(&wanted, &paths, &c);
         let (moves, attach_held) = self.moves_section(&paths);
-        let (autopsy, autopsy_missing) = self.autopsy_section(&survey);
+        let (autopsy, autopsy_missing) = self.autopsy_section(&survey, ctx.final_);
         let mounted: Vec<Hierarchy> = survey.into_iter().map(|s| s.hierarchy).collect();
         let (stat, stat_slow) = self.stat_section(&mounted);
         let rows = &judged.rows;

@@ -291,6 +291,10 @@ fn attach(
         census: autopsy::Worker::default(),
     };
     det.sample()?;
+    // The first census starts now: interval reports show it once it is done.
+    if let Err(e) = det.census.start() {
+        log::warn!("memcg census: {e:#}");
+    }
     let what = match &det.args.hierarchy {
         Some(h) => format!("cgroup mkdir/rmdir/release in hierarchy {h}"),
         None => "cgroup mkdir/rmdir/release in every hierarchy".into(),
@@ -351,8 +355,14 @@ struct Cgroups {
 }
 
 /// The page-cache map and counters when their hook is attached, else why not.
-fn pagecache_maps(session: &mut bpf::Session, why: Option<String>) -> Result<pagecache::Maps, String> {
-    if let Some(h) = session.missing(&SPEC).find(|h| h.program == "cgroups_filemap_add") {
+fn pagecache_maps(
+    session: &mut bpf::Session,
+    why: Option<String>,
+) -> Result<pagecache::Maps, String> {
+    if let Some(h) = session
+        .missing(&SPEC)
+        .find(|h| h.program == "cgroups_filemap_add")
+    {
         return Err(format!("{} is missing", h.hook));
     }
     if let Some(why) = why {

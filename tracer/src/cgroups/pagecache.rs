@@ -61,10 +61,19 @@ pub fn globals(tracefs: &Tracefs) -> (Vec<(&'static str, u32)>, Option<String>) 
 fn memcg_offsets() -> Result<Vec<(&'static str, u32)>> {
     let b = KernelBtf::from_sys_fs()?;
     Ok(vec![
-        ("CGROUPS_TASK_CGROUPS", b.member_offset("task_struct", "cgroups")?),
-        ("CGROUPS_CSS_SET_SUBSYS", b.member_offset("css_set", "subsys")?),
+        (
+            "CGROUPS_TASK_CGROUPS",
+            b.member_offset("task_struct", "cgroups")?,
+        ),
+        (
+            "CGROUPS_CSS_SET_SUBSYS",
+            b.member_offset("css_set", "subsys")?,
+        ),
         ("CGROUPS_MEMORY_SUBSYS", memory_subsys_id()?),
-        ("CGROUPS_CSS_CGROUP", b.member_offset("cgroup_subsys_state", "cgroup")?),
+        (
+            "CGROUPS_CSS_CGROUP",
+            b.member_offset("cgroup_subsys_state", "cgroup")?,
+        ),
         ("CGROUPS_CGROUP_KN", b.member_offset("cgroup", "kn")?),
         ("CGROUPS_KN_ID", b.member_offset("kernfs_node", "id")?),
     ])
@@ -116,7 +125,9 @@ pub struct PageCacheInfo {
 
 impl Maps {
     fn count(&self, slot: u32) -> u64 {
-        (self.counts.get(&slot, 0)).map(|v| v.iter().sum()).unwrap_or(0)
+        (self.counts.get(&slot, 0))
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 
     /// Every pair of the map, and its accounting.
@@ -168,7 +179,10 @@ pub struct Namer {
 
 impl Namer {
     /// Paths of `wanted` files, within one walk budget ([`WALK_ENTRIES`], [`WALK_TIME`]).
-    pub fn name(&mut self, wanted: &[(u32, u64)]) -> HashMap<(u32, u64), Result<PathBuf, PathUnknown>> {
+    pub fn name(
+        &mut self,
+        wanted: &[(u32, u64)],
+    ) -> HashMap<(u32, u64), Result<PathBuf, PathUnknown>> {
         let mut out = HashMap::new();
         let mut missing: HashMap<u32, Vec<u64>> = HashMap::new();
         for &(dev, ino) in wanted {
@@ -243,7 +257,9 @@ fn mounts_by_dev() -> HashMap<u32, Vec<PathBuf>> {
         };
         // mountinfo escapes blanks as octal (\040).
         let point = point.replace("\\040", " ");
-        m.entry((major << 20) | minor).or_default().push(point.into());
+        m.entry((major << 20) | minor)
+            .or_default()
+            .push(point.into());
     }
     m
 }
@@ -271,8 +287,7 @@ fn walk_for(dirs: &[PathBuf], inos: &[u64], budget: &mut Budget) -> (HashMap<u64
                     return (found, true);
                 }
             }
-            if e.file_type().is_ok_and(|t| t.is_dir())
-                && e.metadata().is_ok_and(|m| m.dev() == dev)
+            if e.file_type().is_ok_and(|t| t.is_dir()) && e.metadata().is_ok_and(|m| m.dev() == dev)
             {
                 queue.push_back((e.path(), dev));
             }
@@ -301,7 +316,14 @@ pub fn size_and_resident(path: &Path) -> Option<(u64, u64)> {
         // SAFETY: a read-only shared mapping of an open file, unmapped below; mincore
         // writes one byte per page into `vec`, which has that many.
         unsafe {
-            let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), off as i64);
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                off as i64,
+            );
             if p == libc::MAP_FAILED {
                 return None;
             }

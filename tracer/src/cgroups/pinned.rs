@@ -207,9 +207,16 @@ pub fn autopsy(i: Inputs) -> Autopsy {
     // Tracked dying memcgs by closest live ancestor.
     let mut tracked: BTreeMap<String, Vec<&Dying>> = BTreeMap::new();
     for d in &i.dying {
-        tracked.entry(live_ancestor(&d.path, &live)).or_default().push(d);
+        tracked
+            .entry(live_ancestor(&d.path, &live))
+            .or_default()
+            .push(d);
     }
-    let before = if v2 { dying_before(i.dirs) } else { HashMap::new() };
+    let before = if v2 {
+        dying_before(i.dirs)
+    } else {
+        HashMap::new()
+    };
     let (charged, info) = match &i.charged {
         Ok((c, info)) => (c.as_slice(), Some(info.clone())),
         Err(_) => (&[][..], None),
@@ -253,7 +260,12 @@ pub fn autopsy(i: Inputs) -> Autopsy {
             remedies,
         });
     }
-    groups.sort_by(|a, b| b.pinned.total().cmp(&a.pinned.total()).then(a.ancestor.cmp(&b.ancestor)));
+    groups.sort_by(|a, b| {
+        b.pinned
+            .total()
+            .cmp(&a.pinned.total())
+            .then(a.ancestor.cmp(&b.ancestor))
+    });
     groups.truncate(GROUPS);
     Autopsy {
         hierarchy: i.hierarchy.name.clone(),
@@ -299,7 +311,9 @@ fn dying_before(dirs: &[Dir]) -> HashMap<&str, u64> {
     }
     (dirs.iter())
         .filter_map(|d| {
-            let n = d.dying_descendants?.saturating_sub(under.get(d.path.as_str()).copied().unwrap_or(0));
+            let n = d
+                .dying_descendants?
+                .saturating_sub(under.get(d.path.as_str()).copied().unwrap_or(0));
             Some((d.path.as_str(), n))
         })
         .collect()
@@ -316,7 +330,13 @@ fn own_v1(mount: &Path, path: &str) -> Kinds {
 fn own_from_stat(text: &str) -> Kinds {
     let get = |k: &str| {
         (text.lines())
-            .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+            .find_map(|l| {
+                l.strip_prefix(k)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .unwrap_or(0)
     };
     let shmem = get("shmem");
@@ -368,7 +388,13 @@ fn files_of(
 }
 
 /// What frees a group's pages, the most targeted first.
-fn remedies(h: &Hierarchy, ancestor: &str, pinned: &Kinds, files: &[PinFile], mine: &[&Dying]) -> Vec<Remedy> {
+fn remedies(
+    h: &Hierarchy,
+    ancestor: &str,
+    pinned: &Kinds,
+    files: &[PinFile],
+    mine: &[&Dying],
+) -> Vec<Remedy> {
     let mut r: Vec<Remedy> = (files.iter())
         .filter(|f| f.resident.is_some_and(|b| b > 0))
         .filter_map(|f| f.path.as_ref())
@@ -394,7 +420,8 @@ fn remedies(h: &Hierarchy, ancestor: &str, pinned: &Kinds, files: &[PinFile], mi
         });
     }
     if h.version == 1 {
-        let who = (mine.iter().find_map(|d| d.creator.as_ref())).map_or("the creator".to_string(), |a| a.comm().to_string());
+        let who = (mine.iter().find_map(|d| d.creator.as_ref()))
+            .map_or("the creator".to_string(), |a| a.comm().to_string());
         r.push(Remedy {
             kind: RemedyKind::ForceEmptyBeforeRmdir,
             command: Some(format!("echo 0 > {}/<memcg>/memory.force_empty && rmdir {}/<memcg>", dir.display(), dir.display())),
@@ -405,7 +432,9 @@ fn remedies(h: &Hierarchy, ancestor: &str, pinned: &Kinds, files: &[PinFile], mi
 }
 
 fn shell_quote(s: &str) -> String {
-    if s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+:,@".contains(&b)) {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:,@".contains(&b))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -472,7 +501,11 @@ mod tests {
 
     #[test]
     fn dying_counted_at_closest_live_ancestor() {
-        let dirs = [dir("/", 1, Some(3)), dir("/a", 2, Some(2)), dir("/a/b", 3, Some(0))];
+        let dirs = [
+            dir("/", 1, Some(3)),
+            dir("/a", 2, Some(2)),
+            dir("/a/b", 3, Some(0)),
+        ];
         let m = dying_before(&dirs);
         assert_eq!((m["/"], m["/a"], m["/a/b"]), (1, 2, 0));
         let live: HashMap<&str, &Dir> = dirs.iter().map(|d| (d.path.as_str(), d)).collect();

@@ -31,7 +31,12 @@ impl Drop for BenchFile {
 
 fn drop_cache(p: &Path) -> Result<()> {
     let st = Command::new("dd")
-        .args([&format!("if={}", p.display()), "iflag=nocache", "count=0", "status=none"])
+        .args([
+            &format!("if={}", p.display()),
+            "iflag=nocache",
+            "count=0",
+            "status=none",
+        ])
         .status()?;
     if !st.success() {
         bail!("dropping the cache of {}", p.display());
@@ -64,14 +69,28 @@ fn census_of(stdout: &str) -> Option<(f64, u64, u64)> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| v["autopsy"].is_object())?;
     let c = &v["autopsy"]["census"];
-    Some((c["took_ms"].as_f64()?, c["frames"].as_u64()?, c["charged_frames"].as_u64()?))
+    Some((
+        c["took_ms"].as_f64()?,
+        c["frames"].as_u64()?,
+        c["charged_frames"].as_u64()?,
+    ))
 }
 
 pub fn run(a: &super::Args) -> Result<()> {
     // On the root file system (ext4 here): a file system with page cache, not tmpfs.
-    let file = BenchFile(PathBuf::from(format!("/var/tmp/tracer-bench-autopsy-{}", std::process::id())));
+    let file = BenchFile(PathBuf::from(format!(
+        "/var/tmp/tracer-bench-autopsy-{}",
+        std::process::id()
+    )));
     let st = Command::new("dd")
-        .args(["if=/dev/zero", &format!("of={}", file.0.display()), "bs=1M", &format!("count={FILE_MIB}"), "conv=fsync", "status=none"])
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", file.0.display()),
+            "bs=1M",
+            &format!("count={FILE_MIB}"),
+            "conv=fsync",
+            "status=none",
+        ])
         .status()
         .context("writing the bench file")?;
     if !st.success() {
@@ -92,7 +111,11 @@ pub fn run(a: &super::Args) -> Result<()> {
         "autopsy",
         "pages/s",
         &all,
-        &[common::throughput_ratio(0.95), common::cpu_vs_bpftrace(2.0), common::lost_events()],
+        &[
+            common::throughput_ratio(0.95),
+            common::cpu_vs_bpftrace(2.0),
+            common::lost_events(),
+        ],
     );
     let tracer: Vec<&common::Measured> = all.iter().filter(|m| m.label == "tracer").collect();
     let census: Vec<(f64, u64, u64)> = tracer.iter().filter_map(|m| census_of(&m.stdout)).collect();
