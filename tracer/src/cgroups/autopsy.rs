@@ -30,6 +30,9 @@ pub const CHUNK: usize = 1 << 20;
 /// The census stops after this long and says it is incomplete (at idle priority on a
 /// host whose CPUs are busy, it gets little CPU time).
 pub const CENSUS_TIME: Duration = Duration::from_secs(60);
+/// A final report waits this long at most for the running census (on a busy host an
+/// idle-priority census can take a minute); then the latest finished one serves.
+pub const FINAL_WAIT: Duration = Duration::from_secs(5);
 const PAGE: u64 = super::pagecache::PAGE;
 
 // KPF_* bits (include/uapi/linux/kernel-page-flags.h).
@@ -166,6 +169,7 @@ impl Worker {
         if final_ {
             self.collect(true);
         }
+        // (An interval report takes what has finished; see `collect`.)
         let Some((at, c)) = &self.last else {
             bail!("the first census of /proc/kpagecgroup is still running")
         };
@@ -191,8 +195,9 @@ impl Worker {
                     Err(e) => log::warn!("memcg census: {e}"),
                 }
             }
-            // Still running (or its thread is gone: start another next time).
-            Err(()) if !wait && matches!(rx.try_recv(), Err(mpsc::TryRecvError::Empty)) => {}
+            // Still running (a final report gave up waiting: the latest finished one
+            // serves), or its thread is gone: start another next time.
+            Err(()) if matches!(rx.try_recv(), Err(mpsc::TryRecvError::Empty)) => {}
             Err(()) => self.running = None,
         }
     }
