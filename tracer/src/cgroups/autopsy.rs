@@ -182,8 +182,7 @@ impl Worker {
     fn collect(&mut self, wait: bool) {
         let Some(rx) = &self.running else { return };
         let got = if wait {
-            rx.recv_timeout(CENSUS_TIME + Duration::from_secs(5))
-                .map_err(|_| ())
+            rx.recv_timeout(FINAL_WAIT).map_err(|_| ())
         } else {
             rx.try_recv().map_err(|_| ())
         };
