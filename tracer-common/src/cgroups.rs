@@ -130,3 +130,45 @@ mod tests {
         assert!(count_slot(-1, COUNT_ATTACH) < COUNT_SLOTS);
     }
 }
+
+/// Key of the page-cache counters: pages of file (`dev`, `ino`) added to the page cache
+/// by tasks of memory cgroup `memcg` (its cgroup id: the inode number of its directory,
+/// which a dying memcg keeps).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PageCacheKey {
+    pub memcg: u64,
+    pub ino: u64,
+    /// The kernel's dev_t: major << 20 | minor.
+    pub dev: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<PageCacheKey>() == 24);
+
+/// Value of the page-cache counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageCacheCount {
+    /// Pages added (a folio of order n counts 2^n).
+    pub pages: u64,
+    /// The first task that added a page of it: tgid and comm.
+    pub tgid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<PageCacheCount>() == 32);
+
+plain!(PageCacheKey, PageCacheCount);
+
+/// Capacity of the page-cache counters (LRU: the files least recently added to go
+/// first; evictions are counted as keys inserted minus keys present).
+pub const PAGECACHE_CAPACITY: u32 = 32_768;
+/// Slots of the page-cache per-CPU counters.
+pub const PC_ADDS: u32 = 0;
+/// Keys inserted into the counters (new (memcg, file) pairs).
+pub const PC_NEW_KEYS: u32 = 1;
+/// Adds whose memcg could not be read (struct offsets unknown or a failed read).
+pub const PC_NO_MEMCG: u32 = 2;
+/// Adds by tasks in the root memcg (never dying: not counted per file).
+pub const PC_ROOT: u32 = 3;
+pub const PC_SLOTS: u32 = 4;

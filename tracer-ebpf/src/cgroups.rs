@@ -9,7 +9,8 @@
 use aya_ebpf::{
     EbpfContext as _, Global,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, generated::bpf_probe_read_kernel_str,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
+        bpf_probe_read_kernel, generated::bpf_probe_read_kernel_str,
     },
     macros::{map, tracepoint},
     maps::{LruHashMap, PerCpuArray},
@@ -19,12 +20,13 @@ use tracer_common::{
     EventHeader, EventKind,
     cgroups::{
         ATTACH_CAPACITY, AttachCount, AttachKey, COUNT_ATTACH, COUNT_MKDIR, COUNT_RELEASE,
-        COUNT_RMDIR, COUNT_SLOTS, CgroupEvent, PATH_LEN, count_slot,
+        COUNT_RMDIR, COUNT_SLOTS, CgroupEvent, PAGECACHE_CAPACITY, PATH_LEN, PC_ADDS, PC_NEW_KEYS,
+        PC_NO_MEMCG, PC_ROOT, PC_SLOTS, PageCacheCount, PageCacheKey, count_slot,
     },
 };
 
 use crate::common::{
-    READ_ERRORS, add, current_tgid, field, get_or_insert, now_ns, reserve, submit,
+    READ_ERRORS, add, counted, current_tgid, field, get_or_insert, now_ns, reserve, submit,
 };
 
 /// Field offsets from tracefs `format` files, set by the loader. cgroup_mkdir,
@@ -167,4 +169,121 @@ fn try_attach(ctx: &TracePointContext) -> Option<u32> {
     // SAFETY: pointer from a map lookup; a rare race between CPUs undercounts by one.
     unsafe { (*c).tasks += 1 };
     Some(0)
+}
+
+/// filemap:mm_filemap_add_to_page_cache field offsets (`order` is 0 where the kernel
+/// lacks the field: one page per event then).
+#[unsafe(no_mangle)]
+static CGROUPS_FILEMAP_INO: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static CGROUPS_FILEMAP_DEV: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static CGROUPS_FILEMAP_ORDER: Global<u32> = Global::new(0);
+
+/// The current task's memory cgroup id, by kernel struct offsets from BTF (no
+/// tracepoint field has it, and bpf_get_current_cgroup_id is the cgroup2 id only, not
+/// the v1 memory hierarchy's): task_struct.cgroups -> css_set.subsys[memory_cgrp_id]
+/// -> cgroup_subsys_state.cgroup -> cgroup.kn -> kernfs_node.id. 0: unknown (no BTF).
+#[unsafe(no_mangle)]
+static CGROUPS_TASK_CGROUPS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static CGROUPS_CSS_SET_SUBSYS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static CGROUPS_MEMORY_SUBSYS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static CGROUPS_CSS_CGROUP: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static CGROUPS_CGROUP_KN: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static CGROUPS_KN_ID: Global<u32> = Global::new(0);
+
+/// Page-cache adds, new keys, adds without a memcg, adds in the root memcg, per CPU.
+#[map]
+static CGROUPS_PC_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PC_SLOTS, 0);
+
+/// (memcg, dev, inode) -> pages added to the page cache by that memcg's tasks.
+#[map]
+static CGROUPS_PAGECACHE: LruHashMap<PageCacheKey, PageCacheCount> =
+    LruHashMap::with_max_entries(PAGECACHE_CAPACITY, 0);
+
+/// filemap:mm_filemap_add_to_page_cache: a folio (`pfn`, 2^`order` pages) of file
+/// `i_ino` on device `s_dev` entered the page cache, charged to the current task's
+/// memcg: counted per (memcg, file), nothing is copied out.
+#[tracepoint]
+pub fn cgroups_filemap_add(ctx: TracePointContext) -> u32 {
+    try_filemap_add(&ctx).unwrap_or(0)
+}
+
+fn try_filemap_add(ctx: &TracePointContext) -> Option<u32> {
+    add(&CGROUPS_PC_COUNTS, PC_ADDS, 1);
+    let Some(memcg) = current_memcg() else {
+        add(&CGROUPS_PC_COUNTS, PC_NO_MEMCG, 1);
+        return Some(0);
+    };
+    // The root memcg (kernfs id 1) is never removed: its pages pin nothing.
+    if memcg <= 1 {
+        add(&CGROUPS_PC_COUNTS, PC_ROOT, 1);
+        return Some(0);
+    }
+    let ino: u64 = field(ctx, &CGROUPS_FILEMAP_INO)?;
+    let dev: u32 = field(ctx, &CGROUPS_FILEMAP_DEV)?;
+    let order: u8 = match CGROUPS_FILEMAP_ORDER.load() {
+        0 => 0,
+        _ => field(ctx, &CGROUPS_FILEMAP_ORDER)?,
+    };
+    let key = PageCacheKey {
+        memcg,
+        ino,
+        dev,
+        _pad: 0,
+    };
+    let pages = 1u64 << (order & 15);
+    if let Some(c) = CGROUPS_PAGECACHE.get_ptr_mut(&key) {
+        // SAFETY: pointer from a map lookup; a rare race between CPUs undercounts.
+        unsafe { (*c).pages += pages };
+        return Some(0);
+    }
+    let init = PageCacheCount {
+        pages,
+        tgid: current_tgid(),
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if CGROUPS_PAGECACHE.insert(&key, &init, 0).is_ok() {
+        add(&CGROUPS_PC_COUNTS, PC_NEW_KEYS, 1);
+    }
+    Some(0)
+}
+
+/// The current task's memcg id (see CGROUPS_TASK_CGROUPS); None when the offsets are
+/// unknown or a read fails.
+#[inline(always)]
+fn current_memcg() -> Option<u64> {
+    let kn_id = CGROUPS_KN_ID.load();
+    if kn_id == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks every address; a bad one is an error.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let cset: u64 = counted(bpf_probe_read_kernel(
+            task.add(CGROUPS_TASK_CGROUPS.load() as usize).cast(),
+        ))?;
+        let slot = CGROUPS_CSS_SET_SUBSYS.load() as usize
+            + 8 * (CGROUPS_MEMORY_SUBSYS.load() & 63) as usize;
+        let css: u64 = counted(bpf_probe_read_kernel((cset as *const u8).add(slot).cast()))?;
+        let cgrp: u64 = counted(bpf_probe_read_kernel(
+            (css as *const u8)
+                .add(CGROUPS_CSS_CGROUP.load() as usize)
+                .cast(),
+        ))?;
+        let kn: u64 = counted(bpf_probe_read_kernel(
+            (cgrp as *const u8)
+                .add(CGROUPS_CGROUP_KN.load() as usize)
+                .cast(),
+        ))?;
+        counted(bpf_probe_read_kernel(
+            (kn as *const u8).add(kn_id as usize).cast(),
+        ))
+    }
 }

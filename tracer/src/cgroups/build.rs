@@ -95,6 +95,7 @@ impl Cgroups {
         let (empty, behind) = self.leftovers_section(&wanted);
         let dying = self.dying_section(&wanted, &paths, &c);
         let (moves, attach_held) = self.moves_section(&paths);
+        let (autopsy, autopsy_missing) = self.autopsy_section(&survey, ctx.final_);
         let mounted: Vec<Hierarchy> = survey.into_iter().map(|s| s.hierarchy).collect();
         let (stat, stat_slow) = self.stat_section(&mounted);
         let rows = &judged.rows;
@@ -141,6 +142,8 @@ impl Cgroups {
             memory_stat_read_ms: stat,
             caveats: self.caveats_now(attach_held, dying_at_start),
             hints,
+            autopsy,
+            autopsy_missing,
             hierarchies: judged.rows,
             view: View {
                 elapsed_s: c.elapsed_s,

@@ -1,6 +1,9 @@
 //! What `tracer cgroups` exposes (`--prom-file`, serve's /metrics); the report fills
 //! them (report.rs, `collect`).
-use crate::prom::{BaseUnit::Seconds, Metric, counter, gauge, histogram};
+use crate::prom::{
+    BaseUnit::{Bytes, Seconds},
+    Metric, counter, gauge, histogram,
+};
 
 /// Cgroups (by hierarchy and path) with series of their own in each list.
 pub const TOP_PATHS: usize = 20;
@@ -95,6 +98,30 @@ pub const RELEASED_LATENCY: Metric = gauge(
     HP,
 );
 
+pub const PINNED: Metric = gauge(
+    "cgroups_dying_pinned",
+    Some(Bytes),
+    "Memory still charged to dying memcgs, by closest live ancestor (path) and kind (file, shmem, anon), for the 20 ancestors with the most.",
+    &["hierarchy", "path", "kind"],
+);
+pub const PINNED_BY_CREATOR: Metric = gauge(
+    "cgroups_dying_pinned_by_creator",
+    Some(Bytes),
+    "Memory still charged to dying memcgs, by their creator's comm (\"before start\" when unseen) and kind, for the 20 creators with the most.",
+    &["creator", "kind"],
+);
+pub const CENSUS_DURATION: Metric = gauge(
+    "cgroups_memcg_census_duration",
+    Some(Seconds),
+    "Time the last census of /proc/kpagecgroup and /proc/kpageflags took.",
+    &[],
+);
+pub const PAGECACHE_EVICTED: Metric = counter(
+    "cgroups_pagecache_evicted",
+    "(memcg, file) page-cache counters dropped from the kernel's LRU map because it was full.",
+    &[],
+);
+
 /// Every metric above (the registry lists them; docs/metrics.md is checked against it).
 pub const METRICS: &[&Metric] = &[
     &LIVE,
@@ -111,4 +138,8 @@ pub const METRICS: &[&Metric] = &[
     &DYING_AGE,
     &FINDING_AGE,
     &RELEASED_LATENCY,
+    &PINNED,
+    &PINNED_BY_CREATOR,
+    &CENSUS_DURATION,
+    &PAGECACHE_EVICTED,
 ];

@@ -7,10 +7,14 @@
 //! yet) with their rmdir time, and walks the mounted hierarchies at every report for
 //! cgroup and dying counts (which include dying cgroups from before the start) and
 //! empty leftovers.
+mod autopsy;
+mod autopsy_report;
 mod build;
 mod hints;
 mod judge;
 pub mod metrics;
+mod pagecache;
+pub mod pinned;
 mod report;
 pub mod rows;
 mod state;
@@ -72,6 +76,13 @@ pub const SPEC: Spec = Spec {
             required: false,
             purpose: "count who moves tasks into which cgroup",
         },
+        Hook {
+            program: "cgroups_filemap_add",
+            category: "filemap",
+            name: "mm_filemap_add_to_page_cache",
+            required: false,
+            purpose: "name the files whose page cache pins dying memory cgroups",
+        },
     ],
     offsets: &[
         Offset {
@@ -109,6 +120,18 @@ pub const SPEC: Spec = Spec {
             category: "cgroup",
             event: "cgroup_attach_task",
             field: "dst_id",
+        },
+        Offset {
+            global: "CGROUPS_FILEMAP_INO",
+            category: "filemap",
+            event: "mm_filemap_add_to_page_cache",
+            field: "i_ino",
+        },
+        Offset {
+            global: "CGROUPS_FILEMAP_DEV",
+            category: "filemap",
+            event: "mm_filemap_add_to_page_cache",
+            field: "s_dev",
         },
     ],
     ring_bytes: 1 << 20,
@@ -148,6 +171,12 @@ pub struct Args {
     /// (>= 10 samples, 1/s, rising in each third of the window).
     #[arg(long, value_parser = run::parse_age, default_value = "30s", value_name = "AGE")]
     pub trend_span: Duration,
+    /// The autopsy's census of /proc/kpagecgroup (what dying memcgs still hold, about
+    /// a few seconds per 24 GiB, at idle priority, on a thread of its own) starts again
+    /// at a report when the last one is older than this (0s: whenever none runs);
+    /// reports show the latest finished one and its age.
+    #[arg(long, value_parser = run::parse_age, default_value = "10s", value_name = "AGE")]
+    pub census_every: Duration,
     /// Rows per table in the text report (JSON lists more).
     #[arg(long, default_value = "10", value_parser = run::parse_top, value_name = "N")]
     pub top: usize,
@@ -204,14 +233,20 @@ pub fn prepare(args: Args) -> Result<run::Prepared> {
         let id = h.id;
         hierarchies.retain(|h| h.id == id);
     }
+    // The page-cache program's globals (an optional field, BTF struct offsets).
+    let (mut globals, pc_why) = match Tracefs::open() {
+        Ok(t) => pagecache::globals(&t),
+        Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+    };
+    globals.push(("CGROUPS_ROOT_FILTER", filter));
     Ok(run::Prepared {
         plan: bpf::Plan {
-            globals: vec![("CGROUPS_ROOT_FILTER", filter)],
+            globals,
             ..bpf::Plan::new(&SPEC)
         },
         ebpf_optional: false,
         opts: args.run.clone(),
-        attach: Box::new(move |s| attach(args, all, hierarchies, run::loaded(s)?)),
+        attach: Box::new(move |s| attach(args, all, hierarchies, pc_why, run::loaded(s)?)),
     })
 }
 
@@ -221,11 +256,13 @@ fn attach(
     args: Args,
     all: Vec<snap::Hierarchy>,
     hierarchies: Vec<snap::Hierarchy>,
+    pc_why: Option<String>,
     session: &mut bpf::Session,
 ) -> Result<run::Attached> {
     same_layout(&session.tracefs)?;
     let counts = PerCpuArray::try_from(session.take_map("CGROUPS_COUNTS")?)?;
     let attach = BpfHashMap::try_from(session.take_map("CGROUPS_ATTACH")?)?;
+    let pagecache = pagecache_maps(session, pc_why);
     let caveats = session
         .missing(&SPEC)
         .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
@@ -249,8 +286,15 @@ fn attach(
         actor_cgroups: HashMap::new(),
         dying_series: HashMap::new(),
         clock: Instant::now(),
+        pagecache,
+        namer: pagecache::Namer::default(),
+        census: autopsy::Worker::default(),
     };
     det.sample()?;
+    // The first census starts now: interval reports show it once it is done.
+    if let Err(e) = det.census.start() {
+        log::warn!("memcg census: {e:#}");
+    }
     let what = match &det.args.hierarchy {
         Some(h) => format!("cgroup mkdir/rmdir/release in hierarchy {h}"),
         None => "cgroup mkdir/rmdir/release in every hierarchy".into(),
@@ -303,6 +347,31 @@ struct Cgroups {
     /// hierarchy id -> the kernel's dying count, sampled: the trend's evidence.
     dying_series: HashMap<u32, Series>,
     clock: Instant,
+    /// The page-cache counters (Err: why files cannot be named).
+    pagecache: Result<pagecache::Maps, String>,
+    namer: pagecache::Namer,
+    /// The census of dying memcgs' pages, taken in the background (`--census-every`).
+    census: autopsy::Worker,
+}
+
+/// The page-cache map and counters when their hook is attached, else why not.
+fn pagecache_maps(
+    session: &mut bpf::Session,
+    why: Option<String>,
+) -> Result<pagecache::Maps, String> {
+    if let Some(h) = session
+        .missing(&SPEC)
+        .find(|h| h.program == "cgroups_filemap_add")
+    {
+        return Err(format!("{} is missing", h.hook));
+    }
+    if let Some(why) = why {
+        return Err(why);
+    }
+    let mut map = |n: &str| session.take_map(n).map_err(|e| format!("{e:#}"));
+    let files = BpfHashMap::try_from(map("CGROUPS_PAGECACHE")?).map_err(|e| e.to_string())?;
+    let counts = PerCpuArray::try_from(map("CGROUPS_PC_COUNTS")?).map_err(|e| e.to_string())?;
+    Ok(pagecache::Maps { files, counts })
 }
 
 impl Cgroups {

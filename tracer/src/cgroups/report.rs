@@ -71,6 +71,10 @@ pub struct CgroupsReport {
     pub caveats: Vec<String>,
     /// What to do, one line per problem.
     pub hints: Vec<String>,
+    /// What the dying memcgs still hold and what frees it (None: `autopsy_missing`
+    /// says why).
+    pub autopsy: Option<super::pinned::Autopsy>,
+    pub autopsy_missing: Option<String>,
     /// For the text only.
     #[serde(skip)]
     pub view: View,
@@ -141,6 +145,11 @@ impl Body for CgroupsReport {
         t += &self.churn_text();
         t += &self.releases_text();
         t += &self.empty_text();
+        t += &super::autopsy_report::text(
+            self.autopsy.as_ref(),
+            self.autopsy_missing.as_deref(),
+            self.view.top,
+        );
         if !self.hints.is_empty() {
             t += "\n";
             for h in &self.hints {
@@ -184,6 +193,9 @@ impl Body for CgroupsReport {
         let latest = (self.released_recent.iter().rev())
             .map(|r| (&*r.hierarchy, &*r.path, r.latency_us.map(|l| l as f64 / US)));
         per_path(out, &RELEASED_LATENCY, latest);
+        if let Some(a) = &self.autopsy {
+            super::autopsy_report::collect(a, out);
+        }
     }
 
     fn state_evicted(&self) -> Vec<(&'static str, u64)> {

@@ -1,6 +1,7 @@
 //! `cargo xtask bench NAME`: a workload run alone, with the tracer and with an
 //! equivalent bpftrace script, interleaved several times; medians and ratios printed
 //! side by side from one run (never timed assertions in tests: machines are noisy).
+mod autopsy;
 mod census;
 mod cgroups;
 pub mod common;
@@ -14,7 +15,7 @@ use anyhow::{Result, bail};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Which benchmark: zombies, tcp-pressure, cgroups, inodes, census, triage, serve.
+    /// Which benchmark: zombies, tcp-pressure, cgroups, autopsy, inodes, census, triage, serve.
     pub name: String,
     /// Interleaved rounds (each runs alone, tracer, bpftrace once).
     #[arg(long, default_value_t = 5)]
@@ -34,12 +35,13 @@ pub fn run(a: Args) -> Result<()> {
         "zombies" => zombies::run(&a),
         "tcp-pressure" => tcp::run(&a),
         "cgroups" => cgroups::run(&a),
+        "autopsy" => autopsy::run(&a),
         "inodes" => inodes::run(&a),
         "census" => census::run(&a),
         "triage" => triage::run(&a),
         "serve" => serve::run(&a),
         other => bail!(
-            "no benchmark named `{other}`; try zombies, tcp-pressure, cgroups, inodes, census, triage or serve"
+            "no benchmark named `{other}`; try zombies, tcp-pressure, cgroups, autopsy, inodes, census, triage or serve"
         ),
     }
 }
