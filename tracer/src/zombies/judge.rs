@@ -100,10 +100,24 @@ pub fn hint(p: &ParentRow) -> String {
         }
         _ => "reap children with waitpid()",
     };
+    // What ending the parent does, from who inherits its zombies (init.rs).
+    let killing = match (&p.namespace_init, &p.reaper_after_exit) {
+        (Some(_), _) => format!(
+            "Killing {pid} ends its container (it is the container's PID 1) and the kernel frees its zombies with it"
+        ),
+        (None, Some(r)) if !r.reaps => format!(
+            "Killing {pid} hands its zombies to {} ({}), which does not reap either",
+            r.pid, r.comm
+        ),
+        (None, Some(r)) => format!(
+            "Killing {pid} hands its zombies to {} ({}), which reaps them",
+            r.pid, r.comm
+        ),
+        (None, None) => format!("Killing {pid} hands its zombies to init, which reaps them"),
+    };
     format!(
-        "{pid} ({comm}) holds {stuck} stuck zombie(s); it {why}. Fix: {disp_hint}. Killing {pid} hands its zombies to \
-         init, which reaps them; in containers run a real init (tini, dumb-init, --init) as PID 1, and cap the \
-         damage with the pids cgroup (pids.max)."
+        "{pid} ({comm}) holds {stuck} stuck zombie(s); it {why}. Fix: {disp_hint}. {killing}; in containers run a \
+         real init (tini, dumb-init, --init) as PID 1, and cap the damage with the pids cgroup (pids.max)."
     )
 }
 
@@ -189,5 +203,19 @@ mod tests {
         let h = hints(&[parent(2, 0, 2, 0), parent(1, 1, 1, 1)]);
         assert_eq!(h.len(), 2);
         assert!(h[0].starts_with("42 (app) holds 2 stuck zombie(s)"));
+    }
+
+    #[test]
+    fn killing_a_container_init_ends_the_container_not_hands_over() {
+        let mut p = parent(3, 0, 3, 0);
+        assert!(hint(&p).contains("Killing 42 hands its zombies to init, which reaps them"));
+        p.namespace_init = Some(super::super::init::NamespaceInit {
+            comm: "sleep".into(),
+            known_init: false,
+            ns_pids: vec![42, 1],
+        });
+        let h = hint(&p);
+        assert!(h.contains("Killing 42 ends its container"), "{h}");
+        assert!(!h.contains("hands its zombies to init"), "{h}");
     }
 }
