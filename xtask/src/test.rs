@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "kernels")]
     no_vm: bool,
     /// Kill a VM whose suite has not finished after this long (`900`, `900s`, `20m`;
-    /// default 20m, or TRACER_VM_TIMEOUT); that kernel then counts as failed.
+    /// default 40m, or TRACER_VM_TIMEOUT); that kernel then counts as failed.
     #[arg(long, value_parser = vm::parse_timeout)]
     vm_timeout: Option<Duration>,
     /// Run the selected tests N times in a row on each kernel (one VM boot per kernel),

@@ -32,7 +32,7 @@ fn cpus() -> String {
 }
 
 /// Default bound on one guest's whole run: the full suite takes a few minutes under TCG.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
 /// Paths the guest does not see from the host: virtme-ng mounts a tmpfs (or its own
 /// tree) over them.
@@ -314,7 +314,7 @@ pub struct Args {
     /// Kernel to boot.
     #[arg(long, value_enum)]
     kernel: Series,
-    /// Kill the guest after this long (`900`, `900s`, `20m`; default 20m or TRACER_VM_TIMEOUT).
+    /// Kill the guest after this long (`900`, `900s`, `20m`; default 40m or TRACER_VM_TIMEOUT).
     #[arg(long, value_parser = parse_timeout)]
     timeout: Option<Duration>,
     /// The command, run as root in the workspace: `-- target/release/tracer doctor`.
