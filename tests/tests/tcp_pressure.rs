@@ -641,8 +641,10 @@ fn healthy_busy_bulk_transfer_at_normal_tcp_mem_warns_of_nothing() {
     }
     let r: Report = out.final_as();
     assert_eq!(r.header.lost_events, 0, "{}", show(&r));
-    // The transfer held TCP memory (it was seen), well under the threshold.
-    assert!(r.mem_pages.peak > 0, "{}", show(&r));
+    // The transfer's sends were all timed outside pressure. (Its TCP memory may never
+    // show in the global count: since 6.0 each CPU keeps up to 1 MiB of it (a per-CPU
+    // reserve, net.core.mem_pcpu_rsv from 6.9) before adding to /proc/net/sockstat's
+    // "mem"; a 6.12 guest sampled 0 pages through the whole transfer.)
     assert!(outside_pressure(&r).count >= writes, "{}", show(&r));
     assert_eq!(r.early_warning.threshold_pct, 80.0, "{}", show(&r));
     assert_eq!(r.early_warning.hold_s, 3.0, "{}", show(&r));
