@@ -33,7 +33,13 @@ fn census_of<'a>(r: &'a InodesReport, mount: &Path) -> &'a Census {
 fn row<'a>(c: &'a Census, path: &Path) -> &'a CensusDirRow {
     (c.top_directories.iter())
         .find(|d| d.path == path)
-        .unwrap_or_else(|| panic!("{} not among the census' directories: {}", path.display(), js(c)))
+        .unwrap_or_else(|| {
+            panic!(
+                "{} not among the census' directories: {}",
+                path.display(),
+                js(c)
+            )
+        })
 }
 
 /// Runs `sh -c SCRIPT` in a child process and waits for it to exit.
@@ -47,7 +53,10 @@ fn a_full_ext4_filled_before_the_start_is_attributed_by_the_census() {
     require_root();
     let _s = serial();
     let fs = LoopExt4::new(16, 256);
-    let (hot, other) = (fs.mnt.join("data/cache/sessions"), fs.mnt.join("data/other"));
+    let (hot, other) = (
+        fs.mnt.join("data/cache/sessions"),
+        fs.mnt.join("data/other"),
+    );
     std::fs::create_dir_all(&hot).unwrap();
     std::fs::create_dir_all(&other).unwrap();
     // The writer fills every inode (9 files of 10 in sessions), dates its files 10 days
@@ -66,9 +75,18 @@ fn a_full_ext4_filled_before_the_start_is_attributed_by_the_census() {
     let out = run_tracer(&["inodes", "--fs", fs.mnt(), "--json", "-d", "2s"]);
     assert!(out.status.success(), "{}", out.stderr);
     let r = out.final_as::<InodesReport>();
-    assert!(r.top_directories.is_empty(), "nothing was created while tracing: {}", js(&*r));
+    assert!(
+        r.top_directories.is_empty(),
+        "nothing was created while tracing: {}",
+        js(&*r)
+    );
     let c = census_of(&r, &fs.mnt);
-    assert_eq!((c.trigger, c.level), (Trigger::Level, Level::Crit), "{}", js(c));
+    assert_eq!(
+        (c.trigger, c.level),
+        (Trigger::Level, Level::Crit),
+        "{}",
+        js(c)
+    );
     assert!(!c.partial && c.skipped.is_empty(), "{}", js(c));
     assert_eq!(c.fs_inodes_used, 256);
     // Every inode but the reserved ones (1-10) and lost+found's is under the mount.
@@ -115,7 +133,14 @@ fn a_census_below_warn_runs_only_when_asked_and_a_kubelet_tree_names_its_pod() {
         l = logs.display()
     ));
     // Below WARN and not asked for: no census, and it says why.
-    let out = run_tracer(&["inodes", "--fs", t.dir.to_str().unwrap(), "--json", "-d", "1s"]);
+    let out = run_tracer(&[
+        "inodes",
+        "--fs",
+        t.dir.to_str().unwrap(),
+        "--json",
+        "-d",
+        "1s",
+    ]);
     assert!(out.status.success(), "{}", out.stderr);
     let r = out.final_as::<InodesReport>();
     assert_eq!(r.filesystems[0].level, Level::Ok);
@@ -126,7 +151,14 @@ fn a_census_below_warn_runs_only_when_asked_and_a_kubelet_tree_names_its_pod() {
     );
     assert!(r.hints.is_empty(), "{:?}", r.hints);
 
-    let out = run_tracer(&["inodes", "--census", t.dir.to_str().unwrap(), "--json", "-d", "1s"]);
+    let out = run_tracer(&[
+        "inodes",
+        "--census",
+        t.dir.to_str().unwrap(),
+        "--json",
+        "-d",
+        "1s",
+    ]);
     assert!(out.status.success(), "{}", out.stderr);
     let r = out.final_as::<InodesReport>();
     let c = census_of(&r, &t.dir);
@@ -156,9 +188,8 @@ fn a_census_below_warn_runs_only_when_asked_and_a_kubelet_tree_names_its_pod() {
         })
     );
     assert!(
-        r.hints[0].contains(&format!(
-            "{} holds", vol.display()
-        )) && r.hints[0].contains("(pod shop/cart-7d9f volume cache)"),
+        r.hints[0].contains(&format!("{} holds", vol.display()))
+            && r.hints[0].contains("(pod shop/cart-7d9f volume cache)"),
         "{:?}",
         r.hints
     );
@@ -216,7 +247,11 @@ fn remove_when_opened(dir: &Path) -> std::thread::JoinHandle<i32> {
         assert!(n > 0, "reading inotify");
         let deadline = Instant::now() + Duration::from_secs(5);
         while !has_open(pid, &dir) {
-            assert!(Instant::now() < deadline, "the stopped tracer does not hold {} open", dir.display());
+            assert!(
+                Instant::now() < deadline,
+                "the stopped tracer does not hold {} open",
+                dir.display()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         std::fs::remove_dir_all(&dir).unwrap();
@@ -240,8 +275,17 @@ fn a_directory_removed_during_the_walk_is_a_skipped_line_and_the_rest_is_counted
         k = keep.display()
     ));
     let remover = remove_when_opened(&gone);
-    let tracer = Tracer::start(&["inodes", "--census", t.dir.to_str().unwrap(), "--json", "-d", "2s"]);
-    let pid = remover.join().expect("removing the directory under the walk");
+    let tracer = Tracer::start(&[
+        "inodes",
+        "--census",
+        t.dir.to_str().unwrap(),
+        "--json",
+        "-d",
+        "2s",
+    ]);
+    let pid = remover
+        .join()
+        .expect("removing the directory under the walk");
     assert_eq!(pid, tracer.pid());
     let out = tracer.wait();
     assert!(out.status.success(), "{}", out.stderr);
@@ -249,7 +293,12 @@ fn a_directory_removed_during_the_walk_is_a_skipped_line_and_the_rest_is_counted
     let c = census_of(&r, &t.dir);
     assert_eq!(c.skipped_count, 1, "{}", js(c));
     let s = &c.skipped[0];
-    assert_eq!((s.path.as_path(), s.reason), (gone.as_path(), SkipReason::Removed), "{}", js(c));
+    assert_eq!(
+        (s.path.as_path(), s.reason),
+        (gone.as_path(), SkipReason::Removed),
+        "{}",
+        js(c)
+    );
     assert!(s.detail.starts_with("removed during the walk"), "{}", js(s));
     let k = row(c, &keep);
     assert_eq!((k.own_entries, k.subtree_inodes), (100, 101));
@@ -282,12 +331,22 @@ fn an_unreadable_directory_is_a_skipped_line_and_the_rest_is_counted() {
     let c = census_of(&r, &fs.mnt);
     assert_eq!(c.skipped_count, 1, "{}", js(c));
     let s = &c.skipped[0];
-    assert_eq!((s.path.as_path(), s.reason), (bad.as_path(), SkipReason::Unreadable), "{}", js(c));
+    assert_eq!(
+        (s.path.as_path(), s.reason),
+        (bad.as_path(), SkipReason::Unreadable),
+        "{}",
+        js(c)
+    );
     assert!(s.detail.starts_with("stat: "), "{}", js(s));
     let g = row(c, &good);
     assert_eq!((g.own_entries, g.subtree_inodes), (50, 51));
     // The text has one line for it.
     let text = run_tracer(&["inodes", "--census", fs.mnt(), "-d", "1s"]);
-    assert_eq!(text.stdout.matches(&*bad.to_string_lossy()).count(), 1, "{}", text.stdout);
+    assert_eq!(
+        text.stdout.matches(&*bad.to_string_lossy()).count(),
+        1,
+        "{}",
+        text.stdout
+    );
     let _: PathBuf = bad;
 }

@@ -74,7 +74,9 @@ fn needed() -> Vec<String> {
         &serde_json::from_str(out.stdout.trim())
             .unwrap_or_else(|e| panic!("doctor --json: {e}\n{}\n{}", out.stdout, out.stderr)),
     );
-    let needed: Vec<String> = (doc.privileges.needed.iter()).map(|c| c.to_string()).collect();
+    let needed: Vec<String> = (doc.privileges.needed.iter())
+        .map(|c| c.to_string())
+        .collect();
     assert!(needed.iter().any(|c| c == "CAP_BPF"), "{needed:?}");
     needed
 }

@@ -318,7 +318,11 @@ fn doctor_reports_every_detector_runnable_and_the_paths_of_this_kernel() {
     let zombies = (r.detectors.iter())
         .find(|d| d.detector == "zombies")
         .unwrap_or_else(|| panic!("doctor lists no zombies detector: {r:?}"));
-    assert_eq!(zombies.path.as_deref(), Some(expected_exit_path()), "{zombies:?}");
+    assert_eq!(
+        zombies.path.as_deref(),
+        Some(expected_exit_path()),
+        "{zombies:?}"
+    );
     let text = run_tracer(&["doctor"]);
     let (kprobes, fentry) = if fast {
         ("kprobes     yes", "fentry      yes")

@@ -119,7 +119,9 @@ impl From<bpf::Chosen> for Choice {
             choice: c.choice.into(),
             purpose: c.purpose.into(),
             path: c.path.map(Into::into),
-            refused: (c.refused.into_iter()).map(|(p, why)| (p.into(), why)).collect(),
+            refused: (c.refused.into_iter())
+                .map(|(p, why)| (p.into(), why))
+                .collect(),
             otherwise: c.otherwise.into(),
         }
     }
@@ -226,7 +228,14 @@ impl Doctor {
             format!(
                 "privileges  MISSING {} (run as root, sudo tracer ..., or with {})\n",
                 self.privileges.missing.join(", "),
-                bpf::caps::and_list(&self.privileges.needed.iter().map(|c| &**c).collect::<Vec<_>>())
+                bpf::caps::and_list(
+                    &self
+                        .privileges
+                        .needed
+                        .iter()
+                        .map(|c| &**c)
+                        .collect::<Vec<_>>()
+                )
             )
         };
         t += &format!("kprobes     {}\n", yes_no(self.kprobes));

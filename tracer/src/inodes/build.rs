@@ -10,9 +10,9 @@ use tracer_common::{
 };
 
 use super::{
-    EXT4_FALLBACK, Inodes, cgroup,
+    EXT4_FALLBACK, Inodes,
     census::{Census, Trigger},
-    entries,
+    cgroup, entries,
     judge::{self, Judged, Rules},
     report::{Evicted, Ext4Attribution, InodesReport, View},
     rows::{DirectoryRow, EnospcRow, FilesystemRow, ProcessRow, RateSource, Source},
@@ -141,7 +141,12 @@ fn census_hints(censuses: &Option<Vec<Census>>, rows: &[FsRow]) -> Vec<String> {
 fn census_dirs(censuses: &Option<Vec<Census>>, rows: &[FsRow]) -> Vec<(String, String)> {
     (censuses.iter().flatten())
         .filter(|c| may_hint(c, rows))
-        .filter_map(|c| Some((c.mount.display().to_string(), c.hot()?.path.display().to_string())))
+        .filter_map(|c| {
+            Some((
+                c.mount.display().to_string(),
+                c.hot()?.path.display().to_string(),
+            ))
+        })
         .collect()
 }
 

@@ -175,7 +175,16 @@ pub struct CensusDirRow {
 
 impl Row for CensusDirRow {
     const HEADER: &'static [&'static str] = &[
-        "INODES", "SHARE", "OWN", "<1H", "<1D", "<1W", "OLDER", "USER", "DIRECTORY", "OWNER",
+        "INODES",
+        "SHARE",
+        "OWN",
+        "<1H",
+        "<1D",
+        "<1W",
+        "OLDER",
+        "USER",
+        "DIRECTORY",
+        "OWNER",
     ];
     fn cells(&self) -> Vec<String> {
         let a = &self.ages;

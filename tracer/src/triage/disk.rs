@@ -94,7 +94,8 @@ pub fn check(before: Before, w: Window, part: &mut Part) -> DiskSection {
         ));
     }
     // The device rows were just pushed as findings; a disk is short when its row is.
-    let short = (part.findings.iter()).any(|f| f.resource == "disk" && f.check == "io" && f.level != Level::Ok);
+    let short = (part.findings.iter())
+        .any(|f| f.resource == "disk" && f.check == "io" && f.level != Level::Ok);
     let disk_psi_some_pct = super::psi_judged(
         part,
         "disk",

@@ -84,16 +84,25 @@ fn measure(mut cmd: Command) -> Result<(f64, f64, u64, String)> {
     if st != 0 {
         bail!("{cmd:?} failed: wait status {st}");
     }
-    Ok((start.elapsed().as_secs_f64(), rss_kib as f64 / 1024.0, lines, last))
+    Ok((
+        start.elapsed().as_secs_f64(),
+        rss_kib as f64 / 1024.0,
+        lines,
+        last,
+    ))
 }
 
 /// One census: its own elapsed seconds (from the report), the tracer's wall seconds and
 /// peak RSS, and the inodes it counted.
 fn census(tracer: &Path, dir: &Path) -> Result<(f64, f64, f64, u64)> {
     let mut cmd = Command::new(tracer);
-    cmd.args(["inodes", "--census"])
-        .arg(dir)
-        .args(["--census-budget", "120s", "-d", "1s", "--json"]);
+    cmd.args(["inodes", "--census"]).arg(dir).args([
+        "--census-budget",
+        "120s",
+        "-d",
+        "1s",
+        "--json",
+    ]);
     let (wall, rss, _, last) = measure(cmd)?;
     let v: serde_json::Value = serde_json::from_str(&last).context("no report")?;
     let c = &v["census"][0];
@@ -119,14 +128,17 @@ fn find(dir: &Path) -> Result<(f64, f64, u64)> {
 pub fn run(a: &super::Args) -> Result<()> {
     let tracer = common::tracer_bin()?;
     let tree = Tree::new()?;
-    let (mut c_s, mut c_wall, mut c_rss, mut f_s, mut f_rss) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut c_s, mut c_wall, mut c_rss, mut f_s, mut f_rss) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for round in 0..a.rounds {
         // Alternate which goes first: the second finds the dentries cached.
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for which in order {
             if which == 0 {
                 let (s, wall, rss, n) = census(&tracer, &tree.mnt)?;
-                eprintln!("round {round}: census {n} inodes in {s:.2}s (tracer {wall:.2}s wall, {rss:.1} MiB RSS)");
+                eprintln!(
+                    "round {round}: census {n} inodes in {s:.2}s (tracer {wall:.2}s wall, {rss:.1} MiB RSS)"
+                );
                 (c_s.push(s), c_wall.push(wall), c_rss.push(rss));
             } else {
                 let (wall, rss, n) = find(&tree.mnt)?;
@@ -135,15 +147,23 @@ pub fn run(a: &super::Args) -> Result<()> {
             }
         }
     }
-    let (cs, cw, cr) = (common::median(c_s), common::median(c_wall), common::median(c_rss));
+    let (cs, cw, cr) = (
+        common::median(c_s),
+        common::median(c_wall),
+        common::median(c_rss),
+    );
     let (fs, fr) = (common::median(f_s), common::median(f_rss));
     println!(
         "census of {} files (medians of {} rounds, 1 s of tracing included in the tracer's wall time):",
         DIRS * FILES_PER_DIR,
         a.rounds
     );
-    println!("  tracer inodes --census   census {cs:.2}s   tracer wall {cw:.2}s   peak RSS {cr:.1} MiB");
-    println!("  find DIR -xdev | wc -l   wall {fs:.2}s                        peak RSS {fr:.1} MiB");
+    println!(
+        "  tracer inodes --census   census {cs:.2}s   tracer wall {cw:.2}s   peak RSS {cr:.1} MiB"
+    );
+    println!(
+        "  find DIR -xdev | wc -l   wall {fs:.2}s                        peak RSS {fr:.1} MiB"
+    );
     common::check("census time (s)", cs, Cmp::AtMost, 10.0);
     common::check("tracer peak RSS (MiB)", cr, Cmp::AtMost, 50.0);
     drop(tree);

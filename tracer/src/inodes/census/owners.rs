@@ -155,7 +155,9 @@ pub fn of(path: &Path, overlays: &[Overlay]) -> Option<Owner> {
             let uid = c[i + 1].to_string();
             // The pod's logs beside the kubelet's root: <prefix>/var/log/pods.
             let logs = match c[..i].ends_with(&["var", "lib", "kubelet"]) {
-                true => Path::new("/").join(c[..i - 3].join("/")).join("var/log/pods"),
+                true => Path::new("/")
+                    .join(c[..i - 3].join("/"))
+                    .join("var/log/pods"),
                 false => PathBuf::from("/var/log/pods"),
             };
             let named = pod_of_uid(&logs, &uid);
@@ -286,7 +288,13 @@ mod tests {
         let got = of(Path::new("/var/lib/containerd/snapshots/41/fs/tmp"), &[o]);
         // "abc" is not a container id: the overlay without a container.
         assert!(
-            matches!(got, Some(Owner::Overlay { container: None, .. })),
+            matches!(
+                got,
+                Some(Owner::Overlay {
+                    container: None,
+                    ..
+                })
+            ),
             "{got:?}"
         );
         assert_eq!(unescape("/a\\040b"), "/a b");

@@ -98,7 +98,9 @@ impl Censuses {
         }
         Some(match (&self.running, self.settings.at_warn) {
             (Some((root, _)), _) => format!("a census of {} is running", root.display()),
-            (None, true) => "no filesystem reached WARN and none was asked for (--census PATH)".into(),
+            (None, true) => {
+                "no filesystem reached WARN and none was asked for (--census PATH)".into()
+            }
             (None, false) => "--census off".into(),
         })
     }
@@ -120,10 +122,16 @@ fn lower_priority() {
             IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
         ) != 0
         {
-            log::warn!("census: ioprio_set(IDLE): {}", std::io::Error::last_os_error());
+            log::warn!(
+                "census: ioprio_set(IDLE): {}",
+                std::io::Error::last_os_error()
+            );
         }
         if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) != 0 {
-            log::warn!("census: setpriority(19): {}", std::io::Error::last_os_error());
+            log::warn!(
+                "census: setpriority(19): {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }
@@ -279,7 +287,10 @@ impl super::super::Inodes {
 
     /// The censuses for the report (waiting for a running one in the final report),
     /// and why there is none.
-    pub(in crate::inodes) fn census_section(&mut self, final_: bool) -> (Option<Vec<Census>>, Option<String>) {
+    pub(in crate::inodes) fn census_section(
+        &mut self,
+        final_: bool,
+    ) -> (Option<Vec<Census>>, Option<String>) {
         self.census.collect(final_);
         let mut done = self.census.done.clone();
         if let Some(t) = &self.target {

@@ -252,7 +252,9 @@ impl Walk<'_> {
     /// Reads the next entry of the innermost directory (closing it at its end),
     /// counts it, and opens it when it is a directory on the same filesystem.
     fn step(&mut self, st: &mut State) {
-        let Some(top) = st.stack.last_mut() else { return };
+        let Some(top) = st.stack.last_mut() else {
+            return;
+        };
         // SAFETY: `top.dir` is an open stream; readdir's entry is copied before the
         // next call on the same stream.
         let (name, fd) = unsafe {
@@ -286,7 +288,9 @@ impl Walk<'_> {
                 return;
             }
         };
-        let Some(top) = st.stack.last_mut() else { return };
+        let Some(top) = st.stack.last_mut() else {
+            return;
+        };
         top.count.own_entries += 1;
         top.count.subtree_inodes += 1;
         if stat.st_mode & libc::S_IFMT != libc::S_IFDIR {
@@ -515,11 +519,18 @@ mod tests {
         assert_eq!(o.directories, 5);
         assert_eq!(o.root.ages.files(), 58);
         assert_eq!(o.root.ages.under_week, 50);
-        let paths: Vec<_> = o.top.iter().map(|d| d.path.strip_prefix(&root).unwrap().to_owned()).collect();
+        let paths: Vec<_> = o
+            .top
+            .iter()
+            .map(|d| d.path.strip_prefix(&root).unwrap().to_owned())
+            .collect();
         // `a` holds nothing but b (>= 90%): left out for b.
         assert_eq!(paths, [Path::new("a/b"), Path::new("c"), Path::new("gone")]);
         let b = &o.top[0];
-        assert_eq!((b.own_entries, b.subtree_inodes, b.ages.under_week), (50, 51, 50));
+        assert_eq!(
+            (b.own_entries, b.subtree_inodes, b.ages.under_week),
+            (50, 51, 50)
+        );
         assert_eq!(b.users.first().map(|u| u.1), Some(50));
         assert!(!o.partial && o.skipped == 0);
     }
@@ -591,7 +602,10 @@ mod tests {
         assert_eq!(o.skipped, 1, "{:?}", o.skips);
         assert_eq!(o.skips[0].path, locked);
         assert_eq!(o.skips[0].reason, SkipReason::PermissionDenied);
-        assert_eq!(o.skips[0].detail, "opening: Permission denied (os error 13)");
+        assert_eq!(
+            o.skips[0].detail,
+            "opening: Permission denied (os error 13)"
+        );
         // c itself is counted (listed in the root), its 5 files are not.
         assert_eq!(o.root.subtree_inodes, 1 + 1 + 1 + 50 + 1 + 1 + 3);
     }
