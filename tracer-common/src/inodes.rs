@@ -19,6 +19,18 @@ pub const ENOSPC_CAPACITY: u32 = 4_096;
 /// Capacity of the per-thread in-flight create syscalls (LRU).
 pub const PENDING_CAPACITY: u32 = 16_384;
 
+/// Slots of the INODES_FLAGS array userspace sets once the hooks are attached: which
+/// path counts inode creations on filesystems other than ext4 (CREATIONS_*), and
+/// whether the ext4 tracepoints count ext4's (1: the other paths leave ext4 alone).
+pub const FLAG_CREATIONS: u32 = 0;
+pub const FLAG_EXT4_TRACED: u32 = 1;
+pub const FLAG_COUNT: u32 = 2;
+/// FLAG_CREATIONS values: nothing counted, the VFS hook (fentry or kprobe on
+/// inode_init_owner), the successful create syscalls.
+pub const CREATIONS_OFF: u32 = 0;
+pub const CREATIONS_VFS: u32 = 1;
+pub const CREATIONS_SYSCALLS: u32 = 2;
+
 /// `dfd` value of a path relative to the current directory.
 pub const AT_FDCWD: i32 = -100;
 

@@ -25,6 +25,8 @@ use tracer_common::{
 
 use crate::common::{counted, current_tgid, emit, field, inserted, now_ns};
 
+mod creates;
+
 /// Field offsets from tracefs `format` files, set by the loader.
 #[unsafe(no_mangle)]
 static INODES_ALLOC_DEV: Global<u32> = Global::new(0);
@@ -190,10 +192,18 @@ fn try_alloc(ctx: &TracePointContext) -> Option<u32> {
         return Some(0);
     }
     let dir: u64 = field(ctx, &INODES_ALLOC_DIR)?;
-    // SAFETY (all derefs below): pointers into this CPU's map values.
+    // SAFETY: pointer into this CPU's map value.
     if let Some(d) = dev_counts(dev) {
         unsafe { (*d).allocated += 1 };
     }
+    count_created(dev, dir)
+}
+
+/// Counts one inode created on `dev` in directory `dir` by the current process (per
+/// process and per directory; the per-filesystem totals are the ext4 hooks' alone).
+#[inline(always)]
+fn count_created(dev: u32, dir: u64) -> Option<u32> {
+    // SAFETY (all derefs below): pointers into this CPU's map values.
     if let Some(p) = proc_counts(dev) {
         unsafe { (*p).allocated += 1 };
     }
@@ -299,12 +309,16 @@ fn try_enter(ctx: &TracePointContext, dfd: Option<u32>, path: u32, c: Creates) -
 
 /// syscalls:sys_exit_<create syscall>: `ret` -28 is a create that failed with ENOSPC.
 #[inline(always)]
-fn try_exit(ctx: &TracePointContext) -> Option<u32> {
+fn try_exit(ctx: &TracePointContext, returns: creates::Returns) -> Option<u32> {
     // The common case costs one field read: the thread's pending entry is left in
     // place (the next create overwrites it), so no map operation runs per syscall.
     // A stale entry can only lend a wrong path to an inode allocated outside a create
     // syscall, and userspace accepts a path only when stat() gives that directory.
     let ret: i64 = field(ctx, &INODES_SYSCALL_RET)?;
+    if ret >= 0 {
+        // A create that worked: counted here only on kernels without the VFS hook.
+        return creates::succeeded(ret, returns);
+    }
     if ret != -ENOSPC {
         return Some(0);
     }
@@ -330,9 +344,10 @@ fn try_exit(ctx: &TracePointContext) -> Option<u32> {
 }
 
 /// One enter and one exit program per create-type syscall. Arguments are given by
-/// index: the dirfd (None: relative to the cwd), the path, and when it creates.
+/// index: the dirfd (None: relative to the cwd), the path, when it creates, and what
+/// it returns on success (a file descriptor or zero).
 macro_rules! create_syscall {
-    ($enter:ident, $exit:ident, dfd: $dfd:expr, path: $path:expr, creates: $c:expr) => {
+    ($enter:ident, $exit:ident, dfd: $dfd:expr, path: $path:expr, creates: $c:expr, returns: $r:ident) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
             try_enter(&ctx, $dfd, $path, $c).unwrap_or(0)
@@ -340,28 +355,28 @@ macro_rules! create_syscall {
 
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            try_exit(&ctx).unwrap_or(0)
+            try_exit(&ctx, creates::Returns::$r).unwrap_or(0)
         }
     };
 }
 
 // openat(dfd, filename, flags, mode)
-create_syscall!(inodes_enter_openat, inodes_exit_openat, dfd: Some(0), path: 1, creates: Creates::Flags(2));
+create_syscall!(inodes_enter_openat, inodes_exit_openat, dfd: Some(0), path: 1, creates: Creates::Flags(2), returns: Fd);
 // open(filename, flags, mode)
-create_syscall!(inodes_enter_open, inodes_exit_open, dfd: None, path: 0, creates: Creates::Flags(1));
+create_syscall!(inodes_enter_open, inodes_exit_open, dfd: None, path: 0, creates: Creates::Flags(1), returns: Fd);
 // creat(pathname, mode)
-create_syscall!(inodes_enter_creat, inodes_exit_creat, dfd: None, path: 0, creates: Creates::Always);
+create_syscall!(inodes_enter_creat, inodes_exit_creat, dfd: None, path: 0, creates: Creates::Always, returns: Fd);
 // openat2(dfd, filename, how, usize)
-create_syscall!(inodes_enter_openat2, inodes_exit_openat2, dfd: Some(0), path: 1, creates: Creates::OpenHow(2));
+create_syscall!(inodes_enter_openat2, inodes_exit_openat2, dfd: Some(0), path: 1, creates: Creates::OpenHow(2), returns: Fd);
 // mkdirat(dfd, pathname, mode)
-create_syscall!(inodes_enter_mkdirat, inodes_exit_mkdirat, dfd: Some(0), path: 1, creates: Creates::Always);
+create_syscall!(inodes_enter_mkdirat, inodes_exit_mkdirat, dfd: Some(0), path: 1, creates: Creates::Always, returns: Zero);
 // mkdir(pathname, mode)
-create_syscall!(inodes_enter_mkdir, inodes_exit_mkdir, dfd: None, path: 0, creates: Creates::Always);
+create_syscall!(inodes_enter_mkdir, inodes_exit_mkdir, dfd: None, path: 0, creates: Creates::Always, returns: Zero);
 // mknodat(dfd, filename, mode, dev)
-create_syscall!(inodes_enter_mknodat, inodes_exit_mknodat, dfd: Some(0), path: 1, creates: Creates::Always);
+create_syscall!(inodes_enter_mknodat, inodes_exit_mknodat, dfd: Some(0), path: 1, creates: Creates::Always, returns: Zero);
 // mknod(filename, mode, dev)
-create_syscall!(inodes_enter_mknod, inodes_exit_mknod, dfd: None, path: 0, creates: Creates::Always);
+create_syscall!(inodes_enter_mknod, inodes_exit_mknod, dfd: None, path: 0, creates: Creates::Always, returns: Zero);
 // symlinkat(oldname, newdfd, newname)
-create_syscall!(inodes_enter_symlinkat, inodes_exit_symlinkat, dfd: Some(1), path: 2, creates: Creates::Always);
+create_syscall!(inodes_enter_symlinkat, inodes_exit_symlinkat, dfd: Some(1), path: 2, creates: Creates::Always, returns: Zero);
 // symlink(oldname, newname)
-create_syscall!(inodes_enter_symlink, inodes_exit_symlink, dfd: None, path: 1, creates: Creates::Always);
+create_syscall!(inodes_enter_symlink, inodes_exit_symlink, dfd: None, path: 1, creates: Creates::Always, returns: Zero);

@@ -117,10 +117,10 @@ pub const ALL: &[Entry] = &[
         metrics: inodes::metrics::METRICS,
         read: read::<inodes::InodesReport>,
         spec: &inodes::SPEC,
-        choices: &[],
+        choices: inodes::CHOICES,
         fallback: "without ext4 hooks (ext4 module not loaded): usage, ETA from statvfs and \
-                   ENOSPC from syscalls, no per-process/directory counts; without syscall hooks: \
-                   no ENOSPC counts",
+                   ENOSPC from syscalls, creations per process/directory from the inode \
+                   creations path; without syscall hooks: no ENOSPC counts",
         path: "tracepoints",
         probe_path: None,
     },

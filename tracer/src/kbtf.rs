@@ -12,10 +12,17 @@ use anyhow::{Context as _, Result, bail};
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
 
-/// The structs of one BTF blob: name -> members (name, bit offset).
+/// One member of a struct or union: name (empty for an anonymous one), type id, bit offset.
+type Member = (String, u32, u32);
+
+/// The structs of one BTF blob: name -> members, and the members of every struct and
+/// union by type id (to look into anonymous ones, e.g. 6.18's `union { f_path; }` in
+/// struct file).
 pub struct KernelBtf {
-    structs: HashMap<String, Vec<(String, u32)>>,
+    structs: HashMap<String, Vec<Member>>,
+    by_id: HashMap<u32, Vec<Member>>,
 }
 
 impl KernelBtf {
@@ -58,6 +65,8 @@ impl KernelBtf {
         };
 
         let mut structs = HashMap::new();
+        let mut by_id = HashMap::new();
+        let mut id = 0u32;
         let mut at = type_off;
         let end = type_off + type_len;
         while at < end {
@@ -69,6 +78,7 @@ impl KernelBtf {
             let vlen = (info & 0xffff) as usize;
             let kind_flag = info >> 31 == 1;
             at += 12;
+            id += 1;
             let extra = match kind {
                 1 | 14 | 17 => 4,             // INT, VAR, DECL_TAG
                 3 => 12,                      // ARRAY
@@ -77,33 +87,54 @@ impl KernelBtf {
                 2 | 7..=12 | 16 | 18 => 0,    // PTR, FWD, TYPEDEF..FUNC, FLOAT, TYPE_TAG
                 k => bail!("unknown BTF kind {k}"),
             };
-            if kind == KIND_STRUCT && name_off != 0 && vlen > 0 {
+            if (kind == KIND_STRUCT || kind == KIND_UNION) && vlen > 0 {
                 let members = (0..vlen)
                     .map(|i| {
                         let m = at + 12 * i;
                         let off = u32_at(m + 8).context("truncated BTF member")?;
                         // With kind_flag the low 24 bits are the bit offset (bitfields).
                         let bits = if kind_flag { off & 0xff_ffff } else { off };
-                        Ok((name(u32_at(m).context("truncated BTF member")?), bits))
+                        let ty = u32_at(m + 4).context("truncated BTF member")?;
+                        Ok((name(u32_at(m).context("truncated BTF member")?), ty, bits))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                structs.entry(name(name_off)).or_insert(members);
+                if kind == KIND_STRUCT && name_off != 0 {
+                    structs.entry(name(name_off)).or_insert(members.clone());
+                }
+                by_id.insert(id, members);
             }
             at += extra;
         }
-        Ok(Self { structs })
+        Ok(Self { structs, by_id })
     }
 
-    /// Byte offset of `member` in `struct name` (a direct, byte-aligned member).
+    /// Bit offset of `member` among `members`, looking into anonymous struct and union
+    /// members (`depth` levels at most).
+    fn find(&self, members: &[Member], member: &str, depth: u32) -> Option<u32> {
+        if let Some(&(_, _, b)) = members.iter().find(|(n, _, _)| n == member) {
+            return Some(b);
+        }
+        if depth == 0 {
+            return None;
+        }
+        members
+            .iter()
+            .filter(|(n, _, _)| n.is_empty())
+            .find_map(|(_, ty, base)| {
+                let inner = self.by_id.get(ty)?;
+                Some(base + self.find(inner, member, depth - 1)?)
+            })
+    }
+
+    /// Byte offset of `member` in `struct name` (a byte-aligned member, direct or in an
+    /// anonymous struct or union).
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32> {
         let members = self
             .structs
             .get(name)
             .with_context(|| format!("struct {name} is not in the kernel's BTF"))?;
-        let bits = members
-            .iter()
-            .find(|(n, _)| n == member)
-            .map(|&(_, b)| b)
+        let bits = self
+            .find(members, member, 3)
             .with_context(|| format!("struct {name} has no member {member} in the kernel's BTF"))?;
         if bits % 8 != 0 {
             bail!("{name}.{member} is a bitfield in the kernel's BTF");
@@ -157,5 +188,13 @@ mod tests {
         let btf = KernelBtf::from_sys_fs().unwrap();
         assert!(btf.member_offset("task_struct", "signal").unwrap() > 0);
         btf.member_offset("signal_struct", "live").unwrap();
+    }
+
+    #[test]
+    fn members_of_anonymous_unions_are_found() {
+        // struct file's f_path is in an anonymous union since 6.13.
+        let btf = KernelBtf::from_sys_fs().unwrap();
+        assert!(btf.member_offset("file", "f_path").unwrap() > 0);
+        btf.member_offset("path", "dentry").unwrap();
     }
 }

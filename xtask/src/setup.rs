@@ -18,6 +18,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: command that proves it is there -> package.
 const TOOLS: &[(&str, &str)] = &[
     ("mkfs.ext4", "e2fsprogs"),
+    // The inode-creation tests fill a small xfs (tests/tests/inode_creations.rs).
+    ("mkfs.xfs", "xfsprogs"),
     ("losetup", "mount"),
     ("setpriv", "util-linux"),
     ("ip", "iproute2"),

@@ -10,7 +10,7 @@ use tracer_common::{
 };
 
 use super::{
-    EXT4_FALLBACK, Inodes,
+    CreationHook, EXT4_FALLBACK, Inodes,
     census::{Census, Trigger},
     cgroup, entries,
     judge::{self, Judged, Rules},
@@ -90,8 +90,12 @@ pub(super) fn hints(
     out
 }
 
-/// The filesystems' rows, judged.
-pub(super) fn filesystems(rows: &[FsRow], rules: Rules) -> Vec<FilesystemRow> {
+/// The filesystems' rows, judged; `hook` says how each counts creations.
+pub(super) fn filesystems(
+    rows: &[FsRow],
+    rules: Rules,
+    hook: impl Fn(&str) -> CreationHook,
+) -> Vec<FilesystemRow> {
     (rows.iter())
         .map(|r| {
             let (u, j) = (&r.u, &r.judged);
@@ -115,6 +119,7 @@ pub(super) fn filesystems(rows: &[FsRow], rules: Rules) -> Vec<FilesystemRow> {
                 inodes_full_blocks_free: j.full_blocks_free,
                 evidence: j.evidence(rules),
                 trend_span_s: rules.span_s,
+                creations_hook: hook(&u.fstype),
             }
         })
         .collect()
@@ -177,6 +182,17 @@ impl Inodes {
             !enospc.is_empty(),
         );
         hints.splice(0..0, census_hints(&census, &rows));
+        let creations = self.creations.report();
+        if let Some(n) = creations.unplaced.filter(|n| *n > 0) {
+            caveats.push(format!(
+                "{n} mkdir/mknod/symlink calls worked but are not in the per-process and \
+                 per-directory counts: without fentry or kprobes only the opens that created \
+                 their file are placed on a filesystem and directory (ext4's own tracepoints \
+                 count every ext4 inode)"
+            ));
+        }
+        let ext4_traced = self.ext4_missing.is_none();
+        let counting = &self.creations;
         let paths_evicted = self.enospc_first.evicted();
         if paths_evicted > 0 {
             caveats.push(format!(
@@ -186,7 +202,8 @@ impl Inodes {
         Ok(InodesReport {
             filter_fs: self.target.as_ref().map(|t| t.mount.clone()),
             ext4_attribution,
-            filesystems: filesystems(&rows, self.rules),
+            filesystems: filesystems(&rows, self.rules, |t| counting.hook_for(t, ext4_traced)),
+            creations,
             top_processes,
             top_directories,
             enospc,
@@ -222,7 +239,14 @@ impl Inodes {
         Ext4Attribution {
             available: self.ext4_missing.is_none(),
             reason: self.ext4_missing.clone(),
-            fallback: self.ext4_missing.as_ref().map(|_| EXT4_FALLBACK.into()),
+            fallback: self.ext4_missing.as_ref().map(|_| match self.creations.hook {
+                CreationHook::None => EXT4_FALLBACK.into(),
+                h => format!(
+                    "{EXT4_FALLBACK}; ext4 creations per process and directory from the {} \
+                     path (frees not counted)",
+                    h.as_str()
+                ),
+            }),
         }
     }
 
@@ -318,15 +342,22 @@ impl Inodes {
                 .then(a.0.tgid.cmp(&b.0.tgid))
         });
         procs.truncate(self.top);
+        let ext4_traced = self.ext4_missing.is_none();
         (procs.iter())
-            .map(|(k, v)| ProcessRow {
-                pid: k.tgid,
-                comm: comm_str(&v.comm).to_string(),
-                cgroup: cgroup(k.tgid).into(),
-                mount: Self::mount_name(k.dev, mounts),
-                allocated: v.allocated,
-                freed: v.freed,
-                net: net(v),
+            .map(|(k, v)| {
+                let fstype = (mounts.iter().find(|m| m.dev == k.dev)).map(|m| m.fstype.as_str());
+                ProcessRow {
+                    pid: k.tgid,
+                    comm: comm_str(&v.comm).to_string(),
+                    cgroup: cgroup(k.tgid).into(),
+                    mount: Self::mount_name(k.dev, mounts),
+                    allocated: v.allocated,
+                    freed: v.freed,
+                    net: net(v),
+                    creations_hook: self
+                        .creations
+                        .hook_for(fstype.unwrap_or_default(), ext4_traced),
+                }
             })
             .collect()
     }

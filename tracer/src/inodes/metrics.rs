@@ -74,6 +74,12 @@ pub const PROCESS_NET: Metric = gauge(
     "Inodes a process allocated minus those it freed on a filesystem while tracing, for the 10 processes with the most.",
     crate::prom::PROCESS_ON_FS,
 );
+pub const PROCESS_CREATED: Metric = gauge(
+    "inodes_process_created_inodes",
+    None,
+    "Inodes a process created on a filesystem while tracing (every filesystem whose creations a kernel path counts), for the 10 processes with the most.",
+    crate::prom::PROCESS_ON_FS,
+);
 pub const DIRECTORY: Metric = gauge(
     "inodes_directory_allocated_inodes",
     None,
@@ -100,6 +106,7 @@ pub const METRICS: &[&Metric] = &[
     &LEVEL,
     &FULL_BLOCKS_FREE,
     &PROCESS_NET,
+    &PROCESS_CREATED,
     &DIRECTORY,
     &ENOSPC,
 ];

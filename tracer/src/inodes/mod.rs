@@ -10,6 +10,7 @@
 //! per-process and per-directory counts are marked unavailable with the reason.
 mod build;
 pub mod census;
+pub mod creates;
 mod dirs;
 mod judge;
 pub mod metrics;
@@ -40,6 +41,7 @@ use crate::{
     trend::Series,
 };
 use dirs::Resolver;
+pub use creates::{CHOICES, CreationHook, Creations};
 pub use report::{Evicted, Ext4Attribution, InodesReport, View};
 
 /// The ext4 hooks, then one enter and one exit hook per create-type syscall; all
@@ -211,14 +213,26 @@ pub fn prepare(args: Args) -> Result<run::Prepared> {
         None => None,
     };
     let census = census::settings_of(&args)?;
+    let mut globals = vec![("INODES_TARGET_DEV", target.as_ref().map_or(0, |t| t.dev))];
+    // Without the offsets the creation programs stay off: ext4 only, as before.
+    let offsets_missing = match creates::globals() {
+        Ok(g) => {
+            globals.extend(g);
+            None
+        }
+        Err(e) => Some(format!("{e:#}")),
+    };
     Ok(run::Prepared {
         plan: bpf::Plan {
-            globals: vec![("INODES_TARGET_DEV", target.as_ref().map_or(0, |t| t.dev))],
+            globals,
+            choices: CHOICES.to_vec(),
             ..bpf::Plan::new(&SPEC)
         },
         ebpf_optional: false,
         opts: args.run.clone(),
-        attach: Box::new(move |s| attach(args, target, census, run::loaded(s)?)),
+        attach: Box::new(move |s| {
+            attach(args, target, census, offsets_missing, run::loaded(s)?)
+        }),
     })
 }
 
@@ -227,6 +241,7 @@ fn attach(
     args: Args,
     target: Option<FsUsage>,
     census: census::Settings,
+    offsets_missing: Option<String>,
     session: &mut bpf::Session,
 ) -> Result<run::Attached> {
     let ext4_attached = session
@@ -234,17 +249,20 @@ fn attach(
         .iter()
         .any(|h| h.program == "inodes_alloc" && h.state == bpf::HookState::Attached);
     let ext4_missing = (!ext4_attached).then(|| ext4_missing_reason(&session.tracefs));
+    let creations = creates::start(session, ext4_attached, offsets_missing.as_deref())?;
     let mut caveats: Vec<String> = session
         .missing(&SPEC)
         .filter(|h| !h.hook.starts_with("ext4:"))
         .map(|h| format!("{} is missing: cannot {}", h.hook, h.purpose))
         .collect();
-    if let Some(t) = target.as_ref().filter(|t| !t.fstype.starts_with("ext")) {
+    let untraced = creations.hook == CreationHook::None;
+    if let Some(t) = (target.as_ref()).filter(|t| untraced && !t.fstype.starts_with("ext")) {
         caveats.push(format!(
             "{} is {}, not ext4: usage and ENOSPC failures are shown, but allocations are \
-             only traced per process and directory on ext4",
+             only traced per process and directory on ext4 here ({})",
             t.mount.display(),
-            t.fstype
+            t.fstype,
+            creations.detail
         ));
     }
     let mut det = Inodes {
@@ -258,6 +276,7 @@ fn attach(
         previous: HashMap::new(),
         resolver: Resolver::default(),
         ext4_missing,
+        creations,
         tracefs: session.tracefs.clone(),
         caveats,
         target,
@@ -313,6 +332,8 @@ struct Inodes {
     start_usage: HashMap<u32, (f64, u64)>,
     /// Why the ext4 hooks are not attached (None: they are).
     ext4_missing: Option<String>,
+    /// How creations on the other filesystems are counted (creates.rs).
+    creations: creates::Counting,
     tracefs: Tracefs,
     /// dev -> (report time, net inodes since the start) of the previous report.
     previous: HashMap<u32, (f64, f64)>,

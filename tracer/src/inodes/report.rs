@@ -25,9 +25,12 @@ pub struct InodesReport {
     pub ext4_attribution: Ext4Attribution,
     /// Every inode-limited filesystem (or `--fs`'s), fullest first.
     pub filesystems: Vec<FilesystemRow>,
-    /// Processes with the most net ext4 inodes created, at most `--top`.
+    /// How inode creations are counted on filesystems other than ext4 (ext4 by its own
+    /// tracepoints when they are attached).
+    pub creations: super::Creations,
+    /// Processes with the most net inodes created, at most `--top`.
     pub top_processes: Vec<ProcessRow>,
-    /// Directories where the most ext4 inodes were created, at most `--top`.
+    /// Directories where the most inodes were created, at most `--top`.
     pub top_directories: Vec<DirectoryRow>,
     /// Processes whose creates failed with ENOSPC, the most failures first.
     pub enospc: Vec<EnospcRow>,
@@ -81,10 +84,15 @@ pub struct View {
 
 impl Body for InodesReport {
     fn text(&self) -> String {
+        let counted = self.creations.hook != super::CreationHook::None;
         let mut t = match self.ext4_attribution.missing() {
             Some(reason) => format!(
-                "ext4 attribution unavailable ({reason}): per-process and per-directory counts \
-                 are not collected; {}\n",
+                "ext4 attribution unavailable ({reason}): {}; {}\n",
+                if counted {
+                    "ext4 frees are not counted per process"
+                } else {
+                    "per-process and per-directory counts are not collected"
+                },
                 self.ext4_attribution
                     .fallback
                     .as_deref()
@@ -93,10 +101,15 @@ impl Body for InodesReport {
             None => String::new(),
         };
         t += &self.filesystems_text();
+        t += &format!(
+            "\ninode creations outside ext4 counted by: {} ({})\n",
+            self.creations.hook.as_str(),
+            self.creations.detail
+        );
         t += &titled(
             &self.top_processes,
-            "\nTOP PROCESSES (ext4 inodes, most net created first; frees count for the process that dropped the last link)",
-            &self.unavailable_or("none: no ext4 inode was allocated or freed"),
+            "\nTOP PROCESSES (inodes, most net created first; frees only on ext4, for the process that dropped the last link)",
+            &self.unavailable_or("none: no inode was created or freed"),
         );
         t += &titled(
             &self.top_directories,
@@ -140,11 +153,21 @@ impl Body for InodesReport {
             out.sample(&LEVEL, &l, f.level.severity());
             out.sample(&FULL_BLOCKS_FREE, &l, u64::from(f.inodes_full_blocks_free));
         }
-        for p in top_by(&self.top_processes, |p| p.net as f64, TOP) {
+        let counted: Vec<&ProcessRow> = (self.top_processes.iter())
+            .filter(|p| p.frees_counted())
+            .collect();
+        for p in top_by(&counted, |p| p.net as f64, TOP) {
             out.process(
                 &PROCESS_NET,
                 &process(p.pid, &p.comm, &p.mount, &p.cgroup),
                 p.net,
+            );
+        }
+        for p in top_by(&self.top_processes, |p| p.allocated as f64, TOP) {
+            out.process(
+                &PROCESS_CREATED,
+                &process(p.pid, &p.comm, &p.mount, &p.cgroup),
+                p.allocated,
             );
         }
         for e in top_by(&self.enospc, |e| e.count as f64, TOP) {
@@ -213,8 +236,10 @@ impl InodesReport {
     /// unavailable.
     fn unavailable_or(&self, none: &str) -> String {
         match self.ext4_attribution.missing() {
-            Some(reason) => format!("unavailable: {reason}"),
-            None => none.into(),
+            Some(reason) if self.creations.hook == super::CreationHook::None => {
+                format!("unavailable: {reason}")
+            }
+            _ => none.into(),
         }
     }
 }
@@ -265,7 +290,8 @@ mod tests {
             "{t}"
         );
         for line in [
-            "TOP PROCESSES (ext4 inodes, most net created first;",
+            "TOP PROCESSES (inodes, most net created first;",
+            "inode creations outside ext4 counted by: fentry inode_init_owner (fentry)\n",
             "18101  cargo       /            181      0  +181  /\n",
             "TOP DIRECTORIES (where new inodes were created;",
             "/      /work/wt-rss/target/release/deps",
@@ -283,6 +309,11 @@ mod tests {
             fallback: Some(super::super::EXT4_FALLBACK.into()),
         };
         (r.body.top_processes, r.body.top_directories) = (vec![], vec![]);
+        r.body.creations = crate::inodes::Creations {
+            hook: crate::inodes::CreationHook::None,
+            detail: "not counted: why".into(),
+            unplaced: None,
+        };
         r.body.filesystems[0].inodes_full_blocks_free = true;
         r.body.hints = vec!["free some".into()];
         r.body.caveats = vec!["a caveat".into()];

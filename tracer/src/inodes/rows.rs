@@ -51,6 +51,8 @@ pub struct FilesystemRow {
     /// against it (text only).
     #[serde(skip)]
     pub trend_span_s: f64,
+    /// How creations on this filesystem are counted per process and directory.
+    pub creations_hook: super::CreationHook,
 }
 
 /// Where a filesystem's net rate comes from.
@@ -139,8 +141,19 @@ pub struct ProcessRow {
     pub cgroup: crate::container::InCgroup,
     pub mount: String,
     pub allocated: u64,
+    /// Freed and net are counted by the ext4 tracepoints only: 0 and `allocated` on
+    /// the other paths (`creations_hook`), which see creations alone.
     pub freed: u64,
     pub net: i64,
+    /// How this process's creations on `mount` were counted.
+    pub creations_hook: super::CreationHook,
+}
+
+impl ProcessRow {
+    /// Whether frees are counted for this row (ext4 tracepoints).
+    pub fn frees_counted(&self) -> bool {
+        self.creations_hook == super::CreationHook::Ext4Tracepoints
+    }
 }
 
 impl Row for ProcessRow {
@@ -160,8 +173,15 @@ impl Row for ProcessRow {
             self.comm.clone(),
             self.mount.clone(),
             self.allocated.to_string(),
-            self.freed.to_string(),
-            format!("{:+}", self.net),
+            // Not counted off ext4: a dash, not a zero that would read as a leak.
+            match self.frees_counted() {
+                true => self.freed.to_string(),
+                false => "-".into(),
+            },
+            match self.frees_counted() {
+                true => format!("{:+}", self.net),
+                false => "-".into(),
+            },
             self.cgroup.text(),
         ]
     }
@@ -287,6 +307,7 @@ mod tests {
                 .report(30.0),
             },
             trend_span_s: 30.0,
+            creations_hook: super::super::CreationHook::Ext4Tracepoints,
         }
     }
 
@@ -305,7 +326,8 @@ mod tests {
                    "level_floor_inodes_used": 2, "level_floor_samples": 4,
                    "level_floor_span_s": 3.0, "level_hold_s": 10.0,
                    "trend": {"state": "too_few_samples", "growing": false, "samples": 4,
-                             "span_s": 3.0, "rate_per_s": null, "rule": rule}})
+                             "span_s": 3.0, "rate_per_s": null, "rule": rule},
+                   "creations_hook": "ext4_tracepoints"})
             .to_string()
         );
         // It reads back as written (the text-only span excepted).

@@ -1,0 +1,196 @@
+//! Inode creations on every filesystem, not only ext4: which kernel path counts them
+//! (the VFS hook where fentry or kprobes exist, the successful create syscalls on
+//! tracepoint-only kernels), the kernel struct offsets those programs read (from the
+//! kernel's BTF), and what the report says about it.
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, MapData, PerCpuArray};
+use serde::{Deserialize, Serialize};
+use tracer_common::inodes::{
+    CREATIONS_OFF, CREATIONS_SYSCALLS, CREATIONS_VFS, FLAG_CREATIONS, FLAG_EXT4_TRACED,
+};
+
+use crate::{
+    bpf::{self, Choice, Hook, HookState},
+    kbtf::KernelBtf,
+};
+
+/// Choice name (key of `Session::took`).
+pub const CREATIONS: &str = "inode creations";
+
+/// The VFS hook, fast path first; `tracer doctor` probes the same list.
+pub const CHOICES: &[Choice] = &[Choice {
+    name: CREATIONS,
+    purpose: "attribute inode creations on every filesystem (xfs, tmpfs, btrfs, overlayfs, ...) \
+              to the process and directory",
+    paths: &[
+        bpf::Path {
+            name: "fentry",
+            hooks: &[Hook::fentry(
+                "inodes_init_owner_fentry",
+                "inode_init_owner",
+                "every new inode a filesystem sets up, with its parent directory",
+            )],
+        },
+        bpf::Path {
+            name: "kprobe",
+            hooks: &[Hook::kprobe(
+                "inodes_init_owner_kprobe",
+                "inode_init_owner",
+                "every new inode a filesystem sets up, with its parent directory",
+            )],
+        },
+    ],
+    otherwise: "creations counted at the exit of the create syscalls: open/creat exactly (the \
+                file's FMODE_CREATED), mkdir/mknod/symlink counted but not placed",
+}];
+
+/// How inode creations on a filesystem are counted per process and directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreationHook {
+    /// ext4's own tracepoints (ext4:ext4_allocate_inode), frees included.
+    Ext4Tracepoints,
+    /// fentry on inode_init_owner: every new inode of every filesystem.
+    Fentry,
+    /// kprobe on inode_init_owner, where BPF trampolines are refused.
+    Kprobe,
+    /// The exit of create syscalls that worked (tracepoint-only kernels): opens that
+    /// created their file, exactly; mkdir/mknod/symlink are not placed.
+    Syscalls,
+    /// Not counted (no hook): usage and rate from statvfs only.
+    None,
+}
+
+impl CreationHook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreationHook::Ext4Tracepoints => "ext4 tracepoints",
+            CreationHook::Fentry => "fentry inode_init_owner",
+            CreationHook::Kprobe => "kprobe inode_init_owner",
+            CreationHook::Syscalls => "create syscalls",
+            CreationHook::None => "none",
+        }
+    }
+}
+
+/// The report's word on creations: the path that counts them on filesystems other
+/// than ext4 (or on ext4 without its tracepoints), and why when it is not the VFS hook.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Creations {
+    pub hook: CreationHook,
+    /// The choice as taken (`fentry`, or `kprobe (fentry: ...)`, or why none).
+    pub detail: String,
+    /// mkdir/mknod/symlink calls that worked but could not be placed on a filesystem
+    /// (the syscall path only; None on the others, which place every creation).
+    pub unplaced: Option<u64>,
+}
+
+/// The BTF struct offsets the creation programs read, as globals; Err when the kernel
+/// has no BTF or lacks a member (then creations are counted on ext4 only).
+pub fn globals() -> Result<Vec<(&'static str, u32)>> {
+    let b = KernelBtf::from_sys_fs()?;
+    Ok(vec![
+        ("INODES_INODE_SB", b.member_offset("inode", "i_sb")?),
+        ("INODES_INODE_INO", b.member_offset("inode", "i_ino")?),
+        ("INODES_SB_DEV", b.member_offset("super_block", "s_dev")?),
+        ("INODES_SB_MAGIC", b.member_offset("super_block", "s_magic")?),
+        ("INODES_TASK_FILES", b.member_offset("task_struct", "files")?),
+        ("INODES_FILES_FDT", b.member_offset("files_struct", "fdt")?),
+        ("INODES_FDT_MAX", b.member_offset("fdtable", "max_fds")?),
+        ("INODES_FDT_FD", b.member_offset("fdtable", "fd")?),
+        ("INODES_FILE_MODE", b.member_offset("file", "f_mode")?),
+        ("INODES_FILE_INODE", b.member_offset("file", "f_inode")?),
+        (
+            "INODES_FILE_DENTRY",
+            b.member_offset("file", "f_path")? + b.member_offset("path", "dentry")?,
+        ),
+        ("INODES_DENTRY_PARENT", b.member_offset("dentry", "d_parent")?),
+        ("INODES_DENTRY_INODE", b.member_offset("dentry", "d_inode")?),
+    ])
+}
+
+/// The kernel side of creations once the hooks are attached.
+pub struct Counting {
+    pub hook: CreationHook,
+    pub detail: String,
+    /// The syscall path's count of unplaced creations.
+    pub unplaced: Option<PerCpuArray<MapData, u64>>,
+}
+
+/// Sets which path counts creations (the VFS hook if it attached, else the syscall
+/// exits if the offsets were read and sys_exit_openat attached) and whether ext4's
+/// tracepoints count ext4's; `offsets` is why the BTF offsets are missing, if they are.
+pub fn start(
+    session: &mut bpf::Session,
+    ext4_traced: bool,
+    offsets: Option<&str>,
+) -> Result<Counting> {
+    let chosen = session.chosen(CREATIONS).cloned();
+    let attached = |p: &str| {
+        (session.hooks.iter()).any(|h| h.program == p && h.state == HookState::Attached)
+    };
+    let (hook, detail) = match (chosen.as_ref().and_then(|c| c.path), offsets) {
+        (_, Some(why)) => (CreationHook::None, format!("not counted: {why}")),
+        (Some("fentry"), None) => (CreationHook::Fentry, describe(&chosen)),
+        (Some(_), None) => (CreationHook::Kprobe, describe(&chosen)),
+        (None, None) if attached("inodes_exit_openat") => {
+            (CreationHook::Syscalls, describe(&chosen))
+        }
+        (None, None) => (
+            CreationHook::None,
+            "not counted: syscalls:sys_exit_openat is not attached".into(),
+        ),
+    };
+    let mode = match hook {
+        CreationHook::Fentry | CreationHook::Kprobe => CREATIONS_VFS,
+        CreationHook::Syscalls => CREATIONS_SYSCALLS,
+        _ => CREATIONS_OFF,
+    };
+    let mut flags: Array<MapData, u32> = Array::try_from(session.take_map("INODES_FLAGS")?)?;
+    flags
+        .set(FLAG_EXT4_TRACED, ext4_traced as u32, 0)
+        .context("setting the inodes flags")?;
+    flags
+        .set(FLAG_CREATIONS, mode, 0)
+        .context("enabling the inode creation programs")?;
+    let unplaced = match hook {
+        CreationHook::Syscalls => Some(PerCpuArray::try_from(
+            session.take_map("INODES_UNPLACED")?,
+        )?),
+        _ => None,
+    };
+    Ok(Counting {
+        hook,
+        detail,
+        unplaced,
+    })
+}
+
+fn describe(c: &Option<bpf::Chosen>) -> String {
+    c.as_ref().map(|c| c.describe()).unwrap_or_default()
+}
+
+impl Counting {
+    /// Unplaced creations so far, summed over the CPUs.
+    pub fn unplaced(&self) -> Option<u64> {
+        let a = self.unplaced.as_ref()?;
+        Some(a.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0))
+    }
+
+    /// The hook that counts creations on a filesystem of type `fstype`.
+    pub fn hook_for(&self, fstype: &str, ext4_traced: bool) -> CreationHook {
+        if ext4_traced && fstype.starts_with("ext") {
+            CreationHook::Ext4Tracepoints
+        } else {
+            self.hook
+        }
+    }
+
+    pub fn report(&self) -> Creations {
+        Creations {
+            hook: self.hook,
+            detail: self.detail.clone(),
+            unplaced: self.unplaced(),
+        }
+    }
+}
