@@ -256,7 +256,7 @@ impl Census {
             ),
             None => format!(
                 "{head}{who}, most files younger than an hour: the writer is active; find it in \
-                 TOP PROCESSES (ext4) or with `fuser -vm {}`",
+                 TOP PROCESSES or with `fuser -vm {}`",
                 self.mount.display()
             ),
         })

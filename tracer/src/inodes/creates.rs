@@ -166,8 +166,16 @@ pub fn start(
     })
 }
 
+/// The path taken, or on the syscall path why the VFS paths were refused.
 fn describe(c: &Option<bpf::Chosen>) -> String {
-    c.as_ref().map(|c| c.describe()).unwrap_or_default()
+    match c {
+        Some(c) if c.path.is_none() => (c.refused.iter())
+            .map(|(p, e)| format!("{p}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+        Some(c) => c.describe(),
+        None => String::new(),
+    }
 }
 
 impl Counting {
