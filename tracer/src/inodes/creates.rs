@@ -202,3 +202,46 @@ impl Counting {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_kernel_has_every_member_the_creation_programs_read() {
+        let g = globals().unwrap();
+        assert_eq!(g.len(), 13);
+        // f_path.dentry lies past f_path's start, whatever union holds it.
+        let at = |n: &str| g.iter().find(|(k, _)| *k == n).unwrap().1;
+        assert!(at("INODES_FILE_DENTRY") > 0 && at("INODES_SB_DEV") > 0);
+    }
+
+    #[test]
+    fn ext4_keeps_its_tracepoints_and_the_others_take_the_run_path() {
+        let c = Counting {
+            hook: CreationHook::Syscalls,
+            detail: String::new(),
+            unplaced: None,
+        };
+        assert_eq!(c.hook_for("ext4", true), CreationHook::Ext4Tracepoints);
+        assert_eq!(c.hook_for("ext4", false), CreationHook::Syscalls);
+        assert_eq!(c.hook_for("xfs", true), CreationHook::Syscalls);
+        assert_eq!(c.report().unplaced, None);
+        assert_eq!(
+            serde_json::to_string(&CreationHook::Ext4Tracepoints).unwrap(),
+            "\"ext4_tracepoints\""
+        );
+    }
+
+    #[test]
+    fn the_detail_names_why_the_vfs_paths_were_refused() {
+        let chosen = bpf::Chosen::of(
+            &CHOICES[0],
+            None,
+            vec![("fentry", "EPERM".into()), ("kprobe", "no kprobes".into())],
+        );
+        assert_eq!(describe(&Some(chosen)), "fentry: EPERM; kprobe: no kprobes");
+        let fast = bpf::Chosen::of(&CHOICES[0], Some("fentry"), vec![]);
+        assert_eq!(describe(&Some(fast)), "fentry");
+    }
+}

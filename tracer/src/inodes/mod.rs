@@ -10,6 +10,7 @@
 //! per-process and per-directory counts are marked unavailable with the reason.
 mod build;
 pub mod census;
+mod counts;
 pub mod creates;
 mod dirs;
 mod judge;
@@ -40,6 +41,7 @@ use crate::{
     tracefs::Tracefs,
     trend::Series,
 };
+use counts::entries;
 use dirs::Resolver;
 pub use creates::{CHOICES, CreationHook, Creations};
 pub use report::{Evicted, Ext4Attribution, InodesReport, View};
@@ -377,65 +379,6 @@ fn ext4_missing_reason(tracefs: &Tracefs) -> String {
 /// What the report says about per-process and per-directory ext4 attribution.
 pub(crate) const EXT4_FALLBACK: &str = "usage, NET/S and ETA from statvfs, ENOSPC from the \
      create syscalls' return values, for every filesystem";
-
-/// Values that per-CPU maps hold once per CPU, and how to add them up.
-trait Sum: Copy + Default {
-    fn add(&mut self, other: &Self);
-}
-
-impl Sum for u64 {
-    fn add(&mut self, o: &u64) {
-        *self += o;
-    }
-}
-
-impl Sum for DevCounts {
-    fn add(&mut self, o: &DevCounts) {
-        self.allocated += o.allocated;
-        self.freed += o.freed;
-    }
-}
-
-impl Sum for ProcCounts {
-    fn add(&mut self, o: &ProcCounts) {
-        self.allocated += o.allocated;
-        self.freed += o.freed;
-        // The comm is set on the CPU that first saw the process.
-        if self.comm[0] == 0 {
-            self.comm = o.comm;
-        }
-    }
-}
-
-/// Entries of a per-CPU kernel map summed over the CPUs, and a caveat when it is (nearly)
-/// full (LRU eviction drops the least recently updated keys: their counts are missing).
-fn entries<K: aya::Pod, V: aya::Pod + Sum>(
-    map: &PerCpuHashMap<MapData, K, V>,
-    name: &str,
-    capacity: u32,
-    caveats: &mut Vec<String>,
-) -> Vec<(K, V)> {
-    let v: Vec<(K, V)> = map
-        .iter()
-        .filter_map(|r| r.ok())
-        .map(|(k, per_cpu)| {
-            let mut total = V::default();
-            for v in per_cpu.iter() {
-                total.add(v);
-            }
-            (k, total)
-        })
-        .collect();
-    // LRU maps start evicting a little before they are full (per-CPU free lists).
-    if v.len() as u64 * 10 >= capacity as u64 * 9 {
-        caveats.push(format!(
-            "the {name} map holds {} of its {capacity} entries: LRU eviction may have \
-             dropped the least recently active, whose counts are then missing here",
-            v.len()
-        ));
-    }
-    v
-}
 
 impl Inodes {
     /// Records the usage of `fss` now in their series (kept for twice the longest
