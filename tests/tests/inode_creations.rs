@@ -66,6 +66,8 @@ impl LoopXfs {
             .and_then(|f| f.set_len(size_mib << 20))
             .expect("creating the image (truncate)");
         let img = img.to_str().unwrap();
+        // xfs is a module on Debian's kernels: load it (a no-op where it is built in).
+        let _ = Command::new("modprobe").arg("xfs").status();
         let inodes = format!("size=2048,maxpct={maxpct}");
         sh("mkfs.xfs", &["-q", "-f", "-i", &inodes, img]);
         fs.loop_dev = Some(sh("losetup", &["--find", "--show", img]));
