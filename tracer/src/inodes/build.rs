@@ -346,17 +346,17 @@ impl Inodes {
         (procs.iter())
             .map(|(k, v)| {
                 let fstype = (mounts.iter().find(|m| m.dev == k.dev)).map(|m| m.fstype.as_str());
+                let hook = (self.creations).hook_for(fstype.unwrap_or_default(), ext4_traced);
+                let frees = hook == CreationHook::Ext4Tracepoints;
                 ProcessRow {
                     pid: k.tgid,
                     comm: comm_str(&v.comm).to_string(),
                     cgroup: cgroup(k.tgid).into(),
                     mount: Self::mount_name(k.dev, mounts),
                     allocated: v.allocated,
-                    freed: v.freed,
-                    net: net(v),
-                    creations_hook: self
-                        .creations
-                        .hook_for(fstype.unwrap_or_default(), ext4_traced),
+                    freed: frees.then_some(v.freed),
+                    net: frees.then(|| net(v)),
+                    creations_hook: hook,
                 }
             })
             .collect()

@@ -153,14 +153,14 @@ impl Body for InodesReport {
             out.sample(&LEVEL, &l, f.level.severity());
             out.sample(&FULL_BLOCKS_FREE, &l, u64::from(f.inodes_full_blocks_free));
         }
-        let counted: Vec<&ProcessRow> = (self.top_processes.iter())
-            .filter(|p| p.frees_counted())
+        let counted: Vec<(&ProcessRow, i64)> = (self.top_processes.iter())
+            .filter_map(|p| Some((p, p.net?)))
             .collect();
-        for p in top_by(&counted, |p| p.net as f64, TOP) {
+        for (p, net) in top_by(&counted, |(_, n)| *n as f64, TOP) {
             out.process(
                 &PROCESS_NET,
                 &process(p.pid, &p.comm, &p.mount, &p.cgroup),
-                p.net,
+                *net,
             );
         }
         for p in top_by(&self.top_processes, |p| p.allocated as f64, TOP) {

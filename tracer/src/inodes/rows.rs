@@ -141,10 +141,10 @@ pub struct ProcessRow {
     pub cgroup: crate::container::InCgroup,
     pub mount: String,
     pub allocated: u64,
-    /// Freed and net are counted by the ext4 tracepoints only: 0 and `allocated` on
-    /// the other paths (`creations_hook`), which see creations alone.
-    pub freed: u64,
-    pub net: i64,
+    /// Freed and net are counted by the ext4 tracepoints only; None on the other
+    /// paths (`creations_hook`), which see creations alone.
+    pub freed: Option<u64>,
+    pub net: Option<i64>,
     /// How this process's creations on `mount` were counted.
     pub creations_hook: super::CreationHook,
 }
@@ -152,7 +152,7 @@ pub struct ProcessRow {
 impl ProcessRow {
     /// Whether frees are counted for this row (ext4 tracepoints).
     pub fn frees_counted(&self) -> bool {
-        self.creations_hook == super::CreationHook::Ext4Tracepoints
+        self.freed.is_some()
     }
 }
 
@@ -174,14 +174,8 @@ impl Row for ProcessRow {
             self.mount.clone(),
             self.allocated.to_string(),
             // Not counted off ext4: a dash, not a zero that would read as a leak.
-            match self.frees_counted() {
-                true => self.freed.to_string(),
-                false => "-".into(),
-            },
-            match self.frees_counted() {
-                true => format!("{:+}", self.net),
-                false => "-".into(),
-            },
+            self.freed.map_or("-".into(), |f| f.to_string()),
+            self.net.map_or("-".into(), |n| format!("{n:+}")),
             self.cgroup.text(),
         ]
     }
