@@ -12,6 +12,14 @@
 //!                           `done WRITES BYTES` (write() calls and bytes read).
 //!   incident_tcp hold N     N KiB written into one loopback connection whose receiver
 //!                           never reads, then held (TCP memory that stays in use).
+//!   incident_tcp sink N     a listener that accepts N connections (from another process)
+//!                           and never reads them; prints `port PORT` after `ready`, then
+//!                           `accepted N`.
+//!   incident_tcp collapse MS  one loopback connection whose receiver never reads and
+//!                           shrinks its rcvbuf to 4 KiB once connected, while the sender
+//!                           (TCP_NODELAY) writes 100-byte pieces for MS milliseconds:
+//!                           the kernel prunes and collapses the receive queue; prints
+//!                           `done WRITES`.
 //!
 //! It prints `ready PID` once the connections exist, `pushing` after "go", and exits
 //! when stdin closes, which frees every socket.
@@ -32,9 +40,27 @@ fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
     (c, s)
 }
 
+/// SO_RCVBUF on a connected socket: the window it already advertised stays open, so
+/// what arrives next outgrows the new buffer.
+fn set_rcvbuf(s: &TcpStream, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid socket fd and a c_int option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const bytes).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: incident_tcp push N | chat N | bulk N MIB | hold N";
+    let usage =
+        "usage: incident_tcp push N | chat N | bulk N MIB | hold N | sink N | collapse MS";
     let n: usize = args
         .get(2)
         .and_then(|v| v.parse().ok())
@@ -143,6 +169,32 @@ fn main() {
             let (mut c, _s) = pair(&l);
             c.write_all(&vec![0x5au8; n * 1024]).expect("send");
             writeln!(stdout.lock(), "ready {}", std::process::id()).unwrap();
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        }
+        "sink" => {
+            writeln!(stdout.lock(), "ready {}", std::process::id()).unwrap();
+            let port = l.local_addr().expect("local addr").port();
+            writeln!(stdout.lock(), "port {port}").unwrap();
+            let conns: Vec<TcpStream> = (0..n).map(|_| l.accept().expect("accept").0).collect();
+            writeln!(stdout.lock(), "accepted {}", conns.len()).unwrap();
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        }
+        "collapse" => {
+            let (c, s) = pair(&l);
+            set_rcvbuf(&s, 4096);
+            c.set_nodelay(true).expect("TCP_NODELAY");
+            c.set_nonblocking(true).expect("O_NONBLOCK");
+            writeln!(stdout.lock(), "ready {}", std::process::id()).unwrap();
+            let end = std::time::Instant::now() + Duration::from_millis(n as u64);
+            let mut writes = 0u64;
+            while std::time::Instant::now() < end {
+                match (&c).write(&[0x5au8; 100]) {
+                    Ok(_) => writes += 1,
+                    // The window is full: the receiver never reads.
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+            writeln!(stdout.lock(), "done {writes}").unwrap();
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
         }
         _ => panic!("{usage}"),
