@@ -4,14 +4,8 @@
 //! connections whose receivers never read, owned by processes the test put in
 //! pod-shaped cgroups or in a memcg with a small limit (the `incident_tcp` helper).
 use std::{
-    io::Write as _,
-    net::TcpStream,
+    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
     time::Duration,
 };
 
@@ -160,51 +154,11 @@ fn pods_are_ranked_by_the_socket_memory_their_containers_hold() {
     assert!(t.status.success(), "tracer failed: {}", t.stderr);
 }
 
-/// Connections to a `sink` in the memcg, pushed by a thread of this process (outside
-/// the memcg) until dropped; each connection gets at most 1 MiB, so global TCP memory
-/// stays far below tcp_mem.
-struct Pusher {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Pusher {
-    fn start(conns: Vec<TcpStream>) -> Pusher {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let chunk = vec![0x5au8; 64 << 10];
-            let mut sent = vec![0u64; conns.len()];
-            while !s.load(Ordering::SeqCst) {
-                for (c, n) in conns.iter().zip(&mut sent) {
-                    if *n < 1 << 20 {
-                        // A refused or timed-out write is the point.
-                        *n += (&*c).write(&chunk).unwrap_or(0) as u64;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        Pusher {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Pusher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// What the test sets on its memcg, undone by removing it.
 fn limit_memcg(dir: &Path, v2: bool) -> u64 {
     if v2 {
-        // Its task and sockets now plus 2 MiB: 40 unread receive queues outgrow it.
+        // Its task and sockets now plus 2 MiB: 40 send queues to readers that never
+        // read outgrow it.
         let cur: u64 = std::fs::read_to_string(dir.join("memory.current"))
             .expect("memory.current")
             .trim()
@@ -234,23 +188,31 @@ fn a_memcg_at_its_own_limit_is_memcg_socket_pressure_not_global() {
     // v1: the limit must be set before the sockets exist (it turns accounting on).
     let v1_limit = (!mem.v2).then(|| limit_memcg(&cg.path, false));
     let mut tracer = Tracer::start(&["tcp-pressure", "--json", "-i", "500ms"]);
-    let mut sink = in_cgroup(&cg.path, &["sink", "40"]);
-    let port: u16 = (sink.expect_line("port").split_whitespace().nth(1))
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    let conns: Vec<TcpStream> = (0..40)
-        .map(|_| {
-            let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-            c.set_write_timeout(Some(Duration::from_millis(200)))
-                .expect("SO_SNDTIMEO");
-            c
-        })
-        .collect();
-    sink.expect_line("accepted");
+    // The readers: this process, outside the memcg, accepting and never reading.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port().to_string();
+    // The sender in the memcg. On cgroup2 the memcg OOM killer must find no victim
+    // there (oom_score_adj -1000): then a send charge over the limit fails (a refusal)
+    // instead of killing the sender (a charge of more than 8 pages never calls it).
+    // v1's kmem.tcp charge only fails, never reclaims or kills (and the host lacks
+    // CAP_SYS_RESOURCE, which lowering oom_score_adj needs).
+    let no_oom = if mem.v2 {
+        "echo -1000 > /proc/self/oom_score_adj && "
+    } else {
+        ""
+    };
+    let cmd = format!(
+        "echo $$ > {}/cgroup.procs && {no_oom}exec {} feed 40 {port}",
+        cg.path.display(),
+        helper_bin("incident_tcp").display()
+    );
+    let mut feed = Incident::start_bin(Path::new("/bin/sh"), &["-c", &cmd]);
+    let _readers: Vec<TcpStream> = (0..40).map(|_| l.accept().expect("accept").0).collect();
     let limit = v1_limit.unwrap_or_else(|| limit_memcg(&cg.path, true));
-    let _push = Pusher::start(conns);
+    feed.send("go");
+    feed.expect_line("pushing");
     let r: Report = tracer.report_as_where::<TcpPressureReport>(Duration::from_secs(90), |x| {
-        (x.memcg_pressure.memcgs.iter()).any(|m| m.memcg == rel && m.recv > 0)
+        (x.memcg_pressure.memcgs.iter()).any(|m| m.memcg == rel)
     });
     let mp = &r.memcg_pressure;
     let want = if mem.v2 {
@@ -263,7 +225,13 @@ fn a_memcg_at_its_own_limit_is_memcg_socket_pressure_not_global() {
     let m = mp.memcgs.iter().find(|m| m.memcg == rel).unwrap();
     assert_eq!(m.accounting, want);
     assert_eq!(m.limit_bytes, limit, "{}", show(m));
-    assert!(m.pids.contains(&sink.pid), "the receiver is named: {}", show(m));
+    assert!(m.pids.contains(&feed.pid), "the sender is named: {}", show(m));
+    // At its limit when looked at, with its sockets' memory charged (v1: kmem.tcp is
+    // socket memory only; cgroup2: memory.stat sock), refused or found there.
+    assert!(m.usage_pct >= 90.0, "{}", show(m));
+    assert!(m.refusals + m.at_limit_looks > 0, "{}", show(m));
+    let sock = m.sock_bytes.expect("the memcg's socket memory");
+    assert!(sock.saturating_mul(4) >= m.usage_bytes, "{}", show(m));
     // Global TCP memory was under the pressure threshold at each refusal, and the
     // kernel never entered global pressure.
     assert!(
@@ -280,8 +248,7 @@ fn a_memcg_at_its_own_limit_is_memcg_socket_pressure_not_global() {
         "{}",
         show(&r.pod_advice)
     );
-    drop(_push);
-    drop(sink);
+    drop(feed);
     let t = tracer.interrupt();
     assert!(t.status.success(), "tracer failed: {}", t.stderr);
     eprintln!("{how} on {}: {}", matrix_kernel(), show(m));

@@ -12,9 +12,10 @@
 //!                           `done WRITES BYTES` (write() calls and bytes read).
 //!   incident_tcp hold N     N KiB written into one loopback connection whose receiver
 //!                           never reads, then held (TCP memory that stays in use).
-//!   incident_tcp sink N     a listener that accepts N connections (from another process)
-//!                           and never reads them; prints `port PORT` after `ready`, then
-//!                           `accepted N`.
+//!   incident_tcp feed N PORT  N connections to 127.0.0.1:PORT (another process's
+//!                           listener that never reads); after "go", pushes 64 KiB writes
+//!                           into each in turn (each gives up after 200 ms) until stdin
+//!                           closes.
 //!   incident_tcp collapse MS  one loopback connection whose receiver never reads and
 //!                           shrinks its rcvbuf to 4 KiB once connected, while the sender
 //!                           (TCP_NODELAY) writes 100-byte pieces for MS milliseconds:
@@ -60,7 +61,7 @@ fn set_rcvbuf(s: &TcpStream, bytes: libc::c_int) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage =
-        "usage: incident_tcp push N | chat N | bulk N MIB | hold N | sink N | collapse MS";
+        "usage: incident_tcp push N | chat N | bulk N MIB | hold N | feed N PORT | collapse MS";
     let n: usize = args
         .get(2)
         .and_then(|v| v.parse().ok())
@@ -171,13 +172,43 @@ fn main() {
             writeln!(stdout.lock(), "ready {}", std::process::id()).unwrap();
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
         }
-        "sink" => {
+        "feed" => {
+            let port: u16 = args
+                .get(3)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{usage}"));
+            let conns: Vec<TcpStream> = (0..n)
+                .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+                .collect();
+            for c in &conns {
+                c.set_write_timeout(Some(Duration::from_millis(200)))
+                    .expect("SO_SNDTIMEO");
+            }
+            // Everything this process needs is allocated before "ready" (the thread
+            // too): once the test limits its memcg, only socket memory is charged.
+            let (go, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+            let (go2, stop2) = (go.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let mut stdin = std::io::stdin().lock();
+                if stdin.read_line(&mut line).is_ok_and(|k| k > 0) {
+                    go2.store(true, Ordering::SeqCst);
+                    let _ = stdin.read_to_end(&mut Vec::new());
+                }
+                stop2.store(true, Ordering::SeqCst);
+            });
+            let chunk = vec![0x5au8; 64 * 1024];
             writeln!(stdout.lock(), "ready {}", std::process::id()).unwrap();
-            let port = l.local_addr().expect("local addr").port();
-            writeln!(stdout.lock(), "port {port}").unwrap();
-            let conns: Vec<TcpStream> = (0..n).map(|_| l.accept().expect("accept").0).collect();
-            writeln!(stdout.lock(), "accepted {}", conns.len()).unwrap();
-            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+            while !go.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            writeln!(stdout.lock(), "pushing").unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                for c in &conns {
+                    // Refused or timed out at the memcg's limit: that is the point.
+                    let _ = (&*c).write(&chunk);
+                }
+            }
         }
         "collapse" => {
             let (c, s) = pair(&l);

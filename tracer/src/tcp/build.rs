@@ -20,6 +20,9 @@ impl TcpPressure {
         let open = self.episodes.open().is_some();
         let near = self.near.state(&self.rule);
         let (holders, top_sockets, socket_memory) = self.socket_look();
+        let pids: Vec<u32> = holders.iter().map(|h| h.pid).collect();
+        self.memcg
+            .check_holders(&pids, pages, tm, self.episodes.open().is_some());
         let memcg_pressure = self.memcg.report(self.top);
         let pod_advice = pod_advice::compute(&pod_advice::Inputs {
             pods: &socket_memory,

@@ -114,7 +114,12 @@ pub struct MemcgRow {
     pub refusals: u64,
     pub send: u64,
     pub recv: u64,
-    /// Owners of the refused sockets (up to 8).
+    /// Looks at the sockets (each report's, or the episode's) that found it at its
+    /// limit with socket memory making up at least a quarter of its usage: the
+    /// kernel throttles its sockets (their send buffers cut, charges forced over the
+    /// limit or refused) without always emitting a refusal.
+    pub at_limit_looks: u64,
+    /// Owners of its sockets that were refused or held memory (up to 8).
     pub pids: Vec<u32>,
     /// Global TCP memory at those refusals (the most, pages) and tcp_mem's pressure
     /// threshold then: under it, so not global pressure.
@@ -124,7 +129,7 @@ pub struct MemcgRow {
 
 impl Row for MemcgRow {
     const HEADER: &'static [&'static str] = &[
-        "MEMCG", "LIMIT", "USAGE", "SOCK", "REFUSALS", "KIND", "GLOBAL PAGES", "PIDS",
+        "MEMCG", "LIMIT", "USAGE", "SOCK", "REFUSALS", "KIND", "AT LIMIT", "GLOBAL PAGES", "PIDS",
     ];
 
     fn cells(&self) -> Vec<String> {
@@ -137,9 +142,11 @@ impl Row for MemcgRow {
             match (self.send > 0, self.recv > 0) {
                 (true, true) => "send+recv",
                 (false, true) => "recv",
-                _ => "send",
+                (true, false) => "send",
+                _ => "-",
             }
             .into(),
+            format!("{} looks", self.at_limit_looks),
             format!("{} < {}", self.global_pages_max, self.global_pressure_pages),
             (self.pids.iter().map(u32::to_string))
                 .collect::<Vec<_>>()
@@ -299,6 +306,8 @@ fn tightest(a: Accounting, root: &Path, dir: &Path) -> Option<(PathBuf, Reading)
 #[derive(Clone, Debug, Default)]
 struct Seen {
     worst: Reading,
+    /// Looks at the sockets that found it at its limit with socket memory charged.
+    looks: u64,
     send: u64,
     recv: u64,
     pids: Vec<u32>,
@@ -346,32 +355,88 @@ impl MemcgWatch {
                 let dir = self.mounts.memcg_of(pid)?;
                 tightest(a, &root, &dir)
             });
-            let Some((dir, r)) = tight.as_ref().filter(|(_, r)| r.at_limit()) else {
+            let Some((dir, r)) = tight.clone().filter(|(_, r)| r.at_limit()) else {
                 self.not_at_limit += 1;
                 continue;
             };
-            let rel = format!("/{}", dir.strip_prefix(&root).unwrap_or(dir.as_path()).display());
-            if !self.seen.contains_key(&rel) && self.seen.len() >= MEMCGS_CAPACITY {
-                self.not_followed += 1;
+            let (dir, r) = (&dir, &r);
+            let Some(s) = self.entry(&root, dir, r, pid, allocated, tcp_mem) else {
                 continue;
-            }
-            found = true;
-            let s = self.seen.entry(rel).or_default();
-            if s.worst.limit == 0 || r.headroom() <= s.worst.headroom() {
-                s.worst = r.clone();
-            }
+            };
             if kind == SK_MEM_SEND {
                 s.send += 1;
             } else {
                 s.recv += 1;
             }
-            if !s.pids.contains(&pid) && s.pids.len() < PIDS_PER_MEMCG {
-                s.pids.push(pid);
-            }
-            s.global_pages_max = s.global_pages_max.max(allocated);
-            s.global_pressure = tcp_mem.pressure;
+            found = true;
         }
         found
+    }
+
+    /// The memcg's record, updated with a reading at its limit; None (counted) when
+    /// MEMCGS_CAPACITY memcgs are followed already.
+    fn entry(
+        &mut self,
+        root: &Path,
+        dir: &Path,
+        r: &Reading,
+        pid: u32,
+        global_pages: u64,
+        tcp_mem: TcpMem,
+    ) -> Option<&mut Seen> {
+        let rel = format!("/{}", dir.strip_prefix(root).unwrap_or(dir).display());
+        if !self.seen.contains_key(&rel) && self.seen.len() >= MEMCGS_CAPACITY {
+            self.not_followed += 1;
+            return None;
+        }
+        let s = self.seen.entry(rel).or_default();
+        if s.worst.limit == 0 || r.headroom() <= s.worst.headroom() {
+            s.worst = r.clone();
+        }
+        if !s.pids.contains(&pid) && s.pids.len() < PIDS_PER_MEMCG {
+            s.pids.push(pid);
+        }
+        s.global_pages_max = s.global_pages_max.max(global_pages);
+        s.global_pressure = tcp_mem.pressure;
+        Some(s)
+    }
+
+    /// Looks at the memcgs of the processes holding socket memory (`pids`, from a
+    /// look at the sockets), while global TCP memory (`pages`) is under tcp_mem's
+    /// pressure threshold and no episode is open: a memcg at its limit whose socket
+    /// memory is at least a quarter of its usage (all of it for v1's kmem.tcp) has its
+    /// sockets throttled by its own limit. Most of that throttling emits no refusal:
+    /// a send over the limit has its send buffer cut to what it holds and waits, the
+    /// first buffer of a queue and softirq receives are charged over the limit.
+    /// Page cache at memory.max with a few sockets is not this.
+    pub fn check_holders(&mut self, pids: &[u32], pages: u64, tcp_mem: TcpMem, global_open: bool) {
+        let a = self.mounts.accounting;
+        let Some(root) = self.mounts.root.clone() else {
+            return;
+        };
+        if global_open || tcp_mem.pressure == 0 || pages >= tcp_mem.pressure {
+            return;
+        }
+        let mut done: Vec<PathBuf> = Vec::new();
+        for &pid in pids {
+            let Some(dir) = self.mounts.memcg_of(pid) else {
+                continue;
+            };
+            let Some((dir, r)) = tightest(a, &root, &dir) else {
+                continue;
+            };
+            let sock_heavy = r.sock.is_some_and(|b| b.saturating_mul(4) >= r.usage);
+            if !r.at_limit() || !sock_heavy {
+                continue;
+            }
+            let first = !done.contains(&dir);
+            if let Some(s) = self.entry(&root, &dir, &r, pid, pages, tcp_mem)
+                && first
+            {
+                s.looks += 1;
+                done.push(dir);
+            }
+        }
     }
 
     /// The report's section, the `top` memcgs with the most refusals.
@@ -390,12 +455,17 @@ impl MemcgWatch {
                 refusals: s.send + s.recv,
                 send: s.send,
                 recv: s.recv,
+                at_limit_looks: s.looks,
                 pids: s.pids.clone(),
                 global_pages_max: s.global_pages_max,
                 global_pressure_pages: s.global_pressure,
             })
             .collect();
-        memcgs.sort_by(|x, y| y.refusals.cmp(&x.refusals).then(x.memcg.cmp(&y.memcg)));
+        memcgs.sort_by(|x, y| {
+            (y.refusals, y.at_limit_looks)
+                .cmp(&(x.refusals, x.at_limit_looks))
+                .then(x.memcg.cmp(&y.memcg))
+        });
         memcgs.truncate(top);
         MemcgPressure {
             accounting: a,

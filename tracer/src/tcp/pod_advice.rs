@@ -46,9 +46,10 @@ pub fn compute(i: &Inputs) -> Vec<PodAdvice> {
         out.push(PodAdvice {
             who,
             advice: format!(
-                "memcg {} refused {} socket charges at its own limit ({}; usage {}, sockets {}) while global TCP memory was under tcp_mem's pressure threshold: raise or set the pod's memory limit to at least {} (resources.limits.memory), or cap its sockets' buffers (net.ipv4.tcp_rmem/tcp_wmem in the pod's network namespace)",
+                "memcg {} throttles its sockets at its own limit ({} refused charges, at the limit in {} looks; limit {}, usage {}, sockets {}) while global TCP memory was under tcp_mem's pressure threshold: raise or set the pod's memory limit to at least {} (resources.limits.memory), or cap its sockets' buffers (net.ipv4.tcp_rmem/tcp_wmem in the pod's network namespace)",
                 m.memcg,
                 m.refusals,
+                m.at_limit_looks,
                 human_bytes(m.limit_bytes),
                 human_bytes(m.usage_bytes),
                 m.sock_bytes.map(human_bytes).unwrap_or_else(|| "?".into()),
@@ -168,6 +169,7 @@ mod tests {
                 refusals: 7,
                 send: 0,
                 recv: 7,
+                at_limit_looks: 1,
                 pids: vec![1],
                 global_pages_max: 10,
                 global_pressure_pages: 100,
