@@ -487,7 +487,7 @@ impl MemcgWatch {
 /// The text section.
 pub fn text(m: &MemcgPressure) -> String {
     let mut t = format!(
-        "\nMEMCG SOCKET PRESSURE (a memory cgroup's own limit refusing socket memory while global TCP memory is under tcp_mem's pressure threshold; {})\n",
+        "\nMEMCG SOCKET PRESSURE (a memory cgroup's own limit throttling its sockets while global TCP memory is under tcp_mem's pressure threshold; {})\n",
         m.accounting.as_str()
     );
     if let Some(why) = &m.cannot_see {
