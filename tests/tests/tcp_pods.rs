@@ -9,10 +9,13 @@ use std::{
     time::Duration,
 };
 
-use tracer::tcp::{Accounting, CgroupSource, PodRow, TcpPressureReport};
+use tracer::{
+    tcp::{Accounting, CgroupSource, PodRow, TcpPressureReport},
+    triage::TriageReport,
+};
 use tracer_tests::{
     Cgroup, CgroupLayout, Envelope, Incident, SubtreeControl, Tracer, helper_bin, matrix_kernel,
-    require_root, serial, tcpext,
+    require_root, run_tracer, serial, tcpext,
 };
 
 type Report = Envelope<TcpPressureReport>;
@@ -152,6 +155,13 @@ fn pods_are_ranked_by_the_socket_memory_their_containers_hold() {
     }
     let t = tracer.interrupt();
     assert!(t.status.success(), "tracer failed: {}", t.stderr);
+    // triage names the same pods in its tcp memory check, the larger first.
+    let tr = run_tracer(&["triage", "-d", "1s", "--json", "--fail-on", "never"]);
+    assert!(tr.status.success(), "triage failed: {}", tr.stderr);
+    let tr: Envelope<TriageReport> = tr.final_as();
+    let top = &tr.leaks.tcp_mem.as_ref().expect("the tcp memory check").top_pods;
+    let uids: Vec<&str> = top.iter().map(|p| p.pod_uid.as_str()).collect();
+    assert_eq!(uids, [uid_a.as_str(), uid_b.as_str()], "{}", show(top));
 }
 
 /// What the test sets on its memcg, undone by removing it.
