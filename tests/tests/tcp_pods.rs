@@ -122,9 +122,11 @@ fn pods_are_ranked_by_the_socket_memory_their_containers_hold() {
     for (uid, queued, n) in [(&uid_a, big, 1), (&uid_b, small, 2)] {
         let p = pod(&r, uid).unwrap();
         // sock_diag's figures: the queued bytes plus the kernel's per-buffer overhead
-        // and pre-charged memory (a few percent on loopback).
+        // (skb truesize) and pre-charged memory: a few percent on the host's loopback,
+        // 40% for 256 KiB in a 6.12 guest under emulation (smaller segments); never
+        // twice what was queued.
         assert!(
-            p.held_bytes >= queued && p.held_bytes <= queued + queued / 4,
+            p.held_bytes >= queued && p.held_bytes < 2 * queued,
             "pod {uid} held {} for {queued} queued: {}",
             p.held_bytes,
             show(p)
