@@ -256,3 +256,35 @@ pub(super) const MEMORY_DROP_REASONS: &[(&str, &str)] = &[
     ("NOMEM", "allocation failed"),
     ("PFMEMALLOC", "emergency memory reserve"),
 ];
+
+/// Writes reason number -> slot into TCP_DROP_SLOT from kfree_skb's `__print_symbolic`
+/// table; returns the counted names by slot.
+pub(super) fn fill_drop_reasons(session: &mut Session) -> Result<Vec<&'static str>> {
+    if !session.tracefs.has_tracepoint("skb", "kfree_skb") {
+        return Ok(Vec::new());
+    }
+    let table = session
+        .tracefs
+        .format("skb", "kfree_skb")?
+        .symbolic("reason");
+    let mut slots: Array<&mut MapData, u32> = Array::try_from(
+        session
+            .ebpf
+            .map_mut("TCP_DROP_SLOT")
+            .context("map TCP_DROP_SLOT is missing from the eBPF object")?,
+    )?;
+    let mut names = Vec::new();
+    for (name, _) in MEMORY_DROP_REASONS {
+        let Some((num, _)) = table.iter().find(|(_, n)| n == name) else {
+            continue;
+        };
+        if *num >= u64::from(DROP_REASON_CAPACITY) || names.len() >= DROP_SLOTS as usize {
+            continue;
+        }
+        names.push(*name);
+        slots
+            .set(*num as u32, names.len() as u32, 0)
+            .with_context(|| format!("writing drop reason {name}"))?;
+    }
+    Ok(names)
+}
