@@ -34,6 +34,7 @@ impl TcpPressure {
             wmem: read_triple("/proc/sys/net/ipv4/tcp_wmem"),
         });
         let refusals = self.count(COUNT_REFUSALS);
+        let prunes_seen = (self.count(COUNT_PRUNES), self.count(COUNT_PRUNE_DISCARDS));
         let caveats = self.caveats_now(ctx, refusals);
         let (send_latency_us, send_log2) = self.send_latency(&caveats);
         let dur_hist = self.episodes.durations_ms();
@@ -78,7 +79,7 @@ impl TcpPressure {
             caveats,
             socket_memory,
             memcg_pressure,
-            rcv_queue: self.rcvq.report(&self.first, &self.latest),
+            rcv_queue: self.rcvq.report(&self.first, &self.latest, prunes_seen),
             pod_advice,
             view: View {
                 episode_log2: Log2::of(&dur_hist),

@@ -17,6 +17,7 @@ mod memcg;
 pub mod metrics;
 mod pod_advice;
 pub mod pods;
+mod prune;
 mod rcvq;
 mod report;
 pub mod rows;
@@ -35,7 +36,8 @@ use aya::maps::{Array, MapData, PerCpuArray};
 use tracer_common::{
     comm_str,
     tcp::{
-        BufLimitEvent, COUNT_DROP_BASE, COUNT_RCVQ_FULL, COUNT_REFUSALS, COUNT_RETRANS_NORMAL,
+        BufLimitEvent, COUNT_DROP_BASE, COUNT_PRUNE_DISCARDS, COUNT_PRUNES, COUNT_RCVQ_FULL,
+        COUNT_REFUSALS, COUNT_RETRANS_NORMAL,
         COUNT_RETRANS_PRESSURE, DROP_REASON_CAPACITY, DROP_SLOTS, EDGE_ENTER, FLAG_BTF,
         FLAG_PRESSURE, PressureEdgeEvent,
     },
@@ -56,6 +58,7 @@ pub use counters::{Drops, TcpExt};
 pub use memcg::{Accounting, MemcgPressure, MemcgRow};
 pub use pod_advice::PodAdvice;
 pub use pods::{CgroupRow, CgroupSource, PodRow, PodSockets};
+pub use prune::{PrunePath, PrunedSocketRow, PrunedSockets};
 pub use rcvq::{RcvCounts, RcvQueue};
 pub use report::{
     EdgesPath, Evicted, Look, MemBytes, MemPages, Paths, Retransmits, SendPath, SocketsPath,
@@ -64,7 +67,7 @@ pub use report::{
 pub use send::{Is, LatencyUs, SendLatency, SendLog2};
 pub use sockets::{Sock, Source};
 pub use spec::{CHOICES, SPEC};
-use spec::{EDGES, SEND, SOCKETS, fill_drop_reasons};
+use spec::{EDGES, PRUNE, SEND, SOCKETS, fill_drop_reasons};
 
 /// How often /proc is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -214,6 +217,7 @@ fn attach(args: Args, first: tcpmem::Snapshot, session: &mut Session) -> Result<
             path: session.took(SOCKETS).unwrap_or("tracepoint").into(),
         },
     };
+    let prune = prune::PruneWatch::new(session, session.chosen(PRUNE).cloned().as_ref(), args.top);
     let counts = PerCpuArray::try_from(session.take_map("TCP_COUNTS")?)?;
     let hist = PerCpuArray::try_from(session.take_map("TCP_SEND_HIST")?)?;
     let max = PerCpuArray::try_from(session.take_map("TCP_SEND_MAX")?)?;
@@ -267,7 +271,7 @@ fn attach(args: Args, first: tcpmem::Snapshot, session: &mut Session) -> Result<
         refusal_records: 0,
         memcg: memcg::MemcgWatch::new(),
         memcg_batch: Vec::new(),
-        rcvq: rcvq::RcvWatch::default(),
+        rcvq: rcvq::RcvWatch::new(prune),
     };
     det.sample()?;
     Ok(run::Attached {

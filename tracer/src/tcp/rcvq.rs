@@ -5,9 +5,10 @@
 //! dropping what arrived (RcvPruned). No tracepoint marks these, so they are counted
 //! from /proc/net/netstat, system-wide: since the start and during pressure (samples
 //! taken while a global episode was open or a memcg refused socket memory at its
-//! limit).
+//! limit); where fentry or kprobes are allowed, prune.rs attributes them to sockets.
 use serde::{Deserialize, Serialize};
 
+use super::prune::{self, PruneWatch, PrunedSockets};
 use crate::snapshot::tcpmem::Snapshot;
 
 /// The three counters, as growth.
@@ -47,29 +48,39 @@ pub struct RcvQueue {
     pub since_start: RcvCounts,
     /// In the sample intervals that ended during pressure (global or a memcg's).
     pub during_pressure: RcvCounts,
-    /// Which sockets were pruned cannot be told: no tracepoint marks tcp_prune_queue.
-    pub per_socket: String,
+    /// The sockets pruned, where the kernel lets a program see them.
+    pub per_socket: PrunedSockets,
 }
 
-/// Accumulates the growth seen during pressure.
-#[derive(Default)]
+/// Accumulates the growth seen during pressure, and the pruned sockets.
 pub struct RcvWatch {
     during: RcvCounts,
+    prune: PruneWatch,
 }
 
 impl RcvWatch {
+    pub fn new(prune: PruneWatch) -> Self {
+        RcvWatch {
+            during: RcvCounts::default(),
+            prune,
+        }
+    }
+
     /// Between two consecutive samples; `pressure` when the interval saw pressure.
     pub fn on_sample(&mut self, prev: &Snapshot, now: &Snapshot, pressure: bool) {
         if pressure {
             self.during.add(RcvCounts::between(prev, now));
         }
+        self.prune.resolve(crate::procinfo::monotonic_ns(), false);
     }
 
-    pub fn report(&self, first: &Snapshot, latest: &Snapshot) -> RcvQueue {
+    /// `seen`: the kernel's global (prunes, discards) counts.
+    pub fn report(&mut self, first: &Snapshot, latest: &Snapshot, seen: (u64, u64)) -> RcvQueue {
+        self.prune.resolve(crate::procinfo::monotonic_ns(), true);
         RcvQueue {
             since_start: RcvCounts::between(first, latest),
             during_pressure: self.during,
-            per_socket: "not attributed: no tracepoint marks tcp_prune_queue; counted system-wide from TcpExt".into(),
+            per_socket: self.prune.report(seen),
         }
     }
 }
@@ -78,7 +89,7 @@ impl RcvWatch {
 pub fn text(r: &RcvQueue) -> String {
     let (a, b) = (&r.since_start, &r.during_pressure);
     format!(
-        "  receive queues pruned {} times ({} packets dropped, {} collapsed) since start; during pressure {} ({} dropped, {} collapsed); {}\n",
-        a.prune_called, a.rcv_pruned, a.collapsed, b.prune_called, b.rcv_pruned, b.collapsed, r.per_socket
-    )
+        "  receive queues pruned {} times ({} packets dropped, {} collapsed) since start; during pressure {} ({} dropped, {} collapsed)\n",
+        a.prune_called, a.rcv_pruned, a.collapsed, b.prune_called, b.rcv_pruned, b.collapsed
+    ) + &prune::text(&r.per_socket)
 }

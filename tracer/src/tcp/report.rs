@@ -453,6 +453,8 @@ mod tests {
             "  TcpExt since start: TCPMemoryPressures +0, TCPMemoryPressuresChrono +0, PruneCalled +0,",
             "\nSEND LATENCY during pressure (syscall entry -> sock:sock_send_length, TCP only)\n",
             "  no change needed: no episode happened",
+            "    pruned sockets (fentry tcp_collapse + tcp_prune_ofo_queue, by cookie): 412 prunes collapsed a receive queue, 0 went on to discard data\n",
+            "      127.0.0.1:40411 -> 127.0.0.1:38530 incident_tcp (1234) cgroup /user.slice: 412 prunes (0 during pressure), 0 discards\n",
         ] {
             assert!(t.contains(line), "{line:?} not in\n{t}");
         }

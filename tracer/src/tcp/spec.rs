@@ -136,6 +136,7 @@ const SEND_TRACEPOINTS: &[Hook] = &[
 pub(super) const EDGES: &str = "pressure edges";
 pub(super) const SEND: &str = "send latency";
 pub(super) const SOCKETS: &str = "refusal sockets";
+pub(super) const PRUNE: &str = "pruned sockets";
 
 /// Kernel paths tried in order; `tracer doctor` probes the same list.
 pub const CHOICES: &[bpf::Choice] = &[
@@ -225,6 +226,43 @@ pub const CHOICES: &[bpf::Choice] = &[
             )],
         }],
         otherwise: "refusals go to the task that was current (sock:sock_exceed_buf_limit)",
+    },
+    bpf::Choice {
+        name: PRUNE,
+        purpose: "receive-queue prunes attributed to their socket (tcp_prune_queue is inlined; its callees take the socket)",
+        paths: &[
+            bpf::Path {
+                name: "fentry",
+                hooks: &[
+                    Hook::fentry(
+                        "tcp_prune_collapse_fentry",
+                        "tcp_collapse",
+                        "prunes that collapse a receive queue, with the socket's cookie",
+                    ),
+                    Hook::fentry(
+                        "tcp_prune_ofo_fentry",
+                        "tcp_prune_ofo_queue",
+                        "prunes that go on to discard data",
+                    ),
+                ],
+            },
+            bpf::Path {
+                name: "kprobe",
+                hooks: &[
+                    Hook::kprobe(
+                        "tcp_prune_collapse_kprobe",
+                        "tcp_collapse",
+                        "prunes that collapse a receive queue, with the socket's ports",
+                    ),
+                    Hook::kprobe(
+                        "tcp_prune_ofo_kprobe",
+                        "tcp_prune_ofo_queue",
+                        "prunes that go on to discard data",
+                    ),
+                ],
+            },
+        ],
+        otherwise: "prunes counted system-wide from TcpExt only",
     },
 ];
 
