@@ -10,7 +10,7 @@ use std::{
 };
 
 use tracer::{
-    tcp::{Accounting, CgroupSource, PodRow, TcpPressureReport},
+    tcp::{Accounting, CgroupSource, PodRow, PrunePath, PrunedSockets, TcpPressureReport},
     triage::TriageReport,
 };
 use tracer_tests::{
@@ -22,6 +22,17 @@ type Report = Envelope<TcpPressureReport>;
 
 fn show(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).expect("a report serializes")
+}
+
+/// (prunes, discards) of the sockets `pid` holds, and of all the others.
+fn pruned(p: &PrunedSockets, pid: u32) -> ((u64, u64), (u64, u64)) {
+    let (mut ours, mut others) = ((0, 0), (0, 0));
+    for s in &p.sockets {
+        let t = if s.pid == Some(pid) { &mut ours } else { &mut others };
+        t.0 += s.prunes;
+        t.1 += s.discards;
+    }
+    (ours, others)
 }
 
 /// The `incident_tcp` helper with `args`, started inside the cgroup at `dir` (it joins
@@ -288,9 +299,20 @@ fn receive_queue_pruning_and_collapsing_are_counted() {
         grew.0 > 0 && grew.2 > 0,
         "the kernel pruned and collapsed the queue: {grew:?}"
     );
+    // Per socket where fentry or kprobes are allowed: the helper's receiving socket,
+    // whose 4 KiB locked rcvbuf makes every prune collapse its receive queue (each
+    // PruneCalled is one counted prune, and each RcvPruned follows a counted discard).
+    let pid = inc.pid;
+    let per_socket = matrix_kernel() != "host";
     let r: Report = tracer.report_as_where::<TcpPressureReport>(Duration::from_secs(30), |x| {
         let s = &x.rcv_queue.since_start;
-        s.prune_called >= grew.0 && s.rcv_pruned >= grew.1 && s.collapsed >= grew.2
+        let (ours, others) = pruned(&x.rcv_queue.per_socket, pid);
+        s.prune_called >= grew.0
+            && s.rcv_pruned >= grew.1
+            && s.collapsed >= grew.2
+            && (!per_socket
+                || (ours.0 >= grew.0.saturating_sub(others.0).max(1)
+                    && ours.1 >= grew.1.saturating_sub(others.1)))
     });
     let q = &r.rcv_queue;
     // Growth since the tracer's first sample, not since boot: at most what the kernel
@@ -301,6 +323,29 @@ fn receive_queue_pruning_and_collapsing_are_counted() {
     // Outside pressure: none of it counted as during pressure.
     assert_eq!(q.during_pressure.prune_called, 0, "{}", show(q));
     assert_eq!(r.tcpext.rcv_collapsed, Some(q.since_start.collapsed));
+    let p = &q.per_socket;
+    if per_socket {
+        // fentry is allowed in both stock kernels (tcp_prune_queue itself is inlined
+        // there: its callees tcp_collapse and tcp_prune_ofo_queue carry the socket).
+        assert_eq!(p.path, PrunePath::Fentry, "{}", show(p));
+        assert_eq!(p.why_unavailable, None, "{}", show(p));
+        let top = p.sockets.first().expect("a pruned socket");
+        assert_eq!(top.pid, Some(pid), "the helper's socket is pruned most: {}", show(p));
+        assert_eq!(top.comm.as_deref(), Some("incident_tcp"), "{}", show(p));
+        assert!(top.cookie.is_some_and(|c| c != 0), "{}", show(p));
+        assert_eq!(top.during_pressure, 0, "{}", show(p));
+        // Every counted prune is a PruneCalled the kernel counted while tracing.
+        let (ours, _) = pruned(p, pid);
+        assert!(ours.0 <= now.0 - at_start.0, "{}", show(p));
+        assert!(p.prunes_seen >= ours.0, "{}", show(p));
+    } else {
+        // Tracepoint-only host: no hook sees a prune's socket; the report says why.
+        assert_eq!(p.path, PrunePath::Unavailable, "{}", show(p));
+        let why = p.why_unavailable.as_deref().unwrap_or_default();
+        assert!(why.contains("fentry:") && why.contains("kprobe:"), "{why}");
+        assert!(why.ends_with("counted system-wide from TcpExt"), "{why}");
+        assert!(p.sockets.is_empty() && p.prunes_seen == 0, "{}", show(p));
+    }
     drop(inc);
     let t = tracer.interrupt();
     assert!(t.status.success(), "tracer failed: {}", t.stderr);

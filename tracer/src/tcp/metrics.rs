@@ -165,6 +165,12 @@ pub const RCVQ_DURING_PRESSURE: Metric = counter(
     "Receive-queue pruning while TCP memory was under pressure (global or a memcg's), by TcpExt counter: PruneCalled, RcvPruned, TCPRcvCollapsed.",
     &["counter"],
 );
+pub const SOCKET_PRUNES: Metric = gauge(
+    "tcp_receive_queue_socket_prunes",
+    None,
+    "Receive-queue prunes that collapsed a socket's queue, summed by the owner's pod and command over the 10 sockets pruned most (kernels with fentry or kprobes).",
+    &["pod", "comm"],
+);
 pub const POD_SOCKET_MEMORY: Metric = gauge(
     "tcp_pod_socket_memory",
     Some(Bytes),
@@ -215,6 +221,7 @@ pub const METRICS: &[&Metric] = &[
     &HOLDER_BYTES,
     &RCV_COLLAPSED,
     &RCVQ_DURING_PRESSURE,
+    &SOCKET_PRUNES,
     &POD_SOCKET_MEMORY,
     &MEMCG_REFUSALS,
     &MEMCG_LIMIT,

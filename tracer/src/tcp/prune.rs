@@ -296,6 +296,22 @@ pub fn text(p: &PrunedSockets) -> String {
     out
 }
 
+/// Prunes of the `top` sockets pruned most, summed by (pod, comm) of their owners
+/// ("-" when unknown), most first: bounded label sets for the metric.
+pub fn by_owner(p: &PrunedSockets, top: usize) -> Vec<((String, String), u64)> {
+    let mut sums: HashMap<(String, String), u64> = HashMap::new();
+    for s in p.sockets.iter().take(top) {
+        let key = (
+            s.pod.clone().unwrap_or_else(|| "-".into()),
+            s.comm.clone().unwrap_or_else(|| "-".into()),
+        );
+        *sums.entry(key).or_default() += s.prunes;
+    }
+    let mut v: Vec<_> = sums.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
+}
+
 fn path_name(p: PrunePath) -> &'static str {
     match p {
         PrunePath::Fentry => "fentry tcp_collapse + tcp_prune_ofo_queue, by cookie",

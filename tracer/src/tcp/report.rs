@@ -7,6 +7,7 @@ use super::{
     advice::Advice,
     memcg::{self, MemcgPressure},
     pods::{self, PodSockets},
+    prune,
     rcvq::{self, RcvQueue},
     counters::{Drops, TcpExt},
     metrics,
@@ -282,6 +283,9 @@ impl TcpPressureReport {
             ("TCPRcvCollapsed", d.collapsed),
         ] {
             out.sample(&RCVQ_DURING_PRESSURE, &[("counter", c)], n);
+        }
+        for ((pod, comm), n) in prune::by_owner(&self.rcv_queue.per_socket, TOP) {
+            out.sample(&SOCKET_PRUNES, &[("pod", &pod), ("comm", &comm)], n);
         }
     }
 
