@@ -48,7 +48,11 @@ fn ports(sk: *const u8) -> Option<(u16, u16)> {
 fn pruned(key: u64, cookie: u64, sk: *const u8, discard: bool) -> u32 {
     add(
         &TCP_COUNTS,
-        if discard { COUNT_PRUNE_DISCARDS } else { COUNT_PRUNES },
+        if discard {
+            COUNT_PRUNE_DISCARDS
+        } else {
+            COUNT_PRUNES
+        },
         1,
     );
     let init = PrunedSock {

@@ -117,25 +117,22 @@ impl PruneWatch {
     /// Takes the kernel table when a path was attached (`chosen`: the choice's outcome).
     pub fn new(session: &mut bpf::Session, chosen: Option<&bpf::Chosen>, top: usize) -> Self {
         let path = PrunePath::of(chosen.and_then(|c| c.path));
-        let map = match path {
-            PrunePath::Unavailable => None,
-            _ => (session.take_map("TCP_PRUNED").ok())
-                .and_then(|m| BpfHashMap::try_from(m).ok()),
+        let taken = match path {
+            PrunePath::Unavailable => Err(unavailable(chosen)),
+            _ => (session.take_map("TCP_PRUNED"))
+                .and_then(|m| Ok(BpfHashMap::<MapData, u64, PrunedSock>::try_from(m)?))
+                .map_err(|e| format!("the kernel's table of pruned sockets cannot be read ({e:#}); counted system-wide from TcpExt")),
         };
-        let why = (map.is_none()).then(|| {
-            let tried = chosen.map(|c| {
-                (c.refused.iter())
-                    .map(|(p, e)| format!("{p}: {e}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            });
-            format!(
-                "no hook on tcp_collapse/tcp_prune_ofo_queue here ({}); counted system-wide from TcpExt",
-                tried.unwrap_or_else(|| "not tried".into())
-            )
-        });
+        let (map, why) = match taken {
+            Ok(m) => (Some(m), None),
+            Err(why) => (None, Some(why)),
+        };
         PruneWatch {
-            path: if map.is_some() { path } else { PrunePath::Unavailable },
+            path: if map.is_some() {
+                path
+            } else {
+                PrunePath::Unavailable
+            },
             why,
             map,
             owners: HashMap::new(),
@@ -158,13 +155,21 @@ impl PruneWatch {
             return;
         }
         let new: Vec<(u64, PrunedSock)> = (self.entries().into_iter())
-            .filter(|(k, v)| self.owners.get(k).is_none_or(|o| o.pid.is_none() && o.seen_ns != v.last_ns))
+            .filter(|(k, v)| {
+                self.owners
+                    .get(k)
+                    .is_none_or(|o| o.pid.is_none() && o.seen_ns != v.last_ns)
+            })
             .collect();
         if new.is_empty() {
             return;
         }
         self.last_resolve_ns = now_ns;
-        let cookies: HashSet<u64> = new.iter().map(|(_, v)| v.cookie).filter(|&c| c != 0).collect();
+        let cookies: HashSet<u64> = new
+            .iter()
+            .map(|(_, v)| v.cookie)
+            .filter(|&c| c != 0)
+            .collect();
         let (socks, _) = sockets::list(&cookies);
         if self.owners.len() + new.len() > OWNER_CACHE_CAPACITY {
             self.owners.clear();
@@ -178,7 +183,11 @@ impl PruneWatch {
     /// The report's part, with the kernel's global counts (`seen`: prunes, discards).
     pub fn report(&self, seen: (u64, u64)) -> PrunedSockets {
         let mut all = self.entries();
-        all.sort_by(|a, b| b.1.prunes.cmp(&a.1.prunes).then(b.1.discards.cmp(&a.1.discards)));
+        all.sort_by(|a, b| {
+            b.1.prunes
+                .cmp(&a.1.prunes)
+                .then(b.1.discards.cmp(&a.1.discards))
+        });
         let in_table: u64 = all.iter().map(|(_, v)| v.prunes).sum();
         let shown = all.len().min(self.top);
         let sockets = (all.iter().take(self.top))
@@ -194,6 +203,20 @@ impl PruneWatch {
             sockets_not_shown: (all.len() - shown) as u64,
         }
     }
+}
+
+/// Why no path attributes prunes here: each path tried and why it was refused.
+fn unavailable(chosen: Option<&bpf::Chosen>) -> String {
+    let tried = chosen.map(|c| {
+        (c.refused.iter())
+            .map(|(p, e)| format!("{p}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    format!(
+        "no hook on tcp_collapse/tcp_prune_ofo_queue here ({}); counted system-wide from TcpExt",
+        tried.unwrap_or_else(|| "not tried".into())
+    )
 }
 
 /// The socket of a table entry: by cookie, else (kprobe path) by its ports.
@@ -275,9 +298,16 @@ pub fn text(p: &PrunedSockets) -> String {
     for s in &p.sockets {
         let who = match (s.pid, &s.comm) {
             (Some(pid), c) => format!("{} ({pid})", c.as_deref().unwrap_or("?")),
-            (None, _) => format!("owner gone; last current task {} ({})", s.last_comm, s.last_pid),
+            (None, _) => format!(
+                "owner gone; last current task {} ({})",
+                s.last_comm, s.last_pid
+            ),
         };
-        let place = s.pod.as_ref().map(|p| format!(" pod {p}")).or_else(|| s.cgroup.as_ref().map(|c| format!(" cgroup {c}")));
+        let place = s
+            .pod
+            .as_ref()
+            .map(|p| format!(" pod {p}"))
+            .or_else(|| s.cgroup.as_ref().map(|c| format!(" cgroup {c}")));
         let addrs = match (s.local, s.remote) {
             (Some(l), Some(r)) => format!("{l} -> {r}"),
             _ => format!(":{} -> :{}", s.local_port, s.remote_port),
@@ -390,7 +420,10 @@ mod tests {
             why_unavailable: Some("no hook here".into()),
             ..PrunedSockets::default()
         };
-        assert_eq!(text(&p), "    pruned sockets: not attributed: no hook here\n");
+        assert_eq!(
+            text(&p),
+            "    pruned sockets: not attributed: no hook here\n"
+        );
         assert_eq!(PrunePath::of(Some("kprobe")), PrunePath::Kprobe);
         assert_eq!(PrunePath::of(None), PrunePath::Unavailable);
     }
