@@ -79,6 +79,12 @@ pub fn text(r: &RcvQueue) -> String {
     let (a, b) = (&r.since_start, &r.during_pressure);
     format!(
         "  receive queues pruned {} times ({} packets dropped, {} collapsed) since start; during pressure {} ({} dropped, {} collapsed); {}\n",
-        a.prune_called, a.rcv_pruned, a.collapsed, b.prune_called, b.rcv_pruned, b.collapsed, r.per_socket
+        a.prune_called,
+        a.rcv_pruned,
+        a.collapsed,
+        b.prune_called,
+        b.rcv_pruned,
+        b.collapsed,
+        r.per_socket
     )
 }

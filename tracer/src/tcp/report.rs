@@ -5,11 +5,11 @@ use serde::{Deserialize, Serialize};
 use super::{
     PodAdvice,
     advice::Advice,
+    counters::{Drops, TcpExt},
     memcg::{self, MemcgPressure},
+    metrics,
     pods::{self, PodSockets},
     rcvq::{self, RcvQueue},
-    counters::{Drops, TcpExt},
-    metrics,
     rows::{CulpritRow, EpisodeRow, HolderRow, SockRow, human_bytes},
     send::{SendLatency, SendLog2},
     sockets::Source,
