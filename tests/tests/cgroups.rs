@@ -189,7 +189,11 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
         .expect("a cgroup2 entry in /proc/self/cgroup");
     let files = TempDir::new("cgroups-cache");
     // Dying past 3 s is a finding here (30 s by default), so the test need not wait long.
-    let (tracer, prom) = start_live_with(&mem.name, &files, &["--dying-age", "3s"]);
+    let (tracer, prom) = start_live_with(
+        &mem.name,
+        &files,
+        &["--dying-age", "3s", "--dying-min", &K.to_string()],
+    );
     // K memcgs with 8 MiB of page cache each, removed: made dying by this process
     // (parent and children), the cache and the rest undone by the guard.
     let mut pinned = PinnedMemcgs::new("pinned", 8 << 20);
