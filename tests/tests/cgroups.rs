@@ -680,9 +680,12 @@ fn healthy_busy_scopes_created_used_and_removed_are_no_finding() {
     assert_eq!(p.rmdirs, n as u64, "{how}: {p:?}");
     let released = rows_under(&r.released_recent, &format!("{rel_parent}/")).len();
     let dying = rows_under(&r.dying, &format!("{rel_parent}/"));
-    for d in &dying {
-        assert!(d.age_s < 30.0, "{how}: {d:?}");
-    }
+    // A scope that is first to fault in a page evicted meanwhile (a binary's, a
+    // library's: this host's DAMON reclaim evicts cold page cache) keeps it charged
+    // until reclaim and stays dying: a few such are normal and no finding (fewer than
+    // --dying-min, 10), which the reports above checked.
+    let stuck: Vec<&&DyingRow> = dying.iter().filter(|d| d.age_s >= 30.0).collect();
+    assert!(stuck.len() < 10, "{how}: {stuck:?}");
     assert_eq!(
         released + dying.len(),
         n,
