@@ -172,7 +172,12 @@ fn pods_are_ranked_by_the_socket_memory_their_containers_hold() {
     let tr = run_tracer(&["triage", "-d", "1s", "--json", "--fail-on", "never"]);
     assert!(tr.status.success(), "triage failed: {}", tr.stderr);
     let tr: Envelope<TriageReport> = tr.final_as();
-    let top = &tr.leaks.tcp_mem.as_ref().expect("the tcp memory check").top_pods;
+    let top = &tr
+        .leaks
+        .tcp_mem
+        .as_ref()
+        .expect("the tcp memory check")
+        .top_pods;
     let uids: Vec<&str> = top.iter().map(|p| p.pod_uid.as_str()).collect();
     assert_eq!(uids, [uid_a.as_str(), uid_b.as_str()], "{}", show(top));
 }
@@ -248,7 +253,11 @@ fn a_memcg_at_its_own_limit_is_memcg_socket_pressure_not_global() {
     let m = mp.memcgs.iter().find(|m| m.memcg == rel).unwrap();
     assert_eq!(m.accounting, want);
     assert_eq!(m.limit_bytes, limit, "{}", show(m));
-    assert!(m.pids.contains(&feed.pid), "the sender is named: {}", show(m));
+    assert!(
+        m.pids.contains(&feed.pid),
+        "the sender is named: {}",
+        show(m)
+    );
     // At its limit when looked at, with its sockets' memory charged (v1: kmem.tcp is
     // socket memory only; cgroup2: memory.stat sock), refused or found there.
     assert!(m.usage_pct >= 90.0, "{}", show(m));
@@ -257,12 +266,12 @@ fn a_memcg_at_its_own_limit_is_memcg_socket_pressure_not_global() {
     assert!(sock.saturating_mul(4) >= m.usage_bytes, "{}", show(m));
     // Global TCP memory was under the pressure threshold at each refusal, and the
     // kernel never entered global pressure.
+    assert!(m.global_pages_max < m.global_pressure_pages, "{}", show(m));
     assert!(
-        m.global_pages_max < m.global_pressure_pages,
-        "{}",
-        show(m)
+        r.episodes.is_empty(),
+        "no global episode: {}",
+        show(&r.episodes)
     );
-    assert!(r.episodes.is_empty(), "no global episode: {}", show(&r.episodes));
     assert!(!r.pressure_now);
     assert!(mp.refusals_under_global >= m.refusals, "{}", show(mp));
     // The advice names the memcg and its limit.
@@ -318,7 +327,11 @@ fn receive_queue_pruning_and_collapsing_are_counted() {
     // Growth since the tracer's first sample, not since boot: at most what the kernel
     // counted from before the tracer started until now.
     let now = counts();
-    assert!(q.since_start.prune_called <= now.0 - at_start.0, "{}", show(q));
+    assert!(
+        q.since_start.prune_called <= now.0 - at_start.0,
+        "{}",
+        show(q)
+    );
     assert!(q.since_start.collapsed <= now.2 - at_start.2, "{}", show(q));
     // Outside pressure: none of it counted as during pressure.
     assert_eq!(q.during_pressure.prune_called, 0, "{}", show(q));

@@ -186,7 +186,10 @@ fn main() {
             }
             // Everything this process needs is allocated before "ready" (the thread
             // too): once the test limits its memcg, only socket memory is charged.
-            let (go, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+            let (go, stop) = (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            );
             let (go2, stop2) = (go.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut line = String::new();

@@ -129,7 +129,15 @@ pub struct MemcgRow {
 
 impl Row for MemcgRow {
     const HEADER: &'static [&'static str] = &[
-        "MEMCG", "LIMIT", "USAGE", "SOCK", "REFUSALS", "KIND", "AT LIMIT", "GLOBAL PAGES", "PIDS",
+        "MEMCG",
+        "LIMIT",
+        "USAGE",
+        "SOCK",
+        "REFUSALS",
+        "KIND",
+        "AT LIMIT",
+        "GLOBAL PAGES",
+        "PIDS",
     ];
 
     fn cells(&self) -> Vec<String> {
@@ -137,7 +145,9 @@ impl Row for MemcgRow {
             container::label(&self.memcg, self.container.as_ref()),
             human_bytes(self.limit_bytes),
             format!("{} ({:.0}%)", human_bytes(self.usage_bytes), self.usage_pct),
-            self.sock_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
+            self.sock_bytes
+                .map(human_bytes)
+                .unwrap_or_else(|| "-".into()),
             self.refusals.to_string(),
             match (self.send > 0, self.recv > 0) {
                 (true, true) => "send+recv",
@@ -293,7 +303,9 @@ fn tightest(a: Accounting, root: &Path, dir: &Path) -> Option<(PathBuf, Reading)
     let mut d = Some(dir);
     while let Some(cur) = d.filter(|c| c.starts_with(root)) {
         if let Some(r) = reading(a, cur)
-            && best.as_ref().is_none_or(|(_, b)| r.headroom() < b.headroom())
+            && best
+                .as_ref()
+                .is_none_or(|(_, b)| r.headroom() < b.headroom())
         {
             best = Some((cur.to_path_buf(), r));
         }
@@ -553,7 +565,10 @@ mod tests {
         // Under the threshold: examined; this test's memcg has no limit near its usage.
         w.examine(&[(me, SK_MEM_SEND, 50)], tm, false);
         let rep = w.report(10);
-        assert_eq!(rep.refusals_under_global, u64::from(w.mounts.root.is_some()));
+        assert_eq!(
+            rep.refusals_under_global,
+            u64::from(w.mounts.root.is_some())
+        );
         assert!(rep.memcgs.is_empty(), "{rep:?}");
     }
 }

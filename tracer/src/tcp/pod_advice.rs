@@ -147,7 +147,8 @@ mod tests {
         assert_eq!(a[0].who, "web/proxy");
         // 400 MiB / 4 / 40 sockets = 2.5 MiB -> 2560 KiB.
         assert!(
-            a[0].advice.contains("net.ipv4.tcp_rmem=\"4096 131072 2621440\""),
+            a[0].advice
+                .contains("net.ipv4.tcp_rmem=\"4096 131072 2621440\""),
             "{a:?}"
         );
         assert!(compute(&inputs(&pods, &m, false)).is_empty());
@@ -178,6 +179,10 @@ mod tests {
         };
         let a = compute(&inputs(&pods, &m, false));
         assert_eq!(a.len(), 1);
-        assert!(a[0].advice.contains("raise or set the pod's memory limit to at least 26.0 MiB"), "{a:?}");
+        assert!(
+            a[0].advice
+                .contains("raise or set the pod's memory limit to at least 26.0 MiB"),
+            "{a:?}"
+        );
     }
 }

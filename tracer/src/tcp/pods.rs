@@ -204,7 +204,14 @@ impl PodRow {
 
 impl Row for PodRow {
     const HEADER: &'static [&'static str] = &[
-        "POD", "QOS", "CONTAINERS", "SOCKETS", "RECV Q", "SEND Q", "HELD", "MEMCG SOCK",
+        "POD",
+        "QOS",
+        "CONTAINERS",
+        "SOCKETS",
+        "RECV Q",
+        "SEND Q",
+        "HELD",
+        "MEMCG SOCK",
     ];
 
     fn cells(&self) -> Vec<String> {
@@ -236,8 +243,14 @@ pub struct CgroupRow {
 }
 
 impl Row for CgroupRow {
-    const HEADER: &'static [&'static str] =
-        &["CGROUP", "SOCKETS", "RECV Q", "SEND Q", "HELD", "MEMCG SOCK"];
+    const HEADER: &'static [&'static str] = &[
+        "CGROUP",
+        "SOCKETS",
+        "RECV Q",
+        "SEND Q",
+        "HELD",
+        "MEMCG SOCK",
+    ];
 
     fn cells(&self) -> Vec<String> {
         vec![
@@ -288,7 +301,11 @@ pub fn summarize(sums: &[CgroupSum], source: CgroupSource, top: usize) -> PodSoc
         p.held_bytes += s.held;
     }
     let mut pods: Vec<PodRow> = pods.into_values().collect();
-    pods.sort_by(|a, b| b.held_bytes.cmp(&a.held_bytes).then(a.pod_uid.cmp(&b.pod_uid)));
+    pods.sort_by(|a, b| {
+        b.held_bytes
+            .cmp(&a.held_bytes)
+            .then(a.pod_uid.cmp(&b.pod_uid))
+    });
     pods.truncate(top);
     let cgroups: Vec<CgroupRow> = (sums.iter().take(top))
         .map(|s| CgroupRow {
@@ -389,11 +406,17 @@ mod tests {
         assert_eq!(p.pods[0].held_bytes, 7000);
         assert_eq!(p.pods[0].containers, 2);
         assert_eq!(p.pods[0].sockets, 4);
-        assert_eq!(p.pods[0].pod_cgroup, format!("/kubepods/burstable/pod{UID}"));
+        assert_eq!(
+            p.pods[0].pod_cgroup,
+            format!("/kubepods/burstable/pod{UID}")
+        );
         assert_eq!(p.pods[0].qos.as_deref(), Some("burstable"));
         assert_eq!(p.pods[1].held_bytes, 5000);
         assert_eq!(p.cgroups.len(), 4);
-        assert_eq!(summarize(&sums, CgroupSource::OwnerProcess, 1).pods.len(), 1);
+        assert_eq!(
+            summarize(&sums, CgroupSource::OwnerProcess, 1).pods.len(),
+            1
+        );
     }
 
     #[test]
