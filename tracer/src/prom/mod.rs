@@ -190,6 +190,11 @@ pub const REPORT_AGE: Metric = gauge(
     "At the scrape of `tracer serve`, how long ago the detector built the report these metrics come from (not in --prom-file).",
     &["detector"],
 );
+pub const SERVE_IDLE_CLOSED: Metric = counter(
+    "serve_idle_connections_closed",
+    "Idle HTTP connections `tracer serve` closed to make room for a new one at its cap of open connections (not in --prom-file).",
+    &[],
+);
 pub const REPORT_FINAL: Metric = gauge(
     "report_final",
     None,
@@ -218,6 +223,7 @@ pub const COMMON: &[&Metric] = &[
     &STATE_EVICTED,
     &REPORT_ELAPSED,
     &REPORT_AGE,
+    &SERVE_IDLE_CLOSED,
     &REPORT_FINAL,
     &HOOK_ATTACHED,
     &HOOK_PATH,
