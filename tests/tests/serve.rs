@@ -115,6 +115,42 @@ fn serve_runs_every_detector_in_one_process_and_serves_their_findings() {
             "{d}"
         );
     }
+    // Its own cost: the kernel timed each program (every kernel of the matrix has
+    // BPF_ENABLE_STATS, 5.8+), the exits above ran the exit program at least 7 times
+    // and took time; and serve's own CPU and memory.
+    let runs = |program: &str| {
+        sample(
+            &m,
+            "tracer_bpf_program_runs_total",
+            &[("detector", "zombies"), ("program", program)],
+        )
+    };
+    assert!(runs("zombies_exit").is_some_and(|n| n >= 7.0), "{m}");
+    assert!(
+        sample(
+            &m,
+            "tracer_bpf_program_run_seconds_total",
+            &[("detector", "zombies"), ("program", "zombies_exit")]
+        )
+        .is_some_and(|s| s > 0.0),
+        "{m}"
+    );
+    for e in tracer::detectors::ALL {
+        let d = e.spec.detector;
+        assert!(
+            m.lines().any(|l| l.starts_with("tracer_bpf_program_runs_total{")
+                && l.contains(&format!("detector=\"{d}\""))),
+            "no program of {d} is timed:\n{m}"
+        );
+    }
+    assert!(
+        sample(&m, "tracer_process_cpu_seconds_total", &[]).is_some_and(|s| s > 0.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "tracer_process_resident_memory_bytes", &[]).is_some_and(|b| b > 1e6),
+        "{m}"
+    );
     // The live exposition, incidents included, is clean by promtool's rules.
     assert_eq!(promtool_problems(&m), "", "{m}");
     drop(inc);
@@ -139,6 +175,7 @@ fn serve_builds_the_metrics_at_scrape_time() {
         "1h",
         "--detectors",
         "zombies,triage",
+        "--no-bpf-stats",
     ]);
     let addr = tracer.served_at();
     assert_eq!(get(addr, "/-/ready").status, 200);
@@ -182,6 +219,8 @@ fn serve_builds_the_metrics_at_scrape_time() {
         None,
         "{m}"
     );
+    // --no-bpf-stats: the kernel does not time the programs, so no cost is made up.
+    assert!(!m.contains("tracer_bpf_program_runs_total"), "{m}");
     drop(inc);
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);

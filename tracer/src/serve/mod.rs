@@ -78,6 +78,12 @@ pub struct Args {
     /// Also write the metrics to FILE (node_exporter textfile), the same as /metrics.
     #[arg(long, value_name = "FILE")]
     pub prom_file: Option<PathBuf>,
+    /// Do not have the kernel time BPF programs. By default serve turns the kernel's
+    /// BPF statistics on while it runs (BPF_ENABLE_STATS; the switch is host-wide, a
+    /// few tens of ns per program run) to export each of its programs' run count and
+    /// CPU time (tracer_bpf_program_*).
+    #[arg(long)]
+    pub no_bpf_stats: bool,
 }
 
 /// What the HTTP side reads: readiness and each detector's latest report.
@@ -126,6 +132,8 @@ impl State {
             .collect();
         let own = ServeStats {
             idle_closed: self.conns.closed_idle(),
+            cpu_s: own_cpu_seconds(),
+            rss_bytes: own_rss_bytes(),
         };
         let all: Vec<&dyn Collect> = (aged.iter().map(|a| a as &dyn Collect))
             .chain([&own as &dyn Collect])
@@ -166,12 +174,36 @@ impl State {
 /// Serve's own series, at the scrape.
 struct ServeStats {
     idle_closed: u64,
+    cpu_s: Option<f64>,
+    rss_bytes: Option<u64>,
 }
 
 impl Collect for ServeStats {
     fn collect(&self, out: &mut Families) {
         out.sample(&crate::prom::SERVE_IDLE_CLOSED, &[], self.idle_closed);
+        out.opt(&crate::prom::PROCESS_CPU, &[], self.cpu_s);
+        out.opt(&crate::prom::PROCESS_RSS, &[], self.rss_bytes);
     }
+}
+
+/// This process's CPU time, user and system (all threads), in seconds.
+fn own_cpu_seconds() -> Option<f64> {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return None;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(secs(u.ru_utime) + secs(u.ru_stime))
+}
+
+/// This process's resident memory (/proc/self/statm), in bytes.
+fn own_rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 /// The sink that keeps each detector's latest report for /metrics.
@@ -216,7 +248,12 @@ pub async fn run(args: Args) -> Result<u8> {
         json: false,
         prom_file: args.prom_file.clone(),
     };
-    let started = run::start(prepared, opts)?;
+    let mut started = run::start(prepared, opts)?;
+    if !args.no_bpf_stats
+        && let Err(why) = started.time_programs()
+    {
+        log::warn!("{why}; tracer_bpf_program_* are not exported");
+    }
     // One round in flight at a time (see State::join_round): one request suffices.
     let (refresh, asked) = mpsc::channel(1);
     let _ = state.completed.set(watch::Sender::new(0));
