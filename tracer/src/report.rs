@@ -198,8 +198,8 @@ impl Collect for Aged<'_> {
         }
         for p in h.programs.iter().flatten() {
             let l = [("detector", h.command.as_str()), ("program", p.program.as_str())];
-            out.sample(&prom::BPF_RUNS, &l, p.runs);
-            out.sample(&prom::BPF_RUN_TIME, &l, p.run_time_ns as f64 / 1e9);
+            out.sample(&prom::own::BPF_RUNS, &l, p.runs);
+            out.sample(&prom::own::BPF_RUN_TIME, &l, p.run_time_ns as f64 / 1e9);
         }
         for p in &h.hooks.paths {
             let l = [

@@ -190,38 +190,6 @@ pub const REPORT_AGE: Metric = gauge(
     "At the scrape of `tracer serve`, how long ago the detector built the report these metrics come from (not in --prom-file).",
     &["detector"],
 );
-pub const SERVE_IDLE_CLOSED: Metric = counter(
-    "serve_idle_connections_closed",
-    "Idle HTTP connections `tracer serve` closed to make room for a new one at its cap of open connections (not in --prom-file).",
-    &[],
-);
-pub const BPF_RUNS: Metric = counter(
-    "bpf_program_runs",
-    "Times the kernel ran the detector's BPF program, since `tracer serve` had the kernel time programs (BPF_ENABLE_STATS).",
-    &["detector", "program"],
-);
-pub const BPF_RUN_TIME: Metric = Metric {
-    name: "bpf_program_run",
-    kind: Kind::Counter,
-    unit: Some(BaseUnit::Seconds),
-    help: "CPU time the kernel spent running the detector's BPF program (its own cost), since `tracer serve` had the kernel time programs.",
-    labels: &["detector", "program"],
-    buckets: &[],
-};
-pub const PROCESS_CPU: Metric = Metric {
-    name: "process_cpu",
-    kind: Kind::Counter,
-    unit: Some(BaseUnit::Seconds),
-    help: "CPU time of `tracer serve` itself in user and system mode (getrusage), since it started (not in --prom-file).",
-    labels: &[],
-    buckets: &[],
-};
-pub const PROCESS_RSS: Metric = gauge(
-    "process_resident_memory",
-    Some(BaseUnit::Bytes),
-    "Resident memory of `tracer serve` itself (not in --prom-file).",
-    &[],
-);
 pub const REPORT_FINAL: Metric = gauge(
     "report_final",
     None,
@@ -250,11 +218,11 @@ pub const COMMON: &[&Metric] = &[
     &STATE_EVICTED,
     &REPORT_ELAPSED,
     &REPORT_AGE,
-    &SERVE_IDLE_CLOSED,
-    &BPF_RUNS,
-    &BPF_RUN_TIME,
-    &PROCESS_CPU,
-    &PROCESS_RSS,
+    &own::SERVE_IDLE_CLOSED,
+    &own::BPF_RUNS,
+    &own::BPF_RUN_TIME,
+    &own::PROCESS_CPU,
+    &own::PROCESS_RSS,
     &REPORT_FINAL,
     &HOOK_ATTACHED,
     &HOOK_PATH,
@@ -533,6 +501,7 @@ pub fn top_by<T>(items: &[T], by: impl Fn(&T) -> f64, n: usize) -> Vec<&T> {
     v
 }
 
+pub mod own;
 #[cfg(test)]
 mod tests;
 

@@ -180,9 +180,9 @@ struct ServeStats {
 
 impl Collect for ServeStats {
     fn collect(&self, out: &mut Families) {
-        out.sample(&crate::prom::SERVE_IDLE_CLOSED, &[], self.idle_closed);
-        out.opt(&crate::prom::PROCESS_CPU, &[], self.cpu_s);
-        out.opt(&crate::prom::PROCESS_RSS, &[], self.rss_bytes);
+        out.sample(&crate::prom::own::SERVE_IDLE_CLOSED, &[], self.idle_closed);
+        out.opt(&crate::prom::own::PROCESS_CPU, &[], self.cpu_s);
+        out.opt(&crate::prom::own::PROCESS_RSS, &[], self.rss_bytes);
     }
 }
 
