@@ -218,6 +218,11 @@ pub const COMMON: &[&Metric] = &[
     &STATE_EVICTED,
     &REPORT_ELAPSED,
     &REPORT_AGE,
+    &own::SERVE_IDLE_CLOSED,
+    &own::BPF_RUNS,
+    &own::BPF_RUN_TIME,
+    &own::PROCESS_CPU,
+    &own::PROCESS_RSS,
     &REPORT_FINAL,
     &HOOK_ATTACHED,
     &HOOK_PATH,
@@ -496,6 +501,7 @@ pub fn top_by<T>(items: &[T], by: impl Fn(&T) -> f64, n: usize) -> Vec<&T> {
     v
 }
 
+pub mod own;
 #[cfg(test)]
 mod tests;
 

@@ -184,6 +184,7 @@ fn report_to(
             kernel_read_errors: ctx.kernel_read_errors,
             kernel_map_full: ctx.kernel_map_full,
             hooks: (*ctx.hooks).clone(),
+            programs: ctx.programs.clone(),
         },
         body: det.report(ctx)?.into(),
     };
