@@ -258,7 +258,7 @@ mod tests {
         let line = r.json().unwrap();
         assert_eq!(
             line,
-            r#"{"command":"zombies","final":true,"elapsed_s":2.5,"lost_events":0,"bad_records":0,"kernel_read_errors":0,"kernel_map_full":0,"hooks":{"attached":[],"paths":[]},"zombies_total":3}"#
+            r#"{"command":"zombies","final":true,"elapsed_s":2.5,"lost_events":0,"bad_records":0,"kernel_read_errors":0,"kernel_map_full":0,"hooks":{"attached":[],"paths":[]},"programs":null,"zombies_total":3}"#
         );
         assert_eq!(
             r.text(),
