@@ -138,8 +138,9 @@ fn serve_runs_every_detector_in_one_process_and_serves_their_findings() {
     for e in tracer::detectors::ALL {
         let d = e.spec.detector;
         assert!(
-            m.lines().any(|l| l.starts_with("tracer_bpf_program_runs_total{")
-                && l.contains(&format!("detector=\"{d}\""))),
+            m.lines()
+                .any(|l| l.starts_with("tracer_bpf_program_runs_total{")
+                    && l.contains(&format!("detector=\"{d}\""))),
             "no program of {d} is timed:\n{m}"
         );
     }
@@ -387,7 +388,10 @@ fn serve_answers_while_a_client_holds_a_thousand_idle_or_slow_connections() {
     );
     assert_eq!(promtool_problems(&m), "", "{m}");
     let reopened = holder.stop();
-    assert!(reopened >= 1, "serve closed none of the holder's connections");
+    assert!(
+        reopened >= 1,
+        "serve closed none of the holder's connections"
+    );
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
     assert_none_loaded("zombies_");

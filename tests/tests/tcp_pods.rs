@@ -28,7 +28,11 @@ fn show(v: &impl serde::Serialize) -> String {
 fn pruned(p: &PrunedSockets, pid: u32) -> ((u64, u64), (u64, u64)) {
     let (mut ours, mut others) = ((0, 0), (0, 0));
     for s in &p.sockets {
-        let t = if s.pid == Some(pid) { &mut ours } else { &mut others };
+        let t = if s.pid == Some(pid) {
+            &mut ours
+        } else {
+            &mut others
+        };
         t.0 += s.prunes;
         t.1 += s.discards;
     }
@@ -350,7 +354,12 @@ fn receive_queue_pruning_and_collapsing_are_counted() {
         assert_eq!(p.path, want, "{}", show(p));
         assert_eq!(p.why_unavailable, None, "{}", show(p));
         let top = p.sockets.first().expect("a pruned socket");
-        assert_eq!(top.pid, Some(pid), "the helper's socket is pruned most: {}", show(p));
+        assert_eq!(
+            top.pid,
+            Some(pid),
+            "the helper's socket is pruned most: {}",
+            show(p)
+        );
         assert_eq!(top.comm.as_deref(), Some("incident_tcp"), "{}", show(p));
         match want {
             PrunePath::Fentry => assert!(top.cookie.is_some_and(|c| c != 0), "{}", show(p)),

@@ -197,7 +197,10 @@ impl Collect for Aged<'_> {
             out.sample(&prom::HOOK_ATTACHED, &l, u64::from(a.attached));
         }
         for p in h.programs.iter().flatten() {
-            let l = [("detector", h.command.as_str()), ("program", p.program.as_str())];
+            let l = [
+                ("detector", h.command.as_str()),
+                ("program", p.program.as_str()),
+            ];
             out.sample(&prom::own::BPF_RUNS, &l, p.runs);
             out.sample(&prom::own::BPF_RUN_TIME, &l, p.run_time_ns as f64 / 1e9);
         }
