@@ -189,7 +189,11 @@ fn memcgs_pinned_by_page_cache_stay_dying_until_the_cache_is_freed() {
         .expect("a cgroup2 entry in /proc/self/cgroup");
     let files = TempDir::new("cgroups-cache");
     // Dying past 3 s is a finding here (30 s by default), so the test need not wait long.
-    let (tracer, prom) = start_live_with(&mem.name, &files, &["--dying-age", "3s"]);
+    let (tracer, prom) = start_live_with(
+        &mem.name,
+        &files,
+        &["--dying-age", "3s", "--dying-min", &K.to_string()],
+    );
     // K memcgs with 8 MiB of page cache each, removed: made dying by this process
     // (parent and children), the cache and the rest undone by the guard.
     let mut pinned = PinnedMemcgs::new("pinned", 8 << 20);
@@ -676,9 +680,12 @@ fn healthy_busy_scopes_created_used_and_removed_are_no_finding() {
     assert_eq!(p.rmdirs, n as u64, "{how}: {p:?}");
     let released = rows_under(&r.released_recent, &format!("{rel_parent}/")).len();
     let dying = rows_under(&r.dying, &format!("{rel_parent}/"));
-    for d in &dying {
-        assert!(d.age_s < 30.0, "{how}: {d:?}");
-    }
+    // A scope that is first to fault in a page evicted meanwhile (a binary's, a
+    // library's: this host's DAMON reclaim evicts cold page cache) keeps it charged
+    // until reclaim and stays dying: a few such are normal and no finding (fewer than
+    // --dying-min, 10), which the reports above checked.
+    let stuck: Vec<&&DyingRow> = dying.iter().filter(|d| d.age_s >= 30.0).collect();
+    assert!(stuck.len() < 10, "{how}: {stuck:?}");
     assert_eq!(
         released + dying.len(),
         n,

@@ -165,6 +165,8 @@ fn every_detector_ends_its_duration_with_one_final_report_and_detaches() {
             last.kernel_map_full,
         ];
         assert_eq!(counts, [0; 4], "{}: {last:?}", d.command);
+        // Only serve has the kernel time programs: no run counts are made up here.
+        assert_eq!(last.programs, None, "{}", d.command);
         // Its hooks, each attached or not: a run that started has every required one.
         let hooks = &last.hooks.attached;
         assert!(!hooks.is_empty(), "{}: {last:?}", d.command);

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tracer::{
     inodes::{
         InodesReport,
-        census::{Census, CensusDirRow, Owner, SkipReason, Trigger},
+        census::{Census, CensusDirRow, Owner, SkipReason, SkippedRow, Trigger},
     },
     snapshot::Level,
 };
@@ -28,6 +28,14 @@ fn census_of<'a>(r: &'a InodesReport, mount: &Path) -> &'a Census {
     (r.census.iter().flatten())
         .find(|c| c.mount == mount)
         .unwrap_or_else(|| panic!("no census of {}: {}", mount.display(), js(r)))
+}
+
+/// The census's one skipped line, which must be `path` for `reason`.
+fn only_skipped<'a>(c: &'a Census, path: &Path, reason: SkipReason) -> &'a SkippedRow {
+    assert_eq!(c.skipped_count, 1, "{}", js(c));
+    let s = &c.skipped[0];
+    assert_eq!((s.path.as_path(), s.reason), (path, reason), "{}", js(c));
+    s
 }
 
 fn row<'a>(c: &'a Census, path: &Path) -> &'a CensusDirRow {
@@ -291,14 +299,7 @@ fn a_directory_removed_during_the_walk_is_a_skipped_line_and_the_rest_is_counted
     assert!(out.status.success(), "{}", out.stderr);
     let r = out.final_as::<InodesReport>();
     let c = census_of(&r, &t.dir);
-    assert_eq!(c.skipped_count, 1, "{}", js(c));
-    let s = &c.skipped[0];
-    assert_eq!(
-        (s.path.as_path(), s.reason),
-        (gone.as_path(), SkipReason::Removed),
-        "{}",
-        js(c)
-    );
+    let s = only_skipped(c, &gone, SkipReason::Removed);
     assert!(s.detail.starts_with("removed during the walk"), "{}", js(s));
     let k = row(c, &keep);
     assert_eq!((k.own_entries, k.subtree_inodes), (100, 101));
@@ -329,14 +330,7 @@ fn an_unreadable_directory_is_a_skipped_line_and_the_rest_is_counted() {
     assert!(out.status.success(), "{}", out.stderr);
     let r = out.final_as::<InodesReport>();
     let c = census_of(&r, &fs.mnt);
-    assert_eq!(c.skipped_count, 1, "{}", js(c));
-    let s = &c.skipped[0];
-    assert_eq!(
-        (s.path.as_path(), s.reason),
-        (bad.as_path(), SkipReason::Unreadable),
-        "{}",
-        js(c)
-    );
+    let s = only_skipped(c, &bad, SkipReason::Unreadable);
     assert!(s.detail.starts_with("stat: "), "{}", js(s));
     let g = row(c, &good);
     assert_eq!((g.own_entries, g.subtree_inodes), (50, 51));

@@ -177,6 +177,16 @@ fn group<'a>(r: &'a CgroupsReport, ancestor: &str) -> Option<&'a PinnedGroup> {
         .find(|g| g.ancestor == ancestor)
 }
 
+/// The memory hierarchy the test's memcgs go in, with the kernel and hierarchy for
+/// messages, and (cgroup2) the memory controller enabled for the root's children until
+/// the guard drops.
+fn memory_hierarchy() -> (MemoryHierarchy, String, Option<SubtreeControl>) {
+    let mem = CgroupLayout::read().memory();
+    let how = format!("{}, {}", matrix_kernel(), mem.describe());
+    let ctl = mem.v2.then(|| SubtreeControl::enable(&mem.mount, "memory"));
+    (mem, how, ctl)
+}
+
 fn show(r: &CgroupsReport) -> String {
     serde_json::to_string_pretty(&r.autopsy).unwrap()
         + &format!("\nmissing: {:?}", r.autopsy_missing)
@@ -192,10 +202,7 @@ fn close_to(got: u64, want: u64) -> bool {
 fn memcgs_pinned_while_tracing_name_their_files_and_the_remedy_releases_them() {
     require_root();
     let _s = serial();
-    let kernel = matrix_kernel();
-    let mem = CgroupLayout::read().memory();
-    let how = format!("{kernel}, {}", mem.describe());
-    let _root_ctl = mem.v2.then(|| SubtreeControl::enable(&mem.mount, "memory"));
+    let (mem, how, _root_ctl) = memory_hierarchy();
     let file = CachedFile::new("pinned.dat");
     let shm = Tmpfs::new("autopsy", "size=64m");
     warm_up();
@@ -314,10 +321,7 @@ fn memcgs_pinned_while_tracing_name_their_files_and_the_remedy_releases_them() {
 fn memcgs_dying_from_before_the_start_get_bytes_by_kind_and_a_reason_for_their_files() {
     require_root();
     let _s = serial();
-    let kernel = matrix_kernel();
-    let mem = CgroupLayout::read().memory();
-    let how = format!("{kernel}, {}", mem.describe());
-    let _root_ctl = mem.v2.then(|| SubtreeControl::enable(&mem.mount, "memory"));
+    let (mem, how, _root_ctl) = memory_hierarchy();
     let file = CachedFile::new("before.dat");
     warm_up();
     let c = DyingMemcg::make(

@@ -115,6 +115,43 @@ fn serve_runs_every_detector_in_one_process_and_serves_their_findings() {
             "{d}"
         );
     }
+    // Its own cost: the kernel timed each program (every kernel of the matrix has
+    // BPF_ENABLE_STATS, 5.8+), the exits above ran the exit program at least 7 times
+    // and took time; and serve's own CPU and memory.
+    let runs = |program: &str| {
+        sample(
+            &m,
+            "tracer_bpf_program_runs_total",
+            &[("detector", "zombies"), ("program", program)],
+        )
+    };
+    assert!(runs("zombies_exit").is_some_and(|n| n >= 7.0), "{m}");
+    assert!(
+        sample(
+            &m,
+            "tracer_bpf_program_run_seconds_total",
+            &[("detector", "zombies"), ("program", "zombies_exit")]
+        )
+        .is_some_and(|s| s > 0.0),
+        "{m}"
+    );
+    for e in tracer::detectors::ALL {
+        let d = e.spec.detector;
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("tracer_bpf_program_runs_total{")
+                    && l.contains(&format!("detector=\"{d}\""))),
+            "no program of {d} is timed:\n{m}"
+        );
+    }
+    assert!(
+        sample(&m, "tracer_process_cpu_seconds_total", &[]).is_some_and(|s| s > 0.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "tracer_process_resident_memory_bytes", &[]).is_some_and(|b| b > 1e6),
+        "{m}"
+    );
     // The live exposition, incidents included, is clean by promtool's rules.
     assert_eq!(promtool_problems(&m), "", "{m}");
     drop(inc);
@@ -139,6 +176,7 @@ fn serve_builds_the_metrics_at_scrape_time() {
         "1h",
         "--detectors",
         "zombies,triage",
+        "--no-bpf-stats",
     ]);
     let addr = tracer.served_at();
     assert_eq!(get(addr, "/-/ready").status, 200);
@@ -182,6 +220,8 @@ fn serve_builds_the_metrics_at_scrape_time() {
         None,
         "{m}"
     );
+    // --no-bpf-stats: the kernel does not time the programs, so no cost is made up.
+    assert!(!m.contains("tracer_bpf_program_runs_total"), "{m}");
     drop(inc);
     let out = tracer.interrupt();
     assert!(out.status.success(), "{}", out.stderr);
@@ -207,4 +247,152 @@ fn serve_answers_bad_input_in_one_sentence() {
     for prefix in ["zombies_", "cgroups_"] {
         assert_none_loaded(prefix);
     }
+}
+
+/// One client's connections to serve, each idle (connected, nothing sent) or slow
+/// (a request sent one byte a second); any serve closes is opened again on the next
+/// pass, as a client that reconnects would.
+struct Holder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Holder {
+    /// Opens `n` connections to `addr` (half idle, half slow) and returns once all are
+    /// open; a pass each second writes a byte on the slow ones and reopens closed ones.
+    fn start(addr: SocketAddr, n: usize) -> Holder {
+        use std::{
+            io::{ErrorKind, Write as _},
+            net::TcpStream,
+            sync::{
+                Arc,
+                atomic::{AtomicBool, Ordering},
+                mpsc,
+            },
+        };
+        const REQUEST: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: tracer\r\n\r\n";
+        let stop = Arc::new(AtomicBool::new(false));
+        let (opened, all_open) = mpsc::channel();
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let connect = || {
+                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).ok()?;
+                s.set_nonblocking(true).ok()?;
+                Some(s)
+            };
+            // Each connection and how much of the request it has sent.
+            let mut conns: Vec<Option<(TcpStream, usize)>> =
+                (0..n).map(|_| connect().map(|s| (s, 0))).collect();
+            let _ = opened.send(conns.iter().filter(|c| c.is_some()).count());
+            let mut reopened = 0u64;
+            while !stopping.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                for (i, c) in conns.iter_mut().enumerate() {
+                    let mut buf = [0u8; 1];
+                    // Closed by serve: EOF or an error on a nonblocking peek.
+                    let open = c.as_ref().is_some_and(|(s, _)| {
+                        matches!(s.peek(&mut buf), Err(e) if e.kind() == ErrorKind::WouldBlock)
+                    });
+                    if !open {
+                        *c = connect().map(|s| (s, 0));
+                        reopened += 1;
+                    }
+                    if i % 2 == 1
+                        && let Some((s, sent)) = c
+                        && *sent < REQUEST.len()
+                        && s.write(&REQUEST[*sent..*sent + 1]).is_ok()
+                    {
+                        *sent += 1;
+                    }
+                }
+            }
+            reopened
+        });
+        let n_open = all_open.recv().expect("the holder thread ended");
+        assert_eq!(n_open, n, "the holder opened {n_open} of {n} connections");
+        Holder {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Holder {
+    /// Stops the holder; how many connections it opened again after serve closed them.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (self.thread.take())
+            .map(|t| t.join().expect("the holder thread panicked"))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Raises this process's open-file limit to at least `n` (root may raise the hard
+/// limit too), for a test that holds many sockets.
+fn raise_open_files(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim.rlim_max = lim.rlim_max.max(n);
+    lim.rlim_cur = lim.rlim_cur.max(n);
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn serve_answers_while_a_client_holds_a_thousand_idle_or_slow_connections() {
+    require_root();
+    let _s = serial();
+    raise_open_files(4096);
+    let tracer = Tracer::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "-i",
+        "1s",
+        "--detectors",
+        "zombies",
+    ]);
+    let addr = tracer.served_at();
+    assert_eq!(get(addr, "/-/ready").status, 200);
+    // A thousand connections, over serve's cap of open ones: it keeps the ones that
+    // arrived last and closes the idle rest; the holder opens them again each second.
+    let holder = Holder::start(addr, 1000);
+    // Each probe and scrape is answered (a connection closed without a response
+    // panics in `get`), round after round while the holder reconnects.
+    for round in 0..5 {
+        for path in ["/-/healthy", "/-/ready", "/metrics"] {
+            let r = get(addr, path);
+            assert_eq!(r.status, 200, "{path}, round {round}: {}", r.body);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let m = get(addr, "/metrics").body;
+    // Of the first thousand, all but the 128 kept were closed to make room.
+    assert!(
+        sample(&m, "tracer_serve_idle_connections_closed_total", &[])
+            .is_some_and(|n| n >= 1000.0 - 128.0),
+        "{m}"
+    );
+    assert_eq!(promtool_problems(&m), "", "{m}");
+    let reopened = holder.stop();
+    assert!(
+        reopened >= 1,
+        "serve closed none of the holder's connections"
+    );
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_none_loaded("zombies_");
 }

@@ -77,6 +77,8 @@ struct Pushed {
     during: Vec<Report>,
     report: Report,
     helper: u32,
+    /// The tracer's stderr (its warnings: late samples, lost events), for failures.
+    stderr: String,
 }
 
 const LOWERED: &str = "64 128 256";
@@ -132,6 +134,7 @@ fn push_under_low_tcp_mem_env(extra: &[&str], env: &[(&str, &str)]) -> Pushed {
         during: out.reports_as(),
         report: out.final_as(),
         helper,
+        stderr: out.stderr.clone(),
     }
 }
 
@@ -151,6 +154,7 @@ fn pressure_episode_names_the_pushing_process_and_its_latency() {
         during,
         report,
         helper,
+        stderr,
     } = push_under_low_tcp_mem(&[]);
     let r = &report;
     assert_eq!(r.header.command, "tcp-pressure");
@@ -165,7 +169,11 @@ fn pressure_episode_names_the_pushing_process_and_its_latency() {
     let eps = &r.episodes;
     assert!(!eps.is_empty(), "no episode: {}", show(r));
     assert!(eps.iter().any(|e| e.peak_pages > 128), "{}", show(eps));
-    assert!(eps.iter().all(|e| e.tcp_mem == Some(set)), "{}", show(eps));
+    assert!(
+        eps.iter().all(|e| e.tcp_mem == Some(set)),
+        "{}\ntracer stderr: {stderr}",
+        show(eps)
+    );
     // While it was on, interval reports said so, with the episode still open.
     assert!(
         during.iter().any(|x| !x.header.final_

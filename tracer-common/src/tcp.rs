@@ -59,6 +59,11 @@ pub const COUNT_RCVQ_FULL: u32 = 2;
 /// TCP refusals seen in the kernel (also sent as records; this count is exact even
 /// when records are lost).
 pub const COUNT_REFUSALS: u32 = 3;
+/// Receive-queue prunes seen by the prune programs (all sockets; exact even when a
+/// socket's entry in `TCP_PRUNED` was evicted or could not be inserted).
+pub const COUNT_PRUNES: u32 = 4;
+/// Of the prune programs' calls, those where pruning had to discard data.
+pub const COUNT_PRUNE_DISCARDS: u32 = 5;
 /// First slot of the drop counters: slot `COUNT_DROP_BASE + i` counts reason i of the
 /// table userspace wrote into `TCP_DROP_SLOT`.
 pub const COUNT_DROP_BASE: u32 = 8;
@@ -105,6 +110,39 @@ const _: () = assert!(core::mem::size_of::<PressureEdgeEvent>() == 48);
 
 plain!(PressureEdgeEvent);
 record!(PressureEdgeEvent: TcpPressureEdge);
+
+/// Sockets whose receive queue was pruned, kept in `TCP_PRUNED` (LRU: the sockets
+/// pruned longest ago make room; their counts stay in [`COUNT_PRUNES`]).
+pub const PRUNED_CAPACITY: u32 = 4096;
+
+/// One socket's receive-queue prunes (value of `TCP_PRUNED`, keyed by socket cookie on
+/// the fentry path and by the struct sock address on the kprobe path, which has no
+/// cookie helper). A socket's receive path runs under its lock, so its entry is
+/// updated by one CPU at a time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrunedSock {
+    /// Socket cookie (fentry path), 0 on the kprobe path.
+    pub cookie: u64,
+    /// Prunes that collapsed the receive queue (tcp_collapse of sk_receive_queue).
+    pub prunes: u64,
+    /// Times pruning was not enough and the kernel went on to discard data
+    /// (tcp_prune_ofo_queue: out-of-order packets first, then what arrived).
+    pub discards: u64,
+    /// Of `prunes`, those while TCP memory pressure was on ([`FLAG_PRESSURE`]).
+    pub during_pressure: u64,
+    /// The task current at the last prune (in softirq, a bystander).
+    pub tgid: u32,
+    /// Local and remote port, host order (from struct sock_common).
+    pub lport: u16,
+    pub rport: u16,
+    pub comm: [u8; COMM_LEN],
+    /// CLOCK_MONOTONIC ns of the last prune.
+    pub last_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<PrunedSock>() == 64);
+
+plain!(PrunedSock);
 
 /// Send latency histogram: log-linear buckets over nanoseconds, 16 per power of two
 /// (each bucket at most 1/16 = 6.25% wide), values below 16 ns exact, capped at

@@ -9,6 +9,7 @@ mod common;
 mod inodes;
 mod probe;
 mod tcp;
+mod tcp_prune;
 mod triage;
 mod zombies;
 

@@ -73,7 +73,7 @@ static TCP_DROP_SLOT: Array<u32> = Array::with_max_entries(DROP_REASON_CAPACITY,
 /// Global counters per CPU (retransmits split by pressure, rcvqueue_full, refusals,
 /// then one slot per counted drop reason).
 #[map]
-static TCP_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNT_SLOTS, 0);
+pub(crate) static TCP_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNT_SLOTS, 0);
 
 /// [FLAG_PRESSURE]: 1 while TCP memory pressure is on (see tracer_common::tcp).
 #[map]
@@ -111,7 +111,7 @@ fn flag(slot: u32) -> u32 {
 }
 
 #[inline(always)]
-fn pressure() -> u32 {
+pub(crate) fn pressure() -> u32 {
     flag(FLAG_PRESSURE)
 }
 

@@ -67,6 +67,27 @@ impl Hooks {
     }
 }
 
+/// The programs `session` attached for `plan`: its spec's hooks that attached and
+/// the hooks of the path each choice took (for their kernel run time and count).
+pub fn programs(session: &Session, plan: &Plan) -> Vec<&'static str> {
+    let attached = |p: &str| {
+        (session.hooks.iter()).any(|st| st.program == p && st.state == HookState::Attached)
+    };
+    let mut out: Vec<&'static str> = (plan.spec.hooks.iter())
+        .map(|h| h.program)
+        .filter(|p| attached(p))
+        .collect();
+    for c in &plan.choices {
+        let took = session.took(c.name);
+        for path in c.paths.iter().filter(|p| Some(p.name) == took) {
+            out.extend(path.hooks.iter().map(|h| h.program));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,19 @@ pub struct Header {
     pub kernel_map_full: u64,
     /// The detector's hooks and the path each choice took.
     pub hooks: Hooks,
+    /// What the kernel counted for each of the detector's programs since it started
+    /// timing them (`tracer serve`: BPF_ENABLE_STATS); None when it does not.
+    pub programs: Option<Vec<ProgramCost>>,
+}
+
+/// One of a detector's BPF programs, as the kernel's statistics count it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgramCost {
+    pub program: String,
+    /// Times it ran.
+    pub runs: u64,
+    /// CPU time it ran for, in nanoseconds (the kernel's run_time_ns).
+    pub run_time_ns: u64,
 }
 
 impl Header {
@@ -183,6 +196,14 @@ impl Collect for Aged<'_> {
             let l = [("detector", h.command.as_str()), ("hook", a.hook.as_str())];
             out.sample(&prom::HOOK_ATTACHED, &l, u64::from(a.attached));
         }
+        for p in h.programs.iter().flatten() {
+            let l = [
+                ("detector", h.command.as_str()),
+                ("program", p.program.as_str()),
+            ];
+            out.sample(&prom::own::BPF_RUNS, &l, p.runs);
+            out.sample(&prom::own::BPF_RUN_TIME, &l, p.run_time_ns as f64 / 1e9);
+        }
         for p in &h.hooks.paths {
             let l = [
                 ("detector", h.command.as_str()),
@@ -227,6 +248,7 @@ mod tests {
             kernel_read_errors: read,
             kernel_map_full: 0,
             hooks: Hooks::default(),
+            programs: None,
         }
     }
 
@@ -239,7 +261,7 @@ mod tests {
         let line = r.json().unwrap();
         assert_eq!(
             line,
-            r#"{"command":"zombies","final":true,"elapsed_s":2.5,"lost_events":0,"bad_records":0,"kernel_read_errors":0,"kernel_map_full":0,"hooks":{"attached":[],"paths":[]},"zombies_total":3}"#
+            r#"{"command":"zombies","final":true,"elapsed_s":2.5,"lost_events":0,"bad_records":0,"kernel_read_errors":0,"kernel_map_full":0,"hooks":{"attached":[],"paths":[]},"programs":null,"zombies_total":3}"#
         );
         assert_eq!(
             r.text(),

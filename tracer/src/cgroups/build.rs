@@ -136,6 +136,7 @@ impl Cgroups {
             empty: empty.into_iter().take(JSON_ROWS).collect(),
             min_age_s: self.args.min_age.as_secs_f64(),
             dying_age_s: self.args.dying_age.as_secs_f64(),
+            dying_min: self.args.dying_min,
             trend_span_s: self.trend_span_s(),
             findings: judged.findings,
             leaves_behind: behind,
@@ -166,7 +167,12 @@ impl Cgroups {
         let (rows, judged): (Vec<HierarchyRow>, Vec<HierarchyDying>) = (wanted.iter())
             .map(|s| self.hierarchy_row(&s.hierarchy, &all_dying, c))
             .unzip();
-        let findings = judge::findings(&judged, self.args.dying_age.as_secs_f64(), c.elapsed_s);
+        let findings = judge::findings(
+            &judged,
+            self.args.dying_age.as_secs_f64(),
+            self.args.dying_min,
+            c.elapsed_s,
+        );
         Judged {
             in_memory: judge::in_memory(&judged, &findings),
             rows,

@@ -162,11 +162,17 @@ pub struct Args {
     /// (systemd slices excepted: the manager keeps them empty by design).
     #[arg(long, value_parser = run::parse_age, default_value = "10m", value_name = "AGE")]
     pub min_age: Duration,
-    /// A removed cgroup still dying after this long is a finding (the kernel frees a
-    /// healthy one within seconds); so are cgroups dying since before the start once the
-    /// tracer has run this long.
+    /// A removed cgroup still dying after this long is stuck (the kernel frees most
+    /// within seconds); so are cgroups dying since before the start once the tracer has
+    /// run this long.
     #[arg(long, value_parser = run::parse_age, default_value = "30s", value_name = "AGE")]
     pub dying_age: Duration,
+    /// Stuck cgroups are a finding from this many in one hierarchy (removed while
+    /// tracing, or dying since before the start). A few stuck memcgs are normal on a busy
+    /// host: a short-lived scope that first read a few pages of a binary keeps them
+    /// charged until reclaim; hundreds piling up are the incident.
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub dying_min: u64,
     /// A growing dying count is a finding only when sustained over at least this long
     /// (>= 10 samples, 1/s, rising in each third of the window).
     #[arg(long, value_parser = run::parse_age, default_value = "30s", value_name = "AGE")]

@@ -62,6 +62,8 @@ pub struct CgroupsReport {
     /// `--min-age`, `--dying-age` and `--trend-span`, seconds.
     pub min_age_s: f64,
     pub dying_age_s: f64,
+    /// `--dying-min`: stuck cgroups of one hierarchy are a finding from this many.
+    pub dying_min: u64,
     pub trend_span_s: f64,
     pub findings: Vec<Finding>,
     /// Creators of empty leftovers, the most leftovers first.
@@ -273,14 +275,16 @@ impl CgroupsReport {
 
     fn findings_text(&self) -> String {
         let mut t = format!(
-            "\nFINDINGS (a removed cgroup still dying after {}, cgroups dying since before the start \
-             not released within it, or a dying count growing: {})\n",
+            "\nFINDINGS ({} or more removed cgroups of one hierarchy still dying after {}, or as many \
+             dying since before the start not released within it, or a dying count growing: {})\n",
+            self.dying_min,
             human_duration(self.dying_age_s),
             trend::rule(self.trend_span_s)
         );
         if self.findings.is_empty() {
             t += &format!(
-                "  none: no cgroup stayed dying past {}, no sustained growth of the dying count\n",
+                "  none: fewer than {} cgroups of a hierarchy stayed dying past {}, no sustained growth of the dying count\n",
+                self.dying_min,
                 human_duration(self.dying_age_s)
             );
         }

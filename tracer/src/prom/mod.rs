@@ -218,6 +218,11 @@ pub const COMMON: &[&Metric] = &[
     &STATE_EVICTED,
     &REPORT_ELAPSED,
     &REPORT_AGE,
+    &own::SERVE_IDLE_CLOSED,
+    &own::BPF_RUNS,
+    &own::BPF_RUN_TIME,
+    &own::PROCESS_CPU,
+    &own::PROCESS_RSS,
     &REPORT_FINAL,
     &HOOK_ATTACHED,
     &HOOK_PATH,
@@ -454,28 +459,35 @@ pub struct Process<'a> {
 impl Process<'_> {
     /// The value of label `name` ("" for none: left out).
     fn label(&self, name: &str) -> String {
-        let c = self.container;
-        let name_of =
-            |f: fn(&Container) -> Option<&String>| c.and_then(f).cloned().unwrap_or_default();
         match name {
             "pid" => self.pid.to_string(),
             "comm" => self.comm.to_string(),
             "mount" => self.mount.unwrap_or_default().to_string(),
-            "container_id" => c
-                .map(|c| format!("{}://{}", c.runtime, c.id))
-                .unwrap_or_default(),
-            "pod_uid" => name_of(|c| c.pod_uid.as_ref()),
-            "qos" => c
-                .and_then(|c| c.qos.as_deref())
-                .unwrap_or_default()
-                .to_string(),
-            "container" => name_of(|c| c.names.name.as_ref()),
-            "pod" => name_of(|c| c.names.pod.as_ref()),
-            "namespace" => name_of(|c| c.names.namespace.as_ref()),
-            other => {
-                debug_assert!(false, "{other} is not a process label");
-                String::new()
-            }
+            other => container_label(self.container, other),
+        }
+    }
+}
+
+/// The value of a container label (`container_id`, `pod_uid`, `qos`, `container`,
+/// `pod`, `namespace`) of series about something in container `c` ("" for none: left
+/// out).
+pub fn container_label(c: Option<&Container>, name: &str) -> String {
+    let name_of = |f: fn(&Container) -> Option<&String>| c.and_then(f).cloned().unwrap_or_default();
+    match name {
+        "container_id" => c
+            .map(|c| format!("{}://{}", c.runtime, c.id))
+            .unwrap_or_default(),
+        "pod_uid" => name_of(|c| c.pod_uid.as_ref()),
+        "qos" => c
+            .and_then(|c| c.qos.as_deref())
+            .unwrap_or_default()
+            .to_string(),
+        "container" => name_of(|c| c.names.name.as_ref()),
+        "pod" => name_of(|c| c.names.pod.as_ref()),
+        "namespace" => name_of(|c| c.names.namespace.as_ref()),
+        other => {
+            debug_assert!(false, "{other} is not a container label");
+            String::new()
         }
     }
 }
@@ -489,6 +501,7 @@ pub fn top_by<T>(items: &[T], by: impl Fn(&T) -> f64, n: usize) -> Vec<&T> {
     v
 }
 
+pub mod own;
 #[cfg(test)]
 mod tests;
 

@@ -24,8 +24,8 @@ use tracer_common::EventKind;
 pub use crate::opts::{RunOpts, parse_age, parse_duration, parse_top};
 use crate::{
     bpf::{CpuSum, Plan, Session, caps},
-    hooks::Hooks,
-    report::Body,
+    hooks::{self, Hooks},
+    report::{Body, ProgramCost},
     ring::{Ring, register},
     sink::{self, Sink},
 };
@@ -47,6 +47,9 @@ pub struct ReportCtx {
     pub hooks: Arc<Hooks>,
     /// Entries the programs could not add to a full kernel map (MAP_FULL).
     pub kernel_map_full: u64,
+    /// The kernel's run count and time of each of the detector's programs, when it
+    /// times them ([`Started::time_programs`]).
+    pub programs: Option<Vec<ProgramCost>>,
 }
 
 /// A ring-buffer record the detector could not decode: the driver counts it and every
@@ -176,6 +179,7 @@ pub fn start(prepared: Vec<Prepared>, opts: RunOpts) -> Result<Started> {
                     detector: a.detector,
                     kinds: p.plan.spec.kinds,
                     hooks,
+                    programs: Vec::new(),
                 });
                 what.push(a.what);
             }
@@ -184,6 +188,7 @@ pub fn start(prepared: Vec<Prepared>, opts: RunOpts) -> Result<Started> {
                 session: None,
                 what: what.join("; "),
                 opts,
+                timing: None,
             });
         }
         Err(e) => return Err(e),
@@ -193,11 +198,13 @@ pub fn start(prepared: Vec<Prepared>, opts: RunOpts) -> Result<Started> {
     for p in prepared {
         let s = session.as_mut().expect("loaded above");
         let hooks = Arc::new(Hooks::of(Some(s), &p.plan));
+        let programs = hooks::programs(s, &p.plan);
         let a = (p.attach)(Ok(s))?;
         detectors.push(Driven {
             detector: a.detector,
             kinds: p.plan.spec.kinds,
             hooks,
+            programs,
         });
         what.push(a.what);
     }
@@ -206,6 +213,7 @@ pub fn start(prepared: Vec<Prepared>, opts: RunOpts) -> Result<Started> {
         session,
         what: what.join("; "),
         opts,
+        timing: None,
     })
 }
 
@@ -220,6 +228,8 @@ pub struct Started {
     /// What they trace, for the "Tracing ... for 10s" line.
     pub what: String,
     pub opts: RunOpts,
+    /// Held while the kernel times every BPF program ([`Started::time_programs`]).
+    timing: Option<std::os::fd::OwnedFd>,
 }
 
 /// One detector of a run, as [`Started::run`] drives it.
@@ -229,6 +239,8 @@ pub struct Driven {
     pub kinds: &'static [EventKind],
     /// Its hooks as attached, for every report.
     pub hooks: Arc<Hooks>,
+    /// Its programs that attached (their kernel run time and count go in reports).
+    pub programs: Vec<&'static str>,
 }
 
 /// Asks a serving run for a report from every detector now (a scrape); the sender is
@@ -274,11 +286,48 @@ impl Shared {
             kernel_read_errors: self.read_errors.as_ref().map_or(0, CpuSum::get),
             hooks: Arc::default(),
             kernel_map_full: self.map_full.as_ref().map_or(0, CpuSum::get),
+            programs: None,
         }
     }
 }
 
+/// What the kernel counted for `programs` of `session` (None when it is not timing them).
+fn costs(session: Option<&Session>, timing: bool, programs: &[&str]) -> Option<Vec<ProgramCost>> {
+    let s = session.filter(|_| timing)?;
+    Some(
+        (programs.iter())
+            .filter_map(|name| {
+                let info = s.ebpf.program(name)?.info().ok()?;
+                Some(ProgramCost {
+                    program: (*name).to_string(),
+                    runs: info.run_count(),
+                    run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                })
+            })
+            .collect(),
+    )
+}
+
 impl Started {
+    /// Has the kernel time every BPF program from now until the run ends
+    /// (BPF_ENABLE_STATS: the kernel's switch is host-wide, about two clock reads per
+    /// program run), so each report carries its programs' run count and time. Err is
+    /// the reason, in a sentence, when the kernel refuses (before 5.8).
+    pub fn time_programs(&mut self) -> std::result::Result<(), String> {
+        if self.session.is_none() {
+            return Err("no BPF program is loaded".into());
+        }
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => {
+                self.timing = Some(fd);
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "the kernel does not time BPF programs here (BPF_ENABLE_STATS: {e})"
+            )),
+        }
+    }
+
     /// Runs with the sinks the options ask for; returns the exit status.
     pub async fn run(self) -> Result<u8> {
         let sinks = sink::from_opts(&self.opts);
@@ -315,7 +364,9 @@ impl Started {
         let mut senders = Vec::new();
         let mut routes: HashMap<u32, usize> = HashMap::new();
         let mut tasks = Vec::new();
+        let mut programs = Vec::new();
         for (i, d) in std::mem::take(&mut self.detectors).into_iter().enumerate() {
+            programs.push(d.programs);
             for k in d.kinds {
                 routes.insert(*k as u32, i);
             }
@@ -367,11 +418,19 @@ impl Started {
                 }
             };
         }
+        let timing = self.timing.is_some();
+        macro_rules! ctx {
+            ($i:expr, $final:expr) => {
+                ReportCtx {
+                    programs: costs(self.session.as_ref(), timing, &programs[$i]),
+                    ..shared.ctx($final, start.elapsed(), unrouted)
+                }
+            };
+        }
         macro_rules! report {
             ($final:expr) => {
-                for tx in &senders {
-                    let ctx = shared.ctx($final, start.elapsed(), unrouted);
-                    let _ = tx.send(Msg::Report(ctx, None)).await;
+                for (i, tx) in senders.iter().enumerate() {
+                    let _ = tx.send(Msg::Report(ctx!(i, $final), None)).await;
                 }
             };
         }
@@ -393,10 +452,9 @@ impl Started {
                     };
                     drain!();
                     let mut built = Vec::new();
-                    for tx in &senders {
-                        let ctx = shared.ctx(false, start.elapsed(), unrouted);
+                    for (i, tx) in senders.iter().enumerate() {
                         let (one, rx) = oneshot::channel();
-                        if tx.send(Msg::Report(ctx, Some(one))).await.is_ok() {
+                        if tx.send(Msg::Report(ctx!(i, false), Some(one))).await.is_ok() {
                             built.push(rx);
                         }
                     }

@@ -38,10 +38,12 @@ pub(super) async fn detector_task(
 ) -> Result<u8> {
     let mut bad_records = 0u64;
     let mut sample_every = every(det.sample_every());
+    let mut late = LateSamples::new(det.sample_every());
     loop {
         let first = tokio::select! {
             msg = rx.recv() => msg,
             _ = tick(&mut sample_every) => {
+                let started = std::time::Instant::now();
                 let r = if det.sample_inline() {
                     det.sample()
                 } else {
@@ -57,12 +59,13 @@ pub(super) async fn detector_task(
                 if let Err(e) = r {
                     log::warn!("sampling failed: {e:#}");
                 }
+                late.sampled(det.command(), started);
                 continue;
             }
         };
-        // Everything queued now, in order, before the next sample: one message per
-        // wakeup fell behind a busy ring while samples took their share (up to
-        // BURST, so a sample still comes in time).
+        // Everything queued now, in order, until a sample is due: one message per
+        // wakeup fell behind a busy ring, and a burst handled whole starved the
+        // sampler for seconds while records and interval reports kept coming.
         let mut next = first;
         let mut handled = 0;
         loop {
@@ -98,7 +101,7 @@ pub(super) async fn detector_task(
                 }
             }
             handled += 1;
-            if handled == BURST {
+            if handled == BURST || late.due() {
                 break;
             }
             next = match rx.try_recv() {
@@ -107,6 +110,59 @@ pub(super) async fn detector_task(
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
             };
         }
+    }
+}
+
+/// Says on stderr when a detector's samples fall far behind their period (a loaded
+/// host, a slow /proc): what the samples measure has gaps then. At most one line per
+/// WARN_EVERY, with the number of late samples since the previous line.
+struct LateSamples {
+    period: Option<Duration>,
+    last_start: Option<std::time::Instant>,
+    last_warn: Option<std::time::Instant>,
+    unsaid: u64,
+}
+
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl LateSamples {
+    fn new(period: Option<Duration>) -> LateSamples {
+        LateSamples {
+            period,
+            last_start: None,
+            last_warn: None,
+            unsaid: 0,
+        }
+    }
+
+    /// A sample is due: its period has passed since the previous one started.
+    fn due(&self) -> bool {
+        match (self.period, self.last_start) {
+            (Some(p), Some(t)) => t.elapsed() >= p,
+            _ => false,
+        }
+    }
+
+    /// A sample that started at `started` has ended.
+    fn sampled(&mut self, command: &str, started: std::time::Instant) {
+        let Some(period) = self.period else { return };
+        let gap = self.last_start.map(|t| started.duration_since(t));
+        self.last_start = Some(started);
+        let took = started.elapsed();
+        let limit = (period * 5).max(Duration::from_secs(1));
+        if gap.is_none_or(|g| g < limit) && took < limit {
+            return;
+        }
+        self.unsaid += 1;
+        if self.last_warn.is_some_and(|t| t.elapsed() < WARN_EVERY) {
+            return;
+        }
+        self.last_warn = Some(std::time::Instant::now());
+        log::warn!(
+            "{command}: sampling fell behind its {period:?} period: {} since the previous sample, this one took {took:.1?} ({} late samples)",
+            gap.map_or("-".into(), |g| format!("{g:.1?}")),
+            std::mem::take(&mut self.unsaid)
+        );
     }
 }
 
@@ -128,6 +184,7 @@ fn report_to(
             kernel_read_errors: ctx.kernel_read_errors,
             kernel_map_full: ctx.kernel_map_full,
             hooks: (*ctx.hooks).clone(),
+            programs: ctx.programs.clone(),
         },
         body: det.report(ctx)?.into(),
     };
@@ -153,4 +210,25 @@ pub(super) fn every(d: Option<Duration>) -> Option<Interval> {
         i.set_missed_tick_behavior(MissedTickBehavior::Delay);
         i
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn a_sample_is_due_once_its_period_has_passed_since_the_last() {
+        let mut l = LateSamples::new(Some(Duration::from_millis(100)));
+        assert!(
+            !l.due(),
+            "nothing sampled yet: the timer's first tick decides"
+        );
+        l.last_start = Instant::now().checked_sub(Duration::from_millis(150));
+        assert!(l.due());
+        l.last_start = Some(Instant::now());
+        assert!(!l.due());
+        assert!(!LateSamples::new(None).due(), "a detector without samples");
+    }
 }

@@ -161,24 +161,33 @@ fn walk(root: &Path) -> Vec<(PathBuf, String, usize)> {
         if out.len() >= MAX_WALK {
             break;
         }
-        let mut children = 0;
-        if let Ok(rd) = fs::read_dir(&abs) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    children += 1;
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let child = if rel == "/" {
-                        format!("/{name}")
-                    } else {
-                        format!("{rel}/{name}")
-                    };
-                    stack.push((e.path(), child));
-                }
-            }
-        }
-        out.push((abs, rel, children));
+        let children = child_dirs(&abs, &rel);
+        let n = children.len();
+        stack.extend(children);
+        out.push((abs, rel, n));
     }
     out
+}
+
+/// The child directories of cgroup directory `abs`, whose path relative to its
+/// hierarchy's root is `rel` ("/" for the root): each one's absolute and relative path.
+/// An unreadable directory (removed meanwhile) has none.
+pub fn child_dirs(abs: &Path, rel: &str) -> Vec<(PathBuf, String)> {
+    let Ok(rd) = fs::read_dir(abs) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let child = if rel == "/" {
+                format!("/{name}")
+            } else {
+                format!("{rel}/{name}")
+            };
+            (e.path(), child)
+        })
+        .collect()
 }
 
 /// A cgroup2 `cgroup.stat` as name -> value.

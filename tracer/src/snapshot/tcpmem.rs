@@ -18,6 +18,7 @@ pub const PRESSURE_COUNTERS: &[&str] = &[
     "OfoPruned",
     "TCPRcvQDrop",
     "TCPAbortOnMemory",
+    "TCPRcvCollapsed",
 ];
 
 /// `net.ipv4.tcp_mem` in pages: below `low` no pressure; above `pressure` the kernel

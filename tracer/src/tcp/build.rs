@@ -13,13 +13,28 @@ impl TcpPressure {
     /// The report [`Detector::report`] hands out.
     pub(super) fn build_report(&mut self, ctx: &ReportCtx) -> TcpPressureReport {
         self.resolve(true);
+        self.flush_memcg();
         let snap = &self.latest;
         let (tm, ps, pages) = (snap.tcp_mem, snap.page_size, snap.mem_pages);
         let peak = self.episodes.peak_pages.max(pages);
         let open = self.episodes.open().is_some();
         let near = self.near.state(&self.rule);
-        let (holders, top_sockets) = self.socket_look();
+        let (holders, top_sockets, socket_memory) = self.socket_look();
+        let pids: Vec<u32> = holders.iter().map(|h| h.pid).collect();
+        self.memcg
+            .check_holders(&pids, pages, tm, self.episodes.open().is_some());
+        let memcg_pressure = self.memcg.report(self.top);
+        let pod_advice = pod_advice::compute(&pod_advice::Inputs {
+            pods: &socket_memory,
+            memcg: &memcg_pressure,
+            total_bytes: top_sockets.total_bytes,
+            pressure: self.episodes.total() > 0 || near.sustained,
+            pressure_bytes: tm.pressure * ps,
+            rmem: read_triple("/proc/sys/net/ipv4/tcp_rmem"),
+            wmem: read_triple("/proc/sys/net/ipv4/tcp_wmem"),
+        });
         let refusals = self.count(COUNT_REFUSALS);
+        let prunes_seen = (self.count(COUNT_PRUNES), self.count(COUNT_PRUNE_DISCARDS));
         let caveats = self.caveats_now(ctx, refusals);
         let (send_latency_us, send_log2) = self.send_latency(&caveats);
         let dur_hist = self.episodes.durations_ms();
@@ -62,6 +77,10 @@ impl TcpPressure {
                 culprits: self.culprits.evicted(),
             },
             caveats,
+            socket_memory,
+            memcg_pressure,
+            rcv_queue: self.rcvq.report(&self.first, &self.latest, prunes_seen),
+            pod_advice,
             view: View {
                 episode_log2: Log2::of(&dur_hist),
                 send_log2,
@@ -77,9 +96,9 @@ impl TcpPressure {
             .collect()
     }
 
-    /// The holders and the largest sockets: at the episode's look where the sockets
-    /// held most, else now.
-    fn socket_look(&self) -> (Vec<HolderRow>, TopSockets) {
+    /// The holders, the largest sockets and the memory per pod and cgroup: at the
+    /// episode's look where the sockets held most, else now.
+    fn socket_look(&self) -> (Vec<HolderRow>, TopSockets, pods::PodSockets) {
         let now;
         let (look, when) = match &self.episode_socks {
             Some(s) => (s, Look::Episode),
@@ -116,7 +135,8 @@ impl TcpPressure {
             total_bytes: look.total,
             sockets,
         };
-        (holders, top)
+        let pods = pods::summarize(&look.by_cgroup, look.cgroup_source, self.top);
+        (holders, top, pods)
     }
 
     /// Memory-related drops by reason; None when kfree_skb cannot count them here.

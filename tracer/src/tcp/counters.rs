@@ -94,11 +94,18 @@ pub struct TcpExt {
         skip_serializing_if = "Option::is_none"
     )]
     pub abort_on_memory: Option<u64>,
+    /// Packets merged into fewer buffers while a receive queue was pruned.
+    #[serde(
+        rename = "TCPRcvCollapsed",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rcv_collapsed: Option<u64>,
 }
 
 impl TcpExt {
     /// Each counter by its kernel name, in the report's order.
-    fn slots(&mut self) -> [(&'static str, &mut Option<u64>); 7] {
+    fn slots(&mut self) -> [(&'static str, &mut Option<u64>); 8] {
         [
             ("TCPMemoryPressures", &mut self.memory_pressures),
             (
@@ -110,6 +117,7 @@ impl TcpExt {
             ("OfoPruned", &mut self.ofo_pruned),
             ("TCPRcvQDrop", &mut self.rcvq_drop),
             ("TCPAbortOnMemory", &mut self.abort_on_memory),
+            ("TCPRcvCollapsed", &mut self.rcv_collapsed),
         ]
     }
 
@@ -141,6 +149,7 @@ impl TcpExt {
         out.opt(&OFO_PRUNED, &[], self.ofo_pruned);
         out.opt(&RCVQ_DROP, &[], self.rcvq_drop);
         out.opt(&ABORTS, &[], self.abort_on_memory);
+        out.opt(&RCV_COLLAPSED, &[], self.rcv_collapsed);
     }
 }
 
@@ -158,6 +167,7 @@ mod tests {
         let keys: Vec<&String> = j.as_object().unwrap().keys().collect();
         assert_eq!(keys, PRESSURE_COUNTERS);
         assert_eq!(j["PruneCalled"], 11);
+        assert_eq!(j["TCPRcvCollapsed"], 15);
         let some = TcpExt::of(|name| (name == "OfoPruned").then_some(3));
         assert_eq!(serde_json::to_string(&some).unwrap(), r#"{"OfoPruned":3}"#);
         assert_eq!(some.named(), [("OfoPruned", 3)]);

@@ -32,6 +32,8 @@ pub struct Refusal {
     /// Attributed to the socket's owner (true) or to the task that was current when
     /// the kernel refused (false: the socket was already gone, or no socket cookie).
     pub by_owner: bool,
+    /// Pages all TCP sockets held when it was refused.
+    pub allocated: u64,
 }
 
 /// Refused allocations of one process.
@@ -132,6 +134,7 @@ mod tests {
             rmem: 10,
             wmem: 20,
             by_owner,
+            allocated: 0,
         };
         for _ in 0..3 {
             c.add(&r(10, SK_MEM_SEND, 5, true), || "/a".into());

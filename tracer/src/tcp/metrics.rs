@@ -155,6 +155,45 @@ pub const HOLDER_BYTES: Metric = gauge(
     "Memory queued in a process's sockets (receive plus send), for the 10 processes holding the most.",
     crate::prom::PROCESS,
 );
+pub const RCV_COLLAPSED: Metric = counter(
+    "tcp_receive_queue_collapsed",
+    "Packets merged into fewer buffers while receive queues were pruned, while tracing (TcpExt TCPRcvCollapsed).",
+    &[],
+);
+pub const RCVQ_DURING_PRESSURE: Metric = counter(
+    "tcp_receive_queue_pruning_during_pressure",
+    "Receive-queue pruning while TCP memory was under pressure (global or a memcg's), by TcpExt counter: PruneCalled, RcvPruned, TCPRcvCollapsed.",
+    &["counter"],
+);
+pub const SOCKET_PRUNES: Metric = gauge(
+    "tcp_receive_queue_socket_prunes",
+    None,
+    "Receive-queue prunes that collapsed a socket's queue, summed by the owner's pod and command over the 10 sockets pruned most (kernels with fentry or kprobes).",
+    &["pod", "comm"],
+);
+pub const POD_SOCKET_MEMORY: Metric = gauge(
+    "tcp_pod_socket_memory",
+    Some(Bytes),
+    "Memory held by the TCP sockets of a pod's containers, for the 10 pods holding the most.",
+    &["pod_uid", "namespace", "pod", "qos"],
+);
+pub const MEMCG_REFUSALS: Metric = gauge(
+    "tcp_memcg_socket_pressure_refusals",
+    None,
+    "Socket memory charges a memory cgroup refused at its own limit while global TCP memory was under the pressure threshold, for the 10 memcgs with the most.",
+    &["memcg"],
+);
+pub const MEMCG_LIMIT: Metric = gauge(
+    "tcp_memcg_socket_pressure_limit",
+    Some(Bytes),
+    "The limit of a memory cgroup that refused socket memory (memory.max, or memory.kmem.tcp.limit_in_bytes on cgroup v1).",
+    &["memcg"],
+);
+pub const REFUSALS_UNDER_GLOBAL: Metric = counter(
+    "tcp_refusals_under_global_threshold",
+    "Refused socket memory charges while global TCP memory was under tcp_mem's pressure threshold and no episode was open (a memcg refused them).",
+    &[],
+);
 
 /// Every metric above (the registry lists them; docs/metrics.md is checked against it).
 pub const METRICS: &[&Metric] = &[
@@ -180,4 +219,11 @@ pub const METRICS: &[&Metric] = &[
     &SEND_LATENCY,
     &CULPRIT_REFUSALS,
     &HOLDER_BYTES,
+    &RCV_COLLAPSED,
+    &RCVQ_DURING_PRESSURE,
+    &SOCKET_PRUNES,
+    &POD_SOCKET_MEMORY,
+    &MEMCG_REFUSALS,
+    &MEMCG_LIMIT,
+    &REFUSALS_UNDER_GLOBAL,
 ];

@@ -13,7 +13,12 @@ mod build;
 mod counters;
 mod culprits;
 mod episodes;
+mod memcg;
 pub mod metrics;
+mod pod_advice;
+pub mod pods;
+mod prune;
+mod rcvq;
 mod report;
 pub mod rows;
 mod send;
@@ -31,9 +36,9 @@ use aya::maps::{Array, MapData, PerCpuArray};
 use tracer_common::{
     comm_str,
     tcp::{
-        BufLimitEvent, COUNT_DROP_BASE, COUNT_RCVQ_FULL, COUNT_REFUSALS, COUNT_RETRANS_NORMAL,
-        COUNT_RETRANS_PRESSURE, DROP_REASON_CAPACITY, DROP_SLOTS, EDGE_ENTER, FLAG_BTF,
-        FLAG_PRESSURE, PressureEdgeEvent,
+        BufLimitEvent, COUNT_DROP_BASE, COUNT_PRUNE_DISCARDS, COUNT_PRUNES, COUNT_RCVQ_FULL,
+        COUNT_REFUSALS, COUNT_RETRANS_NORMAL, COUNT_RETRANS_PRESSURE, DROP_REASON_CAPACITY,
+        DROP_SLOTS, EDGE_ENTER, FLAG_BTF, FLAG_PRESSURE, PressureEdgeEvent,
     },
 };
 
@@ -49,6 +54,11 @@ use episodes::{Episodes, Sample};
 use sockets::SocketLook;
 
 pub use counters::{Drops, TcpExt};
+pub use memcg::{Accounting, MemcgPressure, MemcgRow};
+pub use pod_advice::PodAdvice;
+pub use pods::{CgroupRow, CgroupSource, PodRow, PodSockets};
+pub use prune::{PrunePath, PrunedSocketRow, PrunedSockets};
+pub use rcvq::{RcvCounts, RcvQueue};
 pub use report::{
     EdgesPath, Evicted, Look, MemBytes, MemPages, Paths, Retransmits, SendPath, SocketsPath,
     TcpPressureReport, TopSockets, View,
@@ -56,7 +66,7 @@ pub use report::{
 pub use send::{Is, LatencyUs, SendLatency, SendLog2};
 pub use sockets::{Sock, Source};
 pub use spec::{CHOICES, SPEC};
-use spec::{EDGES, MEMORY_DROP_REASONS, SEND, SOCKETS};
+use spec::{EDGES, PRUNE, SEND, SOCKETS, fill_drop_reasons};
 
 /// How often /proc is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -206,6 +216,7 @@ fn attach(args: Args, first: tcpmem::Snapshot, session: &mut Session) -> Result<
             path: session.took(SOCKETS).unwrap_or("tracepoint").into(),
         },
     };
+    let prune = prune::PruneWatch::new(session, session.chosen(PRUNE).cloned().as_ref(), args.top);
     let counts = PerCpuArray::try_from(session.take_map("TCP_COUNTS")?)?;
     let hist = PerCpuArray::try_from(session.take_map("TCP_SEND_HIST")?)?;
     let max = PerCpuArray::try_from(session.take_map("TCP_SEND_MAX")?)?;
@@ -257,44 +268,15 @@ fn attach(args: Args, first: tcpmem::Snapshot, session: &mut Session) -> Result<
         episode_socks: None,
         last_socket_look_ns: 0,
         refusal_records: 0,
+        memcg: memcg::MemcgWatch::new(),
+        memcg_batch: Vec::new(),
+        rcvq: rcvq::RcvWatch::new(prune),
     };
     det.sample()?;
     Ok(run::Attached {
         detector: Box::new(det),
         what: "TCP memory, refused allocations and send latency".into(),
     })
-}
-
-/// Writes reason number -> slot into TCP_DROP_SLOT from kfree_skb's `__print_symbolic`
-/// table; returns the counted names by slot.
-fn fill_drop_reasons(session: &mut Session) -> Result<Vec<&'static str>> {
-    if !session.tracefs.has_tracepoint("skb", "kfree_skb") {
-        return Ok(Vec::new());
-    }
-    let table = session
-        .tracefs
-        .format("skb", "kfree_skb")?
-        .symbolic("reason");
-    let mut slots: Array<&mut MapData, u32> = Array::try_from(
-        session
-            .ebpf
-            .map_mut("TCP_DROP_SLOT")
-            .context("map TCP_DROP_SLOT is missing from the eBPF object")?,
-    )?;
-    let mut names = Vec::new();
-    for (name, _) in MEMORY_DROP_REASONS {
-        let Some((num, _)) = table.iter().find(|(_, n)| n == name) else {
-            continue;
-        };
-        if *num >= u64::from(DROP_REASON_CAPACITY) || names.len() >= DROP_SLOTS as usize {
-            continue;
-        }
-        names.push(*name);
-        slots
-            .set(*num as u32, names.len() as u32, 0)
-            .with_context(|| format!("writing drop reason {name}"))?;
-    }
-    Ok(names)
 }
 
 /// (owner pid, comm, cgroup, receive and send queue bytes) of a refused socket.
@@ -338,6 +320,11 @@ struct TcpPressure {
     episode_socks: Option<SocketLook>,
     last_socket_look_ns: u64,
     refusal_records: u64,
+    /// Refusals under the global threshold are followed to their memcgs (memcg.rs),
+    /// in batches at each sample.
+    memcg: memcg::MemcgWatch,
+    memcg_batch: Vec<memcg::Pending>,
+    rcvq: rcvq::RcvWatch,
 }
 
 impl TcpPressure {
@@ -456,6 +443,7 @@ impl TcpPressure {
                 }
             };
             let pid = r.pid;
+            self.memcg_batch.push((pid, r.kind, r.allocated));
             self.culprits
                 .add(&r, || cgroup.unwrap_or_else(|| procinfo::cgroup_of(pid)));
         }
@@ -536,8 +524,11 @@ impl Detector for TcpPressure {
                 self.set_flag(false);
             }
         }
-        self.latest = snap;
+        let prev = std::mem::replace(&mut self.latest, snap);
         self.resolve(false);
+        let memcg_refused = self.flush_memcg();
+        let pressure = self.episodes.open().is_some() || edges.closed || memcg_refused;
+        self.rcvq.on_sample(&prev, &self.latest, pressure);
         Ok(())
     }
 
@@ -557,11 +548,13 @@ impl Detector for TcpPressure {
             rmem: ev.rmem_alloc.max(0) as u64,
             wmem: ev.wmem_queued.max(0) as u64,
             by_owner: false,
+            allocated: ev.allocated,
         };
         if r.cookie != 0 {
             self.pending.push(r);
         } else {
             let pid = r.pid;
+            self.memcg_batch.push((pid, r.kind, r.allocated));
             self.culprits.add(&r, || procinfo::cgroup_of(pid));
         }
         // The classic tracepoint carries the limits the kernel applied.

@@ -3,9 +3,14 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
+    PodAdvice,
     advice::Advice,
     counters::{Drops, TcpExt},
+    memcg::{self, MemcgPressure},
     metrics,
+    pods::{self, PodSockets},
+    prune,
+    rcvq::{self, RcvQueue},
     rows::{CulpritRow, EpisodeRow, HolderRow, SockRow, human_bytes},
     send::{SendLatency, SendLog2},
     sockets::Source,
@@ -60,6 +65,15 @@ pub struct TcpPressureReport {
     pub state_evicted: Evicted,
     /// What the report could not see.
     pub caveats: Vec<String>,
+    /// Socket memory per pod and per cgroup, from the same look as the holders.
+    pub socket_memory: PodSockets,
+    /// Memory cgroups whose own limit refused socket memory while global TCP memory
+    /// was under tcp_mem's pressure threshold.
+    pub memcg_pressure: MemcgPressure,
+    /// Receive-queue pruning and collapsing, since the start and during pressure.
+    pub rcv_queue: RcvQueue,
+    /// Advice per pod and memcg (printed, never applied).
+    pub pod_advice: Vec<PodAdvice>,
     /// For the text only.
     #[serde(skip)]
     pub view: View,
@@ -163,6 +177,8 @@ impl Body for TcpPressureReport {
         t += &self.episodes_text();
         t += &self.culprits_text();
         t += &self.holders_text();
+        t += &pods::text(&self.socket_memory);
+        t += &memcg::text(&self.memcg_pressure);
         t += &self.effects_text();
         t += &self.send_latency_text();
         t += &self.advice_text();
@@ -230,6 +246,7 @@ impl Body for TcpPressureReport {
             };
             out.process(&HOLDER_BYTES, &who, h.held_bytes);
         }
+        self.collect_pods(out);
     }
 
     fn state_evicted(&self) -> Vec<(&'static str, u64)> {
@@ -241,6 +258,37 @@ impl Body for TcpPressureReport {
 }
 
 impl TcpPressureReport {
+    /// The per-pod, per-memcg and receive-queue metrics.
+    fn collect_pods(&self, out: &mut Families) {
+        use metrics::*;
+        for p in top_by(&self.socket_memory.pods, |p| p.held_bytes as f64, TOP) {
+            let labels = [
+                ("pod_uid", p.pod_uid.as_str()),
+                ("namespace", p.namespace.as_deref().unwrap_or("")),
+                ("pod", p.pod.as_deref().unwrap_or("")),
+                ("qos", p.qos.as_deref().unwrap_or("")),
+            ];
+            out.sample(&POD_SOCKET_MEMORY, &labels, p.held_bytes);
+        }
+        for m in top_by(&self.memcg_pressure.memcgs, |m| m.refusals as f64, TOP) {
+            out.sample(&MEMCG_REFUSALS, &[("memcg", m.memcg.as_str())], m.refusals);
+            out.sample(&MEMCG_LIMIT, &[("memcg", m.memcg.as_str())], m.limit_bytes);
+        }
+        let under = self.memcg_pressure.refusals_under_global;
+        out.sample(&REFUSALS_UNDER_GLOBAL, &[], under);
+        let d = &self.rcv_queue.during_pressure;
+        for (c, n) in [
+            ("PruneCalled", d.prune_called),
+            ("RcvPruned", d.rcv_pruned),
+            ("TCPRcvCollapsed", d.collapsed),
+        ] {
+            out.sample(&RCVQ_DURING_PRESSURE, &[("counter", c)], n);
+        }
+        for ((pod, comm), n) in prune::by_owner(&self.rcv_queue.per_socket, TOP) {
+            out.sample(&SOCKET_PRUNES, &[("pod", &pod), ("comm", &comm)], n);
+        }
+    }
+
     /// TCP memory against tcp_mem, the warning, the paths taken and the caveats.
     fn memory_text(&self) -> String {
         let (tm, ps) = (&self.tcp_mem, self.page_size);
@@ -348,7 +396,7 @@ impl TcpPressureReport {
             r.normal,
             self.rcvqueue_full,
             ext.join(", ")
-        )
+        ) + &rcvq::text(&self.rcv_queue)
     }
 
     fn send_latency_text(&self) -> String {
@@ -372,6 +420,9 @@ impl TcpPressureReport {
             .to_string();
         for l in self.advice.notes.iter().chain(&self.advice.sysctl) {
             t += &format!("  {l}\n");
+        }
+        for a in &self.pod_advice {
+            t += &format!("  {}: {}\n", a.who, a.advice);
         }
         if !self.advice.sysctl.is_empty() {
             t += "  to persist, put the same settings (`net.ipv4.tcp_mem = ...`) in /etc/sysctl.d/90-tcp-memory.conf and run `sysctl --system`\n";
@@ -406,6 +457,8 @@ mod tests {
             "  TcpExt since start: TCPMemoryPressures +0, TCPMemoryPressuresChrono +0, PruneCalled +0,",
             "\nSEND LATENCY during pressure (syscall entry -> sock:sock_send_length, TCP only)\n",
             "  no change needed: no episode happened",
+            "    pruned sockets (fentry tcp_collapse + tcp_prune_ofo_queue, by cookie): 412 prunes collapsed a receive queue, 0 went on to discard data\n",
+            "      127.0.0.1:40411 -> 127.0.0.1:38530 incident_tcp (1234) cgroup /user.slice: 412 prunes (0 during pressure), 0 discards\n",
         ] {
             assert!(t.contains(line), "{line:?} not in\n{t}");
         }

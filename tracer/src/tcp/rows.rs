@@ -325,6 +325,7 @@ mod tests {
             fwd_alloc: 0,
             drops: None,
             pid: None,
+            cgroup_id: None,
         };
         let row = SockRow {
             sock: s.clone(),

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Result, anyhow, bail};
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla as _,
 };
 use netlink_packet_sock_diag::{
     self as diag, SockDiagMessage,
@@ -40,6 +40,10 @@ pub struct Sock {
     pub fwd_alloc: u64,
     pub drops: Option<u64>,
     pub pid: Option<u32>,
+    /// The socket's cgroup v2 id (sock_diag's INET_DIAG_CGROUP_ID: the cgroup of the
+    /// task that created it), on kernels that send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
 }
 
 impl Sock {
@@ -133,6 +137,10 @@ fn state_name(s: u8) -> &'static str {
         _ => "?",
     }
 }
+
+/// inet_diag's attribute with the socket's cgroup v2 id (Linux 5.9+), sent with every
+/// response where the kernel has it.
+const INET_DIAG_CGROUP_ID: u16 = 21;
 
 // Netlink sock_diag, spoken through the rust-netlink crates: netlink-sys for the
 // socket, netlink-packet-sock-diag for inet_diag requests, responses and SKMEMINFO.
@@ -243,8 +251,17 @@ fn sock(r: &InetResponse) -> Sock {
         fwd_alloc: 0,
         drops: None,
         pid: None,
+        cgroup_id: None,
     };
     for nla in &r.nlas {
+        if let Nla::Other(a) = nla
+            && a.kind() == INET_DIAG_CGROUP_ID
+            && a.value_len() == 8
+        {
+            let mut v = [0u8; 8];
+            a.emit_value(&mut v);
+            s.cgroup_id = Some(u64::from_ne_bytes(v));
+        }
         if let Nla::MemInfo(m) = nla {
             s.rmem = u64::from(m.receive_queue);
             s.rcvbuf = Some(u64::from(m.receive_queue_max));
@@ -274,6 +291,7 @@ fn proc_net_tcp() -> Vec<Sock> {
             fwd_alloc: 0,
             drops: None,
             pid: None,
+            cgroup_id: None,
         })
         .collect()
 }
@@ -292,6 +310,9 @@ pub struct SocketLook {
     /// comm and cgroup of each owner, read when the look was taken (an owner
     /// may be gone by the time the report is printed).
     pub owners: HashMap<u32, (String, String)>,
+    /// Socket memory per cgroup, most first (pods.rs).
+    pub by_cgroup: Vec<super::pods::CgroupSum>,
+    pub cgroup_source: super::pods::CgroupSource,
 }
 
 /// Sockets kept per look (the report shows at most --top of them).
@@ -308,6 +329,7 @@ impl SocketLook {
             .filter_map(|s| Some((s.cookie, (s.pid?, s.rmem, s.wmem))))
             .collect();
         let total = socks.iter().map(Sock::total).sum();
+        let (by_cgroup, cgroup_source) = super::pods::by_cgroup(&socks);
         let mut per_pid: HashMap<u32, (usize, u64, u64, u64)> = HashMap::new();
         for s in &socks {
             if let Some(pid) = s.pid {
@@ -347,6 +369,8 @@ impl SocketLook {
             socks,
             holders,
             owners,
+            by_cgroup,
+            cgroup_source,
         };
         (snap, found)
     }

@@ -136,6 +136,7 @@ const SEND_TRACEPOINTS: &[Hook] = &[
 pub(super) const EDGES: &str = "pressure edges";
 pub(super) const SEND: &str = "send latency";
 pub(super) const SOCKETS: &str = "refusal sockets";
+pub(super) const PRUNE: &str = "pruned sockets";
 
 /// Kernel paths tried in order; `tracer doctor` probes the same list.
 pub const CHOICES: &[bpf::Choice] = &[
@@ -226,6 +227,43 @@ pub const CHOICES: &[bpf::Choice] = &[
         }],
         otherwise: "refusals go to the task that was current (sock:sock_exceed_buf_limit)",
     },
+    bpf::Choice {
+        name: PRUNE,
+        purpose: "receive-queue prunes attributed to their socket (tcp_prune_queue is inlined; its callees take the socket)",
+        paths: &[
+            bpf::Path {
+                name: "fentry",
+                hooks: &[
+                    Hook::fentry(
+                        "tcp_prune_collapse_fentry",
+                        "tcp_collapse",
+                        "prunes that collapse a receive queue, with the socket's cookie",
+                    ),
+                    Hook::fentry(
+                        "tcp_prune_ofo_fentry",
+                        "tcp_prune_ofo_queue",
+                        "prunes that go on to discard data",
+                    ),
+                ],
+            },
+            bpf::Path {
+                name: "kprobe",
+                hooks: &[
+                    Hook::kprobe(
+                        "tcp_prune_collapse_kprobe",
+                        "tcp_collapse",
+                        "prunes that collapse a receive queue, with the socket's ports",
+                    ),
+                    Hook::kprobe(
+                        "tcp_prune_ofo_kprobe",
+                        "tcp_prune_ofo_queue",
+                        "prunes that go on to discard data",
+                    ),
+                ],
+            },
+        ],
+        otherwise: "prunes counted system-wide from TcpExt only",
+    },
 ];
 
 const fn off(
@@ -256,3 +294,35 @@ pub(super) const MEMORY_DROP_REASONS: &[(&str, &str)] = &[
     ("NOMEM", "allocation failed"),
     ("PFMEMALLOC", "emergency memory reserve"),
 ];
+
+/// Writes reason number -> slot into TCP_DROP_SLOT from kfree_skb's `__print_symbolic`
+/// table; returns the counted names by slot.
+pub(super) fn fill_drop_reasons(session: &mut Session) -> Result<Vec<&'static str>> {
+    if !session.tracefs.has_tracepoint("skb", "kfree_skb") {
+        return Ok(Vec::new());
+    }
+    let table = session
+        .tracefs
+        .format("skb", "kfree_skb")?
+        .symbolic("reason");
+    let mut slots: Array<&mut MapData, u32> = Array::try_from(
+        session
+            .ebpf
+            .map_mut("TCP_DROP_SLOT")
+            .context("map TCP_DROP_SLOT is missing from the eBPF object")?,
+    )?;
+    let mut names = Vec::new();
+    for (name, _) in MEMORY_DROP_REASONS {
+        let Some((num, _)) = table.iter().find(|(_, n)| n == name) else {
+            continue;
+        };
+        if *num >= u64::from(DROP_REASON_CAPACITY) || names.len() >= DROP_SLOTS as usize {
+            continue;
+        }
+        names.push(*name);
+        slots
+            .set(*num as u32, names.len() as u32, 0)
+            .with_context(|| format!("writing drop reason {name}"))?;
+    }
+    Ok(names)
+}

@@ -329,6 +329,9 @@ fn inode_usage(part: &mut Part) -> Option<Vec<FsRow>> {
     )
 }
 
+/// Pods named in the tcp memory check, by the memory their sockets hold.
+const TOP_PODS: usize = 3;
+
 /// Memory TCP holds vs tcp_mem, and pressure entries and aborts over the window.
 fn tcp_mem(part: &mut Part, before: Before, w: Window) -> Option<TcpMemRow> {
     let now = match tcpmem::Snapshot::read() {
@@ -354,6 +357,7 @@ fn tcp_mem(part: &mut Part, before: Before, w: Window) -> Option<TcpMemRow> {
     };
     let pressures = counter("TCPMemoryPressures");
     let aborts = counter("TCPAbortOnMemory");
+    let top_pods = crate::tcp::pods::top_now(TOP_PODS);
     let events_level = match (pressures, aborts) {
         (_, Some(a)) if a > 0 => Level::Crit,
         (Some(p), _) if p > 0 => Level::Warn,
@@ -364,7 +368,7 @@ fn tcp_mem(part: &mut Part, before: Before, w: Window) -> Option<TcpMemRow> {
             "tcp_mem",
             "tcp memory",
             format!(
-                "{} pages, {:.0}% of pressure (tcp_mem {} {} {}); window: {} pressure entries, {} aborts on memory",
+                "{} pages, {:.0}% of pressure (tcp_mem {} {} {}); window: {} pressure entries, {} aborts on memory{}",
                 now.mem_pages,
                 now.pressure_pct(),
                 t.low,
@@ -372,6 +376,7 @@ fn tcp_mem(part: &mut Part, before: Before, w: Window) -> Option<TcpMemRow> {
                 t.high,
                 pressures.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
                 aborts.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
+                crate::tcp::pods::top_text(&top_pods),
             ),
             ">= pressure or an entry warn; >= high or an abort crit",
             level.max(events_level),
@@ -386,6 +391,7 @@ fn tcp_mem(part: &mut Part, before: Before, w: Window) -> Option<TcpMemRow> {
         pressure_entries_in_window: pressures,
         aborts_on_memory_in_window: aborts,
         window_s: round1(w.secs),
+        top_pods,
     })
 }
 

@@ -293,6 +293,10 @@ pub struct TcpMemRow {
     pub aborts_on_memory_in_window: Option<u64>,
     /// One decimal.
     pub window_s: f64,
+    /// The pods whose containers' TCP sockets hold the most memory now (tcp-pressure's
+    /// SOCKET MEMORY BY POD), most first; absent when no pod's sockets hold any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_pods: Vec<crate::tcp::PodRow>,
 }
 
 impl Body for TriageReport {

@@ -4,7 +4,7 @@ use super::{
     budgets::PidBudgetRow,
     refusals::{BySyscall, ForkRefusals},
 };
-use crate::prom::{Families, Metric, counter, gauge, top_by};
+use crate::prom::{Families, Metric, container_label, counter, gauge, top_by};
 
 /// Pids cgroups with series of their own: the fullest first.
 pub const TOP_CGROUPS: usize = 10;
@@ -60,21 +60,13 @@ pub const FORK_REFUSALS: Metric = counter(
 pub fn collect(rows: &[PidBudgetRow], refusals: &ForkRefusals, out: &mut Families) {
     for r in top_by(rows, |r| r.used_pct.unwrap_or(0.0), TOP_CGROUPS) {
         let c = r.cgroup.container.as_ref();
-        let name = |f: fn(&crate::container::Container) -> Option<&String>| {
-            c.and_then(f).cloned().unwrap_or_default()
-        };
-        let values = [
-            r.cgroup.cgroup.clone(),
-            c.map(|c| format!("{}://{}", c.runtime, c.id))
-                .unwrap_or_default(),
-            name(|c| c.pod_uid.as_ref()),
-            c.and_then(|c| c.qos.as_deref())
-                .unwrap_or_default()
-                .to_string(),
-            name(|c| c.names.name.as_ref()),
-            name(|c| c.names.pod.as_ref()),
-            name(|c| c.names.namespace.as_ref()),
-        ];
+        let values: Vec<String> = CGROUP
+            .iter()
+            .map(|&n| match n {
+                "path" => r.cgroup.cgroup.clone(),
+                n => container_label(c, n),
+            })
+            .collect();
         let labels: Vec<(&str, &str)> = CGROUP
             .iter()
             .zip(&values)

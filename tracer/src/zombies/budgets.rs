@@ -22,7 +22,7 @@ use crate::{
     container::{self, InCgroup},
     output::{self, Row, Table, serialize_round3_opt},
     procinfo::ProcStat,
-    snapshot::Level,
+    snapshot::{Level, cgroups::child_dirs},
 };
 
 /// Used share of pids.max that is a warning / critical finding, in percent.
@@ -454,20 +454,7 @@ pub fn walk(mount: &Path) -> (Vec<(String, Counters)>, bool) {
             None if rel != "/" => continue,
             None => {}
         }
-        let Ok(rd) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let child = if rel == "/" {
-                    format!("/{name}")
-                } else {
-                    format!("{rel}/{name}")
-                };
-                stack.push((e.path(), child));
-            }
-        }
+        stack.extend(child_dirs(&dir, &rel));
     }
     (out, false)
 }

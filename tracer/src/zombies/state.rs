@@ -32,6 +32,13 @@ pub const REAPERS_CAPACITY: usize = 4_096;
 /// the ones the report is about).
 pub const PENDING_CAPACITY: usize = 1 << 18;
 
+/// How long an exited process missing from /proc is kept for its reap record: a
+/// process released at exit (its parent ignores SIGCHLD) leaves /proc at once, and its
+/// free record comes an RCU grace period later (milliseconds; more under emulation). A
+/// census in between dropped it, and the reap went to no parent (seen in a 6.1 guest:
+/// 5 of 6 autoreaped children counted).
+const RELEASE_GRACE_NS: u64 = 5_000_000_000;
+
 /// A process whose exit we saw and whose reap we have not seen.
 struct Exited {
     ppid: u32,
@@ -39,6 +46,9 @@ struct Exited {
     exit_ns: u64,
     /// Learned from /proc the first time we look; pid + start time is the identity.
     start_ticks: Option<u64>,
+    /// A census found it gone from /proc: kept only for its reap record, never a
+    /// zombie again (a process with its pid now is another one).
+    vanished: bool,
 }
 
 /// A zombie found in /proc at start: its exit was not seen.
@@ -187,6 +197,7 @@ impl Tracker {
                         comm: comm_str(&ev.comm).to_string(),
                         exit_ns: ev.exit_ns,
                         start_ticks: None,
+                        vanished: false,
                     },
                 );
             }
@@ -239,7 +250,14 @@ impl Tracker {
         let mut rows = Vec::new();
         let (hz, offset) = (self.hz, self.boot_offset_ns);
         self.pending.retain(|&pid, e| {
-            let Some(st) = lookup(pid) else { return false };
+            let found = if e.vanished { None } else { lookup(pid) };
+            let Some(st) = found else {
+                // Gone from /proc: reaped, or released at once (SIGCHLD ignored, or
+                // self-reaping) with its free record still to come after an RCU grace
+                // period; that record needs the parent kept here, so keep it a while.
+                e.vanished = true;
+                return now_ns.saturating_sub(e.exit_ns) < RELEASE_GRACE_NS;
+            };
             // A process that started after this exit is another one that got the pid.
             let start_boot_ns = (st.start_ticks as u128 * 1_000_000_000 / hz as u128) as i128;
             let exit_boot_ns = e.exit_ns as i128 + offset as i128;

@@ -312,3 +312,16 @@ fn pending_exits_are_capped_and_the_rest_counted() {
     assert_eq!(t.pending.len(), PENDING_CAPACITY);
     assert_eq!(t.exits_untracked(), 300);
 }
+
+#[test]
+fn a_child_released_at_exit_is_counted_for_its_parent_when_its_free_comes_after_a_census() {
+    let mut t = Tracker::new(None, HZ, 0);
+    t.on_event(&exit(100, 10, 5 * S)).unwrap();
+    // SIGCHLD ignored: gone from /proc at once; a census runs before the free record.
+    let snap = t.census(5 * S + 1_000_000, Duration::ZERO, AUTO, |_| None);
+    assert!(snap.zombies.is_empty());
+    // The free record of an autoreaped child names no parent: the exit's is used.
+    t.on_event(&reap(100, 0, 5 * S, 5 * S + 3_000_000, ReapVia::Free))
+        .unwrap();
+    assert_eq!(t.reaped_by(10), 1);
+}

@@ -1,7 +1,8 @@
 //! `tracer serve`: every detector (or those named) in one process and one load of the
 //! eBPF object, running until stopped, with their latest reports served over HTTP as
 //! Prometheus metrics. Read-only: GET and HEAD only, nothing can be changed over HTTP.
-//! A connection cap and timeouts keep slow or many clients from holding the process.
+//! A cap on requests in progress (not on sockets: idle connections make room) and
+//! timeouts keep slow or many clients from holding the process or keeping scrapes out.
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -21,11 +22,14 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, servi
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     net::TcpListener,
-    sync::{Semaphore, mpsc, oneshot, watch},
+    sync::{mpsc, oneshot, watch},
 };
+
+mod conns;
 
 use crate::{
     detectors,
+    prom::{Collect, Families},
     report::Emitted,
     run::{self, RunOpts},
     sink::{PromFile, Sink},
@@ -35,8 +39,6 @@ use crate::{
 /// range, fully allocated) and away from the kubelet's and kube-proxy's 10248-10256.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:10130";
 
-/// Connections served at once; more are closed at once (a scraper retries).
-const MAX_CONNECTIONS: usize = 32;
 /// A client must send its request headers within this long.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection is closed after this long, however busy.
@@ -76,6 +78,12 @@ pub struct Args {
     /// Also write the metrics to FILE (node_exporter textfile), the same as /metrics.
     #[arg(long, value_name = "FILE")]
     pub prom_file: Option<PathBuf>,
+    /// Do not have the kernel time BPF programs. By default serve turns the kernel's
+    /// BPF statistics on while it runs (BPF_ENABLE_STATS; the switch is host-wide, a
+    /// few tens of ns per program run) to export each of its programs' run count and
+    /// CPU time (tracer_bpf_program_*).
+    #[arg(long)]
+    pub no_bpf_stats: bool,
 }
 
 /// What the HTTP side reads: readiness and each detector's latest report.
@@ -90,6 +98,8 @@ struct State {
     /// or starts one, so concurrent scrapes share one.
     rounds: Mutex<Rounds>,
     completed: OnceLock<watch::Sender<u64>>,
+    /// The open connections and the request slots.
+    conns: Arc<conns::Conns>,
 }
 
 #[derive(Default)]
@@ -120,7 +130,14 @@ impl State {
         let aged: Vec<_> = (latest.values())
             .map(|(r, at)| r.aged(Some(now.saturating_duration_since(*at).as_secs_f64())))
             .collect();
-        let all: Vec<&dyn crate::prom::Collect> = aged.iter().map(|a| a as _).collect();
+        let own = ServeStats {
+            idle_closed: self.conns.closed_idle(),
+            cpu_s: own_cpu_seconds(),
+            rss_bytes: own_rss_bytes(),
+        };
+        let all: Vec<&dyn Collect> = (aged.iter().map(|a| a as &dyn Collect))
+            .chain([&own as &dyn Collect])
+            .collect();
         crate::prom::render(&all)
     }
 
@@ -152,6 +169,41 @@ impl State {
         });
         Some(round)
     }
+}
+
+/// Serve's own series, at the scrape.
+struct ServeStats {
+    idle_closed: u64,
+    cpu_s: Option<f64>,
+    rss_bytes: Option<u64>,
+}
+
+impl Collect for ServeStats {
+    fn collect(&self, out: &mut Families) {
+        out.sample(&crate::prom::own::SERVE_IDLE_CLOSED, &[], self.idle_closed);
+        out.opt(&crate::prom::own::PROCESS_CPU, &[], self.cpu_s);
+        out.opt(&crate::prom::own::PROCESS_RSS, &[], self.rss_bytes);
+    }
+}
+
+/// This process's CPU time, user and system (all threads), in seconds.
+fn own_cpu_seconds() -> Option<f64> {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return None;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(secs(u.ru_utime) + secs(u.ru_stime))
+}
+
+/// This process's resident memory (/proc/self/statm), in bytes.
+fn own_rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 /// The sink that keeps each detector's latest report for /metrics.
@@ -196,7 +248,12 @@ pub async fn run(args: Args) -> Result<u8> {
         json: false,
         prom_file: args.prom_file.clone(),
     };
-    let started = run::start(prepared, opts)?;
+    let mut started = run::start(prepared, opts)?;
+    if !args.no_bpf_stats
+        && let Err(why) = started.time_programs()
+    {
+        log::warn!("{why}; tracer_bpf_program_* are not exported");
+    }
     // One round in flight at a time (see State::join_round): one request suffices.
     let (refresh, asked) = mpsc::channel(1);
     let _ = state.completed.set(watch::Sender::new(0));
@@ -236,7 +293,6 @@ fn chosen(names: &[String]) -> Result<Vec<&'static detectors::Entry>> {
 }
 
 async fn serve_http(listener: TcpListener, state: Arc<State>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -246,22 +302,33 @@ async fn serve_http(listener: TcpListener, state: Arc<State>) {
                 continue;
             }
         };
-        // Over the cap: close it now rather than queue work.
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        // At the cap the connection idle longest makes room; when every one has a
+        // request in progress, this one is closed now rather than queued.
+        let Some(admitted) = state.conns.admit() else {
             continue;
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let id = admitted.id;
+            let conns = state.conns.clone();
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &req).await) }
+                async move {
+                    let _busy = state.conns.request(id).await;
+                    Ok::<_, Infallible>(respond(&state, &req).await)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
-            drop(slot);
+            // Made room for another: dropping the connection closes its socket (it
+            // had no request in progress).
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
+                () = admitted.close.notified() => {}
+            }
+            conns.gone(id);
         });
     }
 }
