@@ -671,7 +671,10 @@ fn without_ext4_tracepoints_usage_eta_and_enospc_still_come_from_statvfs_and_sys
         js(&r)
     );
     assert!(
-        a.fallback.as_deref().unwrap().contains("ext4 creations per process and directory"),
+        a.fallback
+            .as_deref()
+            .unwrap()
+            .contains("ext4 creations per process and directory"),
         "{}",
         js(a)
     );
@@ -704,7 +707,9 @@ fn without_ext4_tracepoints_usage_eta_and_enospc_still_come_from_statvfs_and_sys
             && out
                 .stdout
                 .contains("usage, NET/S and ETA from statvfs, ENOSPC from the create syscalls")
-            && out.stdout.contains("ext4 frees are not counted per process"),
+            && out
+                .stdout
+                .contains("ext4 frees are not counted per process"),
         "{}",
         out.stdout
     );

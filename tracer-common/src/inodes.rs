@@ -122,8 +122,14 @@ pub struct Pending {
     pub dfd: i32,
     /// dev of the ext4 filesystem that was asked for an inode (0: none yet).
     pub dev: u32,
+    /// Inodes the VFS creation path counted during this syscall, on `made_dev` in
+    /// directory `made_dir`: taken back if the syscall fails with ENOSPC or EDQUOT
+    /// (ext4 sets an inode up before it looks for a free one, and retries).
+    pub made: u32,
+    pub made_dev: u32,
+    pub made_dir: u64,
 }
-const _: () = assert!(core::mem::size_of::<Pending>() == 16);
+const _: () = assert!(core::mem::size_of::<Pending>() == 32);
 
 plain!(
     DevTgid, ProcCounts, DirKey, PathArg, PathEvent, DevCounts, Pending

@@ -51,6 +51,7 @@ static INODES_SYSCALL_RET: Global<u32> = Global::new(0);
 static INODES_TARGET_DEV: Global<u32> = Global::new(0);
 
 const ENOSPC: i64 = 28;
+const EDQUOT: i64 = 122;
 const O_CREAT: u64 = 0o100;
 /// __O_TMPFILE: an unnamed inode, allocated all the same.
 const O_TMPFILE: u64 = 0o20_000_000;
@@ -292,7 +293,7 @@ fn try_enter(ctx: &TracePointContext, dfd: Option<u32>, path: u32, c: Creates) -
     let p = Pending {
         path_ptr: arg(ctx, path)?,
         dfd,
-        dev: 0,
+        ..Pending::default()
     };
     let tid = current_tid();
     // Overwrite the thread's entry in place when it has one: cheaper than an LRU
@@ -319,12 +320,21 @@ fn try_exit(ctx: &TracePointContext, returns: creates::Returns) -> Option<u32> {
         // A create that worked: counted here only on kernels without the VFS hook.
         return creates::succeeded(ret, returns);
     }
-    if ret != -ENOSPC {
+    if ret != -ENOSPC && ret != -EDQUOT {
         return Some(0);
     }
     let tid = current_tid();
-    // SAFETY: plain map lookup of a Copy value.
-    let p = unsafe { INODES_PENDING.get(&tid) }.copied()?;
+    let e = INODES_PENDING.get_ptr_mut(&tid)?;
+    // SAFETY: pointer into a map value; copied out, then its VFS count is taken back
+    // once (the create set up inodes that the filesystem dropped).
+    let p = unsafe { *e };
+    if p.made > 0 {
+        creates::take_back(&p);
+        unsafe { (*e).made = 0 };
+    }
+    if ret != -ENOSPC {
+        return Some(0);
+    }
     if !(p.dev == 0 || wanted(p.dev)) {
         return Some(0);
     }

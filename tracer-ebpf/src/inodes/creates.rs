@@ -19,11 +19,12 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext},
 };
 use tracer_common::inodes::{
-    CREATIONS_SYSCALLS, CREATIONS_VFS, FLAG_CREATIONS, FLAG_COUNT, FLAG_EXT4_TRACED,
+    CREATIONS_SYSCALLS, CREATIONS_VFS, DevTgid, DirKey, FLAG_COUNT, FLAG_CREATIONS,
+    FLAG_EXT4_TRACED, Pending,
 };
 
-use super::{count_created, wanted};
-use crate::common::{add, counted};
+use super::{INODES_DIRS, INODES_PENDING, INODES_PROCS, count_created, current_tid, wanted};
+use crate::common::{add, counted, current_tgid};
 
 /// Member offsets from the kernel's BTF, set by the loader.
 #[unsafe(no_mangle)]
@@ -81,18 +82,47 @@ fn read<T>(base: u64, off: &Global<u32>) -> Option<T> {
     counted(unsafe { bpf_probe_read_kernel((base + off.load() as u64) as *const T) })
 }
 
-/// Counts an inode created on the filesystem of super_block `sb` in directory `dir`.
+/// Counts an inode created on the filesystem of super_block `sb` in directory `dir`;
+/// returns its dev when it was counted.
 #[inline(always)]
 fn created(sb: u64, dir: u64) -> Option<u32> {
     let dev: u32 = read(sb, &INODES_SB_DEV)?;
     if !wanted(dev) {
-        return Some(0);
+        return None;
     }
     let magic: u64 = read(sb, &INODES_SB_MAGIC)?;
     if magic == EXT4_MAGIC && flag(FLAG_EXT4_TRACED) == 1 {
-        return Some(0);
+        return None;
     }
-    count_created(dev, dir)
+    count_created(dev, dir)?;
+    Some(dev)
+}
+
+/// A create syscall failed with ENOSPC or EDQUOT after the VFS path counted `p.made`
+/// inodes for it: the filesystem set them up, then dropped them. ext4 does so before
+/// it looks for a free inode and retries ENOSPC up to three times, so one failed
+/// create had counted four. Per-CPU counters wrap: a decrement on another CPU than the
+/// increment sums back right in userspace. A key evicted meanwhile is left alone.
+#[inline(always)]
+pub fn take_back(p: &Pending) {
+    let n = p.made as u64;
+    let key = DevTgid {
+        dev: p.made_dev,
+        tgid: current_tgid(),
+    };
+    if let Some(c) = INODES_PROCS.get_ptr_mut(&key) {
+        // SAFETY: pointer into this CPU's map value.
+        unsafe { (*c).allocated = (*c).allocated.wrapping_sub(n) };
+    }
+    let key = DirKey {
+        dev: p.made_dev,
+        _pad: 0,
+        ino: p.made_dir,
+    };
+    if let Some(c) = INODES_DIRS.get_ptr_mut(&key) {
+        // SAFETY: as above.
+        unsafe { *c = (*c).wrapping_sub(n) };
+    }
 }
 
 /// inode_init_owner(idmap or user namespace, struct inode *inode, const struct inode
@@ -106,7 +136,20 @@ fn try_init_owner(inode: u64, dir: u64) -> Option<u32> {
     }
     let sb: u64 = read(inode, &INODES_INODE_SB)?;
     let dir_ino: u64 = read(dir, &INODES_INODE_INO)?;
-    created(sb, dir_ino)
+    let dev = created(sb, dir_ino)?;
+    // Inside a create syscall: remember it, in case the create fails (see take_back).
+    // A thread's entry is that of its last create; an inode set up outside one (an
+    // overlayfs copy-up in a plain open) is added to it but only taken back by an
+    // ENOSPC or EDQUOT exit, which only a create returns.
+    if let Some(e) = INODES_PENDING.get_ptr_mut(&current_tid()) {
+        // SAFETY: pointer into a map value.
+        unsafe {
+            (*e).made += 1;
+            (*e).made_dev = dev;
+            (*e).made_dir = dir_ino;
+        }
+    }
+    Some(0)
 }
 
 #[fentry(function = "inode_init_owner")]
@@ -174,5 +217,5 @@ fn opened(fd: u64) -> Option<u32> {
     let parent: u64 = read(dentry, &INODES_DENTRY_PARENT)?;
     let dir: u64 = read(parent, &INODES_DENTRY_INODE)?;
     let dir_ino: u64 = read(dir, &INODES_INODE_INO)?;
-    created(sb, dir_ino)
+    created(sb, dir_ino).map(|_| 0)
 }

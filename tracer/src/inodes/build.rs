@@ -239,14 +239,17 @@ impl Inodes {
         Ext4Attribution {
             available: self.ext4_missing.is_none(),
             reason: self.ext4_missing.clone(),
-            fallback: self.ext4_missing.as_ref().map(|_| match self.creations.hook {
-                CreationHook::None => EXT4_FALLBACK.into(),
-                h => format!(
-                    "{EXT4_FALLBACK}; ext4 creations per process and directory from the {} \
+            fallback: self
+                .ext4_missing
+                .as_ref()
+                .map(|_| match self.creations.hook {
+                    CreationHook::None => EXT4_FALLBACK.into(),
+                    h => format!(
+                        "{EXT4_FALLBACK}; ext4 creations per process and directory from the {} \
                      path (frees not counted)",
-                    h.as_str()
-                ),
-            }),
+                        h.as_str()
+                    ),
+                }),
         }
     }
 

@@ -3,14 +3,16 @@
 use aya::maps::{MapData, PerCpuHashMap};
 use tracer_common::inodes::{DevCounts, ProcCounts};
 
-/// Values that per-CPU maps hold once per CPU, and how to add them up.
+/// Values that per-CPU maps hold once per CPU, and how to add them up. Allocation
+/// counts wrap: the kernel takes a failed create back on whichever CPU the syscall
+/// ended, so one CPU's value can be below zero and only the sum is meaningful.
 pub(super) trait Sum: Copy + Default {
     fn add(&mut self, other: &Self);
 }
 
 impl Sum for u64 {
     fn add(&mut self, o: &u64) {
-        *self += o;
+        *self = self.wrapping_add(*o);
     }
 }
 
@@ -23,7 +25,7 @@ impl Sum for DevCounts {
 
 impl Sum for ProcCounts {
     fn add(&mut self, o: &ProcCounts) {
-        self.allocated += o.allocated;
+        self.allocated = self.allocated.wrapping_add(o.allocated);
         self.freed += o.freed;
         // The comm is set on the CPU that first saw the process.
         if self.comm[0] == 0 {
@@ -61,4 +63,3 @@ pub(super) fn entries<K: aya::Pod, V: aya::Pod + Sum>(
     }
     v
 }
-

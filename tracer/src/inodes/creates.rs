@@ -93,8 +93,14 @@ pub fn globals() -> Result<Vec<(&'static str, u32)>> {
         ("INODES_INODE_SB", b.member_offset("inode", "i_sb")?),
         ("INODES_INODE_INO", b.member_offset("inode", "i_ino")?),
         ("INODES_SB_DEV", b.member_offset("super_block", "s_dev")?),
-        ("INODES_SB_MAGIC", b.member_offset("super_block", "s_magic")?),
-        ("INODES_TASK_FILES", b.member_offset("task_struct", "files")?),
+        (
+            "INODES_SB_MAGIC",
+            b.member_offset("super_block", "s_magic")?,
+        ),
+        (
+            "INODES_TASK_FILES",
+            b.member_offset("task_struct", "files")?,
+        ),
         ("INODES_FILES_FDT", b.member_offset("files_struct", "fdt")?),
         ("INODES_FDT_MAX", b.member_offset("fdtable", "max_fds")?),
         ("INODES_FDT_FD", b.member_offset("fdtable", "fd")?),
@@ -104,7 +110,10 @@ pub fn globals() -> Result<Vec<(&'static str, u32)>> {
             "INODES_FILE_DENTRY",
             b.member_offset("file", "f_path")? + b.member_offset("path", "dentry")?,
         ),
-        ("INODES_DENTRY_PARENT", b.member_offset("dentry", "d_parent")?),
+        (
+            "INODES_DENTRY_PARENT",
+            b.member_offset("dentry", "d_parent")?,
+        ),
         ("INODES_DENTRY_INODE", b.member_offset("dentry", "d_inode")?),
     ])
 }
@@ -126,9 +135,8 @@ pub fn start(
     offsets: Option<&str>,
 ) -> Result<Counting> {
     let chosen = session.chosen(CREATIONS).cloned();
-    let attached = |p: &str| {
-        (session.hooks.iter()).any(|h| h.program == p && h.state == HookState::Attached)
-    };
+    let attached =
+        |p: &str| (session.hooks.iter()).any(|h| h.program == p && h.state == HookState::Attached);
     let (hook, detail) = match (chosen.as_ref().and_then(|c| c.path), offsets) {
         (_, Some(why)) => (CreationHook::None, format!("not counted: {why}")),
         (Some("fentry"), None) => (CreationHook::Fentry, describe(&chosen)),
@@ -154,9 +162,9 @@ pub fn start(
         .set(FLAG_CREATIONS, mode, 0)
         .context("enabling the inode creation programs")?;
     let unplaced = match hook {
-        CreationHook::Syscalls => Some(PerCpuArray::try_from(
-            session.take_map("INODES_UNPLACED")?,
-        )?),
+        CreationHook::Syscalls => {
+            Some(PerCpuArray::try_from(session.take_map("INODES_UNPLACED")?)?)
+        }
         _ => None,
     };
     Ok(Counting {

@@ -42,8 +42,8 @@ use crate::{
     trend::Series,
 };
 use counts::entries;
-use dirs::Resolver;
 pub use creates::{CHOICES, CreationHook, Creations};
+use dirs::Resolver;
 pub use report::{Evicted, Ext4Attribution, InodesReport, View};
 
 /// The ext4 hooks, then one enter and one exit hook per create-type syscall; all
@@ -232,9 +232,7 @@ pub fn prepare(args: Args) -> Result<run::Prepared> {
         },
         ebpf_optional: false,
         opts: args.run.clone(),
-        attach: Box::new(move |s| {
-            attach(args, target, census, offsets_missing, run::loaded(s)?)
-        }),
+        attach: Box::new(move |s| attach(args, target, census, offsets_missing, run::loaded(s)?)),
     })
 }
 
