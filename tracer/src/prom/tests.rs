@@ -25,7 +25,8 @@ use crate::{
 /// Each registered detector's fixture, `fixtures/<detector>.json`: a report the
 /// detector wrote on a test machine (`tracer <command> --json`); the tcp-pressure
 /// culprit and holder and the inodes ENOSPC row are shaped as the reports build them,
-/// since the capture had none. The latencies' `sum_s` and `buckets` were computed as
+/// since the capture had none; tcp-pressure's `tcpext` and `rcv_queue` come from a run
+/// in the 6.12 guest (`incident_tcp collapse 1000`, fentry path). The latencies' `sum_s` and `buckets` were computed as
 /// the detectors do from samples consistent with each latency's count and quantiles.
 /// A new detector's tests fail until it has one.
 fn fixture_text(command: &str) -> String {

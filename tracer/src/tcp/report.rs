@@ -454,11 +454,11 @@ mod tests {
             "\nCULPRITS (refused TCP allocations: 37 in all)\n",
             "\nHOLDERS (socket memory now: 0 B in all; netlink sock_diag",
             "  memory-related drops: none\n",
-            "  TcpExt since start: TCPMemoryPressures +0, TCPMemoryPressuresChrono +0, PruneCalled +0,",
+            "  TcpExt since start: TCPMemoryPressures +0, TCPMemoryPressuresChrono +0, PruneCalled +2,",
             "\nSEND LATENCY during pressure (syscall entry -> sock:sock_send_length, TCP only)\n",
             "  no change needed: no episode happened",
-            "    pruned sockets (fentry tcp_collapse + tcp_prune_ofo_queue, by cookie): 412 prunes collapsed a receive queue, 0 went on to discard data\n",
-            "      127.0.0.1:40411 -> 127.0.0.1:38530 incident_tcp (1234) cgroup /user.slice: 412 prunes (0 during pressure), 0 discards\n",
+            "    pruned sockets (fentry tcp_collapse + tcp_prune_ofo_queue, by cookie): 2 prunes collapsed a receive queue, 1 went on to discard data\n",
+            "      127.0.0.1:33603 -> 127.0.0.1:51744 incident_tcp (175) cgroup /: 2 prunes (0 during pressure), 1 discards\n",
         ] {
             assert!(t.contains(line), "{line:?} not in\n{t}");
         }
