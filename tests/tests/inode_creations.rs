@@ -145,8 +145,8 @@ fn fill_and_check(mnt: &Path, dir: &Path, fstype: &str) {
         .find(|e| e.pid == inc.pid)
         .unwrap_or_else(|| panic!("no ENOSPC row for the child: {}", js(&r)));
     assert_eq!(e.count, 2, "{}", js(e));
-    // mkdir/mknod/symlink of the whole machine are counted apart on the syscall path
-    // only (the VFS path places them).
+    // The count of mkdir/mknod/symlink that could not be placed exists on the syscall
+    // path only (the VFS path places every creation).
     assert_eq!(
         r.creations.unplaced.is_some(),
         want == CreationHook::Syscalls,
@@ -192,7 +192,7 @@ fn an_existing_file_opened_with_o_creat_is_not_a_creation() {
     }
     let tracer = Tracer::start(&["inodes", "--fs", mnt, "--json"]);
     // The shell truncates the 20 existing files (O_CREAT|O_TRUNC, no new inode), then
-    // makes 3 directories (mkdir: placed on the VFS path, counted apart otherwise).
+    // makes 3 directories.
     let script = format!(
         "for i in $(seq 0 19); do : > {d}/pre$i; done; mkdir {d}/a {d}/b {d}/c",
         d = dir.display()
@@ -203,20 +203,49 @@ fn an_existing_file_opened_with_o_creat_is_not_a_creation() {
     assert!(out.status.success(), "{}", out.stderr);
     let r = out.final_as::<InodesReport>();
     let created: u64 = r.top_processes.iter().map(|p| p.allocated).sum();
-    match expected_hook() {
-        CreationHook::Syscalls => {
-            assert_eq!(created, 0, "truncating opens are no creations: {}", js(&r));
-            // The machine's other mkdir calls count there too.
-            assert!(r.creations.unplaced >= Some(3), "{}", js(&r.creations));
-        }
-        _ => {
-            assert_eq!(created, 3, "the 3 directories only: {}", js(&r));
-            let d = (r.top_directories.iter())
-                .find(|d| d.path.as_deref() == Some(dir.as_path()))
-                .unwrap_or_else(|| panic!("{} not named: {}", dir.display(), js(&r)));
-            assert_eq!(d.allocated, 3, "{}", js(d));
-        }
+    assert_eq!(created, 3, "the 3 directories only: {}", js(&r));
+    let d = (r.top_directories.iter())
+        .find(|d| d.path.as_deref() == Some(dir.as_path()))
+        .unwrap_or_else(|| panic!("{} not named: {}", dir.display(), js(&r)));
+    assert_eq!(d.allocated, 3, "{}", js(d));
+}
+
+#[test]
+fn mkdir_mknod_and_symlink_are_placed_in_their_directory_after_their_process_exits() {
+    require_root();
+    let _s = serial();
+    let fs = Tmpfs::new("made", "size=16m,nr_inodes=500");
+    let a = fs.dir.join("a");
+    let b = a.join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    let mnt = fs.dir.to_str().unwrap();
+    let tracer = Tracer::start(&["inodes", "--fs", mnt, "--json"]);
+    // Short-lived processes, gone before the tracer reads their records: names without
+    // a slash (placed from the cwd the kernel read at the syscall's exit) and absolute
+    // paths (looked up in the tracer's tree, the processes having the same root).
+    let script = format!(
+        "cd {a} && mkdir d1 d2 && ln -s d1 l1 && mknod p1 p && mkdir {b}/d3 {b}/d4/",
+        a = a.display(),
+        b = b.display()
+    );
+    let st = Command::new("sh").args(["-c", &script]).status().unwrap();
+    assert!(st.success());
+    let out = tracer.interrupt();
+    assert!(out.status.success(), "{}", out.stderr);
+    let r = out.final_as::<InodesReport>();
+    let created: u64 = r.top_processes.iter().map(|p| p.allocated).sum();
+    assert_eq!(created, 6, "4 in a, 2 in a/b: {}", js(&r));
+    let comms: Vec<&str> = r.top_processes.iter().map(|p| p.comm.as_str()).collect();
+    for c in ["mkdir", "ln", "mknod"] {
+        assert!(comms.contains(&c), "{c} not among {comms:?}");
     }
+    for (dir, n) in [(&a, 4), (&b, 2)] {
+        let d = (r.top_directories.iter())
+            .find(|d| d.path.as_deref() == Some(dir.as_path()))
+            .unwrap_or_else(|| panic!("{} not named: {}", dir.display(), js(&r)));
+        assert_eq!(d.allocated, n, "{}", js(d));
+    }
+    assert_eq!(r.creations.hook, expected_hook(), "{}", js(&r.creations));
 }
 
 #[test]

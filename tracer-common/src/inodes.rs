@@ -90,8 +90,11 @@ impl Default for PathArg {
 /// Ring-buffer record, rare by construction: the first inode allocated in a directory
 /// (kind InodesNewDir; `ino` is the directory) or the first create of a process on a
 /// filesystem that failed with ENOSPC (kind InodesEnospc; `ino` is 0, `dev` 0 when the
-/// filesystem did not say, e.g. not ext4). Userspace resolves the path at once, while
-/// the process still runs and its cwd can be read.
+/// filesystem did not say, e.g. not ext4), or, on kernels without the VFS creation
+/// hook, every mkdir/mknod/symlink that worked (kind InodesMadeAt; `dev` and `ino` are
+/// the directory its path starts from: the process's root for an absolute path, else
+/// its cwd or the dirfd's directory). Userspace resolves the path at once, while the
+/// process still runs and its cwd can be read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PathEvent {
@@ -134,7 +137,7 @@ const _: () = assert!(core::mem::size_of::<Pending>() == 32);
 plain!(
     DevTgid, ProcCounts, DirKey, PathArg, PathEvent, DevCounts, Pending
 );
-record!(PathEvent: InodesNewDir, InodesEnospc);
+record!(PathEvent: InodesNewDir, InodesEnospc, InodesMadeAt);
 
 #[cfg(test)]
 mod tests {

@@ -93,6 +93,9 @@ event_kinds! {
     InodesNewDir = 30,
     /// inodes: a process's first create on a filesystem that failed with ENOSPC.
     InodesEnospc = 31,
+    /// inodes: a mkdir/mknod/symlink that worked, on a kernel without the VFS hook
+    /// (userspace places it from its path).
+    InodesMadeAt = 32,
 }
 
 /// First field of every ring-buffer record.

@@ -6,25 +6,32 @@
 //!   worked. An open(O_CREAT) that returns a file descriptor created the file exactly
 //!   when the kernel marked the open file FMODE_CREATED (an O_CREAT open of an existing
 //!   file does not); the file gives the filesystem and the parent directory.
-//!   mkdir/mknod/symlink return 0 and no file: they are counted, not placed.
+//!   mkdir/mknod/symlink return 0 and no file: their path argument goes to userspace
+//!   with the directory it is relative to (the process's root for an absolute path,
+//!   its cwd or the dirfd's directory otherwise), where it is placed.
 //!
 //! Struct members are read at offsets userspace took from the kernel's BTF (passed in
 //! as globals, like tracepoint fields); which path runs is set by userspace in
 //! INODES_FLAGS once it knows which hooks attached (zero until then: nothing counted).
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::{fentry, kprobe, map},
-    maps::{Array, PerCpuArray},
+    maps::Array,
     programs::{FEntryContext, ProbeContext},
 };
-use tracer_common::inodes::{
-    CREATIONS_SYSCALLS, CREATIONS_VFS, DevTgid, DirKey, FLAG_COUNT, FLAG_CREATIONS,
-    FLAG_EXT4_TRACED, Pending,
+use tracer_common::{
+    EventKind,
+    inodes::{
+        AT_FDCWD, CREATIONS_SYSCALLS, CREATIONS_VFS, DevTgid, DirKey, FLAG_COUNT, FLAG_CREATIONS,
+        FLAG_EXT4_TRACED, Pending,
+    },
 };
 
-use super::{INODES_DIRS, INODES_PENDING, INODES_PROCS, count_created, current_tid, wanted};
-use crate::common::{add, counted, current_tgid};
+use super::{
+    INODES_DIRS, INODES_PENDING, INODES_PROCS, count_created, current_tid, send_path, wanted,
+};
+use crate::common::{counted, current_tgid};
 
 /// Member offsets from the kernel's BTF, set by the loader.
 #[unsafe(no_mangle)]
@@ -54,6 +61,13 @@ static INODES_FILE_DENTRY: Global<u32> = Global::new(0);
 static INODES_DENTRY_PARENT: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static INODES_DENTRY_INODE: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static INODES_TASK_FS: Global<u32> = Global::new(0);
+/// fs_struct.root.dentry and fs_struct.pwd.dentry (the two offsets added).
+#[unsafe(no_mangle)]
+static INODES_FS_ROOT_DENTRY: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static INODES_FS_PWD_DENTRY: Global<u32> = Global::new(0);
 
 /// EXT4_SUPER_MAGIC (ext2, ext3 and ext4 share it).
 const EXT4_MAGIC: u64 = 0xef53;
@@ -64,11 +78,6 @@ const FMODE_CREATED: u32 = 0x100000;
 /// when the ext4 tracepoints count ext4's (then the paths here leave ext4 alone).
 #[map]
 static INODES_FLAGS: Array<u32> = Array::with_max_entries(FLAG_COUNT, 0);
-
-/// mkdir/mknod/symlink calls that worked while the syscall path counts: not placed on
-/// a filesystem or directory (no file descriptor to read it from).
-#[map]
-static INODES_UNPLACED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn flag(i: u32) -> u32 {
@@ -180,11 +189,53 @@ pub fn succeeded(ret: i64, returns: Returns) -> Option<u32> {
     }
     match returns {
         Returns::Fd => opened(ret as u64),
-        Returns::Zero => {
-            add(&INODES_UNPLACED, 0, 1);
-            Some(0)
-        }
+        Returns::Zero => made_at(),
     }
+}
+
+/// A mkdir/mknod/symlink worked: sends its path argument with the (dev, ino) of the
+/// directory that path starts from, for userspace to place. A path without a slash is
+/// placed from that alone, exactly, even once the process has exited (`mkdir x`).
+#[inline(always)]
+fn made_at() -> Option<u32> {
+    // SAFETY: plain map lookup of a Copy value.
+    let p = unsafe { INODES_PENDING.get(&current_tid()) }.copied()?;
+    // SAFETY: the helper checks the user address.
+    let first: u8 = counted(unsafe { bpf_probe_read_user(p.path_ptr as *const u8) })?;
+    // SAFETY: the helper returns the current task; it is only read through the helper.
+    let task = unsafe { bpf_get_current_task() };
+    let dentry: u64 = if first == b'/' || p.dfd == AT_FDCWD {
+        let fs: u64 = read(task, &INODES_TASK_FS)?;
+        let at = if first == b'/' {
+            &INODES_FS_ROOT_DENTRY
+        } else {
+            &INODES_FS_PWD_DENTRY
+        };
+        read(fs, at)?
+    } else {
+        read(file_of(task, p.dfd as u32 as u64)?, &INODES_FILE_DENTRY)?
+    };
+    let dir: u64 = read(dentry, &INODES_DENTRY_INODE)?;
+    let sb: u64 = read(dir, &INODES_INODE_SB)?;
+    let dev: u32 = read(sb, &INODES_SB_DEV)?;
+    let ino: u64 = read(dir, &INODES_INODE_INO)?;
+    send_path(EventKind::InodesMadeAt, dev, ino)?;
+    Some(0)
+}
+
+/// The `struct file` of descriptor `fd` of `task` (0 when it is not open).
+#[inline(always)]
+fn file_of(task: u64, fd: u64) -> Option<u64> {
+    let files: u64 = read(task, &INODES_TASK_FILES)?;
+    let fdt: u64 = read(files, &INODES_FILES_FDT)?;
+    let max: u32 = read(fdt, &INODES_FDT_MAX)?;
+    if fd >= max as u64 {
+        return None;
+    }
+    let array: u64 = read(fdt, &INODES_FDT_FD)?;
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let file: u64 = counted(unsafe { bpf_probe_read_kernel((array + 8 * fd) as *const u64) })?;
+    (file != 0).then_some(file)
 }
 
 /// File descriptor `fd` of the current process was just opened by an O_CREAT-capable
@@ -195,18 +246,7 @@ pub fn succeeded(ret: i64, returns: Returns) -> Option<u32> {
 fn opened(fd: u64) -> Option<u32> {
     // SAFETY: the helper returns the current task; it is only read through the helper.
     let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task, &INODES_TASK_FILES)?;
-    let fdt: u64 = read(files, &INODES_FILES_FDT)?;
-    let max: u32 = read(fdt, &INODES_FDT_MAX)?;
-    if fd >= max as u64 {
-        return Some(0);
-    }
-    let array: u64 = read(fdt, &INODES_FDT_FD)?;
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    let file: u64 = counted(unsafe { bpf_probe_read_kernel((array + 8 * fd) as *const u64) })?;
-    if file == 0 {
-        return Some(0);
-    }
+    let file = file_of(task, fd)?;
     let mode: u32 = read(file, &INODES_FILE_MODE)?;
     if mode & FMODE_CREATED == 0 {
         return Some(0);

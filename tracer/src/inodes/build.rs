@@ -14,6 +14,7 @@ use super::{
     census::{Census, Trigger},
     cgroup, entries,
     judge::{self, Judged, Rules},
+    made,
     report::{Evicted, Ext4Attribution, InodesReport, View},
     rows::{DirectoryRow, EnospcRow, FilesystemRow, ProcessRow, RateSource, Source},
 };
@@ -182,13 +183,21 @@ impl Inodes {
             !enospc.is_empty(),
         );
         hints.splice(0..0, census_hints(&census, &rows));
-        let creations = self.creations.report();
+        let creations = self.creations.report(self.made.unplaced);
         if let Some(n) = creations.unplaced.filter(|n| *n > 0) {
             caveats.push(format!(
                 "{n} mkdir/mknod/symlink calls worked but are not in the per-process and \
-                 per-directory counts: without fentry or kprobes only the opens that created \
-                 their file are placed on a filesystem and directory (ext4's own tracepoints \
-                 count every ext4 inode)"
+                 per-directory counts: without fentry or kprobes they are placed from their \
+                 path argument, and these had a path with a slash, relative to a cwd or \
+                 dirfd or another root, from a process that exited before it was read (or \
+                 their directory was gone)"
+            ));
+        }
+        if self.made.dropped > 0 {
+            caveats.push(format!(
+                "{} mkdir/mknod/symlink calls were placed but not counted: the tables of \
+                 {PROC_CAPACITY} processes and {DIR_CAPACITY} directories were full",
+                self.made.dropped
             ));
         }
         let ext4_traced = self.ext4_missing.is_none();
@@ -335,8 +344,18 @@ impl Inodes {
 
     /// Processes with the most net inodes created.
     pub(super) fn processes(&self, mounts: &[Mount], caveats: &mut Vec<String>) -> Vec<ProcessRow> {
-        let mut procs = entries(&self.procs, "per-process", PROC_CAPACITY, caveats);
-        procs.retain(|(k, _)| self.target.as_ref().is_none_or(|t| t.dev == k.dev));
+        let procs = entries(&self.procs, "per-process", PROC_CAPACITY, caveats);
+        let mut procs = made::merged(procs, &self.made.procs, |a, b| {
+            a.allocated += b.allocated;
+            if a.comm[0] == 0 {
+                a.comm = b.comm;
+            }
+        });
+        // A process whose only creates failed (taken back: see the kernel's take_back)
+        // has nothing to show.
+        procs.retain(|(k, v)| {
+            self.target.as_ref().is_none_or(|t| t.dev == k.dev) && (v.allocated, v.freed) != (0, 0)
+        });
         let net = |v: &ProcCounts| v.allocated as i64 - v.freed as i64;
         procs.sort_by(|a, b| {
             net(&b.1)
@@ -371,8 +390,9 @@ impl Inodes {
         mounts: &[Mount],
         caveats: &mut Vec<String>,
     ) -> Vec<DirectoryRow> {
-        let mut dirs = entries(&self.dirs, "per-directory", DIR_CAPACITY, caveats);
-        dirs.retain(|(k, _)| self.target.as_ref().is_none_or(|t| t.dev == k.dev));
+        let dirs = entries(&self.dirs, "per-directory", DIR_CAPACITY, caveats);
+        let mut dirs = made::merged(dirs, &self.made.dirs, |a, b| *a += b);
+        dirs.retain(|(k, n)| self.target.as_ref().is_none_or(|t| t.dev == k.dev) && *n > 0);
         let total: u64 = dirs.iter().map(|(_, v)| v).sum();
         dirs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.ino.cmp(&b.0.ino)));
         dirs.truncate(self.top);

@@ -3,7 +3,7 @@
 //! tracepoint-only kernels), the kernel struct offsets those programs read (from the
 //! kernel's BTF), and what the report says about it.
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, MapData, PerCpuArray};
+use aya::maps::{Array, MapData};
 use serde::{Deserialize, Serialize};
 use tracer_common::inodes::{
     CREATIONS_OFF, CREATIONS_SYSCALLS, CREATIONS_VFS, FLAG_CREATIONS, FLAG_EXT4_TRACED,
@@ -41,7 +41,7 @@ pub const CHOICES: &[Choice] = &[Choice {
         },
     ],
     otherwise: "creations counted at the exit of the create syscalls: open/creat exactly (the \
-                file's FMODE_CREATED), mkdir/mknod/symlink counted but not placed",
+                file's FMODE_CREATED), mkdir/mknod/symlink placed from their path argument",
 }];
 
 /// How inode creations on a filesystem are counted per process and directory.
@@ -55,7 +55,7 @@ pub enum CreationHook {
     /// kprobe on inode_init_owner, where BPF trampolines are refused.
     Kprobe,
     /// The exit of create syscalls that worked (tracepoint-only kernels): opens that
-    /// created their file, exactly; mkdir/mknod/symlink are not placed.
+    /// created their file, exactly; mkdir/mknod/symlink placed from their path.
     Syscalls,
     /// Not counted (no hook): usage and rate from statvfs only.
     None,
@@ -81,7 +81,9 @@ pub struct Creations {
     /// The choice as taken (`fentry`, or `kprobe (fentry: ...)`, or why none).
     pub detail: String,
     /// mkdir/mknod/symlink calls that worked but could not be placed on a filesystem
-    /// (the syscall path only; None on the others, which place every creation).
+    /// and directory: a path with a slash in it, relative to a cwd or dirfd, from a
+    /// process that exited before it was resolved (the syscall path only; None on the
+    /// others, which place every creation).
     pub unplaced: Option<u64>,
 }
 
@@ -115,6 +117,15 @@ pub fn globals() -> Result<Vec<(&'static str, u32)>> {
             b.member_offset("dentry", "d_parent")?,
         ),
         ("INODES_DENTRY_INODE", b.member_offset("dentry", "d_inode")?),
+        ("INODES_TASK_FS", b.member_offset("task_struct", "fs")?),
+        (
+            "INODES_FS_ROOT_DENTRY",
+            b.member_offset("fs_struct", "root")? + b.member_offset("path", "dentry")?,
+        ),
+        (
+            "INODES_FS_PWD_DENTRY",
+            b.member_offset("fs_struct", "pwd")? + b.member_offset("path", "dentry")?,
+        ),
     ])
 }
 
@@ -122,8 +133,6 @@ pub fn globals() -> Result<Vec<(&'static str, u32)>> {
 pub struct Counting {
     pub hook: CreationHook,
     pub detail: String,
-    /// The syscall path's count of unplaced creations.
-    pub unplaced: Option<PerCpuArray<MapData, u64>>,
 }
 
 /// Sets which path counts creations (the VFS hook if it attached, else the syscall
@@ -161,17 +170,7 @@ pub fn start(
     flags
         .set(FLAG_CREATIONS, mode, 0)
         .context("enabling the inode creation programs")?;
-    let unplaced = match hook {
-        CreationHook::Syscalls => {
-            Some(PerCpuArray::try_from(session.take_map("INODES_UNPLACED")?)?)
-        }
-        _ => None,
-    };
-    Ok(Counting {
-        hook,
-        detail,
-        unplaced,
-    })
+    Ok(Counting { hook, detail })
 }
 
 /// The path taken, or on the syscall path why the VFS paths were refused.
@@ -187,12 +186,6 @@ fn describe(c: &Option<bpf::Chosen>) -> String {
 }
 
 impl Counting {
-    /// Unplaced creations so far, summed over the CPUs.
-    pub fn unplaced(&self) -> Option<u64> {
-        let a = self.unplaced.as_ref()?;
-        Some(a.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0))
-    }
-
     /// The hook that counts creations on a filesystem of type `fstype`.
     pub fn hook_for(&self, fstype: &str, ext4_traced: bool) -> CreationHook {
         if ext4_traced && fstype.starts_with("ext") {
@@ -202,11 +195,12 @@ impl Counting {
         }
     }
 
-    pub fn report(&self) -> Creations {
+    /// `unplaced`: the syscall path's creations userspace could not place.
+    pub fn report(&self, unplaced: u64) -> Creations {
         Creations {
             hook: self.hook,
             detail: self.detail.clone(),
-            unplaced: self.unplaced(),
+            unplaced: (self.hook == CreationHook::Syscalls).then_some(unplaced),
         }
     }
 }
@@ -218,7 +212,7 @@ mod tests {
     #[test]
     fn this_kernel_has_every_member_the_creation_programs_read() {
         let g = globals().unwrap();
-        assert_eq!(g.len(), 13);
+        assert_eq!(g.len(), 16);
         // f_path.dentry lies past f_path's start, whatever union holds it.
         let at = |n: &str| g.iter().find(|(k, _)| *k == n).unwrap().1;
         assert!(at("INODES_FILE_DENTRY") > 0 && at("INODES_SB_DEV") > 0);
@@ -229,12 +223,11 @@ mod tests {
         let c = Counting {
             hook: CreationHook::Syscalls,
             detail: String::new(),
-            unplaced: None,
         };
         assert_eq!(c.hook_for("ext4", true), CreationHook::Ext4Tracepoints);
         assert_eq!(c.hook_for("ext4", false), CreationHook::Syscalls);
         assert_eq!(c.hook_for("xfs", true), CreationHook::Syscalls);
-        assert_eq!(c.report().unplaced, None);
+        assert_eq!(c.report(2).unplaced, Some(2));
         assert_eq!(
             serde_json::to_string(&CreationHook::Ext4Tracepoints).unwrap(),
             "\"ext4_tracepoints\""

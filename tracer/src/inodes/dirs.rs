@@ -166,6 +166,21 @@ impl Resolver {
         }
     }
 
+    /// A directory whose path was checked by its caller (made.rs: a parent looked up in
+    /// the tracer's own tree), named like a syscall's.
+    pub fn known(&mut self, dev: u32, ino: u64, path: PathBuf) {
+        if self.cache.len() >= CACHE_CAPACITY {
+            self.cache.clear();
+        }
+        self.cache.insert(
+            (dev, ino),
+            Resolved {
+                path: Some(path),
+                source: Source::Syscall,
+            },
+        );
+    }
+
     /// Resolves (dev, ino, mount point) each: from the cache (filled by try_syscall),
     /// else by one walk per filesystem for all its unresolved directories (once).
     pub fn resolve_all(&mut self, items: &[(u32, u64, Option<PathBuf>)]) -> Vec<Resolved> {

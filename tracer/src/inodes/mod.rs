@@ -14,12 +14,13 @@ mod counts;
 pub mod creates;
 mod dirs;
 mod judge;
+mod made;
 pub mod metrics;
 mod report;
 pub mod rows;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -275,6 +276,12 @@ fn attach(
         start_usage: HashMap::new(),
         previous: HashMap::new(),
         resolver: Resolver::default(),
+        made: made::Made::default(),
+        own_root: std::fs::metadata("/").ok().map(|md| made::Placed {
+            dev: snap::kernel_dev_of(&md),
+            ino: std::os::unix::fs::MetadataExt::ino(&md),
+        }),
+        place_on: HashSet::new(),
         ext4_missing,
         creations,
         tracefs: session.tracefs.clone(),
@@ -338,6 +345,13 @@ struct Inodes {
     /// dev -> (report time, net inodes since the start) of the previous report.
     previous: HashMap<u32, (f64, f64)>,
     resolver: Resolver,
+    /// mkdir/mknod/symlink placed in userspace (made.rs), on the syscall path.
+    made: made::Made,
+    /// (dev, ino) of the tracer's "/".
+    own_root: Option<made::Placed>,
+    /// The filesystems those are counted on (as the kernel counts the opens: those with
+    /// an inode count, not ext4 while its tracepoints count it), from the last sample.
+    place_on: HashSet<u32>,
     caveats: Vec<String>,
     target: Option<FsUsage>,
     top: usize,
@@ -432,6 +446,25 @@ fn remember_enospc(first: &mut Lru<DevTgid, (String, String)>, ev: &PathEvent) {
     });
 }
 
+impl Inodes {
+    /// A mkdir/mknod/symlink that worked (the syscall path): placed and counted, or
+    /// counted as not placed.
+    fn made_at(&mut self, ev: &PathEvent) {
+        let Some(at) = made::place(ev, self.own_root.as_ref()) else {
+            self.made.unplaced += 1;
+            return;
+        };
+        if !self.place_on.contains(&at.dev) {
+            return;
+        }
+        self.made.add(ev, &at);
+        match made::known_path(ev, &at, self.own_root.as_ref()) {
+            Some(p) => self.resolver.known(at.dev, at.ino, p),
+            None => self.resolver.try_syscall(at.dev, at.ino, &ev.first),
+        }
+    }
+}
+
 impl Detector for Inodes {
     fn command(&self) -> &'static str {
         "inodes"
@@ -443,6 +476,11 @@ impl Detector for Inodes {
 
     fn sample(&mut self) -> Result<()> {
         let fss = self.filesystems(&snap::mounts()?);
+        let ext4_traced = self.ext4_missing.is_none();
+        self.place_on = (fss.iter())
+            .filter(|f| !(ext4_traced && f.fstype.starts_with("ext")))
+            .map(|f| f.dev)
+            .collect();
         self.record(&fss);
         self.census_at_levels(fss);
         Ok(())
@@ -456,6 +494,7 @@ impl Detector for Inodes {
             EventKind::InodesEnospc => {
                 remember_enospc(&mut self.enospc_first, &ev);
             }
+            EventKind::InodesMadeAt => self.made_at(&ev),
             _ => {}
         }
         Ok(())
