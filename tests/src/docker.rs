@@ -137,16 +137,19 @@ impl Dockerd {
         for applet in ["sh", "sleep", "true", "ps", "cat"] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
         }
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .args(["-C", &rootfs.to_string_lossy(), "-c", "."])
             .stdout(Stdio::piped())
             .spawn()
             .expect("tar");
         let out = self
             .cmd(&["import", "-", BUSYBOX_IMAGE])
-            .stdin(tar.stdout.expect("tar stdout"))
+            .stdin(tar.stdout.take().expect("tar stdout"))
             .output()
             .expect("docker import");
+        // Reaped here: no zombie tar left for the rest of the test run.
+        let tar_ok = tar.wait().is_ok_and(|s| s.success());
+        assert!(tar_ok, "tar of the busybox rootfs failed");
         assert!(
             out.status.success(),
             "docker import failed: {}",

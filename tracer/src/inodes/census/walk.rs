@@ -590,7 +590,8 @@ mod tests {
     fn a_directory_it_may_not_read_is_skipped_as_permission_denied() {
         let root = tree("denied");
         let locked = root.join("c");
-        std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0)).unwrap();
+        std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+            .unwrap();
         let r = root.clone();
         let o = std::thread::spawn(move || {
             drop_dac_caps();
